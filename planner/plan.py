@@ -1,0 +1,119 @@
+"""The Plan value: where each piece runs, what it is predicted to cost, and how it was found.
+
+It is what `tierplan plan` writes as plan.json and what runtime/ and simulations/ read.
+Field names are a public contract (DESIGN.md, machine-readable outputs): add, never rename.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["SinkLatency", "BaselineResult", "ClassCoverage", "PlanPiece", "PlanEdge", "Plan"]
+
+
+class _M(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class SinkLatency(_M):
+    """Predicted end-to-end latency to one sink and where it goes (compute per tier, transfers)."""
+
+    latency_ms: float
+    slo_ms: float | None = None
+    meets_slo: bool | None = None
+    breakdown: dict[str, float] = Field(default_factory=dict,
+                                        description="e.g. compute.edge, compute.cloud, transfer.edge->cloud (ms)")
+
+
+class BaselineResult(_M):
+    """A baseline strategy evaluated with the same cost model."""
+
+    latency_ms: float
+    cost_per_hour_usd: float
+    feasible: bool = True
+    assignment: dict[str, str] = Field(default_factory=dict)
+    sinks: dict[str, SinkLatency] = Field(default_factory=dict)
+    reason: str | None = None
+
+
+class ClassCoverage(_M):
+    """Per edge device class: does it meet the SLO, and how (on device, with offload, not at all)."""
+
+    devices: int
+    mode: Literal["on-device", "offload", "not-met"]
+    latency_ms: float
+    meets_slo: bool
+    note: str = ""
+
+
+class PlanPiece(_M):
+    """A piece as the runtime and simulator need it."""
+
+    id: str
+    kind: Literal["source", "piece", "transform", "sink"] = "piece"
+    model: str | None = None
+    file: str | None = None
+    inputs: list[dict] = Field(default_factory=list)    # [{name, shape, dtype, nbytes}]
+    outputs: list[dict] = Field(default_factory=list)
+    flops: float = 0.0
+    param_bytes: int = 0
+    rate_factor: float = 1.0                            # invocations per source request
+    latency_ms: dict[str, float] = Field(default_factory=dict)  # predicted, per site class
+
+
+class PlanEdge(_M):
+    src: str
+    dst: str
+    nbytes: int
+    tensors: list[str] = Field(default_factory=list)
+
+
+class Plan(_M):
+    """A placement and its predicted figures. `assignment` maps piece id -> site class.
+
+    For fleets with several edge classes `per_class[edge_class][piece_id]` is the site class that
+    runs the piece for requests from that edge class; `assignment` is the first class's view.
+    """
+
+    status: Literal["optimal", "feasible", "infeasible", "unknown"]
+    objective: float | None = None
+    objective_kind: str = "cost"
+    gap: float | None = None
+    assignment: dict[str, str] = Field(default_factory=dict)
+    per_class: dict[str, dict[str, str]] = Field(default_factory=dict)
+    sinks: dict[str, SinkLatency] = Field(default_factory=dict)
+    cost_per_hour_usd: float = 0.0
+    cost_per_1k_requests_usd: float = 0.0
+    energy_j_per_request: float | None = None
+    baselines: dict[str, BaselineResult] = Field(default_factory=dict)
+    coverage: dict[str, ClassCoverage] = Field(default_factory=dict)
+    instances: dict[str, int] = Field(default_factory=dict)  # rented instances per site class
+    solve_s: float = 0.0
+    reason: str | None = None
+    pieces: list[PlanPiece] = Field(default_factory=list)
+    edges: list[PlanEdge] = Field(default_factory=list)
+    app_path: str | None = None
+    fleet_path: str | None = None
+    inputs_sha256: dict[str, str] = Field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        """Write plan.json atomically (never half-written)."""
+        path = Path(path)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        from tierplan.errors import InputError
+        path = Path(path)
+        try:
+            return cls.model_validate(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise InputError(f"{path}: plan file not found. To fix: run `tierplan plan APP --fleet FLEET --out {path}`")
+        except (json.JSONDecodeError, ValueError) as e:
+            raise InputError(f"{path}: not a valid plan.json ({str(e).splitlines()[0]})")

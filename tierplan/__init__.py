@@ -1,0 +1,31 @@
+"""tierplan: place the pieces of an ML app on device, base station and cloud, prove it, run it.
+
+    import tierplan
+    app = tierplan.load_app("app.yaml"); fleet = tierplan.load_fleet("fleet.yaml")
+    plan = tierplan.plan(app, fleet, objective="cost")
+"""
+
+from tierplan.errors import InfeasibleError, InputError, SpecError, TierplanError
+from tierplan.loader import load_app, load_fleet
+
+__version__ = "0.1.0"
+__all__ = ["load_app", "load_fleet", "plan", "simulate", "deploy",
+           "TierplanError", "InputError", "SpecError", "InfeasibleError"]
+
+
+def plan(app, fleet, objective=None, **kw):
+    """Place the app's pieces on the fleet (planner.api.plan_app)."""
+    from planner.api import plan_app
+    return plan_app(app, fleet, objective=objective, **kw)
+
+
+def simulate(plan, fleet, **kw):
+    """Replay a plan over the fleet (simulations.api.simulate)."""
+    from simulations.api import simulate as _sim
+    return _sim(plan, fleet, **kw)
+
+
+def deploy(plan, local=True, **kw):
+    """Run a plan; returns a context-managed Service with predict / predict_batch."""
+    from runtime.deploy import deploy as _deploy
+    return _deploy(plan, local=local, **kw)

@@ -1,0 +1,3 @@
+from tierplan.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""The `tierplan` command line: one typer app; each verb lives in tierplan/commands/<verb>.py.
+
+Every command module exposes `register(app: typer.Typer) -> None`. Errors derived from
+`TierplanError` become one line on stderr and the error's exit code (2 bad input, 1 goal not met);
+nothing else is printed, no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import typer
+
+from tierplan.errors import TierplanError
+
+app = typer.Typer(
+    name="tierplan",
+    help="Place the pieces of an ML app on device, base station and cloud; prove the plan; run it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register_all() -> None:
+    import tierplan.commands as pkg
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"tierplan.commands.{info.name}")
+        mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    _register_all()
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except TierplanError as e:
+        for line in str(e).splitlines() or ["error"]:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()
