@@ -24,6 +24,21 @@ app = typer.Typer(
 )
 
 
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """tierplan: plan, simulate, compile and run ML apps across edge, base station and cloud."""
+    if version:
+        from tierplan import __version__
+        print(f"tierplan {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit(0)
+
+
 def _register_all() -> None:
     import tierplan.commands as pkg
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
@@ -37,27 +52,14 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     _register_all()
     try:
-        rc = app(args=argv, standalone_mode=False)
+        app(args=argv)  # standalone: typer/click handle usage errors (exit 2) and --help
     except TierplanError as e:
         for line in str(e).splitlines() or ["error"]:
             print(f"error: {line}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except SystemExit:
-        raise
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
-    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":
