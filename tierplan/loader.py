@@ -1,8 +1,13 @@
-"""Load app.yaml and fleet.yaml into specs; every problem names file, line and YAML path."""
+"""Load app.yaml and fleet.yaml into specs; every problem names file, line and YAML path.
+
+Every problem is one line `FILE:LINE: yaml.path: message`; all problems of a file are reported
+together (YAML duplicate keys, unknown keys with a did-you-mean, wrong types, bounds and the
+specs' cross-field rules), raised as one `SpecError`.
+"""
 
 from __future__ import annotations
 
-import difflib
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,131 +15,170 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tierplan.errors import SpecError
-from tierplan.spec import AppSpec, FleetSpec
+from tierplan.spec import AppSpec, FleetSpec, did_you_mean
 
-__all__ = ["load_app", "load_fleet", "load_yaml_spec"]
+__all__ = ["load_app", "load_fleet", "load_yaml_spec", "dump_spec", "format_path"]
 
 M = TypeVar("M", bound=BaseModel)
+Loc = tuple  # YAML path: str keys and int list indices
 
 
-def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
-    """Map each YAML path (tuple of keys/indices) to its 1-based line."""
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value
-            out[path + (key,)] = k.start_mark.line + 1
-            _line_index(v, path + (key,), out)
-            out[path + (key,)] = k.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _line_index(v, path + (i,), out)
-    return out
-
-
-def _fmt_path(loc: tuple) -> str:
+def format_path(loc: Loc) -> str:
+    """('models', 'det', 'onnx') -> 'models.det.onnx'; ('edges', 2, 'from') -> 'edges[2].from'."""
     s = ""
     for p in loc:
         s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
     return s or "<top>"
 
 
-def _known_fields(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names allowed at `loc`'s parent, for did-you-mean suggestions."""
-    cur: Any = model
-    for p in loc[:-1]:
-        if isinstance(p, int) or cur is None:
-            continue
-        fields = getattr(cur, "model_fields", None)
-        if fields is None:
-            return []
-        f = fields.get(p) or next((x for x in fields.values() if x.alias == p), None)
-        if f is None:  # a dict key (model name etc.): descend into the dict's value type
-            continue
-        cur = _inner_model(f.annotation)
-    fields = getattr(cur, "model_fields", None) or {}
-    return [f.alias or n for n, f in fields.items()]
+def _index(node: yaml.Node | None, path: Loc = (), lines: dict | None = None,
+           dups: list | None = None) -> tuple[dict[Loc, int], list[tuple[Loc, int, int]]]:
+    """Map each YAML path to its 1-based line; collect duplicate keys as (path, line, first line)."""
+    lines = {} if lines is None else lines
+    dups = [] if dups is None else dups
+    if node is None:
+        return lines, dups
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for k, v in node.value:
+            key = _scalar_key(k)
+            line = k.start_mark.line + 1
+            if key in first:
+                dups.append((path + (key,), line, first[key]))
+                continue
+            first[key] = line
+            lines[path + (key,)] = line
+            _index(v, path + (key,), lines, dups)
+            lines[path + (key,)] = line
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _index(v, path + (i,), lines, dups)
+    return lines, dups
 
 
-def _inner_model(tp: Any) -> Any:
-    import typing
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return tp
-    for a in typing.get_args(tp):
-        m = _inner_model(a)
-        if m is not None:
-            return m
+def _scalar_key(k: yaml.Node) -> Any:
+    """The Python value of a mapping key as safe_load would build it (ints stay ints)."""
+    if isinstance(k, yaml.ScalarNode):
+        try:
+            return yaml.safe_load(yaml.serialize(k))
+        except yaml.YAMLError:
+            return k.value
+    return str(k.value)
+
+
+def _best_line(lines: dict[Loc, int], loc: Loc) -> int:
+    for i in range(len(loc), -1, -1):
+        if loc[:i] in lines:
+            return lines[loc[:i]]
+    return 1
+
+
+def _yaml_loc(data: Any, loc: Loc) -> Loc:
+    """Drop pydantic's union tags from an error location, keeping the path as written in the YAML."""
+    out: list = []
+    cur = data
+    for i, p in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(cur, dict) and p in cur:
+            out.append(p)
+            cur = cur[p]
+        elif isinstance(cur, list) and isinstance(p, int) and 0 <= p < len(cur):
+            out.append(p)
+            cur = cur[p]
+        elif last and isinstance(cur, dict) and isinstance(p, str):
+            out.append(p)  # a missing key: it is the YAML name
+        # else: a union tag or function-validator name, not part of the YAML
+    return tuple(out)
+
+
+def _model_at(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The spec class whose keys live at YAML path `loc` (walking fields, dict values and list items)."""
+    tp: Any = model
+    for p in loc:
+        tp = _step(tp, p)
+        if tp is None:
+            return None
+    return _as_model(tp)
+
+
+def _step(tp: Any, p: Any) -> Any:
+    m = _as_model(tp)
+    if m is not None and isinstance(p, str):
+        for name, f in m.model_fields.items():
+            if p in (name, f.alias):
+                return f.annotation
+        return None
+    tp = _strip(tp)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is dict and args:
+        return args[1]
+    if origin is list and args:
+        return args[0]
     return None
 
 
-def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
-    """Parse one YAML file into `model`; raise SpecError listing every problem."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError([f"{path}: file not found. To fix: check the path"])
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise SpecError([f"{path}: cannot read ({e.__class__.__name__})"])
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError([f"{path}{where}: YAML syntax error: {problem}"])
-    if not isinstance(data, dict):
-        raise SpecError([f"{path}: expected a mapping at the top level, got {type(data).__name__}"])
-    lines = _line_index(node) if node is not None else {}
-    try:
-        return model.model_validate({**data, **extra})
-    except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            # pydantic adds union-branch names (e.g. 'str', 'DeviceSpec') into loc; drop non-YAML parts
-            yaml_loc = tuple(p for p in loc if isinstance(p, int) or p in _all_keys(data, loc))
-            line = _best_line(lines, yaml_loc)
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                options = _known_fields(model, yaml_loc)
-                close = difflib.get_close_matches(str(yaml_loc[-1]), options, n=1)
-                msg = "unknown key" + (f"; did you mean {close[0]!r}?" if close else
-                                       (f"; allowed: {', '.join(options)}" if options else ""))
-            if msg.startswith(tuple(f"{k}" for k in ("sites.", "edges", "sinks.", "slo[", "models.",
-                                                      "sources.", "transforms."))):
-                # a cross-field validator that already names its own path
-                p = msg.split(":", 1)[0]
-                line = _best_line(lines, _parse_path(p)) or line
-                problems.append(f"{path}:{line}: {msg}")
-            else:
-                problems.append(f"{path}:{line}: {_fmt_path(yaml_loc)}: {msg}")
-        raise SpecError(sorted(set(problems), key=problems.index))
+def _strip(tp: Any) -> Any:
+    """Unwrap Annotated and Optional to the first dict/list/model member."""
+    while typing.get_origin(tp) is typing.Annotated:
+        tp = typing.get_args(tp)[0]
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        for a in typing.get_args(tp):
+            a = _strip(a)
+            if typing.get_origin(a) in (dict, list) or _as_model(a) is not None:
+                return a
+    return tp
 
 
-def _all_keys(data: Any, loc: tuple) -> set:
-    keys: set = set()
-    cur = data
-    for p in loc:
-        if isinstance(cur, dict) and p in cur:
-            keys.add(p)
-            cur = cur[p]
-        elif isinstance(cur, list) and isinstance(p, int) and p < len(cur):
-            cur = cur[p]
-        else:
-            if isinstance(p, str) and isinstance(cur, dict):
-                keys.add(p) if p in cur else None
-    # keep a trailing unknown key (extra_forbidden) or missing key: it is the YAML name
-    if loc and isinstance(loc[-1], str):
-        keys.add(loc[-1])
-    return keys
+def _as_model(tp: Any) -> type[BaseModel] | None:
+    tp = _strip(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    return None
 
 
-def _parse_path(p: str) -> tuple:
+def _fields_of(m: type[BaseModel]) -> list[str]:
+    return [f.alias or n for n, f in m.model_fields.items() if not f.exclude]
+
+
+def _describe_input(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        return f" (got a {'mapping' if isinstance(v, dict) else 'list'})"
+    if v is None:
+        return " (got nothing)"
+    text = repr(v)
+    return f" (got {text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def _messages(err: dict, data: Any, model: type[BaseModel]) -> list[tuple[Loc, str]]:
+    """One pydantic error as (YAML path, message) pairs."""
+    loc = _yaml_loc(data, tuple(err["loc"]))
+    kind = err["type"]
+    if kind == "cross_field":
+        out = []
+        for line in str(err["ctx"]["detail"]).splitlines():
+            rel, sep, msg = line.partition(": ")
+            rel_loc = _parse_rel(rel) if sep else ()
+            out.append((loc + rel_loc, msg if sep else line))
+        return out
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        options = _fields_of(parent) if parent else []
+        hint = did_you_mean(str(loc[-1]), options, list_max=0)
+        msg = f"unknown key {loc[-1]!r}" + (hint or (f"; allowed keys: {', '.join(options)}" if options else ""))
+    elif kind == "missing":
+        msg = f"missing required key {loc[-1]!r}" if loc else "missing required key"
+    elif kind not in ("value_error", "assertion_error"):
+        msg += _describe_input(err.get("input"))
+    return [(loc, msg)]
+
+
+def _parse_rel(rel: str) -> Loc:
+    """'sites.phone.attach' / 'edges[2].from' -> tuple path (names may not contain '[')."""
     out: list = []
-    for part in p.replace("[", ".[").split("."):
+    for part in rel.replace("[", ".[").split("."):
         if not part:
             continue
         if part.startswith("[") and part.endswith("]") and part[1:-1].isdigit():
@@ -144,11 +188,70 @@ def _parse_path(p: str) -> tuple:
     return tuple(out)
 
 
-def _best_line(lines: dict[tuple, int], loc: tuple) -> int:
-    for i in range(len(loc), -1, -1):
-        if loc[:i] in lines:
-            return lines[loc[:i]]
-    return 1
+def _relocate(loc: Loc, lines: dict[Loc, int]) -> Loc:
+    """Re-split a path whose names contain dots (e.g. a device 'g5.xlarge') against the YAML's paths."""
+    if loc in lines:
+        return loc
+    text = format_path(loc)
+    for known in lines:
+        if format_path(known) == text:
+            return known
+    return loc
+
+
+def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
+    """Parse one YAML file into `model`; raise SpecError listing every problem as `file:line: path: msg`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError([f"{path}: file not found. To fix: check the path"]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise SpecError([f"{path}: cannot read ({e.__class__.__name__}). To fix: pass a readable YAML file"]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        raise SpecError([f"{path}{where}: <yaml>: YAML syntax error: {problem}"
+                         + (f" ({context})" if context else "")]) from None
+    if not isinstance(data, dict):
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise SpecError([f"{path}:1: <top>: expected a mapping of keys ({', '.join(_fields_of(model))}), got {got}"])
+    lines, dups = _index(node)
+    problems: list[tuple[int, str]] = []
+    for loc, line, first in dups:
+        problems.append((line, f"{path}:{line}: {format_path(loc)}: duplicate key {loc[-1]!r} "
+                               f"(first at line {first}); names must be unique"))
+    for key in extra:
+        if key in data:
+            line = _best_line(lines, (key,))
+            problems.append((line, f"{path}:{line}: {key}: unknown key {key!r} (set by tierplan, not the YAML)"))
+    try:
+        spec = model.model_validate({**data, **extra})
+    except ValidationError as e:
+        seen: set[str] = set()
+        for err in e.errors():
+            for loc, msg in _messages(err, data, model):
+                loc = _relocate(loc, lines)
+                line = _best_line(lines, loc)
+                text_ = f"{path}:{line}: {format_path(loc)}: {msg}"
+                if text_ not in seen:
+                    seen.add(text_)
+                    problems.append((line, text_))
+        spec = None
+    if problems:
+        raise SpecError([p for _, p in sorted(problems, key=lambda x: x[0])])
+    return spec
+
+
+def dump_spec(spec: BaseModel) -> str:
+    """The spec as YAML (keys as written in app.yaml / fleet.yaml, defaults left out); load(dump(x)) == x."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def load_app(path: str | Path) -> AppSpec:

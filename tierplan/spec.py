@@ -2,26 +2,59 @@
 
 Parsing is pure: names are checked within one file here; resolving device names against the
 catalog and reading ONNX files happen in `tierplan.validate` (a separate step).
+
+Cross-field rules are small named `_check_*` methods returning `(relative YAML path, message)`
+pairs; one `model_validator` per spec runs them all and raises every problem at once as a
+`cross_field` error, which the loader turns into `file:line: yaml.path: message` lines.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag,
+                      field_validator, model_validator)
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 __all__ = [
-    "Tier", "TIERS", "Spec", "DeviceSpec", "LinkSpec", "SiteClassSpec", "FleetSpec",
+    "Tier", "TIERS", "DTYPES", "Spec", "DeviceSpec", "LinkSpec", "SiteClassSpec", "FleetSpec",
     "ProfileLayer", "ProfileTable", "ModelSpec", "SourceSpec", "TransformSpec", "EdgeSpec",
-    "SinkSpec", "SloSpec", "ObjectiveSpec", "AppSpec",
+    "SinkSpec", "SloSpec", "ObjectiveSpec", "AppSpec", "OBJECTIVES", "did_you_mean",
 ]
 
 Tier = Literal["edge", "base_station", "cloud"]
 TIERS: tuple[str, ...] = ("edge", "base_station", "cloud")
-DType = Literal["float32", "float16", "int8", "uint8", "int32", "int64", "bool"]
+DType = Literal["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"]
+DTYPES: tuple[str, ...] = DType.__args__
 Precision = Literal["fp32", "fp16", "int8"]
+ObjectiveName = Literal["cost", "latency", "energy"]
+OBJECTIVES: tuple[str, ...] = ObjectiveName.__args__
 Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=64)]
+Problem = tuple[str, str]  # (YAML path relative to the spec that raises it, message)
+
+_FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def did_you_mean(word: str, options: Iterable[str], list_max: int = 8) -> str:
+    """'; did you mean 'x'?' for the closest option, else '; known: a, b' (up to list_max), else ''."""
+    opts = [str(o) for o in options]
+    close = difflib.get_close_matches(str(word), opts, n=1)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    if opts and len(opts) <= list_max:
+        return f"; known: {', '.join(opts)}"
+    return ""
+
+
+def _raise_problems(problems: list[Problem]) -> None:
+    """Raise every cross-field problem at once (one line each: 'path: message')."""
+    if problems:
+        text = "\n".join(f"{p}: {m}" if p else m for p, m in problems)
+        raise PydanticCustomError("cross_field", "{detail}", {"detail": text})
 
 
 class Spec(BaseModel):
@@ -35,24 +68,24 @@ class DeviceSpec(Spec):
     """One hardware type: what the cost model needs to predict latency, money and energy."""
 
     name: Name = Field(description="Catalog name, e.g. rpi5.")
-    tier: Tier = Field(description="Where this device normally sits.")
+    tier: Tier = Field(description="Where this device normally sits: edge, base_station or cloud.")
     description: str = Field("", description="Human-readable model name.")
     peak_gflops: dict[Precision, float] = Field(
-        description="Peak throughput per precision in GFLOP/s (a multiply-add counts 2).")
-    memory_gb: float = Field(gt=0, description="Memory usable for model weights and activations.")
-    memory_bandwidth_gbps: float = Field(gt=0, description="Memory bandwidth in GB/s.")
-    power_idle_w: float = Field(ge=0, description="Idle power draw in watts.")
+        description="Peak throughput per precision (fp32, fp16, int8) in GFLOP/s (a multiply-add counts 2).")
+    memory_gb: float = Field(gt=0, description="Memory usable for model weights and activations, GB.")
+    memory_bandwidth_gbps: float = Field(gt=0, description="Memory bandwidth, GB/s.")
+    power_idle_w: float = Field(ge=0, description="Idle power draw, watts.")
     power_active_w: float = Field(gt=0, description="Power draw while running inference, watts.")
-    cost_per_hour_usd: float = Field(0.0, ge=0, description="Rental price per instance-hour; 0 if owned.")
+    cost_per_hour_usd: float = Field(0.0, ge=0, description="Rental price per instance-hour, USD; 0 if owned.")
     dispatch_overhead_us: float = Field(
         20.0, ge=0, description="Fixed cost per operator launch (kernel dispatch), microseconds.")
     tvm_target: dict = Field(default_factory=lambda: {"kind": "llvm"},
                              description="TVM target in dict form, e.g. {kind: llvm, mtriple: aarch64-linux-gnu}.")
     backends: list[Literal["tvm", "onnxruntime", "litert"]] = Field(
-        default_factory=lambda: ["onnxruntime", "tvm"], description="Backends usable on this device.")
+        default_factory=lambda: ["onnxruntime", "tvm"], min_length=1, description="Backends usable on this device.")
     battery: bool = Field(False, description="Runs on battery: energy per request matters.")
     radio_nj_per_byte: float = Field(0.0, ge=0, description="Radio energy to send one byte, nanojoules.")
-    sources: list[str] = Field(default_factory=list, description="Where the figures come from.")
+    sources: list[str] = Field(default_factory=list, description="Where the figures come from (URLs, datasheets).")
 
     @field_validator("peak_gflops")
     @classmethod
@@ -63,6 +96,28 @@ class DeviceSpec(Spec):
             raise ValueError("peak_gflops figures must be > 0")
         return v
 
+    @model_validator(mode="after")
+    def _cross(self) -> "DeviceSpec":
+        _raise_problems(self._check_power_order())
+        return self
+
+    def _check_power_order(self) -> list[Problem]:
+        """Active power cannot be below idle power."""
+        if self.power_active_w < self.power_idle_w:
+            return [("power_active_w", f"{self.power_active_w} W is below power_idle_w "
+                     f"({self.power_idle_w} W); active power includes idle power")]
+        return []
+
+
+def _device_tag(v: Any) -> str:
+    return "name" if isinstance(v, str) else "inline"
+
+
+DeviceRef = Annotated[
+    Union[Annotated[Name, Tag("name")], Annotated[DeviceSpec, Tag("inline")]],
+    Discriminator(_device_tag),
+]
+
 
 # ----------------------------------------------------------------------------- fleet
 class LinkSpec(Spec):
@@ -72,63 +127,110 @@ class LinkSpec(Spec):
     downlink_mbps: float = Field(gt=0, description="Bandwidth from the parent site, Mbit/s.")
     rtt_ms: float = Field(ge=0, description="Round-trip time, milliseconds.")
     jitter_ms: float = Field(0.0, ge=0, description="Standard deviation of one-way delay, milliseconds.")
-    egress_usd_per_gb: float = Field(0.0, ge=0, description="Price of data leaving the upper site, $/GB.")
+    egress_usd_per_gb: float = Field(0.0, ge=0, description="Price of data leaving the upper site, USD per GB.")
     capacity_mbps: float | None = Field(
-        None, gt=0, description="Shared capacity of the parent's side of this link class (all devices together).")
+        None, gt=0, description="Shared capacity of the parent's side of this link class (all devices together), Mbit/s.")
+    loss_rate: float = Field(0.0, ge=0, lt=1, description="Fraction of packets lost (retransmitted), 0..1.")
 
 
 class SiteClassSpec(Spec):
     """A class of identical sites: N devices (or N base stations, regions) of one type."""
 
     tier: Tier = Field(description="edge, base_station or cloud.")
-    device: Union[Name, DeviceSpec] = Field(description="Catalog device name, or an inline device.")
+    device: DeviceRef = Field(description="Catalog device name (see `tierplan devices`), or an inline device.")
     count: int = Field(1, ge=1, description="How many sites of this class.")
     attach: Name | None = Field(None, description="Site class this one connects up to (edge -> base_station -> cloud).")
     link: Name | None = Field(None, description="Link class (in `links`) used to reach `attach`.")
     max_instances: int | None = Field(
         None, ge=1, description="Rentable instances per site (base stations, clouds); default 1 for owned sites.")
-    max_utilization: float = Field(0.8, gt=0, le=1, description="Cap on compute utilisation at the offered load.")
+    max_utilization: float = Field(0.8, gt=0, le=1, description="Cap on compute utilisation at the offered load, 0..1.")
+    max_memory_gb: float | None = Field(
+        None, gt=0, description="Memory the app may use per site, GB; default: the device's memory.")
     region: str | None = Field(None, description="Free-form location label.")
 
     @model_validator(mode="after")
-    def _attach_needs_link(self) -> "SiteClassSpec":
-        if self.attach is not None and self.link is None:
-            raise ValueError("a site class with `attach` needs `link` (the link class used to reach it)")
+    def _cross(self) -> "SiteClassSpec":
+        _raise_problems(self._check_attach_needs_link() + self._check_memory_limit())
         return self
+
+    def _check_attach_needs_link(self) -> list[Problem]:
+        """A site class that attaches somewhere must say over which link class."""
+        if self.attach is not None and self.link is None:
+            return [("link", f"missing; a site class with `attach: {self.attach}` needs `link` "
+                     "(a link class from `links`)")]
+        if self.attach is None and self.link is not None:
+            return [("attach", f"missing; `link: {self.link}` is given but no site class to attach to")]
+        return []
+
+    def _check_memory_limit(self) -> list[Problem]:
+        """A per-site memory limit cannot exceed an inline device's memory."""
+        if (self.max_memory_gb is not None and isinstance(self.device, DeviceSpec)
+                and self.max_memory_gb > self.device.memory_gb):
+            return [("max_memory_gb", f"{self.max_memory_gb} GB exceeds the device's memory_gb "
+                     f"({self.device.memory_gb} GB)")]
+        return []
 
 
 class FleetSpec(Spec):
     """The fleet: site classes in three tiers and the link classes between them."""
 
     name: str = Field("fleet", description="Fleet name.")
-    sites: dict[Name, SiteClassSpec] = Field(description="Site classes by name.")
+    sites: dict[Name, SiteClassSpec] = Field(min_length=1, description="Site classes by name.")
     links: dict[Name, LinkSpec] = Field(default_factory=dict, description="Link classes by name.")
 
     @model_validator(mode="after")
-    def _references(self) -> "FleetSpec":
-        order = {t: i for i, t in enumerate(TIERS)}
-        for name, s in self.sites.items():
-            if s.attach is not None:
-                if s.attach not in self.sites:
-                    raise ValueError(f"sites.{name}.attach: unknown site class {s.attach!r}")
-                if order[self.sites[s.attach].tier] <= order[s.tier]:
-                    raise ValueError(f"sites.{name}.attach: {s.attach!r} is not in a higher tier than {s.tier}")
-            if s.link is not None and s.link not in self.links:
-                raise ValueError(f"sites.{name}.link: unknown link class {s.link!r}")
-        if not any(s.tier != "edge" for s in self.sites.values()) and not self.sites:
-            raise ValueError("sites: the fleet has no sites")
+    def _cross(self) -> "FleetSpec":
+        _raise_problems(self._check_attach_targets() + self._check_link_names() + self._check_connected())
         return self
+
+    def _check_attach_targets(self) -> list[Problem]:
+        """`attach` names an existing site class in a strictly higher tier."""
+        order = {t: i for i, t in enumerate(TIERS)}
+        out: list[Problem] = []
+        for name, s in self.sites.items():
+            if s.attach is None:
+                continue
+            if s.attach not in self.sites:
+                out.append((f"sites.{name}.attach", f"unknown site class {s.attach!r}"
+                            + did_you_mean(s.attach, self.sites)))
+            elif order[self.sites[s.attach].tier] <= order[s.tier]:
+                out.append((f"sites.{name}.attach", f"{s.attach!r} is {self.sites[s.attach].tier}, not in a "
+                            f"higher tier than {s.tier}; attach to a site class further up "
+                            "(edge -> base_station -> cloud)"))
+        return out
+
+    def _check_link_names(self) -> list[Problem]:
+        """`link` names an existing link class."""
+        return [(f"sites.{name}.link", f"unknown link class {s.link!r}" + did_you_mean(s.link, self.links)
+                 + ("" if self.links else "; declare it under `links`"))
+                for name, s in self.sites.items() if s.link is not None and s.link not in self.links]
+
+    def _check_connected(self) -> list[Problem]:
+        """Every non-cloud class attaches upward when a higher tier exists, so data can reach it."""
+        order = {t: i for i, t in enumerate(TIERS)}
+        out: list[Problem] = []
+        for name, s in self.sites.items():
+            higher = sorted({o.tier for o in self.sites.values() if order[o.tier] > order[s.tier]}, key=order.get)
+            if s.attach is None and higher:
+                out.append((f"sites.{name}", f"no `attach`; the fleet has {' and '.join(higher)} site classes, so "
+                            f"say which one {name} connects to (attach: <site class>, link: <link class>)"))
+        return out
+
+    def tiers(self) -> set[str]:
+        """Tiers that have at least one site class."""
+        return {s.tier for s in self.sites.values()}
 
 
 # ----------------------------------------------------------------------------- app
 class ProfileLayer(Spec):
     """One layer of a profile-table model: what it produces and how long it takes where."""
 
-    name: Name
+    name: Name = Field(description="Layer name, unique within the table.")
     output_bytes: int = Field(ge=0, description="Bytes of the layer's output tensor(s).")
     flops: float = Field(0.0, ge=0, description="FLOPs (multiply-add = 2), used for devices without a measurement.")
     param_bytes: int = Field(0, ge=0, description="Weight bytes.")
-    latency_ms: dict[Name, float] = Field(default_factory=dict, description="Measured latency per device type.")
+    latency_ms: dict[Name, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="Measured latency per device type (catalog name), milliseconds.")
     inputs: list[Name] | None = Field(None, description="Layers feeding this one; default: the previous layer (a chain).")
 
 
@@ -136,61 +238,104 @@ class ProfileTable(Spec):
     """A model given as a chain or DAG of profiled layers, for what-if planning without the file."""
 
     input_bytes: int = Field(ge=0, description="Bytes of the model's input.")
-    layers: list[ProfileLayer] = Field(min_length=1)
+    layers: list[ProfileLayer] = Field(min_length=1, description="Layers in a topological order.")
+
+    @model_validator(mode="after")
+    def _cross(self) -> "ProfileTable":
+        _raise_problems(self._check_layer_names() + self._check_layer_inputs())
+        return self
+
+    def _check_layer_names(self) -> list[Problem]:
+        """Layer names are unique."""
+        seen: set[str] = set()
+        out: list[Problem] = []
+        for i, layer in enumerate(self.layers):
+            if layer.name in seen:
+                out.append((f"layers[{i}].name", f"duplicate layer name {layer.name!r}"))
+            seen.add(layer.name)
+        return out
+
+    def _check_layer_inputs(self) -> list[Problem]:
+        """A layer's inputs are layers listed before it (so the table is a DAG in order)."""
+        out: list[Problem] = []
+        before: list[str] = []
+        for i, layer in enumerate(self.layers):
+            for j, src in enumerate(layer.inputs or []):
+                if src not in before:
+                    out.append((f"layers[{i}].inputs[{j}]", f"{src!r} is not a layer listed before "
+                                f"{layer.name!r}" + did_you_mean(src, before)))
+            before.append(layer.name)
+        return out
 
 
 class ModelSpec(Spec):
     """A model of the app: an ONNX file (or .tflite), or a profile table."""
 
     onnx: str | None = Field(None, description="Path to the ONNX file, relative to app.yaml, or pkg:PACKAGE/PATH.")
-    tflite: str | None = Field(None, description="Path to a .tflite file (LiteRT backend).")
+    tflite: str | None = Field(None, description="Path to a .tflite file (LiteRT backend), relative to app.yaml or pkg:.")
     profile: ProfileTable | None = Field(None, description="Profile table instead of a model file.")
-    dims: dict[str, int] = Field(default_factory=dict, description="Values for symbolic input dimensions.")
+    dims: dict[str, PositiveInt] = Field(default_factory=dict,
+                                         description="Values for symbolic input dimensions, e.g. {height: 640}.")
     max_pieces: int = Field(8, ge=1, le=256, description="At most this many pieces for this model.")
-    precision: Precision = Field("fp32", description="Precision the model runs at.")
+    precision: Precision = Field("fp32", description="Precision the model runs at: fp32, fp16 or int8.")
 
     @model_validator(mode="after")
-    def _exactly_one_source(self) -> "ModelSpec":
+    def _cross(self) -> "ModelSpec":
+        _raise_problems(self._check_exactly_one_source())
+        return self
+
+    def _check_exactly_one_source(self) -> list[Problem]:
+        """A model is exactly one of an ONNX file, a .tflite file or a profile table."""
         given = [k for k in ("onnx", "tflite", "profile") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("a model needs exactly one of `onnx`, `tflite` or `profile`"
-                             + (f" (got {', '.join(given)})" if given else ""))
-        return self
+            return [("", "a model needs exactly one of `onnx`, `tflite` or `profile`"
+                     + (f" (got {', '.join(given)})" if given else ""))]
+        return []
 
 
 class SourceSpec(Spec):
     """Where data enters the app: pinned to a site class or a tier, at a rate, with a tensor shape."""
 
     at: Name = Field(description="Site class name or tier (edge, base_station, cloud) the data is produced on.")
-    rate_hz: float = Field(gt=0, description="Requests per second per producing site.")
-    shape: list[int] = Field(min_length=1, description="Tensor shape of one request.")
-    dtype: DType = "float32"
+    rate_hz: float = Field(gt=0, description="Requests per second per producing site, Hz.")
+    shape: list[PositiveInt] = Field(min_length=1, description="Tensor shape of one request, e.g. [1, 3, 640, 640].")
+    dtype: DType = Field("float32", description="Element type of the tensor.")
     private: bool = Field(False, description="Raw data may not leave the producing device.")
 
-    @field_validator("shape")
-    @classmethod
-    def _positive_dims(cls, v: list[int]) -> list[int]:
-        if any(d <= 0 for d in v):
-            raise ValueError("every dimension of shape must be > 0")
-        return v
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one request's tensor."""
+        import numpy as np
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * np.dtype(self.dtype).itemsize
 
 
 class TransformSpec(Spec):
     """A host-side step between models, e.g. crop detected boxes out of the frame."""
 
-    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="Python callable `module:function`.")
-    cost_ms: float = Field(0.0, ge=0, description="Declared cost per call on an edge-class CPU, ms.")
-    fanout: float = Field(1.0, gt=0, description="Expected outputs per input (e.g. boxes per frame).")
-    output_shape: list[int] | None = Field(None, description="Shape of one output tensor.")
-    output_dtype: DType = "float32"
+    function: str = Field(json_schema_extra={"pattern": _FUNCTION_RE.pattern},
+                          description="Python callable `module:function`, importable from app.yaml's folder.")
+    cost_ms: float = Field(0.0, ge=0, description="Declared cost per call on an edge-class CPU, milliseconds.")
+    fanout: float = Field(1.0, gt=0, description="Expected outputs per input (e.g. boxes per frame); "
+                          "each output is one request downstream.")
+    output_shape: list[PositiveInt] | None = Field(None, description="Shape of one output tensor.")
+    output_dtype: DType = Field("float32", description="Element type of the output tensor.")
+
+    @field_validator("function")
+    @classmethod
+    def _function_format(cls, v: str) -> str:
+        if not _FUNCTION_RE.match(v):
+            raise ValueError(f"{v!r} is not 'module:function' (e.g. 'mytransforms:crop_boxes')")
+        return v
 
 
 class EdgeSpec(Spec):
     """A data-flow edge: outputs of one node (source, model, transform) feed inputs of another."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-    src: Name = Field(alias="from", description="Producing node.")
-    dst: Name = Field(alias="to", description="Consuming node.")
+    src: Name = Field(alias="from", description="Producing node (source, model or transform).")
+    dst: Name = Field(alias="to", description="Consuming node (model or transform).")
     tensors: dict[str, str] = Field(default_factory=dict,
                                     description="Output name of `from` -> input name of `to`; empty: in order.")
 
@@ -198,47 +343,62 @@ class EdgeSpec(Spec):
 class SinkSpec(Spec):
     """Where a result must be delivered."""
 
-    src: Name = Field(alias="from", description="Node whose output is the result.")
+    src: Name = Field(alias="from", description="Node (model or transform) whose output is the result.")
     deliver_to: Literal["source", "edge", "base_station", "cloud", "any"] = Field(
-        "source", description="source = back to the producing device.")
+        "source", description="source = back to the producing device; a tier; or any (nowhere in particular).")
 
 
 class SloSpec(Spec):
     """A latency target for one sink at a percentile."""
 
-    sink: Name
-    latency_ms: float = Field(gt=0)
-    percentile: float = Field(95.0, gt=0, le=100)
+    sink: Name = Field(description="Sink name (in `sinks`).")
+    latency_ms: float = Field(gt=0, description="End-to-end latency target, milliseconds.")
+    percentile: float = Field(95.0, gt=0, le=100, description="Percentile of requests that must meet it, 0..100.")
 
 
 class ObjectiveSpec(Spec):
     """What to minimise: weights on cost ($/h), latency (ms) and energy (J per request)."""
 
-    cost: float = Field(0.0, ge=0)
-    latency: float = Field(0.0, ge=0)
-    energy: float = Field(0.0, ge=0)
+    cost: float = Field(0.0, ge=0, description="Weight on cost, per USD/hour.")
+    latency: float = Field(0.0, ge=0, description="Weight on mean end-to-end latency, per millisecond.")
+    energy: float = Field(0.0, ge=0, description="Weight on edge-device energy, per joule per request.")
 
     @model_validator(mode="after")
-    def _some_weight(self) -> "ObjectiveSpec":
-        if self.cost + self.latency + self.energy <= 0:
-            raise ValueError("objective needs at least one positive weight (cost, latency or energy)")
+    def _cross(self) -> "ObjectiveSpec":
+        _raise_problems(self._check_some_weight())
         return self
+
+    def _check_some_weight(self) -> list[Problem]:
+        """At least one weight is positive."""
+        if self.cost + self.latency + self.energy <= 0:
+            return [("", "objective needs at least one positive weight (cost, latency or energy)")]
+        return []
+
+
+def _objective_tag(v: Any) -> str:
+    return "name" if isinstance(v, str) else "weights"
+
+
+ObjectiveRef = Annotated[
+    Union[Annotated[ObjectiveName, Tag("name")], Annotated[ObjectiveSpec, Tag("weights")]],
+    Discriminator(_objective_tag),
+]
 
 
 class AppSpec(Spec):
     """The application: models, sources, transforms, the data-flow graph, sinks, SLO and objective."""
 
-    name: str = Field("app")
-    models: dict[Name, ModelSpec] = Field(min_length=1)
-    sources: dict[Name, SourceSpec] = Field(min_length=1)
-    transforms: dict[Name, TransformSpec] = Field(default_factory=dict)
-    edges: list[EdgeSpec] = Field(min_length=1)
-    sinks: dict[Name, SinkSpec] = Field(min_length=1)
-    slo: list[SloSpec] = Field(default_factory=list)
+    name: str = Field("app", description="App name.")
+    models: dict[Name, ModelSpec] = Field(min_length=1, description="Models by name.")
+    sources: dict[Name, SourceSpec] = Field(min_length=1, description="Data sources by name.")
+    transforms: dict[Name, TransformSpec] = Field(default_factory=dict, description="Host-side transforms by name.")
+    edges: list[EdgeSpec] = Field(min_length=1, description="Data-flow edges between sources, models and transforms.")
+    sinks: dict[Name, SinkSpec] = Field(min_length=1, description="Where results are delivered, by name.")
+    slo: list[SloSpec] = Field(default_factory=list, description="Latency targets per sink and percentile.")
     min_throughput_rps: float | None = Field(None, gt=0, description="Minimum requests/s the deployment must sustain.")
-    objective: Union[Literal["cost", "latency", "energy"], ObjectiveSpec] = "cost"
-    budget_usd_per_hour: float | None = Field(None, gt=0)
-    base_dir: str = Field("", exclude=True, description="Directory of app.yaml (set by the loader).")
+    objective: ObjectiveRef = Field("cost", description="cost, latency, energy, or weights {cost, latency, energy}.")
+    budget_usd_per_hour: float | None = Field(None, gt=0, description="Most the deployment may cost, USD per hour.")
+    base_dir: SkipJsonSchema[str] = Field("", exclude=True, description="Directory of app.yaml (set by the loader).")
 
     @property
     def weights(self) -> ObjectiveSpec:
@@ -247,12 +407,23 @@ class AppSpec(Spec):
             return self.objective
         return ObjectiveSpec(**{self.objective: 1.0})
 
+    def node_kinds(self) -> dict[str, str]:
+        """Node name -> 'models' | 'sources' | 'transforms' (first declaration wins)."""
+        names: dict[str, str] = {}
+        for kind in ("models", "sources", "transforms"):
+            for n in getattr(self, kind):
+                names.setdefault(n, kind)
+        return names
+
     def resolve_path(self, p: str) -> Path:
         """A model path from the YAML as an absolute path (relative to app.yaml; pkg: from an installed package)."""
         if p.startswith("pkg:"):
             import importlib.util
             pkg, _, rel = p[4:].partition("/")
-            spec = importlib.util.find_spec(pkg)
+            try:
+                spec = importlib.util.find_spec(pkg)
+            except (ImportError, ValueError):
+                spec = None
             if spec is None or not spec.submodule_search_locations:
                 return Path(f"<package {pkg} not installed>") / rel
             return Path(list(spec.submodule_search_locations)[0]) / rel
@@ -260,29 +431,98 @@ class AppSpec(Spec):
         return path if path.is_absolute() else Path(self.base_dir or ".") / path
 
     @model_validator(mode="after")
-    def _graph(self) -> "AppSpec":
-        names: dict[str, str] = {}
+    def _cross(self) -> "AppSpec":
+        problems = self._check_unique_names() + self._check_edge_ends()
+        if not problems:  # graph-shape checks need valid endpoints
+            problems += self._check_acyclic() + self._check_every_node_fed() + self._check_duplicate_edges()
+        problems += self._check_sinks() + self._check_slo()
+        _raise_problems(problems)
+        return self
+
+    def _check_unique_names(self) -> list[Problem]:
+        """Models, sources and transforms share one namespace."""
+        seen: dict[str, str] = {}
+        out: list[Problem] = []
         for kind in ("models", "sources", "transforms"):
             for n in getattr(self, kind):
-                if n in names:
-                    raise ValueError(f"{kind}.{n}: name already used in {names[n]}")
-                names[n] = kind
+                if n in seen:
+                    out.append((f"{kind}.{n}", f"name already used in {seen[n]}; node names must be unique "
+                                "across models, sources and transforms"))
+                seen.setdefault(n, kind)
+        return out
+
+    def _check_edge_ends(self) -> list[Problem]:
+        """Edges connect declared nodes, and nothing flows into a source."""
+        names = self.node_kinds()
+        out: list[Problem] = []
         for i, e in enumerate(self.edges):
             if e.src not in names:
-                raise ValueError(f"edges[{i}].from: unknown node {e.src!r}")
+                out.append((f"edges[{i}].from", f"unknown node {e.src!r}" + did_you_mean(e.src, names)))
             if e.dst not in names:
-                raise ValueError(f"edges[{i}].to: unknown node {e.dst!r}")
-            if names[e.dst] == "sources":
-                raise ValueError(f"edges[{i}].to: {e.dst!r} is a source; sources have no inputs")
+                out.append((f"edges[{i}].to", f"unknown node {e.dst!r}" + did_you_mean(e.dst, names)))
+            elif names[e.dst] == "sources":
+                out.append((f"edges[{i}].to", f"{e.dst!r} is a source; sources have no inputs"))
+            if e.src == e.dst:
+                out.append((f"edges[{i}]", f"edge from {e.src!r} to itself"))
+        return out
+
+    def _check_acyclic(self) -> list[Problem]:
+        """The data-flow graph is a DAG."""
         import networkx as nx
         g = nx.DiGraph((e.src, e.dst) for e in self.edges)
-        if not nx.is_directed_acyclic_graph(g):
-            cycle = " -> ".join(u for u, _ in nx.find_cycle(g))
-            raise ValueError(f"edges: the data-flow graph has a cycle ({cycle})")
+        try:
+            cycle = nx.find_cycle(g)
+        except nx.NetworkXNoCycle:
+            return []
+        path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+        return [("edges", f"the data-flow graph has a cycle ({path}); remove one of these edges")]
+
+    def _check_every_node_fed(self) -> list[Problem]:
+        """Every model and transform has an input edge, and every source feeds something."""
+        has_in = {e.dst for e in self.edges}
+        has_out = {e.src for e in self.edges}
+        out: list[Problem] = []
+        for kind in ("models", "transforms"):
+            for n in getattr(self, kind):
+                if n not in has_in:
+                    out.append((f"{kind}.{n}", f"nothing feeds {n!r}; add an edge `{{from: <source or node>, to: {n}}}`"))
+        for n in self.sources:
+            if n not in has_out:
+                out.append((f"sources.{n}", f"source {n!r} feeds nothing; add an edge `{{from: {n}, to: <model>}}`"))
+        return out
+
+    def _check_duplicate_edges(self) -> list[Problem]:
+        """Each (from, to) pair appears once; put several tensors in one edge's `tensors`."""
+        seen: dict[tuple[str, str], int] = {}
+        out: list[Problem] = []
+        for i, e in enumerate(self.edges):
+            key = (e.src, e.dst)
+            if key in seen:
+                out.append((f"edges[{i}]", f"duplicate of edges[{seen[key]}] ({e.src} -> {e.dst}); "
+                            "merge their `tensors` into one edge"))
+            seen.setdefault(key, i)
+        return out
+
+    def _check_sinks(self) -> list[Problem]:
+        """A sink takes the output of a declared model or transform."""
+        names = self.node_kinds()
+        out: list[Problem] = []
         for n, s in self.sinks.items():
-            if s.src not in names or names[s.src] == "sources":
-                raise ValueError(f"sinks.{n}.from: unknown model or transform {s.src!r}")
+            if s.src not in names:
+                out.append((f"sinks.{n}.from", f"unknown model or transform {s.src!r}" + did_you_mean(s.src, names)))
+            elif names[s.src] == "sources":
+                out.append((f"sinks.{n}.from", f"{s.src!r} is a source; a sink takes a model's or transform's output"))
+        return out
+
+    def _check_slo(self) -> list[Problem]:
+        """An SLO names a declared sink, once per percentile."""
+        out: list[Problem] = []
+        seen: dict[tuple[str, float], int] = {}
         for i, s in enumerate(self.slo):
             if s.sink not in self.sinks:
-                raise ValueError(f"slo[{i}].sink: unknown sink {s.sink!r}")
-        return self
+                out.append((f"slo[{i}].sink", f"unknown sink {s.sink!r}" + did_you_mean(s.sink, self.sinks)))
+            key = (s.sink, s.percentile)
+            if key in seen:
+                out.append((f"slo[{i}]", f"duplicate of slo[{seen[key]}] (sink {s.sink}, p{s.percentile:g})"))
+            seen.setdefault(key, i)
+        return out
