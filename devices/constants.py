@@ -1,0 +1,65 @@
+"""Default figures of the cost model, each with its rationale: the one place hardware-independent constants live.
+
+Device figures (peak FLOP/s, bandwidth, power, prices) live in devices/catalog/*.yaml with their sources;
+what is here says how far real kernels fall short of those peaks before a device is calibrated.
+`tierplan calibrate` replaces all of it for the device it runs on (devices/calibration/<device>.json).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACCEL_KINDS", "DEFAULT_EFFICIENCY", "PRECISION_EFFICIENCY_SCALE", "BANDWIDTH_EFFICIENCY",
+    "PRECISION_BYTES_SCALE", "SERIALIZE_GBPS", "REFERENCE_EDGE_CPU_GFLOPS", "MIN_TRANSFORM_SCALE",
+    "DEFAULT_CLOUD_MAX_INSTANCES", "BYTES_PER_GB", "MS_PER_HOUR", "DEFAULT_OP_EFFICIENCY",
+]
+
+# Device kinds, told apart by the kind of the TVM target ("cuda" -> gpu, else cpu).
+ACCEL_KINDS: tuple[str, ...] = ("cpu", "gpu")
+
+# Share of the fp32 peak an operator type reaches at batch 1, per device kind.
+# CPU: onnxruntime's MLAS GEMM/conv kernels reach 50-70% of peak on large GEMMs but small, oddly
+# shaped convolutions (depthwise, 1x1 on few channels) at batch 1 reach 5-30%; MatMul/Gemm in
+# classifier heads are mostly memory-bound and fall to the bandwidth term. (MLAS and oneDNN
+# benchmark reports; our own `tierplan calibrate` on an x86 core lands in these ranges.)
+# GPU: batch-1 CNN layers fill few SMs: 5-25% of peak is typical (TensorRT/ORT CUDA EP profiles);
+# at batch 1 small models are bound by per-op launch overhead (dispatch_overhead_us), not FLOPs.
+DEFAULT_EFFICIENCY: dict[str, dict[str, float]] = {
+    "cpu": {
+        "Conv": 0.30, "ConvTranspose": 0.20, "Gemm": 0.40, "MatMul": 0.40, "LSTM": 0.15, "GRU": 0.15,
+        "Attention": 0.25, "Einsum": 0.20,
+    },
+    "gpu": {
+        "Conv": 0.15, "ConvTranspose": 0.10, "Gemm": 0.25, "MatMul": 0.25, "LSTM": 0.03, "GRU": 0.03,
+        "Attention": 0.15, "Einsum": 0.10,
+    },
+}
+# Element-wise and data-movement ops: their FLOPs are small; they are bound by the bandwidth term.
+DEFAULT_OP_EFFICIENCY: dict[str, float] = {"cpu": 0.10, "gpu": 0.05}
+
+# Lower precisions have higher peaks but kernels reach a smaller share of them (quantise/dequantise,
+# fewer tuned kernels): multiply the fp32 efficiency by this.
+PRECISION_EFFICIENCY_SCALE: dict[str, float] = {"fp32": 1.0, "fp16": 0.7, "int8": 0.5}
+
+# Bytes moved relative to an fp32 model (weights and activations shrink with the precision).
+PRECISION_BYTES_SCALE: dict[str, float] = {"fp32": 1.0, "fp16": 0.5, "int8": 0.25}
+
+# Share of the datasheet memory bandwidth that kernels sustain (STREAM-like): 60% on CPUs,
+# 75% on GPUs (STREAM and BabelStream reports on the catalog's parts).
+BANDWIDTH_EFFICIENCY: dict[str, float] = {"cpu": 0.6, "gpu": 0.75}
+
+# Tensor (de)serialisation + copy through gRPC, GB/s: 1.1-1.3 GB/s measured over loopback with 1 MiB
+# stream chunks on this machine (shared/DESIGN.md, "Peers measured").
+SERIALIZE_GBPS: float = 1.2
+
+# TransformSpec.cost_ms is declared "on an edge-class CPU": a Raspberry Pi 4-class 48 GFLOP/s CPU.
+REFERENCE_EDGE_CPU_GFLOPS: float = 48.0
+# Host-side Python transforms are single-threaded: a big server is at most ~4x faster per call
+# than the reference edge CPU (single-core speed ratio of a server core to a Cortex-A72).
+MIN_TRANSFORM_SCALE: float = 0.25
+
+# Rented cloud site classes without `max_instances` can scale out to this many instances.
+DEFAULT_CLOUD_MAX_INSTANCES: int = 1000
+
+# Units.
+BYTES_PER_GB: float = 1e9          # cloud egress is priced per decimal GB
+MS_PER_HOUR: float = 3.6e6

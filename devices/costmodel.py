@@ -1,0 +1,252 @@
+"""Cost model: latency of a piece on a device, transfer time over a link, money and energy per request.
+
+Latency of one operator o of type t on device d at batch b and precision p (uncalibrated roofline):
+
+    compute_ms(o) = b * flops(o) / (peak_gflops[d, p] * 1e9 * eff[kind(d), t] * scale[p]) * 1e3
+    memory_ms(o)  = (param_bytes(o) + b * act_bytes(o)) * bytes_scale[p] / (bandwidth[d] * 1e9 * bw_eff[kind(d)]) * 1e3
+    op_ms(o)      = max(compute_ms(o), memory_ms(o)) + dispatch_overhead_us[d] / 1e3
+
+and a piece costs the sum over its operators. A calibrated device (devices/calibration/<device>.json,
+written by `tierplan calibrate`) replaces eff and the overheads with fitted per-op-type coefficients:
+
+    op_ms(o) = a[t] * b * GFLOP(o) + m[t] * MB(o) + op_overhead_us / 1e3,   piece_ms += run_overhead_us / 1e3
+
+(a, m >= 0 fitted by non-negative least squares on measured runs; see devices/calibrate.py).
+A piece carrying `measured_ms[device.name]` uses that measurement instead (scaled by the predicted
+batch ratio when batch > 1).
+
+Transfer of n bytes over a link in one direction: RTT/2 + 8 n / bandwidth + n / SERIALIZE_GBPS.
+Money: instance $/h x time, egress $/GB x bytes (decimal GB). Energy: active power x time, plus
+radio nJ/byte x bytes sent on battery devices.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from devices.constants import (
+    BANDWIDTH_EFFICIENCY, BYTES_PER_GB, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, MIN_TRANSFORM_SCALE,
+    MS_PER_HOUR, PRECISION_BYTES_SCALE, PRECISION_EFFICIENCY_SCALE, REFERENCE_EDGE_CPU_GFLOPS, SERIALIZE_GBPS,
+)
+from partition.types import OpCost, Piece
+from tierplan.errors import InputError
+from tierplan.spec import DeviceSpec, LinkSpec, TransformSpec
+
+__all__ = ["CALIBRATION_DIR", "OTHER_OP", "Calibration", "CostModel", "device_kind"]
+
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+OTHER_OP = "other"   # calibration bucket for op types seen too rarely to get their own coefficients
+
+
+def device_kind(device: DeviceSpec) -> str:
+    """'gpu' for CUDA targets, else 'cpu': which default efficiency table applies."""
+    return "gpu" if str(device.tvm_target.get("kind", "llvm")) == "cuda" else "cpu"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fitted cost coefficients of one device (what `tierplan calibrate` writes as JSON).
+
+    ms_per_gflop[op_type]: compute term; ms_per_mb[op_type]: memory term (MB = 1e6 bytes);
+    op_overhead_us: per operator; run_overhead_us: per piece run (session call, input copies).
+    """
+
+    device: str
+    ms_per_gflop: Mapping[str, float]
+    ms_per_mb: Mapping[str, float]
+    op_overhead_us: float
+    run_overhead_us: float
+    threads: int = 1
+    precision: str = "fp32"
+    backend: str = "onnxruntime"
+    measured_at: str = ""
+    host: str = ""
+    models: tuple[str, ...] = ()
+    fit: Mapping[str, Any] = field(default_factory=dict)
+
+    def efficiency(self, device: DeviceSpec) -> dict[str, float]:
+        """Fitted compute coefficients as a share of the device's fp32 peak, per op type."""
+        peak = device.peak_gflops["fp32"]
+        return {t: (1e3 / (a * peak) if a > 0 else float("inf")) for t, a in self.ms_per_gflop.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ms_per_gflop"] = dict(self.ms_per_gflop)
+        d["ms_per_mb"] = dict(self.ms_per_mb)
+        d["models"] = list(self.models)
+        d["fit"] = dict(self.fit)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        known["models"] = tuple(known.get("models", ()))
+        return cls(**known)
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON (atomically: a temporary file renamed into place)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as e:
+            raise InputError(f"{path}: not a readable calibration file ({e.__class__.__name__}: {e}). "
+                             f"To fix: rerun `tierplan calibrate --out {path}`")
+
+
+class CostModel:
+    """Predicts latency, transfer time, money and energy; see the module docstring for the formulas.
+
+    `calibration`: None (load devices/calibration/<device>.json when present), a Calibration, a
+    mapping device name -> Calibration, or False (never calibrate: the datasheet roofline only).
+    """
+
+    def __init__(self, calibration: Calibration | Mapping[str, Calibration] | bool | None = None,
+                 calibration_dir: str | Path = CALIBRATION_DIR):
+        self._auto = calibration is None
+        self._dir = Path(calibration_dir)
+        self._cal: dict[str, Calibration | None] = {}
+        if isinstance(calibration, Calibration):
+            self._cal[calibration.device] = calibration
+        elif isinstance(calibration, Mapping):
+            self._cal.update(calibration)
+
+    # ------------------------------------------------------------------ calibration lookup
+    def calibration_for(self, device: DeviceSpec) -> Calibration | None:
+        """The calibration used for `device`, or None (datasheet roofline)."""
+        if device.name not in self._cal:
+            path = self._dir / f"{device.name}.json"
+            self._cal[device.name] = Calibration.load(path) if self._auto and path.exists() else None
+        return self._cal[device.name]
+
+    # ------------------------------------------------------------------ compute
+    def op_ms(self, op: OpCost, device: DeviceSpec, batch: int = 1, precision: str = "fp32") -> float:
+        """Predicted latency of one operator, milliseconds (includes its dispatch overhead)."""
+        cal = self.calibration_for(device)
+        if cal is not None:
+            return self._op_ms_calibrated(op, device, cal, batch, precision)
+        return self._op_ms_roofline(op, device, batch, precision)
+
+    def piece_ms(self, piece: Piece, device: DeviceSpec, batch: int = 1, precision: str = "fp32") -> float:
+        """Predicted (or measured) latency of one run of `piece` on `device`, milliseconds."""
+        _check_batch_precision(batch, precision)
+        measured = piece.measured_ms.get(device.name) if piece.measured_ms else None
+        if measured is not None:
+            if batch == 1:
+                return float(measured)
+            return float(measured) * self._predict_piece(piece, device, batch, precision) / \
+                max(self._predict_piece(piece, device, 1, precision), 1e-12)
+        return self._predict_piece(piece, device, batch, precision)
+
+    def ops_ms(self, ops: Iterable[OpCost], device: DeviceSpec, batch: int = 1, precision: str = "fp32") -> float:
+        """Latency of a list of operators run as one piece (one run overhead), milliseconds."""
+        _check_batch_precision(batch, precision)
+        cal = self.calibration_for(device)
+        total = sum(self.op_ms(o, device, batch, precision) for o in ops)
+        return total + (cal.run_overhead_us / 1e3 if cal is not None else 0.0)
+
+    def _predict_piece(self, piece: Piece, device: DeviceSpec, batch: int, precision: str) -> float:
+        ops = piece.ops or (_lumped_op(piece),)
+        total = self.ops_ms(ops, device, batch, precision)
+        if not piece.ops and len(piece.nodes) > 1:  # a lumped piece still pays one dispatch per node
+            total += (len(piece.nodes) - 1) * self._overhead_ms(device)
+        return total
+
+    def _overhead_ms(self, device: DeviceSpec) -> float:
+        cal = self.calibration_for(device)
+        return (cal.op_overhead_us if cal is not None else device.dispatch_overhead_us) / 1e3
+
+    @staticmethod
+    def _peak(device: DeviceSpec, precision: str) -> tuple[float, float]:
+        """(peak GFLOP/s used, efficiency scale) at `precision`; falls back to fp32 when the device lacks it."""
+        if precision in device.peak_gflops:
+            return device.peak_gflops[precision], PRECISION_EFFICIENCY_SCALE[precision]
+        return device.peak_gflops["fp32"], 1.0
+
+    def _op_ms_roofline(self, op: OpCost, device: DeviceSpec, batch: int, precision: str) -> float:
+        kind = device_kind(device)
+        peak, scale = self._peak(device, precision)
+        eff = DEFAULT_EFFICIENCY[kind].get(op.op_type, DEFAULT_OP_EFFICIENCY[kind]) * scale
+        compute_ms = batch * op.flops / (peak * 1e9 * eff) * 1e3
+        nbytes = (op.param_bytes + batch * op.act_bytes) * PRECISION_BYTES_SCALE[precision]
+        memory_ms = nbytes / (device.memory_bandwidth_gbps * 1e9 * BANDWIDTH_EFFICIENCY[kind]) * 1e3
+        return max(compute_ms, memory_ms) + device.dispatch_overhead_us / 1e3
+
+    def _op_ms_calibrated(self, op: OpCost, device: DeviceSpec, cal: Calibration, batch: int,
+                          precision: str) -> float:
+        t = op.op_type if op.op_type in cal.ms_per_gflop else OTHER_OP
+        if t not in cal.ms_per_gflop:
+            return self._op_ms_roofline(op, device, batch, precision)
+        a, m = cal.ms_per_gflop[t], cal.ms_per_mb.get(t, 0.0)
+        if precision != cal.precision:  # rescale by the datasheet ratio between the precisions
+            p_new, s_new = self._peak(device, precision)
+            p_cal, s_cal = self._peak(device, cal.precision)
+            a *= (p_cal * s_cal) / (p_new * s_new)
+            m *= PRECISION_BYTES_SCALE[precision] / PRECISION_BYTES_SCALE[cal.precision]
+        nbytes = op.param_bytes + batch * op.act_bytes
+        return a * batch * op.flops / 1e9 + m * nbytes / 1e6 + cal.op_overhead_us / 1e3
+
+    def transform_ms(self, spec: TransformSpec, device: DeviceSpec) -> float:
+        """Host-side transform time: the declared edge-CPU cost scaled by the device's CPU speed."""
+        if device_kind(device) == "gpu":  # GPU devices run transforms on a server-class host CPU
+            scale = MIN_TRANSFORM_SCALE
+        else:
+            scale = min(1.0, max(MIN_TRANSFORM_SCALE, REFERENCE_EDGE_CPU_GFLOPS / device.peak_gflops["fp32"]))
+        return spec.cost_ms * scale
+
+    # ------------------------------------------------------------------ network, money, energy
+    @staticmethod
+    def transfer_ms(nbytes: float, link: LinkSpec, direction: str = "up") -> float:
+        """One-way time to move `nbytes` over `link`: RTT/2 + bytes/bandwidth + serialisation, ms."""
+        if direction not in ("up", "down"):
+            raise InputError(f"transfer direction must be 'up' or 'down', got {direction!r}")
+        if nbytes < 0:
+            raise InputError(f"transfer size must be >= 0 bytes, got {nbytes}")
+        mbps = link.uplink_mbps if direction == "up" else link.downlink_mbps
+        wire_ms = nbytes * 8 / (mbps * 1e6) * 1e3
+        serialise_ms = nbytes / (SERIALIZE_GBPS * 1e9) * 1e3
+        return link.rtt_ms / 2 + wire_ms + serialise_ms
+
+    @staticmethod
+    def egress_usd(nbytes: float, link: LinkSpec) -> float:
+        """Egress charge of `nbytes` leaving the upper site over `link` ($/GB, decimal GB)."""
+        return nbytes / BYTES_PER_GB * link.egress_usd_per_gb
+
+    @staticmethod
+    def compute_usd(ms: float, device: DeviceSpec) -> float:
+        """Instance cost of `ms` of exclusive compute on `device` ($/h x time)."""
+        return device.cost_per_hour_usd * ms / MS_PER_HOUR
+
+    @staticmethod
+    def compute_energy_j(ms: float, device: DeviceSpec) -> float:
+        """Energy of `ms` of inference on `device`: active power x time, joules."""
+        return device.power_active_w * ms / 1e3
+
+    @staticmethod
+    def radio_energy_j(nbytes: float, device: DeviceSpec) -> float:
+        """Radio energy to send `nbytes` from `device`: nJ/byte x bytes, joules (0 on mains power)."""
+        return nbytes * device.radio_nj_per_byte * 1e-9
+
+
+def _lumped_op(piece: Piece) -> OpCost:
+    """A piece without per-op detail (profile tables) as one operator of unknown type."""
+    return OpCost(name=piece.id, op_type=OTHER_OP, flops=piece.flops, param_bytes=piece.param_bytes,
+                  act_bytes=piece.in_bytes + piece.out_bytes)
+
+
+def _check_batch_precision(batch: int, precision: str) -> None:
+    if batch < 1:
+        raise InputError(f"batch must be >= 1, got {batch}")
+    if precision not in PRECISION_BYTES_SCALE:
+        raise InputError(f"precision must be one of fp32, fp16, int8, got {precision!r}")

@@ -1,0 +1,126 @@
+"""Fleet resolution: site classes with their DeviceSpec and links, and the routes tensors take between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, Mapping
+
+from devices.catalog import load_catalog, suggest
+from devices.constants import DEFAULT_CLOUD_MAX_INSTANCES
+from tierplan.errors import InputError, SpecError
+from tierplan.spec import DeviceSpec, FleetSpec, LinkSpec
+
+__all__ = ["SiteClass", "Fleet", "Hop", "resolve_fleet"]
+
+Direction = Literal["up", "down"]
+Hop = tuple[LinkSpec, Direction]   # a link crossed, and which way ("up" = towards the cloud)
+
+
+@dataclass(frozen=True)
+class SiteClass:
+    """A class of identical sites after resolution: N sites of one device type, attached up one link."""
+
+    name: str
+    tier: str
+    device: DeviceSpec
+    count: int
+    attach: str | None
+    link: LinkSpec | None
+    max_instances: int
+    max_utilization: float
+    link_name: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Resolved fleet: site classes by name and link classes by name (read-only mappings)."""
+
+    name: str
+    classes: Mapping[str, SiteClass]
+    links: Mapping[str, LinkSpec] = field(default_factory=dict)
+
+    def parents(self, name: str) -> list[str]:
+        """The chain of classes above `name`, nearest first (edge -> base station -> cloud)."""
+        self._check(name)
+        out: list[str] = []
+        cur = self.classes[name].attach
+        while cur is not None:
+            out.append(cur)
+            cur = self.classes[cur].attach
+        return out
+
+    def children(self, name: str) -> list[str]:
+        """Classes attached directly to `name`."""
+        self._check(name)
+        return [c.name for c in self.classes.values() if c.attach == name]
+
+    def edge_classes(self) -> list[str]:
+        """Names of the edge-tier classes, in fleet order."""
+        return [c.name for c in self.classes.values() if c.tier == "edge"]
+
+    def tier_classes(self, tier: str) -> list[str]:
+        """Names of the classes of one tier, in fleet order."""
+        return [c.name for c in self.classes.values() if c.tier == tier]
+
+    def reachable(self, a: str, b: str) -> bool:
+        """True when a tensor can travel from class a to class b (they share an ancestor, or are one)."""
+        self._check(a)
+        self._check(b)
+        return bool({a, *self.parents(a)} & {b, *self.parents(b)})
+
+    def route(self, a: str, b: str) -> list[Hop]:
+        """Links a tensor crosses from class a to class b: up a's attach chain to the lowest common
+        ancestor, then down to b. Same class: [] (the tensor stays on the device or site)."""
+        chain_a = [a, *self.parents(a)]
+        chain_b = [b, *self.parents(b)]
+        common = next((x for x in chain_a if x in chain_b), None)
+        if common is None:
+            raise InputError(f"fleet {self.name!r}: no route from {a!r} to {b!r}: they share no site "
+                             f"they attach to. To fix: attach both (or their parents) to one site class")
+        up = [(self.classes[x].link, "up") for x in chain_a[:chain_a.index(common)]]
+        down = [(self.classes[y].link, "down") for y in reversed(chain_b[:chain_b.index(common)])]
+        return up + down  # type: ignore[return-value]
+
+    def _check(self, name: str) -> None:
+        if name not in self.classes:
+            raise InputError(f"fleet {self.name!r}: unknown site class {name!r}"
+                             f"{suggest(name, list(self.classes))}")
+
+
+def resolve_fleet(fleet_spec: FleetSpec, catalog: Mapping[str, DeviceSpec] | None = None,
+                  path: str | None = None) -> Fleet:
+    """Resolve device names against the catalog and links against `links`; never mutates the spec.
+
+    Unknown devices raise SpecError naming `sites.<class>.device` (prefixed with `path` when given).
+    `max_instances` defaults to DEFAULT_CLOUD_MAX_INSTANCES for rented cloud classes, else 1.
+    """
+    cat = load_catalog() if catalog is None else catalog
+    prefix = f"{path}: " if path else ""
+    problems: list[str] = []
+    classes: dict[str, SiteClass] = {}
+    for name, s in fleet_spec.sites.items():
+        if isinstance(s.device, DeviceSpec):
+            device = s.device
+        elif s.device in cat:
+            device = cat[s.device]
+        else:
+            problems.append(f"{prefix}sites.{name}.device: unknown device {s.device!r}"
+                            f"{suggest(s.device, sorted(cat))}. To fix: pick one of `tierplan devices` "
+                            f"or declare the device inline")
+            continue
+        link = fleet_spec.links.get(s.link) if s.link is not None else None
+        if s.max_instances is not None:
+            max_instances = s.max_instances
+        elif s.tier == "cloud" and device.cost_per_hour_usd > 0:
+            max_instances = DEFAULT_CLOUD_MAX_INSTANCES
+        else:
+            max_instances = 1
+        classes[name] = SiteClass(name=name, tier=s.tier, device=device, count=s.count, attach=s.attach,
+                                  link=link, max_instances=max_instances,
+                                  max_utilization=s.max_utilization, link_name=s.link, region=s.region)
+    if problems:
+        raise SpecError(problems)
+    return Fleet(name=fleet_spec.name, classes=MappingProxyType(classes),
+                 links=MappingProxyType(dict(fleet_spec.links)))
