@@ -17,7 +17,8 @@ from pydantic import BaseModel, ValidationError
 from tierplan.errors import SpecError
 from tierplan.spec import AppSpec, FleetSpec, did_you_mean
 
-__all__ = ["load_app", "load_fleet", "load_yaml_spec", "dump_spec", "format_path"]
+__all__ = ["load_app", "load_fleet", "load_yaml_spec", "dump_spec", "format_path", "parse_path",
+           "line_index", "best_line", "relocate"]
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple  # YAML path: str keys and int list indices
@@ -31,7 +32,7 @@ def format_path(loc: Loc) -> str:
     return s or "<top>"
 
 
-def _index(node: yaml.Node | None, path: Loc = (), lines: dict | None = None,
+def line_index(node: yaml.Node | None, path: Loc = (), lines: dict | None = None,
            dups: list | None = None) -> tuple[dict[Loc, int], list[tuple[Loc, int, int]]]:
     """Map each YAML path to its 1-based line; collect duplicate keys as (path, line, first line)."""
     lines = {} if lines is None else lines
@@ -49,11 +50,11 @@ def _index(node: yaml.Node | None, path: Loc = (), lines: dict | None = None,
                 continue
             first[key] = line
             lines[path + (key,)] = line
-            _index(v, path + (key,), lines, dups)
+            line_index(v, path + (key,), lines, dups)
             lines[path + (key,)] = line
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _index(v, path + (i,), lines, dups)
+            line_index(v, path + (i,), lines, dups)
     return lines, dups
 
 
@@ -67,7 +68,7 @@ def _scalar_key(k: yaml.Node) -> Any:
     return str(k.value)
 
 
-def _best_line(lines: dict[Loc, int], loc: Loc) -> int:
+def best_line(lines: dict[Loc, int], loc: Loc) -> int:
     for i in range(len(loc), -1, -1):
         if loc[:i] in lines:
             return lines[loc[:i]]
@@ -159,7 +160,7 @@ def _messages(err: dict, data: Any, model: type[BaseModel]) -> list[tuple[Loc, s
         out = []
         for line in str(err["ctx"]["detail"]).splitlines():
             rel, sep, msg = line.partition(": ")
-            rel_loc = _parse_rel(rel) if sep else ()
+            rel_loc = parse_path(rel) if sep else ()
             out.append((loc + rel_loc, msg if sep else line))
         return out
     msg = err["msg"].removeprefix("Value error, ")
@@ -175,7 +176,7 @@ def _messages(err: dict, data: Any, model: type[BaseModel]) -> list[tuple[Loc, s
     return [(loc, msg)]
 
 
-def _parse_rel(rel: str) -> Loc:
+def parse_path(rel: str) -> Loc:
     """'sites.phone.attach' / 'edges[2].from' -> tuple path (names may not contain '[')."""
     out: list = []
     for part in rel.replace("[", ".[").split("."):
@@ -188,7 +189,7 @@ def _parse_rel(rel: str) -> Loc:
     return tuple(out)
 
 
-def _relocate(loc: Loc, lines: dict[Loc, int]) -> Loc:
+def relocate(loc: Loc, lines: dict[Loc, int]) -> Loc:
     """Re-split a path whose names contain dots (e.g. a device 'g5.xlarge') against the YAML's paths."""
     if loc in lines:
         return loc
@@ -221,14 +222,14 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise SpecError([f"{path}:1: <top>: expected a mapping of keys ({', '.join(_fields_of(model))}), got {got}"])
-    lines, dups = _index(node)
+    lines, dups = line_index(node)
     problems: list[tuple[int, str]] = []
     for loc, line, first in dups:
         problems.append((line, f"{path}:{line}: {format_path(loc)}: duplicate key {loc[-1]!r} "
                                f"(first at line {first}); names must be unique"))
     for key in extra:
         if key in data:
-            line = _best_line(lines, (key,))
+            line = best_line(lines, (key,))
             problems.append((line, f"{path}:{line}: {key}: unknown key {key!r} (set by tierplan, not the YAML)"))
     try:
         spec = model.model_validate({**data, **extra})
@@ -236,8 +237,8 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
         seen: set[str] = set()
         for err in e.errors():
             for loc, msg in _messages(err, data, model):
-                loc = _relocate(loc, lines)
-                line = _best_line(lines, loc)
+                loc = relocate(loc, lines)
+                line = best_line(lines, loc)
                 text_ = f"{path}:{line}: {format_path(loc)}: {msg}"
                 if text_ not in seen:
                     seen.add(text_)

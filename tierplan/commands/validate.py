@@ -1,0 +1,128 @@
+"""`tierplan validate APP [--fleet FLEET] [--json]`: check app.yaml (and fleet.yaml) and summarise them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from tierplan.errors import SpecError
+from tierplan.spec import AppSpec, DeviceSpec, FleetSpec
+
+__all__ = ["register", "run_validate", "summary"]
+
+
+def run_validate(app_path: Path, fleet_path: Path | None = None) -> tuple[AppSpec, FleetSpec | None]:
+    """Load and validate both files; raise one SpecError with every problem of both."""
+    from tierplan.loader import load_app, load_fleet
+    from tierplan.validate import validate
+
+    problems: list[str] = []
+    app = fleet = None
+    try:
+        app = load_app(app_path)
+    except SpecError as e:
+        problems += e.problems
+    if fleet_path is not None:
+        try:
+            fleet = load_fleet(fleet_path)
+        except SpecError as e:
+            problems += e.problems
+    if problems:
+        raise SpecError(problems)
+    problems = validate(app, fleet, app_path=app_path, fleet_path=fleet_path)
+    if problems:
+        raise SpecError(problems)
+    return app, fleet
+
+
+def _model_kind(m) -> str:
+    return "onnx" if m.onnx is not None else ("tflite" if m.tflite is not None else "profile")
+
+
+def summary(app: AppSpec, fleet: FleetSpec | None) -> dict:
+    """The machine-readable summary printed by `--json` (numbers stay numbers)."""
+    out: dict = {
+        "valid": True,
+        "app": app.name,
+        "models": [{"name": n, "kind": _model_kind(m), "file": m.onnx or m.tflite, "max_pieces": m.max_pieces}
+                   for n, m in app.models.items()],
+        "sources": [{"name": n, "at": s.at, "rate_hz": s.rate_hz, "shape": list(s.shape), "dtype": s.dtype,
+                     "private": s.private} for n, s in app.sources.items()],
+        "transforms": [{"name": n, "function": t.function, "cost_ms": t.cost_ms, "fanout": t.fanout}
+                       for n, t in app.transforms.items()],
+        "edges": [{"from": e.src, "to": e.dst} for e in app.edges],
+        "sinks": [{"name": n, "from": s.src, "deliver_to": s.deliver_to,
+                   "slo": [{"latency_ms": o.latency_ms, "percentile": o.percentile}
+                           for o in app.slo if o.sink == n]} for n, s in app.sinks.items()],
+        "objective": app.objective if isinstance(app.objective, str) else app.objective.model_dump(),
+        "budget_usd_per_hour": app.budget_usd_per_hour,
+        "min_throughput_rps": app.min_throughput_rps,
+    }
+    if fleet is not None:
+        out["fleet"] = fleet.name
+        out["sites"] = [{"name": n, "tier": s.tier,
+                         "device": s.device.name if isinstance(s.device, DeviceSpec) else s.device,
+                         "count": s.count, "attach": s.attach, "link": s.link} for n, s in fleet.sites.items()]
+        out["devices_total"] = sum(s.count for s in fleet.sites.values())
+    return out
+
+
+def _print_summary(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold green]valid[/]: app [bold]{info['app']}[/]: {len(info['models'])} model(s), "
+              f"{len(info['sources'])} source(s), {len(info['transforms'])} transform(s), "
+              f"{len(info['edges'])} edge(s), {len(info['sinks'])} sink(s)")
+    t = Table(title="models", title_justify="left")
+    for c in ("name", "kind", "file"):
+        t.add_column(c)
+    for m in info["models"]:
+        t.add_row(m["name"], m["kind"], m["file"] or "")
+    con.print(t)
+    t = Table(title="sources", title_justify="left")
+    for c in ("name", "at", "rate_hz", "shape", "dtype", "private"):
+        t.add_column(c)
+    for s in info["sources"]:
+        t.add_row(s["name"], s["at"], f"{s['rate_hz']:g}", str(s["shape"]), s["dtype"], "yes" if s["private"] else "")
+    con.print(t)
+    t = Table(title="sinks", title_justify="left")
+    for c in ("name", "from", "deliver_to", "slo"):
+        t.add_column(c)
+    for s in info["sinks"]:
+        slo = ", ".join(f"p{o['percentile']:g} <= {o['latency_ms']:g} ms" for o in s["slo"])
+        t.add_row(s["name"], s["from"], s["deliver_to"], slo)
+    con.print(t)
+    if "sites" in info:
+        t = Table(title=f"fleet {info['fleet']}: {info['devices_total']:,} sites", title_justify="left")
+        for c in ("site class", "tier", "device", "count", "attach", "link"):
+            t.add_column(c, justify="right" if c == "count" else "left")
+        for s in info["sites"]:
+            t.add_row(s["name"], s["tier"], s["device"], f"{s['count']:,}", s["attach"] or "", s["link"] or "")
+        con.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `validate` verb."""
+
+    @app.command("validate")
+    def validate_cmd(
+        app_file: Path = typer.Argument(..., metavar="APP", help="app.yaml to check."),
+        fleet: Path | None = typer.Option(None, "--fleet", help="fleet.yaml to check with it."),
+        as_json: bool = typer.Option(False, "--json", help="Print the summary (or the problems) as JSON."),
+    ) -> None:
+        """Check app.yaml (and fleet.yaml): structure, model files, devices, shapes. Exit 2 on bad input."""
+        try:
+            app_spec, fleet_spec = run_validate(app_file, fleet)
+        except SpecError as e:
+            if as_json:
+                print(json.dumps({"valid": False, "problems": e.problems}, indent=2))
+            raise
+        info = summary(app_spec, fleet_spec)
+        if as_json:
+            print(json.dumps(info, indent=2))
+        else:
+            _print_summary(info)
