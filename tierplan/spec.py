@@ -275,7 +275,8 @@ class ModelSpec(Spec):
     tflite: str | None = Field(None, description="Path to a .tflite file (LiteRT backend), relative to app.yaml or pkg:.")
     profile: ProfileTable | None = Field(None, description="Profile table instead of a model file.")
     dims: dict[str, PositiveInt] = Field(default_factory=dict,
-                                         description="Values for symbolic input dimensions, e.g. {height: 640}.")
+                                         description="Values for symbolic dimensions: by dim_param name, or INPUT[AXIS] for an "
+                                         "unnamed one, e.g. {height: 640, 'x[0]': 1}.")
     max_pieces: int = Field(8, ge=1, le=256, description="At most this many pieces for this model.")
     precision: Precision = Field("fp32", description="Precision the model runs at: fp32, fp16 or int8.")
 
