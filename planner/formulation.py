@@ -1,0 +1,355 @@
+"""Placement of app nodes on site classes by CP-SAT, per edge class (the exact formulation).
+
+Sets (see planner.problem): nodes V in topological order, compute nodes P in V, transfer
+items I (prod(i), cons(i)), edge classes E, chain(e) the sites requests of class e may use,
+hops(e, a, b) the links crossed from a to b, H(e) the link keys of class e.
+
+Variables (all per edge class e; classes share only capacities and the objective)
+    x[e,v,s] in {0,1}   node v of class-e requests runs on site s in allowed(e, v)
+    y[e,i,b] in {0,1}   some consumer of item i runs on b           (y = OR_w x[e,w,b])
+    z[e,i,a,b] in {0,1} item i is sent from a to b != a             (z = x[e,prod(i),a] AND y[e,i,b])
+    t[e,v], c[e,v]      start and completion of node v (us); c = t + sum_s x[e,v,s] d[e,v,s]
+    ts[e,i,b], tc[e,i,b] start and arrival of the transfer of item i to b (us)
+    F[e,s,j], G[e,h,j]  clocks: completion of the last job up to position j on site s / link h
+    inst[s] in [0, max_instances(s)] instances rented at a shared site (fixed for edge devices)
+    m[v,s] in {0,1}     some class runs v on s (s's instances hold v's weights)
+
+Constraints (one comment per constraint in the code)
+    sum_s x[e,v,s] = 1; sources and sinks pinned (allowed has one site)
+    private items: x[e,w,s] <= x[e,prod(i),s] for every consumer w (raw data never leaves)
+    c[e,u] <= t[e,w] for every consumer w of an item of u            (data dependence, same site)
+    ts[e,i,b] >= c[e,prod(i)];  tc[e,i,b] = ts + sum_a z[e,i,a,b] T[e,i,a,b]
+    t[e,w] >= tc[e,i,b] if x[e,w,b]                                  (input arrives on b)
+    site clock:  F[j] >= F[j-1];  x[e,v,s] => t[e,v] >= F[e,s,j-1] and F[e,s,j] >= c[e,v]
+    link clock:  G[j] >= G[j-1];  z[e,i,a,b] with h in hops(a,b) => ts >= G[e,h,j-1], G[e,h,j] >= tc
+    SLO:         t[e,k] <= slo[e,k] for sinks k of covered classes
+    utilisation: sum_e sum_v load[e,v,s] x[e,v,s] <= util_cap(s) * inst[s]
+    memory:      m[v,s] >= x[e,v,s];  sum_v mem(v) m[v,s] <= memory(s)
+    links:       sum_{e,i,a,b: h in hops} bits[e,i] z[e,i,a,b] <= capacity(h)
+Objective
+    min  coef_cost * (sum_s price(s) inst[s] + sum egress[e,i,a,b] z[e,i,a,b])
+       + coef_latency * sum_e w_e sum_k t[e,k] + coef_energy * sum_e w_e (energy of x and z)
+With the orders on sites and links fixed, the least solution of the time constraints is the
+schedule `planner.evaluate` computes, so the optimum equals brute-force enumeration exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from planner.problem import COMPUTE_KINDS, Problem
+
+__all__ = ["SolveResult", "solve", "STATUS_NAMES"]
+
+STATUS_NAMES = {
+    cp_model.OPTIMAL: "optimal",
+    cp_model.FEASIBLE: "feasible",
+    cp_model.INFEASIBLE: "infeasible",
+    cp_model.MODEL_INVALID: "invalid",
+    cp_model.UNKNOWN: "unknown",
+}
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """What CP-SAT found: status, assignment (class -> site per node), objective and bound."""
+
+    status: str
+    assignment: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    objective: int | None = None
+    bound: int | None = None
+    solve_s: float = 0.0
+    latency_term: int | None = None
+
+    @property
+    def gap(self) -> float | None:
+        """Relative optimality gap (objective - bound) / |objective|; 0 when proven optimal."""
+        if self.objective is None or self.bound is None:
+            return None
+        if self.status == "optimal":
+            return 0.0
+        return max(0.0, (self.objective - self.bound) / max(abs(self.objective), 1))
+
+
+def _workers() -> int:
+    """Search workers: CP-SAT's portfolio wants several; more than the cores only time-slices."""
+    env = os.environ.get("TIERPLAN_SOLVER_WORKERS")
+    if env:
+        return max(1, int(env))
+    return max(4, min(8, os.cpu_count() or 1))
+
+
+class _Model:
+    """Builds the CP-SAT model of `problem` (data, variables, constraints, objective)."""
+
+    def __init__(self, problem: Problem):
+        self.p = problem
+        self.m = cp_model.CpModel()
+        self.x: dict[tuple[str, int, str], cp_model.IntVar] = {}
+        self.y: dict[tuple[str, int, str], cp_model.IntVar] = {}
+        self.z: dict[tuple[str, int, str, str], cp_model.IntVar] = {}
+        self.t: dict[tuple[str, int], cp_model.IntVar] = {}
+        self.inst: dict[str, cp_model.IntVar] = {}
+        self.sink_terms: list = []
+        self.cost_terms: list = []
+        self.energy_terms: list = []
+        self.latency_expr = 0
+        self._build()
+
+    # ------------------------------------------------------------------ per class
+    def _build_class(self, c) -> None:
+        p, m = self.p, self.m
+        n = c.name
+        # data: a horizon no schedule exceeds (every job one after another)
+        horizon = sum(max(c.compute_us[v][s] for s in c.allowed[v]) for v in p.compute_nodes)
+        for k, it in enumerate(p.items):
+            for b in c.chain:
+                horizon += max((c.xfer_us(k, a, b) for a in c.allowed[it.producer]), default=0)
+        horizon = max(horizon, 1)
+        # variables: placement
+        for v, node in enumerate(p.nodes):
+            lits = []
+            for s in c.allowed[v]:
+                lit = m.NewBoolVar(f"x[{n},{node.id},{s}]")
+                self.x[(n, v, s)] = lit
+                lits.append(lit)
+            # each node runs on exactly one site (pinned nodes have one allowed site)
+            m.AddExactlyOne(lits)
+        # variables: start and completion times
+        end: dict[int, object] = {}
+        for v, node in enumerate(p.nodes):
+            if node.kind == "source":
+                self.t[(n, v)] = m.NewConstant(0)
+                end[v] = self.t[(n, v)]
+                continue
+            self.t[(n, v)] = m.NewIntVar(0, horizon, f"t[{n},{node.id}]")
+            if node.kind in COMPUTE_KINDS:
+                dur = sum(c.compute_us[v][s] * self.x[(n, v, s)] for s in c.allowed[v])
+                e = m.NewIntVar(0, horizon, f"c[{n},{node.id}]")
+                # completion = start + duration on the chosen site
+                m.Add(e == self.t[(n, v)] + dur)
+                end[v] = e
+            else:
+                end[v] = self.t[(n, v)]
+        # site clocks: one site runs the request's compute nodes in topological order
+        for s in c.chain:
+            prev = None
+            for v in p.compute_nodes:
+                if s not in c.allowed[v]:
+                    continue
+                f = m.NewIntVar(0, horizon, f"F[{n},{s},{p.nodes[v].id}]")
+                lit = self.x[(n, v, s)]
+                if prev is not None:
+                    m.Add(f >= prev)
+                    m.Add(self.t[(n, v)] >= prev).OnlyEnforceIf(lit)
+                m.Add(f >= end[v]).OnlyEnforceIf(lit)
+                prev = f
+        # items: where consumers run (y), which transfers happen (z), their times
+        link_jobs: dict[str, list] = {}
+        for k, it in enumerate(p.items):
+            u = it.producer
+            for w in it.consumers:
+                # data dependence: a consumer never starts before its producer completes
+                m.Add(self.t[(n, w)] >= end[u])
+                if it.private:
+                    for s in c.allowed[w]:
+                        # private data never crosses a link: consumer on the producer's site
+                        if s in c.allowed[u]:
+                            m.AddImplication(self.x[(n, w, s)], self.x[(n, u, s)])
+                        else:
+                            m.Add(self.x[(n, w, s)] == 0)
+            for b in c.chain:
+                cons = [self.x[(n, w, b)] for w in it.consumers if (n, w, b) in self.x]
+                srcs = [a for a in c.allowed[u] if a != b]
+                if not cons or not srcs:
+                    continue
+                yb = m.NewBoolVar(f"y[{n},{k},{b}]")
+                self.y[(n, k, b)] = yb
+                # y = OR of the consumers on b
+                for lit in cons:
+                    m.AddImplication(lit, yb)
+                m.AddBoolOr(cons).OnlyEnforceIf(yb)
+                ts = m.NewIntVar(0, horizon, f"ts[{n},{k},{b}]")
+                tc = m.NewIntVar(0, horizon, f"tc[{n},{k},{b}]")
+                # a transfer starts when its producer completes
+                m.Add(ts >= end[u])
+                dur_terms = []
+                for a in srcs:
+                    za = m.NewBoolVar(f"z[{n},{k},{a},{b}]")
+                    self.z[(n, k, a, b)] = za
+                    xa = self.x[(n, u, a)]
+                    # z = x[producer on a] AND y[b]
+                    m.AddImplication(za, xa)
+                    m.AddImplication(za, yb)
+                    m.AddBoolOr([xa.Not(), yb.Not(), za])
+                    dur_terms.append(c.xfer_us(k, a, b) * za)
+                    for h in c.hops[(a, b)]:
+                        link_jobs.setdefault(h.key, []).append((k, b, za, ts, tc))
+                    egress = c.egress_uusd_h.get((k, a, b), 0)
+                    if egress:
+                        self.cost_terms.append(egress * za)
+                    radio = c.radio_uj.get((k, a, b), 0)
+                    if radio:
+                        self.energy_terms.append(c.weight * radio * za)
+                # arrival = start + transfer time of the route actually taken
+                m.Add(tc == ts + sum(dur_terms))
+                for w in it.consumers:
+                    if (n, w, b) in self.x:
+                        # a consumer on b waits for the item to arrive on b
+                        m.Add(self.t[(n, w)] >= tc).OnlyEnforceIf(self.x[(n, w, b)])
+        # link clocks: transfers crossing one link go one after another, in item order
+        for key, jobs in link_jobs.items():
+            jobs.sort(key=lambda j: (j[0], c.chain.index(j[1])))
+            prev, last_kb = None, None
+            for k, b, za, ts, tc in jobs:
+                if (k, b) != last_kb:
+                    g = m.NewIntVar(0, horizon, f"G[{n},{key},{k},{b}]")
+                    if prev is not None:
+                        m.Add(g >= prev)
+                    base, cur, last_kb = prev, g, (k, b)
+                    prev = g
+                if base is not None:
+                    m.Add(ts >= base).OnlyEnforceIf(za)
+                m.Add(cur >= tc).OnlyEnforceIf(za)
+        # SLO per sink of a covered class; latency term
+        for v in p.sink_nodes:
+            if v in c.slo_us:
+                m.Add(self.t[(n, v)] <= c.slo_us[v])
+            self.sink_terms.append(c.weight * self.t[(n, v)])
+        for v in p.compute_nodes:
+            for s in c.allowed[v]:
+                if c.energy_uj[v][s]:
+                    self.energy_terms.append(c.weight * c.energy_uj[v][s] * self.x[(n, v, s)])
+
+    # ------------------------------------------------------------------ shared
+    def _build(self) -> None:
+        p, m = self.p, self.m
+        for c in p.classes:
+            self._build_class(c)
+        for s, sd in p.sites.items():
+            terms = [c.load_ppm[v][s] * self.x[(c.name, v, s)]
+                     for c in p.classes for v in p.compute_nodes if (c.name, v, s) in self.x
+                     and c.load_ppm[v][s]]
+            if sd.fixed_instances:
+                if terms:
+                    # utilisation of owned devices: each device serves its own requests
+                    m.Add(sum(terms) <= sd.util_cap_ppm * sd.max_instances)
+                continue
+            if not terms:
+                continue
+            inst = m.NewIntVar(0, sd.max_instances, f"inst[{s}]")
+            self.inst[s] = inst
+            # utilisation of a shared site at the offered load <= cap * rented instances
+            m.Add(sum(terms) <= sd.util_cap_ppm * inst)
+            if sd.price_uusd_per_h:
+                self.cost_terms.append(sd.price_uusd_per_h * inst)
+        for s, sd in p.sites.items():
+            users = {}
+            for c in p.classes:
+                for v in p.compute_nodes:
+                    if (c.name, v, s) in self.x and p.nodes[v].mem_kb:
+                        users.setdefault(v, []).append(self.x[(c.name, v, s)])
+            if sum(p.nodes[v].mem_kb for v in users) <= sd.memory_kb:
+                continue
+            mem_terms = []
+            for v, lits in users.items():
+                if len(lits) == 1:
+                    mv = lits[0]
+                else:
+                    mv = m.NewBoolVar(f"m[{p.nodes[v].id},{s}]")
+                    for lit in lits:
+                        m.AddImplication(lit, mv)
+                mem_terms.append(p.nodes[v].mem_kb * mv)
+            # memory of one instance holds the weights of every node any class runs there
+            m.Add(sum(mem_terms) <= sd.memory_kb)
+        link_terms: dict[str, list] = {}
+        for c in p.classes:
+            for (n, k, a, b), za in self.z.items():
+                if n != c.name:
+                    continue
+                for h in c.hops[(a, b)]:
+                    for key in h.cap_keys:
+                        link_terms.setdefault(key, []).append((c.bits_per_s[k], za))
+        for key, terms in link_terms.items():
+            cap = p.link_cap_bps[key]
+            if sum(bits for bits, _ in terms) <= cap:
+                continue
+            # link bandwidth: all traffic of all classes crossing this link class
+            m.Add(sum(bits * za for bits, za in terms) <= cap)
+        self.cost_expr = sum(self.cost_terms)
+        if p.budget_uusd_h is not None:
+            # budget: rented instances + egress within the app's $/h budget
+            m.Add(self.cost_expr <= p.budget_uusd_h)
+        self.latency_expr = sum(self.sink_terms)
+        self.energy_expr = sum(self.energy_terms)
+        self.objective = (p.coef_cost * self.cost_expr + p.coef_latency * self.latency_expr
+                          + p.coef_energy * self.energy_expr)
+
+    def hint(self, assignment: dict[str, tuple[str, ...]]) -> None:
+        """Hand a known assignment (greedy, an old plan) to CP-SAT as a starting point."""
+        for (n, v, s), lit in self.x.items():
+            if n in assignment and v < len(assignment[n]):
+                self.m.AddHint(lit, assignment[n][v] == s)
+
+
+def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None,
+          latency_max: int | None = None, objective_max: int | None = None,
+          secondary: str | None = None, seed: int = 0) -> SolveResult:
+    """Solve `problem` with CP-SAT; never hides the solver status.
+
+    `latency_max` bounds the weighted latency term (epsilon-constraint for the Pareto front);
+    `secondary` ("latency" or "cost") re-solves with the primary objective fixed at its optimum
+    to break ties (reported objective stays the primary one).
+    """
+    t0 = time.perf_counter()
+    mdl = _Model(problem)
+    m = mdl.m
+    if latency_max is not None:
+        m.Add(mdl.latency_expr <= latency_max)
+    if objective_max is not None:
+        m.Add(mdl.objective <= objective_max)
+    m.Minimize(mdl.objective)
+    if hint:
+        mdl.hint(hint)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = float(time_limit_s)
+    solver.parameters.num_workers = _workers()
+    solver.parameters.random_seed = seed
+    code = solver.Solve(m)
+    status = STATUS_NAMES.get(code, "unknown")
+    if status not in ("optimal", "feasible"):
+        return SolveResult(status, solve_s=time.perf_counter() - t0)
+    assignment = _read(problem, mdl, solver)
+    obj = int(round(solver.ObjectiveValue()))
+    bound = int(round(solver.BestObjectiveBound()))
+    lat = int(round(solver.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
+    left = time_limit_s - (time.perf_counter() - t0)
+    if secondary and status == "optimal" and left > 0.2:
+        expr = {"latency": mdl.latency_expr, "cost": mdl.cost_expr, "energy": mdl.energy_expr}[secondary]
+        if not isinstance(expr, int):
+            m.Add(mdl.objective <= obj)
+            m.Minimize(expr)
+            m.ClearHints()
+            for (n, v, s), lit in mdl.x.items():
+                m.AddHint(lit, assignment[n][v] == s)
+            solver2 = cp_model.CpSolver()
+            solver2.parameters.max_time_in_seconds = left
+            solver2.parameters.num_workers = _workers()
+            solver2.parameters.random_seed = seed
+            code2 = solver2.Solve(m)
+            if code2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                assignment = _read(problem, mdl, solver2)
+                lat = int(round(solver2.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
+    return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat)
+
+
+def _read(problem: Problem, mdl: _Model, solver: cp_model.CpSolver) -> dict[str, tuple[str, ...]]:
+    out = {}
+    for c in problem.classes:
+        out[c.name] = tuple(next(s for s in c.allowed[v] if solver.BooleanValue(mdl.x[(c.name, v, s)]))
+                            for v in range(len(problem.nodes)))
+    return out
