@@ -10,7 +10,7 @@ They are named in app.yaml as ``tierplan.transforms:<function>``:
 
 - PP-OCR (examples/read-text): `ocr_normalize` (camera frame -> detector input),
   `crop_text_boxes` (DB post-processing of the detector's probability map; one request per text
-  box), `rotate_upside_down` (apply the orientation classifier's verdict to a crop),
+  box), `orientation_crop` (the classifier's 48x192 view of a crop), `rotate_upside_down` (apply the orientation classifier's verdict to a crop),
   `ctc_greedy_decode` (recogniser probabilities -> character ids), plus `ppocr_charset` and
   `decode_text` to turn ids into a string on the host.
 - Silero VAD (examples/read-text): `audio_frames` (a 16 kHz chunk -> the VAD's windows + state).
@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "ocr_normalize", "crop_text_boxes", "rotate_upside_down", "ctc_greedy_decode", "ppocr_charset",
+    "ocr_normalize", "crop_text_boxes", "orientation_crop", "rotate_upside_down", "ctc_greedy_decode", "ppocr_charset",
     "decode_text", "audio_frames", "crop_detections", "find_text_boxes",
 ]
 
@@ -174,20 +174,42 @@ def _resize_pad(crop_bgr: np.ndarray, width_px: int) -> np.ndarray:
 
 
 def crop_text_boxes(inputs: dict[str, np.ndarray]) -> list[Request]:
-    """One request per text box the detector found: ``cls_input`` (1x3x48x192) and ``rec_input`` (1x3x48x320).
+    """One request per text box the detector found: ``rec_input``, the crop as the recogniser takes it (1x3x48x320).
 
     Inputs: ``frame`` (HxWx3 RGB uint8, the camera frame) and ``prob_map`` (1x1xhxw float32,
     the PP-OCR detector's output). Boxes come in reading order (top to bottom, left to right).
+    Each crop is rectified, resized to height 48 keeping its aspect ratio (at most 320 wide),
+    normalised, and zero-padded on the right; `orientation_crop` derives the classifier's view.
     """
     frame = _frame_hwc(_take(inputs, "frame", "crop_text_boxes"), "crop_text_boxes")
     prob_map = _take(inputs, "prob_map", "crop_text_boxes")
     bgr = np.ascontiguousarray(frame[:, :, ::-1])
-    out = []
-    for pts in find_text_boxes(prob_map, frame.shape[:2]):
-        crop = _warp_crop(bgr, pts)
-        out.append({"cls_input": _resize_pad(crop, CLS_WIDTH_PX),
-                    "rec_input": _resize_pad(crop, REC_WIDTH_PX)})
-    return out
+    return [{"rec_input": _resize_pad(_warp_crop(bgr, pts), REC_WIDTH_PX)}
+            for pts in find_text_boxes(prob_map, frame.shape[:2])]
+
+
+def _content_width(crop: np.ndarray) -> int:
+    """Columns of a padded PP-OCR crop (1x3x48xW) that hold pixels: padding is exactly 0.0, and no
+    uint8 value normalises to exactly 0.0 ((v / 255 - 0.5) / 0.5 == 0 has no integer solution)."""
+    filled = np.flatnonzero(np.any(crop[0] != 0.0, axis=(0, 1)))
+    return int(filled[-1]) + 1 if filled.size else crop.shape[-1]
+
+
+def orientation_crop(inputs: dict[str, np.ndarray]) -> list[Request]:
+    """A recogniser crop ``rec_input`` (1x3x48x320) -> the orientation classifier's input ``x`` (1x3x48x192).
+
+    PP-OCR resizes each text crop to height 48 for both models, up to 192 wide for the classifier
+    and 320 for the recogniser. A line up to 192 wide is copied as is; a wider one is squeezed to 192.
+    """
+    crop = _take(inputs, "rec_input", "orientation_crop").astype(np.float32)
+    width = _content_width(crop)
+    out = np.zeros((1, 3, TEXT_HEIGHT_PX, CLS_WIDTH_PX), np.float32)
+    if width <= CLS_WIDTH_PX:
+        out[..., :width] = crop[..., :width]
+    else:
+        hwc = np.ascontiguousarray(crop[0, :, :, :width].transpose(1, 2, 0))
+        out[0] = cv2.resize(hwc, (CLS_WIDTH_PX, TEXT_HEIGHT_PX)).transpose(2, 0, 1)
+    return [{"x": out}]
 
 
 def rotate_upside_down(inputs: dict[str, np.ndarray]) -> list[Request]:
@@ -203,8 +225,7 @@ def rotate_upside_down(inputs: dict[str, np.ndarray]) -> list[Request]:
         raise ValueError(f"transform rotate_upside_down: cls_probs must hold 2 values, got shape {probs.shape}")
     out = np.array(crop, dtype=np.float32, copy=True)
     if int(np.argmax(probs)) == 1 and float(probs[1]) >= CLS_THRESHOLD:
-        filled = np.flatnonzero(np.any(out[0] != 0.0, axis=(0, 1)))
-        width = int(filled[-1]) + 1 if filled.size else out.shape[-1]
+        width = _content_width(out)
         out[..., :width] = out[..., :width][..., ::-1, ::-1]
     return [{"x": out}]
 

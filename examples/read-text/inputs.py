@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["make_inputs", "make_frame", "make_audio", "FRAME_HW", "AUDIO_SAMPLES", "SAMPLE_RATE_HZ"]
+__all__ = ["make_inputs", "make_frame", "make_audio", "sample_lines", "render_text_frame", "FRAME_HW", "AUDIO_SAMPLES", "SAMPLE_RATE_HZ"]
 
 FRAME_HW = (480, 480)          # sources.camera.shape[:2] in app.yaml
 AUDIO_SAMPLES = 8192           # sources.microphone.shape[1]: 512 ms at 16 kHz
@@ -21,23 +21,34 @@ WORDS = ("STOP", "EXIT", "PLATFORM", "OPEN", "CAFE", "TICKETS", "GATE", "NORTH",
          "TAXI", "HOTEL", "PARKING", "MUSEUM", "BANK", "PHARMACY", "BUS", "TRAIN", "LEVEL", "ROOM")
 
 
-def make_frame(seed: int = 0) -> np.ndarray:
-    """A 480x480x3 RGB uint8 frame: a light, slightly noisy background with four lines of dark text."""
+def sample_lines(seed: int = 0) -> list[str]:
+    """The four lines of text `make_frame(seed)` renders: one or two sign words and a number."""
     rng = np.random.default_rng(seed)
+    return [" ".join(str(w) for w in rng.choice(WORDS, size=int(rng.integers(1, 3)), replace=False))
+            + f" {int(rng.integers(1, 99))}" for _ in range(TEXT_LINES)]
+
+
+def render_text_frame(lines: list[str], seed: int = 0) -> np.ndarray:
+    """A 480x480x3 RGB uint8 frame: a light, slightly noisy background with `lines` in dark text."""
+    rng = np.random.default_rng(seed + 1)
     h, w = FRAME_HW
     background = tuple(int(v) for v in rng.integers(200, 250, size=3))
     img = Image.new("RGB", (w, h), background)
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=FONT_SIZE_PX)
-    step = h // (TEXT_LINES + 1)
-    for line in range(TEXT_LINES):
-        words = rng.choice(WORDS, size=int(rng.integers(1, 3)), replace=False)
+    step = h // (len(lines) + 1)
+    for i, line in enumerate(lines):
         colour = tuple(int(v) for v in rng.integers(0, 60, size=3))
         x = int(rng.integers(20, 80))
-        y = step // 2 + line * step + int(rng.integers(-8, 8))
-        draw.text((x, y), " ".join(str(s) for s in words) + f" {int(rng.integers(1, 99))}", fill=colour, font=font)
+        y = step // 2 + i * step + int(rng.integers(-8, 8))
+        draw.text((x, y), line, fill=colour, font=font)
     frame = np.asarray(img, dtype=np.int16) + rng.integers(-6, 7, size=(h, w, 3))
     return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def make_frame(seed: int = 0) -> np.ndarray:
+    """The camera frame of request `seed`: `sample_lines(seed)` rendered by `render_text_frame`."""
+    return render_text_frame(sample_lines(seed), seed)
 
 
 def make_audio(seed: int = 0) -> np.ndarray:

@@ -1,0 +1,98 @@
+"""The bundled examples load, validate against the device catalog, and their model files run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, session
+from tierplan.loader import load_app, load_fleet
+
+EXAMPLE_NAMES = ("read-text", "smart-city")
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_example_validates_against_catalog(name):
+    """Each example's app.yaml and fleet.yaml pass the second validation pass with no problem."""
+    from tierplan.validate import validate
+    app_path, fleet_path = EXAMPLES / name / "app.yaml", EXAMPLES / name / "fleet.yaml"
+    problems = validate(load_app(app_path), load_fleet(fleet_path), app_path=app_path, fleet_path=fleet_path)
+    assert problems == []
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_fleet_devices_are_catalog_devices(name):
+    """Every site class names a device present in devices/catalog, and the fleet resolves."""
+    from devices.catalog import load_catalog
+    from devices.fleet import resolve_fleet
+    fleet = load_fleet(EXAMPLES / name / "fleet.yaml")
+    catalog = load_catalog()
+    assert {s.device for s in fleet.sites.values()} <= set(catalog)
+    resolved = resolve_fleet(fleet)
+    assert {c.tier for c in resolved.classes.values()} == {"edge", "base_station", "cloud"}
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_cli_validate_exits_zero(name, capsys):
+    """`tierplan validate APP --fleet FLEET` accepts each bundled example (exit code 0)."""
+    from tierplan.cli import main
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(EXAMPLES / name / "app.yaml"), "--fleet", str(EXAMPLES / name / "fleet.yaml")])
+    assert exc.value.code == 0, capsys.readouterr().err
+
+
+def test_fleet_scale_matches_the_brief():
+    """read-text has thousands of phones of two kinds; smart-city thousands of cameras of three kinds,
+    50+ base stations and two cloud regions."""
+    rt = load_fleet(EXAMPLES / "read-text" / "fleet.yaml")
+    phones = [s for s in rt.sites.values() if s.tier == "edge"]
+    assert len(phones) == 2 and sum(s.count for s in phones) >= 1000
+    sc = load_fleet(EXAMPLES / "smart-city" / "fleet.yaml")
+    by_tier = {t: [s for s in sc.sites.values() if s.tier == t] for t in ("edge", "base_station", "cloud")}
+    assert len({s.device for s in by_tier["edge"]}) >= 3 and sum(s.count for s in by_tier["edge"]) >= 1000
+    assert sum(s.count for s in by_tier["base_station"]) >= 50
+    assert len(by_tier["cloud"]) == 2
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_every_model_runs_at_its_bound_dims(name):
+    """Each model file loads in onnxruntime and runs on zeros shaped by its `dims` binding."""
+    from partition.onnx_graph import load_onnx
+    app = load_app(EXAMPLES / name / "app.yaml")
+    for model_name, m in app.models.items():
+        path = app.resolve_path(m.onnx)
+        assert path.is_file(), f"{model_name}: {path} missing"
+        graph = load_onnx(path, m.dims)
+        feeds = {t.name: np.zeros(t.shape, t.dtype) for t in graph.graph["inputs"]}
+        outs = session(path).run(None, feeds)
+        assert [o.shape for o in outs] == [tuple(t.shape) for t in graph.graph["outputs"]], model_name
+
+
+def test_committed_models_are_small():
+    """Models committed to the repository stay at or below 15 MB each."""
+    files = list(EXAMPLES.rglob("*.onnx"))
+    assert files and all(f.stat().st_size <= 15_000_000 for f in files)
+
+
+def test_vad_model_has_no_control_flow(read_text_app):
+    """The read-text VAD variant has no If/Loop/Scan nodes (partitionable, compilable by TVM)."""
+    import onnx
+    model = onnx.load(str(read_text_app.resolve_path(read_text_app.models["vad"].onnx)))
+    assert not {n.op_type for n in model.graph.node} & {"If", "Loop", "Scan"}
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_transform_output_shapes_match_consumers(name):
+    """A transform's declared output_shape equals the input shape of the model it feeds."""
+    from partition.onnx_graph import load_onnx
+    app = load_app(EXAMPLES / name / "app.yaml")
+    inputs = {n: {t.name: t.shape for t in load_onnx(app.resolve_path(m.onnx), m.dims).graph["inputs"]}
+              for n, m in app.models.items()}
+    checked = 0
+    for e in app.edges:
+        if e.src in app.transforms and e.dst in app.models and app.transforms[e.src].output_shape:
+            want = app.transforms[e.src].output_shape
+            got = [inputs[e.dst][dst] for dst in e.tensors.values()]
+            assert tuple(want) in [tuple(g) for g in got], (e.src, e.dst, want, got)
+            checked += 1
+    assert checked >= 1
