@@ -1,0 +1,367 @@
+"""The app graph: sources, model pieces, host-side transforms and sinks joined by data-flow edges.
+
+Nodes (ids unique across kinds), as in docs/ARCHITECTURE.md:
+- source `name`: kind="source", spec, pin (site class or tier), nbytes (one request).
+- piece `<model>/p<k>`: kind="piece", piece (partition.types.Piece), model.
+- transform `name`: kind="transform", spec.
+- sink `sink:<name>`: kind="sink", spec.
+Every node has `rate_factor` (invocations per source request: a transform's fanout multiplies
+it for everything downstream) and `source` (the source driving it; `sources` lists all).
+Edges: `nbytes` per invocation of the producer (a transform's edge carries fanout items of
+`item_nbytes` each), `tensors` (names), `private` (raw data of a private source not yet through
+a model; a transform reading raw private data, e.g. a crop of the frame, passes it on).
+`G.graph["unfed_inputs"]` lists (model, input) pairs no edge feeds (state, sample rate).
+
+ONNX models are partitioned by `partition_model` into `pieces_dir/<model>-<key>/` (reused when
+the model file, dims and piece count are unchanged); profile-table models become one piece per
+layer (or per group of layers when coarsened) carrying `measured_ms` and no file; a .tflite
+model is one piece.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import networkx as nx
+import numpy as np
+
+from partition.api import partition_model
+from partition.cuts import coarsen
+from partition.onnx_graph import read_model
+from partition.types import OpCost, Piece, TensorInfo
+from tierplan.errors import InputError
+from tierplan.spec import AppSpec, ModelSpec, ProfileTable
+
+__all__ = ["build_app_graph", "profile_pieces", "ModelPieces", "model_pieces", "source_dims"]
+
+PROFILE_INPUT = "input"   # tensor name of a profile-table model's input
+
+
+class ModelPieces:
+    """A model's pieces plus which piece makes / reads each model-level tensor."""
+
+    def __init__(self, name: str, pieces: list[Piece], inputs: list[TensorInfo], outputs: list[TensorInfo]):
+        self.name = name
+        self.pieces = pieces
+        self.inputs = inputs
+        self.outputs = outputs
+
+    def readers(self, tensor: str) -> list[Piece]:
+        return [p for p in self.pieces if any(t.name == tensor for t in p.inputs)]
+
+    def producer(self, tensor: str) -> Piece | None:
+        return next((p for p in self.pieces if any(t.name == tensor for t in p.outputs)), None)
+
+
+def _nbytes(shape, dtype: str) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+# ----------------------------------------------------------------------------- profile tables
+def profile_pieces(name: str, table: ProfileTable, max_pieces: int | None = None) -> ModelPieces:
+    """Pieces of a profile-table model: one per layer, or layers grouped into at most `max_pieces`.
+
+    A group's `measured_ms` sums its layers' latencies for the devices every layer was measured
+    on. Layer tensors are named after the layer and typed as bytes (uint8).
+    """
+    layers = list(table.layers)
+    names = [l.name for l in layers]
+    if len(set(names)) != len(names):
+        raise InputError(f"models.{name}.profile.layers: duplicate layer names")
+    G = nx.DiGraph()
+    for i, l in enumerate(layers):
+        G.add_node(l.name, index=i, flops=l.flops, op_type="profile_layer")
+    for i, l in enumerate(layers):
+        srcs = l.inputs if l.inputs is not None else ([names[i - 1]] if i else [])
+        for s in srcs:
+            if s == PROFILE_INPUT:
+                continue
+            if s not in G:
+                raise InputError(f"models.{name}.profile.layers[{i}].inputs: unknown layer {s!r}")
+            G.add_edge(s, l.name, tensor=s, tensors=(s,), nbytes=by_name(layers, s).output_bytes)
+    if not nx.is_directed_acyclic_graph(G):
+        raise InputError(f"models.{name}.profile.layers: the layer inputs form a cycle")
+    k = len(layers) if max_pieces is None else max(1, min(max_pieces, len(layers)))
+    part = coarsen(G, k, weight=lambda v: by_name(layers, v).flops or 1.0, min_piece_frac=0.0)
+    t_in = TensorInfo(PROFILE_INPUT, (table.input_bytes,), "uint8", table.input_bytes)
+    consumed_later = {u for u, _ in G.edges}
+    where = part.piece_of()
+    pieces = []
+    for idx, group in enumerate(part.pieces):
+        members = [by_name(layers, v) for v in group]
+        gset = set(group)
+        ins: list[TensorInfo] = []
+        for v in group:
+            i = names.index(v)
+            l = members[group.index(v)]
+            srcs = l.inputs if l.inputs is not None else ([names[i - 1]] if i else [PROFILE_INPUT])
+            if l.inputs is not None and not l.inputs:
+                srcs = [PROFILE_INPUT]
+            for s in srcs:
+                if s == PROFILE_INPUT:
+                    t = t_in
+                elif s in gset:
+                    continue
+                else:
+                    ob = by_name(layers, s).output_bytes
+                    t = TensorInfo(s, (ob,), "uint8", ob)
+                if t not in ins:
+                    ins.append(t)
+        outs = [TensorInfo(v, (m.output_bytes,), "uint8", m.output_bytes) for v, m in zip(group, members)
+                if v not in consumed_later or any(where[w] != idx for w in G.successors(v))]
+        devices = set.intersection(*(set(m.latency_ms) for m in members)) if members else set()
+        measured = {d: float(sum(m.latency_ms[d] for m in members)) for d in sorted(devices)}
+        pieces.append(Piece(
+            id=f"{name}/p{idx}", model=name, index=idx, nodes=tuple(group), inputs=tuple(ins), outputs=tuple(outs),
+            flops=float(sum(m.flops for m in members)), param_bytes=int(sum(m.param_bytes for m in members)),
+            ops=tuple(OpCost(m.name, "profile_layer", m.flops, m.param_bytes, m.output_bytes) for m in members),
+            file=None, measured_ms=measured))
+    model_outs = [TensorInfo(v, (by_name(layers, v).output_bytes,), "uint8", by_name(layers, v).output_bytes)
+                  for v in names if G.out_degree(v) == 0]
+    return ModelPieces(name, pieces, [t_in], model_outs)
+
+
+def by_name(layers, name: str):
+    return next(l for l in layers if l.name == name)
+
+
+# ----------------------------------------------------------------------------- ONNX / tflite
+def _declared_inputs(path: Path) -> list[tuple[str, list]]:
+    m = read_model(path)
+    inits = {t.name for t in m.graph.initializer}
+    out = []
+    for i in m.graph.input:
+        if i.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or None)
+                for d in i.type.tensor_type.shape.dim]
+        out.append((i.name, dims))
+    return out
+
+
+def source_dims(path: Path, given: Mapping[str, int], fed: Mapping[str, list[int]]) -> dict[str, int]:
+    """`given` dims plus values for dynamic input dimensions read off the shapes feeding them.
+
+    `fed` maps a model input name to the shape of what feeds it (a source's shape, a transform's
+    output_shape); a dynamic axis takes the value at the same axis when the ranks agree.
+    """
+    dims = dict(given)
+    for name, declared in _declared_inputs(path):
+        shape = fed.get(name)
+        if shape is None or len(shape) != len(declared):
+            continue
+        for axis, (d, v) in enumerate(zip(declared, shape)):
+            if isinstance(d, int):
+                continue
+            key = d if d else f"{name}[{axis}]"
+            if key not in dims and f"{name}[{axis}]" not in dims:
+                dims[key] = int(v)
+    return dims
+
+
+def _tflite_pieces(name: str, path: Path) -> ModelPieces:
+    """A .tflite model as a single piece (LiteRT runs it whole); tensors from the interpreter."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        it = Interpreter(model_path=str(path))
+        ins = [TensorInfo(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name,
+                          _nbytes(d["shape"], np.dtype(d["dtype"]).name)) for d in it.get_input_details()]
+        outs = [TensorInfo(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name,
+                           _nbytes(d["shape"], np.dtype(d["dtype"]).name)) for d in it.get_output_details()]
+    except Exception as e:
+        raise InputError(f"models.{name}.tflite: cannot read {path} ({type(e).__name__}: {e})") from None
+    piece = Piece(id=f"{name}/p0", model=name, index=0, nodes=(name,), inputs=tuple(ins), outputs=tuple(outs),
+                  flops=0.0, param_bytes=path.stat().st_size, file=str(path.resolve()))
+    return ModelPieces(name, [piece], ins, outs)
+
+
+def model_pieces(app: AppSpec, name: str, pieces_dir: str | Path | None, max_pieces: int | None = None,
+                 fed: Mapping[str, list[int]] | None = None) -> ModelPieces:
+    """The pieces of one app model (partitioned ONNX, profile table or whole .tflite)."""
+    spec: ModelSpec = app.models[name]
+    k = max_pieces if max_pieces is not None else spec.max_pieces
+    if spec.profile is not None:
+        return profile_pieces(name, spec.profile, k)
+    if spec.tflite is not None:
+        path = app.resolve_path(spec.tflite)
+        if not path.is_file():
+            raise InputError(f"models.{name}.tflite: file not found {str(path)!r}")
+        return _tflite_pieces(name, path)
+    path = app.resolve_path(spec.onnx)
+    if not path.is_file():
+        raise InputError(f"models.{name}.onnx: file not found {str(path)!r}")
+    dims = source_dims(path, spec.dims, fed or {})
+    out_dir = None
+    if pieces_dir is not None:
+        from partition.api import _cache_key
+        from partition.onnx_graph import model_sha256
+        out_dir = Path(pieces_dir) / f"{name}-{_cache_key(model_sha256(path), dims, k, name)}"
+    try:
+        res = partition_model(path, max_pieces=k, out_dir=out_dir, dims=dims, model_name=name)
+    except InputError as e:
+        raise InputError(f"models.{name}: {e}") from None
+    m = res.manifest
+    from partition.api import _tensor
+    return ModelPieces(name, res.pieces, [_tensor(t) for t in m["inputs"]], [_tensor(t) for t in m["outputs"]])
+
+
+# ----------------------------------------------------------------------------- the app graph
+def _pairs(src_outs: list[str], dst_ins: list[str], mapping: Mapping[str, str], where: str) -> list[tuple[str, str]]:
+    if mapping:
+        for o, i in mapping.items():
+            if o not in src_outs:
+                raise InputError(f"{where}.tensors: {o!r} is not an output of the producer "
+                                 f"(outputs: {', '.join(src_outs)})")
+            if i not in dst_ins:
+                raise InputError(f"{where}.tensors: {i!r} is not an input of the consumer "
+                                 f"(inputs: {', '.join(dst_ins)})")
+        return list(mapping.items())
+    return list(zip(src_outs, dst_ins))
+
+
+def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int | None = None) -> nx.DiGraph:
+    """Join the app's sources, model pieces, transforms and sinks into one DAG (module docstring)."""
+    g = nx.DiGraph(app=app.name)
+    order = list(nx.topological_sort(nx.DiGraph((e.src, e.dst) for e in app.edges)))
+    order += [n for n in list(app.sources) + list(app.transforms) + list(app.models) if n not in order]
+    models: dict[str, ModelPieces] = {}
+    outs_of: dict[str, list[TensorInfo]] = {}
+    for s, spec in app.sources.items():
+        outs_of[s] = [TensorInfo(s, tuple(spec.shape), spec.dtype, _nbytes(spec.shape, spec.dtype))]
+    for t, spec in app.transforms.items():
+        shape = tuple(spec.output_shape) if spec.output_shape is not None else None
+        outs_of[t] = [TensorInfo(t, shape or (0,), spec.output_dtype,
+                                 _nbytes(shape, spec.output_dtype) if shape else 0)]
+    for n in order:
+        if n not in app.models:
+            continue
+        spec = app.models[n]
+        fed: dict[str, list[int]] = {}
+        if spec.onnx is not None:   # shapes of sources / transforms feeding the inputs bind dynamic dims
+            declared = [name for name, _ in _declared_inputs(app.resolve_path(spec.onnx))]
+            for i, e in enumerate(app.edges):
+                if e.dst != n or e.src in app.models:
+                    continue
+                for o, i_name in _pairs([x.name for x in outs_of[e.src]], declared, e.tensors, f"edges[{i}]"):
+                    shape = outs_of[e.src][0].shape
+                    if e.src in app.sources or app.transforms[e.src].output_shape is not None:
+                        fed[i_name] = list(shape)
+        models[n] = model_pieces(app, n, pieces_dir, max_pieces, fed)
+        outs_of[n] = models[n].outputs
+
+    # nodes
+    for s, spec in app.sources.items():
+        g.add_node(s, kind="source", spec=spec, pin=spec.at, nbytes=outs_of[s][0].nbytes)
+    for m, mp in models.items():
+        for p in mp.pieces:
+            g.add_node(p.id, kind="piece", piece=p, model=m)
+        for p in mp.pieces:   # edges between pieces of one model
+            for t in p.inputs:
+                src = mp.producer(t.name)
+                if src is not None and src.id != p.id:
+                    _add_edge(g, src.id, p.id, t)
+    for t, spec in app.transforms.items():
+        g.add_node(t, kind="transform", spec=spec)
+    for name, spec in app.sinks.items():
+        g.add_node(f"sink:{name}", kind="sink", spec=spec)
+
+    # data-flow edges
+    fed_inputs: set[tuple[str, str]] = set()
+    for i, e in enumerate(app.edges):
+        where = f"edges[{i}]"
+        src_outs = outs_of[e.src]
+        if e.dst in models:
+            dst_ins = [t.name for t in models[e.dst].inputs]
+        else:
+            dst_ins = [e.dst]
+        mapping = dict(e.tensors)
+        if e.dst not in models and not mapping:
+            pairs = [(o.name, e.dst) for o in src_outs]
+        else:
+            pairs = _pairs([o.name for o in src_outs], dst_ins, mapping, where)
+        for o, i_name in pairs:
+            t = next(x for x in src_outs if x.name == o)
+            if e.src in app.transforms and app.transforms[e.src].output_shape is None and e.dst in models:
+                # undeclared transform output: one item is what the model input takes
+                m_in = next(x for x in models[e.dst].inputs if x.name == i_name)
+                t = TensorInfo(o, m_in.shape, m_in.dtype, m_in.nbytes)
+            producers = [_producer_node(e.src, o, models)]
+            if e.dst in models:
+                fed_inputs.add((e.dst, i_name))
+                readers = models[e.dst].readers(i_name)
+                consumers = [p.id for p in readers]
+                if not consumers:
+                    raise InputError(f"{where}: input {i_name!r} of model {e.dst!r} is read by no operator")
+            else:
+                consumers = [e.dst]
+            for u in producers:
+                for v in consumers:
+                    _add_edge(g, u, v, t)
+    for name, spec in app.sinks.items():
+        if spec.src in models:
+            for t in models[spec.src].outputs:
+                p = models[spec.src].producer(t.name)
+                if p is not None:
+                    _add_edge(g, p.id, f"sink:{name}", t)
+        else:
+            for t in outs_of[spec.src]:
+                _add_edge(g, spec.src, f"sink:{name}", t)
+
+    if not nx.is_directed_acyclic_graph(g):
+        raise InputError("edges: the joined app graph has a cycle")
+    _rates_and_privacy(app, g)
+    # model inputs no edge feeds (recurrent state, sample rates): the runtime supplies them
+    g.graph["unfed_inputs"] = [(m, t.name) for m, mp in models.items() for t in mp.inputs
+                               if (m, t.name) not in fed_inputs]
+    return g
+
+
+def _producer_node(src: str, tensor: str, models: Mapping[str, ModelPieces]) -> str:
+    if src in models:
+        p = models[src].producer(tensor)
+        if p is None:
+            raise InputError(f"model {src!r}: output {tensor!r} is produced by no piece")
+        return p.id
+    return src
+
+
+def _add_edge(g: nx.DiGraph, u: str, v: str, t: TensorInfo) -> None:
+    if g.has_edge(u, v):
+        d = g.edges[u, v]
+        if t.name not in d["tensors"]:
+            d["tensors"] = d["tensors"] + (t.name,)
+            d["item_nbytes"] += t.nbytes
+    else:
+        g.add_edge(u, v, tensors=(t.name,), item_nbytes=t.nbytes)
+
+
+def _rates_and_privacy(app: AppSpec, g: nx.DiGraph) -> None:
+    """rate_factor, source(s) per node; nbytes (per producer call: fanout x item) and private per edge."""
+    for v in nx.topological_sort(g):
+        d = g.nodes[v]
+        preds = list(g.predecessors(v))
+        if d["kind"] == "source":
+            d["rate_factor"], d["sources"] = 1.0, (v,)
+        else:
+            rates = [g.nodes[u]["rate_factor"] * _fanout(app, g, u) for u in preds]
+            d["rate_factor"] = max(rates) if rates else 1.0
+            d["sources"] = tuple(sorted({s for u in preds for s in g.nodes[u]["sources"]}))
+        d["source"] = d["sources"][0] if d["sources"] else None
+        # raw private data: from a private source, or a transform whose inputs are all raw private
+        if d["kind"] == "source":
+            d["raw_private"] = d["spec"].private
+        elif d["kind"] == "transform":   # a host-side step on raw private data (a crop) still carries it
+            d["raw_private"] = any(g.nodes[u]["raw_private"] for u in preds)
+        else:
+            d["raw_private"] = False
+        for u in preds:
+            e = g.edges[u, v]
+            e["nbytes"] = int(round(e["item_nbytes"] * _fanout(app, g, u)))
+            e["private"] = bool(g.nodes[u]["raw_private"])
+    for _, d in g.nodes(data=True):
+        d.pop("raw_private", None)
+
+
+def _fanout(app: AppSpec, g: nx.DiGraph, u: str) -> float:
+    return app.transforms[u].fanout if g.nodes[u]["kind"] == "transform" else 1.0
