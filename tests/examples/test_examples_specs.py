@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, session
+from examples_support import EXAMPLES, session
 from tierplan.loader import load_app, load_fleet
 
 EXAMPLE_NAMES = ("read-text", "smart-city")
