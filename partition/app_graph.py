@@ -154,7 +154,7 @@ def source_dims(path: Path, given: Mapping[str, int], fed: Mapping[str, list[int
         for axis, (d, v) in enumerate(zip(declared, shape)):
             if isinstance(d, int):
                 continue
-            key = d if d else f"{name}[{axis}]"
+            key = d if d not in ("", "?") else f"{name}[{axis}]"
             if key not in dims and f"{name}[{axis}]" not in dims:
                 dims[key] = int(v)
     return dims

@@ -20,7 +20,6 @@ one operator each, whole, with the outer-scope tensors their subgraphs read as i
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -44,7 +43,7 @@ KNOWN_CUSTOM_DOMAINS: frozenset[str] = frozenset({"com.microsoft", "com.microsof
 _CONST_OPS = frozenset({"Constant"})
 _NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                                "Multinomial", "Bernoulli"})
-_AXIS_KEY = re.compile(r"^(?P<tensor>.+)\[(?P<axis>\d+)\]$")
+_UNNAMED = frozenset({"", "?"})   # dim_param values that name nothing: bind them as TENSOR[AXIS]
 
 
 def model_sha256(path: str | Path) -> str:
@@ -149,21 +148,18 @@ def bind_dims(model: ModelProto, dims: Mapping[str, int] | None, path: str | Pat
             continue
         tt = inp.type.tensor_type
         if not tt.HasField("shape"):
-            unbound.append(f"input {inp.name!r} has no shape (rank unknown)")
-            continue
+            raise InputError(f"{path}: input {inp.name!r} has no shape (rank unknown); re-export the model "
+                             "with input shapes")
         for axis, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value") and d.dim_value > 0:
                 continue
             key_axis = f"{inp.name}[{axis}]"
             if key_axis in dims:
                 value, used_key = dims[key_axis], key_axis
-            elif d.dim_param and d.dim_param in dims:
+            elif d.dim_param not in _UNNAMED and d.dim_param in dims:
                 value, used_key = dims[d.dim_param], d.dim_param
             else:
-                label = f"{d.dim_param!r}" if d.dim_param else "unnamed"
-                name = d.dim_param or key_axis
-                unbound.append(f"input {inp.name!r} dimension {axis} ({label}) is dynamic: "
-                               f"give it a value, e.g. --dims {name}=VALUE")
+                unbound.append((inp.name, axis, key_axis if d.dim_param in _UNNAMED else d.dim_param))
                 continue
             if int(value) <= 0:
                 raise InputError(f"{path}: dims.{used_key}: must be a positive integer, got {value}")
@@ -171,8 +167,12 @@ def bind_dims(model: ModelProto, dims: Mapping[str, int] | None, path: str | Pat
             d.Clear()
             d.dim_value = int(value)
     if unbound:
-        more = f" (and {len(unbound) - 1} more)" if len(unbound) > 1 else ""
-        raise InputError(f"{path}: {unbound[0]}{more}; {dims_hint()}")
+        where = ", ".join(f"{t!r} dim {axis} ({key})" for t, axis, key in unbound)
+        names = list(dict.fromkeys(key for _, _, key in unbound))
+        example = ",".join(f"{k}=VALUE" for k in names)
+        raise InputError(f"{path}: unbound dynamic input dimensions: {where}; pass --dims {example} "
+                         f"(tierplan partition) or `dims: {{{', '.join(f'{k!r}: VALUE' for k in names)}}}` "
+                         "under the model in app.yaml")
     stray = sorted(set(dims) - used)
     if stray:
         known = _dynamic_dim_names(model)
@@ -189,7 +189,7 @@ def _dynamic_dim_names(model: ModelProto) -> list[str]:
             continue
         for axis, d in enumerate(inp.type.tensor_type.shape.dim):
             if not (d.HasField("dim_value") and d.dim_value > 0):
-                names.append(d.dim_param or f"{inp.name}[{axis}]")
+                names.append(f"{inp.name}[{axis}]" if d.dim_param in _UNNAMED else d.dim_param)
     return names
 
 
