@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["SinkLatency", "BaselineResult", "ClassCoverage", "PlanPiece", "PlanEdge", "Plan"]
+__all__ = ["SinkLatency", "BaselineResult", "ClassCoverage", "PlanPiece", "PlanEdge", "ParetoPoint",
+           "PieceMove", "Plan"]
 
 
 class _M(BaseModel):
@@ -38,6 +39,8 @@ class BaselineResult(_M):
     assignment: dict[str, str] = Field(default_factory=dict)
     sinks: dict[str, SinkLatency] = Field(default_factory=dict)
     reason: str | None = None
+    coverage_share: float | None = None      # share of the fleet's devices whose SLOs it meets
+    per_class: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 class ClassCoverage(_M):
@@ -70,6 +73,25 @@ class PlanEdge(_M):
     dst: str
     nbytes: int
     tensors: list[str] = Field(default_factory=list)
+    private: bool = False
+
+
+class ParetoPoint(_M):
+    """One point of the cost-latency frontier (epsilon-constraint on mean latency)."""
+
+    latency_ms: float                 # request-weighted mean sink latency
+    cost_per_hour_usd: float
+    status: str
+    per_class: dict[str, dict[str, str]] = Field(default_factory=dict)
+
+
+class PieceMove(_M):
+    """A piece that runs on another site class after replanning (`--from old-plan.json`)."""
+
+    edge_class: str
+    piece: str
+    from_site: str | None
+    to_site: str
 
 
 class Plan(_M):
@@ -99,6 +121,21 @@ class Plan(_M):
     app_path: str | None = None
     fleet_path: str | None = None
     inputs_sha256: dict[str, str] = Field(default_factory=dict)
+    # added by the planner (additive): bound, per-class views, coverage, money, frontier, replanning
+    objective_bound: float | None = None
+    class_sinks: dict[str, dict[str, SinkLatency]] = Field(default_factory=dict)
+    coverage_share: float | None = None               # share of devices whose SLOs are met
+    coverage_summary: str = ""
+    monthly_cost_usd_by_tier: dict[str, float] = Field(default_factory=dict)
+    requests_per_hour: float = 0.0
+    order: list[str] = Field(default_factory=list)    # order a site runs a request's nodes in
+    latency_semantics: str = ""
+    percentile: float = 95.0
+    pareto: list[ParetoPoint] = Field(default_factory=list)
+    moves: list[PieceMove] = Field(default_factory=list)
+    solver: dict[str, float | int | str] = Field(default_factory=dict)
+    site_devices: dict[str, str] = Field(default_factory=dict,
+                                         description="site class -> catalog device name (runtime compile reads it)")
 
     def save(self, path: str | Path) -> None:
         """Write plan.json atomically (never half-written)."""

@@ -1,0 +1,82 @@
+"""Backends that run compiled pieces, and the one call the runtime uses to load them.
+
+API for runtime/ execution (stable; add, never rename)
+------------------------------------------------------
+    from runtime.backends import load_artifact
+    runner = load_artifact(entry, root=out_dir)     # entry: one item of manifest["artifacts"]
+    outputs = runner.run({"x": array, ...})         # dict[str, np.ndarray] -> dict[str, np.ndarray]
+    runner.input_names, runner.output_names         # original tensor names, in order
+    runner.backend                                  # "tvm" | "onnxruntime" | "litert"
+    runner.close()
+
+- Tensors are addressed by the piece's original tensor names (ONNX names; for .tflite pieces
+  the names stored in the flatbuffer). Extra input names are ignored, so a caller may pass every
+  tensor it holds; a missing one raises `tierplan.errors.InputError` naming it. Inputs are cast
+  to the declared dtype and made contiguous.
+- `run` is safe to call from several threads (TVM and LiteRT runners serialise calls with a
+  lock; an onnxruntime session is itself thread-safe). Build one runner per worker thread when
+  you want parallel TVM execution.
+- Manifest entry fields used: `backend`, `file` (relative to the manifest's directory, i.e.
+  `root`), `path` (absolute at compile time; used when `root` is not given), `inputs`/`outputs`
+  (`[{name, shape, dtype}]`), `options` (backend options, e.g. onnxruntime threads), `target`.
+- A cross-compiled TVM artifact (.tar for another architecture) cannot be loaded on this machine:
+  `load_artifact` raises `InputError` saying so; load it on the device it was built for.
+- `runtime.compile.load_manifest(out_dir)` reads manifest.json; `runtime.compile.compile_plan`
+  writes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from runtime.backends.base import Runner, TensorSpec, host_arch, target_arch
+from tierplan.errors import InputError
+
+__all__ = ["BACKENDS", "Runner", "TensorSpec", "load_artifact", "artifact_path"]
+
+#: every backend name a manifest entry may carry
+BACKENDS: tuple[str, ...] = ("tvm", "onnxruntime", "litert")
+
+
+def artifact_path(entry: Mapping, root: str | Path | None = None) -> Path:
+    """Where the entry's file is: `root/file` when root is given, else `path`, else `file` as is."""
+    file = entry.get("file")
+    if not file:
+        raise InputError(f"artifact for piece {entry.get('piece')!r} on {entry.get('site')!r} has no file "
+                         f"(it was rejected at compile time: {entry.get('fallback_reason') or 'no reason recorded'})")
+    if root is not None:
+        return Path(root) / file
+    if entry.get("path") and Path(entry["path"]).exists():
+        return Path(entry["path"])
+    return Path(file)
+
+
+def load_artifact(entry: Mapping, root: str | Path | None = None) -> Runner:
+    """Load one manifest entry as a Runner: `run({name: array}) -> {name: array}`."""
+    backend = entry.get("backend")
+    path = artifact_path(entry, root)
+    label = f"{entry.get('piece', path.name)}@{entry.get('site', '?')} ({backend})"
+    if not path.exists():
+        raise InputError(f"{path}: artifact file not found for {label}. To fix: run `tierplan compile PLAN --out DIR` "
+                         "and pass DIR as root")
+    inputs = [TensorSpec.from_dict(d) for d in entry.get("inputs", [])]
+    outputs = [TensorSpec.from_dict(d) for d in entry.get("outputs", [])]
+    options = dict(entry.get("options") or {})
+    if backend == "onnxruntime":
+        from runtime.backends.ort_backend import OrtRunner
+        return OrtRunner(path, inputs, outputs, options=options, label=label)
+    if backend == "litert":
+        from runtime.backends.litert_backend import LiteRtRunner
+        return LiteRtRunner(path, inputs, outputs, num_threads=options.get("num_threads"), label=label)
+    if backend == "tvm":
+        target = entry.get("target") or {"kind": "llvm"}
+        arch = target_arch(target)
+        if arch != host_arch() or path.suffix != ".so":
+            raise InputError(f"{path}: {label} is cross-compiled for {arch}; this machine is {host_arch()}. "
+                             "To fix: load it on the device it was built for")
+        if not inputs or not outputs:
+            raise InputError(f"{label}: manifest entry lacks inputs/outputs; recompile with `tierplan compile`")
+        from runtime.backends.tvm_backend import TvmRunner
+        return TvmRunner(path, inputs, outputs, label=label)
+    raise InputError(f"{label}: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")

@@ -1,0 +1,119 @@
+"""Meta-schedule tuning of a Relax module's heaviest tasks, with a persistent JSON database.
+
+Tasks are the fused TIR functions of the module; they are ranked by FLOPs x weight (how often the
+function is called) and the top `max_tasks` get `trials` measured candidates each. A task whose
+workload already has at least `trials` records in the database is not tuned again, so the
+database (one folder per target) carries work across pieces, plans and runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from runtime.store import canonical_json
+
+__all__ = ["TuneSettings", "TuneReport", "tune_module", "database_dir"]
+
+#: meta-schedule needs at least this many trials per task to beat the untuned build (DESIGN.md)
+MIN_USEFUL_TRIALS = 16
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How much to tune: trials per task, how many tasks (None = all), and the database root."""
+
+    trials: int = 0
+    max_tasks: int | None = None
+    db_root: str | None = None
+    workers: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.trials > 0
+
+    def key(self) -> dict:
+        """What enters the artifact cache key (the database location does not)."""
+        return {"trials": self.trials, "max_tasks": self.max_tasks} if self.enabled else {}
+
+
+@dataclass
+class TuneReport:
+    """What tuning did: tasks found, tuned now, reused from the database, and the time it took."""
+
+    tasks_total: int = 0
+    tasks_selected: list[str] = field(default_factory=list)
+    tasks_tuned: list[str] = field(default_factory=list)
+    tasks_reused: list[str] = field(default_factory=list)
+    trials_per_task: int = 0
+    tune_s: float = 0.0
+    database: str = ""
+
+    def to_dict(self) -> dict:
+        return {"tasks_total": self.tasks_total, "tasks_selected": self.tasks_selected,
+                "tasks_tuned": self.tasks_tuned, "tasks_reused": self.tasks_reused,
+                "trials_per_task": self.trials_per_task, "tune_s": round(self.tune_s, 3),
+                "database": self.database}
+
+
+def database_dir(db_root: str | Path, target: Mapping) -> Path:
+    """The database folder of one target under `db_root` (records are target-specific)."""
+    tag = hashlib.sha256(canonical_json(dict(target)).encode()).hexdigest()[:16]
+    return Path(db_root) / tag
+
+
+def _task_flops(task) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+    try:
+        return float(estimate_tir_flops(task.dispatched[0]))
+    except Exception:  # TVM raises TVMError subclasses for functions it cannot count; rank them last
+        return 0.0
+
+
+def tune_module(mod, target: Mapping, settings: TuneSettings):
+    """Tune `mod` (a Relax module after the zero pipeline) for a native `target`.
+
+    Returns (database, TuneReport). The database is a JSONDatabase in `database_dir(db_root, target)`.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
+
+    from runtime.backends.tvm_backend import make_target
+
+    tgt = make_target(target)
+    db_dir = database_dir(settings.db_root or ".tierplan-tuning", target)
+    db_dir.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(db_dir))
+    report = TuneReport(trials_per_task=settings.trials, database=str(db_dir))
+    t0 = time.perf_counter()
+    tasks = extract_tasks(mod, tgt)
+    report.tasks_total = len(tasks)
+    ranked = sorted(tasks, key=lambda t: _task_flops(t) * t.weight, reverse=True)
+    selected = ranked[: settings.max_tasks] if settings.max_tasks else ranked
+    report.tasks_selected = [t.task_name for t in selected]
+    todo = []
+    for task in selected:
+        workload_mod = task.dispatched[0]
+        records = database.get_top_k(database.commit_workload(workload_mod), settings.trials) \
+            if database.has_workload(workload_mod) else []
+        if len(records) >= settings.trials:
+            report.tasks_reused.append(task.task_name)
+        else:
+            todo.append(task)
+    if todo:
+        threads = max(1, os.cpu_count() or 1)
+        contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), num_threads=threads)
+        ms.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(db_dir),
+            max_trials_global=settings.trials * len(todo), max_trials_per_task=settings.trials,
+            num_trials_per_iter=min(settings.trials, 64),
+            builder=ms.builder.LocalBuilder(max_workers=settings.workers),
+            runner=ms.runner.LocalRunner(), database=database, cost_model="random",
+        )
+        report.tasks_tuned = [t.task_name for t in todo]
+    report.tune_s = time.perf_counter() - t0
+    return database, report

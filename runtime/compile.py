@@ -1,0 +1,649 @@
+"""Compile every piece of a plan for the device of the site that runs it, verify it, and store it.
+
+For each (piece, site class) of the plan:
+
+1. candidates = the backends that apply to the piece's file (.onnx: tvm, onnxruntime; .tflite:
+   litert), in the order the site's device lists them, narrowed by `backends=`;
+2. each candidate is built into the content-addressed store (runtime/store.py) unless an
+   identical build is already there; a build is checked numerically against onnxruntime on the
+   piece (random inputs of the declared shapes; |a - b| <= atol + rtol |b|) and rejected on a
+   mismatch;
+3. the choice: on a device that is this machine (`local`) or shares its architecture, every
+   candidate is built and timed (median of N runs) and the fastest verified one wins; on other
+   devices the device's first listed backend that builds and passes the checks wins (the cost
+   model predicts one latency per device, not per backend, so it cannot rank them);
+4. a candidate that fails (TVM frontend or codegen error, mismatch) is recorded with its reason
+   and the next one is used: `fallback_reason` says why.
+
+A TVM artifact for another architecture (aarch64) is exported as a .tar the device links; it
+cannot run here, so it is `verified: false` ('cross-compiled, not runnable here'), but the same
+Relax module is also compiled for this machine and checked, and a mismatch there rejects it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from runtime.backends import BACKENDS
+from runtime.backends.base import TensorSpec, host_arch, median_ms, random_inputs, target_arch
+from runtime.backends.tvm_tune import TuneSettings
+from runtime.store import MANIFEST_NAME, ArtifactStore, artifact_key, file_sha256
+from tierplan.errors import InputError
+from tierplan.spec import DeviceSpec
+
+__all__ = ["CompileOptions", "CompileResult", "compile_plan", "compile_piece", "load_manifest",
+           "resolve_site_devices", "piece_io", "compiler_versions", "CROSS_NOTE"]
+
+#: bump when the build or check logic changes so old store entries stop matching
+STORE_SCHEMA = 1
+CROSS_NOTE = "cross-compiled, not runnable here"
+LITERT_NOTE = "no ONNX reference for a .tflite piece; ran on random inputs, outputs finite and of declared shapes"
+
+# piece file kind -> backends that can run it
+_APPLICABLE: dict[str, tuple[str, ...]] = {"onnx": ("tvm", "onnxruntime"), "tflite": ("litert",)}
+_EXT = {"onnxruntime": "onnx", "litert": "tflite"}
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Knobs of a compile run. Tolerances are the acceptance test against onnxruntime."""
+
+    tune: TuneSettings = field(default_factory=TuneSettings)
+    backends: tuple[str, ...] | None = None
+    measure_runs: int = 10
+    measure_budget_s: float = 3.0
+    threads: int = 0                    # onnxruntime intra-op threads (0 = every core)
+    rtol: float = 1e-4
+    atol: float = 1e-4
+    seed: int = 0
+
+
+@dataclass
+class CompileResult:
+    """What `compile_plan` did: the manifest (also written as manifest.json) and its location."""
+
+    manifest: dict
+    out_dir: Path
+    manifest_path: Path
+    compile_s: float
+
+    @property
+    def artifacts(self) -> list[dict]:
+        return self.manifest["artifacts"]
+
+    @property
+    def cached(self) -> int:
+        """How many artifacts came entirely from the store (no build, no measurement)."""
+        return sum(1 for a in self.artifacts if a["cached"])
+
+    def entry(self, piece: str, site: str) -> dict:
+        """The manifest entry of one piece on one site class."""
+        for a in self.artifacts:
+            if a["piece"] == piece and a["site"] == site:
+                return a
+        raise KeyError(f"{piece}@{site}")
+
+    def to_json(self) -> dict:
+        return self.manifest
+
+
+# ----------------------------------------------------------------------------- inputs
+def compiler_versions() -> dict[str, str]:
+    """Versions of every compiler/runtime whose output lands in the store (part of each key)."""
+    import onnx
+
+    from runtime.backends import litert_backend, ort_backend, tvm_backend
+    return {"tvm": tvm_backend.version(), "onnxruntime": ort_backend.version(),
+            "litert": litert_backend.version(), "onnx": onnx.__version__, "store_schema": str(STORE_SCHEMA)}
+
+
+def _declared_shapes(declared: Iterable[Mapping]) -> dict[str, list]:
+    return {str(d.get("name")): list(d.get("shape") or []) for d in declared}
+
+
+def piece_io(path: str | Path, declared_inputs: Sequence[Mapping] = (), label: str = "") -> tuple[
+        list[TensorSpec], list[TensorSpec]]:
+    """Input and output specs of a piece file; symbolic input dims are filled from `declared_inputs`.
+
+    Inputs must end up fully concrete (TVM compiles static shapes; checks need real tensors).
+    Output shapes may stay 0 where unknown; they are taken from the reference run.
+    """
+    path = Path(path)
+    label = label or str(path)
+    if path.suffix == ".tflite":
+        from runtime.backends.litert_backend import tflite_io
+        return tflite_io(path)
+    import onnx
+    from onnx import helper
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError / OSError variants
+        raise InputError(f"{path}: not a readable ONNX file ({str(e).splitlines()[0] if str(e) else type(e).__name__})")
+    g = model.graph
+    init = {i.name for i in g.initializer}
+    declared = _declared_shapes(declared_inputs)
+
+    def spec(vi, fill: Mapping[str, list], is_input: bool) -> TensorSpec:
+        tt = vi.type.tensor_type
+        dims = []
+        for k, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                dims.append(int(d.dim_value))
+                continue
+            given = fill.get(vi.name)
+            if given is not None and k < len(given) and isinstance(given[k], int) and given[k] > 0:
+                dims.append(int(given[k]))
+            elif is_input:
+                raise InputError(
+                    f"{label}: input tensor {vi.name!r} has unknown dimension {k} "
+                    f"({d.dim_param or '?'}). To fix: give the model's `dims` in app.yaml so pieces carry concrete shapes")
+            else:
+                dims.append(0)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+        return TensorSpec(vi.name, tuple(dims), dtype)
+
+    inputs = [spec(vi, declared, True) for vi in g.input if vi.name not in init]
+    outputs = [spec(vi, {}, False) for vi in g.output]
+    return inputs, outputs
+
+
+def _load_catalog() -> dict[str, DeviceSpec]:
+    from devices.catalog import load_catalog
+    return load_catalog()
+
+
+def resolve_site_devices(plan, sites: Iterable[str], fleet=None,
+                         catalog: Mapping[str, DeviceSpec] | None = None) -> dict[str, DeviceSpec]:
+    """The device of every site class: from `fleet`, else `plan.site_devices`, else the plan's
+    fleet file, else a site class named like a catalog device. Unknown ones raise InputError."""
+    sites = list(dict.fromkeys(sites))
+    out: dict[str, DeviceSpec] = {}
+    cat = dict(catalog) if catalog is not None else None
+
+    def catalog_() -> dict[str, DeviceSpec]:
+        nonlocal cat
+        if cat is None:
+            cat = _load_catalog()
+        return cat
+
+    if fleet is None and getattr(plan, "fleet_path", None) and not all(
+            s in (getattr(plan, "site_devices", None) or {}) for s in sites):
+        fpath = Path(plan.fleet_path)
+        if fpath.exists():
+            from devices.fleet import resolve_fleet
+            from tierplan.loader import load_fleet
+            fleet = resolve_fleet(load_fleet(fpath), catalog_())
+    classes = getattr(fleet, "classes", None)
+    if classes is None and fleet is not None and hasattr(fleet, "sites"):   # a FleetSpec
+        from devices.fleet import resolve_fleet
+        classes = resolve_fleet(fleet, catalog_()).classes
+    named = dict(getattr(plan, "site_devices", None) or {})
+    for s in sites:
+        if classes is not None and s in classes:
+            out[s] = classes[s].device
+        elif s in named:
+            dev = named[s]
+            if dev not in catalog_():
+                raise InputError(f"plan.site_devices.{s}: unknown device {dev!r}. To fix: `tierplan devices` lists the catalog")
+            out[s] = catalog_()[dev]
+        elif s in catalog_():
+            out[s] = catalog_()[s]
+        else:
+            raise InputError(f"site class {s!r}: no device known for it (plan has no site_devices entry and no "
+                             "readable fleet_path). To fix: pass the fleet (`--fleet FLEET`) or re-run `tierplan plan`")
+    return out
+
+
+def load_manifest(out_dir: str | Path) -> dict:
+    """Read `<out_dir>/manifest.json` as written by `compile_plan`."""
+    import json
+    path = Path(out_dir) / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no manifest. To fix: run `tierplan compile PLAN --out {out_dir}`")
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e})")
+
+
+# ----------------------------------------------------------------------------- checks
+def _compare(outs: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], rtol: float, atol: float
+             ) -> tuple[bool, float, str]:
+    """(all close, max |a - b|, note) over the reference's outputs."""
+    worst = 0.0
+    for name, r in ref.items():
+        if name not in outs:
+            return False, float("inf"), f"output {name!r} missing"
+        a = np.asarray(outs[name])
+        if a.shape != r.shape:
+            return False, float("inf"), f"output {name!r} has shape {a.shape}, reference {r.shape}"
+        if r.size == 0:
+            continue
+        if r.dtype.kind in "fc":
+            diff = float(np.max(np.abs(a.astype(np.float64) - r.astype(np.float64))))
+            ok = bool(np.allclose(a, r, rtol=rtol, atol=atol, equal_nan=True))
+        else:
+            diff = float(np.max(np.abs(a.astype(np.int64) - r.astype(np.int64))))
+            ok = diff == 0
+        worst = max(worst, diff)
+        if not ok:
+            return False, worst, f"output {name!r} differs from onnxruntime by up to {diff:.3g} (rtol {rtol}, atol {atol})"
+    return True, worst, ""
+
+
+class _Reference:
+    """Lazy onnxruntime reference outputs of one ONNX piece (graph optimisations off)."""
+
+    def __init__(self, path: Path, inputs: Sequence[TensorSpec], seed: int):
+        self.path, self.specs, self.seed = path, list(inputs), seed
+        self._feeds: dict[str, np.ndarray] | None = None
+        self._outs: dict[str, np.ndarray] | None = None
+
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        if self._feeds is None:
+            self._feeds = random_inputs(self.specs, self.seed)
+        return self._feeds
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]:
+        if self._outs is None:
+            from runtime.backends.ort_backend import OrtRunner
+            ref = OrtRunner(self.path, self.specs, (), options={"graph_optimization_level": "disable",
+                                                                  "intra_op_num_threads": 0})
+            self._outs = ref.run(self.feeds)
+            ref.close()
+        return self._outs
+
+    def output_specs(self) -> list[TensorSpec]:
+        return [TensorSpec(n, tuple(a.shape), a.dtype.name) for n, a in self.outputs.items()]
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # TVM errors put the useful line last; python errors first
+    msg = lines[-1] if lines and type(e).__name__.endswith("Error") and "Traceback" in str(e) else (lines[0] if lines else "")
+    return f"{type(e).__name__}: {msg}"[:300]
+
+
+# ----------------------------------------------------------------------------- builds
+def _timed(runner, feeds, opts: CompileOptions) -> tuple[float, int]:
+    return median_ms(lambda: runner.run(feeds), opts.measure_runs, opts.measure_budget_s, warmup=0)
+
+
+def _build_ort(tmp: Path, src: Path, specs, ref: _Reference, opts: CompileOptions) -> dict:
+    from runtime.backends.ort_backend import OrtRunner
+    dst = tmp / "piece.onnx"
+    shutil.copyfile(src, dst)
+    options = {"intra_op_num_threads": opts.threads, "graph_optimization_level": "all"}
+    t0 = time.perf_counter()
+    runner = OrtRunner(dst, specs, ref.output_specs(), options=options)
+    build_s = time.perf_counter() - t0
+    outs = runner.run(ref.feeds)
+    ok, diff, note = _compare(outs, ref.outputs, opts.rtol, opts.atol)
+    meta = {"ok": ok, "file_name": dst.name, "verified": ok, "max_abs_diff": diff, "options": options,
+            "build_s": build_s, "reason": note or None, "latency_source": "measured"}
+    if ok:
+        meta["latency_ms"], meta["runs"] = _timed(runner, ref.feeds, opts)
+    runner.close()
+    return meta
+
+
+def _build_litert(tmp: Path, src: Path, specs, out_specs, opts: CompileOptions) -> dict:
+    from runtime.backends.litert_backend import LiteRtRunner
+    dst = tmp / "piece.tflite"
+    shutil.copyfile(src, dst)
+    options = {"num_threads": opts.threads or None}
+    runner = LiteRtRunner(dst, specs, out_specs, num_threads=options["num_threads"])
+    feeds = random_inputs(specs, opts.seed)
+    outs = runner.run(feeds)
+    bad = [n for s in out_specs for n in [s.name]
+           if tuple(outs[n].shape) != tuple(s.shape) or (outs[n].dtype.kind == "f" and not np.isfinite(outs[n]).all())]
+    meta = {"ok": not bad, "file_name": dst.name, "verified": False, "max_abs_diff": None, "options": options,
+            "build_s": 0.0, "verify_note": LITERT_NOTE, "latency_source": "measured",
+            "reason": f"outputs not finite or of the wrong shape: {bad}" if bad else None}
+    if not bad:
+        meta["latency_ms"], meta["runs"] = _timed(runner, feeds, opts)
+    runner.close()
+    return meta
+
+
+def _host_target() -> dict:
+    from tvm.target import codegen
+    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}
+
+
+def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, opts: CompileOptions,
+               progress: Callable[[str], None]) -> dict:
+    """Build with TVM Relax; see the module docstring for native / same-arch / cross handling."""
+    from runtime.backends import tvm_backend
+    from runtime.backends.tvm_backend import TvmRunner, import_onnx
+    from runtime.backends.tvm_tune import tune_module
+
+    target = dict(target)
+    if str(target.get("kind", "llvm")) != "llvm":
+        return {"ok": False, "reason": f"TVM target kind {target.get('kind')!r} is not built here (llvm CPU targets only)"}
+    native = tvm_backend.is_native(target)
+    same_arch = target_arch(target) == host_arch()
+    ext = "so" if same_arch else "tar"
+    dst = tmp / f"piece.{ext}"
+    meta: dict = {"file_name": dst.name, "options": {}, "latency_source": "measured"}
+    t0 = time.perf_counter()
+    try:
+        mod = import_onnx(src, specs)
+    except Exception as e:  # the Relax ONNX frontend raises TypeError/ValueError/TVMError/... per op
+        return {"ok": False, "reason": f"TVM frontend rejected the piece ({_first_line(e)})"}
+    try:
+        database = None
+        if opts.tune.enabled and native:
+            from tvm import relax
+            progress("tuning")
+            mod = relax.get_pipeline("zero")(mod)
+            database, report = tune_module(mod, target, opts.tune)
+            meta["tune"] = report.to_dict()
+        elif opts.tune.enabled:
+            meta["tune"] = {"skipped": "tuning needs the target device; not runnable here"}
+        progress("compiling")
+        tvm_backend.build(mod, target, dst, database=database)
+        check_path = dst
+        if not native:
+            check_path = tmp / "host_check.so"
+            tvm_backend.build(mod, _host_target(), check_path)
+    except Exception as e:  # codegen / lowering failures surface as TVMError, ValueError, RuntimeError
+        return {"ok": False, "reason": f"TVM build failed ({_first_line(e)})"}
+    meta["build_s"] = time.perf_counter() - t0
+    if not dst.is_file() or dst.stat().st_size == 0:
+        return {"ok": False, "reason": f"TVM export wrote no {dst.name}"}
+    progress("checking")
+    runner = TvmRunner(check_path, specs, ref.output_specs())
+    try:
+        outs = runner.run(ref.feeds)
+    except Exception as e:  # a VM run failure is a rejection, not a crash of the whole compile
+        runner.close()
+        return {"ok": False, "reason": f"TVM artifact failed to run ({_first_line(e)})"}
+    ok, diff, note = _compare(outs, ref.outputs, opts.rtol, opts.atol)
+    meta.update(ok=ok, max_abs_diff=diff, reason=(f"TVM output mismatch: {note}" if not ok else None))
+    if ok:
+        meta["latency_ms"], meta["runs"] = _timed(runner, ref.feeds, opts)
+    runner.close()
+    if native:
+        meta["verified"] = ok
+    elif same_arch:
+        meta["verified"] = ok
+        meta["verify_note"] = (f"checked and timed on a build for this machine's CPU ({_host_target()['mcpu']}); "
+                               f"the artifact targets mcpu={target.get('mcpu')}")
+        meta["latency_source"] = "measured (host build)"
+    else:
+        meta["verified"] = False
+        meta["verify_note"] = CROSS_NOTE
+        meta["host_check_max_abs_diff"] = diff
+        meta["latency_source"] = "predicted"
+        meta.pop("latency_ms", None)
+        meta.pop("runs", None)
+    if check_path != dst:
+        check_path.unlink(missing_ok=True)
+    return meta
+
+
+# ----------------------------------------------------------------------------- one piece
+@dataclass(frozen=True)
+class _Job:
+    piece: object   # planner.plan.PlanPiece
+    site: str
+    device: DeviceSpec
+
+
+def _predicted_ms(piece, device: DeviceSpec, cost_model) -> float | None:
+    """The cost model's latency of the piece on the device, or None when it has no figure."""
+    if cost_model is None:
+        return None
+    from partition.types import Piece, TensorInfo
+
+    def tinfos(ts) -> tuple:
+        return tuple(TensorInfo(str(t.get("name")), tuple(int(x) for x in (t.get("shape") or [])),
+                                str(t.get("dtype", "float32")), int(t.get("nbytes", 0))) for t in ts)
+    p = Piece(id=piece.id, model=piece.model or piece.id.split("/")[0], index=0, nodes=(),
+              inputs=tinfos(piece.inputs), outputs=tinfos(piece.outputs), flops=float(piece.flops),
+              param_bytes=int(piece.param_bytes), file=piece.file)
+    try:
+        return float(cost_model.piece_ms(p, device))
+    except InputError:
+        return None
+
+
+def _resolve_file(piece, base_dir: Path | None) -> Path:
+    if not piece.file:
+        raise InputError(f"plan: piece {piece.id!r} has no file. To fix: re-run `tierplan plan` on a partitioned app")
+    f = Path(piece.file)
+    for cand in ([f] if f.is_absolute() else [f, *([base_dir / f] if base_dir else [])]):
+        if cand.is_file():
+            return cand.resolve()
+    raise InputError(f"plan: piece {piece.id!r}: file not found {piece.file!r}. "
+                     "To fix: re-run `tierplan partition`/`tierplan plan` so the piece files exist")
+
+
+def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, versions: Mapping[str, str],
+                  base_dir: Path | None = None, cost_model=None,
+                  progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Build, check and choose the artifact of one piece on one site class; returns its manifest entry."""
+    piece, site, device = job.piece, job.site, job.device
+    label = f"{piece.id}@{site}"
+    src = _resolve_file(piece, base_dir)
+    kind = "tflite" if src.suffix == ".tflite" else "onnx"
+    applicable = _APPLICABLE[kind]
+    order = [b for b in device.backends if b in applicable]
+    if opts.backends is not None:
+        order = [b for b in order if b in opts.backends] or [b for b in opts.backends if b in applicable]
+    if not order:
+        raise InputError(f"{label}: device {device.name} lists backends {list(device.backends)}, none of which runs a "
+                         f".{kind} piece ({', '.join(applicable)}). To fix: place the piece on another site or add "
+                         f"one of {list(applicable)} to devices/catalog/{device.name}.yaml")
+    target = dict(device.tvm_target)
+    measured_here = device.name == "local" or target_arch(target) == host_arch()
+    piece_sha = file_sha256(src)
+    specs, out_decl = piece_io(src, piece.inputs, label)
+    ref = _Reference(src, specs, opts.seed) if kind == "onnx" else None
+    predicted = _predicted_ms(piece, device, cost_model)
+
+    alternatives: list[dict] = []
+    for backend in order:
+        settings: dict = {"seed": opts.seed, "rtol": opts.rtol, "atol": opts.atol}
+        if backend == "tvm":
+            settings["tune"] = opts.tune.key() if tvm_native(target) else {}
+            btarget = target
+        else:
+            settings["threads"] = opts.threads
+            btarget = {"backend": backend}   # onnx / tflite files are target-independent
+        key = artifact_key(piece_sha, btarget, backend, versions, settings)
+        meta = store.get(key)
+        cached = meta is not None
+        if meta is None:
+            progress(f"{backend}: building")
+
+            def build(tmp: Path, backend=backend) -> dict:
+                if backend == "onnxruntime":
+                    return _build_ort(tmp, src, specs, ref, opts)
+                if backend == "litert":
+                    return _build_litert(tmp, src, specs, out_decl, opts)
+                return _build_tvm(tmp, src, specs, ref, target, opts, lambda s: progress(f"tvm: {s}"))
+            meta = store.put(key, lambda tmp, build=build: _with_outputs(build(tmp), ref, out_decl))
+        alt = {"backend": backend, "ok": bool(meta.get("ok")), "verified": bool(meta.get("verified")),
+               "latency_ms": meta.get("latency_ms"), "max_abs_diff": meta.get("max_abs_diff"),
+               "reason": meta.get("reason"), "cached": cached, "key": key,
+               "file": str(store.file(key, meta)) if meta.get("ok") else None, "_meta": meta}
+        alternatives.append(alt)
+        if not measured_here and alt["ok"]:
+            break   # not measurable here: the device's first backend that builds and checks wins
+
+    usable = [a for a in alternatives if a["ok"]]
+    if not usable:
+        reasons = "; ".join(f"{a['backend']}: {a['reason']}" for a in alternatives)
+        raise InputError(f"{label}: no backend could build the piece ({reasons})")
+    if measured_here:
+        chosen = min(usable, key=lambda a: (a["latency_ms"] if a["latency_ms"] is not None else float("inf")))
+        choice = "fastest measured on this machine: " + ", ".join(
+            f"{a['backend']} {a['latency_ms']:.2f} ms" for a in usable if a["latency_ms"] is not None)
+    else:
+        chosen = usable[0]
+        choice = (f"first listed backend of {device.name} that builds and checks "
+                  f"(device not runnable here; cost model has no per-backend figure)")
+    failed = [a for a in alternatives if not a["ok"]]
+    fallback = "; ".join(f"{a['backend']}: {a['reason']}" for a in failed) or None
+    meta = chosen["_meta"]
+    key = chosen["key"]
+    path = store.file(key, meta)
+    entry = {
+        "piece": piece.id, "site": site, "device": device.name, "backend": chosen["backend"],
+        "file": str(path), "rel_file": str(path.relative_to(store.root.resolve())), "path": str(path),
+        "key": key, "piece_sha256": piece_sha, "source": str(src),
+        "target": target if chosen["backend"] == "tvm" else {"backend": chosen["backend"]},
+        "versions": dict(versions),
+        "latency_ms": meta.get("latency_ms") if meta.get("latency_ms") is not None else predicted,
+        "latency_source": meta.get("latency_source") if meta.get("latency_ms") is not None else "predicted",
+        "predicted_ms": predicted,
+        "verified": bool(meta.get("verified")), "max_abs_diff": meta.get("max_abs_diff"),
+        "verify_note": meta.get("verify_note"), "fallback_reason": fallback, "choice": choice,
+        "cached": all(a["cached"] for a in alternatives),
+        "options": meta.get("options") or {}, "tune": meta.get("tune"),
+        "build_s": meta.get("build_s"),
+        "inputs": [s.to_dict() for s in specs],
+        "outputs": meta.get("outputs") or [s.to_dict() for s in out_decl],
+        "alternatives": [{k: v for k, v in a.items() if k != "_meta"} | {"chosen": a is chosen}
+                         for a in alternatives],
+    }
+    if meta.get("host_check_max_abs_diff") is not None:
+        entry["host_check_max_abs_diff"] = meta["host_check_max_abs_diff"]
+    return entry
+
+
+def _with_outputs(meta: dict, ref: _Reference | None, out_decl: Sequence[TensorSpec]) -> dict:
+    """Record the output specs (from the reference run for ONNX pieces) in a build's meta."""
+    if meta.get("ok"):
+        specs = ref.output_specs() if ref is not None else list(out_decl)
+        meta["outputs"] = [s.to_dict() for s in specs]
+    return meta
+
+
+def tvm_native(target: Mapping) -> bool:
+    """Whether a TVM build for `target` runs (and can be tuned) on this machine."""
+    from runtime.backends.tvm_backend import is_native
+    return is_native(target)
+
+
+# ----------------------------------------------------------------------------- the plan
+def _jobs(plan, devices: Mapping[str, DeviceSpec]) -> list[_Job]:
+    pieces = {p.id: p for p in plan.pieces if p.kind == "piece"}
+    pairs: list[tuple[str, str]] = []
+    for pid, site in plan.assignment.items():
+        if pid in pieces:
+            pairs.append((pid, site))
+    for per in plan.per_class.values():
+        for pid, site in per.items():
+            if pid in pieces:
+                pairs.append((pid, site))
+    order = {pid: i for i, pid in enumerate(pieces)}
+    pairs = sorted(dict.fromkeys(pairs), key=lambda ps: (order[ps[0]], ps[1]))
+    return [_Job(pieces[pid], site, devices[site]) for pid, site in pairs]
+
+
+def _plan_sites(plan) -> list[str]:
+    pieces = {p.id for p in plan.pieces if p.kind == "piece"}
+    sites = [s for pid, s in plan.assignment.items() if pid in pieces]
+    sites += [s for per in plan.per_class.values() for pid, s in per.items() if pid in pieces]
+    return list(dict.fromkeys(sites))
+
+
+def compile_plan(plan, out_dir: str | Path, tune_trials: int = 0, backends: Sequence[str] | None = None,
+                 progress: bool = True, *, fleet=None, tune_tasks: int | None = None,
+                 tune_db: str | Path | None = None, base_dir: str | Path | None = None,
+                 options: CompileOptions | None = None, catalog: Mapping[str, DeviceSpec] | None = None,
+                 cost_model=None) -> CompileResult:
+    """Compile every (piece, site class) of `plan` into `out_dir`; write and return the manifest.
+
+    `tune_trials` > 0 tunes TVM builds for native targets (meta-schedule, `tune_trials` per task,
+    the `tune_tasks` heaviest tasks, database in `tune_db`, default `<out_dir>/tuning`).
+    `backends` narrows the candidates (e.g. ["onnxruntime"]). `progress` draws a rich progress bar
+    on stderr. `base_dir` resolves relative piece files (the plan file's folder).
+    """
+    t0 = time.perf_counter()
+    if backends is not None:
+        unknown = [b for b in backends if b not in BACKENDS]
+        if unknown:
+            raise InputError(f"--backend: unknown backend(s) {unknown}; expected one of {', '.join(BACKENDS)}")
+    if tune_trials < 0:
+        raise InputError(f"--tune-trials: must be >= 0, got {tune_trials}")
+    out = Path(out_dir)
+    opts = options or CompileOptions()
+    tune = TuneSettings(trials=tune_trials, max_tasks=tune_tasks,
+                        db_root=str(Path(tune_db) if tune_db else (out / "tuning").resolve()))
+    opts = CompileOptions(**{**opts.__dict__, "tune": tune,
+                             "backends": tuple(backends) if backends is not None else opts.backends})
+    if plan.status == "infeasible":
+        raise InputError(f"plan is infeasible ({plan.reason or 'no reason given'}); nothing to compile. "
+                         "To fix: relax the SLO or the constraints and re-run `tierplan plan`")
+    devices = resolve_site_devices(plan, _plan_sites(plan), fleet=fleet, catalog=catalog)
+    jobs = _jobs(plan, devices)
+    if cost_model is None:
+        from devices.costmodel import CostModel
+        cost_model = CostModel()
+    store = ArtifactStore(out)
+    versions = compiler_versions()
+    base = Path(base_dir) if base_dir else None
+    entries: list[dict] = []
+    with _progress_bar(progress, len(jobs)) as step:
+        for i, job in enumerate(jobs):
+            label = f"{job.piece.id}@{job.site}"
+            step(i, label, "")
+            entries.append(compile_piece(job, store, opts, versions, base, cost_model,
+                                         progress=lambda s, i=i, label=label: step(i, label, s)))
+            step(i + 1, label, "done")
+    compile_s = time.perf_counter() - t0
+    manifest = {
+        "artifacts": entries,
+        "versions": versions,
+        "host": {"arch": host_arch()},
+        "plan": {"status": plan.status, "app_path": plan.app_path, "fleet_path": plan.fleet_path,
+                 "inputs_sha256": dict(plan.inputs_sha256)},
+        "tune": {"trials": tune.trials, "max_tasks": tune.max_tasks, "database": tune.db_root},
+        "compile_s": round(compile_s, 3),
+        "cached": sum(1 for e in entries if e["cached"]),
+        "built": sum(1 for e in entries if not e["cached"]),
+    }
+    path = store.write_manifest(manifest)
+    return CompileResult(manifest=manifest, out_dir=out, manifest_path=path, compile_s=compile_s)
+
+
+class _progress_bar:
+    """A rich progress bar on stderr (or nothing): `step(done, label, status)` updates it."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+        self._p = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda done, label, status: None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        self._p = Progress(TextColumn("[bold]compile"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TextColumn("{task.description}"),
+                           console=Console(file=sys.stderr), transient=False)
+        self._p.__enter__()
+        task = self._p.add_task("", total=self.total)
+
+        def step(done: int, label: str, status: str) -> None:
+            self._p.update(task, completed=done, description=f"{label} {status}".strip())
+        return step
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+        return False
