@@ -1,0 +1,141 @@
+"""The local Ray cluster (one Ray node per base-station or cloud site) and the site actor.
+
+Each site class becomes a Ray node with the custom resource `site:<name>` (one unit) and the
+label `tierplan-site=<name>`; the site's stage worker is an actor that asks for that unit, so
+Ray places it on its site's node and restarts it (max_restarts=-1) when the node returns. The
+same placement works on real hosts started with
+
+    ray start --head --resources '{"site:cloud": 1}' --labels tierplan-site=cloud
+    ray start --address HEAD:6379 --resources '{"site:bs": 1}' --labels tierplan-site=bs
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from tierplan.errors import RuntimeFault
+
+__all__ = ["LocalCluster", "SiteActor", "site_resource", "SITE_LABEL", "ensure_ray_env", "start_site_actor"]
+
+SITE_LABEL = "tierplan-site"
+_NODE_OBJECT_STORE_BYTES = 80 * 1024 * 1024   # small: tensors cross sites over gRPC, not the object store
+
+
+def site_resource(site: str) -> str:
+    """The custom Ray resource that pins a site's actor to its node."""
+    return f"site:{site}"
+
+
+def ensure_ray_env() -> None:
+    """Environment Ray needs before it starts to stay on loopback (DESIGN.md, pitfalls)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    root = str(Path(__file__).resolve().parent.parent)   # workers import runtime/ from this checkout
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, *paths) if p)
+
+
+class LocalCluster:
+    """A real Ray cluster on this machine: a head (no CPUs, the driver) plus one node per site."""
+
+    def __init__(self, sites: list[str] = (), connect: bool = True) -> None:
+        ensure_ray_env()
+        import ray
+        from ray.cluster_utils import Cluster
+        self._lock = threading.Lock()
+        self.cluster = Cluster(initialize_head=True, head_node_args=dict(
+            num_cpus=0, include_dashboard=False, node_ip_address="127.0.0.1",
+            object_store_memory=_NODE_OBJECT_STORE_BYTES, labels={SITE_LABEL: "head"}))
+        self.nodes: dict[str, object] = {}
+        for s in sites:
+            self.add_site(s, wait=False)
+        self.cluster.wait_for_nodes()
+        self.connected = False
+        if connect and not ray.is_initialized():
+            ray.init(address=self.cluster.address, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     log_to_driver=False)
+            self.connected = True
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def add_site(self, site: str, wait: bool = True) -> None:
+        """Add the Ray node of a site class (again, after a failure)."""
+        with self._lock:
+            if site in self.nodes:
+                return
+            self.nodes[site] = self.cluster.add_node(
+                wait=wait, num_cpus=1, resources={site_resource(site): 1}, labels={SITE_LABEL: site},
+                node_ip_address="127.0.0.1", object_store_memory=_NODE_OBJECT_STORE_BYTES)
+
+    def ensure_sites(self, sites: list[str]) -> None:
+        missing = [s for s in sites if s not in self.nodes]
+        for s in missing:
+            self.add_site(s, wait=False)
+        if missing:
+            self.cluster.wait_for_nodes()
+
+    def kill_site(self, site: str) -> None:
+        """Remove a site's Ray node at once (its processes die): a site failure."""
+        with self._lock:
+            node = self.nodes.pop(site)
+        self.cluster.remove_node(node, allow_graceful=False)
+
+    def shutdown(self) -> None:
+        import ray
+        if self.connected and ray.is_initialized():
+            ray.shutdown()
+        self.cluster.shutdown()
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
+    class SiteActor:
+        """Hosts a StageWorker on its site's Ray node; registers with the controller on (re)start."""
+
+        def __init__(self, site: str, controller: str, tls_dir: str | None = None) -> None:
+            from runtime.security import TlsConfig
+            from runtime.stage import StageWorker
+            tls = TlsConfig.from_dir(tls_dir, site) if tls_dir else None
+            self.worker = StageWorker(site, "127.0.0.1:0", tls=tls, controller=controller)
+            self.worker.start()
+
+        def address(self) -> str:
+            return self.worker.address
+
+        def pid(self) -> int:
+            return os.getpid()
+
+    return SiteActor
+
+
+_ACTOR = None
+
+
+def SiteActor():
+    """The Ray actor class (built lazily so importing this module does not import Ray)."""
+    global _ACTOR
+    if _ACTOR is None:
+        _ACTOR = _actor_class()
+    return _ACTOR
+
+
+def start_site_actor(site: str, controller: str, tls_dir: str | None, timeout_s: float = 60.0):
+    """Create a site's actor pinned to its node; returns (handle, address)."""
+    import ray
+    handle = SiteActor().options(resources={site_resource(site): 1}, name=None).remote(site, controller, tls_dir)
+    t0 = time.time()
+    try:
+        address = ray.get(handle.address.remote(), timeout=timeout_s)
+    except Exception as e:  # GetTimeoutError, actor died: say which site
+        raise RuntimeFault(f"site {site!r}: its stage actor did not start within {timeout_s:.0f} s ({type(e).__name__}). "
+                           f"To fix: check that a Ray node offers resource {site_resource(site)!r}") from e
+    return handle, address, time.time() - t0

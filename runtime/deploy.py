@@ -1,0 +1,117 @@
+"""Turn a Plan into a running Service: Ray actors for base stations and clouds, agents for edge sites.
+
+    with deploy(plan, local=True) as service:
+        y = service.predict({"camera": frame})
+
+Local (the embedded default): a Ray cluster on this machine with one node per base-station or
+cloud site class (`runtime.cluster.LocalCluster`, or the one passed in), and one agent process
+per edge site class. Remote: `ray_address` names an existing cluster whose nodes were started
+with the site resources and labels (see runtime.cluster), and `agents` gives the host:port of
+each edge site's `tierplan agent`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from planner.plan import Plan
+from runtime.agent import AgentProcess
+from runtime.cluster import LocalCluster, ensure_ray_env, start_site_actor
+from runtime.graph import ExecGraph
+from runtime.links import route_table
+from runtime.security import CONTROLLER, TlsConfig
+from runtime.service import Service, files_for
+from runtime.stage import StageOptions
+from tierplan.errors import InputError
+from tierplan.spec import FleetSpec
+
+__all__ = ["deploy", "site_tiers", "load_plan_fleet"]
+
+
+def load_plan_fleet(plan: Plan) -> FleetSpec | None:
+    """The fleet a plan was made for (its `fleet_path`), if the file is there."""
+    if plan.fleet_path and Path(plan.fleet_path).is_file():
+        from tierplan.loader import load_fleet
+        return load_fleet(plan.fleet_path)
+    return None
+
+
+def site_tiers(graph: ExecGraph, fleet: FleetSpec | None) -> dict[str, str]:
+    """Tier of every site the plan uses (fleet's tier; a site unknown to the fleet counts as cloud)."""
+    out = {}
+    for s in graph.used_sites():
+        if fleet is not None and s in fleet.sites:
+            out[s] = fleet.sites[s].tier
+        else:
+            out[s] = "edge" if s == "edge" else "cloud"
+    return out
+
+
+def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | None = None,
+           manifest: Mapping | None = None, cluster: LocalCluster | None = None,
+           tls_dir: str | Path | None = None, agents: Mapping[str, str] | None = None,
+           ray_address: str | None = None, options: StageOptions | None = None,
+           request_timeout_s: float = 30.0, front_door: str | None = None,
+           emulate_links: bool = True, ready_timeout_s: float = 180.0) -> Service:
+    """Start every site's worker for `plan` and return the ready Service (a context manager)."""
+    if not isinstance(plan, Plan):
+        plan_path = Path(plan)
+        plan = Plan.load(plan_path)
+        base_dir = plan_path.parent
+    else:
+        base_dir = None
+    if plan.status == "infeasible":
+        raise InputError(f"plan is infeasible ({plan.reason or 'no reason given'}); nothing to deploy. "
+                         "To fix: relax the SLO or the constraints and re-run `tierplan plan`")
+    graph = ExecGraph.from_plan(plan)
+    fleet = fleet if fleet is not None else load_plan_fleet(plan)
+    tiers = site_tiers(graph, fleet)
+    all_sites = list(dict.fromkeys([*graph.used_sites(), *graph.sites.values()]))
+    routes = route_table(fleet, [s for s in all_sites if s]) if emulate_links else {}
+    options = options or StageOptions(batch_sites=tuple(s for s, t in tiers.items() if t == "cloud"))
+    tls = TlsConfig.from_dir(tls_dir, CONTROLLER) if tls_dir else None
+    agents = dict(agents or {})
+    service = Service(plan, routes=routes, files=files_for(plan, manifest, base_dir), options=options,
+                      tls=tls, request_timeout_s=request_timeout_s)
+    try:
+        service.start_controller()
+        ray_sites = [s for s, t in tiers.items() if t != "edge" and s not in agents]
+        if ray_sites:
+            _start_ray_sites(service, ray_sites, local, cluster, ray_address, tls_dir)
+        for site, t in tiers.items():
+            if site in agents:
+                service.set_address(site, agents[site])
+            elif t == "edge":
+                if not local:
+                    raise InputError(f"edge site {site!r} has no agent address. To fix: run "
+                                     f"`tierplan agent --site {site} --listen HOST:PORT` there and pass it")
+                agent = AgentProcess(site, service.address, str(tls_dir) if tls_dir else None)
+                service.add_closer(agent.stop)
+                service.agents[site] = agent
+                agent.start()
+        service.wait_ready(ready_timeout_s)
+        if front_door is not None:
+            service.serve_front_door(front_door)
+    except BaseException:
+        service.close()
+        raise
+    return service
+
+
+def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: LocalCluster | None,
+                     ray_address: str | None, tls_dir) -> None:
+    ensure_ray_env()
+    import ray
+    if cluster is None and local:
+        cluster = LocalCluster(sites)
+        service.add_closer(cluster.shutdown)
+    elif cluster is not None:
+        cluster.ensure_sites(sites)
+    elif not ray.is_initialized():
+        ray.init(address=ray_address or "auto", include_dashboard=False, log_to_driver=False)
+    service.cluster = cluster
+    for site in sites:
+        handle, _, _ = start_site_actor(site, service.address, str(tls_dir) if tls_dir else None)
+        service.actors[site] = handle
+        service.add_closer(lambda h=handle: ray.kill(h, no_restart=True))

@@ -1,0 +1,178 @@
+"""The executable view of a Plan: nodes, where each runs, the edges between them, tensor binding.
+
+A Plan lists sources, pieces, transforms and sinks (`pieces`, by kind) and the data-flow `edges`
+(src, dst, tensor names, bytes). This module answers what a stage worker needs to know: which
+site hosts a node, which deliveries a node waits for, which tensors an edge carries, and how a
+fan-out branch counts towards completing a sink.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Callable, Mapping
+
+import numpy as np
+
+from planner.plan import Plan, PlanEdge, PlanPiece
+from tierplan.errors import InputError
+
+__all__ = ["ExecGraph", "select_tensors", "bind_inputs", "branch_weight", "child_branch",
+           "load_transform", "SINK_PREFIX"]
+
+SINK_PREFIX = "sink:"
+
+
+def _kind_of(node_id: str, piece: PlanPiece | None) -> str:
+    if piece is not None:
+        return piece.kind
+    return "sink" if node_id.startswith(SINK_PREFIX) else "source"
+
+
+@dataclass(frozen=True)
+class ExecGraph:
+    """Nodes and edges of a plan, with the site of each node resolved."""
+
+    plan: Plan
+    nodes: Mapping[str, PlanPiece]
+    kinds: Mapping[str, str]
+    sites: Mapping[str, str]            # node -> site class
+    in_edges: Mapping[str, tuple[PlanEdge, ...]]
+    out_edges: Mapping[str, tuple[PlanEdge, ...]]
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> "ExecGraph":
+        """Resolve every node's site; sources without an assignment and dangling edges are errors."""
+        nodes = {p.id: p for p in plan.pieces}
+        ids = list(nodes)
+        for e in plan.edges:
+            for n in (e.src, e.dst):
+                if n not in nodes and n not in ids:
+                    ids.append(n)
+        kinds = {n: _kind_of(n, nodes.get(n)) for n in ids}
+        ins: dict[str, list[PlanEdge]] = {n: [] for n in ids}
+        outs: dict[str, list[PlanEdge]] = {n: [] for n in ids}
+        for e in plan.edges:
+            outs[e.src].append(e)
+            ins[e.dst].append(e)
+        sites: dict[str, str] = {}
+        for n in ids:
+            if n in plan.assignment:
+                sites[n] = plan.assignment[n]
+        # sinks deliver where the plan says, else where their producer runs
+        for n in ids:
+            if n not in sites and kinds[n] == "sink" and ins[n]:
+                sites[n] = sites.get(ins[n][0].src, "")
+        missing = [n for n in ids if not sites.get(n) and kinds[n] != "sink"]
+        if missing:
+            raise InputError(f"plan: no site assigned to {', '.join(missing[:5])}. "
+                             "To fix: every source, piece and transform needs an `assignment` entry")
+        return cls(plan=plan, nodes=nodes, kinds=kinds, sites=sites,
+                   in_edges={n: tuple(v) for n, v in ins.items()},
+                   out_edges={n: tuple(v) for n, v in outs.items()})
+
+    # ------------------------------------------------------------------ queries
+    def nodes_on(self, site: str) -> list[str]:
+        """Nodes (sources, pieces, transforms) hosted on `site`."""
+        return [n for n, s in self.sites.items() if s == site and self.kinds[n] != "sink"]
+
+    def used_sites(self) -> list[str]:
+        """Site classes hosting at least one source, piece or transform, in plan order."""
+        out: list[str] = []
+        for n, s in self.sites.items():
+            if self.kinds[n] != "sink" and s not in out:
+                out.append(s)
+        return out
+
+    def sources(self) -> list[str]:
+        return [n for n, k in self.kinds.items() if k == "source"]
+
+    def sinks(self) -> list[str]:
+        return [n for n, k in self.kinds.items() if k == "sink"]
+
+    def source_outputs(self, source: str) -> list[str]:
+        """Tensor names a source produces (its declared outputs, else its own name)."""
+        p = self.nodes.get(source)
+        names = [o["name"] for o in (p.outputs if p else []) if "name" in o]
+        return names or [source]
+
+    def sinks_reached(self, sources: list[str]) -> list[str]:
+        """Sinks downstream of the given sources."""
+        seen, stack = set(), list(sources)
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            stack.extend(e.dst for e in self.out_edges.get(n, ()))
+        return [n for n in self.sinks() if n in seen]
+
+    def sources_of(self, node: str) -> str | None:
+        """The source node a node's requests come from (the first found upstream)."""
+        seen, stack = set(), [node]
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if self.kinds.get(n) == "source":
+                return n
+            stack.extend(e.src for e in self.in_edges.get(n, ()))
+        return None
+
+
+def select_tensors(outputs: Mapping[str, np.ndarray], edge: PlanEdge) -> dict[str, np.ndarray]:
+    """The tensors an edge carries out of a node's outputs, named as the edge names them.
+
+    A name the producer does not have takes the next unused output in order (app edges may
+    connect outputs to inputs "in order"); an edge without names carries every output.
+    """
+    names = list(edge.tensors)
+    if not names:
+        return dict(outputs)
+    out: dict[str, np.ndarray] = {}
+    unused = [k for k in outputs if k not in names]
+    for name in names:
+        if name in outputs:
+            out[name] = outputs[name]
+        elif unused:
+            out[name] = outputs[unused.pop(0)]
+    return out
+
+
+def bind_inputs(collected: Mapping[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+    """Bind delivered tensors to a piece's input names: by name first, then in order."""
+    if not wanted:
+        return dict(collected)
+    out = {w: collected[w] for w in wanted if w in collected}
+    rest = [v for k, v in collected.items() if k not in out]
+    for w in wanted:
+        if w not in out and rest:
+            out[w] = rest.pop(0)
+    return out
+
+
+def child_branch(branch: str, index: int, count: int) -> str:
+    """The branch of item `index` of `count` fanned out from `branch`."""
+    part = f"{index}/{count}"
+    return f"{branch}.{part}" if branch else part
+
+
+def branch_weight(branch: str) -> Fraction:
+    """Share of a request a delivery on `branch` stands for (1 / product of fan-out counts)."""
+    w = Fraction(1)
+    if branch:
+        for part in branch.split("."):
+            _, _, n = part.partition("/")
+            w /= max(int(n), 1)
+    return w
+
+
+def load_transform(spec: str) -> Callable[[dict], list]:
+    """Import a transform callable `module:function`."""
+    mod, _, fn = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise InputError(f"transform {spec!r}: cannot import ({e}). To fix: check `function` in app.yaml") from e

@@ -1,0 +1,229 @@
+"""Plans made by hand: a model cut into a chain of pieces on chosen sites, or a whole app on one site.
+
+Used by tests and benchmarks (real ONNX pieces cut with `onnx.utils.extract_model`), and by
+`tierplan run` when the planner package is not available: then every model is one piece and
+all pieces run on one site. Predicted latencies come from timing each piece here with
+onnxruntime plus the links' transfer times (the cost model's formula: RTT/2 + bytes/bandwidth
+per link).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
+from runtime.graph import SINK_PREFIX
+from runtime.links import LinkEmulator, route_table
+from tierplan.errors import InputError
+from tierplan.spec import AppSpec, FleetSpec
+
+__all__ = ["split_chain", "chain_plan", "app_plan", "tensor_infos", "time_piece_ms", "predict_latency"]
+
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+                11: "float64"}
+_TIMING_RUNS = 5
+_IR_INITIALIZERS_NOT_INPUTS = 4   # from IR version 4 on, initializers need not be graph inputs
+
+
+def tensor_infos(path: str | Path, which: str, dims: dict[str, int] | None = None) -> list[dict]:
+    """[{name, shape, dtype, nbytes}] of a model's real inputs ("inputs") or outputs ("outputs")."""
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    vals = [v for v in (m.graph.input if which == "inputs" else m.graph.output) if v.name not in inits]
+    out = []
+    for v in vals:
+        t = v.type.tensor_type
+        shape = []
+        for d in t.shape.dim:
+            shape.append(d.dim_value if d.dim_value > 0 else int((dims or {}).get(d.dim_param, 1)))
+        dtype = _ONNX_DTYPES.get(t.elem_type, "float32")
+        out.append({"name": v.name, "shape": shape, "dtype": dtype,
+                    "nbytes": int(np.prod(shape) * np.dtype(dtype).itemsize)})
+    return out
+
+
+def split_chain(model: str | Path, cuts: list[str], out_dir: str | Path, prefix: str = "m") -> list[Path]:
+    """Cut a model at the given tensors into len(cuts)+1 standalone ONNX pieces, in order."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = onnx.load(str(model))
+    inits = {i.name for i in m.graph.initializer}
+    if any(i.name in inits for i in m.graph.input):  # old IR: weights listed as inputs
+        keep = [i for i in m.graph.input if i.name not in inits]
+        del m.graph.input[:]
+        m.graph.input.extend(keep)
+        m.ir_version = max(m.ir_version, _IR_INITIALIZERS_NOT_INPUTS)
+    model = out / f"{prefix}_whole.onnx"
+    onnx.save(m, str(model))
+    ins = [t["name"] for t in tensor_infos(model, "inputs")]
+    outs = [t["name"] for t in tensor_infos(model, "outputs")]
+    bounds = [ins, *[[c] for c in cuts], outs]
+    files = []
+    for k in range(len(bounds) - 1):
+        f = out / f"{prefix}_p{k}.onnx"
+        onnx.utils.extract_model(str(model), str(f), bounds[k], bounds[k + 1])
+        files.append(f)
+    return files
+
+
+def _random_inputs(infos: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {t["name"]: rng.random(t["shape"]).astype(t["dtype"]) for t in infos}
+
+
+def time_piece_ms(path: str | Path, runs: int = _TIMING_RUNS, threads: int = 0) -> float:
+    """Median latency of one piece on this machine with onnxruntime (random inputs)."""
+    from runtime.runners import OrtRunner
+    r = OrtRunner(path, threads=threads)
+    x = _random_inputs(tensor_infos(path, "inputs"))
+    r.run(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        r.run(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def predict_latency(plan: Plan, fleet: FleetSpec | None) -> dict[str, SinkLatency]:
+    """Latency to each sink along the plan's critical path: piece times + transfers over routes."""
+    from runtime.graph import ExecGraph
+    g = ExecGraph.from_plan(plan)
+    emu = LinkEmulator(route_table(fleet, list(dict.fromkeys(g.sites.values()))))
+    finish: dict[str, float] = {}
+    breakdown: dict[str, dict[str, float]] = {}
+    import networkx as nx
+    dag = nx.DiGraph()
+    dag.add_nodes_from(g.kinds)
+    dag.add_edges_from((e.src, e.dst, {"edge": e}) for e in plan.edges)
+    for n in nx.topological_sort(dag):
+        best, parts = 0.0, {}
+        for e in g.in_edges[n]:
+            a, b = g.sites.get(e.src, ""), g.sites.get(n, "")
+            tr = emu.transfer_ms(a, b, e.nbytes)
+            t = finish[e.src] + tr
+            if t >= best:
+                best, parts = t, dict(breakdown[e.src])
+                if tr > 0:
+                    parts[f"transfer.{a}->{b}"] = parts.get(f"transfer.{a}->{b}", 0.0) + tr
+        piece = g.nodes.get(n)
+        site = g.sites.get(n, "")
+        c = (piece.latency_ms.get(site, 0.0) if piece is not None else 0.0)
+        if c:
+            parts[f"compute.{site}"] = parts.get(f"compute.{site}", 0.0) + c
+        finish[n] = best + c
+        breakdown[n] = parts
+    return {s[len(SINK_PREFIX):]: SinkLatency(latency_ms=finish[s], breakdown=breakdown[s]) for s in g.sinks()}
+
+
+def chain_plan(files: list[str | Path], sites: list[str], source_site: str, *, source: str = "input",
+               sink: str = "output", fleet: FleetSpec | None = None, time_pieces: bool = False,
+               model: str = "m") -> Plan:
+    """A plan running a chain of pieces: source on `source_site`, piece k on `sites[k]`, result back to the source."""
+    if len(files) != len(sites):
+        raise InputError(f"chain_plan: {len(files)} pieces but {len(sites)} sites")
+    pieces = []
+    first_in = tensor_infos(files[0], "inputs")
+    pieces.append(PlanPiece(id=source, kind="source", outputs=first_in))
+    assignment = {source: source_site}
+    edges = []
+    prev, prev_out = source, first_in
+    for k, (f, s) in enumerate(zip(files, sites)):
+        pid = f"{model}/p{k}"
+        ins, outs = tensor_infos(f, "inputs"), tensor_infos(f, "outputs")
+        lat = {s: time_piece_ms(f)} if time_pieces else {}
+        pieces.append(PlanPiece(id=pid, kind="piece", model=model, file=str(f), inputs=ins, outputs=outs,
+                                latency_ms=lat))
+        assignment[pid] = s
+        edges.append(PlanEdge(src=prev, dst=pid, nbytes=sum(t["nbytes"] for t in ins),
+                              tensors=[t["name"] for t in ins]))
+        prev, prev_out = pid, outs
+    sink_id = SINK_PREFIX + sink
+    pieces.append(PlanPiece(id=sink_id, kind="sink", inputs=prev_out))
+    assignment[sink_id] = source_site
+    edges.append(PlanEdge(src=prev, dst=sink_id, nbytes=sum(t["nbytes"] for t in prev_out),
+                          tensors=[t["name"] for t in prev_out]))
+    plan = Plan(status="feasible", assignment=assignment, pieces=pieces, edges=edges,
+                objective_kind="latency")
+    return plan.model_copy(update={"sinks": predict_latency(plan, fleet)})
+
+
+def _pick_site(fleet: FleetSpec, at: str) -> str:
+    if at in fleet.sites:
+        return at
+    for name, s in fleet.sites.items():
+        if s.tier == at:
+            return name
+    raise InputError(f"app: source site {at!r} is neither a site class nor a tier of the fleet")
+
+
+def app_plan(app: AppSpec, fleet: FleetSpec, site: str | None = None, time_pieces: bool = True) -> Plan:
+    """The whole app on one site (each model one piece; sources stay where they are produced).
+
+    `site` defaults to the fleet's first cloud site class (else the first site class).
+    """
+    if site is None:
+        site = next((n for n, s in fleet.sites.items() if s.tier == "cloud"), next(iter(fleet.sites)))
+    pieces: list[PlanPiece] = []
+    assignment: dict[str, str] = {}
+    outputs: dict[str, list[dict]] = {}
+    inputs: dict[str, list[dict]] = {}
+    ids: dict[str, str] = {}
+    for name, src in app.sources.items():
+        info = [{"name": name, "shape": list(src.shape), "dtype": src.dtype,
+                 "nbytes": int(np.prod(src.shape) * np.dtype(src.dtype).itemsize)}]
+        pieces.append(PlanPiece(id=name, kind="source", outputs=info))
+        assignment[name] = _pick_site(fleet, src.at)
+        outputs[name] = info
+        ids[name] = name
+    for name, m in app.models.items():
+        if m.onnx is None:
+            raise InputError(f"app.yaml: models.{name}: the runtime needs an ONNX file (got a "
+                             f"{'profile table' if m.profile else 'tflite file'}). To fix: give `onnx:`")
+        path = app.resolve_path(m.onnx)
+        if not path.is_file():
+            raise InputError(f"app.yaml: models.{name}.onnx: file not found {str(path)!r}")
+        pid = f"{name}/p0"
+        ins, outs = tensor_infos(path, "inputs", m.dims), tensor_infos(path, "outputs", m.dims)
+        lat = {site: time_piece_ms(path)} if time_pieces else {}
+        pieces.append(PlanPiece(id=pid, kind="piece", model=name, file=str(path), inputs=ins, outputs=outs,
+                                latency_ms=lat))
+        assignment[pid] = site
+        outputs[name], inputs[name] = outs, ins
+        ids[name] = pid
+    for name, t in app.transforms.items():
+        shape = list(t.output_shape or [1])
+        out = [{"name": f"{name}:0", "shape": shape, "dtype": t.output_dtype,
+                "nbytes": int(np.prod(shape) * np.dtype(t.output_dtype).itemsize)}]
+        pieces.append(PlanPiece(id=name, kind="transform", outputs=out, rate_factor=t.fanout,
+                                latency_ms={site: t.cost_ms}, function=t.function))
+        assignment[name] = site
+        outputs[name] = out
+        ids[name] = name
+    edges: list[PlanEdge] = []
+    for e in app.edges:
+        src_out = outputs[e.src]
+        if e.tensors:
+            names = list(e.tensors.values())
+        elif e.dst in inputs:
+            names = [t["name"] for t in inputs[e.dst][:max(len(src_out), 1)]]
+        else:
+            names = [t["name"] for t in src_out]
+        nbytes = sum(t["nbytes"] for t in src_out if not e.tensors or t["name"] in e.tensors) or \
+            sum(t["nbytes"] for t in src_out)
+        edges.append(PlanEdge(src=ids[e.src], dst=ids[e.dst], nbytes=nbytes, tensors=names))
+    first_source = next(iter(app.sources))
+    for name, s in app.sinks.items():
+        sid = SINK_PREFIX + name
+        pieces.append(PlanPiece(id=sid, kind="sink", inputs=outputs[s.src]))
+        assignment[sid] = assignment[first_source] if s.deliver_to in ("source", "edge", "any") else \
+            _pick_site(fleet, s.deliver_to)
+        edges.append(PlanEdge(src=ids[s.src], dst=sid, nbytes=sum(t["nbytes"] for t in outputs[s.src]),
+                              tensors=[t["name"] for t in outputs[s.src]]))
+    plan = Plan(status="feasible", assignment=assignment, pieces=pieces, edges=edges,
+                objective_kind="latency", reason=None)
+    return plan.model_copy(update={"sinks": predict_latency(plan, fleet)})

@@ -1,0 +1,79 @@
+"""Runners for pieces: the compile engineer's artifacts when available, else onnxruntime on the piece file.
+
+A Runner has `run(dict[str, np.ndarray]) -> dict[str, np.ndarray]`, `input_names` and
+`batchable` (True when the first dimension of every input is free, so requests can be
+concatenated into one batch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from tierplan.errors import InputError
+
+__all__ = ["Runner", "OrtRunner", "load_runner"]
+
+
+class Runner(Protocol):
+    input_names: list[str]
+    batchable: bool
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class OrtRunner:
+    """One piece run with onnxruntime on the CPU."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        # no busy-waiting: several site workers share the CPU cores, spinning threads starve them
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        try:
+            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise InputError(f"{path}: onnxruntime cannot load the piece ({str(e).splitlines()[0]})") from e
+        ins = self._sess.get_inputs()
+        self.input_names = [i.name for i in ins]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
+        self.batchable = bool(ins) and all(i.shape and not isinstance(i.shape[0], int) for i in ins)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self._sess.run(self.output_names, {k: inputs[k] for k in self.input_names})
+        return dict(zip(self.output_names, outs))
+
+
+class _Adapter:
+    """Gives a compile-engineer Runner the attributes the stage worker reads."""
+
+    def __init__(self, inner, input_names: list[str]) -> None:
+        self._inner = inner
+        self.input_names = list(getattr(inner, "input_names", None) or input_names)
+        self.batchable = bool(getattr(inner, "batchable", False))
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(self._inner.run(inputs))
+
+
+def load_runner(entry: dict, input_names: list[str], threads: int = 0) -> Runner:
+    """A runner for one manifest entry ({"piece", "backend", "file", ...}).
+
+    ONNX files (and entries without a backend) run on onnxruntime here; other backends go
+    through `runtime.backends.load_artifact` (TVM, LiteRT) when that package is present.
+    """
+    file = entry.get("file")
+    backend = entry.get("backend", "onnxruntime")
+    if backend in ("onnxruntime", "ort", None) and file and str(file).endswith(".onnx"):
+        return OrtRunner(file, threads=threads)
+    try:
+        from runtime.backends import load_artifact
+    except ImportError as e:
+        raise InputError(f"piece {entry.get('piece')}: backend {backend!r} needs runtime.backends ({e})") from e
+    return _Adapter(load_artifact(entry), input_names)

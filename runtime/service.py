@@ -1,0 +1,499 @@
+"""The deployed service: controller, result collector, health loop, client API and gRPC front door.
+
+The controller runs in the deploying process. It knows where each site's stage worker listens
+(workers register on every start), pushes the plan and peer table to them (`Configure`), checks
+their health every `health_interval_s`, and collects sink results keyed by request id.
+
+Request lifecycle: `predict` gives the request an id and a deadline, delivers each source's
+tensor to the site that hosts the source, and waits. Results arrive from the sites that run the
+last pieces (over the emulated route to the sink's site). A request ends exactly once: with its
+results, with the first error a site reports (a failed piece, a hop not delivered before the
+deadline), with "site X went down" when the health loop loses a site it was using, or with
+"deadline exceeded" when the deadline passes; it never hangs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent import futures
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from planner.plan import Plan
+from runtime.graph import SINK_PREFIX, ExecGraph, branch_weight
+from runtime.links import LinkEmulator
+from runtime.proto import runtime_pb2 as pb
+from runtime.proto import runtime_pb2_grpc as pbg
+from runtime.security import TlsConfig, TokenInterceptor, server_credentials
+from runtime.stage import Sender, StageOptions
+from runtime.wire import GRPC_OPTIONS, Delivery, frames_to_delivery, pb_to_tensor, tensor_to_pb
+from tierplan.errors import InputError, RuntimeFault
+
+__all__ = ["Service", "Trace", "SiteState"]
+
+log = logging.getLogger("tierplan.runtime")
+
+_HEALTH_TIMEOUT_S = 1.0
+_CONFIGURE_TIMEOUT_S = 120.0
+_LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass
+class Trace:
+    """What one request went through: end-to-end latency and its compute/transfer steps."""
+
+    request_id: str
+    latency_ms: float
+    steps: list = field(default_factory=list)   # [kind, name, ms]
+
+
+@dataclass
+class SiteState:
+    """The controller's view of one site's worker."""
+
+    site: str
+    address: str = ""
+    up: bool = False
+    configured_generation: int = -1
+    pid: int = 0
+    metrics_address: str = ""
+    last_seen_s: float = 0.0
+    error: str = ""
+
+
+class _Pending:
+    """One request in flight: the sinks it waits for and what has arrived."""
+
+    def __init__(self, rid: str, sinks: list[str], deadline_s: float) -> None:
+        self.rid = rid
+        self.deadline_s = deadline_s
+        self.t0 = time.perf_counter()
+        self.items: dict[str, dict[str, dict | None]] = {s: {} for s in sinks}
+        self.weight: dict[str, Fraction] = {s: Fraction(0) for s in sinks}
+        self.steps: list = []
+        self.error = ""
+        self.latency_ms = 0.0
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+
+    def add(self, d: Delivery) -> None:
+        with self.lock:
+            if self.done.is_set() or d.dst not in self.items:
+                return
+            self.items[d.dst][d.branch] = None if d.empty else d.tensors
+            self.weight[d.dst] += branch_weight(d.branch)
+            for step in d.trace:
+                if step not in self.steps:
+                    self.steps.append(step)
+            if all(w >= 1 for w in self.weight.values()):
+                self._finish()
+
+    def fail(self, message: str) -> None:
+        with self.lock:
+            if not self.done.is_set():
+                self.error = message
+                self._finish()
+
+    def _finish(self) -> None:
+        self.latency_ms = (time.perf_counter() - self.t0) * 1e3
+        self.done.set()
+
+    def outputs(self) -> dict[str, Any]:
+        """sink name -> its tensors (a list of them when a fan-out feeds the sink)."""
+        out: dict[str, Any] = {}
+        for sink, got in self.items.items():
+            name = sink[len(SINK_PREFIX):] if sink.startswith(SINK_PREFIX) else sink
+            if list(got) == [""]:
+                out[name] = got[""]
+                continue
+
+            def order(branch: str) -> tuple:
+                return tuple(int(p.split("/")[0]) for p in branch.split(".") if p)
+            out[name] = [got[b] for b in sorted(got, key=order) if got[b] is not None]
+        return out
+
+
+class _Control(pbg.ControlServicer):
+    def __init__(self, service: "Service") -> None:
+        self.s = service
+
+    def Deliver(self, request_iterator, context) -> pb.Ack:
+        self.s._on_result(frames_to_delivery(request_iterator))
+        return pb.Ack(ok=True)
+
+    def Register(self, request: pb.RegisterRequest, context) -> pb.Ack:
+        self.s._on_register(request.site, request.address, request.pid)
+        return pb.Ack(ok=True)
+
+
+class _FrontDoor(pbg.FrontDoorServicer):
+    def __init__(self, service: "Service") -> None:
+        self.s = service
+
+    def Predict(self, request: pb.PredictRequest, context) -> pb.PredictReply:
+        inputs = {k: pb_to_tensor(t) for k, t in request.inputs.items()}
+        try:
+            outs, trace = self.s.predict_traced(inputs, timeout_s=request.timeout_ms / 1e3 or None)
+        except (RuntimeFault, InputError) as e:
+            return pb.PredictReply(error=str(e))
+        reply = pb.PredictReply(latency_ms=trace.latency_ms, request_id=trace.request_id)
+        for sink, val in outs.items():
+            items = val if isinstance(val, list) else [val]
+            reply.outputs[sink].items.extend(
+                pb.SinkResult(tensors=[tensor_to_pb(k, v) for k, v in item.items()]) for item in items)
+        return reply
+
+    def Health(self, request, context) -> pb.HealthReply:
+        ok = all(st.up for st in self.s.sites.values())
+        return pb.HealthReply(site="front-door", configured=ok, generation=self.s.generation,
+                              metrics_address=self.s.metrics_address)
+
+
+class Service:
+    """A running deployment of a plan (context manager: leaving it tears everything down).
+
+    `launchers` start and stop the site workers (Ray actors, agent processes); the service only
+    needs each worker to register its address with the controller.
+    """
+
+    def __init__(self, plan: Plan, *, routes: dict[str, list[dict]] | None = None,
+                 files: Mapping[str, pb.PieceFile] | None = None, options: StageOptions | None = None,
+                 tls: TlsConfig | None = None, request_timeout_s: float = 30.0,
+                 health_interval_s: float = 0.3, listen_host: str = "127.0.0.1") -> None:
+        self.plan = plan
+        self.graph = ExecGraph.from_plan(plan)
+        self.routes = dict(routes or {})
+        self.files = dict(files or {})
+        self.options = options or StageOptions()
+        self.tls = tls
+        self.request_timeout_s = request_timeout_s
+        self.health_interval_s = health_interval_s
+        self.listen_host = listen_host
+        self.sites: dict[str, SiteState] = {s: SiteState(s) for s in self.graph.used_sites()}
+        self.generation = 1
+        self.address = ""               # controller (results, registrations)
+        self.front_door_address = ""
+        self.metrics_address = ""
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sender = Sender("controller", tls, lambda: LinkEmulator())
+        self._pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="svc")
+        self._servers: list[grpc.Server] = []
+        self._closers: list[Callable[[], None]] = []
+        self._ids = itertools.count()
+        self._emulator = LinkEmulator(self.routes)
+        self._registry = CollectorRegistry()
+        self._latency = Histogram("tierplan_request_latency_seconds", "End-to-end latency per request",
+                                  registry=self._registry, buckets=_LATENCY_BUCKETS_S)
+        self._requests = Counter("tierplan_requests_total", "Requests by outcome", ["status"],
+                                 registry=self._registry)
+        self._health_thread: threading.Thread | None = None
+        self._configure_lock = threading.Lock()
+        self.agents: dict[str, Any] = {}      # edge site -> AgentProcess (local deployments)
+        self.actors: dict[str, Any] = {}      # Ray site -> actor handle
+        self.cluster = None                   # LocalCluster when the deployment uses one
+
+    # ------------------------------------------------------------------ lifecycle
+    def _server(self) -> grpc.Server:
+        interceptors = [TokenInterceptor(self.tls.token)] if self.tls else []
+        srv = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="ctl"),
+                          options=GRPC_OPTIONS, interceptors=interceptors)
+        self._servers.append(srv)
+        return srv
+
+    def _bind(self, srv: grpc.Server, listen: str) -> int:
+        port = srv.add_secure_port(listen, server_credentials(self.tls)) if self.tls else srv.add_insecure_port(listen)
+        if port == 0:
+            raise InputError(f"cannot listen on {listen}. To fix: choose a free port")
+        return port
+
+    def start_controller(self) -> str:
+        """Start the controller's gRPC server and metrics endpoint; returns its address."""
+        srv = self._server()
+        pbg.add_ControlServicer_to_server(_Control(self), srv)
+        port = self._bind(srv, f"{self.listen_host}:0")
+        srv.start()
+        self.address = f"{self.listen_host}:{port}"
+        http, _ = start_http_server(0, addr="127.0.0.1", registry=self._registry)
+        self._closers.append(lambda: (http.shutdown(), http.server_close()))
+        self.metrics_address = f"127.0.0.1:{http.server_port}"
+        return self.address
+
+    def add_closer(self, fn: Callable[[], None]) -> None:
+        """Run `fn` at close (in reverse order of registration): stops launchers' processes."""
+        self._closers.append(fn)
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Wait until every site has registered, been configured and answers health checks."""
+        deadline = time.time() + timeout_s
+        if self._health_thread is None:
+            self._health_thread = threading.Thread(target=self._health_loop, name="health", daemon=True)
+            self._health_thread.start()
+        while time.time() < deadline:
+            self._check_all()
+            if all(st.up and st.configured_generation == self.generation for st in self.sites.values()):
+                return
+            time.sleep(0.05)
+        bad = {s: (st.error or ("not registered" if not st.address else "not configured"))
+               for s, st in self.sites.items() if not st.up or st.configured_generation != self.generation}
+        raise RuntimeFault(f"sites not ready after {timeout_s:.0f} s: {bad}")
+
+    def serve_front_door(self, listen: str = "127.0.0.1:0") -> str:
+        """Start the FrontDoor gRPC service (runtime.proto) for clients in any language."""
+        srv = self._server()
+        pbg.add_FrontDoorServicer_to_server(_FrontDoor(self), srv)
+        port = self._bind(srv, listen)
+        srv.start()
+        self.front_door_address = f"{listen.rsplit(':', 1)[0]}:{port}"
+        return self.front_door_address
+
+    def close(self) -> None:
+        """Fail what is in flight, stop workers (launchers), servers and threads."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        with self._lock:
+            pending = list(self._pending.values())
+        for p in pending:
+            p.fail(f"request {p.rid}: the service was shut down")
+        for fn in reversed(self._closers):
+            try:
+                fn()
+            except Exception as e:  # keep tearing down the rest; say what failed
+                log.warning("teardown step failed: %s", e)
+        for srv in self._servers:
+            srv.stop(grace=0.2).wait()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sender.close()
+        if self._health_thread is not None:
+            self._health_thread.join(timeout=2)
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ sites
+    def _on_register(self, site: str, address: str, pid: int) -> None:
+        st = self.sites.get(site)
+        if st is None:
+            return
+        with self._lock:
+            if st.address != address:
+                st.address = address
+                st.up = False
+                self.generation += 1      # peers changed: everyone gets the new table
+            st.pid = pid
+        if not self._stop.is_set():
+            self._pool.submit(self._check_all)
+
+    def set_address(self, site: str, address: str) -> None:
+        """Point the controller at a worker it did not start (an agent on another host)."""
+        self._on_register(site, address, 0)
+
+    def _configure_request(self, site: str, generation: int) -> pb.ConfigureRequest:
+        nodes = set(self.graph.nodes_on(site))
+        return pb.ConfigureRequest(
+            site=site, plan_json=self.plan.model_dump_json(), generation=generation,
+            peers={s: st.address for s, st in self.sites.items() if st.address},
+            collector=self.address, links_json=json.dumps(self.routes),
+            files=[f for n, f in self.files.items() if n in nodes],
+            options_json=self.options.to_json())
+
+    def _check_all(self) -> None:
+        with self._configure_lock:
+            for st in list(self.sites.values()):
+                self._check(st)
+
+    def _check(self, st: SiteState) -> None:
+        if not st.address:
+            return
+        stub = self._sender.stub(st.address)
+        try:
+            h = stub.Health(pb.HealthRequest(), timeout=_HEALTH_TIMEOUT_S)
+        except grpc.RpcError as e:
+            if st.up:
+                st.up = False
+                st.error = f"site {st.site!r} went down ({e.code().name})"
+                self._fail_site(st.site, st.error)
+            st.error = st.error or f"unreachable ({e.code().name})"
+            return
+        generation = self.generation
+        if not h.configured or h.generation != generation:
+            try:
+                ack = stub.Configure(self._configure_request(st.site, generation), timeout=_CONFIGURE_TIMEOUT_S)
+            except grpc.RpcError as e:
+                st.error = f"configure failed ({e.code().name}: {e.details()})"
+                return
+            if not ack.ok:
+                st.error = ack.error
+                st.up = False
+                return
+            h = stub.Health(pb.HealthRequest(), timeout=_HEALTH_TIMEOUT_S)
+        st.up = True
+        st.error = ""
+        st.configured_generation = h.generation
+        st.pid = h.pid
+        st.metrics_address = h.metrics_address
+        st.last_seen_s = time.time()
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(self.health_interval_s):
+            try:
+                self._check_all()
+            except Exception as e:  # keep checking: one bad round must not stop health checks
+                log.warning("health check failed: %s", e)
+
+    def _fail_site(self, site: str, message: str) -> None:
+        with self._lock:
+            pending = list(self._pending.values())
+        for p in pending:
+            p.fail(f"request {p.rid}: {message} while the request was in flight")
+
+    def health(self) -> dict[str, dict]:
+        """Per site: up, address, worker pid, metrics endpoint, last error."""
+        return {s: {"up": st.up, "address": st.address, "pid": st.pid, "metrics": st.metrics_address,
+                    "error": st.error} for s, st in self.sites.items()}
+
+    # ------------------------------------------------------------------ requests
+    def _on_result(self, d: Delivery) -> None:
+        with self._lock:
+            p = self._pending.get(d.request_id)
+        if p is None:
+            return
+        if d.error:
+            p.fail(d.error)
+            return
+        src_site = self.graph.sites.get(d.src, "")
+        sink_site = self.graph.sites.get(d.dst, "")
+        if d.sent_unix_ms and src_site and sink_site and src_site != sink_site:
+            d.trace.append(["transfer", f"{src_site}->{sink_site}", time.time() * 1e3 - d.sent_unix_ms])
+        p.add(d)
+
+    def _source_tensors(self, inputs: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for s in self.graph.sources():
+            names = self.graph.source_outputs(s)
+            if s in inputs:
+                out[s] = {names[0]: np.asarray(inputs[s])}
+            elif all(n in inputs for n in names):
+                out[s] = {n: np.asarray(inputs[n]) for n in names}
+        if not out:
+            want = ", ".join(self.graph.sources())
+            raise InputError(f"predict: inputs {sorted(inputs)} name no source of the plan. To fix: pass {want}")
+        return out
+
+    def submit(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None) -> _Pending:
+        """Start one request; returns its pending record (wait on `.done`)."""
+        if self._stop.is_set():
+            raise RuntimeFault("the service is shut down")
+        feeds = self._source_tensors(inputs)
+        rid = f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
+        deadline_s = time.time() + (timeout_s or self.request_timeout_s)
+        p = _Pending(rid, self.graph.sinks_reached(list(feeds)), deadline_s)
+        down = [s for s, st in self.sites.items() if not st.up]
+        if down:
+            p.fail(f"request {rid}: site(s) {', '.join(down)} down "
+                   f"({'; '.join(self.sites[s].error for s in down if self.sites[s].error) or 'not ready'})")
+            return p
+        with self._lock:
+            self._pending[rid] = p
+        for src, tensors in feeds.items():
+            site = self.graph.sites[src]
+            d = Delivery(rid, "", src, tensors, deadline_unix_ms=deadline_s * 1e3)
+            self._pool.submit(self._feed, p, d, site)
+        return p
+
+    def _feed(self, p: _Pending, d: Delivery, site: str) -> None:
+        err = self._sender.send(lambda: self.sites[site].address, d, "", what=f"input {d.dst}")
+        if err:
+            p.fail(err)
+
+    def wait(self, p: _Pending) -> tuple[dict[str, Any], Trace]:
+        """Block until the request ends; its outputs and trace, or RuntimeFault."""
+        remaining = p.deadline_s - time.time()
+        if not p.done.wait(max(remaining, 0)):
+            p.fail(f"request {p.rid}: deadline exceeded ({self._where(p)})")
+        with self._lock:
+            self._pending.pop(p.rid, None)
+        if p.error:
+            self._requests.labels("error").inc()
+            raise RuntimeFault(p.error)
+        self._requests.labels("ok").inc()
+        self._latency.observe(p.latency_ms / 1e3)
+        return p.outputs(), Trace(p.rid, p.latency_ms, list(p.steps))
+
+    def _where(self, p: _Pending) -> str:
+        missing = [s for s, w in p.weight.items() if w < 1]
+        return f"no result yet for {', '.join(missing)}; sites up: " + \
+            ", ".join(f"{s}={'yes' if st.up else 'no'}" for s, st in self.sites.items())
+
+    def predict_traced(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None):
+        """One request: (outputs by sink, Trace)."""
+        return self.wait(self.submit(inputs, timeout_s))
+
+    def predict(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None) -> dict[str, Any]:
+        """One request: sink name -> {tensor: array} (a list of those for sinks fed by a fan-out)."""
+        return self.predict_traced(inputs, timeout_s)[0]
+
+    def predict_batch(self, inputs: Mapping[str, np.ndarray] | list[Mapping[str, np.ndarray]],
+                      timeout_s: float | None = None) -> list[dict[str, Any]]:
+        """Several requests at once (cloud stages batch them): a list of inputs, or arrays whose first
+        axis is the batch (each item keeps a leading axis of 1). Raises on the first failed item."""
+        if isinstance(inputs, Mapping):
+            sizes = {np.asarray(v).shape[0] for v in inputs.values()}
+            if len(sizes) != 1:
+                raise InputError(f"predict_batch: inputs disagree on the batch size {sorted(sizes)}")
+            n = sizes.pop()
+            items = [{k: np.asarray(v)[i:i + 1] for k, v in inputs.items()} for i in range(n)]
+        else:
+            items = list(inputs)
+        pend = [self.submit(x, timeout_s) for x in items]
+        return [self.wait(p)[0] for p in pend]
+
+    def describe(self) -> dict:
+        """Addresses a user needs: controller, front door, metrics per site."""
+        return {"controller": self.address, "front_door": self.front_door_address,
+                "metrics": {"controller": self.metrics_address,
+                            **{s: st.metrics_address for s, st in self.sites.items()}},
+                "sites": self.health()}
+
+
+def files_for(plan: Plan, manifest: Mapping | None = None, base_dir: str | Path | None = None) -> dict[str, pb.PieceFile]:
+    """The artifact of each piece (compile manifest entry if given, else the plan's ONNX file) with its bytes."""
+    by_piece: dict[str, dict] = {}
+    for entry in (manifest or {}).get("artifacts", []):
+        site = entry.get("site")
+        piece = entry.get("piece")
+        if piece and (site is None or plan.assignment.get(piece) in (site, None) or piece not in by_piece):
+            by_piece[piece] = dict(entry)
+    out: dict[str, pb.PieceFile] = {}
+    for p in plan.pieces:
+        if p.kind != "piece":
+            continue
+        entry = by_piece.get(p.id, {"piece": p.id, "backend": "onnxruntime", "file": p.file})
+        file = entry.get("file")
+        if not file:
+            raise InputError(f"plan: piece {p.id} has no file. To fix: re-run `tierplan plan` (pieces need files)")
+        path = Path(file)
+        if not path.is_absolute() and base_dir is not None and not path.exists():
+            path = Path(base_dir) / path
+        if not path.is_file():
+            raise InputError(f"plan: piece {p.id}: file not found {str(path)!r}. To fix: re-run `tierplan plan`")
+        entry["file"] = str(path)
+        out[p.id] = pb.PieceFile(node=p.id, manifest_entry_json=json.dumps(entry), data=path.read_bytes(),
+                                 filename=path.name)
+    return out

@@ -1,0 +1,525 @@
+"""A site's stage worker: hosts every node the plan places on one site and moves tensors to peers.
+
+The same class runs inside a Ray actor (base stations, clouds) and inside `tierplan agent`
+(edge hosts, no Ray). It listens on gRPC (`Stage` service in runtime.proto):
+
+- `Configure` gives it the plan, its site name, the peer table (site -> host:port), the
+  controller's address and the emulated links; it loads runners for its pieces (once).
+- `Deliver` streams in the outputs of an upstream node. One compute thread joins the inputs of
+  each node per (request, branch) and runs nodes one after another: consecutive nodes on the
+  same site hand tensors over in memory (no hop). Outputs for other sites go out on a sender
+  pool over a direct gRPC stream, paced by the link emulator; sink outputs go to the controller.
+- Cloud-tier sites batch requests at a node (max batch, max wait) when the runner accepts a
+  free first dimension; otherwise queued requests still run back to back without idling.
+
+Every call carries the request's deadline as its timeout. A delivery that cannot be made before
+the deadline (peer down, refused) becomes an error sent to the controller naming the hop, so a
+request always ends: with its results or with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections import deque
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import grpc
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from planner.plan import Plan
+from runtime.graph import ExecGraph, bind_inputs, child_branch, load_transform, select_tensors
+from runtime.links import LinkEmulator
+from runtime.proto import runtime_pb2 as pb
+from runtime.proto import runtime_pb2_grpc as pbg
+from runtime.runners import Runner, load_runner
+from runtime.security import TlsConfig, TokenInterceptor, channel, server_credentials
+from runtime.wire import CHUNK_BYTES, GRPC_OPTIONS, Delivery, delivery_frames, frames_to_delivery
+
+__all__ = ["StageWorker", "StageOptions", "RETRY_CODES", "Sender"]
+
+log = logging.getLogger("tierplan.runtime")
+
+# gRPC codes worth retrying within the deadline: the peer is down, restarting or overloaded
+RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
+               grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+_RETRY_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.4)
+_ERROR_REPORT_TIMEOUT_S = 2.0
+_LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """Knobs of a stage worker (sent with Configure as JSON)."""
+
+    threads: int = 0                     # onnxruntime intra-op threads; 0 = its default
+    batch_sites: tuple[str, ...] = ()    # sites that batch requests (cloud tier by default)
+    max_batch: int = 8
+    max_wait_ms: float = 2.0
+    chunk_bytes: int = CHUNK_BYTES
+    sender_threads: int = 8
+
+    @classmethod
+    def from_json(cls, text: str) -> "StageOptions":
+        raw = json.loads(text) if text else {}
+        raw["batch_sites"] = tuple(raw.get("batch_sites", ()))
+        return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
+
+    def to_json(self) -> str:
+        d = dict(self.__dict__)
+        d["batch_sites"] = list(self.batch_sites)
+        return json.dumps(d)
+
+
+class _Metrics:
+    """Prometheus metrics of one worker (its own registry, served on a loopback port)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.stage_latency = Histogram("tierplan_stage_latency_seconds", "Compute time of a node per call",
+                                       ["site", "node"], registry=self.registry, buckets=_LATENCY_BUCKETS_S)
+        self.queue_depth = Gauge("tierplan_stage_queue_depth", "Deliveries waiting for the compute thread",
+                                 ["site"], registry=self.registry)
+        self.batch_size = Histogram("tierplan_stage_batch_size", "Requests per run of a node", ["site", "node"],
+                                    registry=self.registry, buckets=(1, 2, 4, 8, 16, 32))
+        self.requests = Counter("tierplan_stage_runs_total", "Node runs by outcome", ["site", "node", "status"],
+                                registry=self.registry)
+        self.link_bytes = Counter("tierplan_link_bytes_sent_total", "Tensor bytes sent per link",
+                                  ["link"], registry=self.registry)
+        self.link_latency = Histogram("tierplan_link_transfer_seconds", "Time from send to delivery per link",
+                                      ["link"], registry=self.registry, buckets=_LATENCY_BUCKETS_S)
+        self.address = ""
+
+    def serve(self, host: str = "127.0.0.1") -> str:
+        server, _ = start_http_server(0, addr=host, registry=self.registry)
+        self._server = server
+        self.address = f"{host}:{server.server_port}"
+        return self.address
+
+    def close(self) -> None:
+        srv = getattr(self, "_server", None)
+        if srv is not None:
+            srv.shutdown()
+            srv.server_close()
+
+
+class Sender:
+    """Sends deliveries over gRPC with link pacing, retries within the deadline, cached channels."""
+
+    def __init__(self, site: str, tls: TlsConfig | None, emulator: Callable[[], LinkEmulator],
+                 metrics: _Metrics | None = None) -> None:
+        self.site = site
+        self.tls = tls
+        self._emulator = emulator
+        self._metrics = metrics
+        self._stubs: dict[str, tuple[grpc.Channel, object]] = {}
+        self._lock = threading.Lock()
+
+    def stub(self, address: str, kind: str = "stage"):
+        with self._lock:
+            key = f"{kind}@{address}"
+            if key not in self._stubs:
+                ch = channel(address, self.tls, GRPC_OPTIONS)
+                stub = pbg.StageStub(ch) if kind == "stage" else pbg.ControlStub(ch)
+                self._stubs[key] = (ch, stub)
+            return self._stubs[key][1]
+
+    def close(self) -> None:
+        with self._lock:
+            for ch, _ in self._stubs.values():
+                ch.close()
+            self._stubs.clear()
+
+    def _paced(self, d: Delivery, arrival_s: float, chunk_bytes: int):
+        yield from delivery_frames(d, chunk_bytes)
+        wait = arrival_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
+    def send(self, resolve: Callable[[], str | None], d: Delivery, to_site: str, kind: str = "stage",
+             chunk_bytes: int = CHUNK_BYTES, what: str = "") -> str:
+        """Deliver `d` to whatever address `resolve()` gives, until it succeeds or the deadline passes.
+
+        Returns "" on success, else the error message (the caller reports it).
+        """
+        deadline_s = d.deadline_unix_ms / 1e3
+        attempt = 0
+        last = "no address known"
+        link = f"{self.site}->{to_site}"
+        while True:
+            remaining = deadline_s - time.time()
+            if remaining <= 0:
+                return (f"request {d.request_id}: {what or d.src + '->' + d.dst} to site {to_site!r} "
+                        f"not delivered before the deadline ({last})")
+            address = resolve()
+            if address:
+                d.sent_unix_ms = time.time() * 1e3
+                arrival = self._emulator().arrival_s(self.site, to_site, d.nbytes) if to_site else 0.0
+                try:
+                    ack = self.stub(address, kind).Deliver(self._paced(d, arrival, chunk_bytes), timeout=remaining)
+                    if self._metrics is not None and to_site and to_site != self.site:
+                        self._metrics.link_bytes.labels(link).inc(d.nbytes)
+                        self._metrics.link_latency.labels(link).observe(time.time() - d.sent_unix_ms / 1e3)
+                    if ack.ok:
+                        return ""
+                    return f"request {d.request_id}: site {to_site!r} refused {d.src}->{d.dst}: {ack.error}"
+                except grpc.RpcError as e:
+                    code = e.code()
+                    last = f"{code.name}: {e.details()}"
+                    if code not in RETRY_CODES and code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        return f"request {d.request_id}: {what or d.src + '->' + d.dst} to site {to_site!r} failed ({last})"
+            time.sleep(min(_RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)],
+                           max(deadline_s - time.time(), 0)))
+            attempt += 1
+
+
+@dataclass
+class _Config:
+    graph: ExecGraph
+    peers: dict[str, str]
+    collector: str
+    emulator: LinkEmulator
+    options: StageOptions
+    generation: int
+    nodes: list[str]
+    runners: dict[str, Runner] = field(default_factory=dict)
+    transforms: dict[str, Callable] = field(default_factory=dict)
+
+
+@dataclass
+class _Ready:
+    node: str
+    request_id: str
+    branch: str
+    inputs: dict[str, np.ndarray]
+    deadline_unix_ms: float
+    trace: list
+    since_s: float
+
+
+class StageWorker(pbg.StageServicer):
+    """One site's worker: a gRPC server, a compute thread and a sender pool (see module doc)."""
+
+    def __init__(self, site: str, listen: str = "127.0.0.1:0", tls: TlsConfig | None = None,
+                 controller: str | None = None, cache_dir: str | None = None) -> None:
+        self.site = site
+        self.listen = listen
+        self.tls = tls
+        self.controller = controller
+        self.address = ""
+        self._cfg: _Config | None = None
+        self._cfg_lock = threading.Lock()
+        self._inbox: queue.Queue[Delivery | None] = queue.Queue()
+        self._joins: dict[tuple[str, str, str], dict[str, Delivery]] = {}
+        self._ready: deque[_Ready] = deque()
+        self._runner_cache: dict[tuple[str, str], Runner] = {}
+        self._cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix=f"tierplan-{site}-"))
+        self._metrics = _Metrics()
+        self._sender = Sender(site, tls, lambda: self._cfg.emulator if self._cfg else LinkEmulator(),
+                              self._metrics)
+        self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"send-{site}")
+        self._stop = threading.Event()
+        self._server: grpc.Server | None = None
+        self._done = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> str:
+        """Start the gRPC server, metrics endpoint and compute thread; returns host:port."""
+        interceptors = [TokenInterceptor(self.tls.token)] if self.tls else []
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"rpc-{self.site}"),
+                                   options=GRPC_OPTIONS, interceptors=interceptors)
+        pbg.add_StageServicer_to_server(self, self._server)
+        host = self.listen.rsplit(":", 1)[0]
+        if self.tls:
+            port = self._server.add_secure_port(self.listen, server_credentials(self.tls))
+        else:
+            port = self._server.add_insecure_port(self.listen)
+        if port == 0:
+            raise OSError(f"site {self.site}: cannot listen on {self.listen}")
+        self._server.start()
+        self.address = f"{host}:{port}"
+        self._metrics.serve(host if host not in ("0.0.0.0", "[::]") else "127.0.0.1")
+        threading.Thread(target=self._compute_loop, name=f"compute-{self.site}", daemon=True).start()
+        if self.controller:
+            threading.Thread(target=self._register, name=f"register-{self.site}", daemon=True).start()
+        return self.address
+
+    def stop(self) -> None:
+        """Stop serving (in-flight calls get a short grace period)."""
+        self._stop.set()
+        self._inbox.put(None)
+        if self._server is not None:
+            self._server.stop(grace=0.5).wait()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._sender.close()
+        self._metrics.close()
+
+    def wait(self) -> None:
+        if self._server is not None:
+            self._server.wait_for_termination()
+
+    def _register(self) -> None:
+        """Tell the controller where this worker listens (retried while the controller starts)."""
+        deadline = time.time() + 60
+        while not self._stop.is_set() and time.time() < deadline:
+            try:
+                self._sender.stub(self.controller, "control").Register(
+                    pb.RegisterRequest(site=self.site, address=self.address, pid=os.getpid()), timeout=2)
+                return
+            except grpc.RpcError:
+                time.sleep(0.2)
+
+    # ------------------------------------------------------------------ gRPC
+    def Configure(self, request: pb.ConfigureRequest, context) -> pb.Ack:
+        try:
+            plan = Plan.model_validate_json(request.plan_json)
+            graph = ExecGraph.from_plan(plan)
+            options = StageOptions.from_json(request.options_json)
+            nodes = graph.nodes_on(request.site or self.site)
+            cfg = _Config(graph=graph, peers=dict(request.peers), collector=request.collector,
+                          emulator=LinkEmulator(json.loads(request.links_json or "{}")),
+                          options=options, generation=request.generation, nodes=nodes)
+            files = {f.node: f for f in request.files}
+            for node in nodes:
+                kind = graph.kinds[node]
+                piece = graph.nodes.get(node)
+                if kind == "piece":
+                    cfg.runners[node] = self._runner(node, piece, files.get(node), options)
+                elif kind == "transform":
+                    fn = (piece.model_extra or {}).get("function") if piece is not None else None
+                    if not fn:
+                        raise ValueError(f"transform {node}: the plan gives no `function`")
+                    cfg.transforms[node] = load_transform(fn)
+            with self._cfg_lock:
+                if self._cfg is not None and self._cfg.emulator.routes == cfg.emulator.routes:
+                    cfg.emulator = self._cfg.emulator  # keep link reservations across reconfigures
+                self._cfg = cfg
+            return pb.Ack(ok=True)
+        except Exception as e:  # report any configuration problem to the controller, one line
+            log.exception("configure failed")
+            return pb.Ack(ok=False, error=f"site {self.site}: {type(e).__name__}: {e}")
+
+    def _runner(self, node: str, piece, f: pb.PieceFile | None, options: StageOptions) -> Runner:
+        entry = json.loads(f.manifest_entry_json) if f is not None and f.manifest_entry_json else {}
+        entry.setdefault("piece", node)
+        if f is not None and f.data:
+            import hashlib
+            sha = hashlib.sha256(f.data).hexdigest()[:16]
+            path = self._cache_dir / sha / (f.filename or "piece.onnx")
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(path.suffix + ".tmp")
+                tmp.write_bytes(f.data)
+                tmp.replace(path)
+            entry["file"] = str(path)
+        else:
+            entry.setdefault("file", piece.file if piece is not None else None)
+            sha = str(entry.get("file"))
+        key = (node, sha)
+        if key not in self._runner_cache:
+            names = [i["name"] for i in (piece.inputs if piece is not None else []) if "name" in i]
+            self._runner_cache[key] = load_runner(entry, names, threads=options.threads)
+        return self._runner_cache[key]
+
+    def Health(self, request, context) -> pb.HealthReply:
+        cfg = self._cfg
+        return pb.HealthReply(site=self.site, configured=cfg is not None,
+                              generation=cfg.generation if cfg else 0,
+                              queue_depth=self._inbox.qsize() + len(self._ready),
+                              metrics_address=self._metrics.address, pid=os.getpid(),
+                              requests_done=self._done)
+
+    def Deliver(self, request_iterator, context) -> pb.Ack:
+        d = frames_to_delivery(request_iterator)
+        if self._cfg is None:
+            return pb.Ack(ok=False, error=f"site {self.site} is not configured yet")
+        src_site = self._cfg.graph.sites.get(d.src, "")
+        if d.sent_unix_ms and src_site and src_site != self.site:
+            d.trace.append(["transfer", f"{src_site}->{self.site}", time.time() * 1e3 - d.sent_unix_ms])
+        self._inbox.put(d)
+        self._metrics.queue_depth.labels(self.site).set(self._inbox.qsize() + len(self._ready))
+        return pb.Ack(ok=True)
+
+    # ------------------------------------------------------------------ compute
+    def _accept(self, cfg: _Config, d: Delivery) -> None:
+        """Add a delivery to its node's join; when complete, queue the node (or pass on an error)."""
+        if d.error:
+            self._report(cfg, d)
+            return
+        wanted = cfg.graph.in_edges.get(d.dst, ())
+        if not wanted:  # a source: fed by the controller
+            self._ready.append(_Ready(d.dst, d.request_id, d.branch, d.tensors, d.deadline_unix_ms,
+                                      d.trace, time.monotonic()))
+            return
+        key = (d.request_id, d.branch, d.dst)
+        got = self._joins.setdefault(key, {})
+        got[d.src] = d
+        if len({e.src for e in wanted}) > len(got):
+            return
+        del self._joins[key]
+        trace = [step for part in got.values() for step in part.trace]
+        if any(p.empty for p in got.values()):
+            self._emit_empty(cfg, d.dst, d.request_id, d.branch, d.deadline_unix_ms, trace)
+            return
+        inputs: dict[str, np.ndarray] = {}
+        for part in got.values():
+            inputs.update(part.tensors)
+        self._ready.append(_Ready(d.dst, d.request_id, d.branch, inputs, d.deadline_unix_ms, trace,
+                                  time.monotonic()))
+
+    def _compute_loop(self) -> None:
+        while not self._stop.is_set():
+            cfg = self._cfg
+            try:
+                timeout = None if not self._ready else 0.0
+                if self._ready and cfg is not None and self._batching(cfg, self._ready[0].node):
+                    waited = time.monotonic() - self._ready[0].since_s
+                    timeout = max(cfg.options.max_wait_ms / 1e3 - waited, 0.0)
+                item = self._inbox.get(timeout=timeout) if timeout != 0.0 else self._inbox.get_nowait()
+                if item is None:
+                    continue
+                cfg = self._cfg
+                self._accept(cfg, item)
+                while True:  # drain what has already arrived
+                    try:
+                        more = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is not None:
+                        self._accept(cfg, more)
+                head = self._ready[0] if self._ready else None
+                if head is not None and self._batching(cfg, head.node):
+                    n_same = sum(1 for r in self._ready if r.node == head.node)
+                    waited_s = time.monotonic() - head.since_s
+                    if n_same < cfg.options.max_batch and waited_s < cfg.options.max_wait_ms / 1e3:
+                        continue  # wait for more, up to max_wait
+            except queue.Empty:
+                pass
+            cfg = self._cfg
+            if cfg is None or not self._ready:
+                continue
+            self._run_next(cfg)
+            self._metrics.queue_depth.labels(self.site).set(self._inbox.qsize() + len(self._ready))
+
+    def _batching(self, cfg: _Config, node: str) -> bool:
+        r = cfg.runners.get(node)
+        return self.site in cfg.options.batch_sites and r is not None and r.batchable and cfg.options.max_batch > 1
+
+    def _run_next(self, cfg: _Config) -> None:
+        first = self._ready.popleft()
+        batch = [first]
+        if self._batching(cfg, first.node):
+            keep: deque[_Ready] = deque()
+            while self._ready:
+                r = self._ready.popleft()
+                if r.node == first.node and len(batch) < cfg.options.max_batch and \
+                        all(r.inputs[k].shape == first.inputs[k].shape for k in first.inputs if k in r.inputs):
+                    batch.append(r)
+                else:
+                    keep.append(r)
+            self._ready = keep
+        now_ms = time.time() * 1e3
+        live = []
+        for r in batch:
+            if now_ms > r.deadline_unix_ms:
+                self._report(cfg, Delivery(r.request_id, r.node, "", branch=r.branch,
+                                           error=f"request {r.request_id}: deadline passed before {r.node} "
+                                                 f"ran on site {self.site!r}"))
+            else:
+                live.append(r)
+        if live:
+            self._run_batch(cfg, live)
+
+    def _run_batch(self, cfg: _Config, batch: list[_Ready]) -> None:
+        node = batch[0].node
+        kind = cfg.graph.kinds[node]
+        t0 = time.perf_counter()
+        try:
+            if kind == "piece":
+                runner = cfg.runners[node]
+                if len(batch) == 1:
+                    results = [runner.run(bind_inputs(batch[0].inputs, runner.input_names))]
+                else:
+                    bound = [bind_inputs(r.inputs, runner.input_names) for r in batch]
+                    joined = runner.run({k: np.concatenate([b[k] for b in bound]) for k in bound[0]})
+                    sizes = np.cumsum([next(iter(b.values())).shape[0] for b in bound])[:-1]
+                    parts = {k: np.split(v, sizes) for k, v in joined.items()}
+                    results = [{k: parts[k][i] for k in parts} for i in range(len(batch))]
+            elif kind == "transform":
+                results = [cfg.transforms[node](dict(r.inputs)) for r in batch]
+            else:  # source: passes its data on
+                results = [dict(r.inputs) for r in batch]
+        except Exception as e:  # a piece or transform failed: the request ends with this error
+            self._metrics.requests.labels(self.site, node, "error").inc(len(batch))
+            for r in batch:
+                self._report(cfg, Delivery(r.request_id, node, "", branch=r.branch,
+                                           error=f"request {r.request_id}: {node} failed on site "
+                                                 f"{self.site!r}: {type(e).__name__}: {e}"))
+            return
+        ms = (time.perf_counter() - t0) * 1e3
+        self._metrics.stage_latency.labels(self.site, node).observe(ms / 1e3)
+        self._metrics.batch_size.labels(self.site, node).observe(len(batch))
+        self._metrics.requests.labels(self.site, node, "ok").inc(len(batch))
+        self._done += len(batch)
+        for r, out in zip(batch, results):
+            trace = [*r.trace, ["compute", f"{node}@{self.site}", ms / len(batch)]] if kind != "source" else r.trace
+            if kind == "transform":
+                items = out if isinstance(out, list) else [out]
+                if not items:
+                    self._emit_empty(cfg, node, r.request_id, r.branch, r.deadline_unix_ms, trace)
+                for i, item in enumerate(items):
+                    self._emit(cfg, node, r.request_id, child_branch(r.branch, i, len(items)), item,
+                               r.deadline_unix_ms, trace)
+            else:
+                self._emit(cfg, node, r.request_id, r.branch, out, r.deadline_unix_ms, trace)
+
+    # ------------------------------------------------------------------ routing
+    def _emit(self, cfg: _Config, node: str, rid: str, branch: str, outputs: dict, deadline: float,
+              trace: list) -> None:
+        for e in cfg.graph.out_edges.get(node, ()):
+            d = Delivery(rid, node, e.dst, select_tensors(outputs, e), branch=branch,
+                         deadline_unix_ms=deadline, trace=list(trace))
+            self._route(cfg, d)
+
+    def _emit_empty(self, cfg: _Config, node: str, rid: str, branch: str, deadline: float, trace: list) -> None:
+        for e in cfg.graph.out_edges.get(node, ()):
+            self._route(cfg, Delivery(rid, node, e.dst, {}, branch=branch, deadline_unix_ms=deadline,
+                                      empty=True, trace=list(trace)))
+
+    def _route(self, cfg: _Config, d: Delivery) -> None:
+        to_site = cfg.graph.sites.get(d.dst, "")
+        if cfg.graph.kinds.get(d.dst) == "sink":
+            self._pool.submit(self._send_collector, cfg, d, to_site)
+        elif to_site == self.site:
+            self._accept(cfg, d)  # same site: in memory, no hop
+        else:
+            self._pool.submit(self._send_peer, d, to_site)
+
+    def _send_peer(self, d: Delivery, to_site: str) -> None:
+        err = self._sender.send(lambda: self._cfg.peers.get(to_site) if self._cfg else None, d, to_site,
+                                chunk_bytes=self._cfg.options.chunk_bytes if self._cfg else CHUNK_BYTES)
+        if err:
+            cfg = self._cfg
+            if cfg is not None:
+                self._report(cfg, Delivery(d.request_id, d.src, "", branch=d.branch, error=err))
+
+    def _send_collector(self, cfg: _Config, d: Delivery, to_site: str) -> None:
+        err = self._sender.send(lambda: self._cfg.collector if self._cfg else cfg.collector, d, to_site,
+                                kind="control", chunk_bytes=cfg.options.chunk_bytes,
+                                what=f"result {d.src}->{d.dst}")
+        if err:
+            log.warning("%s", err)
+
+    def _report(self, cfg: _Config, d: Delivery) -> None:
+        """Send an error to the controller at once (its own short timeout, no link pacing)."""
+        d.deadline_unix_ms = time.time() * 1e3 + _ERROR_REPORT_TIMEOUT_S * 1e3
+        self._pool.submit(self._sender.send, lambda: cfg.collector, d, "", "control")
