@@ -1,0 +1,149 @@
+"""SimPy event model: every request a process, every site instance a FIFO resource, links included.
+
+The general path: it also runs networks the fast path cannot (a request coming back to a site it
+left, shared-queue dispatch over replicas), and it is the reference the fast path is checked
+against. It reads the same pre-drawn world (simulations.world) as the fast path, so on the same
+scenario both replay the same sample path.
+
+Per stage: wait for its predecessors (parallel branches are separate processes), skip when the
+request's fan-out gave it nothing to do, find the instance (mobility), apply outages (fail,
+reroute, wait), queue FIFO for a server of that instance (round-robin over replicas, or one
+shared queue with `dispatch="shared"`), hold it for the service time, then the link's one-way
+delay. Resources are created on first use, so cost per request does not grow with the fleet.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import simpy
+
+from simulations.engine_common import Busy, EngineResult, resource_label
+from simulations.journey import Journey
+from simulations.world import ArrivalDraws, StageDraws, World
+
+__all__ = ["run_simpy"]
+
+
+class _Failed:
+    """Marker value of a stage whose request failed."""
+
+
+_FAILED = _Failed()
+
+
+def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws],
+              draws: list[StageDraws], dispatch: str = "round_robin") -> EngineResult:
+    """Simulate every journey's requests to completion as SimPy processes."""
+    env = simpy.Environment()
+    n_req = [len(a.t_ms) for a in arrivals]
+    done = [[np.full(n, np.nan) for _ in j.stages] for j, n in zip(journeys, n_req)]
+    failed = [np.zeros(n, dtype=bool) for n in n_req]
+    rerouted = [np.zeros(n, dtype=bool) for n in n_req]
+    delayed = [np.zeros(n, dtype=bool) for n in n_req]
+    pools: dict[tuple, simpy.Resource] = {}
+    rr: dict[tuple, int] = {}
+    rec: dict[str, tuple[list, list, list]] = {}
+    meta: dict[str, tuple[int, int]] = {}
+    windows = {(ji, st.index): world.windows_for(st) for ji, j in enumerate(journeys) for st in j.stages}
+    # plain Python lists for the per-event lookups (numpy scalar indexing is slow in a hot loop)
+    t_list = [a.t_ms.tolist() for a in arrivals]
+    dev_list = [a.device.tolist() for a in arrivals]
+    work = [[w.tolist() for w in d.work] for d in draws]
+    runs = [[None if r is None else r.tolist() for r in d.runs] for d in draws]
+    delay = [[None if x is None else x.tolist() for x in d.delay_ms] for d in draws]
+
+    def instance(st, origin, device, t):
+        return int(world.stage_instance(st, origin, np.array([device]), np.array([t]))[0])
+
+    def stage(ji, i, si):
+        j = journeys[ji]
+        st = j.stages[si]
+        if runs[ji][si] is not None and not runs[ji][si][i]:
+            done[ji][si][i] = env.now
+            return
+        t = env.now
+        inst = instance(st, j.origin, dev_list[ji][i], t)
+        win = windows[(ji, si)]
+        if win:
+            fo = world.apply_failures(st, win, np.array([inst]), np.array([t]))
+            if fo.failed[0]:
+                failed[ji][i] = True
+                return _FAILED
+            rerouted[ji][i] |= bool(fo.rerouted[0])
+            delayed[ji][i] |= bool(fo.delayed[0])
+            inst = int(fo.inst[0])
+            if fo.t_ms[0] > t:
+                yield env.timeout(float(fo.t_ms[0]) - t)
+                t = env.now
+        w = work[ji][si][i]
+        svc = w if st.kind == "compute" else float(world.transfer_ms(st, w, float(t)))
+        servers = world.servers(st)
+        label = resource_label(st)
+        if label not in rec:
+            rec[label] = ([], [], [])
+            meta[label] = (world.instance_count(st), servers)
+        key = (st.resource, inst)
+        if dispatch == "shared":
+            pk, cap = key, servers
+        else:
+            k = rr.get(key, 0)
+            rr[key] = k + 1
+            pk, cap = (key, k % servers), 1
+        res = pools.get(pk)
+        if res is None:
+            res = pools[pk] = simpy.Resource(env, capacity=cap)
+        with res.request() as req:
+            yield req
+            start = env.now
+            yield env.timeout(svc)
+        r = rec[label]
+        r[0].append(inst)
+        r[1].append(start)
+        r[2].append(svc)
+        dl = delay[ji][si]
+        if dl is not None and dl[i] > 0:
+            yield env.timeout(dl[i])
+        done[ji][si][i] = env.now
+
+    def request_chain(ji, i):
+        for si in range(len(journeys[ji].stages)):
+            out = yield from stage(ji, i, si)
+            if out is _FAILED:
+                return
+
+    def request_dag(ji, i):
+        procs = []
+        for st in journeys[ji].stages:
+            procs.append(env.process(dag_stage(ji, i, st.index, [procs[p] for p in st.preds])))
+        yield env.all_of(procs)
+
+    def dag_stage(ji, i, si, preds):
+        if preds:
+            res = yield env.all_of(preds)
+            if any(v is _FAILED for v in res.values()):
+                return _FAILED
+        out = yield from stage(ji, i, si)
+        return out
+
+    def source(ji):
+        body = request_chain if journeys[ji].is_chain else request_dag
+        for i, t in enumerate(t_list[ji]):
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            env.process(body(ji, i))
+
+    for ji in range(len(journeys)):
+        if n_req[ji]:
+            env.process(source(ji))
+    env.run()
+    busy = {}
+    for label, (q, s, v) in rec.items():
+        b = Busy(*meta[label])
+        b.add(np.array(q, dtype=np.int64), np.array(s), np.array(v))
+        busy[label] = b
+    for ji in range(len(journeys)):
+        for si in range(len(journeys[ji].stages)):
+            done[ji][si][failed[ji]] = np.nan
+    return EngineResult("simpy", done, failed, rerouted, delayed, busy, events=int(math.fsum(n_req)))

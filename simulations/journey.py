@@ -1,0 +1,225 @@
+"""Compile a plan's placement into journeys: the stages one request passes through, per origin class.
+
+A journey is what one request from one source on one producing site class (an edge device class,
+usually) goes through under one strategy:
+
+- compute stages: a maximal run of the app DAG's nodes placed on one site class, in a topological
+  order that keeps same-site nodes together. One site runs a request's pieces one after another
+  (an inference engine does not run two of them in parallel for free), so a run is one job.
+- link stages: each link a tensor crosses between two compute stages (up the attach chain, then
+  down), and, when the link class declares a shared `capacity_mbps`, the parent's shared side.
+- sinks: the stages whose completion delivers each result where it is wanted (back to the
+  producing device by default), so a sink's latency includes the downlink delivery.
+
+Stages form a DAG (branches on different sites overlap); work per stage is a list of
+(amount, rate_factor): ms for compute, bytes for links, times the invocations a fan-out produces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import networkx as nx
+
+from simulations.fleetview import FleetView
+from tierplan.errors import InputError
+
+__all__ = ["Work", "Stage", "Journey", "compile_journeys", "resolve_site", "TIER_NAMES"]
+
+TIER_NAMES = ("edge", "base_station", "cloud")
+
+
+@dataclass(frozen=True)
+class Work:
+    """Work per invocation (ms of compute, or bytes on a link) and the invocations per request."""
+
+    amount: float
+    rate_factor: float
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One queueing visit of a request: a compute job on a site, or a transfer over a link."""
+
+    index: int
+    kind: Literal["compute", "link"]
+    site: str                       # compute: the site class; link: the class whose uplink is crossed
+    direction: str | None = None    # link: "up" | "down"
+    shared: bool = False            # link: the parent's shared capacity (one queue per parent instance)
+    preds: tuple[int, ...] = ()     # () = starts when the request arrives
+    work: tuple[Work, ...] = ()
+    label: str = ""
+
+    @property
+    def resource(self) -> tuple:
+        """The class of queues this stage joins (instances are told apart at run time)."""
+        if self.kind == "compute":
+            return ("compute", self.site)
+        return ("link", self.site, self.direction, self.shared)
+
+
+@dataclass(frozen=True)
+class Journey:
+    """Stages of one (origin class, source) pair under one strategy, in a topological order."""
+
+    origin: str
+    source: str
+    rate_hz: float
+    stages: tuple[Stage, ...]
+    sinks: dict[str, tuple[int, ...]]  # sink name -> stages that must finish; () = at arrival
+
+    @property
+    def is_chain(self) -> bool:
+        return all(s.preds == ((s.index - 1,) if s.index else ()) for s in self.stages)
+
+
+def resolve_site(value: str, origin: str, fleet: FleetView) -> str:
+    """A placement target as a site class: an edge class means the requesting device itself,
+    a tier name means the first class of that tier up the origin's attach chain."""
+    chain = fleet.chain(origin)
+    if value in fleet.classes:
+        if fleet.classes[value].tier == "edge" and fleet.classes[origin].tier == "edge":
+            return origin
+        return value
+    if value in TIER_NAMES:
+        for c in chain:
+            if fleet.classes[c].tier == value:
+                return c
+        raise InputError(f"plan: no {value} site above site class {origin!r} in the fleet. "
+                         f"To fix: attach {origin!r} to a {value} class or re-plan for this fleet")
+    raise InputError(f"plan: unknown site class {value!r} (fleet has {', '.join(fleet.classes)}). "
+                     f"To fix: plan and simulate with the same fleet.yaml")
+
+
+def _order(g: nx.DiGraph, nodes: list[str], site: dict[str, str], pos: dict[str, int]) -> list[str]:
+    """Topological order that stays on the current site while it can (fewer, longer runs)."""
+    members = set(nodes)
+    indeg = {n: sum(1 for u in g.predecessors(n) if u in members) for n in nodes}
+    ready = sorted((n for n in nodes if indeg[n] == 0), key=pos.__getitem__)
+    out: list[str] = []
+    while ready:
+        cur = site[out[-1]] if out else None
+        pick = next((n for n in ready if site[n] == cur), ready[0])
+        ready.remove(pick)
+        out.append(pick)
+        for v in g.successors(pick):
+            if v in indeg:
+                indeg[v] -= 1
+                if indeg[v] == 0:
+                    ready.append(v)
+                    ready.sort(key=pos.__getitem__)
+    return out
+
+
+def compile_journeys(plan, fleet: FleetView, assignment_for: Callable[[str], dict[str, str]],
+                     origins_for: Callable[[str], list[str]], rate_for: Callable[[str], float],
+                     service_ms: Callable[[object, str], float]) -> list[Journey]:
+    """Journeys of every (origin class, source) for one strategy.
+
+    `assignment_for(origin)` gives node id -> site class (or tier) for requests from `origin`;
+    `origins_for(source)` the classes producing the source's requests; `rate_for(source)` requests
+    per second per producing site; `service_ms(plan_piece, site_class)` one invocation's time.
+    """
+    g = nx.DiGraph()
+    pos: dict[str, int] = {}
+    nodes = {p.id: p for p in plan.pieces}
+    for i, p in enumerate(plan.pieces):
+        g.add_node(p.id)
+        pos[p.id] = i
+    for e in plan.edges:
+        for n in (e.src, e.dst):
+            if n not in nodes:
+                raise InputError(f"plan: edge {e.src} -> {e.dst} names unknown node {n!r}")
+        g.add_edge(e.src, e.dst, nbytes=float(e.nbytes))
+    journeys = []
+    for src in (p.id for p in plan.pieces if p.kind == "source"):
+        reach = [n for n in nx.descendants(g, src)]
+        rate = rate_for(src)
+        for origin in origins_for(src):
+            journeys.append(_one(plan, g, nodes, pos, src, reach, origin, fleet,
+                                 assignment_for(origin), rate, service_ms))
+    return journeys
+
+
+def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_ms) -> Journey:
+    site: dict[str, str] = {src: origin}
+    for n in reach:
+        p = nodes[n]
+        if p.kind == "sink":
+            target = getattr(p, "deliver_to", None) or assign.get(n) or "source"
+            site[n] = origin if target in ("source", "any") else resolve_site(target, origin, fleet)
+        else:
+            if n not in assign:
+                raise InputError(f"plan: node {n!r} has no site in the assignment for {origin!r}. "
+                                 f"To fix: re-run `tierplan plan`")
+            site[n] = resolve_site(assign[n], origin, fleet)
+    work_nodes = [n for n in reach if nodes[n].kind != "sink"]
+    order = _order(g, work_nodes, site, pos)
+    group_of: dict[str, int] = {}
+    groups: list[tuple[str, list[str]]] = []
+    for n in order:
+        if groups and groups[-1][0] == site[n]:
+            groups[-1][1].append(n)
+        else:
+            groups.append((site[n], [n]))
+        group_of[n] = len(groups) - 1
+
+    stages: list[Stage] = []
+
+    def rf(n: str) -> float:
+        return 1.0 if nodes[n].kind == "source" else float(nodes[n].rate_factor)
+
+    def transfer(from_site: str, to_site: str, pred: tuple[int, ...], work: tuple[Work, ...], tag: str) -> tuple[int, ...]:
+        for hop in fleet.route(from_site, to_site):
+            sv = fleet.classes[hop.site]
+            if sv.link is None:
+                raise InputError(f"fleet: site class {hop.site!r} attaches to {sv.attach!r} without a link")
+            parts = [False, True] if sv.link.capacity_mbps else [False]
+            if hop.direction == "down":
+                parts.reverse()
+            for shared in parts:
+                stages.append(Stage(len(stages), "link", hop.site, hop.direction, shared, pred, work,
+                                    f"{tag} {hop.site}{'(shared)' if shared else ''} {hop.direction}"))
+                pred = (len(stages) - 1,)
+        return pred
+
+    group_stage: dict[int, int] = {}
+    for gi, (gsite, members) in enumerate(groups):
+        preds: list[int] = []
+        incoming: dict[object, list[tuple[str, str]]] = {}
+        for v in members:
+            for u in g.predecessors(v):
+                if u == src:
+                    incoming.setdefault("src", []).append((u, v))
+                elif u in group_of and group_of[u] != gi:
+                    incoming.setdefault(group_of[u], []).append((u, v))
+        for key in sorted(incoming, key=lambda k: -1 if k == "src" else k):
+            edges = incoming[key]
+            work = tuple(Work(g.edges[u, v]["nbytes"], rf(u)) for u, v in edges)
+            if key == "src":
+                from_site, pred = origin, ()
+            else:
+                from_site, pred = groups[key][0], (group_stage[key],)
+            if from_site != gsite:
+                pred = transfer(from_site, gsite, pred, work, f"{src}->{members[0]}")
+            preds.extend(p for p in pred if p not in preds)
+        work = tuple(Work(service_ms(nodes[n], gsite), rf(n)) for n in members)
+        stages.append(Stage(len(stages), "compute", gsite, None, False, tuple(preds), work,
+                            f"{gsite}: {', '.join(members)}"))
+        group_stage[gi] = len(stages) - 1
+
+    sinks: dict[str, tuple[int, ...]] = {}
+    for n in sorted((n for n in reach if nodes[n].kind == "sink"), key=pos.__getitem__):
+        name = n.removeprefix("sink:")
+        done: list[int] = []
+        for u in g.predecessors(n):
+            if u == src or u not in group_of:
+                continue
+            gi = group_of[u]
+            pred: tuple[int, ...] = (group_stage[gi],)
+            if groups[gi][0] != site[n]:
+                pred = transfer(groups[gi][0], site[n], pred, (Work(g.edges[u, n]["nbytes"], rf(u)),), f"->{name}")
+            done.extend(pred)
+        sinks[name] = tuple(done)
+    return Journey(origin, src, rate, tuple(stages), sinks)

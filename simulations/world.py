@@ -1,0 +1,353 @@
+"""The simulated world both engines share: instances, mobility, outages, bandwidth and random draws.
+
+Every random number of a run is drawn here, up front and vectorised, from one numpy Generator
+seeded by the run's seed, so the SimPy engine and the fast numpy engine replay the very same
+sample path (same arrivals, same service multipliers, same jitter) and a seed fixes the result.
+Arrivals and fan-out counts are shared by all strategies (common random numbers: differences
+between strategies are not noise); per-stage draws come from a per-strategy child stream.
+
+Instances: device d of an edge class with N devices is served by base-station instance d mod M
+(M instances), which uplinks to cloud instance (d mod M) mod K, and so on up the chain; mobility
+events move a share of a class's devices to other base-station instances for a time window.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulations.fleetview import FleetView
+from simulations.journey import Journey, Stage
+from simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, MobilityEvent,
+                                  bandwidth_factor_series)
+from tierplan.errors import InputError
+
+__all__ = ["World", "ArrivalDraws", "StageDraws", "FailureOutcome", "strategy_rng"]
+
+_MS = 1000.0          # ms per second
+_BITS = 8.0           # bits per byte
+_KBIT_PER_MBIT = 1000.0  # Mbit/s = 1000 bit/ms
+
+
+@dataclass
+class ArrivalDraws:
+    """Requests of one (origin class, source): arrival times (ms, sorted), device, fan-out counts."""
+
+    t_ms: np.ndarray
+    device: np.ndarray
+    k: dict[float, np.ndarray] = field(default_factory=dict)  # rate factor -> invocations per request
+
+    def invocations(self, rate_factor: float) -> np.ndarray | None:
+        """Invocations per request for a rate factor (None means exactly one each)."""
+        return None if rate_factor == 1.0 else self.k[rate_factor]
+
+
+@dataclass
+class StageDraws:
+    """Per stage, per request: work (ms of service, or bytes), whether it runs, one-way delay (ms)."""
+
+    work: list[np.ndarray]
+    runs: list[np.ndarray | None]      # None: every request runs the stage
+    delay_ms: list[np.ndarray | None]  # link stages: propagation + jitter; None for none
+
+
+@dataclass
+class FailureOutcome:
+    """What outages did to the requests reaching one stage."""
+
+    t_ms: np.ndarray
+    inst: np.ndarray
+    failed: np.ndarray
+    rerouted: np.ndarray
+    delayed: np.ndarray
+
+
+def strategy_rng(seed: int, name: str) -> np.random.Generator:
+    """The child random stream of one strategy (stable across runs and Python versions)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
+
+
+@dataclass
+class _Mobility:
+    start_ms: float
+    end_ms: float
+    moved: np.ndarray          # bool per device
+    target: np.ndarray         # int per device: instance it moves to
+
+
+class World:
+    """Fleet, replicas, outages, mobility and link variation, resolved against one seed."""
+
+    def __init__(self, fleet: FleetView, replicas: dict[str, int], duration_s: float,
+                 rng: np.random.Generator, failures: list[FailureWindow] = (),
+                 mobility: list[MobilityEvent] = (), links: dict[str, LinkVariation] | None = None,
+                 service_dist: str = "lognormal", service_cv: float = 0.1):
+        self.fleet = fleet
+        self.replicas = dict(replicas)
+        self.duration_s = float(duration_s)
+        self.rng = rng
+        self.service_dist = service_dist
+        self.service_cv = float(service_cv)
+        if service_dist not in ("lognormal", "exponential", "deterministic"):
+            raise InputError(f"simulate: service_dist must be lognormal, exponential or deterministic, got {service_dist!r}")
+        self.failures = [self._resolve_failure(w) for w in failures]
+        self.mobility: dict[str, list[_Mobility]] = {}
+        for ev in mobility:
+            self._add_mobility(ev)
+        self.bandwidth: dict[str, tuple[list[float], list[float], np.ndarray, np.ndarray]] = {}
+        for site, var in (links or {}).items():
+            if site not in fleet.classes or fleet.classes[site].link is None:
+                raise InputError(f"--link {site}: not a site class with a link in the fleet "
+                                 f"(classes with links: {', '.join(n for n, c in fleet.classes.items() if c.link)})")
+            link = fleet.classes[site].link
+            times_s, factor = bandwidth_factor_series(var, link.uplink_mbps, self.duration_s * 4 + 60.0, rng)
+            self.bandwidth[site] = (list(times_s * _MS), list(factor), times_s * _MS, factor)
+
+    # ------------------------------------------------------------------ set-up
+    def _resolve_failure(self, w: FailureWindow) -> tuple[FailureWindow, np.ndarray | None, float, float]:
+        if w.target not in self.fleet.classes:
+            raise InputError(f"--fail {w.kind}:{w.target}: unknown site class (fleet has {', '.join(self.fleet.classes)})")
+        cls = self.fleet.classes[w.target]
+        if w.kind == "link" and cls.link is None:
+            raise InputError(f"--fail link:{w.target}: {w.target!r} has no uplink in the fleet")
+        inst = None
+        if w.instances is not None:
+            bad = [i for i in w.instances if not 0 <= i < cls.count]
+            if bad:
+                raise InputError(f"--fail {w.kind}:{w.target}#{bad[0]}: instance out of range 0..{cls.count - 1}")
+            inst = np.array(sorted(w.instances), dtype=np.int64)
+        elif w.share is not None:
+            n = max(1, int(math.ceil(w.share * cls.count)))
+            inst = np.sort(self.rng.choice(cls.count, size=n, replace=False)).astype(np.int64)
+        return (w, inst, w.start_s * _MS, w.end_s * _MS)
+
+    def _add_mobility(self, ev: MobilityEvent) -> None:
+        fc = self.fleet.classes.get(ev.edge_class)
+        if fc is None or fc.tier != "edge":
+            raise InputError(f"--mobility {ev.edge_class}: not an edge site class of the fleet")
+        if fc.attach is None:
+            raise InputError(f"--mobility {ev.edge_class}: the class attaches to no base station")
+        m = self.fleet.classes[fc.attach].count
+        if ev.to_instance is not None and not 0 <= ev.to_instance < m:
+            raise InputError(f"--mobility {ev.edge_class}>{ev.to_instance}: instance out of range 0..{m - 1}")
+        n = fc.count
+        moved = np.zeros(n, dtype=bool)
+        moved[self.rng.permutation(n)[: int(round(ev.share * n))]] = True
+        home = np.arange(n) % m
+        if ev.to_instance is not None:
+            target = np.full(n, ev.to_instance, dtype=np.int64)
+        elif m > 1:
+            target = (home + self.rng.integers(1, m, size=n)) % m
+        else:
+            target = home
+        end = ev.end_s * _MS if ev.end_s is not None else math.inf
+        self.mobility.setdefault(ev.edge_class, []).append(_Mobility(ev.start_s * _MS, end, moved, target))
+
+    # ------------------------------------------------------------------ instances
+    def parent(self, site: str) -> str:
+        return self.fleet.classes[site].attach  # type: ignore[return-value]
+
+    def instance(self, site: str, origin: str, device: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+        """Instance of `site` serving each request (device of `origin`, at time t_ms)."""
+        if site == origin:
+            return device
+        chain = self.fleet.chain(origin)
+        if site not in chain:
+            return device % self.fleet.classes[site].count
+        idx = device
+        for lvl in range(1, chain.index(site) + 1):
+            new = idx % self.fleet.classes[chain[lvl]].count
+            if lvl == 1:
+                for mv in self.mobility.get(origin, ()):
+                    on = mv.moved[device] & (t_ms >= mv.start_ms) & (t_ms < mv.end_ms)
+                    new = np.where(on, mv.target[device], new)
+            idx = new
+        return idx
+
+    def stage_instance(self, stage: Stage, origin: str, device: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+        """The queue instance a stage visit joins: the site's instance, or the parent's for a shared link."""
+        site = self.parent(stage.site) if stage.shared else stage.site
+        return self.instance(site, origin, device, t_ms)
+
+    def servers(self, stage: Stage) -> int:
+        """Identical servers behind one instance of the stage's resource (links: one)."""
+        return max(1, int(self.replicas.get(stage.site, 1))) if stage.kind == "compute" else 1
+
+    def instance_count(self, stage: Stage) -> int:
+        return self.fleet.classes[self.parent(stage.site) if stage.shared else stage.site].count
+
+    # ------------------------------------------------------------------ links
+    def link_rate_mbps(self, stage: Stage) -> float:
+        link = self.fleet.classes[stage.site].link
+        if stage.shared:
+            return float(link.capacity_mbps)
+        return float(link.uplink_mbps if stage.direction == "up" else link.downlink_mbps)
+
+    def bandwidth_factor(self, site: str, t_ms: np.ndarray) -> np.ndarray | float:
+        """Multiplier of the nominal rate at t_ms (1 where the link does not vary)."""
+        bw = self.bandwidth.get(site)
+        if bw is None:
+            return 1.0
+        idx = np.clip(np.searchsorted(bw[2], t_ms, side="right") - 1, 0, len(bw[3]) - 1)
+        return bw[3][idx]
+
+    def bandwidth_factor_at(self, site: str, t_ms: float) -> float:
+        """Scalar bandwidth_factor (the SimPy path's per-event call)."""
+        bw = self.bandwidth.get(site)
+        if bw is None:
+            return 1.0
+        i = min(max(bisect_right(bw[0], t_ms) - 1, 0), len(bw[1]) - 1)
+        return bw[1][i]
+
+    def transfer_ms(self, stage: Stage, nbytes: np.ndarray | float, t_ms) -> np.ndarray | float:
+        """Time the link is busy sending nbytes at the bandwidth in force at t_ms."""
+        rate = self.link_rate_mbps(stage)
+        if isinstance(t_ms, float):
+            f = self.bandwidth_factor_at(stage.site, t_ms)
+        else:
+            f = self.bandwidth_factor(stage.site, t_ms)
+        return nbytes * _BITS / (rate * f * _KBIT_PER_MBIT)
+
+    # ------------------------------------------------------------------ failures
+    def windows_for(self, stage: Stage) -> list[tuple[FailureWindow, np.ndarray | None, float, float]]:
+        """Outages that hit this stage's resource."""
+        out = []
+        for item in self.failures:
+            w = item[0]
+            if stage.kind == "compute":
+                hit = w.kind in ("site", "device") and w.target == stage.site
+            elif stage.shared:
+                hit = (w.kind == "link" and w.target == stage.site) or (w.kind == "site" and w.target == self.parent(stage.site))
+            else:
+                hit = w.kind in ("link", "device") and w.target == stage.site
+            if hit:
+                out.append(item)
+        return out
+
+    def apply_failures(self, stage: Stage, windows, inst: np.ndarray, t_ms: np.ndarray) -> FailureOutcome:
+        """Fail, reroute or delay the visits that reach a down resource (vectorised; policies per window)."""
+        t, inst = t_ms.copy(), inst.copy()
+        n = len(t)
+        failed, rerouted, delayed = (np.zeros(n, dtype=bool) for _ in range(3))
+        count = self.instance_count(stage)
+
+        def down(ii, tt, only_site=False):
+            m = np.zeros(len(ii), dtype=bool)
+            for w, ws, a, b in windows:
+                if only_site and w.kind == "link":
+                    continue
+                m |= (tt >= a) & (tt < b) & (np.isin(ii, ws) if ws is not None else True)
+            return m
+
+        for _ in range(len(windows) + 1):
+            changed = False
+            for w, ws, a, b in windows:
+                act = ~failed & (t >= a) & (t < b) & (np.isin(inst, ws) if ws is not None else True)
+                if not act.any():
+                    continue
+                changed = True
+                reroutable = w.policy == "reroute" and stage.kind == "compute" and count > 1
+                if w.policy == "wait":
+                    t[act] = b
+                    delayed |= act
+                elif not reroutable:
+                    failed |= act
+                else:
+                    idx = np.flatnonzero(act)
+                    cand_ok = np.zeros(len(idx), dtype=bool)
+                    new = inst[idx].copy()
+                    for j in range(1, count):
+                        todo = ~cand_ok
+                        if not todo.any():
+                            break
+                        cand = (inst[idx][todo] + j) % count
+                        ok = ~down(cand, t[idx][todo], only_site=True)
+                        sel = np.flatnonzero(todo)[ok]
+                        new[sel] = cand[ok]
+                        cand_ok[sel] = True
+                    inst[idx] = new
+                    rerouted[idx[cand_ok]] = True
+                    failed[idx[~cand_ok]] = True
+            if not changed:
+                break
+        return FailureOutcome(t, inst, failed, rerouted, delayed)
+
+    # ------------------------------------------------------------------ draws
+    def draw_arrivals(self, origin: str, rate_hz: float, spec: ArrivalSpec, rate_factors: set[float],
+                      rng: np.random.Generator) -> ArrivalDraws:
+        """Arrivals of one (origin class, source) over [0, duration): the superposition of its devices."""
+        n_dev = self.fleet.classes[origin].count
+        T = self.duration_s
+        lam = n_dev * rate_hz  # class-wide rate, requests/s
+        if spec.kind == "poisson":
+            t = np.sort(rng.uniform(0.0, T, rng.poisson(lam * T)))
+        elif spec.kind == "diurnal":
+            top = lam * (1 + spec.amplitude)
+            cand = np.sort(rng.uniform(0.0, T, rng.poisson(top * T)))
+            keep = rng.uniform(0.0, 1.0, len(cand)) * (1 + spec.amplitude) < 1 + spec.amplitude * np.sin(2 * np.pi * cand / spec.period_s)
+            t = cand[keep]
+        elif spec.kind == "burst":
+            p_on = spec.burst_on_s / (spec.burst_on_s + spec.burst_off_s)
+            lo = lam / (p_on * spec.burst_factor + (1 - p_on))
+            chunks, now, on = [], 0.0, bool(rng.uniform() < p_on)
+            while now < T:
+                dur = rng.exponential(spec.burst_on_s if on else spec.burst_off_s)
+                end = min(T, now + dur)
+                r = lo * (spec.burst_factor if on else 1.0)
+                chunks.append(rng.uniform(now, end, rng.poisson(r * (end - now))))
+                now, on = end, not on
+            t = np.sort(np.concatenate(chunks)) if chunks else np.zeros(0)
+        else:  # trace
+            ts = [x for x, c in spec.trace if (c is None or c == origin) and x < T]
+            t = np.array(ts, dtype=np.float64)
+        device = rng.integers(0, n_dev, size=len(t)).astype(np.int64)
+        n = len(t)
+        k = {}
+        for rf in sorted(rate_factors - {1.0}):
+            base = math.floor(rf)
+            k[rf] = (base + (rng.uniform(0.0, 1.0, n) < rf - base)).astype(np.int32)
+        return ArrivalDraws(t * _MS, device, k)
+
+    def draw_stages(self, journey: Journey, arr: ArrivalDraws, rng: np.random.Generator) -> StageDraws:
+        """Per-stage work and delays for one journey's requests (one strategy's child stream)."""
+        n = len(arr.t_ms)
+        work, runs, delay = [], [], []
+        for st in journey.stages:
+            total = np.zeros(n)
+            inv = np.zeros(n, dtype=np.int64)
+            all_one = True
+            for w in st.work:
+                k = arr.invocations(w.rate_factor)
+                if k is None:
+                    total += w.amount
+                    inv += 1
+                else:
+                    all_one = False
+                    total += w.amount * k
+                    inv += k
+            if st.kind == "compute":
+                total = total * self._multiplier(n, rng)
+                delay.append(None)
+            elif st.shared:
+                delay.append(None)
+            else:
+                link = self.fleet.classes[st.site].link
+                d = np.full(n, link.rtt_ms / 2.0)
+                if link.jitter_ms > 0:
+                    d = np.maximum(0.0, d + rng.normal(0.0, link.jitter_ms, n))
+                delay.append(d)
+            work.append(total)
+            runs.append(None if all_one and st.work else inv > 0)
+        return StageDraws(work, runs, delay)
+
+    def _multiplier(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.service_dist == "deterministic" or (self.service_dist == "lognormal" and self.service_cv == 0):
+            return np.ones(n)
+        if self.service_dist == "exponential":
+            return rng.exponential(1.0, n)
+        s2 = math.log1p(self.service_cv ** 2)
+        return rng.lognormal(-s2 / 2, math.sqrt(s2), n)
