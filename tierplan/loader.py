@@ -7,6 +7,7 @@ specs' cross-field rules), raised as one `SpecError`.
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,20 @@ __all__ = ["load_app", "load_fleet", "load_yaml_spec", "dump_spec", "format_path
            "line_index", "best_line", "relocate"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e6 / 2.5e-3 as floats (YAML 1.2), not strings as YAML 1.1 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
 Loc = tuple  # YAML path: str keys and int list indices
 
 
@@ -62,7 +77,7 @@ def _scalar_key(k: yaml.Node) -> Any:
     """The Python value of a mapping key as safe_load would build it (ints stay ints)."""
     if isinstance(k, yaml.ScalarNode):
         try:
-            return yaml.safe_load(yaml.serialize(k))
+            return yaml.load(yaml.serialize(k), Loader=_Loader)
         except yaml.YAMLError:
             return k.value
     return str(k.value)
@@ -75,7 +90,7 @@ def best_line(lines: dict[Loc, int], loc: Loc) -> int:
     return 1
 
 
-def _yaml_loc(data: Any, loc: Loc) -> Loc:
+def _yaml_loc(data: Any, loc: Loc, keep_last: bool) -> Loc:
     """Drop pydantic's union tags from an error location, keeping the path as written in the YAML."""
     out: list = []
     cur = data
@@ -87,8 +102,8 @@ def _yaml_loc(data: Any, loc: Loc) -> Loc:
         elif isinstance(cur, list) and isinstance(p, int) and 0 <= p < len(cur):
             out.append(p)
             cur = cur[p]
-        elif last and isinstance(cur, dict) and isinstance(p, str):
-            out.append(p)  # a missing key: it is the YAML name
+        elif last and keep_last and isinstance(cur, dict) and isinstance(p, str):
+            out.append(p)  # a missing or unknown key: it is the YAML name
         # else: a union tag or function-validator name, not part of the YAML
     return tuple(out)
 
@@ -154,8 +169,8 @@ def _describe_input(v: Any) -> str:
 
 def _messages(err: dict, data: Any, model: type[BaseModel]) -> list[tuple[Loc, str]]:
     """One pydantic error as (YAML path, message) pairs."""
-    loc = _yaml_loc(data, tuple(err["loc"]))
     kind = err["type"]
+    loc = _yaml_loc(data, tuple(err["loc"]), keep_last=kind in ("missing", "extra_forbidden"))
     if kind == "cross_field":
         out = []
         for line in str(err["ctx"]["detail"]).splitlines():
@@ -210,8 +225,8 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise SpecError([f"{path}: cannot read ({e.__class__.__name__}). To fix: pass a readable YAML file"]) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -222,6 +237,10 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
     if not isinstance(data, dict):
         got = "an empty file" if data is None else f"a {type(data).__name__}"
         raise SpecError([f"{path}:1: <top>: expected a mapping of keys ({', '.join(_fields_of(model))}), got {got}"])
+    fields = _fields_of(model)
+    if data and not set(map(str, data)) & (set(fields) - {"name"}):
+        raise SpecError([f"{path}:1: <top>: none of the keys ({', '.join(map(str, data))}) belongs here; expected "
+                         f"{', '.join(fields)}. To fix: check that this is the right file (app.yaml vs fleet.yaml)"])
     lines, dups = line_index(node)
     problems: list[tuple[int, str]] = []
     for loc, line, first in dups:
@@ -235,7 +254,17 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
         spec = model.model_validate({**data, **extra})
     except ValidationError as e:
         seen: set[str] = set()
-        for err in e.errors():
+        errors = e.errors()
+        # a misspelt key ('rate_hzz') also makes the real one missing: report only the misspelling
+        misspelt = set()
+        for err in errors:
+            if err["type"] == "extra_forbidden":
+                for loc, msg in _messages(err, data, model):
+                    if "did you mean '" in msg:
+                        misspelt.add(loc[:-1] + (msg.split("did you mean '")[1].split("'")[0],))
+        for err in errors:
+            if err["type"] == "missing" and _yaml_loc(data, tuple(err["loc"]), True) in misspelt:
+                continue
             for loc, msg in _messages(err, data, model):
                 loc = relocate(loc, lines)
                 line = best_line(lines, loc)

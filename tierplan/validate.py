@@ -156,6 +156,7 @@ class _Report:
         loc = relocate(parse_path(path), self.lines)
         line = best_line(self.lines, loc) if self.lines else 0
         where = f"{self.label}:{line}" if line else self.label
+        msg = msg.replace("?. To fix", "? To fix")
         self.problems.append((line, f"{where}: {format_path(loc)}: {msg}"))
 
     def sorted(self) -> list[str]:
