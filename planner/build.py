@@ -51,6 +51,8 @@ class BuildInfo:
     z_score: float
     percentile: float
     sink_names: Mapping[str, str]                  # sink node id -> sink name
+    slo_ms: Mapping[str, float]                    # sink name -> SLO (ms), as given
+    weights: ObjectiveSpec                         # the objective's weights, as given
 
 
 def topo_order(graph: nx.DiGraph) -> list[str]:
@@ -322,5 +324,6 @@ def build_problem(graph: nx.DiGraph, fleet: Any, cost_model: Any,
                      requests_per_s={c.name: c.requests_per_s for c in class_data},
                      z_score=z, percentile=percentile,
                      sink_names={n: (n[5:] if n.startswith("sink:") else n)
-                                 for n, a in zip(order, attrs) if a["kind"] == "sink"})
+                                 for n, a in zip(order, attrs) if a["kind"] == "sink"},
+                     slo_ms={k: t.latency_ms for k, t in slo.items()}, weights=weights)
     return problem, info

@@ -167,10 +167,10 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
     link: dict[str, int] = {k: 0 for k in problem.link_cap_bps}
     for c in problem.classes:
         sites = tuple(assignment[c.name])
-        for v, s in enumerate(sites):
-            if s not in c.allowed[v]:
-                violations.append(f"{c.name}: {problem.nodes[v].id} may not run on {s}")
-        if violations:
+        bad = [f"{c.name}: {problem.nodes[v].id} may not run on {s}"
+               for v, s in enumerate(sites) if s not in c.allowed[v]]
+        if bad:
+            violations += bad
             continue
         for k, it in enumerate(problem.items):
             if it.private and any(sites[w] != sites[it.producer] for w in it.consumers):
@@ -219,7 +219,7 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
     if problem.budget_uusd_h is not None and cost > problem.budget_uusd_h:
         violations.append(f"budget: {cost / 1e6:.2f} $/h > {problem.budget_uusd_h / 1e6:.2f} $/h")
     weights = {c.name: c.weight for c in problem.classes}
-    lat = sum(weights[n] * sum(ce.sink_us.values()) for n, ce in classes.items())
+    lat = sum(weights[n] * sum(ce.sink_us[v] for v in problem.latency_nodes) for n, ce in classes.items())
     en = sum(weights[n] * ce.energy_uj for n, ce in classes.items())
     obj = problem.coef_cost * cost + problem.coef_latency * lat + problem.coef_energy * en
     return Evaluation(classes, instances, load, memory, link, cost, lat, en, obj, tuple(violations))

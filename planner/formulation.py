@@ -219,7 +219,8 @@ class _Model:
         for v in p.sink_nodes:
             if v in c.slo_us:
                 m.Add(self.t[(n, v)] <= c.slo_us[v])
-            self.sink_terms.append(c.weight * self.t[(n, v)])
+            if v in p.latency_nodes:
+                self.sink_terms.append(c.weight * self.t[(n, v)])
         for v in p.compute_nodes:
             for s in c.allowed[v]:
                 if c.energy_uj[v][s]:

@@ -114,6 +114,7 @@ class Problem:
     fixed_cost_uusd_h: int = 0                  # owned edge devices with a price: constant
     budget_uusd_h: int | None = None            # cost (rented instances + egress) cap, if any
     labels: Mapping[str, str] = field(default_factory=dict)  # site class -> tier, for reports
+    latency_sinks: tuple[int, ...] | None = None  # sinks counted in the latency term (None: all)
 
     @property
     def compute_nodes(self) -> tuple[int, ...]:
@@ -124,6 +125,11 @@ class Problem:
     def sink_nodes(self) -> tuple[int, ...]:
         return tuple(i for i, n in enumerate(self.nodes) if n.kind == "sink")
 
+    @property
+    def latency_nodes(self) -> tuple[int, ...]:
+        """The sinks whose latencies the latency term sums."""
+        return self.sink_nodes if self.latency_sinks is None else tuple(self.latency_sinks)
+
     def items_of(self, producer: int) -> tuple[int, ...]:
         return tuple(k for k, it in enumerate(self.items) if it.producer == producer)
 
@@ -131,6 +137,10 @@ class Problem:
         """The same problem with another objective (never mutates self)."""
         return replace(self, objective_kind=kind, coef_cost=coef_cost,
                        coef_latency=coef_latency, coef_energy=coef_energy)
+
+    def with_latency_sinks(self, sinks: tuple[int, ...] | None) -> "Problem":
+        """The same problem with the latency term restricted to `sinks`."""
+        return replace(self, latency_sinks=sinks)
 
     def with_classes(self, classes: tuple[ClassData, ...]) -> "Problem":
         return replace(self, classes=tuple(classes))

@@ -1,0 +1,375 @@
+"""Public entry points of the planner: plan an app on a fleet (CP-SAT), with baselines and coverage.
+
+    plan = plan_app(app, fleet_spec, objective="cost")           # specs in, Plan out
+    plan = plan_graph(app_graph, fleet, cost_model, slo=...)     # the pure, lower-level form
+
+Steps: build the integer problem (planner.build) -> baselines, greedy as the hint (or the old
+plan's placement with `from_plan`) -> per class, can its SLO be met at all? (classes that
+cannot are reported as not-met, with the best they could get and what they would need) ->
+CP-SAT on the whole fleet -> diagnose infeasibility by relaxing one family of constraints at a
+time -> the Plan (planner.report).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import networkx as nx
+
+from planner.baselines import greedy, run_baselines
+from planner.build import BuildInfo, SloTarget, build_problem
+from planner.evaluate import Evaluation, evaluate
+from planner.formulation import SolveResult, solve
+from planner.plan import ClassCoverage, ParetoPoint, PieceMove, Plan
+from planner.problem import Problem
+from planner.report import (
+    LATENCY_SEMANTICS, baseline_result, class_latency_ms, class_meets, class_mode, cost_per_hour_usd,
+    coverage_share, monthly_by_tier, natural_objective, per_class_ids, plan_edges, plan_pieces, sink_views,
+)
+from planner.units import ms_to_us, us_to_ms, uusd_to_usd
+from tierplan.errors import InfeasibleError, InputError
+from tierplan.spec import ObjectiveSpec
+
+__all__ = ["plan_app", "plan_graph", "describe_assignment"]
+
+_SECONDARY = {"cost": "latency", "latency": "cost", "energy": "latency"}
+_RELAX = 1000          # factor by which a relaxed capacity is widened when diagnosing
+_SCALE_MAX = 1000.0    # largest bandwidth multiplier tried for "what uplink would it need"
+_BISECT_STEPS = 7
+
+
+def _weights(objective: Any) -> ObjectiveSpec:
+    if objective is None:
+        return ObjectiveSpec(cost=1.0)
+    if isinstance(objective, ObjectiveSpec):
+        return objective
+    if isinstance(objective, Mapping):
+        return ObjectiveSpec(**objective)
+    if objective in ("cost", "latency", "energy"):
+        return ObjectiveSpec(**{objective: 1.0})
+    raise InputError(f"objective must be cost, latency or energy (or weights), got {objective!r}")
+
+
+def describe_assignment(problem: Problem, sites: tuple[str, ...]) -> str:
+    """'all pieces in eu-1' or '3 pieces on cam, 2 on cloud' for one class's placement."""
+    used: dict[str, int] = {}
+    for v in problem.compute_nodes:
+        used[sites[v]] = used.get(sites[v], 0) + 1
+    if len(used) == 1:
+        return f"all pieces in {next(iter(used))}"
+    return ", ".join(f"{n} piece{'s' if n > 1 else ''} on {s}" for s, n in used.items())
+
+
+def _hint(problem: Problem, info: BuildInfo, from_plan: Plan | None) -> dict[str, tuple[str, ...]]:
+    base = greedy(problem)
+    if from_plan is None:
+        return base
+    out = {}
+    for c in problem.classes:
+        old = from_plan.per_class.get(c.name) or {}
+        sites = list(base[c.name])
+        for v in problem.compute_nodes:
+            s = old.get(info.order[v])
+            if s in c.allowed[v]:
+                sites[v] = s
+        out[c.name] = tuple(sites)
+    return out
+
+
+def _best_latency(problem: Problem, sink: int, time_limit_s: float) -> tuple[int, tuple[str, ...]] | None:
+    """Least latency of one sink for a one-class problem without its SLO."""
+    c = problem.classes[0]
+    sub = problem.without_slo().with_objective("latency", 0, 1, 0).with_latency_sinks((sink,))
+    sub = replace(sub, budget_uusd_h=None)
+    r = solve(sub, time_limit_s)
+    if r.status not in ("optimal", "feasible"):
+        return None
+    return evaluate(sub, r.assignment).classes[c.name].sink_us[sink], r.assignment[c.name]
+
+
+def _slo_message(problem: Problem, info: BuildInfo, cname: str, time_limit_s: float) -> tuple[str, dict]:
+    """'SLO 50 ms cannot be met: the best possible p95 is 73 ms (all pieces in eu-1)' for a class."""
+    sub = problem.only_class(cname)
+    c = sub.classes[0]
+    parts, best = [], {}
+    for v, lim in c.slo_us.items():
+        got = _best_latency(sub, v, time_limit_s)
+        name = info.sink_names[problem.nodes[v].id]
+        if got is None:
+            continue
+        us, sites = got
+        best[name] = us_to_ms(us)
+        if us > lim:
+            parts.append(f"SLO {us_to_ms(lim):g} ms for sink {name!r} cannot be met on {cname}: the best "
+                         f"possible p{info.percentile:g} is {us_to_ms(us):.1f} ms ({describe_assignment(sub, sites)})")
+    if not parts:
+        parts.append(f"the SLOs of {cname} cannot all be met at once")
+    return "; ".join(parts), best
+
+
+def _relaxations(problem: Problem) -> list[tuple[str, Problem]]:
+    sites_inst = {s: (replace(sd, max_instances=sd.max_instances * _RELAX + 1) if not sd.fixed_instances
+                      else replace(sd, util_cap_ppm=sd.util_cap_ppm * _RELAX))
+                  for s, sd in problem.sites.items()}
+    sites_mem = {s: replace(sd, memory_kb=sd.memory_kb * _RELAX) for s, sd in problem.sites.items()}
+    links = {k: v * _RELAX for k, v in problem.link_cap_bps.items()}
+    out = []
+    if problem.budget_uusd_h is not None:
+        out.append(("budget", replace(problem, budget_uusd_h=None)))
+    out += [("compute capacity", replace(problem, sites=sites_inst)),
+            ("memory", replace(problem, sites=sites_mem)),
+            ("link capacity", replace(problem, link_cap_bps=links)),
+            ("capacity", replace(problem, sites={s: replace(sites_inst[s], memory_kb=sites_mem[s].memory_kb)
+                                                  for s in problem.sites}, link_cap_bps=links, budget_uusd_h=None))]
+    return out
+
+
+def diagnose(problem: Problem, time_limit_s: float) -> str:
+    """Which constraint family binds: relax one at a time, say what the relaxed optimum needs."""
+    each = max(0.5, time_limit_s / 5)
+    for name, relaxed in _relaxations(problem):
+        r = solve(relaxed.with_objective("cost", 1, 0, 0), each)
+        if r.status not in ("optimal", "feasible"):
+            continue
+        ev = evaluate(problem, r.assignment)
+        need = "; ".join(ev.violations[:3])
+        if name == "budget":
+            return (f"budget ${uusd_to_usd(problem.budget_uusd_h):g}/h is too small: the cheapest plan meeting "
+                    f"the SLOs costs ${uusd_to_usd(ev.cost_uusd_h):.2f}/h. To fix: raise budget_usd_per_hour")
+        return (f"{name} binds: the SLOs can be met only with more {name} ({need}). "
+                f"To fix: raise max_instances / add sites, or relax the SLO")
+    return ("the SLOs of the classes cannot all be met together with the shared sites and links. "
+            "To fix: relax the SLO or add capacity")
+
+
+def _uplink_needed(graph, fleet, cost_model, slo, weights, budget, cname: str, limit_s: float) -> str:
+    """What the class would need: the smallest multiple of its own link's bandwidth meeting its SLO."""
+    link = fleet.classes[cname].link
+    if link is None:
+        return "a faster device (it has no link to offload over)"
+
+    def ok(scale: float) -> bool:
+        p, _ = build_problem(graph, fleet, cost_model, slo=slo, weights=weights, link_scale={cname: scale})
+        sub = replace(p.only_class(cname), budget_uusd_h=None)
+        return solve(sub, limit_s).status in ("optimal", "feasible")
+
+    if not ok(_SCALE_MAX):
+        return (f"a faster device or a site closer than {link.rtt_ms:g} ms RTT (no uplink bandwidth is enough)")
+    lo, hi = 1.0, _SCALE_MAX
+    for _ in range(_BISECT_STEPS):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return f"uplink >= {link.uplink_mbps * hi:.3g} Mbit/s (now {link.uplink_mbps:g})"
+
+
+def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
+               slo: Mapping[str, SloTarget] | None = None, objective: Any = None,
+               budget_usd_per_hour: float | None = None, time_limit_s: float = 10.0,
+               from_plan: Plan | None = None, pareto: bool = False, pareto_points: int = 5,
+               with_baselines: bool = True, analyse_uncovered: bool = True) -> Plan:
+    """Place the app graph on the fleet; returns a Plan or raises InfeasibleError (why, what is achievable).
+
+    Example:
+        >>> plan = plan_graph(g, resolve_fleet(fleet_spec), CostModel(), slo={"out": SloTarget(100)})
+        >>> plan.status, plan.per_class["cameras"]["detector/p0"]
+        ('optimal', 'cameras')
+    """
+    t0 = time.perf_counter()
+    weights = _weights(objective)
+    slo = dict(slo or {})
+    for name in slo:
+        if f"sink:{name}" not in graph.nodes and name not in graph.nodes:
+            raise InputError(f"slo: unknown sink {name!r}")
+    problem, info = build_problem(graph, fleet, cost_model, slo=slo, weights=weights,
+                                  budget_usd_per_hour=budget_usd_per_hour)
+    hint = _hint(problem, info, from_plan)
+
+    def left() -> float:
+        return max(0.5, time_limit_s - (time.perf_counter() - t0))
+
+    # ---- which classes can meet their SLO at all (alone, ignoring the others' load)
+    uncovered: dict[str, str] = {}
+    best_ms: dict[str, dict] = {}
+    precheck = max(0.3, min(2.0, time_limit_s / (4 * max(1, len(problem.classes)))))
+    for c in problem.classes:
+        if not c.slo_us:
+            continue
+        sub = replace(problem.only_class(c.name), budget_uusd_h=None)
+        if evaluate(sub, {c.name: hint[c.name]}).feasible:
+            continue
+        r = solve(sub, precheck)
+        if r.status in ("optimal", "feasible", "unknown"):
+            continue
+        r2 = solve(sub.without_slo(), precheck)
+        if r2.status == "infeasible":
+            raise InfeasibleError(f"edge class {c.name}: no placement fits even without the SLO: "
+                                  f"{diagnose(sub.without_slo(), precheck)}")
+        msg, best = _slo_message(problem, info, c.name, precheck)
+        uncovered[c.name], best_ms[c.name] = msg, best
+    if uncovered and len(uncovered) == len(problem.classes):
+        first = max(problem.classes, key=lambda c: c.count).name
+        raise InfeasibleError(uncovered[first] + (f" (and {len(uncovered) - 1} more edge classes)"
+                                                  if len(uncovered) > 1 else "")
+                              + ". To fix: relax the SLO, use faster sites, or a better link")
+    main = problem.without_slo(set(uncovered)) if uncovered else problem
+    secondary = _SECONDARY.get(main.objective_kind)
+    r = solve(main, left(), hint=hint, secondary=secondary)
+    reason = None
+    if r.status == "infeasible":
+        raise InfeasibleError(diagnose(main, min(left(), time_limit_s)))
+    if r.status not in ("optimal", "feasible"):
+        hev = evaluate(main, hint)
+        if not hev.feasible:
+            raise InfeasibleError(f"CP-SAT found no plan within {time_limit_s:g} s (status {r.status}) and the "
+                                  f"greedy placement violates: {'; '.join(hev.violations[:2])}. "
+                                  f"To fix: --time-limit {int(time_limit_s * 4)}")
+        reason = f"CP-SAT status {r.status} after {r.solve_s:.1f} s: the greedy placement is shown"
+        r = SolveResult("feasible", dict(hint), hev.objective, None, r.solve_s, hev.latency_term)
+    ev = evaluate(main, r.assignment)
+    plan = _assemble(graph, main, info, r, ev, t0, reason)
+    plan = plan.model_copy(update={"coverage": _coverage(graph, fleet, cost_model, slo, weights,
+                                                          budget_usd_per_hour, main, info, ev, r,
+                                                          uncovered, analyse_uncovered)})
+    plan = plan.model_copy(update={"coverage_summary": _coverage_summary(plan, info)})
+    if with_baselines:
+        base = run_baselines(main)
+        plan = plan.model_copy(update={"baselines": {n: baseline_result(main, info, a, bev)
+                                                     for n, (a, bev) in base.items()}})
+    if from_plan is not None:
+        plan = plan.model_copy(update={"moves": _moves(from_plan, plan)})
+    if pareto:
+        plan = plan.model_copy(update={"pareto": _pareto(main, info, r, pareto_points, max(time_limit_s, 2.0))})
+    return plan.model_copy(update={"solve_s": round(time.perf_counter() - t0, 4)})
+
+
+def _assemble(graph, problem: Problem, info: BuildInfo, r: SolveResult, ev: Evaluation, t0: float,
+              reason: str | None) -> Plan:
+    views = sink_views(problem, info, ev)
+    per_class = per_class_ids(problem, info, r.assignment)
+    first = problem.classes[0].name
+    req_h = sum(info.requests_per_s.values()) * 3600.0
+    cost_h = cost_per_hour_usd(problem, ev)
+    bound = None
+    if r.bound is not None and r.objective:
+        bound = natural_objective(problem, info, ev) * (r.bound / r.objective)
+    elif r.bound is not None:
+        bound = 0.0
+    energy = ev.energy_term / max(sum(c.weight for c in problem.classes), 1) / 1e6
+    return Plan(status=r.status, objective=round(natural_objective(problem, info, ev), 9),
+                objective_kind=problem.objective_kind, gap=r.gap, assignment=per_class[first],
+                per_class=per_class, sinks=views[first], class_sinks=views,
+                cost_per_hour_usd=round(cost_h, 6),
+                cost_per_1k_requests_usd=round(cost_h / req_h * 1000.0, 9) if req_h else 0.0,
+                energy_j_per_request=round(energy, 9), instances=dict(ev.instances),
+                solve_s=round(time.perf_counter() - t0, 4), reason=reason,
+                pieces=plan_pieces(graph, info), edges=plan_edges(graph, info),
+                objective_bound=None if bound is None else round(bound, 9),
+                coverage_share=round(coverage_share(problem, info, ev), 6),
+                monthly_cost_usd_by_tier=monthly_by_tier(problem, ev), requests_per_hour=req_h,
+                order=list(info.order), latency_semantics=LATENCY_SEMANTICS, percentile=info.percentile,
+                solver={"engine": "cp-sat", "status": r.status, "objective_int": r.objective or 0,
+                        "bound_int": r.bound if r.bound is not None else "none",
+                        "cp_sat_s": round(r.solve_s, 4)})
+
+
+def _coverage(graph, fleet, cost_model, slo, weights, budget, problem: Problem, info: BuildInfo,
+              ev: Evaluation, r: SolveResult, uncovered: dict[str, str], analyse: bool) -> dict[str, ClassCoverage]:
+    out = {}
+    for c in problem.classes:
+        mode = class_mode(problem, info, ev, c.name, r.assignment)
+        note = ""
+        if c.name in uncovered:
+            note = uncovered[c.name].split(": ", 1)[-1]
+            if analyse:
+                note += "; would need " + _uplink_needed(graph, fleet, cost_model, slo, weights, budget,
+                                                         c.name, 1.0)
+        out[c.name] = ClassCoverage(devices=c.count, mode=mode, latency_ms=round(class_latency_ms(ev, c.name), 4),
+                                    meets_slo=class_meets(problem, info, ev, c.name), note=note)
+    return out
+
+
+def _coverage_summary(plan: Plan, info: BuildInfo) -> str:
+    if not info.slo_ms:
+        return "no SLO given: every class is served"
+    total = sum(c.devices for c in plan.coverage.values()) or 1
+    ok = sum(c.devices for c in plan.coverage.values() if c.meets_slo)
+    slo_txt = ", ".join(f"{v:g} ms ({k})" for k, v in info.slo_ms.items())
+    s = f"meets {slo_txt} p{info.percentile:g} on {100 * ok / total:.0f}% of devices"
+    rest = [(n, c) for n, c in plan.coverage.items() if not c.meets_slo]
+    if rest:
+        s += "; the remaining " + "; ".join(f"{n} ({c.devices:,} devices): {c.note}" for n, c in rest)
+    return s
+
+
+def _moves(old: Plan, new: Plan) -> list[PieceMove]:
+    out = []
+    for cname, sites in new.per_class.items():
+        before = old.per_class.get(cname, {})
+        for piece, site in sites.items():
+            if before.get(piece) != site:
+                out.append(PieceMove(edge_class=cname, piece=piece, from_site=before.get(piece), to_site=site))
+    return out
+
+
+def _pareto(problem: Problem, info: BuildInfo, r_main: SolveResult, points: int, budget_s: float) -> list[ParetoPoint]:
+    """Cost-latency frontier by the epsilon-constraint method on the weighted latency term."""
+    W = sum(c.weight for c in problem.classes) or 1
+    K = len(problem.latency_nodes) or 1
+    each = max(0.5, budget_s / (points + 2))
+    cost_p = problem.with_objective("cost", 1, 0, 0)
+    lat_p = problem.with_objective("latency", 0, 1, 0)
+    r_lat = solve(lat_p, each, secondary="cost")
+    r_cost = solve(cost_p, each, secondary="latency")
+    if r_lat.status not in ("optimal", "feasible") or r_cost.status not in ("optimal", "feasible"):
+        return []
+    lo = evaluate(problem, r_lat.assignment).latency_term
+    hi = evaluate(problem, r_cost.assignment).latency_term
+    eps = sorted({int(round(lo + (hi - lo) * k / max(points - 1, 1))) for k in range(points)})
+    out: list[ParetoPoint] = []
+    seen = set()
+    for e in eps:
+        r = solve(cost_p, each, latency_max=e, secondary="latency")
+        if r.status not in ("optimal", "feasible"):
+            continue
+        ev = evaluate(problem, r.assignment)
+        key = (ev.cost_uusd_h, ev.latency_term)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(ParetoPoint(latency_ms=round(ev.latency_term / (1000.0 * W * K), 4),
+                               cost_per_hour_usd=round(cost_per_hour_usd(problem, ev), 6), status=r.status,
+                               per_class=per_class_ids(problem, info, r.assignment)))
+    return sorted(out, key=lambda p: p.latency_ms)
+
+
+def _sha(obj: Any) -> str:
+    text = obj.model_dump_json() if hasattr(obj, "model_dump_json") else repr(obj)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def plan_app(app: Any, fleet: Any, objective: Any = None, cost_model: Any = None, time_limit_s: float = 10.0,
+             from_plan: Plan | str | Path | None = None, pieces_dir: str | Path | None = None,
+             pareto: bool = False, app_graph: nx.DiGraph | None = None) -> Plan:
+    """Plan `app` (AppSpec) on `fleet` (FleetSpec or resolved Fleet); see plan_graph."""
+    from devices.costmodel import CostModel
+    from devices.fleet import resolve_fleet
+    resolved = fleet if hasattr(fleet, "edge_classes") else resolve_fleet(fleet)
+    if app_graph is None:
+        from partition.app_graph import build_app_graph
+        app_graph = build_app_graph(app, pieces_dir)
+    if isinstance(from_plan, (str, Path)):
+        from_plan = Plan.load(from_plan)
+    slo = {s.sink: SloTarget(s.latency_ms, s.percentile) for s in app.slo}
+    plan = plan_graph(app_graph, resolved, cost_model or CostModel(), slo=slo,
+                      objective=objective if objective is not None else app.weights,
+                      budget_usd_per_hour=app.budget_usd_per_hour, time_limit_s=time_limit_s,
+                      from_plan=from_plan, pareto=pareto)
+    shas = {"app": _sha(app)}
+    if not hasattr(fleet, "edge_classes"):
+        shas["fleet"] = _sha(fleet)
+    return plan.model_copy(update={"inputs_sha256": shas})
