@@ -207,52 +207,75 @@ def model_pieces(app: AppSpec, name: str, pieces_dir: str | Path | None, max_pie
 
 
 # ----------------------------------------------------------------------------- the app graph
-def _pairs(src_outs: list[str], dst_ins: list[str], mapping: Mapping[str, str], where: str) -> list[tuple[str, str]]:
-    if mapping:
-        for o, i in mapping.items():
-            if o not in src_outs:
-                raise InputError(f"{where}.tensors: {o!r} is not an output of the producer "
-                                 f"(outputs: {', '.join(src_outs)})")
-            if i not in dst_ins:
-                raise InputError(f"{where}.tensors: {i!r} is not an input of the consumer "
-                                 f"(inputs: {', '.join(dst_ins)})")
-        return list(mapping.items())
-    return list(zip(src_outs, dst_ins))
+def _edge_pairs(app: AppSpec, i: int, models: Mapping[str, ModelPieces]) -> list[tuple[str, str]]:
+    """(producer output, consumer input) names of edge i.
+
+    A source has one output named after it; a model's outputs and inputs are its ONNX tensor
+    names (or profile layers); a transform's outputs and inputs are whatever the edges call
+    them (one output named after the transform when an edge gives no names).
+    """
+    e = app.edges[i]
+    where = f"edges[{i}]"
+    if e.src in app.sources:
+        outs = [e.src]
+    elif e.src in models:
+        outs = [t.name for t in models[e.src].outputs]
+    else:
+        outs = None                                   # a transform: names come from the edge
+    ins = [t.name for t in models[e.dst].inputs] if e.dst in models else None
+    if e.tensors:
+        for o, i_name in e.tensors.items():
+            if outs is not None and o not in outs:
+                raise InputError(f"{where}.tensors: {o!r} is not an output of {e.src!r} "
+                                 f"(outputs: {', '.join(outs)})")
+            if ins is not None and i_name not in ins:
+                raise InputError(f"{where}.tensors: {i_name!r} is not an input of {e.dst!r} "
+                                 f"(inputs: {', '.join(ins)})")
+        return list(e.tensors.items())
+    outs = outs if outs is not None else [e.src]
+    return list(zip(outs, ins)) if ins is not None else [(o, o) for o in outs]
+
+
+def _output_info(app: AppSpec, src: str, out: str, dst: str, dst_in: str,
+                 models: Mapping[str, ModelPieces]) -> TensorInfo:
+    """The tensor `out` of node `src` as it flows into `dst_in` of `dst` (one item, bytes per item)."""
+    if src in app.sources:
+        s = app.sources[src]
+        return TensorInfo(src, tuple(s.shape), s.dtype, _nbytes(s.shape, s.dtype))
+    if src in models:
+        return next(t for t in models[src].outputs if t.name == out)
+    if dst in models:   # a transform feeding a model: one item is what the model input takes
+        m_in = next(t for t in models[dst].inputs if t.name == dst_in)
+        return TensorInfo(out, m_in.shape, m_in.dtype, m_in.nbytes)
+    t = app.transforms[src]
+    if t.output_shape is None:
+        return TensorInfo(out, (0,), t.output_dtype, 0)
+    return TensorInfo(out, tuple(t.output_shape), t.output_dtype, _nbytes(t.output_shape, t.output_dtype))
 
 
 def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int | None = None) -> nx.DiGraph:
     """Join the app's sources, model pieces, transforms and sinks into one DAG (module docstring)."""
     g = nx.DiGraph(app=app.name)
-    order = list(nx.topological_sort(nx.DiGraph((e.src, e.dst) for e in app.edges)))
-    order += [n for n in list(app.sources) + list(app.transforms) + list(app.models) if n not in order]
     models: dict[str, ModelPieces] = {}
-    outs_of: dict[str, list[TensorInfo]] = {}
-    for s, spec in app.sources.items():
-        outs_of[s] = [TensorInfo(s, tuple(spec.shape), spec.dtype, _nbytes(spec.shape, spec.dtype))]
-    for t, spec in app.transforms.items():
-        shape = tuple(spec.output_shape) if spec.output_shape is not None else None
-        outs_of[t] = [TensorInfo(t, shape or (0,), spec.output_dtype,
-                                 _nbytes(shape, spec.output_dtype) if shape else 0)]
-    for n in order:
-        if n not in app.models:
-            continue
+    for n in app.models:
         spec = app.models[n]
         fed: dict[str, list[int]] = {}
         if spec.onnx is not None:   # shapes of sources / transforms feeding the inputs bind dynamic dims
-            declared = [name for name, _ in _declared_inputs(app.resolve_path(spec.onnx))]
+            declared = ModelPieces(n, [], [TensorInfo(x, (), "float32", 0) for x, _ in
+                                           _declared_inputs(app.resolve_path(spec.onnx))], [])
             for i, e in enumerate(app.edges):
                 if e.dst != n or e.src in app.models:
                     continue
-                for o, i_name in _pairs([x.name for x in outs_of[e.src]], declared, e.tensors, f"edges[{i}]"):
-                    shape = outs_of[e.src][0].shape
-                    if e.src in app.sources or app.transforms[e.src].output_shape is not None:
-                        fed[i_name] = list(shape)
+                for _, i_name in _edge_pairs(app, i, {n: declared}):
+                    if e.src in app.sources:
+                        fed[i_name] = list(app.sources[e.src].shape)
+                    elif app.transforms[e.src].output_shape is not None:
+                        fed[i_name] = list(app.transforms[e.src].output_shape)
         models[n] = model_pieces(app, n, pieces_dir, max_pieces, fed)
-        outs_of[n] = models[n].outputs
 
     # nodes
     for s, spec in app.sources.items():
-        g.add_node(s, kind="source", spec=spec, pin=spec.at, nbytes=outs_of[s][0].nbytes)
+        g.add_node(s, kind="source", spec=spec, pin=spec.at, nbytes=_nbytes(spec.shape, spec.dtype))
     for m, mp in models.items():
         for p in mp.pieces:
             g.add_node(p.id, kind="piece", piece=p, model=m)
@@ -268,36 +291,22 @@ def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int
 
     # data-flow edges
     fed_inputs: set[tuple[str, str]] = set()
+    transform_outs: dict[str, dict[str, TensorInfo]] = {t: {} for t in app.transforms}
     for i, e in enumerate(app.edges):
-        where = f"edges[{i}]"
-        src_outs = outs_of[e.src]
-        if e.dst in models:
-            dst_ins = [t.name for t in models[e.dst].inputs]
-        else:
-            dst_ins = [e.dst]
-        mapping = dict(e.tensors)
-        if e.dst not in models and not mapping:
-            pairs = [(o.name, e.dst) for o in src_outs]
-        else:
-            pairs = _pairs([o.name for o in src_outs], dst_ins, mapping, where)
-        for o, i_name in pairs:
-            t = next(x for x in src_outs if x.name == o)
-            if e.src in app.transforms and app.transforms[e.src].output_shape is None and e.dst in models:
-                # undeclared transform output: one item is what the model input takes
-                m_in = next(x for x in models[e.dst].inputs if x.name == i_name)
-                t = TensorInfo(o, m_in.shape, m_in.dtype, m_in.nbytes)
-            producers = [_producer_node(e.src, o, models)]
+        for o, i_name in _edge_pairs(app, i, models):
+            t = _output_info(app, e.src, o, e.dst, i_name, models)
+            if e.src in app.transforms:
+                transform_outs[e.src].setdefault(o, t)
+            u = _producer_node(e.src, o, models)
             if e.dst in models:
                 fed_inputs.add((e.dst, i_name))
-                readers = models[e.dst].readers(i_name)
-                consumers = [p.id for p in readers]
+                consumers = [p.id for p in models[e.dst].readers(i_name)]
                 if not consumers:
-                    raise InputError(f"{where}: input {i_name!r} of model {e.dst!r} is read by no operator")
+                    raise InputError(f"edges[{i}]: input {i_name!r} of model {e.dst!r} is read by no operator")
             else:
                 consumers = [e.dst]
-            for u in producers:
-                for v in consumers:
-                    _add_edge(g, u, v, t)
+            for v in consumers:
+                _add_edge(g, u, v, t)
     for name, spec in app.sinks.items():
         if spec.src in models:
             for t in models[spec.src].outputs:
@@ -305,7 +314,8 @@ def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int
                 if p is not None:
                     _add_edge(g, p.id, f"sink:{name}", t)
         else:
-            for t in outs_of[spec.src]:
+            outs = list(transform_outs[spec.src].values()) or [_output_info(app, spec.src, spec.src, "", "", models)]
+            for t in outs:
                 _add_edge(g, spec.src, f"sink:{name}", t)
 
     if not nx.is_directed_acyclic_graph(g):

@@ -16,7 +16,7 @@ every edge then goes from a piece to the same or a later one, so the quotient gr
 each op lies in exactly one piece and each tensor is produced by exactly one piece.
 
 Coarsening to at most K pieces keeps the cheapest cuts: candidates in increasing bytes(c)
-(ties: fewer tensors, then earlier), accepted greedily while every piece keeps at least
+(ties: fewer tensors, then closest to an even split j/K of the weight), accepted greedily while every piece keeps at least
 `min_piece_frac` of the total weight (FLOPs by default), so no piece is a sliver of work.
 """
 
@@ -180,7 +180,14 @@ def coarsen(G: nx.DiGraph, max_pieces: int, *, weight: str | Weight | None = "fl
     least = frac * prefix[-1]
     chosen_pos = [0, len(order)]
     chosen: list[Cut] = []
-    for cut in find_cuts(G, order, max_tensors):
+    total = prefix[-1]
+    quantiles = np.arange(1, max_pieces) / max_pieces
+
+    def off_balance(c: Cut) -> float:   # tie-break equal cuts towards even pieces
+        return float(np.min(np.abs(prefix[c.position] / total - quantiles)))
+
+    candidates = sorted(find_cuts(G, order, max_tensors), key=lambda c: (c.nbytes, len(c.tensors), off_balance(c)))
+    for cut in candidates:
         if len(chosen) >= max_pieces - 1:
             break
         c = cut.position
