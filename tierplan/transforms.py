@@ -1,18 +1,21 @@
 """Host-side transforms between models: pure functions from named tensors to a list of requests.
 
 Every transform has the signature ``fn(inputs: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]``.
-``inputs`` holds the tensors its incoming edges deliver, under the names those edges map them to;
-each element of the returned list is one downstream request (a list of length k is a fan-out of
-k; an empty list ends that request's branch), keyed by the transform's output names, which the
-outgoing edges map onto the consumers' inputs. A transform never mutates its inputs.
+``inputs`` holds the tensors its incoming edges deliver. Each transform documents the names it
+reads (``frame``, ``prob_map``, ...); under other names (the producer's output name or the
+producer node's name, as a plan may carry them) it recognises each input by dtype and shape, and
+refuses ambiguity. Each element of the returned list is one downstream request (a list of length
+k is a fan-out of k; an empty list ends that request's branch), keyed by the names of the
+consumer's inputs, its main tensor first. A transform never mutates its inputs.
 
 They are named in app.yaml as ``tierplan.transforms:<function>``:
 
 - PP-OCR (examples/read-text): `ocr_normalize` (camera frame -> detector input),
   `crop_text_boxes` (DB post-processing of the detector's probability map; one request per text
-  box), `orientation_crop` (the classifier's 48x192 view of a crop), `rotate_upside_down` (apply the orientation classifier's verdict to a crop),
-  `ctc_greedy_decode` (recogniser probabilities -> character ids), plus `ppocr_charset` and
-  `decode_text` to turn ids into a string on the host.
+  box), `orientation_crop` (the classifier's 48x192 view of a crop), `rotate_upside_down`
+  (apply the orientation classifier's verdict to a crop), `ctc_greedy_decode` (recogniser
+  probabilities -> character ids), plus `ppocr_charset` and `decode_text` to turn ids into a
+  string on the host.
 - Silero VAD (examples/read-text): `audio_frames` (a 16 kHz chunk -> the VAD's windows + state).
 - Detection (examples/smart-city): `crop_detections` (top boxes after NMS, cropped and resized for
   a classifier; one request per box).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -68,12 +72,37 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
-def _take(inputs: dict[str, np.ndarray], name: str, fn: str) -> np.ndarray:
-    """inputs[name] or a ValueError naming the transform and what it was given."""
-    if name not in inputs:
-        raise ValueError(f"transform {fn}: missing input {name!r} (got {sorted(inputs)}); "
-                         f"map a producer's output to {name!r} in the edge's `tensors`")
-    return np.asarray(inputs[name])
+def _take(inputs: dict[str, np.ndarray], name: str, fn: str,
+          role: Callable[[np.ndarray], bool] = lambda a: True, what: str = "") -> np.ndarray:
+    """The input called `name`; failing that, the only input that fits its role.
+
+    Producers and edges may name a tensor by the producer's output (``sigmoid_0.tmp_0``), by the
+    producing node (``camera``) or by the consumer's input (``prob_map``); a transform takes its
+    documented name first and otherwise recognises each input by its dtype and shape.
+    """
+    if name in inputs:
+        return np.asarray(inputs[name])
+    fits = [k for k, v in inputs.items() if role(np.asarray(v))]
+    if len(fits) == 1:
+        return np.asarray(inputs[fits[0]])
+    got = ", ".join(f"{k} {np.asarray(v).dtype}{list(np.shape(v))}" for k, v in inputs.items()) or "nothing"
+    raise ValueError(f"transform {fn}: missing input {name!r}{f' ({what})' if what else ''}; got {got}. "
+                     f"To fix: map a producer's output to {name!r} in the edge's `tensors`")
+
+
+FRAME = "HxWx3 uint8 RGB frame"
+
+
+def _is_frame(a: np.ndarray) -> bool:
+    return a.dtype == np.uint8 and a.shape[-1:] == (3,) and (a.ndim == 3 or (a.ndim == 4 and a.shape[0] == 1))
+
+
+def _is_float(a: np.ndarray) -> bool:
+    return np.issubdtype(a.dtype, np.floating)
+
+
+def _is_chw_batch(a: np.ndarray, channels: int) -> bool:
+    return _is_float(a) and a.ndim == 4 and a.shape[0] == 1 and a.shape[1] == channels
 
 
 def _frame_hwc(frame: np.ndarray, fn: str) -> np.ndarray:
@@ -88,7 +117,7 @@ def _frame_hwc(frame: np.ndarray, fn: str) -> np.ndarray:
 # ============================================================================= PP-OCR
 def ocr_normalize(inputs: dict[str, np.ndarray]) -> list[Request]:
     """Camera frame (``frame``: HxWx3 RGB uint8) -> PP-OCR detector input ``x`` (1x3xHxW float32)."""
-    frame = _frame_hwc(_take(inputs, "frame", "ocr_normalize"), "ocr_normalize")
+    frame = _frame_hwc(_take(inputs, "frame", "ocr_normalize", _is_frame, what=FRAME), "ocr_normalize")
     return [{"x": _ppocr_chw(frame[:, :, ::-1])[None]}]
 
 
@@ -134,8 +163,8 @@ def find_text_boxes(prob_map: np.ndarray, out_hw: tuple[int, int]) -> list[np.nd
 def _box_score(pred: np.ndarray, pts: np.ndarray) -> float:
     """Mean probability inside a quadrilateral (PP-OCR's "fast" score mode uses the same mask)."""
     h, w = pred.shape
-    x0, x1 = int(np.clip(np.floor(pts[:, 0].min()), 0, w - 1)), int(np.clip(np.ceil(pts[:, 0].max()), 0, w - 1))
-    y0, y1 = int(np.clip(np.floor(pts[:, 1].min()), 0, h - 1)), int(np.clip(np.ceil(pts[:, 1].max()), 0, h - 1))
+    x0, x1 = (int(np.clip(f(pts[:, 0]), 0, w - 1)) for f in (lambda v: np.floor(v.min()), lambda v: np.ceil(v.max())))
+    y0, y1 = (int(np.clip(f(pts[:, 1]), 0, h - 1)) for f in (lambda v: np.floor(v.min()), lambda v: np.ceil(v.max())))
     mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
     cv2.fillPoly(mask, [(pts - [x0, y0]).astype(np.int32)], 1)
     return float(cv2.mean(pred[y0:y1 + 1, x0:x1 + 1], mask)[0])
@@ -181,8 +210,9 @@ def crop_text_boxes(inputs: dict[str, np.ndarray]) -> list[Request]:
     Each crop is rectified, resized to height 48 keeping its aspect ratio (at most 320 wide),
     normalised, and zero-padded on the right; `orientation_crop` derives the classifier's view.
     """
-    frame = _frame_hwc(_take(inputs, "frame", "crop_text_boxes"), "crop_text_boxes")
-    prob_map = _take(inputs, "prob_map", "crop_text_boxes")
+    frame = _frame_hwc(_take(inputs, "frame", "crop_text_boxes", _is_frame, what=FRAME), "crop_text_boxes")
+    prob_map = _take(inputs, "prob_map", "crop_text_boxes", lambda a: _is_chw_batch(a, 1),
+                     what="1x1xHxW float text probability")
     bgr = np.ascontiguousarray(frame[:, :, ::-1])
     return [{"rec_input": _resize_pad(_warp_crop(bgr, pts), REC_WIDTH_PX)}
             for pts in find_text_boxes(prob_map, frame.shape[:2])]
@@ -201,7 +231,8 @@ def orientation_crop(inputs: dict[str, np.ndarray]) -> list[Request]:
     PP-OCR resizes each text crop to height 48 for both models, up to 192 wide for the classifier
     and 320 for the recogniser. A line up to 192 wide is copied as is; a wider one is squeezed to 192.
     """
-    crop = _take(inputs, "rec_input", "orientation_crop").astype(np.float32)
+    crop = _take(inputs, "rec_input", "orientation_crop", lambda a: _is_chw_batch(a, 3),
+                 what="1x3x48xW float crop").astype(np.float32)
     width = _content_width(crop)
     out = np.zeros((1, 3, TEXT_HEIGHT_PX, CLS_WIDTH_PX), np.float32)
     if width <= CLS_WIDTH_PX:
@@ -219,8 +250,10 @@ def rotate_upside_down(inputs: dict[str, np.ndarray]) -> list[Request]:
     The zero padding on the right stays on the right: only the text's columns are turned.
     Output: ``x``, the recogniser's input.
     """
-    crop = _take(inputs, "rec_input", "rotate_upside_down")
-    probs = _take(inputs, "cls_probs", "rotate_upside_down").reshape(-1)
+    crop = _take(inputs, "rec_input", "rotate_upside_down", lambda a: _is_chw_batch(a, 3),
+                 what="1x3x48xW float crop")
+    probs = _take(inputs, "cls_probs", "rotate_upside_down", lambda a: a.size == 2,
+                  what="1x2 orientation probabilities").reshape(-1)
     if probs.size != 2:
         raise ValueError(f"transform rotate_upside_down: cls_probs must hold 2 values, got shape {probs.shape}")
     out = np.array(crop, dtype=np.float32, copy=True)
@@ -236,7 +269,8 @@ def ctc_greedy_decode(inputs: dict[str, np.ndarray]) -> list[Request]:
     Greedy CTC: best class per step, repeats merged, blanks (id 0) dropped; the ids are packed to
     the left and padded with 0. `decode_text` turns them into a string.
     """
-    probs = _take(inputs, "probs", "ctc_greedy_decode")
+    probs = _take(inputs, "probs", "ctc_greedy_decode", lambda a: _is_float(a) and a.ndim == 3,
+                  what="1xTxC float CTC probabilities")
     if probs.ndim != 3 or probs.shape[0] != 1:
         raise ValueError(f"transform ctc_greedy_decode: probs must be 1xTxC, got shape {probs.shape}")
     best = probs[0].argmax(axis=1)
@@ -273,7 +307,8 @@ def audio_frames(inputs: dict[str, np.ndarray]) -> list[Request]:
     chunk), as silero_vad_16k_sequence.onnx expects; W = N // 512 (a trailing partial window is
     dropped). The LSTM state starts at zero for every chunk, so chunks are independent requests.
     """
-    audio = _take(inputs, "audio", "audio_frames").astype(np.float32).reshape(-1)
+    audio = _take(inputs, "audio", "audio_frames", _is_float, what="1xN float32 samples")
+    audio = audio.astype(np.float32).reshape(-1)
     windows = audio.size // VAD_WINDOW_SAMPLES
     if windows == 0:
         raise ValueError(f"transform audio_frames: need at least {VAD_WINDOW_SAMPLES} samples, got {audio.size}")
@@ -293,9 +328,11 @@ def crop_detections(inputs: dict[str, np.ndarray]) -> list[Request]:
     exports them. Each anchor's best foreground class scores it; boxes under DET_SCORE_MIN or of
     zero area are dropped; greedy NMS at DET_NMS_IOU; the best DET_MAX_CROPS are cropped.
     """
-    frame = _frame_hwc(_take(inputs, "frame", "crop_detections"), "crop_detections")
-    boxes = _take(inputs, "boxes", "crop_detections").reshape(-1, 4).astype(np.float32)
-    scores = _take(inputs, "scores", "crop_detections")
+    frame = _frame_hwc(_take(inputs, "frame", "crop_detections", _is_frame, what=FRAME), "crop_detections")
+    boxes = _take(inputs, "boxes", "crop_detections", lambda a: _is_float(a) and a.ndim == 3 and a.shape[-1] == 4,
+                  what="1xAx4 boxes").reshape(-1, 4).astype(np.float32)
+    scores = _take(inputs, "scores", "crop_detections", lambda a: _is_float(a) and a.ndim == 3 and a.shape[-1] > 4,
+                   what="1xAxK class probabilities")
     scores = scores.reshape(-1, scores.shape[-1])
     if scores.shape[0] != boxes.shape[0]:
         raise ValueError(f"transform crop_detections: {boxes.shape[0]} boxes but {scores.shape[0]} score rows")
@@ -310,7 +347,9 @@ def crop_detections(inputs: dict[str, np.ndarray]) -> list[Request]:
     out = []
     for i in cand[kept]:
         x0, y0, x1, y1 = clipped[i]
-        patch = frame[int(y0):max(int(y0) + 1, int(math.ceil(y1))), int(x0):max(int(x0) + 1, int(math.ceil(x1)))]
+        rows = slice(int(y0), max(int(y0) + 1, int(math.ceil(y1))))
+        cols = slice(int(x0), max(int(x0) + 1, int(math.ceil(x1))))
+        patch = frame[rows, cols]
         patch = cv2.resize(patch, (CROP_SIZE_PX, CROP_SIZE_PX), interpolation=cv2.INTER_LINEAR)
         x = (patch.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         out.append({"crop": np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)})

@@ -22,7 +22,7 @@ def test_example_validates_against_catalog(name):
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_fleet_devices_are_catalog_devices(name):
-    """Every site class names a device present in devices/catalog, and the fleet resolves."""
+    """Every site class names a device present in devices/catalog, and the fleet resolves to all three tiers."""
     from devices.catalog import load_catalog
     from devices.fleet import resolve_fleet
     fleet = load_fleet(EXAMPLES / name / "fleet.yaml")
@@ -96,3 +96,17 @@ def test_transform_output_shapes_match_consumers(name):
             assert tuple(want) in [tuple(g) for g in got], (e.src, e.dst, want, got)
             checked += 1
     assert checked >= 1
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_example_joins_into_an_app_graph(name, tmp_path):
+    """partition.build_app_graph accepts each example: every edge resolves, only recurrent state is unfed."""
+    from partition.app_graph import build_app_graph
+    app = load_app(EXAMPLES / name / "app.yaml")
+    g = build_app_graph(app, tmp_path, max_pieces=1)
+    kinds = {d["kind"] for _, d in g.nodes(data=True)}
+    assert kinds == {"source", "piece", "transform", "sink"}
+    assert {f"sink:{s}" for s in app.sinks} <= set(g)
+    assert all(inp in ("h", "c") for _, inp in g.graph["unfed_inputs"])
+    fanned = [n for n, d in g.nodes(data=True) if d.get("rate_factor", 1) > 1]
+    assert fanned, "the crop transform's fan-out multiplies the rate of what follows it"

@@ -131,6 +131,24 @@ def test_empty_frame_fans_out_to_nothing(ocr_sessions):
 
 
 def test_missing_input_names_the_transform_and_the_fix():
-    """A transform called without its input raises ValueError naming the transform and the input."""
-    with pytest.raises(ValueError, match=r"crop_text_boxes: missing input 'prob_map'.*tensors"):
+    """A transform called without its input raises ValueError naming the transform, the input and the fix."""
+    with pytest.raises(ValueError, match=r"crop_text_boxes: missing input 'prob_map'.*To fix"):
         T.crop_text_boxes({"frame": np.zeros((8, 8, 3), np.uint8)})
+
+
+def test_inputs_named_by_producers_are_recognised(ocr_sessions, inputs_mod):
+    """Tensors delivered under producer names (camera, sigmoid_0.tmp_0) give the same crops as the documented names."""
+    frame = inputs_mod.make_frame(2)
+    prob_map = _detect(ocr_sessions, frame)
+    named = T.crop_text_boxes({"frame": frame, "prob_map": prob_map})
+    by_producer = T.crop_text_boxes({"sigmoid_0.tmp_0": prob_map, "camera": frame})
+    assert len(named) == len(by_producer) > 0
+    for a, b in zip(named, by_producer):
+        np.testing.assert_array_equal(a["rec_input"], b["rec_input"])
+
+
+def test_ambiguous_unnamed_inputs_are_refused():
+    """Two unnamed tensors that both fit one role are an error, never a guess."""
+    crop = np.zeros((1, 3, 48, 320), np.float32)
+    with pytest.raises(ValueError, match="rotate_upside_down: missing input 'rec_input'"):
+        T.rotate_upside_down({"a": crop, "b": crop, "orientation": np.array([[1.0, 0.0]], np.float32)})
