@@ -9,7 +9,8 @@ Latency of one operator o of type t on device d at batch b and precision p (unca
 and a piece costs the sum over its operators. A calibrated device (devices/calibration/<device>.json,
 written by `tierplan calibrate`) replaces eff and the overheads with fitted per-op-type coefficients:
 
-    op_ms(o) = a[t] * b * GFLOP(o) + m[t] * MB(o) + op_overhead_us / 1e3,   piece_ms += run_overhead_us / 1e3
+    op_ms(o) = a[t] * b * GFLOP(o) + m[t] * MB(o) + d * max(0, MB(o) - cache_mb) + op_overhead_us / 1e3
+    piece_ms = sum of op_ms + run_overhead_us / 1e3
 
 (a, m >= 0 fitted by non-negative least squares on measured runs; see devices/calibrate.py).
 A piece carrying `measured_ms[device.name]` uses that measurement instead (scaled by the predicted
@@ -51,7 +52,9 @@ class Calibration:
     """Fitted cost coefficients of one device (what `tierplan calibrate` writes as JSON).
 
     ms_per_gflop[op_type]: compute term; ms_per_mb[op_type]: memory term (MB = 1e6 bytes);
-    op_overhead_us: per operator; run_overhead_us: per piece run (session call, input copies).
+    op_overhead_us: per operator; run_overhead_us: per piece run (session call, input copies);
+    ms_per_dram_mb: extra cost per MB an operator touches beyond `cache_mb` (its working set spills
+    out of the last-level cache and streams from DRAM, e.g. the 150 MB weights of AlexNet's fc6).
     """
 
     device: str
@@ -59,6 +62,8 @@ class Calibration:
     ms_per_mb: Mapping[str, float]
     op_overhead_us: float
     run_overhead_us: float
+    cache_mb: float = 0.0
+    ms_per_dram_mb: float = 0.0
     threads: int = 1
     precision: str = "fp32"
     backend: str = "onnxruntime"
@@ -195,7 +200,9 @@ class CostModel:
             a *= (p_cal * s_cal) / (p_new * s_new)
             m *= PRECISION_BYTES_SCALE[precision] / PRECISION_BYTES_SCALE[cal.precision]
         nbytes = op.param_bytes + batch * op.act_bytes
-        return a * batch * op.flops / 1e9 + m * nbytes / 1e6 + cal.op_overhead_us / 1e3
+        spill_mb = max(0.0, nbytes * PRECISION_BYTES_SCALE[precision] / 1e6 - cal.cache_mb)
+        return (a * batch * op.flops / 1e9 + m * nbytes / 1e6 + cal.ms_per_dram_mb * spill_mb
+                + cal.op_overhead_us / 1e3)
 
     def transform_ms(self, spec: TransformSpec, device: DeviceSpec) -> float:
         """Host-side transform time: the declared edge-CPU cost scaled by the device's CPU speed."""

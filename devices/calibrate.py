@@ -1,0 +1,275 @@
+"""Calibration: fit a device's per-op-type cost coefficients and overheads to measured piece latencies.
+
+Model (the calibrated form in devices/costmodel.py), for a piece P measured at m(P) ms:
+
+    m(P) ~ run_overhead + sum_{o in P} ( a[t(o)] * GFLOP(o) + mb[t(o)] * MB(o)
+                                          + d * max(0, MB(o) - cache_mb) + op_overhead )
+
+Unknowns x = (a[t], mb[t] for each op-type group t, d, op_overhead, run_overhead) >= 0, found by
+non-negative least squares on relative errors (each row divided by m(P)), with ridge rows that pull
+each coefficient towards the datasheet roofline prior (a = 1e3 / (peak * eff[t]) ms/GFLOP,
+mb = 1e3 / (bandwidth * bw_eff) ms/MB) with weight `prior_weight`, so rare op types and
+held-out models fall back to sensible figures:
+
+    minimise  sum_P ((A_P x - m(P)) / m(P))^2 + prior_weight^2 * sum_j ((x_j - prior_j) / prior_j)^2,  x >= 0
+
+Op types seen fewer than `min_ops` times share the `other` group. scipy.optimize.nnls is used when
+scipy is installed, else the Lawson-Hanson active-set method below (same algorithm). The cache size
+`cache_mb` (the working set above which an operator streams from DRAM) is picked from
+CACHE_MB_GRID by the lowest training error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from devices.constants import BANDWIDTH_EFFICIENCY, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY
+from devices.costmodel import CALIBRATION_DIR, OTHER_OP, Calibration, device_kind
+from partition.types import Piece
+from tierplan.errors import InputError
+from tierplan.spec import DeviceSpec
+
+__all__ = ["Sample", "CalibrationModel", "DEFAULT_MODELS", "default_models", "nnls", "fit_calibration",
+           "collect_samples", "run_calibration"]
+
+DEFAULT_MIN_OPS = 2          # an op type needs this many occurrences in the data for its own coefficients
+DEFAULT_PRIOR_WEIGHT = 0.02  # ridge weight towards the roofline prior (relative units)
+# Candidate last-level-cache sizes, MB (L2 per core is 0.5-2 MB, L3 slices 4-32 MB on the catalog's CPUs).
+CACHE_MB_GRID: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+
+# Real models shipped in installed wheels: (name, "pkg:PACKAGE/PATH", dims).
+DEFAULT_MODELS: tuple[tuple[str, str, Mapping[str, int]], ...] = (
+    ("squeezenet", "pkg:onnx/backend/test/data/light/light_squeezenet.onnx", {}),
+    ("shufflenet", "pkg:onnx/backend/test/data/light/light_shufflenet.onnx", {}),
+    ("resnet50", "pkg:onnx/backend/test/data/light/light_resnet50.onnx", {}),
+    ("densenet121", "pkg:onnx/backend/test/data/light/light_densenet121.onnx", {}),
+    ("inception_v1", "pkg:onnx/backend/test/data/light/light_inception_v1.onnx", {}),
+    ("inception_v2", "pkg:onnx/backend/test/data/light/light_inception_v2.onnx", {}),
+    ("alexnet", "pkg:onnx/backend/test/data/light/light_bvlc_alexnet.onnx", {}),
+    ("zfnet512", "pkg:onnx/backend/test/data/light/light_zfnet512.onnx", {}),
+    ("ppocr_det", "pkg:rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+     {"p2o.DynamicDimension.0": 1, "p2o.DynamicDimension.1": 480, "p2o.DynamicDimension.2": 480}),
+    ("ppocr_cls", "pkg:rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+     {"x[0]": 1, "x[2]": 48, "x[3]": 192}),
+    ("ppocr_rec", "pkg:rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+     {"p2o.DynamicDimension.0": 1, "x[2]": 48, "p2o.DynamicDimension.1": 320}),
+    ("silero_vad", "pkg:silero_vad/data/silero_vad_16k_sequence.onnx", {"sequence_length": 16}),
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured piece: the piece (with per-op costs) and its median latency on the device."""
+
+    piece: Piece
+    measured_ms: float
+
+
+def resolve_pkg_path(p: str) -> Path:
+    """'pkg:PACKAGE/PATH' -> the file inside the installed package (without importing it)."""
+    import importlib.util
+
+    if not p.startswith("pkg:"):
+        return Path(p)
+    pkg, _, rel = p[4:].partition("/")
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"{p}: package {pkg!r} is not installed; To fix: pip install {pkg.replace('_', '-')}")
+    return Path(list(spec.submodule_search_locations)[0]) / rel
+
+
+def default_models() -> list[tuple[str, Path, Mapping[str, int]]]:
+    """DEFAULT_MODELS with their files located (models whose package is missing are skipped)."""
+    out = []
+    for name, p, dims in DEFAULT_MODELS:
+        try:
+            path = resolve_pkg_path(p)
+        except InputError:
+            continue
+        if path.is_file():
+            out.append((name, path, dims))
+    return out
+
+
+# ----------------------------------------------------------------------------- NNLS
+def nnls(A: np.ndarray, b: np.ndarray, max_iter: int | None = None) -> np.ndarray:
+    """argmin ||A x - b||_2 subject to x >= 0 (scipy.optimize.nnls when available, else Lawson-Hanson)."""
+    A = np.asarray(A, dtype=float)
+    b = np.asarray(b, dtype=float)
+    try:
+        from scipy.optimize import nnls as _scipy_nnls
+        return _scipy_nnls(A, b, maxiter=max_iter or 50 * A.shape[1])[0]
+    except ImportError:
+        return _lawson_hanson(A, b, max_iter or 50 * A.shape[1])
+
+
+def _lawson_hanson(A: np.ndarray, b: np.ndarray, max_iter: int, tol: float = 1e-10) -> np.ndarray:
+    """Lawson & Hanson (1974), 'Solving Least Squares Problems', ch. 23: active-set NNLS."""
+    n = A.shape[1]
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    w = A.T @ (b - A @ x)
+    it = 0
+    while (~passive).any() and w[~passive].max(initial=-np.inf) > tol and it < max_iter:
+        j = np.argmax(np.where(passive, -np.inf, w))
+        passive[j] = True
+        while it < max_iter:
+            it += 1
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(A[:, passive], b, rcond=None)[0]
+            if (z[passive] > tol).all():
+                x = z
+                break
+            mask = passive & (z <= tol)
+            alpha = np.min(x[mask] / (x[mask] - z[mask]))
+            x = x + alpha * (z - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+        w = A.T @ (b - A @ x)
+    return x
+
+
+# ----------------------------------------------------------------------------- fitting
+@dataclass(frozen=True)
+class CalibrationModel:
+    """The columns of the fit: op-type groups, and how a piece becomes a feature row."""
+
+    groups: tuple[str, ...]   # op types with their own coefficients, then OTHER_OP
+    cache_mb: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return 2 * len(self.groups) + 3
+
+    def group(self, op_type: str) -> str:
+        return op_type if op_type in self.groups else OTHER_OP
+
+    def row(self, piece: Piece) -> np.ndarray:
+        """[GFLOP per group..., MB per group..., MB beyond the cache, op count, 1]."""
+        k = len(self.groups)
+        idx = {g: i for i, g in enumerate(self.groups)}
+        r = np.zeros(self.n)
+        for o in piece.ops:
+            i = idx[self.group(o.op_type)]
+            r[i] += o.flops / 1e9
+            mb = (o.param_bytes + o.act_bytes) / 1e6
+            r[k + i] += mb
+            r[2 * k] += max(0.0, mb - self.cache_mb)
+        r[2 * k + 1] = len(piece.ops)
+        r[2 * k + 2] = 1.0
+        return r
+
+    def prior(self, device: DeviceSpec) -> np.ndarray:
+        """Datasheet roofline figures for every column (ms/GFLOP, ms/MB, ms per op, ms per run)."""
+        kind = device_kind(device)
+        peak = device.peak_gflops["fp32"]
+        bw_ms_per_mb = 1e3 / (device.memory_bandwidth_gbps * 1e3 * BANDWIDTH_EFFICIENCY[kind])
+        a = [1e3 / (peak * DEFAULT_EFFICIENCY[kind].get(g, DEFAULT_OP_EFFICIENCY[kind])) for g in self.groups]
+        mb = [bw_ms_per_mb] * len(self.groups)
+        return np.array(a + mb + [bw_ms_per_mb, device.dispatch_overhead_us / 1e3, device.dispatch_overhead_us / 1e3])
+
+
+def _groups(samples: Sequence[Sample], min_ops: int) -> tuple[str, ...]:
+    counts: dict[str, int] = {}
+    for s in samples:
+        for o in s.piece.ops:
+            counts[o.op_type] = counts.get(o.op_type, 0) + 1
+    own = sorted(t for t, c in counts.items() if c >= min_ops and t != OTHER_OP)
+    return tuple(own) + (OTHER_OP,)
+
+
+def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: int = DEFAULT_MIN_OPS,
+                    prior_weight: float = DEFAULT_PRIOR_WEIGHT, threads: int = 1, backend: str = "onnxruntime",
+                    precision: str = "fp32") -> Calibration:
+    """Fit a Calibration of `device` to measured samples (see the module docstring for the problem)."""
+    samples = [s for s in samples if s.measured_ms > 0 and s.piece.ops]
+    if len(samples) < 3:
+        raise InputError(f"calibration needs at least 3 measured pieces with operators, got {len(samples)}")
+    groups = _groups(samples, min_ops)
+    y = np.array([s.measured_ms for s in samples])
+    best = None
+    for cache_mb in CACHE_MB_GRID:
+        cm = CalibrationModel(groups, cache_mb)
+        prior = cm.prior(device)
+        rows = np.array([cm.row(s.piece) for s in samples])
+        # Data rows in relative units; ridge rows: prior_weight * x_j / prior_j ~ prior_weight.
+        A = np.vstack([rows / y[:, None], np.diag(prior_weight / prior)])
+        b = np.concatenate([np.ones(len(y)), np.full(cm.n, prior_weight)])
+        x = nnls(A, b)
+        loss = float(np.sum((A @ x - b) ** 2))
+        if best is None or loss < best[0]:
+            best = (loss, cm, x, rows)
+    _, cm, x, rows = best
+    k = len(cm.groups)
+    pred = rows @ x
+    rel = np.abs(pred - y) / y
+    return Calibration(
+        device=device.name,
+        ms_per_gflop={g: float(x[i]) for i, g in enumerate(cm.groups)},
+        ms_per_mb={g: float(x[k + i]) for i, g in enumerate(cm.groups)},
+        cache_mb=cm.cache_mb, ms_per_dram_mb=float(x[2 * k]),
+        op_overhead_us=float(x[2 * k + 1] * 1e3), run_overhead_us=float(x[2 * k + 2] * 1e3),
+        threads=threads, precision=precision, backend=backend,
+        measured_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        models=tuple(sorted({s.piece.model for s in samples})),
+        fit={"samples": len(samples), "min_ops": min_ops, "prior_weight": prior_weight,
+             "train_within_10pct": float(np.mean(rel <= 0.10)), "train_within_25pct": float(np.mean(rel <= 0.25)),
+             "train_median_abs_rel_error": float(np.median(rel))},
+    )
+
+
+# ----------------------------------------------------------------------------- measuring
+def collect_samples(models: Iterable[tuple[str, Path, Mapping[str, int]]], work_dir: str | Path, *,
+                    max_pieces: int = 12, threads: int = 1, runs: int = 15, min_time_s: float = 0.3,
+                    include_whole: bool = True,
+                    progress: Callable[[str], None] | None = None) -> list[Sample]:
+    """Cut each model into pieces, measure every piece (and the whole model) with onnxruntime."""
+    from devices.pieces import piece_from_onnx, slice_model
+    from devices.profile import measure_piece
+
+    work_dir = Path(work_dir)
+    out: list[Sample] = []
+    for name, path, dims in models:
+        pieces = slice_model(path, work_dir / name, max_pieces, dims=dims) if max_pieces > 1 else []
+        pieces = [_renamed(p, name) for p in pieces]
+        if include_whole:
+            whole = piece_from_onnx(path, f"{name}/whole", model=name, dims=dims or None)
+            pieces.append(whole)
+        for p in pieces:
+            m = measure_piece(p, threads=threads, runs=runs, min_time_s=min_time_s)
+            out.append(Sample(p, m.median_ms))
+            if progress:
+                progress(f"{p.id}: {m.median_ms:.3f} ms ({len(p.ops)} ops)")
+    return out
+
+
+def _renamed(p: Piece, model: str) -> Piece:
+    from dataclasses import replace
+    return replace(p, id=f"{model}/p{p.index}", model=model)
+
+
+def run_calibration(out: str | Path | None = None, device_name: str = "local", threads: int = 1,
+                    max_pieces: int = 12, runs: int = 15, work_dir: str | Path | None = None,
+                    progress: Callable[[str], None] | None = None) -> tuple[Calibration, list[Sample], Path]:
+    """Measure the default models on this machine, fit, save (default devices/calibration/<device>.json)."""
+    import tempfile
+
+    from devices.catalog import get_device
+
+    device = get_device(device_name)
+    models = default_models()
+    if not models:
+        raise InputError("no calibration models found: install onnx, rapidocr-onnxruntime or silero-vad")
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = collect_samples(models, work_dir or tmp, max_pieces=max_pieces, threads=threads, runs=runs,
+                                  progress=progress)
+    cal = fit_calibration(samples, device, threads=threads)
+    path = cal.save(Path(out) if out else CALIBRATION_DIR / f"{device.name}.json")
+    return cal, samples, path

@@ -1,0 +1,50 @@
+"""`tierplan calibrate [--out FILE] [--json]`: fit the cost model to this machine (the device `local`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("calibrate")
+    def calibrate_cmd(
+        out: Path = typer.Option(None, "--out", help="Calibration file (default devices/calibration/local.json)."),
+        threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads used to measure (recorded)."),
+        max_pieces: int = typer.Option(12, "--max-pieces", min=1, help="Pieces each calibration model is cut into."),
+        runs: int = typer.Option(15, "--runs", min=3, help="Timed runs per piece (median)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
+    ) -> None:
+        """Measure real models and their pieces here; fit per-op-type efficiencies and overheads by NNLS."""
+        from rich.console import Console
+
+        from devices.calibrate import run_calibration
+        from devices.catalog import get_device
+
+        con = Console(stderr=True)
+        progress = None if as_json else (lambda msg: con.print(f"  measured {msg}", highlight=False))
+        cal, samples, path = run_calibration(out, threads=threads, max_pieces=max_pieces, runs=runs,
+                                             progress=progress)
+        if as_json:
+            print(json.dumps({**cal.to_dict(), "file": str(path)}, indent=2))
+            return
+        from rich.table import Table
+
+        eff = cal.efficiency(get_device("local"))
+        t = Table(title=f"calibration of `local`: {len(samples)} measured pieces of {len(cal.models)} models",
+                  title_justify="left")
+        for col in ("op type", "ms/GFLOP", "GFLOP/s", "% of peak", "ms/MB"):
+            t.add_column(col, justify="left" if col == "op type" else "right")
+        for op, a in sorted(cal.ms_per_gflop.items()):
+            t.add_row(op, f"{a:.3f}", f"{1e3 / a:.1f}" if a > 0 else "-",
+                      f"{100 * eff[op]:.1f}" if a > 0 else "-", f"{cal.ms_per_mb.get(op, 0):.4f}")
+        Console().print(t)
+        f = cal.fit
+        Console().print(f"op overhead {cal.op_overhead_us:.2f} us, run overhead {cal.run_overhead_us:.2f} us, "
+                        f"DRAM spill {cal.ms_per_dram_mb:.4f} ms/MB beyond {cal.cache_mb:g} MB; training fit: "
+                        f"{100 * f['train_within_10pct']:.0f}% within 10%, {100 * f['train_within_25pct']:.0f}% "
+                        f"within 25%; saved {path}")

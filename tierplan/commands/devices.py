@@ -1,0 +1,89 @@
+"""`tierplan devices [NAME] [--json]`: the device catalog as a table, or one device in detail."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+__all__ = ["register", "device_dict"]
+
+
+def device_dict(dev, calibrated: bool = False) -> dict:
+    """A device as the JSON object `tierplan devices --json` prints."""
+    d = dev.model_dump()
+    d["calibrated"] = calibrated
+    return d
+
+
+def _print_table(devs: list, cal: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"device catalog: {len(devs)} devices", title_justify="left")
+    for col, just in (("name", "left"), ("tier", "left"), ("fp32 GF/s", "right"), ("fp16", "right"),
+                      ("int8", "right"), ("GB", "right"), ("GB/s", "right"), ("W", "right"),
+                      ("$/h", "right"), ("cal", "left")):
+        t.add_column(col, justify=just, no_wrap=True)
+    order = {"edge": 0, "base_station": 1, "cloud": 2}
+    for d in sorted(devs, key=lambda d: (order[d.tier], d.name)):
+        pk = d.peak_gflops
+        t.add_row(d.name, d.tier.replace("base_station", "base"), f"{pk['fp32']:,.0f}",
+                  f"{pk['fp16']:,.0f}" if "fp16" in pk else "-", f"{pk['int8']:,.0f}" if "int8" in pk else "-",
+                  f"{d.memory_gb:g}", f"{d.memory_bandwidth_gbps:g}", f"{d.power_idle_w:g}-{d.power_active_w:g}",
+                  f"{d.cost_per_hour_usd:.3f}", "yes" if cal.get(d.name) else "")
+    con = Console(width=max(Console().width, 110))
+    con.print(t)
+    con.print("`tierplan devices NAME` shows one device with its backends, TVM target and sources.")
+
+
+def _print_one(dev, cal) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{dev.name}: {dev.description}", title_justify="left", show_header=False)
+    t.add_column("field")
+    t.add_column("value")
+    for k, v in dev.model_dump().items():
+        if k == "sources":
+            continue
+        t.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    if cal is not None:
+        t.add_row("calibration", f"{cal.measured_at} on {cal.host}: op overhead {cal.op_overhead_us:.1f} us, "
+                                 f"run overhead {cal.run_overhead_us:.1f} us, {len(cal.ms_per_gflop)} op types, "
+                                 f"{cal.threads} thread(s)")
+    con = Console()
+    con.print(t)
+    con.print("sources:")
+    for s in dev.sources:
+        con.print(f"  {s}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("devices")
+    def devices_cmd(
+        name: str = typer.Argument(None, help="Show one device in detail."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ) -> None:
+        """List the device catalog (peak FLOP/s, memory, power, price, backends), or one device."""
+        from devices.catalog import get_device, load_catalog
+        from devices.costmodel import CostModel
+
+        cm = CostModel()
+        if name:
+            dev = get_device(name)
+            cal = cm.calibration_for(dev)
+            if as_json:
+                out = device_dict(dev, cal is not None)
+                if cal is not None:
+                    out["calibration"] = cal.to_dict()
+                print(json.dumps(out, indent=2))
+            else:
+                _print_one(dev, cal)
+            return
+        devs = list(load_catalog().values())
+        cal = {d.name: cm.calibration_for(d) is not None for d in devs}
+        if as_json:
+            print(json.dumps({"devices": [device_dict(d, cal[d.name]) for d in devs]}, indent=2))
+        else:
+            _print_table(devs, cal)

@@ -1,0 +1,69 @@
+"""`tierplan estimate MODEL|DIR --device NAME [--json]`: predicted latency per piece and in total."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+__all__ = ["register", "estimate"]
+
+
+def estimate(target: Path, device_name: str, batch: int = 1, precision: str = "fp32",
+             dims: dict | None = None) -> dict:
+    """The JSON object `tierplan estimate --json` prints (DESIGN.md field names, plus detail)."""
+    from devices.catalog import get_device
+    from devices.costmodel import CostModel
+    from devices.pieces import load_target
+
+    device = get_device(device_name)
+    cm = CostModel()
+    pieces = load_target(target, dims or None)
+    rows = []
+    for p in pieces:
+        ms = cm.piece_ms(p, device, batch=batch, precision=precision)
+        rows.append({"id": p.id, "latency_ms": ms, "flops": p.flops, "param_bytes": p.param_bytes, "ops": len(p.ops),
+                     "energy_j": cm.compute_energy_j(ms, device), "cost_usd": cm.compute_usd(ms, device)})
+    cal = cm.calibration_for(device)
+    return {"device": device.name, "latency_ms": sum(r["latency_ms"] for r in rows), "batch": batch,
+            "precision": precision, "calibrated": cal is not None,
+            "energy_j": sum(r["energy_j"] for r in rows), "cost_usd": sum(r["cost_usd"] for r in rows),
+            "pieces": rows}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("estimate")
+    def estimate_cmd(
+        target: Path = typer.Argument(..., metavar="MODEL|DIR",
+                                      help="An ONNX file, or a `tierplan partition` output directory."),
+        device: str = typer.Option(..., "--device", help="Catalog device name (see `tierplan devices`)."),
+        batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8."),
+        dims: list[str] = typer.Option(None, "--dims", help="Bind dynamic input dimensions: NAME=VALUE[,...]."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ) -> None:
+        """Predict the latency of a model or its pieces on a catalog device (calibrated when available)."""
+        from tierplan.commands.partition import parse_dims
+        from tierplan.errors import InputError
+
+        if precision not in ("fp32", "fp16", "int8"):
+            raise InputError(f"--precision: {precision!r} is not one of fp32, fp16, int8")
+        out = estimate(target, device, batch, precision, parse_dims(dims))
+        if as_json:
+            print(json.dumps(out, indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        how = "calibrated" if out["calibrated"] else "datasheet roofline, not calibrated"
+        t = Table(title=f"{target} on {device} (batch {batch}, {precision}; {how})", title_justify="left")
+        for col in ("piece", "ops", "GFLOPs", "predicted ms", "energy J", "$"):
+            t.add_column(col, justify="left" if col == "piece" else "right")
+        for p in out["pieces"]:
+            t.add_row(p["id"], str(p["ops"]), f"{p['flops'] / 1e9:.3f}", f"{p['latency_ms']:.3f}",
+                      f"{p['energy_j']:.4f}", f"{p['cost_usd']:.2e}")
+        if len(out["pieces"]) > 1:
+            t.add_row("[bold]total[/]", "", "", f"[bold]{out['latency_ms']:.3f}[/]", f"{out['energy_j']:.4f}",
+                      f"{out['cost_usd']:.2e}")
+        Console().print(t)
