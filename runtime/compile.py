@@ -22,6 +22,7 @@ Relax module is also compiled for this machine and checked, and a mismatch there
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -97,11 +98,17 @@ class CompileResult:
 # ----------------------------------------------------------------------------- inputs
 def compiler_versions() -> dict[str, str]:
     """Versions of every compiler/runtime whose output lands in the store (part of each key)."""
-    import onnx
+    import importlib.metadata as md
 
-    from runtime.backends import litert_backend, ort_backend, tvm_backend
-    return {"tvm": tvm_backend.version(), "onnxruntime": ort_backend.version(),
-            "litert": litert_backend.version(), "onnx": onnx.__version__, "store_schema": str(STORE_SCHEMA)}
+    from runtime.backends import litert_backend
+
+    def dist(name: str) -> str:   # metadata, not imports: importing tvm alone takes seconds
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "absent"
+    return {"tvm": dist("apache-tvm"), "tvm_ffi": dist("apache-tvm-ffi"), "onnxruntime": dist("onnxruntime"),
+            "litert": litert_backend.version(), "onnx": dist("onnx"), "store_schema": str(STORE_SCHEMA)}
 
 
 def _declared_shapes(declared: Iterable[Mapping]) -> dict[str, list]:
@@ -338,7 +345,8 @@ def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, op
     meta: dict = {"file_name": dst.name, "options": {}, "latency_source": "measured"}
     t0 = time.perf_counter()
     try:
-        mod = import_onnx(src, specs)
+        with contextlib.redirect_stdout(sys.stderr):   # the frontend prints failing ops; keep --json stdout clean
+            mod = import_onnx(src, specs)
     except Exception as e:  # the Relax ONNX frontend raises TypeError/ValueError/TVMError/... per op
         return {"ok": False, "reason": f"TVM frontend rejected the piece ({_first_line(e)})"}
     try:
@@ -449,15 +457,21 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
     target = dict(device.tvm_target)
     measured_here = device.name == "local" or target_arch(target) == host_arch()
     piece_sha = file_sha256(src)
-    specs, out_decl = piece_io(src, piece.inputs, label)
-    ref = _Reference(src, specs, opts.seed) if kind == "onnx" else None
+    io_cache: list = []
+
+    def io() -> tuple[list[TensorSpec], list[TensorSpec], _Reference | None]:
+        """Specs and reference, computed on the first build only (a cached plan never reads the files)."""
+        if not io_cache:
+            specs, out_decl = piece_io(src, piece.inputs, label)
+            io_cache.extend([specs, out_decl, _Reference(src, specs, opts.seed) if kind == "onnx" else None])
+        return io_cache[0], io_cache[1], io_cache[2]
     predicted = _predicted_ms(piece, device, cost_model)
 
     alternatives: list[dict] = []
     for backend in order:
         settings: dict = {"seed": opts.seed, "rtol": opts.rtol, "atol": opts.atol}
         if backend == "tvm":
-            settings["tune"] = opts.tune.key() if tvm_native(target) else {}
+            settings["tune"] = opts.tune.key()
             btarget = target
         else:
             settings["threads"] = opts.threads
@@ -469,12 +483,13 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
             progress(f"{backend}: building")
 
             def build(tmp: Path, backend=backend) -> dict:
+                specs, out_decl, ref = io()
                 if backend == "onnxruntime":
                     return _build_ort(tmp, src, specs, ref, opts)
                 if backend == "litert":
                     return _build_litert(tmp, src, specs, out_decl, opts)
                 return _build_tvm(tmp, src, specs, ref, target, opts, lambda s: progress(f"tvm: {s}"))
-            meta = store.put(key, lambda tmp, build=build: _with_outputs(build(tmp), ref, out_decl))
+            meta = store.put(key, lambda tmp, build=build: _with_io(build(tmp), *io()))
         alt = {"backend": backend, "ok": bool(meta.get("ok")), "verified": bool(meta.get("verified")),
                "latency_ms": meta.get("latency_ms"), "max_abs_diff": meta.get("max_abs_diff"),
                "reason": meta.get("reason"), "cached": cached, "key": key,
@@ -506,16 +521,17 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
         "key": key, "piece_sha256": piece_sha, "source": str(src),
         "target": target if chosen["backend"] == "tvm" else {"backend": chosen["backend"]},
         "versions": dict(versions),
-        "latency_ms": meta.get("latency_ms") if meta.get("latency_ms") is not None else predicted,
-        "latency_source": meta.get("latency_source") if meta.get("latency_ms") is not None else "predicted",
+        "latency_ms": meta.get("latency_ms") if measured_here else predicted,
+        "latency_source": meta.get("latency_source") if measured_here else "predicted (cost model)",
         "predicted_ms": predicted,
+        "host_latency_ms": meta.get("latency_ms"),
         "verified": bool(meta.get("verified")), "max_abs_diff": meta.get("max_abs_diff"),
         "verify_note": meta.get("verify_note"), "fallback_reason": fallback, "choice": choice,
         "cached": all(a["cached"] for a in alternatives),
         "options": meta.get("options") or {}, "tune": meta.get("tune"),
         "build_s": meta.get("build_s"),
-        "inputs": [s.to_dict() for s in specs],
-        "outputs": meta.get("outputs") or [s.to_dict() for s in out_decl],
+        "inputs": meta.get("inputs") or [s.to_dict() for s in io()[0]],
+        "outputs": meta.get("outputs") or [s.to_dict() for s in io()[1]],
         "alternatives": [{k: v for k, v in a.items() if k != "_meta"} | {"chosen": a is chosen}
                          for a in alternatives],
     }
@@ -524,18 +540,13 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
     return entry
 
 
-def _with_outputs(meta: dict, ref: _Reference | None, out_decl: Sequence[TensorSpec]) -> dict:
-    """Record the output specs (from the reference run for ONNX pieces) in a build's meta."""
+def _with_io(meta: dict, specs: Sequence[TensorSpec], out_decl: Sequence[TensorSpec],
+             ref: _Reference | None) -> dict:
+    """Record the input and output specs (outputs from the reference run for ONNX pieces) in a build's meta."""
     if meta.get("ok"):
-        specs = ref.output_specs() if ref is not None else list(out_decl)
-        meta["outputs"] = [s.to_dict() for s in specs]
+        meta["inputs"] = [s.to_dict() for s in specs]
+        meta["outputs"] = [s.to_dict() for s in (ref.output_specs() if ref is not None else out_decl)]
     return meta
-
-
-def tvm_native(target: Mapping) -> bool:
-    """Whether a TVM build for `target` runs (and can be tuned) on this machine."""
-    from runtime.backends.tvm_backend import is_native
-    return is_native(target)
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -18,15 +18,15 @@ from typing import Mapping
 from planner.plan import Plan
 from runtime.agent import AgentProcess
 from runtime.cluster import LocalCluster, ensure_ray_env, start_site_actor
-from runtime.graph import ExecGraph
+from runtime.graph import ExecGraph, with_app_renames
 from runtime.links import route_table
 from runtime.security import CONTROLLER, TlsConfig
 from runtime.service import Service, files_for
 from runtime.stage import StageOptions
 from tierplan.errors import InputError
-from tierplan.spec import FleetSpec
+from tierplan.spec import AppSpec, FleetSpec
 
-__all__ = ["deploy", "site_tiers", "load_plan_fleet"]
+__all__ = ["deploy", "site_tiers", "load_plan_fleet", "load_plan_app"]
 
 
 def load_plan_fleet(plan: Plan) -> FleetSpec | None:
@@ -34,6 +34,14 @@ def load_plan_fleet(plan: Plan) -> FleetSpec | None:
     if plan.fleet_path and Path(plan.fleet_path).is_file():
         from tierplan.loader import load_fleet
         return load_fleet(plan.fleet_path)
+    return None
+
+
+def load_plan_app(plan: Plan) -> AppSpec | None:
+    """The app a plan was made for (its `app_path`), if the file is there (tensor maps of its edges)."""
+    if plan.app_path and Path(plan.app_path).is_file():
+        from tierplan.loader import load_app
+        return load_app(plan.app_path)
     return None
 
 
@@ -49,6 +57,7 @@ def site_tiers(graph: ExecGraph, fleet: FleetSpec | None) -> dict[str, str]:
 
 
 def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | None = None,
+           app: AppSpec | None = None, manifest_root: str | Path | None = None,
            manifest: Mapping | None = None, cluster: LocalCluster | None = None,
            tls_dir: str | Path | None = None, agents: Mapping[str, str] | None = None,
            ray_address: str | None = None, options: StageOptions | None = None,
@@ -64,6 +73,9 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     if plan.status == "infeasible":
         raise InputError(f"plan is infeasible ({plan.reason or 'no reason given'}); nothing to deploy. "
                          "To fix: relax the SLO or the constraints and re-run `tierplan plan`")
+    app = app if app is not None else load_plan_app(plan)
+    if app is not None:
+        plan = with_app_renames(plan, app)
     graph = ExecGraph.from_plan(plan)
     fleet = fleet if fleet is not None else load_plan_fleet(plan)
     tiers = site_tiers(graph, fleet)
@@ -72,7 +84,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     options = options or StageOptions(batch_sites=tuple(s for s, t in tiers.items() if t == "cloud"))
     tls = TlsConfig.from_dir(tls_dir, CONTROLLER) if tls_dir else None
     agents = dict(agents or {})
-    service = Service(plan, routes=routes, files=files_for(plan, manifest, base_dir), options=options,
+    service = Service(plan, routes=routes, files=files_for(plan, manifest, base_dir, manifest_root), options=options,
                       tls=tls, request_timeout_s=request_timeout_s)
     try:
         service.start_controller()

@@ -18,7 +18,7 @@ import numpy as np
 from planner.plan import Plan, PlanEdge, PlanPiece
 from tierplan.errors import InputError
 
-__all__ = ["ExecGraph", "select_tensors", "bind_inputs", "branch_weight", "child_branch",
+__all__ = ["ExecGraph", "select_tensors", "with_app_renames", "bind_inputs", "branch_weight", "child_branch",
            "load_transform", "SINK_PREFIX"]
 
 SINK_PREFIX = "sink:"
@@ -122,14 +122,23 @@ class ExecGraph:
         return None
 
 
-def select_tensors(outputs: Mapping[str, np.ndarray], edge: PlanEdge) -> dict[str, np.ndarray]:
-    """The tensors an edge carries out of a node's outputs, named as the edge names them.
+def select_tensors(outputs: Mapping[str, np.ndarray], edge: PlanEdge, src_kind: str = "piece",
+                   dst_kind: str = "piece") -> dict[str, np.ndarray]:
+    """The tensors an edge carries out of a node's outputs, named as the consumer reads them.
 
-    A name the producer does not have takes the next unused output in order (app edges may
-    connect outputs to inputs "in order"); an edge without names carries every output.
+    An edge with a `rename` map (producer output -> consumer input, from app.yaml's edge
+    `tensors`) carries the mapped outputs under the consumer's names. Otherwise it carries the
+    outputs it names; a name the producer does not have takes the next unused output in order
+    (app edges may connect outputs to inputs "in order"); an edge without names, or a
+    transform's edge into a sink, carries every output.
     """
+    rename = (edge.model_extra or {}).get("rename") or {}
+    if rename:
+        out = {rename[o]: outputs[o] for o in rename if o in outputs}
+        if out:
+            return out
     names = list(edge.tensors)
-    if not names:
+    if not names or (src_kind == "transform" and dst_kind == "sink"):
         return dict(outputs)
     out: dict[str, np.ndarray] = {}
     unused = [k for k in outputs if k not in names]
@@ -139,6 +148,21 @@ def select_tensors(outputs: Mapping[str, np.ndarray], edge: PlanEdge) -> dict[st
         elif unused:
             out[name] = outputs[unused.pop(0)]
     return out
+
+
+def with_app_renames(plan: Plan, app) -> Plan:
+    """A copy of the plan whose edges carry app.yaml's tensor maps as `rename` (the plan is not changed)."""
+    maps = {(e.src, e.dst): dict(e.tensors) for e in app.edges if e.tensors}
+    if not maps:
+        return plan
+    app_node = {p.id: (p.model if p.kind == "piece" and p.model else p.id) for p in plan.pieces}
+    edges = []
+    for e in plan.edges:
+        key = (app_node.get(e.src, e.src), app_node.get(e.dst, e.dst))
+        if key in maps and key[0] != key[1] and not (e.model_extra or {}).get("rename"):
+            e = e.model_copy(update={"rename": maps[key]})
+        edges.append(e)
+    return plan.model_copy(update={"edges": edges})
 
 
 def bind_inputs(collected: Mapping[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:

@@ -472,28 +472,34 @@ class Service:
                 "sites": self.health()}
 
 
-def files_for(plan: Plan, manifest: Mapping | None = None, base_dir: str | Path | None = None) -> dict[str, pb.PieceFile]:
-    """The artifact of each piece (compile manifest entry if given, else the plan's ONNX file) with its bytes."""
+def files_for(plan: Plan, manifest: Mapping | None = None, base_dir: str | Path | None = None,
+              manifest_root: str | Path | None = None) -> dict[str, pb.PieceFile]:
+    """The artifact of each piece (its compile manifest entry for the piece's site if given, else the
+    plan's ONNX file run with onnxruntime) with the artifact's bytes, to ship to the piece's site."""
     by_piece: dict[str, dict] = {}
     for entry in (manifest or {}).get("artifacts", []):
-        site = entry.get("site")
         piece = entry.get("piece")
-        if piece and (site is None or plan.assignment.get(piece) in (site, None) or piece not in by_piece):
+        if piece and entry.get("file") and (entry.get("site") in (None, plan.assignment.get(piece))):
             by_piece[piece] = dict(entry)
     out: dict[str, pb.PieceFile] = {}
     for p in plan.pieces:
         if p.kind != "piece":
             continue
-        entry = by_piece.get(p.id, {"piece": p.id, "backend": "onnxruntime", "file": p.file})
-        file = entry.get("file")
-        if not file:
-            raise InputError(f"plan: piece {p.id} has no file. To fix: re-run `tierplan plan` (pieces need files)")
-        path = Path(file)
-        if not path.is_absolute() and base_dir is not None and not path.exists():
-            path = Path(base_dir) / path
+        entry = by_piece.get(p.id)
+        if entry is not None:
+            from runtime.backends import artifact_path
+            path = artifact_path(entry, manifest_root)
+        else:
+            if not p.file:
+                raise InputError(f"plan: piece {p.id} has no file. To fix: re-run `tierplan plan` (pieces need files)")
+            entry = {"piece": p.id, "backend": "onnxruntime", "file": p.file}
+            path = Path(p.file)
+            if not path.is_absolute() and base_dir is not None and not path.exists():
+                path = Path(base_dir) / path
         if not path.is_file():
-            raise InputError(f"plan: piece {p.id}: file not found {str(path)!r}. To fix: re-run `tierplan plan`")
-        entry["file"] = str(path)
+            raise InputError(f"plan: piece {p.id}: artifact not found {str(path)!r}. "
+                             "To fix: re-run `tierplan plan` / `tierplan compile`")
+        entry = {**entry, "file": str(path), "path": str(path)}
         out[p.id] = pb.PieceFile(node=p.id, manifest_entry_json=json.dumps(entry), data=path.read_bytes(),
                                  filename=path.name)
     return out

@@ -320,7 +320,7 @@ class StageWorker(pbg.StageServicer):
                 tmp = path.with_suffix(path.suffix + ".tmp")
                 tmp.write_bytes(f.data)
                 tmp.replace(path)
-            entry["file"] = str(path)
+            entry["file"] = entry["path"] = str(path)
         else:
             entry.setdefault("file", piece.file if piece is not None else None)
             sha = str(entry.get("file"))
@@ -446,10 +446,11 @@ class StageWorker(pbg.StageServicer):
         try:
             if kind == "piece":
                 runner = cfg.runners[node]
+                fill = self._unfed(cfg, node)
                 if len(batch) == 1:
-                    results = [runner.run(bind_inputs(batch[0].inputs, runner.input_names))]
+                    results = [runner.run({**fill, **bind_inputs(batch[0].inputs, runner.input_names)})]
                 else:
-                    bound = [bind_inputs(r.inputs, runner.input_names) for r in batch]
+                    bound = [{**fill, **bind_inputs(r.inputs, runner.input_names)} for r in batch]
                     joined = runner.run({k: np.concatenate([b[k] for b in bound]) for k in bound[0]})
                     sizes = np.cumsum([next(iter(b.values())).shape[0] for b in bound])[:-1]
                     parts = {k: np.split(v, sizes) for k, v in joined.items()}
@@ -482,11 +483,23 @@ class StageWorker(pbg.StageServicer):
             else:
                 self._emit(cfg, node, r.request_id, r.branch, out, r.deadline_unix_ms, trace)
 
+    def _unfed(self, cfg: _Config, node: str) -> dict[str, np.ndarray]:
+        """Zeros for piece inputs no edge feeds (recurrent state and the like): the runtime supplies them."""
+        piece = cfg.graph.nodes.get(node)
+        fed = {n for e in cfg.graph.in_edges.get(node, ()) for n in
+               [*e.tensors, *((e.model_extra or {}).get("rename") or {}).values()]}
+        out = {}
+        for t in (piece.inputs if piece is not None else []):
+            if t.get("name") and t["name"] not in fed and t.get("shape") is not None:
+                out[t["name"]] = np.zeros(t["shape"], dtype=t.get("dtype", "float32"))
+        return out
+
     # ------------------------------------------------------------------ routing
     def _emit(self, cfg: _Config, node: str, rid: str, branch: str, outputs: dict, deadline: float,
               trace: list) -> None:
         for e in cfg.graph.out_edges.get(node, ()):
-            d = Delivery(rid, node, e.dst, select_tensors(outputs, e), branch=branch,
+            tensors = select_tensors(outputs, e, cfg.graph.kinds.get(node, "piece"), cfg.graph.kinds.get(e.dst, "piece"))
+            d = Delivery(rid, node, e.dst, tensors, branch=branch,
                          deadline_unix_ms=deadline, trace=list(trace))
             self._route(cfg, d)
 

@@ -1,0 +1,210 @@
+"""`tierplan run EXAMPLE`: plan, compile, deploy on this machine, send requests, compare with the plan.
+
+The whole path on localhost: load examples/<name>/app.yaml and fleet.yaml, plan (planner.api
+when present, else every model whole on the fleet's cloud site), compile (runtime.compile),
+deploy locally (Ray nodes per base-station/cloud site, agent processes per edge site, links
+emulated), send requests one after another for `duration_s`, then tear everything down and
+report measured against predicted latency per stage and end to end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from planner.plan import Plan
+from tierplan.errors import InputError, RuntimeFault
+from tierplan.spec import AppSpec, FleetSpec
+
+__all__ = ["RunReport", "StageRow", "find_example", "make_plan", "example_inputs", "run_example"]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_ERRORS_KEPT = 5
+
+
+@dataclass
+class StageRow:
+    """One stage (a compute step on a site, or a transfer over a route): measured p50 vs predicted."""
+
+    kind: str              # compute | transfer
+    name: str              # node@site or a->b
+    measured_p50_ms: float
+    measured_p95_ms: float
+    predicted_ms: float | None
+    count: int
+
+
+@dataclass
+class RunReport:
+    """What `tierplan run` measured (DESIGN.md machine-readable fields plus details)."""
+
+    example: str
+    requests_ok: int
+    requests_failed: int
+    measured_p50_ms: float | None
+    measured_p95_ms: float | None
+    predicted_p50_ms: float | None
+    predicted_p95_ms: float | None
+    stages: list[StageRow] = field(default_factory=list)
+    duration_s: float = 0.0
+    plan_source: str = ""
+    errors: list[str] = field(default_factory=list)
+    sites: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"example": self.example, "requests_ok": self.requests_ok, "requests_failed": self.requests_failed,
+                "measured_p50_ms": self.measured_p50_ms, "measured_p95_ms": self.measured_p95_ms,
+                "predicted_p50_ms": self.predicted_p50_ms, "predicted_p95_ms": self.predicted_p95_ms,
+                "stages": [s.__dict__ for s in self.stages], "duration_s": self.duration_s,
+                "plan_source": self.plan_source, "errors": self.errors, "sites": self.sites}
+
+
+def find_example(name: str) -> Path:
+    """examples/<name> (from the current directory or the checkout), or a directory path."""
+    for cand in (Path(name), Path("examples") / name, _REPO_ROOT / "examples" / name):
+        if (cand / "app.yaml").is_file() and (cand / "fleet.yaml").is_file():
+            return cand.resolve()
+    known = sorted(p.name for p in (_REPO_ROOT / "examples").glob("*") if (p / "app.yaml").is_file())
+    raise InputError(f"example {name!r}: no app.yaml + fleet.yaml found. "
+                     f"To fix: pass one of {', '.join(known) or '(none)'} or a directory holding both")
+
+
+def make_plan(app: AppSpec, fleet: FleetSpec, app_path: Path, fleet_path: Path) -> tuple[Plan, str]:
+    """The planner's plan (planner.api.plan_app), else every model whole on the cloud site."""
+    try:
+        from planner.api import plan_app
+    except ImportError:
+        from runtime.handplan import app_plan
+        plan = app_plan(app, fleet)
+        source = "runtime.handplan (planner not installed): all models on one site"
+    else:
+        plan = plan_app(app, fleet)
+        source = "planner.api.plan_app"
+    return plan.model_copy(update={"app_path": str(app_path), "fleet_path": str(fleet_path)}), source
+
+
+def example_inputs(example_dir: Path, app: AppSpec) -> Callable[[int], dict[str, np.ndarray]]:
+    """`make_inputs(seed)` from examples/<name>/inputs.py, else random tensors of the declared shapes."""
+    f = example_dir / "inputs.py"
+    if f.is_file():
+        spec = importlib.util.spec_from_file_location(f"tierplan_example_inputs_{example_dir.name}", f)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        if hasattr(mod, "make_inputs"):
+            return mod.make_inputs
+
+    def random_inputs(seed: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        out = {}
+        for name, s in app.sources.items():
+            dt = np.dtype(s.dtype)
+            if dt.kind in "ui":
+                out[name] = rng.integers(0, min(np.iinfo(dt).max, 255) + 1, size=s.shape).astype(dt)
+            else:
+                out[name] = rng.random(s.shape).astype(dt)
+        return out
+    return random_inputs
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], float]) -> list[StageRow]:
+    steps: dict[tuple[str, str], list[float]] = {}
+    for tr in traces:
+        for kind, name, ms in tr.steps:
+            steps.setdefault((kind, name), []).append(ms)
+    pieces = {p.id: p for p in plan.pieces}
+    nbytes: dict[str, int] = {}
+    for e in plan.edges:
+        a, b = plan.assignment.get(e.src), plan.assignment.get(e.dst)
+        if a and b and a != b:
+            key = f"{a}->{b}"
+            nbytes[key] = max(nbytes.get(key, 0), e.nbytes)
+    rows = []
+    for (kind, name), ms in sorted(steps.items(), key=lambda kv: (kv[0][0] != "compute", kv[0][1])):
+        predicted = None
+        if kind == "compute":
+            node, _, site = name.rpartition("@")
+            p = pieces.get(node)
+            if p is not None and site in p.latency_ms:
+                predicted = p.latency_ms[site]
+        else:
+            a, _, b = name.partition("->")
+            predicted = routes_ms(a, b, nbytes.get(name, 0))
+        rows.append(StageRow(kind, name, float(np.percentile(ms, 50)), float(np.percentile(ms, 95)),
+                             predicted, len(ms)))
+    return rows
+
+
+def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | None = None,
+                progress: bool = True, seed: int = 0, request_timeout_s: float = 30.0,
+                max_requests: int | None = None) -> RunReport:
+    """Plan, compile, deploy locally, send requests for `duration_s`, tear down; the report."""
+    from tierplan.loader import load_app, load_fleet
+    from runtime.deploy import deploy
+    from runtime.links import LinkEmulator, route_table
+
+    ex = find_example(name)
+    app, fleet = load_app(ex / "app.yaml"), load_fleet(ex / "fleet.yaml")
+    plan, plan_source = make_plan(app, fleet, ex / "app.yaml", ex / "fleet.yaml")
+    if plan.status == "infeasible":
+        from tierplan.errors import InfeasibleError
+        raise InfeasibleError(f"{ex.name}: the plan is infeasible ({plan.reason}); nothing to run")
+    make_inputs = example_inputs(ex, app)
+    with tempfile.TemporaryDirectory(prefix="tierplan-run-") as tmp:
+        manifest, root = None, None
+        try:
+            from runtime.compile import compile_plan
+        except ImportError:
+            compile_plan = None
+        if compile_plan is not None:
+            res = compile_plan(plan, Path(tmp) / "artifacts", backends=backends or ["onnxruntime"],
+                               progress=progress, fleet=fleet)
+            manifest, root = res.manifest, res.out_dir
+        ok, failed, errors, traces = 0, 0, [], []
+        t_start = time.time()
+        with deploy(plan, local=True, fleet=fleet, app=app, manifest=manifest, manifest_root=root,
+                    request_timeout_s=request_timeout_s) as svc:
+            sites = svc.describe()
+            bar = _progress(progress)
+            with bar:
+                task = bar.add_task(f"{ex.name}: requests", total=duration_s)
+                t0 = time.time()
+                i = 0
+                while time.time() - t0 < duration_s and (max_requests is None or i < max_requests):
+                    try:
+                        _, tr = svc.predict_traced(make_inputs(seed + i))
+                        traces.append(tr)
+                        ok += 1
+                    except RuntimeFault as e:
+                        failed += 1
+                        if len(errors) < _ERRORS_KEPT:
+                            errors.append(str(e))
+                    i += 1
+                    bar.update(task, completed=min(time.time() - t0, duration_s),
+                               description=f"{ex.name}: {ok} ok, {failed} failed")
+            emu = LinkEmulator(route_table(fleet, list(fleet.sites)))
+    lat = [t.latency_ms for t in traces]
+    predicted = [s.latency_ms for s in plan.sinks.values()]
+    pred_p95 = [getattr(s, "p95_ms", None) or s.latency_ms for s in plan.sinks.values()]
+    return RunReport(example=ex.name, requests_ok=ok, requests_failed=failed,
+                     measured_p50_ms=_pct(lat, 50), measured_p95_ms=_pct(lat, 95),
+                     predicted_p50_ms=max(predicted) if predicted else None,
+                     predicted_p95_ms=max(pred_p95) if pred_p95 else None,
+                     stages=_stage_rows(plan, traces, emu.transfer_ms), duration_s=time.time() - t_start,
+                     plan_source=plan_source, errors=errors, sites=sites)
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), disable=not enabled, transient=False)

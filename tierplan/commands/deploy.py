@@ -1,0 +1,67 @@
+"""`tierplan deploy PLAN [--local]`: run a plan as a service until Ctrl-C (front door, metrics, health)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import typer
+
+__all__ = ["register", "parse_agents"]
+
+
+def parse_agents(items: list[str] | None) -> dict[str, str]:
+    """["phone=10.0.0.5:7001", ...] -> {"phone": "10.0.0.5:7001"}; InputError on bad items."""
+    from tierplan.errors import InputError
+    out = {}
+    for item in items or []:
+        site, sep, addr = item.partition("=")
+        if not sep or ":" not in addr:
+            raise InputError(f"--agent {item!r}: expected SITE=HOST:PORT (e.g. --agent phone=10.0.0.5:7001)")
+        out[site] = addr
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("deploy")
+    def deploy_cmd(
+        plan: Path = typer.Argument(..., help="plan.json from `tierplan plan`."),
+        local: bool = typer.Option(True, "--local/--remote", help="Start a Ray cluster and agents on this machine, "
+                                   "or use an existing cluster (--ray-address) and agents (--agent)."),
+        artifacts: Path = typer.Option(None, "--artifacts", help="Output folder of `tierplan compile` (manifest.json)."),
+        ray_address: str = typer.Option(None, "--ray-address", help="Existing Ray cluster (with --remote)."),
+        agent: list[str] = typer.Option(None, "--agent", help="SITE=HOST:PORT of an edge agent (repeatable)."),
+        tls_dir: Path = typer.Option(None, "--tls-dir", help="Folder from `tierplan certs` (mutual TLS + token)."),
+        front_door: str = typer.Option("127.0.0.1:0", "--listen", help="Front door host:port (gRPC, runtime.proto)."),
+        duration: float = typer.Option(0.0, "--duration", min=0, help="Serve this many seconds, then stop (0: until Ctrl-C)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
+    ) -> None:
+        """Deploy PLAN and serve it: prints the front door, the sites and their metrics endpoints."""
+        from planner.plan import Plan
+        from runtime.deploy import deploy
+        p = Plan.load(plan)
+        manifest = None
+        if artifacts is not None:
+            from runtime.compile import load_manifest
+            manifest = load_manifest(artifacts)
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        with deploy(plan, local=local, manifest=manifest, manifest_root=artifacts, ray_address=ray_address,
+                    agents=parse_agents(agent), tls_dir=tls_dir, front_door=front_door) as svc:
+            info = svc.describe()
+            if as_json:
+                print(json.dumps(info, indent=2), flush=True)
+            else:
+                from rich.console import Console
+                from rich.table import Table
+                t = Table(title=f"deployed {plan} ({len(p.pieces)} nodes); front door {info['front_door']}; "
+                                "Ctrl-C to stop", title_justify="left")
+                for col in ("site", "up", "worker", "pid", "metrics"):
+                    t.add_column(col)
+                for s, h in info["sites"].items():
+                    t.add_row(s, "yes" if h["up"] else "no", h["address"], str(h["pid"]), h["metrics"])
+                Console().print(t)
+            stop.wait(duration if duration > 0 else None)

@@ -1,0 +1,59 @@
+"""`tierplan run EXAMPLE [--duration S] [--json]`: the whole path on localhost, with a summary."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+__all__ = ["register", "print_report"]
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def print_report(rep) -> None:
+    """Rich tables: end to end (measured vs predicted) and per stage."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title=f"{rep.example}: {rep.requests_ok} ok, {rep.requests_failed} failed "
+                    f"({rep.plan_source})", title_justify="left")
+    for col in ("", "measured p50 ms", "measured p95 ms", "predicted ms", "measured / predicted"):
+        t.add_column(col, justify="right" if col else "left")
+    ratio = (f"{rep.measured_p50_ms / rep.predicted_p50_ms:.2f}"
+             if rep.measured_p50_ms and rep.predicted_p50_ms else "-")
+    t.add_row("end to end", _ms(rep.measured_p50_ms), _ms(rep.measured_p95_ms), _ms(rep.predicted_p50_ms), ratio)
+    con.print(t)
+    s = Table(title="per stage", title_justify="left")
+    for col in ("kind", "stage", "calls", "measured p50 ms", "measured p95 ms", "predicted ms"):
+        s.add_column(col, justify="left" if col in ("kind", "stage") else "right")
+    for r in rep.stages:
+        s.add_row(r.kind, r.name, str(r.count), _ms(r.measured_p50_ms), _ms(r.measured_p95_ms), _ms(r.predicted_ms))
+    con.print(s)
+    for e in rep.errors:
+        con.print(f"[red]error:[/red] {e}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(
+        example: str = typer.Argument(..., help="Example name under examples/ (or a directory with app.yaml and fleet.yaml)."),
+        duration: float = typer.Option(10.0, "--duration", min=0.1, help="Seconds to send requests for."),
+        backend: list[str] = typer.Option(None, "--backend", help="Compile backends to try (default: onnxruntime)."),
+        timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Deadline of one request, seconds."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Plan, compile and deploy EXAMPLE on this machine, send requests, compare with the plan, tear down."""
+        from runtime.runapp import run_example
+        rep = run_example(example, duration, backends=backend or None, progress=not as_json,
+                          request_timeout_s=timeout)
+        if as_json:
+            print(json.dumps(rep.to_json(), indent=2))
+        else:
+            print_report(rep)
+        if rep.requests_ok == 0:
+            from tierplan.errors import RuntimeFault
+            raise RuntimeFault(f"{example}: no request succeeded" + (f" ({rep.errors[0]})" if rep.errors else ""))
