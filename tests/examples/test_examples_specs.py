@@ -100,13 +100,13 @@ def test_transform_output_shapes_match_consumers(name):
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_example_joins_into_an_app_graph(name, tmp_path):
-    """partition.build_app_graph accepts each example: every edge resolves, only recurrent state is unfed."""
+    """partition.build_app_graph accepts each example: every edge resolves and every model input is fed."""
     from partition.app_graph import build_app_graph
     app = load_app(EXAMPLES / name / "app.yaml")
     g = build_app_graph(app, tmp_path, max_pieces=1)
     kinds = {d["kind"] for _, d in g.nodes(data=True)}
     assert kinds == {"source", "piece", "transform", "sink"}
     assert {f"sink:{s}" for s in app.sinks} <= set(g)
-    assert all(inp in ("h", "c") for _, inp in g.graph["unfed_inputs"])
+    assert g.graph["unfed_inputs"] == []
     fanned = [n for n, d in g.nodes(data=True) if d.get("rate_factor", 1) > 1]
     assert fanned, "the crop transform's fan-out multiplies the rate of what follows it"
