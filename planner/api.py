@@ -29,7 +29,7 @@ from planner.plan import ClassCoverage, ParetoPoint, PieceMove, Plan
 from planner.problem import Problem
 from planner.report import (
     LATENCY_SEMANTICS, baseline_result, class_latency_ms, class_meets, class_mode, cost_per_hour_usd,
-    coverage_share, monthly_by_tier, natural_objective, per_class_ids, plan_edges, plan_pieces, sink_views,
+    coverage_share, mean_latency_ms, monthly_by_tier, natural_objective, per_class_ids, plan_edges, plan_pieces, sink_views,
 )
 from planner.units import ms_to_us, us_to_ms, uusd_to_usd
 from tierplan.errors import InfeasibleError, InputError
@@ -96,7 +96,7 @@ def _slo_message(problem: Problem, info: BuildInfo, cname: str, time_limit_s: fl
     """'SLO 50 ms cannot be met: the best possible p95 is 73 ms (all pieces in eu-1)' for a class."""
     sub = problem.only_class(cname)
     c = sub.classes[0]
-    parts, best = [], {}
+    parts, best, notes = [], {}, []
     for v, lim in c.slo_us.items():
         got = _best_latency(sub, v, time_limit_s)
         name = info.sink_names[problem.nodes[v].id]
@@ -107,9 +107,12 @@ def _slo_message(problem: Problem, info: BuildInfo, cname: str, time_limit_s: fl
         if us > lim:
             parts.append(f"SLO {us_to_ms(lim):g} ms for sink {name!r} cannot be met on {cname}: the best "
                          f"possible p{info.percentile:g} is {us_to_ms(us):.1f} ms ({describe_assignment(sub, sites)})")
+            notes.append(f"{name}: best p{info.percentile:g} {us_to_ms(us):.1f} ms > SLO {us_to_ms(lim):g} ms "
+                         f"({describe_assignment(sub, sites)})")
     if not parts:
         parts.append(f"the SLOs of {cname} cannot all be met at once")
-    return "; ".join(parts), best
+        notes.append("its SLOs cannot all be met at once")
+    return "; ".join(parts), "; ".join(notes)
 
 
 def _relaxations(problem: Problem) -> list[tuple[str, Problem]]:
@@ -194,7 +197,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
 
     # ---- which classes can meet their SLO at all (alone, ignoring the others' load)
     uncovered: dict[str, str] = {}
-    best_ms: dict[str, dict] = {}
+    notes: dict[str, str] = {}
     precheck = max(0.3, min(2.0, time_limit_s / (4 * max(1, len(problem.classes)))))
     for c in problem.classes:
         if not c.slo_us:
@@ -209,8 +212,8 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
         if r2.status == "infeasible":
             raise InfeasibleError(f"edge class {c.name}: no placement fits even without the SLO: "
                                   f"{diagnose(sub.without_slo(), precheck)}")
-        msg, best = _slo_message(problem, info, c.name, precheck)
-        uncovered[c.name], best_ms[c.name] = msg, best
+        msg, note = _slo_message(problem, info, c.name, precheck)
+        uncovered[c.name], notes[c.name] = msg, note
     if uncovered and len(uncovered) == len(problem.classes):
         first = max(problem.classes, key=lambda c: c.count).name
         raise InfeasibleError(uncovered[first] + (f" (and {len(uncovered) - 1} more edge classes)"
@@ -234,7 +237,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
     plan = _assemble(graph, main, info, r, ev, t0, reason)
     plan = plan.model_copy(update={"coverage": _coverage(graph, fleet, cost_model, slo, weights,
                                                           budget_usd_per_hour, main, info, ev, r,
-                                                          uncovered, analyse_uncovered)})
+                                                          notes, analyse_uncovered)})
     plan = plan.model_copy(update={"coverage_summary": _coverage_summary(plan, info)})
     if with_baselines:
         base = run_baselines(main)
@@ -269,6 +272,9 @@ def _assemble(graph, problem: Problem, info: BuildInfo, r: SolveResult, ev: Eval
                 solve_s=round(time.perf_counter() - t0, 4), reason=reason,
                 pieces=plan_pieces(graph, info), edges=plan_edges(graph, info),
                 objective_bound=None if bound is None else round(bound, 9),
+                latency_ms=round(mean_latency_ms(problem, ev), 4), site_tiers=dict(problem.labels),
+                pins={c: {info.order[v]: sites[v] for v, n in enumerate(problem.nodes)
+                          if n.kind in ("source", "sink")} for c, sites in r.assignment.items()},
                 coverage_share=round(coverage_share(problem, info, ev), 6),
                 monthly_cost_usd_by_tier=monthly_by_tier(problem, ev), requests_per_hour=req_h,
                 order=list(info.order), latency_semantics=LATENCY_SEMANTICS, percentile=info.percentile,
@@ -284,7 +290,7 @@ def _coverage(graph, fleet, cost_model, slo, weights, budget, problem: Problem, 
         mode = class_mode(problem, info, ev, c.name, r.assignment)
         note = ""
         if c.name in uncovered:
-            note = uncovered[c.name].split(": ", 1)[-1]
+            note = uncovered[c.name]
             if analyse:
                 note += "; would need " + _uplink_needed(graph, fleet, cost_model, slo, weights, budget,
                                                          c.name, 1.0)

@@ -31,6 +31,9 @@ def _fill(problem: Problem, c: ClassData, choose: Callable[[int], str]) -> tuple
             out.append(allowed[0])  # pinned (a free sink is moved to its producer below)
             continue
         want = choose(v)
+        private_from = [it.producer for it in problem.items if it.private and v in it.consumers]
+        if private_from and out[private_from[0]] in allowed:
+            want = out[private_from[0]]  # raw private data stays where it was produced
         out.append(want if want in allowed else min(allowed, key=lambda s: abs(c.chain.index(s) - c.chain.index(want))))
     return _fix_free_sinks(problem, c, tuple(out))
 

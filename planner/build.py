@@ -167,13 +167,19 @@ def build_problem(graph: nx.DiGraph, fleet: Any, cost_model: Any,
                                    bytes_to_kb(dev.memory_gb * 1e9))
 
     # ---- nodes and their memory
+    group: dict[str, int] = {}
+    for n in order:
+        if n not in group:
+            comp = nx.node_connected_component(graph.to_undirected(as_view=True), n)
+            gid = len(set(group.values()))
+            group.update({m: gid for m in comp})
     nodes = []
     for n, a in zip(order, attrs):
         mem = 0
         if a["kind"] == "piece":
             pc = a["piece"]
             mem = bytes_to_kb(pc.param_bytes + pc.in_bytes + pc.out_bytes)
-        nodes.append(NodeData(n, a["kind"], mem))
+        nodes.append(NodeData(n, a["kind"], mem, group[n]))
 
     # ---- items: out-edges of a producer grouped by tensor set (sent once per consuming site)
     items: list[ItemData] = []

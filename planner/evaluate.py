@@ -13,6 +13,9 @@ and every report use. Latency semantics (what the runtime does), per edge class 
   percentile). Items crossing one link go one after another in item order (they share it).
 - Only branches on different sites (or links) overlap. Sources start at 0; a sink's latency
   is the time its input arrives on the sink's site.
+- Separate connected components of the app graph (e.g. a camera pipeline and a microphone
+  pipeline) are separate requests: they do not wait for each other (their sharing of a site
+  shows up in its utilisation, and the simulator measures the queueing).
 Because the order on every site and link is fixed, the earliest start times are the longest
 paths of an acyclic constraint graph: the schedule is unique and minimises every start time.
 """
@@ -67,8 +70,8 @@ def _schedule(problem: Problem, c: ClassData, sites: tuple[str, ...]):
     start = [0] * n
     end = [0] * n
     cause: list[tuple | None] = [None] * n    # what determined start: ("node", u) | ("item", i, b)
-    site_clock: dict[str, tuple[int, int | None]] = {}   # site -> (time, last node)
-    link_clock: dict[str, tuple[int, tuple | None]] = {}
+    site_clock: dict[tuple[int, str], tuple[int, int | None]] = {}   # (group, site) -> (time, last node)
+    link_clock: dict[tuple[int, str], tuple[int, tuple | None]] = {}
     arrival: dict[tuple[int, str], int] = {}
     item_start: dict[tuple[int, str], int] = {}
     item_cause: dict[tuple[int, str], tuple] = {}
@@ -91,14 +94,14 @@ def _schedule(problem: Problem, c: ClassData, sites: tuple[str, ...]):
                 if cand >= t:
                     t, why = cand, cwhy
         if node.kind in COMPUTE_KINDS:
-            ct, last = site_clock.get(s, (0, None))
+            ct, last = site_clock.get((node.group, s), (0, None))
             if ct > t:
                 t, why = ct, ("node", last)
         start[v] = t
         end[v] = t + (c.compute_us[v][s] if node.kind in COMPUTE_KINDS else 0)
         cause[v] = why
         if node.kind in COMPUTE_KINDS:
-            site_clock[s] = (end[v], v)
+            site_clock[(node.group, s)] = (end[v], v)
         for k in produced_by[v]:
             it = problem.items[k]
             for b in c.chain:
@@ -107,12 +110,12 @@ def _schedule(problem: Problem, c: ClassData, sites: tuple[str, ...]):
                 hops = c.hops[(s, b)]
                 st, iwhy = end[v], ("node", v)
                 for h in hops:
-                    lt, last = link_clock.get(h.key, (0, None))
+                    lt, last = link_clock.get((node.group, h.key), (0, None))
                     if lt > st:
                         st, iwhy = lt, ("link", last)
                 en = st + c.xfer_us(k, s, b)
                 for h in hops:
-                    link_clock[h.key] = (en, (k, b))
+                    link_clock[(node.group, h.key)] = (en, (k, b))
                 arrival[(k, b)] = en
                 item_start[(k, b)] = st
                 item_cause[(k, b)] = iwhy
@@ -185,7 +188,8 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
         classes[c.name] = ce
         for (v, lim) in c.slo_us.items():
             if ce.sink_us[v] > lim:
-                violations.append(f"{c.name}: {problem.nodes[v].id} takes {ce.sink_us[v]} us > SLO {lim} us")
+                violations.append(f"{c.name}: {problem.nodes[v].id} takes {ce.sink_us[v] / 1000:.1f} ms "
+                                  f"> SLO {lim / 1000:g} ms")
         for k, it in enumerate(problem.items):
             a = sites[it.producer]
             for b in c.chain:

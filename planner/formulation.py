@@ -22,6 +22,7 @@ Constraints (one comment per constraint in the code)
     t[e,w] >= tc[e,i,b] if x[e,w,b]                                  (input arrives on b)
     site clock:  F[j] >= F[j-1];  x[e,v,s] => t[e,v] >= F[e,s,j-1] and F[e,s,j] >= c[e,v]
     link clock:  G[j] >= G[j-1];  z[e,i,a,b] with h in hops(a,b) => ts >= G[e,h,j-1], G[e,h,j] >= tc
+                 (clocks per connected component of the app graph: separate requests)
     SLO:         t[e,k] <= slo[e,k] for sinks k of covered classes
     utilisation: sum_e sum_v load[e,v,s] x[e,v,s] <= util_cap(s) * inst[s]
     memory:      m[v,s] >= x[e,v,s];  sum_v mem(v) m[v,s] <= memory(s)
@@ -136,10 +137,11 @@ class _Model:
             else:
                 end[v] = self.t[(n, v)]
         # site clocks: one site runs the request's compute nodes in topological order
-        for s in c.chain:
+        groups = sorted({p.nodes[v].group for v in p.compute_nodes})
+        for s, grp in ((s, g) for s in c.chain for g in groups):
             prev = None
             for v in p.compute_nodes:
-                if s not in c.allowed[v]:
+                if s not in c.allowed[v] or p.nodes[v].group != grp:
                     continue
                 f = m.NewIntVar(0, horizon, f"F[{n},{s},{p.nodes[v].id}]")
                 lit = self.x[(n, v, s)]
@@ -188,7 +190,7 @@ class _Model:
                     m.AddBoolOr([xa.Not(), yb.Not(), za])
                     dur_terms.append(c.xfer_us(k, a, b) * za)
                     for h in c.hops[(a, b)]:
-                        link_jobs.setdefault(h.key, []).append((k, b, za, ts, tc))
+                        link_jobs.setdefault((p.nodes[u].group, h.key), []).append((k, b, za, ts, tc))
                     egress = c.egress_uusd_h.get((k, a, b), 0)
                     if egress:
                         self.cost_terms.append(egress * za)

@@ -123,6 +123,9 @@ class Plan(_M):
     inputs_sha256: dict[str, str] = Field(default_factory=dict)
     # added by the planner (additive): bound, per-class views, coverage, money, frontier, replanning
     objective_bound: float | None = None
+    latency_ms: float | None = None                   # request-weighted mean of each class's slowest sink
+    site_tiers: dict[str, str] = Field(default_factory=dict)   # site class -> tier
+    pins: dict[str, dict[str, str]] = Field(default_factory=dict)  # class -> source/sink id -> site class
     class_sinks: dict[str, dict[str, SinkLatency]] = Field(default_factory=dict)
     coverage_share: float | None = None               # share of devices whose SLOs are met
     coverage_summary: str = ""

@@ -50,6 +50,7 @@ class NodeData:
     id: str
     kind: str                   # source, piece, transform, sink
     mem_kb: int = 0
+    group: int = 0              # connected component: requests of different ones never queue together
 
 
 @dataclass(frozen=True)

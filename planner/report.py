@@ -16,7 +16,7 @@ from planner.units import HOURS_PER_MONTH, ms_to_us, uj_to_j, us_to_ms, uusd_to_
 
 __all__ = ["LATENCY_SEMANTICS", "sink_views", "class_latency_ms", "coverage_share", "natural_objective",
            "cost_per_hour_usd", "monthly_by_tier", "baseline_result", "plan_pieces", "plan_edges",
-           "per_class_ids", "class_mode"]
+           "per_class_ids", "class_mode", "mean_latency_ms", "class_meets"]
 
 LATENCY_SEMANTICS = (
     "per request: each site runs its nodes one after another in `order`; a node starts when its "

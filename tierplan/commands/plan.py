@@ -1,0 +1,67 @@
+"""`tierplan plan APP --fleet FLEET`: place the app's pieces on the fleet (CP-SAT) and show why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan")
+    def plan_cmd(
+        app_path: Path = typer.Argument(..., metavar="APP", help="app.yaml"),
+        fleet_path: Path = typer.Option(..., "--fleet", help="fleet.yaml"),
+        objective: str = typer.Option(None, "--objective", help="cost, latency or energy (default: app.yaml's)."),
+        out: Path = typer.Option(None, "--out", help="Write plan.json here."),
+        html: Path = typer.Option(None, "--html", help="Write a self-contained plan.html here."),
+        pareto: bool = typer.Option(False, "--pareto", help="Also trace the cost-latency frontier."),
+        from_plan: Path = typer.Option(None, "--from", help="Old plan.json: warm start, list the pieces that move."),
+        time_limit: float = typer.Option(10.0, "--time-limit", min=0.1, help="Solver time limit, seconds."),
+        pieces_dir: Path = typer.Option(None, "--pieces-dir", help="Where partitioned pieces are cached."),
+        as_json: bool = typer.Option(False, "--json", help="Print plan.json to stdout instead of tables."),
+    ) -> None:
+        """Decide where each piece runs (device, base station, cloud); show latency, cost and coverage."""
+        from planner.api import plan_app
+        from planner.html import write_html
+        from planner.plan import Plan
+        from tierplan.errors import InfeasibleError, InputError
+        from tierplan.loader import load_app, load_fleet
+        from tierplan.validate import check
+
+        if objective is not None and objective not in ("cost", "latency", "energy"):
+            raise InputError(f"--objective: {objective!r} is not one of cost, latency, energy")
+        spec = load_app(app_path)
+        fleet = load_fleet(fleet_path)
+        check(spec, fleet, app_path=app_path, fleet_path=fleet_path)
+        old = Plan.load(from_plan) if from_plan is not None else None
+        try:
+            plan = plan_app(spec, fleet, objective=objective, time_limit_s=time_limit, from_plan=old,
+                            pieces_dir=pieces_dir, pareto=pareto)
+        except InfeasibleError as e:
+            failed = Plan(status="infeasible", reason=str(e), objective_kind=objective or "cost",
+                          app_path=str(app_path), fleet_path=str(fleet_path))
+            if out is not None:
+                failed.save(out)
+            if as_json:
+                print(failed.model_dump_json(indent=2))
+            raise
+        plan = plan.model_copy(update={"app_path": str(app_path), "fleet_path": str(fleet_path)})
+        if out is not None:
+            plan.save(out)
+        if html is not None:
+            write_html(plan, html, title=f"tierplan: {spec.name} on {fleet.name}")
+        if as_json:
+            print(json.dumps(json.loads(plan.model_dump_json()), indent=2))
+            return
+        from rich.console import Console
+
+        from planner.render import render_plan
+        con = Console()
+        render_plan(plan, con)
+        for what, path in (("plan.json", out), ("plan.html", html)):
+            if path is not None:
+                con.print(f"wrote {what}: {path}")
