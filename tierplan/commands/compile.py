@@ -1,0 +1,92 @@
+"""`tierplan compile PLAN --out DIR [--tune-trials N] [--backend B] [--json]`: build every piece for its device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+__all__ = ["register", "render"]
+
+
+def _ms(v) -> str:
+    return "-" if v is None else (f"{v:.2f}" if v < 100 else f"{v:.0f}")
+
+
+def render(manifest: dict, out_dir: Path) -> None:
+    """Print the manifest as a rich table: the chosen backend per piece and the alternatives."""
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    arts = manifest["artifacts"]
+    t = Table(title=f"compiled {len(arts)} artifact(s) into {out_dir}/ in {manifest['compile_s']:.1f} s "
+                    f"({manifest['cached']} cached, {manifest['built']} built)", title_justify="left")
+    for col, just in (("piece", "left"), ("site (device)", "left"), ("CHOSEN", "left"), ("ms", "right"),
+                      ("verified", "left"), ("max |diff|", "right"), ("alternatives", "left")):
+        t.add_column(col, justify=just)
+    notes: list[str] = []
+    for a in arts:
+        alts = []
+        for alt in a["alternatives"]:
+            if alt["chosen"]:
+                continue
+            alts.append(f"{alt['backend']} {_ms(alt['latency_ms'])} ms" if alt["ok"] else f"{alt['backend']} failed")
+        if a["verified"]:
+            ver = "[green]yes[/]"
+        else:
+            note = a.get("verify_note") or "not checked"
+            if note not in notes:
+                notes.append(note)
+            ver = f"[yellow]no[/] [{notes.index(note) + 1}]"
+        src = "" if str(a.get("latency_source", "")).startswith("measured") else " (pred)"
+        diff = a.get("max_abs_diff")
+        t.add_row(a["piece"], f"{a['site']} ({a['device']})", f"[bold]{a['backend']}[/]" +
+                  (" (cached)" if a["cached"] else ""), _ms(a["latency_ms"]) + src, ver,
+                  "-" if diff is None else f"{diff:.1e}", ", ".join(alts) or "-")
+    con.print(t)
+    for i, note in enumerate(notes, 1):
+        con.print(f"[{i}] {note}")
+    for a in arts:
+        if a.get("fallback_reason"):
+            con.print(f"[yellow]fallback[/] {a['piece']}@{a['site']}: {a['fallback_reason']}")
+        tune = a.get("tune") or {}
+        if tune.get("tasks_selected"):
+            con.print(f"tuned {a['piece']}@{a['site']}: {len(tune['tasks_tuned'])} task(s) tuned, "
+                      f"{len(tune['tasks_reused'])} from the database, {tune['trials_per_task']} trials/task, "
+                      f"{tune['tune_s']:.1f} s")
+    con.print(f"manifest: {out_dir / 'manifest.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("compile")
+    def compile_cmd(
+        plan_path: Path = typer.Argument(..., metavar="PLAN", help="plan.json written by `tierplan plan`."),
+        out: Path = typer.Option(Path("artifacts"), "--out", help="Artifact store directory (manifest.json inside)."),
+        tune_trials: int = typer.Option(0, "--tune-trials", min=0,
+                                        help="Meta-schedule trials per TVM task (>= 16 to beat untuned); 0 = no tuning."),
+        tune_tasks: int = typer.Option(None, "--tune-tasks", min=1, help="Tune only the K heaviest tasks per piece."),
+        tune_db: Path = typer.Option(None, "--tune-db", help="Tuning database folder (default OUT/tuning)."),
+        backend: list[str] = typer.Option(None, "--backend", help="Only these backends (tvm, onnxruntime, litert)."),
+        fleet: Path = typer.Option(None, "--fleet", help="Fleet YAML, when the plan does not name its devices."),
+        runs: int = typer.Option(10, "--runs", min=1, help="Timed runs per candidate (median)."),
+        as_json: bool = typer.Option(False, "--json", help="Print manifest.json to stdout."),
+    ) -> None:
+        """Build every piece of a plan for its site's device (TVM, onnxruntime, LiteRT), check it, store it."""
+        from planner.plan import Plan
+        from runtime.compile import CompileOptions, compile_plan
+
+        plan = Plan.load(plan_path)
+        fleet_obj = None
+        if fleet is not None:
+            from devices.fleet import resolve_fleet
+            from tierplan.loader import load_fleet
+            fleet_obj = resolve_fleet(load_fleet(fleet))
+        res = compile_plan(plan, out, tune_trials=tune_trials, backends=backend or None, progress=True,
+                           fleet=fleet_obj, tune_tasks=tune_tasks, tune_db=tune_db,
+                           base_dir=plan_path.resolve().parent, options=CompileOptions(measure_runs=runs))
+        if as_json:
+            print(json.dumps(res.manifest, indent=1, default=str))
+        else:
+            render(res.manifest, out)
