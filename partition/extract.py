@@ -27,8 +27,12 @@ __all__ = ["build_pieces", "piece_model", "write_pieces", "VerifyResult", "verif
            "run_model", "session"]
 
 
+# IR version from which initializers need not be listed as graph inputs (ONNX 1.3, opset 9+).
+_IR_INITIALIZERS_NOT_INPUTS = 4
+
+
 def _vi(t: TensorInfo, static: bool = True):
-    shape = list(t.shape) if static else None
+    shape = list(t.shape) if static else [None] * len(t.shape)   # rank only: sizes left free
     return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), shape)
 
 
@@ -103,7 +107,7 @@ def piece_model(G: nx.DiGraph, piece: Piece) -> ModelProto:
     init_list = [t for t in g.initializer if t.name in init_names]
     if any(subgraphs_of(g.node[i]) for i in idx):
         # Control flow: keep the model's declared (possibly dynamic) types, as onnxruntime checks
-        # both branches against them; other boundary tensors go without a fixed shape.
+        # both branches against them; other boundary tensors keep their rank, not their sizes.
         declared = {v.name: v for v in list(g.input) + list(g.output)}
         ins = [declared.get(t.name) or _vi(t, static=False) for t in piece.inputs]
         outs = [declared.get(t.name) or _vi(t, static=False) for t in piece.outputs]
@@ -112,7 +116,7 @@ def piece_model(G: nx.DiGraph, piece: Piece) -> ModelProto:
     graph = helper.make_graph([g.node[i] for i in order], f"{g.name or 'graph'}_{piece.id.replace('/', '_')}",
                               ins, outs, initializer=init_list)
     out = helper.make_model(graph, opset_imports=list(model.opset_import), producer_name="tierplan.partition")
-    out.ir_version = model.ir_version
+    out.ir_version = max(model.ir_version, _IR_INITIALIZERS_NOT_INPUTS)
     if model.functions:
         out.functions.extend(model.functions)
     return out

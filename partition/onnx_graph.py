@@ -19,6 +19,7 @@ one operator each, whole, with the outer-scope tensors their subgraphs read as i
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,13 @@ def bind_dims(model: ModelProto, dims: Mapping[str, int] | None, path: str | Pat
             used.add(used_key)
             d.Clear()
             d.dim_value = int(value)
+    stray = sorted(set(dims) - used)
+    if stray:
+        known = _dynamic_dim_names(model)
+        close = difflib.get_close_matches(stray[0], known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise InputError(f"{path}: dims.{stray[0]}: no input has a dynamic dimension by that name "
+                         f"(dynamic dimensions: {', '.join(known) or 'none'}){hint}")
     if unbound:
         where = ", ".join(f"{t!r} dim {axis} ({key})" for t, axis, key in unbound)
         names = list(dict.fromkeys(key for _, _, key in unbound))
@@ -173,11 +181,6 @@ def bind_dims(model: ModelProto, dims: Mapping[str, int] | None, path: str | Pat
         raise InputError(f"{path}: unbound dynamic input dimensions: {where}; pass --dims {example} "
                          f"(tierplan partition) or `dims: {{{', '.join(f'{k!r}: VALUE' for k in names)}}}` "
                          "under the model in app.yaml")
-    stray = sorted(set(dims) - used)
-    if stray:
-        known = _dynamic_dim_names(model)
-        raise InputError(f"{path}: dims.{stray[0]}: no input has a dynamic dimension by that name "
-                         f"(dynamic dimensions: {', '.join(known) or 'none'})")
     return out
 
 
