@@ -22,12 +22,16 @@ def test_example_validates_against_catalog(name):
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_fleet_devices_are_catalog_devices(name):
-    """Every site class names a device present in devices/catalog, and the fleet resolves to all three tiers."""
+    """Every site class names a catalog device or declares one inline, and the fleet resolves to all three tiers."""
     from devices.catalog import load_catalog
     from devices.fleet import resolve_fleet
+    from tierplan.spec import DeviceSpec
     fleet = load_fleet(EXAMPLES / name / "fleet.yaml")
     catalog = load_catalog()
-    assert {s.device for s in fleet.sites.values()} <= set(catalog)
+    named = {s.device for s in fleet.sites.values() if isinstance(s.device, str)}
+    inline = [s.device for s in fleet.sites.values() if not isinstance(s.device, str)]
+    assert named and named <= set(catalog)
+    assert all(isinstance(d, DeviceSpec) and d.name not in catalog for d in inline)
     resolved = resolve_fleet(fleet)
     assert {c.tier for c in resolved.classes.values()} == {"edge", "base_station", "cloud"}
 
@@ -49,7 +53,8 @@ def test_fleet_scale_matches_the_brief():
     assert len(phones) == 2 and sum(s.count for s in phones) >= 1000
     sc = load_fleet(EXAMPLES / "smart-city" / "fleet.yaml")
     by_tier = {t: [s for s in sc.sites.values() if s.tier == t] for t in ("edge", "base_station", "cloud")}
-    assert len({s.device for s in by_tier["edge"]}) >= 3 and sum(s.count for s in by_tier["edge"]) >= 1000
+    kinds = {s.device if isinstance(s.device, str) else s.device.name for s in by_tier["edge"]}
+    assert len(kinds) >= 3 and sum(s.count for s in by_tier["edge"]) >= 1000
     assert sum(s.count for s in by_tier["base_station"]) >= 50
     assert len(by_tier["cloud"]) == 2
 
