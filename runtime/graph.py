@@ -30,6 +30,19 @@ def _kind_of(node_id: str, piece: PlanPiece | None) -> str:
     return "sink" if node_id.startswith(SINK_PREFIX) else "source"
 
 
+def _upstream_source(node: str, ins: Mapping[str, list[PlanEdge]], kinds: Mapping[str, str]) -> str | None:
+    seen, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if kinds.get(n) == "source":
+            return n
+        stack.extend(e.src for e in ins.get(n, ()))
+    return None
+
+
 @dataclass(frozen=True)
 class ExecGraph:
     """Nodes and edges of a plan, with the site of each node resolved."""
@@ -60,10 +73,20 @@ class ExecGraph:
         for n in ids:
             if n in plan.assignment:
                 sites[n] = plan.assignment[n]
-        # sinks deliver where the plan says, else where their producer runs
+        # a source the plan does not place is produced on the edge class whose view `assignment`
+        # is (the first of per_class), else where its first consumer runs
+        view = next(iter(plan.per_class), None)
+        for n in ids:
+            if n not in sites and kinds[n] == "source":
+                consumer = next((sites[e.dst] for e in outs[n] if e.dst in sites), None)
+                site = view or consumer
+                if site:
+                    sites[n] = site
+        # sinks deliver where the plan says, else back to their source's site, else where the producer runs
         for n in ids:
             if n not in sites and kinds[n] == "sink" and ins[n]:
-                sites[n] = sites.get(ins[n][0].src, "")
+                src = _upstream_source(n, ins, kinds)
+                sites[n] = sites.get(src, "") if src else sites.get(ins[n][0].src, "")
         missing = [n for n in ids if not sites.get(n) and kinds[n] != "sink"]
         if missing:
             raise InputError(f"plan: no site assigned to {', '.join(missing[:5])}. "
@@ -178,7 +201,9 @@ def bind_inputs(collected: Mapping[str, np.ndarray], wanted: list[str]) -> dict[
 
 
 def child_branch(branch: str, index: int, count: int) -> str:
-    """The branch of item `index` of `count` fanned out from `branch`."""
+    """The branch of item `index` of `count` fanned out from `branch` (one item keeps the branch)."""
+    if count == 1:
+        return branch
     part = f"{index}/{count}"
     return f"{branch}.{part}" if branch else part
 

@@ -53,7 +53,7 @@ def delivery_frames(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.
                 deadline_unix_ms=d.deadline_unix_ms, sent_unix_ms=d.sent_unix_ms,
                 trace=json.dumps(d.trace) if d.trace else "")
     if d.error or d.empty or not d.tensors:
-        yield pb.Frame(**head, error=d.error, empty=d.empty or not d.tensors)
+        yield pb.Frame(**head, error=d.error, empty=d.empty)
         return
     for name, arr in d.tensors.items():
         arr = np.ascontiguousarray(arr)

@@ -1,0 +1,84 @@
+"""Unit rules of the runtime: wire format, link emulation, tensor routing, fan-out accounting."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from planner.plan import PlanEdge
+from runtime.graph import branch_weight, child_branch, select_tensors
+from runtime.links import LinkEmulator, route_table
+from runtime.wire import CHUNK_BYTES, Delivery, delivery_frames, frames_to_delivery
+
+from conftest import three_tier_fleet
+
+
+def test_big_tensor_travels_in_1mib_chunks_and_round_trips():
+    """A 3.5 MiB tensor becomes >= 4 frames of at most 1 MiB and reassembles bit-exact with dtype and shape."""
+    a = np.random.default_rng(1).random((7, 131072)).astype(np.float32)  # 3.5 MiB
+    b = np.arange(6, dtype=np.int64).reshape(2, 3)
+    d = Delivery("r1", "src", "dst", {"a": a, "b": b}, branch="1/3", deadline_unix_ms=5.0, trace=[["compute", "x", 1.0]])
+    frames = list(delivery_frames(d))
+    assert len(frames) >= 5 and all(len(f.data) <= CHUNK_BYTES for f in frames)
+    back = frames_to_delivery(iter(frames))
+    assert back.request_id == "r1" and back.branch == "1/3" and back.trace == [["compute", "x", 1.0]]
+    assert back.tensors["a"].dtype == np.float32 and np.array_equal(back.tensors["a"], a)
+    assert np.array_equal(back.tensors["b"], b)
+
+
+def test_empty_and_error_deliveries_are_one_frame():
+    """An error or an empty fan-out branch is a single frame that keeps its meaning."""
+    for d in (Delivery("r", "s", "t", error="boom"), Delivery("r", "s", "t", empty=True)):
+        frames = list(delivery_frames(d))
+        assert len(frames) == 1
+        back = frames_to_delivery(iter(frames))
+        assert back.error == d.error and back.empty == d.empty and not back.tensors
+
+
+def test_route_crosses_every_link_between_tiers():
+    """phone -> cloud crosses radio up then backhaul up; cloud -> phone comes back down both."""
+    fleet = three_tier_fleet(uplink_mbps=8, rtt_ms=40)
+    routes = route_table(fleet, ["phone", "bs", "cloud"])
+    up = routes["phone|cloud"]
+    assert [h["link_id"] for h in up] == ["phone->bs", "bs->cloud"]
+    assert up[0]["bandwidth_mbps"] == 8 and up[0]["delay_ms"] == 20
+    assert [h["link_id"] for h in routes["cloud|phone"]] == ["cloud->bs", "bs->phone"]
+    assert routes["bs|bs"] == []
+
+
+def test_emulated_transfer_time_is_delay_plus_bytes_over_bandwidth():
+    """1 MB over 8 Mbit/s with 40 ms RTT takes 1000 + 20 ms; a second transfer queues behind the first."""
+    fleet = three_tier_fleet(uplink_mbps=8, rtt_ms=40)
+    emu = LinkEmulator(route_table(fleet, ["phone", "bs"]))
+    assert emu.transfer_ms("phone", "bs", 1_000_000) == pytest.approx(1020.0)
+    t0 = time.monotonic()
+    first = emu.arrival_s("phone", "bs", 1_000_000, now_s=t0)
+    second = emu.arrival_s("phone", "bs", 1_000_000, now_s=t0)
+    assert first - t0 == pytest.approx(1.02, abs=1e-6)
+    assert second - t0 == pytest.approx(2.02, abs=1e-6)   # shared bandwidth: serialised
+
+
+def test_edge_rename_maps_producer_outputs_to_consumer_inputs():
+    """An edge with app.yaml's tensor map delivers the mapped outputs under the consumer's names."""
+    outs = {"sigmoid": np.zeros(2), "other": np.ones(2)}
+    e = PlanEdge(src="det", dst="boxes", nbytes=16, tensors=["sigmoid"], rename={"sigmoid": "prob_map"})
+    got = select_tensors(outs, e)
+    assert list(got) == ["prob_map"] and got["prob_map"] is outs["sigmoid"]
+
+
+def test_unnamed_outputs_bind_in_order_and_transform_sinks_get_everything():
+    """Names the producer lacks take unused outputs in order; a transform's edge to a sink carries all."""
+    outs = {"ids": np.zeros(3), "score": np.ones(1)}
+    e = PlanEdge(src="ctc", dst="next", nbytes=8, tensors=["ctc"])
+    assert list(select_tensors(outs, e, "transform", "piece")) == ["ctc"]
+    assert set(select_tensors(outs, e, "transform", "sink")) == {"ids", "score"}
+
+
+def test_fan_out_branch_weights_sum_to_one():
+    """Items of nested fan-outs weigh 1/product of counts, so a sink completes when they sum to 1."""
+    branches = [child_branch(child_branch("", i, 3), j, 2) for i in range(3) for j in range(2)]
+    assert sum(branch_weight(b) for b in branches) == Fraction(1)
+    assert child_branch("2/3", 0, 1) == "2/3"   # a single item does not open a new level
