@@ -115,3 +115,14 @@ def test_example_joins_into_an_app_graph(name, tmp_path):
     assert g.graph["unfed_inputs"] == []
     fanned = [n for n, d in g.nodes(data=True) if d.get("rate_factor", 1) > 1]
     assert fanned, "the crop transform's fan-out multiplies the rate of what follows it"
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_example_has_a_plan_meeting_its_slo_everywhere(name, tmp_path):
+    """Each bundled example is plannable: CP-SAT finds a placement meeting every SLO on every edge class."""
+    from planner.api import plan_app
+    app = load_app(EXAMPLES / name / "app.yaml")
+    plan = plan_app(app, load_fleet(EXAMPLES / name / "fleet.yaml"), pieces_dir=tmp_path, time_limit_s=20)
+    assert plan.status in ("optimal", "feasible"), plan.reason
+    assert plan.coverage and all(c.meets_slo for c in plan.coverage.values()), plan.coverage
+    assert set(plan.sinks) == set(app.sinks)
