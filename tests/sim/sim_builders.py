@@ -1,8 +1,6 @@
-"""Hand-built plans and fleets for the simulator tests (no planner or catalog needed)."""
+"""Hand-built plans and fleets for the simulator tests (no planner or catalog needed); not a test module."""
 
 from __future__ import annotations
-
-import pytest
 
 from planner.plan import BaselineResult, Plan, PlanEdge, PlanPiece, SinkLatency
 from tierplan.spec import DeviceSpec, FleetSpec, LinkSpec, SiteClassSpec
@@ -54,13 +52,3 @@ def make_plan(assign: dict[str, str] | None = None, rate_hz: float = 5.0, slo_ms
     }
     return Plan(status="optimal", assignment=assign, sinks={"labels": SinkLatency(latency_ms=50, slo_ms=slo_ms)},
                 cost_per_hour_usd=1.0, baselines=baselines, pieces=pieces, edges=edges)
-
-
-@pytest.fixture
-def fleet() -> FleetSpec:
-    return make_fleet()
-
-
-@pytest.fixture
-def plan() -> Plan:
-    return make_plan()

@@ -1,0 +1,116 @@
+"""`tierplan simulate APP|PLAN --fleet FLEET`: replay strategies over the fleet and compare them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tierplan.errors import InputError
+
+__all__ = ["register"]
+
+
+def _load_plan(target: Path, fleet_spec, objective: str | None):
+    from planner.plan import Plan
+    if target.is_dir():
+        target = target / "app.yaml"
+    if target.suffix == ".json":
+        return Plan.load(target)
+    if target.suffix not in (".yaml", ".yml"):
+        raise InputError(f"{target}: expected an app.yaml or a plan.json")
+    from tierplan.loader import load_app
+    app = load_app(target)
+    try:
+        from planner.api import plan_app
+    except ImportError as e:
+        raise InputError(f"{target}: the planner is not available ({e}). To fix: pass a plan.json "
+                         f"written by `tierplan plan`") from None
+    return plan_app(app, fleet_spec, objective=objective)
+
+
+def _fleet_path(target: Path, fleet: Path | None) -> Path:
+    if fleet is not None:
+        return fleet
+    if target.is_dir() and (target / "fleet.yaml").exists():
+        return target / "fleet.yaml"
+    if target.suffix == ".json" and target.exists():
+        try:
+            p = json.loads(target.read_text()).get("fleet_path")
+        except (OSError, json.JSONDecodeError):
+            p = None
+        if p and Path(p).exists():
+            return Path(p)
+    if (target.parent / "fleet.yaml").exists() and target.suffix in (".yaml", ".yml"):
+        return target.parent / "fleet.yaml"
+    raise InputError(f"{target}: no fleet given. To fix: add --fleet fleet.yaml")
+
+
+def _print_table(rep) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"Simulated {rep.duration_s:g} s, arrivals {rep.arrivals}, seed {rep.seed}")
+    for h in ("strategy", "sink", "p50 ms", "p95 ms", "p99 ms", "SLO met", "req/s", "failed", "cost $/h",
+              "busiest site", "engine", "sim req/s"):
+        t.add_column(h, justify="left" if h in ("strategy", "sink", "busiest site", "engine") else "right")
+    f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    for name, r in rep.strategies.items():
+        sites = {k: v for k, v in r.utilisation_max.items() if not k.startswith("link:")}
+        busiest = max(sites, key=sites.get) if sites else None
+        for i, (sink, s) in enumerate(r.sinks.items()):
+            t.add_row(name if i == 0 else "", sink, f(s.p50_ms), f(s.p95_ms), f(s.p99_ms),
+                      "-" if s.slo_attainment is None else f"{100 * s.slo_attainment:.1f}%",
+                      f"{r.throughput_rps:.1f}", str(r.requests_failed), f"{r.cost_per_hour_usd:.3f}",
+                      f"{busiest} {100 * sites[busiest]:.0f}%" if busiest else "-", r.engine,
+                      f"{r.sim_requests_per_s:,.0f}")
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=160)
+    con.print(t)
+    for name, why in rep.skipped.items():
+        con.print(f"[yellow]not simulated[/yellow] {name}: {why}")
+    for name, r in rep.strategies.items():
+        for n in r.notes:
+            con.print(f"[yellow]note[/yellow] {name}: {n}")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("simulate")
+    def simulate_cmd(
+        target: Path = typer.Argument(..., metavar="APP|PLAN", help="app.yaml (planned first), plan.json, or an example folder."),
+        fleet: Optional[Path] = typer.Option(None, "--fleet", help="fleet.yaml (default: the plan's or the folder's)."),
+        strategies: Optional[str] = typer.Option(None, "--strategies", help="Comma list: optimal,all-device,all-cloud,best-split,greedy."),
+        duration: float = typer.Option(60.0, "--duration", help="Simulated seconds of arrivals."),
+        seed: int = typer.Option(0, "--seed", help="Seed of every random draw (same seed, same result)."),
+        arrivals: str = typer.Option("poisson", "--arrivals", help="poisson | burst[:F[:ON[:OFF]]] | diurnal[:A[:PERIOD]] | trace:FILE"),
+        fail: Optional[list[str]] = typer.Option(None, "--fail", help="KIND:CLASS[#INST]@START-END[:fail|reroute|wait], repeatable."),
+        mobility: Optional[list[str]] = typer.Option(None, "--mobility", help="CLASS:SHARE@START[-END][>INSTANCE], repeatable."),
+        link: Optional[list[str]] = typer.Option(None, "--link", help="SITE=2g|3g|4g|wifi|MBPS|trace:FILE[~CV], repeatable."),
+        engine: str = typer.Option("auto", "--engine", help="auto | fast | simpy."),
+        objective: Optional[str] = typer.Option(None, "--objective", help="When given an app: cost, latency or energy."),
+        report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with figures into this folder."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Replay each strategy's placement over the fleet: latency per sink, SLO attainment, cost, load."""
+        from simulations.api import simulate
+        from tierplan.loader import load_fleet
+        if engine not in ("auto", "fast", "simpy"):
+            raise InputError(f"--engine {engine!r}: expected auto, fast or simpy")
+        if not target.exists():
+            raise InputError(f"{target}: file not found. To fix: check the path")
+        fleet_spec = load_fleet(_fleet_path(target, fleet))
+        plan = _load_plan(target, fleet_spec, objective)
+        rep = simulate(plan, fleet_spec, strategies=strategies, duration_s=duration, seed=seed,
+                       arrivals=arrivals, failures=fail or None, mobility=mobility or None,
+                       fast={"auto": None, "fast": True, "simpy": False}[engine], links=link or None)
+        if report is not None:
+            from simulations.html_report import write_report
+            path = write_report(rep, report)
+            if not as_json:
+                typer.echo(f"report: {path}")
+        if as_json:
+            typer.echo(json.dumps(rep.to_json(), indent=2))
+        else:
+            _print_table(rep)
