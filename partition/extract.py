@@ -14,7 +14,6 @@ from typing import Mapping, Sequence
 
 import networkx as nx
 import numpy as np
-import onnx
 from onnx import ModelProto, helper
 
 from partition.cuts import Partition
@@ -221,8 +220,3 @@ def verify_pieces(G: nx.DiGraph, pieces: Sequence[Piece], feeds: Mapping[str, np
         worst_abs = max(worst_abs, diff)
         worst_rel = max(worst_rel, diff / scale if scale > 0 else diff)
     return VerifyResult(worst_abs, worst_rel, tuple(whole))
-
-
-def check_model(m: ModelProto) -> None:
-    """onnx.checker on a piece (used by tests)."""
-    onnx.checker.check_model(m)

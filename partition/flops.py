@@ -243,20 +243,3 @@ def _loop_trips(node: NodeProto, shape_of: ShapeOf) -> int | None:
         axis = axes[0] if axes else 0
         return None if s is None else int(s[axis])
     return None
-
-
-def known_op(op_type: str) -> bool:
-    """True when op_flops has a rule for this operator type."""
-    return (op_type in _COUNTERS or op_type in ZERO_FLOP_OPS or op_type in ELEMENTWISE_FLOPS
-            or op_type in _NORM_FLOPS or op_type in ("Softmax", "LogSoftmax", "Hardmax", "If", "Scan")
-            or op_type.startswith("Reduce") or op_type == "CumSum")
-
-
-def attr_value(node: NodeProto, name: str, default=None):
-    """Attribute `name` of `node` as a Python value, or `default`."""
-    return _attr(node, name, default)
-
-
-def as_mapping(shapes: Mapping[str, Shape | None]) -> ShapeOf:
-    """A ShapeOf over a dict."""
-    return shapes.get
