@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 
 from planner.problem import COMPUTE_KINDS, Assignment, ClassData, Problem
+from planner.units import us_to_ms
 
 __all__ = ["ClassEval", "Evaluation", "evaluate", "evaluate_class_latency"]
 
@@ -188,8 +189,8 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
         classes[c.name] = ce
         for (v, lim) in c.slo_us.items():
             if ce.sink_us[v] > lim:
-                violations.append(f"{c.name}: {problem.nodes[v].id} takes {ce.sink_us[v] / 1000:.1f} ms "
-                                  f"> SLO {lim / 1000:g} ms")
+                violations.append(f"{c.name}: {problem.nodes[v].id} takes {us_to_ms(ce.sink_us[v]):.1f} ms "
+                                  f"> SLO {us_to_ms(lim):g} ms")
         for k, it in enumerate(problem.items):
             a = sites[it.producer]
             for b in c.chain:
