@@ -114,6 +114,10 @@ def _actor_class():
         def pid(self) -> int:
             return os.getpid()
 
+        def node_id(self) -> str:
+            """The Ray node this actor runs on (its labels name the site)."""
+            return ray.get_runtime_context().get_node_id()
+
     return SiteActor
 
 

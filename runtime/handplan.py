@@ -21,7 +21,7 @@ from runtime.links import LinkEmulator, route_table
 from tierplan.errors import InputError
 from tierplan.spec import AppSpec, FleetSpec
 
-__all__ = ["split_chain", "chain_plan", "app_plan", "tensor_infos", "time_piece_ms", "predict_latency"]
+__all__ = ["with_random_weights", "split_chain", "chain_plan", "app_plan", "tensor_infos", "time_piece_ms", "predict_latency"]
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                 11: "float64"}
@@ -44,6 +44,35 @@ def tensor_infos(path: str | Path, which: str, dims: dict[str, int] | None = Non
         out.append({"name": v.name, "shape": shape, "dtype": dtype,
                     "nbytes": int(np.prod(shape) * np.dtype(dtype).itemsize)})
     return out
+
+
+def with_random_weights(model: str | Path, out_path: str | Path, seed: int = 0) -> Path:
+    """A copy of a model whose ConstantOfShape weights (the onnx "light" test models) become random
+    initializers (He-scaled for conv kernels), so outputs depend on the input."""
+    m = onnx.load(str(model))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+    rng = np.random.default_rng(seed)
+    keep, new_inits = [], []
+    for node in m.graph.node:
+        if node.op_type == "ConstantOfShape" and node.input and node.input[0] in inits:
+            shape = [int(d) for d in inits[node.input[0]]]
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 0
+            w = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in) if fan_in
+                 else rng.standard_normal(shape) * 0.01).astype(np.float32)
+            new_inits.append(onnx.numpy_helper.from_array(w, node.output[0]))
+        else:
+            keep.append(node)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    used = {i for n in keep for i in n.input}
+    live = [i for i in m.graph.initializer if i.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend([*live, *new_inits])
+    graph_inputs = [i for i in m.graph.input if i.name in used or i.name not in inits]
+    del m.graph.input[:]
+    m.graph.input.extend(graph_inputs)
+    onnx.save(m, str(out_path))
+    return Path(out_path)
 
 
 def split_chain(model: str | Path, cuts: list[str], out_dir: str | Path, prefix: str = "m") -> list[Path]:

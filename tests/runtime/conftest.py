@@ -26,10 +26,17 @@ def three_tier_fleet(uplink_mbps: float = 800.0, rtt_ms: float = 2.0) -> FleetSp
 
 
 @pytest.fixture(scope="session")
-def sq_files(tmp_path_factory) -> list[Path]:
+def sq_model(tmp_path_factory) -> Path:
+    """SqueezeNet 1.1 (onnx light graph) with random weights, so outputs depend on the input."""
+    from runtime.handplan import with_random_weights
+    return with_random_weights(SQUEEZENET, tmp_path_factory.mktemp("sqw") / "squeezenet.onnx")
+
+
+@pytest.fixture(scope="session")
+def sq_files(sq_model, tmp_path_factory) -> list[Path]:
     """SqueezeNet 1.1 (onnx light) cut into 3 standalone ONNX pieces."""
     from runtime.handplan import split_chain
-    return split_chain(SQUEEZENET, CUTS, tmp_path_factory.mktemp("sq"), "sq")
+    return split_chain(sq_model, CUTS, tmp_path_factory.mktemp("sq"), "sq")
 
 
 @pytest.fixture(scope="session")
@@ -38,10 +45,10 @@ def sq_input() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def sq_reference(sq_input) -> np.ndarray:
+def sq_reference(sq_model, sq_input) -> np.ndarray:
     """The whole model's output on sq_input (onnxruntime, one process)."""
     import onnxruntime as ort
-    s = ort.InferenceSession(str(SQUEEZENET), providers=["CPUExecutionProvider"])
+    s = ort.InferenceSession(str(sq_model), providers=["CPUExecutionProvider"])
     return s.run(None, {"data_0": sq_input["input"]})[0]
 
 
