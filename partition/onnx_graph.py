@@ -323,18 +323,54 @@ def _const_nodes(model: ModelProto) -> tuple[set[int], set[str]]:
     return idx, const
 
 
-def _subgraph_flops_fn(outer_shapes: Mapping[str, tuple[int, ...]]):
+def _branch_shapes(graph, shapes: Mapping[str, tuple[int, ...]], elems: Mapping[str, int], opsets) -> dict:
+    """Static shapes inside an If branch, inferred with the outer-scope tensors' shapes as inputs.
+
+    ONNX inference of the whole model leaves branch tensors symbolic when the branch reads outer
+    tensors; re-running it on the branch alone, with those tensors bound, makes them static.
+    """
+    if len(graph.input):   # Loop/Scan bodies have per-iteration inputs: leave them as they are
+        return {}
+    refs = sorted(outer_refs(graph))
+    if any(r not in shapes or r not in elems for r in refs):
+        return {}
+    probe = helper.make_graph(list(graph.node), "branch",
+                              [helper.make_tensor_value_info(r, elems[r], list(shapes[r])) for r in refs],
+                              [helper.make_tensor_value_info(o.name, 0, None) for o in graph.output],
+                              initializer=list(graph.initializer))
+    try:
+        m = shape_inference.infer_shapes(helper.make_model(probe, opset_imports=list(opsets)),
+                                         check_type=False, strict_mode=False, data_prop=True)
+    except Exception:   # the branch stays uncounted and is listed as such
+        return {}
+    out = {}
+    for vi in list(m.graph.value_info) + list(m.graph.output):
+        st, _ = _static(vi)
+        if st is not None:
+            out[vi.name] = st
+    return out
+
+
+def _subgraph_flops_fn(outer_shapes: Mapping[str, tuple[int, ...]], elems: Mapping[str, int] | None = None,
+                       opsets=()):
     """A function graph -> (flops, uncounted op types) for control-flow bodies."""
     def count(graph) -> tuple[float, list[str]]:
         local = dict(outer_shapes)
+        local_elems = dict(elems or {})
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-            s, _ = _static(vi)
+            s, e = _static(vi)
             if s is not None:
                 local[vi.name] = s
+            if e:
+                local_elems[vi.name] = e
         for t in graph.initializer:
             local[t.name] = tuple(int(d) for d in t.dims)
+            local_elems[t.name] = t.data_type
+        produced = [o for n in graph.node for o in n.output if o]
+        if elems is not None and any(o not in local for o in produced):
+            local.update(_branch_shapes(graph, local, local_elems, opsets))
         total, bad = 0.0, []
-        inner = _subgraph_flops_fn(local)
+        inner = _subgraph_flops_fn(local, local_elems if elems is not None else None, opsets)
         for n in graph.node:
             f = op_flops(n, local.get, inner)
             if f is None:
@@ -345,9 +381,9 @@ def _subgraph_flops_fn(outer_shapes: Mapping[str, tuple[int, ...]]):
     return count
 
 
-def _uncounted_inside(node, outer_shapes) -> list[str]:
+def _uncounted_inside(node, outer_shapes, elems, opsets) -> list[str]:
     bad: list[str] = []
-    fn = _subgraph_flops_fn(outer_shapes)
+    fn = _subgraph_flops_fn(outer_shapes, elems, opsets)
     for g in subgraphs_of(node):
         bad.extend(fn(g)[1])
     return bad
@@ -394,7 +430,7 @@ def load_onnx(path: str | Path, dims: Mapping[str, int] | None = None,
     producer: dict[str, str] = {}
     used_names: set[str] = set()
     uncounted: set[str] = set()
-    sub_fn = _subgraph_flops_fn(tensors.shape)
+    sub_fn = _subgraph_flops_fn(tensors.shape, tensors.elem, model.opset_import)
     for i, n in enumerate(g.node):
         if i in const_idx:
             continue
@@ -409,7 +445,7 @@ def load_onnx(path: str | Path, dims: Mapping[str, int] | None = None,
         flops = op_flops(n, tensors.shape.get, sub_fn)
         if flops is None:
             uncounted.add(n.op_type)
-            uncounted.update(_uncounted_inside(n, tensors.shape))
+            uncounted.update(_uncounted_inside(n, tensors.shape, tensors.elem, model.opset_import))
         param_bytes = sum(tensors.nbytes(x) for x in set(ins) if x in const)
         act_in = sum(tensors.nbytes(x) for x in set(ins) if x not in const)
         out_bytes = sum(tensors.nbytes(o) for o in outs)
