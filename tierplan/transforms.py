@@ -70,6 +70,8 @@ DET_MAX_CROPS = 4
 CROP_SIZE_PX = 224                                      # MobileNetV3 input side
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_CROP_SCALE = (1.0 / (255.0 * IMAGENET_STD)).reshape(3, 1, 1).astype(np.float32)
+_CROP_SHIFT = (IMAGENET_MEAN / IMAGENET_STD).reshape(3, 1, 1).astype(np.float32)
 
 
 def _take(inputs: dict[str, np.ndarray], name: str, fn: str,
@@ -123,8 +125,10 @@ def ocr_normalize(inputs: dict[str, np.ndarray]) -> list[Request]:
 
 def _ppocr_chw(bgr: np.ndarray) -> np.ndarray:
     """HxWx3 uint8 BGR -> 3xHxW float32 normalised as PP-OCR was trained."""
-    x = bgr.astype(np.float32).transpose(2, 0, 1) / 255.0
-    return np.ascontiguousarray((x - PPOCR_MEAN) / PPOCR_STD, dtype=np.float32)
+    x = np.ascontiguousarray(bgr.transpose(2, 0, 1), dtype=np.float32)
+    x *= 1.0 / (255.0 * PPOCR_STD)
+    x -= PPOCR_MEAN / PPOCR_STD
+    return x
 
 
 def find_text_boxes(prob_map: np.ndarray, out_hw: tuple[int, int]) -> list[np.ndarray]:
@@ -351,8 +355,10 @@ def crop_detections(inputs: dict[str, np.ndarray]) -> list[Request]:
         cols = slice(int(x0), max(int(x0) + 1, int(math.ceil(x1))))
         patch = frame[rows, cols]
         patch = cv2.resize(patch, (CROP_SIZE_PX, CROP_SIZE_PX), interpolation=cv2.INTER_LINEAR)
-        x = (patch.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-        out.append({"crop": np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)})
+        chw = np.ascontiguousarray(patch.transpose(2, 0, 1), dtype=np.float32)  # (x/255 - mean)/std = x*a - b
+        chw *= _CROP_SCALE
+        chw -= _CROP_SHIFT
+        out.append({"crop": chw[None]})
     return out
 
 
