@@ -1,0 +1,80 @@
+"""`tierplan plan` from the shell: tables, --json, --out, --html, --pareto, --from, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tierplan", "plan", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300)
+
+
+def _app(tmp_path: Path, slo_ms: float = 250.0) -> Path:
+    data = yaml.safe_load((DATA / "planner_app.yaml").read_text())
+    data["slo"][0]["latency_ms"] = slo_ms
+    path = tmp_path / "app.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_plan_json_out_and_html(tmp_path: Path) -> None:
+    """A feasible plan exits 0, prints DESIGN.md's JSON fields and writes plan.json and plan.html."""
+    out, html = tmp_path / "plan.json", tmp_path / "plan.html"
+    r = _run(str(_app(tmp_path)), "--fleet", str(DATA / "planner_fleet.yaml"), "--json", "--out", str(out),
+             "--html", str(html))
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["status"] == "optimal" and data["gap"] == 0.0
+    assert set(data["assignment"]) == {f"detector/p{i}" for i in range(4)}
+    assert data["sinks"]["boxes"]["latency_ms"] <= 250
+    assert set(data["baselines"]) == {"all_on_device", "all_in_cloud", "neurosurgeon", "greedy"}
+    assert json.loads(out.read_text())["assignment"] == data["assignment"]
+    assert "<svg" in html.read_text()
+
+
+def test_plan_table_shows_baselines_and_coverage(tmp_path: Path) -> None:
+    """The human view has the CHOSEN column, the per-sink latency table and the coverage line."""
+    r = _run(str(_app(tmp_path)), "--fleet", str(DATA / "planner_fleet.yaml"), "--objective", "latency")
+    assert r.returncode == 0, r.stderr
+    for text in ("CHOSEN", "sink boxes", "neurosurgeon", "of devices", "status optimal"):
+        assert text in r.stdout
+
+
+def test_infeasible_slo_exits_1_with_reason(tmp_path: Path) -> None:
+    """An SLO nothing can meet exits 1, says the best achievable p95, and --json carries the reason."""
+    r = _run(str(_app(tmp_path, slo_ms=5)), "--fleet", str(DATA / "planner_fleet.yaml"), "--json")
+    assert r.returncode == 1
+    assert "SLO 5 ms for sink 'boxes' cannot be met" in r.stderr and "best possible p95" in r.stderr
+    assert "Traceback" not in r.stderr
+    data = json.loads(r.stdout)
+    assert data["status"] == "infeasible" and "best possible" in data["reason"]
+
+
+def test_bad_objective_exits_2(tmp_path: Path) -> None:
+    """An unknown --objective is bad input: exit 2, one line naming the flag."""
+    r = _run(str(_app(tmp_path)), "--fleet", str(DATA / "planner_fleet.yaml"), "--objective", "speed")
+    assert r.returncode == 2
+    assert "--objective" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_replan_from_old_plan_and_pareto(tmp_path: Path) -> None:
+    """--from an identical plan moves nothing; --pareto adds a frontier to the JSON."""
+    old = tmp_path / "old.json"
+    app = str(_app(tmp_path, slo_ms=400))
+    assert _run(app, "--fleet", str(DATA / "planner_fleet.yaml"), "--out", str(old)).returncode == 0
+    r = _run(app, "--fleet", str(DATA / "planner_fleet.yaml"), "--from", str(old), "--pareto", "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["moves"] == []
+    assert data["pareto"] and all("cost_per_hour_usd" in p for p in data["pareto"])
