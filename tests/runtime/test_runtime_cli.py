@@ -1,0 +1,103 @@
+"""The runtime's CLI verbs end to end: `tierplan run` on a small app, `certs`, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import processes_with_env
+
+REPO = Path(__file__).resolve().parents[2]
+STRAY_WAIT_S = 15.0
+
+APP_YAML = """\
+name: tiny-vision
+models:
+  classifier:
+    onnx: {model}
+sources:
+  camera:
+    at: phone
+    rate_hz: 2
+    shape: [1, 3, 224, 224]
+sinks:
+  label:
+    from: classifier
+edges:
+  - {{from: camera, to: classifier}}
+slo:
+  - {{sink: label, latency_ms: 2000}}
+objective: latency
+"""
+
+FLEET_YAML = """\
+name: tiny-fleet
+sites:
+  phone: {tier: edge, device: pixel-8, count: 10, attach: bs, link: radio}
+  bs: {tier: base_station, device: mec-t4, count: 1, attach: cloud, link: backhaul}
+  cloud: {tier: cloud, device: aws-g5-xlarge, count: 1, max_instances: 2}
+links:
+  radio: {uplink_mbps: 100, downlink_mbps: 200, rtt_ms: 10}
+  backhaul: {uplink_mbps: 1000, downlink_mbps: 1000, rtt_ms: 4}
+"""
+
+
+def _cli(args: list[str], env_extra: dict | None = None, timeout_s: float = 240) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env_extra or {}))
+    return subprocess.run([sys.executable, "-m", "tierplan", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=timeout_s)
+
+
+@pytest.fixture(scope="module")
+def tiny_example(tmp_path_factory, sq_model) -> Path:
+    d = tmp_path_factory.mktemp("tiny-vision")
+    (d / "app.yaml").write_text(APP_YAML.format(model=sq_model))
+    (d / "fleet.yaml").write_text(FLEET_YAML)
+    return d
+
+
+@pytest.mark.integration
+def test_run_serves_requests_reports_json_and_leaves_no_processes(tiny_example):
+    """`tierplan run DIR --json` plans, deploys, serves, reports the DESIGN.md fields, and leaves no stray process."""
+    marker = uuid.uuid4().hex
+    r = _cli(["run", str(tiny_example), "--duration", "3", "--json"], {"TIERPLAN_TEST_MARK": marker})
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    for key in ("requests_ok", "requests_failed", "measured_p50_ms", "measured_p95_ms", "predicted_p50_ms",
+                "predicted_p95_ms", "stages"):
+        assert key in out
+    assert out["requests_ok"] > 0 and out["requests_failed"] == 0
+    assert out["measured_p50_ms"] > 0 and out["predicted_p50_ms"] > 0
+    assert any(s["kind"] == "compute" for s in out["stages"])
+    deadline = time.time() + STRAY_WAIT_S
+    while processes_with_env(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    assert processes_with_env(marker) == [], "stray processes after `tierplan run`"
+
+
+def test_run_unknown_example_is_bad_input():
+    """An example that does not exist exits 2 with one line naming it and the known examples."""
+    r = _cli(["run", "no-such-example", "--duration", "1"], timeout_s=60)
+    assert r.returncode == 2
+    assert "no-such-example" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_certs_verb_writes_files(tmp_path):
+    """`tierplan certs --out DIR --sites a,b --json` lists the CA, site and controller files it wrote."""
+    r = _cli(["certs", "--out", str(tmp_path / "c"), "--sites", "a,b", "--json"], timeout_s=60)
+    assert r.returncode == 0, r.stderr
+    files = {Path(f).name for f in json.loads(r.stdout)["files"]}
+    assert {"ca.pem", "a.pem", "b.key", "controller.pem", "token"} <= files
+
+
+def test_agent_verb_rejects_a_bad_listen_address():
+    """`tierplan agent --listen nonsense` exits 2 naming the flag and the expected form."""
+    r = _cli(["agent", "--site", "phone", "--listen", "nonsense"], timeout_s=60)
+    assert r.returncode == 2 and "--listen" in r.stderr
