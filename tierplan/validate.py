@@ -96,8 +96,9 @@ def _read_onnx(path: str, mtime_ns: int, size: int) -> ModelIO:
     if not model.graph.node and not model.graph.output:
         raise _ModelFileError("not a readable ONNX model (no graph inside: the file is empty, truncated or "
                               "not ONNX)")
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(path if external else model)  # by path: the checker finds external data
     except onnx.checker.ValidationError as e:
         first = (str(e).strip().splitlines() or ["invalid"])[0]
         raise _ModelFileError(f"invalid ONNX model ({first[:200]})") from None

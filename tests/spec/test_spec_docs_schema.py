@@ -9,13 +9,39 @@ import pytest
 import yaml
 
 from conftest import BAD, DATA
-from tierplan.docs import REFERENCE_PATH, render, unit_of
+from tierplan.docs import README_PATH, REFERENCE_PATH, END, START, readme_with_reference, render, unit_of
 from tierplan.spec import AppSpec, FleetSpec
 
 
 def test_reference_is_up_to_date():
     """docs/yaml-reference.md equals what `python -m tierplan.docs` generates now."""
     assert REFERENCE_PATH.read_text() == render(), "To fix: python -m tierplan.docs"
+
+
+def test_readme_copy_is_up_to_date():
+    """README.md's reference section (between the markers, when present) equals the generated one."""
+    readme = README_PATH.read_text() if README_PATH.exists() else ""
+    assert readme_with_reference(readme) == readme, "To fix: python -m tierplan.docs"
+
+
+def test_readme_injection_between_markers():
+    """The README copy goes between the markers, one heading level down, and leaves the rest alone."""
+    text = readme_with_reference(f"# tierplan\nintro\n{START}\nold\n{END}\nafter\n")
+    assert text.startswith("# tierplan\nintro\n" + START + "\n## YAML reference\n")
+    assert "#### AppSpec" in text and "old" not in text and text.endswith(END + "\nafter\n")
+    assert readme_with_reference("no markers\n") == "no markers\n"
+
+
+def test_docs_check_flags_stale_reference(tmp_path, monkeypatch):
+    """`python -m tierplan.docs --check` exits 1 when the reference file differs from the models."""
+    import tierplan.docs as docs
+    stale = tmp_path / "ref.md"
+    stale.write_text("# old\n")
+    monkeypatch.setattr(docs, "REFERENCE_PATH", stale)
+    monkeypatch.setattr(docs, "README_PATH", tmp_path / "README.md")
+    assert docs.main(["--check"]) == 1
+    assert docs.main([]) == 0 and stale.read_text() == render()
+    assert docs.main(["--check"]) == 0
 
 
 def test_reference_covers_every_field():
