@@ -28,7 +28,7 @@ def test_readme_injection_between_markers():
     """The README copy goes between the markers, one heading level down, and leaves the rest alone."""
     text = readme_with_reference(f"# tierplan\nintro\n{START}\nold\n{END}\nafter\n")
     assert text.startswith("# tierplan\nintro\n" + START + "\n## YAML reference\n")
-    assert "#### AppSpec" in text and "old" not in text and text.endswith(END + "\nafter\n")
+    assert "#### AppSpec" in text and "\nold\n" not in text and text.endswith(END + "\nafter\n")
     assert readme_with_reference("no markers\n") == "no markers\n"
 
 
