@@ -87,3 +87,11 @@ def test_schema_accepts_good_and_rejects_bad(cli):
 def test_schema_rejects_unknown_kind(cli):
     """`tierplan schema bogus` is a usage error (exit 2)."""
     assert cli("schema", "bogus").exit_code == 2
+
+
+def test_every_field_is_described():
+    """Every user-facing field of every spec carries a description (it becomes the reference and schema text)."""
+    from tierplan.docs import APP_SECTIONS, FLEET_SECTIONS
+    missing = [f"{m.__name__}.{n}" for m in APP_SECTIONS + FLEET_SECTIONS
+               for n, f in m.model_fields.items() if not f.description]
+    assert missing == []
