@@ -7,7 +7,8 @@ For one FIFO server with arrivals A_n (sorted) and service S_n, the departure of
 Lindley's recursion W_{n+1} = max(0, W_n + S_n - A_{n+1}) unrolled, which is a cumulative sum and
 a cumulative maximum: no Python loop per request. Thousands of queues (one per device, base
 station, replica) are solved in one pass: sort visits by (queue, arrival), then a segmented
-cumulative max (each segment lifted above the previous by an offset) in exact int64 nanoseconds.
+cumulative max (each segment lifted above the previous by an offset; float64 ms, with a guard
+that keeps rounding under a microsecond).
 A site instance with c identical replicas dispatches its arrivals round-robin (the k-th arrival
 goes to replica k mod c), so each replica is again a single FIFO server.
 
@@ -31,12 +32,33 @@ from simulations.world import ArrivalDraws, StageDraws, World
 
 __all__ = ["FastPathUnsupported", "fifo_departures", "run_fast"]
 
-_NS_PER_MS = 1_000_000
 _INT64_SAFE = 2 ** 62
+_LIFT_LIMIT_MS = 2.0 ** 40   # lifted float64 values stay below this: rounding under 0.25 microseconds
 
 
 class FastPathUnsupported(Exception):
     """The scenario is not a feed-forward queueing network (or needs a shared-queue dispatch)."""
+
+
+def _stable_int_argsort(key: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative ints; a linear-time radix sort when they fit in 16 bits."""
+    if len(key) and int(key.max()) < 2 ** 16:
+        return np.argsort(key.astype(np.uint16), kind="stable")
+    return np.argsort(key, kind="stable")
+
+
+def _queue_time_order(queue: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Permutation sorting jobs by (queue, time): time-sort (skipped when sorted), then stable by queue."""
+    if len(t) > 1 and not bool(np.all(t[1:] >= t[:-1])):
+        by_t = np.argsort(t, kind="stable")
+    else:
+        by_t = np.arange(len(t))
+    if int(queue.max()) < 2 ** 16:
+        return by_t[np.argsort(queue[by_t].astype(np.uint16), kind="stable")]
+    span = int(t.max()) + 1
+    if int(queue.max()) * span < _INT64_SAFE:
+        return np.argsort(queue * span + t, kind="stable")
+    return np.lexsort((t, queue))
 
 
 def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.ndarray,
@@ -53,46 +75,39 @@ def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.nd
     n = len(arrival_ms)
     if n == 0:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
-    a_ns = np.rint(arrival_ms * _NS_PER_MS).astype(np.int64)
-    s_ns = np.rint(service_ms * _NS_PER_MS).astype(np.int64)
+    a_all = np.asarray(arrival_ms, dtype=np.float64)
     queue = np.asarray(queue, dtype=np.int64)
-    a_min = int(a_ns.min())
-    a_rel = a_ns - a_min
-    span_t = int(a_rel.max()) + 1
-    if int(queue.max()) * span_t < _INT64_SAFE // 2:
-        order = np.argsort(queue * span_t + a_rel, kind="stable")
-    else:
-        order = np.lexsort((a_rel, queue))
+    order = _queue_time_order(queue, a_all)
     q = queue[order]
     if servers > 1:
         new_seg = np.r_[True, q[1:] != q[:-1]]
         starts = np.flatnonzero(new_seg)
         rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
         rq = q * servers + rank % servers
-        sub = np.argsort(rq, kind="stable")
+        sub = _stable_int_argsort(rq)
         order, q = order[sub], rq[sub]
-    a = a_rel[order]
-    s = s_ns[order]
+    a = a_all[order]
+    s = np.asarray(service_ms, dtype=np.float64)[order]
     new_seg = np.r_[True, q[1:] != q[:-1]]
     seg_id = np.cumsum(new_seg) - 1
     c = np.cumsum(s)
     c_before = (c - s)[new_seg][seg_id]          # work done in earlier segments
     c_local = c - c_before
     x = a - (c_local - s)                         # A_k - C_{k-1}, segment-local
-    x_min = int(x.min())
-    x = x - x_min
-    span = int(x.max()) + 1
-    if int(seg_id[-1]) * span < _INT64_SAFE:
+    x_min = float(x.min())
+    x -= x_min
+    span = float(x.max()) + 1.0
+    if float(seg_id[-1]) * span < _LIFT_LIMIT_MS:
         lift = seg_id * span
         m = np.maximum.accumulate(x + lift) - lift
-    else:  # too many long segments for one lifted scan: one scan per segment
+    else:  # the lifted values would lose sub-microsecond precision: one scan per segment
         m = np.empty_like(x)
         bounds = np.r_[np.flatnonzero(new_seg), n]
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             m[lo:hi] = np.maximum.accumulate(x[lo:hi])
-    d = m + x_min + c_local + a_min
+    d = m + x_min + c_local
     out = np.empty(n)
-    out[order] = d / _NS_PER_MS
+    out[order] = d
     qid = np.empty(n, dtype=np.int64)
     qid[order] = q
     return out, qid

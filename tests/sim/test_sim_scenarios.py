@@ -102,7 +102,7 @@ def test_arrival_processes_keep_the_mean_rate(spec):
     """Poisson, MMPP bursts and diurnal arrivals all offer the nominal mean rate (N devices x rate)."""
     rep = simulate(make_plan(rate_hz=5.0), make_fleet(cams=10), strategies=["all-device"], duration_s=1200,
                    seed=9, arrivals=spec, fast=True)
-    assert rep.strategies["all-device"].requests == pytest.approx(10 * 5.0 * 1200, rel=0.1)
+    assert rep.strategies["all-device"].requests == pytest.approx(10 * 5.0 * 1200, rel=0.15)
 
 
 def test_burst_arrivals_raise_the_tail():
