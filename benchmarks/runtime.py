@@ -239,7 +239,8 @@ def _print(res: dict) -> None:
         t.add_row("3 pieces in one process", f"{o['p50_ms']:.1f}", "-", f"{o['rps_8']:.0f}",
                   f"{o['p50_ms_8']:.1f} / {o['p95_ms_8']:.1f}")
         t.add_row("tierplan: edge agent + 2 Ray nodes, gRPC", f"{p['p50_ms']:.1f}",
-                  f"{p['per_hop_ms']:.2f} ({s['hops_per_request']} hops)", f"{p['rps_8']:.0f}",
+                  f"{p['per_hop_ms']:.2f} vs one process; {p['per_hop_ms_vs_own_compute']:.2f} vs its own "
+                  f"compute ({s['hops_per_request']} hops)", f"{p['rps_8']:.0f}",
                   f"{p['p50_ms_8']:.1f} / {p['p95_ms_8']:.1f}")
         t.add_row("peer: Ray Serve, 3 deployments (DESIGN.md)", "35-40", "7-8", "32-43", "")
         con.print(t)

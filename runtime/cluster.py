@@ -21,6 +21,7 @@ from tierplan.errors import RuntimeFault
 __all__ = ["LocalCluster", "SiteActor", "site_resource", "SITE_LABEL", "ensure_ray_env", "start_site_actor"]
 
 SITE_LABEL = "tierplan-site"
+_START_ATTEMPTS = 2
 _NODE_OBJECT_STORE_BYTES = 80 * 1024 * 1024   # small: tensors cross sites over gRPC, not the object store
 
 
@@ -48,9 +49,19 @@ class LocalCluster:
         import ray
         from ray.cluster_utils import Cluster
         self._lock = threading.Lock()
-        self.cluster = Cluster(initialize_head=True, head_node_args=dict(
-            num_cpus=0, include_dashboard=False, node_ip_address="127.0.0.1",
-            object_store_memory=_NODE_OBJECT_STORE_BYTES, labels={SITE_LABEL: "head"}))
+        head = dict(num_cpus=0, include_dashboard=False, node_ip_address="127.0.0.1",
+                    object_store_memory=_NODE_OBJECT_STORE_BYTES, labels={SITE_LABEL: "head"})
+        for attempt in range(_START_ATTEMPTS):
+            # Ray gives a node 30 s to register; on a saturated machine that can fail: try again
+            self.cluster = Cluster(initialize_head=False)
+            try:
+                self.cluster.add_node(**head)
+                break
+            except Exception as e:  # Ray raises a bare Exception on a startup timeout
+                self.cluster.shutdown()
+                if attempt + 1 == _START_ATTEMPTS:
+                    raise RuntimeFault(f"local Ray cluster did not start ({e}). To fix: retry when the "
+                                       "machine is less loaded") from e
         self.nodes: dict[str, object] = {}
         for s in sites:
             self.add_site(s, wait=False)

@@ -333,7 +333,7 @@ def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, op
     """Build with TVM Relax; see the module docstring for native / same-arch / cross handling."""
     from runtime.backends import tvm_backend
     from runtime.backends.tvm_backend import TvmRunner, import_onnx
-    from runtime.backends.tvm_tune import tune_module
+    from runtime.backends.tvm_tune import tune_module, tuning_target
 
     target = dict(target)
     if str(target.get("kind", "llvm")) != "llvm":
@@ -360,7 +360,8 @@ def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, op
         elif opts.tune.enabled:
             meta["tune"] = {"skipped": "tuning needs the target device; not runnable here"}
         progress("compiling")
-        tvm_backend.build(mod, target, dst, database=database)
+        build_target = tuning_target(target) if database is not None else target
+        tvm_backend.build(mod, build_target, dst, database=database)
         check_path = dst
         if not native:
             check_path = tmp / "host_check.so"

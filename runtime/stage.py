@@ -139,8 +139,10 @@ class Sender:
                 ch.close()
             self._stubs.clear()
 
-    def _paced(self, d: Delivery, arrival_s: float, chunk_bytes: int):
-        yield from delivery_frames(d, chunk_bytes)
+    def _paced(self, frames: list, arrival_s: float):
+        # frames are built before the call: a lazy generator run on gRPC's consumer thread was
+        # 3x slower for 1 MiB tensors here
+        yield from frames
         wait = arrival_s - time.monotonic()
         if wait > 0:
             time.sleep(wait)
@@ -165,7 +167,8 @@ class Sender:
                 d.sent_unix_ms = time.time() * 1e3
                 arrival = self._emulator().arrival_s(self.site, to_site, d.nbytes) if to_site else 0.0
                 try:
-                    ack = self.stub(address, kind).Deliver(self._paced(d, arrival, chunk_bytes), timeout=remaining)
+                    frames = list(delivery_frames(d, chunk_bytes))
+                    ack = self.stub(address, kind).Deliver(self._paced(frames, arrival), timeout=remaining)
                     if self._metrics is not None and to_site and to_site != self.site:
                         self._metrics.link_bytes.labels(link).inc(d.nbytes)
                         self._metrics.link_latency.labels(link).observe(time.time() - d.sent_unix_ms / 1e3)

@@ -9,6 +9,7 @@ database (one folder per target) carries work across pieces, plans and runs.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from typing import Mapping
 
 from runtime.store import canonical_json
 
-__all__ = ["TuneSettings", "TuneReport", "tune_module", "database_dir"]
+__all__ = ["TuneSettings", "TuneReport", "tune_module", "database_dir", "tuning_target"]
+
+_LOG = logging.getLogger("tierplan.compile.tune")
 
 #: meta-schedule needs at least this many trials per task to beat the untuned build (DESIGN.md)
 MIN_USEFUL_TRIALS = 16
@@ -66,6 +69,16 @@ def database_dir(db_root: str | Path, target: Mapping) -> Path:
     return Path(db_root) / tag
 
 
+def tuning_target(target: Mapping) -> dict:
+    """The target tuning and the tuned build use: the device target plus this machine's physical
+    core count (meta-schedule requires `num-cores`; records are looked up by target)."""
+    out = dict(target)
+    if "num-cores" not in out:
+        import psutil
+        out["num-cores"] = int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    return out
+
+
 def _task_flops(task) -> float:
     from tvm.s_tir.analysis import estimate_tir_flops
     try:
@@ -84,6 +97,7 @@ def tune_module(mod, target: Mapping, settings: TuneSettings):
 
     from runtime.backends.tvm_backend import make_target
 
+    target = tuning_target(target)
     tgt = make_target(target)
     db_dir = database_dir(settings.db_root or ".tierplan-tuning", target)
     db_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +105,7 @@ def tune_module(mod, target: Mapping, settings: TuneSettings):
     report = TuneReport(trials_per_task=settings.trials, database=str(db_dir))
     t0 = time.perf_counter()
     tasks = extract_tasks(mod, tgt)
+    _LOG.info(f"extracted {len(tasks)} tasks in {time.perf_counter() - t0:.1f} s")
     report.tasks_total = len(tasks)
     ranked = sorted(tasks, key=lambda t: _task_flops(t) * t.weight, reverse=True)
     selected = ranked[: settings.max_tasks] if settings.max_tasks else ranked
@@ -115,5 +130,6 @@ def tune_module(mod, target: Mapping, settings: TuneSettings):
             runner=ms.runner.LocalRunner(), database=database, cost_model="random",
         )
         report.tasks_tuned = [t.task_name for t in todo]
+        _LOG.info(f"tuned {len(todo)} task(s) in {time.perf_counter() - t0:.1f} s")
     report.tune_s = time.perf_counter() - t0
     return database, report
