@@ -216,3 +216,11 @@ def test_committed_fixtures_match_their_generator():
     for name in ("truncated", "corrupt", "empty"):
         with pytest.raises(Exception, match="not a readable ONNX model"):
             read_model_io(DATA.parent / "bad" / "models" / f"{name}.onnx")
+
+
+def test_folder_argument_uses_its_app_and_fleet(cli):
+    """`tierplan validate FOLDER` validates FOLDER/app.yaml with FOLDER/fleet.yaml."""
+    info = json.loads(cli("validate", str(DATA), "--json").stdout)
+    assert info["app"] == "spec-demo" and info["fleet"] == "spec-fleet"
+    res = cli("validate", str(DATA.parent / "bad"))
+    assert res.exit_code == 2 and "app.yaml: file not found" in res.stderr

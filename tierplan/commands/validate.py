@@ -74,6 +74,8 @@ def _print_summary(info: dict) -> None:
     from rich.table import Table
 
     con = Console()
+    if not con.is_terminal:  # piped or captured: do not cut names at 80 columns
+        con = Console(width=max(con.width, 160))
     con.print(f"[bold green]valid[/]: app [bold]{info['app']}[/]: {len(info['models'])} model(s), "
               f"{len(info['sources'])} source(s), {len(info['transforms'])} transform(s), "
               f"{len(info['edges'])} edge(s), {len(info['sinks'])} sink(s)")
@@ -110,11 +112,19 @@ def register(app: typer.Typer) -> None:
 
     @app.command("validate")
     def validate_cmd(
-        app_file: Path = typer.Argument(..., metavar="APP", help="app.yaml to check."),
+        app_file: Path = typer.Argument(..., metavar="APP", help="app.yaml to check, or a folder holding app.yaml "
+                                        "(and fleet.yaml)."),
         fleet: Path | None = typer.Option(None, "--fleet", help="fleet.yaml to check with it."),
         as_json: bool = typer.Option(False, "--json", help="Print the summary (or the problems) as JSON."),
     ) -> None:
-        """Check app.yaml (and fleet.yaml): structure, model files, devices, shapes. Exit 2 on bad input."""
+        """Check app.yaml (and fleet.yaml): structure, model files, devices, shapes. Exit 2 on bad input.
+
+        APP may be an example folder: its app.yaml, and its fleet.yaml unless --fleet is given.
+        """
+        if app_file.is_dir():
+            if fleet is None and (app_file / "fleet.yaml").is_file():
+                fleet = app_file / "fleet.yaml"
+            app_file = app_file / "app.yaml"
         try:
             app_spec, fleet_spec = run_validate(app_file, fleet)
         except SpecError as e:
