@@ -29,7 +29,7 @@ def print_report(rep) -> None:
     con.print(t)
     s = Table(title="per stage", title_justify="left")
     for col in ("kind", "stage", "calls", "measured p50 ms", "measured p95 ms", "predicted ms"):
-        s.add_column(col, justify="left" if col in ("kind", "stage") else "right")
+        s.add_column(col, justify="left" if col in ("kind", "stage") else "right", overflow="fold")
     for r in rep.stages:
         s.add_row(r.kind, r.name, str(r.count), _ms(r.measured_p50_ms), _ms(r.measured_p95_ms), _ms(r.predicted_ms))
     con.print(s)
