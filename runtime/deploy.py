@@ -26,7 +26,15 @@ from runtime.stage import StageOptions
 from tierplan.errors import InputError
 from tierplan.spec import AppSpec, FleetSpec
 
-__all__ = ["deploy", "site_tiers", "load_plan_fleet", "load_plan_app"]
+__all__ = ["deploy", "site_tiers", "load_plan_fleet", "load_plan_app", "request_deadline_s",
+           "SLO_DEADLINE_FACTOR"]
+
+# A request's deadline is a multiple of its SLO: late results still count as answers (and as
+# SLO misses in the metrics), but nothing waits for ever. On a shared 2-core machine the
+# measured tail reaches several times the SLO, hence the generous factor.
+SLO_DEADLINE_FACTOR = 10.0
+MIN_DEADLINE_S = 2.0
+NO_SLO_DEADLINE_S = 30.0
 
 
 def load_plan_fleet(plan: Plan) -> FleetSpec | None:
@@ -35,6 +43,15 @@ def load_plan_fleet(plan: Plan) -> FleetSpec | None:
         from tierplan.loader import load_fleet
         return load_fleet(plan.fleet_path)
     return None
+
+
+def request_deadline_s(plan: Plan, slo_factor: float = SLO_DEADLINE_FACTOR) -> float:
+    """Default deadline of a request: `slo_factor` x the plan's largest SLO (at least MIN_DEADLINE_S),
+    or NO_SLO_DEADLINE_S when the plan has none. Every hop's gRPC timeout is what remains of it."""
+    slos = [s.slo_ms for s in plan.sinks.values() if s.slo_ms]
+    if not slos:
+        return NO_SLO_DEADLINE_S
+    return max(MIN_DEADLINE_S, max(slos) * slo_factor / 1e3)
 
 
 def load_plan_app(plan: Plan) -> AppSpec | None:
@@ -61,7 +78,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
            manifest: Mapping | None = None, cluster: LocalCluster | None = None,
            tls_dir: str | Path | None = None, agents: Mapping[str, str] | None = None,
            ray_address: str | None = None, options: StageOptions | None = None,
-           request_timeout_s: float = 30.0, front_door: str | None = None,
+           request_timeout_s: float | None = None, front_door: str | None = None,
            emulate_links: bool = True, ready_timeout_s: float = 180.0) -> Service:
     """Start every site's worker for `plan` and return the ready Service (a context manager)."""
     if not isinstance(plan, Plan):
@@ -83,6 +100,8 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     routes = route_table(fleet, [s for s in all_sites if s]) if emulate_links else {}
     options = options or StageOptions(batch_sites=tuple(s for s, t in tiers.items() if t == "cloud"))
     tls = TlsConfig.from_dir(tls_dir, CONTROLLER) if tls_dir else None
+    if request_timeout_s is None:
+        request_timeout_s = request_deadline_s(plan)
     agents = dict(agents or {})
     service = Service(plan, routes=routes, files=files_for(plan, manifest, base_dir, manifest_root), options=options,
                       tls=tls, request_timeout_s=request_timeout_s)

@@ -145,7 +145,7 @@ def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], f
 
 
 def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | None = None,
-                progress: bool = True, seed: int = 0, request_timeout_s: float = 30.0,
+                progress: bool = True, seed: int = 0, request_timeout_s: float | None = None,
                 max_requests: int | None = None) -> RunReport:
     """Plan, compile, deploy locally, send requests for `duration_s`, tear down; the report."""
     from tierplan.loader import load_app, load_fleet

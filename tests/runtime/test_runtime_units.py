@@ -82,3 +82,28 @@ def test_fan_out_branch_weights_sum_to_one():
     branches = [child_branch(child_branch("", i, 3), j, 2) for i in range(3) for j in range(2)]
     assert sum(branch_weight(b) for b in branches) == Fraction(1)
     assert child_branch("2/3", 0, 1) == "2/3"   # a single item does not open a new level
+
+
+def test_request_deadline_follows_the_slo():
+    """The default deadline is a multiple of the plan's largest SLO, with a floor, and 30 s without SLO."""
+    from planner.plan import Plan, SinkLatency
+    from runtime.deploy import MIN_DEADLINE_S, NO_SLO_DEADLINE_S, SLO_DEADLINE_FACTOR, request_deadline_s
+    plan = Plan(status="optimal", sinks={"a": SinkLatency(latency_ms=3, slo_ms=600),
+                                         "b": SinkLatency(latency_ms=1, slo_ms=100)})
+    assert request_deadline_s(plan) == pytest.approx(0.6 * SLO_DEADLINE_FACTOR)
+    tight = Plan(status="optimal", sinks={"a": SinkLatency(latency_ms=3, slo_ms=10)})
+    assert request_deadline_s(tight) == MIN_DEADLINE_S
+    assert request_deadline_s(Plan(status="optimal")) == NO_SLO_DEADLINE_S
+
+
+def test_sink_outputs_list_fan_out_items_in_branch_order():
+    """A sink fed by a fan-out returns its items ordered by branch index; empty branches add nothing."""
+    from runtime.service import _Pending
+    from runtime.wire import Delivery
+    p = _Pending("r", ["sink:text"], deadline_s=time.time() + 5)
+    for i in (2, 0, 1):
+        p.add(Delivery("r", "ctc", "sink:text", {"ids": np.array([i])}, branch=f"{i}/4"))
+    assert not p.done.is_set()
+    p.add(Delivery("r", "ctc", "sink:text", {}, branch="3/4", empty=True))
+    assert p.done.is_set() and p.error == ""
+    assert [int(x["ids"][0]) for x in p.outputs()["text"]] == [0, 1, 2]

@@ -43,7 +43,8 @@ def register(app: typer.Typer) -> None:
         example: str = typer.Argument(..., help="Example name under examples/ (or a directory with app.yaml and fleet.yaml)."),
         duration: float = typer.Option(10.0, "--duration", min=0.1, help="Seconds to send requests for."),
         backend: list[str] = typer.Option(None, "--backend", help="Compile backends to try (default: onnxruntime)."),
-        timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Deadline of one request, seconds."),
+        timeout: float = typer.Option(None, "--timeout", min=0.1,
+                                      help="Deadline of one request, seconds (default: 10 x the largest SLO)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Plan, compile and deploy EXAMPLE on this machine, send requests, compare with the plan, tear down."""
