@@ -131,6 +131,17 @@ class ExecGraph:
             stack.extend(e.dst for e in self.out_edges.get(n, ()))
         return [n for n in self.sinks() if n in seen]
 
+    def sites_upstream(self, sinks: list[str]) -> set[str]:
+        """Sites hosting a node that any of these sinks depends on."""
+        seen, stack = set(), list(sinks)
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            stack.extend(e.src for e in self.in_edges.get(n, ()))
+        return {self.sites[n] for n in seen if n in self.sites and self.kinds[n] != "sink"}
+
     def sources_of(self, node: str) -> str | None:
         """The source node a node's requests come from (the first found upstream)."""
         seen, stack = set(), [node]

@@ -204,6 +204,7 @@ class Service:
         self.agents: dict[str, Any] = {}      # edge site -> AgentProcess (local deployments)
         self.actors: dict[str, Any] = {}      # Ray site -> actor handle
         self.cluster = None                   # LocalCluster when the deployment uses one
+        self._needed_sites: dict[tuple[str, ...], set[str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def _server(self) -> grpc.Server:
@@ -357,11 +358,19 @@ class Service:
             except Exception as e:  # keep checking: one bad round must not stop health checks
                 log.warning("health check failed: %s", e)
 
+    def _needed(self, sinks: list[str]) -> set[str]:
+        key = tuple(sorted(sinks))
+        if key not in self._needed_sites:
+            self._needed_sites[key] = self.graph.sites_upstream(list(key))
+        return self._needed_sites[key]
+
     def _fail_site(self, site: str, message: str) -> None:
+        """End the in-flight requests that need `site` (their data may have died with it)."""
         with self._lock:
             pending = list(self._pending.values())
         for p in pending:
-            p.fail(f"request {p.rid}: {message} while the request was in flight")
+            if site in self._needed(list(p.items)):
+                p.fail(f"request {p.rid}: {message} while the request was in flight")
 
     def health(self) -> dict[str, dict]:
         """Per site: up, address, worker pid, metrics endpoint, last error."""
@@ -404,7 +413,8 @@ class Service:
         rid = f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
         deadline_s = time.time() + (timeout_s or self.request_timeout_s)
         p = _Pending(rid, self.graph.sinks_reached(list(feeds)), deadline_s)
-        down = [s for s, st in self.sites.items() if not st.up]
+        needed = self._needed(list(p.items))
+        down = [s for s, st in self.sites.items() if not st.up and s in needed]
         if down:
             p.fail(f"request {rid}: site(s) {', '.join(down)} down "
                    f"({'; '.join(self.sites[s].error for s in down if self.sites[s].error) or 'not ready'})")

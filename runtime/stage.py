@@ -343,10 +343,12 @@ class StageWorker(pbg.StageServicer):
 
     def Deliver(self, request_iterator, context) -> pb.Ack:
         d = frames_to_delivery(request_iterator)
-        if self._cfg is None:
-            return pb.Ack(ok=False, error=f"site {self.site} is not configured yet")
+        if self._cfg is None:  # just (re)started: UNAVAILABLE makes the sender retry until configured
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"site {self.site} is not configured yet")
         src_site = self._cfg.graph.sites.get(d.src, "")
-        if d.sent_unix_ms and src_site and src_site != self.site:
+        if d.sent_unix_ms and not d.src:  # a source's data from the client (on a device: local)
+            d.trace.append(["feed", f"client->{self.site}", time.time() * 1e3 - d.sent_unix_ms])
+        elif d.sent_unix_ms and src_site and src_site != self.site:
             d.trace.append(["transfer", f"{src_site}->{self.site}", time.time() * 1e3 - d.sent_unix_ms])
         self._inbox.put(d)
         self._metrics.queue_depth.labels(self.site).set(self._inbox.qsize() + len(self._ready))

@@ -25,7 +25,9 @@ def print_report(rep) -> None:
         t.add_column(col, justify="right" if col else "left")
     ratio = (f"{rep.measured_p50_ms / rep.predicted_p50_ms:.2f}"
              if rep.measured_p50_ms and rep.predicted_p50_ms else "-")
-    t.add_row("end to end", _ms(rep.measured_p50_ms), _ms(rep.measured_p95_ms), _ms(rep.predicted_p50_ms), ratio)
+    t.add_row("end to end (from the source site)", _ms(rep.measured_p50_ms), _ms(rep.measured_p95_ms),
+              _ms(rep.predicted_p50_ms), ratio)
+    t.add_row("as the local client sees it", _ms(rep.client_p50_ms), _ms(rep.client_p95_ms), "", "")
     con.print(t)
     s = Table(title="per stage", title_justify="left")
     for col in ("kind", "stage", "calls", "measured p50 ms", "measured p95 ms", "predicted ms"):
