@@ -41,6 +41,7 @@ _SERIES_BINS = 60
 _SECONDS_PER_HOUR = 3600.0
 _BYTES_PER_GB = 1e9
 _MS = 1000.0
+_Z95 = 1.6448536269514722  # standard normal 95th percentile
 
 
 # ---------------------------------------------------------------------------- strategies
@@ -76,26 +77,33 @@ def strategy_assignments(plan: Plan, names: Iterable[str] | None) -> tuple[dict[
 
 
 # ---------------------------------------------------------------------------- plan lookups
-def _app_sources(plan: Plan) -> dict[str, Any]:
+def _app_spec(plan: Plan):
+    """The plan's app.yaml (for source rates and sink destinations the plan does not carry), or None."""
     if not plan.app_path:
-        return {}
+        return None
     try:
         from tierplan.loader import load_app
-        return dict(load_app(plan.app_path).sources)
+        return load_app(plan.app_path)
     except Exception:  # the plan's figures are used instead; a missing app file is not fatal here
-        return {}
+        return None
 
 
 def _lookups(plan: Plan, fleet: FleetView, rates: dict[str, float] | None,
              latency_ms: dict[tuple[str, str], float] | None):
     pieces = {p.id: p for p in plan.pieces}
-    app_sources = None
+    app_box: list = []
+
+    def app():
+        if not app_box:
+            app_box.append(_app_spec(plan))
+        return app_box[0]
 
     def app_source(src):
-        nonlocal app_sources
-        if app_sources is None:
-            app_sources = _app_sources(plan)
-        return app_sources.get(src)
+        return app().sources.get(src) if app() is not None else None
+
+    def deliver_for(sink_id: str) -> str | None:
+        spec = app().sinks.get(sink_id.removeprefix("sink:")) if app() is not None else None
+        return spec.deliver_to if spec is not None else None
 
     def rate_for(src: str) -> float:
         if rates and src in rates:
@@ -128,7 +136,12 @@ def _lookups(plan: Plan, fleet: FleetView, rates: dict[str, float] | None,
         if pp.kind in ("source", "sink"):
             return 0.0
         if latency_ms and (pp.id, site) in latency_ms:
-            return float(latency_ms[(pp.id, site)])
+            v = latency_ms[(pp.id, site)]
+            if isinstance(v, (tuple, list)):  # (p50_ms, p95_ms) measured: a log-normal with that median and p95
+                p50, p95 = float(v[0]), max(float(v[1]), float(v[0]))
+                sigma = math.log(p95 / p50) / _Z95 if p50 > 0 else 0.0
+                return (p50 * math.exp(sigma ** 2 / 2), sigma)
+            return float(v)
         sv = fleet.classes[site]
         for key in (site, sv.device_name):
             if key in pp.latency_ms:
@@ -137,7 +150,7 @@ def _lookups(plan: Plan, fleet: FleetView, rates: dict[str, float] | None,
             return float(getattr(pp, "cost_ms", 0.0) or 0.0)
         return _costmodel_ms(pp, sv)
 
-    return rate_for, origins_for, service_ms
+    return rate_for, origins_for, service_ms, deliver_for
 
 
 def _costmodel_ms(pp, sv) -> float:
@@ -286,11 +299,14 @@ def simulate(plan: Plan | str, fleet: Any, strategies: Iterable[str] | str | Non
              rates: dict[str, float] | None = None, slo_ms: dict[str, float] | None = None,
              replicas: dict[str, int] | None = None, service_dist: str = "lognormal",
              service_cv: float = 0.1, dispatch: str = "round_robin",
-             latency_ms: dict[tuple[str, str], float] | None = None) -> SimReport:
+             latency_ms: dict[tuple[str, str], float | tuple[float, float]] | None = None) -> SimReport:
     """Replay each strategy of `plan` over `fleet` for `duration_s` simulated seconds.
 
     fast: True = vectorised path (raises InputError where it cannot run), False = SimPy, None =
     vectorised for big feed-forward runs, SimPy otherwise. The same seed gives the same report.
+    latency_ms[(piece, site)] overrides a piece's time on a site class: a mean in ms, or a measured
+    (p50_ms, p95_ms) pair replayed as a log-normal; rates[source] overrides requests/s per device;
+    replicas[site] fixes servers per instance; links[site] varies a link (scenario.parse_link).
 
     >>> report = simulate(plan, fleet, duration_s=30, seed=1)           # doctest: +SKIP
     >>> report.strategies["optimal"].sinks["boxes"].p95_ms             # doctest: +SKIP
@@ -312,12 +328,12 @@ def simulate(plan: Plan | str, fleet: Any, strategies: Iterable[str] | str | Non
     else:
         link_vars = {v.site: v for v in _as_list(links, parse_link)}
     chosen, skipped = strategy_assignments(plan, strategies)
-    rate_for, origins_for, service_ms = _lookups(plan, fv, rates, latency_ms)
+    rate_for, origins_for, service_ms, deliver_for = _lookups(plan, fv, rates, latency_ms)
     slo = {name: s.slo_ms for name, s in plan.sinks.items()}
     slo.update(slo_ms or {})
 
     base_rng = np.random.default_rng(seed)
-    compiled = {name: compile_journeys(plan, fv, fn, origins_for, rate_for, service_ms)
+    compiled = {name: compile_journeys(plan, fv, fn, origins_for, rate_for, service_ms, deliver_for)
                 for name, fn in chosen.items()}
     world = World(fv, {}, duration_s, base_rng, fails, moves, link_vars, service_dist, service_cv)
     # arrivals per (origin, source): shared by every strategy

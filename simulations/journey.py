@@ -36,6 +36,7 @@ class Work:
 
     amount: float
     rate_factor: float
+    sigma: float | None = None  # log-space spread of one invocation's time; None: the run's service_dist
 
 
 @dataclass(frozen=True)
@@ -112,14 +113,24 @@ def _order(g: nx.DiGraph, nodes: list[str], site: dict[str, str], pos: dict[str,
     return out
 
 
+def _compute_work(ms: float | tuple[float, float], rate_factor: float) -> Work:
+    """Work of one node: a mean time, or (mean, log-space sigma) for a measured spread."""
+    if isinstance(ms, tuple):
+        return Work(float(ms[0]), rate_factor, float(ms[1]))
+    return Work(float(ms), rate_factor)
+
+
 def compile_journeys(plan, fleet: FleetView, assignment_for: Callable[[str], dict[str, str]],
                      origins_for: Callable[[str], list[str]], rate_for: Callable[[str], float],
-                     service_ms: Callable[[object, str], float]) -> list[Journey]:
+                     service_ms: Callable[[object, str], float],
+                     deliver_for: Callable[[str], str | None] = lambda sink: None) -> list[Journey]:
     """Journeys of every (origin class, source) for one strategy.
 
     `assignment_for(origin)` gives node id -> site class (or tier) for requests from `origin`;
     `origins_for(source)` the classes producing the source's requests; `rate_for(source)` requests
-    per second per producing site; `service_ms(plan_piece, site_class)` one invocation's time.
+    per second per producing site; `service_ms(plan_piece, site_class)` one invocation's mean time
+    (or (mean_ms, sigma) when its spread is known); `deliver_for(sink id)` where a sink's result
+    goes (source, a tier or a site class) when the plan's sink node does not say.
     """
     g = nx.DiGraph()
     pos: dict[str, int] = {}
@@ -138,16 +149,16 @@ def compile_journeys(plan, fleet: FleetView, assignment_for: Callable[[str], dic
         rate = rate_for(src)
         for origin in origins_for(src):
             journeys.append(_one(plan, g, nodes, pos, src, reach, origin, fleet,
-                                 assignment_for(origin), rate, service_ms))
+                                 assignment_for(origin), rate, service_ms, deliver_for))
     return journeys
 
 
-def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_ms) -> Journey:
+def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_ms, deliver_for) -> Journey:
     site: dict[str, str] = {src: origin}
     for n in reach:
         p = nodes[n]
         if p.kind == "sink":
-            target = getattr(p, "deliver_to", None) or assign.get(n) or "source"
+            target = getattr(p, "deliver_to", None) or deliver_for(n) or assign.get(n) or "source"
             site[n] = origin if target in ("source", "any") else resolve_site(target, origin, fleet)
         else:
             if n not in assign:
@@ -204,7 +215,7 @@ def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_m
             if from_site != gsite:
                 pred = transfer(from_site, gsite, pred, work, f"{src}->{members[0]}")
             preds.extend(p for p in pred if p not in preds)
-        work = tuple(Work(service_ms(nodes[n], gsite), rf(n)) for n in members)
+        work = tuple(_compute_work(service_ms(nodes[n], gsite), rf(n)) for n in members)
         stages.append(Stage(len(stages), "compute", gsite, None, False, tuple(preds), work,
                             f"{gsite}: {', '.join(members)}"))
         group_stage[gi] = len(stages) - 1

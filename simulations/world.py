@@ -336,7 +336,10 @@ class World:
                     all_one = False
                     total += w.amount * k
                     inv += k
-            if st.kind == "compute":
+            if st.kind == "compute" and any(w.sigma is not None for w in st.work):
+                total = self._spread_work(st, arr, n, rng)
+                delay.append(None)
+            elif st.kind == "compute":
                 total = total * self._multiplier(n, rng)
                 delay.append(None)
             elif st.shared:
@@ -350,6 +353,22 @@ class World:
             work.append(total)
             runs.append(None if all_one and st.work else inv > 0)
         return StageDraws(work, runs, delay)
+
+    def _spread_work(self, st: Stage, arr: ArrivalDraws, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Compute work when nodes carry their own spread: log-normal per node, mean preserved; k
+        invocations of one node sum to k x mean with the coefficient of variation over sqrt(k)."""
+        total = np.zeros(n)
+        for w in st.work:
+            k = arr.invocations(w.rate_factor)
+            kf = np.ones(n) if k is None else k.astype(np.float64)
+            if w.sigma is None:
+                mult = self._multiplier(n, rng)
+            else:
+                cv2 = np.expm1(w.sigma ** 2) / np.maximum(kf, 1.0)
+                s2 = np.log1p(cv2)
+                mult = np.exp(rng.standard_normal(n) * np.sqrt(s2) - s2 / 2)
+            total += w.amount * kf * mult
+        return total
 
     def _multiplier(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if self.service_dist == "deterministic" or (self.service_dist == "lognormal" and self.service_cv == 0):

@@ -1,0 +1,265 @@
+"""Simulator benchmark: fast-path goal (10 M requests, 10,000 devices, < 60 s), both paths' speed, fidelity.
+
+    python benchmarks/simulate.py            # everything
+    python benchmarks/simulate.py --quick    # smaller runs (CI smoke)
+
+1. Goal: 10 million requests from a 10,000-device fleet (3-stage app: device -> base station ->
+   cloud) through the vectorised path in under 60 s wall, stats included.
+2. Speed of both paths on the peers' scenario (3-stage app, N devices at 5 req/s; DESIGN.md: YAFS
+   and EdgeSimPy do 1,000-4,000 requests per wall second and YAFS slows down as N grows):
+   simulated requests per wall second at N = 1,000 and 10,000. Cost per request must not grow with N.
+3. Cross-check: SimPy and the fast path on one scenario (mean and p95 ratios, goal within 1%).
+4. Fidelity: `tierplan run EXAMPLE --json` (the runtime on localhost, emulated links) against the
+   simulator on the same example, p50 and p95 ratios (goal within 15%). Runs only when the runtime
+   is importable; otherwise it prints that it was skipped and why.
+Writes benchmarks/results/simulate.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency  # noqa: E402
+from simulations.api import simulate  # noqa: E402
+from tierplan.spec import DeviceSpec, FleetSpec, LinkSpec, SiteClassSpec  # noqa: E402
+
+GOAL_REQUESTS = 10_000_000
+GOAL_DEVICES = 10_000
+GOAL_WALL_S = 60.0
+PEER_RATE_HZ = 5.0
+FIDELITY_TOLERANCE = 0.15
+FIDELITY_RATE_HZ = 0.01      # one request per 100 s per source: no queueing, like one-at-a-time requests
+FIDELITY_SIM_S = 40_000.0    # 400 requests per source
+con = Console(width=140)
+
+
+def _device(name: str, tier: str, usd: float) -> DeviceSpec:
+    return DeviceSpec(name=name, tier=tier, peak_gflops={"fp32": 50.0}, memory_gb=8, memory_bandwidth_gbps=20,
+                      power_idle_w=2, power_active_w=8, cost_per_hour_usd=usd)
+
+
+def fleet(n_devices: int, n_bs: int, bs_servers: int) -> FleetSpec:
+    """n_devices cameras behind n_bs base stations (each up to bs_servers replicas) and 2 cloud regions."""
+    return FleetSpec(name=f"bench-{n_devices}", sites={
+        "cams": SiteClassSpec(tier="edge", device=_device("cam", "edge", 0.0), count=n_devices, attach="bs", link="lte"),
+        "bs": SiteClassSpec(tier="base_station", device=_device("mec", "base_station", 0.4), count=n_bs,
+                            attach="cloud", link="backhaul", max_instances=bs_servers),
+        "cloud": SiteClassSpec(tier="cloud", device=_device("vm", "cloud", 1.5), count=2),
+    }, links={"lte": LinkSpec(uplink_mbps=20, downlink_mbps=60, rtt_ms=30, jitter_ms=4),
+              "backhaul": LinkSpec(uplink_mbps=10_000, downlink_mbps=10_000, rtt_ms=10, egress_usd_per_gb=0.09)})
+
+
+def plan(rate_hz: float) -> Plan:
+    """A 3-stage app: piece 1 on the device, piece 2 on the base station, piece 3 in the cloud."""
+    ms = {"app/p0": {"cams": 6.0, "bs": 1.5, "cloud": 1.0}, "app/p1": {"cams": 30.0, "bs": 4.0, "cloud": 2.0},
+          "app/p2": {"cams": 50.0, "bs": 6.0, "cloud": 1.0}}
+    pieces = [PlanPiece(id="camera", kind="source", rate_hz=rate_hz),
+              *[PlanPiece(id=k, model="app", latency_ms=v) for k, v in ms.items()], PlanPiece(id="sink:out", kind="sink")]
+    edges = [PlanEdge(src="camera", dst="app/p0", nbytes=150_000), PlanEdge(src="app/p0", dst="app/p1", nbytes=20_000),
+             PlanEdge(src="app/p1", dst="app/p2", nbytes=8_000), PlanEdge(src="app/p2", dst="sink:out", nbytes=200)]
+    return Plan(status="optimal", assignment={"app/p0": "cams", "app/p1": "bs", "app/p2": "cloud"}, pieces=pieces,
+                edges=edges, sinks={"out": SinkLatency(latency_ms=80, slo_ms=150)})
+
+
+def _bs_for(n_devices: int) -> int:
+    return max(1, n_devices // 100)
+
+
+def bench_goal(n_requests: int, n_devices: int) -> dict:
+    """The fast path on n_requests over 60 simulated seconds from n_devices devices."""
+    duration = 60.0
+    rate = n_requests / (n_devices * duration)
+    t0 = time.perf_counter()
+    rep = simulate(plan(rate), fleet(n_devices, _bs_for(n_devices), 64), strategies=["optimal"],
+                   duration_s=duration, seed=1, fast=True)
+    wall = time.perf_counter() - t0
+    r = rep.strategies["optimal"]
+    return {"requests": r.requests, "devices": n_devices, "wall_s": wall, "engine_s": r.wall_s,
+            "requests_per_s": r.requests / wall, "p95_ms": r.sinks["out"].p95_ms,
+            "goal_wall_s": GOAL_WALL_S, "met": wall < GOAL_WALL_S and r.requests >= 0.99 * n_requests}
+
+
+def bench_paths(sizes: list[int], simpy_requests: int) -> list[dict]:
+    """Both paths on the peers' scenario: requests per wall second as the fleet grows."""
+    rows = []
+    for n in sizes:
+        f = fleet(n, _bs_for(n), 8)
+        for engine, fast, dur in (("simpy", False, simpy_requests / (n * PEER_RATE_HZ)), ("fast", True, 60.0)):
+            t0 = time.perf_counter()
+            rep = simulate(plan(PEER_RATE_HZ), f, strategies=["optimal"], duration_s=dur, seed=2, fast=fast)
+            wall = time.perf_counter() - t0
+            r = rep.strategies["optimal"]
+            rows.append({"engine": engine, "devices": n, "sim_s": dur, "requests": r.requests, "wall_s": wall,
+                         "requests_per_s": r.requests / wall, "p50_ms": r.sinks["out"].p50_ms})
+    return rows
+
+
+def bench_crosscheck(duration_s: float) -> dict:
+    """SimPy vs fast path on one scenario (1,000 devices, jitter, replicas): mean and p95 ratios."""
+    f, p = fleet(1000, 10, 4), plan(PEER_RATE_HZ)
+    out = {}
+    for name, fast in (("simpy", False), ("fast", True)):
+        s = simulate(p, f, strategies=["optimal"], duration_s=duration_s, seed=3, fast=fast).strategies["optimal"].sinks["out"]
+        out[name] = {"mean_ms": s.mean_ms, "p95_ms": s.p95_ms}
+    out["mean_ratio"] = out["fast"]["mean_ms"] / out["simpy"]["mean_ms"]
+    out["p95_ratio"] = out["fast"]["p95_ms"] / out["simpy"]["p95_ms"]
+    out["met"] = abs(out["mean_ratio"] - 1) <= 0.01 and abs(out["p95_ratio"] - 1) <= 0.01
+    return out
+
+
+def _stage_latencies(stages: list) -> dict[tuple[str, str], tuple[float, float]]:
+    """(node, site) -> (p50_ms, p95_ms) of the compute stages `tierplan run` measured ("node@site")."""
+    out = {}
+    for st in stages or []:
+        if isinstance(st, dict) and st.get("kind") == "compute" and "@" in st.get("name", ""):
+            node, _, site = st["name"].rpartition("@")
+            out[(node, site)] = (float(st["measured_p50_ms"]), float(st["measured_p95_ms"]))
+    return out
+
+
+def _local_fleet(fleet_spec: FleetSpec, edge_class: str) -> FleetSpec:
+    """The fleet as `tierplan run` emulates it: one site per class, the edge class it drives, no jitter."""
+    sites = {n: s.model_copy(update={"count": 1}) for n, s in fleet_spec.sites.items()
+             if s.tier != "edge" or n == edge_class}
+    links = {n: ln.model_copy(update={"jitter_ms": 0.0}) for n, ln in fleet_spec.links.items()}
+    return FleetSpec(name=fleet_spec.name, sites=sites, links=links)
+
+
+def _sim_e2e(p: Plan, fleet_spec: FleetSpec, overrides: dict | None) -> tuple[float, float]:
+    """p50 and p95 of the slowest sink at negligible load (the runtime sends one request at a time)."""
+    sources = [x.id for x in p.pieces if x.kind == "source"]
+    rep = simulate(p, fleet_spec, strategies=["optimal"], duration_s=FIDELITY_SIM_S, seed=0,
+                   rates={s: FIDELITY_RATE_HZ for s in sources}, latency_ms=overrides or None)
+    sinks = rep.strategies["optimal"].sinks.values()
+    return (max(s.p50_ms for s in sinks if s.p50_ms is not None), max(s.p95_ms for s in sinks if s.p95_ms is not None))
+
+
+def bench_fidelity(duration_s: float) -> dict:
+    """`tierplan run` vs the simulator on each example; skipped (with the reason) without a runtime.
+
+    The simulator replays the run's conditions: one site per class and the edge class the runtime
+    drives, links without jitter (the emulator has none), one request at a time (negligible load).
+    Two variants: the plan's predicted piece times, and the piece times the run itself measured
+    (p50/p95 per compute stage, as log-normals): the second isolates the simulator's composition
+    (pieces in sequence per site, branches, fan-out, links) from the cost model's error.
+    """
+    try:
+        import runtime.runapp  # noqa: F401
+        import tierplan.commands.run  # noqa: F401
+    except Exception as e:  # any import failure means no runtime to compare against
+        return {"skipped": f"runtime not importable ({e.__class__.__name__}: {e})"}
+    examples = [d for d in sorted((ROOT / "examples").iterdir())
+                if (d / "app.yaml").exists() and (d / "fleet.yaml").exists()] if (ROOT / "examples").exists() else []
+    if not examples:
+        return {"skipped": "no examples/<name>/ with app.yaml and fleet.yaml"}
+    from runtime.runapp import make_plan
+    from tierplan.loader import load_app, load_fleet
+    rows = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for ex in examples:
+        cmd = [sys.executable, "-m", "tierplan", "run", str(ex), "--duration", f"{duration_s:g}", "--json"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(600, 20 * duration_s), env=env, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            rows.append({"example": ex.name, "error": "tierplan run timed out"})
+            continue
+        if proc.returncode != 0:
+            rows.append({"example": ex.name, "error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]})
+            continue
+        measured = json.loads(proc.stdout)
+        fleet_spec = load_fleet(ex / "fleet.yaml")
+        p, _ = make_plan(load_app(ex / "app.yaml"), fleet_spec, ex / "app.yaml", ex / "fleet.yaml")
+        edge = next(iter(p.per_class), None) or next(n for n, s in fleet_spec.sites.items() if s.tier == "edge")
+        local = _local_fleet(fleet_spec, edge)
+        m50, m95 = measured["measured_p50_ms"], measured["measured_p95_ms"]
+        row = {"example": ex.name, "measured_p50_ms": m50, "measured_p95_ms": m95}
+        for tag, ov in (("plan", None), ("stages", _stage_latencies(measured.get("stages", [])))):
+            s50, s95 = _sim_e2e(p, local, ov)
+            row[f"sim_{tag}_p50_ms"], row[f"sim_{tag}_p95_ms"] = s50, s95
+            row[f"{tag}_p50_ratio"], row[f"{tag}_p95_ratio"] = s50 / m50, s95 / m95
+            row[f"{tag}_met"] = abs(s50 / m50 - 1) <= FIDELITY_TOLERANCE and abs(s95 / m95 - 1) <= FIDELITY_TOLERANCE
+        row["unaccounted_p50_ms"] = m50 - row["sim_stages_p50_ms"]
+        rows.append(row)
+    return {"examples": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller runs (1 M requests, 2,000 devices)")
+    ap.add_argument("--fidelity-duration", type=float, default=20.0)
+    args = ap.parse_args()
+    n_goal, n_dev = (1_000_000, 2_000) if args.quick else (GOAL_REQUESTS, GOAL_DEVICES)
+    sizes = [1_000, 2_000] if args.quick else [1_000, 10_000]
+    results: dict = {"quick": args.quick}
+
+    con.print(f"[bold]fast-path goal[/bold]: {n_goal:,} requests, {n_dev:,} devices, 60 simulated s")
+    g = results["goal"] = bench_goal(n_goal, n_dev)
+    t = Table(title=f"Fast path: {n_goal:,} requests across {n_dev:,} devices (goal < {GOAL_WALL_S:.0f} s)")
+    for h in ("requests", "devices", "wall s", "engine s", "simulated req/s", "p95 ms", "goal met"):
+        t.add_column(h, justify="right")
+    t.add_row(f"{g['requests']:,}", f"{g['devices']:,}", f"{g['wall_s']:.1f}", f"{g['engine_s']:.1f}",
+              f"{g['requests_per_s']:,.0f}", f"{g['p95_ms']:.1f}", "yes" if g["met"] else "NO")
+    con.print(t)
+
+    rows = results["paths"] = bench_paths(sizes, 20_000 if args.quick else 40_000)
+    t = Table(title=f"Both paths, 3-stage app, N devices at {PEER_RATE_HZ:g} req/s (peers: 1,000-4,000 req/s)")
+    for h in ("engine", "devices", "simulated s", "requests", "wall s", "simulated req/s", "p50 ms"):
+        t.add_column(h, justify="right")
+    for r in rows:
+        t.add_row(r["engine"], f"{r['devices']:,}", f"{r['sim_s']:.2f}", f"{r['requests']:,}", f"{r['wall_s']:.2f}",
+                  f"{r['requests_per_s']:,.0f}", f"{r['p50_ms']:.1f}")
+    con.print(t)
+    for engine in ("simpy", "fast"):
+        per = [r["requests_per_s"] for r in rows if r["engine"] == engine]
+        results.setdefault("per_request_cost_growth", {})[engine] = per[0] / per[-1]
+    con.print("cost per request, largest fleet / smallest: "
+              + ", ".join(f"{k} x{v:.2f}" for k, v in results["per_request_cost_growth"].items()))
+
+    c = results["crosscheck"] = bench_crosscheck(10.0 if args.quick else 30.0)
+    t = Table(title="SimPy vs fast path, same scenario (goal: within 1%)")
+    for h in ("", "SimPy", "fast", "fast / SimPy"):
+        t.add_column(h, justify="right")
+    t.add_row("mean ms", f"{c['simpy']['mean_ms']:.3f}", f"{c['fast']['mean_ms']:.3f}", f"{c['mean_ratio']:.5f}")
+    t.add_row("p95 ms", f"{c['simpy']['p95_ms']:.3f}", f"{c['fast']['p95_ms']:.3f}", f"{c['p95_ratio']:.5f}")
+    con.print(t)
+
+    f = results["fidelity"] = bench_fidelity(args.fidelity_duration)
+    if "skipped" in f:
+        con.print(f"[yellow]fidelity skipped[/yellow]: {f['skipped']}")
+    else:
+        t = Table(title=f"Fidelity: simulator vs `tierplan run` (goal: within {FIDELITY_TOLERANCE:.0%})")
+        for h in ("example", "piece times", "run p50", "sim p50", "ratio", "run p95", "sim p95", "ratio", "met"):
+            t.add_column(h, justify="right")
+        for r in f["examples"]:
+            if "error" in r:
+                t.add_row(r["example"], "error: " + r["error"], "", "", "", "", "", "", "NO")
+                continue
+            for tag, label in (("plan", "plan (predicted)"), ("stages", "measured by run")):
+                t.add_row(r["example"], label, f"{r['measured_p50_ms']:.1f}", f"{r[f'sim_{tag}_p50_ms']:.1f}",
+                          f"{r[f'{tag}_p50_ratio']:.2f}", f"{r['measured_p95_ms']:.1f}", f"{r[f'sim_{tag}_p95_ms']:.1f}",
+                          f"{r[f'{tag}_p95_ratio']:.2f}", "yes" if r[f"{tag}_met"] else "NO")
+        con.print(t)
+        for r in f["examples"]:
+            if "unaccounted_p50_ms" in r:
+                con.print(f"{r['example']}: {r['unaccounted_p50_ms']:.1f} ms of the run's p50 is outside its measured "
+                          f"stages and links (runtime overhead per request)")
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "simulate.json").write_text(json.dumps(results, indent=2))
+    con.print(f"wrote {out / 'simulate.json'}")
+
+
+if __name__ == "__main__":
+    main()
