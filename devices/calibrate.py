@@ -29,18 +29,21 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from devices.constants import BANDWIDTH_EFFICIENCY, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY
+from devices.constants import BANDWIDTH_EFFICIENCY, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, OP_CLASSES, op_class
 from devices.costmodel import CALIBRATION_DIR, OTHER_OP, Calibration, device_kind
-from partition.types import Piece
+from partition.types import OpCost, Piece
 from tierplan.errors import InputError
 from tierplan.spec import DeviceSpec
 
 __all__ = ["Sample", "CalibrationModel", "DEFAULT_MODELS", "default_models", "nnls", "fit_calibration",
            "collect_samples", "run_calibration"]
 
+CLASSES: tuple[str, ...] = tuple(OP_CLASSES) + ("elementwise",)
 DEFAULT_MIN_OPS = 2          # an op type needs this many occurrences in the data for its own coefficients
 # Candidate ridge weights towards the (rescaled) roofline prior, relative units; picked by cross-validation.
 PRIOR_WEIGHT_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
+# The adaptive ridge's first pass uses this fraction of the prior weight (see _solve).
+ADAPTIVE_RIDGE_FRACTION = 0.01
 # Candidate last-level-cache sizes, MB (L2 per core is 0.5-2 MB, L3 slices 4-32 MB on the catalog's CPUs).
 CACHE_MB_GRID: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 
@@ -170,29 +173,32 @@ def _lawson_hanson(A: np.ndarray, b: np.ndarray, max_iter: int, tol: float = 1e-
 class CalibrationModel:
     """The columns of the fit: op-type groups, and how a piece becomes a feature row."""
 
-    groups: tuple[str, ...]   # op types with their own coefficients, then OTHER_OP
+    groups: tuple[str, ...]   # op types with their own coefficients, then `other:<class>` buckets
     cache_mb: float = 0.0
+    classes: tuple[str, ...] = CLASSES
 
     @property
     def n(self) -> int:
-        return 2 * len(self.groups) + 3
+        return 2 * len(self.groups) + 1 + len(self.classes) + 1
 
-    def group(self, op_type: str) -> str:
-        return op_type if op_type in self.groups else OTHER_OP
+    def group(self, op: OpCost) -> str:
+        """The column group of an operator: its op type, else its class's `other:<class>` bucket."""
+        return op.op_type if op.op_type in self.groups else f"{OTHER_OP}:{op_class(op.op_type)}"
 
     def row(self, piece: Piece) -> np.ndarray:
-        """[GFLOP per group..., MB per group..., MB beyond the cache, op count, 1]."""
-        k = len(self.groups)
+        """[GFLOP per group..., MB per group..., MB beyond the cache, op count per class..., 1]."""
+        k, c = len(self.groups), len(self.classes)
         idx = {g: i for i, g in enumerate(self.groups)}
+        cidx = {g: i for i, g in enumerate(self.classes)}
         r = np.zeros(self.n)
         for o in piece.ops:
-            i = idx[self.group(o.op_type)]
+            i = idx[self.group(o)]
             r[i] += o.flops / 1e9
             mb = (o.param_bytes + o.act_bytes) / 1e6
             r[k + i] += mb
             r[2 * k] += max(0.0, mb - self.cache_mb)
-        r[2 * k + 1] = len(piece.ops)
-        r[2 * k + 2] = 1.0
+            r[2 * k + 1 + cidx[op_class(o.op_type)]] += 1
+        r[2 * k + 1 + c] = 1.0
         return r
 
     def prior(self, device: DeviceSpec) -> np.ndarray:
@@ -202,7 +208,8 @@ class CalibrationModel:
         bw_ms_per_mb = 1e3 / (device.memory_bandwidth_gbps * 1e3 * BANDWIDTH_EFFICIENCY[kind])
         a = [1e3 / (peak * DEFAULT_EFFICIENCY[kind].get(g, DEFAULT_OP_EFFICIENCY[kind])) for g in self.groups]
         mb = [bw_ms_per_mb] * len(self.groups)
-        return np.array(a + mb + [bw_ms_per_mb, device.dispatch_overhead_us / 1e3, device.dispatch_overhead_us / 1e3])
+        over = [device.dispatch_overhead_us / 1e3] * (len(self.classes) + 1)
+        return np.array(a + mb + [bw_ms_per_mb] + over)
 
 
 def _groups(samples: Sequence[Sample], min_ops: int) -> tuple[str, ...]:
@@ -210,15 +217,26 @@ def _groups(samples: Sequence[Sample], min_ops: int) -> tuple[str, ...]:
     for s in samples:
         for o in s.piece.ops:
             counts[o.op_type] = counts.get(o.op_type, 0) + 1
-    own = sorted(t for t, c in counts.items() if c >= min_ops and t != OTHER_OP)
-    return tuple(own) + (OTHER_OP,)
+    own = sorted(t for t, c in counts.items() if c >= min_ops and not t.startswith(OTHER_OP))
+    return tuple(own) + tuple(f"{OTHER_OP}:{c}" for c in CLASSES)
 
 
 def _solve(rows: np.ndarray, y: np.ndarray, prior: np.ndarray, prior_weight: float) -> np.ndarray:
-    """NNLS on relative errors with ridge rows pulling each coefficient towards `prior`."""
-    A = np.vstack([rows / y[:, None], np.diag(prior_weight / prior)])
-    b = np.concatenate([np.ones(len(y)), np.full(len(prior), prior_weight)])
-    return nnls(A, b)
+    """NNLS on relative errors with ridge rows pulling each coefficient towards `prior`.
+
+    The ridge is adaptive: a coefficient the data puts far above its prior (a slow kernel such as
+    onnxruntime's LRN, 80x the roofline) is penalised relative to that data-driven value, not to
+    the prior, so a well-measured outlier is kept while unmeasured coefficients stay at the prior.
+    """
+    data_A, data_b = rows / y[:, None], np.ones(len(y))
+
+    def ridge(scale: np.ndarray, weight: float) -> np.ndarray:
+        A = np.vstack([data_A, np.diag(weight / scale)])
+        b = np.concatenate([data_b, weight * prior / scale])
+        return nnls(A, b)
+
+    x0 = ridge(prior, prior_weight * ADAPTIVE_RIDGE_FRACTION)
+    return ridge(np.maximum(prior, x0), prior_weight)
 
 
 def _prior_scale(rows: np.ndarray, y: np.ndarray, prior: np.ndarray) -> float:
@@ -273,7 +291,9 @@ def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: i
         ms_per_gflop={g: float(x[i]) for i, g in enumerate(cm.groups)},
         ms_per_mb={g: float(x[k + i]) for i, g in enumerate(cm.groups)},
         cache_mb=cm.cache_mb, ms_per_dram_mb=float(x[2 * k]),
-        op_overhead_us=float(x[2 * k + 1] * 1e3), run_overhead_us=float(x[2 * k + 2] * 1e3),
+        class_overhead_us={c: float(x[2 * k + 1 + i] * 1e3) for i, c in enumerate(cm.classes)},
+        op_overhead_us=float(np.median(x[2 * k + 1: 2 * k + 1 + len(cm.classes)]) * 1e3),
+        run_overhead_us=float(x[2 * k + 1 + len(cm.classes)] * 1e3),
         threads=threads, precision=precision, backend=backend,
         measured_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
@@ -310,6 +330,9 @@ def collect_samples(models: Iterable[tuple[str, Path, Mapping[str, int]]], work_
                     progress: Callable[[str], None] | None = None) -> list[Sample]:
     """Cut each model into pieces, measure every piece (and the whole model) with onnxruntime.
 
+    With one thread the figure is the median CPU time of the run (immune to other processes taking
+    the core on a shared machine, see devices.profile.time_runs); with more, the median wall time.
+
     With passes > 1 every file is measured again after all others were (a second, independent
     median: `Sample.repeat_ms`), which shows how noisy this machine is right now.
     """
@@ -327,7 +350,7 @@ def collect_samples(models: Iterable[tuple[str, Path, Mapping[str, int]]], work_
     for k in range(max(1, passes)):
         for i, p in enumerate(pieces):
             m = measure_piece(p, threads=threads, runs=runs, min_time_s=min_time_s)
-            medians[i].append(m.median_ms)
+            medians[i].append(m.cpu_median_ms if threads == 1 else m.median_ms)
             if progress:
                 progress(f"{p.id}: {m.median_ms:.3f} ms ({len(p.ops)} ops)" + (f", pass {k + 1}" if passes > 1 else ""))
     return [Sample(p, ms[0], ms[1] if len(ms) > 1 else None) for p, ms in zip(pieces, medians)]

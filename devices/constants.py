@@ -11,6 +11,7 @@ __all__ = [
     "ACCEL_KINDS", "DEFAULT_EFFICIENCY", "PRECISION_EFFICIENCY_SCALE", "BANDWIDTH_EFFICIENCY",
     "PRECISION_BYTES_SCALE", "SERIALIZE_GBPS", "REFERENCE_EDGE_CPU_GFLOPS", "MIN_TRANSFORM_SCALE",
     "DEFAULT_CLOUD_MAX_INSTANCES", "BYTES_PER_GB", "MS_PER_HOUR", "DEFAULT_OP_EFFICIENCY",
+    "OP_CLASSES", "op_class",
 ]
 
 # Device kinds, told apart by the kind of the TVM target ("cuda" -> gpu, else cpu).
@@ -63,3 +64,28 @@ DEFAULT_CLOUD_MAX_INSTANCES: int = 1000
 # Units.
 BYTES_PER_GB: float = 1e9          # cloud egress is priced per decimal GB
 MS_PER_HOUR: float = 3.6e6
+
+
+# Operator classes: calibration shares a per-op overhead within a class (fused epilogues such as a
+# Relu after a Conv cost no dispatch; a standalone Reshape does), and an op type seen too rarely
+# to get its own coefficients falls back to its class's `other:<class>` bucket.
+OP_CLASSES: dict[str, tuple[str, ...]] = {
+    "conv": ("Conv", "ConvTranspose", "QLinearConv", "ConvInteger"),
+    "matmul": ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "Einsum", "Attention", "MultiHeadAttention",
+               "LSTM", "GRU", "RNN"),
+    "norm": ("BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization",
+             "LRN", "SkipLayerNormalization", "RMSNormalization"),
+    "pool": ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceSum",
+             "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "Softmax", "LogSoftmax", "ArgMax", "ArgMin", "TopK"),
+    "movement": ("Reshape", "Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND",
+                 "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Shape", "Size", "Cast", "Pad",
+                 "Expand", "Tile", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "ScatterND",
+                 "ConstantOfShape", "Range", "NonZero"),
+}
+_CLASS_OF: dict[str, str] = {t: c for c, types in OP_CLASSES.items() for t in types}
+
+
+def op_class(op_type: str) -> str:
+    """The class of an ONNX op type: conv, matmul, norm, pool, movement, or elementwise (the rest)."""
+    return _CLASS_OF.get(op_type, "elementwise")
+

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 
 from devices.constants import (
     BANDWIDTH_EFFICIENCY, BYTES_PER_GB, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, MIN_TRANSFORM_SCALE,
-    MS_PER_HOUR, PRECISION_BYTES_SCALE, PRECISION_EFFICIENCY_SCALE, REFERENCE_EDGE_CPU_GFLOPS, SERIALIZE_GBPS,
+    MS_PER_HOUR, PRECISION_BYTES_SCALE, op_class, PRECISION_EFFICIENCY_SCALE, REFERENCE_EDGE_CPU_GFLOPS, SERIALIZE_GBPS,
 )
 from partition.types import OpCost, Piece
 from tierplan.errors import InputError
@@ -52,7 +52,8 @@ class Calibration:
     """Fitted cost coefficients of one device (what `tierplan calibrate` writes as JSON).
 
     ms_per_gflop[op_type]: compute term; ms_per_mb[op_type]: memory term (MB = 1e6 bytes);
-    op_overhead_us: per operator; run_overhead_us: per piece run (session call, input copies);
+    op_overhead_us: per operator (class_overhead_us[op class] when fitted per class, see
+    devices.constants.op_class); run_overhead_us: per piece run (session call, input copies);
     ms_per_dram_mb: extra cost per MB an operator touches beyond `cache_mb` (its working set spills
     out of the last-level cache and streams from DRAM, e.g. the 150 MB weights of AlexNet's fc6).
     """
@@ -62,6 +63,7 @@ class Calibration:
     ms_per_mb: Mapping[str, float]
     op_overhead_us: float
     run_overhead_us: float
+    class_overhead_us: Mapping[str, float] = field(default_factory=dict)
     cache_mb: float = 0.0
     ms_per_dram_mb: float = 0.0
     threads: int = 1
@@ -81,6 +83,7 @@ class Calibration:
         d = asdict(self)
         d["ms_per_gflop"] = dict(self.ms_per_gflop)
         d["ms_per_mb"] = dict(self.ms_per_mb)
+        d["class_overhead_us"] = dict(self.class_overhead_us)
         d["models"] = list(self.models)
         d["fit"] = dict(self.fit)
         return d
@@ -190,8 +193,9 @@ class CostModel:
 
     def _op_ms_calibrated(self, op: OpCost, device: DeviceSpec, cal: Calibration, batch: int,
                           precision: str) -> float:
-        t = op.op_type if op.op_type in cal.ms_per_gflop else OTHER_OP
-        if t not in cal.ms_per_gflop:
+        cls = op_class(op.op_type)
+        t = next((g for g in (op.op_type, f"{OTHER_OP}:{cls}", OTHER_OP) if g in cal.ms_per_gflop), None)
+        if t is None:
             return self._op_ms_roofline(op, device, batch, precision)
         a, m = cal.ms_per_gflop[t], cal.ms_per_mb.get(t, 0.0)
         if precision != cal.precision:  # rescale by the datasheet ratio between the precisions
@@ -202,7 +206,7 @@ class CostModel:
         nbytes = op.param_bytes + batch * op.act_bytes
         spill_mb = max(0.0, nbytes * PRECISION_BYTES_SCALE[precision] / 1e6 - cal.cache_mb)
         return (a * batch * op.flops / 1e9 + m * nbytes / 1e6 + cal.ms_per_dram_mb * spill_mb
-                + cal.op_overhead_us / 1e3)
+                + cal.class_overhead_us.get(cls, cal.op_overhead_us) / 1e3)
 
     def transform_ms(self, spec: TransformSpec, device: DeviceSpec) -> float:
         """Host-side transform time: the declared edge-CPU cost scaled by the device's CPU speed."""

@@ -39,23 +39,31 @@ class Measurement:
     p10_ms: float
     p90_ms: float
     min_ms: float
+    cpu_median_ms: float = 0.0   # CPU time of the calling thread (see time_runs)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def time_runs(run: Callable[[], object], warmup: int = 3, runs: int = 20, min_time_s: float = 0.0,
-              max_runs: int = 2000) -> list[float]:
-    """Call `run` `warmup` times, then at least `runs` times (and until `min_time_s` passed); ms each."""
+              max_runs: int = 2000) -> tuple[list[float], list[float]]:
+    """Call `run` `warmup` times, then at least `runs` times (and until `min_time_s` passed).
+
+    Returns (wall ms, CPU ms of the calling thread) per run. With one intra-op thread onnxruntime
+    computes in the calling thread, so its CPU time is the run's latency minus the time the OS
+    gave the core to other processes: the figure to calibrate with on a shared machine.
+    """
     for _ in range(max(0, warmup)):
         run()
-    times: list[float] = []
+    wall: list[float] = []
+    cpu: list[float] = []
     start = time.perf_counter()
-    while len(times) < runs or (time.perf_counter() - start < min_time_s and len(times) < max_runs):
-        t0 = time.perf_counter()
+    while len(wall) < runs or (time.perf_counter() - start < min_time_s and len(wall) < max_runs):
+        c0, t0 = time.thread_time_ns(), time.perf_counter_ns()
         run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+        wall.append((time.perf_counter_ns() - t0) / 1e6)
+        cpu.append((time.thread_time_ns() - c0) / 1e6)
+    return wall, cpu
 
 
 def ort_session(path: str | Path, threads: int = DEFAULT_THREADS, profile_dir: str | None = None):
@@ -109,11 +117,11 @@ def measure(path: str | Path, backend: str = "ort", threads: int = DEFAULT_THREA
         run = _tvm_runner(path, threads, inputs, seed)
     else:
         run = _litert_runner(path, threads, seed)
-    times = time_runs(run, warmup=warmup, runs=runs, min_time_s=min_time_s)
+    times, cpu = time_runs(run, warmup=warmup, runs=runs, min_time_s=min_time_s)
     q = np.percentile(times, [10, 90])
     return Measurement(id=piece_id or path.stem, file=str(path), backend=backend, threads=threads, runs=len(times),
                        median_ms=float(statistics.median(times)), p10_ms=float(q[0]), p90_ms=float(q[1]),
-                       min_ms=float(min(times)))
+                       min_ms=float(min(times)), cpu_median_ms=float(statistics.median(cpu)))
 
 
 def measure_piece(piece: Piece, backend: str = "ort", **kw) -> Measurement:

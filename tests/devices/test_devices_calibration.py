@@ -44,16 +44,22 @@ def measured(tmp_path_factory):
 
 
 def test_calibrated_beats_datasheet_on_held_out_models(measured):
-    """Fitted on some models, the calibration predicts the other models' pieces with a lower median error."""
+    """Leave-one-model-out: fitted on the other models, the calibration predicts the held-out model's
+    pieces better than the datasheet roofline (pooled median error, and in most folds)."""
     device = get_device("local")
-    held_out = {"ppocr_cls", "inception_v1"}
-    train = [s for s in measured if s.piece.model not in held_out]
-    test = [s for s in measured if s.piece.model in held_out]
-    cal = fit_calibration(train, device)
-    err_cal = [abs(CostModel(cal).piece_ms(s.piece, device) / s.measured_ms - 1) for s in test]
-    err_raw = [abs(CostModel(False).piece_ms(s.piece, device) / s.measured_ms - 1) for s in test]
-    assert np.median(err_cal) < np.median(err_raw)
-    assert np.median(err_cal) < 0.5
+    names = sorted({s.piece.model for s in measured})
+    pooled_cal, pooled_raw, folds_better = [], [], 0
+    for name in names:
+        train = [s for s in measured if s.piece.model != name]
+        test = [s for s in measured if s.piece.model == name]
+        cal = CostModel(fit_calibration(train, device))
+        err_cal = [abs(cal.piece_ms(s.piece, device) / s.measured_ms - 1) for s in test]
+        err_raw = [abs(CostModel(False).piece_ms(s.piece, device) / s.measured_ms - 1) for s in test]
+        folds_better += np.median(err_cal) < np.median(err_raw)
+        pooled_cal += err_cal
+        pooled_raw += err_raw
+    assert np.median(pooled_cal) < 0.5 * np.median(pooled_raw)
+    assert folds_better >= len(names) - 2
 
 
 def test_fit_reports_training_error_and_positive_coefficients(measured):

@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         eff = cal.efficiency(get_device("local"))
-        t = Table(title=f"calibration of `local`: {len(samples)} measured pieces of {len(cal.models)} models",
+        t = Table(title=f"calibration of `local`: {len(samples)} measured pieces of {len(cal.models)} models "
+                        f"({threads} thread(s); % of the catalog's all-core fp32 peak)",
                   title_justify="left")
         for col in ("op type", "ms/GFLOP", "GFLOP/s", "% of peak", "ms/MB"):
             t.add_column(col, justify="left" if col == "op type" else "right")
@@ -45,7 +46,9 @@ def register(app: typer.Typer) -> None:
                       f"{100 * eff[op]:.1f}" if a > 0 else "-", f"{cal.ms_per_mb.get(op, 0):.4f}")
         Console().print(t)
         f = cal.fit
-        Console().print(f"op overhead {cal.op_overhead_us:.2f} us, run overhead {cal.run_overhead_us:.2f} us, "
-                        f"DRAM spill {cal.ms_per_dram_mb:.4f} ms/MB beyond {cal.cache_mb:g} MB; training fit: "
-                        f"{100 * f['train_within_10pct']:.0f}% within 10%, {100 * f['train_within_25pct']:.0f}% "
-                        f"within 25%; saved {path}")
+        Console().print("per-op overhead by op class: " + ", ".join(
+            f"{c} {us:.2f} us" for c, us in sorted(cal.class_overhead_us.items())))
+        Console().print(f"run overhead {cal.run_overhead_us:.2f} us, DRAM spill {cal.ms_per_dram_mb:.4f} ms/MB "
+                        f"beyond {cal.cache_mb:g} MB; training fit: {100 * f['train_within_10pct']:.0f}% within 10%, "
+                        f"{100 * f['train_within_25pct']:.0f}% within 25%; leave-one-model-out median error "
+                        f"{100 * f['cv_median_abs_rel_error']:.1f}%; saved {path}")

@@ -42,21 +42,25 @@ def register(app: typer.Typer) -> None:
         out = {"target": str(target), "backend": backend, "threads": threads,
                "latency_ms": sum(m.median_ms for m in results),
                "pieces": [{"id": m.id, "latency_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms,
-                           "min_ms": m.min_ms, "runs": m.runs, "file": m.file} for m in results]}
+                           "min_ms": m.min_ms, "cpu_ms": m.cpu_median_ms, "runs": m.runs,
+                           "file": m.file} for m in results]}
         if as_json:
             print(json.dumps(out, indent=2))
             return
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=f"{target}: measured on this machine ({backend}, {threads} thread(s), median of {runs})",
+        t = Table(title=f"{target}: measured on this machine ({backend}, {threads} thread(s), median of {runs}; "
+                        f"CPU ms = CPU time of the calling thread, immune to other processes)",
                   title_justify="left")
-        for col in ("piece", "median ms", "p10 ms", "p90 ms", "runs"):
+        for col in ("piece", "median ms", "p10 ms", "p90 ms", "CPU ms", "runs"):
             t.add_column(col, justify="left" if col == "piece" else "right")
         for p in out["pieces"]:
-            t.add_row(p["id"], f"{p['latency_ms']:.3f}", f"{p['p10_ms']:.3f}", f"{p['p90_ms']:.3f}", str(p["runs"]))
+            t.add_row(p["id"], f"{p['latency_ms']:.3f}", f"{p['p10_ms']:.3f}", f"{p['p90_ms']:.3f}",
+                      f"{p['cpu_ms']:.3f}", str(p["runs"]))
         if len(results) > 1:
-            t.add_row("[bold]total[/]", f"[bold]{out['latency_ms']:.3f}[/]", "", "", "")
+            t.add_row("[bold]total[/]", f"[bold]{out['latency_ms']:.3f}[/]", "", "",
+                      f"{sum(p['cpu_ms'] for p in out['pieces']):.3f}", "")
         Console().print(t)
 
 
