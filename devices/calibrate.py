@@ -352,7 +352,8 @@ def collect_samples(models: Iterable[tuple[str, Path, Mapping[str, int]]], work_
             m = measure_piece(p, threads=threads, runs=runs, min_time_s=min_time_s)
             medians[i].append(m.cpu_median_ms if threads == 1 else m.median_ms)
             if progress:
-                progress(f"{p.id}: {m.median_ms:.3f} ms ({len(p.ops)} ops)" + (f", pass {k + 1}" if passes > 1 else ""))
+                progress(f"{p.id}: {medians[i][-1]:.3f} ms {'CPU' if threads == 1 else 'wall'} ({len(p.ops)} ops)"
+                         + (f", pass {k + 1}" if passes > 1 else ""))
     return [Sample(p, ms[0], ms[1] if len(ms) > 1 else None) for p, ms in zip(pieces, medians)]
 
 
