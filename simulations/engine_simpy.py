@@ -9,11 +9,15 @@ Per stage: wait for its predecessors (parallel branches are separate processes),
 request's fan-out gave it nothing to do, find the instance (mobility), apply outages (fail,
 reroute, wait), queue FIFO for a server of that instance (round-robin over replicas, or one
 shared queue with `dispatch="shared"`), hold it for the service time, then the link's one-way
-delay. Resources are created on first use, so cost per request does not grow with the fleet.
+delay. A FIFO queue with non-preemptive service is kept as each server's next-free time (the
+Kiefer-Wolfowitz workload vector for a shared queue), updated when a job joins it in event order:
+exactly what a SimPy Resource would do, with one event per visit instead of three. Queues are
+created on first use, so cost per request does not grow with the fleet.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import numpy as np
@@ -42,7 +46,7 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
     failed = [np.zeros(n, dtype=bool) for n in n_req]
     rerouted = [np.zeros(n, dtype=bool) for n in n_req]
     delayed = [np.zeros(n, dtype=bool) for n in n_req]
-    pools: dict[tuple, simpy.Resource] = {}
+    free: dict = {}  # queue -> when its server is next free (a heap of servers with dispatch="shared")
     rr: dict[tuple, int] = {}
     rec: dict[str, tuple[list, list, list]] = {}
     meta: dict[str, tuple[int, int]] = {}
@@ -54,9 +58,6 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
     runs = [[None if r is None else r.tolist() for r in d.runs] for d in draws]
     delay = [[None if x is None else x.tolist() for x in d.delay_ms] for d in draws]
 
-    def instance(st, origin, device, t):
-        return int(world.stage_instance(st, origin, np.array([device]), np.array([t]))[0])
-
     def stage(ji, i, si):
         j = journeys[ji]
         st = j.stages[si]
@@ -64,7 +65,7 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
             done[ji][si][i] = env.now
             return
         t = env.now
-        inst = instance(st, j.origin, dev_list[ji][i], t)
+        inst = world.stage_instance1(st, j.origin, dev_list[ji][i], t)
         win = windows[(ji, si)]
         if win:
             fo = world.apply_failures(st, win, np.array([inst]), np.array([t]))
@@ -85,19 +86,19 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
             rec[label] = ([], [], [])
             meta[label] = (world.instance_count(st), servers)
         key = (st.resource, inst)
-        if dispatch == "shared":
-            pk, cap = key, servers
-        else:
+        if dispatch == "shared":  # c servers, one FIFO queue: the job takes the earliest-free server
+            heap = free.get(key)
+            if heap is None:
+                heap = free[key] = [0.0] * servers
+            start = max(t, heapq.heappop(heap))
+            heapq.heappush(heap, start + svc)
+        else:  # round-robin over replicas, each a FIFO server
             k = rr.get(key, 0)
             rr[key] = k + 1
-            pk, cap = (key, k % servers), 1
-        res = pools.get(pk)
-        if res is None:
-            res = pools[pk] = simpy.Resource(env, capacity=cap)
-        with res.request() as req:
-            yield req
-            start = env.now
-            yield env.timeout(svc)
+            pk = (key, k % servers)
+            start = max(t, free.get(pk, 0.0))
+            free[pk] = start + svc
+        yield env.timeout(start + svc - t)
         r = rec[label]
         r[0].append(inst)
         r[1].append(start)

@@ -101,6 +101,7 @@ class World:
         self.service_cv = float(service_cv)
         if service_dist not in ("lognormal", "exponential", "deterministic"):
             raise InputError(f"simulate: service_dist must be lognormal, exponential or deterministic, got {service_dist!r}")
+        self._chains: dict[str, list[str]] = {}
         self.failures = [self._resolve_failure(w) for w in failures]
         self.mobility: dict[str, list[_Mobility]] = {}
         for ev in mobility:
@@ -174,6 +175,29 @@ class World:
                     new = np.where(on, mv.target[device], new)
             idx = new
         return idx
+
+    def instance1(self, site: str, origin: str, device: int, t_ms: float) -> int:
+        """Scalar `instance` (the SimPy path's per-event call; same rule, no arrays)."""
+        if site == origin:
+            return device
+        chain = self._chains.get(origin)
+        if chain is None:
+            chain = self._chains[origin] = self.fleet.chain(origin)
+        if site not in chain:
+            return device % self.fleet.classes[site].count
+        idx = device
+        for lvl in range(1, chain.index(site) + 1):
+            new = idx % self.fleet.classes[chain[lvl]].count
+            if lvl == 1:
+                for mv in self.mobility.get(origin, ()):
+                    if mv.moved[device] and mv.start_ms <= t_ms < mv.end_ms:
+                        new = int(mv.target[device])
+            idx = new
+        return idx
+
+    def stage_instance1(self, stage: Stage, origin: str, device: int, t_ms: float) -> int:
+        """Scalar `stage_instance`."""
+        return self.instance1(self.parent(stage.site) if stage.shared else stage.site, origin, device, t_ms)
 
     def stage_instance(self, stage: Stage, origin: str, device: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
         """The queue instance a stage visit joins: the site's instance, or the parent's for a shared link."""

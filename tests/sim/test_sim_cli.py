@@ -1,0 +1,67 @@
+"""`tierplan simulate` on the command line: JSON fields, the HTML report, errors as one line."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from sim_builders import make_fleet, make_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tierplan", "simulate", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path]:
+    plan, fleet = tmp_path / "plan.json", tmp_path / "fleet.yaml"
+    make_plan().save(plan)
+    fleet.write_text(yaml.safe_dump(make_fleet(cams=30, bs=3).model_dump(mode="json", by_alias=True, exclude_none=True)))
+    return plan, fleet
+
+
+def test_simulate_json_has_the_documented_fields(tmp_path):
+    """--json prints DESIGN.md's fields for every requested strategy, with the seed; failures are counted."""
+    plan, fleet = _files(tmp_path)
+    r = _run(str(plan), "--fleet", str(fleet), "--strategies", "optimal,all-cloud", "--duration", "5",
+             "--seed", "3", "--fail", "site:bs#0@1-2:fail", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["seed"] == 3 and set(doc["strategies"]) == {"optimal", "all-cloud"}
+    for s in doc["strategies"].values():
+        assert {"sinks", "cost_per_hour_usd", "requests", "throughput_rps", "utilisation"} <= set(s)
+        assert {"p50_ms", "p95_ms", "p99_ms", "slo_attainment"} <= set(s["sinks"]["labels"])
+        assert s["requests_ok"] + s["requests_failed"] == s["requests"] > 0
+    assert doc["strategies"]["optimal"]["requests_failed"] > 0
+
+
+def test_simulate_report_writes_html_with_embedded_figures(tmp_path):
+    """--report DIR writes index.html embedding three PNG figures, the PNGs and report.json."""
+    plan, fleet = _files(tmp_path)
+    out = tmp_path / "report"
+    r = _run(str(plan), "--fleet", str(fleet), "--duration", "5", "--report", str(out), "--link", "cams=4g~0.2")
+    assert r.returncode == 0, r.stderr
+    assert "optimal" in r.stdout and "all-device" in r.stdout
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    for name in ("latency_cdf.png", "cost_vs_slo.png", "utilisation.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    first = page.split("data:image/png;base64,", 1)[1].split('"', 1)[0]
+    assert base64.b64decode(first)[:4] == b"\x89PNG"
+    assert json.loads((out / "report.json").read_text())["strategies"]
+
+
+def test_simulate_bad_input_is_one_line_exit_2(tmp_path):
+    """A malformed --fail or a missing plan exits 2 with one error line naming the problem, no traceback."""
+    plan, fleet = _files(tmp_path)
+    r = _run(str(plan), "--fleet", str(fleet), "--fail", "bs down")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "--fail" in r.stderr
+    r = _run(str(tmp_path / "nope.json"), "--fleet", str(fleet))
+    assert r.returncode == 2 and "not found" in r.stderr
