@@ -132,6 +132,9 @@ class _Control(pbg.ControlServicer):
         self.s._on_result(frames_to_delivery(request_iterator))
         return pb.Ack(ok=True)
 
+    def DeliverBundle(self, request: pb.Bundle, context) -> pb.Ack:
+        return self.Deliver(iter(request.frames), context)
+
     def Register(self, request: pb.RegisterRequest, context) -> pb.Ack:
         self.s._on_register(request.site, request.address, request.pid)
         return pb.Ack(ok=True)

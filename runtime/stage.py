@@ -45,13 +45,14 @@ from runtime.runners import Runner, load_runner
 from runtime.security import TlsConfig, TokenInterceptor, channel, server_credentials
 from runtime.wire import CHUNK_BYTES, GRPC_OPTIONS, Delivery, delivery_frames, frames_to_delivery
 
-__all__ = ["StageWorker", "StageOptions", "RETRY_CODES", "Sender"]
+__all__ = ["StageWorker", "StageOptions", "RETRY_CODES", "Sender", "UNARY_MAX_BYTES"]
 
 log = logging.getLogger("tierplan.runtime")
 
 # gRPC codes worth retrying within the deadline: the peer is down, restarting or overloaded
 RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
+UNARY_MAX_BYTES = 64 << 10   # deliveries up to this size go as one unary message (measured faster here)
 _RETRY_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.4)
 _ERROR_REPORT_TIMEOUT_S = 2.0
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -168,7 +169,15 @@ class Sender:
                 arrival = self._emulator().arrival_s(self.site, to_site, d.nbytes) if to_site else 0.0
                 try:
                     frames = list(delivery_frames(d, chunk_bytes))
-                    ack = self.stub(address, kind).Deliver(self._paced(frames, arrival), timeout=remaining)
+                    stub = self.stub(address, kind)
+                    if d.nbytes <= UNARY_MAX_BYTES:
+                        # small: one unary call (half the cost of a stream, which spawns a consumer thread)
+                        wait = arrival - time.monotonic()
+                        if wait > 0:
+                            time.sleep(wait)
+                        ack = stub.DeliverBundle(pb.Bundle(frames=frames), timeout=max(deadline_s - time.time(), 1e-3))
+                    else:
+                        ack = stub.Deliver(self._paced(frames, arrival), timeout=remaining)
                     if self._metrics is not None and to_site and to_site != self.site:
                         self._metrics.link_bytes.labels(link).inc(d.nbytes)
                         self._metrics.link_latency.labels(link).observe(time.time() - d.sent_unix_ms / 1e3)
@@ -340,6 +349,9 @@ class StageWorker(pbg.StageServicer):
                               queue_depth=self._inbox.qsize() + len(self._ready),
                               metrics_address=self._metrics.address, pid=os.getpid(),
                               requests_done=self._done)
+
+    def DeliverBundle(self, request: pb.Bundle, context) -> pb.Ack:
+        return self.Deliver(iter(request.frames), context)
 
     def Deliver(self, request_iterator, context) -> pb.Ack:
         d = frames_to_delivery(request_iterator)

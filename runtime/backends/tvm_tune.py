@@ -33,7 +33,6 @@ class TuneSettings:
     trials: int = 0
     max_tasks: int | None = None
     db_root: str | None = None
-    workers: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -67,6 +66,56 @@ def database_dir(db_root: str | Path, target: Mapping) -> Path:
     """The database folder of one target under `db_root` (records are target-specific)."""
     tag = hashlib.sha256(canonical_json(dict(target)).encode()).hexdigest()[:16]
     return Path(db_root) / tag
+
+
+def _in_process_builder_runner():
+    """A meta-schedule Builder and Runner that work in this process.
+
+    TVM's LocalBuilder starts a fresh process pool for every batch (each worker imports TVM, several
+    seconds on a shared 2-core machine, past its 30 s timeout under load) and LocalRunner keeps
+    another pool. Building and timing candidates here costs no process start-up; the price is no
+    per-candidate timeout, acceptable for CPU candidates that meta-schedule generates valid.
+    """
+    import tvm
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import (
+        LocalRunnerFuture, default_alloc_argument, default_run_evaluator,
+    )
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs):
+            results = []
+            for bi in build_inputs:
+                try:
+                    results.append(BuilderResult(default_export(default_build(bi.mod, bi.target, None)), None))
+                except Exception as e:  # a candidate that fails to build is reported to the search, not raised
+                    results.append(BuilderResult(None, f"InProcessBuilder: {type(e).__name__}: {e}"))
+            return results
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = EvaluatorConfig._normalized(None)
+
+        def run(self, runner_inputs):
+            futures = []
+            for ri in runner_inputs:
+                try:
+                    rt_mod = tvm.runtime.load_module(str(ri.artifact_path))
+                    dev = tvm.runtime.device(str(ri.device_type), 0)
+                    args = default_alloc_argument(dev, tuple(a.as_json() for a in ri.args_info), 1)
+                    costs = default_run_evaluator(rt_mod, dev, self.config, args)
+                    futures.append(LocalRunnerFuture(res=costs, error_message=None))
+                except Exception as e:  # a candidate that fails to run is reported to the search
+                    futures.append(LocalRunnerFuture(res=None, error_message=f"{type(e).__name__}: {e}"))
+            return futures
+
+    return InProcessBuilder(), InProcessRunner()
 
 
 def tuning_target(target: Mapping) -> dict:
@@ -122,12 +171,14 @@ def tune_module(mod, target: Mapping, settings: TuneSettings):
     if todo:
         threads = max(1, os.cpu_count() or 1)
         contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), num_threads=threads)
+        _LOG.info(f"tune contexts ready after {time.perf_counter() - t0:.1f} s")
+        builder, runner = _in_process_builder_runner()
+        _LOG.info(f"tuning {len(todo)} task(s), {settings.trials} trials each")
         ms.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=str(db_dir),
             max_trials_global=settings.trials * len(todo), max_trials_per_task=settings.trials,
             num_trials_per_iter=min(settings.trials, 64),
-            builder=ms.builder.LocalBuilder(max_workers=settings.workers),
-            runner=ms.runner.LocalRunner(), database=database, cost_model="random",
+            builder=builder, runner=runner, database=database, cost_model="random",
         )
         report.tasks_tuned = [t.task_name for t in todo]
         _LOG.info(f"tuned {len(todo)} task(s) in {time.perf_counter() - t0:.1f} s")

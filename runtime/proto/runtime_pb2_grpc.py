@@ -40,6 +40,11 @@ class StageStub:
                 request_serializer=runtime__pb2.Frame.SerializeToString,
                 response_deserializer=runtime__pb2.Ack.FromString,
                 _registered_method=True)
+        self.DeliverBundle = channel.unary_unary(
+                '/tierplan.runtime.Stage/DeliverBundle',
+                request_serializer=runtime__pb2.Bundle.SerializeToString,
+                response_deserializer=runtime__pb2.Ack.FromString,
+                _registered_method=True)
         self.Configure = channel.unary_unary(
                 '/tierplan.runtime.Stage/Configure',
                 request_serializer=runtime__pb2.ConfigureRequest.SerializeToString,
@@ -57,6 +62,12 @@ class StageServicer:
     """
 
     def Deliver(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeliverBundle(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +91,11 @@ def add_StageServicer_to_server(servicer, server):
             'Deliver': grpc.stream_unary_rpc_method_handler(
                     servicer.Deliver,
                     request_deserializer=runtime__pb2.Frame.FromString,
+                    response_serializer=runtime__pb2.Ack.SerializeToString,
+            ),
+            'DeliverBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverBundle,
+                    request_deserializer=runtime__pb2.Bundle.FromString,
                     response_serializer=runtime__pb2.Ack.SerializeToString,
             ),
             'Configure': grpc.unary_unary_rpc_method_handler(
@@ -120,6 +136,33 @@ class Stage:
             target,
             '/tierplan.runtime.Stage/Deliver',
             runtime__pb2.Frame.SerializeToString,
+            runtime__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierplan.runtime.Stage/DeliverBundle',
+            runtime__pb2.Bundle.SerializeToString,
             runtime__pb2.Ack.FromString,
             options,
             channel_credentials,
@@ -201,6 +244,11 @@ class ControlStub:
                 request_serializer=runtime__pb2.Frame.SerializeToString,
                 response_deserializer=runtime__pb2.Ack.FromString,
                 _registered_method=True)
+        self.DeliverBundle = channel.unary_unary(
+                '/tierplan.runtime.Control/DeliverBundle',
+                request_serializer=runtime__pb2.Bundle.SerializeToString,
+                response_deserializer=runtime__pb2.Ack.FromString,
+                _registered_method=True)
         self.Register = channel.unary_unary(
                 '/tierplan.runtime.Control/Register',
                 request_serializer=runtime__pb2.RegisterRequest.SerializeToString,
@@ -218,6 +266,12 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverBundle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Register(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -230,6 +284,11 @@ def add_ControlServicer_to_server(servicer, server):
             'Deliver': grpc.stream_unary_rpc_method_handler(
                     servicer.Deliver,
                     request_deserializer=runtime__pb2.Frame.FromString,
+                    response_serializer=runtime__pb2.Ack.SerializeToString,
+            ),
+            'DeliverBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverBundle,
+                    request_deserializer=runtime__pb2.Bundle.FromString,
                     response_serializer=runtime__pb2.Ack.SerializeToString,
             ),
             'Register': grpc.unary_unary_rpc_method_handler(
@@ -265,6 +324,33 @@ class Control:
             target,
             '/tierplan.runtime.Control/Deliver',
             runtime__pb2.Frame.SerializeToString,
+            runtime__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierplan.runtime.Control/DeliverBundle',
+            runtime__pb2.Bundle.SerializeToString,
             runtime__pb2.Ack.FromString,
             options,
             channel_credentials,
