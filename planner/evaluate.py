@@ -1,23 +1,21 @@
 """Exact evaluation of one assignment: the latency semantics, cost, energy and feasibility.
 
 This is the reference the CP-SAT model encodes and the brute-force enumerator, the baselines
-and every report use. Latency semantics (what the runtime does), per edge class and request:
+and every report use. Latency semantics, per edge class, per request and per sink k:
 
-- Each site runs the request's compute nodes one after another, in the problem's topological
-  order: node v starts when all its inputs are on its site and the node before it in that
-  order on the same site has finished (fixed-order list schedule; no two pieces of one request
-  run in parallel on one site).
-- A tensor item produced on site a and consumed on site b != a is sent once per consuming
-  site, when its producer ends; it occupies every link on the route a -> b for the sum of the
-  per-hop times (RTT/2 + bytes/bandwidth + serialisation + the jitter margin of the SLO
-  percentile). Items crossing one link go one after another in item order (they share it).
-- Only branches on different sites (or links) overlap. Sources start at 0; a sink's latency
-  is the time its input arrives on the sink's site.
-- Separate connected components of the app graph (e.g. a camera pipeline and a microphone
-  pipeline) are separate requests: they do not wait for each other (their sharing of a site
-  shows up in its utilisation, and the simulator measures the queueing).
-Because the order on every site and link is fixed, the earliest start times are the longest
-paths of an acyclic constraint graph: the schedule is unique and minimises every start time.
+    L_k = sum over the compute nodes v that k depends on of  rate_factor(v) * ms(v, site(v))
+        + sum over the tensor items i feeding those nodes (or k) of the transfer time from the
+          producer's site to each distinct consuming site b (once per consuming site),
+          T = sum over the links crossed of RTT/2 + bytes/bandwidth + serialisation + z_p * jitter
+
+i.e. everything a result depends on happens one after another: one site runs a request's
+pieces one after another, tensors crossing one link share its bandwidth (their times add up),
+and nothing the result depends on overlaps. This is exact for chains of pieces (each model cut
+into a chain, ensembles that are trees of chains) and an upper bound where a result depends on
+parallel branches placed on different sites (they could overlap): plans are conservative and
+the runtime and the simulator measure what overlap really gives. Nodes a sink does not depend
+on (another model's branch, another source's pipeline) never add to its latency; their load
+shows up in the sites' utilisation instead.
 """
 
 from __future__ import annotations
@@ -28,16 +26,14 @@ from dataclasses import dataclass, field
 from planner.problem import COMPUTE_KINDS, Assignment, ClassData, Problem
 from planner.units import us_to_ms
 
-__all__ = ["ClassEval", "Evaluation", "evaluate", "evaluate_class_latency"]
+__all__ = ["ClassEval", "Evaluation", "evaluate", "evaluate_class_latency", "ancestors", "sink_items"]
 
 
 @dataclass(frozen=True)
 class ClassEval:
-    """Schedule and figures of one edge class under an assignment."""
+    """Latencies and figures of one edge class under an assignment."""
 
     name: str
-    start_us: tuple[int, ...]
-    end_us: tuple[int, ...]
     sink_us: dict[int, int]                     # sink node -> latency (us)
     breakdown_us: dict[int, dict[str, int]]     # sink node -> {"compute.<site>" | "transfer.<a>-><b>": us}
     energy_uj: int
@@ -65,101 +61,61 @@ class Evaluation:
         return not self.violations
 
 
-def _schedule(problem: Problem, c: ClassData, sites: tuple[str, ...]):
-    """Forward pass of the fixed-order schedule; returns starts, ends, arrivals and causes."""
-    n = len(problem.nodes)
-    start = [0] * n
-    end = [0] * n
-    cause: list[tuple | None] = [None] * n    # what determined start: ("node", u) | ("item", i, b)
-    site_clock: dict[tuple[int, str], tuple[int, int | None]] = {}   # (group, site) -> (time, last node)
-    link_clock: dict[tuple[int, str], tuple[int, tuple | None]] = {}
-    arrival: dict[tuple[int, str], int] = {}
-    item_start: dict[tuple[int, str], int] = {}
-    item_cause: dict[tuple[int, str], tuple] = {}
-    consumed_by: dict[int, list[int]] = {v: [] for v in range(n)}
-    produced_by: dict[int, list[int]] = {v: [] for v in range(n)}
-    for k, it in enumerate(problem.items):
-        produced_by[it.producer].append(k)
-        for v in it.consumers:
-            consumed_by[v].append(k)
-    for v, node in enumerate(problem.nodes):
-        s = sites[v]
-        t, why = 0, None
-        for k in consumed_by[v]:
-            u = problem.items[k].producer
-            if sites[u] == s:
-                cand, cwhy = end[u], ("node", u)
-            else:
-                cand, cwhy = arrival[(k, s)], ("item", k, s)
-            if cand > t or why is None:
-                if cand >= t:
-                    t, why = cand, cwhy
-        if node.kind in COMPUTE_KINDS:
-            ct, last = site_clock.get((node.group, s), (0, None))
-            if ct > t:
-                t, why = ct, ("node", last)
-        start[v] = t
-        end[v] = t + (c.compute_us[v][s] if node.kind in COMPUTE_KINDS else 0)
-        cause[v] = why
-        if node.kind in COMPUTE_KINDS:
-            site_clock[(node.group, s)] = (end[v], v)
-        for k in produced_by[v]:
-            it = problem.items[k]
-            for b in c.chain:
-                if b == s or not any(sites[w] == b for w in it.consumers):
-                    continue
-                hops = c.hops[(s, b)]
-                st, iwhy = end[v], ("node", v)
-                for h in hops:
-                    lt, last = link_clock.get((node.group, h.key), (0, None))
-                    if lt > st:
-                        st, iwhy = lt, ("link", last)
-                en = st + c.xfer_us(k, s, b)
-                for h in hops:
-                    link_clock[(node.group, h.key)] = (en, (k, b))
-                arrival[(k, b)] = en
-                item_start[(k, b)] = st
-                item_cause[(k, b)] = iwhy
-    return start, end, cause, arrival, item_start, item_cause
-
-
-def _breakdown(problem: Problem, c: ClassData, sites, sink: int, start, end, cause,
-               arrival, item_start, item_cause) -> dict[str, int]:
-    """Walk the critical chain back from a sink; the segments sum to its latency exactly."""
-    out: dict[str, int] = {}
-    ref: tuple | None = cause[sink]
-    guard = 0
-    while ref is not None and guard < 10 * (len(problem.nodes) + len(problem.items) + 1):
-        guard += 1
-        if ref[0] == "node":
-            u = ref[1]
-            if problem.nodes[u].kind in COMPUTE_KINDS:
-                key = f"compute.{sites[u]}"
-                out[key] = out.get(key, 0) + end[u] - start[u]
-            ref = cause[u]
-        else:  # an item transfer (reached directly or by waiting on a link)
-            k, b = (ref[1], ref[2]) if ref[0] == "item" else ref[1]
-            a = sites[problem.items[k].producer]
-            key = f"transfer.{a}->{b}"
-            out[key] = out.get(key, 0) + arrival[(k, b)] - item_start[(k, b)]
-            ref = item_cause[(k, b)]
+def ancestors(problem: Problem) -> dict[int, frozenset[int]]:
+    """Every node's ancestors (nodes are in topological order)."""
+    preds: dict[int, set[int]] = {v: set() for v in range(len(problem.nodes))}
+    for it in problem.items:
+        for w in it.consumers:
+            preds[w].add(it.producer)
+    out: dict[int, frozenset[int]] = {}
+    for v in range(len(problem.nodes)):
+        acc: set[int] = set()
+        for u in preds[v]:
+            acc.add(u)
+            acc |= out[u]
+        out[v] = frozenset(acc)
     return out
 
 
-def evaluate_class_latency(problem: Problem, c: ClassData, sites: tuple[str, ...]) -> ClassEval:
-    """Schedule, sink latencies, breakdown and energy of one class under `sites` (per node)."""
-    start, end, cause, arrival, item_start, item_cause = _schedule(problem, c, sites)
-    sink_us = {v: start[v] for v in problem.sink_nodes}
-    breakdown = {v: _breakdown(problem, c, sites, v, start, end, cause, arrival, item_start,
-                               item_cause) for v in problem.sink_nodes}
+def sink_items(problem: Problem, anc: frozenset[int], sink: int) -> list[tuple[int, tuple[int, ...]]]:
+    """Items a sink depends on, each with its consumers among the sink's dependencies."""
+    into = anc | {sink}
+    out = []
+    for k, it in enumerate(problem.items):
+        if it.producer in into:
+            cons = tuple(w for w in it.consumers if w in into)
+            if cons:
+                out.append((k, cons))
+    return out
+
+
+def evaluate_class_latency(problem: Problem, c: ClassData, sites: tuple[str, ...],
+                           anc: dict[int, frozenset[int]] | None = None) -> ClassEval:
+    """Sink latencies, their breakdown, energy and egress of one class under `sites` (per node)."""
+    anc = anc if anc is not None else ancestors(problem)
+    sink_us, breakdown = {}, {}
+    for k in problem.sink_nodes:
+        bd: dict[str, int] = {}
+        for v in anc[k]:
+            if problem.nodes[v].kind in COMPUTE_KINDS:
+                key = f"compute.{sites[v]}"
+                bd[key] = bd.get(key, 0) + c.compute_us[v][sites[v]]
+        for i, cons in sink_items(problem, anc[k], k):
+            a = sites[problem.items[i].producer]
+            for b in sorted({sites[w] for w in cons} - {a}, key=c.chain.index):
+                key = f"transfer.{a}->{b}"
+                bd[key] = bd.get(key, 0) + c.xfer_us(i, a, b)
+        sink_us[k] = sum(bd.values())
+        breakdown[k] = bd
     energy = sum(c.energy_uj[v][sites[v]] for v in problem.compute_nodes)
     egress = 0
-    for (k, b) in arrival:
-        a = sites[problem.items[k].producer]
-        energy += c.radio_uj.get((k, a, b), 0)
-        egress += c.egress_uusd_h.get((k, a, b), 0)
+    for i, it in enumerate(problem.items):
+        a = sites[it.producer]
+        for b in {sites[w] for w in it.consumers} - {a}:
+            energy += c.radio_uj.get((i, a, b), 0)
+            egress += c.egress_uusd_h.get((i, a, b), 0)
     slo_ok = all(sink_us[v] <= lim for v, lim in c.slo_us.items())
-    return ClassEval(c.name, tuple(start), tuple(end), sink_us, breakdown, energy, egress, slo_ok)
+    return ClassEval(c.name, sink_us, breakdown, energy, egress, slo_ok)
 
 
 def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
@@ -169,6 +125,7 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
     load: dict[str, int] = {s: 0 for s in problem.sites}
     hosted: dict[str, set[int]] = {s: set() for s in problem.sites}
     link: dict[str, int] = {k: 0 for k in problem.link_cap_bps}
+    anc = ancestors(problem)
     for c in problem.classes:
         sites = tuple(assignment[c.name])
         bad = [f"{c.name}: {problem.nodes[v].id} may not run on {s}"
@@ -185,7 +142,7 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
         for v, s in enumerate(sites):
             if problem.nodes[v].kind in COMPUTE_KINDS:
                 hosted[s].add(v)
-        ce = evaluate_class_latency(problem, c, sites)
+        ce = evaluate_class_latency(problem, c, sites, anc)
         classes[c.name] = ce
         for (v, lim) in c.slo_us.items():
             if ce.sink_us[v] > lim:

@@ -2,36 +2,33 @@
 
 Sets (see planner.problem): nodes V in topological order, compute nodes P in V, transfer
 items I (prod(i), cons(i)), edge classes E, chain(e) the sites requests of class e may use,
-hops(e, a, b) the links crossed from a to b, H(e) the link keys of class e.
+A(k) the nodes sink k depends on, I(k) the items feeding A(k) or k.
 
-Variables (all per edge class e; classes share only capacities and the objective)
-    x[e,v,s] in {0,1}   node v of class-e requests runs on site s in allowed(e, v)
-    y[e,i,b] in {0,1}   some consumer of item i runs on b           (y = OR_w x[e,w,b])
-    z[e,i,a,b] in {0,1} item i is sent from a to b != a             (z = x[e,prod(i),a] AND y[e,i,b])
-    t[e,v], c[e,v]      start and completion of node v (us); c = t + sum_s x[e,v,s] d[e,v,s]
-    ts[e,i,b], tc[e,i,b] start and arrival of the transfer of item i to b (us)
-    F[e,s,j], G[e,h,j]  clocks: completion of the last job up to position j on site s / link h
-    inst[s] in [0, max_instances(s)] instances rented at a shared site (fixed for edge devices)
-    m[v,s] in {0,1}     some class runs v on s (s's instances hold v's weights)
+Variables (per edge class e; classes share only capacities and the objective)
+    x[e,v,s] in {0,1}     node v of class-e requests runs on site s in allowed(e, v)
+    p[e,i,w,a,b] in {0,1} producer of i on a and its consumer w on b   (x[prod,a] AND x[w,b])
+    y[e,i,b] in {0,1}     some consumer of item i runs on b            (OR_w x[e,w,b])
+    z[e,i,a,b] in {0,1}   item i is sent from a to b != a              (x[prod,a] AND y[b])
+    q[e,k,i,a,b] in {0,1} item i is sent a -> b for sink k             (OR_{w in A(k)} p[i,w,a,b])
+    inst[s] in [0, max_instances(s)]  instances rented at a shared site
+    m[v,s] in {0,1}       some class runs v on s (its instances hold v's weights)
 
 Constraints (one comment per constraint in the code)
     sum_s x[e,v,s] = 1; sources and sinks pinned (allowed has one site)
-    private items: x[e,w,s] <= x[e,prod(i),s] for every consumer w (raw data never leaves)
-    c[e,u] <= t[e,w] for every consumer w of an item of u            (data dependence, same site)
-    ts[e,i,b] >= c[e,prod(i)];  tc[e,i,b] = ts + sum_a z[e,i,a,b] T[e,i,a,b]
-    t[e,w] >= tc[e,i,b] if x[e,w,b]                                  (input arrives on b)
-    site clock:  F[j] >= F[j-1];  x[e,v,s] => t[e,v] >= F[e,s,j-1] and F[e,s,j] >= c[e,v]
-    link clock:  G[j] >= G[j-1];  z[e,i,a,b] with h in hops(a,b) => ts >= G[e,h,j-1], G[e,h,j] >= tc
-                 (clocks per connected component of the app graph: separate requests)
-    SLO:         t[e,k] <= slo[e,k] for sinks k of covered classes
-    utilisation: sum_e sum_v load[e,v,s] x[e,v,s] <= util_cap(s) * inst[s]
+    sum_b p[e,i,w,a,b] = x[e,prod(i),a];  sum_a p[e,i,w,a,b] = x[e,w,b]   (transportation linking)
+    private items: p[e,i,w,a,b] = 0 for a != b (raw data never leaves its site)
+    z >= p;  z <= x[prod,a];  z <= y;  y >= x[w,b];  y <= sum_w x[w,b]
+    latency:     L[e,k] = sum_{v in A(k)} sum_s d[e,v,s] x[e,v,s] + sum_{i in I(k), a != b} T[e,i,a,b] q[e,k,i,a,b]
+    SLO:         L[e,k] <= slo[e,k] for sinks k of covered classes
+    utilisation: sum_e sum_v load[e,v,s] x[e,v,s] <= util_cap(s) * inst[s]   (edge devices: fixed count)
     memory:      m[v,s] >= x[e,v,s];  sum_v mem(v) m[v,s] <= memory(s)
     links:       sum_{e,i,a,b: h in hops} bits[e,i] z[e,i,a,b] <= capacity(h)
+    budget:      cost <= budget
 Objective
     min  coef_cost * (sum_s price(s) inst[s] + sum egress[e,i,a,b] z[e,i,a,b])
-       + coef_latency * sum_e w_e sum_k t[e,k] + coef_energy * sum_e w_e (energy of x and z)
-With the orders on sites and links fixed, the least solution of the time constraints is the
-schedule `planner.evaluate` computes, so the optimum equals brute-force enumeration exactly.
+       + coef_latency * sum_e w_e sum_k L[e,k] + coef_energy * sum_e w_e (energy of x and z)
+The latency semantics are planner.evaluate's; with the transportation linking the LP relaxation
+of a chain's latency is a shortest path, which is why large apps are proven optimal quickly.
 """
 
 from __future__ import annotations
@@ -42,6 +39,7 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
+from planner.evaluate import ancestors, sink_items
 from planner.problem import COMPUTE_KINDS, Problem
 
 __all__ = ["SolveResult", "solve", "STATUS_NAMES"]
@@ -93,8 +91,8 @@ class _Model:
         self.x: dict[tuple[str, int, str], cp_model.IntVar] = {}
         self.y: dict[tuple[str, int, str], cp_model.IntVar] = {}
         self.z: dict[tuple[str, int, str, str], cp_model.IntVar] = {}
-        self.t: dict[tuple[str, int], cp_model.IntVar] = {}
         self.inst: dict[str, cp_model.IntVar] = {}
+        self.sink_lat: dict[tuple[str, int], object] = {}
         self.sink_terms: list = []
         self.cost_terms: list = []
         self.energy_terms: list = []
@@ -105,12 +103,6 @@ class _Model:
     def _build_class(self, c) -> None:
         p, m = self.p, self.m
         n = c.name
-        # data: a horizon no schedule exceeds (every job one after another)
-        horizon = sum(max(c.compute_us[v][s] for s in c.allowed[v]) for v in p.compute_nodes)
-        for k, it in enumerate(p.items):
-            for b in c.chain:
-                horizon += max((c.xfer_us(k, a, b) for a in c.allowed[it.producer]), default=0)
-        horizon = max(horizon, 1)
         # variables: placement
         for v, node in enumerate(p.nodes):
             lits = []
@@ -120,109 +112,76 @@ class _Model:
                 lits.append(lit)
             # each node runs on exactly one site (pinned nodes have one allowed site)
             m.AddExactlyOne(lits)
-        # variables: start and completion times
-        end: dict[int, object] = {}
-        for v, node in enumerate(p.nodes):
-            if node.kind == "source":
-                self.t[(n, v)] = m.NewConstant(0)
-                end[v] = self.t[(n, v)]
-                continue
-            self.t[(n, v)] = m.NewIntVar(0, horizon, f"t[{n},{node.id}]")
-            if node.kind in COMPUTE_KINDS:
-                dur = sum(c.compute_us[v][s] * self.x[(n, v, s)] for s in c.allowed[v])
-                e = m.NewIntVar(0, horizon, f"c[{n},{node.id}]")
-                # completion = start + duration on the chosen site
-                m.Add(e == self.t[(n, v)] + dur)
-                end[v] = e
-            else:
-                end[v] = self.t[(n, v)]
-        # site clocks: one site runs the request's compute nodes in topological order
-        groups = sorted({p.nodes[v].group for v in p.compute_nodes})
-        for s, grp in ((s, g) for s in c.chain for g in groups):
-            prev = None
-            for v in p.compute_nodes:
-                if s not in c.allowed[v] or p.nodes[v].group != grp:
-                    continue
-                f = m.NewIntVar(0, horizon, f"F[{n},{s},{p.nodes[v].id}]")
-                lit = self.x[(n, v, s)]
-                if prev is not None:
-                    m.Add(f >= prev)
-                    m.Add(self.t[(n, v)] >= prev).OnlyEnforceIf(lit)
-                m.Add(f >= end[v]).OnlyEnforceIf(lit)
-                prev = f
-        # items: where consumers run (y), which transfers happen (z), their times
-        link_jobs: dict[str, list] = {}
+        pairs: dict[tuple[int, int, str, str], cp_model.IntVar] = {}
         for k, it in enumerate(p.items):
             u = it.producer
             for w in it.consumers:
-                # data dependence: a consumer never starts before its producer completes
-                m.Add(self.t[(n, w)] >= end[u])
-                if it.private:
-                    for s in c.allowed[w]:
-                        # private data never crosses a link: consumer on the producer's site
-                        if s in c.allowed[u]:
-                            m.AddImplication(self.x[(n, w, s)], self.x[(n, u, s)])
-                        else:
-                            m.Add(self.x[(n, w, s)] == 0)
+                for a in c.allowed[u]:
+                    for b in c.allowed[w]:
+                        lit = m.NewBoolVar(f"p[{n},{k},{p.nodes[w].id},{a},{b}]")
+                        pairs[(k, w, a, b)] = lit
+                        if it.private and a != b:
+                            # private data never crosses a link: consumer on the producer's site
+                            m.Add(lit == 0)
+                for a in c.allowed[u]:
+                    # pairs of (producer site a, any consumer site) add up to x[producer, a]
+                    m.Add(sum(pairs[(k, w, a, b)] for b in c.allowed[w]) == self.x[(n, u, a)])
+                for b in c.allowed[w]:
+                    # pairs of (any producer site, consumer site b) add up to x[consumer, b]
+                    m.Add(sum(pairs[(k, w, a, b)] for a in c.allowed[u]) == self.x[(n, w, b)])
             for b in c.chain:
-                cons = [self.x[(n, w, b)] for w in it.consumers if (n, w, b) in self.x]
+                cons = [w for w in it.consumers if b in c.allowed[w]]
                 srcs = [a for a in c.allowed[u] if a != b]
                 if not cons or not srcs:
                     continue
                 yb = m.NewBoolVar(f"y[{n},{k},{b}]")
                 self.y[(n, k, b)] = yb
                 # y = OR of the consumers on b
-                for lit in cons:
-                    m.AddImplication(lit, yb)
-                m.AddBoolOr(cons).OnlyEnforceIf(yb)
-                ts = m.NewIntVar(0, horizon, f"ts[{n},{k},{b}]")
-                tc = m.NewIntVar(0, horizon, f"tc[{n},{k},{b}]")
-                # a transfer starts when its producer completes
-                m.Add(ts >= end[u])
-                dur_terms = []
+                for w in cons:
+                    m.AddImplication(self.x[(n, w, b)], yb)
+                m.AddBoolOr([self.x[(n, w, b)] for w in cons]).OnlyEnforceIf(yb)
                 for a in srcs:
                     za = m.NewBoolVar(f"z[{n},{k},{a},{b}]")
                     self.z[(n, k, a, b)] = za
-                    xa = self.x[(n, u, a)]
-                    # z = x[producer on a] AND y[b]
-                    m.AddImplication(za, xa)
+                    # z = x[producer on a] AND y[b]; every pair (a, b) implies it
+                    m.AddImplication(za, self.x[(n, u, a)])
                     m.AddImplication(za, yb)
-                    m.AddBoolOr([xa.Not(), yb.Not(), za])
-                    dur_terms.append(c.xfer_us(k, a, b) * za)
-                    for h in c.hops[(a, b)]:
-                        link_jobs.setdefault((p.nodes[u].group, h.key), []).append((k, b, za, ts, tc))
+                    for w in cons:
+                        m.AddImplication(pairs[(k, w, a, b)], za)
                     egress = c.egress_uusd_h.get((k, a, b), 0)
                     if egress:
                         self.cost_terms.append(egress * za)
                     radio = c.radio_uj.get((k, a, b), 0)
                     if radio:
                         self.energy_terms.append(c.weight * radio * za)
-                # arrival = start + transfer time of the route actually taken
-                m.Add(tc == ts + sum(dur_terms))
-                for w in it.consumers:
-                    if (n, w, b) in self.x:
-                        # a consumer on b waits for the item to arrive on b
-                        m.Add(self.t[(n, w)] >= tc).OnlyEnforceIf(self.x[(n, w, b)])
-        # link clocks: transfers crossing one link go one after another, in item order
-        for key, jobs in link_jobs.items():
-            jobs.sort(key=lambda j: (j[0], c.chain.index(j[1])))
-            prev, last_kb = None, None
-            for k, b, za, ts, tc in jobs:
-                if (k, b) != last_kb:
-                    g = m.NewIntVar(0, horizon, f"G[{n},{key},{k},{b}]")
-                    if prev is not None:
-                        m.Add(g >= prev)
-                    base, cur, last_kb = prev, g, (k, b)
-                    prev = g
-                if base is not None:
-                    m.Add(ts >= base).OnlyEnforceIf(za)
-                m.Add(cur >= tc).OnlyEnforceIf(za)
-        # SLO per sink of a covered class; latency term
+        # latency of each sink: everything it depends on, one after another
         for v in p.sink_nodes:
+            anc = self.ancestors[v]
+            terms = [c.compute_us[w][s] * self.x[(n, w, s)] for w in sorted(anc)
+                     if p.nodes[w].kind in COMPUTE_KINDS for s in c.allowed[w] if c.compute_us[w][s]]
+            for k, cons in sink_items(p, anc, v):
+                it = p.items[k]
+                for a in c.allowed[it.producer]:
+                    for b in c.chain:
+                        lits = [pairs[(k, w, a, b)] for w in cons if (k, w, a, b) in pairs]
+                        t_us = c.xfer_us(k, a, b)
+                        if a == b or not lits or not t_us:
+                            continue
+                        if len(lits) == 1:
+                            q = lits[0]
+                        else:
+                            q = m.NewBoolVar(f"q[{n},{p.nodes[v].id},{k},{a},{b}]")
+                            # the item is sent a -> b (once) when any dependency on b reads it
+                            for lit in lits:
+                                m.AddImplication(lit, q)
+                        terms.append(t_us * q)
+            lat = sum(terms) if terms else 0
+            self.sink_lat[(n, v)] = lat
             if v in c.slo_us:
-                m.Add(self.t[(n, v)] <= c.slo_us[v])
-            if v in p.latency_nodes:
-                self.sink_terms.append(c.weight * self.t[(n, v)])
+                # SLO of the sink (classes that cannot meet it were dropped before the solve)
+                m.Add(lat <= c.slo_us[v])
+            if v in p.latency_nodes and terms:
+                self.sink_terms.append(c.weight * lat)
         for v in p.compute_nodes:
             for s in c.allowed[v]:
                 if c.energy_uj[v][s]:
@@ -231,6 +190,7 @@ class _Model:
     # ------------------------------------------------------------------ shared
     def _build(self) -> None:
         p, m = self.p, self.m
+        self.ancestors = ancestors(p)
         for c in p.classes:
             self._build_class(c)
         for s, sd in p.sites.items():

@@ -131,7 +131,7 @@ class Plan(_M):
     coverage_summary: str = ""
     monthly_cost_usd_by_tier: dict[str, float] = Field(default_factory=dict)
     requests_per_hour: float = 0.0
-    order: list[str] = Field(default_factory=list)    # order a site runs a request's nodes in
+    order: list[str] = Field(default_factory=list)    # topological order of the nodes (a site runs them in it)
     latency_semantics: str = ""
     percentile: float = 95.0
     pareto: list[ParetoPoint] = Field(default_factory=list)

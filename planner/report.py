@@ -19,10 +19,11 @@ __all__ = ["LATENCY_SEMANTICS", "sink_views", "class_latency_ms", "coverage_shar
            "per_class_ids", "class_mode", "mean_latency_ms", "class_meets"]
 
 LATENCY_SEMANTICS = (
-    "per request: each site runs its nodes one after another in `order`; a node starts when its "
-    "inputs are on its site and the previous node on that site is done; tensors cross links once "
-    "per consuming site, one after another per link, taking RTT/2 + bytes/bandwidth + "
-    "serialisation + z_p * jitter per hop; branches on different sites overlap")
+    "per request and sink: the sum of the compute of every piece the sink depends on (on the site "
+    "running it) and of every transfer feeding them (once per consuming site; RTT/2 + bytes/bandwidth "
+    "+ serialisation + z_p * jitter per link crossed); one site runs a request's pieces one after "
+    "another and transfers on a link share it, so times add up; exact for chains, an upper bound where "
+    "parallel branches on different sites could overlap; pieces a sink does not depend on never add")
 
 
 def _tier_key(problem: Problem, key: str) -> str:
