@@ -115,7 +115,7 @@ class _Pending:
         for sink, got in self.items.items():
             name = sink[len(SINK_PREFIX):] if sink.startswith(SINK_PREFIX) else sink
             if list(got) == [""]:
-                out[name] = got[""]
+                out[name] = got[""] if got[""] is not None else []   # an empty fan-out: no items
                 continue
 
             def order(branch: str) -> tuple:
