@@ -36,3 +36,19 @@ def test_deploy_verb_serves_a_plan_file_then_leaves_no_processes(tmp_path, sq_fi
     while processes_with_env(marker) and time.time() < deadline:
         time.sleep(0.5)
     assert processes_with_env(marker) == []
+
+
+def test_up_verb_starts_labelled_nodes_and_stops_clean():
+    """`tierplan up --sites bs,cloud --json` prints the Ray address and each site's resource and label, then stops clean."""
+    marker = uuid.uuid4().hex
+    env = dict(os.environ, PYTHONPATH=str(REPO), TIERPLAN_TEST_MARK=marker)
+    r = subprocess.run([sys.executable, "-m", "tierplan", "up", "--sites", "bs,cloud", "--duration", "1", "--json"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads(r.stdout)
+    assert info["ray_address"].startswith("127.0.0.1:")
+    assert info["sites"]["cloud"] == {"resource": "site:cloud", "label": "tierplan-site=cloud"}
+    deadline = time.time() + 15
+    while processes_with_env(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    assert processes_with_env(marker) == []
