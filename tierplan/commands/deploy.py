@@ -47,10 +47,10 @@ def register(app: typer.Typer) -> None:
             from runtime.compile import load_manifest
             manifest = load_manifest(artifacts)
         stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
         with deploy(plan, local=local, manifest=manifest, manifest_root=artifacts, ray_address=ray_address,
                     agents=parse_agents(agent), tls_dir=tls_dir, front_door=front_door) as svc:
+            for sig in (signal.SIGTERM, signal.SIGINT):   # after Ray's own handlers: stop cleanly, exit 0
+                signal.signal(sig, lambda *_: stop.set())
             info = svc.describe()
             if as_json:
                 print(json.dumps(info, indent=2), flush=True)

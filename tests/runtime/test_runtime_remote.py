@@ -1,0 +1,112 @@
+"""Multi-host use on one machine: `ray start` nodes with site labels, `tierplan agent`, `tierplan deploy --remote`, mutual TLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.proto import runtime_pb2 as pb
+from runtime.proto import runtime_pb2_grpc as pbg
+from runtime.security import TlsConfig, channel
+from runtime.wire import GRPC_OPTIONS, tensor_to_pb
+
+from conftest import processes_with_env
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 90
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_remote_deploy_over_ray_start_and_a_tls_agent(tmp_path, sq_files):
+    """A head from `ray start --resources --labels`, an agent from `tierplan agent --tls-dir` and `tierplan deploy
+    --remote --tls-dir` answer a front-door request over mutual TLS; stopping them leaves no process behind."""
+    from runtime.handplan import chain_plan
+    from runtime.security import make_certs
+    make_certs(tmp_path / "certs", ["phone", "cloud"])
+    chain_plan(sq_files, ["phone", "cloud", "cloud"], "phone").save(tmp_path / "plan.json")
+    marker = uuid.uuid4().hex
+    env = dict(os.environ, PYTHONPATH=str(REPO), TIERPLAN_TEST_MARK=marker, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    ray_port, agent_port = _free_port(), _free_port()
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
+         "--num-cpus", "1", "--resources", json.dumps({"site:cloud": 1}), "--labels", "tierplan-site=cloud",
+         "--include-dashboard", "false", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "tierplan", "agent", "--site", "phone", "--listen", f"127.0.0.1:{agent_port}",
+         "--tls-dir", str(tmp_path / "certs")], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert agent.stdout.readline().startswith("READY 127.0.0.1:")
+        _wait_port(ray_port, START_TIMEOUT_S)
+        deploy = subprocess.Popen(
+            [sys.executable, "-m", "tierplan", "deploy", str(tmp_path / "plan.json"), "--remote",
+             "--ray-address", f"127.0.0.1:{ray_port}", "--agent", f"phone=127.0.0.1:{agent_port}",
+             "--tls-dir", str(tmp_path / "certs"), "--duration", "120", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        try:
+            text = ""
+            while True:   # the addresses, printed as indented JSON once every site is up
+                line = deploy.stdout.readline()
+                assert line, deploy.stderr.read()[-2000:]
+                text += line
+                if line.startswith("}"):
+                    break
+            info = json.loads(text)
+            assert info["sites"]["phone"]["up"] and info["sites"]["phone"]["address"] == f"127.0.0.1:{agent_port}"
+            assert info["sites"]["cloud"]["up"]
+            tls = TlsConfig.from_dir(tmp_path / "certs", "controller")
+            ch = channel(info["front_door"], tls, GRPC_OPTIONS)
+            x = np.random.default_rng(0).random((1, 3, 224, 224)).astype(np.float32)
+            reply = pbg.FrontDoorStub(ch).Predict(
+                pb.PredictRequest(inputs={"input": tensor_to_pb("input", x)}, timeout_ms=20000), timeout=30)
+            ch.close()
+            assert reply.error == "" and reply.outputs["output"].items[0].tensors[0].name == "softmaxout_1"
+        finally:
+            _stop(deploy)
+            assert deploy.returncode == 0
+            deploy.stdout.close()
+            deploy.stderr.close()
+    finally:
+        _stop(agent)
+        agent.stdout.close()
+        _stop(head)
+    deadline = time.time() + 20
+    while processes_with_env(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    assert processes_with_env(marker) == []
