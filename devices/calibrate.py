@@ -2,8 +2,9 @@
 
 Model (the calibrated form in devices/costmodel.py), for a piece P measured at m(P) ms:
 
-    m(P) ~ run_overhead + sum_{o in P} ( a[t(o)] * GFLOP(o) + mb[t(o)] * MB(o)
-                                          + d * max(0, MB(o) - cache_mb) + op_overhead )
+    m(P) ~ run_overhead + io_overhead * (inputs + outputs of P) + out_copy * output MB(P) + in_copy * input MB(P)
+           + sum_{o in P} ( a[t(o)] * GFLOP(o) + mb[t(o)] * MB(o) + d * max(0, MB(o) - cache_mb)
+                            + op_overhead[class(o)] )
 
 Unknowns x = (a[t], mb[t] for each op-type group t, d, op_overhead, run_overhead) >= 0, found by
 non-negative least squares on relative errors (each row divided by m(P)), with ridge rows that pull
@@ -29,7 +30,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from devices.constants import BANDWIDTH_EFFICIENCY, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, OP_CLASSES, op_class
+from devices.constants import BANDWIDTH_EFFICIENCY, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, OP_CLASSES, op_class, op_keys
 from devices.costmodel import CALIBRATION_DIR, OTHER_OP, Calibration, device_kind
 from partition.types import OpCost, Piece
 from tierplan.errors import InputError
@@ -38,7 +39,7 @@ from tierplan.spec import DeviceSpec
 __all__ = ["Sample", "CalibrationModel", "DEFAULT_MODELS", "default_models", "nnls", "fit_calibration",
            "collect_samples", "run_calibration"]
 
-CLASSES: tuple[str, ...] = tuple(OP_CLASSES) + ("elementwise",)
+CLASSES: tuple[str, ...] = tuple(OP_CLASSES) + ("elementwise", "fused")
 DEFAULT_MIN_OPS = 2          # an op type needs this many occurrences in the data for its own coefficients
 # Candidate ridge weights towards the (rescaled) roofline prior, relative units; picked by cross-validation.
 PRIOR_WEIGHT_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -179,26 +180,32 @@ class CalibrationModel:
 
     @property
     def n(self) -> int:
-        return 2 * len(self.groups) + 1 + len(self.classes) + 1
+        return 2 * len(self.groups) + 1 + len(self.classes) + 4
 
-    def group(self, op: OpCost) -> str:
-        """The column group of an operator: its op type, else its class's `other:<class>` bucket."""
+    def group(self, op: OpCost, key: str) -> str:
+        """The column group of an operator: its key (op_keys), its op type, else its class's bucket."""
+        if key in self.groups:
+            return key
         return op.op_type if op.op_type in self.groups else f"{OTHER_OP}:{op_class(op.op_type)}"
 
     def row(self, piece: Piece) -> np.ndarray:
-        """[GFLOP per group..., MB per group..., MB beyond the cache, op count per class..., 1]."""
+        """[GFLOP per group..., MB per group..., MB beyond the cache, op count per class...,
+        I/O tensors, output MB, 1]."""
         k, c = len(self.groups), len(self.classes)
         idx = {g: i for i, g in enumerate(self.groups)}
         cidx = {g: i for i, g in enumerate(self.classes)}
         r = np.zeros(self.n)
-        for o in piece.ops:
-            i = idx[self.group(o)]
+        for o, key in zip(piece.ops, op_keys([o.op_type for o in piece.ops])):
+            i = idx[self.group(o, key)]
             r[i] += o.flops / 1e9
             mb = (o.param_bytes + o.act_bytes) / 1e6
             r[k + i] += mb
             r[2 * k] += max(0.0, mb - self.cache_mb)
-            r[2 * k + 1 + cidx[op_class(o.op_type)]] += 1
-        r[2 * k + 1 + c] = 1.0
+            r[2 * k + 1 + cidx[op_class(key)]] += 1
+        r[2 * k + 1 + c] = len(piece.inputs) + len(piece.outputs)
+        r[2 * k + 2 + c] = piece.out_bytes / 1e6
+        r[2 * k + 3 + c] = piece.in_bytes / 1e6
+        r[2 * k + 4 + c] = 1.0
         return r
 
     def prior(self, device: DeviceSpec) -> np.ndarray:
@@ -206,17 +213,18 @@ class CalibrationModel:
         kind = device_kind(device)
         peak = device.peak_gflops["fp32"]
         bw_ms_per_mb = 1e3 / (device.memory_bandwidth_gbps * 1e3 * BANDWIDTH_EFFICIENCY[kind])
-        a = [1e3 / (peak * DEFAULT_EFFICIENCY[kind].get(g, DEFAULT_OP_EFFICIENCY[kind])) for g in self.groups]
+        a = [1e3 / (peak * DEFAULT_EFFICIENCY[kind].get(g.split("~")[0], DEFAULT_OP_EFFICIENCY[kind])) for g in self.groups]
         mb = [bw_ms_per_mb] * len(self.groups)
-        over = [device.dispatch_overhead_us / 1e3] * (len(self.classes) + 1)
-        return np.array(a + mb + [bw_ms_per_mb] + over)
+        over = [device.dispatch_overhead_us / 1e3] * len(self.classes)
+        io = [device.dispatch_overhead_us / 1e3, bw_ms_per_mb, bw_ms_per_mb, device.dispatch_overhead_us / 1e3]
+        return np.array(a + mb + [bw_ms_per_mb] + over + io)
 
 
 def _groups(samples: Sequence[Sample], min_ops: int) -> tuple[str, ...]:
     counts: dict[str, int] = {}
     for s in samples:
-        for o in s.piece.ops:
-            counts[o.op_type] = counts.get(o.op_type, 0) + 1
+        for key in op_keys([o.op_type for o in s.piece.ops]):
+            counts[key] = counts.get(key, 0) + 1
     own = sorted(t for t, c in counts.items() if c >= min_ops and not t.startswith(OTHER_OP))
     return tuple(own) + tuple(f"{OTHER_OP}:{c}" for c in CLASSES)
 
@@ -293,7 +301,10 @@ def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: i
         cache_mb=cm.cache_mb, ms_per_dram_mb=float(x[2 * k]),
         class_overhead_us={c: float(x[2 * k + 1 + i] * 1e3) for i, c in enumerate(cm.classes)},
         op_overhead_us=float(np.median(x[2 * k + 1: 2 * k + 1 + len(cm.classes)]) * 1e3),
-        run_overhead_us=float(x[2 * k + 1 + len(cm.classes)] * 1e3),
+        io_overhead_us=float(x[2 * k + 1 + len(cm.classes)] * 1e3),
+        ms_per_output_mb=float(x[2 * k + 2 + len(cm.classes)]),
+        ms_per_input_mb=float(x[2 * k + 3 + len(cm.classes)]),
+        run_overhead_us=float(x[2 * k + 4 + len(cm.classes)] * 1e3),
         threads=threads, precision=precision, backend=backend,
         measured_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),

@@ -11,7 +11,7 @@ __all__ = [
     "ACCEL_KINDS", "DEFAULT_EFFICIENCY", "PRECISION_EFFICIENCY_SCALE", "BANDWIDTH_EFFICIENCY",
     "PRECISION_BYTES_SCALE", "SERIALIZE_GBPS", "REFERENCE_EDGE_CPU_GFLOPS", "MIN_TRANSFORM_SCALE",
     "DEFAULT_CLOUD_MAX_INSTANCES", "BYTES_PER_GB", "MS_PER_HOUR", "DEFAULT_OP_EFFICIENCY",
-    "OP_CLASSES", "op_class",
+    "OP_CLASSES", "op_class", "FUSION_HEADS", "FUSABLE_EPILOGUES", "FUSED_SUFFIX", "op_keys",
 ]
 
 # Device kinds, told apart by the kind of the TVM target ("cuda" -> gpu, else cpu).
@@ -86,6 +86,33 @@ _CLASS_OF: dict[str, str] = {t: c for c, types in OP_CLASSES.items() for t in ty
 
 
 def op_class(op_type: str) -> str:
-    """The class of an ONNX op type: conv, matmul, norm, pool, movement, or elementwise (the rest)."""
+    """The class of an ONNX op type (or op key): conv, matmul, norm, pool, movement, fused (an epilogue
+    key from op_keys), or elementwise (the rest)."""
+    if op_type.endswith(FUSED_SUFFIX):
+        return "fused"
     return _CLASS_OF.get(op_type, "elementwise")
 
+
+
+# Operator fusion: onnxruntime folds a BatchNormalization into the Conv before it and fuses
+# activations (and, on x86 NCHWc, a residual Add) into the Conv kernel, so such an op costs
+# almost nothing when it directly follows its head, and a full memory pass when it stands alone.
+# Calibration gives the fused form its own coefficients (key "<op>~fused"). Pieces list their ops
+# in the exporter's order, which keeps Conv -> BN -> Relu chains adjacent.
+FUSION_HEADS: frozenset[str] = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+FUSABLE_EPILOGUES: frozenset[str] = frozenset({"BatchNormalization", "Relu", "Clip", "LeakyRelu", "Sigmoid",
+                                               "HardSigmoid", "Add"})
+FUSED_SUFFIX = "~fused"
+
+
+def op_keys(op_types: list[str]) -> list[str]:
+    """Calibration key per op of a piece, in order: the op type, or `<op>~fused` for an epilogue that
+    follows a fusion head (possibly through other epilogues)."""
+    keys, chain = [], False
+    for t in op_types:
+        if chain and t in FUSABLE_EPILOGUES:
+            keys.append(t + FUSED_SUFFIX)
+            continue
+        chain = t in FUSION_HEADS
+        keys.append(t)
+    return keys

@@ -9,8 +9,9 @@ Latency of one operator o of type t on device d at batch b and precision p (unca
 and a piece costs the sum over its operators. A calibrated device (devices/calibration/<device>.json,
 written by `tierplan calibrate`) replaces eff and the overheads with fitted per-op-type coefficients:
 
-    op_ms(o) = a[t] * b * GFLOP(o) + m[t] * MB(o) + d * max(0, MB(o) - cache_mb) + op_overhead_us / 1e3
-    piece_ms = sum of op_ms + run_overhead_us / 1e3
+    op_ms(o) = a[t] * b * GFLOP(o) + m[t] * MB(o) + d * max(0, MB(o) - cache_mb) + op_overhead_us[class] / 1e3
+    piece_ms = sum of op_ms + run_overhead_us / 1e3 + io_overhead_us / 1e3 * (inputs + outputs)
+               + ms_per_output_mb * b * output MB + ms_per_input_mb * b * input MB
 
 (a, m >= 0 fitted by non-negative least squares on measured runs; see devices/calibrate.py).
 A piece carrying `measured_ms[device.name]` uses that measurement instead (scaled by the predicted
@@ -30,7 +31,7 @@ from typing import Any, Iterable, Mapping
 
 from devices.constants import (
     BANDWIDTH_EFFICIENCY, BYTES_PER_GB, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, MIN_TRANSFORM_SCALE,
-    MS_PER_HOUR, PRECISION_BYTES_SCALE, op_class, PRECISION_EFFICIENCY_SCALE, REFERENCE_EDGE_CPU_GFLOPS, SERIALIZE_GBPS,
+    MS_PER_HOUR, PRECISION_BYTES_SCALE, op_class, op_keys, PRECISION_EFFICIENCY_SCALE, REFERENCE_EDGE_CPU_GFLOPS, SERIALIZE_GBPS,
 )
 from partition.types import OpCost, Piece
 from tierplan.errors import InputError
@@ -55,7 +56,9 @@ class Calibration:
     op_overhead_us: per operator (class_overhead_us[op class] when fitted per class, see
     devices.constants.op_class); run_overhead_us: per piece run (session call, input copies);
     ms_per_dram_mb: extra cost per MB an operator touches beyond `cache_mb` (its working set spills
-    out of the last-level cache and streams from DRAM, e.g. the 150 MB weights of AlexNet's fc6).
+    out of the last-level cache and streams from DRAM, e.g. the 150 MB weights of AlexNet's fc6);
+    io_overhead_us per input or output tensor of a piece run, ms_per_output_mb / ms_per_input_mb per MB
+    handed out / in (copies and layout reorders at the piece boundary).
     """
 
     device: str
@@ -66,6 +69,9 @@ class Calibration:
     class_overhead_us: Mapping[str, float] = field(default_factory=dict)
     cache_mb: float = 0.0
     ms_per_dram_mb: float = 0.0
+    io_overhead_us: float = 0.0
+    ms_per_output_mb: float = 0.0
+    ms_per_input_mb: float = 0.0
     threads: int = 1
     precision: str = "fp32"
     backend: str = "onnxruntime"
@@ -139,11 +145,15 @@ class CostModel:
         return self._cal[device.name]
 
     # ------------------------------------------------------------------ compute
-    def op_ms(self, op: OpCost, device: DeviceSpec, batch: int = 1, precision: str = "fp32") -> float:
-        """Predicted latency of one operator, milliseconds (includes its dispatch overhead)."""
+    def op_ms(self, op: OpCost, device: DeviceSpec, batch: int = 1, precision: str = "fp32",
+              key: str | None = None) -> float:
+        """Predicted latency of one operator, milliseconds (includes its dispatch overhead).
+
+        `key` is its calibration key (devices.constants.op_keys: e.g. `Relu~fused` after a Conv).
+        """
         cal = self.calibration_for(device)
         if cal is not None:
-            return self._op_ms_calibrated(op, device, cal, batch, precision)
+            return self._op_ms_calibrated(op, device, cal, batch, precision, key or op.op_type)
         return self._op_ms_roofline(op, device, batch, precision)
 
     def piece_ms(self, piece: Piece, device: DeviceSpec, batch: int = 1, precision: str = "fp32") -> float:
@@ -161,12 +171,19 @@ class CostModel:
         """Latency of a list of operators run as one piece (one run overhead), milliseconds."""
         _check_batch_precision(batch, precision)
         cal = self.calibration_for(device)
-        total = sum(self.op_ms(o, device, batch, precision) for o in ops)
+        ops = list(ops)
+        keys = op_keys([o.op_type for o in ops])
+        total = sum(self.op_ms(o, device, batch, precision, k) for o, k in zip(ops, keys))
         return total + (cal.run_overhead_us / 1e3 if cal is not None else 0.0)
 
     def _predict_piece(self, piece: Piece, device: DeviceSpec, batch: int, precision: str) -> float:
         ops = piece.ops or (_lumped_op(piece),)
         total = self.ops_ms(ops, device, batch, precision)
+        cal = self.calibration_for(device)
+        if cal is not None:  # handing tensors in and out of a piece run
+            total += (cal.io_overhead_us * (len(piece.inputs) + len(piece.outputs)) / 1e3
+                      + cal.ms_per_output_mb * batch * piece.out_bytes / 1e6
+                      + cal.ms_per_input_mb * batch * piece.in_bytes / 1e6)
         if not piece.ops and len(piece.nodes) > 1:  # a lumped piece still pays one dispatch per node
             total += (len(piece.nodes) - 1) * self._overhead_ms(device)
         return total
@@ -192,9 +209,10 @@ class CostModel:
         return max(compute_ms, memory_ms) + device.dispatch_overhead_us / 1e3
 
     def _op_ms_calibrated(self, op: OpCost, device: DeviceSpec, cal: Calibration, batch: int,
-                          precision: str) -> float:
+                          precision: str, key: str) -> float:
         cls = op_class(op.op_type)
-        t = next((g for g in (op.op_type, f"{OTHER_OP}:{cls}", OTHER_OP) if g in cal.ms_per_gflop), None)
+        t = next((g for g in (key, op.op_type, f"{OTHER_OP}:{cls}", OTHER_OP) if g in cal.ms_per_gflop), None)
+        cls = op_class(key)   # a fused epilogue pays the fused class's overhead
         if t is None:
             return self._op_ms_roofline(op, device, batch, precision)
         a, m = cal.ms_per_gflop[t], cal.ms_per_mb.get(t, 0.0)
