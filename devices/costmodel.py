@@ -258,6 +258,11 @@ class CostModel:
         return device.cost_per_hour_usd * ms / MS_PER_HOUR
 
     @staticmethod
+    def hourly_usd(device: DeviceSpec, instances: int = 1) -> float:
+        """Rent of `instances` instances of `device` for one hour ($/h; 0 for owned devices)."""
+        return device.cost_per_hour_usd * instances
+
+    @staticmethod
     def compute_energy_j(ms: float, device: DeviceSpec) -> float:
         """Energy of `ms` of inference on `device`: active power x time, joules."""
         return device.power_active_w * ms / 1e3

@@ -103,6 +103,7 @@ def test_money_hand_checked():
     assert CostModel.egress_usd(2.5e9, link) == pytest.approx(0.225, rel=1e-12)
     assert CostModel.compute_usd(3.6e6, get_device("aws-g5-xlarge")) == pytest.approx(1.006, rel=1e-12)
     assert CostModel.compute_usd(1000, RPI4) == 0
+    assert CostModel.hourly_usd(get_device("gcp-a2-highgpu-1g"), instances=3) == pytest.approx(3 * 3.673, rel=1e-12)
 
 
 def test_energy_hand_checked():
@@ -147,3 +148,22 @@ def test_inline_device_works_without_calibration():
     d = DeviceSpec(name="box", tier="edge", peak_gflops={"fp32": 100}, memory_gb=1, memory_bandwidth_gbps=10,
                    power_idle_w=1, power_active_w=2)
     assert CostModel().piece_ms(piece([conv()]), d) > 0
+
+
+def test_fusion_keys_follow_the_head():
+    """BN/Relu right after a Conv (through other epilogues) get the fused key; after a Reshape they do not."""
+    from devices.constants import op_class, op_keys
+    keys = op_keys(["Conv", "BatchNormalization", "Relu", "Reshape", "Relu", "MatMul", "Add"])
+    assert keys == ["Conv", "BatchNormalization~fused", "Relu~fused", "Reshape", "Relu", "MatMul", "Add~fused"]
+    assert op_class("Relu~fused") == "fused" and op_class("Relu") == "elementwise" and op_class("Conv") == "conv"
+
+
+def test_calibrated_fused_epilogue_uses_its_own_coefficients():
+    """With a calibration that prices fused Relu at zero, a Conv+Relu piece costs only the Conv (+ run)."""
+    cal = Calibration(device="rpi4", ms_per_gflop={"Conv": 10.0, "Relu": 100.0, "Relu~fused": 0.0},
+                      ms_per_mb={"Conv": 0.0, "Relu": 1.0, "Relu~fused": 0.0}, op_overhead_us=0.0,
+                      run_overhead_us=0.0, class_overhead_us={"conv": 0.0, "fused": 0.0, "elementwise": 50.0})
+    p = piece([conv(1e9, 0, 0), OpCost("r", "Relu", 1e6, 0, 4_000_000)])
+    assert CostModel(cal).piece_ms(p, RPI4) == pytest.approx(10.0, rel=1e-12)
+    alone = piece([OpCost("r", "Relu", 1e6, 0, 4_000_000)])
+    assert CostModel(cal).piece_ms(alone, RPI4) == pytest.approx(0.1 + 4.0 + 0.05, rel=1e-12)
