@@ -32,9 +32,12 @@ from simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, Mob
 from simulations.world import World, strategy_rng
 from tierplan.errors import InputError
 
-__all__ = ["simulate", "DEFAULT_STRATEGIES", "strategy_assignments"]
+__all__ = ["simulate", "DEFAULT_STRATEGIES", "BASELINE_ALIASES", "strategy_assignments"]
 
 DEFAULT_STRATEGIES = ("optimal", "all-device", "all-cloud", "best-split", "greedy")
+# the planner's baseline names -> the names strategies go by here (either is accepted)
+BASELINE_ALIASES = {"all_on_device": "all-device", "all_in_cloud": "all-cloud", "neurosurgeon": "best-split",
+                    "best_split": "best-split", "all_device": "all-device", "all_cloud": "all-cloud"}
 _FAST_THRESHOLD_REQUESTS = 50_000   # above this expected count, fast=None picks the vectorised path
 _CDF_POINTS = 201
 _SERIES_BINS = 60
@@ -54,7 +57,8 @@ def strategy_assignments(plan: Plan, names: Iterable[str] | None) -> tuple[dict[
         available["optimal"] = lambda o, p=plan: {**p.assignment, **p.per_class.get(o, {})}
     else:
         skipped["optimal"] = f"the plan has no assignment (status {plan.status}: {plan.reason or 'no reason given'})"
-    for name, b in plan.baselines.items():
+    for raw, b in plan.baselines.items():
+        name = BASELINE_ALIASES.get(raw, raw)
         per_class = getattr(b, "per_class", None) or {}
         if b.assignment or per_class:
             available[name] = lambda o, a=dict(b.assignment), pc=dict(per_class): {**a, **pc.get(o, {})}
@@ -67,7 +71,7 @@ def strategy_assignments(plan: Plan, names: Iterable[str] | None) -> tuple[dict[
         wanted = [n for n in DEFAULT_STRATEGIES if n in available or n in skipped]
         wanted += [n for n in available if n not in wanted]
     else:
-        wanted = list(names)
+        wanted = [BASELINE_ALIASES.get(n, n) for n in names]
         unknown = [n for n in wanted if n not in available and n not in skipped]
         if unknown:
             raise InputError(f"--strategies: unknown strategy {unknown[0]!r}; this plan has "
@@ -89,9 +93,9 @@ def _app_spec(plan: Plan):
 
 
 def _lookups(plan: Plan, fleet: FleetView, rates: dict[str, float] | None,
-             latency_ms: dict[tuple[str, str], float] | None):
+             latency_ms: dict[tuple[str, str], float] | None, app_spec=None):
     pieces = {p.id: p for p in plan.pieces}
-    app_box: list = []
+    app_box: list = [app_spec] if app_spec is not None else []
 
     def app():
         if not app_box:
@@ -220,9 +224,11 @@ def _quantiles(sorted_x: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def _sink_stats(journeys, arrivals, res: EngineResult, slo: dict[str, float | None]) -> dict[str, SinkStats]:
     lat: dict[str, list[np.ndarray]] = {}
+    by_class: dict[str, dict[str, list[np.ndarray]]] = {}
     for ji, j in enumerate(journeys):
         for name, d in sink_done(j, arrivals[ji].t_ms, res.done_ms[ji], res.failed[ji]).items():
             lat.setdefault(name, []).append(d - arrivals[ji].t_ms)
+            by_class.setdefault(name, {}).setdefault(j.origin, []).append(d - arrivals[ji].t_ms)
     out = {}
     for name, parts in lat.items():
         x = np.concatenate(parts) if parts else np.zeros(0)
@@ -238,8 +244,18 @@ def _sink_stats(journeys, arrivals, res: EngineResult, slo: dict[str, float | No
             p50 = p95 = p99 = mean = None
             cdf = []
         att = (float((ok <= s).sum()) / n if n else None) if s is not None else None
+        classes = {}
+        if len(by_class[name]) > 1:
+            for origin, xs in by_class[name].items():
+                y = np.concatenate(xs)
+                y_ok = np.sort(y[~np.isnan(y)])
+                q = _quantiles(y_ok, np.array([0.5, 0.95])) if len(y_ok) else [None, None]
+                classes[origin] = {"p50_ms": None if q[0] is None else float(q[0]),
+                                   "p95_ms": None if q[1] is None else float(q[1]), "requests": int(len(y)),
+                                   "slo_attainment": (float((y_ok <= s).sum()) / len(y) if len(y) else None)
+                                   if s is not None else None}
         out[name] = SinkStats(p50_ms=p50, p95_ms=p95, p99_ms=p99, mean_ms=mean, slo_ms=s, slo_attainment=att,
-                              requests=n, ok=n_ok, failed=n - n_ok, cdf_ms=cdf)
+                              requests=n, ok=n_ok, failed=n - n_ok, cdf_ms=cdf, classes=classes)
     return out
 
 
@@ -272,8 +288,7 @@ def _utilisation(res: EngineResult, duration_s: float):
         mean[label] = total / (b.instances * cap) if cap > 0 else 0.0
         by_inst = np.bincount(inst, weights=busy, minlength=b.instances) / cap if len(inst) else np.zeros(b.instances)
         peak[label] = float(by_inst.max()) if len(by_inst) else 0.0
-        offered = np.bincount(inst, weights=svc, minlength=b.instances) / cap if len(inst) else by_inst
-        if offered.max(initial=0.0) >= 1.0:
+        if float(svc.sum()) / (b.instances * cap) >= 1.0:  # offered work over the class's capacity
             over.append(label)
         if b.instances <= 1000:
             per_inst[label] = by_inst.tolist()
@@ -299,14 +314,17 @@ def simulate(plan: Plan | str, fleet: Any, strategies: Iterable[str] | str | Non
              rates: dict[str, float] | None = None, slo_ms: dict[str, float] | None = None,
              replicas: dict[str, int] | None = None, service_dist: str = "lognormal",
              service_cv: float = 0.1, dispatch: str = "round_robin",
-             latency_ms: dict[tuple[str, str], float | tuple[float, float]] | None = None) -> SimReport:
+             latency_ms: dict[tuple[str, str], float | tuple[float, float]] | None = None,
+             app: Any = None) -> SimReport:
     """Replay each strategy of `plan` over `fleet` for `duration_s` simulated seconds.
 
     fast: True = vectorised path (raises InputError where it cannot run), False = SimPy, None =
     vectorised for big feed-forward runs, SimPy otherwise. The same seed gives the same report.
     latency_ms[(piece, site)] overrides a piece's time on a site class: a mean in ms, or a measured
     (p50_ms, p95_ms) pair replayed as a log-normal; rates[source] overrides requests/s per device;
-    replicas[site] fixes servers per instance; links[site] varies a link (scenario.parse_link).
+    replicas[site] fixes servers per instance; links[site] varies a link (scenario.parse_link);
+    app (AppSpec) supplies source rates and sink destinations the plan does not carry (default:
+    the plan's app_path).
 
     >>> report = simulate(plan, fleet, duration_s=30, seed=1)           # doctest: +SKIP
     >>> report.strategies["optimal"].sinks["boxes"].p95_ms             # doctest: +SKIP
@@ -328,7 +346,7 @@ def simulate(plan: Plan | str, fleet: Any, strategies: Iterable[str] | str | Non
     else:
         link_vars = {v.site: v for v in _as_list(links, parse_link)}
     chosen, skipped = strategy_assignments(plan, strategies)
-    rate_for, origins_for, service_ms, deliver_for = _lookups(plan, fv, rates, latency_ms)
+    rate_for, origins_for, service_ms, deliver_for = _lookups(plan, fv, rates, latency_ms, app)
     slo = {name: s.slo_ms for name, s in plan.sinks.items()}
     slo.update(slo_ms or {})
 
@@ -378,10 +396,11 @@ def simulate(plan: Plan | str, fleet: Any, strategies: Iterable[str] | str | Non
         mean, peak, series, per_inst, over, step_s = _utilisation(res, duration_s)
         n_failed = int(sum(f.sum() for f in res.failed))
         cost = _cost_per_hour(journeys, draws, arrs, res, fv, world.replicas, duration_s)
+        raw = {BASELINE_ALIASES.get(k, k): v for k, v in plan.baselines.items()}
         predicted = plan.cost_per_hour_usd if name == "optimal" else (
-            plan.baselines[name].cost_per_hour_usd if name in plan.baselines else None)
+            raw[name].cost_per_hour_usd if name in raw else None)
         if over:
-            notes.append(f"overloaded (offered work >= capacity on an instance; queues grow): {', '.join(over)}")
+            notes.append(f"overloaded (offered work >= capacity; queues grow for the whole run): {', '.join(over)}")
         results[name] = StrategyResult(
             sinks=sinks, cost_per_hour_usd=cost, predicted_cost_per_hour_usd=predicted, requests=n_req,
             requests_ok=n_req - n_failed, requests_failed=n_failed,

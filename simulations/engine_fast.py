@@ -33,6 +33,7 @@ from simulations.world import ArrivalDraws, StageDraws, World
 __all__ = ["FastPathUnsupported", "fifo_departures", "run_fast"]
 
 _INT64_SAFE = 2 ** 62
+_ALL = slice(None)          # "every request" as an index (a view, not a gather)
 _LIFT_LIMIT_MS = 2.0 ** 40   # lifted float64 values stay below this: rounding under 0.25 microseconds
 
 
@@ -62,11 +63,12 @@ def _queue_time_order(queue: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.ndarray,
-                    servers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                    servers: int = 1, with_queue: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """Departure times and the served queue id of FIFO jobs at many queues at once.
 
     `queue` is each job's instance id; with `servers` > 1 each instance dispatches round-robin over
-    its replicas in arrival order. Returns (departure_ms, replica queue id = instance*servers+r).
+    its replicas in arrival order. Returns (departure_ms, replica queue id = instance*servers+r, or
+    None when `with_queue` is False).
 
     >>> d, _ = fifo_departures(np.array([0.0, 1.0, 1.5]), np.array([2.0, 2.0, 2.0]), np.array([0, 0, 1]))
     >>> d.tolist()
@@ -88,26 +90,31 @@ def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.nd
         order, q = order[sub], rq[sub]
     a = a_all[order]
     s = np.asarray(service_ms, dtype=np.float64)[order]
-    new_seg = np.r_[True, q[1:] != q[:-1]]
-    seg_id = np.cumsum(new_seg) - 1
-    c = np.cumsum(s)
-    c_before = (c - s)[new_seg][seg_id]          # work done in earlier segments
-    c_local = c - c_before
-    x = a - (c_local - s)                         # A_k - C_{k-1}, segment-local
-    x_min = float(x.min())
-    x -= x_min
-    span = float(x.max()) + 1.0
+    new_seg = np.empty(n, dtype=bool)
+    new_seg[0] = True
+    np.not_equal(q[1:], q[:-1], out=new_seg[1:])
+    seg_id = np.cumsum(new_seg)
+    seg_id -= 1
+    c_prev = np.cumsum(s)
+    c_prev -= s                                   # work before each job, all segments
+    c_prev -= c_prev[new_seg][seg_id]             # ... within its own segment: C_{k-1}
+    x = a - c_prev                                # A_k - C_{k-1}
+    span = float(x.max()) - float(x.min()) + 1.0
     if float(seg_id[-1]) * span < _LIFT_LIMIT_MS:
-        lift = seg_id * span
-        m = np.maximum.accumulate(x + lift) - lift
+        lift = seg_id * span                      # lifts each segment above the previous one
+        x += lift
+        np.maximum.accumulate(x, out=x)
+        x -= lift
     else:  # the lifted values would lose sub-microsecond precision: one scan per segment
-        m = np.empty_like(x)
         bounds = np.r_[np.flatnonzero(new_seg), n]
         for lo, hi in zip(bounds[:-1], bounds[1:]):
-            m[lo:hi] = np.maximum.accumulate(x[lo:hi])
-    d = m + x_min + c_local
+            np.maximum.accumulate(x[lo:hi], out=x[lo:hi])
+    x += c_prev
+    x += s                                        # D_n = C_n + max_{k<=n}(A_k - C_{k-1})
     out = np.empty(n)
-    out[order] = d
+    out[order] = x
+    if not with_queue:
+        return out, None
     qid = np.empty(n, dtype=np.int64)
     qid[order] = q
     return out, qid
@@ -151,19 +158,29 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
         parts = []  # (ji, stage, request idx, arrival, instance, service)
         for ji, si in visits_of[res]:
             j, st, arr, dr = journeys[ji], journeys[ji].stages[si], arrivals[ji], draws[ji]
-            if st.preds:
+            if len(st.preds) == 1:
+                a = done[ji][st.preds[0]]
+            elif st.preds:
                 a = np.max(np.stack([done[ji][p] for p in st.preds]), axis=0)
             else:
-                a = arr.t_ms.copy()
+                a = arr.t_ms
             live = ~np.isnan(a)  # a failed predecessor fails the stage (failure follows the data)
             runs = live if dr.runs[si] is None else live & dr.runs[si]
-            skip = live & ~runs
-            done[ji][si][skip] = a[skip]
-            idx = np.flatnonzero(runs)
-            ai = a[idx]
-            inst = world.stage_instance(st, j.origin, arr.device[idx], ai)
+            if runs.all():  # the common case: every request runs this stage, no gathers needed
+                idx = _ALL
+                ai = a
+                device = arr.device
+            else:
+                skip = live & ~runs
+                done[ji][si][skip] = a[skip]
+                idx = np.flatnonzero(runs)
+                ai = a[idx]
+                device = arr.device[idx]
+            inst = world.stage_instance(st, j.origin, device, ai)
             windows = world.windows_for(st)
             if windows:
+                if idx is _ALL:
+                    idx = np.arange(len(a))
                 fo = world.apply_failures(st, windows, inst, ai)
                 failed[ji][idx[fo.failed]] = True
                 done[ji][si][idx[fo.failed]] = np.nan
@@ -181,13 +198,13 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
         a_all = np.concatenate([p[3] for p in parts])
         s_all = np.concatenate([p[5] for p in parts])
         q_all = np.concatenate([p[4] for p in parts])
-        dep, _ = fifo_departures(a_all, s_all, q_all, servers)
+        dep, _ = fifo_departures(a_all, s_all, q_all, servers, with_queue=False)
         b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
         b.add(q_all, dep - s_all, s_all)
         off = 0
         for ji, si, idx, ai, inst, svc in parts:
-            d = dep[off: off + len(idx)]
-            off += len(idx)
+            d = dep[off: off + len(ai)]
+            off += len(ai)
             dl = draws[ji].delay_ms[si]
             done[ji][si][idx] = d if dl is None else d + dl[idx]
     for ji in range(len(journeys)):

@@ -31,6 +31,7 @@ class SinkStats(_M):
     requests: int = 0
     ok: int = 0
     failed: int = 0
+    classes: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per producing class (when several): p50_ms, p95_ms, requests, slo_attainment.")
     cdf_ms: list[float] = Field(default_factory=list, exclude=True, description="Latency quantiles 0..1 for figures.")
 
 

@@ -348,18 +348,17 @@ class World:
         n = len(arr.t_ms)
         work, runs, delay = [], [], []
         for st in journey.stages:
-            total = np.zeros(n)
-            inv = np.zeros(n, dtype=np.int64)
-            all_one = True
-            for w in st.work:
-                k = arr.invocations(w.rate_factor)
-                if k is None:
-                    total += w.amount
-                    inv += 1
-                else:
-                    all_one = False
-                    total += w.amount * k
-                    inv += k
+            all_one = all(w.rate_factor == 1.0 for w in st.work)
+            if all_one:  # one invocation of everything: constant work, every request runs it
+                total = np.full(n, float(sum(w.amount for w in st.work)))
+                inv = None
+            else:
+                total = np.zeros(n)
+                inv = np.zeros(n, dtype=np.int64)
+                for w in st.work:
+                    k = arr.invocations(w.rate_factor)
+                    total += w.amount * (1 if k is None else k)
+                    inv += 1 if k is None else k
             if st.kind == "compute" and any(w.sigma is not None for w in st.work):
                 total = self._spread_work(st, arr, n, rng)
                 delay.append(None)
@@ -375,7 +374,7 @@ class World:
                     d = np.maximum(0.0, d + rng.normal(0.0, link.jitter_ms, n))
                 delay.append(d)
             work.append(total)
-            runs.append(None if all_one and st.work else inv > 0)
+            runs.append(None if all_one and st.work else (inv > 0 if inv is not None else np.zeros(n, dtype=bool)))
         return StageDraws(work, runs, delay)
 
     def _spread_work(self, st: Stage, arr: ArrivalDraws, n: int, rng: np.random.Generator) -> np.ndarray:
