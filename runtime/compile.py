@@ -456,7 +456,9 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
                          f".{kind} piece ({', '.join(applicable)}). To fix: place the piece on another site or add "
                          f"one of {list(applicable)} to devices/catalog/{device.name}.yaml")
     target = dict(device.tvm_target)
-    measured_here = device.name == "local" or target_arch(target) == host_arch()
+    # measurable here: this machine, or a CPU (llvm) target of this machine's architecture
+    measured_here = device.name == "local" or (str(target.get("kind", "llvm")) == "llvm"
+                                               and target_arch(target) == host_arch())
     piece_sha = file_sha256(src)
     io_cache: list = []
 
@@ -469,7 +471,8 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
     predicted = _predicted_ms(piece, device, cost_model)
 
     alternatives: list[dict] = []
-    for backend in order:
+
+    def attempt(backend: str) -> dict:
         settings: dict = {"seed": opts.seed, "rtol": opts.rtol, "atol": opts.atol}
         if backend == "tvm":
             settings["tune"] = opts.tune.key()
@@ -483,21 +486,26 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
         if meta is None:
             progress(f"{backend}: building")
 
-            def build(tmp: Path, backend=backend) -> dict:
+            def build(tmp: Path) -> dict:
                 specs, out_decl, ref = io()
                 if backend == "onnxruntime":
                     return _build_ort(tmp, src, specs, ref, opts)
                 if backend == "litert":
                     return _build_litert(tmp, src, specs, out_decl, opts)
                 return _build_tvm(tmp, src, specs, ref, target, opts, lambda s: progress(f"tvm: {s}"))
-            meta = store.put(key, lambda tmp, build=build: _with_io(build(tmp), *io()))
+            meta = store.put(key, lambda tmp: _with_io(build(tmp), *io()))
         alt = {"backend": backend, "ok": bool(meta.get("ok")), "verified": bool(meta.get("verified")),
                "latency_ms": meta.get("latency_ms"), "max_abs_diff": meta.get("max_abs_diff"),
                "reason": meta.get("reason"), "cached": cached, "key": key,
                "file": str(store.file(key, meta)) if meta.get("ok") else None, "_meta": meta}
         alternatives.append(alt)
-        if not measured_here and alt["ok"]:
+        return alt
+
+    for backend in order:
+        if attempt(backend)["ok"] and not measured_here:
             break   # not measurable here: the device's first backend that builds and checks wins
+    if kind == "onnx" and "onnxruntime" not in order and not any(a["ok"] for a in alternatives):
+        attempt("onnxruntime")   # the reference runtime is the last resort for any ONNX piece
 
     usable = [a for a in alternatives if a["ok"]]
     if not usable:

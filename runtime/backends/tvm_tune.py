@@ -8,9 +8,13 @@ database (one folder per target) carries work across pieces, plans and runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
+import linecache
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +70,37 @@ def database_dir(db_root: str | Path, target: Mapping) -> Path:
     """The database folder of one target under `db_root` (records are target-specific)."""
     tag = hashlib.sha256(canonical_json(dict(target)).encode()).hexdigest()[:16]
     return Path(db_root) / tag
+
+
+def _light_stack(context: int = 1) -> list:
+    """inspect.stack() without the per-frame module lookup (frames, file, line, source line only)."""
+    frame = sys._getframe(1)
+    infos = []
+    while frame is not None:
+        fn, ln = frame.f_code.co_filename, frame.f_lineno
+        line = linecache.getline(fn, ln, frame.f_globals)
+        infos.append(inspect.FrameInfo(frame, fn, ln, frame.f_code.co_name, [line] if line else None,
+                                       0 if line else None))
+        frame = frame.f_back
+    return infos
+
+
+def import_tensor_intrin() -> None:
+    """Import tvm.s_tir.tensor_intrin (meta-schedule needs it) in seconds instead of minutes.
+
+    Its ~500 TVMScript functions each call inspect.stack(), which looks up the module of every
+    frame by scanning sys.modules; on this machine that import took 40-170 s. inspect.stack is
+    swapped for a lookup-free equivalent during the import only (TVMScript reads just the frames,
+    their line numbers and source lines).
+    """
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+    original = inspect.stack
+    inspect.stack = _light_stack
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = original
 
 
 def _in_process_builder_runner():
@@ -169,17 +204,25 @@ def tune_module(mod, target: Mapping, settings: TuneSettings):
         else:
             todo.append(task)
     if todo:
+        import_tensor_intrin()
+        # meta-schedule logs every trial to a console handler on stdout; keep the console to warnings on
+        # stderr (stdout may carry --json) and the full logs in the database folder
+        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        if ms_logger.level == logging.NOTSET:
+            ms_logger.setLevel(logging.WARNING)
         threads = max(1, os.cpu_count() or 1)
-        contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), num_threads=threads)
+        with contextlib.redirect_stdout(sys.stderr):
+            contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), num_threads=threads)
         _LOG.info(f"tune contexts ready after {time.perf_counter() - t0:.1f} s")
         builder, runner = _in_process_builder_runner()
         _LOG.info(f"tuning {len(todo)} task(s), {settings.trials} trials each")
-        ms.tune_tasks(
-            tasks=contexts, task_weights=weights, work_dir=str(db_dir),
-            max_trials_global=settings.trials * len(todo), max_trials_per_task=settings.trials,
-            num_trials_per_iter=min(settings.trials, 64),
-            builder=builder, runner=runner, database=database, cost_model="random",
-        )
+        with contextlib.redirect_stdout(sys.stderr):
+            ms.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(db_dir),
+                max_trials_global=settings.trials * len(todo), max_trials_per_task=settings.trials,
+                num_trials_per_iter=min(settings.trials, 64),
+                builder=builder, runner=runner, database=database, cost_model="random",
+            )
         report.tasks_tuned = [t.task_name for t in todo]
         _LOG.info(f"tuned {len(todo)} task(s) in {time.perf_counter() - t0:.1f} s")
     report.tune_s = time.perf_counter() - t0

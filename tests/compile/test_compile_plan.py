@@ -147,3 +147,37 @@ def test_unknown_dimension_is_input_error(tmp_path):
     with pytest.raises(InputError, match="'x' has unknown dimension"):
         compile_plan(plan, tmp_path / "art", progress=False, options=FAST)
     assert not (tmp_path / "art" / "manifest.json").exists()
+
+
+def test_tuning_uses_and_reuses_persistent_database(tmp_path):
+    """--tune-trials tunes the heaviest task into a database; a new store with the same database tunes nothing."""
+    model = _softmax_model(tmp_path / "tiny.onnx")
+    plan = make_plan([("tiny/p0", model, "edge")], {"edge": "local"})
+    kw = dict(tune_trials=4, tune_tasks=1, backends=["tvm"], progress=False, tune_db=tmp_path / "db", options=FAST)
+    first = compile_plan(plan, tmp_path / "a", **kw).entry("tiny/p0", "edge")
+    assert first["backend"] == "tvm" and first["verified"] is True
+    assert len(first["tune"]["tasks_tuned"]) == 1 and first["tune"]["tasks_reused"] == []
+    assert list((tmp_path / "db").glob("*/database_tuning_record.json"))
+    second = compile_plan(plan, tmp_path / "b", **kw).entry("tiny/p0", "edge")
+    assert second["tune"]["tasks_tuned"] == [] and second["tune"]["tasks_reused"] == first["tune"]["tasks_tuned"]
+    assert second["verified"] is True
+    untuned = compile_plan(plan, tmp_path / "a", backends=["tvm"], progress=False, options=FAST)
+    assert untuned.artifacts[0]["key"] != first["key"]        # tune settings are part of the key
+
+
+def test_forced_tvm_failure_still_falls_back_to_onnxruntime(tmp_path):
+    """Even with backends=['tvm'], an ONNX piece TVM cannot build ends on onnxruntime with the reason."""
+    plan = make_plan([("cls/p0", PPOCR_CLS, "edge")], {"edge": "local"},
+                     inputs={"cls/p0": [{"name": "x", "shape": [1, 3, 48, 192], "dtype": "float32"}]})
+    e = compile_plan(plan, tmp_path / "art", backends=["tvm"], progress=False, options=FAST).artifacts[0]
+    assert e["backend"] == "onnxruntime" and e["fallback_reason"].startswith("tvm:")
+
+
+def test_gpu_device_is_not_measured_here(squeezenet_pieces, tmp_path):
+    """A CUDA device is not this machine: its backend is its first listed one that builds, latency predicted."""
+    _, p0, _ = squeezenet_pieces
+    plan = make_plan([("squeezenet/p0", p0, "cells")], {"cells": "mec-t4"})
+    e = compile_plan(plan, tmp_path / "art", progress=False, options=FAST).artifacts[0]
+    assert e["device"] == "mec-t4" and e["backend"] == "onnxruntime"
+    assert e["latency_source"].startswith("predicted") and e["latency_ms"] == e["predicted_ms"] > 0
+    assert [a["backend"] for a in e["alternatives"]] == ["onnxruntime"]
