@@ -63,12 +63,15 @@ def _queue_time_order(queue: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.ndarray,
-                    servers: int = 1, with_queue: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+                    servers: int = 1, with_queue: bool = True,
+                    order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Departure times and the served queue id of FIFO jobs at many queues at once.
 
     `queue` is each job's instance id; with `servers` > 1 each instance dispatches round-robin over
     its replicas in arrival order. Returns (departure_ms, replica queue id = instance*servers+r, or
-    None when `with_queue` is False).
+    None when `with_queue` is False). `order`, when given, is a permutation already sorting the jobs by
+    (queue, arrival) (a single-server tandem successor keeps its predecessor's order); with_queue
+    False then returns that permutation in place of the queue ids.
 
     >>> d, _ = fifo_departures(np.array([0.0, 1.0, 1.5]), np.array([2.0, 2.0, 2.0]), np.array([0, 0, 1]))
     >>> d.tolist()
@@ -79,7 +82,8 @@ def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.nd
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     a_all = np.asarray(arrival_ms, dtype=np.float64)
     queue = np.asarray(queue, dtype=np.int64)
-    order = _queue_time_order(queue, a_all)
+    if order is None:
+        order = _queue_time_order(queue, a_all)
     q = queue[order]
     if servers > 1:
         new_seg = np.r_[True, q[1:] != q[:-1]]
@@ -114,7 +118,7 @@ def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.nd
     out = np.empty(n)
     out[order] = x
     if not with_queue:
-        return out, None
+        return out, order
     qid = np.empty(n, dtype=np.int64)
     qid[order] = q
     return out, qid
@@ -140,6 +144,24 @@ def _resource_order(journeys: list[Journey]) -> list[tuple]:
     return list(nx.lexicographical_topological_sort(g, key=lambda r: first[r]))
 
 
+def _tandem_order(world: World, journeys: list[Journey], draws: list[StageDraws], parts: list,
+                  servers: int, last: dict) -> np.ndarray | None:
+    """The predecessor's queue order when this visit is its single-server FIFO successor on the same
+    instances with no delay in between (departures leave in arrival order, so no sort is needed)."""
+    if len(parts) != 1 or servers != 1:
+        return None
+    ji, si, idx = parts[0][0], parts[0][1], parts[0][2]
+    st = journeys[ji].stages[si]
+    if idx is not _ALL or len(st.preds) != 1 or (ji, st.preds[0]) not in last or world.windows_for(st):
+        return None
+    pred = journeys[ji].stages[st.preds[0]]
+    same_queue = (pred.shared == st.shared and pred.site == st.site and not st.shared) or (
+        pred.kind == "compute" and st.kind == "link" and not st.shared and pred.site == st.site)
+    if not same_queue or draws[ji].delay_ms[pred.index] is not None:
+        return None
+    return last[(ji, st.preds[0])]
+
+
 def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws],
              draws: list[StageDraws]) -> EngineResult:
     """Simulate every journey's requests to completion with the vectorised recursion."""
@@ -154,6 +176,7 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
     for ji, j in enumerate(journeys):
         for st in j.stages:
             visits_of.setdefault(st.resource, []).append((ji, st.index))
+    last: dict[tuple[int, int], np.ndarray] = {}  # (journey, stage) -> its queue order, when reusable
     for res in order:
         parts = []  # (ji, stage, request idx, arrival, instance, service)
         for ji, si in visits_of[res]:
@@ -198,7 +221,10 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
         a_all = np.concatenate([p[3] for p in parts])
         s_all = np.concatenate([p[5] for p in parts])
         q_all = np.concatenate([p[4] for p in parts])
-        dep, _ = fifo_departures(a_all, s_all, q_all, servers, with_queue=False)
+        reuse = _tandem_order(world, journeys, draws, parts, servers, last)
+        dep, perm = fifo_departures(a_all, s_all, q_all, servers, with_queue=False, order=reuse)
+        if len(parts) == 1 and servers == 1 and parts[0][2] is _ALL:
+            last[(parts[0][0], parts[0][1])] = perm
         b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
         b.add(q_all, dep - s_all, s_all)
         off = 0
