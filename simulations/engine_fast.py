@@ -13,9 +13,12 @@ A site instance with c identical replicas dispatches its arrivals round-robin (t
 goes to replica k mod c), so each replica is again a single FIFO server.
 
 Resource classes (compute on site class X, link of class X up/down) are processed in a
-topological order of the network they form across all journeys; that needs the network to be
-feed-forward (a request never comes back to a resource class it left). When it is not, this path
-raises `FastPathUnsupported` and the SimPy path runs instead. Time-varying bandwidth uses the rate
+topological order of the network they form across all journeys. Where requests come back to a
+resource class they left (device -> base station -> device), the classes of that cycle are solved
+together by fixed-point iteration: start from completion times without queueing, then re-solve
+each class's queues from the latest arrival estimates until no completion time moves by more
+than a nanosecond (FIFO dynamics are causal, so the fixed point is the sample path); outages on
+such a cycle, or no settling, raise `FastPathUnsupported` and the SimPy path runs instead. Time-varying bandwidth uses the rate
 in force when a transfer reaches its link (the SimPy path does the same, so both agree).
 Work per simulated request is a few sorts and scans over the requests: it does not grow with the
 number of devices or sites.
@@ -34,7 +37,9 @@ __all__ = ["FastPathUnsupported", "fifo_departures", "run_fast"]
 
 _INT64_SAFE = 2 ** 62
 _ALL = slice(None)          # "every request" as an index (a view, not a gather)
-_LIFT_LIMIT_MS = 2.0 ** 40   # lifted float64 values stay below this: rounding under 0.25 microseconds
+_LIFT_LIMIT_MS = 2.0 ** 40
+_MAX_ITERATIONS = 200       # rounds of the fixed point over resources that requests come back to
+_TOLERANCE_MS = 1e-6   # lifted float64 values stay below this: rounding under 0.25 microseconds
 
 
 class FastPathUnsupported(Exception):
@@ -124,24 +129,26 @@ def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.nd
     return out, qid
 
 
-def _resource_order(journeys: list[Journey]) -> list[tuple]:
+def _resource_groups(journeys: list[Journey]) -> list[tuple[list[tuple], bool]]:
+    """Resource classes in a topological order of their network, as (members, cyclic) groups.
+
+    A group is one resource, or a strongly connected set of them that requests come back to
+    (e.g. device -> base station -> device); cyclic groups are solved by fixed-point iteration."""
     g = nx.DiGraph()
+    first: dict[tuple, int] = {}
     for j in journeys:
         for st in j.stages:
             g.add_node(st.resource)
-            for p in st.preds:
-                a, b = j.stages[p].resource, st.resource
-                if a == b:
-                    raise FastPathUnsupported(f"a request visits {a} twice in a row")
-                g.add_edge(a, b)
-    if not nx.is_directed_acyclic_graph(g):
-        cyc = " -> ".join(str(u) for u, _ in nx.find_cycle(g))
-        raise FastPathUnsupported(f"requests come back to a resource they left ({cyc})")
-    first = {}
-    for j in journeys:
-        for st in j.stages:
             first.setdefault(st.resource, len(first))
-    return list(nx.lexicographical_topological_sort(g, key=lambda r: first[r]))
+            for p in st.preds:
+                g.add_edge(j.stages[p].resource, st.resource)
+    cond = nx.condensation(g)
+    out = []
+    for c in nx.lexicographical_topological_sort(cond, key=lambda c: min(first[r] for r in cond.nodes[c]["members"])):
+        members = sorted(cond.nodes[c]["members"], key=first.__getitem__)
+        cyclic = len(members) > 1 or g.has_edge(members[0], members[0])
+        out.append((members, cyclic))
+    return out
 
 
 def _tandem_order(world: World, journeys: list[Journey], draws: list[StageDraws], parts: list,
@@ -165,7 +172,7 @@ def _tandem_order(world: World, journeys: list[Journey], draws: list[StageDraws]
 def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws],
              draws: list[StageDraws]) -> EngineResult:
     """Simulate every journey's requests to completion with the vectorised recursion."""
-    order = _resource_order(journeys)
+    groups = _resource_groups(journeys)
     n_req = [len(a.t_ms) for a in arrivals]
     done = [[np.full(n, np.nan) for _ in j.stages] for j, n in zip(journeys, n_req)]
     failed = [np.zeros(n, dtype=bool) for n in n_req]
@@ -177,28 +184,29 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
         for st in j.stages:
             visits_of.setdefault(st.resource, []).append((ji, st.index))
     last: dict[tuple[int, int], np.ndarray] = {}  # (journey, stage) -> its queue order, when reusable
-    for res in order:
+
+    def arrival(ji: int, st) -> np.ndarray:
+        if len(st.preds) == 1:
+            return done[ji][st.preds[0]]
+        if st.preds:
+            return np.max(np.stack([done[ji][p] for p in st.preds]), axis=0)
+        return arrivals[ji].t_ms
+
+    def solve(res: tuple, reuse: bool, record: bool) -> float:
+        """Queue every visit of one resource class; returns the largest change of a completion time."""
         parts = []  # (ji, stage, request idx, arrival, instance, service)
         for ji, si in visits_of[res]:
             j, st, arr, dr = journeys[ji], journeys[ji].stages[si], arrivals[ji], draws[ji]
-            if len(st.preds) == 1:
-                a = done[ji][st.preds[0]]
-            elif st.preds:
-                a = np.max(np.stack([done[ji][p] for p in st.preds]), axis=0)
-            else:
-                a = arr.t_ms
+            a = arrival(ji, st)
             live = ~np.isnan(a)  # a failed predecessor fails the stage (failure follows the data)
             runs = live if dr.runs[si] is None else live & dr.runs[si]
             if runs.all():  # the common case: every request runs this stage, no gathers needed
-                idx = _ALL
-                ai = a
-                device = arr.device
+                idx, ai, device = _ALL, a, arr.device
             else:
                 skip = live & ~runs
                 done[ji][si][skip] = a[skip]
                 idx = np.flatnonzero(runs)
-                ai = a[idx]
-                device = arr.device[idx]
+                ai, device = a[idx], arr.device[idx]
             inst = world.stage_instance(st, j.origin, device, ai)
             windows = world.windows_for(st)
             if windows:
@@ -215,25 +223,66 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
             svc = work if st.kind == "compute" else world.transfer_ms(st, work, ai)
             parts.append((ji, si, idx, ai, inst, svc))
         if not parts:
-            continue
+            return 0.0
         st0 = journeys[parts[0][0]].stages[parts[0][1]]
         servers = world.servers(st0)
         a_all = np.concatenate([p[3] for p in parts])
         s_all = np.concatenate([p[5] for p in parts])
         q_all = np.concatenate([p[4] for p in parts])
-        reuse = _tandem_order(world, journeys, draws, parts, servers, last)
-        dep, perm = fifo_departures(a_all, s_all, q_all, servers, with_queue=False, order=reuse)
-        if len(parts) == 1 and servers == 1 and parts[0][2] is _ALL:
+        hint = _tandem_order(world, journeys, draws, parts, servers, last) if reuse else None
+        dep, perm = fifo_departures(a_all, s_all, q_all, servers, with_queue=False, order=hint)
+        if reuse and len(parts) == 1 and servers == 1 and parts[0][2] is _ALL:
             last[(parts[0][0], parts[0][1])] = perm
-        b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
-        b.add(q_all, dep - s_all, s_all)
-        off = 0
+        if record:
+            b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
+            b.add(q_all, dep - s_all, s_all)
+        off, change = 0, 0.0
         for ji, si, idx, ai, inst, svc in parts:
             d = dep[off: off + len(ai)]
             off += len(ai)
             dl = draws[ji].delay_ms[si]
-            done[ji][si][idx] = d if dl is None else d + dl[idx]
+            new = d if dl is None else d + dl[idx]
+            old = done[ji][si][idx]
+            diff = np.abs(new - old)
+            diff = diff[~np.isnan(diff)]
+            if len(diff):
+                change = max(change, float(diff.max()))
+            done[ji][si][idx] = new
+        return change
+
+    for members, cyclic in groups:
+        if not cyclic:
+            solve(members[0], reuse=True, record=True)
+            continue
+        stages = [(ji, si) for r in members for ji, si in visits_of[r]]
+        if any(world.windows_for(journeys[ji].stages[si]) for ji, si in stages):
+            raise FastPathUnsupported("outages on resources that requests come back to")
+        _no_queue_start(world, journeys, arrivals, draws, done, stages)
+        for _ in range(_MAX_ITERATIONS):
+            if max(solve(r, reuse=False, record=False) for r in members) <= _TOLERANCE_MS:
+                break
+        else:
+            raise FastPathUnsupported(f"the fixed point over {members} did not settle in {_MAX_ITERATIONS} rounds")
+        for r in members:
+            solve(r, reuse=False, record=True)
     for ji in range(len(journeys)):
         for si in range(len(journeys[ji].stages)):
             done[ji][si][failed[ji]] = np.nan
     return EngineResult("fast", done, failed, rerouted, delayed, busy, events=sum(n_req))
+
+
+def _no_queue_start(world: World, journeys, arrivals, draws, done, stages) -> None:
+    """Completion times without queueing for the stages of a cyclic group: the iteration's start."""
+    for ji, si in sorted(stages):
+        st, dr, arr = journeys[ji].stages[si], draws[ji], arrivals[ji]
+        if len(st.preds) == 1:
+            a = done[ji][st.preds[0]]
+        elif st.preds:
+            a = np.max(np.stack([done[ji][p] for p in st.preds]), axis=0)
+        else:
+            a = arr.t_ms
+        svc = dr.work[si] if st.kind == "compute" else world.transfer_ms(st, dr.work[si], a)
+        if dr.runs[si] is not None:
+            svc = np.where(dr.runs[si], svc, 0.0)
+        dl = dr.delay_ms[si]
+        done[ji][si][:] = a + svc + (0.0 if dl is None else np.where(dr.runs[si], dl, 0.0) if dr.runs[si] is not None else dl)
