@@ -5,9 +5,10 @@ the others come from `plan.baselines` (all-device, all-cloud, best-split, greedy
 all-cloud are derived when the plan lacks them). Every strategy sees the same arrivals (common
 random numbers), so differences between them are the placement's, not the dice's.
 
-Servers per site instance: the plan's `instances` for "optimal"; otherwise (and for baselines)
-enough replicas to keep the offered load under the class's `max_utilization`, capped by
-`max_instances` (base stations without a cap get 1, clouds are elastic). Edge devices serve
+Servers per site instance: the plan's `instances` for "optimal" (rented instances per site
+class in all, spread evenly over its sites); otherwise (and for baselines) enough replicas to keep
+the offered load under the class's `max_utilization`, capped by `max_instances` (base stations
+without a cap get 1, clouds are elastic). Edge devices serve
 their own requests one at a time. Cost per hour = instances x replicas x $/hour of every site
 class that computes, plus egress $/GB on the bytes that leave an upper site.
 """
@@ -183,7 +184,9 @@ def _offered_ms_per_s(journeys: list[Journey], fleet: FleetView) -> dict[str, fl
     return out
 
 
-def _replicas(journeys, fleet: FleetView, fixed: dict[str, int]) -> dict[str, int]:
+def _replicas(journeys, fleet: FleetView, fixed: dict[str, int], planned: dict[str, int]) -> dict[str, int]:
+    """Servers per instance of each computing site class: `fixed` (per instance) first, then the plan's
+    rented instances (a class total, spread evenly), else sized to the offered load."""
     out = {}
     for site, ms in _offered_ms_per_s(journeys, fleet).items():
         sv = fleet.classes[site]
@@ -191,6 +194,8 @@ def _replicas(journeys, fleet: FleetView, fixed: dict[str, int]) -> dict[str, in
             out[site] = 1
         elif site in fixed:
             out[site] = max(1, int(fixed[site]))
+        elif planned.get(site, 0) > 0:
+            out[site] = max(1, math.ceil(planned[site] / sv.count))
         else:
             need = max(1, math.ceil(ms / (_MS * sv.max_utilization)))
             cap = sv.max_instances if sv.max_instances is not None else (None if sv.tier == "cloud" else 1)
@@ -199,8 +204,13 @@ def _replicas(journeys, fleet: FleetView, fixed: dict[str, int]) -> dict[str, in
 
 
 def _cost_per_hour(journeys, draws, arrivals, res: EngineResult, fleet: FleetView,
-                   replicas: dict[str, int], duration_s: float) -> float:
-    usd = sum(fleet.classes[s].count * n * fleet.classes[s].cost_per_hour_usd for s, n in replicas.items())
+                   replicas: dict[str, int], duration_s: float, planned: dict[str, int]) -> float:
+    usd = 0.0
+    for s, n in replicas.items():
+        total = fleet.classes[s].count * n
+        if planned.get(s, 0) > 0:  # the plan rents this many in all (spread, so some sites have fewer)
+            total = min(total, planned[s])
+        usd += total * fleet.classes[s].cost_per_hour_usd
     egress_bytes: dict[str, float] = {}
     for ji, j in enumerate(journeys):
         ok = ~res.failed[ji]
@@ -368,9 +378,8 @@ def simulate(plan: Plan | str, fleet: Any, strategies: Iterable[str] | str | Non
     step_s = duration_s / _SERIES_BINS
     for name, journeys in compiled.items():
         t0 = time.perf_counter()
-        fixed = dict(plan.instances) if name == "optimal" else {}
-        fixed.update(replicas or {})
-        world.replicas = _replicas(journeys, fv, fixed)
+        planned = {k: v for k, v in plan.instances.items() if name == "optimal" and k not in (replicas or {})}
+        world.replicas = _replicas(journeys, fv, dict(replicas or {}), planned)
         srng = strategy_rng(seed, name)
         arrs = [shared_arrivals[(j.origin, j.source)] for j in journeys]
         draws = [world.draw_stages(j, a, srng) for j, a in zip(journeys, arrs)]
@@ -395,7 +404,7 @@ def simulate(plan: Plan | str, fleet: Any, strategies: Iterable[str] | str | Non
         sinks = _sink_stats(journeys, arrs, res, slo)
         mean, peak, series, per_inst, over, step_s = _utilisation(res, duration_s)
         n_failed = int(sum(f.sum() for f in res.failed))
-        cost = _cost_per_hour(journeys, draws, arrs, res, fv, world.replicas, duration_s)
+        cost = _cost_per_hour(journeys, draws, arrs, res, fv, world.replicas, duration_s, planned)
         raw = {BASELINE_ALIASES.get(k, k): v for k, v in plan.baselines.items()}
         predicted = plan.cost_per_hour_usd if name == "optimal" else (
             raw[name].cost_per_hour_usd if name in raw else None)

@@ -3,7 +3,8 @@
 Each is a frozen dataclass; the CLI strings parse into them here so the API and the command line
 share one grammar:
 
-    arrivals   poisson | burst[:FACTOR[:ON_S[:OFF_S]]] | diurnal[:AMPLITUDE[:PERIOD_S]] | trace:FILE
+    arrivals   poisson | periodic[:JITTER_MS] | burst[:FACTOR[:ON_S[:OFF_S]]] |
+               diurnal[:AMPLITUDE[:PERIOD_S]] | trace:FILE
     --fail     KIND:CLASS[#INSTANCES]@START-END[:POLICY]   KIND = device|link|site,
                INSTANCES = 3 | 0-4 | 25%, POLICY = fail|reroute|wait (default fail)
     --mobility CLASS:SHARE@START[-END][>INSTANCE]           e.g. cams:0.5@20>0 (half the cams move to
@@ -38,13 +39,15 @@ Policy = Literal["fail", "reroute", "wait"]
 class ArrivalSpec:
     """How requests arrive at each producing site (rate from the plan or app, shape from here).
 
-    poisson: homogeneous. burst: a two-state Markov-modulated Poisson process shared by the
+    poisson: homogeneous. periodic: each device every 1/rate s from a random phase (cameras,
+    sensors), each request shifted by N(0, jitter_ms). burst: a two-state Markov-modulated Poisson process shared by the
     class (rate x `burst_factor` while on; mean on/off sojourns in seconds), normalised so the
     mean rate is the nominal one. diurnal: rate x (1 + amplitude sin(2 pi t / period)).
     trace: timestamps in seconds, one per line (optionally `t,CLASS`), replayed as they are.
     """
 
-    kind: Literal["poisson", "burst", "diurnal", "trace"] = "poisson"
+    kind: Literal["poisson", "periodic", "burst", "diurnal", "trace"] = "poisson"
+    jitter_ms: float = 0.0
     burst_factor: float = 5.0
     burst_on_s: float = 2.0
     burst_off_s: float = 8.0
@@ -118,6 +121,11 @@ def parse_arrivals(text: str) -> ArrivalSpec:
     args = [a for a in rest.split(":") if a] if rest else []
     if kind == "poisson" and not args:
         return ArrivalSpec("poisson")
+    if kind == "periodic" and len(args) <= 1:
+        j = _float(args[0], "--arrivals periodic jitter") if args else 0.0
+        if j < 0:
+            raise InputError("--arrivals periodic[:JITTER_MS]: jitter must be >= 0")
+        return ArrivalSpec("periodic", jitter_ms=j)
     if kind == "burst":
         vals = [_float(a, "--arrivals burst") for a in args]
         names = ["burst_factor", "burst_on_s", "burst_off_s"]
@@ -131,7 +139,7 @@ def parse_arrivals(text: str) -> ArrivalSpec:
         return ArrivalSpec("diurnal", **dict(zip(["amplitude", "period_s"], vals)))
     if kind == "trace" and rest:
         return ArrivalSpec("trace", trace=_read_trace(Path(rest)), trace_path=rest)
-    raise InputError(f"--arrivals {text!r}: expected poisson, burst[:F[:ON[:OFF]]], "
+    raise InputError(f"--arrivals {text!r}: expected poisson, periodic[:JITTER_MS], burst[:F[:ON[:OFF]]], "
                      f"diurnal[:A[:PERIOD]] or trace:FILE")
 
 

@@ -316,6 +316,18 @@ class World:
         lam = n_dev * rate_hz  # class-wide rate, requests/s
         if spec.kind == "poisson":
             t = _sorted_uniform(rng, rng.poisson(lam * T), T)
+        elif spec.kind == "periodic":
+            period = 1.0 / rate_hz
+            phase = rng.uniform(0.0, period, n_dev)
+            per_dev = int(math.ceil(T * rate_hz))
+            t = (phase[:, None] + period * np.arange(per_dev)[None, :]).ravel()
+            dev = np.repeat(np.arange(n_dev, dtype=np.int64), per_dev)
+            if spec.jitter_ms > 0:
+                t = np.maximum(0.0, t + rng.normal(0.0, spec.jitter_ms / _MS, len(t)))
+            keep = t < T
+            t, dev = t[keep], dev[keep]
+            order = np.argsort(t, kind="stable")
+            return self._with_fanout(t[order] * _MS, dev[order], rate_factors, rng)
         elif spec.kind == "diurnal":
             top = lam * (1 + spec.amplitude)
             cand = np.sort(rng.uniform(0.0, T, rng.poisson(top * T)))
@@ -336,12 +348,18 @@ class World:
             ts = [x for x, c in spec.trace if (c is None or c == origin) and x < T]
             t = np.array(ts, dtype=np.float64)
         device = rng.integers(0, n_dev, size=len(t)).astype(np.int64)
-        n = len(t)
+        return self._with_fanout(t * _MS, device, rate_factors, rng)
+
+    @staticmethod
+    def _with_fanout(t_ms: np.ndarray, device: np.ndarray, rate_factors: set[float],
+                     rng: np.random.Generator) -> ArrivalDraws:
+        """Invocations per request for each fan-out rate factor: floor(rf) plus one with prob frac(rf)."""
+        n = len(t_ms)
         k = {}
         for rf in sorted(rate_factors - {1.0}):
             base = math.floor(rf)
             k[rf] = (base + (rng.uniform(0.0, 1.0, n) < rf - base)).astype(np.int32)
-        return ArrivalDraws(t * _MS, device, k)
+        return ArrivalDraws(t_ms, device, k)
 
     def draw_stages(self, journey: Journey, arr: ArrivalDraws, rng: np.random.Generator) -> StageDraws:
         """Per-stage work and delays for one journey's requests (one strategy's child stream)."""

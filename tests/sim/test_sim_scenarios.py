@@ -97,7 +97,7 @@ def test_overloaded_site_lowers_slo_attainment():
     assert any("overloaded" in n for n in cloud.notes)
 
 
-@pytest.mark.parametrize("spec", ["poisson", "burst:6:1:4", "diurnal:0.8:10"])
+@pytest.mark.parametrize("spec", ["poisson", "periodic:5", "burst:6:1:4", "diurnal:0.8:10"])
 def test_arrival_processes_keep_the_mean_rate(spec):
     """Poisson, MMPP bursts and diurnal arrivals all offer the nominal mean rate (N devices x rate)."""
     rep = simulate(make_plan(rate_hz=5.0), make_fleet(cams=10), strategies=["all-device"], duration_s=1200,
@@ -112,6 +112,16 @@ def test_burst_arrivals_raise_the_tail():
     p = simulate(plan, fleet, arrivals="poisson", **kw).strategies["optimal"].sinks["labels"].p99_ms
     b = simulate(plan, fleet, arrivals="burst:4:2:8", **kw).strategies["optimal"].sinks["labels"].p99_ms
     assert b > 1.5 * p
+
+
+def test_periodic_cameras_queue_less_than_poisson():
+    """Frames every 1/rate s (cameras) meet no queue on a device that keeps up; Poisson ones do."""
+    plan, fleet = make_plan(rate_hz=10.0), make_fleet(cams=20)
+    kw = dict(strategies=["all-device"], duration_s=30, seed=1, service_dist="deterministic")
+    per = simulate(plan, fleet, arrivals="periodic", **kw).strategies["all-device"].sinks["labels"]
+    poi = simulate(plan, fleet, arrivals="poisson", **kw).strategies["all-device"].sinks["labels"]
+    assert per.p99_ms == pytest.approx(60.0, abs=1e-6)  # 20 + 30 + 10 ms, never a wait (utilisation 0.6)
+    assert poi.p99_ms > 2 * per.p99_ms
 
 
 def test_trace_arrivals_replay_timestamps(tmp_path):
@@ -153,6 +163,15 @@ def test_parsers_reject_bad_input_with_the_fix():
     w = parse_failure("link:cams#25%@5-15:wait")
     assert (w.kind, w.target, w.share, w.start_s, w.end_s, w.policy) == ("link", "cams", 0.25, 5.0, 15.0, "wait")
     assert parse_mobility("cams:0.5@20-40>1").to_instance == 1
+
+
+def test_plan_instances_are_a_class_total():
+    """The plan's rented instances (a class total) are spread over the sites and priced as that total."""
+    plan = make_plan().model_copy(update={"instances": {"bs": 3}})
+    rep = simulate(plan, make_fleet(cams=20, bs=2, bs_max=2), strategies=["optimal"], duration_s=5, seed=0)
+    opt = rep.strategies["optimal"]
+    assert opt.replicas["bs"] == 2  # ceil(3 / 2) servers per base station
+    assert opt.cost_per_hour_usd == pytest.approx(3 * 0.5)
 
 
 def test_cost_counts_instances_and_egress():

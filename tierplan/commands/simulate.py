@@ -13,12 +13,13 @@ from tierplan.errors import InputError
 __all__ = ["register"]
 
 
-def _load_plan(target: Path, fleet_spec, objective: str | None):
+def _load_plan(target: Path, fleet_spec, fleet_path: Path, objective: str | None):
+    """(plan, app spec or None): a plan.json as is, or an app.yaml planned on the fleet first."""
     from planner.plan import Plan
     if target.is_dir():
         target = target / "app.yaml"
     if target.suffix == ".json":
-        return Plan.load(target)
+        return Plan.load(target), None
     if target.suffix not in (".yaml", ".yml"):
         raise InputError(f"{target}: expected an app.yaml or a plan.json")
     from tierplan.loader import load_app
@@ -28,7 +29,8 @@ def _load_plan(target: Path, fleet_spec, objective: str | None):
     except ImportError as e:
         raise InputError(f"{target}: the planner is not available ({e}). To fix: pass a plan.json "
                          f"written by `tierplan plan`") from None
-    return plan_app(app, fleet_spec, objective=objective)
+    plan = plan_app(app, fleet_spec, objective=objective)
+    return plan.model_copy(update={"app_path": str(target.resolve()), "fleet_path": str(fleet_path.resolve())}), app
 
 
 def _fleet_path(target: Path, fleet: Path | None) -> Path:
@@ -84,7 +86,7 @@ def register(app: typer.Typer) -> None:
         strategies: Optional[str] = typer.Option(None, "--strategies", help="Comma list: optimal,all-device,all-cloud,best-split,greedy."),
         duration: float = typer.Option(60.0, "--duration", help="Simulated seconds of arrivals."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random draw (same seed, same result)."),
-        arrivals: str = typer.Option("poisson", "--arrivals", help="poisson | burst[:F[:ON[:OFF]]] | diurnal[:A[:PERIOD]] | trace:FILE"),
+        arrivals: str = typer.Option("poisson", "--arrivals", help="poisson | periodic[:JITTER_MS] | burst[:F[:ON[:OFF]]] | diurnal[:A[:PERIOD]] | trace:FILE"),
         fail: Optional[list[str]] = typer.Option(None, "--fail", help="KIND:CLASS[#INST]@START-END[:fail|reroute|wait], repeatable."),
         mobility: Optional[list[str]] = typer.Option(None, "--mobility", help="CLASS:SHARE@START[-END][>INSTANCE], repeatable."),
         link: Optional[list[str]] = typer.Option(None, "--link", help="SITE=2g|3g|4g|wifi|MBPS|trace:FILE[~CV], repeatable."),
@@ -100,11 +102,13 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--engine {engine!r}: expected auto, fast or simpy")
         if not target.exists():
             raise InputError(f"{target}: file not found. To fix: check the path")
-        fleet_spec = load_fleet(_fleet_path(target, fleet))
-        plan = _load_plan(target, fleet_spec, objective)
+        fleet_path = _fleet_path(target, fleet)
+        fleet_spec = load_fleet(fleet_path)
+        plan, app_spec = _load_plan(target, fleet_spec, fleet_path, objective)
         rep = simulate(plan, fleet_spec, strategies=strategies, duration_s=duration, seed=seed,
                        arrivals=arrivals, failures=fail or None, mobility=mobility or None,
-                       fast={"auto": None, "fast": True, "simpy": False}[engine], links=link or None)
+                       fast={"auto": None, "fast": True, "simpy": False}[engine], links=link or None,
+                       app=app_spec)
         if report is not None:
             from simulations.html_report import write_report
             path = write_report(rep, report)
