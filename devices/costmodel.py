@@ -31,7 +31,8 @@ from typing import Any, Iterable, Mapping
 
 from devices.constants import (
     BANDWIDTH_EFFICIENCY, BYTES_PER_GB, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, MIN_TRANSFORM_SCALE,
-    MS_PER_HOUR, PRECISION_BYTES_SCALE, op_class, op_keys, PRECISION_EFFICIENCY_SCALE, REFERENCE_EDGE_CPU_GFLOPS, SERIALIZE_GBPS,
+    MS_PER_HOUR, PRECISION_BYTES_SCALE, PRECISION_EFFICIENCY_SCALE, REFERENCE_EDGE_CPU_GFLOPS, SERIALIZE_GBPS,
+    op_class, op_keys,
 )
 from partition.types import OpCost, Piece
 from tierplan.errors import InputError
