@@ -526,7 +526,7 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
     path = store.file(key, meta)
     entry = {
         "piece": piece.id, "site": site, "device": device.name, "backend": chosen["backend"],
-        "file": str(path), "rel_file": str(path.relative_to(store.root.resolve())), "path": str(path),
+        "file": str(path), "rel_file": str(path.relative_to(store.root.resolve())),
         "key": key, "piece_sha256": piece_sha, "source": str(src),
         "target": target if chosen["backend"] == "tvm" else {"backend": chosen["backend"]},
         "versions": dict(versions),

@@ -153,7 +153,8 @@ class TokenInterceptor(grpc.ServerInterceptor):
         meta = dict(handler_call_details.invocation_metadata or ())
         if secrets.compare_digest(meta.get("authorization", ""), self._expected):
             return continuation(handler_call_details)
-        return self._deny_stream if handler_call_details.method.endswith("/Deliver") else self._deny_unary
+        streaming = handler_call_details.method.endswith("/Deliver")   # Stage, Control and the raw variants
+        return self._deny_stream if streaming else self._deny_unary
 
 
 def server_credentials(tls: TlsConfig) -> grpc.ServerCredentials:

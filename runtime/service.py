@@ -36,8 +36,9 @@ from runtime.links import LinkEmulator
 from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.security import TlsConfig, TokenInterceptor, server_credentials
-from runtime.stage import Sender, StageOptions
-from runtime.wire import GRPC_OPTIONS, Delivery, frames_to_delivery, pb_to_tensor, tensor_to_pb
+from runtime.stage import Sender, StageOptions, raw_handler
+from runtime.wire import (GRPC_OPTIONS, RAW_CONTROL_METHOD, Delivery, frames_to_delivery, pb_to_tensor, raw_to_delivery,
+                          tensor_to_pb)
 from tierplan.errors import InputError, RuntimeFault
 
 __all__ = ["Service", "Trace", "SiteState"]
@@ -135,6 +136,10 @@ class _Control(pbg.ControlServicer):
     def DeliverBundle(self, request: pb.Bundle, context) -> pb.Ack:
         return self.Deliver(iter(request.frames), context)
 
+    def deliver_raw(self, request_iterator, context) -> pb.Ack:
+        self.s._on_result(raw_to_delivery(request_iterator))
+        return pb.Ack(ok=True)
+
     def Register(self, request: pb.RegisterRequest, context) -> pb.Ack:
         self.s._on_register(request.site, request.address, request.pid)
         return pb.Ack(ok=True)
@@ -226,7 +231,9 @@ class Service:
     def start_controller(self) -> str:
         """Start the controller's gRPC server and metrics endpoint; returns its address."""
         srv = self._server()
-        pbg.add_ControlServicer_to_server(_Control(self), srv)
+        control = _Control(self)
+        pbg.add_ControlServicer_to_server(control, srv)
+        srv.add_generic_rpc_handlers([raw_handler(RAW_CONTROL_METHOD, control.deliver_raw)])
         port = self._bind(srv, f"{self.listen_host}:0")
         srv.start()
         self.address = f"{self.listen_host}:{port}"

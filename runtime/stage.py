@@ -43,9 +43,10 @@ from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.runners import Runner, load_runner
 from runtime.security import TlsConfig, TokenInterceptor, channel, server_credentials
-from runtime.wire import CHUNK_BYTES, GRPC_OPTIONS, Delivery, delivery_frames, frames_to_delivery
+from runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_STAGE_METHOD, Delivery, delivery_frames,
+                          frames_to_delivery, raw_messages, raw_to_delivery)
 
-__all__ = ["StageWorker", "StageOptions", "RETRY_CODES", "Sender", "UNARY_MAX_BYTES"]
+__all__ = ["StageWorker", "StageOptions", "RETRY_CODES", "Sender", "UNARY_MAX_BYTES", "raw_handler"]
 
 log = logging.getLogger("tierplan.runtime")
 
@@ -56,6 +57,13 @@ UNARY_MAX_BYTES = 64 << 10   # deliveries up to this size go as one unary messag
 _RETRY_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.4)
 _ERROR_REPORT_TIMEOUT_S = 2.0
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def raw_handler(method: str, fn) -> grpc.GenericRpcHandler:
+    """A generic handler serving `fn(iterator of bytes, context) -> pb.Ack` at `method` ("/service/name")."""
+    service, name = method.strip("/").split("/")
+    return grpc.method_handlers_generic_handler(service, {name: grpc.stream_unary_rpc_method_handler(
+        fn, request_deserializer=None, response_serializer=pb.Ack.SerializeToString)})
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,17 @@ class Sender:
                 self._stubs[key] = (ch, stub)
             return self._stubs[key][1]
 
+    def raw(self, address: str, kind: str = "stage"):
+        """The raw-bytes Deliver method of a worker or the controller (see runtime.wire)."""
+        with self._lock:
+            key = f"raw-{kind}@{address}"
+            if key not in self._stubs:
+                ch = channel(address, self.tls, GRPC_OPTIONS)
+                method = RAW_STAGE_METHOD if kind == "stage" else RAW_CONTROL_METHOD
+                self._stubs[key] = (ch, ch.stream_unary(method, request_serializer=None,
+                                                        response_deserializer=pb.Ack.FromString))
+            return self._stubs[key][1]
+
     def close(self) -> None:
         with self._lock:
             for ch, _ in self._stubs.values():
@@ -168,16 +187,17 @@ class Sender:
                 d.sent_unix_ms = time.time() * 1e3
                 arrival = self._emulator().arrival_s(self.site, to_site, d.nbytes) if to_site else 0.0
                 try:
-                    frames = list(delivery_frames(d, chunk_bytes))
                     stub = self.stub(address, kind)
                     if d.nbytes <= UNARY_MAX_BYTES:
+                        frames = list(delivery_frames(d, chunk_bytes))
                         # small: one unary call (half the cost of a stream, which spawns a consumer thread)
                         wait = arrival - time.monotonic()
                         if wait > 0:
                             time.sleep(wait)
                         ack = stub.DeliverBundle(pb.Bundle(frames=frames), timeout=max(deadline_s - time.time(), 1e-3))
                     else:
-                        ack = stub.Deliver(self._paced(frames, arrival), timeout=remaining)
+                        raw = self.raw(address, kind)
+                        ack = raw(self._paced(raw_messages(d, chunk_bytes), arrival), timeout=remaining)
                     if self._metrics is not None and to_site and to_site != self.site:
                         self._metrics.link_bytes.labels(link).inc(d.nbytes)
                         self._metrics.link_latency.labels(link).observe(time.time() - d.sent_unix_ms / 1e3)
@@ -250,6 +270,7 @@ class StageWorker(pbg.StageServicer):
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix=f"rpc-{self.site}"),
                                    options=GRPC_OPTIONS, interceptors=interceptors)
         pbg.add_StageServicer_to_server(self, self._server)
+        self._server.add_generic_rpc_handlers([raw_handler(RAW_STAGE_METHOD, self._deliver_raw)])
         host = self.listen.rsplit(":", 1)[0]
         if self.tls:
             port = self._server.add_secure_port(self.listen, server_credentials(self.tls))
@@ -350,11 +371,16 @@ class StageWorker(pbg.StageServicer):
                               metrics_address=self._metrics.address, pid=os.getpid(),
                               requests_done=self._done)
 
+    def _deliver_raw(self, request_iterator, context) -> pb.Ack:
+        return self._accept_delivery(raw_to_delivery(request_iterator), context)
+
     def DeliverBundle(self, request: pb.Bundle, context) -> pb.Ack:
         return self.Deliver(iter(request.frames), context)
 
     def Deliver(self, request_iterator, context) -> pb.Ack:
-        d = frames_to_delivery(request_iterator)
+        return self._accept_delivery(frames_to_delivery(request_iterator), context)
+
+    def _accept_delivery(self, d: Delivery, context) -> pb.Ack:
         if self._cfg is None:  # just (re)started: UNAVAILABLE makes the sender retry until configured
             context.abort(grpc.StatusCode.UNAVAILABLE, f"site {self.site} is not configured yet")
         src_site = self._cfg.graph.sites.get(d.src, "")

@@ -16,9 +16,10 @@ API for runtime/ execution (stable; add, never rename)
 - `run` is safe to call from several threads (TVM and LiteRT runners serialise calls with a
   lock; an onnxruntime session is itself thread-safe). Build one runner per worker thread when
   you want parallel TVM execution.
-- Manifest entry fields used: `backend`, `file` (relative to the manifest's directory, i.e.
-  `root`), `path` (absolute at compile time; used when `root` is not given), `inputs`/`outputs`
-  (`[{name, shape, dtype}]`), `options` (backend options, e.g. onnxruntime threads), `target`.
+- Manifest entry fields used: `backend`, `file` (absolute path at compile time), `rel_file`
+  (the same file relative to the store, i.e. the manifest's folder: pass `root` when the store
+  was moved), `inputs`/`outputs` (`[{name, shape, dtype}]`), `options` (backend options, e.g.
+  onnxruntime threads), `target`.
 - A cross-compiled TVM artifact (.tar for another architecture) cannot be loaded on this machine:
   `load_artifact` raises `InputError` saying so; load it on the device it was built for.
 - `runtime.compile.load_manifest(out_dir)` reads manifest.json; `runtime.compile.compile_plan`
@@ -40,15 +41,13 @@ BACKENDS: tuple[str, ...] = ("tvm", "onnxruntime", "litert")
 
 
 def artifact_path(entry: Mapping, root: str | Path | None = None) -> Path:
-    """Where the entry's file is: `root/file` when root is given, else `path`, else `file` as is."""
+    """Where the entry's file is: `root/rel_file` when root is given, else `file`."""
     file = entry.get("file")
     if not file:
         raise InputError(f"artifact for piece {entry.get('piece')!r} on {entry.get('site')!r} has no file "
                          f"(it was rejected at compile time: {entry.get('fallback_reason') or 'no reason recorded'})")
-    if root is not None:
-        return Path(root) / file
-    if entry.get("path") and Path(entry["path"]).exists():
-        return Path(entry["path"])
+    if root is not None and entry.get("rel_file"):
+        return Path(root) / str(entry["rel_file"])
     return Path(file)
 
 

@@ -158,8 +158,12 @@ def tuning_target(target: Mapping) -> dict:
     core count (meta-schedule requires `num-cores`; records are looked up by target)."""
     out = dict(target)
     if "num-cores" not in out:
-        import psutil
-        out["num-cores"] = int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+        try:
+            import psutil
+            cores = psutil.cpu_count(logical=False)
+        except ImportError:
+            cores = None
+        out["num-cores"] = int(cores or os.cpu_count() or 1)
     return out
 
 

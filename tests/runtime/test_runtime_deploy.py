@@ -22,6 +22,8 @@ from conftest import three_tier_fleet
 pytestmark = pytest.mark.integration
 
 REQUEST_TIMEOUT_S = 4.0
+KILL_DETECT_S = 20.0      # generous: the CPU is shared by many processes while these tests run
+RECOVERY_S = 120.0
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +149,7 @@ def test_killed_ray_node_fails_requests_clearly_then_recovers(service, ray_clust
     ray_cluster.kill_site("bs")
     t0 = time.time()
     errors = []
-    while time.time() - t0 < 10:
+    while time.time() - t0 < KILL_DETECT_S:
         try:
             service.predict(sq_input)
         except RuntimeFault as e:
@@ -155,9 +157,9 @@ def test_killed_ray_node_fails_requests_clearly_then_recovers(service, ray_clust
             if "bs" in str(e):
                 break
     assert errors and "bs" in errors[-1], errors[-3:]
-    assert time.time() - t0 < 10
+    assert time.time() - t0 < KILL_DETECT_S
     ray_cluster.add_site("bs")
-    deadline = time.time() + 60
+    deadline = time.time() + RECOVERY_S
     out = None
     while time.time() < deadline:
         try:
