@@ -195,44 +195,60 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
     def left() -> float:
         return max(0.5, time_limit_s - (time.perf_counter() - t0))
 
-    # ---- which classes can meet their SLO at all (alone, ignoring the others' load)
+    # ---- per class alone (a relaxation: the others' load is left out): can it meet its SLO at
+    # all, and its best placement (the joint solve's hint, or the answer when classes decouple)
     uncovered: dict[str, str] = {}
     notes: dict[str, str] = {}
-    precheck = max(0.3, min(2.0, time_limit_s / (4 * max(1, len(problem.classes)))))
+    separable = problem.coef_cost == 0          # latency / energy: a sum over classes
+    secondary = _SECONDARY.get(problem.objective_kind)
+    per_class = max(0.5, min(10.0, 0.5 * time_limit_s / max(1, len(problem.classes))))
+    alone: dict[str, SolveResult] = {}
     for c in problem.classes:
-        if not c.slo_us:
-            continue
         sub = replace(problem.only_class(c.name), budget_uusd_h=None)
-        if evaluate(sub, {c.name: hint[c.name]}).feasible:
-            continue
-        r = solve(sub, precheck)
-        if r.status in ("optimal", "feasible", "unknown"):
-            continue
-        r2 = solve(sub.without_slo(), precheck)
-        if r2.status == "infeasible":
-            raise InfeasibleError(f"edge class {c.name}: no placement fits even without the SLO: "
-                                  f"{diagnose(sub.without_slo(), precheck)}")
-        msg, note = _slo_message(problem, info, c.name, precheck)
-        uncovered[c.name], notes[c.name] = msg, note
+        r = solve(sub, per_class, hint={c.name: hint[c.name]}, secondary=secondary if separable else None)
+        if r.status == "infeasible" and c.slo_us:
+            r2 = solve(sub.without_slo(), per_class, hint={c.name: hint[c.name]},
+                       secondary=secondary if separable else None)
+            if r2.status == "infeasible":
+                raise InfeasibleError(f"edge class {c.name}: no placement fits even without the SLO: "
+                                      f"{diagnose(sub.without_slo(), per_class)}")
+            msg, note = _slo_message(problem, info, c.name, per_class)
+            uncovered[c.name], notes[c.name] = msg, note
+            r = r2
+        elif r.status == "infeasible":
+            raise InfeasibleError(f"edge class {c.name}: no placement fits: {diagnose(sub, per_class)}")
+        alone[c.name] = r
     if uncovered and len(uncovered) == len(problem.classes):
         first = max(problem.classes, key=lambda c: c.count).name
         raise InfeasibleError(uncovered[first] + (f" (and {len(uncovered) - 1} more edge classes)"
                                                   if len(uncovered) > 1 else "")
                               + ". To fix: relax the SLO, use faster sites, or a better link")
     main = problem.without_slo(set(uncovered)) if uncovered else problem
-    secondary = _SECONDARY.get(main.objective_kind)
-    r = solve(main, left(), hint=hint, secondary=secondary)
+    combined = {n: (r.assignment[n] if r.assignment else hint[n]) for n, r in alone.items()}
+    cev = evaluate(main, combined)
     reason = None
-    if r.status == "infeasible":
-        raise InfeasibleError(diagnose(main, min(left(), time_limit_s)))
-    if r.status not in ("optimal", "feasible"):
-        hev = evaluate(main, hint)
-        if not hev.feasible:
-            raise InfeasibleError(f"CP-SAT found no plan within {time_limit_s:g} s (status {r.status}) and the "
-                                  f"greedy placement violates: {'; '.join(hev.violations[:2])}. "
-                                  f"To fix: --time-limit {int(time_limit_s * 4)}")
-        reason = f"CP-SAT status {r.status} after {r.solve_s:.1f} s: the greedy placement is shown"
-        r = SolveResult("feasible", dict(hint), hev.objective, None, r.solve_s, hev.latency_term)
+    if separable and cev.feasible and all(r.status in ("optimal", "feasible") for r in alone.values()):
+        # the classes' own optima respect every shared constraint: their sum is the joint optimum
+        # (each alone-problem relaxes the joint one), proven when each class was proven
+        bound = sum(r.bound or 0 for r in alone.values())
+        proven = all(r.status == "optimal" for r in alone.values())
+        r = SolveResult("optimal" if proven else "feasible", combined, cev.objective,
+                        cev.objective if proven else min(bound, cev.objective),
+                        time.perf_counter() - t0, cev.latency_term)
+    else:
+        r = solve(main, left(), hint=combined if cev.feasible else hint, secondary=secondary,
+                  secondary_share=0.25)
+        if r.status == "infeasible":
+            raise InfeasibleError(diagnose(main, min(left(), time_limit_s)))
+        if r.status not in ("optimal", "feasible"):
+            fallback = combined if cev.feasible else hint
+            hev = evaluate(main, fallback)
+            if not hev.feasible:
+                raise InfeasibleError(f"CP-SAT found no plan within {time_limit_s:g} s (status {r.status}) and "
+                                      f"the greedy placement violates: {'; '.join(hev.violations[:2])}. "
+                                      f"To fix: --time-limit {int(time_limit_s * 4)}")
+            reason = f"CP-SAT status {r.status} after {r.solve_s:.1f} s: the best per-class placement is shown"
+            r = SolveResult("feasible", dict(fallback), hev.objective, None, r.solve_s, hev.latency_term)
     ev = evaluate(main, r.assignment)
     plan = _assemble(graph, main, info, r, ev, t0, reason)
     plan = plan.model_copy(update={"coverage": _coverage(graph, fleet, cost_model, slo, weights,
