@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -316,7 +317,7 @@ def _as_list(x, parse) -> list:
     return [parse(v) if isinstance(v, str) else v for v in x]
 
 
-def simulate(plan: Plan | str, fleet: Any, strategies: Iterable[str] | str | None = None,
+def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | str | None = None,
              duration_s: float = 60.0, seed: int = 0, arrivals: str | ArrivalSpec = "poisson",
              failures: Iterable[str | FailureWindow] | None = None,
              mobility: Iterable[str | MobilityEvent] | None = None, fast: bool | None = None, *,
@@ -339,12 +340,15 @@ def simulate(plan: Plan | str, fleet: Any, strategies: Iterable[str] | str | Non
     >>> report = simulate(plan, fleet, duration_s=30, seed=1)           # doctest: +SKIP
     >>> report.strategies["optimal"].sinks["boxes"].p95_ms             # doctest: +SKIP
     """
-    if isinstance(plan, str):
+    if isinstance(plan, (str, Path)):
         plan = Plan.load(plan)
     if duration_s <= 0:
         raise InputError(f"--duration {duration_s}: must be > 0 seconds")
     if dispatch not in ("round_robin", "shared"):
         raise InputError(f"simulate: dispatch must be round_robin or shared, got {dispatch!r}")
+    if isinstance(fleet, (str, Path)):
+        from tierplan.loader import load_fleet
+        fleet = load_fleet(fleet)
     fv = fleet_view(fleet)
     if isinstance(strategies, str):
         strategies = [s.strip() for s in strategies.split(",") if s.strip()]
