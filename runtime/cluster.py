@@ -81,9 +81,16 @@ class LocalCluster:
         with self._lock:
             if site in self.nodes:
                 return
-            self.nodes[site] = self.cluster.add_node(
-                wait=wait, num_cpus=1, resources={site_resource(site): 1}, labels={SITE_LABEL: site},
-                node_ip_address="127.0.0.1", object_store_memory=_NODE_OBJECT_STORE_BYTES)
+            for attempt in range(_START_ATTEMPTS):
+                try:
+                    self.nodes[site] = self.cluster.add_node(
+                        wait=wait, num_cpus=1, resources={site_resource(site): 1}, labels={SITE_LABEL: site},
+                        node_ip_address="127.0.0.1", object_store_memory=_NODE_OBJECT_STORE_BYTES)
+                    return
+                except Exception as e:  # Ray raises a bare Exception when a node misses its 30 s start window
+                    if attempt + 1 == _START_ATTEMPTS:
+                        raise RuntimeFault(f"Ray node for site {site!r} did not start ({e}). To fix: retry when "
+                                           "the machine is less loaded") from e
 
     def ensure_sites(self, sites: list[str]) -> None:
         missing = [s for s in sites if s not in self.nodes]

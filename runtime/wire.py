@@ -140,6 +140,8 @@ def raw_to_delivery(messages: Iterable[bytes]) -> Delivery:
         raw = parts[0] if len(parts) == 1 else b"".join(parts)
         d.tensors[f.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(f.shape)) if need else \
             np.zeros(tuple(f.shape), dtype=dtype)
+    for _ in it:   # wait for the sender to close the stream: a paced (emulated) link delivers then
+        pass
     return d
 
 

@@ -7,6 +7,7 @@ runtime/backends/tvm_tune.py.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -56,7 +57,10 @@ def import_onnx(onnx_path: str | Path, inputs: Sequence[TensorSpec]):
     model = onnx.load(str(onnx_path))
     shape_dict = {t.name: list(t.shape) for t in inputs}
     dtype_dict = {t.name: t.dtype for t in inputs}
-    mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+    with warnings.catch_warnings():
+        # "Renaming name a.b to a_b": Relax variable names only; inputs are passed by position
+        warnings.filterwarnings("ignore", message="Renaming name", category=UserWarning)
+        mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
     return relax.transform.DecomposeOpsForInference()(mod)
 
 

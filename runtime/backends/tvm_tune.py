@@ -153,6 +153,21 @@ def _in_process_builder_runner():
     return InProcessBuilder(), InProcessRunner()
 
 
+class _Sink:
+    """A stream that drops what it is given. Meta-schedule binds a console log handler to whatever
+    sys.stdout is when tuning starts and logs every trial there; pointing it here keeps stdout (which
+    may carry --json) and the progress bar clean. The full logs stay in `<database>/logs/`."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+_QUIET = _Sink()
+
+
 def tuning_target(target: Mapping) -> dict:
     """The target tuning and the tuned build use: the device target plus this machine's physical
     core count (meta-schedule requires `num-cores`; records are looked up by target)."""
@@ -209,18 +224,13 @@ def tune_module(mod, target: Mapping, settings: TuneSettings):
             todo.append(task)
     if todo:
         import_tensor_intrin()
-        # meta-schedule logs every trial to a console handler on stdout; keep the console to warnings on
-        # stderr (stdout may carry --json) and the full logs in the database folder
-        ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
-        if ms_logger.level == logging.NOTSET:
-            ms_logger.setLevel(logging.WARNING)
         threads = max(1, os.cpu_count() or 1)
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(_QUIET):
             contexts, weights = extracted_tasks_to_tune_contexts(todo, str(db_dir), num_threads=threads)
         _LOG.info(f"tune contexts ready after {time.perf_counter() - t0:.1f} s")
         builder, runner = _in_process_builder_runner()
         _LOG.info(f"tuning {len(todo)} task(s), {settings.trials} trials each")
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(_QUIET):
             ms.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(db_dir),
                 max_trials_global=settings.trials * len(todo), max_trials_per_task=settings.trials,

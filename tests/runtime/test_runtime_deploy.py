@@ -56,12 +56,15 @@ def test_each_site_runs_in_its_own_process_on_its_own_ray_node(service, ray_clus
 
 
 def test_trace_shows_compute_and_link_steps(service, sq_input):
-    """A request's trace lists each piece on its site and each cross-site transfer."""
+    """A request's trace lists each piece on its site and each cross-site transfer, paced by the emulated link."""
     _, trace = service.predict_traced(sq_input)
     names = [name for _, name, _ in trace.steps]
     for expected in ("m/p0@phone", "m/p1@bs", "m/p2@cloud", "phone->bs", "bs->cloud", "cloud->phone"):
         assert expected in names
-    assert trace.latency_ms > 0
+    # the 1.55 MB tensor crossed the emulated 800 Mbit/s, 2 ms RTT radio link: >= 15.5 + 1 ms
+    radio_ms = next(ms for kind, name, ms in trace.steps if name == "phone->bs")
+    assert radio_ms >= 0.95 * (1_548_800 * 8 / 800e6 * 1e3 + 1.0)
+    assert trace.latency_ms > radio_ms
 
 
 def test_predict_batch_returns_one_result_per_item(service, sq_input, sq_reference):

@@ -120,3 +120,36 @@ def test_raw_stream_messages_round_trip_several_tensors():
     back = raw_to_delivery(iter(msgs))
     assert back.branch == "0/2" and back.trace == d.trace and back.deadline_unix_ms == 9.0
     assert np.array_equal(back.tensors["a"], a) and back.tensors["b"].shape == (0, 4)
+
+
+def test_emulated_link_paces_a_real_grpc_transfer():
+    """A 2 MB delivery over an emulated 80 Mbit/s link with 20 ms RTT takes at least 200 + 10 ms end to end."""
+    from concurrent import futures
+
+    import grpc
+
+    from runtime.proto import runtime_pb2 as pb
+    from runtime.stage import Sender, raw_handler
+    from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, raw_to_delivery
+    got = []
+
+    def receive(it, ctx):
+        got.append(raw_to_delivery(it))
+        return pb.Ack(ok=True)
+
+    srv = grpc.server(futures.ThreadPoolExecutor(2), options=GRPC_OPTIONS)
+    srv.add_generic_rpc_handlers([raw_handler(RAW_STAGE_METHOD, receive)])
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    emu = LinkEmulator({"a|b": [{"link_id": "a->b", "bandwidth_mbps": 80.0, "delay_ms": 10.0}]})
+    sender = Sender("a", None, lambda: emu)
+    try:
+        d = Delivery("r", "x", "y", {"t": np.zeros(500_000, np.float32)}, deadline_unix_ms=(time.time() + 20) * 1e3)
+        t0 = time.perf_counter()
+        assert sender.send(lambda: f"127.0.0.1:{port}", d, "b") == ""
+        elapsed_ms = (time.perf_counter() - t0) * 1e3
+    finally:
+        sender.close()
+        srv.stop(0)
+    assert elapsed_ms >= 2_000_000 * 8 / 80e6 * 1e3 + 10 - 1
+    assert got and got[0].tensors["t"].shape == (500_000,)
