@@ -10,7 +10,7 @@ from devices.fleet import resolve_fleet
 from partition.types import OpCost, Piece, TensorInfo
 from tierplan.spec import DeviceSpec, FleetSpec, SinkSpec, SourceSpec, TransformSpec
 
-__all__ = ["synthetic_app", "synthetic_fleet", "UPLINKS_MBPS"]
+__all__ = ["synthetic_app", "synthetic_fleet", "synthetic_fleet_spec", "UPLINKS_MBPS"]
 
 # uplink presets of the partitioning literature (Neurosurgeon, JALAD): 2G-ish, 3G, 4G, Wi-Fi, LAN
 UPLINKS_MBPS = (0.13, 1.1, 5.85, 18.88, 100.0)
@@ -31,6 +31,13 @@ def _device(name: str, tier: str, gflops: float, price: float = 0.0, memory_gb: 
 def synthetic_fleet(n_edge: int, n_bs: int, n_cloud: int, devices_total: int, uplink_mbps: float | None = None,
                     base_stations_total: int | None = None, seed: int = 0):
     """A resolved fleet: n_edge device classes (type x network) -> n_bs base-station classes -> n_cloud regions."""
+    return resolve_fleet(synthetic_fleet_spec(n_edge, n_bs, n_cloud, devices_total, uplink_mbps,
+                                              base_stations_total, seed))
+
+
+def synthetic_fleet_spec(n_edge: int, n_bs: int, n_cloud: int, devices_total: int, uplink_mbps: float | None = None,
+                         base_stations_total: int | None = None, seed: int = 0) -> FleetSpec:
+    """The FleetSpec of `synthetic_fleet` (to change before resolving: replanning scenarios)."""
     rnd = random.Random(seed)
     sites: dict = {}
     links: dict = {"backhaul": {"uplink_mbps": 10000.0, "downlink_mbps": 10000.0, "rtt_ms": 8.0, "jitter_ms": 1.0,
@@ -55,7 +62,7 @@ def synthetic_fleet(n_edge: int, n_bs: int, n_cloud: int, devices_total: int, up
         sites[f"{name}{i}"] = {"tier": "edge", "device": _device(f"{name}-{i}", "edge", gf, 0.0, 4.0),
                                "count": max(1, int(round(devices_total * weights[i] / total_w))),
                                "attach": f"bs{i % n_bs}", "link": f"net{i}"}
-    return resolve_fleet(FleetSpec(name=f"synthetic-{n_edge}x{n_bs}x{n_cloud}", sites=sites, links=links))
+    return FleetSpec(name=f"synthetic-{n_edge}x{n_bs}x{n_cloud}", sites=sites, links=links)
 
 
 def synthetic_app(n_pieces: int, n_models: int = 1, seed: int = 0, fleet=None) -> nx.DiGraph:
