@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         duration: float = typer.Option(60.0, "--duration", help="Simulated seconds of arrivals."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random draw (same seed, same result)."),
         arrivals: str = typer.Option("poisson", "--arrivals", help="poisson | periodic[:JITTER_MS] | burst[:F[:ON[:OFF]]] | diurnal[:A[:PERIOD]] | trace:FILE"),
-        fail: Optional[list[str]] = typer.Option(None, "--fail", help="KIND:CLASS[#INST]@START-END[:fail|reroute|wait], repeatable."),
+        fail: Optional[list[str]] = typer.Option(None, "--fail", help="KIND:CLASS\\[#INST]@START-END[:fail|reroute|wait] (KIND device|link|site, INST 3|0-4|25%), repeatable."),
         mobility: Optional[list[str]] = typer.Option(None, "--mobility", help="CLASS:SHARE@START[-END][>INSTANCE], repeatable."),
         link: Optional[list[str]] = typer.Option(None, "--link", help="SITE=2g|3g|4g|wifi|MBPS|trace:FILE[~CV], repeatable."),
         engine: str = typer.Option("auto", "--engine", help="auto | fast | simpy."),
