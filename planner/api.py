@@ -236,8 +236,21 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
                         cev.objective if proven else min(bound, cev.objective),
                         time.perf_counter() - t0, cev.latency_term)
     else:
+        if not cev.feasible:
+            # classes compete for shared capacity: plan them one after another (most requests
+            # first) on what the previous ones left, a feasible start for the joint solve
+            seq = _sequential(main, combined, per_class, secondary if separable else None)
+            if evaluate(main, seq).feasible:
+                combined, cev = seq, evaluate(main, seq)
         r = solve(main, left(), hint=combined if cev.feasible else hint, secondary=secondary,
                   secondary_share=0.25)
+        if separable and r.status in ("feasible", "unknown"):
+            # each class alone relaxes the joint problem: the sum of their bounds bounds it
+            lower = sum(x.bound or 0 for x in alone.values())
+            if r.status == "unknown" and cev.feasible:
+                r = SolveResult("feasible", combined, cev.objective, lower, r.solve_s, cev.latency_term)
+            elif r.objective is not None and (r.bound is None or lower > r.bound):
+                r = replace(r, bound=min(lower, r.objective))
         if r.status == "infeasible":
             raise InfeasibleError(diagnose(main, min(left(), time_limit_s)))
         if r.status not in ("optimal", "feasible"):
@@ -264,6 +277,23 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
     if pareto:
         plan = plan.model_copy(update={"pareto": _pareto(main, info, r, pareto_points, max(time_limit_s, 2.0))})
     return plan.model_copy(update={"solve_s": round(time.perf_counter() - t0, 4)})
+
+
+def _sequential(problem: Problem, start: dict[str, tuple[str, ...]], limit_s: float,
+                secondary: str | None) -> dict[str, tuple[str, ...]]:
+    """Per class in order of requests, solve it alone on the load the earlier classes left."""
+    base = {s: sd.base_load_ppm for s, sd in problem.sites.items()}
+    out = dict(start)
+    for c in sorted(problem.classes, key=lambda c: -c.weight):
+        sites = {s: replace(sd, base_load_ppm=base[s]) for s, sd in problem.sites.items()}
+        sub = replace(problem.only_class(c.name), sites=sites, budget_uusd_h=None)
+        r = solve(sub, limit_s, hint={c.name: start[c.name]}, secondary=secondary)
+        if r.status in ("optimal", "feasible"):
+            out[c.name] = r.assignment[c.name]
+        for v in problem.compute_nodes:
+            s = out[c.name][v]
+            base[s] += c.load_ppm[v][s]
+    return out
 
 
 def _assemble(graph, problem: Problem, info: BuildInfo, r: SolveResult, ev: Evaluation, t0: float,

@@ -122,7 +122,7 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
     """Evaluate `assignment` (class -> site per node) exactly as the CP-SAT model counts it."""
     violations: list[str] = []
     classes: dict[str, ClassEval] = {}
-    load: dict[str, int] = {s: 0 for s in problem.sites}
+    load: dict[str, int] = {s: sd.base_load_ppm for s, sd in problem.sites.items()}
     hosted: dict[str, set[int]] = {s: set() for s in problem.sites}
     link: dict[str, int] = {k: 0 for k in problem.link_cap_bps}
     anc = ancestors(problem)

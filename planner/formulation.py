@@ -203,14 +203,14 @@ class _Model:
             if sd.fixed_instances:
                 if terms:
                     # utilisation of owned devices: each device serves its own requests
-                    m.Add(sum(terms) <= sd.util_cap_ppm * sd.max_instances)
+                    m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
                 continue
-            if not terms:
+            if not terms and not sd.base_load_ppm:
                 continue
             inst = m.NewIntVar(0, sd.max_instances, f"inst[{s}]")
             self.inst[s] = inst
             # utilisation of a shared site at the offered load <= cap * rented instances
-            m.Add(sum(terms) <= sd.util_cap_ppm * inst)
+            m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * inst)
             if sd.price_uusd_per_h:
                 self.cost_terms.append(sd.price_uusd_per_h * inst)
         for s, sd in p.sites.items():

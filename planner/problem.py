@@ -41,6 +41,7 @@ class SiteData:
     util_cap_ppm: int           # max_utilization of one instance, ppm
     memory_kb: int              # per instance
     fixed_instances: bool = False   # edge devices: every device is one instance, always on
+    base_load_ppm: int = 0          # load already placed there (sequential per-class planning)
 
 
 @dataclass(frozen=True)

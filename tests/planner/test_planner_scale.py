@@ -1,0 +1,28 @@
+"""At the scale of the issue: 50 pieces on 20 site classes are proven optimal (gap 0)."""
+
+from __future__ import annotations
+
+import pytest
+
+from devices.costmodel import CostModel
+from planner.api import plan_graph
+from planner.build import SloTarget
+from planner.synthetic import synthetic_app, synthetic_fleet
+
+SLO = {"out0": SloTarget(300.0), "out1": SloTarget(600.0), "out2": SloTarget(600.0)}
+
+
+@pytest.mark.parametrize("objective", ["cost", "latency"])
+def test_fifty_pieces_on_twenty_site_classes_proven_optimal(objective: str) -> None:
+    """A 3-model, 50-piece ensemble on 12 edge + 5 base-station + 3 cloud classes reaches gap 0.
+
+    The 10 s goal is measured in benchmarks/planner.py; here the limit is generous because the
+    CPU is shared, and the assertion is the proof of optimality itself.
+    """
+    app = synthetic_app(50, n_models=3)
+    fleet = synthetic_fleet(12, 5, 3, 10_000)
+    plan = plan_graph(app, fleet, CostModel(calibration=False), slo=SLO, objective=objective, time_limit_s=60,
+                      with_baselines=False, analyse_uncovered=False)
+    assert plan.status == "optimal" and plan.gap == 0.0
+    assert len(plan.per_class) == 12
+    assert 0 < plan.coverage_share <= 1
