@@ -167,10 +167,11 @@ def _load_catalog() -> dict[str, DeviceSpec]:
     return load_catalog()
 
 
-def resolve_site_devices(plan, sites: Iterable[str], fleet=None,
-                         catalog: Mapping[str, DeviceSpec] | None = None) -> dict[str, DeviceSpec]:
+def resolve_site_devices(plan, sites: Iterable[str], fleet=None, catalog: Mapping[str, DeviceSpec] | None = None,
+                         base_dir: str | Path | None = None) -> dict[str, DeviceSpec]:
     """The device of every site class: from `fleet`, else `plan.site_devices`, else the plan's
-    fleet file, else a site class named like a catalog device. Unknown ones raise InputError."""
+    fleet file (as given, or relative to `base_dir`), else a site class named like a catalog
+    device. Unknown ones raise InputError."""
     sites = list(dict.fromkeys(sites))
     out: dict[str, DeviceSpec] = {}
     cat = dict(catalog) if catalog is not None else None
@@ -184,6 +185,8 @@ def resolve_site_devices(plan, sites: Iterable[str], fleet=None,
     if fleet is None and getattr(plan, "fleet_path", None) and not all(
             s in (getattr(plan, "site_devices", None) or {}) for s in sites):
         fpath = Path(plan.fleet_path)
+        if not fpath.exists() and base_dir is not None:
+            fpath = Path(base_dir) / fpath
         if fpath.exists():
             from devices.fleet import resolve_fleet
             from tierplan.loader import load_fleet
@@ -609,7 +612,7 @@ def compile_plan(plan, out_dir: str | Path, tune_trials: int = 0, backends: Sequ
     if plan.status == "infeasible":
         raise InputError(f"plan is infeasible ({plan.reason or 'no reason given'}); nothing to compile. "
                          "To fix: relax the SLO or the constraints and re-run `tierplan plan`")
-    devices = resolve_site_devices(plan, _plan_sites(plan), fleet=fleet, catalog=catalog)
+    devices = resolve_site_devices(plan, _plan_sites(plan), fleet=fleet, catalog=catalog, base_dir=base_dir)
     jobs = _jobs(plan, devices)
     if cost_model is None:
         from devices.costmodel import CostModel

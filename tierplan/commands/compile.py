@@ -23,7 +23,7 @@ def render(manifest: dict, out_dir: Path) -> None:
     arts = manifest["artifacts"]
     t = Table(title=f"compiled {len(arts)} artifact(s) into {out_dir}/ in {manifest['compile_s']:.1f} s "
                     f"({manifest['cached']} cached, {manifest['built']} built)", title_justify="left")
-    for col, just in (("piece", "left"), ("site (device)", "left"), ("CHOSEN", "left"), ("ms", "right"),
+    for col, just in (("piece", "left"), ("site", "left"), ("CHOSEN", "left"), ("ms", "right"),
                       ("verified", "left"), ("max |diff|", "right"), ("alternatives", "left")):
         t.add_column(col, justify=just)
     notes: list[str] = []
@@ -32,7 +32,7 @@ def render(manifest: dict, out_dir: Path) -> None:
         for alt in a["alternatives"]:
             if alt["chosen"]:
                 continue
-            alts.append(f"{alt['backend']} {_ms(alt['latency_ms'])} ms" if alt["ok"] else f"{alt['backend']} failed")
+            alts.append(f"{alt['backend']} {_ms(alt['latency_ms'])}" if alt["ok"] else f"{alt['backend']} failed")
         if a["verified"]:
             ver = "[green]yes[/]"
         else:
@@ -40,12 +40,14 @@ def render(manifest: dict, out_dir: Path) -> None:
             if note not in notes:
                 notes.append(note)
             ver = f"[yellow]no[/] [{notes.index(note) + 1}]"
-        src = "" if str(a.get("latency_source", "")).startswith("measured") else " (pred)"
+        pred = "" if str(a.get("latency_source", "")).startswith("measured") else "~"
         diff = a.get("max_abs_diff")
-        t.add_row(a["piece"], f"{a['site']} ({a['device']})", f"[bold]{a['backend']}[/]" +
-                  (" (cached)" if a["cached"] else ""), _ms(a["latency_ms"]) + src, ver,
-                  "-" if diff is None else f"{diff:.1e}", ", ".join(alts) or "-")
+        t.add_row(a["piece"], a["site"], f"[bold]{a['backend']}[/]" + ("*" if a["cached"] else ""),
+                  pred + _ms(a["latency_ms"]), ver, "-" if diff is None else f"{diff:.0e}", ", ".join(alts) or "-")
     con.print(t)
+    sites = dict.fromkeys(f"{a['site']} = {a['device']}" for a in arts)
+    con.print(f"sites: {', '.join(sites)}; * from the store (cached); ~ predicted by the cost model "
+              "(device not runnable here); alternatives in ms")
     for i, note in enumerate(notes, 1):
         con.print(f"[{i}] {note}")
     for a in arts:
