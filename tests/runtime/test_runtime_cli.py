@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import processes_with_env
+from rt_helpers import processes_with_env
 
 REPO = Path(__file__).resolve().parents[2]
 STRAY_WAIT_S = 15.0

@@ -17,7 +17,7 @@ from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.wire import GRPC_OPTIONS, pb_to_tensor, tensor_to_pb
 from tierplan.errors import RuntimeFault
 
-from conftest import three_tier_fleet
+from rt_helpers import three_tier_fleet
 
 pytestmark = pytest.mark.integration
 

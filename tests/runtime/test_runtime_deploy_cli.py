@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import processes_with_env, three_tier_fleet
+from rt_helpers import processes_with_env, three_tier_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.security import TlsConfig, channel
 from runtime.wire import GRPC_OPTIONS, tensor_to_pb
 
-from conftest import processes_with_env
+from rt_helpers import processes_with_env
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90

@@ -92,7 +92,7 @@ def test_deployment_with_mutual_tls_serves_end_to_end(ray_cluster, sq_files, sq_
     """With --tls-dir every hop (controller, agent, Ray actor) uses mutual TLS + token and results still match."""
     import numpy as np
 
-    from conftest import three_tier_fleet
+    from rt_helpers import three_tier_fleet
     from runtime.deploy import deploy
     from runtime.handplan import chain_plan
     fleet = three_tier_fleet()

@@ -13,7 +13,7 @@ from runtime.graph import branch_weight, child_branch, select_tensors
 from runtime.links import LinkEmulator, route_table
 from runtime.wire import CHUNK_BYTES, Delivery, delivery_frames, frames_to_delivery
 
-from conftest import three_tier_fleet
+from rt_helpers import three_tier_fleet
 
 
 def test_big_tensor_travels_in_1mib_chunks_and_round_trips():
