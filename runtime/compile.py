@@ -126,7 +126,10 @@ def piece_io(path: str | Path, declared_inputs: Sequence[Mapping] = (), label: s
     label = label or str(path)
     if path.suffix == ".tflite":
         from runtime.backends.litert_backend import tflite_io
-        return tflite_io(path)
+        try:
+            return tflite_io(path)
+        except Exception as e:  # LiteRT raises ValueError/RuntimeError for files it cannot read
+            raise InputError(f"{label}: {path.name} is not a loadable .tflite file ({_first_line(e)})") from e
     import onnx
     from onnx import helper
 
@@ -151,7 +154,8 @@ def piece_io(path: str | Path, declared_inputs: Sequence[Mapping] = (), label: s
             elif is_input:
                 raise InputError(
                     f"{label}: input tensor {vi.name!r} has unknown dimension {k} "
-                    f"({d.dim_param or '?'}). To fix: give the model's `dims` in app.yaml so pieces carry concrete shapes")
+                    f"({d.dim_param or '?'}). To fix: give the model's `dims` in app.yaml so pieces carry "
+                    "concrete shapes")
             else:
                 dims.append(0)
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
@@ -202,7 +206,8 @@ def resolve_site_devices(plan, sites: Iterable[str], fleet=None, catalog: Mappin
         elif s in named:
             dev = named[s]
             if dev not in catalog_():
-                raise InputError(f"plan.site_devices.{s}: unknown device {dev!r}. To fix: `tierplan devices` lists the catalog")
+                raise InputError(f"plan.site_devices.{s}: unknown device {dev!r}. "
+                                 "To fix: `tierplan devices` lists the catalog")
             out[s] = catalog_()[dev]
         elif s in catalog_():
             out[s] = catalog_()[s]
@@ -245,7 +250,8 @@ def _compare(outs: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], rtol
             ok = diff == 0
         worst = max(worst, diff)
         if not ok:
-            return False, worst, f"output {name!r} differs from onnxruntime by up to {diff:.3g} (rtol {rtol}, atol {atol})"
+            return False, worst, (f"output {name!r} differs from onnxruntime by up to {diff:.3g} "
+                                  f"(rtol {rtol}, atol {atol})")
     return True, worst, ""
 
 
@@ -267,9 +273,15 @@ class _Reference:
     def outputs(self) -> dict[str, np.ndarray]:
         if self._outs is None:
             from runtime.backends.ort_backend import OrtRunner
-            ref = OrtRunner(self.path, self.specs, (), options={"graph_optimization_level": "disable",
-                                                                  "intra_op_num_threads": 0})
-            self._outs = ref.run(self.feeds)
+            try:
+                ref = OrtRunner(self.path, self.specs, (), options={"graph_optimization_level": "disable",
+                                                                      "intra_op_num_threads": 0})
+                self._outs = ref.run(self.feeds)
+            except InputError:
+                raise
+            except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
+                raise InputError(f"{self.path}: onnxruntime cannot run the piece ({_first_line(e)}), so it cannot be "
+                                 "checked. To fix: re-run `tierplan partition` on the model") from e
             ref.close()
         return self._outs
 
@@ -278,9 +290,9 @@ class _Reference:
 
 
 def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    # TVM errors put the useful line last; python errors first
-    msg = lines[-1] if lines and type(e).__name__.endswith("Error") and "Traceback" in str(e) else (lines[0] if lines else "")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
+    # TVM errors with a C++ traceback put the useful line last; python errors first
+    msg = lines[-1] if "Traceback" in str(e) else lines[0]
     return f"{type(e).__name__}: {msg}"[:300]
 
 
@@ -312,9 +324,12 @@ def _build_litert(tmp: Path, src: Path, specs, out_specs, opts: CompileOptions) 
     dst = tmp / "piece.tflite"
     shutil.copyfile(src, dst)
     options = {"num_threads": opts.threads or None}
-    runner = LiteRtRunner(dst, specs, out_specs, num_threads=options["num_threads"])
     feeds = random_inputs(specs, opts.seed)
-    outs = runner.run(feeds)
+    try:
+        runner = LiteRtRunner(dst, specs, out_specs, num_threads=options["num_threads"])
+        outs = runner.run(feeds)
+    except Exception as e:  # LiteRT raises RuntimeError/ValueError for models it cannot prepare
+        return {"ok": False, "reason": f"LiteRT could not run the piece ({_first_line(e)})"}
     bad = [n for s in out_specs for n in [s.name]
            if tuple(outs[n].shape) != tuple(s.shape) or (outs[n].dtype.kind == "f" and not np.isfinite(outs[n]).all())]
     meta = {"ok": not bad, "file_name": dst.name, "verified": False, "max_abs_diff": None, "options": options,
@@ -340,7 +355,8 @@ def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, op
 
     target = dict(target)
     if str(target.get("kind", "llvm")) != "llvm":
-        return {"ok": False, "reason": f"TVM target kind {target.get('kind')!r} is not built here (llvm CPU targets only)"}
+        return {"ok": False,
+                "reason": f"TVM target kind {target.get('kind')!r} is not built here (llvm CPU targets only)"}
     native = tvm_backend.is_native(target)
     same_arch = target_arch(target) == host_arch()
     ext = "so" if same_arch else "tar"
@@ -614,6 +630,10 @@ def compile_plan(plan, out_dir: str | Path, tune_trials: int = 0, backends: Sequ
                          "To fix: relax the SLO or the constraints and re-run `tierplan plan`")
     devices = resolve_site_devices(plan, _plan_sites(plan), fleet=fleet, catalog=catalog, base_dir=base_dir)
     jobs = _jobs(plan, devices)
+    # pieces of profile-table models have no file: nothing to build, say so in the manifest
+    skipped = [{"piece": j.piece.id, "site": j.site, "reason": "no model file (profile-table model)"}
+               for j in jobs if not j.piece.file]
+    jobs = [j for j in jobs if j.piece.file]
     if cost_model is None:
         from devices.costmodel import CostModel
         cost_model = CostModel()
@@ -631,6 +651,7 @@ def compile_plan(plan, out_dir: str | Path, tune_trials: int = 0, backends: Sequ
     compile_s = time.perf_counter() - t0
     manifest = {
         "artifacts": entries,
+        "skipped": skipped,
         "versions": versions,
         "host": {"arch": host_arch()},
         "plan": {"status": plan.status, "app_path": plan.app_path, "fleet_path": plan.fleet_path,

@@ -76,3 +76,36 @@ def test_unknown_site_is_input_error():
     plan = make_plan([("face/p0", FACE_TFLITE, "somewhere")], {})
     with pytest.raises(InputError, match="'somewhere'.*To fix"):
         resolve_site_devices(plan, ["somewhere"])
+
+
+def test_corrupt_tflite_piece_is_input_error(tmp_path):
+    """A .tflite piece LiteRT cannot load is refused with the reason, naming the piece."""
+    from runtime.compile import compile_plan
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"not a flatbuffer at all" * 10)
+    plan = make_plan([("face/p0", bad, "edge")], {"edge": "local"})
+    with pytest.raises(InputError, match="face/p0@edge: bad.tflite is not a loadable .tflite file"):
+        compile_plan(plan, tmp_path / "art", progress=False)
+
+
+def test_corrupt_onnx_piece_is_input_error(tmp_path):
+    """A piece file that is not ONNX is bad input naming the file, not a traceback."""
+    from runtime.compile import compile_plan
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00\x01garbage")
+    plan = make_plan([("m/p0", bad, "edge")], {"edge": "local"})
+    with pytest.raises(InputError, match="bad.onnx"):
+        compile_plan(plan, tmp_path / "art", progress=False)
+
+
+def test_piece_without_file_is_skipped_and_listed(tmp_path):
+    """A piece with no file (profile-table model) is skipped and listed under `skipped`, the rest compiled."""
+    from planner.plan import PlanPiece
+    from runtime.compile import compile_plan
+    plan = make_plan([("face/p0", FACE_TFLITE, "edge")], {"edge": "local"})
+    plan = plan.model_copy(update={"pieces": [*plan.pieces, PlanPiece(id="prof/p0", model="prof")],
+                                   "assignment": {**plan.assignment, "prof/p0": "edge"}})
+    res = compile_plan(plan, tmp_path / "art", progress=False)
+    assert [a["piece"] for a in res.artifacts] == ["face/p0"]
+    assert res.manifest["skipped"] == [{"piece": "prof/p0", "site": "edge",
+                                        "reason": "no model file (profile-table model)"}]

@@ -50,6 +50,8 @@ def render(manifest: dict, out_dir: Path) -> None:
               "(device not runnable here); alternatives in ms")
     for i, note in enumerate(notes, 1):
         con.print(f"[{i}] {note}")
+    for sk in manifest.get("skipped", []):
+        con.print(f"[yellow]skipped[/] {sk['piece']}@{sk['site']}: {sk['reason']}")
     for a in arts:
         if a.get("fallback_reason"):
             con.print(f"[yellow]fallback[/] {a['piece']}@{a['site']}: {a['fallback_reason']}")
@@ -67,7 +69,7 @@ def register(app: typer.Typer) -> None:
         plan_path: Path = typer.Argument(..., metavar="PLAN", help="plan.json written by `tierplan plan`."),
         out: Path = typer.Option(Path("artifacts"), "--out", help="Artifact store directory (manifest.json inside)."),
         tune_trials: int = typer.Option(0, "--tune-trials", min=0,
-                                        help="Meta-schedule trials per TVM task (>= 16 to beat untuned); 0 = no tuning."),
+                                        help="Meta-schedule trials per TVM task (>= 16 to help); 0 = none."),
         tune_tasks: int = typer.Option(None, "--tune-tasks", min=1, help="Tune only the K heaviest tasks per piece."),
         tune_db: Path = typer.Option(None, "--tune-db", help="Tuning database folder (default OUT/tuning)."),
         backend: list[str] = typer.Option(None, "--backend", help="Only these backends (tvm, onnxruntime, litert)."),
