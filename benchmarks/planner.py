@@ -127,7 +127,8 @@ def main() -> None:
     gain_rows = [] if args.skip_examples else gains(cm)
     if gain_rows:
         names = list(next(r for r in gain_rows if r["baselines"])["baselines"])
-        t = Table(title="latency objective: optimum vs baselines (gain = baseline latency saved)", title_justify="left")
+        t = Table(title="latency objective: each baseline's mean latency and the optimum's change from it "
+                        "(-31% = the optimum is 31% faster)", title_justify="left")
         for col in ("example", "uplink Mbit/s", "status", "optimum ms", *[f"vs {b}" for b in names], "solve s"):
             t.add_column(col, justify="left" if col in ("example", "status") else "right")
         for r in gain_rows:
@@ -138,7 +139,7 @@ def main() -> None:
             cells = []
             for b in names:
                 x = r["baselines"][b]
-                cells.append(f"{x['latency_ms']:.0f} ms, -{100 * x['gain']:.0f}%" + ("" if x["feasible"] else "*"))
+                cells.append(f"{x['latency_ms']:.0f} ms ({-100 * x['gain']:+.0f}%)" + ("" if x["feasible"] else "*"))
             t.add_row(r["example"], f"{r['uplink_mbps']:g}", r["status"], f"{r['latency_ms']:.1f}", *cells,
                       f"{r['solve_s']:.2f}")
         con.print(t)
