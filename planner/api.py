@@ -31,7 +31,7 @@ from planner.report import (
     LATENCY_SEMANTICS, baseline_result, class_latency_ms, class_meets, class_mode, cost_per_hour_usd,
     coverage_share, mean_latency_ms, monthly_by_tier, natural_objective, per_class_ids, plan_edges, plan_pieces, sink_views,
 )
-from planner.units import ms_to_us, us_to_ms, uusd_to_usd
+from planner.units import us_to_ms, uusd_to_usd
 from tierplan.errors import InfeasibleError, InputError
 from tierplan.spec import ObjectiveSpec
 

@@ -9,7 +9,7 @@ import networkx as nx
 from planner.build import BuildInfo
 from planner.evaluate import Evaluation
 from planner.plan import (
-    BaselineResult, ClassCoverage, PlanEdge, PlanPiece, SinkLatency,
+    BaselineResult, PlanEdge, PlanPiece, SinkLatency,
 )
 from planner.problem import COMPUTE_KINDS, Problem
 from planner.units import HOURS_PER_MONTH, ms_to_us, uj_to_j, us_to_ms, uusd_to_usd
