@@ -87,7 +87,10 @@ def _cost_figure(rep: SimReport, col: dict[str, str]) -> bytes:
 
 def _util_figure(rep: SimReport) -> bytes:
     names = list(rep.strategies)
-    fig, axes = plt.subplots(len(names), 1, figsize=(9.5, 2.3 * max(1, len(names))), squeeze=False, sharex=True)
+    shown = max([sum(1 for v in r.utilisation_series.values() if max(v or [0]) >= 0.01)
+                 for r in rep.strategies.values()] or [1])
+    panel_h = max(2.3, 0.2 * shown + 0.4)  # room for the legend beside each panel
+    fig, axes = plt.subplots(len(names), 1, figsize=(9.5, panel_h * max(1, len(names))), squeeze=False, sharex=True)
     for ax, name in zip(axes[:, 0], names):
         r = rep.strategies[name]
         for label, series in sorted(r.utilisation_series.items()):
