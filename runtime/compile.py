@@ -45,6 +45,7 @@ __all__ = ["CompileOptions", "CompileResult", "compile_plan", "compile_piece", "
 #: bump when the build or check logic changes so old store entries stop matching
 STORE_SCHEMA = 1
 CROSS_NOTE = "cross-compiled, not runnable here"
+HOST_BUILD_NAME = "piece.host.so"   # the same Relax module built for this machine (checks, local emulation)
 LITERT_NOTE = "no ONNX reference for a .tflite piece; ran on random inputs, outputs finite and of declared shapes"
 
 # piece file kind -> backends that can run it
@@ -383,8 +384,10 @@ def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, op
         tvm_backend.build(mod, build_target, dst, database=database)
         check_path = dst
         if not native:
-            check_path = tmp / "host_check.so"
+            check_path = tmp / HOST_BUILD_NAME   # kept: local emulation of the device runs it
             tvm_backend.build(mod, _host_target(), check_path)
+            meta["host_file_name"] = check_path.name
+            meta["host_target"] = _host_target()
     except Exception as e:  # codegen / lowering failures surface as TVMError, ValueError, RuntimeError
         return {"ok": False, "reason": f"TVM build failed ({_first_line(e)})"}
     meta["build_s"] = time.perf_counter() - t0
@@ -416,8 +419,6 @@ def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, op
         meta["latency_source"] = "predicted"
         meta.pop("latency_ms", None)
         meta.pop("runs", None)
-    if check_path != dst:
-        check_path.unlink(missing_ok=True)
     return meta
 
 
@@ -565,6 +566,11 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
     }
     if meta.get("host_check_max_abs_diff") is not None:
         entry["host_check_max_abs_diff"] = meta["host_check_max_abs_diff"]
+    if meta.get("host_file_name"):
+        host = store.dir(key).resolve() / str(meta["host_file_name"])
+        entry["host_file"] = str(host)
+        entry["host_rel_file"] = str(host.relative_to(store.root.resolve()))
+        entry["host_target"] = meta.get("host_target")
     return entry
 
 

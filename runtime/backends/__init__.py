@@ -20,8 +20,11 @@ API for runtime/ execution (stable; add, never rename)
   (the same file relative to the store, i.e. the manifest's folder: pass `root` when the store
   was moved), `inputs`/`outputs` (`[{name, shape, dtype}]`), `options` (backend options, e.g.
   onnxruntime threads), `target`.
-- A cross-compiled TVM artifact (.tar for another architecture) cannot be loaded on this machine:
-  `load_artifact` raises `InputError` saying so; load it on the device it was built for.
+- A TVM artifact built for another CPU (a .tar for aarch64, or a .so for another x86 `mcpu`)
+  cannot run here. Its entry also carries `host_file`: the same Relax module built for this
+  machine and checked against onnxruntime at compile time. `load_artifact` runs that one (the
+  runner's `emulated` is True) so a local deployment can stand in for the device; with
+  `emulate=False` it raises `InputError` instead.
 - `runtime.compile.load_manifest(out_dir)` reads manifest.json; `runtime.compile.compile_plan`
   writes it.
 """
@@ -51,10 +54,27 @@ def artifact_path(entry: Mapping, root: str | Path | None = None) -> Path:
     return Path(file)
 
 
-def load_artifact(entry: Mapping, root: str | Path | None = None) -> Runner:
+def _runs_here(target: Mapping) -> bool:
+    """Whether a TVM build for `target` can run on this machine (same architecture and CPU)."""
+    from runtime.backends.tvm_backend import is_native
+    return is_native(target)
+
+
+def load_artifact(entry: Mapping, root: str | Path | None = None, emulate: bool = True) -> Runner:
     """Load one manifest entry as a Runner: `run({name: array}) -> {name: array}`."""
     backend = entry.get("backend")
     path = artifact_path(entry, root)
+    emulated = False
+    if backend == "tvm" and not _runs_here(entry.get("target") or {"kind": "llvm"}):
+        host = entry.get("host_file")
+        if not emulate or not host:
+            arch = target_arch(entry.get("target") or {})
+            raise InputError(f"{path}: {entry.get('piece')}@{entry.get('site')} is cross-compiled for "
+                             f"{arch} {(entry.get('target') or {}).get('mcpu', '')}".rstrip() +
+                             f"; this machine is {host_arch()}. To fix: load it on the device it was built for")
+        path = Path(root) / str(entry["host_rel_file"]) if root is not None and entry.get("host_rel_file") \
+            else Path(host)
+        emulated = True
     label = f"{entry.get('piece', path.name)}@{entry.get('site', '?')} ({backend})"
     if not path.exists():
         raise InputError(f"{path}: artifact file not found for {label}. To fix: run `tierplan compile PLAN --out DIR` "
@@ -69,13 +89,10 @@ def load_artifact(entry: Mapping, root: str | Path | None = None) -> Runner:
         from runtime.backends.litert_backend import LiteRtRunner
         return LiteRtRunner(path, inputs, outputs, num_threads=options.get("num_threads"), label=label)
     if backend == "tvm":
-        target = entry.get("target") or {"kind": "llvm"}
-        arch = target_arch(target)
-        if arch != host_arch() or path.suffix != ".so":
-            raise InputError(f"{path}: {label} is cross-compiled for {arch}; this machine is {host_arch()}. "
-                             "To fix: load it on the device it was built for")
         if not inputs or not outputs:
             raise InputError(f"{label}: manifest entry lacks inputs/outputs; recompile with `tierplan compile`")
         from runtime.backends.tvm_backend import TvmRunner
-        return TvmRunner(path, inputs, outputs, label=label)
+        runner = TvmRunner(path, inputs, outputs, label=label + (" emulated by a host build" if emulated else ""))
+        runner.emulated = emulated
+        return runner
     raise InputError(f"{label}: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")

@@ -43,6 +43,7 @@ class Runner:
     """
 
     backend: str = ""
+    emulated: bool = False   # True when a host build stands in for an artifact made for another CPU
 
     def __init__(self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], label: str = ""):
         self.inputs: tuple[TensorSpec, ...] = tuple(inputs)

@@ -60,8 +60,13 @@ def test_aarch64_cross_compile_exports_tar(squeezenet_pieces, tmp_path):
     assert e["verified"] is False and e["verify_note"] == CROSS_NOTE
     assert e["host_check_max_abs_diff"] <= 1e-4          # the same Relax module checked on this machine
     assert e["latency_source"].startswith("predicted")
-    with pytest.raises(InputError, match="cross-compiled"):
-        load_artifact(e)
+    with pytest.raises(InputError, match="cross-compiled for aarch64"):
+        load_artifact(e, emulate=False)
+    runner = load_artifact(e, root=tmp_path / "art")       # local emulation: the checked host build
+    assert runner.emulated is True and e["host_rel_file"].endswith(".so")
+    x = np.random.default_rng(1).random((1, 128, 55, 55), dtype=np.float32)
+    np.testing.assert_allclose(runner.run({"r9": x})["softmaxout_1"], _ort(p1, {"r9": x})["softmaxout_1"],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_tvm_frontend_failure_falls_back_to_onnxruntime(tmp_path):
@@ -181,3 +186,17 @@ def test_gpu_device_is_not_measured_here(squeezenet_pieces, tmp_path):
     assert e["device"] == "mec-t4" and e["backend"] == "onnxruntime"
     assert e["latency_source"].startswith("predicted") and e["latency_ms"] == e["predicted_ms"] > 0
     assert [a["backend"] for a in e["alternatives"]] == ["onnxruntime"]
+
+
+def test_same_arch_other_cpu_checked_on_host_build(squeezenet_pieces, tmp_path):
+    """An x86 server target with another mcpu is built for it, checked and timed on a host build, emulated locally."""
+    _, p0, _ = squeezenet_pieces
+    plan = make_plan([("squeezenet/p0", p0, "cloud")], {"cloud": "aws-c7i-2xlarge"})
+    e = compile_plan(plan, tmp_path / "art", backends=["tvm"], progress=False, options=FAST).artifacts[0]
+    assert e["backend"] == "tvm" and e["file"].endswith("piece.so") and e["target"]["mcpu"] == "sapphirerapids"
+    assert e["verified"] is True and "this machine's CPU" in e["verify_note"]
+    assert e["latency_source"] == "measured (host build)" and e["latency_ms"] > 0
+    runner = load_artifact(e)
+    assert runner.emulated is True
+    x = np.random.default_rng(2).random((1, 3, 224, 224), dtype=np.float32)
+    np.testing.assert_allclose(runner.run({"data_0": x})["r9"], _ort(p0, {"data_0": x})["r9"], rtol=1e-4, atol=1e-4)
