@@ -208,6 +208,9 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
                 idx = np.flatnonzero(runs)
                 ai, device = a[idx], arr.device[idx]
             inst = world.stage_instance(st, j.origin, device, ai)
+            if world.hands_over(st, j.origin):
+                moved = inst != world.stage_instance(st, j.origin, device, ai, handover=False)
+                rerouted[ji][np.arange(len(a))[idx][moved] if idx is not _ALL else moved] = True
             windows = world.windows_for(st)
             if windows:
                 if idx is _ALL:

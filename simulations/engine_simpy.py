@@ -51,6 +51,7 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
     rec: dict[str, tuple[list, list, list]] = {}
     meta: dict[str, tuple[int, int]] = {}
     windows = {(ji, st.index): world.windows_for(st) for ji, j in enumerate(journeys) for st in j.stages}
+    handover = {(ji, st.index): world.hands_over(st, j.origin) for ji, j in enumerate(journeys) for st in j.stages}
     # plain Python lists for the per-event lookups (numpy scalar indexing is slow in a hot loop)
     t_list = [a.t_ms.tolist() for a in arrivals]
     dev_list = [a.device.tolist() for a in arrivals]
@@ -66,6 +67,8 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
             return
         t = env.now
         inst = world.stage_instance1(st, j.origin, dev_list[ji][i], t)
+        if handover[(ji, si)] and inst != world.stage_instance1(st, j.origin, dev_list[ji][i], t, handover=False):
+            rerouted[ji][i] = True
         win = windows[(ji, si)]
         if win:
             fo = world.apply_failures(st, win, np.array([inst]), np.array([t]))

@@ -103,6 +103,10 @@ class World:
             raise InputError(f"simulate: service_dist must be lognormal, exponential or deterministic, got {service_dist!r}")
         self._chains: dict[str, list[str]] = {}
         self.failures = [self._resolve_failure(w) for w in failures]
+        self._handover: dict[str, list] = {}  # site class -> its reroute outages (handled as handovers)
+        for item in self.failures:
+            if item[0].kind == "site" and item[0].policy == "reroute":
+                self._handover.setdefault(item[0].target, []).append(item)
         self.mobility: dict[str, list[_Mobility]] = {}
         for ev in mobility:
             self._add_mobility(ev)
@@ -159,8 +163,10 @@ class World:
     def parent(self, site: str) -> str:
         return self.fleet.classes[site].attach  # type: ignore[return-value]
 
-    def instance(self, site: str, origin: str, device: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
-        """Instance of `site` serving each request (device of `origin`, at time t_ms)."""
+    def instance(self, site: str, origin: str, device: np.ndarray, t_ms: np.ndarray,
+                 handover: bool = True) -> np.ndarray:
+        """Instance of `site` serving each request (device of `origin`, at time t_ms); with `handover`,
+        requests leave instances of the chain that a reroute outage has taken down."""
         if site == origin:
             return device
         chain = self.fleet.chain(origin)
@@ -173,10 +179,38 @@ class World:
                 for mv in self.mobility.get(origin, ()):
                     on = mv.moved[device] & (t_ms >= mv.start_ms) & (t_ms < mv.end_ms)
                     new = np.where(on, mv.target[device], new)
+            if handover and chain[lvl] in self._handover:
+                new = self._hand_over(chain[lvl], new, t_ms)
             idx = new
         return idx
 
-    def instance1(self, site: str, origin: str, device: int, t_ms: float) -> int:
+    def _hand_over(self, site: str, inst: np.ndarray, t_ms) -> np.ndarray:
+        """Requests whose instance of `site` is down under a reroute outage move to the next live one
+        (devices hand over to a neighbouring base station); where none is live they stay (and fail)."""
+        wins = self._handover[site]
+        count = self.fleet.classes[site].count
+        t = np.broadcast_to(np.asarray(t_ms, dtype=np.float64), np.shape(inst))
+
+        def down(ii, tt):
+            m = np.zeros(len(ii), dtype=bool)
+            for _, ws, a, b in wins:
+                m |= (tt >= a) & (tt < b) & (np.isin(ii, ws) if ws is not None else True)
+            return m
+
+        inst = np.array(inst, dtype=np.int64, copy=True).reshape(-1)
+        t = t.reshape(-1)
+        todo = np.flatnonzero(down(inst, t))
+        base = inst[todo].copy()
+        for j in range(1, count):
+            if not len(todo):
+                break
+            cand = (base + j) % count
+            ok = ~down(cand, t[todo])
+            inst[todo[ok]] = cand[ok]
+            todo, base = todo[~ok], base[~ok]
+        return inst
+
+    def instance1(self, site: str, origin: str, device: int, t_ms: float, handover: bool = True) -> int:
         """Scalar `instance` (the SimPy path's per-event call; same rule, no arrays)."""
         if site == origin:
             return device
@@ -192,17 +226,28 @@ class World:
                 for mv in self.mobility.get(origin, ()):
                     if mv.moved[device] and mv.start_ms <= t_ms < mv.end_ms:
                         new = int(mv.target[device])
+            if handover and chain[lvl] in self._handover:
+                new = int(self._hand_over(chain[lvl], np.array([new]), t_ms)[0])
             idx = new
         return idx
 
-    def stage_instance1(self, stage: Stage, origin: str, device: int, t_ms: float) -> int:
+    def stage_instance1(self, stage: Stage, origin: str, device: int, t_ms: float, handover: bool = True) -> int:
         """Scalar `stage_instance`."""
-        return self.instance1(self.parent(stage.site) if stage.shared else stage.site, origin, device, t_ms)
+        return self.instance1(self.parent(stage.site) if stage.shared else stage.site, origin, device, t_ms, handover)
 
-    def stage_instance(self, stage: Stage, origin: str, device: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+    def stage_instance(self, stage: Stage, origin: str, device: np.ndarray, t_ms: np.ndarray,
+                       handover: bool = True) -> np.ndarray:
         """The queue instance a stage visit joins: the site's instance, or the parent's for a shared link."""
         site = self.parent(stage.site) if stage.shared else stage.site
-        return self.instance(site, origin, device, t_ms)
+        return self.instance(site, origin, device, t_ms, handover)
+
+    def hands_over(self, stage: Stage, origin: str) -> bool:
+        """Whether a reroute outage can move this stage's instance (some class up to it has one)."""
+        site = self.parent(stage.site) if stage.shared else stage.site
+        chain = self.fleet.chain(origin)
+        if site not in chain:
+            return False
+        return any(c in self._handover for c in chain[1: chain.index(site) + 1])
 
     def servers(self, stage: Stage) -> int:
         """Identical servers behind one instance of the stage's resource (links: one)."""

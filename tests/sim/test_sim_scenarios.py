@@ -61,6 +61,18 @@ def test_reroute_and_wait_policies():
     assert none_left.requests_failed > 0  # every instance down: nowhere to reroute
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_reroute_hands_devices_over_to_a_live_base_station(fast):
+    """With shared cell capacity, a rerouted base-station outage moves links and compute: none fail."""
+    plan, fleet = make_plan(), make_fleet(cams=40, bs=4, bs_max=2, capacity_mbps=400.0)
+    kw = dict(strategies=["optimal"], duration_s=20, seed=5, fast=fast)
+    failed = simulate(plan, fleet, failures=["site:bs#0-1@5-10:fail"], **kw).strategies["optimal"]
+    moved = simulate(plan, fleet, failures=["site:bs#0-1@5-10:reroute"], **kw).strategies["optimal"]
+    assert failed.requests_failed == pytest.approx(failed.requests / 8, rel=0.2)
+    assert moved.requests_failed == 0
+    assert moved.requests_rerouted == pytest.approx(moved.requests / 8, rel=0.2)
+
+
 def test_link_and_device_failures():
     """A radio-link outage and a device outage both fail the requests that need them."""
     plan, fleet = make_plan(), make_fleet(cams=20, bs=2)
