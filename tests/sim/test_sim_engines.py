@@ -50,6 +50,9 @@ SCENARIOS = {
     "varying 4G link, outage with wait, mobility": dict(
         plan=dict(rate_hz=4.0), fleet=dict(cams=50, bs=4, bs_max=2),
         kw=dict(links={"cams": "4g~0.4"}, failures=["site:bs#1@5-8:wait"], mobility=["cams:0.5@10>0"])),
+    "handover on outage, shared cell capacity": dict(
+        plan=dict(rate_hz=6.0), fleet=dict(cams=40, bs=4, bs_max=2, capacity_mbps=300.0),
+        kw=dict(failures=["site:bs#1-2@4-9:reroute", "link:cams#10%@2-6:fail"])),
     "requests come back to the device (fixed point)": dict(
         plan=dict(rate_hz=12.0, assign={"det/p0": "cams", "det/p1": "bs", "cls/p0": "cams"}),
         fleet=dict(cams=30, bs=2, bs_max=1, jitter_ms=2.0), kw=dict(strategies=["optimal"])),
