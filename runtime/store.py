@@ -86,9 +86,18 @@ class ArtifactStore:
             meta["key"] = key
             (tmp / META_NAME).write_text(json.dumps(meta, indent=2, default=str))
             dest = self.dir(key)
-            if dest.exists():
+            existing = self.get(key)
+            if existing is not None:      # stored meanwhile by another process: keep that copy
+                return existing
+            if dest.exists():             # an incomplete folder (no meta, or its file gone)
                 shutil.rmtree(dest)
-            os.replace(tmp, dest)
+            try:
+                os.replace(tmp, dest)
+            except OSError:               # lost a race to another writer of the same key
+                existing = self.get(key)
+                if existing is None:
+                    raise
+                return existing
             return meta
         finally:
             if tmp.exists():

@@ -125,3 +125,14 @@ def test_target_arch_from_mtriple():
     """A target's architecture comes from its mtriple; no mtriple means this machine."""
     assert target_arch({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}) == "aarch64"
     assert target_arch({"kind": "llvm", "mtriple": "arm64-apple-darwin"}) == "aarch64"
+
+
+def test_store_keeps_first_complete_copy(tmp_path):
+    """Storing a key that is already complete keeps the stored copy (concurrent compiles agree)."""
+    store = ArtifactStore(tmp_path)
+    key = _key()
+    store.put(key, lambda tmp: ((tmp / "piece.so").write_bytes(b"first"), {"ok": True, "file_name": "piece.so"})[1])
+    meta = store.put(key, lambda tmp: ((tmp / "piece.so").write_bytes(b"second"),
+                                       {"ok": True, "file_name": "piece.so"})[1])
+    assert store.file(key, meta).read_bytes() == b"first"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]

@@ -57,7 +57,7 @@ def render(manifest: dict, out_dir: Path) -> None:
             con.print(f"[yellow]fallback[/] {a['piece']}@{a['site']}: {a['fallback_reason']}")
         tune = a.get("tune") or {}
         if tune.get("tasks_selected"):
-            con.print(f"tuned {a['piece']}@{a['site']}: {len(tune['tasks_tuned'])} task(s) tuned, "
+            con.print(f"TVM tuning {a['piece']}@{a['site']}: {len(tune['tasks_tuned'])} task(s) tuned, "
                       f"{len(tune['tasks_reused'])} from the database, {tune['trials_per_task']} trials/task, "
                       f"{tune['tune_s']:.1f} s")
     con.print(f"manifest: {out_dir / 'manifest.json'}")
@@ -75,6 +75,7 @@ def register(app: typer.Typer) -> None:
         backend: list[str] = typer.Option(None, "--backend", help="Only these backends (tvm, onnxruntime, litert)."),
         fleet: Path = typer.Option(None, "--fleet", help="Fleet YAML, when the plan does not name its devices."),
         runs: int = typer.Option(10, "--runs", min=1, help="Timed runs per candidate (median)."),
+        threads: int = typer.Option(0, "--threads", min=0, help="onnxruntime/LiteRT threads (0 = every core)."),
         as_json: bool = typer.Option(False, "--json", help="Print manifest.json to stdout."),
     ) -> None:
         """Build every piece of a plan for its site's device (TVM, onnxruntime, LiteRT), check it, store it."""
@@ -89,7 +90,7 @@ def register(app: typer.Typer) -> None:
             fleet_obj = resolve_fleet(load_fleet(fleet))
         res = compile_plan(plan, out, tune_trials=tune_trials, backends=backend or None, progress=True,
                            fleet=fleet_obj, tune_tasks=tune_tasks, tune_db=tune_db,
-                           base_dir=plan_path.resolve().parent, options=CompileOptions(measure_runs=runs))
+                           base_dir=plan_path.resolve().parent, options=CompileOptions(measure_runs=runs, threads=threads))
         if as_json:
             print(json.dumps(res.manifest, indent=1, default=str))
         else:
