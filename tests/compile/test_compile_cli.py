@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FACE_TFLITE, make_plan
+from compile_fixtures import FACE_TFLITE, make_plan
 
 from runtime.compile import resolve_site_devices
 from tierplan.errors import InputError

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import FACE_TFLITE, PPOCR_CLS, make_plan
+from compile_fixtures import FACE_TFLITE, PPOCR_CLS, make_plan
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.backends import load_artifact
