@@ -153,8 +153,11 @@ def test_killed_ray_node_fails_requests_clearly_then_recovers(service, ray_clust
     results: list[str] = []
     durations: list[float] = []
 
+    killed_at: list[float] = []
+
     def client():
-        for _ in range(5):
+        # keep sending until 2 s after the kill, so the kill always lands mid-run whatever the machine's speed
+        while not killed_at or time.time() < killed_at[0] + 2.0:
             t0 = time.time()
             try:
                 service.predict(sq_input)
@@ -168,10 +171,11 @@ def test_killed_ray_node_fails_requests_clearly_then_recovers(service, ray_clust
         t.start()
     time.sleep(0.15)
     ray_cluster.kill_site("bs")
+    killed_at.append(time.time())
     for t in threads:
         t.join(timeout=3 * 5 * KILL_DETECT_S)
     assert not any(t.is_alive() for t in threads), "a request hung"
-    assert len(results) == 15                                       # none vanished
+    assert len(results) == len(durations) >= 3                      # none vanished: every call returned or raised
     assert max(durations) <= REQUEST_TIMEOUT_S + 1.5                 # none outlived its deadline by much
     errors = [r for r in results if r.startswith("error")]
     assert errors and all("bs" in e or "deadline" in e for e in errors), errors[-3:]
