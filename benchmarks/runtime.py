@@ -2,8 +2,8 @@
 
     python benchmarks/runtime.py [--quick] [--examples read-text,smart-city] [--seconds S]
 
-1. One hop on loopback (a delivery to a gRPC Stage server and its Ack: one unary message up to
-   64 KiB, a raw-bytes stream of 1 MiB chunks above) for 1 KiB .. 16 MiB.
+1. One hop on loopback (a delivery to a gRPC Stage server and its Ack: one packed unary message
+   up to 2 MiB, a raw-bytes stream of 1 MiB chunks above) for 1 KiB .. 16 MiB.
 2. Throughput over an emulated link (token bucket, no delay) against its declared bandwidth
    (goal: >= 90% for large tensors).
 3. SqueezeNet 1.1 (random weights) cut in 3 pieces (1.55 MB and 260 KB between them) on three
@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 from runtime.links import LinkEmulator  # noqa: E402
 from runtime.proto import runtime_pb2 as pb  # noqa: E402
 from runtime.proto import runtime_pb2_grpc as pbg  # noqa: E402
-from runtime.stage import Sender, raw_handler  # noqa: E402
-from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, Delivery, frames_to_delivery, raw_to_delivery  # noqa: E402
+from runtime.stage import Sender, delivery_handlers  # noqa: E402
+from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, frames_to_delivery  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "runtime.json"
 HOP_SIZES = [1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
@@ -60,8 +60,7 @@ class _Sink(pbg.StageServicer):
         frames_to_delivery(iter(request.frames))
         return pb.Ack(ok=True)
 
-    def deliver_raw(self, request_iterator, context):
-        raw_to_delivery(request_iterator)
+    def deliver_raw(self, d, context):
         return pb.Ack(ok=True)
 
 
@@ -69,7 +68,7 @@ def _serve() -> tuple[grpc.Server, str]:
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=GRPC_OPTIONS)
     sink = _Sink()
     pbg.add_StageServicer_to_server(sink, srv)
-    srv.add_generic_rpc_handlers([raw_handler(RAW_STAGE_METHOD, sink.deliver_raw)])
+    srv.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, sink.deliver_raw))
     port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
     return srv, f"127.0.0.1:{port}"

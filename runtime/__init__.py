@@ -15,9 +15,11 @@ sites are Ray nodes (custom resource `site:<name>`, label `tierplan-site=<name>`
 is a Ray actor pinned by that resource, supervised and restarted by Ray. Edge sites run
 `python -m runtime.agent --site NAME --listen HOST:PORT`, a plain process without Ray.
 
-Tensors cross sites on a direct gRPC client stream between workers (`runtime.proto`, Stage.Deliver):
-raw bytes + dtype + shape, 1 MiB chunks, message limits raised on both ends, request ids, and
-each call's timeout is what remains of the request's deadline. Ray places and supervises; it
+Tensors cross sites on direct gRPC calls between workers (`runtime.proto`, `runtime.wire`): raw
+bytes + dtype + shape, one packed message up to 2 MiB (received arrays are views of it, no copy),
+a stream of 1 MiB chunks above, message limits raised on both ends, request ids, and each call's
+timeout is what remains of the request's deadline. Sending runs on a sender pool, so a site's
+compute thread never waits for a downstream ack. Ray places and supervises; it
 never carries tensors between stages and nothing calls `ray.get` between stages. Links are
 emulated by the sender (`runtime.links`): a token bucket per link and direction for bandwidth,
 RTT/2 per hop before delivery, store-and-forward over the route, as the cost model charges.

@@ -36,9 +36,9 @@ from runtime.links import LinkEmulator
 from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.security import TlsConfig, TokenInterceptor, server_credentials
-from runtime.stage import Sender, StageOptions, raw_handler
-from runtime.wire import (GRPC_OPTIONS, RAW_CONTROL_METHOD, Delivery, frames_to_delivery, pb_to_tensor, raw_to_delivery,
-                          tensor_to_pb)
+from runtime.stage import Sender, StageOptions, delivery_handlers
+from runtime.wire import (GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery, frames_to_delivery,
+                          pb_to_tensor, tensor_to_pb)
 from tierplan.errors import InputError, RuntimeFault
 
 __all__ = ["Service", "Trace", "SiteState"]
@@ -136,8 +136,9 @@ class _Control(pbg.ControlServicer):
     def DeliverBundle(self, request: pb.Bundle, context) -> pb.Ack:
         return self.Deliver(iter(request.frames), context)
 
-    def deliver_raw(self, request_iterator, context) -> pb.Ack:
-        self.s._on_result(raw_to_delivery(request_iterator))
+    def deliver_raw(self, d: Delivery, context) -> pb.Ack:
+        """A result that came as a raw stream or a packed message (runtime.wire)."""
+        self.s._on_result(d)
         return pb.Ack(ok=True)
 
     def Register(self, request: pb.RegisterRequest, context) -> pb.Ack:
@@ -233,7 +234,7 @@ class Service:
         srv = self._server()
         control = _Control(self)
         pbg.add_ControlServicer_to_server(control, srv)
-        srv.add_generic_rpc_handlers([raw_handler(RAW_CONTROL_METHOD, control.deliver_raw)])
+        srv.add_generic_rpc_handlers(delivery_handlers(RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, control.deliver_raw))
         port = self._bind(srv, f"{self.listen_host}:0")
         srv.start()
         self.address = f"{self.listen_host}:{port}"

@@ -1,4 +1,4 @@
-"""Tensors on the wire: numpy arrays <-> streams of 1 MiB Frames, and gRPC channel/server options.
+"""Tensors on the wire: numpy arrays <-> packed messages or streams of 1 MiB chunks, and gRPC options.
 
 gRPC refuses messages over 4 MiB unless both ends raise the limit, and in Python one huge message
 is several times slower than a stream of 1 MiB chunks (DESIGN.md, pitfalls); so a tensor becomes
@@ -8,6 +8,7 @@ a header frame plus chunks, and both ends raise their limits anyway for the fron
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
@@ -17,7 +18,8 @@ from runtime.proto import runtime_pb2 as pb
 
 __all__ = ["CHUNK_BYTES", "MAX_MESSAGE_BYTES", "GRPC_OPTIONS", "Delivery", "delivery_frames",
            "frames_to_delivery", "tensor_to_pb", "pb_to_tensor", "raw_messages", "raw_to_delivery",
-           "RAW_STAGE_METHOD", "RAW_CONTROL_METHOD"]
+           "pack_delivery", "unpack_delivery", "RAW_STAGE_METHOD", "RAW_CONTROL_METHOD",
+           "RAW_STAGE_ONE_METHOD", "RAW_CONTROL_ONE_METHOD"]
 
 CHUNK_BYTES = 1 << 20          # 1 MiB stream chunks (measured fastest in Python here)
 MAX_MESSAGE_BYTES = 256 << 20  # raised on both ends: the front door sends whole tensors
@@ -34,6 +36,12 @@ GRPC_OPTIONS = [
 # streams for 1.5 MB here). Peers in other languages can use Stage.Deliver instead.
 RAW_STAGE_METHOD = "/tierplan.runtime.RawStage/Deliver"
 RAW_CONTROL_METHOD = "/tierplan.runtime.RawControl/Deliver"
+# Deliveries up to a few MiB go as ONE unary message instead (`pack_delivery`): a client stream
+# costs 1-3 ms more per call in Python (a consumer thread per call, one message per chunk).
+RAW_STAGE_ONE_METHOD = "/tierplan.runtime.RawStage/DeliverOne"
+RAW_CONTROL_ONE_METHOD = "/tierplan.runtime.RawControl/DeliverOne"
+_PACK_ALIGN = 64               # tensor bytes start at multiples of this in a packed delivery
+_PACK_PREFIX = struct.Struct("<I")
 
 
 @dataclass
@@ -104,15 +112,69 @@ def frames_to_delivery(frames: Iterable[pb.Frame]) -> Delivery:
     return d
 
 
-def raw_messages(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
-    """A delivery as raw stream messages: the header Bundle, then each tensor's bytes in chunks."""
+def _header(d: Delivery, arrays: dict[str, np.ndarray]) -> bytes:
     head = dict(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
                 deadline_unix_ms=d.deadline_unix_ms, sent_unix_ms=d.sent_unix_ms,
                 trace=json.dumps(d.trace) if d.trace else "", error=d.error, empty=d.empty)
-    arrays = {k: np.ascontiguousarray(v) for k, v in d.tensors.items()}
     frames = [pb.Frame(**head)] if not arrays else \
         [pb.Frame(**head, name=k, dtype=a.dtype.name, shape=list(a.shape)) for k, a in arrays.items()]
-    out = [pb.Bundle(frames=frames).SerializeToString()]
+    return pb.Bundle(frames=frames).SerializeToString()
+
+
+def _delivery_of(f0: pb.Frame) -> Delivery:
+    return Delivery(request_id=f0.request_id, src=f0.src, dst=f0.dst, branch=f0.branch,
+                    deadline_unix_ms=f0.deadline_unix_ms, error=f0.error, empty=f0.empty,
+                    sent_unix_ms=f0.sent_unix_ms, trace=json.loads(f0.trace) if f0.trace else [])
+
+
+def pack_delivery(d: Delivery) -> bytes:
+    """A delivery as one message: header length (uint32 LE), header Bundle, then each tensor's bytes.
+
+    Each tensor starts at a multiple of 64 bytes, so the receiver's arrays are views of the
+    received message (no copy) and aligned. The tensor bytes are copied once, by the join.
+    """
+    arrays = {k: np.ascontiguousarray(v) for k, v in d.tensors.items()}
+    header = _header(d, arrays)
+    parts: list = [_PACK_PREFIX.pack(len(header)), header]
+    off = _PACK_PREFIX.size + len(header)
+    for a in arrays.values():
+        pad = -off % _PACK_ALIGN
+        parts.append(bytes(pad))
+        off += pad
+        if a.nbytes:
+            parts.append(memoryview(a.reshape(-1).view(np.uint8)))
+            off += a.nbytes
+    return b"".join(parts)
+
+
+def unpack_delivery(buf: bytes) -> Delivery:
+    """The inverse of `pack_delivery`; the arrays are read-only views of `buf`."""
+    (n,) = _PACK_PREFIX.unpack_from(buf, 0)
+    off = _PACK_PREFIX.size
+    frames = pb.Bundle.FromString(buf[off:off + n]).frames
+    off += n
+    d = _delivery_of(frames[0])
+    for f in frames:
+        if not f.name:
+            continue
+        dtype = np.dtype(f.dtype)
+        shape = tuple(f.shape)
+        count = int(np.prod(shape, dtype=np.int64))
+        off += -off % _PACK_ALIGN
+        if count:
+            d.tensors[f.name] = np.frombuffer(buf, dtype=dtype, count=count, offset=off).reshape(shape)
+        else:
+            d.tensors[f.name] = np.zeros(shape, dtype=dtype)
+        off += count * dtype.itemsize
+    if off != len(buf):
+        raise ValueError(f"packed delivery of {len(buf)} bytes holds {off} bytes of header and tensors")
+    return d
+
+
+def raw_messages(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
+    """A delivery as raw stream messages: the header Bundle, then each tensor's bytes in chunks."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in d.tensors.items()}
+    out = [_header(d, arrays)]
     for a in arrays.values():
         buf = memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
         out.extend(bytes(buf[i:i + chunk_bytes]) for i in range(0, len(buf), chunk_bytes))
@@ -123,10 +185,7 @@ def raw_to_delivery(messages: Iterable[bytes]) -> Delivery:
     """Reassemble a delivery from raw stream messages (the inverse of `raw_messages`)."""
     it = iter(messages)
     frames = pb.Bundle.FromString(next(it)).frames
-    f0 = frames[0]
-    d = Delivery(request_id=f0.request_id, src=f0.src, dst=f0.dst, branch=f0.branch,
-                 deadline_unix_ms=f0.deadline_unix_ms, error=f0.error, empty=f0.empty,
-                 sent_unix_ms=f0.sent_unix_ms, trace=json.loads(f0.trace) if f0.trace else [])
+    d = _delivery_of(frames[0])
     for f in frames:
         if not f.name:
             continue

@@ -122,34 +122,95 @@ def test_raw_stream_messages_round_trip_several_tensors():
     assert np.array_equal(back.tensors["a"], a) and back.tensors["b"].shape == (0, 4)
 
 
-def test_emulated_link_paces_a_real_grpc_transfer():
-    """A 2 MB delivery over an emulated 80 Mbit/s link with 20 ms RTT takes at least 200 + 10 ms end to end."""
+def _delivery_server(got: list):
+    """A gRPC server with both raw delivery forms (stream and packed unary) that records what arrives."""
     from concurrent import futures
 
     import grpc
 
     from runtime.proto import runtime_pb2 as pb
-    from runtime.stage import Sender, raw_handler
-    from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, raw_to_delivery
-    got = []
+    from runtime.stage import delivery_handlers
+    from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD
 
-    def receive(it, ctx):
-        got.append(raw_to_delivery(it))
+    def receive(d, ctx):
+        got.append(d)
         return pb.Ack(ok=True)
 
     srv = grpc.server(futures.ThreadPoolExecutor(2), options=GRPC_OPTIONS)
-    srv.add_generic_rpc_handlers([raw_handler(RAW_STAGE_METHOD, receive)])
+    srv.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, receive))
     port = srv.add_insecure_port("127.0.0.1:0")
     srv.start()
+    return srv, f"127.0.0.1:{port}"
+
+
+def test_emulated_link_paces_a_real_grpc_transfer():
+    """A 2 MB delivery over an emulated 80 Mbit/s link with 20 ms RTT takes at least 200 + 10 ms end to end."""
+    from runtime.stage import Sender
+    got: list = []
+    srv, addr = _delivery_server(got)
     emu = LinkEmulator({"a|b": [{"link_id": "a->b", "bandwidth_mbps": 80.0, "delay_ms": 10.0}]})
     sender = Sender("a", None, lambda: emu)
     try:
         d = Delivery("r", "x", "y", {"t": np.zeros(500_000, np.float32)}, deadline_unix_ms=(time.time() + 20) * 1e3)
         t0 = time.perf_counter()
-        assert sender.send(lambda: f"127.0.0.1:{port}", d, "b") == ""
+        assert sender.send(lambda: addr, d, "b") == ""
         elapsed_ms = (time.perf_counter() - t0) * 1e3
     finally:
         sender.close()
         srv.stop(0)
     assert elapsed_ms >= 2_000_000 * 8 / 80e6 * 1e3 + 10 - 1
     assert got and got[0].tensors["t"].shape == (500_000,)
+
+
+def test_packed_delivery_round_trips_as_aligned_views():
+    """A packed delivery rebuilds every tensor (empty and mixed dtypes too) as views of the message at 64-byte offsets."""
+    from runtime.wire import pack_delivery, unpack_delivery
+    a = np.random.default_rng(3).random((3, 5)).astype(np.float32)
+    b = np.zeros((0, 4), dtype=np.int64)
+    c = np.arange(7, dtype=np.uint8)
+    e = np.arange(5, dtype=np.float64)
+    d = Delivery("r1", "p", "q", {"a": a, "b": b, "c": c, "e": e}, branch="1/3", deadline_unix_ms=5.0,
+                 trace=[["compute", "p@s", 1.5]])
+    buf = pack_delivery(d)
+    back = unpack_delivery(buf)
+    assert back.branch == "1/3" and back.trace == d.trace and back.deadline_unix_ms == 5.0
+    assert set(back.tensors) == {"a", "b", "c", "e"}
+    for k in ("a", "c", "e"):
+        assert np.array_equal(back.tensors[k], d.tensors[k]) and back.tensors[k].dtype == d.tensors[k].dtype
+        assert np.shares_memory(back.tensors[k], np.frombuffer(buf, np.uint8))
+    assert back.tensors["b"].shape == (0, 4)
+    base = np.frombuffer(buf, np.uint8).ctypes.data
+    assert all((t.ctypes.data - base) % 64 == 0 for k, t in back.tensors.items() if t.size)
+    with pytest.raises(ValueError):
+        unpack_delivery(buf + b"x")
+
+
+def test_sender_uses_one_message_for_small_and_a_stream_for_large_deliveries():
+    """Deliveries up to UNARY_MAX_BYTES and above both arrive intact over real gRPC, whichever form carries them."""
+    from runtime.stage import UNARY_MAX_BYTES, Sender
+    got: list = []
+    srv, addr = _delivery_server(got)
+    sender = Sender("a", None, lambda: LinkEmulator())
+    small = np.arange(1000, dtype=np.float32)
+    big = np.arange(UNARY_MAX_BYTES // 4 + 1024, dtype=np.float32)
+    try:
+        for i, x in enumerate((small, big, small)):
+            d = Delivery(f"r{i}", "x", "y", {"t": x}, deadline_unix_ms=(time.time() + 20) * 1e3)
+            assert sender.send(lambda: addr, d, "") == ""
+    finally:
+        sender.close()
+        srv.stop(0)
+    assert [g.request_id for g in got] == ["r0", "r1", "r2"]
+    assert np.array_equal(got[0].tensors["t"], small) and np.array_equal(got[1].tensors["t"], big)
+
+
+def test_local_threads_share_the_cores_out():
+    """Local site workers get at least one onnxruntime thread each and together no more threads than cores (or sites)."""
+    import os
+
+    from runtime.deploy import local_threads
+    cores = os.cpu_count() or 1
+    for n in range(1, 9):
+        t = local_threads(n)
+        assert t >= 1 and t * n <= max(cores, n)
+    assert local_threads(1) == cores
