@@ -35,7 +35,7 @@ from planner.units import us_to_ms, uusd_to_usd
 from tierplan.errors import InfeasibleError, InputError
 from tierplan.spec import ObjectiveSpec
 
-__all__ = ["plan_app", "plan_graph", "describe_assignment"]
+__all__ = ["plan_app", "plan_graph", "describe_assignment", "site_devices"]
 
 _SECONDARY = {"cost": "latency", "latency": "cost", "energy": "latency"}
 _RELAX = 1000          # factor by which a relaxed capacity is widened when diagnosing
@@ -89,7 +89,7 @@ def _best_latency(problem: Problem, sink: int, time_limit_s: float) -> tuple[int
     r = solve(sub, time_limit_s)
     if r.status not in ("optimal", "feasible"):
         return None
-    return evaluate(sub, r.assignment).classes[c.name].sink_us[sink], r.assignment[c.name]
+    return evaluate(sub, r.assignment, r.levels).classes[c.name].sink_us[sink], r.assignment[c.name]
 
 
 def _slo_message(problem: Problem, info: BuildInfo, cname: str, time_limit_s: float) -> tuple[str, dict]:
@@ -115,9 +115,16 @@ def _slo_message(problem: Problem, info: BuildInfo, cname: str, time_limit_s: fl
     return "; ".join(parts), "; ".join(notes)
 
 
+def site_devices(fleet: Any) -> dict[str, str]:
+    """Site class -> device name (catalog name, or an inline device's own name): lets
+    `tierplan compile PLAN` find each site's device without the fleet file."""
+    return {name: sc.device.name for name, sc in fleet.classes.items()}
+
+
 def _relaxations(problem: Problem) -> list[tuple[str, Problem]]:
     sites_inst = {s: (replace(sd, max_instances=sd.max_instances * _RELAX + 1) if not sd.fixed_instances
-                      else replace(sd, util_cap_ppm=sd.util_cap_ppm * _RELAX))
+                      else replace(sd, util_cap_ppm=sd.util_cap_ppm * _RELAX,
+                                   levels_ppm=tuple(r * _RELAX for r in sd.levels_ppm)))
                   for s, sd in problem.sites.items()}
     sites_mem = {s: replace(sd, memory_kb=sd.memory_kb * _RELAX) for s, sd in problem.sites.items()}
     links = {k: v * _RELAX for k, v in problem.link_cap_bps.items()}
@@ -139,7 +146,7 @@ def diagnose(problem: Problem, time_limit_s: float) -> str:
         r = solve(relaxed.with_objective("cost", 1, 0, 0), each)
         if r.status not in ("optimal", "feasible"):
             continue
-        ev = evaluate(problem, r.assignment)
+        ev = evaluate(problem, r.assignment, r.levels)
         need = "; ".join(ev.violations[:3])
         if name == "budget":
             return (f"budget ${uusd_to_usd(problem.budget_uusd_h):g}/h is too small: the cheapest plan meeting "
@@ -226,15 +233,26 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
     main = problem.without_slo(set(uncovered)) if uncovered else problem
     combined = {n: (r.assignment[n] if r.assignment else hint[n]) for n, r in alone.items()}
     cev = evaluate(main, combined)
+    if not cev.feasible:
+        # rented sites at the lowest level any class chose alone (more instances, shorter queues)
+        merged: dict[str, int] = {}
+        for x in alone.values():
+            for s_, j in x.levels.items():
+                merged[s_] = min(j, merged.get(s_, j))
+        if merged and evaluate(main, combined, merged).feasible:
+            cev = evaluate(main, combined, merged)
     reason = None
-    if separable and cev.feasible and all(r.status in ("optimal", "feasible") for r in alone.values()):
-        # the classes' own optima respect every shared constraint: their sum is the joint optimum
-        # (each alone-problem relaxes the joint one), proven when each class was proven
+    alone_sum = sum(r.objective or 0 for r in alone.values())
+    if (separable and cev.feasible and all(r.status in ("optimal", "feasible") for r in alone.values())
+            and cev.objective == alone_sum):
+        # the classes' own optima respect every shared constraint and queue no longer together
+        # than alone: their sum is the joint optimum (each alone-problem relaxes the joint one),
+        # proven when each class was proven
         bound = sum(r.bound or 0 for r in alone.values())
         proven = all(r.status == "optimal" for r in alone.values())
         r = SolveResult("optimal" if proven else "feasible", combined, cev.objective,
                         cev.objective if proven else min(bound, cev.objective),
-                        time.perf_counter() - t0, cev.latency_term)
+                        time.perf_counter() - t0, cev.latency_term, dict(cev.levels))
     else:
         if not cev.feasible:
             # classes compete for shared capacity: plan them one after another (most requests
@@ -248,26 +266,29 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
             # each class alone relaxes the joint problem: the sum of their bounds bounds it
             lower = sum(x.bound or 0 for x in alone.values())
             if r.status == "unknown" and cev.feasible:
-                r = SolveResult("feasible", combined, cev.objective, lower, r.solve_s, cev.latency_term)
+                r = SolveResult("feasible", combined, cev.objective, lower, r.solve_s, cev.latency_term,
+                                dict(cev.levels))
             elif r.objective is not None and (r.bound is None or lower > r.bound):
                 r = replace(r, bound=min(lower, r.objective))
         if r.status == "infeasible":
             raise InfeasibleError(diagnose(main, min(left(), time_limit_s)))
         if r.status not in ("optimal", "feasible"):
             fallback = combined if cev.feasible else hint
-            hev = evaluate(main, fallback)
+            hev = cev if cev.feasible else evaluate(main, fallback)
             if not hev.feasible:
                 raise InfeasibleError(f"CP-SAT found no plan within {time_limit_s:g} s (status {r.status}) and "
                                       f"the greedy placement violates: {'; '.join(hev.violations[:2])}. "
                                       f"To fix: --time-limit {int(time_limit_s * 4)}")
             reason = f"CP-SAT status {r.status} after {r.solve_s:.1f} s: the best per-class placement is shown"
-            r = SolveResult("feasible", dict(fallback), hev.objective, None, r.solve_s, hev.latency_term)
-    ev = evaluate(main, r.assignment)
+            r = SolveResult("feasible", dict(fallback), hev.objective, None, r.solve_s, hev.latency_term,
+                            dict(hev.levels))
+    ev = evaluate(main, r.assignment, r.levels)
     plan = _assemble(graph, main, info, r, ev, t0, reason)
     plan = plan.model_copy(update={"coverage": _coverage(graph, fleet, cost_model, slo, weights,
                                                           budget_usd_per_hour, main, info, ev, r,
                                                           notes, analyse_uncovered)})
-    plan = plan.model_copy(update={"coverage_summary": _coverage_summary(plan, info)})
+    plan = plan.model_copy(update={"coverage_summary": _coverage_summary(plan, info),
+                                   "site_devices": site_devices(fleet)})
     if with_baselines:
         base = run_baselines(main)
         plan = plan.model_copy(update={"baselines": {n: baseline_result(main, info, a, bev)
@@ -379,8 +400,8 @@ def _pareto(problem: Problem, info: BuildInfo, r_main: SolveResult, points: int,
     r_cost = solve(cost_p, each, secondary="latency")
     if r_lat.status not in ("optimal", "feasible") or r_cost.status not in ("optimal", "feasible"):
         return []
-    lo = evaluate(problem, r_lat.assignment).latency_term
-    hi = evaluate(problem, r_cost.assignment).latency_term
+    lo = evaluate(problem, r_lat.assignment, r_lat.levels).latency_term
+    hi = evaluate(problem, r_cost.assignment, r_cost.levels).latency_term
     eps = sorted({int(round(lo + (hi - lo) * k / max(points - 1, 1))) for k in range(points)})
     out: list[ParetoPoint] = []
     seen = set()
@@ -388,7 +409,7 @@ def _pareto(problem: Problem, info: BuildInfo, r_main: SolveResult, points: int,
         r = solve(cost_p, each, latency_max=e, secondary="latency")
         if r.status not in ("optimal", "feasible"):
             continue
-        ev = evaluate(problem, r.assignment)
+        ev = evaluate(problem, r.assignment, r.levels)
         key = (ev.cost_uusd_h, ev.latency_term)
         if key in seen:
             continue

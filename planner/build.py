@@ -6,6 +6,7 @@ Per edge class e the request-level figures are derived once here, with the cost 
     T[e,i,a,b]  = sum over hops (RTT/2 + bytes/bandwidth + serialisation + z_p * jitter)
 where z_p is the standard-normal quantile of the strictest SLO percentile (p95: 1.645): each
 link crossed adds its jitter margin, a conservative bound on the percentile of the sum.
+Each site gets utilisation levels with their p-quantile queueing waits (planner.queueing).
 Link `capacity_mbps` is the shared capacity of one parent site's side of the link class, so a
 class of N parents offers N times it; each child site's own link offers its bandwidth.
 """
@@ -13,13 +14,14 @@ class of N parents offers N times it; each child site's own link offers its band
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from statistics import NormalDist
 from typing import Any, Mapping
 
 import networkx as nx
 
 from planner.problem import ClassData, Hop, ItemData, NodeData, Problem, SiteData
+from planner.queueing import DEFAULT_SERVICE_CV, utilisation_levels
 from planner.units import (
     PPM, bytes_to_kb, frac_to_ppm, j_to_uj, mbps_to_bps, ms_to_us, usd_to_uusd,
 )
@@ -109,8 +111,16 @@ def build_problem(graph: nx.DiGraph, fleet: Any, cost_model: Any,
                   slo: Mapping[str, SloTarget] | None = None,
                   weights: ObjectiveSpec | None = None,
                   budget_usd_per_hour: float | None = None,
-                  link_scale: Mapping[str, float] | None = None) -> tuple[Problem, BuildInfo]:
+                  link_scale: Mapping[str, float] | None = None,
+                  service_cv: float = DEFAULT_SERVICE_CV,
+                  queueing: bool = True, rent_for_queueing: bool = False) -> tuple[Problem, BuildInfo]:
     """Derive the integer Problem of placing `graph` on `fleet`; pure (inputs untouched).
+
+    `queueing` adds the waiting time at each site's planned utilisation level (planner.queueing,
+    service times spread log-normally with `service_cv`); False plans on service times alone.
+    Owned sites (edge devices) choose among the utilisation levels; rented sites are planned at
+    their cap's wait unless `rent_for_queueing`, where the solver may also rent more instances to
+    reach a lower level (exact too, but the shared levels couple the classes: slower proofs).
 
     `link_scale[edge_class]` multiplies the bandwidth of that class's own link (what-if analysis
     of "what uplink would it need").
@@ -165,6 +175,11 @@ def build_problem(graph: nx.DiGraph, fleet: Any, cost_model: Any,
             sites[name] = SiteData(name, sc.tier, sc.count * sc.max_instances,
                                    usd_to_uusd(dev.cost_per_hour_usd), frac_to_ppm(sc.max_utilization),
                                    bytes_to_kb(dev.memory_gb * 1e9))
+        if queueing:
+            lv, fac = utilisation_levels(sites[name].util_cap_ppm, percentile, service_cv)
+            if sc.tier != "edge" and not rent_for_queueing:
+                lv, fac = lv[-1:], fac[-1:]
+            sites[name] = replace(sites[name], levels_ppm=lv, wait_factors=fac)
 
     # ---- nodes and their memory
     group: dict[str, int] = {}

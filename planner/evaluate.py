@@ -7,6 +7,9 @@ and every report use. Latency semantics, per edge class, per request and per sin
         + sum over the tensor items i feeding those nodes (or k) of the transfer time from the
           producer's site to each distinct consuming site b (once per consuming site),
           T = sum over the links crossed of RTT/2 + bytes/bandwidth + serialisation + z_p * jitter
+        + sum over the sites s running a node k depends on of the queueing wait there,
+          W_s = w_p(level of s) * (k's work on s)  (planner.queueing: the M/G/1 p-quantile wait at
+          the utilisation level s is planned at, the job taken as the size of the request's own work)
 
 i.e. everything a result depends on happens one after another: one site runs a request's
 pieces one after another, tensors crossing one link share its bandwidth (their times add up),
@@ -23,10 +26,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from planner.problem import COMPUTE_KINDS, Assignment, ClassData, Problem
+from typing import Mapping
+
+from planner.problem import COMPUTE_KINDS, Assignment, ClassData, Problem, SiteData
+from planner.queueing import wait_us
 from planner.units import us_to_ms
 
-__all__ = ["ClassEval", "Evaluation", "evaluate", "evaluate_class_latency", "ancestors", "sink_items"]
+__all__ = ["ClassEval", "Evaluation", "evaluate", "evaluate_class_latency", "ancestors", "sink_items",
+           "site_level", "level_options"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class Evaluation:
     energy_term: int                            # sum_e w_e E_e (uJ)
     objective: int
     violations: tuple[str, ...] = field(default_factory=tuple)
+    levels: dict[str, int] = field(default_factory=dict)     # site -> utilisation level index
+    wait_factors: dict[str, int] = field(default_factory=dict)  # site -> wait per unit of work (1/1000)
 
     @property
     def feasible(self) -> bool:
@@ -90,21 +99,33 @@ def sink_items(problem: Problem, anc: frozenset[int], sink: int) -> list[tuple[i
 
 
 def evaluate_class_latency(problem: Problem, c: ClassData, sites: tuple[str, ...],
-                           anc: dict[int, frozenset[int]] | None = None) -> ClassEval:
-    """Sink latencies, their breakdown, energy and egress of one class under `sites` (per node)."""
+                           anc: dict[int, frozenset[int]] | None = None,
+                           wait_factors: Mapping[str, int] | None = None) -> ClassEval:
+    """Sink latencies, their breakdown, energy and egress of one class under `sites` (per node).
+
+    `wait_factors[s]` is the p-quantile wait at site s per unit of work (planner.queueing): a
+    sink's request waits that times its work there; None: no waiting (service times only).
+    """
     anc = anc if anc is not None else ancestors(problem)
+    wait_factors = wait_factors or {}
     sink_us, breakdown = {}, {}
     for k in problem.sink_nodes:
         bd: dict[str, int] = {}
+        work: dict[str, int] = {}
         for v in anc[k]:
             if problem.nodes[v].kind in COMPUTE_KINDS:
                 key = f"compute.{sites[v]}"
                 bd[key] = bd.get(key, 0) + c.compute_us[v][sites[v]]
+                work[sites[v]] = work.get(sites[v], 0) + c.compute_us[v][sites[v]]
         for i, cons in sink_items(problem, anc[k], k):
             a = sites[problem.items[i].producer]
             for b in sorted({sites[w] for w in cons} - {a}, key=c.chain.index):
                 key = f"transfer.{a}->{b}"
                 bd[key] = bd.get(key, 0) + c.xfer_us(i, a, b)
+        for s in sorted(work, key=c.chain.index):
+            w = wait_us(wait_factors.get(s, 0), work[s])
+            if w:
+                bd[f"queue.{s}"] = w
         sink_us[k] = sum(bd.values())
         breakdown[k] = bd
     energy = sum(c.energy_uj[v][sites[v]] for v in problem.compute_nodes)
@@ -118,14 +139,51 @@ def evaluate_class_latency(problem: Problem, c: ClassData, sites: tuple[str, ...
     return ClassEval(c.name, sink_us, breakdown, energy, egress, slo_ok)
 
 
-def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
-    """Evaluate `assignment` (class -> site per node) exactly as the CP-SAT model counts it."""
+def site_level(sd: SiteData, load_ppm: int, level: int | None = None) -> tuple[int, int]:
+    """(level index, instances) of a site at `load_ppm`: owned sites take the lowest level the load
+    fits under; rented ones rent ceil(load / level) instances at the given level, or the fewest
+    instances (cap) and the lowest level they reach when `level` is None."""
+    lv = sd.levels()
+    if sd.fixed_instances:
+        fit = [j for j, (r, _) in enumerate(lv) if load_ppm <= r * sd.max_instances]
+        return (fit[0] if fit else len(lv) - 1), sd.max_instances
+    if level is not None:
+        r = lv[level][0]
+        return level, (math.ceil(load_ppm / r) if r > 0 else (0 if load_ppm == 0 else 10**18))
+    cap = sd.util_cap_ppm
+    need = math.ceil(load_ppm / cap) if cap > 0 else (0 if load_ppm == 0 else 10**18)
+    fit = [j for j, (r, _) in enumerate(lv) if load_ppm <= r * need]
+    return (fit[0] if fit else len(lv) - 1), need
+
+
+def level_options(sd: SiteData, load_ppm: int) -> list[int]:
+    """Levels of a rented site worth trying at `load_ppm`: the lowest one per distinct instance count
+    within max_instances (a higher level renting as many instances only waits longer)."""
+    if sd.fixed_instances or load_ppm == 0 or not sd.queues:
+        return [site_level(sd, load_ppm)[0]]
+    out, seen = [], set()
+    for j in range(len(sd.levels())):
+        _, need = site_level(sd, load_ppm, j)
+        if need <= sd.max_instances and need not in seen:
+            seen.add(need)
+            out.append(j)
+    return out or [len(sd.levels()) - 1]
+
+
+def evaluate(problem: Problem, assignment: Assignment, levels: Mapping[str, int] | None = None) -> Evaluation:
+    """Evaluate `assignment` (class -> site per node) exactly as the CP-SAT model counts it.
+
+    `levels` (site -> utilisation level index, rented sites) is what the solver chose; sites not
+    in it rent the fewest instances (see site_level).
+    """
+    levels = levels or {}
     violations: list[str] = []
     classes: dict[str, ClassEval] = {}
     load: dict[str, int] = {s: sd.base_load_ppm for s, sd in problem.sites.items()}
     hosted: dict[str, set[int]] = {s: set() for s in problem.sites}
     link: dict[str, int] = {k: 0 for k in problem.link_cap_bps}
     anc = ancestors(problem)
+    placed: list[tuple[ClassData, tuple[str, ...]]] = []
     for c in problem.classes:
         sites = tuple(assignment[c.name])
         bad = [f"{c.name}: {problem.nodes[v].id} may not run on {s}"
@@ -133,6 +191,7 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
         if bad:
             violations += bad
             continue
+        placed.append((c, sites))
         for k, it in enumerate(problem.items):
             if it.private and any(sites[w] != sites[it.producer] for w in it.consumers):
                 violations.append(f"{c.name}: private data {', '.join(it.tensors) or problem.nodes[it.producer].id} "
@@ -142,12 +201,6 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
         for v, s in enumerate(sites):
             if problem.nodes[v].kind in COMPUTE_KINDS:
                 hosted[s].add(v)
-        ce = evaluate_class_latency(problem, c, sites, anc)
-        classes[c.name] = ce
-        for (v, lim) in c.slo_us.items():
-            if ce.sink_us[v] > lim:
-                violations.append(f"{c.name}: {problem.nodes[v].id} takes {us_to_ms(ce.sink_us[v]):.1f} ms "
-                                  f"> SLO {us_to_ms(lim):g} ms")
         for k, it in enumerate(problem.items):
             a = sites[it.producer]
             for b in c.chain:
@@ -158,9 +211,13 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
     if any("may not run" in x for x in violations):
         return Evaluation(classes, {}, load, {}, link, 0, 0, 0, 0, tuple(violations))
     instances: dict[str, int] = {}
+    chosen: dict[str, int] = {}
+    factors: dict[str, int] = {}
     cost = 0
     for s, sd in problem.sites.items():
-        need = math.ceil(load[s] / sd.util_cap_ppm) if sd.util_cap_ppm > 0 else (0 if load[s] == 0 else 10**18)
+        lvl, need = site_level(sd, load[s], levels.get(s))
+        chosen[s] = lvl
+        factors[s] = sd.levels()[lvl][1]
         if sd.fixed_instances:
             if load[s] > sd.util_cap_ppm * sd.max_instances:
                 violations.append(f"compute at {s}: utilisation {load[s] / max(sd.max_instances, 1) / 1e4:.0f}% "
@@ -170,6 +227,13 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
         if need > sd.max_instances:
             violations.append(f"compute at {s}: needs {need} instances, at most {sd.max_instances}")
         cost += need * sd.price_uusd_per_h
+    for c, sites in placed:
+        ce = evaluate_class_latency(problem, c, sites, anc, factors)
+        classes[c.name] = ce
+        for (v, lim) in c.slo_us.items():
+            if ce.sink_us[v] > lim:
+                violations.append(f"{c.name}: {problem.nodes[v].id} takes {us_to_ms(ce.sink_us[v]):.1f} ms "
+                                  f"> SLO {us_to_ms(lim):g} ms")
     memory = {s: sum(problem.nodes[v].mem_kb for v in vs) for s, vs in hosted.items()}
     for s, m in memory.items():
         if m > problem.sites[s].memory_kb:
@@ -184,4 +248,5 @@ def evaluate(problem: Problem, assignment: Assignment) -> Evaluation:
     lat = sum(weights[n] * sum(ce.sink_us[v] for v in problem.latency_nodes) for n, ce in classes.items())
     en = sum(weights[n] * ce.energy_uj for n, ce in classes.items())
     obj = problem.coef_cost * cost + problem.coef_latency * lat + problem.coef_energy * en
-    return Evaluation(classes, instances, load, memory, link, cost, lat, en, obj, tuple(violations))
+    return Evaluation(classes, instances, load, memory, link, cost, lat, en, obj, tuple(violations),
+                      levels=chosen, wait_factors=factors)

@@ -41,6 +41,7 @@ from ortools.sat.python import cp_model
 
 from planner.evaluate import ancestors, sink_items
 from planner.problem import COMPUTE_KINDS, Problem
+from planner.queueing import FACTOR_SCALE, wait_us
 
 __all__ = ["SolveResult", "solve", "STATUS_NAMES"]
 
@@ -63,6 +64,7 @@ class SolveResult:
     bound: int | None = None
     solve_s: float = 0.0
     latency_term: int | None = None
+    levels: dict[str, int] = field(default_factory=dict)   # site -> utilisation level chosen
 
     @property
     def gap(self) -> float | None:
@@ -95,6 +97,7 @@ class _Model:
         self.y: dict[tuple[str, int, str], cp_model.IntVar] = {}
         self.z: dict[tuple[str, int, str, str], cp_model.IntVar] = {}
         self.inst: dict[str, cp_model.IntVar] = {}
+        self.level: dict[str, list[cp_model.IntVar]] = {}
         self.sink_lat: dict[tuple[str, int], object] = {}
         self.sink_terms: list = []
         self.cost_terms: list = []
@@ -178,13 +181,7 @@ class _Model:
                             for lit in lits:
                                 m.AddImplication(lit, q)
                         terms.append(t_us * q)
-            lat = sum(terms) if terms else 0
-            self.sink_lat[(n, v)] = lat
-            if v in c.slo_us:
-                # SLO of the sink (classes that cannot meet it were dropped before the solve)
-                m.Add(lat <= c.slo_us[v])
-            if v in p.latency_nodes and terms:
-                self.sink_terms.append(c.weight * lat)
+            self.sink_lat[(n, v)] = terms
         for v in p.compute_nodes:
             for s in c.allowed[v]:
                 if c.energy_uj[v][s]:
@@ -200,8 +197,21 @@ class _Model:
             terms = [c.load_ppm[v][s] * self.x[(c.name, v, s)]
                      for c in p.classes for v in p.compute_nodes if (c.name, v, s) in self.x
                      and c.load_ppm[v][s]]
+            levels = sd.levels()
+            queues = sd.queues and bool(terms) and len(levels) > 1
+            if sd.queues and terms and len(levels) == 1:
+                self.level[s] = []      # one level: a constant wait factor, nothing to choose
+            if queues:
+                u = [m.NewBoolVar(f"u[{s},{j}]") for j in range(len(levels))]
+                # one utilisation level per site (planner.queueing): its wait applies to visits
+                m.AddExactlyOne(u)
+                self.level[s] = u
             if sd.fixed_instances:
-                if terms:
+                if terms and queues:
+                    # utilisation of owned devices under the chosen level (each serves its own requests)
+                    m.Add(sum(terms) + sd.base_load_ppm
+                          <= sum(r * sd.max_instances * lit for (r, _), lit in zip(levels, u)))
+                elif terms:
                     # utilisation of owned devices: each device serves its own requests
                     m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
                 continue
@@ -209,8 +219,17 @@ class _Model:
                 continue
             inst = m.NewIntVar(0, sd.max_instances, f"inst[{s}]")
             self.inst[s] = inst
-            # utilisation of a shared site at the offered load <= cap * rented instances
-            m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * inst)
+            if queues:
+                per = [m.NewIntVar(0, sd.max_instances, f"inst[{s},{j}]") for j in range(len(levels))]
+                for lit, n_j in zip(u, per):
+                    # instances are counted under the chosen level only
+                    m.Add(n_j == 0).OnlyEnforceIf(lit.Not())
+                m.Add(inst == sum(per))
+                # utilisation of a shared site <= chosen level * rented instances
+                m.Add(sum(terms) + sd.base_load_ppm <= sum(r * n_j for (r, _), n_j in zip(levels, per)))
+            else:
+                # utilisation of a shared site at the offered load <= cap * rented instances
+                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * inst)
             if sd.price_uusd_per_h:
                 self.cost_terms.append(sd.price_uusd_per_h * inst)
         for s, sd in p.sites.items():
@@ -246,6 +265,17 @@ class _Model:
                 continue
             # link bandwidth: all traffic of all classes crossing this link class
             m.Add(sum(bits * za for bits, za in terms) <= cap)
+        self._waits()
+        for c in p.classes:
+            for v in p.sink_nodes:
+                terms = self.sink_lat[(c.name, v)]
+                lat = sum(terms) if terms else 0
+                self.sink_lat[(c.name, v)] = lat
+                if v in c.slo_us:
+                    # SLO of the sink (classes that cannot meet it were dropped before the solve)
+                    m.Add(lat <= c.slo_us[v])
+                if v in p.latency_nodes and terms:
+                    self.sink_terms.append(c.weight * lat)
         self.cost_expr = sum(self.cost_terms)
         if p.budget_uusd_h is not None:
             # budget: rented instances + egress within the app's $/h budget
@@ -254,6 +284,50 @@ class _Model:
         self.energy_expr = sum(self.energy_terms)
         self.objective = (p.coef_cost * self.cost_expr + p.coef_latency * self.latency_expr
                           + p.coef_energy * self.energy_expr)
+
+    def _waits(self) -> None:
+        """Queueing wait per (class, sink, site): w_p(level of s) x the sink's work on s.
+
+        The product of the level (binary) and the work (linear in x) is disaggregated: each
+        placement x[e,v,s] is split into one literal per level (y = x AND u), which keeps the
+        LP relaxation tight (it is the convex hull of the product).
+        """
+        p, m = self.p, self.m
+        ylev: dict[str, list] = {}
+        for s, u in self.level.items():
+            levels = self.p.sites[s].levels()
+            for c in p.classes:
+                if s not in c.chain:
+                    continue
+                for v in p.sink_nodes:
+                    deps = [(c.compute_us[w][s], self.x[(c.name, w, s)]) for w in sorted(self.ancestors[v])
+                            if (c.name, w, s) in self.x and p.nodes[w].kind in COMPUTE_KINDS
+                            and c.compute_us[w][s]]
+                    if not deps:
+                        continue
+                    hi = sum(t for t, _ in deps)
+                    w_max = wait_us(max(f for _, f in levels), hi)
+                    wk = m.NewIntVar(0, w_max, f"W[{c.name},{p.nodes[v].id},{s}]")
+                    self.sink_lat[(c.name, v)].append(wk)
+                    if not u:
+                        # one level: it waits w_p(cap) x its work there
+                        m.Add(FACTOR_SCALE * wk >= levels[0][1] * sum(t * lit for t, lit in deps))
+                        continue
+                    terms = []
+                    for t, lit in deps:
+                        ys = ylev.setdefault(lit.Name(), self._split(lit, u, s))
+                        terms += [f * t * y for (_, f), y in zip(levels, ys) if f]
+                    # it waits w_p(level) x its work there (ceil, as planner.queueing.wait_us)
+                    m.Add(FACTOR_SCALE * wk >= sum(terms))
+
+    def _split(self, lit, u: list, s: str) -> list:
+        """y[l] = lit AND u[l]: a placement on s split by the level s runs at (sum_l y[l] = lit)."""
+        m = self.m
+        ys = [m.NewBoolVar(f"{lit.Name()}@{j}") for j in range(len(u))]
+        m.Add(sum(ys) == lit)
+        for y, ul in zip(ys, u):
+            m.AddImplication(y, ul)
+        return ys
 
     def hint(self, assignment: dict[str, tuple[str, ...]]) -> None:
         """Hand a known assignment (greedy, an old plan) to CP-SAT as a starting point."""
@@ -289,7 +363,7 @@ def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None
     status = STATUS_NAMES.get(code, "unknown")
     if status not in ("optimal", "feasible"):
         return SolveResult(status, solve_s=time.perf_counter() - t0)
-    assignment = _read(problem, mdl, solver)
+    assignment, levels = _read(problem, mdl, solver)
     obj = int(round(solver.ObjectiveValue()))
     bound = int(round(solver.BestObjectiveBound()))
     lat = int(round(solver.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
@@ -308,14 +382,17 @@ def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None
             solver2.parameters.random_seed = seed
             code2 = solver2.Solve(m)
             if code2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-                assignment = _read(problem, mdl, solver2)
+                assignment, levels = _read(problem, mdl, solver2)
                 lat = int(round(solver2.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
-    return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat)
+    return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat, levels)
 
 
-def _read(problem: Problem, mdl: _Model, solver: cp_model.CpSolver) -> dict[str, tuple[str, ...]]:
+def _read(problem: Problem, mdl: _Model,
+          solver: cp_model.CpSolver) -> tuple[dict[str, tuple[str, ...]], dict[str, int]]:
     out = {}
     for c in problem.classes:
         out[c.name] = tuple(next(s for s in c.allowed[v] if solver.BooleanValue(mdl.x[(c.name, v, s)]))
                             for v in range(len(problem.nodes)))
-    return out
+    levels = {s: next(j for j, lit in enumerate(u) if solver.BooleanValue(lit))
+              for s, u in mdl.level.items() if u and not problem.sites[s].fixed_instances}
+    return out, levels

@@ -42,6 +42,19 @@ class SiteData:
     memory_kb: int              # per instance
     fixed_instances: bool = False   # edge devices: every device is one instance, always on
     base_load_ppm: int = 0          # load already placed there (sequential per-class planning)
+    levels_ppm: tuple[int, ...] = ()    # utilisation levels (planner.queueing); () = the cap, no wait
+    wait_factors: tuple[int, ...] = ()  # per level: p-quantile wait in thousandths of the job size
+
+    def levels(self) -> tuple[tuple[int, int], ...]:
+        """(utilisation level ppm, wait factor) pairs, ascending; the last level is the cap."""
+        if not self.levels_ppm:
+            return ((self.util_cap_ppm, 0),)
+        return tuple(zip(self.levels_ppm, self.wait_factors))
+
+    @property
+    def queues(self) -> bool:
+        """Whether any level makes requests wait (the waiting-time term applies)."""
+        return any(self.wait_factors)
 
 
 @dataclass(frozen=True)

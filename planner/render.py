@@ -18,10 +18,11 @@ def _fmt(x: float | None, nd: int = 1) -> str:
     return f"{x:,.{nd}f}"
 
 
-def _split(breakdown: dict[str, float]) -> tuple[dict[str, float], float]:
+def _split(breakdown: dict[str, float]) -> tuple[dict[str, float], float, float]:
     compute = {t: breakdown.get(f"compute.{t}", 0.0) for t in TIER_ORDER}
     transfer = sum(v for k, v in breakdown.items() if k.startswith("transfer."))
-    return compute, transfer
+    queue = sum(v for k, v in breakdown.items() if k.startswith("queue."))
+    return compute, transfer, queue
 
 
 def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 12) -> None:
@@ -39,16 +40,16 @@ def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 1
     for sink in sink_names:
         t = Table(title=f"sink {sink}: latency p{plan.percentile:g} (ms)", title_justify="left")
         for col in ("edge class", "latency", "SLO", "meets", "compute edge", "compute bs", "compute cloud",
-                    "transfers"):
+                    "transfers", "queueing"):
             t.add_column(col, justify="left" if col == "edge class" else "right")
         for cname in classes[:max_classes]:
             s = (plan.class_sinks.get(cname) or plan.sinks)[sink]
-            compute, transfer = _split(s.breakdown)
+            compute, transfer, queue = _split(s.breakdown)
             ok = "-" if s.meets_slo is None else ("[green]yes[/]" if s.meets_slo else "[red]no[/]")
             t.add_row(cname, _fmt(s.latency_ms), _fmt(s.slo_ms), ok, *(_fmt(compute[x]) for x in TIER_ORDER),
-                      _fmt(transfer))
+                      _fmt(transfer), _fmt(queue))
         if len(classes) > max_classes:
-            t.add_row(f"... {len(classes) - max_classes} more classes", *[""] * 7)
+            t.add_row(f"... {len(classes) - max_classes} more classes", *[""] * 8)
         con.print(t)
     if plan.per_class:
         shown = classes[:min(max_classes, 6)]

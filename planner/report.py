@@ -21,7 +21,9 @@ __all__ = ["LATENCY_SEMANTICS", "sink_views", "class_latency_ms", "coverage_shar
 LATENCY_SEMANTICS = (
     "per request and sink: the sum of the compute of every piece the sink depends on (on the site "
     "running it) and of every transfer feeding them (once per consuming site; RTT/2 + bytes/bandwidth "
-    "+ serialisation + z_p * jitter per link crossed); one site runs a request's pieces one after "
+    "+ serialisation + z_p * jitter per link crossed), plus the p-quantile queueing wait at every site "
+    "visited (M/G/1 at the site's planned utilisation level, the job the size of the request's own work there); "
+    "one site runs a request's pieces one after "
     "another and transfers on a link share it, so times add up; exact for chains, an upper bound where "
     "parallel branches on different sites could overlap; pieces a sink does not depend on never add")
 
@@ -29,8 +31,8 @@ LATENCY_SEMANTICS = (
 def _tier_key(problem: Problem, key: str) -> str:
     kind, _, rest = key.partition(".")
     tier = problem.labels
-    if kind == "compute":
-        return f"compute.{tier.get(rest, rest)}"
+    if kind in ("compute", "queue"):
+        return f"{kind}.{tier.get(rest, rest)}"
     a, _, b = rest.partition("->")
     return f"transfer.{tier.get(a, a)}->{tier.get(b, b)}"
 

@@ -188,7 +188,7 @@ def resolve_site_devices(plan, sites: Iterable[str], fleet=None, catalog: Mappin
         return cat
 
     if fleet is None and getattr(plan, "fleet_path", None) and not all(
-            s in (getattr(plan, "site_devices", None) or {}) for s in sites):
+            (getattr(plan, "site_devices", None) or {}).get(s) in catalog_() for s in sites):
         fpath = Path(plan.fleet_path)
         if not fpath.exists() and base_dir is not None:
             fpath = Path(base_dir) / fpath

@@ -54,12 +54,13 @@ def _random_case(seed: int):
 
 
 @settings(max_examples=45, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10**9), which=st.integers(0, len(OBJECTIVES) - 1))
-def test_cpsat_matches_brute_force(seed: int, which: int) -> None:
-    """For every objective, CP-SAT's proven optimum equals the brute-force minimum exactly (or both infeasible)."""
+@given(seed=st.integers(0, 10**9), which=st.integers(0, len(OBJECTIVES) - 1), rent=st.booleans())
+def test_cpsat_matches_brute_force(seed: int, which: int, rent: bool) -> None:
+    """For every objective, with or without renting for shorter queues, CP-SAT's proven optimum equals
+    the brute-force minimum exactly (or both infeasible)."""
     rnd, fleet, graph, slo, budget = _random_case(seed)
     problem, _ = build_problem(graph, fleet, cost_model(), slo=slo, weights=OBJECTIVES[which],
-                               budget_usd_per_hour=budget)
+                               budget_usd_per_hour=budget, rent_for_queueing=rent)
     assert count_assignments(problem) <= 50_000
     best = brute_force(problem)
     r = solve(problem, time_limit_s=30)
@@ -68,7 +69,7 @@ def test_cpsat_matches_brute_force(seed: int, which: int) -> None:
         return
     assert r.status == "optimal"
     assert r.objective == best[0].objective
-    ev = evaluate(problem, r.assignment)
+    ev = evaluate(problem, r.assignment, r.levels)
     assert ev.feasible, ev.violations
     assert ev.objective == r.objective
 
@@ -88,7 +89,7 @@ def test_epsilon_constraint_matches_brute_force(seed: int) -> None:
     r = solve(problem, time_limit_s=30, latency_max=bound)
     assert r.status == "optimal"
     assert r.objective == best[0].objective
-    assert evaluate(problem, r.assignment).latency_term <= bound
+    assert evaluate(problem, r.assignment, r.levels).latency_term <= bound
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

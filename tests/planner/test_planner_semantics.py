@@ -38,7 +38,9 @@ def _diamond(split_tensors: bool = True) -> nx.DiGraph:
 
 
 def _problem(g, **kw):
-    return build_problem(g, three_tier_fleet(**kw), cost_model(), weights=ObjectiveSpec(latency=1))[0]
+    """Service-time semantics only (queueing waits are checked in test_planner_queueing.py)."""
+    return build_problem(g, three_tier_fleet(**kw), cost_model(), weights=ObjectiveSpec(latency=1),
+                         queueing=False)[0]
 
 
 def _asg(problem, sites_by_id: dict[str, str], cls: str = "cam0"):
