@@ -157,14 +157,16 @@ def diagnose(problem: Problem, time_limit_s: float) -> str:
             "To fix: relax the SLO or add capacity")
 
 
-def _uplink_needed(graph, fleet, cost_model, slo, weights, budget, cname: str, limit_s: float) -> str:
+def _uplink_needed(graph, fleet, cost_model, slo, weights, budget, cname: str, limit_s: float,
+                   queueing: bool = True) -> str:
     """What the class would need: the smallest multiple of its own link's bandwidth meeting its SLO."""
     link = fleet.classes[cname].link
     if link is None:
         return "a faster device (it has no link to offload over)"
 
     def ok(scale: float) -> bool:
-        p, _ = build_problem(graph, fleet, cost_model, slo=slo, weights=weights, link_scale={cname: scale})
+        p, _ = build_problem(graph, fleet, cost_model, slo=slo, weights=weights, link_scale={cname: scale},
+                             queueing=queueing)
         sub = replace(p.only_class(cname), budget_uusd_h=None)
         return solve(sub, limit_s).status in ("optimal", "feasible")
 
@@ -181,8 +183,11 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
                slo: Mapping[str, SloTarget] | None = None, objective: Any = None,
                budget_usd_per_hour: float | None = None, time_limit_s: float = 10.0,
                from_plan: Plan | None = None, pareto: bool = False, pareto_points: int = 5,
-               with_baselines: bool = True, analyse_uncovered: bool = True) -> Plan:
+               with_baselines: bool = True, analyse_uncovered: bool = True, queueing: bool = True) -> Plan:
     """Place the app graph on the fleet; returns a Plan or raises InfeasibleError (why, what is achievable).
+
+    `queueing` (default) adds each site's p-quantile queueing wait at its planned utilisation
+    (planner.queueing); False plans on service times alone.
 
     Example:
         >>> plan = plan_graph(g, resolve_fleet(fleet_spec), CostModel(), slo={"out": SloTarget(100)})
@@ -196,7 +201,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
         if f"sink:{name}" not in graph.nodes and name not in graph.nodes:
             raise InputError(f"slo: unknown sink {name!r}")
     problem, info = build_problem(graph, fleet, cost_model, slo=slo, weights=weights,
-                                  budget_usd_per_hour=budget_usd_per_hour)
+                                  budget_usd_per_hour=budget_usd_per_hour, queueing=queueing)
     hint = _hint(problem, info, from_plan)
 
     def left() -> float:
@@ -360,7 +365,8 @@ def _coverage(graph, fleet, cost_model, slo, weights, budget, problem: Problem, 
             note = uncovered[c.name]
             if analyse:
                 note += "; would need " + _uplink_needed(graph, fleet, cost_model, slo, weights, budget,
-                                                         c.name, 1.0)
+                                                         c.name, 1.0, bool(problem.sites and any(
+                                                             sd.levels_ppm for sd in problem.sites.values())))
         out[c.name] = ClassCoverage(devices=c.count, mode=mode, latency_ms=round(class_latency_ms(ev, c.name), 4),
                                     meets_slo=class_meets(problem, info, ev, c.name), note=note)
     return out

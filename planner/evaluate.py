@@ -8,8 +8,8 @@ and every report use. Latency semantics, per edge class, per request and per sin
           producer's site to each distinct consuming site b (once per consuming site),
           T = sum over the links crossed of RTT/2 + bytes/bandwidth + serialisation + z_p * jitter
         + sum over the sites s running a node k depends on of the queueing wait there,
-          W_s = w_p(level of s) * (k's work on s)  (planner.queueing: the M/G/1 p-quantile wait at
-          the utilisation level s is planned at, the job taken as the size of the request's own work)
+          W_s = w_p(level of s) * J_s  (planner.queueing: the M/G/1 p-quantile wait at the
+          utilisation level s is planned at; J_s the largest work any sink of the class has on s)
 
 i.e. everything a result depends on happens one after another: one site runs a request's
 pieces one after another, tensors crossing one link share its bandwidth (their times add up),
@@ -103,27 +103,36 @@ def evaluate_class_latency(problem: Problem, c: ClassData, sites: tuple[str, ...
                            wait_factors: Mapping[str, int] | None = None) -> ClassEval:
     """Sink latencies, their breakdown, energy and egress of one class under `sites` (per node).
 
-    `wait_factors[s]` is the p-quantile wait at site s per unit of work (planner.queueing): a
-    sink's request waits that times its work there; None: no waiting (service times only).
+    `wait_factors[s]` is the p-quantile wait at site s per unit of job (planner.queueing): a
+    sink whose request runs something on s waits that times the class's largest sink work on s
+    (the job it may queue behind); None: no waiting (service times only).
     """
     anc = anc if anc is not None else ancestors(problem)
     wait_factors = wait_factors or {}
     sink_us, breakdown = {}, {}
+    # each sink's work per site, and the largest of them per site (the job a request queues behind)
+    work: dict[int, dict[str, int]] = {k: {} for k in problem.sink_nodes}
+    for k in problem.sink_nodes:
+        for v in anc[k]:
+            if problem.nodes[v].kind in COMPUTE_KINDS and c.compute_us[v][sites[v]]:
+                work[k][sites[v]] = work[k].get(sites[v], 0) + c.compute_us[v][sites[v]]
+    job: dict[str, int] = {}
+    for per in work.values():
+        for s, w in per.items():
+            job[s] = max(job.get(s, 0), w)
     for k in problem.sink_nodes:
         bd: dict[str, int] = {}
-        work: dict[str, int] = {}
         for v in anc[k]:
             if problem.nodes[v].kind in COMPUTE_KINDS:
                 key = f"compute.{sites[v]}"
                 bd[key] = bd.get(key, 0) + c.compute_us[v][sites[v]]
-                work[sites[v]] = work.get(sites[v], 0) + c.compute_us[v][sites[v]]
         for i, cons in sink_items(problem, anc[k], k):
             a = sites[problem.items[i].producer]
             for b in sorted({sites[w] for w in cons} - {a}, key=c.chain.index):
                 key = f"transfer.{a}->{b}"
                 bd[key] = bd.get(key, 0) + c.xfer_us(i, a, b)
-        for s in sorted(work, key=c.chain.index):
-            w = wait_us(wait_factors.get(s, 0), work[s])
+        for s in sorted(work[k], key=c.chain.index):
+            w = wait_us(wait_factors.get(s, 0), job[s])
             if w:
                 bd[f"queue.{s}"] = w
         sink_us[k] = sum(bd.values())

@@ -286,48 +286,55 @@ class _Model:
                           + p.coef_energy * self.energy_expr)
 
     def _waits(self) -> None:
-        """Queueing wait per (class, sink, site): w_p(level of s) x the sink's work on s.
+        """Queueing wait per (class, sink, site visited): w_p(level of s) x J[e,s], where J[e,s]
+        >= the work of each of the class's sinks on s (the largest job a request queues behind).
 
-        The product of the level (binary) and the work (linear in x) is disaggregated: each
-        placement x[e,v,s] is split into one literal per level (y = x AND u), which keeps the
-        LP relaxation tight (it is the convex hull of the product).
+        With one level (rented sites) the factor is a constant; otherwise the wait is enforced
+        per level (reified on the sink visiting s and the level being chosen).
         """
         p, m = self.p, self.m
-        ylev: dict[str, list] = {}
         for s, u in self.level.items():
             levels = self.p.sites[s].levels()
+            f_max = max(f for _, f in levels)
             for c in p.classes:
                 if s not in c.chain:
                     continue
+                per_sink = {}
                 for v in p.sink_nodes:
                     deps = [(c.compute_us[w][s], self.x[(c.name, w, s)]) for w in sorted(self.ancestors[v])
                             if (c.name, w, s) in self.x and p.nodes[w].kind in COMPUTE_KINDS
                             and c.compute_us[w][s]]
-                    if not deps:
-                        continue
-                    hi = sum(t for t, _ in deps)
-                    w_max = wait_us(max(f for _, f in levels), hi)
+                    if deps:
+                        per_sink[v] = deps
+                if not per_sink:
+                    continue
+                j_max = max(sum(t for t, _ in deps) for deps in per_sink.values())
+                if len(per_sink) == 1:
+                    job = sum(t * lit for t, lit in next(iter(per_sink.values())))
+                else:
+                    job = m.NewIntVar(0, j_max, f"J[{c.name},{s}]")
+                    for deps in per_sink.values():
+                        # the largest job of this class on s: a request may queue behind it
+                        m.Add(job >= sum(t * lit for t, lit in deps))
+                w_max = wait_us(f_max, j_max)
+                for v, deps in per_sink.items():
                     wk = m.NewIntVar(0, w_max, f"W[{c.name},{p.nodes[v].id},{s}]")
                     self.sink_lat[(c.name, v)].append(wk)
-                    if not u:
-                        # one level: it waits w_p(cap) x its work there
-                        m.Add(FACTOR_SCALE * wk >= levels[0][1] * sum(t * lit for t, lit in deps))
+                    if len(per_sink) == 1 and not u:
+                        # one sink, one level: it waits w_p(cap) x its work there
+                        m.Add(FACTOR_SCALE * wk >= levels[0][1] * job)
                         continue
-                    terms = []
-                    for t, lit in deps:
-                        ys = ylev.setdefault(lit.Name(), self._split(lit, u, s))
-                        terms += [f * t * y for (_, f), y in zip(levels, ys) if f]
-                    # it waits w_p(level) x its work there (ceil, as planner.queueing.wait_us)
-                    m.Add(FACTOR_SCALE * wk >= sum(terms))
-
-    def _split(self, lit, u: list, s: str) -> list:
-        """y[l] = lit AND u[l]: a placement on s split by the level s runs at (sum_l y[l] = lit)."""
-        m = self.m
-        ys = [m.NewBoolVar(f"{lit.Name()}@{j}") for j in range(len(u))]
-        m.Add(sum(ys) == lit)
-        for y, ul in zip(ys, u):
-            m.AddImplication(y, ul)
-        return ys
+                    if len(deps) == 1:
+                        vis = deps[0][1]
+                    else:
+                        vis = m.NewBoolVar(f"vis[{c.name},{p.nodes[v].id},{s}]")
+                        for _, lit in deps:
+                            # the sink's request visits s when a piece it depends on runs there
+                            m.AddImplication(lit, vis)
+                    for (_, f), lit in zip(levels, u or [None]):
+                        if f:
+                            # it waits w_p(level) x J there (ceil, as planner.queueing.wait_us)
+                            m.Add(FACTOR_SCALE * wk >= f * job).OnlyEnforceIf([vis] + ([lit] if lit is not None else []))
 
     def hint(self, assignment: dict[str, tuple[str, ...]]) -> None:
         """Hand a known assignment (greedy, an old plan) to CP-SAT as a starting point."""

@@ -10,14 +10,17 @@ its p-quantile is
 
     w_p(rho) = R * ln(rho / (1 - p)) / (1 - rho)    for rho > 1 - p,  else 0.
 
-CP-SAT cannot multiply a utilisation by a job size, so each site picks one of a few utilisation
-levels r_1 < ... < r_L = max_utilization (a binary per level): its load must fit under r_l, and a
-request of class e for sink k waits w_p(r_l) / J x (its own work on s) there, the job taken as the
-size of the request's own work (exact when one class and one pipeline use the site; where
-classes with much larger jobs share it, an underestimate). The work is disaggregated per level
-(one part per level, zero unless that level is chosen), so the model stays linear and per-class
-separable. Rented sites reach a lower level by renting more instances: cost against waiting.
-Between levels the wait of the upper edge is used, so the bound stays conservative.
+CP-SAT cannot multiply a utilisation by a job size, so an owned site (edge devices, one class
+each) picks one of a few utilisation levels r_1 < ... < r_L = max_utilization (a binary per
+level): its load must fit under r_l, and every sink whose request runs something there waits
+w_p(r_l) / J x J[e,s], J[e,s] the largest work any sink of class e has on s (the job a request
+may queue behind: read-text's speech request waits behind the phone's OCR job). Rented sites are
+planned at their cap (a constant factor; their instance count keeps the utilisation under it),
+or, with `rent_for_queueing`, choose a level too and rent more instances to queue less. The
+wait is reified on (the sink visits s, the level is chosen), so the model stays linear, and
+classes stay separable (J is per class). Between levels the wait of the upper edge is used, so
+the bound stays conservative; the job at a shared site is the class's own (where another class
+sends much larger jobs, an underestimate).
 """
 
 from __future__ import annotations
