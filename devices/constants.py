@@ -7,11 +7,15 @@ what is here says how far real kernels fall short of those peaks before a device
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 __all__ = [
     "ACCEL_KINDS", "DEFAULT_EFFICIENCY", "PRECISION_EFFICIENCY_SCALE", "BANDWIDTH_EFFICIENCY",
     "PRECISION_BYTES_SCALE", "SERIALIZE_GBPS", "REFERENCE_EDGE_CPU_GFLOPS", "MIN_TRANSFORM_SCALE",
     "DEFAULT_CLOUD_MAX_INSTANCES", "BYTES_PER_GB", "MS_PER_HOUR", "DEFAULT_OP_EFFICIENCY",
     "OP_CLASSES", "op_class", "FUSION_HEADS", "FUSABLE_EPILOGUES", "FUSED_SUFFIX", "op_keys",
+    "CONV_SHAPE_SUFFIX", "DEPTHWISE_MAX_DEPTH", "GEMV_MAX_POSITIONS", "conv_shape",
+    "MATMUL_HEADS", "FUSABLE_PROLOGUES", "SCALE_EPILOGUES", "SCALAR_OPERAND_BYTES",
 ]
 
 # Device kinds, told apart by the kind of the TVM target ("cuda" -> gpu, else cpu).
@@ -77,8 +81,9 @@ OP_CLASSES: dict[str, tuple[str, ...]] = {
              "LRN", "SkipLayerNormalization", "RMSNormalization"),
     "pool": ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "ReduceMean", "ReduceSum",
              "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "Softmax", "LogSoftmax", "ArgMax", "ArgMin", "TopK"),
-    "movement": ("Reshape", "Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND",
-                 "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Shape", "Size", "Cast", "Pad",
+    # shape-only ops: onnxruntime removes Identity/Dropout and runs Reshape-like ops as (near) free views
+    "view": ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Dropout", "Shape", "Size"),
+    "movement": ("Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND", "Cast", "Pad",
                  "Expand", "Tile", "Resize", "Upsample", "DepthToSpace", "SpaceToDepth", "ScatterND",
                  "ConstantOfShape", "Range", "NonZero"),
 }
@@ -86,11 +91,11 @@ _CLASS_OF: dict[str, str] = {t: c for c, types in OP_CLASSES.items() for t in ty
 
 
 def op_class(op_type: str) -> str:
-    """The class of an ONNX op type (or op key): conv, matmul, norm, pool, movement, fused (an epilogue
-    key from op_keys), or elementwise (the rest)."""
+    """The class of an ONNX op type (or op key): conv, matmul, norm, pool, view, movement, fused (an
+    epilogue key from op_keys), or elementwise (the rest)."""
     if op_type.endswith(FUSED_SUFFIX):
         return "fused"
-    return _CLASS_OF.get(op_type, "elementwise")
+    return _CLASS_OF.get(op_type.split(CONV_SHAPE_SUFFIX)[0], "elementwise")
 
 
 
@@ -105,14 +110,61 @@ FUSABLE_EPILOGUES: frozenset[str] = frozenset({"BatchNormalization", "Relu", "Cl
 FUSED_SUFFIX = "~fused"
 
 
-def op_keys(op_types: list[str]) -> list[str]:
-    """Calibration key per op of a piece, in order: the op type, or `<op>~fused` for an epilogue that
-    follows a fusion head (possibly through other epilogues)."""
-    keys, chain = [], False
-    for t in op_types:
-        if chain and t in FUSABLE_EPILOGUES:
+# Convolution shapes, told apart from an operator's FLOPs and bytes alone (OpCost has no shapes):
+# reduction depth per output element k ~ FLOPs / (2 x activation elements) (Cin/groups x kernel area,
+# halved when input and output are the same size) and output positions n ~ 2 x FLOPs / weight bytes.
+# Depthwise and small grouped convolutions (k a few taps) run MLAS's direct depthwise kernels, bound by
+# memory, not GEMM; convolutions on a 1x1 map (squeeze-excite, heads) are matrix-vector products.
+CONV_SHAPE_SUFFIX = "@"
+DEPTHWISE_MAX_DEPTH: float = 8.0     # k below this: depthwise / grouped (3x3 depthwise has k ~ 4.5)
+GEMV_MAX_POSITIONS: float = 2.0      # n below this: a matrix-vector product
+
+
+def conv_shape(op: Any) -> str:
+    """'dw' (depthwise/grouped), 'gemv' (1x1 output map) or '' (GEMM-like) for a Conv-class OpCost."""
+    flops, params, act = float(op.flops), float(op.param_bytes), float(op.act_bytes)
+    if flops <= 0 or act <= 0:
+        return ""
+    if params > 0 and 2 * flops / params < GEMV_MAX_POSITIONS:
+        return "gemv"
+    if flops / (2 * act / 4) < DEPTHWISE_MAX_DEPTH:
+        return "dw"
+    return ""
+
+
+# onnxruntime's MatMul fusions: a Transpose feeding a MatMul is absorbed into FusedMatMul
+# (MatMulTransposeFusion: transA/transB), and a multiplication or division of a MatMul's output by a
+# scalar constant becomes its alpha (MatMulScaleFusion), e.g. attention's Q K^T / sqrt(d).
+MATMUL_HEADS: frozenset[str] = frozenset({"MatMul", "Gemm"})
+FUSABLE_PROLOGUES: frozenset[str] = frozenset({"Transpose"})
+SCALE_EPILOGUES: frozenset[str] = frozenset({"Mul", "Div"})
+SCALAR_OPERAND_BYTES: int = 8      # a constant operand of at most this many bytes is a scalar
+
+
+def _is_scalar_scale(o: Any) -> bool:
+    return (not isinstance(o, str) and o.op_type in SCALE_EPILOGUES
+            and 0 < int(o.param_bytes) <= SCALAR_OPERAND_BYTES)
+
+
+def op_keys(ops: Sequence[Any]) -> list[str]:
+    """Calibration key per op of a piece, in order: the op type, `<op>~fused` for an epilogue that
+    follows a fusion head (possibly through other epilogues) or a Transpose feeding a MatMul,
+    `Conv@dw` / `Conv@gemv` for depthwise-like and matrix-vector convolutions (conv_shape).
+
+    `ops` are op type strings or operators (partition.types.OpCost); only operators carry the
+    shapes and constants that conv shapes and scalar-scale epilogues need.
+    """
+    keys, head = [], None
+    types = [o if isinstance(o, str) else o.op_type for o in ops]
+    for i, (o, t) in enumerate(zip(ops, types)):
+        if head is not None and (t in FUSABLE_EPILOGUES or (head in MATMUL_HEADS and _is_scalar_scale(o))):
             keys.append(t + FUSED_SUFFIX)
             continue
-        chain = t in FUSION_HEADS
-        keys.append(t)
+        if t in FUSABLE_PROLOGUES and i + 1 < len(types) and types[i + 1] == "MatMul":
+            keys.append(t + FUSED_SUFFIX)
+            head = None
+            continue
+        head = t if t in FUSION_HEADS else None
+        shape = "" if isinstance(o, str) or t != "Conv" else conv_shape(o)
+        keys.append(t + CONV_SHAPE_SUFFIX + shape if shape else t)
     return keys

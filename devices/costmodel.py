@@ -10,6 +10,11 @@ and a piece costs the sum over its operators. A calibrated device (devices/calib
 written by `tierplan calibrate`) replaces eff and the overheads with fitted per-op-type coefficients:
 
     op_ms(o) = a[t] * b * GFLOP(o) + m[t] * MB(o) + d * max(0, MB(o) - cache_mb) + op_overhead_us[class] / 1e3
+
+where t is the op's key (devices.constants.op_keys: `Conv@dw` for depthwise-like convolutions, `Conv@gemv`
+for convolutions on a 1x1 map) and an epilogue fused into the Conv/Gemm/MatMul before it (`Relu~fused`)
+costs only the fused-class overhead;
+
     piece_ms = sum of op_ms + run_overhead_us / 1e3 + io_overhead_us / 1e3 * (inputs + outputs)
                + ms_per_output_mb * b * output MB + ms_per_input_mb * b * input MB
 
@@ -59,7 +64,9 @@ class Calibration:
     ms_per_dram_mb: extra cost per MB an operator touches beyond `cache_mb` (its working set spills
     out of the last-level cache and streams from DRAM, e.g. the 150 MB weights of AlexNet's fc6);
     io_overhead_us per input or output tensor of a piece run, ms_per_output_mb / ms_per_input_mb per MB
-    handed out / in (copies and layout reorders at the piece boundary).
+    handed out / in (copies and layout reorders at the piece boundary). With fused_epilogues_free, an
+    epilogue fused into its head (op key `<op>~fused`, devices.constants.op_keys) costs only the `fused`
+    class overhead: it runs inside the head's kernel, with no memory pass of its own.
     """
 
     device: str
@@ -73,6 +80,7 @@ class Calibration:
     io_overhead_us: float = 0.0
     ms_per_output_mb: float = 0.0
     ms_per_input_mb: float = 0.0
+    fused_epilogues_free: bool = False
     threads: int = 1
     precision: str = "fp32"
     backend: str = "onnxruntime"
@@ -154,7 +162,7 @@ class CostModel:
         """
         cal = self.calibration_for(device)
         if cal is not None:
-            return self._op_ms_calibrated(op, device, cal, batch, precision, key or op.op_type)
+            return self._op_ms_calibrated(op, device, cal, batch, precision, key or op_keys([op])[0])
         return self._op_ms_roofline(op, device, batch, precision)
 
     def piece_ms(self, piece: Piece, device: DeviceSpec, batch: int = 1, precision: str = "fp32") -> float:
@@ -173,7 +181,7 @@ class CostModel:
         _check_batch_precision(batch, precision)
         cal = self.calibration_for(device)
         ops = list(ops)
-        keys = op_keys([o.op_type for o in ops])
+        keys = op_keys(ops)
         total = sum(self.op_ms(o, device, batch, precision, k) for o, k in zip(ops, keys))
         return total + (cal.run_overhead_us / 1e3 if cal is not None else 0.0)
 
@@ -211,6 +219,8 @@ class CostModel:
 
     def _op_ms_calibrated(self, op: OpCost, device: DeviceSpec, cal: Calibration, batch: int,
                           precision: str, key: str) -> float:
+        if cal.fused_epilogues_free and op_class(key) == "fused":
+            return cal.class_overhead_us.get("fused", cal.op_overhead_us) / 1e3
         cls = op_class(op.op_type)
         t = next((g for g in (key, op.op_type, f"{OTHER_OP}:{cls}", OTHER_OP) if g in cal.ms_per_gflop), None)
         cls = op_class(key)   # a fused epilogue pays the fused class's overhead

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from devices.calibrate import Sample, _lawson_hanson, collect_samples, default_models, fit_calibration, nnls
+from devices.calibrate import SYNTHETIC_MODEL, Sample, _lawson_hanson, collect_samples, default_models, fit_calibration, nnls
 from devices.catalog import get_device
 from devices.costmodel import CostModel
 
@@ -47,7 +47,7 @@ def test_calibrated_beats_datasheet_on_held_out_models(measured):
     """Leave-one-model-out: fitted on the other models, the calibration predicts the held-out model's
     pieces better than the datasheet roofline (pooled median error, and in most folds)."""
     device = get_device("local")
-    names = sorted({s.piece.model for s in measured})
+    names = sorted({s.piece.model for s in measured} - {SYNTHETIC_MODEL})   # micro-benchmarks only train
     pooled_cal, pooled_raw, folds_better = [], [], 0
     for name in names:
         train = [s for s in measured if s.piece.model != name]
@@ -66,7 +66,7 @@ def test_fit_reports_training_error_and_positive_coefficients(measured):
     """A fit has non-negative coefficients, records its models, and fits its own data within 25% at the median."""
     cal = fit_calibration(measured, get_device("local"))
     assert all(v >= 0 for v in cal.ms_per_gflop.values()) and cal.op_overhead_us >= 0
-    assert set(cal.models) == {s.piece.model for s in measured}
+    assert set(cal.models) == {s.piece.model for s in measured} and SYNTHETIC_MODEL in cal.models
     assert cal.fit["train_median_abs_rel_error"] < 0.25
 
 
@@ -75,3 +75,18 @@ def test_fit_needs_measurements():
     from tierplan.errors import InputError
     with pytest.raises(InputError, match="at least 3"):
         fit_calibration([], get_device("local"))
+
+
+def test_synthetic_micro_benchmarks_cover_fixed_costs(tmp_path):
+    """The micro-benchmark pieces are real ONNX files spanning tensor sizes, I/O counts and op chains."""
+    from devices.calibrate import SYNTHETIC_SIZES, synthetic_pieces
+    from devices.profile import measure_piece
+
+    pieces = synthetic_pieces(tmp_path)
+    assert {p.model for p in pieces} == {SYNTHETIC_MODEL}
+    assert {len(p.inputs) for p in pieces} == {1, 3} and {len(p.outputs) for p in pieces} == {1, 3}
+    assert {o.op_type for p in pieces for o in p.ops} >= {"Add", "Mul", "Relu", "Reshape", "Transpose", "Sigmoid"}
+    sizes = sorted({p.inputs[0].nbytes for p in pieces})
+    assert sizes == [4 * n for n in SYNTHETIC_SIZES]
+    small, big = pieces[0], next(p for p in pieces if p.inputs[0].nbytes == sizes[-1] and len(p.ops) == len(pieces[0].ops))
+    assert measure_piece(big, runs=5).cpu_median_ms > measure_piece(small, runs=5).cpu_median_ms

@@ -70,5 +70,5 @@ def test_calibrate_writes_a_file_the_cost_model_loads(tmp_path):
                  "--max-pieces", "3", "--runs", "3", "--json")
     assert r.returncode == 0, r.stderr
     cal = Calibration.load(out)
-    assert cal.device == "local" and set(cal.models) == {"squeezenet", "ppocr_cls"}
+    assert cal.device == "local" and set(cal.models) == {"squeezenet", "ppocr_cls", "synthetic"}
     assert json.loads(r.stdout)["file"] == str(out)

@@ -167,3 +167,38 @@ def test_calibrated_fused_epilogue_uses_its_own_coefficients():
     assert CostModel(cal).piece_ms(p, RPI4) == pytest.approx(10.0, rel=1e-12)
     alone = piece([OpCost("r", "Relu", 1e6, 0, 4_000_000)])
     assert CostModel(cal).piece_ms(alone, RPI4) == pytest.approx(0.1 + 4.0 + 0.05, rel=1e-12)
+
+
+def test_conv_shape_keys_tell_depthwise_and_gemv_apart():
+    """A 3x3 depthwise conv keys as Conv@dw, a conv on a 1x1 map as Conv@gemv, a 3x3 dense conv as Conv."""
+    from devices.constants import conv_shape, op_class, op_keys
+    c, hw = 64, 56 * 56
+    dense = OpCost("d", "Conv", 2.0 * c * c * 9 * hw, 4 * c * c * 9, 4 * 2 * c * hw)
+    depthwise = OpCost("w", "Conv", 2.0 * c * 9 * hw, 4 * c * 9, 4 * 2 * c * hw)
+    gemv = OpCost("g", "Conv", 2.0 * c * 16, 4 * c * 16, 4 * (c + 16))
+    assert [conv_shape(o) for o in (dense, depthwise, gemv)] == ["", "dw", "gemv"]
+    assert op_keys([dense, depthwise, gemv]) == ["Conv", "Conv@dw", "Conv@gemv"]
+    assert op_keys(["Conv", "Conv"]) == ["Conv", "Conv"]          # type strings carry no shape
+    assert op_class("Conv@dw") == "conv" and op_class("Reshape") == "view"
+
+
+def test_fused_epilogue_is_free_when_the_calibration_says_so():
+    """With fused_epilogues_free, a Relu after a Conv costs only the fused-class overhead, whatever its bytes."""
+    cal = Calibration(device="rpi4", ms_per_gflop={"Conv": 10.0, "Relu": 100.0}, ms_per_mb={"Conv": 0.0, "Relu": 1.0},
+                      op_overhead_us=0.0, run_overhead_us=0.0, fused_epilogues_free=True,
+                      class_overhead_us={"conv": 0.0, "fused": 2.0, "elementwise": 50.0})
+    p = piece([conv(1e9, 0, 0), OpCost("r", "Relu", 1e6, 0, 4_000_000)])
+    assert CostModel(cal).piece_ms(p, RPI4) == pytest.approx(10.0 + 0.002, rel=1e-12)
+    assert Calibration.from_dict(cal.to_dict()) == cal
+
+
+def test_matmul_absorbs_a_feeding_transpose_and_a_scalar_scale():
+    """Transpose right before a MatMul and a scalar Mul right after it are fused; a tensor Mul is not."""
+    from devices.constants import op_keys
+    t = OpCost("t", "Transpose", 0, 0, 16384)
+    mm = OpCost("m", "MatMul", 262144, 0, 32768)
+    scale = OpCost("s", "Mul", 4096, 4, 32768)
+    tensor_mul = OpCost("x", "Mul", 4096, 0, 49152)
+    assert op_keys([t, mm, scale]) == ["Transpose~fused", "MatMul", "Mul~fused"]
+    assert op_keys([t, mm, tensor_mul]) == ["Transpose~fused", "MatMul", "Mul"]
+    assert op_keys([t, scale]) == ["Transpose", "Mul"]
