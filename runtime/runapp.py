@@ -38,6 +38,7 @@ class StageRow:
     measured_p95_ms: float
     predicted_ms: float | None
     count: int
+    predicted_local_ms: float | None = None   # the same step predicted for this machine (device `local`)
 
 
 @dataclass
@@ -51,6 +52,8 @@ class RunReport:
     measured_p95_ms: float | None
     predicted_p50_ms: float | None
     predicted_p95_ms: float | None
+    predicted_local_p50_ms: float | None = None  # the plan's placement, computed at this machine's speed
+    predicted_local_p95_ms: float | None = None
     client_p50_ms: float | None = None      # including the client's loopback feed of the inputs
     client_p95_ms: float | None = None
     stages: list[StageRow] = field(default_factory=list)
@@ -63,6 +66,8 @@ class RunReport:
         return {"example": self.example, "requests_ok": self.requests_ok, "requests_failed": self.requests_failed,
                 "measured_p50_ms": self.measured_p50_ms, "measured_p95_ms": self.measured_p95_ms,
                 "predicted_p50_ms": self.predicted_p50_ms, "predicted_p95_ms": self.predicted_p95_ms,
+                "predicted_local_p50_ms": self.predicted_local_p50_ms,
+                "predicted_local_p95_ms": self.predicted_local_p95_ms,
                 "client_p50_ms": self.client_p50_ms, "client_p95_ms": self.client_p95_ms,
                 "stages": [s.__dict__ for s in self.stages], "duration_s": self.duration_s,
                 "plan_source": self.plan_source, "errors": self.errors, "sites": self.sites}
@@ -119,7 +124,39 @@ def _pct(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
-def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], float]) -> list[StageRow]:
+def local_step_predictor(plan: Plan, app: AppSpec) -> Callable[[str, str], float | None]:
+    """Predicted ms of one compute step `node@site` on this machine (the calibrated device `local`).
+
+    On one machine every site computes at this machine's speed while links are emulated as the
+    fleet declares them, so the run is compared with the plan's placement re-costed for `local`
+    (the fleet devices' figures are shown beside it, but a laptop cannot run at a T4's speed).
+    """
+    from devices.catalog import get_device
+    from devices.costmodel import CostModel
+    from devices.pieces import piece_from_onnx
+
+    cm, local = CostModel(), get_device("local")
+    pieces = {p.id: p for p in plan.pieces}
+    cache: dict[str, float | None] = {}
+
+    def predict(node: str) -> float | None:
+        if node not in cache:
+            p, ms = pieces.get(node), None
+            try:
+                if p is not None and p.kind == "piece" and p.file and Path(p.file).is_file():
+                    ms = cm.piece_ms(piece_from_onnx(p.file, piece_id=p.id), local)
+                elif node in app.transforms:
+                    ms = cm.transform_ms(app.transforms[node], local)
+            except Exception:  # a piece the cost model cannot read: no local prediction for it
+                ms = None
+            cache[node] = ms
+        return cache[node]
+
+    return lambda kind, name: predict(name.rpartition("@")[0]) if kind == "compute" else None
+
+
+def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], float],
+                local_ms: Callable[[str, str], float | None] | None = None) -> list[StageRow]:
     steps: dict[tuple[str, str], list[float]] = {}
     for tr in traces:
         for kind, name, ms in tr.steps:
@@ -145,8 +182,9 @@ def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], f
         else:
             a, _, b = name.partition("->")
             predicted = routes_ms(a, b, nbytes.get(name, 0))
+        local = (predicted if kind == "transfer" else local_ms(kind, name)) if local_ms else None
         rows.append(StageRow(kind, name, float(np.percentile(ms, 50)), float(np.percentile(ms, 95)),
-                             predicted, len(ms)))
+                             predicted, len(ms), local))
     return rows
 
 
@@ -202,14 +240,21 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     # ships it there over loopback (a "feed" step), which a real device does not do
     client = [t.latency_ms for t in traces]
     lat = [t.latency_ms - sum(ms for kind, _, ms in t.steps if kind == "feed") for t in traces]
+    stages = _stage_rows(plan, traces, emu.transfer_ms, local_step_predictor(plan, app))
+    step_local = {(r.kind, r.name): r.predicted_local_ms for r in stages}
+    # per request: the steps it took, each predicted for this machine (a conservative sum: steps of
+    # branches on different sites that overlapped are added)
+    lat_local = [sum(step_local.get((kind, name)) or 0.0 for kind, name, _ in t.steps if kind != "feed")
+                 for t in traces]
     predicted = [s.latency_ms for s in plan.sinks.values()]
     pred_p95 = [getattr(s, "p95_ms", None) or s.latency_ms for s in plan.sinks.values()]
     return RunReport(example=ex.name, requests_ok=ok, requests_failed=failed,
                      measured_p50_ms=_pct(lat, 50), measured_p95_ms=_pct(lat, 95),
                      predicted_p50_ms=max(predicted) if predicted else None,
                      predicted_p95_ms=max(pred_p95) if pred_p95 else None,
+                     predicted_local_p50_ms=_pct(lat_local, 50), predicted_local_p95_ms=_pct(lat_local, 95),
                      client_p50_ms=_pct(client, 50), client_p95_ms=_pct(client, 95),
-                     stages=_stage_rows(plan, traces, emu.transfer_ms), duration_s=time.time() - t_start,
+                     stages=stages, duration_s=time.time() - t_start,
                      plan_source=plan_source, errors=errors, sites=sites)
 
 

@@ -76,6 +76,10 @@ def test_run_serves_requests_reports_json_and_leaves_no_processes(tiny_example):
     assert out["requests_ok"] > 0 and out["requests_failed"] == 0
     assert out["measured_p50_ms"] > 0 and out["predicted_p50_ms"] > 0
     assert any(s["kind"] == "compute" for s in out["stages"])
+    # the placement re-costed for this machine: every compute step has a local prediction
+    assert out["predicted_local_p50_ms"] > 0
+    assert all(s["predicted_local_ms"] is not None and s["predicted_local_ms"] > 0
+               for s in out["stages"] if s["kind"] == "compute")
     deadline = time.time() + STRAY_WAIT_S
     while processes_with_env(marker) and time.time() < deadline:
         time.sleep(0.5)

@@ -21,19 +21,32 @@ def print_report(rep) -> None:
     con = Console()
     t = Table(title=f"{rep.example}: {rep.requests_ok} ok, {rep.requests_failed} failed "
                     f"({rep.plan_source})", title_justify="left")
-    for col in ("", "measured p50 ms", "measured p95 ms", "predicted ms", "measured / predicted"):
+    for col in ("", "measured p50 ms", "measured p95 ms", "predicted p50 ms", "predicted p95 ms",
+                "ratio p50"):
         t.add_column(col, justify="right" if col else "left")
-    ratio = (f"{rep.measured_p50_ms / rep.predicted_p50_ms:.2f}"
-             if rep.measured_p50_ms and rep.predicted_p50_ms else "-")
-    t.add_row("end to end (from the source site)", _ms(rep.measured_p50_ms), _ms(rep.measured_p95_ms),
-              _ms(rep.predicted_p50_ms), ratio)
-    t.add_row("as the local client sees it", _ms(rep.client_p50_ms), _ms(rep.client_p95_ms), "", "")
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if a and b else "-"
+
+    t.add_row("measured", _ms(rep.measured_p50_ms), _ms(rep.measured_p95_ms), "", "", "")
+    t.add_row("predicted here", "", "", _ms(rep.predicted_local_p50_ms),
+              _ms(rep.predicted_local_p95_ms), ratio(rep.measured_p50_ms, rep.predicted_local_p50_ms))
+    t.add_row("predicted, fleet", "", "", _ms(rep.predicted_p50_ms),
+              _ms(rep.predicted_p95_ms), ratio(rep.measured_p50_ms, rep.predicted_p50_ms))
+    t.add_row("client view", _ms(rep.client_p50_ms), _ms(rep.client_p95_ms),
+              "", "", "")
     con.print(t)
+    con.print("measured: from the moment the input is on its source site to the last sink; predicted here: the "
+              "plan's placement with every site computing at this machine's speed (links emulated as declared); "
+              "predicted, fleet: the plan's own figure on the fleet's devices; client view adds the local "
+              "client's feed of the inputs.", style="dim")
     s = Table(title="per stage", title_justify="left")
-    for col in ("kind", "stage", "calls", "measured p50 ms", "measured p95 ms", "predicted ms"):
+    for col in ("kind", "stage", "calls", "measured p50 ms", "measured p95 ms", "predicted here ms",
+                "predicted on device ms"):
         s.add_column(col, justify="left" if col in ("kind", "stage") else "right", overflow="fold")
     for r in rep.stages:
-        s.add_row(r.kind, r.name, str(r.count), _ms(r.measured_p50_ms), _ms(r.measured_p95_ms), _ms(r.predicted_ms))
+        s.add_row(r.kind, r.name, str(r.count), _ms(r.measured_p50_ms), _ms(r.measured_p95_ms),
+                  _ms(r.predicted_local_ms), _ms(r.predicted_ms))
     con.print(s)
     for e in rep.errors:
         con.print(f"[red]error:[/red] {e}")
