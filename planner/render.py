@@ -40,7 +40,7 @@ def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 1
     for sink in sink_names:
         t = Table(title=f"sink {sink}: latency p{plan.percentile:g} (ms)", title_justify="left")
         for col in ("edge class", "latency", "SLO", "meets", "compute edge", "compute bs", "compute cloud",
-                    "transfers", "queueing"):
+                    "transfers", "queue"):
             t.add_column(col, justify="left" if col == "edge class" else "right")
         for cname in classes[:max_classes]:
             s = (plan.class_sinks.get(cname) or plan.sinks)[sink]
