@@ -11,6 +11,8 @@ same placement works on real hosts started with
 
 from __future__ import annotations
 
+import logging
+
 import os
 import threading
 import time
@@ -69,7 +71,7 @@ class LocalCluster:
         self.connected = False
         if connect and not ray.is_initialized():
             ray.init(address=self.cluster.address, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False)
+                     log_to_driver=False, logging_level=logging.WARNING)
             self.connected = True
 
     @property

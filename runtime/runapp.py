@@ -155,6 +155,17 @@ def local_step_predictor(plan: Plan, app: AppSpec) -> Callable[[str, str], float
     return lambda kind, name: predict(name.rpartition("@")[0]) if kind == "compute" else None
 
 
+def _request_local_ms(steps: list, step_local: dict) -> float:
+    """One request's predicted latency on this machine from the steps it took.
+
+    A site runs its compute steps one after another, so every compute step counts; the fan-out
+    items' transfers over one route travel together (their delays overlap), so each route counts once.
+    """
+    compute = sum(step_local.get((kind, name)) or 0.0 for kind, name, _ in steps if kind == "compute")
+    routes = {name for kind, name, _ in steps if kind == "transfer"}
+    return compute + sum(step_local.get(("transfer", name)) or 0.0 for name in routes)
+
+
 def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], float],
                 local_ms: Callable[[str, str], float | None] | None = None) -> list[StageRow]:
     steps: dict[tuple[str, str], list[float]] = {}
@@ -242,10 +253,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     lat = [t.latency_ms - sum(ms for kind, _, ms in t.steps if kind == "feed") for t in traces]
     stages = _stage_rows(plan, traces, emu.transfer_ms, local_step_predictor(plan, app))
     step_local = {(r.kind, r.name): r.predicted_local_ms for r in stages}
-    # per request: the steps it took, each predicted for this machine (a conservative sum: steps of
-    # branches on different sites that overlapped are added)
-    lat_local = [sum(step_local.get((kind, name)) or 0.0 for kind, name, _ in t.steps if kind != "feed")
-                 for t in traces]
+    lat_local = [_request_local_ms(t.steps, step_local) for t in traces]
     predicted = [s.latency_ms for s in plan.sinks.values()]
     pred_p95 = [getattr(s, "p95_ms", None) or s.latency_ms for s in plan.sinks.values()]
     return RunReport(example=ex.name, requests_ok=ok, requests_failed=failed,

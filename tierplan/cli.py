@@ -8,6 +8,7 @@ nothing else is printed, no traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -50,6 +51,8 @@ def _register_all() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
+    # gRPC's C core logs fork-handler notices at INFO whenever Ray forks; users need its errors only
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     _register_all()
     try:
         app(args=argv)  # standalone: typer/click handle usage errors (exit 2) and --help
