@@ -340,7 +340,7 @@ class _Model:
         """Hand a known assignment (greedy, an old plan) to CP-SAT as a starting point."""
         for (n, v, s), lit in self.x.items():
             if n in assignment and v < len(assignment[n]):
-                self.m.AddHint(lit, assignment[n][v] == s)
+                self.m.AddHint(lit, int(assignment[n][v] == s))
 
 
 def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None,
@@ -382,7 +382,7 @@ def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None
             m.Minimize(expr)
             m.ClearHints()
             for (n, v, s), lit in mdl.x.items():
-                m.AddHint(lit, assignment[n][v] == s)
+                m.AddHint(lit, int(assignment[n][v] == s))
             solver2 = cp_model.CpSolver()
             solver2.parameters.max_time_in_seconds = left
             solver2.parameters.num_workers = _workers()
