@@ -142,13 +142,15 @@ def render_html(plan: Plan, max_classes: int = 4, title: str = "tierplan plan") 
         parts.append(f"<h3>latency p{plan.percentile:g} per sink</h3><div class='svg'>{_bars(plan, cname)}</div>")
     if len(classes) > max_classes:
         parts.append(f"<p>{len(classes) - max_classes} more edge classes: see plan.json.</p>")
-    rows = [["cp-sat (this plan)", f"{plan.latency_ms or 0:.1f}", f"{plan.cost_per_hour_usd:,.4f}",
+    rows = [["cp-sat (this plan)", "-" if plan.objective is None else f"{plan.objective:.4f}",
+             f"{plan.latency_ms or 0:.1f}", f"{plan.cost_per_hour_usd:,.4f}",
              _pct(plan.coverage_share), "yes", "<b>*</b>"]]
     for name, b in plan.baselines.items():
-        rows.append([escape(name), f"{b.latency_ms:.1f}", f"{b.cost_per_hour_usd:,.4f}", _pct(b.coverage_share),
+        rows.append([escape(name), "-" if b.objective is None else f"{b.objective:.4f}", f"{b.latency_ms:.1f}",
+                     f"{b.cost_per_hour_usd:,.4f}", _pct(b.coverage_share),
                      "yes" if b.feasible else "no: " + escape((b.reason or "")[:80]), ""])
     parts.append("<h2>plan beside baselines</h2>" +
-                 _table(["strategy", "latency ms", "$/h", "SLO coverage", "feasible", "CHOSEN"], rows))
+                 _table(["strategy", "objective", "latency ms", "$/h", "SLO coverage", "feasible", "CHOSEN"], rows))
     if plan.coverage:
         parts.append("<h2>SLO coverage per edge class</h2>" + _table(
             ["edge class", "devices", "mode", "latency ms", "meets SLO", "note"],

@@ -41,6 +41,9 @@ class BaselineResult(_M):
     reason: str | None = None
     coverage_share: float | None = None      # share of the fleet's devices whose SLOs it meets
     per_class: dict[str, dict[str, str]] = Field(default_factory=dict)
+    # the plan's objective (Plan.objective's units: $/h, mean sink latency ms, J or the weighted
+    # mix) under the same evaluation: the figure to compare with the optimum's objective
+    objective: float | None = None
 
 
 class ClassCoverage(_M):

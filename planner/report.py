@@ -156,7 +156,7 @@ def baseline_result(problem: Problem, info: BuildInfo, asg, ev: Evaluation) -> B
                           feasible=ev.feasible, assignment=per_class[first], sinks=views[first],
                           reason="; ".join(ev.violations[:3]) or None,
                           coverage_share=round(coverage_share(problem, info, ev), 6),
-                          per_class=per_class)
+                          per_class=per_class, objective=round(natural_objective(problem, info, ev), 9))
 
 
 def _tinfo(t) -> dict[str, Any]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
+from devices.costmodel import CostModel
 from planner.api import plan_graph
 from planner.build import SloTarget
 from planner.plan import Plan
@@ -38,7 +40,34 @@ def test_plan_is_no_worse_than_any_feasible_baseline() -> None:
     for b in plan.baselines.values():
         if b.feasible:
             assert plan.cost_per_hour_usd <= b.cost_per_hour_usd + 1e-9
+            assert b.objective is not None and plan.objective <= b.objective + 1e-9
     assert plan.sinks["out"].latency_ms <= 300
+
+
+def _read_text_at(uplink_mbps: float):
+    """The read-text example (two sinks, two phone classes) with every edge link's uplink set."""
+    from devices.fleet import resolve_fleet
+    from partition.app_graph import build_app_graph
+    from tierplan.loader import load_app, load_fleet
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "read-text"
+    spec = load_fleet(root / "fleet.yaml")
+    edge_links = {s.link for s in spec.sites.values() if s.tier == "edge" and s.link}
+    links = {n: (l.model_copy(update={"uplink_mbps": uplink_mbps}) if n in edge_links else l)
+             for n, l in spec.links.items()}
+    return build_app_graph(load_app(root / "app.yaml"), None), resolve_fleet(spec.model_copy(update={"links": links}))
+
+
+@pytest.mark.parametrize("uplink_mbps", [5.85, 18.88])
+def test_multi_sink_latency_optimum_is_no_worse_than_any_feasible_baseline(uplink_mbps: float) -> None:
+    """With several sinks the latency optimum's objective is at most every feasible baseline's, same evaluation."""
+    graph, fleet = _read_text_at(uplink_mbps)
+    plan = plan_graph(graph, fleet, CostModel(calibration=False), objective="latency", analyse_uncovered=False)
+    assert plan.status == "optimal" and len(plan.sinks) >= 2
+    feasible = [b for b in plan.baselines.values() if b.feasible]
+    assert feasible
+    for b in feasible:
+        assert b.objective is not None and plan.objective <= b.objective + 1e-6
 
 
 def test_latency_objective_beats_the_single_split() -> None:
