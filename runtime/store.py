@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from partition.onnx_graph import model_sha256
+
 __all__ = ["ArtifactStore", "artifact_key", "file_sha256", "canonical_json", "MANIFEST_NAME", "META_NAME"]
 
 MANIFEST_NAME = "manifest.json"
@@ -29,12 +31,8 @@ def canonical_json(obj: Any) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 hex digest of a file's bytes (the same digest partition/ keys its cache by)."""
+    return model_sha256(path)
 
 
 def artifact_key(piece_sha256: str, target: Mapping, backend: str, versions: Mapping, settings: Mapping) -> str:
