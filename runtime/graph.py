@@ -120,26 +120,25 @@ class ExecGraph:
         names = [o["name"] for o in (p.outputs if p else []) if "name" in o]
         return names or [source]
 
-    def sinks_reached(self, sources: list[str]) -> list[str]:
-        """Sinks downstream of the given sources."""
-        seen, stack = set(), list(sources)
+    @staticmethod
+    def _reach(start: list[str], step) -> set[str]:
+        """Every node reachable from `start` by repeatedly following `step(node)` (start included)."""
+        seen, stack = set(), list(start)
         while stack:
             n = stack.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            stack.extend(e.dst for e in self.out_edges.get(n, ()))
+            if n not in seen:
+                seen.add(n)
+                stack.extend(step(n))
+        return seen
+
+    def sinks_reached(self, sources: list[str]) -> list[str]:
+        """Sinks downstream of the given sources."""
+        seen = self._reach(sources, lambda n: (e.dst for e in self.out_edges.get(n, ())))
         return [n for n in self.sinks() if n in seen]
 
     def sites_upstream(self, sinks: list[str]) -> set[str]:
         """Sites hosting a node that any of these sinks depends on."""
-        seen, stack = set(), list(sinks)
-        while stack:
-            n = stack.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            stack.extend(e.src for e in self.in_edges.get(n, ()))
+        seen = self._reach(sinks, lambda n: (e.src for e in self.in_edges.get(n, ())))
         return {self.sites[n] for n in seen if n in self.sites and self.kinds[n] != "sink"}
 
     def sources_of(self, node: str) -> str | None:
