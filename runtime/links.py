@@ -1,24 +1,46 @@
-"""Network links emulated in user space: routes between site classes, token-bucket bandwidth, delay.
+"""Network links emulated in user space: routes between site classes, bandwidth, delay, jitter and loss.
 
 A tensor sent from site class a to site class b crosses the links of `FleetSpec` up the attach
 chain from a to the first common ancestor, then down to b (the same route the cost model
 charges). Each hop is store-and-forward, as the cost model counts it: the bytes wait for the
 hop's bandwidth (a token bucket per link and direction, shared by every sender thread of the
-process) and then its one-way delay (RTT/2) before the next hop starts. The sender paces
-itself; the receiver acts when the stream ends, so measured latency reflects the declared
-network. Jitter is not emulated. Senders in different processes keep separate buckets, so
-contention between two sites sending over one link is not modelled.
+process) and then its one-way delay before the next hop starts. The sender paces itself; the
+receiver acts when the stream ends, so measured latency reflects the declared network.
+
+Per delivery and per hop (the link's `LinkSpec` fields, see docs/ARCHITECTURE.md "Link emulation"):
+
+- delay: ``max(0, rtt_ms / 2 + N(0, jitter_ms))``, the simulator's draw (simulations/world.py);
+  its mean is ``rtt_ms / 2`` unless the clipping at 0 bites (`Hop.expected_delay_ms`).
+- loss: each packet (`PACKET_PAYLOAD_BYTES` of payload) is lost with probability `loss_rate` and
+  sent again until it arrives (selective repeat, pipelined: no extra round trip). The number of
+  resends of a delivery's n packets is drawn from the negative binomial NB(n, 1 - loss_rate), and
+  the link is occupied for the resent bytes too, so goodput is ``bandwidth * (1 - loss_rate)`` on
+  average (`Hop.goodput_bytes_per_s`). Timeouts of TCP's loss recovery are not modelled.
+
+Draws come from one seeded generator per link direction (seed, link id), so a run with the same
+seed and the same sends draws the same delays. Senders in different processes keep separate
+buckets, so contention between two sites sending over one link is not modelled.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
 
 from tierplan.spec import FleetSpec
 
-__all__ = ["Hop", "route_table", "LinkEmulator"]
+__all__ = ["Hop", "route_table", "LinkEmulator", "PACKET_PAYLOAD_BYTES", "DEFAULT_SEED"]
+
+# Payload of one packet when the emulator counts losses: TCP's MSS on an Ethernet MTU of 1500
+# bytes (1500 - 20 IP - 32 TCP with timestamps), what Linux uses on such links (RFC 6691).
+PACKET_PAYLOAD_BYTES = 1448
+# Seed of the delay and loss draws when the caller gives none: runs are reproducible by default.
+DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -28,10 +50,39 @@ class Hop:
     link_id: str            # "<child>-><parent>" going up, "<parent>-><child>" going down
     bandwidth_mbps: float
     delay_ms: float         # one-way: rtt / 2
+    jitter_ms: float = 0.0  # standard deviation of the one-way delay
+    loss_rate: float = 0.0  # fraction of packets lost (and sent again), 0..1
 
     @property
     def bytes_per_s(self) -> float:
         return self.bandwidth_mbps * 1e6 / 8.0
+
+    @property
+    def goodput_bytes_per_s(self) -> float:
+        """Payload rate once lost packets are sent again: bandwidth x (1 - loss_rate)."""
+        return self.bytes_per_s * (1.0 - self.loss_rate)
+
+    @property
+    def expected_delay_ms(self) -> float:
+        """Mean of max(0, delay + N(0, jitter)): the clipped normal's mean (= delay_ms when jitter is 0)."""
+        return _clipped_normal(self.delay_ms, self.jitter_ms)[0]
+
+    @property
+    def delay_std_ms(self) -> float:
+        """Standard deviation of the drawn delay (= jitter_ms unless the clipping at 0 bites)."""
+        return _clipped_normal(self.delay_ms, self.jitter_ms)[1]
+
+
+def _clipped_normal(mu: float, sigma: float) -> tuple[float, float]:
+    """Mean and standard deviation of max(0, X) for X ~ N(mu, sigma)."""
+    if sigma <= 0:
+        return max(mu, 0.0), 0.0
+    a = mu / sigma
+    pdf = math.exp(-a * a / 2) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + math.erf(a / math.sqrt(2)))
+    mean = mu * cdf + sigma * pdf
+    second = (mu * mu + sigma * sigma) * cdf + mu * sigma * pdf
+    return mean, math.sqrt(max(second - mean * mean, 0.0))
 
 
 def _chain(fleet: FleetSpec, site: str) -> list[str]:
@@ -41,25 +92,25 @@ def _chain(fleet: FleetSpec, site: str) -> list[str]:
     return out
 
 
+def _hop(fleet: FleetSpec, child: str, up: bool) -> Hop:
+    spec = fleet.sites[child]
+    link = fleet.links[spec.link]
+    return Hop(link_id=f"{child}->{spec.attach}" if up else f"{spec.attach}->{child}",
+               bandwidth_mbps=link.uplink_mbps if up else link.downlink_mbps, delay_ms=link.rtt_ms / 2.0,
+               jitter_ms=link.jitter_ms, loss_rate=link.loss_rate)
+
+
 def _route(fleet: FleetSpec, a: str, b: str) -> list[Hop]:
     if a == b:
         return []
     up, down = _chain(fleet, a), _chain(fleet, b)
     common = next((s for s in up if s in down), None)
-    hops: list[Hop] = []
     if common is None:  # two trees: go to both roots and across with no declared link
         common_up, common_down = up, down
     else:
         common_up, common_down = up[:up.index(common) + 1], down[:down.index(common) + 1]
-    for child in common_up[:-1]:
-        spec = fleet.sites[child]
-        link = fleet.links[spec.link]
-        hops.append(Hop(f"{child}->{spec.attach}", link.uplink_mbps, link.rtt_ms / 2.0))
-    for child in reversed(common_down[:-1]):
-        spec = fleet.sites[child]
-        link = fleet.links[spec.link]
-        hops.append(Hop(f"{spec.attach}->{child}", link.downlink_mbps, link.rtt_ms / 2.0))
-    return hops
+    return ([_hop(fleet, child, up=True) for child in common_up[:-1]]
+            + [_hop(fleet, child, up=False) for child in reversed(common_down[:-1])])
 
 
 def route_table(fleet: FleetSpec | None, sites: list[str]) -> dict[str, list[dict]]:
@@ -70,16 +121,18 @@ def route_table(fleet: FleetSpec | None, sites: list[str]) -> dict[str, list[dic
     known = [s for s in sites if s in fleet.sites]
     for a in known:
         for b in known:
-            out[f"{a}|{b}"] = [h.__dict__ for h in _route(fleet, a, b)]
+            out[f"{a}|{b}"] = [asdict(h) for h in _route(fleet, a, b)]
     return out
 
 
 class _Bucket:
-    """Bandwidth reservations on one link direction: when the link is next free."""
+    """One link direction: bandwidth reservations (when the link is next free) and its random draws."""
 
-    def __init__(self) -> None:
+    def __init__(self, hop: Hop, seed: int) -> None:
+        self.hop = hop
         self.next_free_s = 0.0
         self.lock = threading.Lock()
+        self.rng = np.random.default_rng([seed, zlib.crc32(hop.link_id.encode())])
 
     def reserve(self, start_s: float, seconds: float) -> float:
         """Occupy the link for `seconds` from `start_s` or when free; returns the end time."""
@@ -88,29 +141,60 @@ class _Bucket:
             self.next_free_s = begin + seconds
             return self.next_free_s
 
+    def cross(self, start_s: float, nbytes: int) -> float:
+        """Send `nbytes` from `start_s`: wire time (resends included) then the drawn delay; returns arrival."""
+        hop = self.hop
+        with self.lock:
+            sent = nbytes
+            if hop.loss_rate > 0 and nbytes > 0:
+                packets = math.ceil(nbytes / PACKET_PAYLOAD_BYTES)
+                resent = int(self.rng.negative_binomial(packets, 1.0 - hop.loss_rate))
+                sent = nbytes + resent * nbytes / packets
+            delay_ms = hop.delay_ms
+            if hop.jitter_ms > 0:
+                delay_ms = max(0.0, delay_ms + float(self.rng.normal(0.0, hop.jitter_ms)))
+            begin = max(start_s, self.next_free_s)
+            self.next_free_s = begin + sent / hop.bytes_per_s
+            return self.next_free_s + delay_ms / 1e3
+
 
 class LinkEmulator:
-    """Arrival times of transfers over emulated routes (one per process; thread-safe)."""
+    """Arrival times of transfers over emulated routes (one per process; thread-safe; seeded draws)."""
 
-    def __init__(self, routes: dict[str, list[dict]] | None = None) -> None:
+    def __init__(self, routes: dict[str, list[dict]] | None = None, seed: int | None = None) -> None:
         self.routes = {k: [Hop(**h) for h in v] for k, v in (routes or {}).items()}
+        self.seed = DEFAULT_SEED if seed is None else seed
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
     def route(self, a: str, b: str) -> list[Hop]:
         return self.routes.get(f"{a}|{b}", [])
 
-    def _bucket(self, link_id: str) -> _Bucket:
+    def _bucket(self, hop: Hop) -> _Bucket:
         with self._lock:
-            return self._buckets.setdefault(link_id, _Bucket())
+            b = self._buckets.get(hop.link_id)
+            if b is None:
+                b = self._buckets[hop.link_id] = _Bucket(hop, self.seed)
+            return b
 
     def arrival_s(self, a: str, b: str, nbytes: int, now_s: float | None = None) -> float:
-        """Reserve the route's links for `nbytes` sent now; the monotonic time the last byte arrives."""
+        """Reserve the route's links for `nbytes` sent now; the monotonic time the last byte arrives.
+
+        Each hop draws its delay (jitter) and resends (loss) for this delivery; see the module doc.
+        """
         t = time.monotonic() if now_s is None else now_s
         for hop in self.route(a, b):
-            t = self._bucket(hop.link_id).reserve(t, nbytes / hop.bytes_per_s) + hop.delay_ms / 1e3
+            t = self._bucket(hop).cross(t, nbytes)
         return t
 
     def transfer_ms(self, a: str, b: str, nbytes: int) -> float:
-        """Unloaded transfer time over the route (no reservation): sum of delay + bytes/bandwidth."""
+        """Unloaded transfer time over the route as the cost model counts it: sum of RTT/2 + bytes/bandwidth.
+
+        Jitter's clipping and loss are left out, as in `devices.costmodel.CostModel.transfer_ms`;
+        `expected_transfer_ms` is the emulator's own mean.
+        """
         return sum(h.delay_ms + nbytes / h.bytes_per_s * 1e3 for h in self.route(a, b))
+
+    def expected_transfer_ms(self, a: str, b: str, nbytes: int) -> float:
+        """Mean unloaded transfer time under this emulator: sum of mean delay + bytes/goodput."""
+        return sum(h.expected_delay_ms + nbytes / h.goodput_bytes_per_s * 1e3 for h in self.route(a, b))
