@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
 from ortools.sat.python import cp_model
 
+from planner.decompose import class_size, components
 from planner.evaluate import ancestors, sink_items
 from planner.problem import COMPUTE_KINDS, Problem
 from planner.queueing import FACTOR_SCALE, wait_us
@@ -211,6 +213,9 @@ class _Model:
                     # utilisation of owned devices under the chosen level (each serves its own requests)
                     m.Add(sum(terms) + sd.base_load_ppm
                           <= sum(r * sd.max_instances * lit for (r, _), lit in zip(levels, u)))
+                    for (r_below, _), lit in zip(levels, u[1:]):
+                        # the level is the lowest the load fits under (a higher one only waits longer)
+                        m.Add(sum(terms) + sd.base_load_ppm >= r_below * sd.max_instances + 1).OnlyEnforceIf(lit)
                 elif terms:
                     # utilisation of owned devices: each device serves its own requests
                     m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
@@ -324,6 +329,7 @@ class _Model:
                         # one sink, one level: it waits w_p(cap) x its work there
                         m.Add(FACTOR_SCALE * wk >= levels[0][1] * job)
                         continue
+                    self._wait_cuts(c, s, wk, deps, levels, u)
                     if len(deps) == 1:
                         vis = deps[0][1]
                     else:
@@ -335,6 +341,48 @@ class _Model:
                         if f:
                             # it waits w_p(level) x J there (ceil, as planner.queueing.wait_us)
                             m.Add(FACTOR_SCALE * wk >= f * job).OnlyEnforceIf([vis] + ([lit] if lit is not None else []))
+
+    def _wait_cuts(self, c, s: str, wk, deps: list, levels: tuple, u: list) -> None:
+        """Redundant linear bounds on one sink's wait at s that tighten the LP relaxation.
+
+        The exact wait (w_p(level) x J when the sink visits s and the level is chosen) is reified,
+        which the LP relaxation barely sees. Two consequences hold in every integer solution: the
+        sink's own work j_k on s is 0 unless it visits s, and j_k <= J, so wait >= f(level) x j_k.
+        With one level that is linear. With levels, j_k is split into copies j_k,l (j_k,l = j_k
+        under the chosen level, else 0) and wait >= sum_l f_l x j_k,l; on an owned site a copy is
+        also at most the work that fits under its level (load <= r_l x devices), so the LP sees
+        the convex envelope of the step function f(level(j)) x j instead of nothing.
+        """
+        m, sd = self.m, self.p.sites[s]
+        jk = sum(t * lit for t, lit in deps)
+        jk_max = sum(t for t, _ in deps)
+        if not u:
+            # one level: the sink's own work there waits at least w_p(cap) x that work
+            m.Add(FACTOR_SCALE * wk >= levels[0][1] * jk)
+            return
+        fits = [jk_max] * len(levels)
+        if sd.fixed_instances:
+            ratio = self._min_load_ratio(c, s, deps)
+            room = [r * sd.max_instances - sd.base_load_ppm for r, _ in levels]
+            # a copy holds at most the work whose load fits under its level (LP bound of that knapsack)
+            fits = [max(0, min(jk_max, int(Fraction(max(rm, 0)) / ratio) if ratio else jk_max)) for rm in room]
+        parts = []
+        for j, ((_, f), lit, cap) in enumerate(zip(levels, u, fits)):
+            part = m.NewIntVar(0, max(cap, 0), f"jl[{c.name},{s},{j},{id(wk)}]")
+            # the copy of j_k under level j: 0 unless j is the chosen level
+            m.Add(part <= max(cap, 0) * lit)
+            parts.append((f, part))
+        # the copies add up to j_k (exactly one is non-zero in an integer solution)
+        m.Add(sum(part for _, part in parts) == jk)
+        # wait >= w_p(level) x j_k, linear in the copies
+        m.Add(FACTOR_SCALE * wk >= sum(f * part for f, part in parts if f))
+
+    def _min_load_ratio(self, c, s: str, deps: list) -> Fraction:
+        """Least load (ppm) per us of work among a sink's pieces on s; 0 when one loads nothing."""
+        lits = {id(lit) for _, lit in deps}
+        ratios = [Fraction(c.load_ppm[v][s], c.compute_us[v][s]) for (n, v, site), lit in self.x.items()
+                  if n == c.name and site == s and id(lit) in lits and c.compute_us[v][s]]
+        return min(ratios, default=Fraction(0))
 
     def hint(self, assignment: dict[str, tuple[str, ...]]) -> None:
         """Hand a known assignment (greedy, an old plan) to CP-SAT as a starting point."""
@@ -351,7 +399,57 @@ def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None
     `latency_max` bounds the weighted latency term (epsilon-constraint for the Pareto front);
     `secondary` ("latency" or "cost") re-solves with the primary objective fixed at its optimum
     to break ties (reported objective stays the primary one), within `secondary_share` of the limit.
+    Edge classes that share nothing (planner.decompose) are solved group by group, exactly.
     """
+    groups = components(problem) if latency_max is None and objective_max is None else []
+    if len(groups) < 2:
+        return _solve_one(problem, time_limit_s, hint, latency_max, objective_max, secondary, seed,
+                          secondary_share)
+    return _solve_groups(problem, groups, time_limit_s, hint, secondary, seed, secondary_share)
+
+
+def _solve_groups(problem: Problem, groups: list[tuple[str, ...]], time_limit_s: float, hint: dict | None,
+                  secondary: str | None, seed: int, secondary_share: float) -> SolveResult:
+    """Solve independent groups of classes one by one (smallest first; each gets its share of
+    the time left, so what an easy group leaves goes to the harder ones) and add them up.
+
+    The groups share no variable and no constraint and the objective is their sum, so the union
+    of their optima is the joint optimum, the sum of their bounds bounds it, and the status is
+    the weakest of theirs (one infeasible group makes the whole problem infeasible).
+    """
+    t0 = time.perf_counter()
+    by_name = {c.name: c for c in problem.classes}
+    sizes = {g: sum(class_size(problem, n) for n in g) for g in groups}
+    order = sorted(groups, key=lambda g: sizes[g])
+    used = {g: {s for n in g for a in by_name[n].allowed for s in a} for g in groups}
+    # sites no class may use (only a base load there) belong to the first group: counted once
+    spare = set(problem.sites) - set().union(*used.values())
+    results = []
+    for i, g in enumerate(order):
+        left = time_limit_s - (time.perf_counter() - t0)
+        share = sizes[g] / sum(sizes[h] for h in order[i:])
+        keep = used[g] | (spare if i == 0 else set())
+        sub = replace(problem, classes=tuple(by_name[n] for n in g),
+                      sites={s: sd for s, sd in problem.sites.items() if s in keep})
+        r = _solve_one(sub, max(0.05, left * share), hint, None, None, secondary, seed, secondary_share)
+        if r.status not in ("optimal", "feasible"):
+            return SolveResult(r.status, solve_s=time.perf_counter() - t0)
+        results.append(r)
+    assignment: dict[str, tuple[str, ...]] = {}
+    levels: dict[str, int] = {}
+    for r in results:
+        assignment.update(r.assignment)
+        levels.update(r.levels)
+    status = "optimal" if all(r.status == "optimal" for r in results) else "feasible"
+    return SolveResult(status, {c.name: assignment[c.name] for c in problem.classes},
+                       sum(r.objective for r in results), sum(r.bound for r in results),
+                       time.perf_counter() - t0, sum(r.latency_term or 0 for r in results), levels)
+
+
+def _solve_one(problem: Problem, time_limit_s: float, hint: dict | None, latency_max: int | None,
+               objective_max: int | None, secondary: str | None, seed: int,
+               secondary_share: float) -> SolveResult:
+    """One CP-SAT model of the whole `problem` (see solve)."""
     t0 = time.perf_counter()
     mdl = _Model(problem)
     m = mdl.m
