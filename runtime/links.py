@@ -18,20 +18,29 @@ Per delivery and per hop (the link's `LinkSpec` fields, see docs/ARCHITECTURE.md
   average (`Hop.goodput_bytes_per_s`). Timeouts of TCP's loss recovery are not modelled.
 
 Draws come from one seeded generator per link direction (seed, link id), so a run with the same
-seed and the same sends draws the same delays. Senders in different processes keep separate
-buckets, so contention between two sites sending over one link is not modelled.
+seed and the same sends draws the same delays. By default senders in different processes keep
+separate buckets, so contention between two sites sending over one link is not modelled; give
+every process of a deployment the same `shared_dir` and each link direction's bucket lives in a
+file there (its next-free time, CLOCK_MONOTONIC seconds, updated under flock), so processes on one
+host share the link's bandwidth as the sites would share the real one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
+import os
+import re
+import struct
 import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
+from tierplan.errors import InputError
 from tierplan.spec import FleetSpec
 
 __all__ = ["Hop", "route_table", "LinkEmulator", "PACKET_PAYLOAD_BYTES", "DEFAULT_SEED"]
@@ -125,21 +134,65 @@ def route_table(fleet: FleetSpec | None, sites: list[str]) -> dict[str, list[dic
     return out
 
 
+class _SharedClock:
+    """A link direction's next-free time in a file every process of a deployment opens (flock'd)."""
+
+    _FMT = "d"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def occupy(self, start_s: float, seconds: float) -> float:
+        """Occupy the link for `seconds` from `start_s` or when free (across processes); returns the end."""
+        size = struct.calcsize(self._FMT)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            raw = os.pread(self.fd, size, 0)
+            next_free = struct.unpack(self._FMT, raw)[0] if len(raw) == size else 0.0
+            end = max(start_s, next_free) + seconds
+            os.pwrite(self.fd, struct.pack(self._FMT, end), 0)
+            return end
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _bucket_file(shared_dir: Path, link_id: str) -> Path:
+    """A file name for a link id: its safe characters and a checksum (ids differ only in unsafe ones)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", link_id)[:80]
+    return shared_dir / f"{safe}-{zlib.crc32(link_id.encode()):08x}.bucket"
+
+
 class _Bucket:
     """One link direction: bandwidth reservations (when the link is next free) and its random draws."""
 
-    def __init__(self, hop: Hop, seed: int) -> None:
+    def __init__(self, hop: Hop, seed: int, shared: _SharedClock | None = None) -> None:
         self.hop = hop
         self.next_free_s = 0.0
         self.lock = threading.Lock()
         self.rng = np.random.default_rng([seed, zlib.crc32(hop.link_id.encode())])
+        self.shared = shared
+
+    def _occupy(self, start_s: float, seconds: float) -> float:
+        """End of `seconds` on the link from `start_s` or when free; call with self.lock held."""
+        if self.shared is not None:
+            self.next_free_s = self.shared.occupy(start_s, seconds)
+        else:
+            self.next_free_s = max(start_s, self.next_free_s) + seconds
+        return self.next_free_s
 
     def reserve(self, start_s: float, seconds: float) -> float:
         """Occupy the link for `seconds` from `start_s` or when free; returns the end time."""
         with self.lock:
-            begin = max(start_s, self.next_free_s)
-            self.next_free_s = begin + seconds
-            return self.next_free_s
+            return self._occupy(start_s, seconds)
 
     def cross(self, start_s: float, nbytes: int) -> float:
         """Send `nbytes` from `start_s`: wire time (resends included) then the drawn delay; returns arrival."""
@@ -153,17 +206,22 @@ class _Bucket:
             delay_ms = hop.delay_ms
             if hop.jitter_ms > 0:
                 delay_ms = max(0.0, delay_ms + float(self.rng.normal(0.0, hop.jitter_ms)))
-            begin = max(start_s, self.next_free_s)
-            self.next_free_s = begin + sent / hop.bytes_per_s
-            return self.next_free_s + delay_ms / 1e3
+            return self._occupy(start_s, sent / hop.bytes_per_s) + delay_ms / 1e3
 
 
 class LinkEmulator:
     """Arrival times of transfers over emulated routes (one per process; thread-safe; seeded draws)."""
 
-    def __init__(self, routes: dict[str, list[dict]] | None = None, seed: int | None = None) -> None:
+    def __init__(self, routes: dict[str, list[dict]] | None = None, seed: int | None = None,
+                 shared_dir: str | os.PathLike | None = None) -> None:
+        """`shared_dir`: an existing directory shared by every process of one deployment on this host
+        (their buckets are shared through it; the deployment removes it); None keeps them per process."""
         self.routes = {k: [Hop(**h) for h in v] for k, v in (routes or {}).items()}
         self.seed = DEFAULT_SEED if seed is None else seed
+        self.shared_dir = None if shared_dir is None else Path(shared_dir)
+        if self.shared_dir is not None and not self.shared_dir.is_dir():
+            raise InputError(f"link emulator: shared_dir {str(self.shared_dir)!r} is not a directory. "
+                             "To fix: create it (one per deployment) before starting the senders")
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
@@ -174,8 +232,18 @@ class LinkEmulator:
         with self._lock:
             b = self._buckets.get(hop.link_id)
             if b is None:
-                b = self._buckets[hop.link_id] = _Bucket(hop, self.seed)
+                shared = None if self.shared_dir is None else _SharedClock(_bucket_file(self.shared_dir, hop.link_id))
+                b = self._buckets[hop.link_id] = _Bucket(hop, self.seed, shared)
             return b
+
+    def close(self) -> None:
+        """Close the shared bucket files (the emulator keeps working, per process, afterwards)."""
+        with self._lock:
+            for b in self._buckets.values():
+                with b.lock:
+                    if b.shared is not None:
+                        b.shared.close()
+                        b.shared = None
 
     def arrival_s(self, a: str, b: str, nbytes: int, now_s: float | None = None) -> float:
         """Reserve the route's links for `nbytes` sent now; the monotonic time the last byte arrives.

@@ -139,3 +139,51 @@ def test_multi_hop_jitter_adds_in_variance():
     d = np.array(d)
     assert d.mean() == pytest.approx(20 + 5, abs=3 * math.sqrt(37 / N_DRAWS))
     assert d.std() == pytest.approx(math.sqrt(36 + 1), rel=0.05)
+
+
+_RESERVE = """
+import json, sys
+from runtime.links import LinkEmulator
+routes = {"a|b": [{"link_id": "a->b", "bandwidth_mbps": 8.0, "delay_ms": 0.0}]}
+emu = LinkEmulator(routes, shared_dir=sys.argv[1])
+t0, n = float(sys.argv[2]), int(sys.argv[3])
+print(json.dumps([emu.arrival_s("a", "b", 10_000, now_s=t0) for _ in range(n)]))
+"""
+
+
+def _reserve_in_processes(shared_dir, t0: float, n: int, procs: int) -> list[float]:
+    """Arrival times of n 10 kB sends at t0 from each of `procs` concurrent Python processes sharing shared_dir."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    ps = [subprocess.Popen([sys.executable, "-c", _RESERVE, str(shared_dir), repr(t0), str(n)],
+                           stdout=subprocess.PIPE, text=True, env=env) for _ in range(procs)]
+    out = []
+    for p in ps:
+        stdout, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        out += json.loads(stdout)
+    return out
+
+
+def test_processes_sharing_a_dir_share_the_links_bandwidth(tmp_path):
+    """Two processes sending 50 x 10 kB each over one 8 Mbit/s link through a shared dir queue behind each other."""
+    import time
+    t0 = time.monotonic() + 100.0           # CLOCK_MONOTONIC is one clock for every process of the host
+    arrivals = sorted(_reserve_in_processes(tmp_path, t0, 50, 2))
+    slot_s = 10_000 * 8 / 8e6
+    # 100 reservations, none overlapping: exactly one every 10 ms, the last at 1 s
+    assert np.allclose(np.diff([t0] + arrivals), slot_s, rtol=1e-6)
+    # the same sends without a shared dir: each process has the link to itself
+    alone = LinkEmulator({"a|b": [{"link_id": "a->b", "bandwidth_mbps": 8.0, "delay_ms": 0.0}]})
+    assert max(alone.arrival_s("a", "b", 10_000, now_s=t0) for _ in range(50)) == pytest.approx(t0 + 50 * slot_s)
+
+
+def test_shared_dir_must_exist(tmp_path):
+    """A shared_dir that is not a directory is refused at construction, naming the path and the fix."""
+    from tierplan.errors import InputError
+    with pytest.raises(InputError, match="not a directory. To fix"):
+        LinkEmulator({}, shared_dir=tmp_path / "missing")
