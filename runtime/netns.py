@@ -6,7 +6,8 @@ unique names, joins them by a veth pair with private addresses on one /30, puts 
 filter (`tc qdisc ... tbf`) on the sending side (and optionally the other), and deletes it all
 on exit, also on error. Processes started with `VethPair.popen` run inside a namespace
 (`ip netns exec`) and are ended on exit; so is anything else left running in the two namespaces,
-which nobody else can have entered. It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); when the
+which nobody else can have entered. A process killed inside the `with` leaves its pair behind:
+`remove_stale_pairs()` deletes pairs whose owner (the pid in their name) is gone. It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); when the
 machine refuses, `NetnsError` names the command and the kernel's answer.
 
 tbf counts whole frames: at MTU 1500, TCP/IP and Ethernet headers take 66 of every 1514 bytes,
@@ -27,6 +28,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -40,7 +42,7 @@ from typing import Iterator, Sequence
 from runtime.links import PACKET_PAYLOAD_BYTES
 from tierplan.errors import RuntimeFault
 
-__all__ = ["VethPair", "NetnsError", "veth_pair", "tbf_args", "wire_rate_mbps", "probe_argv", "probe_env",
+__all__ = ["VethPair", "NetnsError", "veth_pair", "remove_stale_pairs", "tbf_args", "wire_rate_mbps", "probe_argv", "probe_env",
            "read_port", "main", "TBF_BURST_S", "TBF_MIN_BURST_BYTES", "TBF_QUEUE_MS", "FRAME_HEADER_BYTES"]
 
 # tbf's bucket depth: what the link may send at once after an idle spell, as time at the rate,
@@ -58,6 +60,7 @@ _CMD_TIMEOUT_S = 10.0
 _PROBE_START_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 3.0
 _NAME_COUNTER = itertools.count()
+_NS_NAME = re.compile(r"^tierplan-([0-9a-f]{6})[0-9a-f]{4}-[ab]$")
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy",
                "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
@@ -92,6 +95,12 @@ def tbf_args(rate_mbps: float, burst_bytes: int | None = None, queue_ms: float =
 def wire_rate_mbps(payload_mbps: float) -> float:
     """The tbf rate whose payload rate is `payload_mbps` (full-size segments): how the emulator reads a declared link."""
     return payload_mbps * (PACKET_PAYLOAD_BYTES + FRAME_HEADER_BYTES) / PACKET_PAYLOAD_BYTES
+
+
+def _ns_pids(ns: str) -> list[int]:
+    """Processes inside namespace `ns` (empty when it does not exist)."""
+    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=_CMD_TIMEOUT_S)
+    return [int(x) for x in r.stdout.split() if x.isdigit()] if r.returncode == 0 else []
 
 
 class VethPair:
@@ -154,10 +163,6 @@ class VethPair:
                 _run(self.exec_argv(side, ["tc", "qdisc", "add", "dev", self.devices[side], "root",
                                            *tbf_args(rate)]))
 
-    def _ns_pids(self, ns: str) -> list[int]:
-        r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=_CMD_TIMEOUT_S)
-        return [int(x) for x in r.stdout.split() if x.isdigit()] if r.returncode == 0 else []
-
     def close(self) -> None:
         """End this pair's processes, then delete both namespaces (their veth ends go with them)."""
         for p in self._procs:
@@ -170,7 +175,7 @@ class VethPair:
                 p.kill()
                 p.wait()
         for ns in self.namespaces:
-            for pid in self._ns_pids(ns):  # strays inside our own, uniquely named namespaces
+            for pid in _ns_pids(ns):  # strays inside our own, uniquely named namespaces
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -181,8 +186,42 @@ class VethPair:
 
 
 def _token() -> str:
-    """A name part unique across processes and calls: pid, a counter and random bits (9 hex digits)."""
-    return f"{os.getpid() & 0xFFFFF:05x}{next(_NAME_COUNTER) & 0xF:x}{secrets.token_hex(2)[:3]}"
+    """A name part unique across processes and calls: the owner's pid (6 hex digits), a counter, random bits."""
+    return f"{os.getpid():06x}{next(_NAME_COUNTER) & 0xF:x}{secrets.token_hex(2)[:3]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_pairs() -> list[str]:
+    """Delete the namespaces of pairs whose owning process is gone (killed before its `with` ended).
+
+    Only names this module makes (`tierplan-<pid><counter><random>-a|b`) whose pid is not alive are
+    touched; processes still inside them were started by that dead owner and are ended. Returns the
+    namespaces removed.
+    """
+    out = _run(["ip", "netns", "list"])
+    removed = []
+    for line in out.splitlines():
+        m = _NS_NAME.match(line.split(" ", 1)[0])
+        if m is None or _pid_alive(int(m.group(1), 16)):
+            continue
+        ns = m.group(0)
+        for pid in _ns_pids(ns):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=_CMD_TIMEOUT_S)
+        removed.append(ns)
+    return removed
 
 
 @contextmanager

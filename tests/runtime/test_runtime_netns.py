@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtime.links import LinkEmulator
-from runtime.netns import NetnsError, probe_argv, probe_env, read_port, veth_pair, wire_rate_mbps
+from runtime.netns import NetnsError, probe_argv, probe_env, read_port, remove_stale_pairs, veth_pair, wire_rate_mbps
 from runtime.proto import runtime_pb2 as pb
 from runtime.stage import Sender, delivery_handlers
 from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery
@@ -125,3 +125,18 @@ def test_refusal_is_reported_as_a_netns_error_naming_the_command():
         with veth_pair(rate_mbps=1e-9):
             pass
     assert _namespaces() == before
+
+
+def test_stale_pairs_of_dead_owners_are_removed_and_live_ones_kept():
+    """remove_stale_pairs deletes namespaces whose owning pid is gone and leaves a live pair alone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"tierplan-{dead.pid:06x}0abc-a"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        with veth_pair() as live:
+            removed = remove_stale_pairs()
+            assert stale in removed and stale not in _namespaces()
+            assert all(n in _namespaces() for n in live.namespaces) and not set(live.namespaces) & set(removed)
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)
