@@ -7,14 +7,15 @@ filter (`tc qdisc ... tbf`) on the sending side (and optionally the other), and 
 on exit, also on error. Processes started with `VethPair.popen` run inside a namespace
 (`ip netns exec`) and are ended on exit; so is anything else left running in the two namespaces,
 which nobody else can have entered. A process killed inside the `with` leaves its pair behind:
-`remove_stale_pairs()` deletes pairs whose owner (the pid in their name) is gone. It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); when the
-machine refuses, `NetnsError` names the command and the kernel's answer.
+`remove_stale_pairs()` deletes pairs whose owner (the pid in their name) is gone. It needs root
+(CAP_NET_ADMIN and CAP_SYS_ADMIN); when the machine refuses, `NetnsError` names the command and
+the kernel's answer.
 
 tbf counts whole frames: at MTU 1500, TCP/IP and Ethernet headers take 66 of every 1514 bytes,
 so the payload moves at about 95.6% of the shaped rate, while the emulator and the cost model
 charge payload bytes against the declared bandwidth: `wire_rate_mbps(declared)` is the tbf rate
-that gives the declared link's payload rate.
-Delay and jitter need netem, which this shaper does not use (kernels without it are common).
+that gives the declared link's payload rate. Delay and jitter would need netem, which this
+shaper does not use (this machine's kernel has no sch_netem).
 
 The same module is the probe that measures such a link with tierplan's own transport:
 `python -m runtime.netns serve --listen HOST:0` runs a Stage delivery endpoint (the handlers of
