@@ -9,9 +9,10 @@
    and EdgeSimPy do 1,000-4,000 requests per wall second and YAFS slows down as N grows):
    simulated requests per wall second at N = 1,000 and 10,000. Cost per request must not grow with N.
 3. Cross-check: SimPy and the fast path on one scenario (mean and p95 ratios, goal within 1%).
-4. Fidelity: `tierplan run EXAMPLE --json` (the runtime on localhost, emulated links) against the
-   simulator on the same example, p50 and p95 ratios (goal within 15%). Runs only when the runtime
-   is importable; otherwise it prints that it was skipped and why.
+4. Fidelity: the local runtime (the request loop of `tierplan run EXAMPLE`, through its Python API,
+   keeping each request's steps) against the simulator calibrated on alternate requests of the
+   same run, p50 and p95 ratios (goal within 15%). Runs only when the runtime is importable;
+   otherwise it prints that it was skipped and why.
 Writes benchmarks/results/simulate.json.
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -42,6 +43,8 @@ PEER_RATE_HZ = 5.0
 FIDELITY_TOLERANCE = 0.15
 FIDELITY_RATE_HZ = 0.01      # one request per 100 s per source: no queueing, like one-at-a-time requests
 FIDELITY_SIM_S = 40_000.0    # 400 requests per source
+FIDELITY_WARMUP = 1          # first request after deploy: lazy initialisation, left out
+FIDELITY_MIN_REQUESTS = 20   # measured requests below which a p95 means little
 con = Console(width=140)
 
 
@@ -135,78 +138,91 @@ def bench_crosscheck(duration_s: float) -> dict:
     return out
 
 
-def _stage_latencies(stages: list) -> dict[tuple[str, str], tuple[float, float]]:
-    """(node, site) -> (p50_ms, p95_ms) of the compute stages `tierplan run` measured ("node@site")."""
-    out = {}
-    for st in stages or []:
-        if isinstance(st, dict) and st.get("kind") == "compute" and "@" in st.get("name", ""):
-            node, _, site = st["name"].rpartition("@")
-            out[(node, site)] = (float(st["measured_p50_ms"]), float(st["measured_p95_ms"]))
-    return out
+def _stage_latencies(traces: list) -> dict[tuple[str, str], tuple[float, float]]:
+    """(node, site) -> (p50_ms, p95_ms) of the compute steps in the traces ("node@site")."""
+    steps: dict[tuple[str, str], list[float]] = {}
+    for tr in traces:
+        for kind, name, ms in tr.steps:
+            if kind == "compute" and "@" in name:
+                node, _, site = name.rpartition("@")
+                steps.setdefault((node, site), []).append(ms)
+    return {k: (float(np.percentile(v, 50)), float(np.percentile(v, 95))) for k, v in steps.items()}
 
 
 def _local_fleet(fleet_spec: FleetSpec, edge_class: str) -> FleetSpec:
-    """The fleet as `tierplan run` emulates it: one site per class, the edge class it drives, no jitter."""
+    """The fleet as `tierplan run` emulates it: one site per class and the edge class it drives
+    (links as declared: the emulator draws their jitter too)."""
     sites = {n: s.model_copy(update={"count": 1}) for n, s in fleet_spec.sites.items()
              if s.tier != "edge" or n == edge_class}
-    links = {n: ln.model_copy(update={"jitter_ms": 0.0}) for n, ln in fleet_spec.links.items()}
-    return FleetSpec(name=fleet_spec.name, sites=sites, links=links)
+    return FleetSpec(name=fleet_spec.name, sites=sites, links=dict(fleet_spec.links))
 
 
-def _sim_e2e(p: Plan, fleet_spec: FleetSpec, overrides: dict | None) -> tuple[float, float]:
-    """p50 and p95 of the slowest sink at negligible load (the runtime sends one request at a time)."""
+def _sim_e2e(p: Plan, fleet_spec: FleetSpec, **kw) -> tuple[float, float]:
+    """p50 and p95 of the slowest sink at negligible load (the runtime sends one request at a time),
+    every site one worker (as deployed locally) on one host with this machine's cores."""
     sources = [x.id for x in p.pieces if x.kind == "source"]
     rep = simulate(p, fleet_spec, strategies=["optimal"], duration_s=FIDELITY_SIM_S, seed=0,
-                   rates={s: FIDELITY_RATE_HZ for s in sources}, latency_ms=overrides or None)
+                   rates={s: FIDELITY_RATE_HZ for s in sources}, replicas={s: 1 for s in fleet_spec.sites},
+                   colocate=os.cpu_count() or 1, **kw)
     sinks = rep.strategies["optimal"].sinks.values()
     return (max(s.p50_ms for s in sinks if s.p50_ms is not None), max(s.p95_ms for s in sinks if s.p95_ms is not None))
 
 
 def bench_fidelity(duration_s: float) -> dict:
-    """`tierplan run` vs the simulator on each example; skipped (with the reason) without a runtime.
+    """The local runtime vs the simulator on each example; skipped (with the reason) without a runtime.
 
-    The simulator replays the run's conditions: one site per class and the edge class the runtime
-    drives, links without jitter (the emulator has none), one request at a time (negligible load).
-    Two variants: the plan's predicted piece times, and the piece times the run itself measured
-    (p50/p95 per compute stage, as log-normals): the second isolates the simulator's composition
-    (pieces in sequence per site, branches, fan-out, links) from the cost model's error.
+    Requests go through the runtime's Python API exactly as `tierplan run` sends them (one after
+    another, emulated links, every site on this machine), keeping each request's steps. The
+    requests are split alternately: the even ones calibrate the simulator (a ServiceProfile: each
+    compute step's measured times and the within-request correlation fitted to the spread of the
+    requests' total compute time), the odd ones are the measurement it is compared with. The
+    simulator replays the run's conditions: one site per class, the edge class the runtime drives,
+    one worker per site on one host with this machine's cores, negligible load.
+    Three rows per example: the plan's predicted piece times (fleet devices, not this machine),
+    each step's measured p50/p95 as an independent log-normal (last session's method), and the
+    calibrated profile (the goal).
     """
     try:
         import runtime.runapp  # noqa: F401
-        import tierplan.commands.run  # noqa: F401
+        import runtime.deploy  # noqa: F401
     except Exception as e:  # any import failure means no runtime to compare against
         return {"skipped": f"runtime not importable ({e.__class__.__name__}: {e})"}
     examples = [d for d in sorted((ROOT / "examples").iterdir())
                 if (d / "app.yaml").exists() and (d / "fleet.yaml").exists()] if (ROOT / "examples").exists() else []
     if not examples:
         return {"skipped": "no examples/<name>/ with app.yaml and fleet.yaml"}
-    from runtime.runapp import make_plan
-    from tierplan.loader import load_app, load_fleet
+    from simulations.calibration import collect_runtime_traces, profile_from_traces
+    from tierplan.loader import load_fleet
     rows = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for ex in examples:
-        cmd = [sys.executable, "-m", "tierplan", "run", str(ex), "--duration", f"{duration_s:g}", "--json"]
+        load = os.getloadavg()[0]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(600, 20 * duration_s), env=env, cwd=ROOT)
-        except subprocess.TimeoutExpired:
-            rows.append({"example": ex.name, "error": "tierplan run timed out"})
+            traces, p = collect_runtime_traces(ex.name, duration_s)
+        except Exception as e:  # a runtime failure is reported in the table, not a crash of the benchmark
+            rows.append({"example": ex.name, "error": f"{e.__class__.__name__}: {e}".splitlines()[0]})
             continue
-        if proc.returncode != 0:
-            rows.append({"example": ex.name, "error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]})
+        traces = traces[FIDELITY_WARMUP:]
+        calib, valid = traces[0::2], traces[1::2]
+        if len(valid) < FIDELITY_MIN_REQUESTS:
+            rows.append({"example": ex.name, "error": f"only {len(traces)} requests in {duration_s:g} s"})
             continue
-        measured = json.loads(proc.stdout)
+        lat = np.array([t.latency_ms for t in valid])
+        m50, m95 = float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+        prof = profile_from_traces(calib, source=f"{ex.name} (even requests)")
         fleet_spec = load_fleet(ex / "fleet.yaml")
-        p, _ = make_plan(load_app(ex / "app.yaml"), fleet_spec, ex / "app.yaml", ex / "fleet.yaml")
         edge = next(iter(p.per_class), None) or next(n for n, s in fleet_spec.sites.items() if s.tier == "edge")
         local = _local_fleet(fleet_spec, edge)
-        m50, m95 = measured["measured_p50_ms"], measured["measured_p95_ms"]
-        row = {"example": ex.name, "measured_p50_ms": m50, "measured_p95_ms": m95}
-        for tag, ov in (("plan", None), ("stages", _stage_latencies(measured.get("stages", [])))):
-            s50, s95 = _sim_e2e(p, local, ov)
+        row = {"example": ex.name, "requests_calibration": len(calib), "requests_measured": len(valid),
+               "load_1min": load, "measured_p50_ms": m50, "measured_p95_ms": m95,
+               "correlation_fitted": prof.correlation,
+               "correlation_pairwise_mean": float(np.mean(list(prof.pairs.values()))) if prof.pairs else 0.0}
+        variants = (("plan", {}), ("independent", {"latency_ms": _stage_latencies(calib)}),
+                    ("profile", {"profile": prof}))
+        for tag, kw in variants:
+            s50, s95 = _sim_e2e(p, local, **kw)
             row[f"sim_{tag}_p50_ms"], row[f"sim_{tag}_p95_ms"] = s50, s95
             row[f"{tag}_p50_ratio"], row[f"{tag}_p95_ratio"] = s50 / m50, s95 / m95
             row[f"{tag}_met"] = abs(s50 / m50 - 1) <= FIDELITY_TOLERANCE and abs(s95 / m95 - 1) <= FIDELITY_TOLERANCE
-        row["unaccounted_p50_ms"] = m50 - row["sim_stages_p50_ms"]
         rows.append(row)
     return {"examples": rows}
 
@@ -214,11 +230,26 @@ def bench_fidelity(duration_s: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (1 M requests, 2,000 devices)")
-    ap.add_argument("--fidelity-duration", type=float, default=20.0)
+    ap.add_argument("--fidelity-duration", type=float, default=40.0,
+                    help="seconds of requests per example through the local runtime")
+    ap.add_argument("--only-fidelity", action="store_true", help="only the fidelity part (keeps the other results)")
     args = ap.parse_args()
+    out = ROOT / "benchmarks" / "results"
+    if args.only_fidelity and (out / "simulate.json").exists():
+        results = json.loads((out / "simulate.json").read_text())
+    else:
+        results = {"quick": args.quick}
+        _speed(args, results)
+    _fidelity(args, results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "simulate.json").write_text(json.dumps(results, indent=2))
+    con.print(f"wrote {out / 'simulate.json'}")
+
+
+def _speed(args, results: dict) -> None:
+    """Parts 1-3: the goal run, both paths' speed and scaling, the cross-check."""
     n_goal, n_dev = (1_000_000, 2_000) if args.quick else (GOAL_REQUESTS, GOAL_DEVICES)
     sizes = [1_000, 2_000] if args.quick else [1_000, 10_000]
-    results: dict = {"quick": args.quick}
 
     con.print(f"[bold]fast-path goal[/bold]: {n_goal:,} requests, {n_dev:,} devices, 60 simulated s")
     g = results["goal"] = bench_goal(n_goal, n_dev)
@@ -260,30 +291,34 @@ def main() -> None:
     t.add_row("p95 ms", f"{c['simpy']['p95_ms']:.3f}", f"{c['fast']['p95_ms']:.3f}", f"{c['p95_ratio']:.5f}")
     con.print(t)
 
+
+
+def _fidelity(args, results: dict) -> None:
+    """Part 4: the simulator against the local runtime."""
     f = results["fidelity"] = bench_fidelity(args.fidelity_duration)
     if "skipped" in f:
         con.print(f"[yellow]fidelity skipped[/yellow]: {f['skipped']}")
     else:
-        t = Table(title=f"Fidelity: simulator vs `tierplan run` (goal: within {FIDELITY_TOLERANCE:.0%})")
+        t = Table(title=f"Fidelity: simulator vs the local runtime (`tierplan run`'s request loop; goal: within "
+                        f"{FIDELITY_TOLERANCE:.0%})")
         for h in ("example", "piece times", "run p50", "sim p50", "ratio", "run p95", "sim p95", "ratio", "met"):
             t.add_column(h, justify="right")
+        labels = (("plan", "plan (fleet devices)"), ("independent", "per-step log-normal, independent"),
+                  ("profile", "measured profile + correlation"))
         for r in f["examples"]:
             if "error" in r:
                 t.add_row(r["example"], "error: " + r["error"], "", "", "", "", "", "", "NO")
                 continue
-            for tag, label in (("plan", "plan (predicted)"), ("stages", "measured by run")):
+            for tag, label in labels:
                 t.add_row(r["example"], label, f"{r['measured_p50_ms']:.1f}", f"{r[f'sim_{tag}_p50_ms']:.1f}",
                           f"{r[f'{tag}_p50_ratio']:.2f}", f"{r['measured_p95_ms']:.1f}", f"{r[f'sim_{tag}_p95_ms']:.1f}",
                           f"{r[f'{tag}_p95_ratio']:.2f}", "yes" if r[f"{tag}_met"] else "NO")
         con.print(t)
         for r in f["examples"]:
-            if "unaccounted_p50_ms" in r:
-                con.print(f"{r['example']}: run p50 - simulated p50 from the run's own stage times = "
-                          f"{r['unaccounted_p50_ms']:+.1f} ms (time the run spends outside its measured stages)")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "simulate.json").write_text(json.dumps(results, indent=2))
-    con.print(f"wrote {out / 'simulate.json'}")
+            if "error" not in r:
+                con.print(f"{r['example']}: {r['requests_calibration']} requests calibrate, {r['requests_measured']} "
+                          f"measured; correlation fitted {r['correlation_fitted']:.3f} (mean pairwise "
+                          f"{r['correlation_pairwise_mean']:.3f}); load average {r['load_1min']:.2f} at the start")
 
 
 if __name__ == "__main__":

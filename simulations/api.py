@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from planner.plan import Plan
+from simulations.calibration import ServiceProfile, load_profile
 from simulations.engine_common import EngineResult, sink_done
 from simulations.engine_fast import FastPathUnsupported, run_fast
 from simulations.engine_simpy import run_simpy
@@ -180,7 +181,7 @@ def _offered_ms_per_s(journeys: list[Journey], fleet: FleetView) -> dict[str, fl
         rps = fleet.classes[j.origin].count * j.rate_hz
         for st in j.stages:
             if st.kind == "compute":
-                ms = sum(w.amount * w.rate_factor for w in st.work)
+                ms = sum(w.amount * w.rate_factor for w in st.work) * st.expected_runs
                 out[st.site] = out.get(st.site, 0.0) + rps * ms / fleet.classes[st.site].count
     return out
 
@@ -326,7 +327,8 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
              replicas: dict[str, int] | None = None, service_dist: str = "lognormal",
              service_cv: float = 0.1, dispatch: str = "round_robin",
              latency_ms: dict[tuple[str, str], float | tuple[float, float]] | None = None,
-             app: Any = None) -> SimReport:
+             app: Any = None, service_correlation: float = 0.0,
+             profile: ServiceProfile | str | Path | None = None, colocate: int | None = None) -> SimReport:
     """Replay each strategy of `plan` over `fleet` for `duration_s` simulated seconds.
 
     fast: True = vectorised path (raises InputError where it cannot run), False = SimPy, None =
@@ -336,6 +338,12 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
     replicas[site] fixes servers per instance; links[site] varies a link (scenario.parse_link);
     app (AppSpec) supplies source rates and sink destinations the plan does not carry (default:
     the plan's app_path).
+    service_correlation in [0, 1]: share of the log-normal service variance common to all compute
+    stages of a request (one slowdown draw per request). profile (a ServiceProfile or its JSON file,
+    simulations.calibration): measured per-stage times `node@site`, replayed by their empirical
+    quantiles with the profile's within-request correlation, for the nodes it measured.
+    colocate=N: every site shares one host with N cores (as `tierplan run` deploys on this
+    machine): compute stages of all sites queue for the same cores instead of their own servers.
 
     >>> report = simulate(plan, fleet, duration_s=30, seed=1)           # doctest: +SKIP
     >>> report.strategies["optimal"].sinks["boxes"].p95_ms             # doctest: +SKIP
@@ -367,7 +375,10 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
     base_rng = np.random.default_rng(seed)
     compiled = {name: compile_journeys(plan, fv, fn, origins_for, rate_for, service_ms, deliver_for)
                 for name, fn in chosen.items()}
-    world = World(fv, {}, duration_s, base_rng, fails, moves, link_vars, service_dist, service_cv)
+    if isinstance(profile, (str, Path)):
+        profile = load_profile(profile)
+    world = World(fv, {}, duration_s, base_rng, fails, moves, link_vars, service_dist, service_cv,
+                  service_correlation=service_correlation, profile=profile, host_cores=colocate)
     # arrivals per (origin, source): shared by every strategy
     keys = sorted({(j.origin, j.source) for js in compiled.values() for j in js})
     rfs: dict[tuple, set] = {}
@@ -375,6 +386,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
     for js in compiled.values():
         for j in js:
             rfs.setdefault((j.origin, j.source), set()).update(w.rate_factor for st in j.stages for w in st.work)
+            rfs[(j.origin, j.source)].update(st.lane_rate_factor for st in j.stages)
             rate_of[(j.origin, j.source)] = j.rate_hz
     shared_arrivals = {k: world.draw_arrivals(k[0], rate_of[k], arr_spec, rfs[k], base_rng) for k in keys}
 
@@ -426,6 +438,10 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
     scenario = {"failures": [f"{w.kind}:{w.target}@{w.start_s:g}-{w.end_s:g}:{w.policy}" for w in fails],
                 "mobility": [f"{m.edge_class}:{m.share:g}@{m.start_s:g}" for m in moves],
                 "links": {k: v.label for k, v in link_vars.items()}, "service_dist": service_dist,
-                "dispatch": dispatch}
+                "dispatch": dispatch, "service_correlation": service_correlation,
+                "profile": None if profile is None else {"source": profile.source, "requests": profile.requests,
+                                                         "correlation": profile.correlation,
+                                                         "stages": len(profile.samples_ms)},
+                "colocate_cores": colocate}
     return SimReport(strategies=results, seed=seed, duration_s=duration_s, arrivals=arr_spec.label,
                      scenario=scenario, skipped=skipped, series_step_s=step_s)

@@ -172,6 +172,9 @@ def _tandem_order(world: World, journeys: list[Journey], draws: list[StageDraws]
 def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws],
              draws: list[StageDraws]) -> EngineResult:
     """Simulate every journey's requests to completion with the vectorised recursion."""
+    if world.host_binds(journeys):
+        raise FastPathUnsupported(f"the shared host's {world.host_cores} cores are fewer than the site servers "
+                                  f"that compute on it (a job needs both; the SimPy path models that)")
     groups = _resource_groups(journeys)
     n_req = [len(a.t_ms) for a in arrivals]
     done = [[np.full(n, np.nan) for _ in j.stages] for j, n in zip(journeys, n_req)]

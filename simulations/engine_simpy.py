@@ -46,6 +46,7 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
     failed = [np.zeros(n, dtype=bool) for n in n_req]
     rerouted = [np.zeros(n, dtype=bool) for n in n_req]
     delayed = [np.zeros(n, dtype=bool) for n in n_req]
+    host = [0.0] * world.host_cores if world.host_cores is not None else None  # cores' next-free times
     free: dict = {}  # queue -> when its server is next free (a heap of servers with dispatch="shared")
     rr: dict[tuple, int] = {}
     rec: dict[str, tuple[list, list, list]] = {}
@@ -89,18 +90,21 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
             rec[label] = ([], [], [])
             meta[label] = (world.instance_count(st), servers)
         key = (st.resource, inst)
+        on_host = host is not None and st.kind == "compute"
         if dispatch == "shared":  # c servers, one FIFO queue: the job takes the earliest-free server
             heap = free.get(key)
             if heap is None:
                 heap = free[key] = [0.0] * servers
-            start = max(t, heapq.heappop(heap))
-            heapq.heappush(heap, start + svc)
+            start = max(t, heap[0], host[0] if on_host else 0.0)
+            heapq.heapreplace(heap, start + svc)
         else:  # round-robin over replicas, each a FIFO server
             k = rr.get(key, 0)
             rr[key] = k + 1
             pk = (key, k % servers)
-            start = max(t, free.get(pk, 0.0))
+            start = max(t, free.get(pk, 0.0), host[0] if on_host else 0.0)
             free[pk] = start + svc
+        if on_host:  # the job also holds one of the shared host's cores (the earliest free)
+            heapq.heapreplace(host, start + svc)
         yield env.timeout(start + svc - t)
         r = rec[label]
         r[0].append(inst)

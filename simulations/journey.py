@@ -17,7 +17,8 @@ Stages form a DAG (branches on different sites overlap); work per stage is a lis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Callable, Literal
 
 import networkx as nx
@@ -25,9 +26,12 @@ import networkx as nx
 from simulations.fleetview import FleetView
 from tierplan.errors import InputError
 
-__all__ = ["Work", "Stage", "Journey", "compile_journeys", "resolve_site", "TIER_NAMES"]
+__all__ = ["Work", "Stage", "Journey", "compile_journeys", "resolve_site", "TIER_NAMES", "MAX_LANES"]
 
 TIER_NAMES = ("edge", "base_station", "cloud")
+# Fan-outs up to this many items per request travel as separate items (lanes); larger ones are one
+# batch per stage (the lanes multiply the stages a request passes through).
+MAX_LANES = 8
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class Work:
     amount: float
     rate_factor: float
     sigma: float | None = None  # log-space spread of one invocation's time; None: the run's service_dist
+    node: str = ""              # compute: the app node this work is (a measured profile is keyed by node@site)
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class Stage:
     preds: tuple[int, ...] = ()     # () = starts when the request arrives
     work: tuple[Work, ...] = ()
     label: str = ""
+    lane: int = -1                  # >= 0: the fan-out item this copy carries (runs when the request has more)
+    lane_rate_factor: float = 1.0   # the fan-out's rate factor (invocations per request) for a lane
+
+    @property
+    def expected_runs(self) -> float:
+        """Share of requests that run this stage (a lane j runs when the fan-out gives more than j items)."""
+        return 1.0 if self.lane < 0 else min(1.0, max(0.0, self.lane_rate_factor - self.lane))
 
     @property
     def resource(self) -> tuple:
@@ -113,11 +125,11 @@ def _order(g: nx.DiGraph, nodes: list[str], site: dict[str, str], pos: dict[str,
     return out
 
 
-def _compute_work(ms: float | tuple[float, float], rate_factor: float) -> Work:
+def _compute_work(ms: float | tuple[float, float], rate_factor: float, node: str = "") -> Work:
     """Work of one node: a mean time, or (mean, log-space sigma) for a measured spread."""
     if isinstance(ms, tuple):
-        return Work(float(ms[0]), rate_factor, float(ms[1]))
-    return Work(float(ms), rate_factor)
+        return Work(float(ms[0]), rate_factor, float(ms[1]), node)
+    return Work(float(ms), rate_factor, None, node)
 
 
 def compile_journeys(plan, fleet: FleetView, assignment_for: Callable[[str], dict[str, str]],
@@ -215,7 +227,7 @@ def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_m
             if from_site != gsite:
                 pred = transfer(from_site, gsite, pred, work, f"{src}->{members[0]}")
             preds.extend(p for p in pred if p not in preds)
-        work = tuple(_compute_work(service_ms(nodes[n], gsite), rf(n)) for n in members)
+        work = tuple(_compute_work(service_ms(nodes[n], gsite), rf(n), n) for n in members)
         stages.append(Stage(len(stages), "compute", gsite, None, False, tuple(preds), work,
                             f"{gsite}: {', '.join(members)}"))
         group_stage[gi] = len(stages) - 1
@@ -233,4 +245,43 @@ def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_m
                 pred = transfer(groups[gi][0], site[n], pred, (Work(g.edges[u, n]["nbytes"], rf(u)),), f"->{name}")
             done.extend(pred)
         sinks[name] = tuple(done)
+    stages, sinks = _lanes(stages, sinks)
     return Journey(origin, src, rate, tuple(stages), sinks)
+
+
+def _lanes(stages: list[Stage], sinks: dict[str, tuple[int, ...]]) -> tuple[list[Stage], dict[str, tuple[int, ...]]]:
+    """Split a fan-out's stages into one lane per item, as the runtime sends them.
+
+    A fan-out's items are separate messages: item 1 is computed upstream while item 2 still
+    crosses the link (they pipeline through the same FIFO resources). The stages whose every work
+    item has the fan-out's rate factor rf become ceil(rf) copies with one invocation each; lane j
+    runs when the request's fan-out gave more than j items. Stages after the fan-in (and sinks)
+    wait for every lane. One fan-out per journey, up to MAX_LANES items; otherwise unchanged.
+    """
+    fan = {w.rate_factor for st in stages for w in st.work} - {1.0}
+    if len(fan) != 1:
+        return stages, sinks
+    rf = fan.pop()
+    k = math.ceil(rf)
+    region = {st.index for st in stages if st.work and all(w.rate_factor == rf for w in st.work)}
+    if not region or k > MAX_LANES or k < 2:
+        return stages, sinks
+    out: list[Stage] = []
+    new_of: dict[tuple[int, int], int] = {}   # (old index, lane or -1) -> new index
+
+    def after(p: int, lane: int) -> list[int]:
+        if p not in region:
+            return [new_of[(p, -1)]]
+        return [new_of[(p, lane)]] if lane >= 0 else [new_of[(p, j)] for j in range(k)]
+
+    for st in stages:
+        lanes = range(k) if st.index in region else (-1,)
+        for j in lanes:
+            preds = tuple(dict.fromkeys(x for p in st.preds for x in after(p, j)))
+            work = tuple(replace(w, rate_factor=1.0) for w in st.work) if j >= 0 else st.work
+            label = f"{st.label} [item {j + 1}]" if j >= 0 else st.label
+            out.append(replace(st, index=len(out), preds=preds, work=work, label=label, lane=j,
+                               lane_rate_factor=rf if j >= 0 else 1.0))
+            new_of[(st.index, j)] = len(out) - 1
+    new_sinks = {name: tuple(dict.fromkeys(x for p in done for x in after(p, -1))) for name, done in sinks.items()}
+    return out, new_sinks

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulations.calibration import ServiceProfile
 from simulations.fleetview import FleetView
 from simulations.journey import Journey, Stage
 from simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, MobilityEvent,
@@ -92,13 +93,24 @@ class World:
     def __init__(self, fleet: FleetView, replicas: dict[str, int], duration_s: float,
                  rng: np.random.Generator, failures: list[FailureWindow] = (),
                  mobility: list[MobilityEvent] = (), links: dict[str, LinkVariation] | None = None,
-                 service_dist: str = "lognormal", service_cv: float = 0.1):
+                 service_dist: str = "lognormal", service_cv: float = 0.1, *,
+                 service_correlation: float = 0.0, profile: ServiceProfile | None = None,
+                 host_cores: int | None = None):
         self.fleet = fleet
         self.replicas = dict(replicas)
         self.duration_s = float(duration_s)
         self.rng = rng
         self.service_dist = service_dist
         self.service_cv = float(service_cv)
+        if not 0.0 <= service_correlation <= 1.0:
+            raise InputError(f"simulate: service_correlation must be in [0, 1], got {service_correlation}")
+        if host_cores is not None and int(host_cores) < 1:
+            raise InputError(f"simulate: colocate (cores of the shared host) must be >= 1, got {host_cores}")
+        if service_correlation > 0 and service_dist != "lognormal":
+            raise InputError("simulate: service_correlation needs service_dist='lognormal' (it mixes log-normal draws)")
+        self.service_correlation = float(service_correlation)
+        self.profile = profile
+        self.host_cores = None if host_cores is None else int(host_cores)
         if service_dist not in ("lognormal", "exponential", "deterministic"):
             raise InputError(f"simulate: service_dist must be lognormal, exponential or deterministic, got {service_dist!r}")
         self._chains: dict[str, list[str]] = {}
@@ -252,6 +264,18 @@ class World:
     def servers(self, stage: Stage) -> int:
         """Identical servers behind one instance of the stage's resource (links: one)."""
         return max(1, int(self.replicas.get(stage.site, 1))) if stage.kind == "compute" else 1
+
+    def host_binds(self, journeys: list[Journey]) -> bool:
+        """Whether the shared host's cores can hold jobs back: fewer cores than compute servers on it.
+
+        With every site on one host (`host_cores` set), a compute job needs its site's server and
+        one of the host's cores. When the sites' servers together are no more than the cores,
+        a core is always free for a server that is, and the host changes nothing."""
+        if self.host_cores is None:
+            return False
+        sites = {st.site for j in journeys for st in j.stages if st.kind == "compute"}
+        servers = sum(self.fleet.classes[s].count * self.servers(Stage(0, "compute", s)) for s in sites)
+        return servers > self.host_cores
 
     def instance_count(self, stage: Stage) -> int:
         return self.fleet.classes[self.parent(stage.site) if stage.shared else stage.site].count
@@ -407,8 +431,13 @@ class World:
         return ArrivalDraws(t_ms, device, k)
 
     def draw_stages(self, journey: Journey, arr: ArrivalDraws, rng: np.random.Generator) -> StageDraws:
-        """Per-stage work and delays for one journey's requests (one strategy's child stream)."""
+        """Per-stage work and delays for one journey's requests (one strategy's child stream).
+
+        With a measured profile or a service correlation, one standard normal per request (the
+        request's shared slowdown) is drawn first and mixed into every compute stage's draw."""
         n = len(arr.t_ms)
+        correlated = self.profile is not None or self.service_correlation > 0
+        z_req = rng.standard_normal(n) if correlated else None
         work, runs, delay = [], [], []
         for st in journey.stages:
             all_one = all(w.rate_factor == 1.0 for w in st.work)
@@ -422,11 +451,13 @@ class World:
                     k = arr.invocations(w.rate_factor)
                     total += w.amount * (1 if k is None else k)
                     inv += 1 if k is None else k
-            if st.kind == "compute" and any(w.sigma is not None for w in st.work):
-                total = self._spread_work(st, arr, n, rng)
+            per_node = st.kind == "compute" and any(
+                w.sigma is not None or (self.profile is not None and self.profile.has(w.node, st.site)) for w in st.work)
+            if per_node:
+                total = self._spread_work(st, arr, n, rng, z_req)
                 delay.append(None)
             elif st.kind == "compute":
-                total = total * self._multiplier(n, rng)
+                total = total * self._multiplier(n, rng, z_req)
                 delay.append(None)
             elif st.shared:
                 delay.append(None)
@@ -437,29 +468,54 @@ class World:
                     d = np.maximum(0.0, d + rng.normal(0.0, link.jitter_ms, n))
                 delay.append(d)
             work.append(total)
-            runs.append(None if all_one and st.work else (inv > 0 if inv is not None else np.zeros(n, dtype=bool)))
+            if st.lane >= 0:  # one item of a fan-out: runs when the request has more than `lane` items
+                runs.append(arr.invocations(st.lane_rate_factor) > st.lane)
+            else:
+                runs.append(None if all_one and st.work else (inv > 0 if inv is not None else np.zeros(n, dtype=bool)))
         return StageDraws(work, runs, delay)
 
-    def _spread_work(self, st: Stage, arr: ArrivalDraws, n: int, rng: np.random.Generator) -> np.ndarray:
-        """Compute work when nodes carry their own spread: log-normal per node, mean preserved; k
-        invocations of one node sum to k x mean with the coefficient of variation over sqrt(k)."""
+    @staticmethod
+    def _mix(z_req: np.ndarray | None, rho: float, n: int, rng: np.random.Generator) -> np.ndarray:
+        """A standard normal per request: sqrt(rho) x the request's shared draw + sqrt(1 - rho) x its own."""
+        own = rng.standard_normal(n)
+        if z_req is None or rho == 0.0:
+            return own
+        return math.sqrt(rho) * z_req + math.sqrt(1.0 - rho) * own
+
+    def _spread_work(self, st: Stage, arr: ArrivalDraws, n: int, rng: np.random.Generator,
+                     z_req: np.ndarray | None) -> np.ndarray:
+        """Compute work node by node. A node the profile measured on this site: each invocation drawn
+        from its measured times (inverse empirical CDF at a normal mixed with the request's shared
+        draw, the profile's correlation); a node with its own spread: log-normal, mean preserved, k
+        invocations sum to k x mean with the coefficient of variation over sqrt(k); else the run's
+        service distribution."""
         total = np.zeros(n)
         for w in st.work:
             k = arr.invocations(w.rate_factor)
             kf = np.ones(n) if k is None else k.astype(np.float64)
+            if self.profile is not None and self.profile.has(w.node, st.site):
+                rho = self.profile.correlation
+                for j in range(int(kf.max()) if n else 0):
+                    x = self.profile.from_normal(w.node, st.site, self._mix(z_req, rho, n, rng))
+                    total += x if k is None else np.where(kf > j, x, 0.0)
+                continue
             if w.sigma is None:
-                mult = self._multiplier(n, rng)
+                mult = self._multiplier(n, rng, z_req)
             else:
                 cv2 = np.expm1(w.sigma ** 2) / np.maximum(kf, 1.0)
                 s2 = np.log1p(cv2)
-                mult = np.exp(rng.standard_normal(n) * np.sqrt(s2) - s2 / 2)
+                mult = np.exp(self._mix(z_req, self.service_correlation, n, rng) * np.sqrt(s2) - s2 / 2)
             total += w.amount * kf * mult
         return total
 
-    def _multiplier(self, n: int, rng: np.random.Generator) -> np.ndarray:
+    def _multiplier(self, n: int, rng: np.random.Generator, z_req: np.ndarray | None = None) -> np.ndarray:
+        """Service-time multipliers (mean 1) of the run's distribution; log-normal ones share the
+        request's draw by `service_correlation`."""
         if self.service_dist == "deterministic" or (self.service_dist == "lognormal" and self.service_cv == 0):
             return np.ones(n)
         if self.service_dist == "exponential":
             return rng.exponential(1.0, n)
         s2 = math.log1p(self.service_cv ** 2)
-        return rng.lognormal(-s2 / 2, math.sqrt(s2), n)
+        if z_req is None or self.service_correlation == 0.0:
+            return rng.lognormal(-s2 / 2, math.sqrt(s2), n)
+        return np.exp(self._mix(z_req, self.service_correlation, n, rng) * math.sqrt(s2) - s2 / 2)

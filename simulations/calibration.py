@@ -1,0 +1,283 @@
+"""Service-time calibration from measurement: per-stage empirical distributions and their correlation.
+
+Drawing every stage of a request independently from a fixed-CV log-normal misses what a real
+machine does: the slowdowns that hit all of a request's stages at once (sites sharing cores, GC
+pauses, OS scheduling, frequency changes). A `ServiceProfile` replays what was measured instead:
+
+- marginals: each compute stage's measured times (`node@site` -> sorted samples), drawn by
+  inverse-CDF from their empirical quantiles, so the tail is the measured tail, not a fitted one;
+- dependence: a Gaussian copula with one shared normal draw per request (the correlated slowdown
+  factor) and one independent draw per stage, mixed as sqrt(rho) Z_request + sqrt(1 - rho) Z_stage.
+  rho, the share of a stage's (normal-score) variance common to the whole request, is estimated
+  from the same measurement: the mean correlation of the normal scores of pairs of stages within
+  the same request.
+
+Profiles come from traces of the local runtime (`profile_from_traces`, e.g. the per-request steps
+`runtime.service.Service.predict_traced` returns, as `collect_runtime_traces` gathers them), and
+are saved to / loaded from JSON (`ServiceProfile.save`, `load_profile`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from statistics import NormalDist
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from tierplan.errors import InputError
+
+__all__ = ["ServiceProfile", "RequestTrace", "profile_from_traces", "load_profile", "normal_scores",
+           "copula_correlation", "fit_correlation", "collect_runtime_traces"]
+
+_ND = NormalDist()
+_MIN_PAIRS = 8          # requests that must share two stages before their correlation counts
+_FIT_REPLAYS = 16       # replays of the measured requests per candidate correlation
+_FIT_STEPS = 20         # bisection steps (rho to about 1e-6)
+
+
+@dataclass(frozen=True)
+class RequestTrace:
+    """One request as measured: end-to-end latency and its (kind, name, ms) steps."""
+
+    latency_ms: float
+    steps: tuple[tuple[str, str, float], ...]
+
+
+@dataclass
+class ServiceProfile:
+    """Measured per-stage service times (compute steps `node@site`) and their within-request correlation.
+
+    `samples_ms[(node, site)]` are one invocation's measured times, sorted; `correlation` in [0, 1]
+    is the copula's shared share rho (0: stages independent, 1: one slowdown for the whole request).
+    """
+
+    samples_ms: dict[tuple[str, str], np.ndarray]
+    correlation: float
+    requests: int = 0
+    source: str = ""
+    pairs: dict[str, float] = field(default_factory=dict)   # "a|b" -> correlation of that stage pair
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.correlation <= 1.0:
+            raise InputError(f"service profile: correlation {self.correlation} must be in [0, 1]")
+        for key, xs in self.samples_ms.items():
+            if len(xs) == 0:
+                raise InputError(f"service profile: stage {key[0]}@{key[1]} has no samples")
+        self.samples_ms = {k: np.sort(np.asarray(v, dtype=np.float64)) for k, v in self.samples_ms.items()}
+        self._grids: dict[tuple[str, str], np.ndarray] = {}
+
+    def has(self, node: str, site: str) -> bool:
+        return (node, site) in self.samples_ms
+
+    def mean_ms(self, node: str, site: str) -> float:
+        return float(self.samples_ms[(node, site)].mean())
+
+    def quantile_ms(self, node: str, site: str, u: np.ndarray) -> np.ndarray:
+        """Inverse empirical CDF (linear between order statistics) at probabilities u in (0, 1)."""
+        xs = self.samples_ms[(node, site)]
+        if len(xs) == 1:
+            return np.full(np.shape(u), xs[0])
+        pos = np.clip(np.asarray(u) * len(xs) - 0.5, 0.0, len(xs) - 1.0)  # Hazen plotting positions
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, len(xs) - 1)
+        return xs[lo] + (pos - lo) * (xs[hi] - xs[lo])
+
+    def from_normal(self, node: str, site: str, z: np.ndarray) -> np.ndarray:
+        """The measured time at standard-normal draws z: the inverse empirical CDF at Phi(z)
+        (`quantile_ms`), computed as an interpolation on the samples' normal scores."""
+        key = (node, site)
+        grid = self._grids.get(key)
+        if grid is None:
+            m = len(self.samples_ms[key])
+            grid = self._grids[key] = np.array([_ND.inv_cdf((i + 0.5) / m) for i in range(m)])
+        return np.interp(z, grid, self.samples_ms[key])
+
+    def to_json(self) -> dict:
+        return {"correlation": self.correlation, "requests": self.requests, "source": self.source,
+                "pairs": self.pairs,
+                "stages": {f"{n}@{s}": v.tolist() for (n, s), v in sorted(self.samples_ms.items())}}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+
+def load_profile(path: str | Path) -> ServiceProfile:
+    """A profile saved by `ServiceProfile.save` (or written by hand in that shape)."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{p}: cannot read the service profile ({e.__class__.__name__}). "
+                         f"To fix: pass a file written by ServiceProfile.save") from None
+    try:
+        stages = {_split(k): np.asarray(v, dtype=np.float64) for k, v in doc["stages"].items()}
+        return ServiceProfile(stages, float(doc["correlation"]), int(doc.get("requests", 0)),
+                              str(doc.get("source", p.name)), dict(doc.get("pairs", {})))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{p}: not a service profile ({e.__class__.__name__}: {e}); expected "
+                         f"{{'correlation': RHO, 'stages': {{'node@site': [ms, ...]}}}}") from None
+
+
+def _split(name: str) -> tuple[str, str]:
+    node, at, site = name.rpartition("@")
+    if not at or not node or not site:
+        raise ValueError(f"stage name {name!r} is not node@site")
+    return node, site
+
+
+def normal_scores(x: np.ndarray) -> np.ndarray:
+    """Normal scores of a sample: Phi^-1 of its mid-ranks / n (ties share a score)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(n)
+    ranks[order] = np.arange(1, n + 1)
+    # ties: average rank of equal values
+    uniq, inv = np.unique(x, return_inverse=True)
+    if len(uniq) < n:
+        ranks = (np.bincount(inv, weights=ranks) / np.bincount(inv))[inv]
+    return np.array([_ND.inv_cdf(r / (n + 1)) for r in ranks])
+
+
+def copula_correlation(per_request: Sequence[dict[str, float]]) -> tuple[float, dict[str, float]]:
+    """(rho, per-pair correlations): the mean correlation of normal scores over pairs of stages
+    measured in the same requests, weighted by the requests each pair shares; clipped to [0, 1]."""
+    stages = sorted({k for r in per_request for k in r})
+    pairs, num, den = {}, 0.0, 0
+    for a, b in combinations(stages, 2):
+        both = [(r[a], r[b]) for r in per_request if a in r and b in r]
+        if len(both) < _MIN_PAIRS:
+            continue
+        xa, xb = (normal_scores(np.array(v)) for v in zip(*both))
+        if xa.std() == 0 or xb.std() == 0:
+            continue
+        c = float(np.corrcoef(xa, xb)[0, 1])
+        pairs[f"{a}|{b}"] = c
+        num += c * len(both)
+        den += len(both)
+    rho = num / den if den else 0.0
+    return min(1.0, max(0.0, rho)), pairs
+
+
+def fit_correlation(profile: ServiceProfile, requests: Sequence[Sequence[tuple[str, str]]],
+                    totals_ms: np.ndarray, seed: int = 0, replays: int = _FIT_REPLAYS) -> float:
+    """The copula's shared share rho that reproduces the measured spread of whole requests.
+
+    Each measured request is replayed `replays` times through the profile (its own steps, each drawn
+    from its stage's measured times with a shared normal per request mixed in by rho), and rho is
+    the value in [0, 1] whose replayed per-request total compute time has the measured variance.
+    The variance grows with rho (more of each stage's spread moves together), so a bisection
+    finds it; the draws are fixed by `seed` (the same measurement gives the same rho)."""
+    target = float(np.var(totals_ms))
+    rng = np.random.default_rng(seed)
+    n = len(requests)
+    z_req = rng.standard_normal((replays, n))
+    own = [rng.standard_normal((replays, len(r))) for r in requests]
+    flat_keys = sorted({k for r in requests for k in r})
+    idx = {k: i for i, k in enumerate(flat_keys)}
+    step_key = [np.array([idx[k] for k in r], dtype=np.int64) for r in requests]
+
+    def variance(rho: float) -> float:
+        tot = np.zeros((replays, n))
+        for i, (keys, e) in enumerate(zip(step_key, own)):
+            z = math.sqrt(rho) * z_req[:, i:i + 1] + math.sqrt(1.0 - rho) * e
+            for j, ki in enumerate(keys):
+                tot[:, i] += profile.from_normal(*flat_keys[ki], z[:, j])
+        return float(np.mean(np.var(tot, axis=1)))
+
+    lo, hi = 0.0, 1.0
+    if variance(lo) >= target:
+        return 0.0
+    if variance(hi) <= target:
+        return 1.0
+    for _ in range(_FIT_STEPS):
+        mid = (lo + hi) / 2
+        if variance(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit: bool = True,
+                        seed: int = 0) -> ServiceProfile:
+    """A profile from per-request traces (objects with `steps` = [(kind, name, ms), ...]).
+
+    Compute steps are named `node@site`; every invocation is a sample of its stage's marginal.
+    The correlation is fitted to the measured variance of each request's total compute time
+    (`fit_correlation`; `fit=False`: the mean pairwise correlation of stage normal scores, which
+    misses how strongly neighbouring stages move together). The first `warmup` requests (cold
+    caches, lazy initialisation) are left out.
+    """
+    samples: dict[tuple[str, str], list[float]] = {}
+    per_request: list[dict[str, float]] = []
+    steps_of: list[list[tuple[str, str]]] = []
+    totals: list[float] = []
+    n = 0
+    for i, tr in enumerate(traces):
+        if i < warmup:
+            continue
+        n += 1
+        mine: dict[str, list[float]] = {}
+        keys: list[tuple[str, str]] = []
+        for kind, name, ms in tr.steps:
+            if kind != "compute" or "@" not in name:
+                continue
+            samples.setdefault(_split(name), []).append(float(ms))
+            mine.setdefault(name, []).append(float(ms))
+            keys.append(_split(name))
+        per_request.append({k: float(np.mean(v)) for k, v in mine.items()})
+        steps_of.append(keys)
+        totals.append(sum(sum(v) for v in mine.values()))
+    if not samples:
+        raise InputError(f"{source or 'traces'}: no compute steps (node@site) to calibrate from")
+    rho_pairs, pairs = copula_correlation(per_request)
+    prof = ServiceProfile({k: np.array(v) for k, v in samples.items()}, rho_pairs, n, source, pairs)
+    if fit and n >= _MIN_PAIRS:
+        prof.correlation = fit_correlation(prof, steps_of, np.array(totals), seed)
+    return prof
+
+
+def collect_runtime_traces(example: str, duration_s: float, *, seed: int = 0,
+                           max_requests: int | None = None) -> tuple[list[RequestTrace], object]:
+    """Deploy an example on this machine the way `tierplan run` does and send requests one after
+    another for `duration_s`; returns (per-request traces with their steps, the plan).
+
+    The runtime's own `tierplan run` report keeps only per-stage percentiles; the copula needs each
+    request's steps together, so this replays its request loop through the runtime's public API.
+    """
+    import tempfile
+    import time
+
+    from runtime.deploy import deploy
+    from runtime.runapp import example_inputs, find_example, make_plan
+    from tierplan.loader import load_app, load_fleet
+    from tierplan.errors import RuntimeFault
+
+    ex = find_example(example)
+    app, fleet = load_app(ex / "app.yaml"), load_fleet(ex / "fleet.yaml")
+    plan, _ = make_plan(app, fleet, ex / "app.yaml", ex / "fleet.yaml")
+    make_inputs = example_inputs(ex, app)
+    traces: list[RequestTrace] = []
+    with tempfile.TemporaryDirectory(prefix="tierplan-calib-") as tmp:
+        from runtime.compile import compile_plan
+        res = compile_plan(plan, Path(tmp) / "artifacts", backends=["onnxruntime"], progress=False, fleet=fleet)
+        with deploy(plan, local=True, fleet=fleet, app=app, manifest=res.manifest, manifest_root=res.out_dir) as svc:
+            t0, i = time.time(), 0
+            while time.time() - t0 < duration_s and (max_requests is None or i < max_requests):
+                try:
+                    _, tr = svc.predict_traced(make_inputs(seed + i))
+                except RuntimeFault:
+                    i += 1
+                    continue
+                feed = sum(ms for kind, _, ms in tr.steps if kind == "feed")
+                traces.append(RequestTrace(float(tr.latency_ms) - feed,
+                                           tuple((str(k), str(n), float(ms)) for k, n, ms in tr.steps)))
+                i += 1
+    return traces, plan
+
