@@ -2,16 +2,24 @@
 
     python benchmarks/runtime.py [--quick] [--examples read-text,smart-city] [--seconds S]
 
-1. One hop on loopback (a delivery to a gRPC Stage server and its Ack: one packed unary message
-   up to 2 MiB, a raw-bytes stream of 1 MiB chunks above) for 1 KiB .. 16 MiB.
+1. One hop on loopback for 1 KiB .. 16 MiB, both ways a delivery can go: the same-host fast path
+   (runtime.localwire: a Unix socket, tensor bytes in shared memory from 64 KiB on) and gRPC on
+   TCP (one packed unary message up to 2 MiB, a raw-bytes stream of 1 MiB chunks above; what
+   remote peers and TLS deployments use). The gRPC figure for 16 MiB is the measured loopback
+   bandwidth used below.
 2. Throughput over an emulated link (token bucket, no delay) against its declared bandwidth
    (goal: >= 90% for large tensors).
 3. SqueezeNet 1.1 (random weights) cut in 3 pieces (1.55 MB and 260 KB between them) on three
    sites (edge agent process, two Ray nodes), links not emulated: p50 and req/s at 8 concurrent
-   clients, against the same 3 pieces in one process (DESIGN.md peer table: Ray Serve 35-40 ms,
-   7-8 ms per hop; goal <= 1 ms + bytes/bandwidth per hop). Hops per request: 4 (input to the
-   edge site, edge -> base station, base station -> cloud, result back).
-4. `tierplan run` on the examples: measured p50 against the plan's prediction (goal within 15%).
+   clients, against the same 3 pieces in one process, with onnxruntime's default threads and
+   with one thread (what each site worker gets here); the pipeline with the same-host fast path
+   and with gRPC only (as before it). DESIGN.md peer table: Ray Serve 35-40 ms, 7-8 ms per hop.
+   Goals: per hop <= 1 ms beyond bytes/bandwidth, where per hop = (pipeline p50 - best
+   one-process p50 - sum over hops of bytes / measured loopback gRPC bandwidth) / hops; req/s at
+   8 concurrent >= 0.85 of the best one-process figure. Hops per request: 4 (input to the edge
+   site, edge -> base station, base station -> cloud, result back).
+4. `tierplan run` on the examples: measured p50 against the plan's placement predicted for this
+   machine, as `tierplan run` prints it ("predicted here"; goal within 15%), and the fleet's figure.
 
 Prints rich tables and writes benchmarks/results/runtime.json. The machine is shared: compare
 ratios within one run.
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtime.links import LinkEmulator  # noqa: E402
+from runtime.localwire import LocalServer  # noqa: E402
+from runtime.shm import ShmReader  # noqa: E402
 from runtime.proto import runtime_pb2 as pb  # noqa: E402
 from runtime.proto import runtime_pb2_grpc as pbg  # noqa: E402
 from runtime.stage import Sender, delivery_handlers  # noqa: E402
@@ -64,45 +75,67 @@ class _Sink(pbg.StageServicer):
         return pb.Ack(ok=True)
 
 
-def _serve() -> tuple[grpc.Server, str]:
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=GRPC_OPTIONS)
-    sink = _Sink()
-    pbg.add_StageServicer_to_server(sink, srv)
-    srv.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, sink.deliver_raw))
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    return srv, f"127.0.0.1:{port}"
+class _Server:
+    """A loopback Stage endpoint (gRPC, and the same-host socket of runtime.localwire)."""
+
+    def __init__(self) -> None:
+        self.srv = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=GRPC_OPTIONS)
+        sink = _Sink()
+        self.reader = ShmReader()
+        pbg.add_StageServicer_to_server(sink, self.srv)
+        self.srv.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, sink.deliver_raw,
+                                                            self.reader))
+        port = self.srv.add_insecure_port("127.0.0.1:0")
+        self.srv.start()
+        self.address = f"127.0.0.1:{port}"
+        self.local = LocalServer(self.address, sink.deliver_raw, self.reader)
+        self.local.start()
+
+    def stop(self) -> None:
+        self.local.stop()
+        self.srv.stop(0)
+        self.reader.close()
+
+
+def _hop_ms(sender: Sender, addr: str, size: int, repeats: int) -> float:
+    x = np.random.default_rng(0).random(size // 4).astype(np.float32)
+    times = []
+    n = max(3, repeats if size <= (1 << 20) else repeats // 4)
+    for i in range(n + 1):
+        d = Delivery(f"r{i}", "a", "b", {"x": x}, deadline_unix_ms=(time.time() + 30) * 1e3)
+        t0 = time.perf_counter()
+        err = sender.send(lambda: addr, d, "")
+        if err:
+            raise RuntimeError(err)
+        if i:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 def bench_hops(repeats: int) -> list[dict]:
-    """Median time of one delivery (send + reassemble + ack) per tensor size, on loopback."""
-    srv, addr = _serve()
-    sender = Sender("a", None, lambda: LinkEmulator())
+    """Median time of one delivery (send + reassemble + ack) per tensor size, on loopback: the
+    same-host fast path (the default between local processes) and gRPC on TCP."""
+    server = _Server()
+    fast = Sender("a", None, lambda: LinkEmulator())
+    wire = Sender("a", None, lambda: LinkEmulator(), shm=False)
     rows = []
     try:
         for size in HOP_SIZES:
-            x = np.random.default_rng(0).random(size // 4).astype(np.float32)
-            times = []
-            n = max(3, repeats if size <= (1 << 20) else repeats // 4)
-            for i in range(n + 1):
-                d = Delivery(f"r{i}", "a", "b", {"x": x}, deadline_unix_ms=(time.time() + 30) * 1e3)
-                t0 = time.perf_counter()
-                err = sender.send(lambda: addr, d, "")
-                if err:
-                    raise RuntimeError(err)
-                if i:
-                    times.append((time.perf_counter() - t0) * 1e3)
-            ms = statistics.median(times)
-            rows.append({"bytes": size, "p50_ms": ms, "gb_per_s": size / (ms / 1e3) / 1e9})
+            ms = _hop_ms(fast, server.address, size, repeats)
+            grpc_ms = _hop_ms(wire, server.address, size, repeats)
+            rows.append({"bytes": size, "p50_ms": ms, "gb_per_s": size / (ms / 1e3) / 1e9,
+                         "grpc_p50_ms": grpc_ms, "grpc_gb_per_s": size / (grpc_ms / 1e3) / 1e9})
     finally:
-        sender.close()
-        srv.stop(0)
+        fast.close()
+        wire.close()
+        server.stop()
     return rows
 
 
 def bench_links() -> list[dict]:
     """Achieved throughput over an emulated link of each bandwidth, 16 MiB tensors, 3 in a row."""
-    srv, addr = _serve()
+    server = _Server()
+    addr = server.address
     rows = []
     try:
         for mbps in LINK_MBPS:
@@ -122,7 +155,7 @@ def bench_links() -> list[dict]:
             achieved = n * LINK_BYTES * 8 / s / 1e6
             rows.append({"link_mbps": mbps, "achieved_mbps": achieved, "share": achieved / mbps})
     finally:
-        srv.stop(0)
+        server.stop()
     return rows
 
 
@@ -148,13 +181,38 @@ def _closed_loop(fn, concurrency: int, seconds: float) -> tuple[float, list[floa
     return len(lat) / (time.perf_counter() - t0), lat
 
 
-def bench_squeezenet(seconds: float, repeats: int) -> dict:
-    """The 3-piece SqueezeNet across 3 sites vs the same pieces in one process."""
+def _pipeline_round(svc, inproc: dict, x: dict, seconds: float, repeats: int, acc: dict) -> None:
+    """One round: sequential requests then a closed loop at CONCURRENCY, for every in-process set-up
+    and the pipeline, one after another (the machine is shared: rounds see the same load)."""
+    for _ in range(repeats):
+        for name, fn in inproc.items():
+            t0 = time.perf_counter()
+            fn()
+            acc[name]["seq"].append((time.perf_counter() - t0) * 1e3)
+        _, tr = svc.predict_traced(x)
+        acc["pipeline"]["seq"].append(tr.latency_ms)
+        acc["pipeline"]["steps"].append(tr.steps)
+    for name, fn in [*inproc.items(), ("pipeline", lambda: svc.predict(x))]:
+        t0 = time.perf_counter()
+        _, part = _closed_loop(fn, CONCURRENCY, seconds)
+        acc[name]["lat"] += part
+        acc[name]["t"] += time.perf_counter() - t0
+
+
+def _summary(a: dict) -> dict:
+    return {"p50_ms": statistics.median(a["seq"]), "rps_8": len(a["lat"]) / a["t"],
+            "p50_ms_8": float(np.percentile(a["lat"], 50)), "p95_ms_8": float(np.percentile(a["lat"], 95))}
+
+
+def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) -> dict:
+    """The 3-piece SqueezeNet across 3 sites (same-host fast path, then gRPC only) vs the same
+    pieces in one process (onnxruntime's default threads, and one thread)."""
     import onnx
 
-    from runtime.deploy import deploy
+    from runtime.deploy import deploy, local_threads
     from runtime.handplan import chain_plan, split_chain, with_random_weights
     from runtime.runners import OrtRunner
+    from runtime.stage import StageOptions
     from tierplan.spec import FleetSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="tierplan-bench-"))
@@ -163,59 +221,67 @@ def bench_squeezenet(seconds: float, repeats: int) -> dict:
     files = split_chain(model, ["r9", "r39"], tmp, "sq")
     x = {"input": np.random.default_rng(0).random((1, 3, 224, 224)).astype(np.float32)}
 
-    runners = [OrtRunner(f) for f in files]
+    def chain(runners):
+        def run():
+            t = {"data_0": x["input"]}
+            for r in runners:
+                t = r.run(t)
+            return t
+        return run
 
-    def inproc():
-        t = {"data_0": x["input"]}
-        for r in runners:
-            t = r.run(t)
-        return t
-
+    inproc = {"one_process": chain([OrtRunner(f) for f in files]),
+              "one_process_1_thread": chain([OrtRunner(f, threads=1) for f in files])}
+    # bytes crossing each hop: the input, each piece's outputs (the last one's go back as the result)
+    hop_bytes, t = [x["input"].nbytes], {"data_0": x["input"]}
+    for r in [OrtRunner(f) for f in files]:
+        t = r.run(t)
+        hop_bytes.append(sum(int(v.nbytes) for v in t.values()))
     fleet = FleetSpec.model_validate({
         "sites": {"phone": {"tier": "edge", "device": "pixel-8", "attach": "bs", "link": "l"},
                   "bs": {"tier": "base_station", "device": "mec-t4", "attach": "cloud", "link": "l"},
                   "cloud": {"tier": "cloud", "device": "aws-g5-xlarge"}},
         "links": {"l": {"uplink_mbps": 10000, "downlink_mbps": 10000, "rtt_ms": 0}}})
     plan = chain_plan(files, ["phone", "bs", "cloud"], "phone", fleet=fleet)
-    # the machine is shared: alternate the two set-ups in rounds so both see the same load
     rounds = 4
-    seq_in, seq, steps, lat_in, lat, n_in, n_pipe, t_in, t_pipe = [], [], [], [], [], 0, 0, 0.0, 0.0
-    with deploy(plan, fleet=fleet, emulate_links=False, request_timeout_s=30) as svc:
-        for _ in range(5):
-            svc.predict(x)
-            inproc()
-        for _ in range(rounds):
-            for _ in range(max(repeats // rounds, 3)):
-                t0 = time.perf_counter()
-                inproc()
-                seq_in.append((time.perf_counter() - t0) * 1e3)
-                _, tr = svc.predict_traced(x)
-                seq.append(tr.latency_ms)
-                steps.append(tr.steps)
-            t0 = time.perf_counter()
-            rps, part = _closed_loop(inproc, CONCURRENCY, seconds / rounds)
-            lat_in += part
-            t_in += time.perf_counter() - t0
-            n_in += len(part)
-            t0 = time.perf_counter()
-            rps, part = _closed_loop(lambda: svc.predict(x), CONCURRENCY, seconds / rounds)
-            lat += part
-            t_pipe += time.perf_counter() - t0
-            n_pipe += len(part)
-    one = {"p50_ms": statistics.median(seq_in), "rps_8": n_in / t_in, "p50_ms_8": float(np.percentile(lat_in, 50)),
-           "p95_ms_8": float(np.percentile(lat_in, 95))}
-    rps = n_pipe / t_pipe
-    p50 = statistics.median(seq)
-    compute = statistics.median(sum(ms for k, _, ms in s if k == "compute") for s in steps)
-    pipe = {"p50_ms": p50, "rps_8": rps, "p50_ms_8": float(np.percentile(lat, 50)),
-            "p95_ms_8": float(np.percentile(lat, 95)),
-            "per_hop_ms": (p50 - one["p50_ms"]) / HOPS_PER_REQUEST,
-            "per_hop_ms_vs_own_compute": (p50 - compute) / HOPS_PER_REQUEST}
-    return {"one_process": one, "three_sites": pipe, "hops_per_request": HOPS_PER_REQUEST}
+    bytes_ms = sum(b / loopback_bytes_per_s * 1e3 for b in hop_bytes)
+    out: dict = {"hops_per_request": HOPS_PER_REQUEST, "hop_bytes": hop_bytes,
+                 "loopback_gb_per_s": loopback_bytes_per_s / 1e9, "bytes_over_bandwidth_ms": bytes_ms}
+    for variant, fast in (("same_host", True), ("grpc_only", False)):
+        options = StageOptions(batch_sites=("cloud",), threads=local_threads(3), shm=fast)
+        acc = {k: {"seq": [], "lat": [], "t": 0.0, "steps": []} for k in [*inproc, "pipeline"]}
+        with deploy(plan, fleet=fleet, emulate_links=False, request_timeout_s=30, options=options) as svc:
+            for _ in range(5):
+                svc.predict(x)
+                for fn in inproc.values():
+                    fn()
+            for _ in range(rounds):
+                _pipeline_round(svc, inproc, x, seconds / rounds, max(repeats // rounds, 3), acc)
+        ones = {k: _summary(acc[k]) for k in inproc}
+        best_p50 = min(o["p50_ms"] for o in ones.values())
+        best_rps = max(o["rps_8"] for o in ones.values())
+        pipe = _summary(acc["pipeline"])
+        compute = statistics.median(sum(ms for k, _, ms in st if k == "compute") for st in acc["pipeline"]["steps"])
+        pipe.update({
+            "per_hop_ms": (pipe["p50_ms"] - best_p50 - bytes_ms) / HOPS_PER_REQUEST,
+            "per_hop_raw_ms": (pipe["p50_ms"] - best_p50) / HOPS_PER_REQUEST,
+            "per_hop_vs_own_compute_ms": (pipe["p50_ms"] - compute) / HOPS_PER_REQUEST,
+            "rps_ratio": pipe["rps_8"] / best_rps,
+            "steps_p50_ms": _steps_p50(acc["pipeline"]["steps"])})
+        out[variant] = {"one_process": ones, "pipeline": pipe}
+    return out
+
+
+def _steps_p50(steps: list) -> dict:
+    by: dict[str, list[float]] = {}
+    for st in steps:
+        for kind, name, ms in st:
+            by.setdefault(f"{kind} {name}", []).append(ms)
+    return {k: statistics.median(v) for k, v in by.items()}
 
 
 def bench_examples(names: list[str], seconds: float) -> list[dict]:
-    """`tierplan run` on each example: measured vs predicted p50."""
+    """`tierplan run` on each example: measured p50 against the same "predicted here" figure the CLI
+    prints (the plan's placement at this machine's speed), and the fleet devices' prediction."""
     from runtime.runapp import run_example
     rows = []
     for name in names:
@@ -224,22 +290,33 @@ def bench_examples(names: list[str], seconds: float) -> list[dict]:
         except Exception as e:  # an example that cannot run here is reported, not fatal
             rows.append({"example": name, "error": f"{type(e).__name__}: {e}"})
             continue
-        ratio = (rep.measured_p50_ms / rep.predicted_p50_ms) if rep.measured_p50_ms and rep.predicted_p50_ms else None
+        here = rep.predicted_local_p50_ms
         rows.append({"example": name, "requests_ok": rep.requests_ok, "requests_failed": rep.requests_failed,
                      "measured_p50_ms": rep.measured_p50_ms, "measured_p95_ms": rep.measured_p95_ms,
-                     "predicted_p50_ms": rep.predicted_p50_ms, "ratio": ratio, "plan": rep.plan_source})
+                     "predicted_here_p50_ms": here, "predicted_fleet_p50_ms": rep.predicted_p50_ms,
+                     "ratio": rep.measured_p50_ms / here if rep.measured_p50_ms and here else None,
+                     "ratio_fleet": (rep.measured_p50_ms / rep.predicted_p50_ms)
+                     if rep.measured_p50_ms and rep.predicted_p50_ms else None,
+                     "plan": rep.plan_source})
     return rows
+
+
+def _f(v, fmt: str = ".1f") -> str:
+    return "-" if v is None else format(v, fmt)
 
 
 def _print(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
-    con = Console()
+    con = Console(width=150)
+    con.print(f"load average (1 min) at start {res['load_start'][0]:.1f}, at end {res['load_end'][0]:.1f} "
+              f"on {res['cores']} cores")
     t = Table(title="1. one hop on loopback (delivery + ack)", title_justify="left")
-    for c in ("tensor", "p50 ms", "GB/s"):
+    for c in ("tensor", "same-host p50 ms", "same-host GB/s", "gRPC/TCP p50 ms", "gRPC/TCP GB/s"):
         t.add_column(c, justify="right")
     for r in res["hops"]:
-        t.add_row(f"{r['bytes'] / 1024:.0f} KiB", f"{r['p50_ms']:.2f}", f"{r['gb_per_s']:.2f}")
+        t.add_row(f"{r['bytes'] / 1024:.0f} KiB", f"{r['p50_ms']:.2f}", f"{r['gb_per_s']:.2f}",
+                  f"{r['grpc_p50_ms']:.2f}", f"{r['grpc_gb_per_s']:.2f}")
     con.print(t)
     t = Table(title=f"2. emulated link throughput ({LINK_BYTES >> 20} MiB tensors; goal >= 90%)", title_justify="left")
     for c in ("link Mbit/s", "achieved Mbit/s", "share"):
@@ -249,31 +326,37 @@ def _print(res: dict) -> None:
     con.print(t)
     if "squeezenet" in res:
         s = res["squeezenet"]
-        t = Table(title="3. SqueezeNet 1.1 in 3 pieces (1.55 MB, 260 KB between them), links not emulated",
-                  title_justify="left")
-        for c in ("pipeline", "p50 ms", "per hop ms", "req/s at 8", "p50 / p95 ms at 8"):
-            t.add_column(c, justify="right" if c != "pipeline" else "left")
-        o, p = s["one_process"], s["three_sites"]
-        t.add_row("3 pieces in one process", f"{o['p50_ms']:.1f}", "-", f"{o['rps_8']:.0f}",
-                  f"{o['p50_ms_8']:.1f} / {o['p95_ms_8']:.1f}")
-        t.add_row("tierplan: edge agent + 2 Ray nodes, gRPC", f"{p['p50_ms']:.1f}",
-                  f"{p['per_hop_ms']:.2f} vs one process; {p['per_hop_ms_vs_own_compute']:.2f} vs its own "
-                  f"compute ({s['hops_per_request']} hops)", f"{p['rps_8']:.0f}",
-                  f"{p['p50_ms_8']:.1f} / {p['p95_ms_8']:.1f}")
-        t.add_row("peer: Ray Serve, 3 deployments (DESIGN.md)", "35-40", "7-8", "32-43", "")
+        t = Table(title=f"3. SqueezeNet 1.1 in 3 pieces ({', '.join(f'{b / 1e3:.0f} KB' for b in s['hop_bytes'])} "
+                        f"over the {s['hops_per_request']} hops), links not emulated; bytes / loopback gRPC "
+                        f"bandwidth ({s['loopback_gb_per_s']:.2f} GB/s) = {s['bytes_over_bandwidth_ms']:.2f} ms "
+                        "per request", title_justify="left")
+        for c in ("set-up", "p50 ms", "per hop ms beyond bytes/bw (goal <= 1)", "per hop raw ms",
+                  "req/s at 8", "vs best one process (goal >= 0.85)", "p50 / p95 ms at 8"):
+            t.add_column(c, justify="right" if c != "set-up" else "left")
+        labels = {"one_process": "3 pieces in one process, onnxruntime default threads",
+                  "one_process_1_thread": "3 pieces in one process, 1 thread"}
+        for variant, title in (("grpc_only", "gRPC only (before)"), ("same_host", "same-host fast path")):
+            v = s[variant]
+            for k, o in v["one_process"].items():
+                t.add_row(f"{labels[k]} [{variant} run]", f"{o['p50_ms']:.1f}", "-", "-", f"{o['rps_8']:.0f}", "-",
+                          f"{o['p50_ms_8']:.1f} / {o['p95_ms_8']:.1f}")
+            p = v["pipeline"]
+            t.add_row(f"tierplan: edge agent + 2 Ray nodes, {title}", f"{p['p50_ms']:.1f}", f"{p['per_hop_ms']:.2f}",
+                      f"{p['per_hop_raw_ms']:.2f}", f"{p['rps_8']:.0f}", f"{p['rps_ratio']:.2f}",
+                      f"{p['p50_ms_8']:.1f} / {p['p95_ms_8']:.1f}")
+        t.add_row("peer: Ray Serve, 3 deployments (DESIGN.md)", "35-40", "", "7-8", "32-43", "", "")
         con.print(t)
     if res.get("examples"):
-        t = Table(title="4. tierplan run: measured vs the plan's prediction (goal within 15%)", title_justify="left")
-        for c in ("example", "ok", "failed", "measured p50 ms", "predicted ms", "measured / predicted"):
+        t = Table(title="4. tierplan run: measured vs the plan predicted here (goal within 15%)", title_justify="left")
+        for c in ("example", "ok", "failed", "measured p50 ms", "predicted here ms", "measured / predicted here",
+                  "fleet devices' prediction ms"):
             t.add_column(c, justify="right" if c != "example" else "left")
         for r in res["examples"]:
             if "error" in r:
-                t.add_row(r["example"], "-", "-", "-", "-", r["error"][:60])
+                t.add_row(r["example"], "-", "-", "-", "-", r["error"][:60], "-")
             else:
-                t.add_row(r["example"], str(r["requests_ok"]), str(r["requests_failed"]),
-                          f"{r['measured_p50_ms']:.1f}" if r["measured_p50_ms"] else "-",
-                          f"{r['predicted_p50_ms']:.1f}" if r["predicted_p50_ms"] else "-",
-                          f"{r['ratio']:.2f}" if r["ratio"] else "-")
+                t.add_row(r["example"], str(r["requests_ok"]), str(r["requests_failed"]), _f(r["measured_p50_ms"]),
+                          _f(r["predicted_here_p50_ms"]), _f(r["ratio"], ".2f"), _f(r["predicted_fleet_p50_ms"]))
         con.print(t)
 
 
@@ -286,10 +369,13 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     seconds = a.seconds or (3.0 if a.quick else 8.0)
     repeats = 10 if a.quick else 40
-    res: dict = {"hops": bench_hops(repeats), "links": bench_links()}
+    res: dict = {"load_start": list(os.getloadavg()), "cores": os.cpu_count(), "hops": bench_hops(repeats),
+                 "links": bench_links()}
+    loopback = res["hops"][-1]["bytes"] / (res["hops"][-1]["grpc_p50_ms"] / 1e3)
     if not a.skip_squeezenet:
-        res["squeezenet"] = bench_squeezenet(seconds, repeats)
+        res["squeezenet"] = bench_squeezenet(seconds, repeats, loopback)
     res["examples"] = bench_examples([e for e in a.examples.split(",") if e], seconds)
+    res["load_end"] = list(os.getloadavg())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2))
     _print(res)

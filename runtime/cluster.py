@@ -131,6 +131,10 @@ def _actor_class():
         def address(self) -> str:
             return self.worker.address
 
+        def stop(self) -> None:
+            """Stop the worker (unlinks its shared-memory segments) before the actor is killed."""
+            self.worker.stop()
+
         def pid(self) -> int:
             return os.getpid()
 

@@ -12,6 +12,7 @@ each edge site's `tierplan agent`.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Mapping
@@ -36,6 +37,8 @@ __all__ = ["deploy", "local_threads", "site_tiers", "load_plan_fleet", "load_pla
 SLO_DEADLINE_FACTOR = 10.0
 MIN_DEADLINE_S = 2.0
 NO_SLO_DEADLINE_S = 30.0
+ACTOR_STOP_TIMEOUT_S = 2.0
+log = logging.getLogger("tierplan.runtime")
 
 
 def load_plan_fleet(plan: Plan) -> FleetSpec | None:
@@ -155,4 +158,14 @@ def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: L
     for site in sites:
         handle, _, _ = start_site_actor(site, service.address, str(tls_dir) if tls_dir else None)
         service.actors[site] = handle
-        service.add_closer(lambda h=handle: ray.kill(h, no_restart=True))
+        service.add_closer(lambda h=handle: _stop_actor(h))
+
+
+def _stop_actor(handle) -> None:
+    """Stop a site actor's worker (its segments go with it), then kill the actor for good."""
+    import ray
+    try:
+        ray.get(handle.stop.remote(), timeout=ACTOR_STOP_TIMEOUT_S)
+    except Exception as e:  # already dead or stuck: killed below either way, and the controller sweeps
+        log.debug("site actor did not stop cleanly: %s", e)
+    ray.kill(handle, no_restart=True)

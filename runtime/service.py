@@ -33,9 +33,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from planner.plan import Plan
 from runtime.graph import SINK_PREFIX, ExecGraph, branch_weight
 from runtime.links import LinkEmulator
+from runtime.localwire import LocalServer
 from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.security import TlsConfig, TokenInterceptor, server_credentials
+from runtime.shm import ShmReader, sweep_stale
 from runtime.stage import Sender, StageOptions, delivery_handlers
 from runtime.wire import (GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery, frames_to_delivery,
                           pb_to_tensor, tensor_to_pb)
@@ -197,7 +199,8 @@ class Service:
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._sender = Sender("controller", tls, lambda: LinkEmulator())
+        self._sender = Sender("controller", tls, lambda: LinkEmulator(), shm=self.options.shm)
+        self._shm_reader = ShmReader()
         self._pool = futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="svc")
         self._servers: list[grpc.Server] = []
         self._closers: list[Callable[[], None]] = []
@@ -234,10 +237,15 @@ class Service:
         srv = self._server()
         control = _Control(self)
         pbg.add_ControlServicer_to_server(control, srv)
-        srv.add_generic_rpc_handlers(delivery_handlers(RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, control.deliver_raw))
+        srv.add_generic_rpc_handlers(delivery_handlers(RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, control.deliver_raw,
+                                                       self._shm_reader))
         port = self._bind(srv, f"{self.listen_host}:0")
         srv.start()
         self.address = f"{self.listen_host}:{port}"
+        if self.tls is None and self.options.shm:   # results from same-host sites (runtime.localwire)
+            local = LocalServer(self.address, control.deliver_raw, self._shm_reader)
+            if local.start():
+                self._closers.append(local.stop)
         http, _ = start_http_server(0, addr="127.0.0.1", registry=self._registry)
         self._closers.append(lambda: (http.shutdown(), http.server_close()))
         self.metrics_address = f"127.0.0.1:{http.server_port}"
@@ -289,8 +297,10 @@ class Service:
             srv.stop(grace=0.2).wait()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._sender.close()
+        self._shm_reader.close()
         if self._health_thread is not None:
             self._health_thread.join(timeout=2)
+        sweep_stale()   # segments of site workers that were killed rather than stopped
 
     def __enter__(self) -> "Service":
         return self

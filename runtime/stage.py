@@ -40,12 +40,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from planner.plan import Plan
 from runtime.graph import ExecGraph, bind_inputs, child_branch, load_transform, select_tensors
 from runtime.links import LinkEmulator
+from runtime.localwire import LocalCallError, LocalClient, LocalServer
 from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.runners import Runner, load_runner
 from runtime.security import TlsConfig, TokenInterceptor, channel, server_credentials
-from runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, RAW_STAGE_METHOD,
-                          RAW_STAGE_ONE_METHOD, Delivery, frames_to_delivery, pack_delivery, raw_messages,
+from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, decode_ref, encode_ref, is_loopback_address
+from runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD,
+                          RAW_CONTROL_SHM_METHOD, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, RAW_STAGE_SHM_METHOD,
+                          Delivery, frames_to_delivery, pack_delivery, pack_delivery_into, packed_size, raw_messages,
                           raw_to_delivery, unpack_delivery)
 
 __all__ = ["StageWorker", "StageOptions", "RETRY_CODES", "Sender", "UNARY_MAX_BYTES", "UNARY_MAX_PACED_BYTES", "raw_handler",
@@ -53,6 +56,9 @@ __all__ = ["StageWorker", "StageOptions", "RETRY_CODES", "Sender", "UNARY_MAX_BY
 
 log = logging.getLogger("tierplan.runtime")
 
+# a receiver answers these to a shared-memory handle it cannot use: the sender sends the bytes instead
+_NO_SHM_CODES = {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION}
+_DEFAULT_READER: ShmReader | None = None
 # gRPC codes worth retrying within the deadline: the peer is down, restarting or overloaded
 RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED,
                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL}
@@ -74,14 +80,40 @@ def raw_handler(method: str, fn) -> grpc.GenericRpcHandler:
 
 
 def delivery_handlers(stream_method: str, one_method: str,
-                      on_delivery: Callable[[Delivery, object], pb.Ack]) -> list[grpc.GenericRpcHandler]:
-    """Handlers for both raw delivery forms: the chunked stream at `stream_method` and the packed
-    unary message at `one_method`; each hands the reassembled Delivery to `on_delivery(d, context)`."""
+                      on_delivery: Callable[[Delivery, object], pb.Ack],
+                      shm_reader: ShmReader | None = None) -> list[grpc.GenericRpcHandler]:
+    """Handlers for the three raw delivery forms: the chunked stream at `stream_method`, the packed
+    unary message at `one_method` and a shared-memory handle at the service's `DeliverShm` (read
+    through `shm_reader`, a process-wide one if None); each hands the reassembled Delivery to
+    `on_delivery(d, context)`."""
+    global _DEFAULT_READER
     service, name = stream_method.strip("/").split("/")
     one_service, one_name = one_method.strip("/").split("/")
     if one_service != service:
         raise ValueError(f"{stream_method} and {one_method} must belong to one service")
+    if shm_reader is None:
+        _DEFAULT_READER = _DEFAULT_READER or ShmReader()
+        shm_reader = _DEFAULT_READER
+    reader = shm_reader
+
+    def from_shm(msg: bytes, context) -> pb.Ack:
+        try:
+            seg_name, nbytes = decode_ref(msg)
+            view, _ = reader.view(seg_name, nbytes)
+        except (OSError, ValueError) as e:   # another host, another /dev/shm, or not our segment
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot map shared memory: {e}")
+        try:
+            d = unpack_delivery(view, copy=True)   # the sender reuses the segment after the ack
+        finally:
+            try:
+                view.release()
+            except BufferError:
+                pass
+        return on_delivery(d, context)
+
     return [grpc.method_handlers_generic_handler(service, {
+        "DeliverShm": grpc.unary_unary_rpc_method_handler(
+            from_shm, request_deserializer=None, response_serializer=pb.Ack.SerializeToString),
         name: grpc.stream_unary_rpc_method_handler(
             lambda it, ctx: on_delivery(raw_to_delivery(it), ctx),
             request_deserializer=None, response_serializer=pb.Ack.SerializeToString),
@@ -100,6 +132,7 @@ class StageOptions:
     max_wait_ms: float = 2.0
     chunk_bytes: int = CHUNK_BYTES
     sender_threads: int = 8
+    shm: bool = True                     # same-host peers: tensor bytes in shared memory (runtime.shm)
 
     @classmethod
     def from_json(cls, text: str) -> "StageOptions":
@@ -149,13 +182,17 @@ class Sender:
     """Sends deliveries over gRPC with link pacing, retries within the deadline, cached channels."""
 
     def __init__(self, site: str, tls: TlsConfig | None, emulator: Callable[[], LinkEmulator],
-                 metrics: _Metrics | None = None) -> None:
+                 metrics: _Metrics | None = None, shm: bool = True) -> None:
         self.site = site
         self.tls = tls
+        self.shm = shm              # same-host peers: Unix socket + shared memory (runtime.localwire, runtime.shm)
         self._emulator = emulator
         self._metrics = metrics
         self._stubs: dict[str, tuple[grpc.Channel, object]] = {}
         self._lock = threading.Lock()
+        self._shm_pool: ShmPool | None = None
+        self._no_shm: set[str] = set()    # addresses that refused a handle: bytes go inline
+        self._local = LocalClient()
 
     def stub(self, address: str, kind: str = "stage"):
         with self._lock:
@@ -166,17 +203,21 @@ class Sender:
                 self._stubs[key] = (ch, stub)
             return self._stubs[key][1]
 
-    def raw(self, address: str, kind: str = "stage", unary: bool = False):
+    def raw(self, address: str, kind: str = "stage", unary: bool = False, shm: bool = False):
         """The raw-bytes Deliver method of a worker or the controller (see runtime.wire): the chunked
-        stream, or with `unary` the one-message DeliverOne. Both share the address's channel."""
+        stream, with `unary` the one-message DeliverOne, with `shm` the handle-only DeliverShm. All
+        share the address's channel."""
         with self._lock:
-            key = f"raw-{kind}-{'one' if unary else 'stream'}@{address}"
+            key = f"raw-{kind}-{'shm' if shm else 'one' if unary else 'stream'}@{address}"
             if key not in self._stubs:
                 chan_key = f"chan@{address}"
                 if chan_key not in self._stubs:
                     self._stubs[chan_key] = (channel(address, self.tls, GRPC_OPTIONS), None)
                 ch = self._stubs[chan_key][0]
-                if unary:
+                if shm:
+                    method = RAW_STAGE_SHM_METHOD if kind == "stage" else RAW_CONTROL_SHM_METHOD
+                    call = ch.unary_unary(method, request_serializer=None, response_deserializer=pb.Ack.FromString)
+                elif unary:
                     method = RAW_STAGE_ONE_METHOD if kind == "stage" else RAW_CONTROL_ONE_METHOD
                     call = ch.unary_unary(method, request_serializer=None, response_deserializer=pb.Ack.FromString)
                 else:
@@ -190,6 +231,69 @@ class Sender:
             for ch in {id(ch): ch for ch, _ in self._stubs.values()}.values():
                 ch.close()
             self._stubs.clear()
+            pool, self._shm_pool = self._shm_pool, None
+        if pool is not None:
+            pool.close()
+        self._local.close()
+
+    def _send_local(self, address: str, d: Delivery, arrival_s: float, deadline_s: float) -> pb.Ack | None:
+        """The same-host socket (runtime.localwire) when the peer has one and TLS is off; else None."""
+        if not self.shm or self.tls is not None or address in self._no_shm:
+            return None
+        try:
+            return self._local.call(address, d, deadline_s, arrival_s)
+        except LocalCallError as e:
+            if e.code() in _NO_SHM_CODES:
+                log.info("%s: no same-host path to %s (%s); using gRPC", self.site, address, e.details())
+                self._no_shm.add(address)
+                return None
+            raise
+
+    def _wants_shm(self, address: str, nbytes: int) -> bool:
+        return self.shm and nbytes >= SHM_MIN_BYTES and address not in self._no_shm and is_loopback_address(address)
+
+    def _send_shm(self, address: str, kind: str, d: Delivery, arrival_s: float, deadline_s: float) -> pb.Ack | None:
+        """Pack `d` into a pooled segment and send its handle; None when the receiver cannot map it
+        (the caller sends the bytes instead). The link's time runs before the handle goes out."""
+        with self._lock:
+            if self._shm_pool is None:
+                self._shm_pool = ShmPool()
+            pool = self._shm_pool
+        seg = pool.acquire(packed_size(d))
+        try:
+            n = pack_delivery_into(d, seg.buf)
+            wait = arrival_s - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            ack = self.raw(address, kind, shm=True)(encode_ref(seg.name, n), timeout=max(deadline_s - time.time(), 1e-3))
+        except grpc.RpcError as e:
+            pool.discard(seg)       # the receiver may still be reading it: never reuse
+            if e.code() in _NO_SHM_CODES:
+                log.info("%s: no shared memory with %s (%s); sending bytes", self.site, address, e.details())
+                self._no_shm.add(address)
+                return None
+            raise
+        except BaseException:
+            pool.discard(seg)
+            raise
+        pool.release(seg)
+        return ack
+
+    def _send_bytes(self, address: str, kind: str, d: Delivery, arrival_s: float, deadline_s: float,
+                    chunk_bytes: int) -> pb.Ack:
+        """Send `d`'s bytes on the wire: one packed message, or a stream of chunks for big ones."""
+        paced = arrival_s - time.monotonic() > 0
+        if d.nbytes <= UNARY_MAX_PACED_BYTES or (d.nbytes <= UNARY_MAX_BYTES and not paced):
+            # one packed message: no stream consumer thread, the bytes copied once. On an emulated
+            # (paced) link bigger deliveries take the stream, whose bytes cross while the link's
+            # time runs, as they would on the real link.
+            msg = pack_delivery(d)
+            wait = arrival_s - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            return self.raw(address, kind, unary=True)(msg, timeout=max(deadline_s - time.time(), 1e-3))
+        raw = self.raw(address, kind)
+        return raw(self._paced(raw_messages(d, chunk_bytes), arrival_s), timeout=max(deadline_s - time.time(), 1e-3))
 
     def _paced(self, frames: list, arrival_s: float):
         # frames are built before the call: a lazy generator run on gRPC's consumer thread was
@@ -219,19 +323,11 @@ class Sender:
                 d.sent_unix_ms = time.time() * 1e3
                 arrival = self._emulator().arrival_s(self.site, to_site, d.nbytes) if to_site else 0.0
                 try:
-                    paced = arrival - time.monotonic() > 0
-                    if d.nbytes <= UNARY_MAX_PACED_BYTES or (d.nbytes <= UNARY_MAX_BYTES and not paced):
-                        # one packed message: no stream consumer thread, the bytes copied once. On
-                        # an emulated (paced) link bigger deliveries take the stream, whose bytes
-                        # cross while the link's time runs, as they would on the real link.
-                        msg = pack_delivery(d)
-                        wait = arrival - time.monotonic()
-                        if wait > 0:
-                            time.sleep(wait)
-                        ack = self.raw(address, kind, unary=True)(msg, timeout=max(deadline_s - time.time(), 1e-3))
-                    else:
-                        raw = self.raw(address, kind)
-                        ack = raw(self._paced(raw_messages(d, chunk_bytes), arrival), timeout=remaining)
+                    ack = self._send_local(address, d, arrival, deadline_s)
+                    if ack is None and self._wants_shm(address, d.nbytes):
+                        ack = self._send_shm(address, kind, d, arrival, deadline_s)
+                    if ack is None:
+                        ack = self._send_bytes(address, kind, d, arrival, deadline_s, chunk_bytes)
                     if self._metrics is not None and to_site and to_site != self.site:
                         self._metrics.link_bytes.labels(link).inc(d.nbytes)
                         self._metrics.link_latency.labels(link).observe(time.time() - d.sent_unix_ms / 1e3)
@@ -292,9 +388,11 @@ class StageWorker(pbg.StageServicer):
         self._metrics = _Metrics()
         self._sender = Sender(site, tls, lambda: self._cfg.emulator if self._cfg else LinkEmulator(),
                               self._metrics)
+        self._shm_reader = ShmReader()
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"send-{site}")
         self._stop = threading.Event()
         self._server: grpc.Server | None = None
+        self._local_server: LocalServer | None = None
         self._done = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -305,7 +403,7 @@ class StageWorker(pbg.StageServicer):
                                    options=GRPC_OPTIONS, interceptors=interceptors)
         pbg.add_StageServicer_to_server(self, self._server)
         self._server.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD,
-                                                                self._accept_delivery))
+                                                                self._accept_delivery, self._shm_reader))
         host = self.listen.rsplit(":", 1)[0]
         if self.tls:
             port = self._server.add_secure_port(self.listen, server_credentials(self.tls))
@@ -315,6 +413,9 @@ class StageWorker(pbg.StageServicer):
             raise OSError(f"site {self.site}: cannot listen on {self.listen}")
         self._server.start()
         self.address = f"{host}:{port}"
+        self._local_server = LocalServer(self.address, self._accept_delivery, self._shm_reader)
+        if self.tls is None:   # with mutual TLS every delivery stays on the authenticated channel
+            self._local_server.start()
         self._metrics.serve(host if host not in ("0.0.0.0", "[::]") else "127.0.0.1")
         threading.Thread(target=self._compute_loop, name=f"compute-{self.site}", daemon=True).start()
         if self.controller:
@@ -325,10 +426,13 @@ class StageWorker(pbg.StageServicer):
         """Stop serving (in-flight calls get a short grace period)."""
         self._stop.set()
         self._inbox.put(None)
+        if self._local_server is not None:
+            self._local_server.stop()
         if self._server is not None:
             self._server.stop(grace=0.5).wait()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._sender.close()
+        self._shm_reader.close()
         self._metrics.close()
 
     def wait(self) -> None:
@@ -371,6 +475,7 @@ class StageWorker(pbg.StageServicer):
                 if self._cfg is not None and self._cfg.emulator.routes == cfg.emulator.routes:
                     cfg.emulator = self._cfg.emulator  # keep link reservations across reconfigures
                 self._cfg = cfg
+                self._sender.shm = options.shm
             return pb.Ack(ok=True)
         except Exception as e:  # report any configuration problem to the controller, one line
             log.exception("configure failed")

@@ -19,7 +19,8 @@ from runtime.proto import runtime_pb2 as pb
 __all__ = ["CHUNK_BYTES", "MAX_MESSAGE_BYTES", "GRPC_OPTIONS", "Delivery", "delivery_frames",
            "frames_to_delivery", "tensor_to_pb", "pb_to_tensor", "raw_messages", "raw_to_delivery",
            "pack_delivery", "unpack_delivery", "RAW_STAGE_METHOD", "RAW_CONTROL_METHOD",
-           "RAW_STAGE_ONE_METHOD", "RAW_CONTROL_ONE_METHOD"]
+           "RAW_STAGE_ONE_METHOD", "RAW_CONTROL_ONE_METHOD", "RAW_STAGE_SHM_METHOD", "RAW_CONTROL_SHM_METHOD",
+           "packed_size", "pack_delivery_into"]
 
 CHUNK_BYTES = 1 << 20          # 1 MiB stream chunks (measured fastest in Python here)
 MAX_MESSAGE_BYTES = 256 << 20  # raised on both ends: the front door sends whole tensors
@@ -40,6 +41,10 @@ RAW_CONTROL_METHOD = "/tierplan.runtime.RawControl/Deliver"
 # costs 1-3 ms more per call in Python (a consumer thread per call, one message per chunk).
 RAW_STAGE_ONE_METHOD = "/tierplan.runtime.RawStage/DeliverOne"
 RAW_CONTROL_ONE_METHOD = "/tierplan.runtime.RawControl/DeliverOne"
+# Peers on the same host get only a handle (runtime.shm): the packed delivery lies in a shared-memory
+# segment, the message names the segment and the packed length.
+RAW_STAGE_SHM_METHOD = "/tierplan.runtime.RawStage/DeliverShm"
+RAW_CONTROL_SHM_METHOD = "/tierplan.runtime.RawControl/DeliverShm"
 _PACK_ALIGN = 64               # tensor bytes start at multiples of this in a packed delivery
 _PACK_PREFIX = struct.Struct("<I")
 
@@ -127,28 +132,60 @@ def _delivery_of(f0: pb.Frame) -> Delivery:
                     sent_unix_ms=f0.sent_unix_ms, trace=json.loads(f0.trace) if f0.trace else [])
 
 
+def _layout(d: Delivery) -> tuple[bytes, list[tuple[int, np.ndarray]], int]:
+    """The packed form's header, each non-empty tensor with its byte offset, and the total length."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in d.tensors.items()}
+    header = _header(d, arrays)
+    off = _PACK_PREFIX.size + len(header)
+    placed = []
+    for a in arrays.values():
+        off += -off % _PACK_ALIGN
+        if a.nbytes:
+            placed.append((off, a))
+            off += a.nbytes
+    return header, placed, off
+
+
 def pack_delivery(d: Delivery) -> bytes:
     """A delivery as one message: header length (uint32 LE), header Bundle, then each tensor's bytes.
 
     Each tensor starts at a multiple of 64 bytes, so the receiver's arrays are views of the
     received message (no copy) and aligned. The tensor bytes are copied once, by the join.
     """
-    arrays = {k: np.ascontiguousarray(v) for k, v in d.tensors.items()}
-    header = _header(d, arrays)
+    header, placed, total = _layout(d)
     parts: list = [_PACK_PREFIX.pack(len(header)), header]
     off = _PACK_PREFIX.size + len(header)
-    for a in arrays.values():
-        pad = -off % _PACK_ALIGN
-        parts.append(bytes(pad))
-        off += pad
-        if a.nbytes:
-            parts.append(memoryview(a.reshape(-1).view(np.uint8)))
-            off += a.nbytes
+    for at, a in placed:
+        parts.append(bytes(at - off))
+        parts.append(memoryview(a.reshape(-1).view(np.uint8)))
+        off = at + a.nbytes
+    parts.append(bytes(total - off))
     return b"".join(parts)
 
 
-def unpack_delivery(buf: bytes) -> Delivery:
-    """The inverse of `pack_delivery`; the arrays are read-only views of `buf`."""
+def packed_size(d: Delivery) -> int:
+    """Length of `pack_delivery(d)` (what `pack_delivery_into` needs)."""
+    return _layout(d)[2]
+
+
+def pack_delivery_into(d: Delivery, buf: memoryview) -> int:
+    """Write `pack_delivery(d)` into `buf` (a shared-memory segment) with one copy of the tensor
+    bytes; returns its length. Padding bytes are left as they are (the reader skips them)."""
+    header, placed, total = _layout(d)
+    if total > len(buf):
+        raise ValueError(f"packed delivery needs {total} bytes, buffer holds {len(buf)}")
+    _PACK_PREFIX.pack_into(buf, 0, len(header))
+    buf[_PACK_PREFIX.size:_PACK_PREFIX.size + len(header)] = header
+    for at, a in placed:
+        dst = np.frombuffer(buf, dtype=np.uint8, count=a.nbytes, offset=at)
+        dst[:] = a.reshape(-1).view(np.uint8)
+        del dst   # no export of `buf` may outlive the call (the segment must stay closable)
+    return total
+
+
+def unpack_delivery(buf: bytes | memoryview, copy: bool = False) -> Delivery:
+    """The inverse of `pack_delivery`; the arrays are read-only views of `buf`, or with `copy` arrays
+    of their own (for a shared-memory segment the sender will reuse)."""
     (n,) = _PACK_PREFIX.unpack_from(buf, 0)
     off = _PACK_PREFIX.size
     frames = pb.Bundle.FromString(buf[off:off + n]).frames
@@ -162,7 +199,8 @@ def unpack_delivery(buf: bytes) -> Delivery:
         count = int(np.prod(shape, dtype=np.int64))
         off += -off % _PACK_ALIGN
         if count:
-            d.tensors[f.name] = np.frombuffer(buf, dtype=dtype, count=count, offset=off).reshape(shape)
+            view = np.frombuffer(buf, dtype=dtype, count=count, offset=off).reshape(shape)
+            d.tensors[f.name] = view.copy() if copy else view
         else:
             d.tensors[f.name] = np.zeros(shape, dtype=dtype)
         off += count * dtype.itemsize
