@@ -1,19 +1,40 @@
-"""Independent parts of a placement problem: edge classes that share no site, link or budget.
+"""Exact decomposition of a placement problem: independent groups of classes, then cloud splits.
 
 The joint model couples edge classes only through what they share: a site's instances, memory
 and utilisation (and its level when renting for queueing), a link's capacity, and the budget.
 The objective (cost, latency, energy or weights) is a sum of per-site and per-class terms, so
-when the classes split into groups that share none of these, the joint optimum is the union of
-the groups' optima and its objective (and bound) the sum of theirs: each group can be solved
-on its own, which is far faster than one model of all of them (CP-SAT's effort grows faster
-than linearly with the model).
+
+1. Components. When the classes split into groups that share none of these, the joint
+   optimum is the union of the groups' optima, its objective (and bound) the sum of theirs.
+2. Cloud splits (verified relaxation). Inside a group, classes often share nothing but a cloud
+   region they hardly use. Pricing each such site per busy fraction of an instance
+   (price x load / cap instead of price x ceil(load / cap)) and letting every sub-group use its
+   whole capacity relaxes the group's problem (ceil(a + b) >= a + b; the capacities are only
+   widened), and the relaxation splits into independent sub-groups. The sum of their proven
+   bounds is then a lower bound of the group's optimum. If the union of their placements
+   satisfies every constraint of the group (planner.evaluate, integer instances) at a true
+   objective no higher than that bound, it is the group's optimum, proven. Otherwise the
+   group is solved as one model, hinted with the union, its bound raised to the relaxation's.
+
+Either way nothing is approximated: a result is reported optimal only with a proof. Solving the
+pieces is far faster than one model of all of them (CP-SAT's effort grows faster than
+linearly with the model, and a shared cloud region couples every class below it).
 """
 
 from __future__ import annotations
 
+import math
+import time
+from dataclasses import replace
+from fractions import Fraction
+from typing import Callable
+
+from planner.evaluate import evaluate
 from planner.problem import Problem
 
-__all__ = ["components", "class_size"]
+__all__ = ["components", "class_size", "solve_groups", "split_sites"]
+
+_SPLIT_SHARE = 0.6      # of a group's time for the relaxed sub-groups; the rest for the joint fallback
 
 
 def class_size(problem: Problem, name: str) -> int:
@@ -22,11 +43,9 @@ def class_size(problem: Problem, name: str) -> int:
     return sum(len(a) for a in c.allowed)
 
 
-def components(problem: Problem) -> list[tuple[str, ...]]:
-    """Groups of edge class names that share no site, link capacity or budget (problem order).
-
-    One group holding every class when a budget couples them all (or there is one class).
-    """
+def components(problem: Problem, relaxed: frozenset[str] = frozenset()) -> list[tuple[str, ...]]:
+    """Groups of edge class names that share no site (other than `relaxed` ones), link capacity or
+    budget, in problem order. One group of every class when a budget couples them all."""
     names = [c.name for c in problem.classes]
     if problem.budget_uusd_h is not None or len(names) < 2:
         return [tuple(names)]
@@ -42,7 +61,7 @@ def components(problem: Problem) -> list[tuple[str, ...]]:
     for c in problem.classes:
         shared = set()
         for allowed in c.allowed:
-            shared.update(f"site:{s}" for s in allowed)
+            shared.update(f"site:{s}" for s in allowed if s not in relaxed)
         for hops in c.hops.values():
             for h in hops:
                 shared.update(f"link:{k}" for k in h.cap_keys)
@@ -55,3 +74,110 @@ def components(problem: Problem) -> list[tuple[str, ...]]:
     for n in names:
         groups.setdefault(root(n), []).append(n)
     return [tuple(g) for g in groups.values()]
+
+
+def split_sites(problem: Problem) -> frozenset[str]:
+    """The sites a group may be split at: rented cloud sites planned at one utilisation level
+    (their cost is then the only thing the relaxation changes)."""
+    return frozenset(s for s, sd in problem.sites.items()
+                     if sd.tier == "cloud" and not sd.fixed_instances and len(sd.levels()) == 1)
+
+
+def _restrict(problem: Problem, names: tuple[str, ...], extra_sites: set[str] = frozenset()) -> Problem:
+    """The sub-problem of the named classes, with the sites they may use (and `extra_sites`)."""
+    by_name = {c.name: c for c in problem.classes}
+    keep = {s for n in names for a in by_name[n].allowed for s in a} | set(extra_sites)
+    return replace(problem, classes=tuple(by_name[n] for n in names),
+                   sites={s: sd for s, sd in problem.sites.items() if s in keep})
+
+
+def solve_groups(problem: Problem, solve_model: Callable, time_limit_s: float, *, hint: dict | None = None,
+                 secondary: str | None = None, seed: int = 0, secondary_share: float = 1.0,
+                 first_solution: bool = False):
+    """Solve independent groups of classes one by one (smallest first; each gets its share of
+    the time left, so what an easy group leaves goes to the harder ones) and add them up.
+
+    The groups share no variable and no constraint and the objective is their sum, so the union
+    of their optima is the joint optimum, the sum of their bounds bounds it, and the status is
+    the weakest of theirs (one infeasible group makes the whole problem infeasible).
+    `solve_model` is planner.formulation.solve_model (one CP-SAT model).
+    """
+    from planner.formulation import SolveResult
+
+    t0 = time.perf_counter()
+    groups = components(problem)
+    sizes = {g: sum(class_size(problem, n) for n in g) for g in groups}
+    order = sorted(groups, key=lambda g: sizes[g])
+    used = {s for c in problem.classes for a in c.allowed for s in a}
+    # sites no class may use (only a base load there) belong to the first group: counted once
+    spare = set(problem.sites) - used
+    results = []
+    for i, g in enumerate(order):
+        left = time_limit_s - (time.perf_counter() - t0)
+        share = sizes[g] / sum(sizes[h] for h in order[i:])
+        sub = _restrict(problem, g, spare if i == 0 else set()) if len(groups) > 1 else problem
+        kw = dict(hint=hint, secondary=secondary, seed=seed, secondary_share=secondary_share)
+        if first_solution:
+            r = solve_model(sub, max(0.05, left * share), first_solution=True, **kw)
+        else:
+            r = _solve_split(sub, solve_model, max(0.05, left * share), **kw)
+        if r.status not in ("optimal", "feasible"):
+            return SolveResult(r.status, solve_s=time.perf_counter() - t0)
+        results.append(r)
+    if len(results) == 1:
+        return replace(results[0], solve_s=time.perf_counter() - t0)
+    assignment: dict[str, tuple[str, ...]] = {}
+    levels: dict[str, int] = {}
+    for r in results:
+        assignment.update(r.assignment)
+        levels.update(r.levels)
+    status = "optimal" if all(r.status == "optimal" for r in results) else "feasible"
+    return SolveResult(status, {c.name: assignment[c.name] for c in problem.classes},
+                       sum(r.objective for r in results), sum(r.bound for r in results),
+                       time.perf_counter() - t0, sum(r.latency_term or 0 for r in results), levels)
+
+
+def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *, hint: dict | None,
+                 secondary: str | None, seed: int, secondary_share: float):
+    """One group: split it at its cloud sites (verified relaxation, see the module docstring),
+    or solve it as one model when it does not split or the relaxed optimum is not the group's."""
+    from planner.formulation import SolveResult
+
+    t0 = time.perf_counter()
+    relaxed = split_sites(problem)
+    parts = components(problem, relaxed) if relaxed else []
+    kw = dict(hint=hint, secondary=secondary, seed=seed, secondary_share=secondary_share)
+    if len(parts) < 2:
+        return solve_model(problem, time_limit_s, **kw)
+    sizes = {g: sum(class_size(problem, n) for n in g) for g in parts}
+    order = sorted(parts, key=lambda g: sizes[g])
+    results = []
+    for i, g in enumerate(order):
+        left = _SPLIT_SHARE * time_limit_s - (time.perf_counter() - t0)
+        share = sizes[g] / sum(sizes[h] for h in order[i:])
+        sub = _restrict(problem, g)
+        r = solve_model(sub, max(0.05, left * share), fractional=relaxed & set(sub.sites), **kw)
+        if r.status != "optimal":
+            results = []
+            break
+        results.append(r)
+    start = hint
+    lower = None
+    if results:
+        # the relaxation's optimum: a lower bound of the group's (in the group's integer units)
+        lower = sum((Fraction(r.bound, r.scale) for r in results), Fraction(0))
+        chosen = {k: v for r in results for k, v in r.levels.items()}
+        for pick, levels in (("assignment", chosen), ("primary", None)):
+            union = {n: s for r in results for n, s in getattr(r, pick).items()}
+            ev = evaluate(problem, union, levels)
+            if ev.feasible and ev.objective <= lower:
+                # feasible for the group at the relaxation's bound: the group's optimum, proven
+                return SolveResult("optimal", union, ev.objective, ev.objective, time.perf_counter() - t0,
+                                   ev.latency_term, dict(levels or {}))
+            if ev.feasible:
+                start = union
+    r = solve_model(problem, max(0.05, time_limit_s - (time.perf_counter() - t0)),
+                    **{**kw, "hint": start})
+    if lower is not None and r.status == "feasible" and r.bound is not None and math.ceil(lower) > r.bound:
+        r = replace(r, bound=min(math.ceil(lower), r.objective))
+    return r

@@ -33,19 +33,20 @@ of a chain's latency is a shortest path, which is why large apps are proven opti
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ortools.sat.python import cp_model
 
-from planner.decompose import class_size, components
+from planner.decompose import solve_groups
 from planner.evaluate import ancestors, sink_items
 from planner.problem import COMPUTE_KINDS, Problem
 from planner.queueing import FACTOR_SCALE, wait_us
 
-__all__ = ["SolveResult", "solve", "STATUS_NAMES"]
+__all__ = ["SolveResult", "solve", "solve_model", "STATUS_NAMES"]
 
 STATUS_NAMES = {
     cp_model.OPTIMAL: "optimal",
@@ -67,6 +68,8 @@ class SolveResult:
     solve_s: float = 0.0
     latency_term: int | None = None
     levels: dict[str, int] = field(default_factory=dict)   # site -> utilisation level chosen
+    scale: int = 1              # objective and bound in units of 1/scale (fractional relaxations)
+    primary: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the optimum before tie-breaking
 
     @property
     def gap(self) -> float | None:
@@ -92,9 +95,16 @@ def _workers() -> int:
 class _Model:
     """Builds the CP-SAT model of `problem` (data, variables, constraints, objective)."""
 
-    def __init__(self, problem: Problem):
+    def __init__(self, problem: Problem, fractional: frozenset[str] = frozenset()):
         self.p = problem
         self.m = cp_model.CpModel()
+        # rented sites priced per busy fraction of an instance (a relaxation, planner.decompose):
+        # the objective is then in units of 1/scale
+        self.fractional = frozenset(s for s in fractional if s in problem.sites
+                                    and not problem.sites[s].fixed_instances
+                                    and len(problem.sites[s].levels()) == 1)
+        self.scale = math.lcm(*(problem.sites[s].util_cap_ppm for s in self.fractional)) if self.fractional else 1
+        self.frac_terms: list = []
         self.x: dict[tuple[str, int, str], cp_model.IntVar] = {}
         self.y: dict[tuple[str, int, str], cp_model.IntVar] = {}
         self.z: dict[tuple[str, int, str, str], cp_model.IntVar] = {}
@@ -222,6 +232,12 @@ class _Model:
                 continue
             if not terms and not sd.base_load_ppm:
                 continue
+            if s in self.fractional:
+                # relaxation: the busy fraction of instances is paid, within the instances there are
+                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
+                per_ppm = sd.price_uusd_per_h * (self.scale // sd.util_cap_ppm)
+                self.frac_terms += [per_ppm * t for t in terms] + [per_ppm * sd.base_load_ppm]
+                continue
             inst = m.NewIntVar(0, sd.max_instances, f"inst[{s}]")
             self.inst[s] = inst
             if queues:
@@ -289,6 +305,10 @@ class _Model:
         self.energy_expr = sum(self.energy_terms)
         self.objective = (p.coef_cost * self.cost_expr + p.coef_latency * self.latency_expr
                           + p.coef_energy * self.energy_expr)
+        if self.fractional:
+            # every term in units of 1/scale; fractional sites add price x busy instances
+            self.cost_expr = self.scale * self.cost_expr + sum(self.frac_terms)
+            self.objective = self.scale * self.objective + p.coef_cost * sum(self.frac_terms)
 
     def _waits(self) -> None:
         """Queueing wait per (class, sink, site visited): w_p(level of s) x J[e,s], where J[e,s]
@@ -393,65 +413,34 @@ class _Model:
 
 def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None,
           latency_max: int | None = None, objective_max: int | None = None,
-          secondary: str | None = None, seed: int = 0, secondary_share: float = 1.0) -> SolveResult:
+          secondary: str | None = None, seed: int = 0, secondary_share: float = 1.0,
+          first_solution: bool = False, decompose: bool = True) -> SolveResult:
     """Solve `problem` with CP-SAT; never hides the solver status.
 
     `latency_max` bounds the weighted latency term (epsilon-constraint for the Pareto front);
     `secondary` ("latency" or "cost") re-solves with the primary objective fixed at its optimum
     to break ties (reported objective stays the primary one), within `secondary_share` of the limit.
-    Edge classes that share nothing (planner.decompose) are solved group by group, exactly.
+    Edge classes that share nothing (planner.decompose) are solved group by group, exactly
+    (`decompose=False`: one model of everything, the reference the tests compare with).
+    `first_solution` stops at the first feasible placement (a feasibility check: status
+    "feasible" unless that one is proven optimal, "infeasible" proven either way).
     """
-    groups = components(problem) if latency_max is None and objective_max is None else []
-    if len(groups) < 2:
-        return _solve_one(problem, time_limit_s, hint, latency_max, objective_max, secondary, seed,
-                          secondary_share)
-    return _solve_groups(problem, groups, time_limit_s, hint, secondary, seed, secondary_share)
+    if decompose and latency_max is None and objective_max is None and problem.budget_uusd_h is None:
+        return solve_groups(problem, solve_model, time_limit_s, hint=hint, secondary=secondary, seed=seed,
+                            secondary_share=secondary_share, first_solution=first_solution)
+    return solve_model(problem, time_limit_s, hint, latency_max, objective_max, secondary, seed,
+                       secondary_share, first_solution)
 
 
-def _solve_groups(problem: Problem, groups: list[tuple[str, ...]], time_limit_s: float, hint: dict | None,
-                  secondary: str | None, seed: int, secondary_share: float) -> SolveResult:
-    """Solve independent groups of classes one by one (smallest first; each gets its share of
-    the time left, so what an easy group leaves goes to the harder ones) and add them up.
-
-    The groups share no variable and no constraint and the objective is their sum, so the union
-    of their optima is the joint optimum, the sum of their bounds bounds it, and the status is
-    the weakest of theirs (one infeasible group makes the whole problem infeasible).
-    """
+def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None, latency_max: int | None = None,
+                objective_max: int | None = None, secondary: str | None = None, seed: int = 0,
+                secondary_share: float = 1.0, first_solution: bool = False,
+                fractional: frozenset[str] = frozenset()) -> SolveResult:
+    """One CP-SAT model of the whole `problem` (see solve). Sites in `fractional` (rented, one
+    level) are priced per busy fraction of an instance: a relaxation whose objective and bound
+    come in units of 1/scale (planner.decompose uses it to split classes sharing such a site)."""
     t0 = time.perf_counter()
-    by_name = {c.name: c for c in problem.classes}
-    sizes = {g: sum(class_size(problem, n) for n in g) for g in groups}
-    order = sorted(groups, key=lambda g: sizes[g])
-    used = {g: {s for n in g for a in by_name[n].allowed for s in a} for g in groups}
-    # sites no class may use (only a base load there) belong to the first group: counted once
-    spare = set(problem.sites) - set().union(*used.values())
-    results = []
-    for i, g in enumerate(order):
-        left = time_limit_s - (time.perf_counter() - t0)
-        share = sizes[g] / sum(sizes[h] for h in order[i:])
-        keep = used[g] | (spare if i == 0 else set())
-        sub = replace(problem, classes=tuple(by_name[n] for n in g),
-                      sites={s: sd for s, sd in problem.sites.items() if s in keep})
-        r = _solve_one(sub, max(0.05, left * share), hint, None, None, secondary, seed, secondary_share)
-        if r.status not in ("optimal", "feasible"):
-            return SolveResult(r.status, solve_s=time.perf_counter() - t0)
-        results.append(r)
-    assignment: dict[str, tuple[str, ...]] = {}
-    levels: dict[str, int] = {}
-    for r in results:
-        assignment.update(r.assignment)
-        levels.update(r.levels)
-    status = "optimal" if all(r.status == "optimal" for r in results) else "feasible"
-    return SolveResult(status, {c.name: assignment[c.name] for c in problem.classes},
-                       sum(r.objective for r in results), sum(r.bound for r in results),
-                       time.perf_counter() - t0, sum(r.latency_term or 0 for r in results), levels)
-
-
-def _solve_one(problem: Problem, time_limit_s: float, hint: dict | None, latency_max: int | None,
-               objective_max: int | None, secondary: str | None, seed: int,
-               secondary_share: float) -> SolveResult:
-    """One CP-SAT model of the whole `problem` (see solve)."""
-    t0 = time.perf_counter()
-    mdl = _Model(problem)
+    mdl = _Model(problem, fractional)
     m = mdl.m
     if latency_max is not None:
         m.Add(mdl.latency_expr <= latency_max)
@@ -464,16 +453,18 @@ def _solve_one(problem: Problem, time_limit_s: float, hint: dict | None, latency
     solver.parameters.max_time_in_seconds = float(time_limit_s)
     solver.parameters.num_workers = _workers()
     solver.parameters.random_seed = seed
+    solver.parameters.stop_after_first_solution = first_solution
     code = solver.Solve(m)
     status = STATUS_NAMES.get(code, "unknown")
     if status not in ("optimal", "feasible"):
         return SolveResult(status, solve_s=time.perf_counter() - t0)
     assignment, levels = _read(problem, mdl, solver)
+    primary = dict(assignment)
     obj = int(round(solver.ObjectiveValue()))
     bound = int(round(solver.BestObjectiveBound()))
     lat = int(round(solver.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
     left = min(time_limit_s - (time.perf_counter() - t0), secondary_share * time_limit_s)
-    if secondary and status == "optimal" and left > 0.2:
+    if secondary and status == "optimal" and left > 0.2 and not first_solution:
         expr = {"latency": mdl.latency_expr, "cost": mdl.cost_expr, "energy": mdl.energy_expr}[secondary]
         if not isinstance(expr, int):
             m.Add(mdl.objective <= obj)
@@ -489,7 +480,7 @@ def _solve_one(problem: Problem, time_limit_s: float, hint: dict | None, latency
             if code2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 assignment, levels = _read(problem, mdl, solver2)
                 lat = int(round(solver2.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
-    return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat, levels)
+    return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat, levels, mdl.scale, primary)
 
 
 def _read(problem: Problem, mdl: _Model,
