@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import logging
 import os
 import re
 import secrets
@@ -60,6 +61,7 @@ FRAME_HEADER_BYTES = 14 + 20 + 32
 _CMD_TIMEOUT_S = 10.0
 _PROBE_START_TIMEOUT_S = 30.0
 _STOP_GRACE_S = 3.0
+log = logging.getLogger("tierplan.runtime")
 _NAME_COUNTER = itertools.count()
 _NS_NAME = re.compile(r"^tierplan-([0-9a-f]{6})[0-9a-f]{4}-[ab]$")
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "grpc_proxy",
@@ -96,6 +98,12 @@ def tbf_args(rate_mbps: float, burst_bytes: int | None = None, queue_ms: float =
 def wire_rate_mbps(payload_mbps: float) -> float:
     """The tbf rate whose payload rate is `payload_mbps` (full-size segments): how the emulator reads a declared link."""
     return payload_mbps * (PACKET_PAYLOAD_BYTES + FRAME_HEADER_BYTES) / PACKET_PAYLOAD_BYTES
+
+
+def _namespace_names() -> set[str]:
+    """Names of the machine's network namespaces (`ip netns list`; empty when it cannot run)."""
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=_CMD_TIMEOUT_S)
+    return {line.split(" ", 1)[0] for line in r.stdout.splitlines() if line.strip()}
 
 
 def _ns_pids(ns: str) -> list[int]:
@@ -184,6 +192,10 @@ class VethPair:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=_CMD_TIMEOUT_S)
         # a veth not yet moved into a namespace (creation failed half-way) lives in ours
         subprocess.run(["ip", "link", "del", self.devices[0]], capture_output=True, timeout=_CMD_TIMEOUT_S)
+        left = [ns for ns in self.namespaces if ns in _namespace_names()]
+        if left:  # teardown runs in `finally`: say so rather than mask the body's own error
+            log.warning("network namespaces %s could not be deleted; remove them with `ip netns del NAME` "
+                        "or runtime.netns.remove_stale_pairs() once this process exits", ", ".join(left))
 
 
 def _token() -> str:
@@ -208,10 +220,10 @@ def remove_stale_pairs() -> list[str]:
     touched; processes still inside them were started by that dead owner and are ended. Returns the
     namespaces removed.
     """
-    out = _run(["ip", "netns", "list"])
+    _run(["ip", "netns", "list"])   # raises NetnsError, naming the cause, where namespaces are unavailable
     removed = []
-    for line in out.splitlines():
-        m = _NS_NAME.match(line.split(" ", 1)[0])
+    for name in sorted(_namespace_names()):
+        m = _NS_NAME.match(name)
         if m is None or _pid_alive(int(m.group(1), 16)):
             continue
         ns = m.group(0)
