@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import secrets
+import selectors
 import shutil
 import signal
 import subprocess
@@ -42,10 +43,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from runtime.links import PACKET_PAYLOAD_BYTES
-from tierplan.errors import RuntimeFault
+from tierplan.errors import InputError, RuntimeFault
 
-__all__ = ["VethPair", "NetnsError", "veth_pair", "remove_stale_pairs", "tbf_args", "wire_rate_mbps", "probe_argv", "probe_env",
-           "read_port", "main", "TBF_BURST_S", "TBF_MIN_BURST_BYTES", "TBF_QUEUE_MS", "FRAME_HEADER_BYTES"]
+__all__ = ["VethPair", "NetnsError", "veth_pair", "remove_stale_pairs", "tbf_args", "wire_rate_mbps",
+           "probe_argv", "probe_env", "read_port", "main", "TBF_BURST_S", "TBF_MIN_BURST_BYTES", "TBF_QUEUE_MS",
+           "FRAME_HEADER_BYTES"]
 
 # tbf's bucket depth: what the link may send at once after an idle spell, as time at the rate,
 # but never less than a few full frames, or tbf cannot pass one GSO segment (tc-tbf(8): burst
@@ -89,7 +91,7 @@ def _run(argv: Sequence[str]) -> str:
 def tbf_args(rate_mbps: float, burst_bytes: int | None = None, queue_ms: float = TBF_QUEUE_MS) -> list[str]:
     """The `tc qdisc add ... root` arguments of a tbf at `rate_mbps` (bucket and queue as documented above)."""
     if rate_mbps <= 0:
-        raise ValueError(f"tbf rate must be > 0 Mbit/s, got {rate_mbps}")
+        raise InputError(f"tbf rate must be > 0 Mbit/s, got {rate_mbps}. To fix: pass the link's bandwidth")
     rate_bps = rate_mbps * 1e6
     burst = burst_bytes or max(TBF_MIN_BURST_BYTES, int(rate_bps / 8 * TBF_BURST_S))
     return ["tbf", "rate", f"{rate_bps:.0f}bit", "burst", str(int(burst)), "latency", f"{queue_ms:g}ms"]
@@ -273,7 +275,6 @@ def probe_env() -> dict[str, str]:
 
 def read_port(proc: subprocess.Popen, timeout_s: float = _PROBE_START_TIMEOUT_S) -> int:
     """The port a `serve` probe prints on its first line (raises NetnsError if it dies or stays silent)."""
-    import selectors
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     if not sel.select(timeout_s):
