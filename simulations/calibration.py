@@ -78,18 +78,13 @@ class ServiceProfile:
         return float(self.samples_ms[(node, site)].mean())
 
     def quantile_ms(self, node: str, site: str, u: np.ndarray) -> np.ndarray:
-        """Inverse empirical CDF (linear between order statistics) at probabilities u in (0, 1)."""
-        xs = self.samples_ms[(node, site)]
-        if len(xs) == 1:
-            return np.full(np.shape(u), xs[0])
-        pos = np.clip(np.asarray(u) * len(xs) - 0.5, 0.0, len(xs) - 1.0)  # Hazen plotting positions
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, len(xs) - 1)
-        return xs[lo] + (pos - lo) * (xs[hi] - xs[lo])
+        """Inverse empirical CDF at probabilities u in (0, 1): `from_normal` at Phi^-1(u)."""
+        z = np.array([_ND.inv_cdf(float(min(max(x, 1e-12), 1 - 1e-12))) for x in np.ravel(u)])
+        return self.from_normal(node, site, z.reshape(np.shape(u)))
 
     def from_normal(self, node: str, site: str, z: np.ndarray) -> np.ndarray:
-        """The measured time at standard-normal draws z: the inverse empirical CDF at Phi(z)
-        (`quantile_ms`), computed as an interpolation on the samples' normal scores."""
+        """The measured time at standard-normal draws z: the i-th smallest of m samples at the normal
+        score Phi^-1((i + 0.5) / m), linear in between, the extremes beyond (no extrapolation)."""
         key = (node, site)
         grid = self._grids.get(key)
         if grid is None:

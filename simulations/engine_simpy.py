@@ -12,7 +12,9 @@ shared queue with `dispatch="shared"`), hold it for the service time, then the l
 delay. A FIFO queue with non-preemptive service is kept as each server's next-free time (the
 Kiefer-Wolfowitz workload vector for a shared queue), updated when a job joins it in event order:
 exactly what a SimPy Resource would do, with one event per visit instead of three. Queues are
-created on first use, so cost per request does not grow with the fleet.
+created on first use, so cost per request does not grow with the fleet. With every site on one
+host (`colocate`), compute jobs hold real SimPy resources instead: their site's server, then one
+of the host's cores (a job needs both, so the next-free shortcut no longer holds).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
     failed = [np.zeros(n, dtype=bool) for n in n_req]
     rerouted = [np.zeros(n, dtype=bool) for n in n_req]
     delayed = [np.zeros(n, dtype=bool) for n in n_req]
-    host = [0.0] * world.host_cores if world.host_cores is not None else None  # cores' next-free times
+    # every site on one host: its cores, and each site server as a SimPy resource (a job holds both)
+    host = simpy.Resource(env, capacity=world.host_cores) if world.host_cores is not None else None
+    held: dict = {}
     free: dict = {}  # queue -> when its server is next free (a heap of servers with dispatch="shared")
     rr: dict[tuple, int] = {}
     rec: dict[str, tuple[list, list, list]] = {}
@@ -90,22 +94,38 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
             rec[label] = ([], [], [])
             meta[label] = (world.instance_count(st), servers)
         key = (st.resource, inst)
-        on_host = host is not None and st.kind == "compute"
-        if dispatch == "shared":  # c servers, one FIFO queue: the job takes the earliest-free server
+        if host is not None and st.kind == "compute":
+            # every site on one host: the job holds its site's server (FIFO), then waits for one of
+            # the host's cores (FIFO across all sites), computes, and releases both
+            if dispatch == "shared":
+                skey, cap = key, servers
+            else:
+                k = rr.get(key, 0)
+                rr[key] = k + 1
+                skey, cap = (key, k % servers), 1
+            site_res = held.get(skey)
+            if site_res is None:
+                site_res = held[skey] = simpy.Resource(env, capacity=cap)
+            with site_res.request() as got_server:
+                yield got_server
+                with host.request() as got_core:
+                    yield got_core
+                    start = env.now
+                    yield env.timeout(svc)
+        elif dispatch == "shared":  # c servers, one FIFO queue: the job takes the earliest-free server
             heap = free.get(key)
             if heap is None:
                 heap = free[key] = [0.0] * servers
-            start = max(t, heap[0], host[0] if on_host else 0.0)
-            heapq.heapreplace(heap, start + svc)
+            start = max(t, heapq.heappop(heap))
+            heapq.heappush(heap, start + svc)
+            yield env.timeout(start + svc - t)
         else:  # round-robin over replicas, each a FIFO server
             k = rr.get(key, 0)
             rr[key] = k + 1
             pk = (key, k % servers)
-            start = max(t, free.get(pk, 0.0), host[0] if on_host else 0.0)
+            start = max(t, free.get(pk, 0.0))
             free[pk] = start + svc
-        if on_host:  # the job also holds one of the shared host's cores (the earliest free)
-            heapq.heapreplace(host, start + svc)
-        yield env.timeout(start + svc - t)
+            yield env.timeout(start + svc - t)
         r = rec[label]
         r[0].append(inst)
         r[1].append(start)
