@@ -239,9 +239,11 @@ class LocalClient:
                 return
         sock.close()
 
-    def call(self, address: str, d: Delivery, deadline_s: float, arrival_s: float) -> pb.Ack | None:
-        """Deliver `d` to the process at loopback `address`; None when it has no same-host socket
-        (the caller uses gRPC). Raises LocalCallError like a failed gRPC call otherwise."""
+    def call(self, address: str, d: Delivery, deadline_s: float, arrival_s: float,
+             timeout_s: float | None = None) -> pb.Ack | None:
+        """Deliver `d` to the process at loopback `address` (waiting for the reply until the deadline,
+        or `timeout_s` if sooner); None when it has no same-host socket (the caller uses gRPC).
+        Raises LocalCallError like a failed gRPC call otherwise."""
         name = socket_name(address)
         sock = self._connect(name) if name else None
         if sock is None:
@@ -266,7 +268,8 @@ class LocalClient:
             wait = arrival_s - time.monotonic()
             if wait > 0:          # the emulated link's time runs before the delivery arrives
                 time.sleep(wait)
-            sock.settimeout(max(deadline_s - time.time(), 1e-3))
+            wait_s = deadline_s - time.time()
+            sock.settimeout(max(min(wait_s, timeout_s) if timeout_s is not None else wait_s, 1e-3))
             sock.sendall(msg)
             head = _recv_exact(sock, _HEAD.size)
             body = _recv_exact(sock, _HEAD.unpack(head)[0]) if head is not None else None

@@ -445,7 +445,8 @@ class Service:
         for src, tensors in feeds.items():
             site = self.graph.sites[src]
             d = Delivery(rid, "", src, tensors, deadline_unix_ms=deadline_s * 1e3)
-            self._pool.submit(self._feed, p, d, site)
+            if not self._sender.try_now(self.sites[site].address, d, ""):   # same host: no thread handoff
+                self._pool.submit(self._feed, p, d, site)
         return p
 
     def _feed(self, p: _Pending, d: Delivery, site: str) -> None:

@@ -68,6 +68,7 @@ RETRY_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.Status
 UNARY_MAX_BYTES = 2 << 20
 UNARY_MAX_PACED_BYTES = 64 << 10   # the same limit when the link is emulated (see Sender.send)
 _RETRY_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.4)
+INLINE_TIMEOUT_S = 1.0    # longest a compute thread waits for a same-host peer before the sender pool takes over
 _ERROR_REPORT_TIMEOUT_S = 2.0
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -236,12 +237,35 @@ class Sender:
             pool.close()
         self._local.close()
 
-    def _send_local(self, address: str, d: Delivery, arrival_s: float, deadline_s: float) -> pb.Ack | None:
+    def try_now(self, address: str | None, d: Delivery, to_site: str) -> bool:
+        """One same-host attempt on the caller's thread, for routes the emulator leaves alone: True
+        when the peer took the delivery. Anything else (no socket, TLS, a dead, slow or refusing
+        peer) returns False and leaves the delivery to `send`, with its retries, on a sender thread.
+
+        It saves the sender pool's thread handoff on every hop; the attempt waits at most
+        INLINE_TIMEOUT_S, so a stuck peer cannot hold the caller (a stage's compute thread) for long.
+        """
+        if not address or (to_site and self._emulator().route(self.site, to_site)):
+            return False
+        d.sent_unix_ms = time.time() * 1e3
+        try:
+            ack = self._send_local(address, d, 0.0, d.deadline_unix_ms / 1e3, INLINE_TIMEOUT_S)
+        except grpc.RpcError:
+            return False
+        if ack is None or not ack.ok:
+            return False
+        if self._metrics is not None and to_site and to_site != self.site:
+            self._metrics.link_bytes.labels(f"{self.site}->{to_site}").inc(d.nbytes)
+            self._metrics.link_latency.labels(f"{self.site}->{to_site}").observe(time.time() - d.sent_unix_ms / 1e3)
+        return True
+
+    def _send_local(self, address: str, d: Delivery, arrival_s: float, deadline_s: float,
+                    timeout_s: float | None = None) -> pb.Ack | None:
         """The same-host socket (runtime.localwire) when the peer has one and TLS is off; else None."""
         if not self.shm or self.tls is not None or address in self._no_shm:
             return None
         try:
-            return self._local.call(address, d, deadline_s, arrival_s)
+            return self._local.call(address, d, deadline_s, arrival_s, timeout_s)
         except LocalCallError as e:
             if e.code() in _NO_SHM_CODES:
                 log.info("%s: no same-host path to %s (%s); using gRPC", self.site, address, e.details())
@@ -691,10 +715,11 @@ class StageWorker(pbg.StageServicer):
     def _route(self, cfg: _Config, d: Delivery) -> None:
         to_site = cfg.graph.sites.get(d.dst, "")
         if cfg.graph.kinds.get(d.dst) == "sink":
-            self._pool.submit(self._send_collector, cfg, d, to_site)
+            if not self._sender.try_now(cfg.collector, d, to_site):
+                self._pool.submit(self._send_collector, cfg, d, to_site)
         elif to_site == self.site:
             self._accept(cfg, d)  # same site: in memory, no hop
-        else:
+        elif not self._sender.try_now(cfg.peers.get(to_site), d, to_site):
             self._pool.submit(self._send_peer, d, to_site)
 
     def _send_peer(self, d: Delivery, to_site: str) -> None:
