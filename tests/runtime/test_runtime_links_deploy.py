@@ -15,7 +15,8 @@ RTT_MS, JITTER_MS = 40.0, 6.0
 RADIO_MBPS = 20_000.0          # fast, so the 1.55 MB tensor's wire time (0.6 ms) hides no jitter
 N_REQUESTS = 40
 OVERHEAD_MS = 8.0              # a 1.55 MB hop between two processes on the busy 2-core machine, at most
-IQR_PER_STD = 1.349
+IQR_PER_STD = 1.349            # interquartile range of a normal distribution, in standard deviations
+TRIM_SHARE = 0.05              # share of the lowest and of the highest transfers left out of the mean
 
 
 def _jittery_fleet() -> FleetSpec:
@@ -43,7 +44,9 @@ def test_deployed_radio_link_has_the_declared_delay_and_jitter(ray_cluster, sq_f
     radio, backhaul = np.array(radio), np.array(backhaul)
     wire_ms = 1_548_800 * 8 / (RADIO_MBPS * 1e6) * 1e3
     se_mean = JITTER_MS / np.sqrt(N_REQUESTS)
-    assert RTT_MS / 2 + wire_ms - 3 * se_mean < radio.mean() < RTT_MS / 2 + wire_ms + 3 * se_mean + OVERHEAD_MS
+    k = int(N_REQUESTS * TRIM_SHARE)          # robust to a few scheduling hiccups on the shared machine
+    mean = float(np.sort(radio)[k:N_REQUESTS - k].mean())
+    assert RTT_MS / 2 + wire_ms - 3 * se_mean < mean < RTT_MS / 2 + wire_ms + 3 * se_mean + OVERHEAD_MS, mean
     q25, q75 = np.percentile(radio, [25, 75])
     assert (q75 - q25) / IQR_PER_STD == pytest.approx(JITTER_MS, rel=0.35)
     # the backhaul declares no jitter: its spread is only the machine's noise, far below the radio's
