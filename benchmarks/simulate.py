@@ -157,6 +157,14 @@ def _local_fleet(fleet_spec: FleetSpec, edge_class: str) -> FleetSpec:
     return FleetSpec(name=fleet_spec.name, sites=sites, links=dict(fleet_spec.links))
 
 
+def _as_runtime_delivers(app, p: Plan):
+    """The app with each sink delivered where the local runtime delivers it: a sink the plan does
+    not place goes back to its source's site (runtime/graph.py), whatever the app's `deliver_to`."""
+    sinks = {n: (s if f"sink:{n}" in p.assignment else s.model_copy(update={"deliver_to": "source"}))
+             for n, s in app.sinks.items()}
+    return app.model_copy(update={"sinks": sinks})
+
+
 def _sim_e2e(p: Plan, fleet_spec: FleetSpec, **kw) -> tuple[float, float]:
     """p50 and p95 of the slowest sink at negligible load (the runtime sends one request at a time),
     every site one worker (as deployed locally) on one host with this machine's cores."""
@@ -177,7 +185,8 @@ def bench_fidelity(duration_s: float) -> dict:
     compute step's measured times and the within-request correlation fitted to the spread of the
     requests' total compute time), the odd ones are the measurement it is compared with. The
     simulator replays the run's conditions: one site per class, the edge class the runtime drives,
-    one worker per site on one host with this machine's cores, negligible load.
+    one worker per site on one host with this machine's cores, negligible load, sinks delivered
+    where the runtime delivers them.
     Three rows per example: the plan's predicted piece times (fleet devices, not this machine),
     each step's measured p50/p95 as an independent log-normal (last session's method), and the
     calibrated profile (the goal).
@@ -192,7 +201,7 @@ def bench_fidelity(duration_s: float) -> dict:
     if not examples:
         return {"skipped": "no examples/<name>/ with app.yaml and fleet.yaml"}
     from simulations.calibration import collect_runtime_traces, profile_from_traces
-    from tierplan.loader import load_fleet
+    from tierplan.loader import load_app, load_fleet
     rows = []
     for ex in examples:
         load = os.getloadavg()[0]
@@ -212,6 +221,7 @@ def bench_fidelity(duration_s: float) -> dict:
         fleet_spec = load_fleet(ex / "fleet.yaml")
         edge = next(iter(p.per_class), None) or next(n for n, s in fleet_spec.sites.items() if s.tier == "edge")
         local = _local_fleet(fleet_spec, edge)
+        app = _as_runtime_delivers(load_app(ex / "app.yaml"), p)
         row = {"example": ex.name, "requests_calibration": len(calib), "requests_measured": len(valid),
                "load_1min": load, "measured_p50_ms": m50, "measured_p95_ms": m95,
                "correlation_fitted": prof.correlation,
@@ -219,7 +229,7 @@ def bench_fidelity(duration_s: float) -> dict:
         variants = (("plan", {}), ("independent", {"latency_ms": _stage_latencies(calib)}),
                     ("profile", {"profile": prof}))
         for tag, kw in variants:
-            s50, s95 = _sim_e2e(p, local, **kw)
+            s50, s95 = _sim_e2e(p, local, app=app, **kw)
             row[f"sim_{tag}_p50_ms"], row[f"sim_{tag}_p95_ms"] = s50, s95
             row[f"{tag}_p50_ratio"], row[f"{tag}_p95_ratio"] = s50 / m50, s95 / m95
             row[f"{tag}_met"] = abs(s50 / m50 - 1) <= FIDELITY_TOLERANCE and abs(s95 / m95 - 1) <= FIDELITY_TOLERANCE

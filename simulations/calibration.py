@@ -8,9 +8,10 @@ pauses, OS scheduling, frequency changes). A `ServiceProfile` replays what was m
   inverse-CDF from their empirical quantiles, so the tail is the measured tail, not a fitted one;
 - dependence: a Gaussian copula with one shared normal draw per request (the correlated slowdown
   factor) and one independent draw per stage, mixed as sqrt(rho) Z_request + sqrt(1 - rho) Z_stage.
-  rho, the share of a stage's (normal-score) variance common to the whole request, is estimated
-  from the same measurement: the mean correlation of the normal scores of pairs of stages within
-  the same request.
+  rho, the share of a stage's (normal-score) variance common to the whole request, is fitted to the
+  same measurement: replayed requests must spread like the measured ones (their totals' quantiles
+  up to p95). The mean pairwise correlation of stage normal scores is kept as a diagnostic (it
+  misses how strongly neighbouring stages move together).
 
 Profiles come from traces of the local runtime (`profile_from_traces`, e.g. the per-request steps
 `runtime.service.Service.predict_traced` returns, as `collect_runtime_traces` gathers them), and
@@ -31,13 +32,15 @@ import numpy as np
 
 from tierplan.errors import InputError
 
-__all__ = ["ServiceProfile", "RequestTrace", "profile_from_traces", "load_profile", "normal_scores",
+__all__ = ["OVERHEAD_KEY", "ServiceProfile", "RequestTrace", "profile_from_traces", "load_profile", "normal_scores",
            "copula_correlation", "fit_correlation", "collect_runtime_traces"]
 
 _ND = NormalDist()
+OVERHEAD_KEY = ("<request>", "")   # the overhead's samples among the stages (drawn like a stage)
 _MIN_PAIRS = 8          # requests that must share two stages before their correlation counts
 _FIT_REPLAYS = 16       # replays of the measured requests per candidate correlation
-_FIT_STEPS = 20         # bisection steps (rho to about 1e-6)
+_FIT_GRID = 41          # candidate correlations 0, 0.025, ..., 1
+_FIT_QUANTILES = (0.5, 0.75, 0.9, 0.95)   # where replayed and measured request totals are matched
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class ServiceProfile:
     requests: int = 0
     source: str = ""
     pairs: dict[str, float] = field(default_factory=dict)   # "a|b" -> correlation of that stage pair
+    overhead_ms: np.ndarray | None = None   # per request: time outside its measured steps (dispatch, glue)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.correlation <= 1.0:
@@ -69,6 +73,9 @@ class ServiceProfile:
             if len(xs) == 0:
                 raise InputError(f"service profile: stage {key[0]}@{key[1]} has no samples")
         self.samples_ms = {k: np.sort(np.asarray(v, dtype=np.float64)) for k, v in self.samples_ms.items()}
+        if self.overhead_ms is not None:
+            self.overhead_ms = np.sort(np.maximum(np.asarray(self.overhead_ms, dtype=np.float64), 0.0))
+            self.samples_ms[OVERHEAD_KEY] = self.overhead_ms
         self._grids: dict[tuple[str, str], np.ndarray] = {}
 
     def has(self, node: str, site: str) -> bool:
@@ -95,7 +102,9 @@ class ServiceProfile:
     def to_json(self) -> dict:
         return {"correlation": self.correlation, "requests": self.requests, "source": self.source,
                 "pairs": self.pairs,
-                "stages": {f"{n}@{s}": v.tolist() for (n, s), v in sorted(self.samples_ms.items())}}
+                "overhead_ms": None if self.overhead_ms is None else self.overhead_ms.tolist(),
+                "stages": {f"{n}@{s}": v.tolist() for (n, s), v in sorted(self.samples_ms.items())
+                           if (n, s) != OVERHEAD_KEY}}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
@@ -111,8 +120,10 @@ def load_profile(path: str | Path) -> ServiceProfile:
                          f"To fix: pass a file written by ServiceProfile.save") from None
     try:
         stages = {_split(k): np.asarray(v, dtype=np.float64) for k, v in doc["stages"].items()}
+        over = doc.get("overhead_ms")
         return ServiceProfile(stages, float(doc["correlation"]), int(doc.get("requests", 0)),
-                              str(doc.get("source", p.name)), dict(doc.get("pairs", {})))
+                              str(doc.get("source", p.name)), dict(doc.get("pairs", {})),
+                              None if over is None else np.asarray(over, dtype=np.float64))
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{p}: not a service profile ({e.__class__.__name__}: {e}); expected "
                          f"{{'correlation': RHO, 'stages': {{'node@site': [ms, ...]}}}}") from None
@@ -164,39 +175,33 @@ def fit_correlation(profile: ServiceProfile, requests: Sequence[Sequence[tuple[s
     """The copula's shared share rho that reproduces the measured spread of whole requests.
 
     Each measured request is replayed `replays` times through the profile (its own steps, each drawn
-    from its stage's measured times with a shared normal per request mixed in by rho), and rho is
-    the value in [0, 1] whose replayed per-request total compute time has the measured variance.
-    The variance grows with rho (more of each stage's spread moves together), so a bisection
-    finds it; the draws are fixed by `seed` (the same measurement gives the same rho)."""
-    target = float(np.var(totals_ms))
+    from its stage's measured times with a shared normal per request mixed in by rho); rho is the
+    point of a grid over [0, 1] whose replayed per-request totals best match the measured totals at
+    the quantiles `_FIT_QUANTILES` (squared log ratios). Quantiles, not the variance: step times are
+    heavy-tailed, so a few extreme requests would dominate a variance, and with heavy tails the
+    upper quantiles need not grow with rho (no bisection). The draws are fixed by `seed`, so the
+    same measurement gives the same rho."""
+    q = np.asarray(_FIT_QUANTILES)
+    target = np.log(np.maximum(np.quantile(np.asarray(totals_ms, dtype=np.float64), q), 1e-9))
     rng = np.random.default_rng(seed)
     n = len(requests)
     z_req = rng.standard_normal((replays, n))
     own = [rng.standard_normal((replays, len(r))) for r in requests]
-    flat_keys = sorted({k for r in requests for k in r})
-    idx = {k: i for i, k in enumerate(flat_keys)}
+    keys = sorted({k for r in requests for k in r})
+    idx = {k: i for i, k in enumerate(keys)}
     step_key = [np.array([idx[k] for k in r], dtype=np.int64) for r in requests]
 
-    def variance(rho: float) -> float:
+    def loss(rho: float) -> float:
         tot = np.zeros((replays, n))
-        for i, (keys, e) in enumerate(zip(step_key, own)):
+        for i, (ks, e) in enumerate(zip(step_key, own)):
             z = math.sqrt(rho) * z_req[:, i:i + 1] + math.sqrt(1.0 - rho) * e
-            for j, ki in enumerate(keys):
-                tot[:, i] += profile.from_normal(*flat_keys[ki], z[:, j])
-        return float(np.mean(np.var(tot, axis=1)))
+            for j, ki in enumerate(ks):
+                tot[:, i] += profile.from_normal(*keys[ki], z[:, j])
+        got = np.log(np.maximum(np.quantile(tot.ravel(), q), 1e-9))
+        return float(np.sum((got - target) ** 2))
 
-    lo, hi = 0.0, 1.0
-    if variance(lo) >= target:
-        return 0.0
-    if variance(hi) <= target:
-        return 1.0
-    for _ in range(_FIT_STEPS):
-        mid = (lo + hi) / 2
-        if variance(mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    grid = np.linspace(0.0, 1.0, _FIT_GRID)
+    return float(grid[int(np.argmin([loss(r) for r in grid]))])
 
 
 def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit: bool = True,
@@ -204,7 +209,9 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
     """A profile from per-request traces (objects with `steps` = [(kind, name, ms), ...]).
 
     Compute steps are named `node@site`; every invocation is a sample of its stage's marginal.
-    The correlation is fitted to the measured variance of each request's total compute time
+    When every request ran on one site without transfers (its steps one after another), the time
+    each spent outside its steps (dispatch, the glue between pieces) is kept as `overhead_ms`.
+    The correlation is fitted to the measured spread of each request's total compute time
     (`fit_correlation`; `fit=False`: the mean pairwise correlation of stage normal scores, which
     misses how strongly neighbouring stages move together). The first `warmup` requests (cold
     caches, lazy initialisation) are left out.
@@ -213,6 +220,7 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
     per_request: list[dict[str, float]] = []
     steps_of: list[list[tuple[str, str]]] = []
     totals: list[float] = []
+    overhead: list[float] = []
     n = 0
     for i, tr in enumerate(traces):
         if i < warmup:
@@ -229,11 +237,18 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
         per_request.append({k: float(np.mean(v)) for k, v in mine.items()})
         steps_of.append(keys)
         totals.append(sum(sum(v) for v in mine.values()))
+        sequential = len({site for _, site in keys}) == 1 and not any(k == "transfer" for k, _, _ in tr.steps)
+        if sequential and hasattr(tr, "latency_ms"):  # one site, no transfers: the steps run one after another
+            overhead.append(float(tr.latency_ms) - totals[-1])
     if not samples:
         raise InputError(f"{source or 'traces'}: no compute steps (node@site) to calibrate from")
     rho_pairs, pairs = copula_correlation(per_request)
-    prof = ServiceProfile({k: np.array(v) for k, v in samples.items()}, rho_pairs, n, source, pairs)
+    prof = ServiceProfile({k: np.array(v) for k, v in samples.items()}, rho_pairs, n, source, pairs,
+                          np.array(overhead) if len(overhead) >= _MIN_PAIRS and len(overhead) == n else None)
     if fit and n >= _MIN_PAIRS:
+        if prof.overhead_ms is not None:  # the overhead is one more draw of the request: fit the whole latency
+            steps_of = [k + [OVERHEAD_KEY] for k in steps_of]
+            totals = [t + o for t, o in zip(totals, overhead)]
         prof.correlation = fit_correlation(prof, steps_of, np.array(totals), seed)
     return prof
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulations.calibration import ServiceProfile
+from simulations.calibration import OVERHEAD_KEY, ServiceProfile
 from simulations.fleetview import FleetView
 from simulations.journey import Journey, Stage
 from simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, MobilityEvent,
@@ -434,7 +434,8 @@ class World:
         """Per-stage work and delays for one journey's requests (one strategy's child stream).
 
         With a measured profile or a service correlation, one standard normal per request (the
-        request's shared slowdown) is drawn first and mixed into every compute stage's draw."""
+        request's shared slowdown) is drawn first and mixed into every compute stage's draw; a
+        profile's per-request overhead (time outside the measured steps) delays the request's roots."""
         n = len(arr.t_ms)
         correlated = self.profile is not None or self.service_correlation > 0
         z_req = rng.standard_normal(n) if correlated else None
@@ -472,6 +473,12 @@ class World:
                 runs.append(arr.invocations(st.lane_rate_factor) > st.lane)
             else:
                 runs.append(None if all_one and st.work else (inv > 0 if inv is not None else np.zeros(n, dtype=bool)))
+        if self.profile is not None and self.profile.overhead_ms is not None:  # drawn last: stage draws stay put
+            overhead = self.profile.from_normal(*OVERHEAD_KEY, self._mix(z_req, self.profile.correlation, n, rng))
+            for st in journey.stages:
+                if not st.preds:  # a root of the request: its dispatch overhead before it moves on
+                    d = delay[st.index]
+                    delay[st.index] = overhead if d is None else d + overhead
         return StageDraws(work, runs, delay)
 
     @staticmethod

@@ -195,3 +195,14 @@ def test_fit_is_deterministic_and_bounded():
     a = fit_correlation(prof, steps, totals, seed=1)
     assert a == fit_correlation(prof, steps, totals, seed=1)
     assert 0.0 <= a <= 1.0
+
+
+def test_overhead_outside_steps_is_replayed():
+    """Time a one-site request spends outside its steps is measured per request and added to it."""
+    traces = [RequestTrace(t.latency_ms + 5.0, t.steps) for t in _synthetic_traces(0.3, 300, seed=11)]
+    prof = profile_from_traces(traces)
+    assert prof.overhead_ms is not None and np.allclose(prof.overhead_ms, 5.0)
+    bare = ServiceProfile({k: v for k, v in prof.samples_ms.items() if k[0] != "<request>"}, prof.correlation)
+    with_over, without = _low_load_sim(prof, fast=True), _low_load_sim(bare, fast=True)
+    assert with_over.p50_ms - without.p50_ms == pytest.approx(5.0, abs=0.05)
+    assert with_over.p95_ms - without.p95_ms == pytest.approx(5.0, abs=0.05)
