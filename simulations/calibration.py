@@ -14,8 +14,9 @@ pauses, OS scheduling, frequency changes). A `ServiceProfile` replays what was m
   misses how strongly neighbouring stages move together).
 
 Profiles come from traces of the local runtime (`profile_from_traces`, e.g. the per-request steps
-`runtime.service.Service.predict_traced` returns, as `collect_runtime_traces` gathers them), and
-are saved to / loaded from JSON (`ServiceProfile.save`, `load_profile`).
+`runtime.service.Service.predict_traced` returns, as `collect_runtime_traces` gathers them) or
+from a dedicated calibration run of the pieces with onnxruntime (`profile_pieces`), and are saved
+to / loaded from JSON (`ServiceProfile.save`, `load_profile`).
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from statistics import NormalDist
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from tierplan.errors import InputError
 
 __all__ = ["OVERHEAD_KEY", "ServiceProfile", "RequestTrace", "profile_from_traces", "load_profile", "normal_scores",
-           "copula_correlation", "fit_correlation", "collect_runtime_traces"]
+           "copula_correlation", "fit_correlation", "profile_pieces", "collect_runtime_traces"]
 
 _ND = NormalDist()
 OVERHEAD_KEY = ("<request>", "")   # the overhead's samples among the stages (drawn like a stage)
@@ -251,6 +252,42 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
             totals = [t + o for t, o in zip(totals, overhead)]
         prof.correlation = fit_correlation(prof, steps_of, np.array(totals), seed)
     return prof
+
+
+def profile_pieces(files: Mapping[tuple[str, str], str | Path], requests: int = 50, warmup: int = 3,
+                   threads: int = 1, seed: int = 0) -> ServiceProfile:
+    """A profile from a dedicated calibration run: each request runs every piece once, in order, with
+    onnxruntime on this machine (as a site's worker would), timing each run (like devices/profile).
+
+    `files[(node, site)]` is the piece's ONNX file; pieces run in the mapping's order. Consecutive
+    pieces of one request share the machine's state at that moment (other processes, caches,
+    frequency), which is what the fitted correlation captures. No runtime overheads (transfers,
+    dispatch) are in it: `profile_from_traces` on runtime traces has those.
+    """
+    import time
+
+    from devices.profile import _session_inputs, ort_session
+    from partition.feeds import random_feeds
+
+    if not files:
+        raise InputError("profile_pieces: no pieces to run")
+    runners = []
+    for (node, site), path in files.items():
+        sess = ort_session(path, threads=threads)
+        feeds = random_feeds(_session_inputs(sess), seed=seed)
+        runners.append((f"{node}@{site}", sess, feeds))
+    for _ in range(warmup):
+        for _, sess, feeds in runners:
+            sess.run(None, feeds)
+    traces = []
+    for _ in range(requests):
+        steps, t_req = [], time.perf_counter()
+        for name, sess, feeds in runners:
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            steps.append(("compute", name, (time.perf_counter() - t0) * 1e3))
+        traces.append(RequestTrace((time.perf_counter() - t_req) * 1e3, tuple(steps)))
+    return profile_from_traces(traces, source=f"onnxruntime, {requests} requests", seed=seed)
 
 
 def collect_runtime_traces(example: str, duration_s: float, *, seed: int = 0,
