@@ -41,6 +41,7 @@ _SECONDARY = {"cost": "latency", "latency": "cost", "energy": "latency"}
 _RELAX = 1000          # factor by which a relaxed capacity is widened when diagnosing
 _SCALE_MAX = 1000.0    # largest bandwidth multiplier tried for "what uplink would it need"
 _BISECT_STEPS = 7
+_TIE_SHARE = 0.25      # of a solve's limit at most for breaking ties, after the proof
 _ASSEMBLY_SHARE = 0.05  # of the time limit, kept for evaluating and assembling the plan
 
 
@@ -220,13 +221,11 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
     alone: dict[str, SolveResult] = {}
     for c in problem.classes:
         sub = replace(problem.only_class(c.name), budget_uusd_h=None)
-        # a sum over classes: each class's own optimum may be the answer; otherwise (cost couples
-        # the classes through shared instances) only whether it can meet its SLO is needed here
         r = solve(sub, per_class, hint={c.name: hint[c.name]}, secondary=secondary if separable else None,
-                  first_solution=not separable)
+                  secondary_share=_TIE_SHARE)
         if r.status == "infeasible" and c.slo_us:
             r2 = solve(sub.without_slo(), per_class, hint={c.name: hint[c.name]},
-                       secondary=secondary if separable else None)
+                       secondary=secondary if separable else None, secondary_share=_TIE_SHARE)
             if r2.status == "infeasible":
                 raise InfeasibleError(f"edge class {c.name}: no placement fits even without the SLO: "
                                       f"{diagnose(sub.without_slo(), per_class)}")
@@ -276,7 +275,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
         # the joint solve ends a little before the limit: the plan is assembled after it
         r = solve(main, max(0.5, left() - _ASSEMBLY_SHARE * time_limit_s),
                   hint=combined if cev.feasible else hint, secondary=secondary,
-                  secondary_share=0.25)
+                  secondary_share=_TIE_SHARE)
         if separable and r.status in ("feasible", "unknown"):
             # each class alone relaxes the joint problem: the sum of their bounds bounds it
             lower = sum(x.bound or 0 for x in alone.values())
@@ -325,7 +324,7 @@ def _prove_alone(problem: Problem, alone: dict[str, SolveResult], hint: dict[str
     for i, n in enumerate(todo):
         sub = replace(problem.only_class(n), budget_uusd_h=None)
         start = alone[n].assignment or {n: hint[n]}
-        r = solve(sub, 0.8 * left() / (len(todo) - i), hint=start, secondary=secondary)
+        r = solve(sub, 0.8 * left() / (len(todo) - i), hint=start, secondary=secondary, secondary_share=_TIE_SHARE)
         if r.status in ("optimal", "feasible") and (alone[n].objective is None or r.status == "optimal"
                                                      or r.objective <= alone[n].objective):
             out[n] = r

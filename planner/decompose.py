@@ -76,11 +76,15 @@ def components(problem: Problem, relaxed: frozenset[str] = frozenset()) -> list[
     return [tuple(g) for g in groups.values()]
 
 
-def split_sites(problem: Problem) -> frozenset[str]:
+def split_sites(problem: Problem, hint: dict | None = None) -> frozenset[str]:
     """The sites a group may be split at: rented cloud sites planned at one utilisation level
-    (their cost is then the only thing the relaxation changes)."""
+    (their cost is then the only thing the relaxation changes) that the hint (the classes' own
+    placements, when known) runs nothing on: the relaxation is exact only where the optimum
+    rents no fractional instance, which is likeliest where no class wants the site alone."""
+    compute = set(problem.compute_nodes)
+    busy = {s for c in problem.classes for v, s in enumerate((hint or {}).get(c.name, ())) if v in compute}
     return frozenset(s for s, sd in problem.sites.items()
-                     if sd.tier == "cloud" and not sd.fixed_instances and len(sd.levels()) == 1)
+                     if sd.tier == "cloud" and not sd.fixed_instances and len(sd.levels()) == 1 and s not in busy)
 
 
 def _restrict(problem: Problem, names: tuple[str, ...], extra_sites: set[str] = frozenset()) -> Problem:
@@ -91,39 +95,33 @@ def _restrict(problem: Problem, names: tuple[str, ...], extra_sites: set[str] = 
                    sites={s: sd for s, sd in problem.sites.items() if s in keep})
 
 
-def solve_groups(problem: Problem, solve_model: Callable, time_limit_s: float, *, hint: dict | None = None,
-                 secondary: str | None = None, seed: int = 0, secondary_share: float = 1.0,
-                 first_solution: bool = False):
+def solve_groups(problem: Problem, solve_model: Callable, tie_break: Callable, time_limit_s: float, *,
+                 hint: dict | None = None, secondary: str | None = None, seed: int = 0,
+                 secondary_share: float = 1.0):
     """Solve independent groups of classes one by one (smallest first; each gets its share of
     the time left, so what an easy group leaves goes to the harder ones) and add them up.
 
     The groups share no variable and no constraint and the objective is their sum, so the union
     of their optima is the joint optimum, the sum of their bounds bounds it, and the status is
-    the weakest of theirs (one infeasible group makes the whole problem infeasible).
-    `solve_model` is planner.formulation.solve_model (one CP-SAT model).
+    the weakest of theirs (one infeasible group makes the whole problem infeasible). Ties are
+    broken (`secondary`) only once every group is solved, within `secondary_share` of the limit
+    and the time left: the proofs come first. `solve_model` and `tie_break` are
+    planner.formulation's (one CP-SAT model each).
     """
     from planner.formulation import SolveResult
 
     t0 = time.perf_counter()
-    groups = components(problem)
-    sizes = {g: sum(class_size(problem, n) for n in g) for g in groups}
-    order = sorted(groups, key=lambda g: sizes[g])
-    used = {s for c in problem.classes for a in c.allowed for s in a}
-    # sites no class may use (only a base load there) belong to the first group: counted once
-    spare = set(problem.sites) - used
-    results = []
-    for i, g in enumerate(order):
-        left = time_limit_s - (time.perf_counter() - t0)
-        share = sizes[g] / sum(sizes[h] for h in order[i:])
-        sub = _restrict(problem, g, spare if i == 0 else set()) if len(groups) > 1 else problem
-        kw = dict(hint=hint, secondary=secondary, seed=seed, secondary_share=secondary_share)
-        if first_solution:
-            r = solve_model(sub, max(0.05, left * share), first_solution=True, **kw)
-        else:
-            r = _solve_split(sub, solve_model, max(0.05, left * share), **kw)
-        if r.status not in ("optimal", "feasible"):
-            return SolveResult(r.status, solve_s=time.perf_counter() - t0)
-        results.append(r)
+    results, subs = _solve_primary(problem, solve_model, time_limit_s, hint=hint, seed=seed)
+    failed = [r for r in results if r.status not in ("optimal", "feasible")]
+    if failed:
+        return replace(failed[0], solve_s=time.perf_counter() - t0)
+    if secondary:
+        budget = min(time_limit_s - (time.perf_counter() - t0), secondary_share * time_limit_s)
+        end = time.perf_counter() + budget
+        for i, (sub, r) in enumerate(zip(subs, results)):
+            left = (end - time.perf_counter()) / (len(results) - i)
+            if r.status == "optimal" and left > 0.2:
+                results[i] = tie_break(sub, r, secondary, left, seed)
     if len(results) == 1:
         return replace(results[0], solve_s=time.perf_counter() - t0)
     assignment: dict[str, tuple[str, ...]] = {}
@@ -137,16 +135,40 @@ def solve_groups(problem: Problem, solve_model: Callable, time_limit_s: float, *
                        time.perf_counter() - t0, sum(r.latency_term or 0 for r in results), levels)
 
 
+def _solve_primary(problem: Problem, solve_model: Callable, time_limit_s: float, *, hint: dict | None,
+                   seed: int):
+    """(results, sub-problems) of the groups for the primary objective, up to the first that has
+    no solution (infeasible, or none found in time)."""
+    t0 = time.perf_counter()
+    groups = components(problem)
+    sizes = {g: sum(class_size(problem, n) for n in g) for g in groups}
+    order = sorted(groups, key=lambda g: sizes[g])
+    used = {s for c in problem.classes for a in c.allowed for s in a}
+    # sites no class may use (only a base load there) belong to the first group: counted once
+    spare = set(problem.sites) - used
+    results, subs = [], []
+    for i, g in enumerate(order):
+        left = time_limit_s - (time.perf_counter() - t0)
+        share = sizes[g] / sum(sizes[h] for h in order[i:])
+        sub = _restrict(problem, g, spare if i == 0 else set()) if len(groups) > 1 else problem
+        r = _solve_split(sub, solve_model, max(0.05, left * share), hint=hint, seed=seed)
+        results.append(r)
+        subs.append(sub)
+        if r.status not in ("optimal", "feasible"):
+            break
+    return results, subs
+
+
 def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *, hint: dict | None,
-                 secondary: str | None, seed: int, secondary_share: float):
+                 seed: int):
     """One group: split it at its cloud sites (verified relaxation, see the module docstring),
     or solve it as one model when it does not split or the relaxed optimum is not the group's."""
     from planner.formulation import SolveResult
 
     t0 = time.perf_counter()
-    relaxed = split_sites(problem)
+    relaxed = split_sites(problem, hint)
     parts = components(problem, relaxed) if relaxed else []
-    kw = dict(hint=hint, secondary=secondary, seed=seed, secondary_share=secondary_share)
+    kw = dict(hint=hint, seed=seed)
     if len(parts) < 2:
         return solve_model(problem, time_limit_s, **kw)
     sizes = {g: sum(class_size(problem, n) for n in g) for g in parts}
@@ -166,16 +188,15 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
     if results:
         # the relaxation's optimum: a lower bound of the group's (in the group's integer units)
         lower = sum((Fraction(r.bound, r.scale) for r in results), Fraction(0))
-        chosen = {k: v for r in results for k, v in r.levels.items()}
-        for pick, levels in (("assignment", chosen), ("primary", None)):
-            union = {n: s for r in results for n, s in getattr(r, pick).items()}
-            ev = evaluate(problem, union, levels)
-            if ev.feasible and ev.objective <= lower:
-                # feasible for the group at the relaxation's bound: the group's optimum, proven
-                return SolveResult("optimal", union, ev.objective, ev.objective, time.perf_counter() - t0,
-                                   ev.latency_term, dict(levels or {}))
-            if ev.feasible:
-                start = union
+        levels = {k: v for r in results for k, v in r.levels.items()}
+        union = {n: s for r in results for n, s in r.assignment.items()}
+        ev = evaluate(problem, union, levels)
+        if ev.feasible and ev.objective <= lower:
+            # feasible for the group at the relaxation's bound: the group's optimum, proven
+            return SolveResult("optimal", union, ev.objective, ev.objective, time.perf_counter() - t0,
+                               ev.latency_term, levels)
+        if ev.feasible:
+            start = union
     r = solve_model(problem, max(0.05, time_limit_s - (time.perf_counter() - t0)),
                     **{**kw, "hint": start})
     if lower is not None and r.status == "feasible" and r.bound is not None and math.ceil(lower) > r.bound:

@@ -46,7 +46,7 @@ from planner.evaluate import ancestors, sink_items
 from planner.problem import COMPUTE_KINDS, Problem
 from planner.queueing import FACTOR_SCALE, wait_us
 
-__all__ = ["SolveResult", "solve", "solve_model", "STATUS_NAMES"]
+__all__ = ["SolveResult", "solve", "solve_model", "tie_break", "STATUS_NAMES"]
 
 STATUS_NAMES = {
     cp_model.OPTIMAL: "optimal",
@@ -69,7 +69,6 @@ class SolveResult:
     latency_term: int | None = None
     levels: dict[str, int] = field(default_factory=dict)   # site -> utilisation level chosen
     scale: int = 1              # objective and bound in units of 1/scale (fractional relaxations)
-    primary: dict[str, tuple[str, ...]] = field(default_factory=dict)  # the optimum before tie-breaking
 
     @property
     def gap(self) -> float | None:
@@ -414,7 +413,7 @@ class _Model:
 def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None,
           latency_max: int | None = None, objective_max: int | None = None,
           secondary: str | None = None, seed: int = 0, secondary_share: float = 1.0,
-          first_solution: bool = False, decompose: bool = True) -> SolveResult:
+          decompose: bool = True) -> SolveResult:
     """Solve `problem` with CP-SAT; never hides the solver status.
 
     `latency_max` bounds the weighted latency term (epsilon-constraint for the Pareto front);
@@ -422,20 +421,17 @@ def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None
     to break ties (reported objective stays the primary one), within `secondary_share` of the limit.
     Edge classes that share nothing (planner.decompose) are solved group by group, exactly
     (`decompose=False`: one model of everything, the reference the tests compare with).
-    `first_solution` stops at the first feasible placement (a feasibility check: status
-    "feasible" unless that one is proven optimal, "infeasible" proven either way).
     """
     if decompose and latency_max is None and objective_max is None and problem.budget_uusd_h is None:
-        return solve_groups(problem, solve_model, time_limit_s, hint=hint, secondary=secondary, seed=seed,
-                            secondary_share=secondary_share, first_solution=first_solution)
+        return solve_groups(problem, solve_model, tie_break, time_limit_s, hint=hint, secondary=secondary, seed=seed,
+                            secondary_share=secondary_share)
     return solve_model(problem, time_limit_s, hint, latency_max, objective_max, secondary, seed,
-                       secondary_share, first_solution)
+                       secondary_share)
 
 
 def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None, latency_max: int | None = None,
                 objective_max: int | None = None, secondary: str | None = None, seed: int = 0,
-                secondary_share: float = 1.0, first_solution: bool = False,
-                fractional: frozenset[str] = frozenset()) -> SolveResult:
+                secondary_share: float = 1.0, fractional: frozenset[str] = frozenset()) -> SolveResult:
     """One CP-SAT model of the whole `problem` (see solve). Sites in `fractional` (rented, one
     level) are priced per busy fraction of an instance: a relaxation whose objective and bound
     come in units of 1/scale (planner.decompose uses it to split classes sharing such a site)."""
@@ -453,18 +449,16 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
     solver.parameters.max_time_in_seconds = float(time_limit_s)
     solver.parameters.num_workers = _workers()
     solver.parameters.random_seed = seed
-    solver.parameters.stop_after_first_solution = first_solution
     code = solver.Solve(m)
     status = STATUS_NAMES.get(code, "unknown")
     if status not in ("optimal", "feasible"):
         return SolveResult(status, solve_s=time.perf_counter() - t0)
     assignment, levels = _read(problem, mdl, solver)
-    primary = dict(assignment)
     obj = int(round(solver.ObjectiveValue()))
     bound = int(round(solver.BestObjectiveBound()))
     lat = int(round(solver.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
     left = min(time_limit_s - (time.perf_counter() - t0), secondary_share * time_limit_s)
-    if secondary and status == "optimal" and left > 0.2 and not first_solution:
+    if secondary and status == "optimal" and left > 0.2:
         expr = {"latency": mdl.latency_expr, "cost": mdl.cost_expr, "energy": mdl.energy_expr}[secondary]
         if not isinstance(expr, int):
             m.Add(mdl.objective <= obj)
@@ -480,7 +474,36 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
             if code2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 assignment, levels = _read(problem, mdl, solver2)
                 lat = int(round(solver2.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
-    return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat, levels, mdl.scale, primary)
+    return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat, levels, mdl.scale)
+
+
+def tie_break(problem: Problem, result: SolveResult, secondary: str, time_limit_s: float,
+              seed: int = 0) -> SolveResult:
+    """Among placements as good as `result` for the primary objective, the best for `secondary`
+    found within the limit (hinted with result's): its status, objective and bound stay result's."""
+    if not result.assignment or time_limit_s <= 0.2:
+        return result
+    t0 = time.perf_counter()
+    mdl = _Model(problem)
+    expr = {"latency": mdl.latency_expr, "cost": mdl.cost_expr, "energy": mdl.energy_expr}[secondary]
+    if isinstance(expr, int):
+        return result
+    m = mdl.m
+    # the primary objective stays at its optimum (or the incumbent's value)
+    m.Add(mdl.objective <= result.objective)
+    m.Minimize(expr)
+    mdl.hint(result.assignment)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = float(time_limit_s)
+    solver.parameters.num_workers = _workers()
+    solver.parameters.random_seed = seed
+    code = solver.Solve(m)
+    if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return result
+    assignment, levels = _read(problem, mdl, solver)
+    lat = int(round(solver.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
+    return SolveResult(result.status, assignment, result.objective, result.bound,
+                       result.solve_s + time.perf_counter() - t0, lat, levels, result.scale)
 
 
 def _read(problem: Problem, mdl: _Model,
