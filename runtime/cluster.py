@@ -121,11 +121,11 @@ def _actor_class():
     class SiteActor:
         """Hosts a StageWorker on its site's Ray node; registers with the controller on (re)start."""
 
-        def __init__(self, site: str, controller: str, tls_dir: str | None = None) -> None:
+        def __init__(self, site: str, controller: str, tls_dir: str | None = None, replica: int = 0) -> None:
             from runtime.security import TlsConfig
             from runtime.stage import StageWorker
             tls = TlsConfig.from_dir(tls_dir, site) if tls_dir else None
-            self.worker = StageWorker(site, "127.0.0.1:0", tls=tls, controller=controller)
+            self.worker = StageWorker(site, "127.0.0.1:0", tls=tls, controller=controller, replica=replica)
             self.worker.start()
 
         def address(self) -> str:
@@ -156,10 +156,14 @@ def SiteActor():
     return _ACTOR
 
 
-def start_site_actor(site: str, controller: str, tls_dir: str | None, timeout_s: float = 60.0):
-    """Create a site's actor pinned to its node; returns (handle, address)."""
+def start_site_actor(site: str, controller: str, tls_dir: str | None, timeout_s: float = 60.0,
+                     replica: int = 0, replicas: int = 1):
+    """Create a site's actor (replica `replica` of `replicas`) pinned to its node; returns (handle,
+    address, seconds). Replicas share the node's one unit of the site resource."""
     import ray
-    handle = SiteActor().options(resources={site_resource(site): 1}, name=None).remote(site, controller, tls_dir)
+    share = 1.0 / max(replicas, 1)
+    handle = SiteActor().options(resources={site_resource(site): share}, name=None).remote(
+        site, controller, tls_dir, replica)
     t0 = time.time()
     try:
         address = ray.get(handle.address.remote(), timeout=timeout_s)

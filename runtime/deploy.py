@@ -23,7 +23,7 @@ from runtime.cluster import LocalCluster, ensure_ray_env, start_site_actor
 from runtime.graph import ExecGraph, with_app_renames
 from runtime.links import route_table
 from runtime.security import CONTROLLER, TlsConfig
-from runtime.service import Service, files_for
+from runtime.service import Service, files_for, slot_key
 from runtime.stage import StageOptions
 from tierplan.errors import InputError
 from tierplan.spec import AppSpec, FleetSpec
@@ -91,8 +91,14 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
            tls_dir: str | Path | None = None, agents: Mapping[str, str] | None = None,
            ray_address: str | None = None, options: StageOptions | None = None,
            request_timeout_s: float | None = None, front_door: str | None = None,
-           emulate_links: bool = True, ready_timeout_s: float = 180.0) -> Service:
-    """Start every site's worker for `plan` and return the ready Service (a context manager)."""
+           emulate_links: bool = True, ready_timeout_s: float = 180.0,
+           replicas: int | Mapping[str, int] = 1) -> Service:
+    """Start every site's worker for `plan` and return the ready Service (a context manager).
+
+    `replicas`: workers per Ray site (base stations, clouds; one number for all, or per site).
+    Deliveries spread over a site's replicas by request; when one dies, its in-flight requests
+    start again on the others once, within their deadline. Edge sites keep one agent (a device).
+    """
     if not isinstance(plan, Plan):
         plan_path = Path(plan)
         plan = Plan.load(plan_path)
@@ -116,8 +122,13 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     if request_timeout_s is None:
         request_timeout_s = request_deadline_s(plan)
     agents = dict(agents or {})
+    ray_tiers = [s for s, t in tiers.items() if t != "edge" and s not in agents]
+    counts = {s: (replicas.get(s, 1) if isinstance(replicas, Mapping) else replicas) for s in ray_tiers}
+    bad = {s: n for s, n in counts.items() if not isinstance(n, int) or n < 1}
+    if bad:
+        raise InputError(f"deploy: replicas must be whole numbers >= 1, got {bad}. To fix: pass e.g. replicas=2")
     service = Service(plan, routes=routes, files=files_for(plan, manifest, base_dir, manifest_root), options=options,
-                      tls=tls, request_timeout_s=request_timeout_s)
+                      tls=tls, request_timeout_s=request_timeout_s, replicas=counts)
     try:
         service.start_controller()
         ray_sites = [s for s, t in tiers.items() if t != "edge" and s not in agents]
@@ -156,9 +167,12 @@ def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: L
         ray.init(address=ray_address or "auto", include_dashboard=False, log_to_driver=False)
     service.cluster = cluster
     for site in sites:
-        handle, _, _ = start_site_actor(site, service.address, str(tls_dir) if tls_dir else None)
-        service.actors[site] = handle
-        service.add_closer(lambda h=handle: _stop_actor(h))
+        n = service.replicas.get(site, 1)
+        for k in range(n):
+            handle, _, _ = start_site_actor(site, service.address, str(tls_dir) if tls_dir else None,
+                                            replica=k, replicas=n)
+            service.actors[slot_key(site, k)] = handle
+            service.add_closer(lambda h=handle: _stop_actor(h))
 
 
 def _stop_actor(handle) -> None:

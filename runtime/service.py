@@ -38,17 +38,18 @@ from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.security import TlsConfig, TokenInterceptor, server_credentials
 from runtime.shm import ShmReader, sweep_stale
-from runtime.stage import Sender, StageOptions, delivery_handlers
+from runtime.stage import Sender, StageOptions, delivery_handlers, pick_address, rotating
 from runtime.wire import (GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery, frames_to_delivery,
                           pb_to_tensor, tensor_to_pb)
 from tierplan.errors import InputError, RuntimeFault
 
-__all__ = ["Service", "Trace", "SiteState"]
+__all__ = ["Service", "Trace", "SiteState", "slot_key", "MAX_REPLICA_RETRIES"]
 
 log = logging.getLogger("tierplan.runtime")
 
 _HEALTH_TIMEOUT_S = 1.0
 _CONFIGURE_TIMEOUT_S = 120.0
+MAX_REPLICA_RETRIES = 1   # a request is started again on another replica at most this often
 _LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -68,6 +69,7 @@ class SiteState:
     site: str
     address: str = ""
     up: bool = False
+    replica: int = 0
     configured_generation: int = -1
     pid: int = 0
     metrics_address: str = ""
@@ -75,11 +77,19 @@ class SiteState:
     error: str = ""
 
 
+def slot_key(site: str, replica: int) -> str:
+    """The controller's key of one worker: the site's name for replica 0, `site#k` for the others."""
+    return site if replica == 0 else f"{site}#{replica}"
+
+
 class _Pending:
     """One request in flight: the sinks it waits for and what has arrived."""
 
     def __init__(self, rid: str, sinks: list[str], deadline_s: float) -> None:
         self.rid = rid
+        self.attempt_rid = rid          # the id of its latest attempt (a retry on a replica gets a new one)
+        self.attempts = 1
+        self.feeds: dict[str, dict[str, np.ndarray]] = {}
         self.deadline_s = deadline_s
         self.t0 = time.perf_counter()
         self.items: dict[str, dict[str, dict | None]] = {s: {} for s in sinks}
@@ -92,8 +102,8 @@ class _Pending:
 
     def add(self, d: Delivery) -> None:
         with self.lock:
-            if self.done.is_set() or d.dst not in self.items:
-                return
+            if self.done.is_set() or d.dst not in self.items or d.branch in self.items[d.dst]:
+                return    # late, unknown, or a branch an earlier attempt already delivered
             self.items[d.dst][d.branch] = None if d.empty else d.tensors
             self.weight[d.dst] += branch_weight(d.branch)
             for step in d.trace:
@@ -144,7 +154,7 @@ class _Control(pbg.ControlServicer):
         return pb.Ack(ok=True)
 
     def Register(self, request: pb.RegisterRequest, context) -> pb.Ack:
-        self.s._on_register(request.site, request.address, request.pid)
+        self.s._on_register(request.site, request.address, request.pid, request.replica)
         return pb.Ack(ok=True)
 
 
@@ -181,7 +191,8 @@ class Service:
     def __init__(self, plan: Plan, *, routes: dict[str, list[dict]] | None = None,
                  files: Mapping[str, pb.PieceFile] | None = None, options: StageOptions | None = None,
                  tls: TlsConfig | None = None, request_timeout_s: float = 30.0,
-                 health_interval_s: float = 0.3, listen_host: str = "127.0.0.1") -> None:
+                 health_interval_s: float = 0.3, listen_host: str = "127.0.0.1",
+                 replicas: Mapping[str, int] | None = None) -> None:
         self.plan = plan
         self.graph = ExecGraph.from_plan(plan)
         self.routes = dict(routes or {})
@@ -191,7 +202,11 @@ class Service:
         self.request_timeout_s = request_timeout_s
         self.health_interval_s = health_interval_s
         self.listen_host = listen_host
-        self.sites: dict[str, SiteState] = {s: SiteState(s) for s in self.graph.used_sites()}
+        # workers per site (replicas: any of them takes a delivery; a request whose worker dies is
+        # retried once on the others, within its deadline)
+        self.replicas = {s: max(1, int((replicas or {}).get(s, 1))) for s in self.graph.used_sites()}
+        self.sites: dict[str, SiteState] = {slot_key(s, k): SiteState(s, replica=k)
+                                            for s in self.graph.used_sites() for k in range(self.replicas[s])}
         self.generation = 1
         self.address = ""               # controller (results, registrations)
         self.front_door_address = ""
@@ -309,8 +324,8 @@ class Service:
         self.close()
 
     # ------------------------------------------------------------------ sites
-    def _on_register(self, site: str, address: str, pid: int) -> None:
-        st = self.sites.get(site)
+    def _on_register(self, site: str, address: str, pid: int, replica: int = 0) -> None:
+        st = self.sites.get(slot_key(site, replica))
         if st is None:
             return
         with self._lock:
@@ -330,10 +345,24 @@ class Service:
         nodes = set(self.graph.nodes_on(site))
         return pb.ConfigureRequest(
             site=site, plan_json=self.plan.model_dump_json(), generation=generation,
-            peers={s: st.address for s, st in self.sites.items() if st.address},
+            peers=self._peers(),
             collector=self.address, links_json=json.dumps(self.routes),
             files=[f for n, f in self.files.items() if n in nodes],
             options_json=self.options.to_json())
+
+    def _peers(self) -> dict[str, str]:
+        """site -> its workers' addresses, comma-separated (one address without replicas)."""
+        out: dict[str, list[str]] = {}
+        for st in self.sites.values():
+            if st.address:
+                out.setdefault(st.site, []).append(st.address)
+        return {s: ",".join(a) for s, a in out.items()}
+
+    def _live(self, site: str) -> str:
+        """The addresses of a site's workers that are up (all known ones if none is), comma-separated."""
+        slots = [st for st in self.sites.values() if st.site == site and st.address]
+        return ",".join(st.address for st in (slots if not any(st.up for st in slots) else
+                                              [st for st in slots if st.up]))
 
     def _check_all(self) -> None:
         with self._configure_lock:
@@ -349,8 +378,12 @@ class Service:
         except grpc.RpcError as e:
             if st.up:
                 st.up = False
-                st.error = f"site {st.site!r} went down ({e.code().name})"
-                self._fail_site(st.site, st.error)
+                who = f"site {st.site!r}" + (f" (replica {st.replica})" if self.replicas[st.site] > 1 else "")
+                st.error = f"{who} went down ({e.code().name})"
+                if any(o.up for o in self.sites.values() if o.site == st.site):
+                    self._retry_elsewhere(st.site, st.error)
+                else:
+                    self._fail_site(st.site, st.error)
             st.error = st.error or f"unreachable ({e.code().name})"
             return
         generation = self.generation
@@ -393,6 +426,25 @@ class Service:
             if site in self._needed(list(p.items)):
                 p.fail(f"request {p.rid}: {message} while the request was in flight")
 
+    def _retry_elsewhere(self, site: str, message: str) -> None:
+        """A replica of `site` died: its in-flight requests (any that needed the site: which replica
+        held them is not known) start again on the live replicas, once, under a new attempt id,
+        within their own deadline; a request already retried ends with the error instead."""
+        with self._lock:
+            pending = [p for p in self._pending.values() if not p.done.is_set()]
+        for p in {id(p): p for p in pending}.values():
+            if site not in self._needed(list(p.items)):
+                continue
+            if p.attempts > MAX_REPLICA_RETRIES or time.time() >= p.deadline_s:
+                p.fail(f"request {p.rid}: {message} while the request was in flight (retried {p.attempts - 1} times)")
+                continue
+            p.attempts += 1
+            p.attempt_rid = f"{p.rid}~{p.attempts}"
+            with self._lock:
+                self._pending[p.attempt_rid] = p
+            log.info("request %s: %s; retrying on a replica as %s", p.rid, message, p.attempt_rid)
+            self._send_feeds(p, p.attempt_rid)
+
     def health(self) -> dict[str, dict]:
         """Per site: up, address, worker pid, metrics endpoint, last error."""
         return {s: {"up": st.up, "address": st.address, "pid": st.pid, "metrics": st.metrics_address,
@@ -405,7 +457,8 @@ class Service:
         if p is None:
             return
         if d.error:
-            p.fail(d.error)
+            if d.request_id == p.attempt_rid:   # errors of a superseded attempt do not end the request
+                p.fail(d.error)
             return
         src_site = self.graph.sites.get(d.src, "")
         sink_site = self.graph.sites.get(d.dst, "")
@@ -435,23 +488,27 @@ class Service:
         deadline_s = time.time() + (timeout_s or self.request_timeout_s)
         p = _Pending(rid, self.graph.sinks_reached(list(feeds)), deadline_s)
         needed = self._needed(list(p.items))
-        down = [s for s, st in self.sites.items() if not st.up and s in needed]
+        down = sorted(s for s in needed if not any(st.up for st in self.sites.values() if st.site == s))
         if down:
-            p.fail(f"request {rid}: site(s) {', '.join(down)} down "
-                   f"({'; '.join(self.sites[s].error for s in down if self.sites[s].error) or 'not ready'})")
+            errors = [st.error for st in self.sites.values() if st.site in down and st.error]
+            p.fail(f"request {rid}: site(s) {', '.join(down)} down ({'; '.join(errors) or 'not ready'})")
             return p
+        p.feeds = feeds
         with self._lock:
             self._pending[rid] = p
-        for src, tensors in feeds.items():
-            site = self.graph.sites[src]
-            d = Delivery(rid, "", src, tensors, deadline_unix_ms=deadline_s * 1e3)
-            if not self._sender.try_now(self.sites[site].address, d, ""):   # same host: no thread handoff
-                self._pool.submit(self._feed, p, d, site)
+        self._send_feeds(p, rid)
         return p
 
+    def _send_feeds(self, p: _Pending, rid: str) -> None:
+        for src, tensors in p.feeds.items():
+            site = self.graph.sites[src]
+            d = Delivery(rid, "", src, tensors, deadline_unix_ms=p.deadline_s * 1e3)
+            if not self._sender.try_now(pick_address(self._live(site), rid), d, ""):   # same host: no handoff
+                self._pool.submit(self._feed, p, d, site)
+
     def _feed(self, p: _Pending, d: Delivery, site: str) -> None:
-        err = self._sender.send(lambda: self.sites[site].address, d, "", what=f"input {d.dst}")
-        if err:
+        err = self._sender.send(rotating(lambda: self._live(site), d.request_id), d, "", what=f"input {d.dst}")
+        if err and d.request_id == p.attempt_rid:
             p.fail(err)
 
     def wait(self, p: _Pending) -> tuple[dict[str, Any], Trace]:
@@ -461,6 +518,8 @@ class Service:
             p.fail(f"request {p.rid}: deadline exceeded ({self._where(p)})")
         with self._lock:
             self._pending.pop(p.rid, None)
+            for k in range(2, p.attempts + 1):
+                self._pending.pop(f"{p.rid}~{k}", None)
         if p.error:
             self._requests.labels("error").inc()
             raise RuntimeFault(p.error)

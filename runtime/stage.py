@@ -27,6 +27,7 @@ import queue
 import tempfile
 import threading
 import time
+import zlib
 from collections import deque
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CON
                           Delivery, frames_to_delivery, pack_delivery, pack_delivery_into, packed_size, raw_messages,
                           raw_to_delivery, unpack_delivery)
 
-__all__ = ["StageWorker", "StageOptions", "RETRY_CODES", "Sender", "UNARY_MAX_BYTES", "UNARY_MAX_PACED_BYTES", "raw_handler",
+__all__ = ["StageWorker", "StageOptions", "pick_address", "rotating", "RETRY_CODES", "Sender", "UNARY_MAX_BYTES", "UNARY_MAX_PACED_BYTES", "raw_handler",
            "delivery_handlers"]
 
 log = logging.getLogger("tierplan.runtime")
@@ -145,6 +146,22 @@ class StageOptions:
         d = dict(self.__dict__)
         d["batch_sites"] = list(self.batch_sites)
         return json.dumps(d)
+
+
+def pick_address(peers: str | None, key: str, turn: int = 0) -> str | None:
+    """One address of a site's comma-separated worker list: requests spread over a site's replicas
+    by their id (the same request always starts at the same replica); `turn` moves to the next."""
+    addrs = [a for a in (peers or "").split(",") if a]
+    if not addrs:
+        return None
+    return addrs[(zlib.crc32(key.encode()) + turn) % len(addrs)]
+
+
+def rotating(peers: Callable[[], str | None], key: str) -> Callable[[], str | None]:
+    """A resolver for `Sender.send`: each retry asks the next replica of the site (a dead one is skipped
+    on the next attempt, and the peer table is re-read, so restarted replicas are found)."""
+    turn = iter(range(1 << 30))
+    return lambda: pick_address(peers(), key, next(turn))
 
 
 class _Metrics:
@@ -396,8 +413,9 @@ class StageWorker(pbg.StageServicer):
     """One site's worker: a gRPC server, a compute thread and a sender pool (see module doc)."""
 
     def __init__(self, site: str, listen: str = "127.0.0.1:0", tls: TlsConfig | None = None,
-                 controller: str | None = None, cache_dir: str | None = None) -> None:
+                 controller: str | None = None, cache_dir: str | None = None, replica: int = 0) -> None:
         self.site = site
+        self.replica = replica          # which of its site's workers this is (0 without replicas)
         self.listen = listen
         self.tls = tls
         self.controller = controller
@@ -469,7 +487,8 @@ class StageWorker(pbg.StageServicer):
         while not self._stop.is_set() and time.time() < deadline:
             try:
                 self._sender.stub(self.controller, "control").Register(
-                    pb.RegisterRequest(site=self.site, address=self.address, pid=os.getpid()), timeout=2)
+                    pb.RegisterRequest(site=self.site, address=self.address, pid=os.getpid(),
+                                       replica=self.replica), timeout=2)
                 return
             except grpc.RpcError:
                 time.sleep(0.2)
@@ -532,7 +551,7 @@ class StageWorker(pbg.StageServicer):
         return pb.HealthReply(site=self.site, configured=cfg is not None,
                               generation=cfg.generation if cfg else 0,
                               queue_depth=self._inbox.qsize() + len(self._ready),
-                              metrics_address=self._metrics.address, pid=os.getpid(),
+                              metrics_address=self._metrics.address, pid=os.getpid(), replica=self.replica,
                               requests_done=self._done)
 
     def DeliverBundle(self, request: pb.Bundle, context) -> pb.Ack:
@@ -719,11 +738,12 @@ class StageWorker(pbg.StageServicer):
                 self._pool.submit(self._send_collector, cfg, d, to_site)
         elif to_site == self.site:
             self._accept(cfg, d)  # same site: in memory, no hop
-        elif not self._sender.try_now(cfg.peers.get(to_site), d, to_site):
+        elif not self._sender.try_now(pick_address(cfg.peers.get(to_site), d.request_id), d, to_site):
             self._pool.submit(self._send_peer, d, to_site)
 
     def _send_peer(self, d: Delivery, to_site: str) -> None:
-        err = self._sender.send(lambda: self._cfg.peers.get(to_site) if self._cfg else None, d, to_site,
+        err = self._sender.send(rotating(lambda: self._cfg.peers.get(to_site) if self._cfg else None, d.request_id),
+                                d, to_site,
                                 chunk_bytes=self._cfg.options.chunk_bytes if self._cfg else CHUNK_BYTES)
         if err:
             cfg = self._cfg

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rruntime.proto\x12\x10tierplan.runtime\"\xf0\x01\n\x05\x46rame\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03src\x18\x02 \x01(\t\x12\x0b\n\x03\x64st\x18\x03 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x01\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\r\n\x05shape\x18\x08 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\x12\x12\n\nlast_chunk\x18\n \x01(\x08\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x14\n\x0csent_unix_ms\x18\x0c \x01(\x01\x12\r\n\x05\x65mpty\x18\r \x01(\x08\x12\r\n\x05trace\x18\x0e \x01(\t\"1\n\x06\x42undle\x12\'\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x17.tierplan.runtime.Frame\" \n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"V\n\tPieceFile\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1b\n\x13manifest_entry_json\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\"\x9c\x02\n\x10\x43onfigureRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x11\n\tplan_json\x18\x02 \x01(\t\x12<\n\x05peers\x18\x03 \x03(\x0b\x32-.tierplan.runtime.ConfigureRequest.PeersEntry\x12\x11\n\tcollector\x18\x04 \x01(\t\x12\x12\n\nlinks_json\x18\x05 \x01(\t\x12*\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x1b.tierplan.runtime.PieceFile\x12\x14\n\x0coptions_json\x18\x07 \x01(\t\x12\x12\n\ngeneration\x18\x08 \x01(\x03\x1a,\n\nPeersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0f\n\rHealthRequest\"\x95\x01\n\x0bHealthReply\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x12\n\nconfigured\x18\x02 \x01(\x08\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x17\n\x0fmetrics_address\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\x03\x12\x15\n\rrequests_done\x18\x07 \x01(\x03\"=\n\x0fRegisterRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xab\x01\n\x0ePredictRequest\x12<\n\x06inputs\x18\x01 \x03(\x0b\x32,.tierplan.runtime.PredictRequest.InputsEntry\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x01\x1aG\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tierplan.runtime.Tensor:\x02\x38\x01\"7\n\nSinkResult\x12)\n\x07tensors\x18\x01 \x03(\x0b\x32\x18.tierplan.runtime.Tensor\":\n\x0bSinkResults\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.tierplan.runtime.SinkResult\"\xd2\x01\n\x0cPredictReply\x12<\n\x07outputs\x18\x01 \x03(\x0b\x32+.tierplan.runtime.PredictReply.OutputsEntry\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x1aM\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.tierplan.runtime.SinkResults:\x02\x38\x01\x32\x98\x02\n\x05Stage\x12;\n\x07\x44\x65liver\x12\x17.tierplan.runtime.Frame\x1a\x15.tierplan.runtime.Ack(\x01\x12@\n\rDeliverBundle\x12\x18.tierplan.runtime.Bundle\x1a\x15.tierplan.runtime.Ack\x12\x46\n\tConfigure\x12\".tierplan.runtime.ConfigureRequest\x1a\x15.tierplan.runtime.Ack\x12H\n\x06Health\x12\x1f.tierplan.runtime.HealthRequest\x1a\x1d.tierplan.runtime.HealthReply2\xce\x01\n\x07\x43ontrol\x12;\n\x07\x44\x65liver\x12\x17.tierplan.runtime.Frame\x1a\x15.tierplan.runtime.Ack(\x01\x12@\n\rDeliverBundle\x12\x18.tierplan.runtime.Bundle\x1a\x15.tierplan.runtime.Ack\x12\x44\n\x08Register\x12!.tierplan.runtime.RegisterRequest\x1a\x15.tierplan.runtime.Ack2\xa2\x01\n\tFrontDoor\x12K\n\x07Predict\x12 .tierplan.runtime.PredictRequest\x1a\x1e.tierplan.runtime.PredictReply\x12H\n\x06Health\x12\x1f.tierplan.runtime.HealthRequest\x1a\x1d.tierplan.runtime.HealthReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rruntime.proto\x12\x10tierplan.runtime\"\xf0\x01\n\x05\x46rame\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03src\x18\x02 \x01(\t\x12\x0b\n\x03\x64st\x18\x03 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x05 \x01(\x01\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\r\n\x05\x64type\x18\x07 \x01(\t\x12\r\n\x05shape\x18\x08 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\t \x01(\x0c\x12\x12\n\nlast_chunk\x18\n \x01(\x08\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x14\n\x0csent_unix_ms\x18\x0c \x01(\x01\x12\r\n\x05\x65mpty\x18\r \x01(\x08\x12\r\n\x05trace\x18\x0e \x01(\t\"1\n\x06\x42undle\x12\'\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x17.tierplan.runtime.Frame\" \n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"V\n\tPieceFile\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1b\n\x13manifest_entry_json\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x04 \x01(\t\"\x9c\x02\n\x10\x43onfigureRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x11\n\tplan_json\x18\x02 \x01(\t\x12<\n\x05peers\x18\x03 \x03(\x0b\x32-.tierplan.runtime.ConfigureRequest.PeersEntry\x12\x11\n\tcollector\x18\x04 \x01(\t\x12\x12\n\nlinks_json\x18\x05 \x01(\t\x12*\n\x05\x66iles\x18\x06 \x03(\x0b\x32\x1b.tierplan.runtime.PieceFile\x12\x14\n\x0coptions_json\x18\x07 \x01(\t\x12\x12\n\ngeneration\x18\x08 \x01(\x03\x1a,\n\nPeersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x0f\n\rHealthRequest\"\xa6\x01\n\x0bHealthReply\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x12\n\nconfigured\x18\x02 \x01(\x08\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x17\n\x0fmetrics_address\x18\x05 \x01(\t\x12\x0b\n\x03pid\x18\x06 \x01(\x03\x12\x15\n\rrequests_done\x18\x07 \x01(\x03\x12\x0f\n\x07replica\x18\x08 \x01(\x05\"N\n\x0fRegisterRequest\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12\x0f\n\x07replica\x18\x04 \x01(\x05\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xab\x01\n\x0ePredictRequest\x12<\n\x06inputs\x18\x01 \x03(\x0b\x32,.tierplan.runtime.PredictRequest.InputsEntry\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x01\x1aG\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.tierplan.runtime.Tensor:\x02\x38\x01\"7\n\nSinkResult\x12)\n\x07tensors\x18\x01 \x03(\x0b\x32\x18.tierplan.runtime.Tensor\":\n\x0bSinkResults\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.tierplan.runtime.SinkResult\"\xd2\x01\n\x0cPredictReply\x12<\n\x07outputs\x18\x01 \x03(\x0b\x32+.tierplan.runtime.PredictReply.OutputsEntry\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x1aM\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12,\n\x05value\x18\x02 \x01(\x0b\x32\x1d.tierplan.runtime.SinkResults:\x02\x38\x01\x32\x98\x02\n\x05Stage\x12;\n\x07\x44\x65liver\x12\x17.tierplan.runtime.Frame\x1a\x15.tierplan.runtime.Ack(\x01\x12@\n\rDeliverBundle\x12\x18.tierplan.runtime.Bundle\x1a\x15.tierplan.runtime.Ack\x12\x46\n\tConfigure\x12\".tierplan.runtime.ConfigureRequest\x1a\x15.tierplan.runtime.Ack\x12H\n\x06Health\x12\x1f.tierplan.runtime.HealthRequest\x1a\x1d.tierplan.runtime.HealthReply2\xce\x01\n\x07\x43ontrol\x12;\n\x07\x44\x65liver\x12\x17.tierplan.runtime.Frame\x1a\x15.tierplan.runtime.Ack(\x01\x12@\n\rDeliverBundle\x12\x18.tierplan.runtime.Bundle\x1a\x15.tierplan.runtime.Ack\x12\x44\n\x08Register\x12!.tierplan.runtime.RegisterRequest\x1a\x15.tierplan.runtime.Ack2\xa2\x01\n\tFrontDoor\x12K\n\x07Predict\x12 .tierplan.runtime.PredictRequest\x1a\x1e.tierplan.runtime.PredictReply\x12H\n\x06Health\x12\x1f.tierplan.runtime.HealthRequest\x1a\x1d.tierplan.runtime.HealthReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,27 +52,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEALTHREQUEST']._serialized_start=738
   _globals['_HEALTHREQUEST']._serialized_end=753
   _globals['_HEALTHREPLY']._serialized_start=756
-  _globals['_HEALTHREPLY']._serialized_end=905
-  _globals['_REGISTERREQUEST']._serialized_start=907
-  _globals['_REGISTERREQUEST']._serialized_end=968
-  _globals['_TENSOR']._serialized_start=970
-  _globals['_TENSOR']._serialized_end=1036
-  _globals['_PREDICTREQUEST']._serialized_start=1039
-  _globals['_PREDICTREQUEST']._serialized_end=1210
-  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=1139
-  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=1210
-  _globals['_SINKRESULT']._serialized_start=1212
-  _globals['_SINKRESULT']._serialized_end=1267
-  _globals['_SINKRESULTS']._serialized_start=1269
-  _globals['_SINKRESULTS']._serialized_end=1327
-  _globals['_PREDICTREPLY']._serialized_start=1330
-  _globals['_PREDICTREPLY']._serialized_end=1540
-  _globals['_PREDICTREPLY_OUTPUTSENTRY']._serialized_start=1463
-  _globals['_PREDICTREPLY_OUTPUTSENTRY']._serialized_end=1540
-  _globals['_STAGE']._serialized_start=1543
-  _globals['_STAGE']._serialized_end=1823
-  _globals['_CONTROL']._serialized_start=1826
-  _globals['_CONTROL']._serialized_end=2032
-  _globals['_FRONTDOOR']._serialized_start=2035
-  _globals['_FRONTDOOR']._serialized_end=2197
+  _globals['_HEALTHREPLY']._serialized_end=922
+  _globals['_REGISTERREQUEST']._serialized_start=924
+  _globals['_REGISTERREQUEST']._serialized_end=1002
+  _globals['_TENSOR']._serialized_start=1004
+  _globals['_TENSOR']._serialized_end=1070
+  _globals['_PREDICTREQUEST']._serialized_start=1073
+  _globals['_PREDICTREQUEST']._serialized_end=1244
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_start=1173
+  _globals['_PREDICTREQUEST_INPUTSENTRY']._serialized_end=1244
+  _globals['_SINKRESULT']._serialized_start=1246
+  _globals['_SINKRESULT']._serialized_end=1301
+  _globals['_SINKRESULTS']._serialized_start=1303
+  _globals['_SINKRESULTS']._serialized_end=1361
+  _globals['_PREDICTREPLY']._serialized_start=1364
+  _globals['_PREDICTREPLY']._serialized_end=1574
+  _globals['_PREDICTREPLY_OUTPUTSENTRY']._serialized_start=1497
+  _globals['_PREDICTREPLY_OUTPUTSENTRY']._serialized_end=1574
+  _globals['_STAGE']._serialized_start=1577
+  _globals['_STAGE']._serialized_end=1857
+  _globals['_CONTROL']._serialized_start=1860
+  _globals['_CONTROL']._serialized_end=2066
+  _globals['_FRONTDOOR']._serialized_start=2069
+  _globals['_FRONTDOOR']._serialized_end=2231
 # @@protoc_insertion_point(module_scope)
