@@ -22,7 +22,8 @@ costs only the fused-class overhead;
 A piece carrying `measured_ms[device.name]` uses that measurement instead (scaled by the predicted
 batch ratio when batch > 1).
 
-Transfer of n bytes over a link in one direction: RTT/2 + 8 n / bandwidth + n / SERIALIZE_GBPS.
+Transfer of n bytes over a link in one direction: RTT/2 + 8 n / (bandwidth (1 - loss)) + n / SERIALIZE_GBPS
+(lost packets are sent again, so the payload moves at the goodput; runtime.links emulates the same).
 Money: instance $/h x time, egress $/GB x bytes (decimal GB). Energy: active power x time, plus
 radio nJ/byte x bytes sent on battery devices.
 """
@@ -248,13 +249,16 @@ class CostModel:
     # ------------------------------------------------------------------ network, money, energy
     @staticmethod
     def transfer_ms(nbytes: float, link: LinkSpec, direction: str = "up") -> float:
-        """One-way time to move `nbytes` over `link`: RTT/2 + bytes/bandwidth + serialisation, ms."""
+        """One-way time to move `nbytes` over `link`: RTT/2 + bytes/goodput + serialisation, ms.
+
+        Goodput is the link rate less the packets lost and resent: bandwidth x (1 - loss_rate).
+        """
         if direction not in ("up", "down"):
             raise InputError(f"transfer direction must be 'up' or 'down', got {direction!r}")
         if nbytes < 0:
             raise InputError(f"transfer size must be >= 0 bytes, got {nbytes}")
         mbps = link.uplink_mbps if direction == "up" else link.downlink_mbps
-        wire_ms = nbytes * 8 / (mbps * 1e6) * 1e3
+        wire_ms = nbytes * 8 / (mbps * 1e6 * (1.0 - link.loss_rate)) * 1e3
         serialise_ms = nbytes / (SERIALIZE_GBPS * 1e9) * 1e3
         return link.rtt_ms / 2 + wire_ms + serialise_ms
 

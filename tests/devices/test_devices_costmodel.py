@@ -97,6 +97,12 @@ def test_transfer_hand_checked():
     assert CostModel.transfer_ms(0, link) == 10
 
 
+def test_transfer_pays_for_lost_packets():
+    """At 20% loss the payload moves at 80% of the rate (resent packets), as runtime.links emulates."""
+    link = LinkSpec(uplink_mbps=8, downlink_mbps=80, rtt_ms=20, loss_rate=0.2)
+    assert CostModel.transfer_ms(1_000_000, link, "up") == pytest.approx(10 + 1250 + 1e6 / 1.2e9 * 1e3, rel=1e-12)
+
+
 def test_money_hand_checked():
     """Egress: 2.5 GB at $0.09/GB = $0.225; compute: 1 h of aws-g5-xlarge = $1.006 list price."""
     link = LinkSpec(uplink_mbps=1000, downlink_mbps=1000, rtt_ms=1, egress_usd_per_gb=0.09)
