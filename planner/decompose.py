@@ -112,6 +112,7 @@ def solve_groups(problem: Problem, solve_model: Callable, tie_break: Callable, t
 
     t0 = time.perf_counter()
     results, subs = _solve_primary(problem, solve_model, time_limit_s, hint=hint, seed=seed)
+    proof_s = time.perf_counter() - t0
     failed = [r for r in results if r.status not in ("optimal", "feasible")]
     if failed:
         return replace(failed[0], solve_s=time.perf_counter() - t0)
@@ -123,16 +124,18 @@ def solve_groups(problem: Problem, solve_model: Callable, tie_break: Callable, t
             if r.status == "optimal" and left > 0.2:
                 results[i] = tie_break(sub, r, secondary, left, seed)
     if len(results) == 1:
-        return replace(results[0], solve_s=time.perf_counter() - t0)
+        return replace(results[0], solve_s=time.perf_counter() - t0, proof_s=proof_s)
     assignment: dict[str, tuple[str, ...]] = {}
     levels: dict[str, int] = {}
     for r in results:
         assignment.update(r.assignment)
         levels.update(r.levels)
     status = "optimal" if all(r.status == "optimal" for r in results) else "feasible"
+    bounds = [r.bound for r in results]
     return SolveResult(status, {c.name: assignment[c.name] for c in problem.classes},
-                       sum(r.objective for r in results), sum(r.bound for r in results),
-                       time.perf_counter() - t0, sum(r.latency_term or 0 for r in results), levels)
+                       sum(r.objective for r in results), None if None in bounds else sum(bounds),
+                       time.perf_counter() - t0, sum(r.latency_term or 0 for r in results), levels,
+                       proof_s=proof_s)
 
 
 def _solve_primary(problem: Problem, solve_model: Callable, time_limit_s: float, *, hint: dict | None,
@@ -170,7 +173,7 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
     parts = components(problem, relaxed) if relaxed else []
     kw = dict(hint=hint, seed=seed)
     if len(parts) < 2:
-        return solve_model(problem, time_limit_s, **kw)
+        return _or_hint(problem, solve_model(problem, time_limit_s, **kw), hint)
     sizes = {g: sum(class_size(problem, n) for n in g) for g in parts}
     order = sorted(parts, key=lambda g: sizes[g])
     results = []
@@ -199,6 +202,21 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
             start = union
     r = solve_model(problem, max(0.05, time_limit_s - (time.perf_counter() - t0)),
                     **{**kw, "hint": start})
-    if lower is not None and r.status == "feasible" and r.bound is not None and math.ceil(lower) > r.bound:
+    r = _or_hint(problem, r, start)
+    if lower is not None and r.status == "feasible" and (r.bound is None or math.ceil(lower) > r.bound):
         r = replace(r, bound=min(math.ceil(lower), r.objective))
     return r
+
+
+def _or_hint(problem: Problem, r, start: dict | None):
+    """`r`, or, when CP-SAT found no solution in time, the hint (the relaxation's union or the
+    caller's placement) as a feasible result without a bound, if it satisfies every constraint."""
+    from planner.formulation import SolveResult
+
+    if r.status != "unknown" or not start or any(c.name not in start for c in problem.classes):
+        return r
+    placed = {c.name: start[c.name] for c in problem.classes}
+    ev = evaluate(problem, placed)
+    if not ev.feasible:
+        return r
+    return SolveResult("feasible", placed, ev.objective, None, r.solve_s, ev.latency_term, {})

@@ -69,6 +69,7 @@ class SolveResult:
     latency_term: int | None = None
     levels: dict[str, int] = field(default_factory=dict)   # site -> utilisation level chosen
     scale: int = 1              # objective and bound in units of 1/scale (fractional relaxations)
+    proof_s: float | None = None  # seconds until the primary result was final (before tie-breaking)
 
     @property
     def gap(self) -> float | None:
@@ -454,6 +455,7 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
     if status not in ("optimal", "feasible"):
         return SolveResult(status, solve_s=time.perf_counter() - t0)
     assignment, levels = _read(problem, mdl, solver)
+    proof_s = time.perf_counter() - t0
     obj = int(round(solver.ObjectiveValue()))
     bound = int(round(solver.BestObjectiveBound()))
     lat = int(round(solver.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
@@ -474,7 +476,7 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
             if code2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 assignment, levels = _read(problem, mdl, solver2)
                 lat = int(round(solver2.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
-    return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat, levels, mdl.scale)
+    return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat, levels, mdl.scale, proof_s)
 
 
 def tie_break(problem: Problem, result: SolveResult, secondary: str, time_limit_s: float,
@@ -503,7 +505,7 @@ def tie_break(problem: Problem, result: SolveResult, secondary: str, time_limit_
     assignment, levels = _read(problem, mdl, solver)
     lat = int(round(solver.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
     return SolveResult(result.status, assignment, result.objective, result.bound,
-                       result.solve_s + time.perf_counter() - t0, lat, levels, result.scale)
+                       result.solve_s + time.perf_counter() - t0, lat, levels, result.scale, result.proof_s)
 
 
 def _read(problem: Problem, mdl: _Model,
