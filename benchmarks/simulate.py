@@ -42,7 +42,7 @@ GOAL_WALL_S = 60.0
 PEER_RATE_HZ = 5.0
 FIDELITY_TOLERANCE = 0.15
 FIDELITY_RATE_HZ = 0.01      # one request per 100 s per source: no queueing, like one-at-a-time requests
-FIDELITY_SIM_S = 40_000.0    # 400 requests per source
+FIDELITY_SIM_S = 200_000.0   # 2,000 requests per source
 FIDELITY_WARMUP = 1          # first request after deploy: lazy initialisation, left out
 FIDELITY_MIN_REQUESTS = 20   # measured requests below which a p95 means little
 con = Console(width=140)
@@ -240,7 +240,7 @@ def bench_fidelity(duration_s: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller runs (1 M requests, 2,000 devices)")
-    ap.add_argument("--fidelity-duration", type=float, default=40.0,
+    ap.add_argument("--fidelity-duration", type=float, default=60.0,
                     help="seconds of requests per example through the local runtime")
     ap.add_argument("--only-fidelity", action="store_true", help="only the fidelity part (keeps the other results)")
     args = ap.parse_args()
