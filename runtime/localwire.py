@@ -34,7 +34,7 @@ from typing import Callable
 import grpc
 
 from runtime.proto import runtime_pb2 as pb
-from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, decode_ref, encode_ref, is_loopback_address
+from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
 from runtime.wire import Delivery, pack_delivery, pack_delivery_into, packed_size, unpack_delivery
 
 __all__ = ["LocalServer", "LocalClient", "LocalCallError", "socket_name", "available"]
@@ -184,17 +184,9 @@ class LocalServer:
         try:
             if kind == _KIND_SHM:
                 try:
-                    name, nbytes = decode_ref(body)
-                    view, _ = self._reader.view(name, nbytes)
+                    d = self._reader.read(bytes(body))
                 except (OSError, ValueError) as e:
                     raise LocalCallError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot map shared memory: {e}")
-                try:
-                    d = unpack_delivery(view, copy=True)   # the sender reuses the segment after our reply
-                finally:
-                    try:
-                        view.release()
-                    except BufferError:
-                        pass
             elif kind == _KIND_BYTES:
                 d = unpack_delivery(bytes(body))
             else:
@@ -256,7 +248,7 @@ class LocalClient:
                         self._pool = ShmPool()
                     pool = self._pool
                 seg = pool.acquire(packed_size(d))
-                msg = _frame(_KIND_SHM, encode_ref(seg.name, pack_delivery_into(d, seg.buf)))
+                msg = _frame(_KIND_SHM, encode_ref(seg.name, pack_delivery_into(d, pool.payload(seg))))
             else:
                 msg = _frame(_KIND_BYTES, pack_delivery(d))
         except BaseException:

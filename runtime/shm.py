@@ -3,11 +3,15 @@
 Between two processes on one host, a 1.5 MB tensor sent over gRPC on loopback is copied five or
 six times (pack, gRPC's buffers, the kernel twice, the receiver's bytes) and costs 1-3 ms of CPU
 on each hop. Here the sender packs the delivery once into a shared-memory segment from its own
-pool (`runtime.wire.pack_delivery_into`, the same layout as a packed message) and sends the
-segment's name and length on the ordinary gRPC channel, so the call keeps its deadline, token
-and mutual TLS. The receiver maps the segment (mappings are cached), copies the tensors out and
-acknowledges; only then does the sender reuse the segment. A call that fails or times out
-discards its segment (the receiver may still be reading it).
+pool (`runtime.wire.pack_delivery_into`, the same layout as a packed message, after a 64-byte
+segment header) and sends the segment's name and length: on the same-host socket
+(runtime.localwire) or on the gRPC channel, which keeps its deadline, token and mutual TLS. The
+receiver maps the segment (mappings are cached) and either copies the tensors out (the
+controller: results go to the user) or uses them in place (stage workers: the piece reads its
+inputs straight from the segment). The header's first byte says whether a receiver still uses
+the segment's arrays: set by the sender, cleared by the receiver after its copy or when the last
+array of the segment is garbage (a weakref finalizer); the sender reuses a segment only once it
+is clear. A call that fails or times out discards its segment (the receiver may still read it).
 
 Only peers whose address is a loopback address get handles; a receiver that cannot map a
 segment (another host, another /dev/shm) answers FAILED_PRECONDITION and the sender falls back
@@ -22,17 +26,24 @@ import os
 import struct
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
-__all__ = ["SHM_MIN_BYTES", "SHM_PREFIX", "ShmPool", "ShmReader", "is_loopback_address", "encode_ref",
+import numpy as np
+
+from runtime.wire import Delivery, unpack_delivery
+
+__all__ = ["SHM_MIN_BYTES", "SHM_PREFIX", "SEG_HEADER_BYTES", "ShmPool", "ShmReader", "is_loopback_address", "encode_ref",
            "decode_ref", "sweep_stale"]
 
 SHM_MIN_BYTES = 64 << 10       # smaller deliveries go inline: one copy of a few KB costs less than a handle
 SHM_PREFIX = "tierplan-"        # every segment name starts so; a receiver maps no other name
 _MIN_SEGMENT_BYTES = 64 << 10
 _FREE_PER_SIZE = 16             # free segments kept per size class (8 concurrent requests need about 8)
+_LENT_MAX = 64                  # segments whose arrays receivers still use; beyond, the oldest is unlinked
+SEG_HEADER_BYTES = 64           # byte 0: 1 while a receiver may still use the segment, 0 when it may be reused
 _READER_CACHE = 64              # segments a receiver keeps mapped
 _REF = struct.Struct("<Q")      # a handle: uint64 LE length of the packed delivery, then the name (UTF-8)
 _SHM_DIR = Path("/dev/shm")     # where POSIX shared memory appears on Linux
@@ -108,6 +119,7 @@ class ShmPool:
 
     def __init__(self) -> None:
         self._free: dict[int, list[shared_memory.SharedMemory]] = {}
+        self._lent: list[shared_memory.SharedMemory] = []    # acknowledged, possibly still in use
         self._all: dict[str, shared_memory.SharedMemory] = {}
         self._lock = threading.Lock()
         self._tag = f"{SHM_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -116,27 +128,48 @@ class ShmPool:
         sweep_stale()
 
     def acquire(self, nbytes: int) -> shared_memory.SharedMemory:
-        size = _size_class(nbytes)
+        """A segment with room for `nbytes` after the header, marked in use (see `payload`)."""
+        size = _size_class(nbytes + SEG_HEADER_BYTES)
         with self._lock:
             if self._closed:
                 raise RuntimeError("shared-memory pool is closed")
             free = self._free.get(size)
-            if free:
-                return free.pop()
-            self._n += 1
-            name = f"{self._tag}-{self._n}"
-        seg = shared_memory.SharedMemory(name=name, create=True, size=size)
-        with self._lock:
-            self._all[seg.name] = seg
+            seg = free.pop() if free else None
+            if seg is None:
+                for i, lent in enumerate(self._lent):
+                    if lent.size == size and lent.buf[0] == 0:   # its receiver let go of it
+                        seg = self._lent.pop(i)
+                        break
+            if seg is None:
+                self._n += 1
+                name = f"{self._tag}-{self._n}"
+        if seg is None:
+            seg = shared_memory.SharedMemory(name=name, create=True, size=size)
+            with self._lock:
+                self._all[seg.name] = seg
+        seg.buf[0] = 1
         return seg
 
+    @staticmethod
+    def payload(seg: shared_memory.SharedMemory) -> memoryview:
+        """Where the packed delivery goes (after the header)."""
+        return seg.buf[SEG_HEADER_BYTES:]
+
     def release(self, seg: shared_memory.SharedMemory) -> None:
-        """Back to the pool (the receiver acknowledged: it no longer reads the segment)."""
+        """The receiver acknowledged: reuse the segment once its in-use byte is clear (at once for a
+        receiver that copied, when its arrays are gone for one that uses them in place)."""
         with self._lock:
-            free = self._free.setdefault(seg.size, [])
-            if not self._closed and len(free) < _FREE_PER_SIZE:
-                free.append(seg)
-                return
+            if not self._closed:
+                if seg.buf[0] == 0:
+                    free = self._free.setdefault(seg.size, [])
+                    if len(free) < _FREE_PER_SIZE:
+                        free.append(seg)
+                        return
+                else:
+                    self._lent.append(seg)
+                    if len(self._lent) <= _LENT_MAX:
+                        return
+                    seg = self._lent.pop(0)
         self.discard(seg)
 
     def discard(self, seg: shared_memory.SharedMemory) -> None:
@@ -151,36 +184,58 @@ class ShmPool:
             segs = list(self._all.values())
             self._all.clear()
             self._free.clear()
+            self._lent.clear()
         for seg in segs:
             _close(seg, unlink=True)
 
 
 class ShmReader:
-    """The receiver's mappings of senders' segments, by name (least recently used closed first)."""
+    """The receiver's mappings of senders' segments, by name (least recently used closed first).
 
-    def __init__(self, capacity: int = _READER_CACHE) -> None:
+    `in_place`: deliveries' arrays are views of the segment (the sender reuses it when they are
+    all gone); otherwise they are copied out and the segment is free at once.
+    """
+
+    def __init__(self, capacity: int = _READER_CACHE, in_place: bool = False) -> None:
         self._maps: OrderedDict[str, shared_memory.SharedMemory] = OrderedDict()
         self._lock = threading.Lock()
         self._capacity = capacity
+        self.in_place = in_place
 
-    def view(self, name: str, nbytes: int) -> tuple[memoryview, shared_memory.SharedMemory]:
-        """A view of the first `nbytes` of segment `name` (OSError/ValueError if it cannot be mapped)."""
+    def read(self, handle: bytes) -> Delivery:
+        """The delivery a handle (`encode_ref`) names; OSError/ValueError if it cannot be mapped."""
+        name, nbytes = decode_ref(handle)
+        seg = self._segment(name)
+        if nbytes + SEG_HEADER_BYTES > seg.size:
+            raise ValueError(f"handle for {nbytes} bytes, segment {name} holds {seg.size - SEG_HEADER_BYTES}")
+        base = np.frombuffer(seg.buf, dtype=np.uint8, count=nbytes, offset=SEG_HEADER_BYTES)
+        if not self.in_place:
+            d = unpack_delivery(base, copy=True)
+            del base
+            seg.buf[0] = 0
+            return d
+        d = unpack_delivery(base)
+        weakref.finalize(base, _clear, seg)    # every array of d is a view of base
+        return d
+
+    def _segment(self, name: str) -> shared_memory.SharedMemory:
+        """The mapping of segment `name` (OSError if it cannot be mapped)."""
         with self._lock:
             seg = self._maps.get(name)
             if seg is not None:
                 self._maps.move_to_end(name)
         if seg is None:
             seg = shared_memory.SharedMemory(name=name, create=False)
-            # the sender owns the segment: without this, this process's tracker would unlink it at exit
-            resource_tracker.unregister(seg._name, "shared_memory")  # noqa: SLF001 (stdlib's own name)
+            if not name.startswith(f"{SHM_PREFIX}{os.getpid()}-"):
+                # the sender owns the segment: without this, this process's tracker would unlink it
+                # at exit (a segment of this very process keeps its creator's registration)
+                resource_tracker.unregister(seg._name, "shared_memory")  # noqa: SLF001 (stdlib's own name)
             with self._lock:
                 self._maps[name] = seg
                 old = [self._maps.popitem(last=False)[1] for _ in range(max(len(self._maps) - self._capacity, 0))]
             for o in old:
                 _close(o, unlink=False)
-        if nbytes > seg.size:
-            raise ValueError(f"handle for {nbytes} bytes, segment {name} holds {seg.size}")
-        return seg.buf[:nbytes], seg
+        return seg
 
     def forget(self, name: str) -> None:
         """Drop a mapping (its sender discarded the segment, or it went away)."""
@@ -195,6 +250,14 @@ class ShmReader:
             self._maps.clear()
         for seg in segs:
             _close(seg, unlink=False)
+
+
+def _clear(seg: shared_memory.SharedMemory) -> None:
+    """The receiver no longer uses the segment's arrays: its sender may reuse it."""
+    try:
+        seg.buf[0] = 0
+    except (TypeError, ValueError):   # unmapped meanwhile (the reader closed): nothing to tell
+        pass
 
 
 def _close(seg: shared_memory.SharedMemory, unlink: bool) -> None:

@@ -46,7 +46,7 @@ from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.runners import Runner, load_runner
 from runtime.security import TlsConfig, TokenInterceptor, channel, server_credentials
-from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, decode_ref, encode_ref, is_loopback_address
+from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
 from runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD,
                           RAW_CONTROL_SHM_METHOD, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, RAW_STAGE_SHM_METHOD,
                           Delivery, frames_to_delivery, pack_delivery, pack_delivery_into, packed_size, raw_messages,
@@ -100,17 +100,9 @@ def delivery_handlers(stream_method: str, one_method: str,
 
     def from_shm(msg: bytes, context) -> pb.Ack:
         try:
-            seg_name, nbytes = decode_ref(msg)
-            view, _ = reader.view(seg_name, nbytes)
+            d = reader.read(msg)
         except (OSError, ValueError) as e:   # another host, another /dev/shm, or not our segment
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot map shared memory: {e}")
-        try:
-            d = unpack_delivery(view, copy=True)   # the sender reuses the segment after the ack
-        finally:
-            try:
-                view.release()
-            except BufferError:
-                pass
         return on_delivery(d, context)
 
     return [grpc.method_handlers_generic_handler(service, {
@@ -302,7 +294,7 @@ class Sender:
             pool = self._shm_pool
         seg = pool.acquire(packed_size(d))
         try:
-            n = pack_delivery_into(d, seg.buf)
+            n = pack_delivery_into(d, pool.payload(seg))
             wait = arrival_s - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
@@ -430,7 +422,7 @@ class StageWorker(pbg.StageServicer):
         self._metrics = _Metrics()
         self._sender = Sender(site, tls, lambda: self._cfg.emulator if self._cfg else LinkEmulator(),
                               self._metrics)
-        self._shm_reader = ShmReader()
+        self._shm_reader = ShmReader(in_place=True)   # pieces read their inputs from the segment
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"send-{site}")
         self._stop = threading.Event()
         self._server: grpc.Server | None = None

@@ -183,12 +183,12 @@ def pack_delivery_into(d: Delivery, buf: memoryview) -> int:
     return total
 
 
-def unpack_delivery(buf: bytes | memoryview, copy: bool = False) -> Delivery:
+def unpack_delivery(buf: bytes | memoryview | np.ndarray, copy: bool = False) -> Delivery:
     """The inverse of `pack_delivery`; the arrays are read-only views of `buf`, or with `copy` arrays
     of their own (for a shared-memory segment the sender will reuse)."""
     (n,) = _PACK_PREFIX.unpack_from(buf, 0)
     off = _PACK_PREFIX.size
-    frames = pb.Bundle.FromString(buf[off:off + n]).frames
+    frames = pb.Bundle.FromString(bytes(memoryview(buf)[off:off + n])).frames
     off += n
     d = _delivery_of(frames[0])
     for f in frames:

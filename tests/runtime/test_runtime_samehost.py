@@ -16,7 +16,7 @@ import pytest
 from runtime.links import LinkEmulator
 from runtime.localwire import LocalServer, socket_name
 from runtime.proto import runtime_pb2 as pb
-from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, is_loopback_address, sweep_stale
+from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address, sweep_stale
 from runtime.stage import Sender, delivery_handlers
 from runtime.wire import (GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, pack_delivery,
                           pack_delivery_into, packed_size, unpack_delivery)
@@ -77,19 +77,54 @@ def test_pack_into_writes_the_packed_layout_and_copied_unpack_owns_its_arrays():
         pack_delivery_into(d, memoryview(bytearray(n - 1)))
 
 
-def test_pool_reuses_a_released_segment_and_unlinks_everything_on_close():
-    """A released segment is handed out again within its size class; close() leaves nothing in /dev/shm."""
-    pool = ShmPool()
-    a = pool.acquire(300_000)
-    name = a.name
+def _packed_into(pool: ShmPool, d: Delivery):
+    seg = pool.acquire(packed_size(d))
+    return seg, encode_ref(seg.name, pack_delivery_into(d, pool.payload(seg)))
+
+
+def test_pool_reuses_a_segment_once_its_reader_copied_and_unlinks_everything_on_close():
+    """A segment whose receiver copied the tensors out is handed out again within its size class; close() leaves nothing."""
+    pool, reader = ShmPool(), ShmReader()
+    x = np.arange(75_000, dtype=np.float32)                  # 300 kB
+    a, ref = _packed_into(pool, Delivery("r", "p", "q", {"t": x}))
+    got = reader.read(ref)
     pool.release(a)
-    b = pool.acquire(400_000)     # the same power-of-two size class as 300 000 bytes
+    b = pool.acquire(400_000)     # the same power-of-two size class as 300 kB
     c = pool.acquire(400_000)
-    assert b.name == name and c.name != name and b.size >= 400_000
-    tag = name.rsplit("-", 1)[0]
+    assert b.name == a.name and c.name != a.name
+    assert np.array_equal(got.tensors["t"], x)
+    b.buf[100:200] = bytes(100)  # reusing the segment does not touch the reader's copy
+    assert np.array_equal(got.tensors["t"], x)
+    tag = a.name.rsplit("-", 1)[0]
     assert len(_segments(tag)) == 2
+    reader.close()
     pool.close()
     assert _segments(tag) == set()
+
+
+def test_a_segment_read_in_place_is_reused_only_after_its_arrays_are_gone():
+    """In-place reads are views of the segment; the sender gets the segment back only when the last view is garbage."""
+    pool, reader = ShmPool(), ShmReader(in_place=True)
+    x = np.arange(50_000, dtype=np.float32)
+    try:
+        a, ref = _packed_into(pool, Delivery("r", "p", "q", {"t": x}))
+        got = reader.read(ref)
+        pool.release(a)
+        t = got.tensors["t"]
+        assert np.array_equal(t, x) and not t.flags.owndata
+        raw = np.frombuffer(a.buf, np.uint8)                  # the sender's own mapping of the segment
+        at = raw.tobytes().find(x[:16].tobytes())
+        raw[at:at + 4] = np.frombuffer(np.float32(7.0).tobytes(), np.uint8)
+        del raw
+        assert t[0] == 7.0                                    # the reader's array is the segment's memory
+        b = pool.acquire(200_000)
+        assert b.name != a.name                               # still in use by the reader
+        del got, t
+        c = pool.acquire(200_000)
+        assert c.name == a.name                               # the last view is gone: reused
+    finally:
+        reader.close()
+        pool.close()
 
 
 def test_sweep_unlinks_segments_of_a_dead_process_only():
@@ -174,7 +209,6 @@ def test_a_peer_without_shared_memory_support_gets_the_bytes():
 
 def test_a_handle_to_a_foreign_segment_is_refused_with_failed_precondition():
     """DeliverShm maps only tierplan segments that exist: anything else is FAILED_PRECONDITION, nothing delivered."""
-    from runtime.shm import encode_ref
     from runtime.wire import RAW_STAGE_SHM_METHOD
     ep = _Endpoint(local=False)
     ch = grpc.insecure_channel(ep.address)
