@@ -23,6 +23,11 @@ compute thread never waits for a downstream ack. Ray places and supervises; it
 never carries tensors between stages and nothing calls `ray.get` between stages. Links are
 emulated by the sender (`runtime.links`): a token bucket per link and direction for bandwidth,
 RTT/2 per hop before delivery, store-and-forward over the route, as the cost model charges.
+Between processes on one host (loopback peers, no TLS) a same-host fast path replaces the gRPC
+call (`runtime.localwire`: a Unix socket; `runtime.shm`: tensors from 64 KiB on in a pooled
+shared-memory segment that stage workers read in place); TLS deployments and remote peers keep
+gRPC. `deploy(..., replicas=N)` runs N workers per Ray site: deliveries spread over them, and
+requests lost with a dead replica start again on the others once, within their deadline.
 
 The controller (`runtime.service.Service`, in the deploying process) learns where workers
 listen (they register on every start), pushes the plan and peer table (`Configure`), checks
