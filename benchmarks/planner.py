@@ -58,9 +58,10 @@ def scaling(pieces: list[int], classes: list[int], cm) -> list[dict]:
                                   with_baselines=False, analyse_uncovered=False)
                 wall = time.perf_counter() - t0
                 goal = None
-                if n == GOAL_PIECES and k == GOAL_CLASSES:
-                    goal = plan.status == "optimal" and plan.gap == 0.0 and wall <= GOAL_S
                 proof = plan.solver.get("proof_s")
+                if n == GOAL_PIECES and k == GOAL_CLASSES:
+                    goal = (plan.status == "optimal" and plan.gap == 0.0 and wall <= GOAL_S
+                            and proof != "none" and proof <= GOAL_S)
                 rows.append({"pieces": len([p for p in plan.pieces if p.kind in ("piece", "transform")]),
                              "site_classes": k, "edge_classes": SHAPES[k][0], "objective": objective,
                              "status": plan.status, "gap": plan.gap, "solve_s": round(wall, 3),

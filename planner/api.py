@@ -43,6 +43,8 @@ _SCALE_MAX = 1000.0    # largest bandwidth multiplier tried for "what uplink wou
 _BISECT_STEPS = 7
 _TIE_SHARE = 0.25      # of a solve's limit at most for breaking ties, after the proof
 _ASSEMBLY_SHARE = 0.05  # of the time limit, kept for evaluating and assembling the plan
+_EXPLAIN_S = 0.15       # kept per SLO sink of a not-covered class for its best-latency solve ...
+_EXPLAIN_MAX_SHARE = 0.1  # ... at most this share of the time limit in all
 
 
 def _weights(objective: Any) -> ObjectiveSpec:
@@ -229,13 +231,19 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
             if r2.status == "infeasible":
                 raise InfeasibleError(f"edge class {c.name}: no placement fits even without the SLO: "
                                       f"{diagnose(sub.without_slo(), per_class)}")
-            msg, note = _slo_message(problem, info, c.name, per_class)
-            uncovered[c.name], notes[c.name] = msg, note
+            # why (its best latency per sink) is worked out after the plan is proven: it is only reported
+            uncovered[c.name], notes[c.name] = "", ""
             r = r2
         elif r.status == "infeasible":
             raise InfeasibleError(f"edge class {c.name}: no placement fits: {diagnose(sub, per_class)}")
         alone[c.name] = r
+
+    def explain() -> None:
+        for name in uncovered:
+            uncovered[name], notes[name] = _slo_message(problem, info, name, per_class)
+
     if uncovered and len(uncovered) == len(problem.classes):
+        explain()
         first = max(problem.classes, key=lambda c: c.count).name
         raise InfeasibleError(uncovered[first] + (f" (and {len(uncovered) - 1} more edge classes)"
                                                   if len(uncovered) > 1 else "")
@@ -275,7 +283,10 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
                 combined, cev = seq, evaluate(main, seq)
         # the joint solve ends a little before the limit: the plan is assembled after it
         started = time.perf_counter() - t0
-        r = solve(main, max(0.5, left() - _ASSEMBLY_SHARE * time_limit_s),
+        # ... and before the reasons of the classes that cannot meet their SLO are worked out
+        reserve = min(_EXPLAIN_MAX_SHARE * time_limit_s,
+                      _EXPLAIN_S * sum(len(c.slo_us) for c in problem.classes if c.name in uncovered))
+        r = solve(main, max(0.5, left() - _ASSEMBLY_SHARE * time_limit_s - reserve),
                   hint=combined if cev.feasible else hint, secondary=secondary,
                   secondary_share=_TIE_SHARE)
         r = replace(r, proof_s=started + (r.proof_s if r.proof_s is not None else r.solve_s))
@@ -299,6 +310,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
             reason = f"CP-SAT status {r.status} after {r.solve_s:.1f} s: the best per-class placement is shown"
             r = SolveResult("feasible", dict(fallback), hev.objective, None, r.solve_s, hev.latency_term,
                             dict(hev.levels))
+    explain()
     ev = evaluate(main, r.assignment, r.levels)
     plan = _assemble(graph, main, info, r, ev, t0, reason)
     plan = plan.model_copy(update={"coverage": _coverage(graph, fleet, cost_model, slo, weights,

@@ -34,7 +34,7 @@ from planner.problem import Problem
 
 __all__ = ["components", "class_size", "solve_groups", "split_sites"]
 
-_SPLIT_SHARE = 0.6      # of a group's time for the relaxed sub-groups; the rest for the joint fallback
+_FALLBACK_MIN_SHARE = 0.15  # of a group's time left at least to try the group as one model
 
 
 def class_size(problem: Problem, name: str) -> int:
@@ -178,18 +178,17 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
     order = sorted(parts, key=lambda g: sizes[g])
     results = []
     for i, g in enumerate(order):
-        left = _SPLIT_SHARE * time_limit_s - (time.perf_counter() - t0)
+        left = time_limit_s - (time.perf_counter() - t0)
         share = sizes[g] / sum(sizes[h] for h in order[i:])
         sub = _restrict(problem, g)
         r = solve_model(sub, max(0.05, left * share), fractional=relaxed & set(sub.sites), **kw)
-        if r.status != "optimal":
+        if r.status not in ("optimal", "feasible"):
             results = []
             break
         results.append(r)
-    start = hint
-    lower = None
+    start, best, lower = hint, None, None
     if results:
-        # the relaxation's optimum: a lower bound of the group's (in the group's integer units)
+        # every sub-group's bound bounds its relaxation: their sum bounds the group (group units)
         lower = sum((Fraction(r.bound, r.scale) for r in results), Fraction(0))
         levels = {k: v for r in results for k, v in r.levels.items()}
         union = {n: s for r in results for n, s in r.assignment.items()}
@@ -200,9 +199,16 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
                                ev.latency_term, levels)
         if ev.feasible:
             start = union
-    r = solve_model(problem, max(0.05, time_limit_s - (time.perf_counter() - t0)),
-                    **{**kw, "hint": start})
-    r = _or_hint(problem, r, start)
+            best = SolveResult("feasible", union, ev.objective, min(math.ceil(lower), ev.objective),
+                               time.perf_counter() - t0, ev.latency_term, levels)
+    left = time_limit_s - (time.perf_counter() - t0)
+    if best is not None and left < _FALLBACK_MIN_SHARE * time_limit_s:
+        # the relaxation took the time: its feasible union and bound are the answer
+        return best
+    r = _or_hint(problem, solve_model(problem, max(0.05, left), **{**kw, "hint": start}), start)
+    if best is not None and (r.status not in ("optimal", "feasible") or
+                             (r.status == "feasible" and r.objective > best.objective)):
+        r = replace(best, bound=max(best.bound, r.bound if r.bound is not None else best.bound))
     if lower is not None and r.status == "feasible" and (r.bound is None or math.ceil(lower) > r.bound):
         r = replace(r, bound=min(math.ceil(lower), r.objective))
     return r
