@@ -24,7 +24,7 @@ import networkx as nx
 from planner.baselines import greedy, run_baselines
 from planner.build import BuildInfo, SloTarget, build_problem
 from planner.evaluate import Evaluation, evaluate
-from planner.formulation import SolveResult, solve
+from planner.formulation import SolveResult, solve, solve_coverage
 from planner.plan import ClassCoverage, ParetoPoint, PieceMove, Plan
 from planner.problem import Problem
 from planner.report import (
@@ -187,11 +187,15 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
                slo: Mapping[str, SloTarget] | None = None, objective: Any = None,
                budget_usd_per_hour: float | None = None, time_limit_s: float = 10.0,
                from_plan: Plan | None = None, pareto: bool = False, pareto_points: int = 5,
-               with_baselines: bool = True, analyse_uncovered: bool = True, queueing: bool = True) -> Plan:
+               with_baselines: bool = True, analyse_uncovered: bool = True, queueing: bool = True,
+               max_coverage: bool = False) -> Plan:
     """Place the app graph on the fleet; returns a Plan or raises InfeasibleError (why, what is achievable).
 
     `queueing` (default) adds each site's p-quantile queueing wait at its planned utilisation
-    (planner.queueing); False plans on service times alone.
+    (planner.queueing); False plans on service times alone. `max_coverage`: when every class
+    meets its SLO alone but the shared sites and links cannot serve them all together, plan the
+    most devices within their SLOs, then the best objective (the others are served without
+    their SLO and named not-met) instead of raising InfeasibleError.
 
     Example:
         >>> plan = plan_graph(g, resolve_fleet(fleet_spec), CostModel(), slo={"out": SloTarget(100)})
@@ -238,9 +242,12 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
             raise InfeasibleError(f"edge class {c.name}: no placement fits: {diagnose(sub, per_class)}")
         alone[c.name] = r
 
+    shared_out: set[str] = set()    # classes left out by coverage maximisation (explained there)
+
     def explain() -> None:
         for name in uncovered:
-            uncovered[name], notes[name] = _slo_message(problem, info, name, per_class)
+            if name not in shared_out:
+                uncovered[name], notes[name] = _slo_message(problem, info, name, per_class)
 
     if uncovered and len(uncovered) == len(problem.classes):
         explain()
@@ -298,6 +305,9 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
                                 dict(cev.levels))
             elif r.objective is not None and (r.bound is None or lower > r.bound):
                 r = replace(r, bound=min(lower, r.objective))
+        if r.status == "infeasible" and max_coverage:
+            r, main = _most_covered(main, info, combined, left(), uncovered, notes, shared_out)
+            r = replace(r, proof_s=time.perf_counter() - t0)
         if r.status == "infeasible":
             raise InfeasibleError(diagnose(main, min(left(), time_limit_s)))
         if r.status not in ("optimal", "feasible"):
@@ -327,6 +337,26 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
     if pareto:
         plan = plan.model_copy(update={"pareto": _pareto(main, info, r, pareto_points, max(time_limit_s, 2.0))})
     return plan.model_copy(update={"solve_s": round(time.perf_counter() - t0, 4)})
+
+
+def _most_covered(main: Problem, info: BuildInfo, start: dict[str, tuple[str, ...]], limit_s: float,
+                  uncovered: dict[str, str], notes: dict[str, str],
+                  shared_out: set[str]) -> tuple[SolveResult, Problem]:
+    """Coverage mode: the most devices within their SLOs, then the least objective
+    (planner.formulation.solve_coverage); the classes left out are recorded (in place) with why."""
+    r, covered = solve_coverage(main, limit_s, hint=start)
+    if r.status not in ("optimal", "feasible"):
+        return r, main
+    out = [c for c in main.classes if c.slo_us and c.name not in covered]
+    total = sum(c.count for c in main.classes) or 1
+    share = sum(c.count for c in main.classes if c.name in covered) / total
+    for c in out:
+        uncovered[c.name] = (f"{c.name} meets its SLO alone, but the shared sites and links cannot serve it "
+                             f"together with the classes covering more devices ({100 * share:.0f}% of "
+                             f"devices covered at most)")
+        notes[c.name] = "not served within its SLO: shared capacity goes to classes covering more devices"
+        shared_out.add(c.name)
+    return r, main.without_slo({c.name for c in out})
 
 
 def _prove_alone(problem: Problem, alone: dict[str, SolveResult], hint: dict[str, tuple[str, ...]],

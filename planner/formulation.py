@@ -46,7 +46,7 @@ from planner.evaluate import ancestors, sink_items
 from planner.problem import COMPUTE_KINDS, Problem
 from planner.queueing import FACTOR_SCALE, wait_us
 
-__all__ = ["SolveResult", "solve", "solve_model", "tie_break", "STATUS_NAMES"]
+__all__ = ["SolveResult", "solve", "solve_model", "solve_coverage", "tie_break", "STATUS_NAMES"]
 
 STATUS_NAMES = {
     cp_model.OPTIMAL: "optimal",
@@ -95,9 +95,13 @@ def _workers() -> int:
 class _Model:
     """Builds the CP-SAT model of `problem` (data, variables, constraints, objective)."""
 
-    def __init__(self, problem: Problem, fractional: frozenset[str] = frozenset()):
+    def __init__(self, problem: Problem, fractional: frozenset[str] = frozenset(), soft_slo: bool = False):
         self.p = problem
         self.m = cp_model.CpModel()
+        # soft_slo: a class's SLOs hold only where its `covered` literal is true (coverage mode)
+        self.covered: dict[str, cp_model.IntVar] = (
+            {c.name: self.m.NewBoolVar(f"covered[{c.name}]") for c in problem.classes if c.slo_us}
+            if soft_slo else {})
         # rented sites priced per busy fraction of an instance (a relaxation, planner.decompose):
         # the objective is then in units of 1/scale
         self.fractional = frozenset(s for s in fractional if s in problem.sites
@@ -292,7 +296,10 @@ class _Model:
                 terms = self.sink_lat[(c.name, v)]
                 lat = sum(terms) if terms else 0
                 self.sink_lat[(c.name, v)] = lat
-                if v in c.slo_us:
+                if v in c.slo_us and c.name in self.covered:
+                    # SLO of the sink, for a class counted as covered (coverage mode)
+                    m.Add(lat <= c.slo_us[v]).OnlyEnforceIf(self.covered[c.name])
+                elif v in c.slo_us:
                     # SLO of the sink (classes that cannot meet it were dropped before the solve)
                     m.Add(lat <= c.slo_us[v])
                 if v in p.latency_nodes and terms:
@@ -477,6 +484,59 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
                 assignment, levels = _read(problem, mdl, solver2)
                 lat = int(round(solver2.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
     return SolveResult(status, assignment, obj, bound, time.perf_counter() - t0, lat, levels, mdl.scale, proof_s)
+
+
+def solve_coverage(problem: Problem, time_limit_s: float, hint: dict | None = None,
+                   seed: int = 0) -> tuple[SolveResult, frozenset[str]]:
+    """Lexicographic: the most devices whose class meets its SLOs, then the least objective.
+
+    Each class with an SLO gets a `covered` literal that enforces its SLOs; phase 1 maximises
+    the devices of covered classes, phase 2 fixes that coverage and minimises the objective
+    (hinted with phase 1's placement). Returns the result (optimal only when both phases are
+    proven; the objective and bound are phase 2's) and the classes covered.
+    """
+    t0 = time.perf_counter()
+    mdl = _Model(problem, soft_slo=True)
+    m = mdl.m
+    counts = {c.name: c.count for c in problem.classes}
+    devices = sum(counts[n] * lit for n, lit in mdl.covered.items())
+    m.Maximize(devices)
+    if hint:
+        mdl.hint(hint)
+    solver = _solver(time_limit_s / 2, seed)
+    code = solver.Solve(m)
+    first = STATUS_NAMES.get(code, "unknown")
+    if first not in ("optimal", "feasible"):
+        return SolveResult(first, solve_s=time.perf_counter() - t0), frozenset()
+    best = int(round(solver.ObjectiveValue()))
+    start, _ = _read(problem, mdl, solver)
+    # phase 2: at least that many devices covered, least objective
+    m.Add(devices >= best)
+    m.Minimize(mdl.objective)
+    m.ClearHints()
+    mdl.hint(start)
+    solver2 = _solver(max(0.2, time_limit_s - (time.perf_counter() - t0)), seed)
+    code2 = solver2.Solve(m)
+    second = STATUS_NAMES.get(code2, "unknown")
+    if second not in ("optimal", "feasible"):
+        return SolveResult("unknown", solve_s=time.perf_counter() - t0), frozenset()
+    assignment, levels = _read(problem, mdl, solver2)
+    covered = frozenset(n for n, lit in mdl.covered.items() if solver2.BooleanValue(lit))
+    covered |= frozenset(c.name for c in problem.classes if not c.slo_us)
+    status = "optimal" if first == second == "optimal" else "feasible"
+    lat = int(round(solver2.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
+    return SolveResult(status, assignment, int(round(solver2.ObjectiveValue())),
+                       int(round(solver2.BestObjectiveBound())), time.perf_counter() - t0, lat, levels,
+                       proof_s=time.perf_counter() - t0), covered
+
+
+def _solver(time_limit_s: float, seed: int) -> cp_model.CpSolver:
+    """A CP-SAT solver with the planner's workers, seed and time limit."""
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = float(time_limit_s)
+    solver.parameters.num_workers = _workers()
+    solver.parameters.random_seed = seed
+    return solver
 
 
 def tie_break(problem: Problem, result: SolveResult, secondary: str, time_limit_s: float,
