@@ -7,14 +7,16 @@ The objective (cost, latency, energy or weights) is a sum of per-site and per-cl
 1. Components. When the classes split into groups that share none of these, the joint
    optimum is the union of the groups' optima, its objective (and bound) the sum of theirs.
 2. Cloud splits (verified relaxation). Inside a group, classes often share nothing but a cloud
-   region they hardly use. Pricing each such site per busy fraction of an instance
-   (price x load / cap instead of price x ceil(load / cap)) and letting every sub-group use its
-   whole capacity relaxes the group's problem (ceil(a + b) >= a + b; the capacities are only
-   widened), and the relaxation splits into independent sub-groups. The sum of their proven
-   bounds is then a lower bound of the group's optimum. If the union of their placements
-   satisfies every constraint of the group (planner.evaluate, integer instances) at a true
-   objective no higher than that bound, it is the group's optimum, proven. Otherwise the
-   group is solved as one model, hinted with the union, its bound raised to the relaxation's.
+   region that at most one of them wants (by the classes' own placements, the hint). Split the
+   group there: the one part that wants the site pays for it exactly (ceil instances), the
+   other parts use it free; a site no part wants is priced per busy fraction of an instance
+   (price x load / cap) by every part. Every part sees the site's whole capacity. Since
+   p ceil(sum_i L_i) >= p ceil(L_j) and >= sum_i p L_i / cap, this relaxes the group's
+   problem, and the relaxation splits into independent parts: the sum of their proven bounds
+   is a lower bound of the group's optimum. If the union of their placements satisfies every
+   constraint of the group (planner.evaluate, integer instances) at a true objective no
+   higher than that bound, it is the group's optimum, proven. Otherwise the group is solved as
+   one model, hinted with the union, its bound raised to the relaxation's.
 
 Either way nothing is approximated: a result is reported optimal only with a proof. Solving the
 pieces is far faster than one model of all of them (CP-SAT's effort grows faster than
@@ -32,7 +34,7 @@ from typing import Callable
 from planner.evaluate import evaluate
 from planner.problem import Problem
 
-__all__ = ["components", "class_size", "solve_groups", "split_sites"]
+__all__ = ["components", "class_size", "solve_groups", "split_sites", "split_plan"]
 
 _FALLBACK_MIN_SHARE = 0.15  # of a group's time left at least to try the group as one model
 
@@ -76,15 +78,33 @@ def components(problem: Problem, relaxed: frozenset[str] = frozenset()) -> list[
     return [tuple(g) for g in groups.values()]
 
 
-def split_sites(problem: Problem, hint: dict | None = None) -> frozenset[str]:
+def split_sites(problem: Problem) -> frozenset[str]:
     """The sites a group may be split at: rented cloud sites planned at one utilisation level
-    (their cost is then the only thing the relaxation changes) that the hint (the classes' own
-    placements, when known) runs nothing on: the relaxation is exact only where the optimum
-    rents no fractional instance, which is likeliest where no class wants the site alone."""
-    compute = set(problem.compute_nodes)
-    busy = {s for c in problem.classes for v, s in enumerate((hint or {}).get(c.name, ())) if v in compute}
+    (their instance cost is then the only thing a relaxation changes)."""
     return frozenset(s for s, sd in problem.sites.items()
-                     if sd.tier == "cloud" and not sd.fixed_instances and len(sd.levels()) == 1 and s not in busy)
+                     if sd.tier == "cloud" and not sd.fixed_instances and len(sd.levels()) == 1)
+
+
+def split_plan(problem: Problem, hint: dict | None) -> tuple[list[tuple[str, ...]], dict[str, int | None]]:
+    """(parts, user): the sub-groups a group splits into at its cloud sites, and per split site
+    the index of the one part whose classes' own placements (the hint) run something there
+    (None: no part does). A site two parts want is not split at (the parts merge)."""
+    compute = set(problem.compute_nodes)
+    wants = {c.name: {s for v, s in enumerate((hint or {}).get(c.name, ())) if v in compute}
+             for c in problem.classes}
+    relaxed = split_sites(problem)
+    while True:
+        parts = components(problem, relaxed) if relaxed else [tuple(c.name for c in problem.classes)]
+        user: dict[str, int | None] = {}
+        shared = set()
+        for s in relaxed:
+            users = [i for i, g in enumerate(parts) if any(s in wants[n] for n in g)]
+            if len(users) > 1:
+                shared.add(s)
+            user[s] = users[0] if users else None
+        if not shared:
+            return parts, user
+        relaxed = relaxed - shared
 
 
 def _restrict(problem: Problem, names: tuple[str, ...], extra_sites: set[str] = frozenset()) -> Problem:
@@ -169,19 +189,22 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
     from planner.formulation import SolveResult
 
     t0 = time.perf_counter()
-    relaxed = split_sites(problem, hint)
-    parts = components(problem, relaxed) if relaxed else []
+    parts, user = split_plan(problem, hint)
     kw = dict(hint=hint, seed=seed)
     if len(parts) < 2:
         return _or_hint(problem, solve_model(problem, time_limit_s, **kw), hint)
     sizes = {g: sum(class_size(problem, n) for n in g) for g in parts}
-    order = sorted(parts, key=lambda g: sizes[g])
+    order = sorted(range(len(parts)), key=lambda i: sizes[parts[i]])
     results = []
-    for i, g in enumerate(order):
+    for k, i in enumerate(order):
         left = time_limit_s - (time.perf_counter() - t0)
-        share = sizes[g] / sum(sizes[h] for h in order[i:])
-        sub = _restrict(problem, g)
-        r = solve_model(sub, max(0.05, left * share), fractional=relaxed & set(sub.sites), **kw)
+        share = sizes[parts[i]] / sum(sizes[parts[j]] for j in order[k:])
+        sub = _restrict(problem, parts[i])
+        # a split site: priced exactly by the part that wants it, free for the others; wanted by
+        # none, priced per busy fraction by every part
+        fractional = frozenset(s for s, u in user.items() if u is None and s in sub.sites)
+        free = frozenset(s for s, u in user.items() if u is not None and u != i and s in sub.sites)
+        r = solve_model(sub, max(0.05, left * share), fractional=fractional, free=free, **kw)
         if r.status not in ("optimal", "feasible"):
             results = []
             break

@@ -95,7 +95,8 @@ def _workers() -> int:
 class _Model:
     """Builds the CP-SAT model of `problem` (data, variables, constraints, objective)."""
 
-    def __init__(self, problem: Problem, fractional: frozenset[str] = frozenset(), soft_slo: bool = False):
+    def __init__(self, problem: Problem, fractional: frozenset[str] = frozenset(), soft_slo: bool = False,
+                 free: frozenset[str] = frozenset()):
         self.p = problem
         self.m = cp_model.CpModel()
         # soft_slo: a class's SLOs hold only where its `covered` literal is true (coverage mode)
@@ -108,6 +109,9 @@ class _Model:
                                     and not problem.sites[s].fixed_instances
                                     and len(problem.sites[s].levels()) == 1)
         self.scale = math.lcm(*(problem.sites[s].util_cap_ppm for s in self.fractional)) if self.fractional else 1
+        # rented sites whose instances cost nothing here (another part pays for them, decompose)
+        self.free = frozenset(s for s in free if s in problem.sites and not problem.sites[s].fixed_instances
+                              and len(problem.sites[s].levels()) == 1) - self.fractional
         self.frac_terms: list = []
         self.x: dict[tuple[str, int, str], cp_model.IntVar] = {}
         self.y: dict[tuple[str, int, str], cp_model.IntVar] = {}
@@ -235,6 +239,10 @@ class _Model:
                     m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
                 continue
             if not terms and not sd.base_load_ppm:
+                continue
+            if s in self.free:
+                # relaxation: instances paid elsewhere, within the instances there are
+                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
                 continue
             if s in self.fractional:
                 # relaxation: the busy fraction of instances is paid, within the instances there are
@@ -439,12 +447,14 @@ def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None
 
 def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None, latency_max: int | None = None,
                 objective_max: int | None = None, secondary: str | None = None, seed: int = 0,
-                secondary_share: float = 1.0, fractional: frozenset[str] = frozenset()) -> SolveResult:
+                secondary_share: float = 1.0, fractional: frozenset[str] = frozenset(),
+                free: frozenset[str] = frozenset()) -> SolveResult:
     """One CP-SAT model of the whole `problem` (see solve). Sites in `fractional` (rented, one
-    level) are priced per busy fraction of an instance: a relaxation whose objective and bound
-    come in units of 1/scale (planner.decompose uses it to split classes sharing such a site)."""
+    level) are priced per busy fraction of an instance, sites in `free` not at all: relaxations
+    (objective and bound in units of 1/scale) that planner.decompose uses to split classes
+    sharing such a site."""
     t0 = time.perf_counter()
-    mdl = _Model(problem, fractional)
+    mdl = _Model(problem, fractional, free=free)
     m = mdl.m
     if latency_max is not None:
         m.Add(mdl.latency_expr <= latency_max)
