@@ -80,3 +80,23 @@ def test_simulate_plans_an_example_app_first():
     assert set(sink["classes"]) == edge  # every edge class produced requests
     # the plan's rented instances priced as the planner prices them (egress aside)
     assert abs(opt["cost_per_hour_usd"] - opt["predicted_cost_per_hour_usd"]) <= 0.05 * opt["predicted_cost_per_hour_usd"]
+
+
+def test_simulate_profile_replays_measured_step_times(tmp_path):
+    """--profile FILE replays its measured node@site times: a profile saying det/p0 takes 300 ms on cams moves p50."""
+    import numpy as np
+    from simulations.calibration import ServiceProfile
+
+    plan, fleet = _files(tmp_path)
+    prof = tmp_path / "profile.json"
+    ServiceProfile({("det/p0", "cams"): np.full(50, 300.0)}, correlation=0.0, source="test").save(prof)
+    args = (str(plan), "--fleet", str(fleet), "--strategies", "optimal", "--duration", "3", "--json")
+    base = json.loads(_run(*args).stdout)["strategies"]["optimal"]["sinks"]["labels"]["p50_ms"]
+    r = _run(*args, "--profile", str(prof), "--service-correlation", "0.3")
+    assert r.returncode == 0, r.stderr
+    slow = json.loads(r.stdout)["strategies"]["optimal"]["sinks"]["labels"]["p50_ms"]
+    assert slow >= base + 250  # det/p0 on cams: 20 ms in the plan, 300 ms measured
+    r = _run(*args, "--profile", str(tmp_path / "none.json"))
+    assert r.returncode == 2 and "--profile" in r.stderr and "Traceback" not in r.stderr
+    r = _run(*args, "--service-correlation", "1.5")
+    assert r.returncode == 2 and "--service-correlation" in r.stderr

@@ -92,6 +92,8 @@ def register(app: typer.Typer) -> None:
         link: Optional[list[str]] = typer.Option(None, "--link", help="SITE=2g|3g|4g|wifi|MBPS|trace:FILE[~CV], repeatable."),
         engine: str = typer.Option("auto", "--engine", help="auto | fast | simpy."),
         objective: Optional[str] = typer.Option(None, "--objective", help="When given an app: cost, latency or energy."),
+        profile: Optional[Path] = typer.Option(None, "--profile", help="Service profile JSON (simulations.calibration.ServiceProfile.save): replay measured node@site step times."),
+        correlation: float = typer.Option(0.0, "--service-correlation", help="Share 0..1 of service-time variance common to all stages of a request."),
         report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with figures into this folder."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -102,13 +104,17 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--engine {engine!r}: expected auto, fast or simpy")
         if not target.exists():
             raise InputError(f"{target}: file not found. To fix: check the path")
+        if not 0.0 <= correlation <= 1.0:
+            raise InputError(f"--service-correlation {correlation}: expected a share in [0, 1]")
+        if profile is not None and not profile.exists():
+            raise InputError(f"--profile {profile}: file not found. To fix: pass a file written by simulations.calibration (ServiceProfile.save)")
         fleet_path = _fleet_path(target, fleet)
         fleet_spec = load_fleet(fleet_path)
         plan, app_spec = _load_plan(target, fleet_spec, fleet_path, objective)
         rep = simulate(plan, fleet_spec, strategies=strategies, duration_s=duration, seed=seed,
                        arrivals=arrivals, failures=fail or None, mobility=mobility or None,
                        fast={"auto": None, "fast": True, "simpy": False}[engine], links=link or None,
-                       app=app_spec)
+                       app=app_spec, profile=profile, service_correlation=correlation)
         if report is not None:
             from simulations.html_report import write_report
             path = write_report(rep, report)
