@@ -5,8 +5,8 @@
 1. One hop on loopback for 1 KiB .. 16 MiB, both ways a delivery can go: the same-host fast path
    (runtime.localwire: a Unix socket, tensor bytes in shared memory from 64 KiB on) and gRPC on
    TCP (one packed unary message up to 2 MiB, a raw-bytes stream of 1 MiB chunks above; what
-   remote peers and TLS deployments use). The gRPC figure for 16 MiB is the measured loopback
-   bandwidth used below.
+   remote peers and TLS deployments use). The best gRPC figure from 1 MiB on is the measured
+   loopback bandwidth used below.
 2. Throughput over an emulated link (token bucket, no delay) against its declared bandwidth
    (goal: >= 90% for large tensors).
 3. SqueezeNet 1.1 (random weights) cut in 3 pieces (1.55 MB and 260 KB between them) on three
@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     repeats = 10 if a.quick else 40
     res: dict = {"load_start": list(os.getloadavg()), "cores": os.cpu_count(), "hops": bench_hops(repeats),
                  "links": bench_links()}
-    loopback = res["hops"][-1]["bytes"] / (res["hops"][-1]["grpc_p50_ms"] / 1e3)
+    # the loopback gRPC bandwidth the per-hop goal allows for: the best measured over tensors of 1 MiB
+    # and more (one size's median swings with the machine's load)
+    loopback = max(r["grpc_gb_per_s"] for r in res["hops"] if r["bytes"] >= (1 << 20)) * 1e9
     if not a.skip_squeezenet:
         res["squeezenet"] = bench_squeezenet(seconds, repeats, loopback)
     res["examples"] = bench_examples([e for e in a.examples.split(",") if e], seconds)
