@@ -24,11 +24,17 @@ Constraints (one comment per constraint in the code)
     memory:      m[v,s] >= x[e,v,s];  sum_v mem(v) m[v,s] <= memory(s)
     links:       sum_{e,i,a,b: h in hops} bits[e,i] z[e,i,a,b] <= capacity(h)
     budget:      cost <= budget
+    queueing:    L[e,k] += W[e,k,s] per site s sink k visits; W >= w_p(level of s) x J[e,s] reified on
+                 (visit, level); an owned site's level is the lowest its load fits under; redundant
+                 LP cuts: W >= sum_l w_p(r_l) x j[e,k,s,l], the sink's own work on s split per level
+                 (each copy <= the work whose load fits under r_l)   (see _wait_cuts)
 Objective
     min  coef_cost * (sum_s price(s) inst[s] + sum egress[e,i,a,b] z[e,i,a,b])
        + coef_latency * sum_e w_e sum_k L[e,k] + coef_energy * sum_e w_e (energy of x and z)
 The latency semantics are planner.evaluate's; with the transportation linking the LP relaxation
 of a chain's latency is a shortest path, which is why large apps are proven optimal quickly.
+`solve` hands classes that share nothing, and parts of a group split at a cloud site, to
+planner.decompose (exact); `solve_coverage` maximises covered devices, then the objective.
 """
 
 from __future__ import annotations
