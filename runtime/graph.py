@@ -82,7 +82,12 @@ class ExecGraph:
                 site = view or consumer
                 if site:
                     sites[n] = site
-        # sinks deliver where the plan says, else back to their source's site, else where the producer runs
+        # sinks deliver where the plan says (assignment, else the view class's pin from the app's
+        # `deliver_to`), else back to their source's site, else where the producer runs
+        pins = plan.pins.get(view, {}) if view else {}
+        for n in ids:
+            if n not in sites and kinds[n] == "sink" and pins.get(n):
+                sites[n] = pins[n]
         for n in ids:
             if n not in sites and kinds[n] == "sink" and ins[n]:
                 src = _upstream_source(n, ins, kinds)

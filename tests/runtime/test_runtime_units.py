@@ -214,3 +214,20 @@ def test_local_threads_share_the_cores_out():
         t = local_threads(n)
         assert t >= 1 and t * n <= max(cores, n)
     assert local_threads(1) == cores
+
+
+def test_sink_delivers_where_the_app_pins_it():
+    """A sink the plan pins (deliver_to: cloud) is delivered there, not back to its source's site."""
+    from planner.plan import Plan, PlanEdge, PlanPiece
+    from runtime.graph import ExecGraph
+
+    pieces = [PlanPiece(id="cam", kind="source"), PlanPiece(id="det", model="det"),
+              PlanPiece(id="sink:boxes", kind="sink")]
+    edges = [PlanEdge(src="cam", dst="det", nbytes=10), PlanEdge(src="det", dst="sink:boxes", nbytes=10)]
+    base = dict(status="optimal", assignment={"cam": "cams", "det": "bs"}, pieces=pieces, edges=edges,
+                per_class={"cams": {"cam": "cams", "det": "bs"}})
+    pinned = ExecGraph.from_plan(Plan(**base, pins={"cams": {"cam": "cams", "sink:boxes": "cloud"}}))
+    assert pinned.sites["sink:boxes"] == "cloud"
+    unpinned = ExecGraph.from_plan(Plan(**base))
+    assert unpinned.sites["sink:boxes"] == "cams"   # back to the source's site
+    assert "cloud" not in pinned.used_sites()        # a sink's site hosts no worker

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         tls_dir: Path = typer.Option(None, "--tls-dir", help="Folder from `tierplan certs` (mutual TLS + token)."),
         front_door: str = typer.Option("127.0.0.1:0", "--listen", help="Front door host:port (gRPC, runtime.proto)."),
         duration: float = typer.Option(0.0, "--duration", min=0, help="Serve this many seconds, then stop (0: until Ctrl-C)."),
+        replicas: int = typer.Option(1, "--replicas", min=1, help="Workers per base-station and cloud site; a request lost with one is retried on another."),
         as_json: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
     ) -> None:
         """Deploy PLAN and serve it: prints the front door, the sites and their metrics endpoints."""
@@ -48,7 +49,7 @@ def register(app: typer.Typer) -> None:
             manifest = load_manifest(artifacts)
         stop = threading.Event()
         with deploy(plan, local=local, manifest=manifest, manifest_root=artifacts, ray_address=ray_address,
-                    agents=parse_agents(agent), tls_dir=tls_dir, front_door=front_door) as svc:
+                    agents=parse_agents(agent), tls_dir=tls_dir, front_door=front_door, replicas=replicas) as svc:
             for sig in (signal.SIGTERM, signal.SIGINT):   # after Ray's own handlers: stop cleanly, exit 0
                 signal.signal(sig, lambda *_: stop.set())
             info = svc.describe()
