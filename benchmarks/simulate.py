@@ -157,14 +157,6 @@ def _local_fleet(fleet_spec: FleetSpec, edge_class: str) -> FleetSpec:
     return FleetSpec(name=fleet_spec.name, sites=sites, links=dict(fleet_spec.links))
 
 
-def _as_runtime_delivers(app, p: Plan):
-    """The app with each sink delivered where the local runtime delivers it: a sink the plan does
-    not place goes back to its source's site (runtime/graph.py), whatever the app's `deliver_to`."""
-    sinks = {n: (s if f"sink:{n}" in p.assignment else s.model_copy(update={"deliver_to": "source"}))
-             for n, s in app.sinks.items()}
-    return app.model_copy(update={"sinks": sinks})
-
-
 def _sim_e2e(p: Plan, fleet_spec: FleetSpec, **kw) -> tuple[float, float]:
     """p50 and p95 of the slowest sink at negligible load (the runtime sends one request at a time),
     every site one worker (as deployed locally) on one host with this machine's cores."""
@@ -222,7 +214,7 @@ def bench_fidelity(duration_s: float) -> dict:
         fleet_spec = load_fleet(ex / "fleet.yaml")
         edge = next(iter(p.per_class), None) or next(n for n, s in fleet_spec.sites.items() if s.tier == "edge")
         local = _local_fleet(fleet_spec, edge)
-        app = _as_runtime_delivers(load_app(ex / "app.yaml"), p)
+        app = load_app(ex / "app.yaml")  # the runtime delivers each sink where the app says, as the simulator does
         row = {"example": ex.name, "requests_calibration": len(calib), "requests_measured": len(valid),
                "load_1min": load, "measured_p50_ms": m50, "measured_p95_ms": m95,
                "correlation_fitted": prof.correlation,
