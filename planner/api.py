@@ -514,7 +514,7 @@ def _sha(obj: Any) -> str:
 
 def plan_app(app: Any, fleet: Any, objective: Any = None, cost_model: Any = None, time_limit_s: float = 10.0,
              from_plan: Plan | str | Path | None = None, pieces_dir: str | Path | None = None,
-             pareto: bool = False, app_graph: nx.DiGraph | None = None) -> Plan:
+             pareto: bool = False, app_graph: nx.DiGraph | None = None, max_coverage: bool = False) -> Plan:
     """Plan `app` (AppSpec) on `fleet` (FleetSpec or resolved Fleet); see plan_graph."""
     from devices.costmodel import CostModel
     from devices.fleet import resolve_fleet
@@ -528,7 +528,7 @@ def plan_app(app: Any, fleet: Any, objective: Any = None, cost_model: Any = None
     plan = plan_graph(app_graph, resolved, cost_model or CostModel(), slo=slo,
                       objective=objective if objective is not None else app.weights,
                       budget_usd_per_hour=app.budget_usd_per_hour, time_limit_s=time_limit_s,
-                      from_plan=from_plan, pareto=pareto)
+                      from_plan=from_plan, pareto=pareto, max_coverage=max_coverage)
     shas = {"app": _sha(app)}
     if not hasattr(fleet, "edge_classes"):
         shas["fleet"] = _sha(fleet)

@@ -92,3 +92,14 @@ def test_plan_names_each_sites_device_so_compile_needs_no_fleet_file(tmp_path: P
     moved = plan.model_copy(update={"fleet_path": str(tmp_path / "elsewhere" / "fleet.yaml")})
     devices = resolve_site_devices(moved, ["cams", "cells", "eu"])
     assert {s: d.name for s, d in devices.items()} == plan.site_devices
+
+
+def test_max_coverage_keeps_a_plan_that_already_covers_everyone(tmp_path: Path) -> None:
+    """--max-coverage changes nothing when every class meets its SLO: same assignment and objective."""
+    app = str(_app(tmp_path))
+    plain = _run(app, "--fleet", str(DATA / "planner_fleet.yaml"), "--json")
+    cover = _run(app, "--fleet", str(DATA / "planner_fleet.yaml"), "--json", "--max-coverage")
+    assert plain.returncode == 0 and cover.returncode == 0, cover.stderr
+    a, b = json.loads(plain.stdout), json.loads(cover.stdout)
+    assert b["status"] == "optimal" and b["assignment"] == a["assignment"]
+    assert b["objective"] == a["objective"]

@@ -20,6 +20,7 @@ def register(app: typer.Typer) -> None:
         html: Path = typer.Option(None, "--html", help="Write a self-contained plan.html here."),
         pareto: bool = typer.Option(False, "--pareto", help="Also trace the cost-latency frontier."),
         from_plan: Path = typer.Option(None, "--from", help="Old plan.json: warm start, list the pieces that move."),
+        max_coverage: bool = typer.Option(False, "--max-coverage", help="When shared capacity cannot serve every class within its SLO: cover the most devices, then the objective (instead of exit 1)."),
         time_limit: float = typer.Option(10.0, "--time-limit", min=0.1, help="Solver time limit, seconds."),
         pieces_dir: Path = typer.Option(None, "--pieces-dir", help="Where partitioned pieces are cached."),
         as_json: bool = typer.Option(False, "--json", help="Print plan.json to stdout instead of tables."),
@@ -40,7 +41,7 @@ def register(app: typer.Typer) -> None:
         old = Plan.load(from_plan) if from_plan is not None else None
         try:
             plan = plan_app(spec, fleet, objective=objective, time_limit_s=time_limit, from_plan=old,
-                            pieces_dir=pieces_dir, pareto=pareto)
+                            pieces_dir=pieces_dir, pareto=pareto, max_coverage=max_coverage)
         except InfeasibleError as e:
             failed = Plan(status="infeasible", reason=str(e), objective_kind=objective or "cost",
                           app_path=str(app_path), fleet_path=str(fleet_path))
