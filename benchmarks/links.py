@@ -22,20 +22,17 @@ import json
 import subprocess
 import sys
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from runtime.links import LinkEmulator, route_table  # noqa: E402
-from runtime.netns import probe_argv, probe_env, read_port, veth_pair, wire_rate_mbps  # noqa: E402
-from runtime.proto import runtime_pb2 as pb  # noqa: E402
-from runtime.stage import Sender, delivery_handlers  # noqa: E402
-from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery  # noqa: E402
+from runtime.netns import probe_argv, probe_env, read_port, recording_server, veth_pair, wire_rate_mbps  # noqa: E402
+from runtime.stage import Sender  # noqa: E402
+from runtime.wire import Delivery  # noqa: E402
 from tierplan.loader import load_fleet  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "links.json"
@@ -46,23 +43,9 @@ TBF_BYTES = 4 << 20
 IQR_PER_STD = 1.349   # interquartile range of a normal distribution, in standard deviations
 
 
-def _server() -> tuple[grpc.Server, str, dict[str, float]]:
-    received: dict[str, float] = {}
-
-    def receive(d: Delivery, context) -> pb.Ack:
-        received[d.request_id] = time.time()
-        return pb.Ack(ok=True)
-
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
-    srv.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, receive))
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    return srv, f"127.0.0.1:{port}", received
-
-
 def _sends(emu: LinkEmulator, a: str, b: str, payload: np.ndarray, n: int) -> tuple[np.ndarray, float]:
     """n deliveries one after another from a to b: per-delivery one-way ms and total seconds."""
-    srv, addr, received = _server()
+    srv, addr, received = recording_server()
     sender = Sender(a, None, lambda: emu)
     try:
         warm = Delivery("warm-up", "x", "y", {"t": payload[:1]}, deadline_unix_ms=(time.time() + 30) * 1e3)

@@ -46,7 +46,7 @@ from runtime.links import PACKET_PAYLOAD_BYTES
 from tierplan.errors import InputError, RuntimeFault
 
 __all__ = ["VethPair", "NetnsError", "veth_pair", "remove_stale_pairs", "tbf_args", "wire_rate_mbps",
-           "probe_argv", "probe_env", "read_port", "main", "TBF_BURST_S", "TBF_MIN_BURST_BYTES", "TBF_QUEUE_MS",
+           "probe_argv", "probe_env", "read_port", "recording_server", "main", "TBF_BURST_S", "TBF_MIN_BURST_BYTES", "TBF_QUEUE_MS",
            "FRAME_HEADER_BYTES"]
 
 # tbf's bucket depth: what the link may send at once after an idle spell, as time at the rate,
@@ -286,7 +286,13 @@ def read_port(proc: subprocess.Popen, timeout_s: float = _PROBE_START_TIMEOUT_S)
     return int(line)
 
 
-def _serve(listen: str) -> None:
+def recording_server(listen: str = "127.0.0.1:0") -> tuple:
+    """A Stage delivery server that acknowledges every delivery and records its arrival time.
+
+    Returns (server, "host:port", {request_id: arrival time.time()}); the caller stops the server.
+    Used by the namespace probe, the link tests and benchmarks/links.py.
+    """
+    import threading
     from concurrent import futures
 
     import grpc
@@ -295,14 +301,27 @@ def _serve(listen: str) -> None:
     from runtime.stage import delivery_handlers
     from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD
 
+    received: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def receive(d, context):
+        with lock:
+            received[d.request_id] = time.time()
+        return pb.Ack(ok=True)
+
     srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
-    srv.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD,
-                                                   lambda d, context: pb.Ack(ok=True)))
+    srv.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, receive))
     port = srv.add_insecure_port(listen)
     if port == 0:
-        raise SystemExit(f"cannot listen on {listen}")
+        raise NetnsError(f"cannot listen on {listen}. To fix: pick a free address")
     srv.start()
-    print(port, flush=True)
+    host = listen.rpartition(":")[0]
+    return srv, f"{host}:{port}", received
+
+
+def _serve(listen: str) -> None:
+    srv, address, _ = recording_server(listen)
+    print(address.rpartition(":")[2], flush=True)
     signal.signal(signal.SIGTERM, lambda *_: srv.stop(0))
     srv.wait_for_termination()
 

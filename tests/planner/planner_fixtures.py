@@ -128,3 +128,17 @@ def random_graph(rnd: random.Random, devices: list[str], n_pieces: int, two_sour
         g.add_edge("mic", p.id, nbytes=32_000, tensors=["mic"], private=False)
         _add_sink(g, "speech", p.id, "mic", "source")
     return g
+
+
+def assert_matches_brute_force(problem, r, best) -> None:
+    """CP-SAT's result `r` equals brute force's `best` (None: infeasible), and its plan evaluates to its objective."""
+    from planner.evaluate import evaluate
+
+    if best is None:
+        assert r.status == "infeasible"
+        return
+    assert r.status == "optimal"
+    assert r.objective == best[0].objective
+    ev = evaluate(problem, r.assignment, r.levels)
+    assert ev.feasible, ev.violations
+    assert ev.objective == r.objective

@@ -14,7 +14,7 @@ from planner.decompose import components, split_sites
 from planner.evaluate import evaluate
 from planner.formulation import solve
 from planner.synthetic import synthetic_fleet, synthetic_app
-from planner_fixtures import cost_model, device, random_graph
+from planner_fixtures import assert_matches_brute_force, cost_model, device, random_graph
 from tierplan.spec import FleetSpec, ObjectiveSpec
 
 OBJECTIVES = [ObjectiveSpec(cost=1), ObjectiveSpec(latency=1), ObjectiveSpec(cost=1, latency=0.01)]
@@ -70,14 +70,7 @@ def test_decomposed_solve_matches_brute_force(seed: int, which: int, shared_bs: 
     # any hint (here random) only decides where the group is split: never what is optimal
     hint = {c.name: tuple(rnd.choice(a) for a in c.allowed) for c in problem.classes} if rnd.random() < 0.7 else None
     r = solve(problem, time_limit_s=30, hint=hint)
-    if best is None:
-        assert r.status == "infeasible"
-        return
-    assert r.status == "optimal"
-    assert r.objective == best[0].objective
-    ev = evaluate(problem, r.assignment, r.levels)
-    assert ev.feasible, ev.violations
-    assert ev.objective == r.objective
+    assert_matches_brute_force(problem, r, best)
 
 
 def test_decomposed_solve_equals_one_model_at_scale() -> None:

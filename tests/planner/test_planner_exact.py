@@ -12,7 +12,7 @@ from planner.brute import brute_force, count_assignments
 from planner.build import SloTarget, build_problem
 from planner.evaluate import evaluate
 from planner.formulation import solve
-from planner_fixtures import cost_model, device, fleet_spec, random_graph
+from planner_fixtures import assert_matches_brute_force, cost_model, device, fleet_spec, random_graph
 from tierplan.spec import ObjectiveSpec
 
 OBJECTIVES = [ObjectiveSpec(cost=1), ObjectiveSpec(latency=1), ObjectiveSpec(energy=1),
@@ -64,14 +64,7 @@ def test_cpsat_matches_brute_force(seed: int, which: int, rent: bool) -> None:
     assert count_assignments(problem) <= 50_000
     best = brute_force(problem)
     r = solve(problem, time_limit_s=30)
-    if best is None:
-        assert r.status == "infeasible"
-        return
-    assert r.status == "optimal"
-    assert r.objective == best[0].objective
-    ev = evaluate(problem, r.assignment, r.levels)
-    assert ev.feasible, ev.violations
-    assert ev.objective == r.objective
+    assert_matches_brute_force(problem, r, best)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])

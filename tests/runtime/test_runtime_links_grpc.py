@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import math
-import threading
 import time
-from concurrent import futures
 
-import grpc
 import numpy as np
 import pytest
 
 from runtime.links import LinkEmulator
-from runtime.proto import runtime_pb2 as pb
-from runtime.stage import Sender, delivery_handlers
-from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery
+from runtime.netns import recording_server
+from runtime.stage import Sender
+from runtime.wire import Delivery
 
 pytestmark = pytest.mark.integration
 
@@ -32,26 +29,9 @@ def _trimmed_mean(x: np.ndarray, share: float = TRIM_SHARE) -> float:
     return float(np.sort(x)[k:len(x) - k].mean())
 
 
-def _server() -> tuple[grpc.Server, str, dict[str, float]]:
-    """A Stage delivery endpoint recording when each request's delivery was reassembled (wall clock, s)."""
-    received: dict[str, float] = {}
-    lock = threading.Lock()
-
-    def receive(d: Delivery, context) -> pb.Ack:
-        with lock:
-            received[d.request_id] = time.time()
-        return pb.Ack(ok=True)
-
-    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=GRPC_OPTIONS)
-    srv.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, receive))
-    port = srv.add_insecure_port("127.0.0.1:0")
-    srv.start()
-    return srv, f"127.0.0.1:{port}", received
-
-
 def _send_all(hop: dict, payload: np.ndarray, n: int, seed: int = 0) -> tuple[list[float], float]:
     """Send n deliveries one after another over a one-hop emulated route; per-delivery latency (ms) and total s."""
-    srv, addr, received = _server()
+    srv, addr, received = recording_server()
     emu = LinkEmulator({"a|b": [{"link_id": "a->b", **hop}]}, seed=seed)
     sender = Sender("a", None, lambda: emu)
     try:
