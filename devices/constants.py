@@ -15,7 +15,7 @@ __all__ = [
     "DEFAULT_CLOUD_MAX_INSTANCES", "BYTES_PER_GB", "MS_PER_HOUR", "DEFAULT_OP_EFFICIENCY",
     "OP_CLASSES", "op_class", "FUSION_HEADS", "FUSABLE_EPILOGUES", "FUSED_SUFFIX", "op_keys",
     "CONV_SHAPE_SUFFIX", "DEPTHWISE_MAX_DEPTH", "GEMV_MAX_POSITIONS", "conv_shape",
-    "MATMUL_HEADS", "FUSABLE_PROLOGUES", "SCALE_EPILOGUES", "SCALAR_OPERAND_BYTES",
+    "MATMUL_HEADS", "FUSABLE_PROLOGUES", "SCALE_EPILOGUES", "SCALAR_OPERAND_BYTES", "BATCH_FIXED_SHARE",
 ]
 
 # Device kinds, told apart by the kind of the TVM target ("cuda" -> gpu, else cpu).
@@ -61,6 +61,13 @@ REFERENCE_EDGE_CPU_GFLOPS: float = 48.0
 # Host-side Python transforms are single-threaded: a big server is at most ~4x faster per call
 # than the reference edge CPU (single-core speed ratio of a server core to a Cortex-A72).
 MIN_TRANSFORM_SCALE: float = 0.25
+
+# Batching without an ONNX file to price: a batch of b requests costs t1 * (a + (1 - a) * b), a =
+# the share of a batch-1 run paid once per batch (weights streamed from memory, per-op dispatch).
+# CPU: batch-8 CNN inference on onnxruntime gains ~1.3-1.5x throughput over batch 1 (a ~ 0.3);
+# GPU: batch-1 kernels leave most SMs idle, batch 8 gains ~3x (a ~ 0.8; TensorRT/Triton reports).
+# Used by simulations/ (dynamic batching at sites); the cost model's roofline prices files itself.
+BATCH_FIXED_SHARE: dict[str, float] = {"cpu": 0.3, "gpu": 0.8}
 
 # Rented cloud site classes without `max_instances` can scale out to this many instances.
 DEFAULT_CLOUD_MAX_INSTANCES: int = 1000

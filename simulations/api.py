@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from planner.plan import Plan
+from simulations.batching import BatchPolicy, batch_stages, check_link_sharing, parse_batching
 from simulations.calibration import ServiceProfile, load_profile
 from simulations.engine_common import EngineResult, sink_done
 from simulations.engine_fast import FastPathUnsupported, run_fast
@@ -309,6 +310,20 @@ def _utilisation(res: EngineResult, duration_s: float):
     return mean, peak, series, per_inst, over, step / _MS
 
 
+def _needs_simpy(journeys: list[Journey], batched: dict, link_sharing: str) -> str | None:
+    """Why these journeys need the SimPy path (batching, fair links), or None when the fast one can run."""
+    from simulations.batching import stage_key
+    sites = sorted({st.site for j in journeys for st in j.stages
+                    if st.kind == "compute" and stage_key(st) in batched})
+    if sites:
+        b = next(iter(batched.values()))
+        return (f"requests are batched at {', '.join(sites)} (max_batch {b.max_batch}, "
+                f"max_wait {b.max_wait_ms:g} ms) and only SimPy batches")
+    if link_sharing == "fair" and any(st.kind == "link" for j in journeys for st in j.stages):
+        return "fair link sharing (processor sharing) runs on SimPy only"
+    return None
+
+
 # ---------------------------------------------------------------------------- entry point
 def _as_list(x, parse) -> list:
     if x is None:
@@ -328,7 +343,8 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
              service_cv: float = 0.1, dispatch: str = "round_robin",
              latency_ms: dict[tuple[str, str], float | tuple[float, float]] | None = None,
              app: Any = None, service_correlation: float = 0.0,
-             profile: ServiceProfile | str | Path | None = None, colocate: int | None = None) -> SimReport:
+             profile: ServiceProfile | str | Path | None = None, colocate: int | None = None,
+             batching: str | tuple | BatchPolicy | bool | None = "auto", link_sharing: str = "fifo") -> SimReport:
     """Replay each strategy of `plan` over `fleet` for `duration_s` simulated seconds.
 
     fast: True = vectorised path (raises InputError where it cannot run), False = SimPy, None =
@@ -344,6 +360,12 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
     quantiles with the profile's within-request correlation, for the nodes it measured.
     colocate=N: every site shares one host with N cores (as `tierplan run` deploys on this
     machine): compute stages of all sites queue for the same cores instead of their own servers.
+    batching: "auto" (default: as the runtime deploys, cloud-tier sites batch batchable nodes, up
+    to 8 requests, waiting at most 2 ms), "off", or "MAX[:WAIT_MS]" / (MAX, WAIT_MS) / a
+    BatchPolicy (simulations.batching). link_sharing: "fifo" (default: one transfer at a time
+    per link direction, as runtime/links.py's token bucket) or "fair" (transfers in flight share
+    the rate). Both need the SimPy path: fast=None picks it when a stage batches or links are
+    fair, fast=True raises InputError then.
 
     >>> report = simulate(plan, fleet, duration_s=30, seed=1)           # doctest: +SKIP
     >>> report.strategies["optimal"].sinks["boxes"].p95_ms             # doctest: +SKIP
@@ -367,6 +389,8 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
         link_vars = {k: (parse_link(f"{k}={v}") if isinstance(v, str) else v) for k, v in links.items()}
     else:
         link_vars = {v.site: v for v in _as_list(links, parse_link)}
+    policy = parse_batching(batching)
+    link_sharing = check_link_sharing(link_sharing)
     chosen, skipped = strategy_assignments(plan, strategies)
     rate_for, origins_for, service_ms, deliver_for = _lookups(plan, fv, rates, latency_ms, app)
     slo = {name: s.slo_ms for name, s in plan.sinks.items()}
@@ -375,6 +399,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
     base_rng = np.random.default_rng(seed)
     compiled = {name: compile_journeys(plan, fv, fn, origins_for, rate_for, service_ms, deliver_for)
                 for name, fn in chosen.items()}
+    batched = batch_stages(policy, compiled.values(), plan, fv)
     if isinstance(profile, (str, Path)):
         profile = load_profile(profile)
     world = World(fv, {}, duration_s, base_rng, fails, moves, link_vars, service_dist, service_cv,
@@ -401,10 +426,17 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
         draws = [world.draw_stages(j, a, srng) for j, a in zip(journeys, arrs)]
         n_req = sum(len(a.t_ms) for a in arrs)
         notes: list[str] = []
-        use_fast = fast if fast is not None else (n_req > _FAST_THRESHOLD_REQUESTS and dispatch == "round_robin")
+        needs_simpy = _needs_simpy(journeys, batched, link_sharing)
+        use_fast = fast if fast is not None else (n_req > _FAST_THRESHOLD_REQUESTS and dispatch == "round_robin"
+                                                  and needs_simpy is None)
         if use_fast and dispatch != "round_robin":
             raise InputError("simulate: the fast path dispatches round-robin over replicas; use fast=False "
                              "for dispatch='shared'")
+        if use_fast and needs_simpy is not None:
+            raise InputError(f"simulate: the fast path cannot run strategy {name!r}: {needs_simpy}. "
+                             f"To fix: use fast=False (SimPy), or batching='off' and link_sharing='fifo'")
+        if fast is None and needs_simpy is not None and n_req > _FAST_THRESHOLD_REQUESTS:
+            notes.append(f"SimPy path: {needs_simpy}")
         res = None
         if use_fast:
             try:
@@ -415,7 +447,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
                                      f"To fix: use fast=False (SimPy)") from None
                 notes.append(f"SimPy path: {e}")
         if res is None:
-            res = run_simpy(world, journeys, arrs, draws, dispatch)
+            res = run_simpy(world, journeys, arrs, draws, dispatch, batching=batched, link_sharing=link_sharing)
         wall = time.perf_counter() - t0
         sinks = _sink_stats(journeys, arrs, res, slo)
         mean, peak, series, per_inst, over, step_s = _utilisation(res, duration_s)
@@ -434,7 +466,9 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
             throughput_rps=(n_req - n_failed) / duration_s, utilisation=mean, utilisation_max=peak,
             replicas=dict(world.replicas), engine=res.engine, wall_s=wall,
             sim_requests_per_s=n_req / wall if wall > 0 else 0.0, notes=notes,
-            utilisation_series=series, instance_utilisation=per_inst)
+            utilisation_series=series, instance_utilisation=per_inst,
+            batch_mean={k: float(np.mean(v)) for k, v in sorted(res.batch_sizes.items()) if v},
+            batches={k: len(v) for k, v in sorted(res.batch_sizes.items()) if v})
     scenario = {"failures": [f"{w.kind}:{w.target}@{w.start_s:g}-{w.end_s:g}:{w.policy}" for w in fails],
                 "mobility": [f"{m.edge_class}:{m.share:g}@{m.start_s:g}" for m in moves],
                 "links": {k: v.label for k, v in link_vars.items()}, "service_dist": service_dist,
@@ -442,6 +476,8 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
                 "profile": None if profile is None else {"source": profile.source, "requests": profile.requests,
                                                          "correlation": profile.correlation,
                                                          "stages": len(profile.samples_ms)},
-                "colocate_cores": colocate}
+                "colocate_cores": colocate, "batching": policy.label if policy is not None else "off",
+                "batched_stages": sorted(f"{'+'.join(n)}@{site} ({b.source})" for (site, n), b in batched.items()),
+                "link_sharing": link_sharing}
     return SimReport(strategies=results, seed=seed, duration_s=duration_s, arrivals=arr_spec.label,
                      scenario=scenario, skipped=skipped, series_step_s=step_s)

@@ -51,6 +51,7 @@ class EngineResult:
     delayed: list[np.ndarray]
     busy: dict[str, Busy]
     events: int = 0
+    batch_sizes: dict[str, list[int]] = field(default_factory=dict)  # site class -> size of each batch run
 
 
 def sink_done(journey: Journey, t_ms: np.ndarray, done: list[np.ndarray], failed: np.ndarray) -> dict[str, np.ndarray]:

@@ -15,6 +15,12 @@ exactly what a SimPy Resource would do, with one event per visit instead of thre
 created on first use, so cost per request does not grow with the fleet. With every site on one
 host (`colocate`), compute jobs hold real SimPy resources instead: their site's server, then one
 of the host's cores (a job needs both, so the next-free shortcut no longer holds).
+
+Batching stages (simulations.batching) queue at a `_BatchQueue` per server (per instance with
+`dispatch="shared"`): the oldest waiting request's group runs once `max_batch` of it wait or it
+has waited `max_wait_ms`, as one job of `ratio[b] x` the members' mean time. With
+`link_sharing="fair"` a link direction is a `_SharedLink`: transfers in flight share its rate
+equally (processor sharing) instead of going one at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import math
 import numpy as np
 import simpy
 
+from simulations.batching import BatchStage, stage_key
 from simulations.engine_common import Busy, EngineResult, resource_label
 from simulations.journey import Journey
 from simulations.world import ArrivalDraws, StageDraws, World
@@ -37,11 +44,117 @@ class _Failed:
 
 
 _FAILED = _Failed()
+# Times closer than this (ms) are the same instant: float sums of waits and shares drift by ulps.
+_EPS_MS = 1e-9
+
+
+class _BatchQueue:
+    """`servers` batch servers fed by one queue, run as the runtime's batching thread does.
+
+    A server that is free takes the oldest waiting request and up to max_batch - 1 later ones of
+    its group once max_batch of them wait or the oldest has waited max_wait_ms; otherwise a timer
+    looks again when the oldest's wait runs out. Each member's event gets (start, batch time, size,
+    whether it is the batch's first member)."""
+
+    def __init__(self, env: simpy.Environment, servers: int, host: simpy.Resource | None) -> None:
+        self.env, self.free, self.host = env, servers, host
+        self.waiting: list[tuple[BatchStage, float, float, simpy.Event]] = []
+        self.armed: set[float] = set()
+
+    def join(self, spec: BatchStage, svc_ms: float) -> simpy.Event:
+        ev = self.env.event()
+        self.waiting.append((spec, svc_ms, self.env.now, ev))
+        self._poke()
+        return ev
+
+    def _poke(self, _ev=None) -> None:
+        env = self.env
+        while self.free > 0 and self.waiting:
+            head = self.waiting[0][0]
+            same = [k for k, w in enumerate(self.waiting) if w[0].group == head.group][:head.max_batch]
+            due = self.waiting[0][2] + head.max_wait_ms
+            if len(same) < head.max_batch and env.now < due - _EPS_MS:
+                if due not in self.armed:
+                    self.armed.add(due)
+                    env.timeout(due - env.now).callbacks.append(lambda e, d=due: (self.armed.discard(d), self._poke()))
+                return
+            members = [self.waiting[k] for k in same]
+            taken = set(same)
+            self.waiting = [w for k, w in enumerate(self.waiting) if k not in taken]
+            self.free -= 1
+            svc = head.ratio[len(members)] * math.fsum(m[1] for m in members) / len(members)
+            env.process(self._serve(members, svc))
+
+    def _serve(self, members, svc: float):
+        if self.host is not None:  # every site on one host: the batch also needs one of its cores
+            with self.host.request() as got_core:
+                yield got_core
+                start = self.env.now
+                yield self.env.timeout(svc)
+        else:
+            start = self.env.now
+            yield self.env.timeout(svc)
+        self.free += 1
+        for k, m in enumerate(members):
+            m[3].succeed((start, svc, len(members), k == 0))
+        self._poke()
+
+
+class _SharedLink:
+    """A link direction whose transfers in flight share its rate equally (processor sharing);
+    with c lanes each of n transfers gets min(1, c / n) of the full rate."""
+
+    def __init__(self, env: simpy.Environment, lanes: int = 1) -> None:
+        self.env, self.lanes = env, lanes
+        self.jobs: dict[int, list] = {}   # id -> [full-rate ms left, event]
+        self.last = 0.0
+        self.version = 0
+        self.next_id = 0
+
+    def _share(self) -> float:
+        return min(1.0, self.lanes / len(self.jobs)) if self.jobs else 1.0
+
+    def _advance(self) -> None:
+        dt = self.env.now - self.last
+        if dt > 0 and self.jobs:
+            done = dt * self._share()
+            for job in self.jobs.values():
+                job[0] -= done
+        self.last = self.env.now
+
+    def join(self, svc_ms: float) -> simpy.Event:
+        self._advance()
+        ev = self.env.event()
+        self.jobs[self.next_id] = [svc_ms, ev]
+        self.next_id += 1
+        self._schedule()
+        return ev
+
+    def _schedule(self) -> None:
+        self.version += 1
+        if not self.jobs:
+            return
+        left = min(job[0] for job in self.jobs.values())
+        wait = max(0.0, left / self._share())
+        self.env.timeout(wait).callbacks.append(lambda e, v=self.version: self._fire(v))
+
+    def _fire(self, version: int) -> None:
+        if version != self.version:
+            return
+        self._advance()
+        left = min(job[0] for job in self.jobs.values())
+        for k in [k for k, job in self.jobs.items() if job[0] <= left + _EPS_MS]:
+            self.jobs.pop(k)[1].succeed(self.env.now)
+        self._schedule()
 
 
 def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws],
-              draws: list[StageDraws], dispatch: str = "round_robin") -> EngineResult:
-    """Simulate every journey's requests to completion as SimPy processes."""
+              draws: list[StageDraws], dispatch: str = "round_robin",
+              batching: dict[tuple, BatchStage] | None = None, link_sharing: str = "fifo") -> EngineResult:
+    """Simulate every journey's requests to completion as SimPy processes.
+
+    batching: simulations.batching.batch_stages' result (stages not in it run one at a time);
+    link_sharing: "fifo" (one transfer at a time per link direction) or "fair" (rate shared)."""
     env = simpy.Environment()
     n_req = [len(a.t_ms) for a in arrivals]
     done = [[np.full(n, np.nan) for _ in j.stages] for j, n in zip(journeys, n_req)]
@@ -57,6 +170,12 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
     meta: dict[str, tuple[int, int]] = {}
     windows = {(ji, st.index): world.windows_for(st) for ji, j in enumerate(journeys) for st in j.stages}
     handover = {(ji, st.index): world.hands_over(st, j.origin) for ji, j in enumerate(journeys) for st in j.stages}
+    batching = batching or {}
+    batch_of = {(ji, st.index): batching.get(stage_key(st)) for ji, j in enumerate(journeys)
+                for st in j.stages if st.kind == "compute"}
+    bqueues: dict = {}
+    links: dict = {}
+    sizes: dict[str, list[int]] = {}
     # plain Python lists for the per-event lookups (numpy scalar indexing is slow in a hot loop)
     t_list = [a.t_ms.tolist() for a in arrivals]
     dev_list = [a.device.tolist() for a in arrivals]
@@ -94,7 +213,28 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
             rec[label] = ([], [], [])
             meta[label] = (world.instance_count(st), servers)
         key = (st.resource, inst)
-        if host is not None and st.kind == "compute":
+        first = True
+        bspec = batch_of.get((ji, si))
+        if bspec is not None:  # dynamic batching: wait for the batch, run with it
+            if dispatch == "shared":
+                bkey, cap = key, servers
+            else:
+                k = rr.get(key, 0)
+                rr[key] = k + 1
+                bkey, cap = (key, k % servers), 1
+            bq = bqueues.get(bkey)
+            if bq is None:
+                bq = bqueues[bkey] = _BatchQueue(env, cap, host)
+            start, svc, size, first = yield bq.join(bspec, svc)
+            if first:
+                sizes.setdefault(st.site, []).append(size)
+        elif st.kind == "link" and link_sharing == "fair":  # transfers in flight share the rate
+            sl = links.get(key)
+            if sl is None:
+                sl = links[key] = _SharedLink(env, servers)
+            start = t
+            yield sl.join(svc)
+        elif host is not None and st.kind == "compute":
             # every site on one host: the job holds its site's server (FIFO), then waits for one of
             # the host's cores (FIFO across all sites), computes, and releases both
             if dispatch == "shared":
@@ -126,10 +266,11 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
             start = max(t, free.get(pk, 0.0))
             free[pk] = start + svc
             yield env.timeout(start + svc - t)
-        r = rec[label]
-        r[0].append(inst)
-        r[1].append(start)
-        r[2].append(svc)
+        if first:  # a batch occupies its server once, whatever its size
+            r = rec[label]
+            r[0].append(inst)
+            r[1].append(start)
+            r[2].append(svc)
         dl = delay[ji][si]
         if dl is not None and dl[i] > 0:
             yield env.timeout(dl[i])
@@ -174,4 +315,5 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
     for ji in range(len(journeys)):
         for si in range(len(journeys[ji].stages)):
             done[ji][si][failed[ji]] = np.nan
-    return EngineResult("simpy", done, failed, rerouted, delayed, busy, events=int(math.fsum(n_req)))
+    return EngineResult("simpy", done, failed, rerouted, delayed, busy, events=int(math.fsum(n_req)),
+                        batch_sizes=sizes)

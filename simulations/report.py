@@ -54,6 +54,8 @@ class StrategyResult(_M):
     wall_s: float
     sim_requests_per_s: float
     notes: list[str] = Field(default_factory=list)
+    batch_mean: dict[str, float] = Field(default_factory=dict, description="Mean requests per batch run, per batching site class.")
+    batches: dict[str, int] = Field(default_factory=dict, description="Batch runs per batching site class.")
     utilisation_series: dict[str, list[float]] = Field(default_factory=dict, exclude=True)
     instance_utilisation: dict[str, list[float]] = Field(default_factory=dict, exclude=True)
 
