@@ -434,7 +434,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
                              "for dispatch='shared'")
         if use_fast and needs_simpy is not None:
             raise InputError(f"simulate: the fast path cannot run strategy {name!r}: {needs_simpy}. "
-                             f"To fix: use fast=False (SimPy), or batching='off' and link_sharing='fifo'")
+                             f"To fix: use the SimPy path (fast=False, --engine simpy), or batching off and fifo links")
         if fast is None and needs_simpy is not None and n_req > _FAST_THRESHOLD_REQUESTS:
             notes.append(f"SimPy path: {needs_simpy}")
         res = None

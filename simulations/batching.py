@@ -31,7 +31,6 @@ sharing, as concurrent TCP flows roughly do).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -49,7 +48,6 @@ RUNTIME_MAX_BATCH = 8
 RUNTIME_MAX_WAIT_MS = 2.0
 RUNTIME_BATCH_TIER = "cloud"
 LINK_SHARING = ("fifo", "fair")
-_BATCH_TEXT = re.compile(r"^\s*(\d+)\s*(?::\s*([0-9]*\.?[0-9]+)\s*)?$")
 
 
 @dataclass(frozen=True)
@@ -88,10 +86,14 @@ def parse_batching(value: Any) -> BatchPolicy | None:
     elif value is False or (isinstance(value, str) and value.strip().lower() == "off"):
         return None
     elif isinstance(value, str):
-        m = _BATCH_TEXT.match(value)
-        if not m:
-            raise InputError(f"--batch {value!r}: expected MAX[:WAIT_MS] (e.g. 8:2), auto or off")
-        policy = BatchPolicy(int(m.group(1)), float(m.group(2)) if m.group(2) else RUNTIME_MAX_WAIT_MS, forced=True)
+        parts = value.strip().split(":")
+        try:
+            if len(parts) > 2:
+                raise ValueError(value)
+            policy = BatchPolicy(int(parts[0]), float(parts[1]) if len(parts) == 2 else RUNTIME_MAX_WAIT_MS,
+                                 forced=True)
+        except ValueError:
+            raise InputError(f"--batch {value!r}: expected MAX[:WAIT_MS] (e.g. 8:2), auto or off") from None
     elif isinstance(value, (tuple, list)) and len(value) == 2:
         policy = BatchPolicy(int(value[0]), float(value[1]), forced=True)
     else:
@@ -148,6 +150,14 @@ def _onnx_batchable(path: Path) -> bool | None:
     return all(free)
 
 
+def _first_dim_names(path: Path) -> set[str]:
+    """Names of the free first dimensions of an ONNX file's inputs (bound to 1 to price batch 1)."""
+    import onnx
+    model = onnx.load(str(path), load_external_data=False)
+    return {i.type.tensor_type.shape.dim[0].dim_param for i in model.graph.input
+            if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
+
+
 def _batchable(piece, path: Path | None) -> bool | None:
     """True/False when the plan tells (ONNX file, else input shapes), None when it cannot."""
     if piece.kind == "transform":
@@ -169,7 +179,7 @@ def _costmodel_ratio(paths: list[tuple[Path, float]], device, max_batch: int) ->
         from devices.costmodel import CostModel
         from devices.pieces import piece_from_onnx
         cm = CostModel()
-        per = [(cm, piece_from_onnx(p), w) for p, w in paths]
+        per = [(cm, piece_from_onnx(p, dims={d: 1 for d in _first_dim_names(p)}), w) for p, w in paths]
         t1 = sum(w * c.piece_ms(pc, device, batch=1) for c, pc, w in per)
         if t1 <= 0:
             return None

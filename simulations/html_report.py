@@ -128,9 +128,10 @@ def _table(rep: SimReport) -> str:
                 name, sink, _fmt(s.p50_ms), _fmt(s.p95_ms), _fmt(s.p99_ms), _fmt(s.slo_attainment, pct=True),
                 f"{r.throughput_rps:.1f}", f"{r.cost_per_hour_usd:.3f}", f"{r.requests_failed}",
                 ", ".join(f"{k} {100 * v:.0f}%" for k, v in r.utilisation.items() if not k.startswith("link:")),
-                r.engine]) + "</tr>")
+                ", ".join(f"{k} {v:.2f}" for k, v in r.batch_mean.items()) or "-", r.engine]) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ["strategy", "sink", "p50 ms", "p95 ms", "p99 ms", "SLO attained",
-                                              "throughput req/s", "cost $/h", "failed", "utilisation", "engine"])
+                                              "throughput req/s", "cost $/h", "failed", "utilisation", "mean batch",
+                                              "engine"])
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 

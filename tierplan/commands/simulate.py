@@ -74,6 +74,10 @@ def _print_table(rep) -> None:
     for name, why in rep.skipped.items():
         con.print(f"[yellow]not simulated[/yellow] {name}: {why}")
     for name, r in rep.strategies.items():
+        if r.batch_mean:
+            con.print(f"batching {name}: " + ", ".join(f"{site} mean batch {b:.2f} over {r.batches.get(site, 0)} runs"
+                                                       for site, b in r.batch_mean.items()))
+    for name, r in rep.strategies.items():
         for n in r.notes:
             con.print(f"[yellow]note[/yellow] {name}: {n}")
 
@@ -94,12 +98,17 @@ def register(app: typer.Typer) -> None:
         objective: Optional[str] = typer.Option(None, "--objective", help="When given an app: cost, latency or energy."),
         profile: Optional[Path] = typer.Option(None, "--profile", help="Service profile JSON (simulations.calibration.ServiceProfile.save): replay measured node@site step times."),
         correlation: float = typer.Option(0.0, "--service-correlation", help="Share 0..1 of service-time variance common to all stages of a request."),
+        batch: str = typer.Option("auto", "--batch", help="Dynamic batching at cloud sites: auto (as the runtime deploys: 8 requests, 2 ms), MAX[:WAIT_MS], or off."),
+        link_sharing: str = typer.Option("fifo", "--link-sharing", help="fifo (one transfer at a time per link direction, as the runtime's emulator) or fair (transfers share the rate)."),
         report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with figures into this folder."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Replay each strategy's placement over the fleet: latency per sink, SLO attainment, cost, load."""
         from simulations.api import simulate
+        from simulations.batching import check_link_sharing, parse_batching
         from tierplan.loader import load_fleet
+        parse_batching(batch)
+        check_link_sharing(link_sharing)
         if engine not in ("auto", "fast", "simpy"):
             raise InputError(f"--engine {engine!r}: expected auto, fast or simpy")
         if not target.exists():
@@ -114,7 +123,8 @@ def register(app: typer.Typer) -> None:
         rep = simulate(plan, fleet_spec, strategies=strategies, duration_s=duration, seed=seed,
                        arrivals=arrivals, failures=fail or None, mobility=mobility or None,
                        fast={"auto": None, "fast": True, "simpy": False}[engine], links=link or None,
-                       app=app_spec, profile=profile, service_correlation=correlation)
+                       app=app_spec, profile=profile, service_correlation=correlation,
+                       batching=batch, link_sharing=link_sharing)
         if report is not None:
             from simulations.html_report import write_report
             path = write_report(rep, report)
