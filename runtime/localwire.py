@@ -35,7 +35,7 @@ import grpc
 
 from runtime.proto import runtime_pb2 as pb
 from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
-from runtime.wire import Delivery, pack_delivery, pack_delivery_into, packed_size, unpack_delivery
+from runtime.wire import Delivery, pack_delivery, pack_delivery_into, packed_layout, packed_size, unpack_delivery
 
 __all__ = ["LocalServer", "LocalClient", "LocalCallError", "socket_name", "available"]
 
@@ -247,8 +247,9 @@ class LocalClient:
                     if self._pool is None:
                         self._pool = ShmPool()
                     pool = self._pool
-                seg = pool.acquire(packed_size(d))
-                msg = _frame(_KIND_SHM, encode_ref(seg.name, pack_delivery_into(d, pool.payload(seg))))
+                layout = packed_layout(d)
+                seg = pool.acquire(packed_size(d, layout))
+                msg = _frame(_KIND_SHM, encode_ref(seg.name, pack_delivery_into(d, pool.payload(seg), layout)))
             else:
                 msg = _frame(_KIND_BYTES, pack_delivery(d))
         except BaseException:

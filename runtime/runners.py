@@ -2,7 +2,8 @@
 
 A Runner has `run(dict[str, np.ndarray]) -> dict[str, np.ndarray]`, `input_names` and
 `batchable` (True when the first dimension of every input is free, so requests can be
-concatenated into one batch).
+concatenated into one batch); `thread_safe` (True when several threads may call `run` at once:
+a stage worker then runs requests side by side, else one at a time).
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ __all__ = ["Runner", "OrtRunner", "load_runner"]
 class Runner(Protocol):
     input_names: list[str]
     batchable: bool
+    thread_safe: bool
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
 class OrtRunner:
-    """One piece run with onnxruntime on the CPU."""
+    """One piece run with onnxruntime on the CPU (InferenceSession.run is thread-safe)."""
+
+    thread_safe = True
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -57,6 +61,7 @@ class _Adapter:
         self._inner = inner
         self.input_names = list(getattr(inner, "input_names", None) or input_names)
         self.batchable = bool(getattr(inner, "batchable", False))
+        self.thread_safe = bool(getattr(inner, "thread_safe", False))
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(self._inner.run(inputs))

@@ -220,12 +220,14 @@ class Service:
         self._servers: list[grpc.Server] = []
         self._closers: list[Callable[[], None]] = []
         self._ids = itertools.count()
-        self._emulator = LinkEmulator(self.routes)
+        self._emulator = LinkEmulator(self.routes, shared_dir=self.options.links_shared_dir or None)
         self._registry = CollectorRegistry()
         self._latency = Histogram("tierplan_request_latency_seconds", "End-to-end latency per request",
                                   registry=self._registry, buckets=_LATENCY_BUCKETS_S)
         self._requests = Counter("tierplan_requests_total", "Requests by outcome", ["status"],
                                  registry=self._registry)
+        self._requests_ok = self._requests.labels("ok")        # children cached: one update per request
+        self._requests_error = self._requests.labels("error")
         self._health_thread: threading.Thread | None = None
         self._configure_lock = threading.Lock()
         self.agents: dict[str, Any] = {}      # edge site -> AgentProcess (local deployments)
@@ -521,9 +523,9 @@ class Service:
             for k in range(2, p.attempts + 1):
                 self._pending.pop(f"{p.rid}~{k}", None)
         if p.error:
-            self._requests.labels("error").inc()
+            self._requests_error.inc()
             raise RuntimeFault(p.error)
-        self._requests.labels("ok").inc()
+        self._requests_ok.inc()
         self._latency.observe(p.latency_ms / 1e3)
         return p.outputs(), Trace(p.rid, p.latency_ms, list(p.steps))
 

@@ -21,6 +21,7 @@ resource tracker unlinks them if the sending process dies without closing its po
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import struct
@@ -78,8 +79,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback_address(address: str) -> bool:
-    """True for host:port addresses on this host's loopback (127.0.0.0/8, ::1, localhost) and unix: sockets."""
+    """(Cached: senders ask on every hop.) True for host:port addresses on this host's loopback (127.0.0.0/8, ::1, localhost) and unix: sockets."""
     if address.startswith("unix:"):
         return True
     host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address

@@ -20,6 +20,7 @@ request always ends: with its results or with a clear error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from runtime.security import TlsConfig, TokenInterceptor, channel, server_creden
 from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
 from runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD,
                           RAW_CONTROL_SHM_METHOD, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, RAW_STAGE_SHM_METHOD,
-                          Delivery, frames_to_delivery, pack_delivery, pack_delivery_into, packed_size, raw_messages,
+                          Delivery, frames_to_delivery, pack_delivery, pack_delivery_into, packed_layout, packed_size, raw_messages,
                           raw_to_delivery, unpack_delivery)
 
 __all__ = ["StageWorker", "StageOptions", "pick_address", "rotating", "RETRY_CODES", "Sender", "UNARY_MAX_BYTES", "UNARY_MAX_PACED_BYTES", "raw_handler",
@@ -71,6 +72,7 @@ UNARY_MAX_PACED_BYTES = 64 << 10   # the same limit when the link is emulated (s
 _RETRY_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.4)
 INLINE_TIMEOUT_S = 1.0    # longest a compute thread waits for a same-host peer before the sender pool takes over
 _ERROR_REPORT_TIMEOUT_S = 2.0
+_NO_LOCK = contextlib.nullcontext()
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -127,6 +129,14 @@ class StageOptions:
     chunk_bytes: int = CHUNK_BYTES
     sender_threads: int = 8
     shm: bool = True                     # same-host peers: tensor bytes in shared memory (runtime.shm)
+    # a directory every process of one deployment on this host shares: emulated links keep one
+    # bandwidth budget across processes (runtime.links.LinkEmulator shared_dir); "" = per process
+    links_shared_dir: str = ""
+    # threads per worker that run nodes side by side (each request runs on one of them); runners
+    # that are not thread-safe (TVM, LiteRT) still run one call at a time. One by default: with
+    # every site on 2 shared cores (benchmarks/runtime.py) 4 threads cost 6% more CPU per request
+    # and gave no more throughput; raise it for a site whose host has cores to spare
+    compute_threads: int = 1
 
     @classmethod
     def from_json(cls, text: str) -> "StageOptions":
@@ -174,6 +184,16 @@ class _Metrics:
         self.link_latency = Histogram("tierplan_link_transfer_seconds", "Time from send to delivery per link",
                                       ["link"], registry=self.registry, buckets=_LATENCY_BUCKETS_S)
         self.address = ""
+        self._children: dict[tuple, object] = {}
+
+    def of(self, metric: str, *labels: str):
+        """The child of metric `metric` (an attribute name) for `labels`, cached: prometheus_client's
+        `labels()` costs several microseconds and every request updates a handful of them."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = getattr(self, metric).labels(*labels)
+        return child
 
     def serve(self, host: str = "127.0.0.1") -> str:
         server, _ = start_http_server(0, addr=host, registry=self.registry)
@@ -264,8 +284,8 @@ class Sender:
         if ack is None or not ack.ok:
             return False
         if self._metrics is not None and to_site and to_site != self.site:
-            self._metrics.link_bytes.labels(f"{self.site}->{to_site}").inc(d.nbytes)
-            self._metrics.link_latency.labels(f"{self.site}->{to_site}").observe(time.time() - d.sent_unix_ms / 1e3)
+            self._metrics.of("link_bytes", f"{self.site}->{to_site}").inc(d.nbytes)
+            self._metrics.of("link_latency", f"{self.site}->{to_site}").observe(time.time() - d.sent_unix_ms / 1e3)
         return True
 
     def _send_local(self, address: str, d: Delivery, arrival_s: float, deadline_s: float,
@@ -292,9 +312,10 @@ class Sender:
             if self._shm_pool is None:
                 self._shm_pool = ShmPool()
             pool = self._shm_pool
-        seg = pool.acquire(packed_size(d))
+        layout = packed_layout(d)
+        seg = pool.acquire(packed_size(d, layout))
         try:
-            n = pack_delivery_into(d, pool.payload(seg))
+            n = pack_delivery_into(d, pool.payload(seg), layout)
             wait = arrival_s - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
@@ -362,8 +383,8 @@ class Sender:
                     if ack is None:
                         ack = self._send_bytes(address, kind, d, arrival, deadline_s, chunk_bytes)
                     if self._metrics is not None and to_site and to_site != self.site:
-                        self._metrics.link_bytes.labels(link).inc(d.nbytes)
-                        self._metrics.link_latency.labels(link).observe(time.time() - d.sent_unix_ms / 1e3)
+                        self._metrics.of("link_bytes", link).inc(d.nbytes)
+                        self._metrics.of("link_latency", link).observe(time.time() - d.sent_unix_ms / 1e3)
                     if ack.ok:
                         return ""
                     return f"request {d.request_id}: site {to_site!r} refused {d.src}->{d.dst}: {ack.error}"
@@ -416,7 +437,11 @@ class StageWorker(pbg.StageServicer):
         self._cfg_lock = threading.Lock()
         self._inbox: queue.Queue[Delivery | None] = queue.Queue()
         self._joins: dict[tuple[str, str, str], dict[str, Delivery]] = {}
-        self._ready: deque[_Ready] = deque()
+        self._ready: deque[_Ready] = deque()      # nodes waiting for the batching thread
+        self._join_lock = threading.RLock()         # joins, the batch queue, counters
+        self._batch_wake = threading.Event()
+        self._runner_locks: dict[int, threading.Lock] = {}
+        self._compute_threads = 0
         self._runner_cache: dict[tuple[str, str], Runner] = {}
         self._cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix=f"tierplan-{site}-"))
         self._metrics = _Metrics()
@@ -451,7 +476,8 @@ class StageWorker(pbg.StageServicer):
         if self.tls is None:   # with mutual TLS every delivery stays on the authenticated channel
             self._local_server.start()
         self._metrics.serve(host if host not in ("0.0.0.0", "[::]") else "127.0.0.1")
-        threading.Thread(target=self._compute_loop, name=f"compute-{self.site}", daemon=True).start()
+        self._grow_compute(1)
+        threading.Thread(target=self._batch_loop, name=f"batch-{self.site}", daemon=True).start()
         if self.controller:
             threading.Thread(target=self._register, name=f"register-{self.site}", daemon=True).start()
         return self.address
@@ -459,7 +485,9 @@ class StageWorker(pbg.StageServicer):
     def stop(self) -> None:
         """Stop serving (in-flight calls get a short grace period)."""
         self._stop.set()
-        self._inbox.put(None)
+        for _ in range(self._compute_threads):
+            self._inbox.put(None)
+        self._batch_wake.set()
         if self._local_server is not None:
             self._local_server.stop()
         if self._server is not None:
@@ -468,6 +496,14 @@ class StageWorker(pbg.StageServicer):
         self._sender.close()
         self._shm_reader.close()
         self._metrics.close()
+
+    def _grow_compute(self, n: int) -> None:
+        """Start compute threads until there are `n` (the count never shrinks while the worker lives)."""
+        with self._join_lock:
+            while self._compute_threads < n and not self._stop.is_set():
+                threading.Thread(target=self._compute_loop, name=f"compute-{self.site}-{self._compute_threads}",
+                                 daemon=True).start()
+                self._compute_threads += 1
 
     def wait(self) -> None:
         if self._server is not None:
@@ -493,7 +529,8 @@ class StageWorker(pbg.StageServicer):
             options = StageOptions.from_json(request.options_json)
             nodes = graph.nodes_on(request.site or self.site)
             cfg = _Config(graph=graph, peers=dict(request.peers), collector=request.collector,
-                          emulator=LinkEmulator(json.loads(request.links_json or "{}")),
+                          emulator=LinkEmulator(json.loads(request.links_json or "{}"),
+                                                shared_dir=options.links_shared_dir or None),
                           options=options, generation=request.generation, nodes=nodes)
             files = {f.node: f for f in request.files}
             for node in nodes:
@@ -507,10 +544,14 @@ class StageWorker(pbg.StageServicer):
                         raise ValueError(f"transform {node}: the plan gives no `function`")
                     cfg.transforms[node] = load_transform(fn)
             with self._cfg_lock:
-                if self._cfg is not None and self._cfg.emulator.routes == cfg.emulator.routes:
+                if self._cfg is not None and self._cfg.emulator.routes == cfg.emulator.routes and \
+                        self._cfg.emulator.shared_dir == cfg.emulator.shared_dir:
                     cfg.emulator = self._cfg.emulator  # keep link reservations across reconfigures
-                self._cfg = cfg
+                old, self._cfg = self._cfg, cfg
                 self._sender.shm = options.shm
+            if old is not None and old.emulator is not cfg.emulator:
+                old.emulator.close()
+            self._grow_compute(max(1, options.compute_threads))
             return pb.Ack(ok=True)
         except Exception as e:  # report any configuration problem to the controller, one line
             log.exception("configure failed")
@@ -561,26 +602,28 @@ class StageWorker(pbg.StageServicer):
         elif d.sent_unix_ms and src_site and src_site != self.site:
             d.trace.append(["transfer", f"{src_site}->{self.site}", time.time() * 1e3 - d.sent_unix_ms])
         self._inbox.put(d)
-        self._metrics.queue_depth.labels(self.site).set(self._inbox.qsize() + len(self._ready))
+        self._metrics.of("queue_depth", self.site).set(self._inbox.qsize() + len(self._ready))
         return pb.Ack(ok=True)
 
     # ------------------------------------------------------------------ compute
     def _accept(self, cfg: _Config, d: Delivery) -> None:
-        """Add a delivery to its node's join; when complete, queue the node (or pass on an error)."""
+        """Add a delivery to its node's join; when complete, run the node on this thread (or queue it
+        for the batching thread), or pass on an error or an empty result."""
         if d.error:
             self._report(cfg, d)
             return
         wanted = cfg.graph.in_edges.get(d.dst, ())
         if not wanted:  # a source: fed by the controller
-            self._ready.append(_Ready(d.dst, d.request_id, d.branch, d.tensors, d.deadline_unix_ms,
-                                      d.trace, time.monotonic()))
+            self._dispatch(cfg, _Ready(d.dst, d.request_id, d.branch, d.tensors, d.deadline_unix_ms,
+                                       d.trace, time.monotonic()))
             return
         key = (d.request_id, d.branch, d.dst)
-        got = self._joins.setdefault(key, {})
-        got[d.src] = d
-        if len({e.src for e in wanted}) > len(got):
-            return
-        del self._joins[key]
+        with self._join_lock:
+            got = self._joins.setdefault(key, {})
+            got[d.src] = d
+            if len({e.src for e in wanted}) > len(got):
+                return
+            del self._joins[key]
         trace = [step for part in got.values() for step in part.trace]
         if any(p.empty for p in got.values()):
             self._emit_empty(cfg, d.dst, d.request_id, d.branch, d.deadline_unix_ms, trace)
@@ -588,51 +631,63 @@ class StageWorker(pbg.StageServicer):
         inputs: dict[str, np.ndarray] = {}
         for part in got.values():
             inputs.update(part.tensors)
-        self._ready.append(_Ready(d.dst, d.request_id, d.branch, inputs, d.deadline_unix_ms, trace,
-                                  time.monotonic()))
+        self._dispatch(cfg, _Ready(d.dst, d.request_id, d.branch, inputs, d.deadline_unix_ms, trace,
+                                   time.monotonic()))
+
+    def _dispatch(self, cfg: _Config, r: _Ready) -> None:
+        """Run a ready node now on the calling compute thread, or queue it for the batching thread
+        when its site batches it (the batch thread waits up to max_wait for more of the same node)."""
+        if self._batching(cfg, r.node):
+            with self._join_lock:
+                self._ready.append(r)
+            self._batch_wake.set()
+            return
+        self._run_live(cfg, [r])
 
     def _compute_loop(self) -> None:
+        """One of the site's compute threads: takes deliveries and runs their nodes (several threads
+        run requests side by side, so one slow request does not hold the others up)."""
+        while not self._stop.is_set():
+            item = self._inbox.get()
+            cfg = self._cfg
+            if item is None or cfg is None:
+                continue
+            try:
+                self._accept(cfg, item)
+            except Exception as e:  # keep the thread alive: the request ends with the reason
+                log.exception("site %s: delivery %s->%s failed", self.site, item.src, item.dst)
+                self._report(cfg, Delivery(item.request_id, item.dst, "", branch=item.branch,
+                                           error=f"request {item.request_id}: {item.dst} failed on site "
+                                                 f"{self.site!r}: {type(e).__name__}: {e}"))
+
+    def _batch_loop(self) -> None:
+        """The batching thread: runs queued nodes of batching sites, up to max_batch requests at a
+        time, waiting at most max_wait_ms after the oldest one arrived for more of the same node."""
         while not self._stop.is_set():
             cfg = self._cfg
-            try:
-                timeout = None if not self._ready else 0.0
-                if self._ready and cfg is not None and self._batching(cfg, self._ready[0].node):
-                    waited = time.monotonic() - self._ready[0].since_s
-                    timeout = max(cfg.options.max_wait_ms / 1e3 - waited, 0.0)
-                item = self._inbox.get(timeout=timeout) if timeout != 0.0 else self._inbox.get_nowait()
-                if item is None:
-                    continue
-                cfg = self._cfg
-                self._accept(cfg, item)
-                while True:  # drain what has already arrived
-                    try:
-                        more = self._inbox.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is not None:
-                        self._accept(cfg, more)
+            with self._join_lock:
                 head = self._ready[0] if self._ready else None
-                if head is not None and self._batching(cfg, head.node):
-                    n_same = sum(1 for r in self._ready if r.node == head.node)
-                    waited_s = time.monotonic() - head.since_s
-                    if n_same < cfg.options.max_batch and waited_s < cfg.options.max_wait_ms / 1e3:
-                        continue  # wait for more, up to max_wait
-            except queue.Empty:
-                pass
-            cfg = self._cfg
-            if cfg is None or not self._ready:
+                n_same = sum(1 for r in self._ready if head is not None and r.node == head.node)
+            if head is None or cfg is None:
+                self._batch_wake.wait()
+                self._batch_wake.clear()
+                continue
+            wait_s = cfg.options.max_wait_ms / 1e3 - (time.monotonic() - head.since_s)
+            if n_same < cfg.options.max_batch and wait_s > 0:
+                self._batch_wake.wait(wait_s)   # woken early by each new item: count again
+                self._batch_wake.clear()
                 continue
             self._run_next(cfg)
-            self._metrics.queue_depth.labels(self.site).set(self._inbox.qsize() + len(self._ready))
 
     def _batching(self, cfg: _Config, node: str) -> bool:
         r = cfg.runners.get(node)
         return self.site in cfg.options.batch_sites and r is not None and r.batchable and cfg.options.max_batch > 1
 
     def _run_next(self, cfg: _Config) -> None:
-        first = self._ready.popleft()
-        batch = [first]
-        if self._batching(cfg, first.node):
+        """Take the oldest queued node and the queued requests of the same node (same shapes) as one batch."""
+        with self._join_lock:
+            first = self._ready.popleft()
+            batch = [first]
             keep: deque[_Ready] = deque()
             while self._ready:
                 r = self._ready.popleft()
@@ -642,6 +697,11 @@ class StageWorker(pbg.StageServicer):
                 else:
                     keep.append(r)
             self._ready = keep
+        self._run_live(cfg, batch)
+        self._metrics.of("queue_depth", self.site).set(self._inbox.qsize() + len(self._ready))
+
+    def _run_live(self, cfg: _Config, batch: list[_Ready]) -> None:
+        """Run the requests of `batch` whose deadline has not passed; report the others."""
         now_ms = time.time() * 1e3
         live = []
         for r in batch:
@@ -662,11 +722,16 @@ class StageWorker(pbg.StageServicer):
             if kind == "piece":
                 runner = cfg.runners[node]
                 fill = self._unfed(cfg, node)
+                lock = self._run_lock(runner)
                 if len(batch) == 1:
-                    results = [runner.run({**fill, **bind_inputs(batch[0].inputs, runner.input_names)})]
+                    feed = {**fill, **bind_inputs(batch[0].inputs, runner.input_names)}
+                    with lock:
+                        results = [runner.run(feed)]
                 else:
                     bound = [{**fill, **bind_inputs(r.inputs, runner.input_names)} for r in batch]
-                    joined = runner.run({k: np.concatenate([b[k] for b in bound]) for k in bound[0]})
+                    feed = {k: np.concatenate([b[k] for b in bound]) for k in bound[0]}
+                    with lock:
+                        joined = runner.run(feed)
                     sizes = np.cumsum([next(iter(b.values())).shape[0] for b in bound])[:-1]
                     parts = {k: np.split(v, sizes) for k, v in joined.items()}
                     results = [{k: parts[k][i] for k in parts} for i in range(len(batch))]
@@ -675,17 +740,18 @@ class StageWorker(pbg.StageServicer):
             else:  # source: passes its data on
                 results = [dict(r.inputs) for r in batch]
         except Exception as e:  # a piece or transform failed: the request ends with this error
-            self._metrics.requests.labels(self.site, node, "error").inc(len(batch))
+            self._metrics.of("requests", self.site, node, "error").inc(len(batch))
             for r in batch:
                 self._report(cfg, Delivery(r.request_id, node, "", branch=r.branch,
                                            error=f"request {r.request_id}: {node} failed on site "
                                                  f"{self.site!r}: {type(e).__name__}: {e}"))
             return
         ms = (time.perf_counter() - t0) * 1e3
-        self._metrics.stage_latency.labels(self.site, node).observe(ms / 1e3)
-        self._metrics.batch_size.labels(self.site, node).observe(len(batch))
-        self._metrics.requests.labels(self.site, node, "ok").inc(len(batch))
-        self._done += len(batch)
+        self._metrics.of("stage_latency", self.site, node).observe(ms / 1e3)
+        self._metrics.of("batch_size", self.site, node).observe(len(batch))
+        self._metrics.of("requests", self.site, node, "ok").inc(len(batch))
+        with self._join_lock:
+            self._done += len(batch)
         for r, out in zip(batch, results):
             trace = [*r.trace, ["compute", f"{node}@{self.site}", ms / len(batch)]] if kind != "source" else r.trace
             if kind == "transform":
@@ -697,6 +763,14 @@ class StageWorker(pbg.StageServicer):
                                r.deadline_unix_ms, trace)
             else:
                 self._emit(cfg, node, r.request_id, r.branch, out, r.deadline_unix_ms, trace)
+
+    def _run_lock(self, runner: Runner):
+        """A no-op for runners safe to call from several threads at once (onnxruntime), else one lock
+        per runner (TVM and LiteRT runners keep per-call state)."""
+        if getattr(runner, "thread_safe", False):
+            return _NO_LOCK
+        with self._join_lock:
+            return self._runner_locks.setdefault(id(runner), threading.Lock())
 
     def _unfed(self, cfg: _Config, node: str) -> dict[str, np.ndarray]:
         """Zeros for piece inputs no edge feeds (recurrent state and the like): the runtime supplies them."""

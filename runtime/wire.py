@@ -18,7 +18,7 @@ from runtime.proto import runtime_pb2 as pb
 
 __all__ = ["CHUNK_BYTES", "MAX_MESSAGE_BYTES", "GRPC_OPTIONS", "Delivery", "delivery_frames",
            "frames_to_delivery", "tensor_to_pb", "pb_to_tensor", "raw_messages", "raw_to_delivery",
-           "pack_delivery", "unpack_delivery", "RAW_STAGE_METHOD", "RAW_CONTROL_METHOD",
+           "pack_delivery", "unpack_delivery", "packed_layout", "dtype_name", "dtype_of", "RAW_STAGE_METHOD", "RAW_CONTROL_METHOD",
            "RAW_STAGE_ONE_METHOD", "RAW_CONTROL_ONE_METHOD", "RAW_STAGE_SHM_METHOD", "RAW_CONTROL_SHM_METHOD",
            "packed_size", "pack_delivery_into"]
 
@@ -87,7 +87,7 @@ def delivery_frames(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.
             piece = bytes(buf[off:off + chunk_bytes])
             off += len(piece)
             if first:
-                yield pb.Frame(**head, name=name, dtype=arr.dtype.name, shape=list(arr.shape),
+                yield pb.Frame(**head, name=name, dtype=dtype_name(arr.dtype), shape=list(arr.shape),
                                data=piece, last_chunk=off >= n)
                 first = False
             else:
@@ -117,12 +117,32 @@ def frames_to_delivery(frames: Iterable[pb.Frame]) -> Delivery:
     return d
 
 
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+_DTYPES: dict[str, np.dtype] = {}
+
+
+def dtype_name(dt: np.dtype) -> str:
+    """`dt.name`, cached: numpy works the name out in Python on every call (a hot spot per hop)."""
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        name = _DTYPE_NAMES[dt] = dt.name
+    return name
+
+
+def dtype_of(name: str) -> np.dtype:
+    """`np.dtype(name)`, cached (every received tensor needs one)."""
+    dt = _DTYPES.get(name)
+    if dt is None:
+        dt = _DTYPES[name] = np.dtype(name)
+    return dt
+
+
 def _header(d: Delivery, arrays: dict[str, np.ndarray]) -> bytes:
     head = dict(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
                 deadline_unix_ms=d.deadline_unix_ms, sent_unix_ms=d.sent_unix_ms,
                 trace=json.dumps(d.trace) if d.trace else "", error=d.error, empty=d.empty)
     frames = [pb.Frame(**head)] if not arrays else \
-        [pb.Frame(**head, name=k, dtype=a.dtype.name, shape=list(a.shape)) for k, a in arrays.items()]
+        [pb.Frame(**head, name=k, dtype=dtype_name(a.dtype), shape=a.shape) for k, a in arrays.items()]
     return pb.Bundle(frames=frames).SerializeToString()
 
 
@@ -163,15 +183,21 @@ def pack_delivery(d: Delivery) -> bytes:
     return b"".join(parts)
 
 
-def packed_size(d: Delivery) -> int:
-    """Length of `pack_delivery(d)` (what `pack_delivery_into` needs)."""
-    return _layout(d)[2]
+def packed_layout(d: Delivery) -> tuple:
+    """The packed form's layout, for `packed_size` and `pack_delivery_into` (worked out once per send)."""
+    return _layout(d)
 
 
-def pack_delivery_into(d: Delivery, buf: memoryview) -> int:
+def packed_size(d: Delivery, layout: tuple | None = None) -> int:
+    """Length of `pack_delivery(d)` (what `pack_delivery_into` needs); `layout` from `packed_layout(d)`."""
+    return (layout or _layout(d))[2]
+
+
+def pack_delivery_into(d: Delivery, buf: memoryview, layout: tuple | None = None) -> int:
     """Write `pack_delivery(d)` into `buf` (a shared-memory segment) with one copy of the tensor
-    bytes; returns its length. Padding bytes are left as they are (the reader skips them)."""
-    header, placed, total = _layout(d)
+    bytes; returns its length. Padding bytes are left as they are (the reader skips them).
+    `layout`: `packed_layout(d)` when already worked out (d unchanged since)."""
+    header, placed, total = layout or _layout(d)
     if total > len(buf):
         raise ValueError(f"packed delivery needs {total} bytes, buffer holds {len(buf)}")
     _PACK_PREFIX.pack_into(buf, 0, len(header))
@@ -194,7 +220,7 @@ def unpack_delivery(buf: bytes | memoryview | np.ndarray, copy: bool = False) ->
     for f in frames:
         if not f.name:
             continue
-        dtype = np.dtype(f.dtype)
+        dtype = dtype_of(f.dtype)
         shape = tuple(f.shape)
         count = int(np.prod(shape, dtype=np.int64))
         off += -off % _PACK_ALIGN
@@ -227,7 +253,7 @@ def raw_to_delivery(messages: Iterable[bytes]) -> Delivery:
     for f in frames:
         if not f.name:
             continue
-        dtype = np.dtype(f.dtype)
+        dtype = dtype_of(f.dtype)
         need = int(np.prod(f.shape, dtype=np.int64)) * dtype.itemsize
         parts, got = [], 0
         while got < need:
@@ -245,7 +271,7 @@ def raw_to_delivery(messages: Iterable[bytes]) -> Delivery:
 def tensor_to_pb(name: str, arr: np.ndarray) -> pb.Tensor:
     """A whole tensor as one message (front door)."""
     arr = np.ascontiguousarray(arr)
-    return pb.Tensor(name=name, dtype=arr.dtype.name, shape=list(arr.shape), data=arr.tobytes())
+    return pb.Tensor(name=name, dtype=dtype_name(arr.dtype), shape=list(arr.shape), data=arr.tobytes())
 
 
 def pb_to_tensor(t: pb.Tensor) -> np.ndarray:

@@ -45,6 +45,7 @@ class OrtRunner(Runner):
     """Runs an ONNX piece with onnxruntime's CPU provider (session.run is thread-safe; no lock needed)."""
 
     backend = "onnxruntime"
+    thread_safe = True     # a stage worker may run several requests through it at once
 
     def __init__(self, path: str | Path, inputs: Sequence[TensorSpec] = (), outputs: Sequence[TensorSpec] = (),
                  options: Mapping | None = None, label: str = ""):

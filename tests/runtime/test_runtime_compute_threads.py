@@ -1,0 +1,89 @@
+"""Compute threads per stage worker and cross-process link sharing (real onnxruntime, real agent processes)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from runtime.handplan import chain_plan
+from runtime.runners import OrtRunner
+from runtime.stage import StageOptions, StageWorker
+from tierplan.spec import FleetSpec
+
+
+def _tiny_model(path) -> str:
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+class _StatefulRunner:
+    """A runner like TVM's graph executor: per-call state, not safe to call from two threads."""
+
+    input_names = ["x"]
+    batchable = False
+    thread_safe = False
+
+    def run(self, inputs):
+        return dict(inputs)
+
+
+def test_stage_options_carry_links_shared_dir_and_compute_threads():
+    """The options sent with Configure keep the shared link directory and the compute thread count."""
+    opts = StageOptions(links_shared_dir="/tmp/x-links", compute_threads=3, batch_sites=("cloud",))
+    back = StageOptions.from_json(opts.to_json())
+    assert back == opts and back.links_shared_dir == "/tmp/x-links" and back.compute_threads == 3
+    assert StageOptions.from_json("").links_shared_dir == ""
+
+
+def test_only_thread_safe_runners_run_side_by_side(tmp_path):
+    """onnxruntime pieces run without a lock; a runner that is not thread-safe gets one lock of its own."""
+    w = StageWorker("s", cache_dir=str(tmp_path / "cache"))
+    try:
+        ort_lock = w._run_lock(OrtRunner(_tiny_model(tmp_path / "relu.onnx")))
+        stateful = _StatefulRunner()
+        lock = w._run_lock(stateful)
+        assert w._run_lock(stateful) is lock and isinstance(lock, type(threading.Lock()))
+        assert lock is not ort_lock and w._run_lock(_StatefulRunner()) is not lock
+        with ort_lock, ort_lock:     # no lock at all: nesting does not block
+            pass
+    finally:
+        w.stop()
+
+
+def _two_edge_fleet() -> FleetSpec:
+    return FleetSpec.model_validate({
+        "sites": {"phone": {"tier": "edge", "device": "pixel-8", "attach": "bs", "link": "radio"},
+                  "hub": {"tier": "edge", "device": "pixel-8", "attach": "bs", "link": "radio"},
+                  "bs": {"tier": "base_station", "device": "mec-t4"}},
+        "links": {"radio": {"uplink_mbps": 2000, "downlink_mbps": 2000, "rtt_ms": 1}}})
+
+
+@pytest.mark.integration
+def test_concurrent_requests_on_compute_threads_share_emulated_links(sq_files, sq_input, sq_reference, tmp_path):
+    """Requests run side by side on several compute threads per site, each gets its own correct result,
+    and the agents pace the emulated links through the deployment's shared directory."""
+    from runtime.deploy import deploy
+    fleet = _two_edge_fleet()
+    plan = chain_plan(sq_files, ["phone", "hub", "hub"], "phone", fleet=fleet)
+    shared = tmp_path / "links"
+    shared.mkdir()
+    rng = np.random.default_rng(7)
+    xs = [sq_input["input"]] + [rng.random((1, 3, 224, 224)).astype(np.float32) for _ in range(7)]
+    opts = StageOptions(compute_threads=3, links_shared_dir=str(shared))
+    with deploy(plan, fleet=fleet, options=opts, request_timeout_s=60) as svc:
+        outs = svc.predict_batch([{"input": x} for x in xs])
+        again = svc.predict({"input": xs[3]})
+    got = [next(iter(o["output"].values())) for o in outs]
+    np.testing.assert_allclose(got[0], sq_reference, rtol=1e-4, atol=1e-5)
+    for i in range(1, len(xs)):
+        assert not np.allclose(got[i], got[0]), f"request {i} got another request's result"
+    np.testing.assert_allclose(next(iter(again["output"].values())), got[3], rtol=1e-5, atol=1e-6)
+    buckets = list(shared.iterdir())
+    assert buckets and all(p.suffix == ".bucket" for p in buckets), f"no shared link buckets in {shared}: {buckets}"
