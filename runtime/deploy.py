@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Mapping
 
@@ -127,8 +130,20 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     bad = {s: n for s, n in counts.items() if not isinstance(n, int) or n < 1}
     if bad:
         raise InputError(f"deploy: replicas must be whole numbers >= 1, got {bad}. To fix: pass e.g. replicas=2")
-    service = Service(plan, routes=routes, files=files_for(plan, manifest, base_dir, manifest_root), options=options,
-                      tls=tls, request_timeout_s=request_timeout_s, replicas=counts)
+    shared_links = ""
+    if local and routes and not agents and not options.links_shared_dir:
+        # every process of a local deployment shares each emulated link's bandwidth (runtime.links)
+        shared_links = tempfile.mkdtemp(prefix="tierplan-links-")
+        options = replace(options, links_shared_dir=shared_links)
+    try:
+        service = Service(plan, routes=routes, files=files_for(plan, manifest, base_dir, manifest_root), options=options,
+                          tls=tls, request_timeout_s=request_timeout_s, replicas=counts)
+    except BaseException:
+        if shared_links:
+            shutil.rmtree(shared_links, ignore_errors=True)
+        raise
+    if shared_links:
+        service.add_closer(lambda: shutil.rmtree(shared_links, ignore_errors=True))  # runs last
     try:
         service.start_controller()
         ray_sites = [s for s, t in tiers.items() if t != "edge" and s not in agents]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -30,7 +32,8 @@ def _jittery_fleet() -> FleetSpec:
 
 
 def test_deployed_radio_link_has_the_declared_delay_and_jitter(ray_cluster, sq_files, sq_input):
-    """40 requests through phone -> bs -> cloud: the phone->bs transfer's mean is RTT/2 and its spread the declared jitter."""
+    """40 requests through phone -> bs -> cloud: the phone->bs transfer's mean is RTT/2 and its spread the declared
+    jitter; the processes share the emulated links through one directory, removed at teardown."""
     fleet = _jittery_fleet()
     plan = chain_plan(sq_files, ["phone", "bs", "cloud"], "phone", fleet=fleet)
     radio, backhaul = [], []
@@ -41,6 +44,9 @@ def test_deployed_radio_link_has_the_declared_delay_and_jitter(ray_cluster, sq_f
             steps = {name: ms for _, name, ms in trace.steps}
             radio.append(steps["phone->bs"])
             backhaul.append(steps["bs->cloud"])
+        shared = Path(svc.options.links_shared_dir)  # one link budget for every process of the deployment
+        assert shared.is_dir() and any(shared.iterdir())
+    assert not shared.exists()                          # removed at teardown
     radio, backhaul = np.array(radio), np.array(backhaul)
     wire_ms = 1_548_800 * 8 / (RADIO_MBPS * 1e6) * 1e3
     se_mean = JITTER_MS / np.sqrt(N_REQUESTS)
