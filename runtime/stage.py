@@ -288,6 +288,33 @@ class Sender:
             self._metrics.of("link_latency", f"{self.site}->{to_site}").observe(time.time() - d.sent_unix_ms / 1e3)
         return True
 
+    def try_start(self, address: str | None, d: Delivery, to_site: str, on_fail: Callable[[], None]) -> bool:
+        """`try_now` without waiting for the peer's reply: True when the delivery went out on the
+        same-host socket; the reply comes on the socket client's reply thread, and if it is not
+        an ok (refused, broken, no answer within INLINE_TIMEOUT_S) `on_fail()` runs there (the caller
+        then sends with `send`, as after a False). The compute thread thus never waits for a peer
+        that is slow to be scheduled."""
+        if not address or not self.shm or self.tls is not None or address in self._no_shm or \
+                (to_site and self._emulator().route(self.site, to_site)):
+            return False
+        d.sent_unix_ms = time.time() * 1e3
+
+        def on_reply(ack: pb.Ack | None, error: LocalCallError | None) -> None:
+            if error is None and ack is not None and ack.ok:
+                if self._metrics is not None and to_site and to_site != self.site:
+                    link = f"{self.site}->{to_site}"
+                    self._metrics.of("link_bytes", link).inc(d.nbytes)
+                    self._metrics.of("link_latency", link).observe(time.time() - d.sent_unix_ms / 1e3)
+                return
+            if error is not None and error.code() in _NO_SHM_CODES:
+                self._no_shm.add(address)
+            on_fail()
+
+        try:
+            return self._local.start_call(address, d, d.deadline_unix_ms / 1e3, INLINE_TIMEOUT_S, on_reply)
+        except grpc.RpcError:
+            return False
+
     def _send_local(self, address: str, d: Delivery, arrival_s: float, deadline_s: float,
                     timeout_s: float | None = None) -> pb.Ack | None:
         """The same-host socket (runtime.localwire) when the peer has one and TLS is off; else None."""
@@ -800,12 +827,19 @@ class StageWorker(pbg.StageServicer):
     def _route(self, cfg: _Config, d: Delivery) -> None:
         to_site = cfg.graph.sites.get(d.dst, "")
         if cfg.graph.kinds.get(d.dst) == "sink":
-            if not self._sender.try_now(cfg.collector, d, to_site):
-                self._pool.submit(self._send_collector, cfg, d, to_site)
+            def to_collector() -> None:
+                if not self._stop.is_set():    # a call cancelled by stop() is not retried
+                    self._pool.submit(self._send_collector, cfg, d, to_site)
+            if not self._sender.try_start(cfg.collector, d, to_site, to_collector):
+                to_collector()
         elif to_site == self.site:
             self._accept(cfg, d)  # same site: in memory, no hop
-        elif not self._sender.try_now(pick_address(cfg.peers.get(to_site), d.request_id), d, to_site):
-            self._pool.submit(self._send_peer, d, to_site)
+        else:
+            def to_peer() -> None:
+                if not self._stop.is_set():
+                    self._pool.submit(self._send_peer, d, to_site)
+            if not self._sender.try_start(pick_address(cfg.peers.get(to_site), d.request_id), d, to_site, to_peer):
+                to_peer()
 
     def _send_peer(self, d: Delivery, to_site: str) -> None:
         err = self._sender.send(rotating(lambda: self._cfg.peers.get(to_site) if self._cfg else None, d.request_id),
