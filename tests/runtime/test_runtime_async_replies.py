@@ -1,0 +1,88 @@
+"""Same-host sends that do not wait for the reply: the reply (or its absence) reaches the callback (real Unix sockets, real shared memory)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import grpc
+import numpy as np
+
+from runtime.localwire import LocalClient, LocalServer
+from runtime.proto import runtime_pb2 as pb
+from runtime.shm import ShmReader
+from runtime.wire import Delivery
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Peer:
+    """A same-host receiver whose answer is chosen by `reply(d)` (it may block)."""
+
+    def __init__(self, reply) -> None:
+        self.address = f"127.0.0.1:{_free_port()}"
+        self.reader = ShmReader()
+        self.got: list[Delivery] = []
+        self.server = LocalServer(self.address, lambda d, ctx: (self.got.append(d), reply(d))[1], self.reader)
+        assert self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.reader.close()
+
+
+def _call(client: LocalClient, peer: _Peer, x: np.ndarray, timeout_s: float = 2.0):
+    done = threading.Event()
+    out: list = []
+
+    def on_reply(ack, error):
+        out.append((ack, error))
+        done.set()
+
+    d = Delivery("r1", "a", "b", {"t": x}, deadline_unix_ms=(time.time() + 20) * 1e3)
+    t0 = time.perf_counter()
+    assert client.start_call(peer.address, d, d.deadline_unix_ms / 1e3, timeout_s, on_reply)
+    returned_s = time.perf_counter() - t0
+    assert done.wait(10), "no reply callback"
+    return out[0], returned_s
+
+
+def test_reply_of_a_shared_memory_delivery_reaches_the_callback():
+    """A big delivery goes out in shared memory, start_call returns at once, and the ok arrives on the reply thread."""
+    peer = _Peer(lambda d: pb.Ack(ok=True))
+    client = LocalClient()
+    try:
+        x = np.arange(200_000, dtype=np.float32)
+        for _ in range(3):   # the connection and segment are reused after each reply
+            (ack, error), _ = _call(client, peer, x)
+            assert error is None and ack.ok
+        assert len(peer.got) == 3 and np.array_equal(peer.got[-1].tensors["t"], x)
+    finally:
+        client.close()
+        peer.stop()
+
+
+def test_refusal_and_silence_reach_the_callback_as_failures():
+    """A refusing peer gives a not-ok ack; a peer that never answers gives DEADLINE_EXCEEDED after the timeout, not before the send returns."""
+    refuse = _Peer(lambda d: pb.Ack(ok=False, error="no"))
+    gate = threading.Event()
+    silent = _Peer(lambda d: (gate.wait(5), pb.Ack(ok=True))[1])
+    client = LocalClient()
+    try:
+        (ack, error), _ = _call(client, refuse, np.ones(4, np.float32))
+        assert error is None and not ack.ok and ack.error == "no"
+        t0 = time.perf_counter()
+        (ack, error), returned_s = _call(client, silent, np.ones(4, np.float32), timeout_s=0.3)
+        waited_s = time.perf_counter() - t0
+        assert ack is None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert returned_s < 0.25 <= waited_s, (returned_s, waited_s)
+    finally:
+        gate.set()
+        client.close()
+        refuse.stop()
+        silent.stop()
