@@ -5,13 +5,15 @@ The same class runs inside a Ray actor (base stations, clouds) and inside `tierp
 
 - `Configure` gives it the plan, its site name, the peer table (site -> host:port), the
   controller's address and the emulated links; it loads runners for its pieces (once).
-- `Deliver` streams in the outputs of an upstream node. One compute thread joins the inputs of
-  each node per (request, branch) and runs nodes one after another: consecutive nodes on the
-  same site hand tensors over in memory (no hop). Outputs for other sites go out on a sender
-  pool (the compute thread never waits for an ack) over a direct gRPC call, paced by the link
-  emulator; sink outputs go to the controller.
-- Cloud-tier sites batch requests at a node (max batch, max wait) when the runner accepts a
-  free first dimension; otherwise queued requests still run back to back without idling.
+- `Deliver` streams in the outputs of an upstream node. Compute threads (`compute_threads`, one by
+  default) join the inputs of each node per (request, branch) and run nodes: consecutive nodes
+  on the same site hand tensors over in memory (no hop). Outputs for a same-host peer without
+  link emulation go out from the compute thread on the Unix socket without waiting for the
+  reply (runtime.localwire `start_call`); any other send goes to a sender pool (the compute
+  thread never waits for an ack) over a direct gRPC call, paced by the link emulator; sink
+  outputs go to the controller.
+- Cloud-tier sites batch requests at a node (max batch, max wait) on a batching thread when the
+  runner accepts a free first dimension; otherwise queued requests still run back to back.
 
 Every call carries the request's deadline as its timeout. A delivery that cannot be made before
 the deadline (peer down, refused) becomes an error sent to the controller naming the hop, so a
