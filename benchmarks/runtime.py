@@ -17,7 +17,10 @@
    Goals: per hop <= 1 ms beyond bytes/bandwidth, where per hop = (pipeline p50 - best
    one-process p50 - sum over hops of bytes / measured loopback gRPC bandwidth) / hops; req/s at
    8 concurrent >= 0.85 of the best one-process figure. Hops per request: 4 (input to the edge
-   site, edge -> base station, base station -> cloud, result back).
+   site, edge -> base station, base station -> cloud, result back). Also the CPU per request of
+   each set-up (one process: this process; the pipeline: the controller and the site workers)
+   and one process's over the pipeline's: the req/s ratio the pipeline reaches on cores of its
+   own, which the shared machine's req/s ratio only approximates.
 4. `tierplan run` on the examples: measured p50 against the plan's placement predicted for this
    machine, as `tierplan run` prints it ("predicted here"; goal within 15%), and the fleet's figure.
 
@@ -181,6 +184,22 @@ def _closed_loop(fn, concurrency: int, seconds: float) -> tuple[float, list[floa
     return len(lat) / (time.perf_counter() - t0), lat
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) so far of this process (every thread, finished ones included) and
+    of `pids` (from /proc)."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    total = ru.ru_utime + ru.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):   # gone: its time is lost, the figure only shrinks
+            continue
+    return total
+
+
 def _pipeline_round(svc, inproc: dict, x: dict, seconds: float, repeats: int, acc: dict) -> None:
     """One round: sequential requests then a closed loop at CONCURRENCY, for every in-process set-up
     and the pipeline, one after another (the machine is shared: rounds see the same load)."""
@@ -192,15 +211,21 @@ def _pipeline_round(svc, inproc: dict, x: dict, seconds: float, repeats: int, ac
         _, tr = svc.predict_traced(x)
         acc["pipeline"]["seq"].append(tr.latency_ms)
         acc["pipeline"]["steps"].append(tr.steps)
+    # CPU of the set-up's processes: the pipeline's controller (this process) and site workers
+    # (agent and actor pids); Ray's own daemons are left out (idle: < 5% of a core here)
+    site_pids = [h["pid"] for h in svc.health().values() if h.get("pid")]
     for name, fn in [*inproc.items(), ("pipeline", lambda: svc.predict(x))]:
-        t0 = time.perf_counter()
+        pids = site_pids if name == "pipeline" else []
+        c0, t0 = _cpu_s(pids), time.perf_counter()
         _, part = _closed_loop(fn, CONCURRENCY, seconds)
+        acc[name]["cpu_s"] = acc[name].get("cpu_s", 0.0) + _cpu_s(pids) - c0
         acc[name]["lat"] += part
         acc[name]["t"] += time.perf_counter() - t0
 
 
 def _summary(a: dict) -> dict:
     return {"p50_ms": statistics.median(a["seq"]), "rps_8": len(a["lat"]) / a["t"],
+            "cpu_ms_per_req": a.get("cpu_s", 0.0) / max(len(a["lat"]), 1) * 1e3,
             "p50_ms_8": float(np.percentile(a["lat"], 50)), "p95_ms_8": float(np.percentile(a["lat"], 95))}
 
 
@@ -259,6 +284,7 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
         ones = {k: _summary(acc[k]) for k in inproc}
         best_p50 = min(o["p50_ms"] for o in ones.values())
         best_rps = max(o["rps_8"] for o in ones.values())
+        best_cpu = min(o["cpu_ms_per_req"] for o in ones.values())
         pipe = _summary(acc["pipeline"])
         compute = statistics.median(sum(ms for k, _, ms in st if k == "compute") for st in acc["pipeline"]["steps"])
         pipe.update({
@@ -266,6 +292,9 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
             "per_hop_raw_ms": (pipe["p50_ms"] - best_p50) / HOPS_PER_REQUEST,
             "per_hop_vs_own_compute_ms": (pipe["p50_ms"] - compute) / HOPS_PER_REQUEST,
             "rps_ratio": pipe["rps_8"] / best_rps,
+            # the req/s ratio on cores of its own (CPU-bound both ways): one-process CPU per request
+            # over the pipeline's; load-independent, unlike rps_ratio on a shared machine
+            "cpu_ratio": best_cpu / pipe["cpu_ms_per_req"],
             "steps_p50_ms": _steps_p50(acc["pipeline"]["steps"])})
         out[variant] = {"one_process": ones, "pipeline": pipe}
     return out
@@ -308,7 +337,7 @@ def _f(v, fmt: str = ".1f") -> str:
 def _print(res: dict) -> None:
     from rich.console import Console
     from rich.table import Table
-    con = Console(width=150)
+    con = Console(width=180)
     con.print(f"load average (1 min) at start {res['load_start'][0]:.1f}, at end {res['load_end'][0]:.1f} "
               f"on {res['cores']} cores")
     t = Table(title="1. one hop on loopback (delivery + ack)", title_justify="left")
@@ -331,7 +360,8 @@ def _print(res: dict) -> None:
                         f"bandwidth ({s['loopback_gb_per_s']:.2f} GB/s) = {s['bytes_over_bandwidth_ms']:.2f} ms "
                         "per request", title_justify="left")
         for c in ("set-up", "p50 ms", "per hop ms beyond bytes/bw (goal <= 1)", "per hop raw ms",
-                  "req/s at 8", "vs best one process (goal >= 0.85)", "p50 / p95 ms at 8"):
+                  "req/s at 8", "vs best one process (goal >= 0.85)", "p50 / p95 ms at 8", "CPU ms / req at 8",
+                  "one process CPU / this CPU"):
             t.add_column(c, justify="right" if c != "set-up" else "left")
         labels = {"one_process": "3 pieces in one process, onnxruntime default threads",
                   "one_process_1_thread": "3 pieces in one process, 1 thread"}
@@ -339,12 +369,13 @@ def _print(res: dict) -> None:
             v = s[variant]
             for k, o in v["one_process"].items():
                 t.add_row(f"{labels[k]} [{variant} run]", f"{o['p50_ms']:.1f}", "-", "-", f"{o['rps_8']:.0f}", "-",
-                          f"{o['p50_ms_8']:.1f} / {o['p95_ms_8']:.1f}")
+                          f"{o['p50_ms_8']:.1f} / {o['p95_ms_8']:.1f}", _f(o.get("cpu_ms_per_req"), ".2f"), "-")
             p = v["pipeline"]
             t.add_row(f"tierplan: edge agent + 2 Ray nodes, {title}", f"{p['p50_ms']:.1f}", f"{p['per_hop_ms']:.2f}",
                       f"{p['per_hop_raw_ms']:.2f}", f"{p['rps_8']:.0f}", f"{p['rps_ratio']:.2f}",
-                      f"{p['p50_ms_8']:.1f} / {p['p95_ms_8']:.1f}")
-        t.add_row("peer: Ray Serve, 3 deployments (DESIGN.md)", "35-40", "", "7-8", "32-43", "", "")
+                      f"{p['p50_ms_8']:.1f} / {p['p95_ms_8']:.1f}", _f(p.get("cpu_ms_per_req"), ".2f"),
+                      _f(p.get("cpu_ratio"), ".2f"))
+        t.add_row("peer: Ray Serve, 3 deployments (DESIGN.md)", "35-40", "", "7-8", "32-43", "", "", "", "")
         con.print(t)
     if res.get("examples"):
         t = Table(title="4. tierplan run: measured vs the plan predicted here (goal within 15%)", title_justify="left")
