@@ -208,8 +208,8 @@ def batch_stages(policy: BatchPolicy | None, journeys_by_strategy: Iterable[list
                 if st.kind != "compute" or not st.work:
                     continue
                 sv = fleet.classes[st.site]
-                wanted = policy.sites if policy.sites is not None else None
-                if (st.site not in wanted) if wanted is not None else (sv.tier != RUNTIME_BATCH_TIER):
+                batching_site = st.site in policy.sites if policy.sites is not None else sv.tier == RUNTIME_BATCH_TIER
+                if not batching_site:
                     continue
                 nodes = tuple(w.node for w in st.work)
                 key = (st.site, nodes)

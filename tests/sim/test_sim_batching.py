@@ -65,6 +65,19 @@ def test_a_full_batch_starts_at_once_and_the_rest_waits_for_the_server():
     assert r.batch_mean == {"cloud": 1.5}
 
 
+def test_batching_on_a_shared_host_still_waits_then_runs_once():
+    """Every site on one host (colocate=1): the batch also needs the core, and still ends at W + t(3)."""
+    r = _cloud_run("8:5", colocate=1)
+    assert _latencies(r) == pytest.approx((5.0 + _t(3),) * 3) and r.batches == {"cloud": 1}
+
+
+def test_explicit_sites_choose_where_requests_batch():
+    """BatchPolicy(sites=("bs",)) batches at the base station only, not at the cloud."""
+    kw = dict(strategies=["optimal"], duration_s=2, seed=1, rates={"camera": 50.0}, fast=False)
+    r = simulate(make_plan(), make_fleet(cams=5), batching=BatchPolicy(8, 2.0, sites=("bs",), forced=True), **kw)
+    assert set(r.strategies["optimal"].batch_mean) == {"bs"}
+
+
 def test_no_batching_runs_requests_one_after_another():
     """batching off: FIFO, one at a time, no wait: 6, 12, 18 ms."""
     assert _latencies(_cloud_run("off")) == pytest.approx((STAGE_MS, 2 * STAGE_MS, 3 * STAGE_MS))
