@@ -282,10 +282,11 @@ class World:
 
     # ------------------------------------------------------------------ links
     def link_rate_mbps(self, stage: Stage) -> float:
+        """Payload rate of a link stage: the declared rate less lost-and-resent packets (x (1 - loss_rate)),
+        as the cost model and the runtime's link emulator count it."""
         link = self.fleet.classes[stage.site].link
-        if stage.shared:
-            return float(link.capacity_mbps)
-        return float(link.uplink_mbps if stage.direction == "up" else link.downlink_mbps)
+        rate = link.capacity_mbps if stage.shared else (link.uplink_mbps if stage.direction == "up" else link.downlink_mbps)
+        return float(rate) * (1.0 - float(getattr(link, "loss_rate", 0.0) or 0.0))
 
     def bandwidth_factor(self, site: str, t_ms: np.ndarray) -> np.ndarray | float:
         """Multiplier of the nominal rate at t_ms (1 where the link does not vary)."""

@@ -139,3 +139,17 @@ def test_shared_queue_dispatch_matches_erlang_c():
                    strategies=["optimal"], duration_s=1500, seed=0, service_dist="exponential", fast=False,
                    dispatch="shared", replicas={"bs": c})
     assert rep.strategies["optimal"].sinks["out"].mean_ms == pytest.approx(expected_ms, rel=0.04)
+
+
+def test_lost_packets_slow_a_link_to_its_goodput():
+    """A radio losing half its packets moves the 60 KB det/p0 -> det/p1 tensor at half the rate: +9.6 ms at 50 Mbit/s."""
+    from tierplan.spec import FleetSpec
+
+    fleet = make_fleet(uplink_mbps=50.0)
+    data = fleet.model_dump(by_alias=True)
+    data["links"]["radio"]["loss_rate"] = 0.5
+    lossy = FleetSpec.model_validate(data)
+    kw = dict(strategies=["optimal"], duration_s=60, seed=4, rates={"camera": 0.5}, service_cv=0.0)
+    clean = simulate(make_plan(), fleet, **kw).strategies["optimal"].sinks["labels"].p50_ms
+    slow = simulate(make_plan(), lossy, **kw).strategies["optimal"].sinks["labels"].p50_ms
+    assert slow - clean == pytest.approx(60_000 * 8 / 50e6 * 1e3, abs=0.5)
