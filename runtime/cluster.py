@@ -20,10 +20,14 @@ from pathlib import Path
 
 from tierplan.errors import RuntimeFault
 
-__all__ = ["LocalCluster", "SiteActor", "site_resource", "SITE_LABEL", "ensure_ray_env", "start_site_actor"]
+__all__ = ["LocalCluster", "SiteActor", "SiteNodeDown", "site_resource", "SITE_LABEL", "ensure_ray_env",
+           "start_site_actor"]
+
+log = logging.getLogger(__name__)
 
 SITE_LABEL = "tierplan-site"
 _START_ATTEMPTS = 2
+_POLL_S = 2.0                                  # how often a starting actor's node is checked
 _NODE_OBJECT_STORE_BYTES = 80 * 1024 * 1024   # small: tensors cross sites over gRPC, not the object store
 
 
@@ -101,6 +105,24 @@ class LocalCluster:
         if missing:
             self.cluster.wait_for_nodes()
 
+    def site_alive(self, site: str) -> bool:
+        """Whether the site's Ray node (started here) still has its raylet running."""
+        node = self.nodes.get(site)
+        raylets = node.all_processes.get("raylet") if node is not None else None
+        return bool(raylets) and all(p.process.poll() is None for p in raylets)
+
+    def restart_site(self, site: str) -> None:
+        """Replace a site's dead Ray node with a fresh one (a raylet killed by the OS or missing its
+        health checks on a saturated machine)."""
+        with self._lock:
+            node = self.nodes.pop(site, None)
+        if node is not None:
+            try:
+                self.cluster.remove_node(node, allow_graceful=False)
+            except Exception as e:  # already gone: nothing left to remove
+                log.debug("removing dead node of %s: %s", site, e)
+        self.add_site(site)
+
     def kill_site(self, site: str) -> None:
         """Remove a site's Ray node at once (its processes die): a site failure."""
         with self._lock:
@@ -157,17 +179,37 @@ def SiteActor():
 
 
 def start_site_actor(site: str, controller: str, tls_dir: str | None, timeout_s: float = 60.0,
-                     replica: int = 0, replicas: int = 1):
+                     replica: int = 0, replicas: int = 1, alive=None):
     """Create a site's actor (replica `replica` of `replicas`) pinned to its node; returns (handle,
-    address, seconds). Replicas share the node's one unit of the site resource."""
+    address, seconds). Replicas share the node's one unit of the site resource. `alive()`, when
+    given, is asked every poll: False means the site's node died, so waiting longer is futile."""
     import ray
     share = 1.0 / max(replicas, 1)
     handle = SiteActor().options(resources={site_resource(site): share}, name=None).remote(
         site, controller, tls_dir, replica)
     t0 = time.time()
-    try:
-        address = ray.get(handle.address.remote(), timeout=timeout_s)
-    except Exception as e:  # GetTimeoutError, actor died: say which site
-        raise RuntimeFault(f"site {site!r}: its stage actor did not start within {timeout_s:.0f} s ({type(e).__name__}). "
-                           f"To fix: check that a Ray node offers resource {site_resource(site)!r}") from e
-    return handle, address, time.time() - t0
+    ref = handle.address.remote()
+    while True:
+        ready, _ = ray.wait([ref], timeout=max(0.0, min(_POLL_S, t0 + timeout_s - time.time())))
+        if ready:
+            try:
+                address = ray.get(ref)
+            except Exception as e:  # the actor died while starting: say which site
+                ray.kill(handle, no_restart=True)
+                raise RuntimeFault(f"site {site!r}: its stage actor failed to start ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}). To fix: see the Ray logs "
+                                   "under /tmp/ray/session_latest/logs") from e
+            return handle, address, time.time() - t0
+        down = alive is not None and not alive()
+        if down or time.time() >= t0 + timeout_s:
+            ray.kill(handle, no_restart=True)
+            if down:
+                raise SiteNodeDown(f"site {site!r}: its Ray node died while its stage actor was starting. "
+                                   "To fix: restart the site's node (ray start ... --resources "
+                                   f"'{{\"{site_resource(site)}\": 1}}')")
+            raise RuntimeFault(f"site {site!r}: its stage actor did not start within {timeout_s:.0f} s. "
+                               f"To fix: check that a Ray node offers resource {site_resource(site)!r}")
+
+
+class SiteNodeDown(RuntimeFault):
+    """A site's Ray node died; a local cluster can start it again."""

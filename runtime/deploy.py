@@ -22,7 +22,7 @@ from typing import Mapping
 
 from planner.plan import Plan
 from runtime.agent import AgentProcess
-from runtime.cluster import LocalCluster, ensure_ray_env, start_site_actor
+from runtime.cluster import LocalCluster, SiteNodeDown, ensure_ray_env, start_site_actor
 from runtime.graph import ExecGraph, with_app_renames
 from runtime.links import route_table
 from runtime.security import CONTROLLER, TlsConfig
@@ -184,10 +184,23 @@ def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: L
     for site in sites:
         n = service.replicas.get(site, 1)
         for k in range(n):
-            handle, _, _ = start_site_actor(site, service.address, str(tls_dir) if tls_dir else None,
-                                            replica=k, replicas=n)
+            handle = _start_actor(cluster, site, service.address, tls_dir, k, n)
             service.actors[slot_key(site, k)] = handle
             service.add_closer(lambda h=handle: _stop_actor(h))
+
+
+def _start_actor(cluster: LocalCluster | None, site: str, controller: str, tls_dir, replica: int, replicas: int):
+    """Start one site actor; on a local cluster whose site node died meanwhile, restart the node once."""
+    tls = str(tls_dir) if tls_dir else None
+    alive = (lambda: cluster.site_alive(site)) if cluster is not None else None
+    try:
+        return start_site_actor(site, controller, tls, replica=replica, replicas=replicas, alive=alive)[0]
+    except SiteNodeDown as e:
+        if cluster is None:
+            raise
+        log.warning("%s; starting it again", e)
+        cluster.restart_site(site)
+        return start_site_actor(site, controller, tls, replica=replica, replicas=replicas, alive=alive)[0]
 
 
 def _stop_actor(handle) -> None:

@@ -102,3 +102,20 @@ def test_killing_one_replica_mid_run_completes_every_request(ray_cluster, sq_fil
             pytest.fail("the killed replica did not rejoin")
         out = svc.predict(sq_input)
         np.testing.assert_allclose(out["output"]["softmaxout_1"], sq_reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.integration
+def test_deploy_restarts_a_site_node_that_died_before_its_actor_started(ray_cluster, sq_files, sq_input, sq_reference):
+    """A site's raylet killed (as the OS or a missed health check would) before deploy: deploy notices the dead
+    node while its actor waits, starts a fresh node for the site and serves correct results."""
+    fleet = three_tier_fleet()
+    plan = chain_plan(sq_files, ["phone", "bs", "cloud"], "phone", fleet=fleet)
+    ray_cluster.ensure_sites(["bs", "cloud"])
+    ray_cluster.nodes["bs"].kill_raylet()
+    assert not ray_cluster.site_alive("bs")
+    t0 = time.time()
+    with deploy(plan, fleet=fleet, cluster=ray_cluster, request_timeout_s=REQUEST_TIMEOUT_S) as svc:
+        out = svc.predict(sq_input)
+        np.testing.assert_allclose(out["output"]["softmaxout_1"], sq_reference, rtol=1e-5, atol=1e-6)
+    assert ray_cluster.site_alive("bs")
+    assert time.time() - t0 < 55, "the dead node should be noticed at a poll, not after the 60 s start timeout"
