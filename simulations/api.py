@@ -310,15 +310,8 @@ def _utilisation(res: EngineResult, duration_s: float):
     return mean, peak, series, per_inst, over, step / _MS
 
 
-def _needs_simpy(journeys: list[Journey], batched: dict, link_sharing: str) -> str | None:
-    """Why these journeys need the SimPy path (batching, fair links), or None when the fast one can run."""
-    from simulations.batching import stage_key
-    sites = sorted({st.site for j in journeys for st in j.stages
-                    if st.kind == "compute" and stage_key(st) in batched})
-    if sites:
-        b = next(iter(batched.values()))
-        return (f"requests are batched at {', '.join(sites)} (max_batch {b.max_batch}, "
-                f"max_wait {b.max_wait_ms:g} ms) and only SimPy batches")
+def _needs_simpy(journeys: list[Journey], link_sharing: str) -> str | None:
+    """Why these journeys need the SimPy path (fair links), or None when the fast one can run."""
     if link_sharing == "fair" and any(st.kind == "link" for j in journeys for st in j.stages):
         return "fair link sharing (processor sharing) runs on SimPy only"
     return None
@@ -426,7 +419,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
         draws = [world.draw_stages(j, a, srng) for j, a in zip(journeys, arrs)]
         n_req = sum(len(a.t_ms) for a in arrs)
         notes: list[str] = []
-        needs_simpy = _needs_simpy(journeys, batched, link_sharing)
+        needs_simpy = _needs_simpy(journeys, link_sharing)
         use_fast = fast if fast is not None else (n_req > _FAST_THRESHOLD_REQUESTS and dispatch == "round_robin"
                                                   and needs_simpy is None)
         if use_fast and dispatch != "round_robin":
@@ -440,7 +433,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
         res = None
         if use_fast:
             try:
-                res = run_fast(world, journeys, arrs, draws)
+                res = run_fast(world, journeys, arrs, draws, batching=batched)
             except FastPathUnsupported as e:
                 if fast:
                     raise InputError(f"simulate: the fast path cannot run strategy {name!r}: {e}. "

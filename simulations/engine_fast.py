@@ -15,13 +15,17 @@ goes to replica k mod c), so each replica is again a single FIFO server.
 Resource classes (compute on site class X, link of class X up/down) are processed in a
 topological order of the network they form across all journeys. Where requests come back to a
 resource class they left (device -> base station -> device), the classes of that cycle are solved
-together by fixed-point iteration: start from completion times without queueing, then re-solve
-each class's queues from the latest arrival estimates until no completion time moves by more
-than a nanosecond (FIFO dynamics are causal, so the fixed point is the sample path); outages on
-such a cycle, or no settling, raise `FastPathUnsupported` and the SimPy path runs instead. Time-varying bandwidth uses the rate
+together by one scan over their visits in arrival order (simulations/cycle_fast.py: a heap of
+released visits, FIFO next-free times per queue), which is the sample path itself. A cycle with
+batching stages is solved by fixed-point iteration instead: start from completion times without
+queueing, then re-solve each class's queues from the latest arrival estimates until no
+completion time moves by more than a nanosecond; outages on a cycle, or no settling, raise
+`FastPathUnsupported` and the SimPy path runs instead. Time-varying bandwidth uses the rate
 in force when a transfer reaches its link (the SimPy path does the same, so both agree).
 Work per simulated request is a few sorts and scans over the requests: it does not grow with the
-number of devices or sites.
+number of devices or sites. Stages that batch (dynamic batching at cloud sites) queue at batch
+servers solved by a scan per queue with a step per batch (simulations/batch_fast.py), the same
+rule as the SimPy path's.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
+from simulations.batch_fast import batch_departures, round_robin_queues
+from simulations.batching import BatchStage, stage_key
+from simulations.cycle_fast import solve_cycle
 from simulations.engine_common import Busy, EngineResult, resource_label
 from simulations.journey import Journey
 from simulations.world import ArrivalDraws, StageDraws, World
@@ -170,8 +177,11 @@ def _tandem_order(world: World, journeys: list[Journey], draws: list[StageDraws]
 
 
 def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws],
-             draws: list[StageDraws]) -> EngineResult:
-    """Simulate every journey's requests to completion with the vectorised recursion."""
+             draws: list[StageDraws], batching: dict[tuple, BatchStage] | None = None) -> EngineResult:
+    """Simulate every journey's requests to completion with the vectorised recursion; stages in
+    `batching` (simulations.batching.batch_stages) queue at batch servers (simulations.batch_fast)."""
+    batching = batching or {}
+    sizes: dict[str, list[int]] = {}
     if world.host_binds(journeys):
         raise FastPathUnsupported(f"the shared host's {world.host_cores} cores are fewer than the site servers "
                                   f"that compute on it (a job needs both; the SimPy path models that)")
@@ -235,13 +245,18 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
         a_all = np.concatenate([p[3] for p in parts])
         s_all = np.concatenate([p[5] for p in parts])
         q_all = np.concatenate([p[4] for p in parts])
-        hint = _tandem_order(world, journeys, draws, parts, servers, last) if reuse else None
-        dep, perm = fifo_departures(a_all, s_all, q_all, servers, with_queue=False, order=hint)
-        if reuse and len(parts) == 1 and servers == 1 and parts[0][2] is _ALL:
-            last[(parts[0][0], parts[0][1])] = perm
-        if record:
-            b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
-            b.add(q_all, dep - s_all, s_all)
+        specs = [batching.get(stage_key(journeys[ji].stages[si])) if journeys[ji].stages[si].kind == "compute"
+                 else None for ji, si, *_ in parts]
+        if any(specs):
+            dep = _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, record)
+        else:
+            hint = _tandem_order(world, journeys, draws, parts, servers, last) if reuse else None
+            dep, perm = fifo_departures(a_all, s_all, q_all, servers, with_queue=False, order=hint)
+            if reuse and len(parts) == 1 and servers == 1 and parts[0][2] is _ALL:
+                last[(parts[0][0], parts[0][1])] = perm
+            if record:
+                b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
+                b.add(q_all, dep - s_all, s_all)
         off, change = 0, 0.0
         for ji, si, idx, ai, inst, svc in parts:
             d = dep[off: off + len(ai)]
@@ -256,6 +271,32 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
             done[ji][si][idx] = new
         return change
 
+    def _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, record) -> np.ndarray:
+        """A resource class some of whose stages batch: replicas by round-robin over all its
+        arrivals (as SimPy's shared counter), then batch servers for the batching stages and
+        FIFO servers (of their own, as on the SimPy path) for the rest."""
+        rq = round_robin_queues(a_all, q_all, servers)
+        gid = {}
+        group = np.concatenate([np.full(len(p[3]), gid.setdefault(sp.group, len(gid)) if sp else -1)
+                                for p, sp in zip(parts, specs)])
+        spec_of = [None] * len(gid)
+        for sp in specs:
+            if sp is not None:
+                spec_of[gid[sp.group]] = sp
+        dep = np.empty(len(a_all))
+        inb = group >= 0
+        d_b, (bq, bstart, bsvc, bsize) = batch_departures(a_all[inb], s_all[inb], rq[inb], group[inb], spec_of)
+        dep[inb] = d_b
+        if (~inb).any():
+            dep[~inb] = fifo_departures(a_all[~inb], s_all[~inb], rq[~inb], 1, with_queue=False)[0]
+        if record:
+            b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
+            b.add(bq // max(servers, 1), bstart, bsvc)
+            if (~inb).any():
+                b.add(q_all[~inb], dep[~inb] - s_all[~inb], s_all[~inb])
+            sizes.setdefault(st0.site, []).extend(bsize.tolist())
+        return dep
+
     for members, cyclic in groups:
         if not cyclic:
             solve(members[0], reuse=True, record=True)
@@ -263,6 +304,10 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
         stages = [(ji, si) for r in members for ji, si in visits_of[r]]
         if any(world.windows_for(journeys[ji].stages[si]) for ji, si in stages):
             raise FastPathUnsupported("outages on resources that requests come back to")
+        if not any(journeys[ji].stages[si].kind == "compute" and stage_key(journeys[ji].stages[si]) in batching
+                   for ji, si in stages):
+            solve_cycle(world, journeys, arrivals, draws, done, stages, busy)
+            continue
         _no_queue_start(world, journeys, arrivals, draws, done, stages)
         for _ in range(_MAX_ITERATIONS):
             if max(solve(r, reuse=False, record=False) for r in members) <= _TOLERANCE_MS:
@@ -274,7 +319,7 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
     for ji in range(len(journeys)):
         for si in range(len(journeys[ji].stages)):
             done[ji][si][failed[ji]] = np.nan
-    return EngineResult("fast", done, failed, rerouted, delayed, busy, events=sum(n_req))
+    return EngineResult("fast", done, failed, rerouted, delayed, busy, events=sum(n_req), batch_sizes=sizes)
 
 
 def _no_queue_start(world: World, journeys, arrivals, draws, done, stages) -> None:

@@ -38,6 +38,7 @@ def _t(b: int) -> float:
 
 
 def _cloud_run(batching, n_at_zero: int = 3, **kw):
+    kw.setdefault("fast", False)
     """n requests produced in the cloud at t=0 (no links), deterministic service, one cloud server."""
     arr = ArrivalSpec("trace", trace=((0.0, None),) * n_at_zero)
     rep = simulate(make_plan(assign=ALL_CLOUD), make_fleet(), strategies=["optimal"], duration_s=1, arrivals=arr,
@@ -51,18 +52,20 @@ def _latencies(r) -> tuple[float, float, float]:
     return s.cdf_ms[0], s.p50_ms, s.cdf_ms[-1]
 
 
-def test_three_requests_together_make_one_batch_after_the_wait():
-    """3 requests at once, B=8, W=5 ms: one batch that starts at W and ends at W + t(3)."""
-    r = _cloud_run("8:5")
+@pytest.mark.parametrize("fast", [False, True])
+def test_three_requests_together_make_one_batch_after_the_wait(fast):
+    """3 requests at once, B=8, W=5 ms: one batch that starts at W and ends at W + t(3), on both engines."""
+    r = _cloud_run("8:5", fast=fast)
     assert _latencies(r) == pytest.approx((5.0 + _t(3),) * 3)
-    assert r.batch_mean == {"cloud": 3.0} and r.batches == {"cloud": 1} and r.engine == "simpy"
+    assert r.batch_mean == {"cloud": 3.0} and r.batches == {"cloud": 1} and r.engine == ("fast" if fast else "simpy")
 
 
-def test_a_full_batch_starts_at_once_and_the_rest_waits_for_the_server():
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_full_batch_starts_at_once_and_the_rest_waits_for_the_server(fast):
     """B=2 with 3 waiting: 2 run at once (full, t(2)); the third's wait ran out meanwhile, it runs next alone."""
-    r = _cloud_run("2:5")
+    r = _cloud_run("2:5", fast=fast)
     assert _latencies(r) == pytest.approx((_t(2), _t(2), _t(2) + _t(1)))
-    assert r.batch_mean == {"cloud": 1.5}
+    assert r.batch_mean == {"cloud": 1.5} and r.engine == ("fast" if fast else "simpy")
 
 
 def test_batching_on_a_shared_host_still_waits_then_runs_once():
@@ -118,21 +121,51 @@ def test_same_seed_same_result_with_batching_and_fair_links():
     assert a == b and a["scenario"]["link_sharing"] == "fair"
 
 
-def test_fast_path_refuses_batching_and_fair_links_in_one_line():
-    """fast=True with a batching stage or fair links raises a one-line InputError naming the reason."""
-    for kw, word in ((dict(batching="8:2"), "batched at cloud"), (dict(link_sharing="fair"), "fair link")):
-        with pytest.raises(InputError) as e:
-            simulate(make_plan(), make_fleet(), strategies=["all-cloud"], duration_s=1, fast=True, **kw)
-        assert word in str(e.value) and "\n" not in str(e.value)
+def test_fast_path_refuses_fair_links_in_one_line():
+    """fast=True with fair links raises a one-line InputError naming the reason (batching runs fast)."""
+    with pytest.raises(InputError) as e:
+        simulate(make_plan(), make_fleet(), strategies=["all-cloud"], duration_s=1, fast=True, link_sharing="fair")
+    assert "fair link" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_auto_engine_picks_simpy_when_batching_can_happen_and_fast_when_it_cannot():
-    """Above the fast-path threshold, a batching strategy runs on SimPy (with a note); max_batch 1 stays fast."""
+def test_auto_engine_keeps_batching_on_the_fast_path():
+    """Above the fast-path threshold a batching strategy runs fast and batches; max_batch 1 runs fast unbatched."""
     kw = dict(strategies=["all-cloud"], duration_s=4, seed=2, rates={"camera": 1000.0})
     batched = simulate(make_plan(), make_fleet(cams=20), batching="8:2", **kw).strategies["all-cloud"]
     plain = simulate(make_plan(), make_fleet(cams=20), batching="1:2", **kw).strategies["all-cloud"]
-    assert batched.engine == "simpy" and any("batched" in n for n in batched.notes)
-    assert plain.engine == "fast"
+    assert batched.engine == "fast" and batched.batch_mean["cloud"] > 1.0
+    assert not any("SimPy" in n for n in batched.notes)
+    assert plain.engine == "fast" and not plain.batch_mean
+
+
+BATCH_SCENARIOS = {
+    "overloaded cloud, one server": dict(rate=1.1 * 1000.0 / STAGE_MS, cams=1, kw=dict(replicas={"cloud": 1})),
+    "cloud replicas, many devices": dict(rate=18.0, cams=30, kw=dict(replicas={"cloud": 3})),
+    "two stages batching at the base station": dict(
+        rate=25.0, cams=20, kw=dict(batching=BatchPolicy(4, 3.0, sites=("bs", "cloud"), forced=True))),
+}
+
+
+@pytest.mark.parametrize("case", list(BATCH_SCENARIOS))
+def test_simpy_and_fast_path_agree_with_batching(case):
+    """Batch servers on the fast path (a scan per queue) agree with SimPy's batch queues: mean and p95
+    within 1%, the same batch sizes, on the same draws."""
+    sc = BATCH_SCENARIOS[case]
+    kw = dict(strategies=["optimal", "all-cloud"], duration_s=6, seed=3, rates={"camera": sc["rate"]},
+              batching="8:2")
+    kw.update(sc["kw"])
+    plan = make_plan(assign=ALL_CLOUD) if sc["cams"] == 1 else make_plan()
+    slow = simulate(plan, make_fleet(cams=sc["cams"]), fast=False, **kw)
+    fast = simulate(plan, make_fleet(cams=sc["cams"]), fast=True, **kw)
+    for name in slow.strategies:
+        a, b = slow.strategies[name], fast.strategies[name]
+        assert a.engine == "simpy" and b.engine == "fast"
+        assert a.batches == b.batches, (name, a.batches, b.batches)
+        assert a.batch_mean == pytest.approx(b.batch_mean, rel=1e-9)
+        for sink in a.sinks:
+            assert b.sinks[sink].mean_ms == pytest.approx(a.sinks[sink].mean_ms, rel=0.01), (name, sink)
+            assert b.sinks[sink].p95_ms == pytest.approx(a.sinks[sink].p95_ms, rel=0.01), (name, sink)
+    assert any(max(r.batch_mean.values(), default=0) > 1.2 for r in fast.strategies.values()), "no batching happened"
 
 
 def test_auto_batching_follows_the_plan_files_like_the_runtime(tmp_path):
@@ -259,7 +292,7 @@ def test_cli_batch_and_link_sharing_options(tmp_path):
     assert s["engine"] == "simpy" and 1.0 <= s["batch_mean"]["cloud"] <= 4.0
     assert doc["scenario"]["link_sharing"] == "fair" and doc["scenario"]["batching"] == "batch 4:3ms"
     for args, word in ((("--batch", "lots"), "--batch"), (("--link-sharing", "tcp"), "--link-sharing"),
-                       (("--batch", "8", "--engine", "fast"), "fast path")):
+                       (("--link-sharing", "fair", "--engine", "fast"), "fast path")):
         bad = _cli(str(plan), "--fleet", str(fleet), "--strategies", "all-cloud", "--duration", "1", *args)
         assert bad.returncode == 2, bad.stderr
         lines = [x for x in bad.stderr.strip().splitlines() if x.strip()]

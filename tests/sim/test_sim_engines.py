@@ -56,6 +56,10 @@ SCENARIOS = {
     "requests come back to the device (fixed point)": dict(
         plan=dict(rate_hz=12.0, assign={"det/p0": "cams", "det/p1": "bs", "cls/p0": "cams"}),
         fleet=dict(cams=30, bs=2, bs_max=1, jitter_ms=2.0), kw=dict(strategies=["optimal"])),
+    "come back to moving devices over a varying link (per-visit lookups)": dict(
+        plan=dict(rate_hz=10.0, assign={"det/p0": "cams", "det/p1": "bs", "cls/p0": "cams"}),
+        fleet=dict(cams=40, bs=4, bs_max=2, jitter_ms=1.0),
+        kw=dict(strategies=["optimal"], links={"cams": "4g~0.4"}, mobility=["cams:0.5@5>0"])),
 }
 
 

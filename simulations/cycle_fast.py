@@ -1,0 +1,144 @@
+"""Resources that requests come back to, for the fast path: one scan over visits in time order.
+
+Where a request leaves a resource class and returns to it (device -> base station -> device),
+Lindley's recursion cannot solve the classes one after another. A fixed-point iteration does,
+but needs about one round per hand-off inside a busy period, so a loaded device takes hundreds
+of rounds. Here the visits of such a group are taken in order of arrival from one heap: a visit's
+arrival is known once its predecessors are done, and it is never earlier than the visit being
+served, so each FIFO queue sees its visits in arrival order, exactly as the SimPy path serves
+them. Instances and transfer times are looked up per visit only where they change over time
+(mobility, bandwidth traces); otherwise they come from one vectorised call per stage.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+import numpy as np
+
+from simulations.engine_common import Busy, resource_label
+from simulations.journey import Journey
+from simulations.world import ArrivalDraws, StageDraws, World
+
+__all__ = ["solve_cycle"]
+
+
+def _times_vary(world: World, journey: Journey, st) -> bool:
+    """Whether the stage's instance can change over a run (a device moving, a hand-over)."""
+    return bool(world.mobility.get(journey.origin)) or world.hands_over(st, journey.origin)
+
+
+def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws], draws: list[StageDraws],
+                done: list[list[np.ndarray]], stages: list[tuple[int, int]], busy: dict[str, Busy]) -> None:
+    """Complete every visit of `stages` (a strongly connected group of resource classes without
+    outages or batching) into `done`, recording busy intervals; predecessors outside the group
+    must be done already."""
+    group = set(stages)
+    heap: list[tuple[float, int, int, int, int]] = []
+    first: list[tuple[np.ndarray, int, int]] = []
+    info: dict[tuple[int, int], tuple] = {}
+    pending: dict[tuple[int, int], list[int]] = {}
+    arrive: dict[tuple[int, int], list[float]] = {}
+    succ: dict[tuple[int, int], list[int]] = {}
+    labels: dict[str, tuple[list, list, list, int, int]] = {}
+    seq = 0
+    for ji, si in sorted(stages):
+        j, st, dr, arr = journeys[ji], journeys[ji].stages[si], draws[ji], arrivals[ji]
+        n = len(arr.t_ms)
+        inside = [p for p in st.preds if (ji, p) in group]
+        outside = [p for p in st.preds if (ji, p) not in group]
+        if outside:
+            a_out = done[ji][outside[0]] if len(outside) == 1 else np.max(np.stack([done[ji][p] for p in outside]), axis=0)
+        elif st.preds:
+            a_out = np.full(n, -math.inf)
+        else:
+            a_out = arr.t_ms
+        arrive[(ji, si)] = a_out.astype(np.float64).tolist()
+        pending[(ji, si)] = [len(inside)] * n
+        for p in inside:
+            succ.setdefault((ji, p), []).append(si)
+        varies = _times_vary(world, j, st)
+        inst = None if varies else world.stage_instance(st, j.origin, arr.device, arr.t_ms).tolist()
+        work = dr.work[si]
+        bw_varies = st.kind == "link" and world.bandwidth.get(st.site) is not None
+        svc = None if (st.kind == "link" and bw_varies) else (
+            work if st.kind == "compute" else world.transfer_ms(st, work, arr.t_ms)).astype(np.float64).tolist()
+        label = resource_label(st)
+        if label not in labels:
+            labels[label] = ([], [], [], world.instance_count(st), world.servers(st))
+        info[(ji, si)] = (st, j.origin, arr.device.tolist(), inst, svc, work.tolist(),
+                          None if dr.runs[si] is None else dr.runs[si].tolist(),
+                          None if dr.delay_ms[si] is None else dr.delay_ms[si].tolist(),
+                          st.resource, world.servers(st), labels[label])
+        if not inside:
+            first.append((np.asarray(a_out, dtype=np.float64), ji, si))
+    # visits whose arrival is known up front, sorted once; the heap holds only the ones released later
+    t0 = np.concatenate([f[0] for f in first]) if first else np.zeros(0)
+    order = np.argsort(t0, kind="stable")
+    t0_sorted = t0[order].tolist()
+    who = np.concatenate([np.full(len(f[0]), k) for k, f in enumerate(first)])[order].tolist() if first else []
+    idx = np.concatenate([np.arange(len(f[0])) for f in first])[order].tolist() if first else []
+    stage_of = [(f[1], f[2]) for f in first]
+    nan_first = [k for k, t in enumerate(t0_sorted) if t != t]   # NaN sorts last: failed upstream
+    n_first = len(t0_sorted) - len(nan_first)
+    pos = 0
+    free: dict[tuple, float] = {}
+    rr: dict[tuple, int] = {}
+    out = {k: done[k[0]][k[1]] for k in stages}
+    ready: list[tuple[float, int, int, int]] = []    # NaN arrivals (a failed predecessor): no queueing
+
+    def finish(ji: int, si: int, i: int, d: float) -> None:
+        nonlocal seq
+        out[(ji, si)][i] = d
+        for sj in succ.get((ji, si), ()):
+            key = (ji, sj)
+            a = arrive[key]
+            ai = a[i]
+            if ai == ai and not d <= ai:   # the latest predecessor; a NaN (failed) one sticks
+                a[i] = d
+            left = pending[key]
+            left[i] -= 1
+            if left[i] == 0:
+                if math.isnan(a[i]):
+                    ready.append((a[i], ji, sj, i))
+                else:
+                    heapq.heappush(heap, (a[i], seq, ji, sj, i))
+                    seq += 1
+
+    for k in nan_first:
+        ji, si = stage_of[who[k]]
+        ready.append((math.nan, ji, si, idx[k]))
+    while heap or ready or pos < n_first:
+        if ready:
+            t, ji, si, i = ready.pop()
+        elif pos < n_first and (not heap or t0_sorted[pos] <= heap[0][0]):
+            t = t0_sorted[pos]
+            ji, si = stage_of[who[pos]]
+            i = idx[pos]
+            pos += 1
+        else:
+            t, _, ji, si, i = heapq.heappop(heap)
+        st, origin, device, inst, svc, work, runs, delay, res, servers, rec = info[(ji, si)]
+        if math.isnan(t) or (runs is not None and not runs[i]):
+            finish(ji, si, i, t)
+            continue
+        q = inst[i] if inst is not None else world.stage_instance1(st, origin, device[i], t)
+        s = svc[i] if svc is not None else float(world.transfer_ms(st, work[i], t))
+        k = (res, q)
+        if servers > 1:
+            c = rr.get(k, 0)
+            rr[k] = c + 1
+            k = (res, q, c % servers)
+        start = free.get(k, -math.inf)
+        if start < t:
+            start = t
+        end = start + s
+        free[k] = end
+        rec[0].append(q)
+        rec[1].append(start)
+        rec[2].append(s)
+        finish(ji, si, i, end if delay is None else end + delay[i])
+    for label, (qs, starts, svcs, count, servers) in labels.items():
+        busy.setdefault(label, Busy(count, servers)).add(np.asarray(qs, dtype=np.int64), np.asarray(starts),
+                                                          np.asarray(svcs))
