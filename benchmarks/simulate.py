@@ -13,9 +13,10 @@
    keeping each request's steps) against the simulator calibrated on alternate requests of the
    same run, p50 and p95 ratios (goal within 15%). Runs only when the runtime is importable;
    otherwise it prints that it was skipped and why.
-5. Batching and link sharing (SimPy): an overloaded cloud tier with one server per region,
-   without batching, with the runtime's dynamic batching (8 requests, 2 ms) and with fair link
-   sharing on top: p50/p95, mean batch size, cloud utilisation, simulated requests per second.
+5. Batching and link sharing: an overloaded cloud tier with one server per region, without
+   batching, with the runtime's dynamic batching (8 requests, 2 ms) on both engines, and with
+   fair link sharing on top (SimPy): p50/p95, mean batch size, cloud utilisation, simulated
+   requests per second.
 Writes benchmarks/results/simulate.json.
 """
 
@@ -143,15 +144,17 @@ def bench_crosscheck(duration_s: float) -> dict:
 
 
 def bench_batching(n_devices: int, duration_s: float) -> list[dict]:
-    """Cloud offered 1.2x its one-at-a-time capacity: FIFO, batching 8:2, batching 8:2 + fair links (SimPy)."""
+    """Cloud offered 1.2x its one-at-a-time capacity: FIFO, batching 8:2 on both engines, batching 8:2 + fair links."""
     f = fleet(n_devices, _bs_for(n_devices), 8)
     cloud_ms = 1.0   # plan()'s app/p2 on the cloud
     rate = BATCH_BENCH_LOAD * 1000.0 / cloud_ms * f.sites["cloud"].count / n_devices
     rows = []
-    for label, batching, sharing in (("no batching, fifo links", "off", "fifo"), ("batch 8:2, fifo links", "8:2", "fifo"),
-                                     ("batch 8:2, fair links", "8:2", "fair")):
+    for label, batching, sharing, fast in (("no batching, fifo links (SimPy)", "off", "fifo", False),
+                                           ("batch 8:2, fifo links (SimPy)", "8:2", "fifo", False),
+                                           ("batch 8:2, fifo links (fast path)", "8:2", "fifo", True),
+                                           ("batch 8:2, fair links (SimPy)", "8:2", "fair", False)):
         t0 = time.perf_counter()
-        rep = simulate(plan(rate), f, strategies=["optimal"], duration_s=duration_s, seed=4, fast=False,
+        rep = simulate(plan(rate), f, strategies=["optimal"], duration_s=duration_s, seed=4, fast=fast,
                        replicas={"cloud": 1}, batching=batching, link_sharing=sharing)
         wall = time.perf_counter() - t0
         r = rep.strategies["optimal"]
@@ -326,7 +329,7 @@ def _speed(args, results: dict) -> None:
 
 
 def _batching(args, results: dict) -> None:
-    """Part 5: dynamic batching and fair link sharing on an overloaded cloud (SimPy)."""
+    """Part 5: dynamic batching (both engines) and fair link sharing (SimPy) on an overloaded cloud."""
     rows = results["batching"] = bench_batching(1_000, 5.0 if args.quick else 10.0)
     t = Table(title=f"Cloud at {BATCH_BENCH_LOAD:g}x its one-at-a-time capacity, 1,000 devices (SimPy)")
     for h in ("mode", "requests", "p50 ms", "p95 ms", "mean batch", "cloud busy", "wall s", "simulated req/s"):
