@@ -42,7 +42,9 @@ DEFAULT_STRATEGIES = ("optimal", "all-device", "all-cloud", "best-split", "greed
 # the planner's baseline names -> the names strategies go by here (either is accepted)
 BASELINE_ALIASES = {"all_on_device": "all-device", "all_in_cloud": "all-cloud", "neurosurgeon": "best-split",
                     "best_split": "best-split", "all_device": "all-device", "all_cloud": "all-cloud"}
-_FAST_THRESHOLD_REQUESTS = 50_000   # above this expected count, fast=None picks the vectorised path
+# above this many stage visits (requests x stages) fast=None picks the vectorised path: SimPy runs
+# about 20k-50k visits per second, so smaller runs take it a second or two either way
+_FAST_THRESHOLD_VISITS = 50_000
 _CDF_POINTS = 201
 _SERIES_BINS = 60
 _SECONDS_PER_HOUR = 3600.0
@@ -341,7 +343,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
     """Replay each strategy of `plan` over `fleet` for `duration_s` simulated seconds.
 
     fast: True = vectorised path (raises InputError where it cannot run), False = SimPy, None =
-    vectorised for big feed-forward runs, SimPy otherwise. The same seed gives the same report.
+    vectorised above 50,000 stage visits, SimPy otherwise. The same seed gives the same report.
     latency_ms[(piece, site)] overrides a piece's time on a site class: a mean in ms, or a measured
     (p50_ms, p95_ms) pair replayed as a log-normal; rates[source] overrides requests/s per device;
     replicas[site] fixes servers per instance; links[site] varies a link (scenario.parse_link);
@@ -357,8 +359,8 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
     to 8 requests, waiting at most 2 ms), "off", or "MAX[:WAIT_MS]" / (MAX, WAIT_MS) / a
     BatchPolicy (simulations.batching). link_sharing: "fifo" (default: one transfer at a time
     per link direction, as runtime/links.py's token bucket) or "fair" (transfers in flight share
-    the rate). Both need the SimPy path: fast=None picks it when a stage batches or links are
-    fair, fast=True raises InputError then.
+    the rate). Fair links need the SimPy path: fast=None picks it then, fast=True raises
+    InputError; batching runs on both.
 
     >>> report = simulate(plan, fleet, duration_s=30, seed=1)           # doctest: +SKIP
     >>> report.strategies["optimal"].sinks["boxes"].p95_ms             # doctest: +SKIP
@@ -418,9 +420,10 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
         arrs = [shared_arrivals[(j.origin, j.source)] for j in journeys]
         draws = [world.draw_stages(j, a, srng) for j, a in zip(journeys, arrs)]
         n_req = sum(len(a.t_ms) for a in arrs)
+        n_visits = sum(len(a.t_ms) * len(j.stages) for j, a in zip(journeys, arrs))
         notes: list[str] = []
         needs_simpy = _needs_simpy(journeys, link_sharing)
-        use_fast = fast if fast is not None else (n_req > _FAST_THRESHOLD_REQUESTS and dispatch == "round_robin"
+        use_fast = fast if fast is not None else (n_visits > _FAST_THRESHOLD_VISITS and dispatch == "round_robin"
                                                   and needs_simpy is None)
         if use_fast and dispatch != "round_robin":
             raise InputError("simulate: the fast path dispatches round-robin over replicas; use fast=False "
@@ -428,7 +431,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
         if use_fast and needs_simpy is not None:
             raise InputError(f"simulate: the fast path cannot run strategy {name!r}: {needs_simpy}. "
                              f"To fix: use the SimPy path (fast=False, --engine simpy), or batching off and fifo links")
-        if fast is None and needs_simpy is not None and n_req > _FAST_THRESHOLD_REQUESTS:
+        if fast is None and needs_simpy is not None and n_visits > _FAST_THRESHOLD_VISITS:
             notes.append(f"SimPy path: {needs_simpy}")
         res = None
         if use_fast:
