@@ -1,13 +1,16 @@
 """Resources that requests come back to, for the fast path: one scan over visits in time order.
 
 Where a request leaves a resource class and returns to it (device -> base station -> device),
-Lindley's recursion cannot solve the classes one after another. A fixed-point iteration does,
-but needs about one round per hand-off inside a busy period, so a loaded device takes hundreds
-of rounds. Here the visits of such a group are taken in order of arrival from one heap: a visit's
+Lindley's recursion cannot solve the classes one after another. A fixed-point iteration over
+the classes does, but needs about one round per hand-off inside a busy period, so a loaded
+device took hundreds of rounds (smart-city did not settle in 200). Here the visits of such a group are taken in order of arrival from one heap: a visit's
 arrival is known once its predecessors are done, and it is never earlier than the visit being
 served, so each FIFO queue sees its visits in arrival order, exactly as the SimPy path serves
 them. Instances and transfer times are looked up per visit only where they change over time
-(mobility, bandwidth traces); otherwise they come from one vectorised call per stage.
+(mobility, bandwidth traces); otherwise they come from one vectorised call per stage. Batching
+stages join a batch queue per server, run by the rule of SimPy's `_BatchQueue`: a free server
+takes the oldest waiting visit's group once max_batch of it wait or its wait has run out, else a
+timer event looks again then; a batch's end frees the server (another event).
 """
 
 from __future__ import annotations
@@ -17,11 +20,26 @@ import math
 
 import numpy as np
 
+from simulations.batching import BatchStage, stage_key
 from simulations.engine_common import Busy, resource_label
 from simulations.journey import Journey
 from simulations.world import ArrivalDraws, StageDraws, World
 
 __all__ = ["solve_cycle"]
+
+_EPS_MS = 1e-9          # the SimPy path's "same instant"
+_TIMER, _FREE = -1, -2  # heap entries that are batch-queue events, not visits (in the journey slot)
+
+
+class _BatchQueue:
+    """One batch server's waiting visits (oldest first), whether it is free, and its armed timers."""
+
+    __slots__ = ("waiting", "free", "armed")
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[BatchStage, float, float, int, int, int]] = []
+        self.free = True
+        self.armed: set[float] = set()
 
 
 def _times_vary(world: World, journey: Journey, st) -> bool:
@@ -30,10 +48,13 @@ def _times_vary(world: World, journey: Journey, st) -> bool:
 
 
 def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws], draws: list[StageDraws],
-                done: list[list[np.ndarray]], stages: list[tuple[int, int]], busy: dict[str, Busy]) -> None:
+                done: list[list[np.ndarray]], stages: list[tuple[int, int]], busy: dict[str, Busy],
+                batching: dict[tuple, BatchStage] | None = None, sizes: dict[str, list[int]] | None = None) -> None:
     """Complete every visit of `stages` (a strongly connected group of resource classes without
-    outages or batching) into `done`, recording busy intervals; predecessors outside the group
-    must be done already."""
+    outages) into `done`, recording busy intervals and batch sizes; predecessors outside the
+    group must be done already. Stages in `batching` queue at batch servers."""
+    batching = batching or {}
+    sizes = sizes if sizes is not None else {}
     group = set(stages)
     heap: list[tuple[float, int, int, int, int]] = []
     first: list[tuple[np.ndarray, int, int]] = []
@@ -70,7 +91,8 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
         info[(ji, si)] = (st, j.origin, arr.device.tolist(), inst, svc, work.tolist(),
                           None if dr.runs[si] is None else dr.runs[si].tolist(),
                           None if dr.delay_ms[si] is None else dr.delay_ms[si].tolist(),
-                          st.resource, world.servers(st), labels[label])
+                          st.resource, world.servers(st), labels[label],
+                          batching.get(stage_key(st)) if st.kind == "compute" else None)
         if not inside:
             first.append((np.asarray(a_out, dtype=np.float64), ji, si))
     # visits whose arrival is known up front, sorted once; the heap holds only the ones released later
@@ -85,6 +107,9 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
     pos = 0
     free: dict[tuple, float] = {}
     rr: dict[tuple, int] = {}
+    bqs: list[_BatchQueue] = []
+    bq_of: dict[tuple, int] = {}
+    bq_meta: list[tuple[int, list, str]] = []   # per batch queue: instance, its busy record, its site
     out = {k: done[k[0]][k[1]] for k in stages}
     ready: list[tuple[float, int, int, int]] = []    # NaN arrivals (a failed predecessor): no queueing
 
@@ -106,6 +131,37 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
                     heapq.heappush(heap, (a[i], seq, ji, sj, i))
                     seq += 1
 
+    def poke(b: int, now: float) -> None:
+        """Start batches on batch queue b while its server is free (SimPy `_BatchQueue._poke`)."""
+        nonlocal seq
+        bq = bqs[b]
+        while bq.free and bq.waiting:
+            head = bq.waiting[0][0]
+            same = [k for k, w in enumerate(bq.waiting) if w[0].group == head.group][:head.max_batch]
+            due = bq.waiting[0][2] + head.max_wait_ms
+            if len(same) < head.max_batch and now < due - _EPS_MS:
+                if due not in bq.armed:
+                    bq.armed.add(due)
+                    heapq.heappush(heap, (due, seq, _TIMER, b, 0))
+                    seq += 1
+                return
+            taken = set(same)
+            members = [bq.waiting[k] for k in same]
+            bq.waiting = [w for k, w in enumerate(bq.waiting) if k not in taken]
+            bq.free = False
+            svc = head.ratio[len(members)] * math.fsum(m[1] for m in members) / len(members)
+            end = now + svc
+            q, rec, site = bq_meta[b]
+            rec[0].append(q)
+            rec[1].append(now)
+            rec[2].append(svc)
+            sizes.setdefault(site, []).append(len(members))
+            for _, _, _, ji, si, i in members:
+                delay = info[(ji, si)][7]
+                finish(ji, si, i, end if delay is None else end + delay[i])
+            heapq.heappush(heap, (end, seq, _FREE, b, 0))
+            seq += 1
+
     for k in nan_first:
         ji, si = stage_of[who[k]]
         ready.append((math.nan, ji, si, idx[k]))
@@ -119,7 +175,14 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
             pos += 1
         else:
             t, _, ji, si, i = heapq.heappop(heap)
-        st, origin, device, inst, svc, work, runs, delay, res, servers, rec = info[(ji, si)]
+            if ji < 0:   # a batch queue's timer ran out or its server came free
+                if ji == _TIMER:
+                    bqs[si].armed.discard(t)
+                else:
+                    bqs[si].free = True
+                poke(si, t)
+                continue
+        st, origin, device, inst, svc, work, runs, delay, res, servers, rec, spec = info[(ji, si)]
         if math.isnan(t) or (runs is not None and not runs[i]):
             finish(ji, si, i, t)
             continue
@@ -130,6 +193,15 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
             c = rr.get(k, 0)
             rr[k] = c + 1
             k = (res, q, c % servers)
+        if spec is not None:
+            b = bq_of.get(k)
+            if b is None:
+                b = bq_of[k] = len(bqs)
+                bqs.append(_BatchQueue())
+                bq_meta.append((q, rec, st.site))
+            bqs[b].waiting.append((spec, s, t, ji, si, i))
+            poke(b, t)
+            continue
         start = free.get(k, -math.inf)
         if start < t:
             start = t

@@ -16,12 +16,10 @@ Resource classes (compute on site class X, link of class X up/down) are processe
 topological order of the network they form across all journeys. Where requests come back to a
 resource class they left (device -> base station -> device), the classes of that cycle are solved
 together by one scan over their visits in arrival order (simulations/cycle_fast.py: a heap of
-released visits, FIFO next-free times per queue), which is the sample path itself. A cycle with
-batching stages is solved by fixed-point iteration instead: start from completion times without
-queueing, then re-solve each class's queues from the latest arrival estimates until no
-completion time moves by more than a nanosecond; outages on a cycle, or no settling, raise
-`FastPathUnsupported` and the SimPy path runs instead. Time-varying bandwidth uses the rate
-in force when a transfer reaches its link (the SimPy path does the same, so both agree).
+released visits, FIFO next-free times per queue, batch queues as events), which is the sample
+path itself; outages on such a cycle raise `FastPathUnsupported` and the SimPy path runs
+instead. Time-varying bandwidth uses the rate in force when a transfer reaches its link (the
+SimPy path does the same, so both agree).
 Work per simulated request is a few sorts and scans over the requests: it does not grow with the
 number of devices or sites. Stages that batch (dynamic batching at cloud sites) queue at batch
 servers solved by a scan per queue with a step per batch (simulations/batch_fast.py), the same
@@ -45,8 +43,6 @@ __all__ = ["FastPathUnsupported", "fifo_departures", "run_fast"]
 _INT64_SAFE = 2 ** 62
 _ALL = slice(None)          # "every request" as an index (a view, not a gather)
 _LIFT_LIMIT_MS = 2.0 ** 40
-_MAX_ITERATIONS = 200       # rounds of the fixed point over resources that requests come back to
-_TOLERANCE_MS = 1e-6   # lifted float64 values stay below this: rounding under 0.25 microseconds
 
 
 class FastPathUnsupported(Exception):
@@ -140,7 +136,7 @@ def _resource_groups(journeys: list[Journey]) -> list[tuple[list[tuple], bool]]:
     """Resource classes in a topological order of their network, as (members, cyclic) groups.
 
     A group is one resource, or a strongly connected set of them that requests come back to
-    (e.g. device -> base station -> device); cyclic groups are solved by fixed-point iteration."""
+    (e.g. device -> base station -> device); cyclic groups are solved by simulations.cycle_fast."""
     g = nx.DiGraph()
     first: dict[tuple, int] = {}
     for j in journeys:
@@ -205,8 +201,8 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
             return np.max(np.stack([done[ji][p] for p in st.preds]), axis=0)
         return arrivals[ji].t_ms
 
-    def solve(res: tuple, reuse: bool, record: bool) -> float:
-        """Queue every visit of one resource class; returns the largest change of a completion time."""
+    def solve(res: tuple) -> None:
+        """Queue every visit of one resource class (its predecessors are done)."""
         parts = []  # (ji, stage, request idx, arrival, instance, service)
         for ji, si in visits_of[res]:
             j, st, arr, dr = journeys[ji], journeys[ji].stages[si], arrivals[ji], draws[ji]
@@ -248,30 +244,22 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
         specs = [batching.get(stage_key(journeys[ji].stages[si])) if journeys[ji].stages[si].kind == "compute"
                  else None for ji, si, *_ in parts]
         if any(specs):
-            dep = _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, record)
+            dep = _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0)
         else:
-            hint = _tandem_order(world, journeys, draws, parts, servers, last) if reuse else None
+            hint = _tandem_order(world, journeys, draws, parts, servers, last)
             dep, perm = fifo_departures(a_all, s_all, q_all, servers, with_queue=False, order=hint)
-            if reuse and len(parts) == 1 and servers == 1 and parts[0][2] is _ALL:
+            if len(parts) == 1 and servers == 1 and parts[0][2] is _ALL:
                 last[(parts[0][0], parts[0][1])] = perm
-            if record:
-                b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
-                b.add(q_all, dep - s_all, s_all)
-        off, change = 0, 0.0
+            b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
+            b.add(q_all, dep - s_all, s_all)
+        off = 0
         for ji, si, idx, ai, inst, svc in parts:
             d = dep[off: off + len(ai)]
             off += len(ai)
             dl = draws[ji].delay_ms[si]
-            new = d if dl is None else d + dl[idx]
-            old = done[ji][si][idx]
-            diff = np.abs(new - old)
-            diff = diff[~np.isnan(diff)]
-            if len(diff):
-                change = max(change, float(diff.max()))
-            done[ji][si][idx] = new
-        return change
+            done[ji][si][idx] = d if dl is None else d + dl[idx]
 
-    def _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, record) -> np.ndarray:
+    def _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0) -> np.ndarray:
         """A resource class some of whose stages batch: replicas by round-robin over all its
         arrivals (as SimPy's shared counter), then batch servers for the batching stages and
         FIFO servers (of their own, as on the SimPy path) for the rest."""
@@ -289,51 +277,23 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
         dep[inb] = d_b
         if (~inb).any():
             dep[~inb] = fifo_departures(a_all[~inb], s_all[~inb], rq[~inb], 1, with_queue=False)[0]
-        if record:
-            b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
-            b.add(bq // max(servers, 1), bstart, bsvc)
-            if (~inb).any():
-                b.add(q_all[~inb], dep[~inb] - s_all[~inb], s_all[~inb])
-            sizes.setdefault(st0.site, []).extend(bsize.tolist())
+        b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
+        b.add(bq // max(servers, 1), bstart, bsvc)
+        if (~inb).any():
+            b.add(q_all[~inb], dep[~inb] - s_all[~inb], s_all[~inb])
+        sizes.setdefault(st0.site, []).extend(bsize.tolist())
         return dep
 
     for members, cyclic in groups:
         if not cyclic:
-            solve(members[0], reuse=True, record=True)
+            solve(members[0])
             continue
         stages = [(ji, si) for r in members for ji, si in visits_of[r]]
         if any(world.windows_for(journeys[ji].stages[si]) for ji, si in stages):
             raise FastPathUnsupported("outages on resources that requests come back to")
-        if not any(journeys[ji].stages[si].kind == "compute" and stage_key(journeys[ji].stages[si]) in batching
-                   for ji, si in stages):
-            solve_cycle(world, journeys, arrivals, draws, done, stages, busy)
-            continue
-        _no_queue_start(world, journeys, arrivals, draws, done, stages)
-        for _ in range(_MAX_ITERATIONS):
-            if max(solve(r, reuse=False, record=False) for r in members) <= _TOLERANCE_MS:
-                break
-        else:
-            raise FastPathUnsupported(f"the fixed point over {members} did not settle in {_MAX_ITERATIONS} rounds")
-        for r in members:
-            solve(r, reuse=False, record=True)
+        solve_cycle(world, journeys, arrivals, draws, done, stages, busy, batching, sizes)
     for ji in range(len(journeys)):
         for si in range(len(journeys[ji].stages)):
             done[ji][si][failed[ji]] = np.nan
     return EngineResult("fast", done, failed, rerouted, delayed, busy, events=sum(n_req), batch_sizes=sizes)
 
-
-def _no_queue_start(world: World, journeys, arrivals, draws, done, stages) -> None:
-    """Completion times without queueing for the stages of a cyclic group: the iteration's start."""
-    for ji, si in sorted(stages):
-        st, dr, arr = journeys[ji].stages[si], draws[ji], arrivals[ji]
-        if len(st.preds) == 1:
-            a = done[ji][st.preds[0]]
-        elif st.preds:
-            a = np.max(np.stack([done[ji][p] for p in st.preds]), axis=0)
-        else:
-            a = arr.t_ms
-        svc = dr.work[si] if st.kind == "compute" else world.transfer_ms(st, dr.work[si], a)
-        if dr.runs[si] is not None:
-            svc = np.where(dr.runs[si], svc, 0.0)
-        dl = dr.delay_ms[si]
-        done[ji][si][:] = a + svc + (0.0 if dl is None else np.where(dr.runs[si], dl, 0.0) if dr.runs[si] is not None else dl)

@@ -143,6 +143,9 @@ BATCH_SCENARIOS = {
     "cloud replicas, many devices": dict(rate=18.0, cams=30, kw=dict(replicas={"cloud": 3})),
     "two stages batching at the base station": dict(
         rate=25.0, cams=20, kw=dict(batching=BatchPolicy(4, 3.0, sites=("bs", "cloud"), forced=True))),
+    "batching on a device that requests come back to (cycle scan)": dict(
+        rate=30.0, cams=10, plan=dict(assign={"det/p0": "cams", "det/p1": "bs", "cls/p0": "cams"}),
+        kw=dict(strategies=["optimal"], batching=BatchPolicy(3, 4.0, sites=("cams", "bs"), forced=True))),
 }
 
 
@@ -154,7 +157,7 @@ def test_simpy_and_fast_path_agree_with_batching(case):
     kw = dict(strategies=["optimal", "all-cloud"], duration_s=6, seed=3, rates={"camera": sc["rate"]},
               batching="8:2")
     kw.update(sc["kw"])
-    plan = make_plan(assign=ALL_CLOUD) if sc["cams"] == 1 else make_plan()
+    plan = make_plan(assign=ALL_CLOUD) if sc["cams"] == 1 else make_plan(**sc.get("plan", {}))
     slow = simulate(plan, make_fleet(cams=sc["cams"]), fast=False, **kw)
     fast = simulate(plan, make_fleet(cams=sc["cams"]), fast=True, **kw)
     for name in slow.strategies:

@@ -53,7 +53,7 @@ SCENARIOS = {
     "handover on outage, shared cell capacity": dict(
         plan=dict(rate_hz=6.0), fleet=dict(cams=40, bs=4, bs_max=2, capacity_mbps=300.0),
         kw=dict(failures=["site:bs#1-2@4-9:reroute", "link:cams#10%@2-6:fail"])),
-    "requests come back to the device (fixed point)": dict(
+    "requests come back to the device (cycle scan)": dict(
         plan=dict(rate_hz=12.0, assign={"det/p0": "cams", "det/p1": "bs", "cls/p0": "cams"}),
         fleet=dict(cams=30, bs=2, bs_max=1, jitter_ms=2.0), kw=dict(strategies=["optimal"])),
     "come back to moving devices over a varying link (per-visit lookups)": dict(
