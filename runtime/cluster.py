@@ -106,10 +106,19 @@ class LocalCluster:
             self.cluster.wait_for_nodes()
 
     def site_alive(self, site: str) -> bool:
-        """Whether the site's Ray node (started here) still has its raylet running."""
+        """Whether the site's Ray node (started here) still has its raylet running and the cluster
+        still counts it alive (the GCS marks a raylet dead after missed health checks)."""
+        import ray
         node = self.nodes.get(site)
         raylets = node.all_processes.get("raylet") if node is not None else None
-        return bool(raylets) and all(p.process.poll() is None for p in raylets)
+        if not raylets or any(p.process.poll() is not None for p in raylets):
+            return False
+        try:
+            states = {n["NodeID"]: n["Alive"] for n in ray.nodes()}
+        except Exception as e:  # the GCS did not answer: judge by the process alone
+            log.debug("ray.nodes() failed: %s", e)
+            return True
+        return states.get(node.node_id, True)
 
     def restart_site(self, site: str) -> None:
         """Replace a site's dead Ray node with a fresh one (a raylet killed by the OS or missing its
