@@ -430,7 +430,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
                              "for dispatch='shared'")
         if use_fast and needs_simpy is not None:
             raise InputError(f"simulate: the fast path cannot run strategy {name!r}: {needs_simpy}. "
-                             f"To fix: use the SimPy path (fast=False, --engine simpy), or batching off and fifo links")
+                             f"To fix: use the SimPy path (fast=False, --engine simpy), or fifo links")
         if fast is None and needs_simpy is not None and n_visits > _FAST_THRESHOLD_VISITS:
             notes.append(f"SimPy path: {needs_simpy}")
         res = None

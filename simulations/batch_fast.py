@@ -16,11 +16,9 @@ import math
 
 import numpy as np
 
-from simulations.batching import BatchStage
+from simulations.batching import SAME_INSTANT_MS, BatchStage, batch_ms, next_batch
 
 __all__ = ["batch_departures", "round_robin_queues"]
-
-_EPS_MS = 1e-9   # the SimPy path's "same instant"
 
 
 def round_robin_queues(arrival_ms: np.ndarray, queue: np.ndarray, servers: int) -> np.ndarray:
@@ -85,7 +83,7 @@ def batch_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.n
 
 def _one_group(a: list[float], s: list[float], lo: int, hi: int, spec: BatchStage, out: list[float]):
     """One queue whose jobs all batch together: a step per batch."""
-    cap, wait, ratio = spec.max_batch, spec.max_wait_ms, spec.ratio
+    cap, wait = spec.max_batch, spec.max_wait_ms
     free = -math.inf
     i = lo
     runs = []
@@ -95,10 +93,10 @@ def _one_group(a: list[float], s: list[float], lo: int, hi: int, spec: BatchStag
         full = a[last] if last < hi else math.inf
         due = a[i] + wait
         go = min(due, full)
-        start = t if t >= go - _EPS_MS else go
-        j = min(i + cap, bisect.bisect_right(a, start + _EPS_MS, i, hi))
+        start = t if t >= go - SAME_INSTANT_MS else go
+        j = min(i + cap, bisect.bisect_right(a, start + SAME_INSTANT_MS, i, hi))
         b = j - i
-        svc = ratio[b] * math.fsum(s[i:j]) / b
+        svc = batch_ms(spec, s[i:j])
         free = start + svc
         for k in range(i, j):
             out[k] = free
@@ -110,32 +108,26 @@ def _one_group(a: list[float], s: list[float], lo: int, hi: int, spec: BatchStag
 def _mixed_groups(a: list[float], s: list[float], g: list[int], lo: int, specs: list[BatchStage], out: list[float]):
     """One queue whose jobs belong to several groups: the oldest waiting job's group goes next."""
     n = len(g)
-    waiting: list[int] = []       # local indices (0..n) that have arrived and wait, oldest first
+    waiting: list[tuple[BatchStage, float, float, int]] = []   # arrived and waiting, oldest first
     nxt = 0
     free = -math.inf
     runs = []
     while nxt < n or waiting:
-        if not waiting:
-            waiting.append(nxt)
-            nxt += 1
-        head = waiting[0]
-        spec = specs[g[head]]
-        t = max(free, a[lo + head])
-        due = a[lo + head] + spec.max_wait_ms
+        t = max(free, waiting[0][2] if waiting else a[lo + nxt])
         while True:
-            while nxt < n and a[lo + nxt] <= t + _EPS_MS:
-                waiting.append(nxt)
+            while nxt < n and a[lo + nxt] <= t + SAME_INSTANT_MS:
+                waiting.append((specs[g[nxt]], s[lo + nxt], a[lo + nxt], lo + nxt))
                 nxt += 1
-            same = [k for k in waiting if g[k] == g[head]][:spec.max_batch]
-            if len(same) >= spec.max_batch or t >= due - _EPS_MS:
+            same, due = next_batch(waiting, t)
+            if same is not None:
                 break
             t = min(due, a[lo + nxt]) if nxt < n else due
         taken = set(same)
-        waiting = [k for k in waiting if k not in taken]
-        b = len(same)
-        svc = spec.ratio[b] * math.fsum(s[lo + k] for k in same) / b
+        members = [waiting[k] for k in same]
+        waiting = [w for k, w in enumerate(waiting) if k not in taken]
+        svc = batch_ms(members[0][0], (m[1] for m in members))
         free = t + svc
-        for k in same:
-            out[lo + k] = free
-        runs.append((t, svc, b))
+        for m in members:
+            out[m[3]] = free
+        runs.append((t, svc, len(members)))
     return runs

@@ -40,7 +40,7 @@ from tierplan.errors import InputError
 
 __all__ = ["BatchPolicy", "BatchStage", "parse_batching", "batch_stages", "linear_ratio",
            "RUNTIME_MAX_BATCH", "RUNTIME_MAX_WAIT_MS", "RUNTIME_BATCH_TIER", "LINK_SHARING", "check_link_sharing",
-           "stage_key"]
+           "stage_key", "next_batch", "batch_ms", "SAME_INSTANT_MS"]
 
 # The runtime's defaults (runtime.stage.StageOptions.max_batch / max_wait_ms, and runtime.deploy
 # batching the cloud tier's sites); tests/sim checks they still agree.
@@ -48,6 +48,7 @@ RUNTIME_MAX_BATCH = 8
 RUNTIME_MAX_WAIT_MS = 2.0
 RUNTIME_BATCH_TIER = "cloud"
 LINK_SHARING = ("fifo", "fair")
+SAME_INSTANT_MS = 1e-9   # times closer than this are one instant (float sums drift by ulps)
 
 
 @dataclass(frozen=True)
@@ -240,3 +241,22 @@ def batch_stages(policy: BatchPolicy | None, journeys_by_strategy: Iterable[list
 def stage_key(st: Stage) -> tuple[str, tuple[str, ...]]:
     """The key of `batch_stages`' result for a stage."""
     return (st.site, tuple(w.node for w in st.work))
+
+
+def next_batch(waiting, now_ms: float) -> tuple[list[int] | None, float]:
+    """The runtime's batching rule for a free server (runtime/stage.py `_batch_loop`), shared by
+    every engine: `waiting` holds (BatchStage, batch-1 ms, arrived ms, ...) oldest first. Returns
+    the indices of the batch to start now (the oldest's group, up to max_batch of it) once
+    max_batch of it wait or the oldest has waited max_wait_ms; else None. Also the oldest's due time."""
+    head = waiting[0][0]
+    same = [k for k, w in enumerate(waiting) if w[0].group == head.group][:head.max_batch]
+    due = waiting[0][2] + head.max_wait_ms
+    if len(same) < head.max_batch and now_ms < due - SAME_INSTANT_MS:
+        return None, due
+    return same, due
+
+
+def batch_ms(spec: BatchStage, member_ms) -> float:
+    """Time of one batch: ratio[b] x the mean of its b members' batch-1 times."""
+    member_ms = list(member_ms)
+    return spec.ratio[len(member_ms)] * math.fsum(member_ms) / len(member_ms)

@@ -20,14 +20,13 @@ import math
 
 import numpy as np
 
-from simulations.batching import BatchStage, stage_key
+from simulations.batching import BatchStage, batch_ms, next_batch, stage_key
 from simulations.engine_common import Busy, resource_label
 from simulations.journey import Journey
 from simulations.world import ArrivalDraws, StageDraws, World
 
 __all__ = ["solve_cycle"]
 
-_EPS_MS = 1e-9          # the SimPy path's "same instant"
 _TIMER, _FREE = -1, -2  # heap entries that are batch-queue events, not visits (in the journey slot)
 
 
@@ -137,9 +136,8 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
         bq = bqs[b]
         while bq.free and bq.waiting:
             head = bq.waiting[0][0]
-            same = [k for k, w in enumerate(bq.waiting) if w[0].group == head.group][:head.max_batch]
-            due = bq.waiting[0][2] + head.max_wait_ms
-            if len(same) < head.max_batch and now < due - _EPS_MS:
+            same, due = next_batch(bq.waiting, now)
+            if same is None:
                 if due not in bq.armed:
                     bq.armed.add(due)
                     heapq.heappush(heap, (due, seq, _TIMER, b, 0))
@@ -149,7 +147,7 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
             members = [bq.waiting[k] for k in same]
             bq.waiting = [w for k, w in enumerate(bq.waiting) if k not in taken]
             bq.free = False
-            svc = head.ratio[len(members)] * math.fsum(m[1] for m in members) / len(members)
+            svc = batch_ms(head, (m[1] for m in members))
             end = now + svc
             q, rec, site = bq_meta[b]
             rec[0].append(q)

@@ -31,7 +31,7 @@ import math
 import numpy as np
 import simpy
 
-from simulations.batching import BatchStage, stage_key
+from simulations.batching import BatchStage, batch_ms, next_batch, stage_key
 from simulations.engine_common import Busy, EngineResult, resource_label
 from simulations.journey import Journey
 from simulations.world import ArrivalDraws, StageDraws, World
@@ -71,9 +71,8 @@ class _BatchQueue:
         env = self.env
         while self.free > 0 and self.waiting:
             head = self.waiting[0][0]
-            same = [k for k, w in enumerate(self.waiting) if w[0].group == head.group][:head.max_batch]
-            due = self.waiting[0][2] + head.max_wait_ms
-            if len(same) < head.max_batch and env.now < due - _EPS_MS:
+            same, due = next_batch(self.waiting, env.now)
+            if same is None:
                 if due not in self.armed:
                     self.armed.add(due)
                     env.timeout(due - env.now).callbacks.append(lambda e, d=due: (self.armed.discard(d), self._poke()))
@@ -82,8 +81,7 @@ class _BatchQueue:
             taken = set(same)
             self.waiting = [w for k, w in enumerate(self.waiting) if k not in taken]
             self.free -= 1
-            svc = head.ratio[len(members)] * math.fsum(m[1] for m in members) / len(members)
-            env.process(self._serve(members, svc))
+            env.process(self._serve(members, batch_ms(head, (m[1] for m in members))))
 
     def _serve(self, members, svc: float):
         if self.host is not None:  # every site on one host: the batch also needs one of its cores
