@@ -74,8 +74,9 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
             a_out = np.full(n, -math.inf)
         else:
             a_out = arr.t_ms
-        arrive[(ji, si)] = a_out.astype(np.float64).tolist()
-        pending[(ji, si)] = [len(inside)] * n
+        if inside:   # read and raised as its predecessors in the group finish
+            arrive[(ji, si)] = a_out.astype(np.float64).tolist()
+            pending[(ji, si)] = [len(inside)] * n
         for p in inside:
             succ.setdefault((ji, p), []).append(si)
         varies = _times_vary(world, j, st)
@@ -87,7 +88,8 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
         label = resource_label(st)
         if label not in labels:
             labels[label] = ([], [], [], world.instance_count(st), world.servers(st))
-        info[(ji, si)] = (st, j.origin, arr.device.tolist(), inst, svc, work.tolist(),
+        info[(ji, si)] = (st, j.origin, arr.device.tolist() if varies else None, inst, svc,
+                          work.tolist() if svc is None else None,
                           None if dr.runs[si] is None else dr.runs[si].tolist(),
                           None if dr.delay_ms[si] is None else dr.delay_ms[si].tolist(),
                           st.resource, world.servers(st), labels[label],
