@@ -7,6 +7,7 @@ specs' cross-field rules), raised as one `SpecError`.
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 from pathlib import Path
@@ -179,6 +180,9 @@ def _messages(err: dict, data: Any, model: type[BaseModel]) -> list[tuple[Loc, s
             out.append((loc + rel_loc, msg if sep else line))
         return out
     msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if kind == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):
+        return [(loc, _not_finite(value, allow_inf=kind != "finite_number"))]
     if kind == "extra_forbidden":
         parent = _model_at(model, loc[:-1])
         options = _fields_of(parent) if parent else []
@@ -189,6 +193,16 @@ def _messages(err: dict, data: Any, model: type[BaseModel]) -> list[tuple[Loc, s
     elif kind not in ("value_error", "assertion_error"):
         msg += _describe_input(err.get("input"))
     return [(loc, msg)]
+
+
+def _not_finite(value: Any, allow_inf: bool = False) -> str:
+    """The message for .inf / .nan (or a number YAML rounds to infinity, like 1e400) where a finite one is needed."""
+    got = {"inf": ".inf", "-inf": "-.inf", "nan": ".nan"}.get(repr(value), repr(value))
+    if allow_inf:
+        return (f"{got} is not a number here. To fix: write a positive number "
+                "(or .inf where the layer cannot run on that device)")
+    return (f"{got} is not a finite number (YAML reads .inf, .nan and numbers beyond 1.8e308 as "
+            "infinite or not-a-number). To fix: write a finite number")
 
 
 def parse_path(rel: str) -> Loc:

@@ -60,7 +60,8 @@ def _raise_problems(problems: list[Problem]) -> None:
 class Spec(BaseModel):
     """Base of every spec object: frozen, unknown keys rejected, field names as in the YAML."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # allow_inf_nan=False: YAML reads .inf, .nan and 1e400 as floats; no spec number may be one
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- devices
@@ -229,8 +230,9 @@ class ProfileLayer(Spec):
     output_bytes: int = Field(ge=0, description="Bytes of the layer's output tensor(s).")
     flops: float = Field(0.0, ge=0, description="FLOPs (multiply-add = 2), used for devices without a measurement.")
     param_bytes: int = Field(0, ge=0, description="Weight bytes.")
-    latency_ms: dict[Name, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=dict, description="Measured latency per device type (catalog name), milliseconds.")
+    latency_ms: dict[Name, Annotated[float, Field(gt=0, allow_inf_nan=True)]] = Field(
+        default_factory=dict, description="Measured latency per device type (catalog name), milliseconds; "
+        ".inf means the layer cannot run on that device.")
     inputs: list[Name] | None = Field(None, description="Layers feeding this one; default: the previous layer (a chain).")
 
 
