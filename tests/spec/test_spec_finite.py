@@ -78,3 +78,15 @@ def test_profile_latency_inf_means_cannot_run_there(tmp_path):
     for value in (".nan", "-.inf"):
         with pytest.raises(SpecError, match=r"latency_ms\.tiny-gpu: .* is not a number here\. To fix: "):
             load_app(_write(tmp_path, "app.yaml", data, path, value))
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 1e300])
+def test_units_refuse_what_cp_sat_cannot_hold(value):
+    """Every integer-unit conversion raises InputError (exit 2, with a fix) on a non-finite or absurd value."""
+    from planner import units
+    from tierplan.errors import InputError
+    for convert in (units.ms_to_us, units.usd_to_uusd, units.j_to_uj, units.frac_to_ppm, units.bytes_to_kb,
+                    units.mbps_to_bps):
+        with pytest.raises(InputError, match="To fix: "):
+            convert(value)
+    assert units.mbps_to_bps(4_096_000) == 4_096_000_000_000 and units.bytes_to_kb(1025) == 2
