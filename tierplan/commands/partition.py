@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
 
 from tierplan.errors import InfeasibleError, InputError
 
-__all__ = ["register", "parse_dims", "VERIFY_REL_TOLERANCE"]
+__all__ = ["register", "parse_dims", "prepare_out_dir", "VERIFY_REL_TOLERANCE"]
 
 VERIFY_REL_TOLERANCE = 1e-5   # chained pieces vs whole model, max |diff| / max |output|
 
@@ -33,6 +34,21 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
                 raise InputError(f"--dims {part!r}: a dimension must be > 0")
             out[name.strip()] = v
     return out
+
+
+def prepare_out_dir(out: Path, flag: str = "--out") -> None:
+    """Create the folder `out` (with parents); InputError naming `flag` when a file is in the way or it cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag} {out}: is an existing file, not a folder. To fix: pass a folder for the pieces "
+                         "(it is created if missing), or move the file away")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{flag} {out}: cannot create the folder ({e.strerror or e.__class__.__name__}). "
+                         "To fix: pass a folder path you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {out}: cannot write in this folder (permission denied). "
+                         "To fix: pass a folder you can write to")
 
 
 def _fmt_bytes(n: float) -> str:
@@ -84,6 +100,7 @@ def register(app: typer.Typer) -> None:
         """Cut an ONNX model into at most K verified standalone pieces at its cheapest cut points."""
         from partition.api import partition_model
 
+        prepare_out_dir(out)
         res = partition_model(model, max_pieces=max_pieces, out_dir=out, dims=parse_dims(dims), verify=verify)
         if as_json:
             print(json.dumps(res.manifest, indent=1))

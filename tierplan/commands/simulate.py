@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -113,8 +114,12 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--engine {engine!r}: expected auto, fast or simpy")
         if not target.exists():
             raise InputError(f"{target}: file not found. To fix: check the path")
-        if not 0.0 <= correlation <= 1.0:
-            raise InputError(f"--service-correlation {correlation}: expected a share in [0, 1]")
+        if not (math.isfinite(duration) and duration > 0):
+            raise InputError(f"--duration {duration:g}: expected a finite number of simulated seconds > 0. "
+                             "To fix: pass e.g. --duration 60")
+        if not 0.0 <= correlation <= 1.0:  # also refuses nan
+            raise InputError(f"--service-correlation {correlation:g}: expected a share in [0, 1]. "
+                             "To fix: pass e.g. --service-correlation 0.3")
         if profile is not None and not profile.exists():
             raise InputError(f"--profile {profile}: file not found. To fix: pass a file written by simulations.calibration (ServiceProfile.save)")
         fleet_path = _fleet_path(target, fleet)
