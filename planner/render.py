@@ -1,4 +1,9 @@
-"""Terminal view of a Plan (rich tables); printing is separate from planning and comes last."""
+"""Terminal view of a Plan (rich tables); printing is separate from planning and comes last.
+
+Columns come from tierplan.console.column: names (classes, pieces, sites, strategies) never
+wrap and no header word is cut; the Console's width policy (tierplan.console) lets piped
+output take the width the tables need.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.plan import Plan
+from tierplan.console import column, console as make_console, print_table
 
 __all__ = ["render_plan", "TIER_ORDER"]
 
@@ -27,7 +33,7 @@ def _split(breakdown: dict[str, float]) -> tuple[dict[str, float], float, float]
 
 def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 12) -> None:
     """Print the plan: header, latency per sink, placement, baselines, coverage, money, moves, frontier."""
-    con = console or Console()
+    con = console or make_console()
     gap = "-" if plan.gap is None else f"{100 * plan.gap:.2f}%"
     con.print(f"[bold]plan[/]: status [bold]{plan.status}[/], objective {plan.objective_kind} = "
               f"{_fmt(plan.objective, 4)}, gap {gap}, solved in {plan.solve_s:.2f} s")
@@ -39,9 +45,9 @@ def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 1
     sink_names = list(next(iter(plan.class_sinks.values())).keys()) if plan.class_sinks else list(plan.sinks)
     for sink in sink_names:
         t = Table(title=f"sink {sink}: latency p{plan.percentile:g} (ms)", title_justify="left")
-        for col in ("edge class", "latency", "SLO", "meets", "compute edge", "compute bs", "compute cloud",
-                    "transfers", "queue"):
-            t.add_column(col, justify="left" if col == "edge class" else "right")
+        column(t, "edge class", ident=True)
+        for col in ("latency", "SLO", "meets", "compute edge", "compute bs", "compute cloud", "transfers", "queue"):
+            column(t, col)
         for cname in classes[:max_classes]:
             s = (plan.class_sinks.get(cname) or plan.sinks)[sink]
             compute, transfer, queue = _split(s.breakdown)
@@ -50,69 +56,71 @@ def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 1
                       _fmt(transfer), _fmt(queue))
         if len(classes) > max_classes:
             t.add_row(f"... {len(classes) - max_classes} more classes", *[""] * 8)
-        con.print(t)
+        print_table(con, t)
     if plan.per_class:
         shown = classes[:min(max_classes, 6)]
         t = Table(title="placement (site class per piece)", title_justify="left")
-        t.add_column("piece")
+        column(t, "piece", ident=True)
         for c in shown:
-            t.add_column(c)
+            column(t, c, ident=True)
         for piece in next(iter(plan.per_class.values())):
             t.add_row(piece, *(plan.per_class[c].get(piece, "-") for c in shown))
-        con.print(t)
+        print_table(con, t)
     if plan.baselines:
         t = Table(title="plan beside baselines (same cost model)", title_justify="left")
         # objective: what the solver minimises (same evaluation for all rows); latency ms: the
         # mean of each class's slowest sink, which a mean-latency optimum need not minimise
-        for col in ("strategy", "objective", "latency ms", "$/h", "SLO coverage", "feasible", "CHOSEN"):
-            if col == "strategy":   # names stay whole in narrow terminals; the figures' headers wrap
-                t.add_column(col, justify="left", no_wrap=True, min_width=len("cp-sat (this plan)"))
-            else:
-                t.add_column(col, justify="right")
+        column(t, "strategy", ident=True)
+        for col in ("objective", "latency ms", "$/h", "SLO coverage", "feasible", "CHOSEN"):
+            column(t, col)
         lat = plan.latency_ms if plan.latency_ms is not None else _mean_latency(plan)
         t.add_row("cp-sat (this plan)", _fmt(plan.objective, 4), _fmt(lat), f"{plan.cost_per_hour_usd:,.4f}",
                   _pct(plan.coverage_share), "yes", "[bold green]*[/]")
         for name, b in plan.baselines.items():
             t.add_row(name, _fmt(b.objective, 4), _fmt(b.latency_ms), _fmt(b.cost_per_hour_usd, 4),
                       _pct(b.coverage_share), "yes" if b.feasible else "[red]no[/]", "")
-        con.print(t)
+        print_table(con, t)
         for name, b in plan.baselines.items():
             if not b.feasible and b.reason:
                 con.print(f"  {name}: {b.reason.split('; ')[0]}")
     if plan.coverage:
         t = Table(title="SLO coverage per edge class", title_justify="left")
-        for col in ("edge class", "devices", "mode", "latency ms", "meets", "note"):
-            t.add_column(col, justify="right" if col in ("devices", "latency ms") else "left")
+        column(t, "edge class", ident=True)
+        column(t, "devices")
+        column(t, "mode", ident=True)
+        column(t, "latency ms")
+        column(t, "meets", justify="left")
+        column(t, "note", justify="left")
         for name, c in list(plan.coverage.items())[:max(max_classes, 20)]:
             t.add_row(name, f"{c.devices:,}", c.mode, _fmt(c.latency_ms), "yes" if c.meets_slo else "[red]no[/]",
                       c.note)
-        con.print(t)
+        print_table(con, t)
         con.print(plan.coverage_summary)
     if plan.monthly_cost_usd_by_tier:
         t = Table(title="monthly cost (730 h)", title_justify="left")
-        t.add_column("tier")
-        t.add_column("$/month", justify="right")
-        t.add_column("instances", justify="right")
+        column(t, "tier", ident=True)
+        column(t, "$/month")
+        column(t, "instances")
         for tier, usd in plan.monthly_cost_usd_by_tier.items():
             sites = [f"{s}: {n}" for s, n in plan.instances.items() if plan.site_tiers.get(s) == tier and n]
             t.add_row(tier, f"{usd:,.2f}", ", ".join(sites))
         t.add_row("[bold]total[/]", f"[bold]{sum(plan.monthly_cost_usd_by_tier.values()):,.2f}[/]", "")
-        con.print(t)
+        print_table(con, t)
     if plan.moves:
         t = Table(title=f"replanning: {len(plan.moves)} piece placements move", title_justify="left")
         for col in ("edge class", "piece", "from", "to"):
-            t.add_column(col)
+            column(t, col, ident=True)
         for m in plan.moves[:50]:
             t.add_row(m.edge_class, m.piece, m.from_site or "(new class)", m.to_site)
-        con.print(t)
+        print_table(con, t)
     if plan.pareto:
         t = Table(title="cost-latency frontier (epsilon-constraint)", title_justify="left")
-        t.add_column("mean latency ms", justify="right")
-        t.add_column("$/h", justify="right")
-        t.add_column("status")
+        column(t, "mean latency ms")
+        column(t, "$/h")
+        column(t, "status", ident=True)
         for p in plan.pareto:
             t.add_row(_fmt(p.latency_ms, 2), f"{p.cost_per_hour_usd:,.4f}", p.status)
-        con.print(t)
+        print_table(con, t)
 
 
 def _pct(x: float | None) -> str:

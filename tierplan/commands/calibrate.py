@@ -21,12 +21,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
     ) -> None:
         """Measure real models and their pieces here; fit per-op-type efficiencies and overheads by NNLS."""
-        from rich.console import Console
+        from tierplan.console import console
 
         from devices.calibrate import run_calibration
         from devices.catalog import get_device
 
-        con = Console(stderr=True)
+        con = console(stderr=True)
         progress = None if as_json else (lambda msg: con.print(f"  measured {msg}", highlight=False))
         cal, samples, path = run_calibration(out, threads=threads, max_pieces=max_pieces, runs=runs,
                                              models=model or None, progress=progress)
@@ -44,11 +44,11 @@ def register(app: typer.Typer) -> None:
         for op, a in sorted(cal.ms_per_gflop.items()):
             t.add_row(op, f"{a:.3f}", f"{1e3 / a:.1f}" if a > 0 else "-",
                       f"{100 * eff[op]:.1f}" if a > 0 else "-", f"{cal.ms_per_mb.get(op, 0):.4f}")
-        Console().print(t)
+        console().print(t)
         f = cal.fit
-        Console().print("per-op overhead by op class: " + ", ".join(
+        console().print("per-op overhead by op class: " + ", ".join(
             f"{c} {us:.2f} us" for c, us in sorted(cal.class_overhead_us.items())))
-        Console().print(f"run overhead {cal.run_overhead_us:.2f} us, DRAM spill {cal.ms_per_dram_mb:.4f} ms/MB "
+        console().print(f"run overhead {cal.run_overhead_us:.2f} us, DRAM spill {cal.ms_per_dram_mb:.4f} ms/MB "
                         f"beyond {cal.cache_mb:g} MB; training fit: {100 * f['train_within_10pct']:.0f}% within 10%, "
                         f"{100 * f['train_within_25pct']:.0f}% within 25%; leave-one-model-out median error "
                         f"{100 * f['cv_median_abs_rel_error']:.1f}%; saved {path}")

@@ -16,10 +16,10 @@ def _ms(v) -> str:
 
 def render(manifest: dict, out_dir: Path) -> None:
     """Print the manifest as a rich table: the chosen backend per piece and the alternatives."""
-    from rich.console import Console
+    from tierplan.console import console
     from rich.table import Table
 
-    con = Console()
+    con = console()
     arts = manifest["artifacts"]
     t = Table(title=f"compiled {len(arts)} artifact(s) into {out_dir}/ in {manifest['compile_s']:.1f} s "
                     f"({manifest['cached']} cached, {manifest['built']} built)", title_justify="left")

@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 print(json.dumps(info, indent=2), flush=True)
             else:
-                from rich.console import Console
+                from tierplan.console import console
                 from rich.table import Table
                 t = Table(title=f"deployed {plan} ({len(p.pieces)} nodes); front door {info['front_door']}; "
                                 "Ctrl-C to stop", title_justify="left")
@@ -64,5 +64,5 @@ def register(app: typer.Typer) -> None:
                     t.add_column(col)
                 for s, h in info["sites"].items():
                     t.add_row(s, "yes" if h["up"] else "no", h["address"], str(h["pid"]), h["metrics"])
-                Console().print(t)
+                console().print(t)
             stop.wait(duration if duration > 0 else None)

@@ -17,7 +17,7 @@ def device_dict(dev, calibrated: bool = False) -> dict:
 
 
 def _print_table(devs: list, cal: dict) -> None:
-    from rich.console import Console
+    from tierplan.console import console
     from rich.table import Table
 
     t = Table(title=f"device catalog: {len(devs)} devices", title_justify="left")
@@ -32,13 +32,13 @@ def _print_table(devs: list, cal: dict) -> None:
                   f"{pk['fp16']:,.0f}" if "fp16" in pk else "-", f"{pk['int8']:,.0f}" if "int8" in pk else "-",
                   f"{d.memory_gb:g}", f"{d.memory_bandwidth_gbps:g}", f"{d.power_idle_w:g}-{d.power_active_w:g}",
                   f"{d.cost_per_hour_usd:.3f}", "yes" if cal.get(d.name) else "")
-    con = Console(width=max(Console().width, 110))
+    con = console(min_width=110)
     con.print(t)
     con.print("`tierplan devices NAME` shows one device with its backends, TVM target and sources.")
 
 
 def _print_one(dev, cal) -> None:
-    from rich.console import Console
+    from tierplan.console import console
     from rich.table import Table
 
     t = Table(title=f"{dev.name}: {dev.description}", title_justify="left", show_header=False)
@@ -52,7 +52,7 @@ def _print_one(dev, cal) -> None:
         t.add_row("calibration", f"{cal.measured_at} on {cal.host}: op overhead {cal.op_overhead_us:.1f} us, "
                                  f"run overhead {cal.run_overhead_us:.1f} us, {len(cal.ms_per_gflop)} op types, "
                                  f"{cal.threads} thread(s)")
-    con = Console()
+    con = console()
     con.print(t)
     con.print("sources:")
     for s in dev.sources:

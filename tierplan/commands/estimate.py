@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(out, indent=2))
             return
-        from rich.console import Console
+        from tierplan.console import console
         from rich.table import Table
 
         how = "calibrated" if out["calibrated"] else "datasheet roofline, not calibrated"
@@ -66,4 +66,4 @@ def register(app: typer.Typer) -> None:
         if len(out["pieces"]) > 1:
             t.add_row("[bold]total[/]", "", "", f"[bold]{out['latency_ms']:.3f}[/]", f"{out['energy_j']:.4f}",
                       f"{out['cost_usd']:.2e}")
-        Console().print(t)
+        console().print(t)

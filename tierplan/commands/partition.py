@@ -60,10 +60,10 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _print(manifest: dict, out_dir: Path, cached: bool) -> None:
-    from rich.console import Console
+    from tierplan.console import console
     from rich.table import Table
 
-    con = Console()
+    con = console()
     t = Table(title=f"{manifest['model']}: {len(manifest['pieces'])} piece(s) from {manifest['ops']} operators"
                     + (" (cached)" if cached else ""), title_justify="left")
     for col, just in (("piece", "left"), ("ops", "right"), ("GFLOPs", "right"), ("params", "right"),

@@ -58,10 +58,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(json.loads(plan.model_dump_json()), indent=2))
             return
-        from rich.console import Console
-
         from planner.render import render_plan
-        con = Console()
+        from tierplan.console import console
+        con = console()
         render_plan(plan, con)
         for what, path in (("plan.json", out), ("plan.html", html)):
             if path is not None:

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(out, indent=2))
             return
-        from rich.console import Console
+        from tierplan.console import console
         from rich.table import Table
 
         t = Table(title=f"{target}: measured on this machine ({backend}, {threads} thread(s), median of {runs}; "
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         if len(results) > 1:
             t.add_row("[bold]total[/]", f"[bold]{out['latency_ms']:.3f}[/]", "", "",
                       f"{sum(p['cpu_ms'] for p in out['pieces']):.3f}", "")
-        Console().print(t)
+        console().print(t)
 
 
 def _measure_bound(path: Path, piece, dims: dict, kw: dict):

@@ -15,10 +15,10 @@ def _ms(x: float | None) -> str:
 
 def print_report(rep) -> None:
     """Rich tables: end to end (measured vs predicted) and per stage."""
-    from rich.console import Console
+    from tierplan.console import console
     from rich.table import Table
 
-    con = Console()
+    con = console()
     t = Table(title=f"{rep.example}: {rep.requests_ok} ok, {rep.requests_failed} failed "
                     f"({rep.plan_source})", title_justify="left")
     for col in ("", "measured p50 ms", "measured p95 ms", "predicted p50 ms", "predicted p95 ms",
@@ -43,7 +43,7 @@ def print_report(rep) -> None:
     s = Table(title="per stage", title_justify="left")
     for col in ("kind", "stage", "calls", "measured p50 ms", "measured p95 ms", "predicted here ms",
                 "predicted on device ms"):
-        s.add_column(col, justify="left" if col in ("kind", "stage") else "right", overflow="fold")
+        s.add_column(col, justify="left" if col in ("kind", "stage") else "right", no_wrap=col in ("kind", "stage"))
     for r in rep.stages:
         s.add_row(r.kind, r.name, str(r.count), _ms(r.measured_p50_ms), _ms(r.measured_p95_ms),
                   _ms(r.predicted_local_ms), _ms(r.predicted_ms))

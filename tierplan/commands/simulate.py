@@ -52,7 +52,7 @@ def _fleet_path(target: Path, fleet: Path | None) -> Path:
 
 
 def _print_table(rep) -> None:
-    from rich.console import Console
+    from tierplan.console import console
     from rich.table import Table
     t = Table(title=f"Simulated {rep.duration_s:g} s, arrivals {rep.arrivals}, seed {rep.seed}")
     for h in ("strategy", "sink", "p50 ms", "p95 ms", "p99 ms", "SLO met", "req/s", "failed", "cost $/h",
@@ -68,9 +68,7 @@ def _print_table(rep) -> None:
                       f"{r.throughput_rps:.1f}", str(r.requests_failed), f"{r.cost_per_hour_usd:.3f}",
                       f"{busiest} {100 * sites[busiest]:.0f}%" if busiest else "-", r.engine,
                       f"{r.sim_requests_per_s:,.0f}")
-    con = Console()
-    if not con.is_terminal:
-        con = Console(width=160)
+    con = console()
     con.print(t)
     for name, why in rep.skipped.items():
         con.print(f"[yellow]not simulated[/yellow] {name}: {why}")

@@ -39,14 +39,14 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 print(json.dumps(info, indent=2), flush=True)
             else:
-                from rich.console import Console
+                from tierplan.console import console
                 from rich.table import Table
                 t = Table(title=f"Ray cluster at {cluster.address} (Ctrl-C to stop)", title_justify="left")
                 for col in ("site", "resource", "label"):
                     t.add_column(col)
                 for n, d in info["sites"].items():
                     t.add_row(n, d["resource"], d["label"])
-                Console().print(t)
+                console().print(t)
             stop.wait(duration if duration > 0 else None)
         finally:
             cluster.shutdown()

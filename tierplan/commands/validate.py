@@ -70,12 +70,10 @@ def summary(app: AppSpec, fleet: FleetSpec | None) -> dict:
 
 
 def _print_summary(info: dict) -> None:
-    from rich.console import Console
+    from tierplan.console import console
     from rich.table import Table
 
-    con = Console()
-    if not con.is_terminal:  # piped or captured: do not cut names at 80 columns
-        con = Console(width=max(con.width, 160))
+    con = console()
     con.print(f"[bold green]valid[/]: app [bold]{info['app']}[/]: {len(info['models'])} model(s), "
               f"{len(info['sources'])} source(s), {len(info['transforms'])} transform(s), "
               f"{len(info['edges'])} edge(s), {len(info['sinks'])} sink(s)")
