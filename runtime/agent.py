@@ -1,10 +1,13 @@
 """The edge agent: a plain Python process (no Ray) hosting one edge site's stage worker.
 
     python -m runtime.agent --site phone --listen 127.0.0.1:7001 [--controller HOST:PORT] [--tls-dir DIR]
+                            [--insecure] [--allow-transforms MODULE,...] [--cache-max-mb N]
 
 It listens for the controller's `Configure` (plan, peers, piece files) and runs the pieces the
 plan puts on its site. With `--controller` it registers its address on start, so a restarted
 agent rejoins the deployment by itself. `AgentProcess` is the launcher the local deployment uses.
+A listen address beyond loopback needs `--tls-dir` (or `--insecure`); transforms come only from
+`tierplan.transforms` and the modules of `--allow-transforms` (see SECURITY.md).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import threading
 import time
 from pathlib import Path
 
-from tierplan.errors import RuntimeFault
+from runtime.graph import DEFAULT_TRANSFORM_MODULES, parse_modules
+from runtime.piececache import DEFAULT_CACHE_LIMIT_BYTES
+from tierplan.errors import InputError, RuntimeFault, TierplanError
 
 __all__ = ["run_agent", "AgentProcess", "main"]
 
@@ -28,13 +33,24 @@ _STOP_GRACE_S = 3.0
 
 
 def run_agent(site: str, listen: str, controller: str | None = None, tls_dir: str | None = None,
-              ready: threading.Event | None = None, stop: threading.Event | None = None) -> None:
-    """Serve one site until SIGTERM/SIGINT (or `stop` is set); prints `READY host:port` when listening."""
-    from runtime.security import TlsConfig
+              ready: threading.Event | None = None, stop: threading.Event | None = None, *,
+              insecure: bool = False, allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES,
+              cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES) -> None:
+    """Serve one site until SIGTERM/SIGINT (or `stop` is set); prints `READY host:port` when listening.
+
+    InputError (exit 2 on the command line) for a listen address that is not loopback without TLS
+    or `insecure`, or that this host cannot bind."""
+    from runtime.security import TlsConfig, check_listen
     from runtime.stage import StageWorker
     tls = TlsConfig.from_dir(tls_dir, site) if tls_dir else None
-    worker = StageWorker(site, listen, tls=tls, controller=controller)
-    address = worker.start()
+    check_listen(listen, tls_dir, insecure)
+    worker = StageWorker(site, listen, tls=tls, controller=controller, allow_transforms=allow_transforms,
+                         cache_limit_bytes=cache_limit_bytes, insecure=insecure)
+    try:
+        address = worker.start()
+    except (RuntimeError, OSError) as e:   # lost a race for the port since check_listen
+        worker.stop()
+        raise InputError(f"--listen {listen}: cannot listen there ({e}). To fix: use a free port") from None
     print(f"READY {address}", flush=True)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -49,8 +65,10 @@ def run_agent(site: str, listen: str, controller: str | None = None, tls_dir: st
 class AgentProcess:
     """A local edge agent started as a subprocess (the embedded default's stand-in for a device)."""
 
-    def __init__(self, site: str, controller: str, tls_dir: str | None = None, listen: str = "127.0.0.1:0") -> None:
+    def __init__(self, site: str, controller: str, tls_dir: str | None = None, listen: str = "127.0.0.1:0",
+                 allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES) -> None:
         self.site = site
+        self.allow_transforms = tuple(allow_transforms)
         self.controller = controller
         self.tls_dir = tls_dir
         self.listen = listen
@@ -63,6 +81,9 @@ class AgentProcess:
                "--controller", self.controller]
         if self.tls_dir:
             cmd += ["--tls-dir", self.tls_dir]
+        extra = [m for m in self.allow_transforms if m not in DEFAULT_TRANSFORM_MODULES]
+        if extra:
+            cmd += ["--allow-transforms", ",".join(extra)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
@@ -108,9 +129,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--site", required=True, help="Site class this agent serves (as in fleet.yaml).")
     ap.add_argument("--listen", default="127.0.0.1:0", help="host:port to listen on.")
     ap.add_argument("--controller", default=None, help="Controller host:port to register with.")
-    ap.add_argument("--tls-dir", default=None, help="Directory from `tierplan certs` (mutual TLS + token).")
+    ap.add_argument("--tls-dir", default=None, help="This site's bundle from `tierplan certs` (mutual TLS + token).")
+    ap.add_argument("--insecure", action="store_true", help="Allow a non-loopback --listen without TLS (warns).")
+    ap.add_argument("--allow-transforms", default="", help="More modules whose functions may run as transforms.")
+    ap.add_argument("--cache-max-mb", type=float, default=DEFAULT_CACHE_LIMIT_BYTES / 2**20,
+                    help="Size limit of the piece cache, MiB.")
     a = ap.parse_args(argv)
-    run_agent(a.site, a.listen, a.controller, a.tls_dir)
+    try:
+        run_agent(a.site, a.listen, a.controller, a.tls_dir, insecure=a.insecure,
+                  allow_transforms=parse_modules(a.allow_transforms), cache_limit_bytes=int(a.cache_max_mb * 2**20))
+    except TierplanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

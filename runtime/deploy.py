@@ -18,16 +18,16 @@ import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from planner.plan import Plan
 from runtime.agent import AgentProcess
 from runtime.cluster import LocalCluster, SiteNodeDown, ensure_ray_env, start_site_actor
-from runtime.graph import ExecGraph, with_app_renames
+from runtime.graph import DEFAULT_TRANSFORM_MODULES, ExecGraph, load_transform, with_app_renames
 from runtime.links import route_table
-from runtime.security import CONTROLLER, TlsConfig
+from runtime.security import CONTROLLER, TlsConfig, check_listen
 from runtime.service import Service, files_for, slot_key
-from runtime.stage import StageOptions
+from runtime.stage import LINKS_DIR_MARKER, StageOptions
 from tierplan.errors import InputError
 from tierplan.spec import AppSpec, FleetSpec
 
@@ -95,12 +95,17 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
            ray_address: str | None = None, options: StageOptions | None = None,
            request_timeout_s: float | None = None, front_door: str | None = None,
            emulate_links: bool = True, ready_timeout_s: float = 180.0,
-           replicas: int | Mapping[str, int] = 1) -> Service:
+           replicas: int | Mapping[str, int] = 1, allow_transforms: Sequence[str] | None = None,
+           insecure: bool = False) -> Service:
     """Start every site's worker for `plan` and return the ready Service (a context manager).
 
     `replicas`: workers per Ray site (base stations, clouds; one number for all, or per site).
     Deliveries spread over a site's replicas by request; when one dies, its in-flight requests
     start again on the others once, within their deadline. Edge sites keep one agent (a device).
+    `allow_transforms`: modules whose functions the workers this call starts (agents, Ray actors)
+    may run as transforms, `tierplan.transforms` when None; a transform of the plan from another
+    module is refused here, before anything starts. Agents started elsewhere keep their own list.
+    `front_door` beyond loopback needs `tls_dir`, or `insecure` (SECURITY.md).
     """
     if not isinstance(plan, Plan):
         plan_path = Path(plan)
@@ -115,6 +120,12 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     if app is not None:
         plan = with_app_renames(plan, app)
     graph = ExecGraph.from_plan(plan)
+    allowed = tuple(dict.fromkeys([*DEFAULT_TRANSFORM_MODULES, *(allow_transforms or ())]))
+    for node in graph.nodes:   # the workers refuse them too; say so before starting anything
+        if graph.kinds[node] == "transform" and graph.sites.get(node) not in (agents or {}):
+            load_transform((graph.nodes[node].model_extra or {}).get("function") or "", allowed, node=node)
+    if front_door is not None:
+        check_listen(front_door, tls_dir, insecure)
     fleet = fleet if fleet is not None else load_plan_fleet(plan)
     tiers = site_tiers(graph, fleet)
     all_sites = list(dict.fromkeys([*graph.used_sites(), *graph.sites.values()]))
@@ -135,9 +146,12 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
         # every process of a local deployment shares each emulated link's bandwidth (runtime.links)
         shared_links = tempfile.mkdtemp(prefix="tierplan-links-")
         options = replace(options, links_shared_dir=shared_links)
+    if options.links_shared_dir and Path(options.links_shared_dir).is_dir():   # workers use it only if marked
+        (Path(options.links_shared_dir) / LINKS_DIR_MARKER).touch()
     try:
-        service = Service(plan, routes=routes, files=files_for(plan, manifest, base_dir, manifest_root), options=options,
-                          tls=tls, request_timeout_s=request_timeout_s, replicas=counts)
+        files = files_for(plan, manifest, base_dir, manifest_root, emulate_cross=local)
+        service = Service(plan, routes=routes, files=files, options=options, tls=tls,
+                          request_timeout_s=request_timeout_s, replicas=counts)
     except BaseException:
         if shared_links:
             shutil.rmtree(shared_links, ignore_errors=True)
@@ -148,7 +162,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
         service.start_controller()
         ray_sites = [s for s, t in tiers.items() if t != "edge" and s not in agents]
         if ray_sites:
-            _start_ray_sites(service, ray_sites, local, cluster, ray_address, tls_dir)
+            _start_ray_sites(service, ray_sites, local, cluster, ray_address, tls_dir, allowed)
         for site, t in tiers.items():
             if site in agents:
                 service.set_address(site, agents[site])
@@ -156,7 +170,8 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
                 if not local:
                     raise InputError(f"edge site {site!r} has no agent address. To fix: run "
                                      f"`tierplan agent --site {site} --listen HOST:PORT` there and pass it")
-                agent = AgentProcess(site, service.address, str(tls_dir) if tls_dir else None)
+                agent = AgentProcess(site, service.address, str(tls_dir) if tls_dir else None,
+                                     allow_transforms=allowed)
                 service.add_closer(agent.stop)
                 service.agents[site] = agent
                 agent.start()
@@ -170,7 +185,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
 
 
 def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: LocalCluster | None,
-                     ray_address: str | None, tls_dir) -> None:
+                     ray_address: str | None, tls_dir, allowed: tuple[str, ...]) -> None:
     ensure_ray_env()
     import ray
     if cluster is None and local:
@@ -184,23 +199,26 @@ def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: L
     for site in sites:
         n = service.replicas.get(site, 1)
         for k in range(n):
-            handle = _start_actor(cluster, site, service.address, tls_dir, k, n)
+            handle = _start_actor(cluster, site, service.address, tls_dir, k, n, allowed)
             service.actors[slot_key(site, k)] = handle
             service.add_closer(lambda h=handle: _stop_actor(h))
 
 
-def _start_actor(cluster: LocalCluster | None, site: str, controller: str, tls_dir, replica: int, replicas: int):
+def _start_actor(cluster: LocalCluster | None, site: str, controller: str, tls_dir, replica: int, replicas: int,
+                 allowed: tuple[str, ...]):
     """Start one site actor; on a local cluster whose site node died meanwhile, restart the node once."""
     tls = str(tls_dir) if tls_dir else None
     alive = (lambda: cluster.site_alive(site)) if cluster is not None else None
     try:
-        return start_site_actor(site, controller, tls, replica=replica, replicas=replicas, alive=alive)[0]
+        return start_site_actor(site, controller, tls, replica=replica, replicas=replicas, alive=alive,
+                                allow_transforms=allowed)[0]
     except SiteNodeDown as e:
         if cluster is None:
             raise
         log.warning("%s; starting it again", e)
         cluster.restart_site(site)
-        return start_site_actor(site, controller, tls, replica=replica, replicas=replicas, alive=alive)[0]
+        return start_site_actor(site, controller, tls, replica=replica, replicas=replicas, alive=alive,
+                                allow_transforms=allowed)[0]
 
 
 def _stop_actor(handle) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -19,9 +19,20 @@ from planner.plan import Plan, PlanEdge, PlanPiece
 from tierplan.errors import InputError
 
 __all__ = ["ExecGraph", "select_tensors", "with_app_renames", "bind_inputs", "branch_weight", "child_branch",
-           "load_transform", "SINK_PREFIX"]
+           "load_transform", "SINK_PREFIX", "DEFAULT_TRANSFORM_MODULES", "parse_modules"]
 
 SINK_PREFIX = "sink:"
+#: modules whose functions a site may run as transforms unless the operator allows more
+DEFAULT_TRANSFORM_MODULES: tuple[str, ...] = ("tierplan.transforms",)
+
+
+def parse_modules(text: str | None, flag: str = "--allow-transforms") -> tuple[str, ...]:
+    """DEFAULT_TRANSFORM_MODULES plus the comma-separated module names of an operator's flag."""
+    extra = [m.strip() for m in (text or "").split(",") if m.strip()]
+    bad = [m for m in extra if not all(part.isidentifier() for part in m.split("."))]
+    if bad:
+        raise InputError(f"{flag} {text!r}: {bad[0]!r} is not a module name. To fix: e.g. {flag} mypkg.transforms")
+    return tuple(dict.fromkeys([*DEFAULT_TRANSFORM_MODULES, *extra]))
 
 
 def _kind_of(node_id: str, piece: PlanPiece | None) -> str:
@@ -233,10 +244,30 @@ def branch_weight(branch: str) -> Fraction:
     return w
 
 
-def load_transform(spec: str) -> Callable[[dict], list]:
-    """Import a transform callable `module:function`."""
-    mod, _, fn = spec.partition(":")
+def load_transform(spec: str, allowed: Sequence[str] = DEFAULT_TRANSFORM_MODULES,
+                   node: str = "") -> Callable[[dict], list]:
+    """The transform callable `module:function` named by a plan's transform node, if the operator
+    allows `module` (exactly one of `allowed`; a process-level setting, never taken from a message)
+    and `function` is a public function defined in it (listed in its `__all__` when it has one).
+
+    Anything else is refused with an InputError naming the transform, before any import: a peer
+    cannot make a site import a module or reach a name the operator did not allow.
+    """
+    label = f"transform {node} ({spec!r})" if node else f"transform {spec!r}"
+    mod, sep, fn = str(spec).partition(":")
+    if not sep or not mod or not fn.isidentifier() or fn.startswith("_"):
+        raise InputError(f"{label}: expected `module:function` naming a public function. "
+                         "To fix: check `function` in app.yaml")
+    if mod not in allowed:
+        raise InputError(f"{label}: module {mod!r} is not allowed here (allowed: {', '.join(allowed) or 'none'}). "
+                         f"To fix: if you trust {mod}, start the agent / deploy with --allow-transforms {mod}")
     try:
-        return getattr(importlib.import_module(mod), fn)
-    except (ImportError, AttributeError) as e:
-        raise InputError(f"transform {spec!r}: cannot import ({e}). To fix: check `function` in app.yaml") from e
+        module = importlib.import_module(mod)
+    except ImportError as e:
+        raise InputError(f"{label}: cannot import ({e}). To fix: check `function` in app.yaml") from e
+    public = getattr(module, "__all__", None)
+    obj = getattr(module, fn, None)
+    if obj is None or (public is not None and fn not in public) or not callable(obj) or \
+            getattr(obj, "__module__", None) != mod:
+        raise InputError(f"{label}: {mod} has no public function {fn!r}. To fix: check `function` in app.yaml")
+    return obj

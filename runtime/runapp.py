@@ -201,10 +201,12 @@ def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], f
 
 def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | None = None,
                 progress: bool = True, seed: int = 0, request_timeout_s: float | None = None,
-                max_requests: int | None = None, replicas: int = 1) -> RunReport:
+                max_requests: int | None = None, replicas: int = 1,
+                allow_transforms: tuple[str, ...] | None = None) -> RunReport:
     """Plan, compile, deploy locally, send requests for `duration_s`, tear down; the report.
 
-    `replicas`: workers per base-station and cloud site (runtime.deploy).
+    `replicas`: workers per base-station and cloud site; `allow_transforms`: more transform modules
+    the sites may run (runtime.deploy).
     """
     from tierplan.loader import load_app, load_fleet
     from runtime.deploy import deploy
@@ -230,7 +232,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
         ok, failed, errors, traces = 0, 0, [], []
         t_start = time.time()
         with deploy(plan, local=True, fleet=fleet, app=app, manifest=manifest, manifest_root=root,
-                    request_timeout_s=request_timeout_s, replicas=replicas) as svc:
+                    request_timeout_s=request_timeout_s, replicas=replicas, allow_transforms=allow_transforms) as svc:
             sites = svc.describe()
             bar = _progress(progress)
             with bar:

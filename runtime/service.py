@@ -14,6 +14,7 @@ deadline), with "site X went down" when the health loop loses a site it was usin
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -36,7 +37,7 @@ from runtime.links import LinkEmulator
 from runtime.localwire import LocalServer
 from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
-from runtime.security import TlsConfig, TokenInterceptor, server_credentials
+from runtime.security import TlsConfig, TokenInterceptor, peer_name, server_credentials
 from runtime.shm import ShmReader, sweep_stale
 from runtime.stage import Sender, StageOptions, delivery_handlers, pick_address, rotating
 from runtime.wire import (GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery, frames_to_delivery,
@@ -154,6 +155,9 @@ class _Control(pbg.ControlServicer):
         return pb.Ack(ok=True)
 
     def Register(self, request: pb.RegisterRequest, context) -> pb.Ack:
+        if self.s.tls is not None and peer_name(context) != request.site:   # a site speaks for itself only
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"Register for site {request.site!r} needs that site's certificate")
         self.s._on_register(request.site, request.address, request.pid, request.replica)
         return pb.Ack(ok=True)
 
@@ -566,9 +570,12 @@ class Service:
 
 
 def files_for(plan: Plan, manifest: Mapping | None = None, base_dir: str | Path | None = None,
-              manifest_root: str | Path | None = None) -> dict[str, pb.PieceFile]:
+              manifest_root: str | Path | None = None, emulate_cross: bool = False) -> dict[str, pb.PieceFile]:
     """The artifact of each piece (its compile manifest entry for the piece's site if given, else the
-    plan's ONNX file run with onnxruntime) with the artifact's bytes, to ship to the piece's site."""
+    plan's ONNX file run with onnxruntime) with the artifact's bytes, to ship to the piece's site.
+
+    `emulate_cross` (every site on this machine): a TVM artifact built for another CPU is replaced
+    by its host build (`host_file`), since a worker loads only the bytes it is sent."""
     by_piece: dict[str, dict] = {}
     for entry in (manifest or {}).get("artifacts", []):
         piece = entry.get("piece")
@@ -582,6 +589,12 @@ def files_for(plan: Plan, manifest: Mapping | None = None, base_dir: str | Path 
         if entry is not None:
             from runtime.backends import artifact_path
             path = artifact_path(entry, manifest_root)
+            if emulate_cross and entry.get("backend") == "tvm" and entry.get("host_file"):
+                from runtime.backends.tvm_backend import is_native
+                if not is_native(entry.get("target") or {"kind": "llvm"}):
+                    path = artifact_path({"file": entry["host_file"], "rel_file": entry.get("host_rel_file")},
+                                         manifest_root)
+                    entry = {**entry, "target": entry.get("host_target") or {"kind": "llvm"}, "emulated": True}
         else:
             if not p.file:
                 raise InputError(f"plan: piece {p.id} has no file. To fix: re-run `tierplan plan` (pieces need files)")
@@ -592,7 +605,9 @@ def files_for(plan: Plan, manifest: Mapping | None = None, base_dir: str | Path 
         if not path.is_file():
             raise InputError(f"plan: piece {p.id}: artifact not found {str(path)!r}. "
                              "To fix: re-run `tierplan plan` / `tierplan compile`")
-        entry = {**entry, "file": str(path), "path": str(path)}
-        out[p.id] = pb.PieceFile(node=p.id, manifest_entry_json=json.dumps(entry), data=path.read_bytes(),
-                                 filename=path.name)
+        data = path.read_bytes()
+        # the worker writes the bytes under a name of its own and checks them against `sha256`;
+        # paths in the entry are for the record only (a worker never reads them: runtime.piececache)
+        entry = {**entry, "file": str(path), "sha256": hashlib.sha256(data).hexdigest()}
+        out[p.id] = pb.PieceFile(node=p.id, manifest_entry_json=json.dumps(entry), data=data, filename=path.name)
     return out

@@ -42,18 +42,21 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from planner.plan import Plan
-from runtime.graph import ExecGraph, bind_inputs, child_branch, load_transform, select_tensors
+from runtime.graph import (DEFAULT_TRANSFORM_MODULES, ExecGraph, bind_inputs, child_branch, load_transform,
+                           select_tensors)
 from runtime.links import LinkEmulator
 from runtime.localwire import LocalCallError, LocalClient, LocalServer
+from runtime.piececache import DEFAULT_CACHE_LIMIT_BYTES, PieceCache, safe_entry
 from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
 from runtime.runners import Runner, load_runner
-from runtime.security import TlsConfig, TokenInterceptor, channel, server_credentials
+from runtime.security import CONTROLLER, TlsConfig, TokenInterceptor, channel, peer_name, server_credentials
 from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
 from runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD,
                           RAW_CONTROL_SHM_METHOD, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, RAW_STAGE_SHM_METHOD,
                           Delivery, frames_to_delivery, pack_delivery, pack_delivery_into, packed_layout, packed_size, raw_messages,
                           raw_to_delivery, unpack_delivery)
+from tierplan.errors import InputError
 
 __all__ = ["StageWorker", "StageOptions", "pick_address", "rotating", "RETRY_CODES", "Sender", "UNARY_MAX_BYTES", "UNARY_MAX_PACED_BYTES", "raw_handler",
            "delivery_handlers"]
@@ -142,14 +145,40 @@ class StageOptions:
 
     @classmethod
     def from_json(cls, text: str) -> "StageOptions":
+        """Options as a peer sent them, each number checked against `_OPTION_BOUNDS` (a worker checks
+        `links_shared_dir` when it uses it: `shared_links_dir`)."""
         raw = json.loads(text) if text else {}
-        raw["batch_sites"] = tuple(raw.get("batch_sites", ()))
+        if not isinstance(raw, dict):
+            raise ValueError("options_json: expected a JSON object")
+        raw["batch_sites"] = tuple(str(s) for s in raw.get("batch_sites", ()) or ())
+        for name, (lo, hi) in _OPTION_BOUNDS.items():
+            v = raw.get(name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi):
+                raise ValueError(f"options_json: {name}={v!r} is outside [{lo}, {hi}]")
         return cls(**{k: v for k, v in raw.items() if k in cls.__dataclass_fields__})
 
     def to_json(self) -> str:
         d = dict(self.__dict__)
         d["batch_sites"] = list(self.batch_sites)
         return json.dumps(d)
+
+
+# bounds of StageOptions' numbers as a peer may set them (a worker keeps its threads and memory)
+_OPTION_BOUNDS = {"threads": (0, 256), "max_batch": (1, 4096), "max_wait_ms": (0, 60_000),
+                  "chunk_bytes": (1 << 10, 64 << 20), "sender_threads": (1, 256), "compute_threads": (1, 64)}
+LINKS_DIR_MARKER = ".tierplan-links"   # runtime.deploy marks the shared link folder of a deployment with it
+
+
+def shared_links_dir(path: str) -> str | None:
+    """The shared link folder a peer names, if this host's deploy made it (a real folder of this user
+    holding LINKS_DIR_MARKER): the worker writes bucket files into it. "" gives None."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.is_symlink() or not p.is_dir() or not (p / LINKS_DIR_MARKER).is_file() or p.stat().st_uid != os.getuid():
+        raise ValueError(f"options_json: links_shared_dir {path!r} is not a folder a deploy on this host made "
+                         f"(no {LINKS_DIR_MARKER} in it)")
+    return str(p)
 
 
 def pick_address(peers: str | None, key: str, turn: int = 0) -> str | None:
@@ -455,8 +484,15 @@ class StageWorker(pbg.StageServicer):
     """One site's worker: a gRPC server, a compute thread and a sender pool (see module doc)."""
 
     def __init__(self, site: str, listen: str = "127.0.0.1:0", tls: TlsConfig | None = None,
-                 controller: str | None = None, cache_dir: str | None = None, replica: int = 0) -> None:
+                 controller: str | None = None, cache_dir: str | None = None, replica: int = 0,
+                 allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES,
+                 cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES, insecure: bool = False) -> None:
+        """`allow_transforms`, `cache_limit_bytes` and `insecure` are the operator's (the process that
+        starts the worker): nothing a peer sends can change them (see SECURITY.md). A `listen` host
+        beyond loopback needs `tls` unless `insecure`."""
         self.site = site
+        self.allow_transforms = tuple(allow_transforms)
+        self.insecure = insecure
         self.replica = replica          # which of its site's workers this is (0 without replicas)
         self.listen = listen
         self.tls = tls
@@ -471,8 +507,8 @@ class StageWorker(pbg.StageServicer):
         self._batch_wake = threading.Event()
         self._runner_locks: dict[int, threading.Lock] = {}
         self._compute_threads = 0
-        self._runner_cache: dict[tuple[str, str], Runner] = {}
-        self._cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix=f"tierplan-{site}-"))
+        self._runner_cache: dict[tuple[str, Path], Runner] = {}
+        self._cache = PieceCache(cache_dir or tempfile.mkdtemp(prefix=f"tierplan-{site}-"), cache_limit_bytes)
         self._metrics = _Metrics()
         self._sender = Sender(site, tls, lambda: self._cfg.emulator if self._cfg else LinkEmulator(),
                               self._metrics)
@@ -493,6 +529,9 @@ class StageWorker(pbg.StageServicer):
         self._server.add_generic_rpc_handlers(delivery_handlers(RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD,
                                                                 self._accept_delivery, self._shm_reader))
         host = self.listen.rsplit(":", 1)[0]
+        if self.tls is None and not self.insecure and not is_loopback_address(self.listen):
+            raise InputError(f"site {self.site}: listen {self.listen} beyond loopback needs TLS. "
+                             "To fix: pass --tls-dir (or --insecure on a network you trust)")
         if self.tls:
             port = self._server.add_secure_port(self.listen, server_credentials(self.tls))
         else:
@@ -504,7 +543,7 @@ class StageWorker(pbg.StageServicer):
         self._local_server = LocalServer(self.address, self._accept_delivery, self._shm_reader)
         if self.tls is None:   # with mutual TLS every delivery stays on the authenticated channel
             self._local_server.start()
-        self._metrics.serve(host if host not in ("0.0.0.0", "[::]") else "127.0.0.1")
+        self._metrics.serve("127.0.0.1")   # metrics stay on loopback: no TLS on that port (SECURITY.md)
         self._grow_compute(1)
         threading.Thread(target=self._batch_loop, name=f"batch-{self.site}", daemon=True).start()
         if self.controller:
@@ -552,16 +591,26 @@ class StageWorker(pbg.StageServicer):
 
     # ------------------------------------------------------------------ gRPC
     def Configure(self, request: pb.ConfigureRequest, context) -> pb.Ack:
+        """Take the plan, peers and piece files. Nothing in the message is a path or code this worker
+        honours: piece files go into its cache under names it chooses (runtime.piececache), and
+        transforms load only from the operator's modules (`allow_transforms`). With TLS only the
+        controller's certificate may configure a site."""
+        if self.tls is not None and peer_name(context) != CONTROLLER:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"site {self.site}: Configure is accepted from the {CONTROLLER!r} certificate only")
         try:
+            if request.site and request.site != self.site:
+                raise ValueError(f"this worker serves site {self.site!r}, not {request.site!r}")
             plan = Plan.model_validate_json(request.plan_json)
             graph = ExecGraph.from_plan(plan)
             options = StageOptions.from_json(request.options_json)
-            nodes = graph.nodes_on(request.site or self.site)
+            nodes = graph.nodes_on(self.site)
             cfg = _Config(graph=graph, peers=dict(request.peers), collector=request.collector,
                           emulator=LinkEmulator(json.loads(request.links_json or "{}"),
-                                                shared_dir=options.links_shared_dir or None),
+                                                shared_dir=shared_links_dir(options.links_shared_dir)),
                           options=options, generation=request.generation, nodes=nodes)
             files = {f.node: f for f in request.files}
+            self._cache.check_sizes({f.node: len(f.data) for f in request.files})
             for node in nodes:
                 kind = graph.kinds[node]
                 piece = graph.nodes.get(node)
@@ -571,7 +620,7 @@ class StageWorker(pbg.StageServicer):
                     fn = (piece.model_extra or {}).get("function") if piece is not None else None
                     if not fn:
                         raise ValueError(f"transform {node}: the plan gives no `function`")
-                    cfg.transforms[node] = load_transform(fn)
+                    cfg.transforms[node] = load_transform(fn, self.allow_transforms, node=node)
             with self._cfg_lock:
                 if self._cfg is not None and self._cfg.emulator.routes == cfg.emulator.routes and \
                         self._cfg.emulator.shared_dir == cfg.emulator.shared_dir:
@@ -583,29 +632,26 @@ class StageWorker(pbg.StageServicer):
             self._grow_compute(max(1, options.compute_threads))
             return pb.Ack(ok=True)
         except Exception as e:  # report any configuration problem to the controller, one line
-            log.exception("configure failed")
+            log.warning("site %s: configure refused: %s: %s", self.site, type(e).__name__, e)
             return pb.Ack(ok=False, error=f"site {self.site}: {type(e).__name__}: {e}")
 
     def _runner(self, node: str, piece, f: pb.PieceFile | None, options: StageOptions) -> Runner:
-        entry = json.loads(f.manifest_entry_json) if f is not None and f.manifest_entry_json else {}
-        entry.setdefault("piece", node)
-        if f is not None and f.data:
-            import hashlib
-            sha = hashlib.sha256(f.data).hexdigest()[:16]
-            path = self._cache_dir / sha / (f.filename or "piece.onnx")
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(path.suffix + ".tmp")
-                tmp.write_bytes(f.data)
-                tmp.replace(path)
-            entry["file"] = entry["path"] = str(path)
-        else:
-            entry.setdefault("file", piece.file if piece is not None else None)
-            sha = str(entry.get("file"))
-        key = (node, sha)
+        """The runner of one piece, loaded only from a file this worker wrote into its cache."""
+        if f is None or not f.data:
+            raise ValueError(f"piece {node}: Configure carried no file for it (a path is never read). "
+                             "To fix: deploy with the controller, which ships every piece's bytes")
+        entry = json.loads(f.manifest_entry_json) if f.manifest_entry_json else {}
+        if not isinstance(entry, dict):
+            raise ValueError(f"piece {node}: manifest entry is not a JSON object")
+        backend = str(entry.get("backend") or "onnxruntime")
+        ext = self._cache.extension(node, backend, f.filename)
+        in_use = {p for (_, p) in self._runner_cache}     # files of loaded runners are never evicted
+        path = self._cache.put(node, f.data, ext, entry.get("sha256"), in_use)
+        key = (node, path)
         if key not in self._runner_cache:
             names = [i["name"] for i in (piece.inputs if piece is not None else []) if "name" in i]
-            self._runner_cache[key] = load_runner(entry, names, threads=options.threads)
+            self._runner_cache[key] = load_runner(safe_entry(entry, node, backend, path), names,
+                                                  threads=options.threads)
         return self._runner_cache[key]
 
     def Health(self, request, context) -> pb.HealthReply:

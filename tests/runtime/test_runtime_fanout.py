@@ -40,7 +40,7 @@ def fanout_service(ray_cluster, tmp_path_factory):
                PlanEdge(src="split", dst="tag", nbytes=64, tensors=["x"]),
                PlanEdge(src="dense/p0", dst="tag", nbytes=64, tensors=["y"]),
                PlanEdge(src="tag", dst="sink:out", nbytes=64, tensors=["z"])])
-    with deploy(plan, cluster=ray_cluster, request_timeout_s=10) as svc:
+    with deploy(plan, cluster=ray_cluster, request_timeout_s=10, allow_transforms=[mod]) as svc:
         yield svc, w
 
 

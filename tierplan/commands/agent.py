@@ -11,14 +11,19 @@ def register(app: typer.Typer) -> None:
     @app.command("agent")
     def agent(
         site: str = typer.Option(..., "--site", help="Site class this host serves (as in fleet.yaml)."),
-        listen: str = typer.Option("127.0.0.1:0", "--listen", help="host:port to listen on."),
+        listen: str = typer.Option("127.0.0.1:0", "--listen", help="host:port to listen on; beyond loopback "
+                                   "it needs --tls-dir (or --insecure)."),
         controller: str = typer.Option(None, "--controller", help="Controller host:port to register with."),
-        tls_dir: str = typer.Option(None, "--tls-dir", help="Folder from `tierplan certs` (mutual TLS + token)."),
+        tls_dir: str = typer.Option(None, "--tls-dir", help="This site's bundle folder from `tierplan certs` "
+                                    "(ca.pem, SITE.pem, SITE.key, token): mutual TLS + token."),
+        insecure: bool = typer.Option(False, "--insecure", help="Listen beyond loopback without TLS (warns): "
+                                      "anyone who reaches the port can use this site."),
+        allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
+                                             "functions may run as transforms (tierplan.transforms always may)."),
+        cache_max_mb: float = typer.Option(4096, "--cache-max-mb", min=1, help="Size limit of the piece cache, MiB."),
     ) -> None:
         """Serve one edge site's pieces; prints `READY host:port`, stops on Ctrl-C / SIGTERM."""
-        from tierplan.errors import InputError
-        host, sep, port = listen.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise InputError(f"--listen {listen!r}: expected HOST:PORT (e.g. 127.0.0.1:7001)")
         from runtime.agent import run_agent
-        run_agent(site, listen, controller, tls_dir)
+        from runtime.graph import parse_modules
+        run_agent(site, listen, controller, tls_dir, insecure=insecure,
+                  allow_transforms=parse_modules(allow_transforms), cache_limit_bytes=int(cache_max_mb * 2**20))

@@ -33,8 +33,13 @@ def register(app: typer.Typer) -> None:
         artifacts: Path = typer.Option(None, "--artifacts", help="Output folder of `tierplan compile` (manifest.json)."),
         ray_address: str = typer.Option(None, "--ray-address", help="Existing Ray cluster (with --remote)."),
         agent: list[str] = typer.Option(None, "--agent", help="SITE=HOST:PORT of an edge agent (repeatable)."),
-        tls_dir: Path = typer.Option(None, "--tls-dir", help="Folder from `tierplan certs` (mutual TLS + token)."),
-        front_door: str = typer.Option("127.0.0.1:0", "--listen", help="Front door host:port (gRPC, runtime.proto)."),
+        tls_dir: Path = typer.Option(None, "--tls-dir", help="Folder from `tierplan certs`: its controller/ bundle "
+                                     "(or the whole --out folder on a local deployment). Mutual TLS + token."),
+        front_door: str = typer.Option("127.0.0.1:0", "--listen", help="Front door host:port (gRPC, runtime.proto); "
+                                       "beyond loopback it needs --tls-dir (or --insecure)."),
+        insecure: bool = typer.Option(False, "--insecure", help="Let --listen go beyond loopback without TLS (warns)."),
+        allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
+                                             "functions the sites started here may run as transforms."),
         duration: float = typer.Option(0.0, "--duration", min=0, help="Serve this many seconds, then stop (0: until Ctrl-C)."),
         replicas: int = typer.Option(1, "--replicas", min=1, help="Workers per base-station and cloud site; a request lost with one is retried on another."),
         as_json: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
@@ -42,6 +47,8 @@ def register(app: typer.Typer) -> None:
         """Deploy PLAN and serve it: prints the front door, the sites and their metrics endpoints."""
         from planner.plan import Plan
         from runtime.deploy import deploy
+        from runtime.graph import parse_modules
+        allowed = parse_modules(allow_transforms)
         p = Plan.load(plan)
         manifest = None
         if artifacts is not None:
@@ -49,7 +56,8 @@ def register(app: typer.Typer) -> None:
             manifest = load_manifest(artifacts)
         stop = threading.Event()
         with deploy(plan, local=local, manifest=manifest, manifest_root=artifacts, ray_address=ray_address,
-                    agents=parse_agents(agent), tls_dir=tls_dir, front_door=front_door, replicas=replicas) as svc:
+                    agents=parse_agents(agent), tls_dir=tls_dir, front_door=front_door, replicas=replicas,
+                    allow_transforms=allowed, insecure=insecure) as svc:
             for sig in (signal.SIGTERM, signal.SIGINT):   # after Ray's own handlers: stop cleanly, exit 0
                 signal.signal(sig, lambda *_: stop.set())
             info = svc.describe()

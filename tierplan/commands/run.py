@@ -61,12 +61,16 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(None, "--timeout", min=0.1,
                                       help="Deadline of one request, seconds (default: 10 x the largest SLO)."),
         replicas: int = typer.Option(1, "--replicas", min=1, help="Workers per base-station and cloud site; a request lost with one is retried on another."),
+        allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
+                                             "functions may run as transforms (tierplan.transforms always may)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Plan, compile and deploy EXAMPLE on this machine, send requests, compare with the plan, tear down."""
+        from runtime.graph import parse_modules
         from runtime.runapp import run_example
         rep = run_example(example, duration, backends=backend or None, progress=not as_json,
-                          request_timeout_s=timeout, replicas=replicas)
+                          request_timeout_s=timeout, replicas=replicas,
+                          allow_transforms=parse_modules(allow_transforms))
         if as_json:
             print(json.dumps(rep.to_json(), indent=2))
         else:
