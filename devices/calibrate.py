@@ -36,7 +36,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from devices.constants import BANDWIDTH_EFFICIENCY, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, OP_CLASSES, op_class, op_keys
-from devices.costmodel import CALIBRATION_DIR, OTHER_OP, Calibration, device_kind
+from devices.costmodel import OTHER_OP, Calibration, device_kind
 from partition.types import OpCost, Piece
 from tierplan.errors import InputError
 from tierplan.spec import DeviceSpec
@@ -292,6 +292,9 @@ def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: i
     `prior_weight` and `cache_mb` default to the values from PRIOR_WEIGHT_GRID x CACHE_MB_GRID with
     the lowest leave-one-model-out clipped mean error (_cv_error) on the samples themselves.
     """
+    from devices.host import cpu_identity
+
+    cpu = cpu_identity()   # the samples were measured here: the calibration belongs to this CPU
     samples = [s for s in samples if s.measured_ms > 0 and s.piece.ops]
     if len(samples) < 3:
         raise InputError(f"calibration needs at least 3 measured pieces with operators, got {len(samples)}")
@@ -327,6 +330,7 @@ def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: i
         threads=threads, precision=precision, backend=backend,
         measured_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        cpu_key=cpu.key, cpu=cpu.label,
         models=tuple(sorted({s.piece.model for s in samples})),
         fit={"samples": len(samples), "min_ops": min_ops, "prior_weight": pw, "prior_scale": scale,
              "cv_clipped_mean_abs_rel_error": cv_err, "cv_median_abs_rel_error": cv_med,
@@ -460,8 +464,8 @@ def run_calibration(out: str | Path | None = None, device_name: str = "local", t
                     max_pieces: int = 12, runs: int = 15, work_dir: str | Path | None = None,
                     models: Sequence[str] | None = None,
                     progress: Callable[[str], None] | None = None) -> tuple[Calibration, list[Sample], Path]:
-    """Measure the default models (or those named) on this machine, fit, save
-    (default devices/calibration/<device>.json)."""
+    """Measure the default models (or those named) on this machine, fit, save (default: the user's
+    cache, devices.calibstore.default_path: keyed by this CPU for `local`)."""
     import tempfile
 
     from devices.catalog import get_device, suggest
@@ -482,5 +486,107 @@ def run_calibration(out: str | Path | None = None, device_name: str = "local", t
         samples = collect_samples(available, work_dir or tmp, max_pieces=max_pieces, threads=threads, runs=runs,
                                   progress=progress)
     cal = fit_calibration(samples, device, threads=threads)
-    path = cal.save(Path(out) if out else CALIBRATION_DIR / f"{device.name}.json")
+    from devices.calibstore import default_path
+
+    path = cal.save(Path(out) if out else default_path(device.name))
     return cal, samples, path
+
+
+# ----------------------------------------------------------------------------- first run on a new host
+# The quick calibration `tierplan run` / `plan` / `estimate` make when no calibration fits this CPU:
+# the pieces about to run first, the micro-benchmarks, then calibration models in QUICK_MODELS order
+# until QUICK_BUDGET_S of wall time has gone (the fit follows, ~5 s). On this 2-vCPU host at load 2
+# the whole set (232 pieces, runs=7, 0.05 s each) took 24 s to measure and 5 s to fit, so the budget
+# keeps most of it on a quiet machine and the small, typical models on a loaded one.
+QUICK_BUDGET_S = 30.0
+QUICK_RUNS = 7
+QUICK_MIN_TIME_S = 0.05
+QUICK_MAX_PIECES = 12
+# small and typical first (depthwise mobile nets, OCR, VAD), big classic CNNs last
+QUICK_MODELS: tuple[str, ...] = ("ppocr_cls", "squeezenet", "shufflenet", "mobilenet_v3_small", "silero_vad",
+                                 "mobilenet_v2", "ppocr_rec", "tiny_detector", "transformer_encoder", "ppocr_det",
+                                 "inception_v1", "ssdlite_mnv3", "resnet50", "densenet121", "inception_v2",
+                                 "alexnet", "zfnet512")
+
+
+def quick_calibration(pieces: Sequence[Piece] = (), *, device_name: str = "local", budget_s: float = QUICK_BUDGET_S,
+                      runs: int = QUICK_RUNS, min_time_s: float = QUICK_MIN_TIME_S,
+                      work_dir: str | Path | None = None,
+                      step: Callable[[int, int, str], None] | None = None) -> tuple[Calibration, list[Sample]]:
+    """A calibration of this machine within about `budget_s` (+ the fit): `pieces` (those about to run;
+    any that cannot be measured are skipped), the micro-benchmarks, then QUICK_MODELS until the budget
+    is spent. One intra-op thread, CPU-time medians, as run_calibration. `step(done, total, label)`
+    reports progress."""
+    import tempfile
+    import time as _time
+
+    from devices.catalog import get_device
+    from devices.profile import measure_piece
+
+    device = get_device(device_name)
+    t0 = _time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tierplan-cal-") as tmp:
+        work = Path(work_dir or tmp)
+        found = {m[0]: m for m in default_models(work / "zoo")}
+        models = [found[n] for n in QUICK_MODELS if n in found]
+        total = len(models) + 2
+        if step:
+            step(0, total, "pieces about to run")
+        samples: list[Sample] = []
+        for p in pieces:
+            try:
+                m = measure_piece(p, runs=runs, min_time_s=min_time_s)
+            except Exception:  # a piece onnxruntime cannot run alone (symbolic dims, .tflite): not a sample
+                continue
+            samples.append(Sample(p, m.cpu_median_ms))
+        if step:
+            step(1, total, "micro-benchmarks")
+        samples += collect_samples([], work, runs=runs, min_time_s=min_time_s)
+        for k, model in enumerate(models):
+            if _time.monotonic() - t0 > budget_s:
+                break
+            if step:
+                step(2 + k, total, model[0])
+            try:
+                samples += collect_samples([model], work, max_pieces=QUICK_MAX_PIECES, runs=runs,
+                                           min_time_s=min_time_s, synthetic=False)
+            except InputError:
+                continue
+        if step:
+            step(total, total, "fitting")
+    cal = fit_calibration(samples, device)
+    from dataclasses import replace
+    return replace(cal, fit={**cal.fit, "quick": True, "wall_s": round(_time.monotonic() - t0, 1)}), samples
+
+
+def ensure_local_calibration(pieces: Sequence[Piece] = (), *, progress: bool = True,
+                             budget_s: float = QUICK_BUDGET_S) -> Calibration:
+    """The calibration of `local` that applies here; when there is none (first use on this CPU), make a
+    quick one (quick_calibration within `budget_s`), say so on stderr in one line with a progress bar,
+    and cache it."""
+    from devices.calibstore import local_calibration_path, lookup
+    from devices.catalog import get_device
+    device = get_device("local")
+    cal = lookup(device)
+    if cal is not None:
+        return cal
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    path = local_calibration_path()
+    con = Console(stderr=True)
+    what = f"first run on this CPU: calibrating the cost model (~{budget_s + 10:.0f} s, once)"
+    if not progress:
+        con.print(what, highlight=False)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[label]}"),
+                   TimeElapsedColumn(), console=con, disable=not progress, transient=False)
+    with bar:
+        task = bar.add_task(what, total=None, label="")
+
+        def step(done: int, total: int, label: str) -> None:
+            bar.update(task, completed=done, total=total, label=label)
+        cal, samples = quick_calibration(pieces, step=step, budget_s=budget_s)
+        bar.update(task, description=f"calibrated this CPU in {cal.fit['wall_s']:.0f} s ({len(samples)} pieces), "
+                                     f"cached in {path}", label="")
+    cal.save(path)
+    return cal

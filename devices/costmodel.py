@@ -6,8 +6,9 @@ Latency of one operator o of type t on device d at batch b and precision p (unca
     memory_ms(o)  = (param_bytes(o) + b * act_bytes(o)) * bytes_scale[p] / (bandwidth[d] * 1e9 * bw_eff[kind(d)]) * 1e3
     op_ms(o)      = max(compute_ms(o), memory_ms(o)) + dispatch_overhead_us[d] / 1e3
 
-and a piece costs the sum over its operators. A calibrated device (devices/calibration/<device>.json,
-written by `tierplan calibrate`) replaces eff and the overheads with fitted per-op-type coefficients:
+and a piece costs the sum over its operators. A calibrated device (its file in the user's cache, keyed
+by CPU for `local`, see devices/calibstore.py; written by `tierplan calibrate`) replaces eff and the
+overheads with fitted per-op-type coefficients:
 
     op_ms(o) = a[t] * b * GFLOP(o) + m[t] * MB(o) + d * max(0, MB(o) - cache_mb) + op_overhead_us[class] / 1e3
 
@@ -44,9 +45,8 @@ from partition.types import OpCost, Piece
 from tierplan.errors import InputError
 from tierplan.spec import DeviceSpec, LinkSpec, TransformSpec
 
-__all__ = ["CALIBRATION_DIR", "OTHER_OP", "Calibration", "CostModel", "device_kind"]
+__all__ = ["OTHER_OP", "Calibration", "CostModel", "device_kind"]
 
-CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 OTHER_OP = "other"   # calibration bucket for op types seen too rarely to get their own coefficients
 
 
@@ -87,6 +87,8 @@ class Calibration:
     backend: str = "onnxruntime"
     measured_at: str = ""
     host: str = ""
+    cpu_key: str = ""        # devices.host.cpu_identity().key of the CPU it was measured on
+    cpu: str = ""            # that CPU, for people
     models: tuple[str, ...] = ()
     fit: Mapping[str, Any] = field(default_factory=dict)
 
@@ -132,26 +134,30 @@ class Calibration:
 class CostModel:
     """Predicts latency, transfer time, money and energy; see the module docstring for the formulas.
 
-    `calibration`: None (load devices/calibration/<device>.json when present), a Calibration, a
-    mapping device name -> Calibration, or False (never calibrate: the datasheet roofline only).
+    `calibration`: None (the one that applies here: `--calibration FILE`, else the user's cache,
+    devices.calibstore.lookup), a Calibration, a mapping device name -> Calibration, or False (never
+    calibrate: the datasheet roofline only). A calibration of `local` made on another CPU is refused
+    with a StaleCalibrationWarning. `calibration_dir` replaces the cache directory.
     """
 
     def __init__(self, calibration: Calibration | Mapping[str, Calibration] | bool | None = None,
-                 calibration_dir: str | Path = CALIBRATION_DIR):
+                 calibration_dir: str | Path | None = None):
+        from devices.calibstore import checked
+
         self._auto = calibration is None
-        self._dir = Path(calibration_dir)
+        self._dir = Path(calibration_dir) if calibration_dir is not None else None
         self._cal: dict[str, Calibration | None] = {}
         if isinstance(calibration, Calibration):
-            self._cal[calibration.device] = calibration
+            self._cal[calibration.device] = checked(calibration)
         elif isinstance(calibration, Mapping):
-            self._cal.update(calibration)
+            self._cal.update({k: checked(v) if isinstance(v, Calibration) else v for k, v in calibration.items()})
 
     # ------------------------------------------------------------------ calibration lookup
     def calibration_for(self, device: DeviceSpec) -> Calibration | None:
         """The calibration used for `device`, or None (datasheet roofline)."""
         if device.name not in self._cal:
-            path = self._dir / f"{device.name}.json"
-            self._cal[device.name] = Calibration.load(path) if self._auto and path.exists() else None
+            from devices.calibstore import lookup
+            self._cal[device.name] = lookup(device, self._dir) if self._auto else None
         return self._cal[device.name]
 
     # ------------------------------------------------------------------ compute

@@ -1,7 +1,7 @@
 """Latency measurement on this machine: warm-up, then the median of N timed runs with a fixed thread count.
 
 Backends: onnxruntime (default; CPU execution provider, all graph optimisations, sequential
-execution), tvm (Relax from ONNX, compiled for the `local` catalog target, untuned) and litert
+execution), tvm (Relax from ONNX, compiled for `local`, this machine's detected target, untuned) and litert
 (.tflite files through ai_edge_litert's interpreter). Inputs are deterministic random tensors
 (partition.feeds.random_feeds) with the shapes the piece declares.
 """
@@ -153,7 +153,7 @@ def ort_node_times(path: str | Path, threads: int = DEFAULT_THREADS, runs: int =
 
 
 def _tvm_runner(path: Path, threads: int, inputs: Sequence[TensorInfo] | None, seed: int) -> Callable[[], object]:
-    """Compile with TVM Relax for the `local` catalog target and return a run closure."""
+    """Compile with TVM Relax for `local` (this machine's detected target, devices.host) and return a run closure."""
     import os
 
     os.environ.setdefault("TVM_NUM_THREADS", str(threads))

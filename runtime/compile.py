@@ -343,8 +343,14 @@ def _build_litert(tmp: Path, src: Path, specs, out_specs, opts: CompileOptions) 
 
 
 def _host_target() -> dict:
-    from tvm.target import codegen
-    return {"kind": "llvm", "mcpu": str(codegen.llvm_get_system_cpu())}
+    """This machine's TVM target: the detected `local` device's (devices.host: LLVM's host CPU and triple)."""
+    from devices.host import local_device
+
+    target = dict(local_device().tvm_target)
+    if "mcpu" not in target:   # detected while TVM was not importable
+        from tvm.target import codegen
+        target["mcpu"] = str(codegen.llvm_get_system_cpu())
+    return target
 
 
 def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, opts: CompileOptions,

@@ -202,11 +202,15 @@ def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], f
 def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | None = None,
                 progress: bool = True, seed: int = 0, request_timeout_s: float | None = None,
                 max_requests: int | None = None, replicas: int = 1,
-                allow_transforms: tuple[str, ...] | None = None) -> RunReport:
+                allow_transforms: tuple[str, ...] | None = None, calibration: str | Path | None = None,
+                auto_calibrate: bool = True) -> RunReport:
     """Plan, compile, deploy locally, send requests for `duration_s`, tear down; the report.
 
     `replicas`: workers per base-station and cloud site; `allow_transforms`: more transform modules
-    the sites may run (runtime.deploy).
+    the sites may run (runtime.deploy). `calibration`: a calibration file of this machine
+    (`--calibration`); one made on another CPU is refused with a warning. With `auto_calibrate`, a
+    machine with no calibration that fits its CPU is calibrated first (quickly, the plan's pieces among
+    others: devices.calibrate.ensure_local_calibration) and the result cached.
     """
     from tierplan.loader import load_app, load_fleet
     from runtime.deploy import deploy
@@ -218,6 +222,12 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     if plan.status == "infeasible":
         from tierplan.errors import InfeasibleError
         raise InfeasibleError(f"{ex.name}: the plan is infeasible ({plan.reason}); nothing to run")
+    if calibration is not None:
+        from devices.calibstore import use_calibration_file
+        use_calibration_file(calibration)
+    if auto_calibrate:
+        from devices.calibrate import ensure_local_calibration
+        ensure_local_calibration(_plan_pieces(plan), progress=progress)
     make_inputs = example_inputs(ex, app)
     with tempfile.TemporaryDirectory(prefix="tierplan-run-") as tmp:
         manifest, root = None, None
@@ -269,6 +279,20 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                      client_p50_ms=_pct(client, 50), client_p95_ms=_pct(client, 95),
                      stages=stages, duration_s=time.time() - t_start,
                      plan_source=plan_source, errors=errors, sites=sites)
+
+
+def _plan_pieces(plan: Plan) -> list:
+    """The plan's ONNX pieces as cost-model Pieces (what is about to run here)."""
+    from devices.pieces import piece_from_onnx
+
+    out = []
+    for p in plan.pieces:
+        if p.kind == "piece" and p.file and Path(p.file).suffix == ".onnx" and Path(p.file).is_file():
+            try:
+                out.append(piece_from_onnx(p.file, piece_id=p.id, model=f"run:{p.model}"))
+            except Exception:   # a piece the cost model cannot read is simply not a calibration sample
+                continue
+    return out
 
 
 def _progress(enabled: bool):

@@ -49,8 +49,24 @@ def _register_all() -> None:
         mod.register(app)
 
 
+def _warnings_as_lines() -> None:
+    """tierplan's own warnings (e.g. a calibration from another CPU) print as one `warning:` line on stderr."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.split(".")[0] in ("devices", "tierplan", "planner", "runtime", "partition",
+                                                 "simulations"):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
+    _warnings_as_lines()
     # gRPC's C core logs fork-handler notices at INFO whenever Ray forks; users need its errors only
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     _register_all()

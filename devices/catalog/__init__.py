@@ -1,4 +1,5 @@
-"""The device catalog: one YAML per hardware type (devices/catalog/*.yaml), loaded as DeviceSpec."""
+"""The device catalog: one YAML per real hardware type (devices/catalog/*.yaml), loaded as DeviceSpec,
+plus `local`, this machine, detected at run time (devices.host)."""
 
 from __future__ import annotations
 
@@ -37,12 +38,20 @@ def _load_dir(directory: str) -> Mapping[str, DeviceSpec]:
 
 
 def load_catalog(directory: str | Path | None = None) -> dict[str, DeviceSpec]:
-    """Every device of the catalog by name (a fresh dict; the specs are frozen and shared)."""
-    return dict(_load_dir(str(Path(directory or CATALOG_DIR).resolve())))
+    """Every device of the catalog by name (a fresh dict; the specs are frozen and shared); the default
+    catalog also holds `local`, this machine as detected (devices.host.local_device)."""
+    out = dict(_load_dir(str(Path(directory or CATALOG_DIR).resolve())))
+    if directory is None:
+        from devices.host import LOCAL, local_device
+        out[LOCAL] = local_device()
+    return out
 
 
 def get_device(name: str, catalog: Mapping[str, DeviceSpec] | None = None) -> DeviceSpec:
-    """One device by name; unknown names raise InputError with a did-you-mean."""
+    """One device by name (`local`: this machine, detected); unknown names raise InputError with a did-you-mean."""
+    if catalog is None and name == "local":
+        from devices.host import local_device
+        return local_device()
     cat = load_catalog() if catalog is None else catalog
     if name not in cat:
         raise InputError(f"unknown device {name!r}{suggest(name, sorted(cat))}. "

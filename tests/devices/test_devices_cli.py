@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tierplan(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def tierplan(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    if env and "XDG_CACHE_HOME" in env:   # the cache given, not one from the calling environment
+        full.pop("TIERPLAN_CACHE", None)
     return subprocess.run([sys.executable, "-m", "tierplan", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                          timeout=timeout, env=full)
 
 
 def test_devices_json_lists_the_catalog():
@@ -21,6 +25,8 @@ def test_devices_json_lists_the_catalog():
     assert r.returncode == 0, r.stderr
     names = {d["name"] for d in json.loads(r.stdout)["devices"]}
     assert {"rpi4", "mec-t4", "aws-p5-h100", "local"} <= names
+    local = json.loads(tierplan("devices", "local", "--json").stdout)
+    assert local["detected"]["cpu"]["key"] and local["tvm_target"]["mtriple"].startswith(local["detected"]["cpu"]["arch"])
     one = json.loads(tierplan("devices", "rpi5", "--json").stdout)
     assert one["peak_gflops"]["fp32"] == 153.6
 
@@ -62,13 +68,31 @@ def test_profile_bad_backend_and_missing_file_exit_2(squeezenet, tmp_path):
 
 
 def test_calibrate_writes_a_file_the_cost_model_loads(tmp_path):
-    """`tierplan calibrate --out F` measures real models, writes F, and F loads as a Calibration."""
+    """`tierplan calibrate --out F` measures real models, writes F, and F loads as a Calibration of this CPU."""
     from devices.costmodel import Calibration
+    from devices.host import cpu_identity
 
-    out = tmp_path / "local.json"
+    out = tmp_path / "mine.json"
     r = tierplan("calibrate", "--out", str(out), "--model", "squeezenet", "--model", "ppocr_cls",
                  "--max-pieces", "3", "--runs", "3", "--json")
     assert r.returncode == 0, r.stderr
     cal = Calibration.load(out)
     assert cal.device == "local" and set(cal.models) == {"squeezenet", "ppocr_cls", "synthetic"}
+    assert cal.cpu_key == cpu_identity().key
     assert json.loads(r.stdout)["file"] == str(out)
+
+
+def test_calibrate_default_goes_to_the_user_cache_not_the_tree(tmp_path):
+    """Without --out, `tierplan calibrate` writes $XDG_CACHE_HOME/tierplan/calibration/<cpu key>.json and leaves the
+    package and the git tree untouched."""
+    from devices.host import cpu_identity
+
+    before = subprocess.run(["git", "status", "--porcelain", "--", "devices"], capture_output=True, text=True,
+                            cwd=ROOT).stdout
+    r = tierplan("calibrate", "--model", "ppocr_cls", "--max-pieces", "2", "--runs", "3", "--json",
+                 env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["file"] == str(tmp_path / "tierplan" / "calibration" / f"{cpu_identity().key}.json")
+    assert not (ROOT / "devices" / "calibration").exists()
+    assert subprocess.run(["git", "status", "--porcelain", "--", "devices"], capture_output=True, text=True,
+                          cwd=ROOT).stdout == before

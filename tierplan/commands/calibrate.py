@@ -1,4 +1,6 @@
-"""`tierplan calibrate [--out FILE] [--json]`: fit the cost model to this machine (the device `local`)."""
+"""`tierplan calibrate [--out FILE] [--json]`: fit the cost model to this machine (the device `local`).
+
+The default file is in the user's cache, keyed by this CPU (devices.calibstore), never in the package."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     @app.command("calibrate")
     def calibrate_cmd(
-        out: Path = typer.Option(None, "--out", help="Calibration file (default devices/calibration/local.json)."),
+        out: Path = typer.Option(None, "--out", help="Calibration file (default: the user's cache, "
+                                 "$XDG_CACHE_HOME/tierplan/calibration/<cpu key>.json)."),
         threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads used to measure (recorded)."),
         max_pieces: int = typer.Option(12, "--max-pieces", min=1, help="Pieces each calibration model is cut into."),
         runs: int = typer.Option(15, "--runs", min=3, help="Timed runs per piece (median)."),
@@ -36,8 +39,8 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         eff = cal.efficiency(get_device("local"))
-        t = Table(title=f"calibration of `local`: {len(samples)} measured pieces of {len(cal.models)} models "
-                        f"({threads} thread(s); % of the catalog's all-core fp32 peak)",
+        t = Table(title=f"calibration of `local` ({cal.cpu}): {len(samples)} measured pieces of {len(cal.models)} "
+                        f"models ({threads} thread(s); % of the detected all-core fp32 peak)",
                   title_justify="left")
         for col in ("op type", "ms/GFLOP", "GFLOP/s", "% of peak", "ms/MB"):
             t.add_column(col, justify="left" if col == "op type" else "right")

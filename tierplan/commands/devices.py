@@ -48,10 +48,23 @@ def _print_one(dev, cal) -> None:
         if k == "sources":
             continue
         t.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
+    if dev.name == "local":
+        from devices.calibstore import local_calibration_path
+        from devices.host import detect_host
+
+        h = detect_host()
+        t.add_row("detected CPU", h.cpu.label)
+        t.add_row("CPU key", h.cpu.key)
+        t.add_row("peak from", h.peak_note)
+        t.add_row("frequency", f"{h.ghz:.2f} GHz ({h.ghz_source})")
+        t.add_row("detection cache", h.cache_file)
+        t.add_row("calibration file", str(local_calibration_path()))
     if cal is not None:
-        t.add_row("calibration", f"{cal.measured_at} on {cal.host}: op overhead {cal.op_overhead_us:.1f} us, "
+        t.add_row("calibration", f"{cal.measured_at} on {cal.cpu or cal.host}: op overhead {cal.op_overhead_us:.1f} us, "
                                  f"run overhead {cal.run_overhead_us:.1f} us, {len(cal.ms_per_gflop)} op types, "
                                  f"{cal.threads} thread(s)")
+    elif dev.name == "local":
+        t.add_row("calibration", "none for this CPU yet: `tierplan run` makes one on first use, or `tierplan calibrate`")
     con = console()
     con.print(t)
     con.print("sources:")
@@ -77,6 +90,11 @@ def register(app: typer.Typer) -> None:
                 out = device_dict(dev, cal is not None)
                 if cal is not None:
                     out["calibration"] = cal.to_dict()
+                if dev.name == "local":
+                    from devices.calibstore import local_calibration_path
+                    from devices.host import detect_host
+                    out["detected"] = detect_host().to_dict()
+                    out["calibration_file"] = str(local_calibration_path())
                 print(json.dumps(out, indent=2))
             else:
                 _print_one(dev, cal)

@@ -11,15 +11,27 @@ __all__ = ["register", "estimate"]
 
 
 def estimate(target: Path, device_name: str, batch: int = 1, precision: str = "fp32",
-             dims: dict | None = None) -> dict:
-    """The JSON object `tierplan estimate --json` prints (DESIGN.md field names, plus detail)."""
+             dims: dict | None = None, calibration: Path | None = None, auto_calibrate: bool = True,
+             progress: bool = False) -> dict:
+    """The JSON object `tierplan estimate --json` prints (DESIGN.md field names, plus detail).
+
+    `calibration`: a calibration file (`--calibration`; one of `local` made on another CPU is refused
+    with a warning). For `local` with no calibration fitting this CPU, `auto_calibrate` makes a quick
+    one first (the pieces being estimated among its samples) and caches it.
+    """
     from devices.catalog import get_device
     from devices.costmodel import CostModel
     from devices.pieces import load_target
 
     device = get_device(device_name)
-    cm = CostModel()
     pieces = load_target(target, dims or None)
+    if calibration is not None:
+        from devices.calibstore import use_calibration_file
+        use_calibration_file(calibration)
+    if device.name == "local" and auto_calibrate:
+        from devices.calibrate import ensure_local_calibration
+        ensure_local_calibration([p for p in pieces if p.file and str(p.file).endswith(".onnx")], progress=progress)
+    cm = CostModel()
     rows = []
     for p in pieces:
         ms = cm.piece_ms(p, device, batch=batch, precision=precision)
@@ -28,6 +40,7 @@ def estimate(target: Path, device_name: str, batch: int = 1, precision: str = "f
     cal = cm.calibration_for(device)
     return {"device": device.name, "latency_ms": sum(r["latency_ms"] for r in rows), "batch": batch,
             "precision": precision, "calibrated": cal is not None,
+            "calibration_cpu": cal.cpu if cal is not None else None,
             "energy_j": sum(r["energy_j"] for r in rows), "cost_usd": sum(r["cost_usd"] for r in rows),
             "pieces": rows}
 
@@ -41,6 +54,8 @@ def register(app: typer.Typer) -> None:
         batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
         precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8."),
         dims: list[str] = typer.Option(None, "--dims", help="Bind dynamic input dimensions: NAME=VALUE[,...]."),
+        calibration: Path = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
+                                         "for `local`, keyed by this CPU and made on first use)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Predict the latency of a model or its pieces on a catalog device (calibrated when available)."""
@@ -49,7 +64,8 @@ def register(app: typer.Typer) -> None:
 
         if precision not in ("fp32", "fp16", "int8"):
             raise InputError(f"--precision: {precision!r} is not one of fp32, fp16, int8")
-        out = estimate(target, device, batch, precision, parse_dims(dims))
+        out = estimate(target, device, batch, precision, parse_dims(dims), calibration=calibration,
+                       progress=not as_json)
         if as_json:
             print(json.dumps(out, indent=2))
             return

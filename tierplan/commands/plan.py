@@ -7,7 +7,23 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["register"]
+__all__ = ["register", "prepare_calibration"]
+
+
+def prepare_calibration(fleet, calibration: Path | None, progress: bool = True) -> None:
+    """`--calibration FILE` for this process's cost models; and when the fleet uses `local`, a quick
+    calibration of this machine first if none fits its CPU (devices.calibrate.ensure_local_calibration)."""
+    if calibration is not None:
+        from devices.calibstore import use_calibration_file
+        use_calibration_file(calibration)
+    if any(_device_name(s) == "local" for s in fleet.sites.values()):
+        from devices.calibrate import ensure_local_calibration
+        ensure_local_calibration(progress=progress)
+
+
+def _device_name(site) -> str | None:
+    dev = getattr(site, "device", None)
+    return dev if isinstance(dev, str) else getattr(dev, "name", None)
 
 
 def register(app: typer.Typer) -> None:
@@ -23,6 +39,8 @@ def register(app: typer.Typer) -> None:
         max_coverage: bool = typer.Option(False, "--max-coverage", help="When shared capacity cannot serve every class within its SLO: cover the most devices, then the objective (instead of exit 1)."),
         time_limit: float = typer.Option(10.0, "--time-limit", min=0.1, help="Solver time limit, seconds."),
         pieces_dir: Path = typer.Option(None, "--pieces-dir", help="Where partitioned pieces are cached."),
+        calibration: Path = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
+                                         "for `local`, keyed by this CPU and made on first use)."),
         as_json: bool = typer.Option(False, "--json", help="Print plan.json to stdout instead of tables."),
     ) -> None:
         """Decide where each piece runs (device, base station, cloud); show latency, cost and coverage."""
@@ -38,6 +56,7 @@ def register(app: typer.Typer) -> None:
         spec = load_app(app_path)
         fleet = load_fleet(fleet_path)
         check(spec, fleet, app_path=app_path, fleet_path=fleet_path)
+        prepare_calibration(fleet, calibration, progress=not as_json)
         old = Plan.load(from_plan) if from_plan is not None else None
         try:
             plan = plan_app(spec, fleet, objective=objective, time_limit_s=time_limit, from_plan=old,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -63,6 +64,8 @@ def register(app: typer.Typer) -> None:
         replicas: int = typer.Option(1, "--replicas", min=1, help="Workers per base-station and cloud site; a request lost with one is retried on another."),
         allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
                                              "functions may run as transforms (tierplan.transforms always may)."),
+        calibration: Path = typer.Option(None, "--calibration", help="Calibration file of this machine (default: "
+                                         "the user's cache, keyed by CPU; made on first use when none fits)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Plan, compile and deploy EXAMPLE on this machine, send requests, compare with the plan, tear down."""
@@ -70,7 +73,7 @@ def register(app: typer.Typer) -> None:
         from runtime.runapp import run_example
         rep = run_example(example, duration, backends=backend or None, progress=not as_json,
                           request_timeout_s=timeout, replicas=replicas,
-                          allow_transforms=parse_modules(allow_transforms))
+                          allow_transforms=parse_modules(allow_transforms), calibration=calibration)
         if as_json:
             print(json.dumps(rep.to_json(), indent=2))
         else:

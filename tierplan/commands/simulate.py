@@ -100,6 +100,8 @@ def register(app: typer.Typer) -> None:
         batch: str = typer.Option("auto", "--batch", help="Dynamic batching at cloud sites: auto (as the runtime deploys: 8 requests, 2 ms), MAX[:WAIT_MS], or off."),
         link_sharing: str = typer.Option("fifo", "--link-sharing", help="fifo (one transfer at a time per link direction, as the runtime's emulator) or fair (transfers share the rate)."),
         report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with figures into this folder."),
+        calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
+                                                   "for `local`, keyed by this CPU and made on first use)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Replay each strategy's placement over the fleet: latency per sink, SLO attainment, cost, load."""
@@ -122,6 +124,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--profile {profile}: file not found. To fix: pass a file written by simulations.calibration (ServiceProfile.save)")
         fleet_path = _fleet_path(target, fleet)
         fleet_spec = load_fleet(fleet_path)
+        from tierplan.commands.plan import prepare_calibration
+        prepare_calibration(fleet_spec, calibration, progress=not as_json)
         plan, app_spec = _load_plan(target, fleet_spec, fleet_path, objective)
         rep = simulate(plan, fleet_spec, strategies=strategies, duration_s=duration, seed=seed,
                        arrivals=arrivals, failures=fail or None, mobility=mobility or None,
