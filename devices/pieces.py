@@ -1,7 +1,8 @@
 """Pieces for profiling and calibration: an ONNX file (whole model or extracted piece) as a Piece with per-op costs.
 
 `piece_from_onnx` reads one standalone ONNX file through partition.onnx_graph.load_onnx, so a piece's
-operator costs are counted exactly as the planner counts them. `pieces_from_dir` reads a
+operator costs are counted exactly as the planner counts them; a .tflite file is read by
+partition.tflite_graph (the whole model, one piece, as LiteRT runs it). `pieces_from_dir` reads a
 `tierplan partition` output directory (manifest.json). `slice_model` cuts a model into contiguous
 pieces at its cheapest cuts (partition.cuts.coarsen) and extracts each with onnx.utils.Extractor:
 enough for calibration and the benchmark, independent of the partitioner's extraction step.
@@ -35,8 +36,11 @@ def ops_of(G: nx.DiGraph, nodes=None) -> tuple[OpCost, ...]:
 
 def piece_from_onnx(path: str | Path, piece_id: str | None = None, model: str | None = None,
                     index: int = 0, dims: Mapping[str, int] | None = None) -> Piece:
-    """One ONNX file as a Piece carrying every operator's cost (dims bind dynamic input dimensions)."""
+    """One ONNX (or .tflite) file as a Piece carrying every operator's cost (dims bind dynamic input dimensions)."""
     path = Path(path)
+    if path.suffix == ".tflite":
+        from partition.tflite_graph import tflite_piece
+        return tflite_piece(path, piece_id, model=model, index=index)
     G = load_onnx(path, dims)
     model = model or path.stem
     ops = ops_of(G)
@@ -69,7 +73,7 @@ def pieces_from_dir(directory: str | Path) -> list[Piece]:
 
 
 def load_target(target: str | Path, dims: Mapping[str, int] | None = None) -> list[Piece]:
-    """MODEL.onnx -> [the whole model as one piece]; DIR -> its pieces (manifest.json)."""
+    """MODEL.onnx or MODEL.tflite -> [the whole model as one piece]; DIR -> its pieces (manifest.json)."""
     target = Path(target)
     if target.is_dir():
         return pieces_from_dir(target)

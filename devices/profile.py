@@ -125,9 +125,12 @@ def measure(path: str | Path, backend: str = "ort", threads: int = DEFAULT_THREA
 
 
 def measure_piece(piece: Piece, backend: str = "ort", **kw) -> Measurement:
-    """Measure a piece's standalone file with inputs of the shapes it declares."""
+    """Measure a piece's standalone file with inputs of the shapes it declares (a .tflite piece runs on
+    LiteRT, the one backend that runs it, unless another is asked for by name)."""
     if not piece.file:
         raise InputError(f"piece {piece.id}: has no file to run; profile tables cannot be measured")
+    if backend == "ort" and str(piece.file).endswith(".tflite"):
+        backend = "litert"
     return measure(piece.file, backend=backend, inputs=list(piece.inputs) or None, piece_id=piece.id, **kw)
 
 

@@ -161,19 +161,13 @@ def source_dims(path: Path, given: Mapping[str, int], fed: Mapping[str, list[int
 
 
 def _tflite_pieces(name: str, path: Path) -> ModelPieces:
-    """A .tflite model as a single piece (LiteRT runs it whole); tensors from the interpreter."""
+    """A .tflite model as a single piece (LiteRT runs it whole), with every operator's cost (tflite_graph)."""
+    from partition.tflite_graph import tflite_piece
     try:
-        from ai_edge_litert.interpreter import Interpreter
-        it = Interpreter(model_path=str(path))
-        ins = [TensorInfo(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name,
-                          _nbytes(d["shape"], np.dtype(d["dtype"]).name)) for d in it.get_input_details()]
-        outs = [TensorInfo(d["name"], tuple(int(x) for x in d["shape"]), np.dtype(d["dtype"]).name,
-                           _nbytes(d["shape"], np.dtype(d["dtype"]).name)) for d in it.get_output_details()]
-    except Exception as e:
-        raise InputError(f"models.{name}.tflite: cannot read {path} ({type(e).__name__}: {e})") from None
-    piece = Piece(id=f"{name}/p0", model=name, index=0, nodes=(name,), inputs=tuple(ins), outputs=tuple(outs),
-                  flops=0.0, param_bytes=path.stat().st_size, file=str(path.resolve()))
-    return ModelPieces(name, [piece], ins, outs)
+        piece = tflite_piece(path.resolve(), f"{name}/p0", model=name)
+    except InputError as e:
+        raise InputError(f"models.{name}.tflite: {e}") from None
+    return ModelPieces(name, [piece], list(piece.inputs), list(piece.outputs))
 
 
 def model_pieces(app: AppSpec, name: str, pieces_dir: str | Path | None, max_pieces: int | None = None,

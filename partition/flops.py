@@ -1,9 +1,14 @@
-"""FLOP counts of ONNX operators from their attributes and static tensor shapes (a multiply-add counts 2).
+"""FLOP counts of ONNX and LiteRT (.tflite) operators from static tensor shapes (a multiply-add counts 2).
 
-`op_flops(node, shapes)` returns the FLOPs of one node, or None when the operator is not
+`op_flops(node, shapes)` returns the FLOPs of one ONNX node, or None when the operator is not
 known here (the caller lists those instead of silently counting zero). Convention, as in the
 published figures (ResNet-50 4.1 GMAC, ...): a multiply-add is 2 FLOPs; bias additions,
 normalisation and activations are counted per element with the per-element costs below.
+
+`tflite_op_flops(op, inputs, outputs, options)` counts a LiteRT builtin operator by the same
+convention from its tensors' shapes (NHWC activations; OHWI convolution weights, 1HWC depthwise
+weights, (units, in) fully-connected weights); `TFLITE_OP_TYPES` names the ONNX operator each
+builtin is costed as, so the cost model's op classes and calibration apply to both formats.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 
 from onnx import NodeProto, helper
 
-__all__ = ["op_flops", "ELEMENTWISE_FLOPS", "ZERO_FLOP_OPS", "subgraphs_of"]
+__all__ = ["op_flops", "ELEMENTWISE_FLOPS", "ZERO_FLOP_OPS", "subgraphs_of", "tflite_op_flops", "TFLITE_OP_TYPES"]
 
 Shape = tuple[int, ...]
 # tensor name -> static shape (None when unknown)
@@ -243,3 +248,110 @@ def _loop_trips(node: NodeProto, shape_of: ShapeOf) -> int | None:
         axis = axes[0] if axes else 0
         return None if s is None else int(s[axis])
     return None
+
+
+# ----------------------------------------------------------------------------- LiteRT (.tflite) builtins
+# LiteRT builtin operator -> the ONNX operator it is costed as (same arithmetic, same kind of kernel).
+TFLITE_OP_TYPES: dict[str, str] = {
+    "CONV_2D": "Conv", "DEPTHWISE_CONV_2D": "Conv", "CONV_3D": "Conv", "TRANSPOSE_CONV": "ConvTranspose",
+    "FULLY_CONNECTED": "Gemm", "BATCH_MATMUL": "MatMul",
+    "ADD": "Add", "SUB": "Sub", "MUL": "Mul", "DIV": "Div", "MAXIMUM": "Max", "MINIMUM": "Min", "ADD_N": "Sum",
+    "SQUARED_DIFFERENCE": "Sub", "SQUARE": "Mul", "POW": "Pow", "FLOOR_DIV": "Div", "FLOOR_MOD": "Mod",
+    "RELU": "Relu", "RELU6": "Clip", "RELU_N1_TO_1": "Clip", "RELU_0_TO_1": "Clip", "LEAKY_RELU": "LeakyRelu",
+    "PRELU": "PRelu", "LOGISTIC": "Sigmoid", "TANH": "Tanh", "HARD_SWISH": "HardSwish", "ELU": "Elu", "GELU": "Gelu",
+    "EXP": "Exp", "LOG": "Log", "SQRT": "Sqrt", "RSQRT": "Sqrt", "ABS": "Abs", "NEG": "Neg", "FLOOR": "Floor",
+    "CEIL": "Ceil", "ROUND": "Round", "SIN": "Sin", "COS": "Cos", "SIGN": "Sign",
+    "EQUAL": "Equal", "NOT_EQUAL": "Equal", "LESS": "Less", "LESS_EQUAL": "LessOrEqual", "GREATER": "Greater",
+    "GREATER_EQUAL": "GreaterOrEqual", "LOGICAL_AND": "And", "LOGICAL_OR": "Or", "LOGICAL_NOT": "Not",
+    "SELECT": "Where", "SELECT_V2": "Where",
+    "MAX_POOL_2D": "MaxPool", "AVERAGE_POOL_2D": "AveragePool", "L2_POOL_2D": "LpPool",
+    "MEAN": "ReduceMean", "SUM": "ReduceSum", "REDUCE_MAX": "ReduceMax", "REDUCE_MIN": "ReduceMin",
+    "REDUCE_PROD": "ReduceProd", "ARG_MAX": "ArgMax", "ARG_MIN": "ArgMin", "TOPK_V2": "TopK", "CUMSUM": "CumSum",
+    "SOFTMAX": "Softmax", "LOG_SOFTMAX": "LogSoftmax", "L2_NORMALIZATION": "LpNormalization",
+    "LOCAL_RESPONSE_NORMALIZATION": "LRN",
+    "RESIZE_BILINEAR": "Resize", "RESIZE_NEAREST_NEIGHBOR": "Resize",
+    "RESHAPE": "Reshape", "SQUEEZE": "Squeeze", "EXPAND_DIMS": "Unsqueeze", "SHAPE": "Shape",
+    "TRANSPOSE": "Transpose", "CONCATENATION": "Concat", "PACK": "Concat", "UNPACK": "Split", "SPLIT": "Split",
+    "SPLIT_V": "Split", "SLICE": "Slice", "STRIDED_SLICE": "Slice", "GATHER": "Gather", "GATHER_ND": "GatherND",
+    "PAD": "Pad", "PADV2": "Pad", "MIRROR_PAD": "Pad", "TILE": "Tile", "BROADCAST_TO": "Expand", "CAST": "Cast",
+    "DEPTH_TO_SPACE": "DepthToSpace", "SPACE_TO_DEPTH": "SpaceToDepth", "FILL": "ConstantOfShape",
+    "RANGE": "Range", "ZEROS_LIKE": "ConstantOfShape", "ONES_LIKE": "ConstantOfShape",
+    "QUANTIZE": "QuantizeLinear", "DEQUANTIZE": "DequantizeLinear", "DENSIFY": "Identity",
+}
+_TFLITE_RESIZE_MODE = {"RESIZE_BILINEAR": "linear", "RESIZE_NEAREST_NEIGHBOR": "nearest"}
+# tensor shape by input / output position; None for an absent optional input or an unknown shape
+Shapes = Sequence["Shape | None"]
+
+
+def _tfl_conv(inputs: Shapes, outputs: Shapes, depthwise: bool) -> float | None:
+    """CONV_2D (weights OHWI: each output reads kh*kw*Cin) and DEPTHWISE_CONV_2D (weights 1HWC: kh*kw)."""
+    w, y = inputs[1] if len(inputs) > 1 else None, outputs[0] if outputs else None
+    if w is None or y is None:
+        return None
+    taps = prod(w[1:3]) if depthwise else prod(w[1:])
+    bias = prod(y) if len(inputs) > 2 and inputs[2] is not None else 0
+    return 2.0 * prod(y) * taps + bias
+
+
+def _tfl_transpose_conv(inputs: Shapes, outputs: Shapes) -> float | None:
+    """TRANSPOSE_CONV (output_shape, weights OHWI, input[, bias]): each input scatters Cout*kh*kw MACs."""
+    if len(inputs) < 3 or inputs[1] is None or inputs[2] is None or not outputs or outputs[0] is None:
+        return None
+    bias = prod(outputs[0]) if len(inputs) > 3 and inputs[3] is not None else 0
+    return 2.0 * prod(inputs[2]) * prod(inputs[1][:3]) + bias
+
+
+def _tfl_fully_connected(inputs: Shapes, outputs: Shapes) -> float | None:
+    """FULLY_CONNECTED (weights (units, in)): each output element reads `in` inputs."""
+    w, y = inputs[1] if len(inputs) > 1 else None, outputs[0] if outputs else None
+    if w is None or y is None:
+        return None
+    bias = prod(y) if len(inputs) > 2 and inputs[2] is not None else 0
+    return 2.0 * prod(y) * w[-1] + bias
+
+
+def tflite_op_flops(op: str, inputs: Shapes, outputs: Shapes, options: Mapping[str, int] | None = None,
+                    ) -> float | None:
+    """FLOPs of a LiteRT builtin `op` (e.g. "CONV_2D") from its input and output shapes; None when unknown.
+
+    `options` carries what shapes do not tell: a pooling's `filter_height` and `filter_width` (without
+    them the window is taken as input/output elements, exact for non-overlapping pools).
+    """
+    options = options or {}
+    y = outputs[0] if outputs else None
+    if op in ("CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D"):
+        return _tfl_conv(inputs, outputs, depthwise=op == "DEPTHWISE_CONV_2D")
+    if op == "TRANSPOSE_CONV":
+        return _tfl_transpose_conv(inputs, outputs)
+    if op == "FULLY_CONNECTED":
+        return _tfl_fully_connected(inputs, outputs)
+    if op == "BATCH_MATMUL":
+        a = inputs[0] if inputs else None
+        return None if a is None or y is None else 2.0 * prod(y) * a[-2 if options.get("adj_x") else -1]
+    if op in ("MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D"):
+        if y is None:
+            return None
+        window = options.get("filter_height", 0) * options.get("filter_width", 0)
+        if not window:
+            x = inputs[0] if inputs else None
+            window = prod(x) / max(prod(y), 1) if x is not None else 1
+        return float(prod(y) * window)
+    if op in _TFLITE_RESIZE_MODE:
+        return None if y is None else _RESIZE_FLOPS[_TFLITE_RESIZE_MODE[op]] * prod(y)
+    onnx_op = TFLITE_OP_TYPES.get(op)
+    if onnx_op is None:
+        return None
+    if onnx_op in ZERO_FLOP_OPS or onnx_op in ("Shape", "Identity"):
+        return 0.0
+    first_in = inputs[0] if inputs else None
+    if onnx_op.startswith("Reduce") or onnx_op == "CumSum":
+        return None if first_in is None else _REDUCE_FLOPS * prod(first_in)
+    per_element = (ELEMENTWISE_FLOPS.get(onnx_op) or _NORM_FLOPS.get(onnx_op)
+                   or (_SOFTMAX_FLOPS if onnx_op in ("Softmax", "LogSoftmax") else None))
+    if onnx_op == "LRN":
+        per_element = float(options.get("radius", 2) * 2 + 1 + 3)
+    if per_element is None or y is None:
+        return None
+    if op in ("RSQRT", "SQUARED_DIFFERENCE"):   # two arithmetic steps per element
+        per_element *= 2
+    return per_element * prod(y)

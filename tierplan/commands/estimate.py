@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
     @app.command("estimate")
     def estimate_cmd(
         target: Path = typer.Argument(..., metavar="MODEL|DIR",
-                                      help="An ONNX file, or a `tierplan partition` output directory."),
+                                      help="An ONNX or .tflite file, or a `tierplan partition` output directory."),
         device: str = typer.Option(..., "--device", help="Catalog device name (see `tierplan devices`)."),
         batch: int = typer.Option(1, "--batch", min=1, help="Batch size."),
         precision: str = typer.Option("fp32", "--precision", help="fp32, fp16 or int8."),
