@@ -10,6 +10,7 @@ report measured against predicted latency per stage and end to end.
 from __future__ import annotations
 
 import importlib.util
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from devices.host import cpu_identity
 from planner.plan import Plan
 from tierplan.errors import InputError, RuntimeFault
 from tierplan.spec import AppSpec, FleetSpec
@@ -61,6 +63,8 @@ class RunReport:
     plan_source: str = ""
     errors: list[str] = field(default_factory=list)
     sites: dict = field(default_factory=dict)
+    load_average_1m: float | None = None   # os.getloadavg() as the requests ended: > cpus means a busy machine
+    cpus: int | None = None                # CPUs this process may use (devices.host)
 
     def to_json(self) -> dict:
         return {"example": self.example, "requests_ok": self.requests_ok, "requests_failed": self.requests_failed,
@@ -70,7 +74,8 @@ class RunReport:
                 "predicted_local_p95_ms": self.predicted_local_p95_ms,
                 "client_p50_ms": self.client_p50_ms, "client_p95_ms": self.client_p95_ms,
                 "stages": [s.__dict__ for s in self.stages], "duration_s": self.duration_s,
-                "plan_source": self.plan_source, "errors": self.errors, "sites": self.sites}
+                "plan_source": self.plan_source, "errors": self.errors, "sites": self.sites,
+                "load_average_1m": self.load_average_1m, "cpus": self.cpus}
 
 
 def find_example(name: str) -> Path:
@@ -262,6 +267,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                     bar.update(task, completed=min(time.time() - t0, duration_s),
                                description=f"{ex.name}: {ok} ok, {failed} failed")
             emu = LinkEmulator(route_table(fleet, list(fleet.sites)))
+            load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     # the plan's latency starts when the source's data exists on its site; the client here first
     # ships it there over loopback (a "feed" step), which a real device does not do
     client = [t.latency_ms for t in traces]
@@ -278,7 +284,8 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                      predicted_local_p50_ms=_pct(lat_local, 50), predicted_local_p95_ms=_pct(lat_local, 95),
                      client_p50_ms=_pct(client, 50), client_p95_ms=_pct(client, 95),
                      stages=stages, duration_s=time.time() - t_start,
-                     plan_source=plan_source, errors=errors, sites=sites)
+                     plan_source=plan_source, errors=errors, sites=sites, load_average_1m=load_1m,
+                     cpus=cpu_identity().cores)
 
 
 def _plan_pieces(plan: Plan) -> list:

@@ -41,6 +41,9 @@ def print_report(rep) -> None:
               "plan's placement with every site computing at this machine's speed (links emulated as declared); "
               "predicted, fleet: the plan's own figure on the fleet's devices; client view adds the local "
               "client's feed of the inputs.", style="dim")
+    if rep.load_average_1m is not None and rep.cpus and rep.load_average_1m > rep.cpus:
+        con.print(f"this machine was busy during the run (load average {rep.load_average_1m:.1f} on {rep.cpus} CPUs): "
+                  "measured times include waiting for a CPU; predicted here is for an unloaded core.", style="yellow")
     s = Table(title="per stage", title_justify="left")
     for col in ("kind", "stage", "calls", "measured p50 ms", "measured p95 ms", "predicted here ms",
                 "predicted on device ms"):
