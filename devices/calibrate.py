@@ -575,7 +575,7 @@ def ensure_local_calibration(pieces: Sequence[Piece] = (), *, progress: bool = T
 
     path = local_calibration_path()
     con = Console(stderr=True)
-    what = f"first run on this CPU: calibrating the cost model (~{budget_s + 10:.0f} s, once)"
+    what = f"first run on this CPU: calibrating (~{budget_s + 10:.0f} s, once)"
     if not progress:
         con.print(what, highlight=False)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[label]}"),
@@ -586,7 +586,7 @@ def ensure_local_calibration(pieces: Sequence[Piece] = (), *, progress: bool = T
         def step(done: int, total: int, label: str) -> None:
             bar.update(task, completed=done, total=total, label=label)
         cal, samples = quick_calibration(pieces, step=step, budget_s=budget_s)
-        bar.update(task, description=f"calibrated this CPU in {cal.fit['wall_s']:.0f} s ({len(samples)} pieces), "
-                                     f"cached in {path}", label="")
+        bar.update(task, description=f"calibrated this CPU in {cal.fit['wall_s']:.0f} s ({len(samples)} pieces, "
+                                     f"cached)", label="")
     cal.save(path)
     return cal

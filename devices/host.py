@@ -67,7 +67,7 @@ import platform
 import re
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -106,6 +106,12 @@ ARM_PARTS_FLOP_PER_CYCLE: dict[int, float] = {
     0xd04: 4, 0xd03: 8, 0xd05: 8, 0xd08: 8, 0xd09: 8,
     0xd0a: 16, 0xd0b: 16, 0xd0d: 16, 0xd41: 16, 0xd0c: 16, 0xd49: 16,
     0xd44: 32, 0xd4c: 32, 0xd4e: 32, 0xd82: 32, 0xd40: 32, 0xd4f: 32,
+}
+ARM_PART_NAMES: dict[int, str] = {
+    0xd03: "Cortex-A53", 0xd04: "Cortex-A35", 0xd05: "Cortex-A55", 0xd08: "Cortex-A72", 0xd09: "Cortex-A73",
+    0xd0a: "Cortex-A75", 0xd0b: "Cortex-A76", 0xd0c: "Neoverse N1", 0xd0d: "Cortex-A77", 0xd40: "Neoverse V1",
+    0xd41: "Cortex-A78", 0xd44: "Cortex-X1", 0xd49: "Neoverse N2", 0xd4c: "Cortex-X1C", 0xd4e: "Cortex-X3",
+    0xd4f: "Neoverse V2", 0xd82: "Cortex-X4",
 }
 _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
 
@@ -221,7 +227,8 @@ def parse_cpu_identity(cpuinfo: str, machine: str, cores: int) -> CpuIdentity:
     part = _int(first.get("cpu part"))
     name = first.get("model name") or head.get("model name") or head.get("hardware") or ""
     if not name:
-        name = f"Arm CPU part {hex(part)}" if part is not None else (platform.processor() or arch)
+        name = (ARM_PART_NAMES.get(part, f"Arm CPU part {hex(part)}") if part is not None
+                else (platform.processor() or arch))
     return CpuIdentity(arch=arch, vendor=vendor, model_name=re.sub(r"\s+", " ", name).strip(),
                        family=_int(first.get("cpu family")), model=_int(first.get("model")), arm_part=part,
                        flags=tuple(sorted(f for f in raw_flags if f in ISA_FLAGS)), cores=cores)
@@ -349,7 +356,6 @@ class HostInfo:
     tvm_mcpu: str | None
     detected_at: str
     cache_file: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def triple(self) -> str:
