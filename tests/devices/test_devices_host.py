@@ -175,3 +175,11 @@ def test_cli_refuses_stale_calibration_with_one_warning_line(tmp_path, squeezene
     assert len(lines) == 1 and "AMD EPYC 7601" in lines[0] and "Traceback" not in r.stderr
     out = json.loads(r.stdout)
     assert out["calibrated"] is True and out["calibration_cpu"] == host.cpu_identity().label
+
+
+def test_every_costing_verb_takes_a_calibration_file():
+    """`estimate`, `plan`, `run` and `simulate` each accept `--calibration FILE`."""
+    for verb in ("estimate", "plan", "run", "simulate"):
+        r = subprocess.run([sys.executable, "-m", "tierplan", verb, "--help"], capture_output=True, text=True,
+                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}, timeout=120)
+        assert r.returncode == 0 and "--calibration" in r.stdout, verb
