@@ -13,8 +13,10 @@ Nothing is ever written into the package or the source tree.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from tierplan.spec import DeviceSpec
 
 __all__ = ["StaleCalibrationWarning", "calibration_dir", "local_calibration_path", "stamp", "fits_this_host",
-           "checked", "use_calibration_file", "clear_overrides", "lookup", "default_path"]
+           "checked", "use_calibration_file", "clear_overrides", "lookup", "default_path", "file_sha256"]
 
 
 class StaleCalibrationWarning(UserWarning):
@@ -33,6 +35,25 @@ class StaleCalibrationWarning(UserWarning):
 
 
 _OVERRIDES: dict[str, "Calibration"] = {}   # device name -> calibration given with --calibration
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes (remembered per path, size and mtime): how a calibration names the pieces it measured."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return ""
+    return _sha256_cached(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=4096)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def calibration_dir() -> Path:

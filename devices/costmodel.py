@@ -20,8 +20,9 @@ costs only the fused-class overhead;
                + ms_per_output_mb * b * output MB + ms_per_input_mb * b * input MB
 
 (a, m >= 0 fitted by non-negative least squares on measured runs; see devices/calibrate.py).
-A piece carrying `measured_ms[device.name]` uses that measurement instead (scaled by the predicted
-batch ratio when batch > 1).
+A piece carrying `measured_ms[device.name]`, or whose file the device's calibration measured
+(`Calibration.piece_ms`, by file hash), uses that measurement instead (scaled by the predicted batch
+ratio when batch > 1).
 
 Transfer of n bytes over a link in one direction: RTT/2 + 8 n / (bandwidth (1 - loss)) + n / SERIALIZE_GBPS
 (lost packets are sent again, so the payload moves at the goodput; runtime.links emulates the same).
@@ -91,6 +92,9 @@ class Calibration:
     cpu: str = ""            # that CPU, for people
     models: tuple[str, ...] = ()
     fit: Mapping[str, Any] = field(default_factory=dict)
+    # measured ms (one run, batch 1, `precision`) of piece files by their sha256: the pieces a quick
+    # calibration measured because they were about to run (devices.calibrate.quick_calibration)
+    piece_ms: Mapping[str, float] = field(default_factory=dict)
 
     def efficiency(self, device: DeviceSpec) -> dict[str, float]:
         """Fitted compute coefficients as a share of the device's fp32 peak, per op type."""
@@ -104,6 +108,7 @@ class Calibration:
         d["class_overhead_us"] = dict(self.class_overhead_us)
         d["models"] = list(self.models)
         d["fit"] = dict(self.fit)
+        d["piece_ms"] = dict(self.piece_ms)
         return d
 
     @classmethod
@@ -176,6 +181,10 @@ class CostModel:
         """Predicted (or measured) latency of one run of `piece` on `device`, milliseconds."""
         _check_batch_precision(batch, precision)
         measured = piece.measured_ms.get(device.name) if piece.measured_ms else None
+        cal = self.calibration_for(device) if measured is None else None
+        if cal is not None and cal.piece_ms and piece.file and precision == cal.precision:
+            from devices.calibstore import file_sha256
+            measured = cal.piece_ms.get(file_sha256(piece.file))   # this very file, measured by the calibration
         if measured is not None:
             if batch == 1:
                 return float(measured)

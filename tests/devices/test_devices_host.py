@@ -145,7 +145,7 @@ def test_calibration_of_this_cpu_is_used(fresh_cache, tmp_path):
 
 def test_first_use_calibrates_once_and_caches(fresh_cache, squeezenet):
     """With no calibration for this CPU, ensure_local_calibration measures (the pieces about to run among the
-    samples), stamps the result with this CPU, caches it, and the next call reuses it without measuring."""
+    samples, their own times kept), stamps the result with this CPU, caches it, and the next call reuses it."""
     from devices.calibrate import ensure_local_calibration
     from devices.pieces import piece_from_onnx
 
@@ -155,6 +155,10 @@ def test_first_use_calibrates_once_and_caches(fresh_cache, squeezenet):
     assert calibstore.local_calibration_path().is_file()
     assert ensure_local_calibration([piece], progress=False, budget_s=0.0) == cal
     assert CostModel().calibration_for(get_device("local")) == cal
+    # the file about to run is predicted here by its own measurement, other files by the fit
+    measured = cal.piece_ms[calibstore.file_sha256(squeezenet)]
+    assert CostModel().piece_ms(piece, get_device("local")) == measured > 0
+    assert CostModel(False).piece_ms(piece, get_device("local")) != measured
 
 
 def test_cli_refuses_stale_calibration_with_one_warning_line(tmp_path, squeezenet):
