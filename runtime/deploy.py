@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -28,7 +30,7 @@ from runtime.links import route_table
 from runtime.security import CONTROLLER, TlsConfig, check_listen
 from runtime.service import Service, files_for, slot_key
 from runtime.stage import LINKS_DIR_MARKER, StageOptions
-from tierplan.errors import InputError
+from tierplan.errors import InputError, RuntimeFault
 from tierplan.spec import AppSpec, FleetSpec
 
 __all__ = ["deploy", "local_threads", "site_tiers", "load_plan_fleet", "load_plan_app", "request_deadline_s",
@@ -41,6 +43,7 @@ SLO_DEADLINE_FACTOR = 10.0
 MIN_DEADLINE_S = 2.0
 NO_SLO_DEADLINE_S = 30.0
 ACTOR_STOP_TIMEOUT_S = 2.0
+_RAY_CONNECT_RETRY_S = 1.0
 log = logging.getLogger("tierplan.runtime")
 
 
@@ -162,7 +165,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
         service.start_controller()
         ray_sites = [s for s, t in tiers.items() if t != "edge" and s not in agents]
         if ray_sites:
-            _start_ray_sites(service, ray_sites, local, cluster, ray_address, tls_dir, allowed)
+            _start_ray_sites(service, ray_sites, local, cluster, ray_address, tls_dir, allowed, ready_timeout_s)
         for site, t in tiers.items():
             if site in agents:
                 service.set_address(site, agents[site])
@@ -185,7 +188,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
 
 
 def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: LocalCluster | None,
-                     ray_address: str | None, tls_dir, allowed: tuple[str, ...]) -> None:
+                     ray_address: str | None, tls_dir, allowed: tuple[str, ...], ready_timeout_s: float) -> None:
     ensure_ray_env()
     import ray
     if cluster is None and local:
@@ -194,7 +197,8 @@ def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: L
     elif cluster is not None:
         cluster.ensure_sites(sites)
     elif not ray.is_initialized():
-        ray.init(address=ray_address or "auto", include_dashboard=False, log_to_driver=False)
+        _connect_ray(ray_address or "auto", ready_timeout_s)
+        service.add_closer(ray.shutdown)   # runs after the actors are stopped: leave the cluster cleanly
     service.cluster = cluster
     for site in sites:
         n = service.replicas.get(site, 1)
@@ -202,6 +206,36 @@ def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: L
             handle = _start_actor(cluster, site, service.address, tls_dir, k, n, allowed)
             service.actors[slot_key(site, k)] = handle
             service.add_closer(lambda h=handle: _stop_actor(h))
+
+
+def _connect_ray(address: str, timeout_s: float) -> None:
+    """Connect to an existing Ray cluster, waiting for it to be ready: a head that `ray start` has just
+    launched opens its port before its node has registered, and `ray.init` then fails with
+    ConnectionError. Retried until `timeout_s`; then a RuntimeFault that names the address."""
+    import ray
+    deadline = time.monotonic() + timeout_s
+    host, _, port = address.rpartition(":")
+    while port.isdigit():   # Ray's own connect waits minutes on a dead address: wait for the port first
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=_RAY_CONNECT_RETRY_S).close()
+            break
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise RuntimeFault(f"--ray-address {address}: nothing listens there after {timeout_s:.0f} s ({e}). "
+                                   "To fix: start the head with `ray start --head ...` and check the address") from e
+            time.sleep(_RAY_CONNECT_RETRY_S)
+    while True:
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            return
+        except ConnectionError as e:
+            if ray.is_initialized():
+                ray.shutdown()
+            if time.monotonic() >= deadline:
+                raise RuntimeFault(f"--ray-address {address}: no Ray cluster ready there after {timeout_s:.0f} s "
+                                   f"({e}). To fix: start it with `ray start --head ...` and check the address") from e
+            log.info("Ray cluster at %s not ready yet (%s); retrying", address, e)
+            time.sleep(_RAY_CONNECT_RETRY_S)
 
 
 def _start_actor(cluster: LocalCluster | None, site: str, controller: str, tls_dir, replica: int, replicas: int,

@@ -64,11 +64,12 @@ class TlsConfig:
     @classmethod
     def from_dir(cls, cert_dir: str | Path, site: str) -> "TlsConfig":
         """Load `ca.pem`, `<site>.pem|.key` and `token` from the site's bundle: `cert_dir` itself
-        when it holds them (the folder copied to the site's host), else `cert_dir/<site>/` (the
-        operator's `tierplan certs --out` folder)."""
+        when it holds them (the folder copied to the site's host), else `cert_dir/<site>/` (a folder
+        of bundles, such as `tierplan certs --out`), else the sibling `cert_dir/../<site>/` (a
+        deployment passes its own bundle's path, e.g. certs/controller, to the Ray sites it starts:
+        each finds certs/<site> on its host)."""
         d = Path(cert_dir)
-        if not (d / f"{site}.pem").is_file() and (d / site / f"{site}.pem").is_file():
-            d = d / site
+        d = next((c for c in (d, d / site, d.parent / site) if (c / f"{site}.pem").is_file()), d)
         files = [d / "ca.pem", d / f"{site}.pem", d / f"{site}.key", d / "token"]
         for f in files:
             if not f.is_file():
