@@ -38,7 +38,8 @@ import grpc
 
 from runtime.proto import runtime_pb2 as pb
 from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
-from runtime.wire import Delivery, pack_delivery, pack_delivery_into, packed_layout, packed_size, unpack_delivery
+from runtime.wire import (MAX_MESSAGE_BYTES, Delivery, WireError, pack_delivery, pack_delivery_into, packed_layout,
+                          packed_size, unpack_delivery)
 
 __all__ = ["LocalServer", "LocalClient", "LocalCallError", "socket_name", "available"]
 
@@ -182,6 +183,10 @@ class LocalServer:
                 if head is None:
                     return
                 n, kind = _HEAD.unpack(head)
+                if n > MAX_MESSAGE_BYTES:   # never allocate what a peer claims beyond the gRPC limit
+                    conn.sendall(_frame(_KIND_ERROR, f"INVALID_ARGUMENT\nmessage of {n} bytes (at most "
+                                                     f"{MAX_MESSAGE_BYTES})".encode()))
+                    return
                 body = _recv_exact(conn, n)
                 if body is None:
                     return
@@ -198,6 +203,8 @@ class LocalServer:
             if kind == _KIND_SHM:
                 try:
                     d = self._reader.read(bytes(body))
+                except WireError:    # mapped, but what the segment holds is not a delivery
+                    raise
                 except (OSError, ValueError) as e:
                     raise LocalCallError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot map shared memory: {e}")
             elif kind == _KIND_BYTES:
@@ -207,6 +214,8 @@ class LocalServer:
             ack = self._on_delivery(d, ctx)
         except LocalCallError as e:
             return _frame(_KIND_ERROR, f"{e.code().name}\n{e.details()}".encode())
+        except WireError as e:      # not a delivery (runtime.wire checks every field): not worth a retry
+            return _frame(_KIND_ERROR, f"INVALID_ARGUMENT\n{e}".encode())
         except Exception as e:  # a bad delivery must not kill the connection; the sender gets the reason
             return _frame(_KIND_ERROR, f"INTERNAL\n{type(e).__name__}: {e}".encode())
         if ack.ok:

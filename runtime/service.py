@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -37,11 +38,11 @@ from runtime.links import LinkEmulator
 from runtime.localwire import LocalServer
 from runtime.proto import runtime_pb2 as pb
 from runtime.proto import runtime_pb2_grpc as pbg
-from runtime.security import TlsConfig, TokenInterceptor, peer_name, server_credentials
+from runtime.security import TlsConfig, TokenInterceptor, channel, peer_name, server_credentials
 from runtime.shm import ShmReader, sweep_stale
-from runtime.stage import Sender, StageOptions, delivery_handlers, pick_address, rotating
-from runtime.wire import (GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery, frames_to_delivery,
-                          pb_to_tensor, tensor_to_pb)
+from runtime.stage import Sender, StageOptions, delivery_handlers, parsed, pick_address, rotating
+from runtime.wire import (GRPC_OPTIONS, MAX_DEADLINE_AHEAD_MS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery,
+                          WireError, frames_to_delivery, pb_to_tensor, tensor_to_pb)
 from tierplan.errors import InputError, RuntimeFault
 
 __all__ = ["Service", "Trace", "SiteState", "slot_key", "MAX_REPLICA_RETRIES"]
@@ -143,14 +144,17 @@ class _Control(pbg.ControlServicer):
         self.s = service
 
     def Deliver(self, request_iterator, context) -> pb.Ack:
-        self.s._on_result(frames_to_delivery(request_iterator))
-        return pb.Ack(ok=True)
+        return self.deliver_raw(parsed(frames_to_delivery, request_iterator, context), context)
 
     def DeliverBundle(self, request: pb.Bundle, context) -> pb.Ack:
         return self.Deliver(iter(request.frames), context)
 
     def deliver_raw(self, d: Delivery, context) -> pb.Ack:
-        """A result that came as a raw stream or a packed message (runtime.wire)."""
+        """A result (a sink's tensors from a node of the plan) or a request's error, in any form (runtime.wire)."""
+        kinds = self.s.graph.kinds
+        if not d.error and (kinds.get(d.dst) != "sink" or d.src not in kinds):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"a result goes from a node of the plan to a sink, not {d.src[:64]!r} -> {d.dst[:64]!r}")
         self.s._on_result(d)
         return pb.Ack(ok=True)
 
@@ -158,8 +162,34 @@ class _Control(pbg.ControlServicer):
         if self.s.tls is not None and peer_name(context) != request.site:   # a site speaks for itself only
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
                           f"Register for site {request.site!r} needs that site's certificate")
+        st = self.s.sites.get(slot_key(request.site, request.replica))
+        if st is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"this deployment has no site {request.site[:64]!r} "
+                                                     f"replica {request.replica}")
+        if request.address != st.address:   # a (re)started worker: it must answer there as that site
+            why = _not_the_worker(request.address, st, request.pid, self.s.tls)
+            if why:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"Register site {request.site!r} at {request.address[:80]!r}: {why}")
         self.s._on_register(request.site, request.address, request.pid, request.replica)
         return pb.Ack(ok=True)
+
+
+def _not_the_worker(address: str, st: SiteState, pid: int, tls: TlsConfig | None) -> str:
+    """Why `address` is not the worker of `st`'s site and replica (its Health says so), or ""."""
+    host, _, port = address.rpartition(":")
+    if not host or len(address) > 300 or not port.isdigit() or not 0 < int(port) < 65536:
+        return "not a host:port address"
+    ch = channel(address, tls, GRPC_OPTIONS)
+    try:
+        h = pbg.StageStub(ch).Health(pb.HealthRequest(), timeout=_HEALTH_TIMEOUT_S)
+    except grpc.RpcError as e:
+        return f"no worker answers there ({e.code().name})"
+    finally:
+        ch.close()
+    if h.site != st.site or h.replica != st.replica or (pid and h.pid != pid):
+        return f"the worker there is site {h.site!r} replica {h.replica} pid {h.pid}"
+    return ""
 
 
 class _FrontDoor(pbg.FrontDoorServicer):
@@ -167,7 +197,13 @@ class _FrontDoor(pbg.FrontDoorServicer):
         self.s = service
 
     def Predict(self, request: pb.PredictRequest, context) -> pb.PredictReply:
-        inputs = {k: pb_to_tensor(t) for k, t in request.inputs.items()}
+        try:
+            inputs = {k: pb_to_tensor(t) for k, t in request.inputs.items()}
+        except WireError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"predict: {e}")
+        if not (math.isfinite(request.timeout_ms) and 0 <= request.timeout_ms <= MAX_DEADLINE_AHEAD_MS):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"predict: timeout_ms must be in [0, {MAX_DEADLINE_AHEAD_MS:.0f}] "
+                                                            f"(0: the service's default), got {request.timeout_ms}")
         try:
             outs, trace = self.s.predict_traced(inputs, timeout_s=request.timeout_ms / 1e3 or None)
         except (RuntimeFault, InputError) as e:

@@ -54,12 +54,12 @@ from runtime.security import CONTROLLER, TlsConfig, TokenInterceptor, channel, p
 from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
 from runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD,
                           RAW_CONTROL_SHM_METHOD, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, RAW_STAGE_SHM_METHOD,
-                          Delivery, frames_to_delivery, pack_delivery, pack_delivery_into, packed_layout, packed_size, raw_messages,
-                          raw_to_delivery, unpack_delivery)
+                          Delivery, WireError, frames_to_delivery, pack_delivery, pack_delivery_into, packed_layout, packed_size,
+                          raw_messages, raw_to_delivery, unpack_delivery)
 from tierplan.errors import InputError
 
 __all__ = ["StageWorker", "StageOptions", "pick_address", "rotating", "RETRY_CODES", "Sender", "UNARY_MAX_BYTES", "UNARY_MAX_PACED_BYTES", "raw_handler",
-           "delivery_handlers"]
+           "delivery_handlers", "parsed"]
 
 log = logging.getLogger("tierplan.runtime")
 
@@ -88,6 +88,15 @@ def raw_handler(method: str, fn) -> grpc.GenericRpcHandler:
         fn, request_deserializer=None, response_serializer=pb.Ack.SerializeToString)})
 
 
+def parsed(parse: Callable, message, context):
+    """`parse(message)` (a runtime.wire reader); a message that breaks the wire format ends the call
+    with INVALID_ARGUMENT and the reason (the sender does not retry it)."""
+    try:
+        return parse(message)
+    except WireError as e:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+
 def delivery_handlers(stream_method: str, one_method: str,
                       on_delivery: Callable[[Delivery, object], pb.Ack],
                       shm_reader: ShmReader | None = None) -> list[grpc.GenericRpcHandler]:
@@ -108,6 +117,8 @@ def delivery_handlers(stream_method: str, one_method: str,
     def from_shm(msg: bytes, context) -> pb.Ack:
         try:
             d = reader.read(msg)
+        except WireError as e:   # mapped, but what the segment holds is not a delivery
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except (OSError, ValueError) as e:   # another host, another /dev/shm, or not our segment
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"cannot map shared memory: {e}")
         return on_delivery(d, context)
@@ -116,10 +127,10 @@ def delivery_handlers(stream_method: str, one_method: str,
         "DeliverShm": grpc.unary_unary_rpc_method_handler(
             from_shm, request_deserializer=None, response_serializer=pb.Ack.SerializeToString),
         name: grpc.stream_unary_rpc_method_handler(
-            lambda it, ctx: on_delivery(raw_to_delivery(it), ctx),
+            lambda it, ctx: on_delivery(parsed(raw_to_delivery, it, ctx), ctx),
             request_deserializer=None, response_serializer=pb.Ack.SerializeToString),
         one_name: grpc.unary_unary_rpc_method_handler(
-            lambda buf, ctx: on_delivery(unpack_delivery(buf), ctx),
+            lambda buf, ctx: on_delivery(parsed(unpack_delivery, buf, ctx), ctx),
             request_deserializer=None, response_serializer=pb.Ack.SerializeToString)})]
 
 
@@ -666,12 +677,21 @@ class StageWorker(pbg.StageServicer):
         return self.Deliver(iter(request.frames), context)
 
     def Deliver(self, request_iterator, context) -> pb.Ack:
-        return self._accept_delivery(frames_to_delivery(request_iterator), context)
+        return self._accept_delivery(parsed(frames_to_delivery, request_iterator, context), context)
 
     def _accept_delivery(self, d: Delivery, context) -> pb.Ack:
-        if self._cfg is None:  # just (re)started: UNAVAILABLE makes the sender retry until configured
+        cfg = self._cfg
+        if cfg is None:  # just (re)started: UNAVAILABLE makes the sender retry until configured
             context.abort(grpc.StatusCode.UNAVAILABLE, f"site {self.site} is not configured yet")
-        src_site = self._cfg.graph.sites.get(d.src, "")
+        # the plan decides what may arrive here: a node of this site, from one of its inputs (a
+        # source from the client: no src); anything else is refused before it reaches a join
+        if d.dst not in cfg.nodes:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"node {d.dst[:64]!r} does not run on site {self.site!r} in generation {cfg.generation}")
+        wanted = cfg.graph.in_edges.get(d.dst, ())
+        if (d.src not in {e.src for e in wanted}) if wanted else d.src not in ("", d.dst):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node {d.dst!r} takes no input from {d.src[:64]!r}")
+        src_site = cfg.graph.sites.get(d.src, "")
         if d.sent_unix_ms and not d.src:  # a source's data from the client (on a device: local)
             d.trace.append(["feed", f"client->{self.site}", time.time() * 1e3 - d.sent_unix_ms])
         elif d.sent_unix_ms and src_site and src_site != self.site:
@@ -752,7 +772,10 @@ class StageWorker(pbg.StageServicer):
                 self._batch_wake.wait(wait_s)   # woken early by each new item: count again
                 self._batch_wake.clear()
                 continue
-            self._run_next(cfg)
+            try:
+                self._run_next(cfg)
+            except Exception:  # keep the batching thread alive: one bad batch must not stop the site
+                log.exception("site %s: batch of %s failed", self.site, head.node)
 
     def _batching(self, cfg: _Config, node: str) -> bool:
         r = cfg.runners.get(node)

@@ -8,11 +8,16 @@ a header frame plus chunks, and both ends raise their limits anyway for the fron
 from __future__ import annotations
 
 import json
+import math
+import re
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from google.protobuf.message import DecodeError
 
 from runtime.proto import runtime_pb2 as pb
 
@@ -20,7 +25,8 @@ __all__ = ["CHUNK_BYTES", "MAX_MESSAGE_BYTES", "GRPC_OPTIONS", "Delivery", "deli
            "frames_to_delivery", "tensor_to_pb", "pb_to_tensor", "raw_messages", "raw_to_delivery",
            "pack_delivery", "unpack_delivery", "packed_layout", "dtype_name", "dtype_of", "RAW_STAGE_METHOD", "RAW_CONTROL_METHOD",
            "RAW_STAGE_ONE_METHOD", "RAW_CONTROL_ONE_METHOD", "RAW_STAGE_SHM_METHOD", "RAW_CONTROL_SHM_METHOD",
-           "packed_size", "pack_delivery_into"]
+           "packed_size", "pack_delivery_into", "WireError", "WIRE_DTYPES", "MAX_DELIVERY_BYTES", "MAX_TRACE_STEPS",
+           "MAX_DEADLINE_AHEAD_MS", "check_tensor_bytes"]
 
 CHUNK_BYTES = 1 << 20          # 1 MiB stream chunks (measured fastest in Python here)
 MAX_MESSAGE_BYTES = 256 << 20  # raised on both ends: the front door sends whole tensors
@@ -47,6 +53,23 @@ RAW_STAGE_SHM_METHOD = "/tierplan.runtime.RawStage/DeliverShm"
 RAW_CONTROL_SHM_METHOD = "/tierplan.runtime.RawControl/DeliverShm"
 _PACK_ALIGN = 64               # tensor bytes start at multiples of this in a packed delivery
 _PACK_PREFIX = struct.Struct("<I")
+
+# What a receiver accepts (the wire is hostile: every field of a delivery is checked before use).
+# Tensors travel as raw C-order bytes of these numeric dtypes only (numpy names, as `dtype.name`
+# gives them): no object, string, structured or platform-dependent types.
+WIRE_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                         "float16", "float32", "float64", "complex64", "complex128"})
+MAX_DELIVERY_BYTES = MAX_MESSAGE_BYTES   # tensor bytes of one delivery, whichever form carries it
+MAX_TRACE_STEPS = 4096                   # [kind, name, ms] steps a delivery's trace may carry
+MAX_DEADLINE_AHEAD_MS = 24 * 3600e3      # a deadline further ahead than this is refused (a sender would retry for days)
+_MAX_DIMS = 32                           # numpy's own limit on array dimensions
+_MAX_ID_CHARS = 4096                     # request id, node names, branch and tensor names
+_BRANCH = re.compile(r"\d{1,9}/\d{1,9}(\.\d{1,9}/\d{1,9})*")
+
+
+class WireError(ValueError):
+    """A delivery or tensor that breaks the wire format or its limits; receivers answer INVALID_ARGUMENT
+    with the message."""
 
 
 @dataclass
@@ -95,25 +118,32 @@ def delivery_frames(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.
 
 
 def frames_to_delivery(frames: Iterable[pb.Frame]) -> Delivery:
-    """Reassemble a delivery from its frames (the inverse of `delivery_frames`)."""
+    """Reassemble a delivery from its frames (the inverse of `delivery_frames`); WireError when the
+    frames break the format (see `check_tensor_bytes`, `_delivery_of`) or exceed MAX_DELIVERY_BYTES."""
     d: Delivery | None = None
     parts: dict[str, list[bytes]] = {}
-    meta: dict[str, tuple[str, tuple[int, ...]]] = {}
+    meta: dict[str, tuple[np.dtype, tuple[int, ...], int]] = {}
+    total = 0
     for f in frames:
         if d is None:
-            d = Delivery(request_id=f.request_id, src=f.src, dst=f.dst, branch=f.branch,
-                         deadline_unix_ms=f.deadline_unix_ms, error=f.error, empty=f.empty,
-                         sent_unix_ms=f.sent_unix_ms, trace=json.loads(f.trace) if f.trace else [])
+            d = _delivery_of(f)
         if f.name:
             if f.name not in meta:
-                meta[f.name] = (f.dtype, tuple(f.shape))
+                _check_name(f.name, "tensor name")
+                dtype = dtype_of(f.dtype)
+                shape = tuple(f.shape)
+                meta[f.name] = (dtype, shape, _nbytes(f.name, dtype, shape))
                 parts[f.name] = []
+            total += len(f.data)
+            if total > MAX_DELIVERY_BYTES:
+                raise WireError(f"delivery of more than {MAX_DELIVERY_BYTES} bytes")
             parts[f.name].append(f.data)
     if d is None:
-        raise ValueError("empty delivery stream")
-    for name, (dtype, shape) in meta.items():
+        raise WireError("empty delivery stream")
+    for name, (dtype, shape, need) in meta.items():
         raw = b"".join(parts[name])
-        d.tensors[name] = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(shape)
+        check_tensor_bytes(name, need, len(raw))
+        d.tensors[name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
     return d
 
 
@@ -130,11 +160,56 @@ def dtype_name(dt: np.dtype) -> str:
 
 
 def dtype_of(name: str) -> np.dtype:
-    """`np.dtype(name)`, cached (every received tensor needs one)."""
+    """`np.dtype(name)` for a name in WIRE_DTYPES, cached (every received tensor needs one); WireError otherwise."""
     dt = _DTYPES.get(name)
     if dt is None:
+        if name not in WIRE_DTYPES:
+            raise WireError(f"dtype {name[:64]!r} is not one of {', '.join(sorted(WIRE_DTYPES))}")
         dt = _DTYPES[name] = np.dtype(name)
     return dt
+
+
+def _nbytes(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """Bytes of a tensor of `shape` (exact, in Python integers); WireError for negative dims, too many
+    dims, or more bytes than a delivery may carry."""
+    if len(shape) > _MAX_DIMS:
+        raise WireError(f"tensor {name[:64]!r}: {len(shape)} dimensions (at most {_MAX_DIMS})")
+    if shape and min(shape) < 0:
+        raise WireError(f"tensor {name[:64]!r}: negative dimension in shape {list(shape)}")
+    n = math.prod(shape) * dtype.itemsize
+    if n > MAX_DELIVERY_BYTES:
+        raise WireError(f"tensor {name[:64]!r}: shape {list(shape)} of {dtype.name} needs {n} bytes "
+                        f"(at most {MAX_DELIVERY_BYTES})")
+    return n
+
+
+def check_tensor_bytes(name: str, need: int, got: int) -> None:
+    """WireError unless a tensor's bytes are exactly what its shape and dtype say."""
+    if need != got:
+        raise WireError(f"tensor {name[:64]!r}: shape and dtype need {need} bytes, {got} arrived")
+
+
+def _check_name(value: str, what: str) -> str:
+    if len(value) > _MAX_ID_CHARS:
+        raise WireError(f"{what} of {len(value)} characters (at most {_MAX_ID_CHARS})")
+    return value
+
+
+def _trace_of(text: str) -> list:
+    """A delivery's trace: a JSON list of at most MAX_TRACE_STEPS [kind, name, ms] steps; WireError otherwise."""
+    if not text:
+        return []
+    try:
+        steps = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise WireError(f"trace is not JSON ({type(e).__name__})") from None
+    if not isinstance(steps, list) or len(steps) > MAX_TRACE_STEPS:
+        raise WireError(f"trace must be a list of at most {MAX_TRACE_STEPS} [kind, name, ms] steps")
+    for s in steps:
+        if not (isinstance(s, list) and len(s) == 3 and isinstance(s[0], str) and isinstance(s[1], str)
+                and isinstance(s[2], (int, float)) and not isinstance(s[2], bool) and math.isfinite(s[2])):
+            raise WireError(f"trace step {str(s)[:80]} is not [kind, name, ms]")
+    return steps
 
 
 def _header(d: Delivery, arrays: dict[str, np.ndarray]) -> bytes:
@@ -147,9 +222,32 @@ def _header(d: Delivery, arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _delivery_of(f0: pb.Frame) -> Delivery:
+    """The delivery a first frame describes, its fields checked: ids within length, a branch of the
+    form `i/n[.i/n...]` (i < n), finite times, a deadline at most MAX_DEADLINE_AHEAD_MS ahead, a
+    well-formed trace. WireError otherwise."""
+    for value, what in ((f0.request_id, "request id"), (f0.src, "src"), (f0.dst, "dst"), (f0.branch, "branch")):
+        _check_name(value, what)
+    if f0.branch and (not _BRANCH.fullmatch(f0.branch) or
+                      any(int(i) >= int(n) for i, _, n in (p.partition("/") for p in f0.branch.split(".")))):
+        raise WireError(f"branch {f0.branch[:64]!r} is not index/count[.index/count...] with index < count")
+    if not (math.isfinite(f0.deadline_unix_ms) and math.isfinite(f0.sent_unix_ms)):
+        raise WireError("deadline_unix_ms and sent_unix_ms must be finite")
+    if f0.deadline_unix_ms > time.time() * 1e3 + MAX_DEADLINE_AHEAD_MS:
+        raise WireError(f"deadline more than {MAX_DEADLINE_AHEAD_MS / 3600e3:.0f} h ahead")
     return Delivery(request_id=f0.request_id, src=f0.src, dst=f0.dst, branch=f0.branch,
                     deadline_unix_ms=f0.deadline_unix_ms, error=f0.error, empty=f0.empty,
-                    sent_unix_ms=f0.sent_unix_ms, trace=json.loads(f0.trace) if f0.trace else [])
+                    sent_unix_ms=f0.sent_unix_ms, trace=_trace_of(f0.trace))
+
+
+def _header_frames(buf: bytes) -> list:
+    """The header frames of a packed or raw delivery; WireError if they do not parse or are none."""
+    try:
+        frames = pb.Bundle.FromString(buf).frames
+    except DecodeError as e:
+        raise WireError(f"delivery header does not parse: {e}") from None
+    if not frames:
+        raise WireError("delivery header has no frame")
+    return frames
 
 
 def _layout(d: Delivery) -> tuple[bytes, list[tuple[int, np.ndarray]], int]:
@@ -212,26 +310,34 @@ def pack_delivery_into(d: Delivery, buf: memoryview, layout: tuple | None = None
 def unpack_delivery(buf: bytes | memoryview | np.ndarray, copy: bool = False) -> Delivery:
     """The inverse of `pack_delivery`; the arrays are read-only views of `buf`, or with `copy` arrays
     of their own (for a shared-memory segment the sender will reuse)."""
+    size = len(buf)
+    if size < _PACK_PREFIX.size:
+        raise WireError(f"packed delivery of {size} bytes has no header")
     (n,) = _PACK_PREFIX.unpack_from(buf, 0)
     off = _PACK_PREFIX.size
-    frames = pb.Bundle.FromString(bytes(memoryview(buf)[off:off + n])).frames
+    if n > size - off:
+        raise WireError(f"packed delivery of {size} bytes claims a {n}-byte header")
+    frames = _header_frames(bytes(memoryview(buf)[off:off + n]))
     off += n
     d = _delivery_of(frames[0])
     for f in frames:
         if not f.name:
             continue
+        _check_name(f.name, "tensor name")
         dtype = dtype_of(f.dtype)
         shape = tuple(f.shape)
-        count = int(np.prod(shape, dtype=np.int64))
+        need = _nbytes(f.name, dtype, shape)
         off += -off % _PACK_ALIGN
-        if count:
-            view = np.frombuffer(buf, dtype=dtype, count=count, offset=off).reshape(shape)
+        if off + need > size:
+            raise WireError(f"packed delivery of {size} bytes ends inside tensor {f.name[:64]!r}")
+        if need:
+            view = np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize, offset=off).reshape(shape)
             d.tensors[f.name] = view.copy() if copy else view
         else:
             d.tensors[f.name] = np.zeros(shape, dtype=dtype)
-        off += count * dtype.itemsize
-    if off != len(buf):
-        raise ValueError(f"packed delivery of {len(buf)} bytes holds {off} bytes of header and tensors")
+        off += need
+    if off != size:
+        raise WireError(f"packed delivery of {size} bytes holds {off} bytes of header and tensors")
     return d
 
 
@@ -248,23 +354,35 @@ def raw_messages(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
 def raw_to_delivery(messages: Iterable[bytes]) -> Delivery:
     """Reassemble a delivery from raw stream messages (the inverse of `raw_messages`)."""
     it = iter(messages)
-    frames = pb.Bundle.FromString(next(it)).frames
+    first = next(it, None)
+    if first is None:
+        raise WireError("empty delivery stream")
+    frames = _header_frames(first)
     d = _delivery_of(frames[0])
+    total = 0
     for f in frames:
         if not f.name:
             continue
+        _check_name(f.name, "tensor name")
         dtype = dtype_of(f.dtype)
-        need = int(np.prod(f.shape, dtype=np.int64)) * dtype.itemsize
+        shape = tuple(f.shape)
+        need = _nbytes(f.name, dtype, shape)
+        total += need
+        if total > MAX_DELIVERY_BYTES:
+            raise WireError(f"delivery of more than {MAX_DELIVERY_BYTES} bytes")
         parts, got = [], 0
         while got < need:
-            chunk = next(it)
+            chunk = next(it, None)
+            if chunk is None:
+                raise WireError(f"stream ended after {got} of tensor {f.name[:64]!r}'s {need} bytes")
             parts.append(chunk)
             got += len(chunk)
+        check_tensor_bytes(f.name, need, got)
         raw = parts[0] if len(parts) == 1 else b"".join(parts)
-        d.tensors[f.name] = np.frombuffer(raw, dtype=dtype).reshape(tuple(f.shape)) if need else \
-            np.zeros(tuple(f.shape), dtype=dtype)
-    for _ in it:   # wait for the sender to close the stream: a paced (emulated) link delivers then
-        pass
+        d.tensors[f.name] = np.frombuffer(raw, dtype=dtype).reshape(shape) if need else np.zeros(shape, dtype=dtype)
+    for extra in it:   # wait for the sender to close the stream: a paced (emulated) link delivers then
+        if extra:
+            raise WireError("stream carries bytes beyond its tensors")
     return d
 
 
@@ -275,5 +393,9 @@ def tensor_to_pb(name: str, arr: np.ndarray) -> pb.Tensor:
 
 
 def pb_to_tensor(t: pb.Tensor) -> np.ndarray:
-    """The array of a front-door Tensor message."""
-    return np.frombuffer(t.data, dtype=np.dtype(t.dtype)).reshape(tuple(t.shape))
+    """The array of a front-door Tensor message; WireError for a dtype outside WIRE_DTYPES or a shape
+    that does not match the bytes."""
+    dtype = dtype_of(t.dtype)
+    shape = tuple(t.shape)
+    check_tensor_bytes(t.name, _nbytes(t.name, dtype, shape), len(t.data))
+    return np.frombuffer(t.data, dtype=dtype).reshape(shape)

@@ -231,3 +231,41 @@ def test_sink_delivers_where_the_app_pins_it():
     unpinned = ExecGraph.from_plan(Plan(**base))
     assert unpinned.sites["sink:boxes"] == "cams"   # back to the source's site
     assert "cloud" not in pinned.used_sites()        # a sink's site hosts no worker
+
+
+def test_wire_readers_refuse_what_breaks_the_format():
+    """Every wire reader (frames, packed message, raw stream, front-door tensor) refuses a hostile field
+    with WireError (a ValueError) before it reaches numpy: dtypes outside the allowlist, negative or huge
+    dims, bytes that do not match the shape, malformed traces and branches, non-finite deadlines."""
+    import math
+
+    from runtime.proto import runtime_pb2 as pb
+    from runtime.wire import WireError, pack_delivery, pb_to_tensor, raw_messages, raw_to_delivery, unpack_delivery
+    soon = (time.time() + 5) * 1e3
+    x = np.zeros((1, 8), np.float32)
+    good = dict(request_id="r", src="a", dst="b", deadline_unix_ms=soon, name="t", dtype="float32", shape=[1, 8],
+                data=x.tobytes())
+    bad = [dict(dtype="object"), dict(dtype="i4,i4"), dict(dtype="float128"), dict(shape=[-1, 8]),
+           dict(shape=[1, 9]), dict(shape=[2**32, 2**32]), dict(shape=[1] * 40), dict(trace="[["),
+           dict(trace='{"a": 1}'), dict(trace='[["compute", "p", "fast"]]'), dict(trace="[" * 5000 + "]" * 5000),
+           dict(branch="1/0"), dict(branch="3/2"), dict(branch="a/b"), dict(deadline_unix_ms=math.nan),
+           dict(deadline_unix_ms=math.inf), dict(deadline_unix_ms=soon + 1e12), dict(request_id="r" * 5000)]
+    for change in bad:
+        with pytest.raises(WireError):
+            frames_to_delivery(iter([pb.Frame(**{**good, **change})]))
+    with pytest.raises(WireError):
+        frames_to_delivery(iter([]))
+    d = Delivery("r", "a", "b", {"t": x}, deadline_unix_ms=soon)
+    packed = pack_delivery(d)
+    for msg in (packed[:3], packed[:-4], b"\xff\xff\xff\x7f" + packed[4:], packed + b"x"):
+        with pytest.raises(WireError):
+            unpack_delivery(msg)
+    msgs = raw_messages(d)
+    for stream in ([], [msgs[0]], [msgs[0], msgs[1][:5]], [*msgs, b"more"], [b"\xff garbage"]):
+        with pytest.raises(WireError):
+            raw_to_delivery(iter(stream))
+    with pytest.raises(WireError):
+        pb_to_tensor(pb.Tensor(name="t", dtype="float32", shape=[-1], data=x.tobytes()))
+    with pytest.raises(WireError):
+        pb_to_tensor(pb.Tensor(name="t", dtype="O", shape=[1], data=b"\0" * 8))
+    assert np.array_equal(pb_to_tensor(pb.Tensor(name="t", dtype="float32", shape=[1, 8], data=x.tobytes())), x)
