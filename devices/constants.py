@@ -16,6 +16,7 @@ __all__ = [
     "OP_CLASSES", "op_class", "FUSION_HEADS", "FUSABLE_EPILOGUES", "FUSED_SUFFIX", "op_keys",
     "CONV_SHAPE_SUFFIX", "DEPTHWISE_MAX_DEPTH", "GEMV_MAX_POSITIONS", "conv_shape",
     "MATMUL_HEADS", "FUSABLE_PROLOGUES", "SCALE_EPILOGUES", "SCALAR_OPERAND_BYTES", "BATCH_FIXED_SHARE",
+    "SHARED_KEYS",
 ]
 
 # Device kinds, told apart by the kind of the TVM target ("cuda" -> gpu, else cpu).
@@ -99,10 +100,26 @@ _CLASS_OF: dict[str, str] = {t: c for c, types in OP_CLASSES.items() for t in ty
 
 def op_class(op_type: str) -> str:
     """The class of an ONNX op type (or op key): conv, matmul, norm, pool, view, movement, fused (an
-    epilogue key from op_keys), or elementwise (the rest)."""
+    epilogue key from op_keys), or elementwise (the rest). A shared key (SHARED_KEYS) is its class."""
     if op_type.endswith(FUSED_SUFFIX):
         return "fused"
+    if op_type in OP_CLASSES:
+        return op_type
     return _CLASS_OF.get(op_type.split(CONV_SHAPE_SUFFIX)[0], "elementwise")
+
+
+# Data movement and views share one calibration key per class: a Transpose, a channel Split, a Slice and a
+# Concat all copy their bytes once (cost = MB x one copy rate + the class's overhead), and a Reshape is a view
+# onnxruntime hands out without copying. Fitted per op type, a rare one (Slice, seen in a few calibration
+# pieces next to expensive ops) took a copy rate 15-30x the others' and priced ShuffleNetV2 with Slice channel
+# splits at 2-2.8x its measured time; one shared rate is fitted on every copy in the data. Resize interpolates
+# (arithmetic per element) and keeps its own key; ops onnxruntime runs with data-dependent work (NonZero,
+# ScatterND, Range, ConstantOfShape) too.
+SHARED_KEYS: dict[str, str] = {
+    **{t: "movement" for t in ("Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "GatherND",
+                               "Cast", "Pad", "Expand", "Tile", "DepthToSpace", "SpaceToDepth")},
+    **{t: "view" for t in OP_CLASSES["view"]},
+}
 
 
 
@@ -156,7 +173,8 @@ def _is_scalar_scale(o: Any) -> bool:
 def op_keys(ops: Sequence[Any]) -> list[str]:
     """Calibration key per op of a piece, in order: the op type, `<op>~fused` for an epilogue that
     follows a fusion head (possibly through other epilogues) or a Transpose feeding a MatMul,
-    `Conv@dw` / `Conv@gemv` for depthwise-like and matrix-vector convolutions (conv_shape).
+    `Conv@dw` / `Conv@gemv` for depthwise-like and matrix-vector convolutions (conv_shape), and the
+    class name (`movement`, `view`) for data movement and views (SHARED_KEYS).
 
     `ops` are op type strings or operators (partition.types.OpCost); only operators carry the
     shapes and constants that conv shapes and scalar-scale epilogues need.
@@ -173,5 +191,5 @@ def op_keys(ops: Sequence[Any]) -> list[str]:
             continue
         head = t if t in FUSION_HEADS else None
         shape = "" if isinstance(o, str) or t != "Conv" else conv_shape(o)
-        keys.append(t + CONV_SHAPE_SUFFIX + shape if shape else t)
+        keys.append(t + CONV_SHAPE_SUFFIX + shape if shape else SHARED_KEYS.get(t, t))
     return keys

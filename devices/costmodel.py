@@ -13,7 +13,8 @@ overheads with fitted per-op-type coefficients:
     op_ms(o) = a[t] * b * GFLOP(o) + m[t] * MB(o) + d * max(0, MB(o) - cache_mb) + op_overhead_us[class] / 1e3
 
 where t is the op's key (devices.constants.op_keys: `Conv@dw` for depthwise-like convolutions, `Conv@gemv`
-for convolutions on a 1x1 map) and an epilogue fused into the Conv/Gemm/MatMul before it (`Relu~fused`)
+for convolutions on a 1x1 map, one `movement` key for every copy (Transpose, Split, Slice, Concat, ...) and
+one `view` key for Reshape-like views) and an epilogue fused into the Conv/Gemm/MatMul before it (`Relu~fused`)
 costs only the fused-class overhead;
 
     piece_ms = sum of op_ms + run_overhead_us / 1e3 + io_overhead_us / 1e3 * (inputs + outputs)

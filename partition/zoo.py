@@ -3,6 +3,7 @@
 - `mobilenet_v2()`: MobileNetV2 1.0 at 224x224 (about 300 MMAC), BatchNorm folded into convs.
 - `transformer_encoder()`: a BERT-style encoder (multi-head self-attention, GELU MLP, LayerNorm).
 - `tiny_detector()`: a two-scale detector with box and score heads (four outputs).
+- `shufflenet_v2()`: ShuffleNetV2 1.0 at 224x224 (about 146 MMAC): channel split, channel shuffle.
 - `residual_chain(n_ops)`: a chain of residual blocks of exactly `n_ops` operators (benchmarks).
 Nothing is downloaded; each builder returns an onnx.ModelProto; `save(model, path)` writes it.
 """
@@ -15,7 +16,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, TensorProto, helper, numpy_helper
 
-__all__ = ["mobilenet_v2", "transformer_encoder", "tiny_detector", "residual_chain", "save", "OPSET"]
+__all__ = ["mobilenet_v2", "transformer_encoder", "tiny_detector", "shufflenet_v2", "residual_chain", "save",
+           "OPSET"]
 
 OPSET = 17
 
@@ -161,6 +163,53 @@ def tiny_detector(resolution: int = 128, classes: int = 4, anchors: int = 3, see
             infos.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, width, hw, hw]))
     return b.model([helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, resolution, resolution])],
                    infos, "tiny_detector")
+
+
+def _channel_shuffle(b: _Builder, x: str, c: int, hw: int) -> str:
+    """Reshape to (1, 2, C/2, H, W), swap the two group axes, reshape back: ShuffleNet's channel shuffle."""
+    grouped = b.const(np.array([1, 2, c // 2, hw, hw], np.int64), "shape")
+    flat = b.const(np.array([1, c, hw, hw], np.int64), "shape")
+    x = b.op("Transpose", [b.op("Reshape", [x, grouped])], perm=[0, 2, 1, 3, 4])
+    return b.op("Reshape", [x, flat])
+
+
+def shufflenet_v2(resolution: int = 224, classes: int = 1000, seed: int = 0, channel_split: str = "Split",
+                  ) -> ModelProto:
+    """ShuffleNetV2 1.0 (Ma et al. 2018) as torchvision exports it: BatchNorm folded, a Split for the channel
+    split (`channel_split="Slice"`: two Slices, as exporters write `x[:, :c]`), Reshape-Transpose-Reshape for
+    the channel shuffle, ReduceMean before the classifier."""
+    b = _Builder(seed)
+    x = b.op("Identity", ["image"])
+    x = b.op("Relu", [b.conv(x, 3, 24, 3, 2)])
+    x = b.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin, hw = 24, resolution // 4
+    for c, repeats in ((116, 4), (232, 8), (464, 4)):
+        half = c // 2
+        for i in range(repeats):
+            if i == 0:   # downsampling block: both branches read the whole input
+                hw = (hw + 1) // 2
+                left = b.op("Relu", [b.conv(b.conv(x, cin, cin, 3, 2, group=cin), cin, half, 1)])
+                right = b.op("Relu", [b.conv(x, cin, half, 1)])
+            else:
+                if channel_split == "Slice":
+                    axis = b.const(np.array([1], np.int64), "axis")
+                    left, right = (b.op("Slice", [x, b.const(np.array([lo], np.int64), "start"),
+                                                  b.const(np.array([lo + half], np.int64), "end"), axis])
+                                   for lo in (0, half))
+                else:
+                    left, right = b.op("Split", [x], n_out=2, axis=1)
+                right = b.op("Relu", [b.conv(right, half, half, 1)])
+            right = b.conv(right, half, half, 3, 2 if i == 0 else 1, group=half)
+            right = b.op("Relu", [b.conv(right, half, half, 1)])
+            x = _channel_shuffle(b, b.op("Concat", [left, right], axis=1), c, hw)
+            cin = c
+    x = b.op("Relu", [b.conv(x, cin, 1024, 1)])
+    x = b.op("ReduceMean", [x], axes=[2, 3], keepdims=0)
+    w = b.weight((classes, 1024), 1024)
+    bias = b.const(np.zeros(classes, np.float32), "b")
+    b.nodes.append(helper.make_node("Gemm", [x, w, bias], ["logits"], name="classifier", transB=1))
+    return b.model([helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, resolution, resolution])],
+                   [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])], "shufflenet_v2")
 
 
 def residual_chain(n_ops: int, channels: int = 8, size: int = 8, seed: int = 0) -> ModelProto:
