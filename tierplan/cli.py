@@ -54,6 +54,8 @@ def _warnings_as_lines() -> None:
     import warnings
 
     default = warnings.showwarning
+    if getattr(default, "tierplan_lines", False):   # main() called again in one process
+        return
 
     def show(message, category, filename, lineno, file=None, line=None):
         if category.__module__.split(".")[0] in ("devices", "tierplan", "planner", "runtime", "partition",
@@ -61,6 +63,7 @@ def _warnings_as_lines() -> None:
             print(f"warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
+    show.tierplan_lines = True
     warnings.showwarning = show
 
 
