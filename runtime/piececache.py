@@ -27,6 +27,7 @@ __all__ = ["PieceCache", "EXTENSIONS", "ENTRY_FIELDS", "MAX_PIECE_FILE_BYTES", "
 #: backend -> the file extensions its artifacts may have (the first is the default)
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": (".onnx",),
+    "ort": (".onnx",),
     "litert": (".tflite",),
     "tvm": (".so", ".tar"),
 }
