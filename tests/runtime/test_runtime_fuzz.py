@@ -536,6 +536,29 @@ def test_stage_configure_survives_hostile_requests(live, target, hostile_fields,
     live.good_request()
 
 
+def test_stage_configure_never_writes_outside_its_cache(live):
+    """Every traversal name (absolute, ../, NUL, very long, into a sentinel folder) as a piece file's
+    name, and as paths in its manifest entry, leaves nothing outside the cache, on the worker and the
+    agent; the request still configures the site or is refused with a message."""
+    names = [*TRAVERSAL, str(live.target / "abs.pth"), f"../../../{live.target.name}/rel.pth",
+             "../" * 40 + str(live.target)[1:] + "/deep.pth"]
+    for target in ("worker", "agent"):
+        good = live.good_config(target)
+        for name in names:
+            req = pb.ConfigureRequest()
+            req.CopyFrom(good)
+            for f in req.files:
+                entry = json.loads(f.manifest_entry_json)
+                f.filename = name
+                f.manifest_entry_json = json.dumps({**entry, "file": name, "path": name, "rel_file": name})
+            ack = call("Stage.Configure", live.stage[target].Configure, req, timeout=60)
+            assert ack is not None and (ack.ok or ack.error)
+            live.no_escape()
+        live.restore(target)
+    live.alive()
+    live.good_request()
+
+
 @FUZZ
 @given(target=STAGES)
 def test_stage_health_answers_as_itself(live, target):
