@@ -37,7 +37,8 @@ ENTRY_FIELDS = ("backend", "inputs", "outputs", "options", "target", "site", "de
 MAX_PIECE_FILE_BYTES = MAX_MESSAGE_BYTES
 #: all files of one Configure together (gRPC refuses a bigger message before the handler sees it)
 MAX_CONFIGURE_FILES_BYTES = MAX_MESSAGE_BYTES
-#: the whole cache of one worker; files no runner uses are evicted (oldest first) to make room
+#: the whole cache of one worker; the least recently used files are evicted to make room (a loaded
+#: runner keeps its model in memory, and every Configure carries the bytes again)
 DEFAULT_CACHE_LIMIT_BYTES = 4 << 30
 
 
@@ -86,10 +87,9 @@ class PieceCache:
             raise InputError(f"Configure: {total} bytes of piece files are over the limit of "
                              f"{MAX_CONFIGURE_FILES_BYTES} bytes per message. To fix: put fewer pieces on one site")
 
-    def put(self, node: str, data: bytes, ext: str, sha256: str | None = None,
-            in_use: set[Path] | frozenset = frozenset()) -> Path:
+    def put(self, node: str, data: bytes, ext: str, sha256: str | None = None) -> Path:
         """Write `data` as `<sha256><ext>` (once) and return its path; `sha256` is the digest the
-        manifest entry promises. Files in `in_use` are never evicted to make room."""
+        manifest entry promises. Older files are evicted to make room under the cache's limit."""
         digest = hashlib.sha256(data).hexdigest()
         if sha256 is not None and str(sha256).lower() != digest:
             raise InputError(f"piece {node}: the file's sha256 {digest[:16]}... does not match the manifest's "
@@ -100,7 +100,7 @@ class PieceCache:
             if path.is_file() and not path.is_symlink() and path.stat().st_size == len(data):
                 os.utime(path)          # recently used: last to be evicted
                 return path
-            self._make_room(node, len(data), in_use)
+            self._make_room(node, len(data))
             tmp = self.root / f".{digest}{ext}.{os.getpid()}.{threading.get_ident()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
             try:
@@ -130,15 +130,15 @@ class PieceCache:
     def used_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.iterdir() if p.is_file() and not p.is_symlink())
 
-    def _make_room(self, node: str, nbytes: int, in_use) -> None:
-        """Evict unused files, oldest first, until `nbytes` more fit under the limit; else refuse."""
+    def _make_room(self, node: str, nbytes: int) -> None:
+        """Evict files, least recently used first, until `nbytes` more fit under the limit; refuse a
+        file bigger than the whole cache."""
         files = [p for p in self.root.iterdir() if p.is_file() and not p.is_symlink()]
         used = sum(p.stat().st_size for p in files)
-        keep = {Path(p) for p in in_use}
-        for p in sorted(files, key=lambda p: p.stat().st_mtime):
-            if used + nbytes <= self.limit_bytes:
-                break
-            if p not in keep:
+        if nbytes <= self.limit_bytes:
+            for p in sorted(files, key=lambda p: p.stat().st_mtime):
+                if used + nbytes <= self.limit_bytes:
+                    break
                 used -= p.stat().st_size
                 p.unlink(missing_ok=True)
         if used + nbytes > self.limit_bytes:

@@ -640,6 +640,9 @@ class StageWorker(pbg.StageServicer):
                 self._sender.shm = options.shm
             if old is not None and old.emulator is not cfg.emulator:
                 old.emulator.close()
+            # runners the new plan does not use leave the runner cache (requests in flight keep theirs)
+            kept = {id(r) for r in cfg.runners.values()}
+            self._runner_cache = {k: r for k, r in self._runner_cache.items() if id(r) in kept}
             self._grow_compute(max(1, options.compute_threads))
             return pb.Ack(ok=True)
         except Exception as e:  # report any configuration problem to the controller, one line
@@ -656,8 +659,7 @@ class StageWorker(pbg.StageServicer):
             raise ValueError(f"piece {node}: manifest entry is not a JSON object")
         backend = str(entry.get("backend") or "onnxruntime")
         ext = self._cache.extension(node, backend, f.filename)
-        in_use = {p for (_, p) in self._runner_cache}     # files of loaded runners are never evicted
-        path = self._cache.put(node, f.data, ext, entry.get("sha256"), in_use)
+        path = self._cache.put(node, f.data, ext, entry.get("sha256"))
         key = (node, path)
         if key not in self._runner_cache:
             names = [i["name"] for i in (piece.inputs if piece is not None else []) if "name" in i]

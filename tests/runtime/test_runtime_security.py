@@ -406,3 +406,32 @@ def test_deploy_refuses_a_plan_transform_it_does_not_allow(tmp_path):
     from planner.plan import Plan
     Plan.model_validate_json(_plan_json("os:system")).save(tmp_path / "plan.json")
     _one_error_line(_tierplan("deploy", str(tmp_path / "plan.json")), "transform t", "os:system")
+
+
+def test_certs_command_names_the_bundles_and_keeps_ca_key_out_of_them(tmp_path):
+    """`tierplan certs --json` lists ca/ and one bundle per site plus the controller's; no bundle holds ca.key."""
+    res = _tierplan("certs", "--out", str(tmp_path / "c"), "--sites", "phone,cloud", "--json")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert set(info["bundles"]) == {"phone", "cloud", CONTROLLER} and info["ca"] == str(tmp_path / "c" / CA_DIR)
+    for folder in info["bundles"].values():
+        assert not (Path(folder) / "ca.key").exists() and (Path(folder) / "token").stat().st_mode & 0o077 == 0
+
+
+def test_a_bad_allow_transforms_flag_exits_2():
+    """`--allow-transforms` takes module names only; anything else is one error line naming the flag."""
+    _one_error_line(_tierplan("agent", "--site", "phone", "--allow-transforms", "os;rm -rf /"), "--allow-transforms")
+
+
+def test_files_of_pieces_no_longer_used_make_room_in_a_full_cache(plain_worker):
+    """After a reconfiguration, the file of a piece the plan no longer uses is evicted when a new one needs room."""
+    w, tmp = plain_worker
+    first = _relu_onnx()
+    assert _configure(w.address, [_piece(first)]).ok
+    import onnx
+    m = onnx.load_from_string(first)
+    m.doc_string = "another model"
+    second = m.SerializeToString()
+    w._cache.limit_bytes = len(first) + len(second) - 1     # both do not fit
+    assert _configure(w.address, [_piece(second)]).ok
+    assert [p.name for p in _written(tmp / "cache")] == [f"{hashlib.sha256(second).hexdigest()}.onnx"]
