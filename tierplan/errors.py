@@ -18,15 +18,26 @@ class InputError(TierplanError):
 
 
 class SpecError(InputError):
-    """A YAML spec is invalid. Carries every problem found, each naming file, line and YAML path."""
+    """A YAML spec is invalid. Carries every problem found, each naming file, line and YAML path.
+
+    `problems` holds them all; `str(err)` (what the CLI prints) shows the first `SHOWN` and a count.
+    """
+
+    SHOWN = 50
 
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__(self.problems[0] if len(self.problems) == 1 else
                          f"{self.problems[0]} (and {len(self.problems) - 1} more problem(s))")
 
-    def __str__(self) -> str:  # every problem, one per line
-        return "\n".join(self.problems)
+    def shown(self) -> list[str]:
+        """The first SHOWN problems, then '... and N more problems' when there are more."""
+        more = len(self.problems) - self.SHOWN
+        return self.problems[:self.SHOWN] + ([f"... and {more} more problem{'s' if more > 1 else ''} "
+                                              "(fix these and run again to see them)"] if more > 0 else [])
+
+    def __str__(self) -> str:  # one problem per line, capped
+        return "\n".join(self.shown())
 
 
 class InfeasibleError(TierplanError):

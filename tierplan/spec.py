@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Union
+from typing import Annotated, Any, Callable, Iterable, Literal, Union
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag,
                       field_validator, model_validator)
@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "Tier", "TIERS", "DTYPES", "Spec", "DeviceSpec", "LinkSpec", "SiteClassSpec", "FleetSpec",
     "ProfileLayer", "ProfileTable", "ModelSpec", "SourceSpec", "TransformSpec", "EdgeSpec",
-    "SinkSpec", "SloSpec", "ObjectiveSpec", "AppSpec", "OBJECTIVES", "did_you_mean",
+    "SinkSpec", "SloSpec", "ObjectiveSpec", "AppSpec", "OBJECTIVES", "did_you_mean", "hinter", "HINTS_MAX",
 ]
 
 Tier = Literal["edge", "base_station", "cloud"]
@@ -48,6 +48,24 @@ def did_you_mean(word: str, options: Iterable[str], list_max: int = 8) -> str:
     if opts and len(opts) <= list_max:
         return f"; known: {', '.join(opts)}"
     return ""
+
+
+HINTS_MAX = 50  # a rule computes "did you mean" for this many distinct words (the CLI shows 50 problems)
+
+
+def hinter(options: Iterable[str], list_max: int = 8) -> Callable[[str], str]:
+    """`did_you_mean` against fixed options, memoised per word and computed for at most HINTS_MAX words.
+
+    A file with thousands of misspellings then costs O(HINTS_MAX x options), not O(problems x options).
+    """
+    opts = [str(o) for o in options]
+    memo: dict[str, str] = {}
+
+    def hint(word: str) -> str:
+        if word not in memo:
+            memo[word] = did_you_mean(word, opts, list_max) if len(memo) < HINTS_MAX else ""
+        return memo[word]
+    return hint
 
 
 def _raise_problems(problems: list[Problem]) -> None:
@@ -187,13 +205,13 @@ class FleetSpec(Spec):
     def _check_attach_targets(self) -> list[Problem]:
         """`attach` names an existing site class in a strictly higher tier."""
         order = {t: i for i, t in enumerate(TIERS)}
+        hint = hinter(self.sites)
         out: list[Problem] = []
         for name, s in self.sites.items():
             if s.attach is None:
                 continue
             if s.attach not in self.sites:
-                out.append((f"sites.{name}.attach", f"unknown site class {s.attach!r}"
-                            + did_you_mean(s.attach, self.sites)))
+                out.append((f"sites.{name}.attach", f"unknown site class {s.attach!r}" + hint(s.attach)))
             elif order[self.sites[s.attach].tier] <= order[s.tier]:
                 out.append((f"sites.{name}.attach", f"{s.attach!r} is {self.sites[s.attach].tier}, not in a "
                             f"higher tier than {s.tier}; attach to a site class further up "
@@ -202,16 +220,18 @@ class FleetSpec(Spec):
 
     def _check_link_names(self) -> list[Problem]:
         """`link` names an existing link class."""
-        return [(f"sites.{name}.link", f"unknown link class {s.link!r}" + did_you_mean(s.link, self.links)
+        hint = hinter(self.links)
+        return [(f"sites.{name}.link", f"unknown link class {s.link!r}" + hint(s.link)
                  + ("" if self.links else "; declare it under `links`"))
                 for name, s in self.sites.items() if s.link is not None and s.link not in self.links]
 
     def _check_connected(self) -> list[Problem]:
         """Every non-cloud class attaches upward when a higher tier exists, so data can reach it."""
         order = {t: i for i, t in enumerate(TIERS)}
+        present = sorted(self.tiers(), key=order.get)
         out: list[Problem] = []
         for name, s in self.sites.items():
-            higher = sorted({o.tier for o in self.sites.values() if order[o.tier] > order[s.tier]}, key=order.get)
+            higher = [t for t in present if order[t] > order[s.tier]]
             if s.attach is None and higher:
                 out.append((f"sites.{name}", f"no `attach`; the fleet has {' and '.join(higher)} site classes, so "
                             f"say which one {name} connects to (attach: <site class>, link: <link class>)"))
@@ -260,13 +280,13 @@ class ProfileTable(Spec):
     def _check_layer_inputs(self) -> list[Problem]:
         """A layer's inputs are layers listed before it (so the table is a DAG in order)."""
         out: list[Problem] = []
-        before: list[str] = []
+        before: dict[str, None] = {}  # ordered, with O(1) membership
         for i, layer in enumerate(self.layers):
             for j, src in enumerate(layer.inputs or []):
                 if src not in before:
                     out.append((f"layers[{i}].inputs[{j}]", f"{src!r} is not a layer listed before "
-                                f"{layer.name!r}" + did_you_mean(src, before)))
-            before.append(layer.name)
+                                f"{layer.name!r}" + (did_you_mean(src, before) if len(out) < HINTS_MAX else "")))
+            before[layer.name] = None
         return out
 
 
@@ -457,12 +477,13 @@ class AppSpec(Spec):
     def _check_edge_ends(self) -> list[Problem]:
         """Edges connect declared nodes, and nothing flows into a source."""
         names = self.node_kinds()
+        hint = hinter(names)
         out: list[Problem] = []
         for i, e in enumerate(self.edges):
             if e.src not in names:
-                out.append((f"edges[{i}].from", f"unknown node {e.src!r}" + did_you_mean(e.src, names)))
+                out.append((f"edges[{i}].from", f"unknown node {e.src!r}" + hint(e.src)))
             if e.dst not in names:
-                out.append((f"edges[{i}].to", f"unknown node {e.dst!r}" + did_you_mean(e.dst, names)))
+                out.append((f"edges[{i}].to", f"unknown node {e.dst!r}" + hint(e.dst)))
             elif names[e.dst] == "sources":
                 out.append((f"edges[{i}].to", f"{e.dst!r} is a source; sources have no inputs"))
             if e.src == e.dst:
@@ -509,21 +530,23 @@ class AppSpec(Spec):
     def _check_sinks(self) -> list[Problem]:
         """A sink takes the output of a declared model or transform."""
         names = self.node_kinds()
+        hint = hinter(names)
         out: list[Problem] = []
         for n, s in self.sinks.items():
             if s.src not in names:
-                out.append((f"sinks.{n}.from", f"unknown model or transform {s.src!r}" + did_you_mean(s.src, names)))
+                out.append((f"sinks.{n}.from", f"unknown model or transform {s.src!r}" + hint(s.src)))
             elif names[s.src] == "sources":
                 out.append((f"sinks.{n}.from", f"{s.src!r} is a source; a sink takes a model's or transform's output"))
         return out
 
     def _check_slo(self) -> list[Problem]:
         """An SLO names a declared sink, once per percentile."""
+        hint = hinter(self.sinks)
         out: list[Problem] = []
         seen: dict[tuple[str, float], int] = {}
         for i, s in enumerate(self.slo):
             if s.sink not in self.sinks:
-                out.append((f"slo[{i}].sink", f"unknown sink {s.sink!r}" + did_you_mean(s.sink, self.sinks)))
+                out.append((f"slo[{i}].sink", f"unknown sink {s.sink!r}" + hint(s.sink)))
             key = (s.sink, s.percentile)
             if key in seen:
                 out.append((f"slo[{i}]", f"duplicate of slo[{seen[key]}] (sink {s.sink}, p{s.percentile:g})"))

@@ -26,8 +26,8 @@ from typing import Mapping
 import yaml
 
 from tierplan.errors import SpecError
-from tierplan.loader import best_line, line_index, relocate, parse_path, format_path
-from tierplan.spec import TIERS, AppSpec, DeviceSpec, FleetSpec, ModelSpec, did_you_mean
+from tierplan.loader import best_line, format_path, index_yaml, parse_path, relocate
+from tierplan.spec import TIERS, AppSpec, DeviceSpec, FleetSpec, ModelSpec, did_you_mean, hinter
 
 __all__ = ["validate", "check", "TensorSig", "ModelIO", "read_model_io"]
 
@@ -144,14 +144,22 @@ class _Report:
     """Collects problems as `file:line: path: message`, with lines looked up in the YAML file."""
 
     def __init__(self, file: Path | None, label: str):
+        self.file = file
         self.label = str(file) if file is not None else label
-        self.lines: dict = {}
-        if file is not None and file.is_file():
-            try:
-                self.lines, _ = line_index(yaml.compose(file.read_text(), Loader=yaml.SafeLoader))
-            except (yaml.YAMLError, OSError, UnicodeDecodeError):
-                self.lines = {}
+        self._lines: dict | None = None
         self.problems: list[tuple[int, str]] = []
+
+    @property
+    def lines(self) -> dict:
+        """The file's line index, read at the first problem (a valid file is not parsed again)."""
+        if self._lines is None:
+            self._lines = {}
+            if self.file is not None and self.file.is_file():
+                try:
+                    self._lines, _ = index_yaml(self.file.read_text())
+                except (yaml.YAMLError, OSError, UnicodeDecodeError):
+                    pass
+        return self._lines
 
     def add(self, path: str, msg: str) -> None:
         loc = relocate(parse_path(path), self.lines)
@@ -261,15 +269,16 @@ def _check_transform(app: AppSpec, name: str, function: str, rep: _Report) -> No
 
 
 def _check_devices(fleet: FleetSpec, catalog: Mapping[str, DeviceSpec], rep: _Report) -> None:
+    hint = hinter(sorted(catalog), list_max=0)
     for name, s in fleet.sites.items():
         if isinstance(s.device, str) and s.device not in catalog:
-            rep.add(f"sites.{name}.device", f"unknown device {s.device!r}"
-                    + did_you_mean(s.device, sorted(catalog), list_max=0)
+            rep.add(f"sites.{name}.device", f"unknown device {s.device!r}" + hint(s.device)
                     + ". To fix: `tierplan devices` lists the catalog, or declare the device inline")
 
 
 def _check_pins(app: AppSpec, fleet: FleetSpec, rep: _Report) -> None:
     tiers = fleet.tiers()
+    hint = hinter(list(fleet.sites) + list(TIERS))
     for name, s in app.sources.items():
         if s.at in TIERS:
             if s.at not in tiers:
@@ -277,7 +286,7 @@ def _check_pins(app: AppSpec, fleet: FleetSpec, rep: _Report) -> None:
                                               f"to one of {', '.join(sorted(fleet.sites))} or add a {s.at} class")
         elif s.at not in fleet.sites:
             rep.add(f"sources.{name}.at", f"unknown site class or tier {s.at!r}"
-                    + did_you_mean(s.at, list(fleet.sites) + list(TIERS))
+                    + hint(s.at)
                     + ". To fix: name a site class of the fleet or a tier (edge, base_station, cloud)")
     for name, s in app.sinks.items():
         if s.deliver_to in TIERS and s.deliver_to not in tiers:
@@ -286,6 +295,7 @@ def _check_pins(app: AppSpec, fleet: FleetSpec, rep: _Report) -> None:
 
 
 def _check_profile_devices(app: AppSpec, known: set[str], rep: _Report) -> None:
+    hint = hinter(sorted(known), list_max=0)
     for name, m in app.models.items():
         if m.profile is None:
             continue
@@ -293,7 +303,7 @@ def _check_profile_devices(app: AppSpec, known: set[str], rep: _Report) -> None:
             for dev in layer.latency_ms:
                 if dev not in known:
                     rep.add(f"models.{name}.profile.layers[{i}].latency_ms.{dev}", f"unknown device {dev!r}"
-                            + did_you_mean(dev, sorted(known), list_max=0)
+                            + hint(dev)
                             + ". To fix: use a catalog name (`tierplan devices`) or a device declared inline")
 
 

@@ -127,7 +127,8 @@ def register(app: typer.Typer) -> None:
             app_spec, fleet_spec = run_validate(app_file, fleet)
         except SpecError as e:
             if as_json:
-                print(json.dumps({"valid": False, "problems": e.problems}, indent=2))
+                print(json.dumps({"valid": False, "problems": e.problems[:e.SHOWN],
+                                  "problems_total": len(e.problems)}, indent=2))
             raise
         info = summary(app_spec, fleet_spec)
         if as_json:
