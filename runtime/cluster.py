@@ -45,6 +45,8 @@ def ensure_ray_env() -> None:
     paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     if root not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, *paths) if p)
+    from tierplan.logs import quiet_ray
+    quiet_ray()   # Ray's import sets its loggers to INFO; back to WARNING unless asked (tierplan.logs)
 
 
 class LocalCluster:
@@ -54,6 +56,8 @@ class LocalCluster:
         ensure_ray_env()
         import ray
         from ray.cluster_utils import Cluster
+
+        from tierplan.logs import log_level
         self._lock = threading.Lock()
         head = dict(num_cpus=0, include_dashboard=False, node_ip_address="127.0.0.1",
                     object_store_memory=_NODE_OBJECT_STORE_BYTES, labels={SITE_LABEL: "head"})
@@ -75,7 +79,7 @@ class LocalCluster:
         self.connected = False
         if connect and not ray.is_initialized():
             ray.init(address=self.cluster.address, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, logging_level=logging.WARNING)
+                     log_to_driver=False, logging_level=log_level())
             self.connected = True
 
     @property

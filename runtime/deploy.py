@@ -213,6 +213,8 @@ def _connect_ray(address: str, timeout_s: float) -> None:
     launched opens its port before its node has registered, and `ray.init` then fails with
     ConnectionError. Retried until `timeout_s`; then a RuntimeFault that names the address."""
     import ray
+
+    from tierplan.logs import log_level
     deadline = time.monotonic() + timeout_s
     host, _, port = address.rpartition(":")
     while port.isdigit():   # Ray's own connect waits minutes on a dead address: wait for the port first
@@ -226,7 +228,8 @@ def _connect_ray(address: str, timeout_s: float) -> None:
             time.sleep(_RAY_CONNECT_RETRY_S)
     while True:
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=log_level())   # Ray's INFO lines stay off unless asked
             return
         except ConnectionError as e:
             if ray.is_initialized():

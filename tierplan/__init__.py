@@ -3,10 +3,17 @@
     import tierplan
     app = tierplan.load_app("app.yaml"); fleet = tierplan.load_fleet("fleet.yaml")
     plan = tierplan.plan(app, fleet, objective="cost")
+
+The API is quiet unless asked: Ray's and gRPC's logging stays at WARNING (TIERPLAN_LOG_LEVEL=INFO
+for more; see tierplan.logs).
 """
 
-from tierplan.errors import InfeasibleError, InputError, SpecError, TierplanError
-from tierplan.loader import load_app, load_fleet
+from tierplan.logs import quiet_by_default
+
+quiet_by_default()   # before anything starts gRPC or Ray: their INFO chatter stays off unless asked (tierplan.logs)
+
+from tierplan.errors import InfeasibleError, InputError, SpecError, TierplanError  # noqa: E402
+from tierplan.loader import load_app, load_fleet  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["load_app", "load_fleet", "plan", "simulate", "deploy",

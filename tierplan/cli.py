@@ -8,13 +8,13 @@ nothing else is printed, no traceback.
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 import sys
 
 import typer
 
 from tierplan.errors import TierplanError
+from tierplan.logs import quiet_by_default
 
 app = typer.Typer(
     name="tierplan",
@@ -70,8 +70,7 @@ def _warnings_as_lines() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     _warnings_as_lines()
-    # gRPC's C core logs fork-handler notices at INFO whenever Ray forks; users need its errors only
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    quiet_by_default()   # Ray's and gRPC's chatter at WARNING, as in the Python API (tierplan.logs)
     _register_all()
     try:
         app(args=argv)  # standalone: typer/click handle usage errors (exit 2) and --help

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from io import StringIO
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
@@ -82,13 +81,12 @@ def test_run_report_keeps_stage_names_whole(capsys, monkeypatch) -> None:
     """`tierplan run`'s per-stage table prints stage names like detector/p0@midrange_phones on one line."""
     from tierplan.commands.run import print_report
     monkeypatch.delenv("TIERPLAN_WIDTH", raising=False)
+    from runtime.runapp import RunReport, StageRow
     names = ["detector/p0@midrange_phones", "orientation/p7@cells", "midrange_phones->cells"]
-    stages = [SimpleNamespace(kind="compute", name=n, count=100, measured_p50_ms=1.0, measured_p95_ms=2.0,
-                              predicted_local_ms=1.5, predicted_ms=1.2) for n in names]
-    rep = SimpleNamespace(example="read-text", requests_ok=100, requests_failed=0, plan_source="planned",
-                          measured_p50_ms=10.0, measured_p95_ms=20.0, predicted_p50_ms=9.0, predicted_p95_ms=19.0,
-                          predicted_local_p50_ms=9.5, predicted_local_p95_ms=19.5, client_p50_ms=11.0,
-                          client_p95_ms=21.0, stages=stages, errors=[])
+    stages = [StageRow(kind="compute", name=n, measured_p50_ms=1.0, measured_p95_ms=2.0, predicted_ms=1.2, count=100,
+                       predicted_local_ms=1.5) for n in names]
+    rep = RunReport(example="read-text", requests_ok=100, requests_failed=0, measured_p50_ms=10.0,
+                    measured_p95_ms=20.0, predicted_p50_ms=9.0, predicted_p95_ms=19.0, stages=stages)
     print_report(rep)
     text = capsys.readouterr().out
     assert set(names) <= _cells(text) and "…" not in text
