@@ -150,3 +150,14 @@ def test_plan_html_renders_in_headless_chromium(plan: Plan, tmp_path: Path) -> N
     colours = {tuple(int(TIER_COLOURS[t][i:i + 2], 16) for i in (1, 3, 5)) for t in ("edge", "base_station", "cloud")}
     found = {c for c in colours if (np.abs(rgb - np.array(c)).sum(axis=2) <= 6).any()}
     assert found
+
+
+def test_plan_html_renders_bare_plans() -> None:
+    """An infeasible plan, a plan without classes, baselines or frontier, still renders a page."""
+    from planner.plan import SinkLatency
+    bare = Plan(status="feasible", sinks={"out": SinkLatency(latency_ms=12.0, breakdown={"compute.edge": 10.0,
+                                                                                      "queue.edge": 2.0})})
+    for p in (Plan(status="infeasible", reason="nothing fits"), bare):
+        page = render_html(p)
+        assert page.startswith("<!DOCTYPE html>") and page.endswith("</html>")
+    assert "nothing fits" in render_html(Plan(status="infeasible", reason="nothing fits"))
