@@ -176,11 +176,13 @@ def _nbytes(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> int:
         raise WireError(f"tensor {name[:64]!r}: {len(shape)} dimensions (at most {_MAX_DIMS})")
     if shape and min(shape) < 0:
         raise WireError(f"tensor {name[:64]!r}: negative dimension in shape {list(shape)}")
-    n = math.prod(shape) * dtype.itemsize
+    # the bytes the shape would need were its zero dims 1: numpy refuses a shape whose other dims
+    # overflow even when a zero makes it empty, and no real tensor has a dim beyond the byte limit
+    n = math.prod(d for d in shape if d) * dtype.itemsize
     if n > MAX_DELIVERY_BYTES:
-        raise WireError(f"tensor {name[:64]!r}: shape {list(shape)} of {dtype.name} needs {n} bytes "
-                        f"(at most {MAX_DELIVERY_BYTES})")
-    return n
+        raise WireError(f"tensor {name[:64]!r}: shape {list(shape)} of {dtype.name} is beyond the "
+                        f"{MAX_DELIVERY_BYTES}-byte limit of a delivery")
+    return n if all(shape) else 0
 
 
 def check_tensor_bytes(name: str, need: int, got: int) -> None:

@@ -761,9 +761,9 @@ def test_front_door_predict_survives_hostile_inputs(live, items, timeout_ms):
         req.inputs[key].CopyFrom(tensor_to_pb("input", live.x) if t == "GOOD" else
                                  pb.Tensor(name=t[0], dtype=t[1], shape=t[2], data=t[3]))
     reply = call("FrontDoor.Predict", live.front.Predict, req, timeout=CALL_TIMEOUT_S * 2)
-    if reply is not None and not reply.error:   # an answer: it must be the model's
-        x = np.frombuffer(req.inputs["input"].data, dtype=req.inputs["input"].dtype).reshape(
-            tuple(req.inputs["input"].shape))
+    if reply is not None and not reply.error:   # an answer: it must be the model's for the input used
+        fed = req.inputs["input" if "input" in req.inputs else "x"]   # the source's name, else its tensor's
+        x = np.frombuffer(fed.data, dtype=fed.dtype).reshape(tuple(fed.shape))
         t = reply.outputs["output"].items[0].tensors[0]
         got = np.frombuffer(t.data, dtype=t.dtype).reshape(tuple(t.shape))
         np.testing.assert_allclose(got, np.maximum(x, 0) * 2, rtol=1e-6)

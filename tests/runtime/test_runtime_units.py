@@ -246,7 +246,7 @@ def test_wire_readers_refuse_what_breaks_the_format():
     good = dict(request_id="r", src="a", dst="b", deadline_unix_ms=soon, name="t", dtype="float32", shape=[1, 8],
                 data=x.tobytes())
     bad = [dict(dtype="object"), dict(dtype="i4,i4"), dict(dtype="float128"), dict(shape=[-1, 8]),
-           dict(shape=[1, 9]), dict(shape=[2**32, 2**32]), dict(shape=[1] * 40), dict(trace="[["),
+           dict(shape=[1, 9]), dict(shape=[2**32, 2**32]), dict(shape=[0, 2**62, 2**62]), dict(shape=[1] * 40), dict(trace="[["),
            dict(trace='{"a": 1}'), dict(trace='[["compute", "p", "fast"]]'), dict(trace="[" * 5000 + "]" * 5000),
            dict(branch="1/0"), dict(branch="3/2"), dict(branch="a/b"), dict(deadline_unix_ms=math.nan),
            dict(deadline_unix_ms=math.inf), dict(deadline_unix_ms=soon + 1e12), dict(request_id="r" * 5000)]
