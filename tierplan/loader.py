@@ -150,19 +150,22 @@ def _walk(text: str, index: bool) -> tuple[Any, "LineIndex | None"]:
         loader.dispose()
 
 
-def parse_yaml(text: str) -> tuple[Any, bool]:
-    """(data, whether some mapping had a duplicate key or a merge) of one YAML document; raises yaml.YAMLError.
+def parse_yaml(text: str) -> tuple[Any, "tuple[LineIndex, list] | None", bool]:
+    """(data, (line index, duplicate keys) or None, whether a mapping lost a key) of one YAML document.
 
-    The fast path: one pass over libyaml's events, no line index (only a file with problems needs
-    one, see `index_yaml`); PyYAML's own loader for what the walker leaves to it.
+    One pass over libyaml's events builds the data and the line index together (the index costs
+    about a fifth of the pass; a second pass would cost all of it). What the walker leaves to
+    PyYAML (anchors, merges, tags, duplicate keys) is loaded by PyYAML without an index; `index_yaml`
+    makes one when a problem needs a line. Raises yaml.YAMLError.
     """
     try:
-        return _walk(text, index=False)[0], False
+        data, lines = _walk(text, index=True)
+        return data, (lines, []), False
     except _Unusual:
         pass
     loader = _FastLoader(text)
     try:
-        return loader.get_single_data(), loader.merged_or_duplicate
+        return loader.get_single_data(), None, loader.merged_or_duplicate
     finally:
         loader.dispose()
 
@@ -407,7 +410,7 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise SpecError([f"{path}: cannot read ({e.__class__.__name__}). To fix: pass a readable YAML file"]) from None
     try:
-        data, maybe_dups = parse_yaml(text)
+        data, indexed, maybe_dups = parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -422,7 +425,7 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
     if data and not set(map(str, data)) & (set(fields) - {"name"}):
         raise SpecError([f"{path}:1: <top>: none of the keys ({', '.join(map(str, data))}) belongs here; expected "
                          f"{', '.join(fields)}. To fix: check that this is the right file (app.yaml vs fleet.yaml)"])
-    index: list = []  # [(lines, dups)] once read: a valid file is parsed once, without line numbers
+    index: list = [indexed] if indexed else []  # [(lines, dups)] once known
 
     def lines_and_dups() -> tuple[LineIndex, list]:
         if not index:

@@ -69,6 +69,17 @@ def summary(app: AppSpec, fleet: FleetSpec | None) -> dict:
     return out
 
 
+ROWS_SHOWN = 50  # rows per summary table; --json lists everything
+
+
+def _rows(t, items: list, row) -> None:
+    """Add row(item) for the first ROWS_SHOWN items, then one '... and N more' row."""
+    for item in items[:ROWS_SHOWN]:
+        t.add_row(*row(item))
+    if len(items) > ROWS_SHOWN:
+        t.add_row(f"... and {len(items) - ROWS_SHOWN:,} more (--json lists all)")
+
+
 def _print_summary(info: dict) -> None:
     from tierplan.console import console
     from rich.table import Table
@@ -80,28 +91,26 @@ def _print_summary(info: dict) -> None:
     t = Table(title="models", title_justify="left")
     for c in ("name", "kind", "file"):
         t.add_column(c)
-    for m in info["models"]:
-        t.add_row(m["name"], m["kind"], m["file"] or "")
+    _rows(t, info["models"], lambda m: (m["name"], m["kind"], m["file"] or ""))
     con.print(t)
     t = Table(title="sources", title_justify="left")
     for c in ("name", "at", "rate_hz", "shape", "dtype", "private"):
         t.add_column(c)
-    for s in info["sources"]:
-        t.add_row(s["name"], s["at"], f"{s['rate_hz']:g}", str(s["shape"]), s["dtype"], "yes" if s["private"] else "")
+    _rows(t, info["sources"], lambda s: (s["name"], s["at"], f"{s['rate_hz']:g}", str(s["shape"]), s["dtype"],
+                                         "yes" if s["private"] else ""))
     con.print(t)
     t = Table(title="sinks", title_justify="left")
     for c in ("name", "from", "deliver_to", "slo"):
         t.add_column(c)
-    for s in info["sinks"]:
-        slo = ", ".join(f"p{o['percentile']:g} <= {o['latency_ms']:g} ms" for o in s["slo"])
-        t.add_row(s["name"], s["from"], s["deliver_to"], slo)
+    _rows(t, info["sinks"], lambda s: (s["name"], s["from"], s["deliver_to"],
+                                       ", ".join(f"p{o['percentile']:g} <= {o['latency_ms']:g} ms" for o in s["slo"])))
     con.print(t)
     if "sites" in info:
         t = Table(title=f"fleet {info['fleet']}: {info['devices_total']:,} sites", title_justify="left")
         for c in ("site class", "tier", "device", "count", "attach", "link"):
             t.add_column(c, justify="right" if c == "count" else "left")
-        for s in info["sites"]:
-            t.add_row(s["name"], s["tier"], s["device"], f"{s['count']:,}", s["attach"] or "", s["link"] or "")
+        _rows(t, info["sites"], lambda s: (s["name"], s["tier"], s["device"], f"{s['count']:,}", s["attach"] or "",
+                                           s["link"] or ""))
         con.print(t)
 
 
