@@ -145,10 +145,17 @@ class Plan(_M):
 
     def save(self, path: str | Path) -> None:
         """Write plan.json atomically (never half-written)."""
+        from tierplan.errors import InputError
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.model_dump_json(indent=2))
-        tmp.replace(path)
+        try:
+            tmp.write_text(self.model_dump_json(indent=2))
+            tmp.replace(path)
+        except OSError as e:
+            if tmp.is_file():
+                tmp.unlink()
+            raise InputError(f"{path}: cannot write the plan ({e.strerror or e.__class__.__name__}). To fix: pass "
+                             "a file path in a folder you can write to") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
@@ -158,5 +165,8 @@ class Plan(_M):
             return cls.model_validate(json.loads(path.read_text()))
         except FileNotFoundError:
             raise InputError(f"{path}: plan file not found. To fix: run `tierplan plan APP --fleet FLEET --out {path}`")
+        except (IsADirectoryError, PermissionError) as e:
+            raise InputError(f"{path}: cannot read the plan ({e.__class__.__name__}). To fix: pass the plan.json "
+                             "file written by `tierplan plan`") from None
         except (json.JSONDecodeError, ValueError) as e:
             raise InputError(f"{path}: not a valid plan.json ({str(e).splitlines()[0]})")

@@ -116,7 +116,7 @@ def load_profile(path: str | Path) -> ServiceProfile:
     p = Path(path)
     try:
         doc = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{p}: cannot read the service profile ({e.__class__.__name__}). "
                          f"To fix: pass a file written by ServiceProfile.save") from None
     try:

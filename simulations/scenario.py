@@ -146,7 +146,7 @@ def parse_arrivals(text: str) -> ArrivalSpec:
 def _read_trace(path: Path) -> tuple[tuple[float, str | None], ...]:
     try:
         lines = path.read_text().splitlines()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read the arrival trace ({e.__class__.__name__}). To fix: check the path")
     out = []
     for i, line in enumerate(lines, 1):
@@ -234,8 +234,8 @@ def parse_link(text: str) -> LinkVariation:
 def _read_bw_trace(path: Path) -> tuple[tuple[float, float], ...]:
     try:
         rows = [r.split("#", 1)[0].strip() for r in path.read_text().splitlines()]
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the bandwidth trace ({e.__class__.__name__})")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the bandwidth trace ({e.__class__.__name__}). To fix: check the path")
     out = []
     for i, r in enumerate(rows, 1):
         if not r or not (r[0].isdigit() or r[0] == "."):

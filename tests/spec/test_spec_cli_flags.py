@@ -47,3 +47,60 @@ def test_partition_out_below_a_file(cli, tmp_path):
     f.write_text("")
     res = cli("partition", str(DATA / "det.onnx"), "--dims", "height=8,width=8", "--out", str(f / "sub"))
     _one_error_line(res, "--out")
+
+
+def test_simulate_report_is_an_existing_file(cli, tmp_path):
+    """`simulate --report FILE` where FILE exists exits 2 naming --report, before simulating."""
+    f = tmp_path / "taken"
+    f.write_text("")
+    res = cli("simulate", str(DATA / "app.yaml"), "--fleet", str(DATA / "fleet.yaml"), "--report", str(f))
+    _one_error_line(res, "--report")
+
+
+def test_plan_out_that_cannot_be_written(cli, tmp_path):
+    """`plan --out` naming a folder exits 2 naming the path, and leaves no temporary file behind."""
+    (tmp_path / "dir").mkdir()
+    res = cli("plan", str(DATA / "app.yaml"), "--fleet", str(DATA / "fleet.yaml"), "--out", str(tmp_path / "dir"))
+    assert res.exit_code == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "cannot write the plan" in res.stderr and "To fix: " in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
+
+
+def _bad_file(tmp_path, kind: str):
+    """A path that is not a usable input: missing, a folder, empty, binary garbage, or a YAML list."""
+    p = tmp_path / f"{kind}.yaml"
+    if kind == "folder":
+        p.mkdir()
+    elif kind == "empty":
+        p.write_text("")
+    elif kind == "garbage":
+        p.write_bytes(bytes(range(256)) * 8)
+    elif kind == "list":
+        p.write_text("- a\n- b\n")
+    return p
+
+
+COMMANDS = {
+    "validate": lambda f: ["validate", f],
+    "validate-fleet": lambda f: ["validate", str(DATA / "app.yaml"), "--fleet", f],
+    "plan": lambda f: ["plan", f, "--fleet", str(DATA / "fleet.yaml")],
+    "plan-fleet": lambda f: ["plan", str(DATA / "app.yaml"), "--fleet", f],
+    "estimate": lambda f: ["estimate", f, "--device", "rpi5"],
+    "simulate": lambda f: ["simulate", f, "--fleet", str(DATA / "fleet.yaml")],
+    "simulate-fleet": lambda f: ["simulate", str(DATA / "app.yaml"), "--fleet", f],
+    "simulate-profile": lambda f: ["simulate", str(DATA / "app.yaml"), "--fleet", str(DATA / "fleet.yaml"),
+                                   "--duration", "1", "--profile", f],
+    "partition": lambda f: ["partition", f, "--out", f + ".out"],
+    "compile": lambda f: ["compile", f],
+}
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "empty", "garbage", "list"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_unusable_input_files_exit_2_without_traceback(cli, tmp_path, command, kind):
+    """Missing, folder, empty, binary or list-shaped input files exit 2 with an error naming the file."""
+    f = _bad_file(tmp_path, kind)
+    res = cli(*COMMANDS[command](str(f)))
+    assert res.exit_code == 2, res.stdout + res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ") and f.name in res.stderr, res.stderr

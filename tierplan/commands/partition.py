@@ -39,8 +39,8 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
 def prepare_out_dir(out: Path, flag: str = "--out") -> None:
     """Create the folder `out` (with parents); InputError naming `flag` when a file is in the way or it cannot be written."""
     if out.exists() and not out.is_dir():
-        raise InputError(f"{flag} {out}: is an existing file, not a folder. To fix: pass a folder for the pieces "
-                         "(it is created if missing), or move the file away")
+        raise InputError(f"{flag} {out}: is an existing file, not a folder. To fix: pass a folder (it is created "
+                         "if missing), or move the file away")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -127,6 +127,9 @@ def register(app: typer.Typer) -> None:
         from tierplan.commands.plan import prepare_calibration
         prepare_calibration(fleet_spec, calibration, progress=not as_json)
         plan, app_spec = _load_plan(target, fleet_spec, fleet_path, objective)
+        if report is not None:
+            from tierplan.commands.partition import prepare_out_dir
+            prepare_out_dir(report, "--report")
         rep = simulate(plan, fleet_spec, strategies=strategies, duration_s=duration, seed=seed,
                        arrivals=arrivals, failures=fail or None, mobility=mobility or None,
                        fast={"auto": None, "fast": True, "simpy": False}[engine], links=link or None,
