@@ -14,6 +14,7 @@ share one grammar:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,10 +110,14 @@ class LinkVariation:
 
 
 def _float(s: str, what: str) -> float:
+    """A finite number from a flag or trace field; InputError naming `what` otherwise (nan and inf included)."""
     try:
-        return float(s)
+        v = float(s)
     except ValueError:
-        raise InputError(f"{what}: {s!r} is not a number")
+        raise InputError(f"{what}: {s!r} is not a number. To fix: write a finite number") from None
+    if not math.isfinite(v):
+        raise InputError(f"{what}: {s!r} is not a finite number. To fix: write a finite number")
+    return v
 
 
 def parse_arrivals(text: str) -> ArrivalSpec:
@@ -154,10 +159,7 @@ def _read_trace(path: Path) -> tuple[tuple[float, str | None], ...]:
         if not line or (i == 1 and not line[0].isdigit() and line[0] not in "-."):
             continue
         parts = [p.strip() for p in line.replace(";", ",").split(",")]
-        try:
-            t = float(parts[0])
-        except ValueError:
-            raise InputError(f"{path}:{i}: {parts[0]!r} is not a timestamp in seconds")
+        t = _float(parts[0], f"{path}:{i}: timestamp in seconds")
         if t < 0:
             raise InputError(f"{path}:{i}: negative timestamp {t}")
         out.append((t, parts[1] if len(parts) > 1 and parts[1] else None))

@@ -32,6 +32,14 @@ def test_simulate_service_correlation_is_a_share(cli, value):
     _one_error_line(res, "--service-correlation")
 
 
+@pytest.mark.parametrize("flag,value", [("--arrivals", "periodic:nan"), ("--arrivals", "burst:inf"),
+                                        ("--link", "phones=nan"), ("--link", "phones=inf"), ("--link", "phones=4g~nan")])
+def test_simulate_scenario_numbers_must_be_finite(cli, flag, value):
+    """Numbers inside simulate's --arrivals and --link values refuse nan and inf, naming the flag."""
+    res = cli("simulate", str(DATA / "app.yaml"), "--fleet", str(DATA / "fleet.yaml"), "--duration", "1", flag, value)
+    _one_error_line(res, flag)
+
+
 def test_partition_out_is_an_existing_file(cli, tmp_path):
     """`partition --out FILE` where FILE exists exits 2 naming --out, and leaves the file alone."""
     f = tmp_path / "taken"
