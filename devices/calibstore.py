@@ -13,7 +13,6 @@ Nothing is ever written into the package or the source tree.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import replace
 from functools import lru_cache
@@ -49,11 +48,8 @@ def file_sha256(path: str | Path) -> str:
 
 @lru_cache(maxsize=4096)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from partition.onnx_graph import model_sha256
+    return model_sha256(path)
 
 
 def calibration_dir() -> Path:
