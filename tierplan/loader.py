@@ -57,6 +57,7 @@ class _Unusual(Exception):
 
 
 _STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+_INDEX_DEPTH = 32  # paths deeper than any spec are not indexed, so 100,000 nested brackets cost linear time
 _SEQ_FRAME = object()  # the pending-key slot of a sequence's frame
 _SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "binary", "timestamp")}
 
@@ -119,23 +120,26 @@ def _walk(text: str, index: bool) -> tuple[Any, "LineIndex | None"]:
                     if value in container:
                         raise _Unusual("duplicate key")
                     top[2], top[3] = False, value
-                    if lines is not None:
+                    if top[1] is not None:
                         lines[top[1] + (value,)] = ev.start_mark.line + 1
                     continue
                 if top[3] is not _SEQ_FRAME:
                     container[top[3]] = value
                     top[2] = True
-                    if lines is not None:
+                    if top[1] is not None:
                         path = top[1] + (top[3],)
                 else:
-                    if lines is not None:
+                    if top[1] is not None:
                         path = top[1] + (len(container),)
                         lines[path] = ev.start_mark.line + 1
                     container.append(value)
             else:
-                root, path = value, ()
+                root = value
                 if lines is not None:
+                    path = ()
                     lines[path] = ev.start_mark.line + 1
+            if path is not None and len(path) >= _INDEX_DEPTH:
+                path = None  # lines below this depth are not indexed (their parent's line is used)
             if cls is yaml.MappingStartEvent:
                 stack.append([value, path, True, None])
             elif cls is yaml.SequenceStartEvent:
@@ -148,6 +152,24 @@ def _walk(text: str, index: bool) -> tuple[Any, "LineIndex | None"]:
         return root, lines
     finally:
         loader.dispose()
+
+
+_MAX_FLOW_DEPTH = 1000  # libyaml's scanner is quadratic in [ / { nesting: 100,000 levels take a minute
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _too_deep(text: str) -> int | None:
+    """The 1-based line where [ ] / { } nesting first exceeds _MAX_FLOW_DEPTH, else None (brackets in
+    strings count too: a spec needs fewer than ten levels, so the bound is far from real files)."""
+    if text.count("[") + text.count("{") <= _MAX_FLOW_DEPTH:
+        return None
+    depth = 0
+    for m in _BRACKETS.finditer(text):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > _MAX_FLOW_DEPTH:
+            return text.count("\n", 0, m.start()) + 1
+        depth = max(depth, 0)
+    return None
 
 
 def parse_yaml(text: str) -> tuple[Any, "tuple[LineIndex, list] | None", bool]:
@@ -222,6 +244,8 @@ def line_index(node: yaml.Node | None) -> tuple[LineIndex, list[tuple[Loc, int, 
             continue
         seen.add(id(node))
         lines.setdefault(path, node.start_mark.line + 1)
+        if len(path) >= _INDEX_DEPTH:
+            continue
         if isinstance(node, yaml.MappingNode):
             first: dict[Any, int] = {}
             children = []
@@ -409,6 +433,10 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
         raise SpecError([f"{path}: file not found. To fix: check the path"]) from None
     except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
         raise SpecError([f"{path}: cannot read ({e.__class__.__name__}). To fix: pass a readable YAML file"]) from None
+    deep = _too_deep(text)
+    if deep is not None:
+        raise SpecError([f"{path}:{deep}: <yaml>: more than {_MAX_FLOW_DEPTH} levels of nested [ ] or {{ }}. "
+                         "To fix: flatten the YAML (a spec needs fewer than ten levels)"])
     try:
         data, indexed, maybe_dups = parse_yaml(text)
     except yaml.YAMLError as e:

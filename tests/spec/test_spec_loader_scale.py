@@ -138,3 +138,23 @@ def test_error_output_is_capped_at_50_with_a_count(cli, tmp_path):
     res = cli("validate", str(DATA / "app.yaml"), "--fleet", str(f), "--json")
     doc = json.loads(res.stdout)
     assert len(doc["problems"]) == 50 and doc["problems_total"] == 120
+
+
+def test_absurd_nesting_is_refused_before_parsing(tmp_path, monkeypatch):
+    """100,000 nested brackets (libyaml's scanner is quadratic in them) are one problem naming the line, unparsed."""
+    import tierplan.loader as loader
+    monkeypatch.setattr(loader, "parse_yaml", lambda text: pytest.fail("parsed a file nested 100,000 deep"))
+    f = tmp_path / "fleet.yaml"
+    f.write_text("name: x\nsites: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(SpecError, match=r"fleet\.yaml:2: <yaml>: more than 1000 levels .* To fix: "):
+        load_fleet(f)
+
+
+def test_deep_but_allowed_nesting_is_linear(tmp_path):
+    """900 nested lists load (the spec refuses them) without indexing quadratic-length paths."""
+    f = tmp_path / "fleet.yaml"
+    f.write_text("sites: " + "[" * 900 + "]" * 900 + "\n")
+    with pytest.raises(SpecError, match=r"sites: Input should be a valid dictionary"):
+        load_fleet(f)
+    _, lines = _walk(f.read_text(), index=True)
+    assert max(len(p) for p in lines) <= 32
