@@ -579,17 +579,16 @@ def ensure_local_calibration(pieces: Sequence[Piece] = (), *, progress: bool = T
     cal = lookup(device)
     if cal is not None:
         return cal
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from tierplan.console import console, progress as progress_bar
 
     path = local_calibration_path()
-    con = Console(stderr=True)
     what = f"first run on this CPU: calibrating (~{budget_s + 10:.0f} s, once)"
     if not progress:
-        con.print(what, highlight=False)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[label]}"),
-                   TimeElapsedColumn(), console=con, disable=not progress, transient=False)
-    with bar:
+        console(stderr=True).print(what, highlight=False)
+    with progress_bar(progress, TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[label]}"), TimeElapsedColumn()) as bar:
         task = bar.add_task(what, total=None, label="")
 
         def step(done: int, total: int, label: str) -> None:

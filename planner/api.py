@@ -25,6 +25,7 @@ from planner.baselines import greedy, run_baselines
 from planner.build import BuildInfo, SloTarget, build_problem
 from planner.evaluate import Evaluation, evaluate
 from planner.formulation import SolveResult, solve, solve_coverage
+from planner.progress import ProgressHook, phase, reporting
 from planner.plan import ClassCoverage, ParetoPoint, PieceMove, Plan
 from planner.problem import Problem
 from planner.report import (
@@ -226,6 +227,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
     per_class = max(0.5, min(10.0, share * time_limit_s / max(1, len(problem.classes))))
     alone: dict[str, SolveResult] = {}
     for i, c in enumerate(problem.classes):
+        phase(f"edge class {c.name} alone ({i + 1}/{len(problem.classes)})")
         sub = replace(problem.only_class(c.name), budget_uusd_h=None)
         # the class's share of the time left (what earlier classes did not use goes to later ones)
         each = max(0.5, min(10.0, share * left() / (len(problem.classes) - i)))
@@ -268,6 +270,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
                               + ". To fix: relax the SLO, use faster sites, or a better link")
     main = problem.without_slo(set(uncovered)) if uncovered else problem
     if separable:
+        phase("proving each class's optimum")
         alone = _prove_alone(main, alone, hint, secondary, solve_left)
     combined = {n: (r.assignment[n] if r.assignment else hint[n]) for n, r in alone.items()}
     cev = evaluate(main, combined)
@@ -302,6 +305,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
         # the joint solve ends a little before the limit: the plan is assembled after it
         started = time.perf_counter() - t0
         # ... and before the reasons of the classes that cannot meet their SLO are worked out
+        phase(f"all {len(main.classes)} edge classes together")
         r = solve(main, solve_left(),
                   hint=combined if cev.feasible else hint, secondary=secondary,
                   secondary_share=_TIE_SHARE)
@@ -338,12 +342,14 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
     plan = plan.model_copy(update={"coverage_summary": _coverage_summary(plan, info),
                                    "site_devices": site_devices(fleet)})
     if with_baselines:
+        phase("baselines")
         base = run_baselines(main)
         plan = plan.model_copy(update={"baselines": {n: baseline_result(main, info, a, bev)
                                                      for n, (a, bev) in base.items()}})
     if from_plan is not None:
         plan = plan.model_copy(update={"moves": _moves(from_plan, plan)})
     if pareto:
+        phase("cost-latency frontier")
         plan = plan.model_copy(update={"pareto": _pareto(main, info, r, pareto_points, max(time_limit_s, 2.0))})
     return plan.model_copy(update={"solve_s": round(time.perf_counter() - t0, 4)})
 
@@ -514,13 +520,26 @@ def _sha(obj: Any) -> str:
 
 def plan_app(app: Any, fleet: Any, objective: Any = None, cost_model: Any = None, time_limit_s: float = 10.0,
              from_plan: Plan | str | Path | None = None, pieces_dir: str | Path | None = None,
-             pareto: bool = False, app_graph: nx.DiGraph | None = None, max_coverage: bool = False) -> Plan:
-    """Plan `app` (AppSpec) on `fleet` (FleetSpec or resolved Fleet); see plan_graph."""
+             pareto: bool = False, app_graph: nx.DiGraph | None = None, max_coverage: bool = False,
+             progress: ProgressHook | None = None) -> Plan:
+    """Plan `app` (AppSpec) on `fleet` (FleetSpec or resolved Fleet); see plan_graph.
+
+    `progress`: called with a planner.progress.SolveEvent as phases start and CP-SAT improves its
+    incumbent or bound (from CP-SAT's threads; see planner.progress)."""
+    with reporting(progress):
+        return _plan_app(app, fleet, objective, cost_model, time_limit_s, from_plan, pieces_dir, pareto, app_graph,
+                         max_coverage)
+
+
+def _plan_app(app: Any, fleet: Any, objective: Any, cost_model: Any, time_limit_s: float,
+              from_plan: Plan | str | Path | None, pieces_dir: str | Path | None, pareto: bool,
+              app_graph: nx.DiGraph | None, max_coverage: bool) -> Plan:
     from devices.costmodel import CostModel
     from devices.fleet import resolve_fleet
     resolved = fleet if hasattr(fleet, "edge_classes") else resolve_fleet(fleet)
     if app_graph is None:
         from partition.app_graph import build_app_graph
+        phase("partitioning the models")
         app_graph = build_app_graph(app, pieces_dir)
     if isinstance(from_plan, (str, Path)):
         from_plan = Plan.load(from_plan)

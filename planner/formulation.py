@@ -50,6 +50,7 @@ from ortools.sat.python import cp_model
 from planner.decompose import solve_groups
 from planner.evaluate import ancestors, sink_items
 from planner.problem import COMPUTE_KINDS, Problem
+from planner.progress import solve_cp
 from planner.queueing import FACTOR_SCALE, wait_us
 
 __all__ = ["SolveResult", "solve", "solve_model", "solve_coverage", "tie_break", "STATUS_NAMES"]
@@ -473,7 +474,7 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
     solver.parameters.max_time_in_seconds = float(time_limit_s)
     solver.parameters.num_workers = _workers()
     solver.parameters.random_seed = seed
-    code = solver.Solve(m)
+    code = solve_cp(solver, m)
     status = STATUS_NAMES.get(code, "unknown")
     if status not in ("optimal", "feasible"):
         return SolveResult(status, solve_s=time.perf_counter() - t0)
@@ -495,7 +496,7 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
             solver2.parameters.max_time_in_seconds = left
             solver2.parameters.num_workers = _workers()
             solver2.parameters.random_seed = seed
-            code2 = solver2.Solve(m)
+            code2 = solve_cp(solver2, m)
             if code2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 assignment, levels = _read(problem, mdl, solver2)
                 lat = int(round(solver2.Value(mdl.latency_expr))) if not isinstance(mdl.latency_expr, int) else 0
@@ -520,7 +521,7 @@ def solve_coverage(problem: Problem, time_limit_s: float, hint: dict | None = No
     if hint:
         mdl.hint(hint)
     solver = _solver(time_limit_s / 2, seed)
-    code = solver.Solve(m)
+    code = solve_cp(solver, m)
     first = STATUS_NAMES.get(code, "unknown")
     if first not in ("optimal", "feasible"):
         return SolveResult(first, solve_s=time.perf_counter() - t0), frozenset()
@@ -532,7 +533,7 @@ def solve_coverage(problem: Problem, time_limit_s: float, hint: dict | None = No
     m.ClearHints()
     mdl.hint(start)
     solver2 = _solver(max(0.2, time_limit_s - (time.perf_counter() - t0)), seed)
-    code2 = solver2.Solve(m)
+    code2 = solve_cp(solver2, m)
     second = STATUS_NAMES.get(code2, "unknown")
     if second not in ("optimal", "feasible"):
         return SolveResult("unknown", solve_s=time.perf_counter() - t0), frozenset()
@@ -575,7 +576,7 @@ def tie_break(problem: Problem, result: SolveResult, secondary: str, time_limit_
     solver.parameters.max_time_in_seconds = float(time_limit_s)
     solver.parameters.num_workers = _workers()
     solver.parameters.random_seed = seed
-    code = solver.Solve(m)
+    code = solve_cp(solver, m)
     if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return result
     assignment, levels = _read(problem, mdl, solver)

@@ -35,8 +35,10 @@ _STOP_GRACE_S = 3.0
 def run_agent(site: str, listen: str, controller: str | None = None, tls_dir: str | None = None,
               ready: threading.Event | None = None, stop: threading.Event | None = None, *,
               insecure: bool = False, allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES,
-              cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES) -> None:
-    """Serve one site until SIGTERM/SIGINT (or `stop` is set); prints `READY host:port` when listening.
+              cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES, metrics_port: int = 0) -> None:
+    """Serve one site until SIGTERM/SIGINT (or `stop` is set); prints `READY host:port
+    metrics=127.0.0.1:PORT` when listening (its Prometheus endpoint stays on loopback: `metrics_port`,
+    0 a free one).
 
     InputError (exit 2 on the command line) for a listen address that is not loopback without TLS
     or `insecure`, or that this host cannot bind."""
@@ -45,13 +47,16 @@ def run_agent(site: str, listen: str, controller: str | None = None, tls_dir: st
     tls = TlsConfig.from_dir(tls_dir, site) if tls_dir else None
     check_listen(listen, tls_dir, insecure)
     worker = StageWorker(site, listen, tls=tls, controller=controller, allow_transforms=allow_transforms,
-                         cache_limit_bytes=cache_limit_bytes, insecure=insecure)
+                         cache_limit_bytes=cache_limit_bytes, insecure=insecure, metrics_port=metrics_port)
     try:
         address = worker.start()
     except (RuntimeError, OSError) as e:   # lost a race for the port since check_listen
         worker.stop()
         raise InputError(f"--listen {listen}: cannot listen there ({e}). To fix: use a free port") from None
-    print(f"READY {address}", flush=True)
+    except InputError:   # the metrics port is taken
+        worker.stop()
+        raise
+    print(f"READY {address} metrics={worker.metrics_address}", flush=True)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -66,8 +71,9 @@ class AgentProcess:
     """A local edge agent started as a subprocess (the embedded default's stand-in for a device)."""
 
     def __init__(self, site: str, controller: str, tls_dir: str | None = None, listen: str = "127.0.0.1:0",
-                 allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES) -> None:
+                 allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES, metrics_port: int = 0) -> None:
         self.site = site
+        self.metrics_port = metrics_port
         self.allow_transforms = tuple(allow_transforms)
         self.controller = controller
         self.tls_dir = tls_dir
@@ -81,6 +87,8 @@ class AgentProcess:
                "--controller", self.controller]
         if self.tls_dir:
             cmd += ["--tls-dir", self.tls_dir]
+        if self.metrics_port:
+            cmd += ["--metrics-port", str(self.metrics_port)]
         extra = [m for m in self.allow_transforms if m not in DEFAULT_TRANSFORM_MODULES]
         if extra:
             cmd += ["--allow-transforms", ",".join(extra)]
@@ -96,6 +104,10 @@ class AgentProcess:
                 return self.address
             if not line and self.proc.poll() is not None:
                 break
+            if line.startswith("FAILED "):   # the agent's own error: `FAILED <exit code> <message>`
+                self.kill()
+                code, _, why = line[len("FAILED "):].strip().partition(" ")
+                raise (InputError if code == "2" else RuntimeFault)(f"edge agent for site {self.site!r}: {why}")
         self.kill()
         raise RuntimeFault(f"edge agent for site {self.site!r} did not start ({line.strip() or 'no output'})")
 
@@ -132,14 +144,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tls-dir", default=None, help="This site's bundle from `tierplan certs` (mutual TLS + token).")
     ap.add_argument("--insecure", action="store_true", help="Allow a non-loopback --listen without TLS (warns).")
     ap.add_argument("--allow-transforms", default="", help="More modules whose functions may run as transforms.")
+    ap.add_argument("--metrics-port", type=int, default=0,
+                    help="Loopback port of the Prometheus metrics (0: a free one).")
     ap.add_argument("--cache-max-mb", type=float, default=DEFAULT_CACHE_LIMIT_BYTES / 2**20,
                     help="Size limit of the piece cache, MiB.")
     a = ap.parse_args(argv)
     try:
         run_agent(a.site, a.listen, a.controller, a.tls_dir, insecure=a.insecure,
-                  allow_transforms=parse_modules(a.allow_transforms), cache_limit_bytes=int(a.cache_max_mb * 2**20))
+                  allow_transforms=parse_modules(a.allow_transforms), cache_limit_bytes=int(a.cache_max_mb * 2**20),
+                  metrics_port=a.metrics_port)
     except TierplanError as e:
         print(f"error: {e}", file=sys.stderr)
+        print(f"FAILED {e.exit_code} {' '.join(str(e).split())}", flush=True)   # for AgentProcess
         sys.exit(e.exit_code)
 
 

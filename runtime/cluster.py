@@ -157,14 +157,16 @@ def _actor_class():
         """Hosts a StageWorker on its site's Ray node; registers with the controller on (re)start."""
 
         def __init__(self, site: str, controller: str, tls_dir: str | None = None, replica: int = 0,
-                     allow_transforms: tuple[str, ...] | None = None) -> None:
-            """`allow_transforms`: the deploying operator's transform modules (never the wire's)."""
+                     allow_transforms: tuple[str, ...] | None = None, metrics_port: int = 0) -> None:
+            """`allow_transforms`: the deploying operator's transform modules (never the wire's);
+            `metrics_port`: the loopback port of the worker's metrics (0: a free one)."""
             from runtime.graph import DEFAULT_TRANSFORM_MODULES
             from runtime.security import TlsConfig
             from runtime.stage import StageWorker
             tls = TlsConfig.from_dir(tls_dir, site) if tls_dir else None
             self.worker = StageWorker(site, "127.0.0.1:0", tls=tls, controller=controller, replica=replica,
-                                      allow_transforms=tuple(allow_transforms or DEFAULT_TRANSFORM_MODULES))
+                                      allow_transforms=tuple(allow_transforms or DEFAULT_TRANSFORM_MODULES),
+                                      metrics_port=metrics_port)
             self.worker.start()
 
         def address(self) -> str:
@@ -196,7 +198,8 @@ def SiteActor():
 
 
 def start_site_actor(site: str, controller: str, tls_dir: str | None, timeout_s: float = 60.0,
-                     replica: int = 0, replicas: int = 1, alive=None, allow_transforms: tuple[str, ...] | None = None):
+                     replica: int = 0, replicas: int = 1, alive=None, allow_transforms: tuple[str, ...] | None = None,
+                     metrics_port: int = 0):
     """Create a site's actor (replica `replica` of `replicas`) pinned to its node; returns (handle,
     address, seconds). Replicas share the node's one unit of the site resource. `alive()`, when
     given, is asked every poll: False means the site's node died, so waiting longer is futile.
@@ -204,7 +207,7 @@ def start_site_actor(site: str, controller: str, tls_dir: str | None, timeout_s:
     import ray
     share = 1.0 / max(replicas, 1)
     handle = SiteActor().options(resources={site_resource(site): share}, name=None).remote(
-        site, controller, tls_dir, replica, tuple(allow_transforms) if allow_transforms else None)
+        site, controller, tls_dir, replica, tuple(allow_transforms) if allow_transforms else None, metrics_port)
     t0 = time.time()
     ref = handle.address.remote()
     while True:

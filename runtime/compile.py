@@ -688,12 +688,12 @@ class _progress_bar:
     def __enter__(self):
         if not self.enabled:
             return lambda done, label, status: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        self._p = Progress(TextColumn("[bold]compile"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), TextColumn("{task.description}"),
-                           console=Console(file=sys.stderr), transient=False)
-        self._p.__enter__()
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        from tierplan.console import progress
+        self._cm = progress(True, TextColumn("[bold]compile"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("{task.description}"))
+        self._p = self._cm.__enter__()
         task = self._p.add_task("", total=self.total)
 
         def step(done: int, label: str, status: str) -> None:
@@ -702,5 +702,5 @@ class _progress_bar:
 
     def __exit__(self, *exc):
         if self._p is not None:
-            self._p.__exit__(*exc)
+            self._cm.__exit__(*exc)
         return False

@@ -33,7 +33,7 @@ from runtime.stage import LINKS_DIR_MARKER, StageOptions
 from tierplan.errors import InputError, RuntimeFault
 from tierplan.spec import AppSpec, FleetSpec
 
-__all__ = ["deploy", "local_threads", "site_tiers", "load_plan_fleet", "load_plan_app", "request_deadline_s",
+__all__ = ["deploy", "metrics_ports", "local_threads", "site_tiers", "load_plan_fleet", "load_plan_app", "request_deadline_s",
            "SLO_DEADLINE_FACTOR"]
 
 # A request's deadline is a multiple of its SLO: late results still count as answers (and as
@@ -91,6 +91,29 @@ def local_threads(n_sites: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(n_sites, 1))
 
 
+def metrics_ports(base: int, names: Sequence[str], check: Sequence[str] = ()) -> dict[str, int]:
+    """name -> its metrics port: `base`, base + 1, ... in order (all 0, a free port each, when `base` is 0).
+
+    The names in `check` run on this host: their ports must be free here (InputError naming the
+    first taken one, before anything starts)."""
+    if not base:
+        return {n: 0 for n in names}
+    if not 0 < base <= 65536 - len(names):
+        raise InputError(f"--metrics-port {base}: {len(names)} processes need ports {base}-{base + len(names) - 1}, "
+                         "beyond 65535. To fix: choose a base port below " + str(65536 - len(names)))
+    ports = {n: base + i for i, n in enumerate(names)}
+    for n in check:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the metrics server binds
+            try:
+                s.bind(("127.0.0.1", ports[n]))
+            except OSError as e:
+                raise InputError(f"--metrics-port {base}: port {ports[n]} (metrics of {n}) is taken on 127.0.0.1 "
+                                 f"({e.strerror or e}); this deployment needs {base}-{base + len(names) - 1}. "
+                                 "To fix: choose another base port") from None
+    return ports
+
+
 def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | None = None,
            app: AppSpec | None = None, manifest_root: str | Path | None = None,
            manifest: Mapping | None = None, cluster: LocalCluster | None = None,
@@ -99,7 +122,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
            request_timeout_s: float | None = None, front_door: str | None = None,
            emulate_links: bool = True, ready_timeout_s: float = 180.0,
            replicas: int | Mapping[str, int] = 1, allow_transforms: Sequence[str] | None = None,
-           insecure: bool = False) -> Service:
+           insecure: bool = False, metrics_port: int = 0) -> Service:
     """Start every site's worker for `plan` and return the ready Service (a context manager).
 
     `replicas`: workers per Ray site (base stations, clouds; one number for all, or per site).
@@ -109,6 +132,9 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     may run as transforms, `tierplan.transforms` when None; a transform of the plan from another
     module is refused here, before anything starts. Agents started elsewhere keep their own list.
     `front_door` beyond loopback needs `tls_dir`, or `insecure` (SECURITY.md).
+    `metrics_port`: the controller serves its Prometheus metrics on this loopback port and each
+    worker started here on the next ones (Ray sites and their replicas, then edge agents, in the
+    plan's site order: `describe()["metrics"]` lists them); 0 (default): free ports.
     """
     if not isinstance(plan, Plan):
         plan_path = Path(plan)
@@ -161,11 +187,20 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
         raise
     if shared_links:
         service.add_closer(lambda: shutil.rmtree(shared_links, ignore_errors=True))  # runs last
+    ray_sites = [s for s, t in tiers.items() if t != "edge" and s not in agents]
+    local_agents = [s for s, t in tiers.items() if t == "edge" and s not in agents] if local else []
+    slots = [slot_key(s, k) for s in ray_sites for k in range(counts.get(s, 1))]
     try:
-        service.start_controller()
-        ray_sites = [s for s, t in tiers.items() if t != "edge" and s not in agents]
+        ports = metrics_ports(metrics_port, ["controller", *slots, *local_agents],
+                              check=["controller", *local_agents, *(slots if local else [])])
+    except BaseException:
+        service.close()
+        raise
+    try:
+        service.start_controller(ports["controller"])
         if ray_sites:
-            _start_ray_sites(service, ray_sites, local, cluster, ray_address, tls_dir, allowed, ready_timeout_s)
+            _start_ray_sites(service, ray_sites, local, cluster, ray_address, tls_dir, allowed, ready_timeout_s,
+                             ports)
         for site, t in tiers.items():
             if site in agents:
                 service.set_address(site, agents[site])
@@ -174,7 +209,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
                     raise InputError(f"edge site {site!r} has no agent address. To fix: run "
                                      f"`tierplan agent --site {site} --listen HOST:PORT` there and pass it")
                 agent = AgentProcess(site, service.address, str(tls_dir) if tls_dir else None,
-                                     allow_transforms=allowed)
+                                     allow_transforms=allowed, metrics_port=ports[site])
                 service.add_closer(agent.stop)
                 service.agents[site] = agent
                 agent.start()
@@ -188,7 +223,8 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
 
 
 def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: LocalCluster | None,
-                     ray_address: str | None, tls_dir, allowed: tuple[str, ...], ready_timeout_s: float) -> None:
+                     ray_address: str | None, tls_dir, allowed: tuple[str, ...], ready_timeout_s: float,
+                     ports: Mapping[str, int] | None = None) -> None:
     ensure_ray_env()
     import ray
     if cluster is None and local:
@@ -203,7 +239,8 @@ def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: L
     for site in sites:
         n = service.replicas.get(site, 1)
         for k in range(n):
-            handle = _start_actor(cluster, site, service.address, tls_dir, k, n, allowed)
+            handle = _start_actor(cluster, site, service.address, tls_dir, k, n, allowed,
+                                  (ports or {}).get(slot_key(site, k), 0))
             service.actors[slot_key(site, k)] = handle
             service.add_closer(lambda h=handle: _stop_actor(h))
 
@@ -242,20 +279,20 @@ def _connect_ray(address: str, timeout_s: float) -> None:
 
 
 def _start_actor(cluster: LocalCluster | None, site: str, controller: str, tls_dir, replica: int, replicas: int,
-                 allowed: tuple[str, ...]):
+                 allowed: tuple[str, ...], metrics_port: int = 0):
     """Start one site actor; on a local cluster whose site node died meanwhile, restart the node once."""
     tls = str(tls_dir) if tls_dir else None
     alive = (lambda: cluster.site_alive(site)) if cluster is not None else None
     try:
         return start_site_actor(site, controller, tls, replica=replica, replicas=replicas, alive=alive,
-                                allow_transforms=allowed)[0]
+                                allow_transforms=allowed, metrics_port=metrics_port)[0]
     except SiteNodeDown as e:
         if cluster is None:
             raise
         log.warning("%s; starting it again", e)
         cluster.restart_site(site)
         return start_site_actor(site, controller, tls, replica=replica, replicas=replicas, alive=alive,
-                                allow_transforms=allowed)[0]
+                                allow_transforms=allowed, metrics_port=metrics_port)[0]
 
 
 def _stop_actor(handle) -> None:

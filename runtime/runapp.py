@@ -88,8 +88,10 @@ def find_example(name: str) -> Path:
                      f"To fix: pass one of {', '.join(known) or '(none)'} or a directory holding both")
 
 
-def make_plan(app: AppSpec, fleet: FleetSpec, app_path: Path, fleet_path: Path) -> tuple[Plan, str]:
-    """The planner's plan (planner.api.plan_app), else every model whole on the cloud site."""
+def make_plan(app: AppSpec, fleet: FleetSpec, app_path: Path, fleet_path: Path,
+              progress: bool = False) -> tuple[Plan, str]:
+    """The planner's plan (planner.api.plan_app), else every model whole on the cloud site; `progress`
+    draws the planner's bar on stderr (tierplan.console.solver_progress)."""
     try:
         from planner.api import plan_app
     except ImportError:
@@ -97,7 +99,9 @@ def make_plan(app: AppSpec, fleet: FleetSpec, app_path: Path, fleet_path: Path) 
         plan = app_plan(app, fleet)
         source = "runtime.handplan (planner not installed): all models on one site"
     else:
-        plan = plan_app(app, fleet)
+        from tierplan.console import solver_progress
+        with solver_progress(progress, 10.0) as hook:   # plan_app's default time limit
+            plan = plan_app(app, fleet, progress=hook)
         source = "planner.api.plan_app"
     return plan.model_copy(update={"app_path": str(app_path), "fleet_path": str(fleet_path)}), source
 
@@ -208,14 +212,17 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                 progress: bool = True, seed: int = 0, request_timeout_s: float | None = None,
                 max_requests: int | None = None, replicas: int = 1,
                 allow_transforms: tuple[str, ...] | None = None, calibration: str | Path | None = None,
-                auto_calibrate: bool = True) -> RunReport:
+                auto_calibrate: bool = True, metrics_port: int = 0,
+                on_deployed: Callable[[dict], None] | None = None) -> RunReport:
     """Plan, compile, deploy locally, send requests for `duration_s`, tear down; the report.
 
     `replicas`: workers per base-station and cloud site; `allow_transforms`: more transform modules
     the sites may run (runtime.deploy). `calibration`: a calibration file of this machine
     (`--calibration`); one made on another CPU is refused with a warning. With `auto_calibrate`, a
     machine with no calibration that fits its CPU is calibrated first (quickly, the plan's pieces among
-    others: devices.calibrate.ensure_local_calibration) and the result cached.
+    others: devices.calibrate.ensure_local_calibration) and the result cached. `metrics_port`: base of
+    the consecutive loopback ports of the Prometheus metrics (runtime.deploy; 0: free ports);
+    `on_deployed(describe())` is called once every site is up, before the requests start.
     """
     from tierplan.loader import load_app, load_fleet
     from runtime.deploy import deploy
@@ -223,7 +230,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
 
     ex = find_example(name)
     app, fleet = load_app(ex / "app.yaml"), load_fleet(ex / "fleet.yaml")
-    plan, plan_source = make_plan(app, fleet, ex / "app.yaml", ex / "fleet.yaml")
+    plan, plan_source = make_plan(app, fleet, ex / "app.yaml", ex / "fleet.yaml", progress=progress)
     if plan.status == "infeasible":
         from tierplan.errors import InfeasibleError
         raise InfeasibleError(f"{ex.name}: the plan is infeasible ({plan.reason}); nothing to run")
@@ -247,10 +254,12 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
         ok, failed, errors, traces = 0, 0, [], []
         t_start = time.time()
         with deploy(plan, local=True, fleet=fleet, app=app, manifest=manifest, manifest_root=root,
-                    request_timeout_s=request_timeout_s, replicas=replicas, allow_transforms=allow_transforms) as svc:
+                    request_timeout_s=request_timeout_s, replicas=replicas, allow_transforms=allow_transforms,
+                    metrics_port=metrics_port) as svc:
             sites = svc.describe()
-            bar = _progress(progress)
-            with bar:
+            if on_deployed is not None:
+                on_deployed(sites)
+            with _progress(progress) as bar:
                 task = bar.add_task(f"{ex.name}: requests", total=duration_s)
                 t0 = time.time()
                 i = 0
@@ -303,7 +312,8 @@ def _plan_pieces(plan: Plan) -> list:
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-    return Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled, transient=False)
+    """The requests' bar on stderr: the run's duration filling with time (tierplan.console.progress)."""
+    from rich.progress import TextColumn, TimeRemainingColumn
+
+    from tierplan.console import ClockBar, progress
+    return progress(enabled, TextColumn("{task.description}"), ClockBar(), TimeRemainingColumn())

@@ -289,8 +289,9 @@ class Service:
             raise InputError(f"cannot listen on {listen}. To fix: choose a free port")
         return port
 
-    def start_controller(self) -> str:
-        """Start the controller's gRPC server and metrics endpoint; returns its address."""
+    def start_controller(self, metrics_port: int = 0) -> str:
+        """Start the controller's gRPC server and metrics endpoint (on loopback, `metrics_port` or a
+        free port when 0); returns its address."""
         srv = self._server()
         control = _Control(self)
         pbg.add_ControlServicer_to_server(control, srv)
@@ -303,7 +304,11 @@ class Service:
             local = LocalServer(self.address, control.deliver_raw, self._shm_reader)
             if local.start():
                 self._closers.append(local.stop)
-        http, _ = start_http_server(0, addr="127.0.0.1", registry=self._registry)
+        try:
+            http, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=self._registry)
+        except OSError as e:
+            raise InputError(f"--metrics-port: cannot serve the controller's metrics on 127.0.0.1:{metrics_port} "
+                             f"({e.strerror or e}). To fix: choose a free base port") from None
         self._closers.append(lambda: (http.shutdown(), http.server_close()))
         self.metrics_address = f"127.0.0.1:{http.server_port}"
         return self.address

@@ -237,8 +237,13 @@ class _Metrics:
             child = self._children[key] = getattr(self, metric).labels(*labels)
         return child
 
-    def serve(self, host: str = "127.0.0.1") -> str:
-        server, _ = start_http_server(0, addr=host, registry=self.registry)
+    def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the metrics on host:port (0: a free port); InputError when that port is taken."""
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            raise InputError(f"--metrics-port: cannot serve metrics on {host}:{port} ({e.strerror or e}). "
+                             "To fix: choose a free base port (each process takes the next one)") from None
         self._server = server
         self.address = f"{host}:{server.server_port}"
         return self.address
@@ -497,10 +502,13 @@ class StageWorker(pbg.StageServicer):
     def __init__(self, site: str, listen: str = "127.0.0.1:0", tls: TlsConfig | None = None,
                  controller: str | None = None, cache_dir: str | None = None, replica: int = 0,
                  allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES,
-                 cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES, insecure: bool = False) -> None:
+                 cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES, insecure: bool = False,
+                 metrics_port: int = 0) -> None:
         """`allow_transforms`, `cache_limit_bytes` and `insecure` are the operator's (the process that
         starts the worker): nothing a peer sends can change them (see SECURITY.md). A `listen` host
-        beyond loopback needs `tls` unless `insecure`."""
+        beyond loopback needs `tls` unless `insecure`. `metrics_port`: the loopback port of its
+        Prometheus metrics (0: a free one)."""
+        self.metrics_port = metrics_port
         self.site = site
         self.allow_transforms = tuple(allow_transforms)
         self.insecure = insecure
@@ -554,12 +562,17 @@ class StageWorker(pbg.StageServicer):
         self._local_server = LocalServer(self.address, self._accept_delivery, self._shm_reader)
         if self.tls is None:   # with mutual TLS every delivery stays on the authenticated channel
             self._local_server.start()
-        self._metrics.serve("127.0.0.1")   # metrics stay on loopback: no TLS on that port (SECURITY.md)
+        self._metrics.serve("127.0.0.1", self.metrics_port)   # metrics stay on loopback: no TLS on that port (SECURITY.md)
         self._grow_compute(1)
         threading.Thread(target=self._batch_loop, name=f"batch-{self.site}", daemon=True).start()
         if self.controller:
             threading.Thread(target=self._register, name=f"register-{self.site}", daemon=True).start()
         return self.address
+
+    @property
+    def metrics_address(self) -> str:
+        """127.0.0.1:PORT of its Prometheus metrics ("" before start)."""
+        return self._metrics.address
 
     def stop(self) -> None:
         """Stop serving (in-flight calls get a short grace period)."""

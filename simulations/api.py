@@ -339,7 +339,8 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
              latency_ms: dict[tuple[str, str], float | tuple[float, float]] | None = None,
              app: Any = None, service_correlation: float = 0.0,
              profile: ServiceProfile | str | Path | None = None, colocate: int | None = None,
-             batching: str | tuple | BatchPolicy | bool | None = "auto", link_sharing: str = "fifo") -> SimReport:
+             batching: str | tuple | BatchPolicy | bool | None = "auto", link_sharing: str = "fifo",
+             progress: Callable[[int, int, str], None] | None = None) -> SimReport:
     """Replay each strategy of `plan` over `fleet` for `duration_s` simulated seconds.
 
     fast: True = vectorised path (raises InputError where it cannot run), False = SimPy, None =
@@ -360,7 +361,8 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
     BatchPolicy (simulations.batching). link_sharing: "fifo" (default: one transfer at a time
     per link direction, as runtime/links.py's token bucket) or "fair" (transfers in flight share
     the rate). Fair links need the SimPy path: fast=None picks it then, fast=True raises
-    InputError; batching runs on both.
+    InputError; batching runs on both. `progress(done, total, strategy)` is called before each
+    strategy is replayed and once at the end (done == total).
 
     >>> report = simulate(plan, fleet, duration_s=30, seed=1)           # doctest: +SKIP
     >>> report.strategies["optimal"].sinks["boxes"].p95_ms             # doctest: +SKIP
@@ -412,7 +414,9 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
 
     results: dict[str, StrategyResult] = {}
     step_s = duration_s / _SERIES_BINS
-    for name, journeys in compiled.items():
+    for k, (name, journeys) in enumerate(compiled.items()):
+        if progress is not None:
+            progress(k, len(compiled), name)
         t0 = time.perf_counter()
         planned = {k: v for k, v in plan.instances.items() if name == "optimal" and k not in (replicas or {})}
         world.replicas = _replicas(journeys, fv, dict(replicas or {}), planned)
@@ -475,5 +479,7 @@ def simulate(plan: Plan | str | Path, fleet: Any, strategies: Iterable[str] | st
                 "colocate_cores": colocate, "batching": policy.label if policy is not None else "off",
                 "batched_stages": sorted(f"{'+'.join(n)}@{site} ({b.source})" for (site, n), b in batched.items()),
                 "link_sharing": link_sharing}
+    if progress is not None:
+        progress(len(compiled), len(compiled), "done")
     return SimReport(strategies=results, seed=seed, duration_s=duration_s, arrivals=arr_spec.label,
                      scenario=scenario, skipped=skipped, series_step_s=step_s)

@@ -2,19 +2,26 @@
 
 Every command module exposes `register(app: typer.Typer) -> None`. Errors derived from
 `TierplanError` become one line on stderr and the error's exit code (2 bad input, 1 goal not met);
-nothing else is printed, no traceback.
+nothing else is printed, no traceback. With `--json` on the command line the error is also printed
+on stdout as `{"error": {"code": 2, "problems": [...]}}` (usage errors too: a bad flag value, a
+missing argument), so a script that parses stdout always gets a JSON document; a command that has
+already printed its result (an infeasible plan.json, exit 1) marks the error `result_printed`.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import sys
 
 import typer
 
-from tierplan.errors import TierplanError
+from tierplan.errors import SpecError, TierplanError
 from tierplan.logs import quiet_by_default
+
+# the click typer runs on (typer >= 0.20 vendors its own as typer._click): its usage errors and Abort
+_click = getattr(typer.core, "_click", None) or importlib.import_module("click")
 
 app = typer.Typer(
     name="tierplan",
@@ -67,20 +74,63 @@ def _warnings_as_lines() -> None:
     warnings.showwarning = show
 
 
+def wants_json(args: list[str]) -> bool:
+    """`--json` is among the command's options (before a `--` that ends them)."""
+    return "--json" in (args[:args.index("--")] if "--" in args else args)
+
+
+def json_error(code: int, problems: list[str], total: int | None = None) -> str:
+    """The `--json` form of an error: `{"error": {"code": 2, "problems": [...], "problems_total": N}}`
+    (a SpecError's problems are capped at SpecError.SHOWN; problems_total counts them all)."""
+    problems = problems or ["error"]
+    return json.dumps({"error": {"code": code, "problems": problems,
+                                 "problems_total": max(total or 0, len(problems))}}, indent=2)
+
+
+def _problems(e: TierplanError) -> tuple[list[str], int]:
+    """(the problems shown, how many there are) of an error: a SpecError's list, else its lines."""
+    if isinstance(e, SpecError):
+        return e.problems[:e.SHOWN], len(e.problems)
+    lines = str(e).splitlines() or ["error"]
+    return lines, len(lines)
+
+
+def _usage_error(e: Exception) -> None:
+    """Show a usage error as typer does in standalone mode (rich panel on stderr)."""
+    try:
+        from typer import rich_utils
+        rich_utils.rich_format_error(e)
+    except (ImportError, AttributeError):
+        e.show()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script."""
     _warnings_as_lines()
     quiet_by_default()   # Ray's and gRPC's chatter at WARNING, as in the Python API (tierplan.logs)
     _register_all()
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = wants_json(args)
     try:
-        app(args=argv)  # standalone: typer/click handle usage errors (exit 2) and --help
+        code = app(args=args, standalone_mode=False)   # usage errors raised here, printed below
     except TierplanError as e:
         for line in str(e).splitlines() or ["error"]:
             print(f"error: {line}", file=sys.stderr)
+        if as_json and not e.result_printed:
+            print(json_error(e.exit_code, *_problems(e)), flush=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except _click.ClickException as e:   # a bad flag value, a missing argument, an unknown command
+        _usage_error(e)
+        if as_json:
+            print(json_error(e.exit_code, [e.format_message()]), flush=True)
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, _click.exceptions.Abort):
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+    code = code if isinstance(code, int) else 0
+    if code == 130:
+        print("error: interrupted", file=sys.stderr)
+    sys.exit(code)   # as click's standalone mode: SystemExit(0) on success too
 
 
 if __name__ == "__main__":

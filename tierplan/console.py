@@ -10,19 +10,30 @@ Tables add their columns with `column()` (identifiers never wrap, a header word 
 and are printed with `print_table()`: a table wider than a narrow terminal first drops its
 borders, and if it still does not fit it is printed whole (the terminal wraps the long lines)
 rather than cropped or cut to "…".
+
+Progress bars (`progress()`) go to stderr, so stdout stays the result: on a terminal they redraw
+in place; a stream that is not a terminal gets one plain line per update (at most every
+`LOG_EVERY_S`) and the final state, when `--progress` asks for them there.
 """
 
 from __future__ import annotations
 
 import os
-from typing import IO
+import sys
+import threading
+from contextlib import contextmanager
+from typing import IO, Iterator
 
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                           TimeElapsedColumn)
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-__all__ = ["console", "column", "print_table", "PIPE_WIDTH"]
+__all__ = ["console", "column", "print_table", "PIPE_WIDTH", "progress", "progress_wanted", "ClockBar",
+           "solver_progress", "LOG_EVERY_S", "PROGRESS_HELP"]
 
 PIPE_WIDTH = 1000   # columns for a stream that is not a terminal; tables stay as narrow as their contents
 
@@ -79,3 +90,99 @@ def print_table(con: Console, table: Table) -> None:
             con = Console(file=con.file, width=need, force_terminal=con.is_terminal, color_system=con.color_system,
                           no_color=con.no_color)
     con.print(table)
+
+
+# ----------------------------------------------------------------------------- progress on stderr
+LOG_EVERY_S = 2.0   # a stream that is not a terminal gets a progress line at most this often
+PROGRESS_HELP = ("Progress bars on stderr: --progress always (also with --json or into a file), --no-progress "
+                 "never; default: only on a terminal and without --json.")
+
+
+def progress_wanted(flag: bool | None, as_json: bool = False) -> bool:
+    """Whether a command draws progress: `--progress` / `--no-progress` (`flag`) decide when given;
+    otherwise only when stderr is a terminal and the result is not `--json`."""
+    if flag is not None:
+        return flag
+    return not as_json and sys.stderr.isatty()
+
+
+class ClockBar(BarColumn):
+    """A bar that fills with the task's elapsed time against its total in seconds (a solver's time
+    limit, a run's duration): it moves while the work reports nothing."""
+
+    def render(self, task: Task) -> ProgressBar:
+        total = task.total or 0.0
+        done = min(task.elapsed or 0.0, total) if not task.finished else total
+        return ProgressBar(total=max(0.0, total) or None, completed=done, width=self.bar_width,
+                           pulse=not total, animation_time=task.get_time(), style=self.style,
+                           complete_style=self.complete_style, finished_style=self.finished_style,
+                           pulse_style=self.pulse_style)
+
+
+@contextmanager
+def progress(enabled: bool, *columns: str | ProgressColumn) -> Iterator[Progress]:
+    """A rich Progress on stderr while the block runs; does nothing when not `enabled`.
+
+    `columns` default to description, bar, done/total and elapsed time. On a terminal the bar
+    redraws in place; on any other stream (a log, a pipe: only with `--progress`) the bars are
+    printed as plain lines at most every LOG_EVERY_S, and once more at the end. Output to stdout
+    is never redirected through it (stdout is the result).
+    """
+    cols = columns or (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    con = console(stderr=True)
+    bar = Progress(*cols, console=con, disable=not enabled, transient=False, redirect_stdout=False)
+    if not enabled or con.is_terminal:
+        with bar:
+            yield bar
+        return
+    stop = threading.Event()
+
+    def log() -> None:
+        last = None
+        while not stop.wait(LOG_EVERY_S):
+            with con.capture() as cap:
+                con.print(bar.get_renderable())
+            text = cap.get()
+            if text != last and text.strip():
+                con.file.write(text)
+                con.file.flush()
+                last = text
+
+    thread = threading.Thread(target=log, name="progress-log", daemon=True)
+    with bar:
+        thread.start()
+        try:
+            yield bar
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _figures(ev) -> str:
+    """'best 1.2e+06, bound 1.1e+06, gap 8.3%' of a planner.progress.SolveEvent (what it has)."""
+    parts = []
+    if ev.incumbent is not None:
+        parts.append(f"best {ev.incumbent:.4g}")
+    if ev.bound is not None:
+        parts.append(f"bound {ev.bound:.4g}")
+    if ev.gap is not None:
+        parts.append(f"gap {100 * ev.gap:.1f}%")
+    return ", ".join(parts)
+
+
+@contextmanager
+def solver_progress(enabled: bool, time_limit_s: float, what: str = "plan") -> Iterator:
+    """A progress bar of the planner on stderr: its phase, the time used of the solver's limit, and the
+    running CP-SAT model's incumbent, bound and gap. Yields the hook for `plan_app(progress=...)`
+    (None when not `enabled`: CP-SAT then runs without callbacks)."""
+    if not enabled:
+        yield None
+        return
+    with progress(True, TextColumn(f"[bold]{what}[/] {{task.description}}"), ClockBar(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[figures]}")) as bar:
+        task = bar.add_task("starting", total=time_limit_s, figures="")
+
+        def hook(ev) -> None:
+            bar.update(task, description=ev.phase, figures=_figures(ev))
+        yield hook
+        bar.update(task, description="done", completed=time_limit_s)

@@ -6,9 +6,14 @@ __all__ = ["TierplanError", "SpecError", "InputError", "InfeasibleError", "Runti
 
 
 class TierplanError(Exception):
-    """Base class. `exit_code` is what the CLI exits with; str(err) is the one-line message."""
+    """Base class. `exit_code` is what the CLI exits with; str(err) is the one-line message.
+
+    `result_printed`: a command sets it on an error it raises after printing its `--json` result
+    (e.g. an infeasible plan.json, exit 1); the CLI then prints no `{"error": ...}` object after it.
+    """
 
     exit_code = 2
+    result_printed = False
 
 
 class InputError(TierplanError):

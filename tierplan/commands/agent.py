@@ -21,9 +21,13 @@ def register(app: typer.Typer) -> None:
         allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
                                              "functions may run as transforms (tierplan.transforms always may)."),
         cache_max_mb: float = typer.Option(4096, "--cache-max-mb", min=1, help="Size limit of the piece cache, MiB."),
+        metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535, metavar="PORT",
+                                         help="Serve this site's Prometheus metrics on 127.0.0.1:PORT (loopback "
+                                              "only; 0: a free port). Printed at start."),
     ) -> None:
-        """Serve one edge site's pieces; prints `READY host:port`, stops on Ctrl-C / SIGTERM."""
+        """Serve one edge site's pieces; prints `READY host:port metrics=127.0.0.1:PORT`, stops on Ctrl-C / SIGTERM."""
         from runtime.agent import run_agent
         from runtime.graph import parse_modules
         run_agent(site, listen, controller, tls_dir, insecure=insecure,
-                  allow_transforms=parse_modules(allow_transforms), cache_limit_bytes=int(cache_max_mb * 2**20))
+                  allow_transforms=parse_modules(allow_transforms), cache_limit_bytes=int(cache_max_mb * 2**20),
+                  metrics_port=metrics_port)

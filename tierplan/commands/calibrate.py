@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from tierplan.console import PROGRESS_HELP
+
 __all__ = ["register"]
 
 
@@ -22,17 +24,26 @@ def register(app: typer.Typer) -> None:
         runs: int = typer.Option(15, "--runs", min=3, help="Timed runs per piece (median)."),
         model: list[str] = typer.Option(None, "--model", help="Only these calibration models (default: all)."),
         as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
+        show_progress: bool = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
         """Measure real models and their pieces here; fit per-op-type efficiencies and overheads by NNLS."""
-        from tierplan.console import console
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+
+        from tierplan.console import console, progress, progress_wanted
 
         from devices.calibrate import run_calibration
         from devices.catalog import get_device
 
-        con = console(stderr=True)
-        progress = None if as_json else (lambda msg: con.print(f"  measured {msg}", highlight=False))
-        cal, samples, path = run_calibration(out, threads=threads, max_pieces=max_pieces, runs=runs,
-                                             models=model or None, progress=progress)
+        with progress(progress_wanted(show_progress, as_json), TextColumn("[bold]calibrate[/]"), BarColumn(),
+                      TextColumn("{task.completed} pieces measured"), TimeElapsedColumn(),
+                      TextColumn("{task.description}")) as bar:
+            task = bar.add_task("cutting the calibration models", total=None)
+
+            def measured(msg: str) -> None:
+                bar.update(task, advance=1, description=f"last: {msg}")
+            cal, samples, path = run_calibration(out, threads=threads, max_pieces=max_pieces, runs=runs,
+                                                 models=model or None, progress=measured)
+            bar.update(task, total=max(1, bar.tasks[0].completed), description="fitted")
         if as_json:
             print(json.dumps({**cal.to_dict(), "file": str(path)}, indent=2))
             return

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from tierplan.console import PROGRESS_HELP
+
 __all__ = ["register", "render"]
 
 
@@ -77,10 +79,12 @@ def register(app: typer.Typer) -> None:
         runs: int = typer.Option(10, "--runs", min=1, help="Timed runs per candidate (median)."),
         threads: int = typer.Option(0, "--threads", min=0, help="onnxruntime/LiteRT threads (0 = every core)."),
         as_json: bool = typer.Option(False, "--json", help="Print manifest.json to stdout."),
+        show_progress: bool = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
         """Build every piece of a plan for its site's device (TVM, onnxruntime, LiteRT), check it, store it."""
         from planner.plan import Plan
         from runtime.compile import CompileOptions, compile_plan
+        from tierplan.console import progress_wanted
 
         plan = Plan.load(plan_path)
         fleet_obj = None
@@ -88,7 +92,8 @@ def register(app: typer.Typer) -> None:
             from devices.fleet import resolve_fleet
             from tierplan.loader import load_fleet
             fleet_obj = resolve_fleet(load_fleet(fleet))
-        res = compile_plan(plan, out, tune_trials=tune_trials, backends=backend or None, progress=True,
+        res = compile_plan(plan, out, tune_trials=tune_trials, backends=backend or None,
+                           progress=progress_wanted(show_progress, as_json),
                            fleet=fleet_obj, tune_tasks=tune_tasks, tune_db=tune_db,
                            base_dir=plan_path.resolve().parent, options=CompileOptions(measure_runs=runs, threads=threads))
         if as_json:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from tierplan.commands.run import METRICS_PORT_HELP, metrics_line
+
 __all__ = ["register", "parse_agents"]
 
 
@@ -42,6 +44,7 @@ def register(app: typer.Typer) -> None:
                                              "functions the sites started here may run as transforms."),
         duration: float = typer.Option(0.0, "--duration", min=0, help="Serve this many seconds, then stop (0: until Ctrl-C)."),
         replicas: int = typer.Option(1, "--replicas", min=1, help="Workers per base-station and cloud site; a request lost with one is retried on another."),
+        metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535, metavar="BASE", help=METRICS_PORT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
     ) -> None:
         """Deploy PLAN and serve it: prints the front door, the sites and their metrics endpoints."""
@@ -57,7 +60,7 @@ def register(app: typer.Typer) -> None:
         stop = threading.Event()
         with deploy(plan, local=local, manifest=manifest, manifest_root=artifacts, ray_address=ray_address,
                     agents=parse_agents(agent), tls_dir=tls_dir, front_door=front_door, replicas=replicas,
-                    allow_transforms=allowed, insecure=insecure) as svc:
+                    allow_transforms=allowed, insecure=insecure, metrics_port=metrics_port) as svc:
             for sig in (signal.SIGTERM, signal.SIGINT):   # after Ray's own handlers: stop cleanly, exit 0
                 signal.signal(sig, lambda *_: stop.set())
             info = svc.describe()
@@ -73,4 +76,5 @@ def register(app: typer.Typer) -> None:
                 for s, h in info["sites"].items():
                     t.add_row(s, "yes" if h["up"] else "no", h["address"], str(h["pid"]), h["metrics"])
                 console().print(t)
+                console().print(metrics_line(info), highlight=False)
             stop.wait(duration if duration > 0 else None)

@@ -64,8 +64,9 @@ def register(app: typer.Typer) -> None:
 
         if precision not in ("fp32", "fp16", "int8"):
             raise InputError(f"--precision: {precision!r} is not one of fp32, fp16, int8")
+        from tierplan.console import progress_wanted
         out = estimate(target, device, batch, precision, parse_dims(dims), calibration=calibration,
-                       progress=not as_json)
+                       progress=progress_wanted(None, as_json))
         if as_json:
             print(json.dumps(out, indent=2))
             return

@@ -108,5 +108,7 @@ def register(app: typer.Typer) -> None:
             _print(res.manifest, res.out_dir, res.cached)
         v = res.manifest.get("verify") or {}
         if verify and v.get("max_rel_diff") is not None and v["max_rel_diff"] > VERIFY_REL_TOLERANCE:
-            raise InfeasibleError(f"{model}: chained pieces differ from the whole model by {v['max_rel_diff']:.3g} "
-                                  f"(relative) > {VERIFY_REL_TOLERANCE}; report this model")
+            e = InfeasibleError(f"{model}: chained pieces differ from the whole model by {v['max_rel_diff']:.3g} "
+                                f"(relative) > {VERIFY_REL_TOLERANCE}; report this model")
+            e.result_printed = as_json   # the manifest (with its verify figures) is the JSON result
+            raise e

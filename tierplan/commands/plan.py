@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from tierplan.console import PROGRESS_HELP, solver_progress
+
 __all__ = ["register", "prepare_calibration"]
 
 
@@ -42,11 +44,13 @@ def register(app: typer.Typer) -> None:
         calibration: Path = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
                                          "for `local`, keyed by this CPU and made on first use)."),
         as_json: bool = typer.Option(False, "--json", help="Print plan.json to stdout instead of tables."),
+        show_progress: bool = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
         """Decide where each piece runs (device, base station, cloud); show latency, cost and coverage."""
         from planner.api import plan_app
         from planner.html import write_html
         from planner.plan import Plan
+        from tierplan.console import progress_wanted
         from tierplan.errors import InfeasibleError, InputError
         from tierplan.loader import load_app, load_fleet
         from tierplan.validate import check
@@ -56,11 +60,13 @@ def register(app: typer.Typer) -> None:
         spec = load_app(app_path)
         fleet = load_fleet(fleet_path)
         check(spec, fleet, app_path=app_path, fleet_path=fleet_path)
-        prepare_calibration(fleet, calibration, progress=not as_json)
+        shown = progress_wanted(show_progress, as_json)
+        prepare_calibration(fleet, calibration, progress=shown)
         old = Plan.load(from_plan) if from_plan is not None else None
         try:
-            plan = plan_app(spec, fleet, objective=objective, time_limit_s=time_limit, from_plan=old,
-                            pieces_dir=pieces_dir, pareto=pareto, max_coverage=max_coverage)
+            with solver_progress(shown, time_limit * (2 if pareto else 1)) as hook:
+                plan = plan_app(spec, fleet, objective=objective, time_limit_s=time_limit, from_plan=old,
+                                pieces_dir=pieces_dir, pareto=pareto, max_coverage=max_coverage, progress=hook)
         except InfeasibleError as e:
             failed = Plan(status="infeasible", reason=str(e), objective_kind=objective or "cost",
                           app_path=str(app_path), fleet_path=str(fleet_path))
@@ -68,6 +74,7 @@ def register(app: typer.Typer) -> None:
                 failed.save(out)
             if as_json:
                 print(failed.model_dump_json(indent=2))
+                e.result_printed = True   # the CLI adds no {"error": ...} after the plan
             raise
         plan = plan.model_copy(update={"app_path": str(app_path), "fleet_path": str(fleet_path)})
         if out is not None:

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import typer
 
-__all__ = ["register", "print_report"]
+from tierplan.console import PROGRESS_HELP
+
+__all__ = ["register", "print_report", "metrics_line", "METRICS_PORT_HELP"]
+
+METRICS_PORT_HELP = ("Serve the Prometheus metrics (loopback only) on consecutive ports from BASE: the controller "
+                     "on BASE, then each worker (printed at start); 0: free ports.")
+
+
+def metrics_line(info: dict) -> str:
+    """'metrics (Prometheus, loopback): controller 127.0.0.1:9100, bs 127.0.0.1:9101, ...' of describe()."""
+    return "metrics (Prometheus, loopback): " + ", ".join(f"{n} {a}" for n, a in (info.get("metrics") or {}).items()
+                                                         if a)
 
 
 def _ms(x: float | None) -> str:
@@ -54,6 +65,8 @@ def print_report(rep) -> None:
     con.print(s)
     for e in rep.errors:
         con.print(f"[red]error:[/red] {e}")
+    if (rep.sites or {}).get("metrics"):
+        con.print(metrics_line(rep.sites) + " (closed with the run)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
@@ -69,18 +82,30 @@ def register(app: typer.Typer) -> None:
                                              "functions may run as transforms (tierplan.transforms always may)."),
         calibration: Path = typer.Option(None, "--calibration", help="Calibration file of this machine (default: "
                                          "the user's cache, keyed by CPU; made on first use when none fits)."),
+        metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535, metavar="BASE", help=METRICS_PORT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        show_progress: bool = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
         """Plan, compile and deploy EXAMPLE on this machine, send requests, compare with the plan, tear down."""
+        import sys
+
         from runtime.graph import parse_modules
         from runtime.runapp import run_example
-        rep = run_example(example, duration, backends=backend or None, progress=not as_json,
-                          request_timeout_s=timeout, replicas=replicas,
-                          allow_transforms=parse_modules(allow_transforms), calibration=calibration)
+        from tierplan.console import progress_wanted
+
+        def deployed(info: dict) -> None:   # on stderr: stdout is the report (or its JSON)
+            if metrics_port or not as_json:
+                print(metrics_line(info), file=sys.stderr, flush=True)
+        rep = run_example(example, duration, backends=backend or None,
+                          progress=progress_wanted(show_progress, as_json), request_timeout_s=timeout,
+                          replicas=replicas, allow_transforms=parse_modules(allow_transforms),
+                          calibration=calibration, metrics_port=metrics_port, on_deployed=deployed)
         if as_json:
             print(json.dumps(rep.to_json(), indent=2))
         else:
             print_report(rep)
         if rep.requests_ok == 0:
             from tierplan.errors import RuntimeFault
-            raise RuntimeFault(f"{example}: no request succeeded" + (f" ({rep.errors[0]})" if rep.errors else ""))
+            e = RuntimeFault(f"{example}: no request succeeded" + (f" ({rep.errors[0]})" if rep.errors else ""))
+            e.result_printed = as_json   # the report is the JSON result
+            raise e

@@ -9,13 +9,15 @@ from typing import Optional
 
 import typer
 
+from tierplan.console import PROGRESS_HELP
 from tierplan.errors import InputError
 
 __all__ = ["register"]
 
 
-def _load_plan(target: Path, fleet_spec, fleet_path: Path, objective: str | None):
-    """(plan, app spec or None): a plan.json as is, or an app.yaml planned on the fleet first."""
+def _load_plan(target: Path, fleet_spec, fleet_path: Path, objective: str | None, shown: bool = False):
+    """(plan, app spec or None): a plan.json as is, or an app.yaml planned on the fleet first (with the
+    planner's progress bar when `shown`)."""
     from planner.plan import Plan
     if target.is_dir():
         target = target / "app.yaml"
@@ -30,7 +32,9 @@ def _load_plan(target: Path, fleet_spec, fleet_path: Path, objective: str | None
     except ImportError as e:
         raise InputError(f"{target}: the planner is not available ({e}). To fix: pass a plan.json "
                          f"written by `tierplan plan`") from None
-    plan = plan_app(app, fleet_spec, objective=objective)
+    from tierplan.console import solver_progress
+    with solver_progress(shown, 10.0) as hook:   # plan_app's default time limit
+        plan = plan_app(app, fleet_spec, objective=objective, progress=hook)
     return plan.model_copy(update={"app_path": str(target.resolve()), "fleet_path": str(fleet_path.resolve())}), app
 
 
@@ -103,6 +107,7 @@ def register(app: typer.Typer) -> None:
         calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
                                                    "for `local`, keyed by this CPU and made on first use)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        show_progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
         """Replay each strategy's placement over the fleet: latency per sink, SLO attainment, cost, load."""
         from simulations.api import simulate
@@ -125,16 +130,24 @@ def register(app: typer.Typer) -> None:
         fleet_path = _fleet_path(target, fleet)
         fleet_spec = load_fleet(fleet_path)
         from tierplan.commands.plan import prepare_calibration
-        prepare_calibration(fleet_spec, calibration, progress=not as_json)
-        plan, app_spec = _load_plan(target, fleet_spec, fleet_path, objective)
+        from tierplan.console import progress, progress_wanted
+        shown = progress_wanted(show_progress, as_json)
+        prepare_calibration(fleet_spec, calibration, progress=shown)
+        plan, app_spec = _load_plan(target, fleet_spec, fleet_path, objective, shown)
         if report is not None:
             from tierplan.commands.partition import prepare_out_dir
             prepare_out_dir(report, "--report")
-        rep = simulate(plan, fleet_spec, strategies=strategies, duration_s=duration, seed=seed,
-                       arrivals=arrivals, failures=fail or None, mobility=mobility or None,
-                       fast={"auto": None, "fast": True, "simpy": False}[engine], links=link or None,
-                       app=app_spec, profile=profile, service_correlation=correlation,
-                       batching=batch, link_sharing=link_sharing)
+        with progress(shown) as bar:
+            task = bar.add_task("simulate", total=None)
+
+            def step(done: int, total: int, name: str) -> None:
+                bar.update(task, completed=done, total=total,
+                           description=f"simulate {duration:g} s: {name}" if done < total else "simulated")
+            rep = simulate(plan, fleet_spec, strategies=strategies, duration_s=duration, seed=seed,
+                           arrivals=arrivals, failures=fail or None, mobility=mobility or None,
+                           fast={"auto": None, "fast": True, "simpy": False}[engine], links=link or None,
+                           app=app_spec, profile=profile, service_correlation=correlation,
+                           batching=batch, link_sharing=link_sharing, progress=step)
         if report is not None:
             from simulations.html_report import write_report
             path = write_report(rep, report)

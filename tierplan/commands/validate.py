@@ -135,9 +135,12 @@ def register(app: typer.Typer) -> None:
         try:
             app_spec, fleet_spec = run_validate(app_file, fleet)
         except SpecError as e:
-            if as_json:
-                print(json.dumps({"valid": False, "problems": e.problems[:e.SHOWN],
-                                  "problems_total": len(e.problems)}, indent=2))
+            if as_json:   # the CLI's `{"error": ...}` object, with validate's own fields beside it
+                shown = e.problems[:e.SHOWN]
+                print(json.dumps({"valid": False, "problems": shown, "problems_total": len(e.problems),
+                                  "error": {"code": e.exit_code, "problems": shown,
+                                            "problems_total": len(e.problems)}}, indent=2))
+                e.result_printed = True
             raise
         info = summary(app_spec, fleet_spec)
         if as_json:
