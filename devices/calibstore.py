@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from tierplan.spec import DeviceSpec
 
 __all__ = ["StaleCalibrationWarning", "calibration_dir", "local_calibration_path", "stamp", "fits_this_host",
-           "checked", "use_calibration_file", "clear_overrides", "lookup", "default_path", "file_sha256"]
+           "checked", "use_calibration_file", "clear_overrides", "lookup", "default_path", "file_sha256",
+           "host_figures_path"]
 
 
 class StaleCalibrationWarning(UserWarning):
@@ -60,6 +61,12 @@ def calibration_dir() -> Path:
 def local_calibration_path(directory: str | Path | None = None) -> Path:
     """Where this machine's calibration lives: <dir>/<cpu key>.json."""
     return Path(directory or calibration_dir()) / f"{cpu_identity().key}.json"
+
+
+def host_figures_path(kind: str, directory: str | Path | None = None) -> Path:
+    """Where this machine's other measured figures of `kind` live (e.g. the runtime's own time per step
+    and hop, runtime.overhead): <dir>/<cpu key>.<kind>.json, beside its calibration."""
+    return Path(directory or calibration_dir()) / f"{cpu_identity().key}.{kind}.json"
 
 
 def default_path(device_name: str, directory: str | Path | None = None) -> Path:

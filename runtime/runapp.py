@@ -21,6 +21,7 @@ import numpy as np
 
 from devices.host import cpu_identity
 from planner.plan import Plan
+from runtime.graph import ExecGraph
 from tierplan.errors import InputError, RuntimeFault
 from tierplan.spec import AppSpec, FleetSpec
 
@@ -41,6 +42,7 @@ class StageRow:
     predicted_ms: float | None
     count: int
     predicted_local_ms: float | None = None   # the same step predicted for this machine (device `local`)
+    measured_cpu_p50_ms: float | None = None  # a compute step's CPU time (wall - cpu: waiting for a CPU)
 
 
 @dataclass
@@ -65,6 +67,16 @@ class RunReport:
     sites: dict = field(default_factory=dict)
     load_average_1m: float | None = None   # os.getloadavg() as the requests ended: > cpus means a busy machine
     cpus: int | None = None                # CPUs this process may use (devices.host)
+    # the runtime's schedule replayed with each step's measured p50 (runtime.schedule): the latency
+    # semantics checked apart from the cost model and the machine's load
+    replayed_p50_ms: float | None = None
+    replayed_p95_ms: float | None = None
+    # the measured latency less the time its steps waited for a CPU (each step's wall - CPU time, through
+    # the schedule): on a busy machine, the figure to hold against predicted here (an unloaded core)
+    measured_cpu_p50_ms: float | None = None
+    measured_cpu_p95_ms: float | None = None
+    # the runtime's own time per step, hop and request in "predicted here" (runtime.overhead: measured here)
+    overhead: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"example": self.example, "requests_ok": self.requests_ok, "requests_failed": self.requests_failed,
@@ -75,7 +87,10 @@ class RunReport:
                 "client_p50_ms": self.client_p50_ms, "client_p95_ms": self.client_p95_ms,
                 "stages": [s.__dict__ for s in self.stages], "duration_s": self.duration_s,
                 "plan_source": self.plan_source, "errors": self.errors, "sites": self.sites,
-                "load_average_1m": self.load_average_1m, "cpus": self.cpus}
+                "load_average_1m": self.load_average_1m, "cpus": self.cpus,
+                "replayed_p50_ms": self.replayed_p50_ms, "replayed_p95_ms": self.replayed_p95_ms,
+                "measured_cpu_p50_ms": self.measured_cpu_p50_ms, "measured_cpu_p95_ms": self.measured_cpu_p95_ms,
+                "overhead": self.overhead}
 
 
 def find_example(name: str) -> Path:
@@ -164,15 +179,33 @@ def local_step_predictor(plan: Plan, app: AppSpec) -> Callable[[str, str], float
     return lambda kind, name: predict(name.rpartition("@")[0]) if kind == "compute" else None
 
 
-def _request_local_ms(steps: list, step_local: dict) -> float:
-    """One request's predicted latency on this machine from the steps it took.
+_DRAWS = 20   # schedule replays per request, each with its own draws of the links' delays (jitter)
 
-    A site runs its compute steps one after another, so every compute step counts; the fan-out
-    items' transfers over one route travel together (their delays overlap), so each route counts once.
-    """
-    compute = sum(step_local.get((kind, name)) or 0.0 for kind, name, _ in steps if kind == "compute")
-    routes = {name for kind, name, _ in steps if kind == "transfer"}
-    return compute + sum(step_local.get(("transfer", name)) or 0.0 for name in routes)
+
+def _replays(graph: ExecGraph, steps: list, compute: dict[str, float], route: Callable[[str, str], list],
+             declared_fanout: dict[str, float], overhead, seed: tuple) -> list[float]:
+    """One request's latency as the runtime schedules it (runtime.schedule: one compute thread per site,
+    fan-out items one after another through the sites and FIFO links they cross, links' delays drawn
+    with their jitter), with the request's own fan-out counts (from its trace `steps`), `compute[node]`
+    ms per step and the host's measured runtime `overhead` (runtime.overhead.Overheads or None):
+    _DRAWS replays, the draws seeded by `seed`."""
+    from runtime.schedule import fanout_calls, request_ms
+
+    item_nbytes = {(e.src, e.dst): e.nbytes / declared_fanout[e.src]
+                   for e in graph.plan.edges if declared_fanout.get(e.src)}
+    items = fanout_calls(graph, steps, declared_fanout)
+    step_ms, hop_ms, req_ms = (overhead.step_ms, overhead.hop_ms, overhead.request_ms) if overhead else (0.0, 0.0, 0.0)
+    return [req_ms + request_ms(graph, compute, route, items, item_nbytes, step_ms, hop_ms,
+                                rng=np.random.default_rng([*seed, k])) for k in range(_DRAWS)]
+
+
+def _own_steps(steps: list, kind: str) -> dict[str, float]:
+    """ms per node of one request's `kind` steps ("compute": wall time, "cpu": CPU time), mean over its items."""
+    acc: dict[str, list[float]] = {}
+    for k, name, ms in steps:
+        if k == kind:
+            acc.setdefault(name.rpartition("@")[0], []).append(ms)
+    return {n: float(np.mean(v)) for n, v in acc.items()}
 
 
 def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], float],
@@ -191,6 +224,8 @@ def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], f
     rows = []
     order = {"feed": 0, "compute": 1, "transfer": 2}
     for (kind, name), ms in sorted(steps.items(), key=lambda kv: (order.get(kv[0][0], 3), kv[0][1])):
+        if kind == "cpu":       # a compute step's CPU time: shown on its compute row
+            continue
         predicted = None
         if kind == "feed":
             predicted = 0.0
@@ -203,8 +238,9 @@ def _stage_rows(plan: Plan, traces: list, routes_ms: Callable[[str, str, int], f
             a, _, b = name.partition("->")
             predicted = routes_ms(a, b, nbytes.get(name, 0))
         local = (predicted if kind == "transfer" else local_ms(kind, name)) if local_ms else None
+        cpu = steps.get(("cpu", name)) if kind == "compute" else None
         rows.append(StageRow(kind, name, float(np.percentile(ms, 50)), float(np.percentile(ms, 95)),
-                             predicted, len(ms), local))
+                             predicted, len(ms), local, float(np.percentile(cpu, 50)) if cpu else None))
     return rows
 
 
@@ -240,6 +276,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     if auto_calibrate:
         from devices.calibrate import ensure_local_calibration
         ensure_local_calibration(_plan_pieces(plan), progress=progress)
+    overheads = _overheads(progress)
     make_inputs = example_inputs(ex, app)
     with tempfile.TemporaryDirectory(prefix="tierplan-run-") as tmp:
         manifest, root = None, None
@@ -282,8 +319,26 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     client = [t.latency_ms for t in traces]
     lat = [t.latency_ms - sum(ms for kind, _, ms in t.steps if kind == "feed") for t in traces]
     stages = _stage_rows(plan, traces, emu.transfer_ms, local_step_predictor(plan, app))
-    step_local = {(r.kind, r.name): r.predicted_local_ms for r in stages}
-    lat_local = [_request_local_ms(t.steps, step_local) for t in traces]
+    # predicted here: the plan's placement at this machine's speed (cost model with the calibration of
+    # `local`; links as the fleet declares them), scheduled as the runtime runs a request, plus the
+    # runtime's own time per step and hop measured on this host; replayed: the same schedule with each
+    # step's measured p50 (the latency semantics checked apart from the cost model and the load)
+    graph = ExecGraph.from_plan(plan)
+    fan = {n: t.fanout for n, t in app.transforms.items() if t.fanout != 1.0}
+    run_ms = overheads.run_ms if overheads else 0.0   # the runner's call around a piece, beyond its own run
+    local = {n: (r.predicted_local_ms or 0.0) + (run_ms if graph.kinds.get(n) == "piece" else 0.0)
+             for r in stages if r.kind == "compute" for n in [r.name.rpartition("@")[0]]}
+    measured = {r.name.rpartition("@")[0]: r.measured_p50_ms for r in stages if r.kind == "compute"}
+    lat_local, lat_replay, lat_cpu = [], [], []
+    for i, (t, ms) in enumerate(zip(traces, lat)):
+        lat_local += _replays(graph, t.steps, local, emu.route, fan, overheads, (seed, i))
+        lat_replay += _replays(graph, t.steps, measured, emu.route, fan, overheads, (seed, i))
+        cpu = _own_steps(t.steps, "cpu")
+        if cpu:   # the request less the time its steps waited for a CPU (wall - CPU time, through the schedule)
+            wall = _own_steps(t.steps, "compute")
+            waited = np.mean(_replays(graph, t.steps, wall, emu.route, fan, overheads, (seed, i))) - \
+                np.mean(_replays(graph, t.steps, {**wall, **cpu}, emu.route, fan, overheads, (seed, i)))
+            lat_cpu.append(ms - max(0.0, float(waited)))
     predicted = [s.latency_ms for s in plan.sinks.values()]
     pred_p95 = [getattr(s, "p95_ms", None) or s.latency_ms for s in plan.sinks.values()]
     return RunReport(example=ex.name, requests_ok=ok, requests_failed=failed,
@@ -294,7 +349,22 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                      client_p50_ms=_pct(client, 50), client_p95_ms=_pct(client, 95),
                      stages=stages, duration_s=time.time() - t_start,
                      plan_source=plan_source, errors=errors, sites=sites, load_average_1m=load_1m,
-                     cpus=cpu_identity().cores)
+                     cpus=cpu_identity().cores, replayed_p50_ms=_pct(lat_replay, 50),
+                     replayed_p95_ms=_pct(lat_replay, 95),
+                     measured_cpu_p50_ms=_pct(lat_cpu, 50), measured_cpu_p95_ms=_pct(lat_cpu, 95),
+                     overhead=overheads.to_dict() if overheads else {})
+
+
+def _overheads(progress: bool):
+    """The runtime's own time per step, hop and request on this host (runtime.overhead: cached, else
+    measured now with a probe deployment); None, with a warning, when the probe cannot run."""
+    from runtime.overhead import load_or_measure
+    try:
+        return load_or_measure(progress)
+    except (RuntimeFault, InputError, OSError) as e:
+        import warnings
+        warnings.warn(f"runtime overhead probe failed ({e}); predicted here leaves the runtime's own time out")
+        return None
 
 
 def _plan_pieces(plan: Plan) -> list:

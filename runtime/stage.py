@@ -830,7 +830,7 @@ class StageWorker(pbg.StageServicer):
     def _run_batch(self, cfg: _Config, batch: list[_Ready]) -> None:
         node = batch[0].node
         kind = cfg.graph.kinds[node]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             if kind == "piece":
                 runner = cfg.runners[node]
@@ -860,13 +860,17 @@ class StageWorker(pbg.StageServicer):
                                                  f"{self.site!r}: {type(e).__name__}: {e}"))
             return
         ms = (time.perf_counter() - t0) * 1e3
+        # the process's CPU time over the step (at most its wall time): wall - cpu is the time the step
+        # waited for a CPU on a busy machine (tierplan run reports it as a "cpu" step beside "compute")
+        cpu_ms = min(ms, (time.process_time() - c0) * 1e3)
         self._metrics.of("stage_latency", self.site, node).observe(ms / 1e3)
         self._metrics.of("batch_size", self.site, node).observe(len(batch))
         self._metrics.of("requests", self.site, node, "ok").inc(len(batch))
         with self._join_lock:
             self._done += len(batch)
         for r, out in zip(batch, results):
-            trace = [*r.trace, ["compute", f"{node}@{self.site}", ms / len(batch)]] if kind != "source" else r.trace
+            trace = [*r.trace, ["compute", f"{node}@{self.site}", ms / len(batch)],
+                     ["cpu", f"{node}@{self.site}", cpu_ms / len(batch)]] if kind != "source" else r.trace
             if kind == "transform":
                 items = out if isinstance(out, list) else [out]
                 if not items:

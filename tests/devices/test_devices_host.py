@@ -187,3 +187,29 @@ def test_every_costing_verb_takes_a_calibration_file():
         r = subprocess.run([sys.executable, "-m", "tierplan", verb, "--help"], capture_output=True, text=True,
                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}, timeout=120)
         assert r.returncode == 0 and "--calibration" in r.stdout, verb
+
+
+def test_cached_calibration_times_the_new_pieces_about_to_run(fresh_cache, squeezenet, tmp_path):
+    """A calibration of this CPU made for other pieces is kept, and the pieces about to run that it has not
+    timed are measured once and added to it: in the cache file, or only in this process for --calibration."""
+    from devices.calibrate import ensure_local_calibration
+    from devices.pieces import piece_from_onnx
+
+    piece = piece_from_onnx(squeezenet, "new/p0", model="new")
+    sha = calibstore.file_sha256(squeezenet)
+    cal = _calibration_here()
+    assert sha not in cal.piece_ms
+    cal.save(calibstore.local_calibration_path())
+    got = ensure_local_calibration([piece], progress=False)
+    assert got.piece_ms[sha] > 0 and got.ms_per_gflop == cal.ms_per_gflop
+    assert Calibration.load(calibstore.local_calibration_path()).piece_ms[sha] == got.piece_ms[sha]
+    assert ensure_local_calibration([piece], progress=False) == got           # timed once
+    # --calibration FILE: the user's file is not rewritten
+    mine = tmp_path / "mine.json"
+    cal.save(mine)
+    before = mine.read_text()
+    assert calibstore.use_calibration_file(mine) == cal
+    over = ensure_local_calibration([piece], progress=False)
+    assert over.piece_ms[sha] > 0 and mine.read_text() == before
+    assert CostModel().calibration_for(get_device("local")) == over
+    calibstore.clear_overrides()

@@ -43,15 +43,24 @@ def print_report(rep) -> None:
     t.add_row("measured", _ms(rep.measured_p50_ms), _ms(rep.measured_p95_ms), "", "", "")
     t.add_row("predicted here", "", "", _ms(rep.predicted_local_p50_ms),
               _ms(rep.predicted_local_p95_ms), ratio(rep.measured_p50_ms, rep.predicted_local_p50_ms))
+    if getattr(rep, "measured_cpu_p50_ms", None) is not None:
+        t.add_row("measured, less CPU waits", _ms(rep.measured_cpu_p50_ms), _ms(rep.measured_cpu_p95_ms), "", "",
+                  ratio(rep.measured_cpu_p50_ms, rep.predicted_local_p50_ms))
+    if getattr(rep, "replayed_p50_ms", None) is not None:
+        t.add_row("replayed (measured steps)", "", "", _ms(rep.replayed_p50_ms), _ms(rep.replayed_p95_ms),
+                  ratio(rep.measured_p50_ms, rep.replayed_p50_ms))
     t.add_row("predicted, fleet", "", "", _ms(rep.predicted_p50_ms),
               _ms(rep.predicted_p95_ms), ratio(rep.measured_p50_ms, rep.predicted_p50_ms))
     t.add_row("client view", _ms(rep.client_p50_ms), _ms(rep.client_p95_ms),
               "", "", "")
     con.print(t)
     con.print("measured: from the moment the input is on its source site to the last sink; predicted here: the "
-              "plan's placement with every site computing at this machine's speed (links emulated as declared); "
-              "predicted, fleet: the plan's own figure on the fleet's devices; client view adds the local "
-              "client's feed of the inputs.", style="dim")
+              "plan's placement with every site computing at this machine's speed (links emulated as declared), "
+              "scheduled as the runtime runs a request (one piece at a time per site, fan-out items queueing on "
+              "each link, link jitter drawn) plus the runtime's own time per step and hop measured on this host; "
+              "measured, less CPU waits: each request less the time its steps waited for a CPU; replayed: the "
+              "same schedule with each step's measured p50; predicted, fleet: the plan's own figure on the "
+              "fleet's devices; client view adds the local client's feed of the inputs.", style="dim")
     if rep.load_average_1m is not None and rep.cpus and rep.load_average_1m > rep.cpus:
         con.print(f"this machine was busy during the run (load average {rep.load_average_1m:.1f} on {rep.cpus} CPUs): "
                   "measured times include waiting for a CPU; predicted here is for an unloaded core.", style="yellow")
