@@ -16,10 +16,12 @@ Reported: share of pieces within 10% and 25%, median absolute relative error, Sp
 correlation; the uncalibrated datasheet roofline beside it; the noise floor (how often two
 medians of the same file agree within 10% / 25%).
 
-    python benchmarks/costmodel.py [--quick] [--runs N] [--max-pieces K] [--samples FILE]
+    python benchmarks/costmodel.py [--quick] [--runs N] [--max-pieces K] [--samples FILE] [--nchwc-block B]
 
 Writes benchmarks/results/costmodel.json. `--samples FILE` keeps the measurements (a pickle) and reuses
-them when the file exists, so a change to the cost model is scored again without measuring.
+them when the file exists, so a change to the cost model is scored again without measuring: each piece's
+operator records are rebuilt from its model's graph by node name (a change to what op records carry, such
+as a Conv's channels, is scored too), and models the file lacks are measured and added to it.
 """
 
 from __future__ import annotations
@@ -73,6 +75,24 @@ def unseen_models(zoo_dir: Path) -> list[tuple[str, Path, dict]]:
     return out
 
 
+def refresh_ops(samples, models) -> list:
+    """`samples` with every operator record rebuilt from its model's graph by node name (partition.onnx_graph,
+    as pieces are cut now); operators not found there (renamed in an extracted file) are kept as they were."""
+    from devices.pieces import ops_of
+    from partition.onnx_graph import load_onnx
+
+    fresh = {}
+    for name, path, dims in models:
+        G = load_onnx(path, dims or None)
+        fresh[name] = {o.name: o for o in ops_of(G)}
+    out = []
+    for s in samples:
+        by_name = fresh.get(s.piece.model, {})
+        ops = tuple(by_name.get(o.name, o) for o in s.piece.ops)
+        out.append(replace(s, piece=replace(s.piece, ops=ops)))
+    return out
+
+
 def spearman(a, b) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     def ranks(x):
@@ -116,6 +136,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--max-pieces", type=int, default=12)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "costmodel.json")
+    ap.add_argument("--nchwc-block", type=int, default=None,
+                    help="Fit with op keys for this MLAS NCHWc block (default: this CPU's; 0: no unblocked-conv keys).")
     ap.add_argument("--samples", type=Path, default=None,
                     help="Pickle of the measurements: reused when it exists, else written after measuring.")
     args = ap.parse_args()
@@ -124,22 +146,27 @@ def main() -> None:
     t0 = time.perf_counter()
     max_pieces = 6 if args.quick else args.max_pieces
     runs = min(args.runs, 7) if args.quick else args.runs
+    kept: list = []
     if args.samples is not None and args.samples.is_file():
-        samples, unseen_names = pickle.loads(args.samples.read_bytes())
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            models = default_models(Path(tmp) / "zoo")
-            unseen = unseen_models(Path(tmp) / "zoo")
-            if args.quick:
-                models = [m for m in models if m[0] in QUICK_MODELS]
-                unseen = [m for m in unseen if m[0] in QUICK_UNSEEN]
-            unseen_names = sorted(m[0] for m in unseen)
-            samples = collect_samples(models + unseen, Path(tmp) / "pieces", max_pieces=max_pieces, runs=runs,
-                                      min_time_s=0.1 if args.quick else 0.3, passes=2,
-                                      progress=lambda m: print(f"  measured {m}", file=sys.stderr))
-        if args.samples is not None:
-            args.samples.parent.mkdir(parents=True, exist_ok=True)
-            args.samples.write_bytes(pickle.dumps((samples, unseen_names)))
+        kept, _ = pickle.loads(args.samples.read_bytes())
+    with tempfile.TemporaryDirectory() as tmp:
+        models = default_models(Path(tmp) / "zoo")
+        unseen = unseen_models(Path(tmp) / "zoo")
+        if args.quick:
+            models = [m for m in models if m[0] in QUICK_MODELS]
+            unseen = [m for m in unseen if m[0] in QUICK_UNSEEN]
+        unseen_names = sorted(m[0] for m in unseen)
+        have = {s.piece.model for s in kept}
+        missing = [m for m in models + unseen if m[0] not in have]
+        samples = refresh_ops(kept, models + unseen)
+        if missing:
+            samples += collect_samples(missing, Path(tmp) / "pieces", max_pieces=max_pieces, runs=runs,
+                                       min_time_s=0.1 if args.quick else 0.3, passes=2, synthetic=not kept,
+                                       progress=lambda m: print(f"  measured {m}", file=sys.stderr))
+            if args.samples is not None:
+                args.samples.parent.mkdir(parents=True, exist_ok=True)
+                args.samples.write_bytes(pickle.dumps((samples, unseen_names)))
+    samples = [s for s in samples if s.piece.model in {m[0] for m in models + unseen} | {SYNTHETIC_MODEL}]
     measure_s = time.perf_counter() - t0
     # Other processes sharing the core's caches only ever add time: the lower of the two pass medians
     # is the better estimate of the unloaded core that `local` predicts (used to fit and to score).
@@ -165,8 +192,10 @@ def main() -> None:
     calibration_set = [s for s in samples if s.piece.model not in unseen_names]
     for name in names:   # leave-one-model-out over the calibration models
         train = [s for s in calibration_set if s.piece.model != name]
-        score(CostModel(fit_calibration(train, device)), [s for s in samples if s.piece.model == name], name, False)
-    shipped = CostModel(fit_calibration(calibration_set, device))   # what `tierplan calibrate` writes
+        score(CostModel(fit_calibration(train, device, nchwc_block=args.nchwc_block)),
+              [s for s in samples if s.piece.model == name], name, False)
+    # what `tierplan calibrate` writes
+    shipped = CostModel(fit_calibration(calibration_set, device, nchwc_block=args.nchwc_block))
     for name in unseen_names:
         score(shipped, [s for s in samples if s.piece.model == name], name, True)
     fit_s = time.perf_counter() - t1

@@ -15,7 +15,8 @@ mb = 1e3 / (bandwidth * bw_eff) ms/MB) rescaled by the one factor s that best fi
     minimise  sum_P ((A_P x - m(P)) / m(P))^2 + prior_weight^2 * sum_j ((x_j - s prior_j) / (s prior_j))^2,  x >= 0
 
 t(o) is the op's key (devices.constants.op_keys: depthwise-like and matrix-vector convolutions get
-their own `Conv@dw` / `Conv@gemv` coefficients); an epilogue fused into the operator before it
+their own `Conv@dw` / `Conv@gemv` coefficients, convolutions onnxruntime cannot run in its NCHWc layout on
+this CPU `Conv@unblocked` / `Conv@dw-unblocked`, falling back to the blocked key when seen too rarely); an epilogue fused into the operator before it
 (`Relu~fused`, a Transpose feeding a MatMul, a scalar scale after one) has no compute or memory
 columns, only the `fused` class overhead. The synthetic micro-benchmarks (synthetic_pieces) pin the
 fixed costs. Op types seen fewer than `min_ops` times share the `other` group. scipy.optimize.nnls is used when
@@ -35,7 +36,9 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from devices.constants import BANDWIDTH_EFFICIENCY, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, OP_CLASSES, op_class, op_keys
+from devices.constants import (
+    BANDWIDTH_EFFICIENCY, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, OP_CLASSES, blocked_key, op_class, op_keys,
+)
 from devices.costmodel import OTHER_OP, Calibration, device_kind
 from partition.types import OpCost, Piece
 from tierplan.errors import InputError
@@ -103,8 +106,15 @@ EXAMPLE_MODELS: tuple[tuple[str, str, Mapping[str, int]], ...] = (
     ("ssdlite_mnv3", "smart-city/detector.onnx", {}),
     ("mobilenet_v3_small", "smart-city/classifier.onnx", {"batch": 1}),
 )
-# Reference architectures built by partition.zoo (random weights, generated on first use).
-ZOO_MODELS: tuple[str, ...] = ("mobilenet_v2", "transformer_encoder", "tiny_detector")
+# Reference architectures built by partition.zoo (random weights, generated on first use): name -> (builder,
+# its keyword arguments). mobilenet_v2_w095 and _w130 have the odd channel counts of a width multiplier without
+# rounding (or of channel pruning): convs onnxruntime cannot block, so their keys (`Conv@dw-unblocked`) get
+# fitted, each model's from the other's when one is held out.
+ZOO_MODELS: dict[str, tuple[str, Mapping[str, object]]] = {
+    "mobilenet_v2": ("mobilenet_v2", {}), "transformer_encoder": ("transformer_encoder", {}),
+    "tiny_detector": ("tiny_detector", {}), "mobilenet_v2_w095": ("mobilenet_v2", {"width": 0.95, "divisor": 1}),
+    "mobilenet_v2_w130": ("mobilenet_v2", {"width": 1.3, "divisor": 1, "resolution": 160}),
+}
 
 
 def default_models(zoo_dir: str | Path | None = None) -> list[tuple[str, Path, Mapping[str, int]]]:
@@ -127,13 +137,13 @@ def default_models(zoo_dir: str | Path | None = None) -> list[tuple[str, Path, M
         except ImportError:
             return out
         Path(zoo_dir).mkdir(parents=True, exist_ok=True)
-        for name in ZOO_MODELS:
-            builder = getattr(zoo, name, None)
+        for name, (builder_name, kwargs) in ZOO_MODELS.items():
+            builder = getattr(zoo, builder_name, None)
             if builder is None:
                 continue
             path = Path(zoo_dir) / f"{name}.onnx"
             if not path.is_file():
-                zoo.save(builder(), path)
+                zoo.save(builder(**kwargs), path)
             out.append((name, path, {}))
     return out
 
@@ -184,15 +194,19 @@ class CalibrationModel:
     groups: tuple[str, ...]   # op types with their own coefficients, then `other:<class>` buckets
     cache_mb: float = 0.0
     classes: tuple[str, ...] = CLASSES
+    nchwc_block: int = 0      # the measured CPU's MLAS NCHWc block: which convs get the unblocked keys
 
     @property
     def n(self) -> int:
         return 2 * len(self.groups) + 1 + len(self.classes) + 4
 
     def group(self, op: OpCost, key: str) -> str:
-        """The column group of an operator: its key (op_keys), its op type, else its class's bucket."""
+        """The column group of an operator: its key (op_keys), the key it has when blocked (an unblocked
+        conv seen too rarely), its op type, else its class's bucket."""
         if key in self.groups:
             return key
+        if blocked_key(key) in self.groups:
+            return blocked_key(key)
         return op.op_type if op.op_type in self.groups else f"{OTHER_OP}:{op_class(op.op_type)}"
 
     def row(self, piece: Piece) -> np.ndarray:
@@ -202,7 +216,7 @@ class CalibrationModel:
         idx = {g: i for i, g in enumerate(self.groups)}
         cidx = {g: i for i, g in enumerate(self.classes)}
         r = np.zeros(self.n)
-        for o, key in zip(piece.ops, op_keys(piece.ops)):
+        for o, key in zip(piece.ops, op_keys(piece.ops, self.nchwc_block)):
             if op_class(key) == "fused":   # runs inside its head's kernel: only the fused-class overhead
                 r[2 * k + 1 + cidx["fused"]] += 1
                 continue
@@ -225,17 +239,18 @@ class CalibrationModel:
         bw_ms_per_mb = 1e3 / (device.memory_bandwidth_gbps * 1e3 * BANDWIDTH_EFFICIENCY[kind])
         # depthwise-like / matrix-vector convolutions (`Conv@dw`, `Conv@gemv`) are memory-bound: the
         # element-wise prior efficiency, not the GEMM-like Conv one
-        a = [1e3 / (peak * DEFAULT_EFFICIENCY[kind].get(g, DEFAULT_OP_EFFICIENCY[kind])) for g in self.groups]
+        a = [1e3 / (peak * DEFAULT_EFFICIENCY[kind].get(blocked_key(g), DEFAULT_OP_EFFICIENCY[kind]))
+             for g in self.groups]
         mb = [bw_ms_per_mb] * len(self.groups)
         over = [device.dispatch_overhead_us / 1e3] * len(self.classes)
         io = [device.dispatch_overhead_us / 1e3, bw_ms_per_mb, bw_ms_per_mb, device.dispatch_overhead_us / 1e3]
         return np.array(a + mb + [bw_ms_per_mb] + over + io)
 
 
-def _groups(samples: Sequence[Sample], min_ops: int) -> tuple[str, ...]:
+def _groups(samples: Sequence[Sample], min_ops: int, nchwc_block: int = 0) -> tuple[str, ...]:
     counts: dict[str, int] = {}
     for s in samples:
-        for key in op_keys(s.piece.ops):
+        for key in op_keys(s.piece.ops, nchwc_block):
             counts[key] = counts.get(key, 0) + 1
     own = sorted(t for t, c in counts.items()
                  if c >= min_ops and not t.startswith(OTHER_OP) and op_class(t) != "fused")
@@ -286,24 +301,26 @@ def _cv_error(rows: np.ndarray, y: np.ndarray, models: np.ndarray, prior: np.nda
 
 def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: int = DEFAULT_MIN_OPS,
                     prior_weight: float | None = None, cache_mb: float | None = None, threads: int = 1,
-                    backend: str = "onnxruntime", precision: str = "fp32") -> Calibration:
+                    backend: str = "onnxruntime", precision: str = "fp32", nchwc_block: int | None = None) -> Calibration:
     """Fit a Calibration of `device` to measured samples (see the module docstring for the problem).
 
     `prior_weight` and `cache_mb` default to the values from PRIOR_WEIGHT_GRID x CACHE_MB_GRID with
     the lowest leave-one-model-out clipped mean error (_cv_error) on the samples themselves.
+    `nchwc_block` (default: this CPU's, devices.host.nchwc_block) tells which convs onnxruntime ran unblocked.
     """
-    from devices.host import cpu_identity
+    from devices.host import cpu_identity, nchwc_block as host_block
 
     cpu = cpu_identity()   # the samples were measured here: the calibration belongs to this CPU
+    block = host_block(cpu) if nchwc_block is None else nchwc_block
     samples = [s for s in samples if s.measured_ms > 0 and s.piece.ops]
     if len(samples) < 3:
         raise InputError(f"calibration needs at least 3 measured pieces with operators, got {len(samples)}")
-    groups = _groups(samples, min_ops)
+    groups = _groups(samples, min_ops, block)
     y = np.array([s.measured_ms for s in samples])
     models = np.array([s.piece.model for s in samples])
     best = None
     for c in ([cache_mb] if cache_mb is not None else CACHE_MB_GRID):
-        cm = CalibrationModel(groups, c)
+        cm = CalibrationModel(groups, c, nchwc_block=block)
         prior = cm.prior(device)
         rows = np.array([cm.row(s.piece) for s in samples])
         for pw in ([prior_weight] if prior_weight is not None else PRIOR_WEIGHT_GRID):
@@ -330,7 +347,7 @@ def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: i
         threads=threads, precision=precision, backend=backend,
         measured_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         host=f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
-        cpu_key=cpu.key, cpu=cpu.label,
+        cpu_key=cpu.key, cpu=cpu.label, nchwc_block=block,
         models=tuple(sorted({s.piece.model for s in samples})),
         fit={"samples": len(samples), "min_ops": min_ops, "prior_weight": pw, "prior_scale": scale,
              "cv_clipped_mean_abs_rel_error": cv_err, "cv_median_abs_rel_error": cv_med,
@@ -503,9 +520,11 @@ QUICK_RUNS = 7
 QUICK_MIN_TIME_S = 0.05
 QUICK_MAX_PIECES = 12
 QUICK_RUN_MIN_TIME_S = 0.2   # the pieces about to run are timed longer: their figure is used as it is
+QUICK_SEQUENCE_S = 1.0       # ... and then one after another, as a site runs them (devices.profile.measure_in_sequence)
 # small and typical first (depthwise mobile nets, OCR, VAD), big classic CNNs last
 QUICK_MODELS: tuple[str, ...] = ("ppocr_cls", "squeezenet", "shufflenet", "mobilenet_v3_small", "silero_vad",
-                                 "mobilenet_v2", "ppocr_rec", "tiny_detector", "transformer_encoder", "ppocr_det",
+                                 "mobilenet_v2", "mobilenet_v2_w095", "mobilenet_v2_w130", "ppocr_rec", "tiny_detector",
+                                 "transformer_encoder", "ppocr_det",
                                  "inception_v1", "ssdlite_mnv3", "resnet50", "densenet121", "inception_v2",
                                  "alexnet", "zfnet512")
 
@@ -563,7 +582,11 @@ def quick_calibration(pieces: Sequence[Piece] = (), *, device_name: str = "local
     from dataclasses import replace
 
     from devices.calibstore import file_sha256
-    measured = {file_sha256(s.piece.file): s.measured_ms for s in samples[:n_run]}
+    from devices.profile import measure_in_sequence
+    # the figure kept for a piece about to run is its CPU time run one after another with the others, as
+    # a site runs them (caches as its predecessors leave them); its time alone is a sample of the fit
+    seq = measure_in_sequence([s.piece for s in samples[:n_run]], runs=runs, min_time_s=QUICK_SEQUENCE_S)
+    measured = {file_sha256(s.piece.file): seq.get(s.piece.id, s.measured_ms) for s in samples[:n_run]}
     return replace(cal, fit={**cal.fit, "quick": True, "wall_s": round(_time.monotonic() - t0, 1)},
                    piece_ms={k: v for k, v in measured.items() if k}), samples
 
@@ -575,7 +598,7 @@ def _with_pieces(cal: Calibration, pieces: Sequence[Piece], progress: bool) -> C
     from dataclasses import replace
 
     from devices.calibstore import _OVERRIDES, file_sha256, local_calibration_path
-    from devices.profile import measure_piece
+    from devices.profile import measure_in_sequence
 
     missing = {}
     for p in pieces:
@@ -587,13 +610,10 @@ def _with_pieces(cal: Calibration, pieces: Sequence[Piece], progress: bool) -> C
     if progress:
         from tierplan.console import console
         console(stderr=True).print(f"measuring {len(missing)} pieces about to run that this CPU's calibration has "
-                                   f"not timed (~{len(missing) * QUICK_RUN_MIN_TIME_S * 1.5:.0f} s, once)", highlight=False)
-    measured = {}
-    for sha, p in missing.items():
-        try:
-            measured[sha] = measure_piece(p, runs=QUICK_RUNS, min_time_s=QUICK_RUN_MIN_TIME_S).cpu_median_ms
-        except Exception:  # a piece onnxruntime cannot run alone: predicted by the fit, as before
-            continue
+                                   f"not timed (~{QUICK_SEQUENCE_S + 1:.0f} s, once)", highlight=False)
+    # one after another with the others about to run, as a site runs them (and quick_calibration keeps them)
+    seq = measure_in_sequence(list(pieces), runs=QUICK_RUNS, min_time_s=QUICK_SEQUENCE_S)
+    measured = {sha: seq[p.id] for sha, p in missing.items() if p.id in seq}
     if not measured:
         return cal
     new = replace(cal, piece_ms={**cal.piece_ms, **measured})

@@ -7,6 +7,8 @@
   that CPU, and the cost model falls back to the uncalibrated roofline (or `tierplan run` calibrates).
 - Any other device: `<cache>/calibration/<device>.json` (made on that device and copied here).
 - `--calibration FILE` (use_calibration_file) takes precedence over the cache for the device it names.
+- A calibration in an older format (`format_version` below devices.costmodel.CALIBRATION_FORMAT: fitted with
+  other op keys) is refused the same way, with a one-line warning; `tierplan run` then calibrates again.
 
 Nothing is ever written into the package or the source tree.
 """
@@ -31,7 +33,7 @@ __all__ = ["StaleCalibrationWarning", "calibration_dir", "local_calibration_path
 
 
 class StaleCalibrationWarning(UserWarning):
-    """A calibration of `local` made on another CPU than this one: not used."""
+    """A calibration of `local` made on another CPU than this one, or one in an older format: not used."""
 
 
 _OVERRIDES: dict[str, "Calibration"] = {}   # device name -> calibration given with --calibration
@@ -88,7 +90,15 @@ def fits_this_host(cal: "Calibration") -> bool:
 
 
 def checked(cal: "Calibration", source: str = "calibration") -> "Calibration | None":
-    """`cal` when it may be used here, else None with a StaleCalibrationWarning naming its CPU."""
+    """`cal` when it may be used here, else None with a StaleCalibrationWarning naming its CPU, or saying
+    it was fitted with an older format's op keys (devices.costmodel.CALIBRATION_FORMAT)."""
+    from devices.costmodel import CALIBRATION_FORMAT
+
+    if cal.format_version < CALIBRATION_FORMAT:
+        warnings.warn(f"{source}: calibration of `{cal.device}` in an older format (v{cal.format_version}, now "
+                      f"v{CALIBRATION_FORMAT}: new op keys); not used, recalibrating. "
+                      f"To fix: run `tierplan calibrate`", StaleCalibrationWarning, stacklevel=3)
+        return None
     if fits_this_host(cal):
         return cal
     made_on = cal.cpu or (f"an unrecorded CPU (host {cal.host!r})" if cal.host else "an unrecorded CPU")

@@ -16,7 +16,7 @@ __all__ = [
     "OP_CLASSES", "op_class", "FUSION_HEADS", "FUSABLE_EPILOGUES", "FUSED_SUFFIX", "op_keys",
     "CONV_SHAPE_SUFFIX", "DEPTHWISE_MAX_DEPTH", "GEMV_MAX_POSITIONS", "conv_shape",
     "MATMUL_HEADS", "FUSABLE_PROLOGUES", "SCALE_EPILOGUES", "SCALAR_OPERAND_BYTES", "BATCH_FIXED_SHARE",
-    "SHARED_KEYS",
+    "SHARED_KEYS", "NCHWC_CHANNEL_MULTIPLE", "UNBLOCKED", "nchwc_runs", "blocked_key",
 ]
 
 # Device kinds, told apart by the kind of the TVM target ("cuda" -> gpu, else cpu).
@@ -144,8 +144,58 @@ DEPTHWISE_MAX_DEPTH: float = 8.0     # k below this: depthwise / grouped (3x3 de
 GEMV_MAX_POSITIONS: float = 2.0      # n below this: a matrix-vector product
 
 
-def conv_shape(op: Any) -> str:
-    """'dw' (depthwise/grouped), 'gemv' (1x1 output map) or '' (GEMM-like) for a Conv-class OpCost."""
+# onnxruntime on x86 (MLAS NCHWc block B = 8 with SSE/AVX2, 16 with AVX-512F; on Arm builds NCHWc is off, B = 1)
+# runs a 2-D Conv in the blocked NCHWc layout only when its channels suit it (NchwcTransformer): a depthwise conv
+# needs channels % 4 == 0 (MlasReorderInputNchw reorders groups of 4 channels, onnxruntime PR #7442; the block
+# itself is padded), a grouped one (in/group) and (out/group) multiples of B, a plain one in-channels < B or
+# % 4 == 0. Any other Conv runs the generic NCHW path: measured here (onnxruntime 1.32, AVX-512, one thread),
+# 3x3 depthwise at 28x28 on 58, 62 or 114 channels 9 GFLOP/s against 30-35 GFLOP/s on 56, 60 or 116, and a
+# 3x3 conv with 58 input channels 128 GFLOP/s against 200 with 64 (ShuffleNetV2's 58-channel stage ran 2x its
+# prediction). Such a conv gets its own key (`Conv@dw-unblocked`; `Conv@unblocked` for a dense one with a
+# kernel above 1x1, see conv_shape), fitted by calibration.
+NCHWC_CHANNEL_MULTIPLE = 4
+UNBLOCKED = "unblocked"
+
+
+def nchwc_runs(conv: Any, block: int) -> bool:
+    """True when onnxruntime runs this convolution (partition.types.ConvShape) in its NCHWc layout on a host
+    whose MLAS NCHWc block is `block` (devices.host.nchwc_block; <= 1: no NCHWc layout at all)."""
+    if block <= 1 or len(conv.kernel) != 2:
+        return False
+    groups = max(int(conv.groups), 1)
+    cin, cout = conv.in_channels // groups, conv.out_channels // groups
+    if groups > 1:
+        if cin == 1 and cout == 1:    # depthwise
+            return conv.out_channels % NCHWC_CHANNEL_MULTIPLE == 0
+        return cin % block == 0 and cout % block == 0 and conv.out_channels % block == 0
+    return conv.in_channels < block or conv.in_channels % NCHWC_CHANNEL_MULTIPLE == 0
+
+
+def conv_shape(op: Any, block: int = 0) -> str:
+    """'dw' (depthwise/grouped), 'gemv' (1x1 output map) or '' (GEMM-like) for a Conv-class OpCost; with an
+    NCHWc `block` > 1 and the op's ConvShape known, a 2-D conv onnxruntime cannot block (nchwc_runs) is
+    'dw-unblocked' (depthwise-like) or 'unblocked' (a dense one with a kernel above 1x1, which the NCHW path
+    runs through im2col). A 1x1 or grouped dense conv is a GEMM on either path (58 -> 58 channels 1x1: 133
+    against 155 GFLOP/s blocked; ShuffleNet's 4-group 1x1 convs priced as blocked ones measure 0.93x), and
+    1-D convs have no NCHWc form at all: they keep their key."""
+    shape = _conv_shape(op)
+    conv = getattr(op, "conv", None)
+    if block <= 1 or conv is None or shape == "gemv" or len(conv.kernel) != 2 or nchwc_runs(conv, block):
+        return shape
+    if shape == "dw":
+        return f"dw-{UNBLOCKED}"
+    return UNBLOCKED if conv.groups == 1 and max(conv.kernel) > 1 else shape
+
+
+def blocked_key(key: str) -> str:
+    """The key a conv would have in the NCHWc layout (`Conv@dw-unblocked` -> `Conv@dw`, `Conv@unblocked` -> `Conv`):
+    what an unblocked conv falls back to when a calibration has no coefficients of its own for it."""
+    if key == f"Conv{CONV_SHAPE_SUFFIX}{UNBLOCKED}":
+        return "Conv"
+    return key[: -len(UNBLOCKED) - 1] if key.endswith(f"-{UNBLOCKED}") else key
+
+
+def _conv_shape(op: Any) -> str:
     flops, params, act = float(op.flops), float(op.param_bytes), float(op.act_bytes)
     if flops <= 0 or act <= 0:
         return ""
@@ -170,11 +220,13 @@ def _is_scalar_scale(o: Any) -> bool:
             and 0 < int(o.param_bytes) <= SCALAR_OPERAND_BYTES)
 
 
-def op_keys(ops: Sequence[Any]) -> list[str]:
+def op_keys(ops: Sequence[Any], nchwc_block: int = 0) -> list[str]:
     """Calibration key per op of a piece, in order: the op type, `<op>~fused` for an epilogue that
     follows a fusion head (possibly through other epilogues) or a Transpose feeding a MatMul,
-    `Conv@dw` / `Conv@gemv` for depthwise-like and matrix-vector convolutions (conv_shape), and the
-    class name (`movement`, `view`) for data movement and views (SHARED_KEYS).
+    `Conv@dw` / `Conv@gemv` for depthwise-like and matrix-vector convolutions (conv_shape),
+    `Conv@unblocked` / `Conv@dw-unblocked` for convolutions onnxruntime cannot run in its NCHWc layout
+    on a host with that `nchwc_block` (nchwc_runs; 0: not told apart), and the class name (`movement`,
+    `view`) for data movement and views (SHARED_KEYS).
 
     `ops` are op type strings or operators (partition.types.OpCost); only operators carry the
     shapes and constants that conv shapes and scalar-scale epilogues need.
@@ -190,6 +242,6 @@ def op_keys(ops: Sequence[Any]) -> list[str]:
             head = None
             continue
         head = t if t in FUSION_HEADS else None
-        shape = "" if isinstance(o, str) or t != "Conv" else conv_shape(o)
+        shape = "" if isinstance(o, str) or t != "Conv" else conv_shape(o, nchwc_block)
         keys.append(t + CONV_SHAPE_SUFFIX + shape if shape else SHARED_KEYS.get(t, t))
     return keys

@@ -13,7 +13,8 @@ overheads with fitted per-op-type coefficients:
     op_ms(o) = a[t] * b * GFLOP(o) + m[t] * MB(o) + d * max(0, MB(o) - cache_mb) + op_overhead_us[class] / 1e3
 
 where t is the op's key (devices.constants.op_keys: `Conv@dw` for depthwise-like convolutions, `Conv@gemv`
-for convolutions on a 1x1 map, one `movement` key for every copy (Transpose, Split, Slice, Concat, ...) and
+for convolutions on a 1x1 map, `Conv@unblocked` / `Conv@dw-unblocked` for convolutions onnxruntime cannot run
+in its NCHWc layout on the calibrated CPU (channels it cannot block, Calibration.nchwc_block), one `movement` key for every copy (Transpose, Split, Slice, Concat, ...) and
 one `view` key for Reshape-like views) and an epilogue fused into the Conv/Gemm/MatMul before it (`Relu~fused`)
 costs only the fused-class overhead;
 
@@ -41,15 +42,20 @@ from typing import Any, Iterable, Mapping
 from devices.constants import (
     BANDWIDTH_EFFICIENCY, BYTES_PER_GB, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, MIN_TRANSFORM_SCALE,
     MS_PER_HOUR, PRECISION_BYTES_SCALE, PRECISION_EFFICIENCY_SCALE, REFERENCE_EDGE_CPU_GFLOPS, SERIALIZE_GBPS,
-    op_class, op_keys,
+    blocked_key, op_class, op_keys,
 )
 from partition.types import OpCost, Piece
 from tierplan.errors import InputError
 from tierplan.spec import DeviceSpec, LinkSpec, TransformSpec
 
-__all__ = ["OTHER_OP", "Calibration", "CostModel", "device_kind"]
+__all__ = ["OTHER_OP", "CALIBRATION_FORMAT", "Calibration", "CostModel", "device_kind"]
 
 OTHER_OP = "other"   # calibration bucket for op types seen too rarely to get their own coefficients
+# Version of the calibration file's op keys and terms: a calibration recording an older one was fitted with
+# other keys and is refused as stale (devices.calibstore.checked), so the host recalibrates.
+# 1: until the convs onnxruntime cannot block had their own keys (no `format_version` field); 2: `nchwc_block`
+# and the `Conv@unblocked` / `Conv@dw-unblocked` keys (devices.constants.nchwc_runs).
+CALIBRATION_FORMAT = 2
 
 
 def device_kind(device: DeviceSpec) -> str:
@@ -96,6 +102,9 @@ class Calibration:
     # measured ms (one run, batch 1, `precision`) of piece files by their sha256: the pieces a quick
     # calibration measured because they were about to run (devices.calibrate.quick_calibration)
     piece_ms: Mapping[str, float] = field(default_factory=dict)
+    # MLAS NCHWc block of the CPU measured (devices.host.nchwc_block): which convs got the unblocked keys
+    nchwc_block: int = 0
+    format_version: int = CALIBRATION_FORMAT
 
     def efficiency(self, device: DeviceSpec) -> dict[str, float]:
         """Fitted compute coefficients as a share of the device's fp32 peak, per op type."""
@@ -116,6 +125,7 @@ class Calibration:
     def from_dict(cls, d: Mapping[str, Any]) -> "Calibration":
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
         known["models"] = tuple(known.get("models", ()))
+        known.setdefault("format_version", 1)   # files written before the field existed
         return cls(**known)
 
     def save(self, path: str | Path) -> Path:
@@ -175,7 +185,8 @@ class CostModel:
         """
         cal = self.calibration_for(device)
         if cal is not None:
-            return self._op_ms_calibrated(op, device, cal, batch, precision, key or op_keys([op])[0])
+            return self._op_ms_calibrated(op, device, cal, batch, precision,
+                                          key or op_keys([op], cal.nchwc_block)[0])
         return self._op_ms_roofline(op, device, batch, precision)
 
     def piece_ms(self, piece: Piece, device: DeviceSpec, batch: int = 1, precision: str = "fp32") -> float:
@@ -198,7 +209,7 @@ class CostModel:
         _check_batch_precision(batch, precision)
         cal = self.calibration_for(device)
         ops = list(ops)
-        keys = op_keys(ops)
+        keys = op_keys(ops, cal.nchwc_block if cal is not None else 0)
         total = sum(self.op_ms(o, device, batch, precision, k) for o, k in zip(ops, keys))
         return total + (cal.run_overhead_us / 1e3 if cal is not None else 0.0)
 
@@ -239,7 +250,8 @@ class CostModel:
         if cal.fused_epilogues_free and op_class(key) == "fused":
             return cal.class_overhead_us.get("fused", cal.op_overhead_us) / 1e3
         cls = op_class(op.op_type)
-        t = next((g for g in (key, op.op_type, f"{OTHER_OP}:{cls}", OTHER_OP) if g in cal.ms_per_gflop), None)
+        t = next((g for g in (key, blocked_key(key), op.op_type, f"{OTHER_OP}:{cls}", OTHER_OP)
+                  if g in cal.ms_per_gflop), None)
         cls = op_class(key)   # a fused epilogue pays the fused class's overhead
         if t is None:
             return self._op_ms_roofline(op, device, batch, precision)

@@ -74,7 +74,7 @@ from pathlib import Path
 from tierplan.spec import DeviceSpec
 
 __all__ = ["CpuIdentity", "HostInfo", "cache_dir", "cpu_identity", "parse_cpu_identity", "detect_host", "local_device", "clear_cache",
-           "peak_gflops", "measure_bandwidth_gbps", "LOCAL"]
+           "peak_gflops", "measure_bandwidth_gbps", "nchwc_block", "LOCAL"]
 
 LOCAL = "local"
 PROC_CPUINFO = Path("/proc/cpuinfo")
@@ -150,6 +150,16 @@ class CpuIdentity:
     def label(self) -> str:
         """Human name: 'Intel(R) Xeon(R) Processor (x86_64, 2 cores, AVX-512 VNNI AMX)'."""
         return f"{self.model_name} ({self.arch}, {self.cores} cores, {' '.join(isa_names(self.flags)) or 'no SIMD'})"
+
+
+def nchwc_block(cpu: "CpuIdentity | None" = None) -> int:
+    """onnxruntime's MLAS NCHWc channel block on this CPU (or `cpu`): 16 with AVX-512F, 8 on other x86-64
+    (SSE2 baseline to AVX2), 1 elsewhere (Arm builds leave the NCHWc layout off). MLAS platform.cpp sets
+    NchwcBlockSize the same way; devices.constants.nchwc_runs says which convs it blocks."""
+    cpu = cpu or cpu_identity()
+    if cpu.arch not in ("x86_64", "amd64", "AMD64"):
+        return 1
+    return 16 if "avx512f" in cpu.flags else 8
 
 
 def isa_names(flags) -> list[str]:

@@ -30,7 +30,8 @@ def ops_of(G: nx.DiGraph, nodes=None) -> tuple[OpCost, ...]:
     """OpCost of each operator of G (or of `nodes`), in graph order."""
     names = list(G.nodes) if nodes is None else list(nodes)
     return tuple(OpCost(name=str(v), op_type=G.nodes[v]["op_type"], flops=float(G.nodes[v]["flops"]),
-                        param_bytes=int(G.nodes[v]["param_bytes"]), act_bytes=int(G.nodes[v]["act_bytes"]))
+                        param_bytes=int(G.nodes[v]["param_bytes"]), act_bytes=int(G.nodes[v]["act_bytes"]),
+                        conv=G.nodes[v].get("conv"))
                  for v in names)
 
 

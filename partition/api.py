@@ -16,14 +16,14 @@ from partition.cuts import Cut, Partition, coarsen
 from partition.extract import VerifyResult, build_pieces, verify_pieces, write_pieces
 from partition.feeds import random_feeds
 from partition.onnx_graph import load_onnx, model_sha256
-from partition.types import OpCost, Piece, TensorInfo
+from partition.types import ConvShape, OpCost, Piece, TensorInfo
 from tierplan.errors import InputError
 
 __all__ = ["PartitionResult", "partition_model", "cache_root", "load_manifest", "piece_to_dict",
            "tensor_to_dict", "DEFAULT_MAX_PIECES", "MANIFEST_VERSION"]
 
 DEFAULT_MAX_PIECES = 8      # ModelSpec.max_pieces default: what the planner handles per model
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2   # 2: a Conv's op record carries its channels, groups, kernel and strides
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,21 @@ def piece_to_dict(p: Piece, base: Path | None = None) -> dict:
     return {"id": p.id, "index": p.index, "inputs": [tensor_to_dict(t) for t in p.inputs],
             "outputs": [tensor_to_dict(t) for t in p.outputs], "flops": p.flops, "param_bytes": p.param_bytes,
             "file": file, "nodes": list(p.nodes),
-            "ops": [[o.name, o.op_type, o.flops, o.param_bytes, o.act_bytes] for o in p.ops]}
+            "ops": [[o.name, o.op_type, o.flops, o.param_bytes, o.act_bytes] + ([_conv_to_dict(o.conv)] if o.conv else [])
+                    for o in p.ops]}
+
+
+def _conv_to_dict(c: ConvShape) -> dict:
+    return {"in_channels": c.in_channels, "out_channels": c.out_channels, "groups": c.groups,
+            "kernel": list(c.kernel), "strides": list(c.strides)}
+
+
+def _conv(d: Mapping | None) -> ConvShape | None:
+    if not d:
+        return None
+    return ConvShape(in_channels=int(d["in_channels"]), out_channels=int(d["out_channels"]), groups=int(d["groups"]),
+                     kernel=tuple(int(k) for k in d.get("kernel", ())),
+                     strides=tuple(int(k) for k in d.get("strides", ())))
 
 
 def _piece(d: Mapping, model: str, base: Path) -> Piece:
@@ -70,7 +84,8 @@ def _piece(d: Mapping, model: str, base: Path) -> Piece:
                  inputs=tuple(_tensor(t) for t in d["inputs"]), outputs=tuple(_tensor(t) for t in d["outputs"]),
                  flops=float(d["flops"]), param_bytes=int(d["param_bytes"]),
                  ops=tuple(OpCost(name=o[0], op_type=o[1], flops=float(o[2]), param_bytes=int(o[3]),
-                                  act_bytes=int(o[4])) for o in d.get("ops", ())),
+                                  act_bytes=int(o[4]), conv=_conv(o[5] if len(o) > 5 else None))
+                           for o in d.get("ops", ())),
                  file=str((base / d["file"]).resolve()) if d.get("file") else None)
 
 

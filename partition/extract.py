@@ -58,7 +58,8 @@ def build_pieces(G: nx.DiGraph, part: Partition, model: str | None = None) -> li
         outs = [t for t in produced if any(r != k for r in readers.get(t, ())) or t in graph_outputs]
         outs = list(dict.fromkeys(outs))
         ops = tuple(OpCost(name=str(v), op_type=G.nodes[v]["op_type"], flops=float(G.nodes[v]["flops"]),
-                           param_bytes=int(G.nodes[v]["param_bytes"]), act_bytes=int(G.nodes[v]["act_bytes"]))
+                           param_bytes=int(G.nodes[v]["param_bytes"]), act_bytes=int(G.nodes[v]["act_bytes"]),
+                           conv=G.nodes[v].get("conv"))
                     for v in nodes)
         params = _param_bytes(G, nodes, tensors, const)
         pieces.append(Piece(

@@ -7,7 +7,8 @@ without a static shape) and builds the graph described in docs/ARCHITECTURE.md:
 
 - node = operator (unique name): `op_type`, `flops` (multiply-add = 2), `param_bytes`,
   `out_bytes`, `act_bytes` (activations read + written), `inputs`, `outputs` (tensor names),
-  `index` (position in the ONNX node list), `counted` (False when FLOPs are unknown).
+  `index` (position in the ONNX node list), `counted` (False when FLOPs are unknown), `conv`
+  (a Conv's channels, groups, kernel and strides as partition.types.ConvShape, else None).
 - edge u -> v: `tensor` (first tensor name), `tensors` (all of them), `nbytes`.
 
 Constant-producing nodes (`Constant`, and nodes computing only from initializers and
@@ -31,11 +32,11 @@ import onnx
 from onnx import ModelProto, helper, shape_inference
 
 from partition.flops import op_flops, subgraphs_of
-from partition.types import TensorInfo
+from partition.types import ConvShape, TensorInfo
 from tierplan.errors import InputError
 
 __all__ = ["load_onnx", "read_model", "bind_dims", "outer_refs", "dims_hint", "MIN_OPSET",
-           "model_sha256", "KNOWN_CUSTOM_DOMAINS"]
+           "model_sha256", "KNOWN_CUSTOM_DOMAINS", "conv_shape_of"]
 
 MIN_OPSET = 9
 # Operator domains besides ONNX's own that onnxruntime implements (contrib ops).
@@ -451,7 +452,7 @@ def load_onnx(path: str | Path, dims: Mapping[str, int] | None = None,
         out_bytes = sum(tensors.nbytes(o) for o in outs)
         G.add_node(name, op_type=n.op_type, flops=float(flops or 0.0), counted=flops is not None,
                    param_bytes=int(param_bytes), out_bytes=int(out_bytes), act_bytes=int(act_in + out_bytes),
-                   inputs=tuple(ins), outputs=tuple(outs), index=i)
+                   inputs=tuple(ins), outputs=tuple(outs), index=i, conv=conv_shape_of(n, tensors.shape.get))
         for o in outs:
             producer[o] = name
     for v, data in G.nodes(data=True):
@@ -476,6 +477,22 @@ def load_onnx(path: str | Path, dims: Mapping[str, int] | None = None,
         tensors={k: tensors.info(k) for k in tensors.shape if k in tensors.elem},
     )
     return G
+
+
+def conv_shape_of(node, shape_of) -> ConvShape | None:
+    """A Conv node's channels, groups, kernel and strides from its weight's static shape (O, I/group, k...)
+    and attributes; None for other operators or an unknown weight shape."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return None
+    w = shape_of(node.input[1])
+    if w is None or len(w) < 3:
+        return None
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    groups = int(attrs.get("group", 1) or 1)
+    kernel = tuple(int(k) for k in attrs.get("kernel_shape", w[2:]))
+    strides = tuple(int(s) for s in attrs.get("strides", (1,) * len(kernel)))
+    return ConvShape(in_channels=int(w[1]) * groups, out_channels=int(w[0]), groups=groups, kernel=kernel,
+                     strides=strides)
 
 
 def outer_refs_of_node(node) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-__all__ = ["TensorInfo", "OpCost", "Piece"]
+__all__ = ["TensorInfo", "ConvShape", "OpCost", "Piece"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,18 @@ class TensorInfo:
 
 
 @dataclass(frozen=True)
+class ConvShape:
+    """The shape facts of a convolution that decide which kernel runs it (onnxruntime's NCHWc layout needs
+    channel counts it can block; devices.constants.nchwc_runs): channels in and out, groups, kernel, strides."""
+
+    in_channels: int
+    out_channels: int
+    groups: int = 1
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class OpCost:
     """What the cost model needs of one operator: its type, FLOPs and the bytes it touches."""
 
@@ -27,6 +39,7 @@ class OpCost:
     flops: float        # multiply-add counts 2
     param_bytes: int    # weights read
     act_bytes: int      # activations read + written
+    conv: ConvShape | None = None   # a convolution's channels, groups and kernel (None: not a Conv, or unknown)
 
 
 @dataclass(frozen=True)

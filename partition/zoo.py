@@ -1,6 +1,7 @@
 """Reference architectures built with onnx.helper (random weights): FLOP checks, tests, benchmarks.
 
-- `mobilenet_v2()`: MobileNetV2 1.0 at 224x224 (about 300 MMAC), BatchNorm folded into convs.
+- `mobilenet_v2()`: MobileNetV2 1.0 at 224x224 (about 300 MMAC), BatchNorm folded into convs; `width` and
+  `divisor` give other widths (divisor 1: odd channel counts, as pruned models have).
 - `transformer_encoder()`: a BERT-style encoder (multi-head self-attention, GELU MLP, LayerNorm).
 - `tiny_detector()`: a two-scale detector with box and score heads (four outputs).
 - `shufflenet_v2()`: ShuffleNetV2 1.0 at 224x224 (about 146 MMAC): channel split, channel shuffle.
@@ -69,15 +70,26 @@ def _relu6(b: _Builder, x: str) -> str:
     return b.op("Clip", [x, lo, hi])
 
 
-def mobilenet_v2(resolution: int = 224, classes: int = 1000, seed: int = 0) -> ModelProto:
-    """MobileNetV2 (width 1.0): inverted residual blocks, depthwise convs, ReLU6 (Sandler et al. 2018)."""
+def _divisible(c: float, divisor: int) -> int:
+    """torchvision's _make_divisible: `c` rounded to a multiple of `divisor`, never 10% below `c`."""
+    out = max(divisor, int(c + divisor / 2) // divisor * divisor)
+    return out + divisor if out < 0.9 * c else out
+
+
+def mobilenet_v2(resolution: int = 224, classes: int = 1000, seed: int = 0, width: float = 1.0,
+                 divisor: int = 8) -> ModelProto:
+    """MobileNetV2 (Sandler et al. 2018): inverted residual blocks, depthwise convs, ReLU6. `width` scales every
+    layer's channels, rounded to a multiple of `divisor` as torchvision does; `divisor=1` keeps the odd
+    counts a width multiplier or channel pruning gives (width 0.95: 30, 15, 23, 61, 91, 152, 304 channels,
+    hidden layers of 90, 138, 366, 546), which onnxruntime cannot all block (devices.constants.nchwc_runs)."""
     b = _Builder(seed)
     x = b.op("Identity", ["image"])
-    x = _relu6(b, b.conv(x, 3, 32, 3, 2))
-    cin = 32
+    cin = _divisible(32 * width, divisor)
+    x = _relu6(b, b.conv(x, 3, cin, 3, 2))
     # (expansion t, channels c, repeats n, first stride s)
     for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                        (6, 160, 3, 2), (6, 320, 1, 1)]:
+        c = _divisible(c * width, divisor)
         for i in range(n):
             stride = s if i == 0 else 1
             hidden = cin * t

@@ -1,4 +1,4 @@
-"""Op classes in the cost model: data movement and views share one calibrated rate, whatever their op type."""
+"""Op keys in the cost model: data movement and views share one calibrated rate, convs onnxruntime cannot block have their own."""
 
 from __future__ import annotations
 
@@ -81,3 +81,110 @@ def test_shufflenet_v2_channel_split_as_split_or_slices_costs_alike(calibration,
     ms = [cm.piece_ms(piece_from_onnx(zoo.save(zoo.shufflenet_v2(channel_split=s), tmp_path / f"{s}.onnx")), CPU)
           for s in ("Split", "Slice")]
     assert ms[1] == pytest.approx(ms[0], rel=0.03)
+
+
+# ----------------------------------------------------------------------------- convs onnxruntime cannot block
+def _dw(channels: int, hw: int = 28) -> OpCost:
+    """A 3x3 depthwise conv on `channels` channels at hw x hw, stride 1."""
+    from partition.types import ConvShape
+
+    return OpCost(f"dw{channels}", "Conv", 2.0 * 9 * channels * hw * hw, channels * 9 * 4, 2 * channels * hw * hw * 4,
+                  conv=ConvShape(channels, channels, channels, (3, 3), (1, 1)))
+
+
+def _dense(cin: int, cout: int, hw: int = 28, k: int = 3) -> OpCost:
+    """A plain k x k conv from `cin` to `cout` channels at hw x hw."""
+    from partition.types import ConvShape
+
+    return OpCost(f"conv{cin}_{cout}", "Conv", 2.0 * cin * cout * k * k * hw * hw, cin * cout * k * k * 4,
+                  (cin + cout) * hw * hw * 4, conv=ConvShape(cin, cout, 1, (k, k), (1, 1)))
+
+
+@pytest.mark.parametrize("block", [8, 16])
+def test_convs_onnxruntime_cannot_block_get_the_unblocked_keys(block):
+    """On an NCHWc host (block 8 or 16) a depthwise conv on 58 channels and a 3x3 conv reading 58 channels key as
+    `Conv@dw-unblocked` / `Conv@unblocked`; on 60 or 64 channels, reading 3 (< block) or 1x1, they keep `Conv@dw` /
+    `Conv`."""
+    assert op_keys([_dw(58), _dense(58, 64)], block) == ["Conv@dw-unblocked", "Conv@unblocked"]
+    assert op_keys([_dense(58, 64, k=1)], block) == ["Conv"]
+    assert op_keys([_dw(60), _dw(64), _dense(64, 58), _dense(3, 16)], block) == ["Conv@dw", "Conv@dw", "Conv", "Conv"]
+
+
+def test_no_unblocked_keys_without_an_nchwc_layout():
+    """Without an NCHWc layout (Arm: block 1) or when the block is not given (0), no conv is told apart."""
+    for block in (0, 1):
+        assert op_keys([_dw(58), _dense(58, 64)], block) == ["Conv@dw", "Conv"]
+
+
+def test_grouped_convs_need_whole_blocks_per_group():
+    """A grouped (not depthwise) conv is blocked only when its channels per group are whole blocks."""
+    from devices.constants import nchwc_runs
+    from partition.types import ConvShape
+
+    assert nchwc_runs(ConvShape(96, 96, 3, (1, 1), (1, 1)), 16)          # 32 per group
+    assert not nchwc_runs(ConvShape(240, 60, 3, (1, 1), (1, 1)), 16)     # 20 out per group
+    assert not nchwc_runs(ConvShape(58, 116, 58, (3, 3), (1, 1)), 16)    # depth multiplier 2
+
+
+def test_host_block_follows_the_isa():
+    """The host's NCHWc block is 16 with AVX-512F, 8 on other x86-64 and 1 on aarch64, as MLAS sets it."""
+    from devices.host import CpuIdentity, nchwc_block
+
+    def cpu(arch, flags):
+        return CpuIdentity(arch, "v", "m", None, None, None, tuple(flags), 2)
+    assert nchwc_block(cpu("x86_64", ("avx2", "avx512f"))) == 16
+    assert nchwc_block(cpu("x86_64", ("avx2", "fma"))) == 8
+    assert nchwc_block(cpu("aarch64", ("asimd",))) == 1
+
+
+def test_conv_shapes_are_carried_from_onnx_op_records_and_manifests(tmp_path):
+    """A Conv's channels, groups, kernel and strides come from the ONNX file into its op record, survive a
+    partition manifest, and pick ShuffleNetV2's 58-channel depthwise convs out as unblocked on a 16-block host."""
+    import json
+
+    from devices.pieces import piece_from_onnx
+    from partition import zoo
+    from partition.api import load_manifest, piece_to_dict
+    from partition.types import ConvShape
+
+    piece = piece_from_onnx(zoo.save(zoo.shufflenet_v2(), tmp_path / "sv2.onnx"))
+    convs = [o for o in piece.ops if o.op_type == "Conv"]
+    assert all(o.conv is not None for o in convs) and convs[0].conv == ConvShape(3, 24, 1, (3, 3), (2, 2))
+    assert ConvShape(58, 58, 58, (3, 3), (1, 1)) in {o.conv for o in convs}
+    keys = dict(zip((o.name for o in piece.ops), op_keys(piece.ops, 16)))
+    assert {keys[o.name] for o in convs if o.conv.groups == 58} == {"Conv@dw-unblocked"}
+    assert {keys[o.name] for o in convs if o.conv.groups == 232} == {"Conv@dw"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"model": "sv2", "pieces": [piece_to_dict(piece)]}))
+    _, (loaded,) = load_manifest(tmp_path / "manifest.json")
+    assert [o.conv for o in loaded.ops] == [o.conv for o in piece.ops]
+
+
+def test_an_unblocked_conv_without_its_own_coefficients_costs_as_its_blocked_key(calibration):
+    """A calibration with no `Conv@dw-unblocked` coefficients prices such a conv as `Conv@dw`, not as a dense Conv."""
+    from dataclasses import replace
+
+    cal = replace(calibration, nchwc_block=16, ms_per_gflop={**calibration.ms_per_gflop, "Conv@dw": 123.0},
+                  ms_per_mb={**calibration.ms_per_mb, "Conv@dw": 0.0})
+    cm = CostModel(cal)
+    same_without_shape = replace(_dw(58), conv=None)   # keys as `Conv@dw`
+    assert cm.op_ms(_dw(58), CPU) == pytest.approx(cm.op_ms(same_without_shape, CPU), rel=1e-9)
+    assert cm.op_ms(_dw(58), CPU) > 123.0 * _dw(58).flops / 1e9
+
+
+def test_a_calibration_in_an_older_format_is_stale(tmp_path):
+    """A calibration file without the current format version (older op keys) is not used: warned and recalibrated."""
+    import json
+    import warnings
+
+    from devices.calibstore import StaleCalibrationWarning, checked, lookup
+    from devices.costmodel import CALIBRATION_FORMAT, Calibration
+
+    d = Calibration(device="mec-xeon", ms_per_gflop={"Conv": 10.0}, ms_per_mb={}, op_overhead_us=1.0,
+                    run_overhead_us=1.0).to_dict()
+    assert d["format_version"] == CALIBRATION_FORMAT and checked(Calibration.from_dict(d)) is not None
+    del d["format_version"]
+    (tmp_path / "mec-xeon.json").write_text(json.dumps(d))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lookup(CPU, tmp_path) is None
+    assert any(issubclass(w.category, StaleCalibrationWarning) and "older format" in str(w.message) for w in caught)
