@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import typer
@@ -100,8 +101,14 @@ def register(app: typer.Typer) -> None:
         """Cut an ONNX model into at most K verified standalone pieces at its cheapest cut points."""
         from partition.api import partition_model
 
+        created = not out.exists()
         prepare_out_dir(out)
-        res = partition_model(model, max_pieces=max_pieces, out_dir=out, dims=parse_dims(dims), verify=verify)
+        try:
+            res = partition_model(model, max_pieces=max_pieces, out_dir=out, dims=parse_dims(dims), verify=verify)
+        except BaseException:
+            if created:   # nothing half-written: a folder this command made goes when the model is refused
+                shutil.rmtree(out, ignore_errors=True)
+            raise
         if as_json:
             print(json.dumps(res.manifest, indent=1))
         else:
