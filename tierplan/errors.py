@@ -55,3 +55,14 @@ class RuntimeFault(TierplanError):
     """A network, node or site fault that outlived its retries; exit code 1."""
 
     exit_code = 1
+
+
+def finite_flag(flag: str, example: str, minimum: float = 0.0):
+    """A typer callback refusing nan, inf and values below `minimum` for a float flag, naming it (exit 2)."""
+    import math
+
+    def check(value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and value >= minimum):
+            raise InputError(f"{flag} {value:g}: expected a finite number >= {minimum:g}. To fix: pass e.g. {flag} {example}")
+        return value
+    return check

@@ -112,3 +112,17 @@ def test_unusable_input_files_exit_2_without_traceback(cli, tmp_path, command, k
     assert res.exit_code == 2, res.stdout + res.stderr
     assert "Traceback" not in res.stderr
     assert res.stderr.startswith("error: ") and f.name in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["plan", str(DATA / "app.yaml"), "--fleet", str(DATA / "fleet.yaml"), "--time-limit"], "--time-limit"),
+    (["run", "read-text", "--duration"], "--duration"),
+    (["run", "read-text", "--timeout"], "--timeout"),
+    (["deploy", "plan.json", "--duration"], "--duration"),
+    (["up", "plan.json", "--duration"], "--duration"),
+    (["agent", "--site", "phone", "--cache-max-mb"], "--cache-max-mb"),
+])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_float_flags_refuse_nan_inf_and_negatives(cli, args, flag, value):
+    """Every float flag of plan, run, deploy, up and agent refuses nan, inf and negatives in one line naming it."""
+    _one_error_line(cli(*args, value), flag)

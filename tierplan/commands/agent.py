@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from tierplan.errors import finite_flag
+
 __all__ = ["register"]
 
 
@@ -20,7 +22,7 @@ def register(app: typer.Typer) -> None:
                                       "anyone who reaches the port can use this site."),
         allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
                                              "functions may run as transforms (tierplan.transforms always may)."),
-        cache_max_mb: float = typer.Option(4096, "--cache-max-mb", min=1, help="Size limit of the piece cache, MiB."),
+        cache_max_mb: float = typer.Option(4096, "--cache-max-mb", callback=finite_flag("--cache-max-mb", "4096", 1), help="Size limit of the piece cache, MiB."),
         metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535, metavar="PORT",
                                          help="Serve this site's Prometheus metrics on 127.0.0.1:PORT (loopback "
                                               "only; 0: a free port). Printed at start."),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from tierplan.errors import finite_flag
+
 from tierplan.commands.run import METRICS_PORT_HELP, metrics_line
 
 __all__ = ["register", "parse_agents"]
@@ -42,7 +44,7 @@ def register(app: typer.Typer) -> None:
         insecure: bool = typer.Option(False, "--insecure", help="Let --listen go beyond loopback without TLS (warns)."),
         allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
                                              "functions the sites started here may run as transforms."),
-        duration: float = typer.Option(0.0, "--duration", min=0, help="Serve this many seconds, then stop (0: until Ctrl-C)."),
+        duration: float = typer.Option(0.0, "--duration", callback=finite_flag("--duration", "60"), help="Serve this many seconds, then stop (0: until Ctrl-C)."),
         replicas: int = typer.Option(1, "--replicas", min=1, help="Workers per base-station and cloud site; a request lost with one is retried on another."),
         metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535, metavar="BASE", help=METRICS_PORT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),

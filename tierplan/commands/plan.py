@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from tierplan.errors import finite_flag
+
 from tierplan.console import PROGRESS_HELP, solver_progress
 
 __all__ = ["register", "prepare_calibration"]
@@ -39,7 +41,7 @@ def register(app: typer.Typer) -> None:
         pareto: bool = typer.Option(False, "--pareto", help="Also trace the cost-latency frontier."),
         from_plan: Path = typer.Option(None, "--from", help="Old plan.json: warm start, list the pieces that move."),
         max_coverage: bool = typer.Option(False, "--max-coverage", help="When shared capacity cannot serve every class within its SLO: cover the most devices, then the objective (instead of exit 1)."),
-        time_limit: float = typer.Option(10.0, "--time-limit", min=0.1, help="Solver time limit, seconds."),
+        time_limit: float = typer.Option(10.0, "--time-limit", callback=finite_flag("--time-limit", "10", 0.1), help="Solver time limit, seconds."),
         pieces_dir: Path = typer.Option(None, "--pieces-dir", help="Where partitioned pieces are cached."),
         calibration: Path = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
                                          "for `local`, keyed by this CPU and made on first use)."),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from tierplan.errors import finite_flag
+
 from tierplan.console import PROGRESS_HELP
 
 __all__ = ["register", "print_report", "metrics_line", "METRICS_PORT_HELP"]
@@ -82,9 +84,9 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run(
         example: str = typer.Argument(..., help="Example name under examples/ (or a directory with app.yaml and fleet.yaml)."),
-        duration: float = typer.Option(10.0, "--duration", min=0.1, help="Seconds to send requests for."),
+        duration: float = typer.Option(10.0, "--duration", callback=finite_flag("--duration", "10", 0.1), help="Seconds to send requests for."),
         backend: list[str] = typer.Option(None, "--backend", help="Compile backends to try (default: onnxruntime)."),
-        timeout: float = typer.Option(None, "--timeout", min=0.1,
+        timeout: float = typer.Option(None, "--timeout", callback=finite_flag("--timeout", "5", 0.1),
                                       help="Deadline of one request, seconds (default: 10 x the largest SLO)."),
         replicas: int = typer.Option(1, "--replicas", min=1, help="Workers per base-station and cloud site; a request lost with one is retried on another."),
         allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from tierplan.errors import finite_flag
+
 __all__ = ["register"]
 
 
@@ -17,7 +19,7 @@ def register(app: typer.Typer) -> None:
     def up(
         sites: str = typer.Option(None, "--sites", help="Comma-separated site classes (Ray nodes) to start."),
         fleet: Path = typer.Option(None, "--fleet", help="fleet.yaml: one Ray node per base-station and cloud class."),
-        duration: float = typer.Option(0.0, "--duration", min=0, help="Stay up this many seconds (0: until Ctrl-C)."),
+        duration: float = typer.Option(0.0, "--duration", callback=finite_flag("--duration", "60"), help="Stay up this many seconds (0: until Ctrl-C)."),
         as_json: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
     ) -> None:
         """Start the local cluster that `tierplan deploy PLAN --remote --ray-address ADDR` can use."""
