@@ -830,7 +830,10 @@ class StageWorker(pbg.StageServicer):
     def _run_batch(self, cfg: _Config, batch: list[_Ready]) -> None:
         node = batch[0].node
         kind = cfg.graph.kinds[node]
-        t0, c0 = time.perf_counter(), time.process_time()
+        # CPU time over the step: the compute thread's own when onnxruntime computes on it (one intra-op
+        # thread), else the whole process's (other threads' work counts as the step's: never too little)
+        clock = time.thread_time if cfg.options.threads == 1 else time.process_time
+        t0, c0 = time.perf_counter(), clock()
         try:
             if kind == "piece":
                 runner = cfg.runners[node]
@@ -860,9 +863,9 @@ class StageWorker(pbg.StageServicer):
                                                  f"{self.site!r}: {type(e).__name__}: {e}"))
             return
         ms = (time.perf_counter() - t0) * 1e3
-        # the process's CPU time over the step (at most its wall time): wall - cpu is the time the step
-        # waited for a CPU on a busy machine (tierplan run reports it as a "cpu" step beside "compute")
-        cpu_ms = min(ms, (time.process_time() - c0) * 1e3)
+        # at most its wall time: wall - cpu is the time the step waited for a CPU on a busy machine
+        # (tierplan run reports it as a "cpu" step beside "compute")
+        cpu_ms = min(ms, (clock() - c0) * 1e3)
         self._metrics.of("stage_latency", self.site, node).observe(ms / 1e3)
         self._metrics.of("batch_size", self.site, node).observe(len(batch))
         self._metrics.of("requests", self.site, node, "ok").inc(len(batch))

@@ -213,3 +213,19 @@ def test_cached_calibration_times_the_new_pieces_about_to_run(fresh_cache, squee
     assert over.piece_ms[sha] > 0 and mine.read_text() == before
     assert CostModel().calibration_for(get_device("local")) == over
     calibstore.clear_overrides()
+
+
+def test_pieces_about_to_run_are_timed_one_after_another(squeezenet, tmp_path):
+    """measure_in_sequence gives a CPU time for each piece onnxruntime can run, in the order given, and leaves
+    out the ones it cannot load."""
+    from dataclasses import replace
+
+    from devices.pieces import piece_from_onnx
+    from devices.profile import measure_in_sequence
+
+    a = piece_from_onnx(squeezenet, "m/p0", model="m")
+    b = replace(a, id="m/p1")
+    gone = replace(a, id="m/gone", file=str(tmp_path / "missing.onnx"))
+    got = measure_in_sequence([a, gone, b], runs=2, warmup=1)
+    assert set(got) == {"m/p0", "m/p1"} and all(ms > 0 for ms in got.values())
+    assert measure_in_sequence([gone]) == {}
