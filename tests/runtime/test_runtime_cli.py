@@ -80,6 +80,13 @@ def test_run_serves_requests_reports_json_and_leaves_no_processes(tiny_example):
     assert out["predicted_local_p50_ms"] > 0
     assert all(s["predicted_local_ms"] is not None and s["predicted_local_ms"] > 0
                for s in out["stages"] if s["kind"] == "compute")
+    # the schedule replayed with the measured steps, the steps' CPU time (never above their wall time), the
+    # request less its CPU waits, and the runtime's own time measured on this host
+    assert out["replayed_p50_ms"] > 0 and 0 < out["measured_cpu_p50_ms"] <= out["measured_p50_ms"] + 1e-9
+    assert all(0 <= s["measured_cpu_p50_ms"] <= s["measured_p50_ms"] + 1e-9
+               for s in out["stages"] if s["kind"] == "compute")
+    assert not any(s["kind"] == "cpu" for s in out["stages"])
+    assert {"step_ms", "hop_ms", "request_ms", "run_ms"} <= set(out["overhead"])
     deadline = time.time() + STRAY_WAIT_S
     while processes_with_env(marker) and time.time() < deadline:
         time.sleep(0.5)
