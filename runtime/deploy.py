@@ -44,6 +44,7 @@ MIN_DEADLINE_S = 2.0
 NO_SLO_DEADLINE_S = 30.0
 ACTOR_STOP_TIMEOUT_S = 2.0
 _RAY_CONNECT_RETRY_S = 1.0
+_RAY_GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"   # Ray's count of GCS connect tries (ray/_private/node.py)
 log = logging.getLogger("tierplan.runtime")
 
 
@@ -264,18 +265,29 @@ def _connect_ray(address: str, timeout_s: float) -> None:
                                    "To fix: start the head with `ray start --head ...` and check the address") from e
             time.sleep(_RAY_CONNECT_RETRY_S)
     while True:
+        # Ray's driver retries its GCS connection 20 times (about 35 s each on a head that died after opening
+        # its port): one try per call here, so the deadline below bounds the whole wait.
+        saved = os.environ.get(_RAY_GCS_WAIT_ENV)
+        os.environ[_RAY_GCS_WAIT_ENV] = "1"
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      logging_level=log_level())   # Ray's INFO lines stay off unless asked
             return
-        except ConnectionError as e:
+        except (ConnectionError, RuntimeError) as e:
             if ray.is_initialized():
                 ray.shutdown()
             if time.monotonic() >= deadline:
-                raise RuntimeFault(f"--ray-address {address}: no Ray cluster ready there after {timeout_s:.0f} s "
-                                   f"({e}). To fix: start it with `ray start --head ...` and check the address") from e
+                raise RuntimeFault(f"--ray-address {address}: no Ray cluster ready there after "
+                                   f"{time.monotonic() - deadline + timeout_s:.0f} s "
+                                   f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}). To fix: start it with "
+                                   "`ray start --head ...` and check the address") from e
             log.info("Ray cluster at %s not ready yet (%s); retrying", address, e)
             time.sleep(_RAY_CONNECT_RETRY_S)
+        finally:
+            if saved is None:
+                os.environ.pop(_RAY_GCS_WAIT_ENV, None)
+            else:
+                os.environ[_RAY_GCS_WAIT_ENV] = saved
 
 
 def _start_actor(cluster: LocalCluster | None, site: str, controller: str, tls_dir, replica: int, replicas: int,

@@ -27,9 +27,20 @@ pytestmark = pytest.mark.integration
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range: a port that bind(0) hands out can be taken by any
+    outgoing connection before the server binds it (the Ray head's GCS once lost its port so under load)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) \
+        if Path("/proc/sys/net/ipv4/ip_local_port_range").exists() else 32768
+    rng = np.random.default_rng()
+    for _ in range(200):
+        port = int(rng.integers(max(1024, low - 12000), low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -57,7 +68,7 @@ def test_remote_deploy_over_ray_start_and_a_tls_agent(tmp_path, sq_files):
         ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
          "--num-cpus", "1", "--resources", json.dumps({"site:cloud": 1}), "--labels", "tierplan-site=cloud",
          "--include-dashboard", "false", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT)
     agent = subprocess.Popen(
         [sys.executable, "-m", "tierplan", "agent", "--site", "phone", "--listen", f"127.0.0.1:{agent_port}",
          "--tls-dir", str(tmp_path / "certs" / "phone")], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -75,7 +86,8 @@ def test_remote_deploy_over_ray_start_and_a_tls_agent(tmp_path, sq_files):
             text = ""
             while True:   # the addresses, printed as indented JSON once every site is up
                 line = deploy.stdout.readline()
-                assert line, (tmp_path / "deploy.err").read_text()[-3000:]
+                assert line, ((tmp_path / "deploy.err").read_text()[-3000:]
+                              + f"\nhead exit code {head.poll()}: " + (tmp_path / "head.log").read_text()[-2000:])
                 text += line
                 if line.startswith("}"):
                     break
