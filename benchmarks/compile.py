@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from partition.api import partition_model  # noqa: E402
-from planner.plan import Plan, PlanPiece  # noqa: E402
-from runtime.compile import CompileOptions, compile_plan, compiler_versions  # noqa: E402
+from tierplan.partition.api import partition_model  # noqa: E402
+from tierplan.planner.plan import Plan, PlanPiece  # noqa: E402
+from tierplan.runtime.compile import CompileOptions, compile_plan, compiler_versions  # noqa: E402
 
 
 def _pkg(package: str, *parts: str) -> Path:

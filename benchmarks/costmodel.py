@@ -41,11 +41,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from devices.calibrate import (  # noqa: E402
+from tierplan.devices.calibrate import (  # noqa: E402
     SYNTHETIC_MODEL, collect_samples, default_models, fit_calibration, resolve_pkg_path,
 )
-from devices.catalog import get_device  # noqa: E402
-from devices.costmodel import CostModel  # noqa: E402
+from tierplan.devices.catalog import get_device  # noqa: E402
+from tierplan.devices.costmodel import CostModel  # noqa: E402
 
 QUICK_MODELS = ("squeezenet", "shufflenet", "ppocr_cls", "silero_vad", "mobilenet_v3_small", "inception_v1",
                 "mobilenet_v2", "transformer_encoder")
@@ -62,7 +62,7 @@ QUICK_UNSEEN = ("shufflenet_v2", "shufflenet_v2_slice")
 
 def unseen_models(zoo_dir: Path) -> list[tuple[str, Path, dict]]:
     """UNSEEN_MODELS found here (zoo builders written to `zoo_dir`)."""
-    from partition import zoo
+    from tierplan.partition import zoo
 
     out = []
     for name, src, kwargs in UNSEEN_MODELS:
@@ -78,8 +78,8 @@ def unseen_models(zoo_dir: Path) -> list[tuple[str, Path, dict]]:
 def refresh_ops(samples, models) -> list:
     """`samples` with every operator record rebuilt from its model's graph by node name (partition.onnx_graph,
     as pieces are cut now); operators not found there (renamed in an extracted file) are kept as they were."""
-    from devices.pieces import ops_of
-    from partition.onnx_graph import load_onnx
+    from tierplan.devices.pieces import ops_of
+    from tierplan.partition.onnx_graph import load_onnx
 
     fresh = {}
     for name, path, dims in models:

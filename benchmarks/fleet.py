@@ -25,11 +25,11 @@ sys.path.insert(0, str(REPO))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from devices.costmodel import CostModel  # noqa: E402
-from devices.fleet import resolve_fleet  # noqa: E402
-from planner.api import plan_graph  # noqa: E402
-from planner.build import SloTarget  # noqa: E402
-from planner.synthetic import synthetic_app, synthetic_fleet_spec  # noqa: E402
+from tierplan.devices.costmodel import CostModel  # noqa: E402
+from tierplan.devices.fleet import resolve_fleet  # noqa: E402
+from tierplan.planner.api import plan_graph  # noqa: E402
+from tierplan.planner.build import SloTarget  # noqa: E402
+from tierplan.planner.synthetic import synthetic_app, synthetic_fleet_spec  # noqa: E402
 
 GOALS = {10_000: (60.0, 0.01), 1_000: (10.0, None)}   # devices -> (seconds, gap)
 SLO = {"out0": SloTarget(300.0), "out1": SloTarget(600.0), "out2": SloTarget(600.0)}

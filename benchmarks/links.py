@@ -29,10 +29,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.links import LinkEmulator, route_table  # noqa: E402
-from runtime.netns import probe_argv, probe_env, read_port, recording_server, veth_pair, wire_rate_mbps  # noqa: E402
-from runtime.stage import Sender  # noqa: E402
-from runtime.wire import Delivery  # noqa: E402
+from tierplan.runtime.links import LinkEmulator, route_table  # noqa: E402
+from tierplan.runtime.netns import probe_argv, probe_env, read_port, recording_server, veth_pair, wire_rate_mbps  # noqa: E402
+from tierplan.runtime.stage import Sender  # noqa: E402
+from tierplan.runtime.wire import Delivery  # noqa: E402
 from tierplan.loader import load_fleet  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "links.json"

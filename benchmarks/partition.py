@@ -22,10 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from partition import zoo  # noqa: E402
-from partition.cuts import coarsen  # noqa: E402
-from partition.extract import build_pieces, write_pieces  # noqa: E402
-from partition.onnx_graph import load_onnx  # noqa: E402
+from tierplan.partition import zoo  # noqa: E402
+from tierplan.partition.cuts import coarsen  # noqa: E402
+from tierplan.partition.extract import build_pieces, write_pieces  # noqa: E402
+from tierplan.partition.onnx_graph import load_onnx  # noqa: E402
 
 GOAL_OPS, GOAL_S = 2000, 5.0
 

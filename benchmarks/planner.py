@@ -33,12 +33,12 @@ sys.path.insert(0, str(REPO))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from devices.costmodel import CostModel  # noqa: E402
-from devices.fleet import resolve_fleet  # noqa: E402
-from planner.api import plan_graph  # noqa: E402
-from planner.build import SloTarget  # noqa: E402
+from tierplan.devices.costmodel import CostModel  # noqa: E402
+from tierplan.devices.fleet import resolve_fleet  # noqa: E402
+from tierplan.planner.api import plan_graph  # noqa: E402
+from tierplan.planner.build import SloTarget  # noqa: E402
 from tierplan.errors import InfeasibleError  # noqa: E402
-from planner.synthetic import UPLINKS_MBPS, synthetic_app, synthetic_fleet, synthetic_fleet_spec  # noqa: E402
+from tierplan.planner.synthetic import UPLINKS_MBPS, synthetic_app, synthetic_fleet, synthetic_fleet_spec  # noqa: E402
 
 SHAPES = {5: (3, 1, 1), 10: (6, 2, 2), 20: (12, 5, 3)}   # site classes -> (edge, base station, cloud)
 SLO = {"out0": SloTarget(300.0), "out1": SloTarget(600.0), "out2": SloTarget(600.0)}
@@ -82,7 +82,7 @@ def _with_uplink(spec, mbps: float):
 
 
 def gains(cm) -> list[dict]:
-    from partition.app_graph import build_app_graph
+    from tierplan.partition.app_graph import build_app_graph
     from tierplan.loader import load_app, load_fleet
 
     cases = []

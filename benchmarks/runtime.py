@@ -47,13 +47,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime.links import LinkEmulator  # noqa: E402
-from runtime.localwire import LocalServer  # noqa: E402
-from runtime.shm import ShmReader  # noqa: E402
-from runtime.proto import runtime_pb2 as pb  # noqa: E402
-from runtime.proto import runtime_pb2_grpc as pbg  # noqa: E402
-from runtime.stage import Sender, delivery_handlers  # noqa: E402
-from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, frames_to_delivery  # noqa: E402
+from tierplan.runtime.links import LinkEmulator  # noqa: E402
+from tierplan.runtime.localwire import LocalServer  # noqa: E402
+from tierplan.runtime.shm import ShmReader  # noqa: E402
+from tierplan.runtime.proto import runtime_pb2 as pb  # noqa: E402
+from tierplan.runtime.proto import runtime_pb2_grpc as pbg  # noqa: E402
+from tierplan.runtime.stage import Sender, delivery_handlers  # noqa: E402
+from tierplan.runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, frames_to_delivery  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "runtime.json"
 HOP_SIZES = [1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
@@ -234,10 +234,10 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
     pieces in one process (onnxruntime's default threads, and one thread)."""
     import onnx
 
-    from runtime.deploy import deploy, local_threads
-    from runtime.handplan import chain_plan, split_chain, with_random_weights
-    from runtime.runners import OrtRunner
-    from runtime.stage import StageOptions
+    from tierplan.runtime.deploy import deploy, local_threads
+    from tierplan.runtime.handplan import chain_plan, split_chain, with_random_weights
+    from tierplan.runtime.runners import OrtRunner
+    from tierplan.runtime.stage import StageOptions
     from tierplan.spec import FleetSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="tierplan-bench-"))
@@ -311,7 +311,7 @@ def _steps_p50(steps: list) -> dict:
 def bench_examples(names: list[str], seconds: float) -> list[dict]:
     """`tierplan run` on each example: measured p50 against the same "predicted here" figure the CLI
     prints (the plan's placement at this machine's speed), and the fleet devices' prediction."""
-    from runtime.runapp import run_example
+    from tierplan.runtime.runapp import run_example
     rows = []
     for name in names:
         try:

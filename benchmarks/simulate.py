@@ -38,8 +38,8 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency  # noqa: E402
-from simulations.api import simulate  # noqa: E402
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency  # noqa: E402
+from tierplan.simulations.api import simulate  # noqa: E402
 from tierplan.spec import DeviceSpec, FleetSpec, LinkSpec, SiteClassSpec  # noqa: E402
 
 GOAL_REQUESTS = 10_000_000
@@ -214,15 +214,16 @@ def bench_fidelity(duration_s: float) -> dict:
     (plus the fitted within-request correlation and the overhead outside the steps: the goal).
     """
     try:
-        import runtime.runapp  # noqa: F401
-        import runtime.deploy  # noqa: F401
+        import tierplan.runtime.runapp  # noqa: F401
+        import tierplan.runtime.deploy  # noqa: F401
     except Exception as e:  # any import failure means no runtime to compare against
         return {"skipped": f"runtime not importable ({e.__class__.__name__}: {e})"}
     examples = [d for d in sorted((ROOT / "examples").iterdir())
                 if (d / "app.yaml").exists() and (d / "fleet.yaml").exists()] if (ROOT / "examples").exists() else []
     if not examples:
         return {"skipped": "no examples/<name>/ with app.yaml and fleet.yaml"}
-    from simulations.calibration import OVERHEAD_KEY, ServiceProfile, collect_runtime_traces, profile_from_traces
+    from tierplan.simulations.calibration import OVERHEAD_KEY, ServiceProfile, profile_from_traces
+    from runtime_traces import collect_runtime_traces   # benchmarks/runtime_traces.py (it deploys: not in simulations/)
     from tierplan.loader import load_app, load_fleet
     rows = []
     for ex in examples:
@@ -351,7 +352,7 @@ def _batching(args, results: dict) -> None:
 def bench_example_engines(name: str, duration_s: float) -> dict:
     """An example's optimal plan on both engines: smart-city's requests come back to the device
     (a cycle the fast path scans in arrival order); the same draws give the same figures."""
-    from planner.api import plan_app
+    from tierplan.planner.api import plan_app
     from tierplan.loader import load_app, load_fleet
     ex = ROOT / "examples" / name
     fleet_spec = load_fleet(ex / "fleet.yaml")

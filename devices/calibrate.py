@@ -36,11 +36,11 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from devices.constants import (
+from tierplan.devices.constants import (
     BANDWIDTH_EFFICIENCY, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, OP_CLASSES, blocked_key, op_class, op_keys,
 )
-from devices.costmodel import OTHER_OP, Calibration, device_kind
-from partition.types import OpCost, Piece
+from tierplan.devices.costmodel import OTHER_OP, Calibration, device_kind
+from tierplan.partition.types import OpCost, Piece
 from tierplan.errors import InputError
 from tierplan.spec import DeviceSpec
 
@@ -133,7 +133,7 @@ def default_models(zoo_dir: str | Path | None = None) -> list[tuple[str, Path, M
             out.append((name, REPO_EXAMPLES / rel, dims))
     if zoo_dir is not None:
         try:
-            from partition import zoo
+            from tierplan.partition import zoo
         except ImportError:
             return out
         Path(zoo_dir).mkdir(parents=True, exist_ok=True)
@@ -308,7 +308,7 @@ def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: i
     the lowest leave-one-model-out clipped mean error (_cv_error) on the samples themselves.
     `nchwc_block` (default: this CPU's, devices.host.nchwc_block) tells which convs onnxruntime ran unblocked.
     """
-    from devices.host import cpu_identity, nchwc_block as host_block
+    from tierplan.devices.host import cpu_identity, nchwc_block as host_block
 
     cpu = cpu_identity()   # the samples were measured here: the calibration belongs to this CPU
     block = host_block(cpu) if nchwc_block is None else nchwc_block
@@ -401,7 +401,7 @@ def _micro_model(n_in: int, n_out: int, chain: Sequence[str], size: int, path: P
 
 def synthetic_pieces(work_dir: str | Path) -> list[Piece]:
     """The micro-benchmark graphs (SYNTHETIC_SIZES x SYNTHETIC_CHAINS, I/O counts on the Add chain) as pieces."""
-    from devices.pieces import piece_from_onnx
+    from tierplan.devices.pieces import piece_from_onnx
 
     out_dir = Path(work_dir) / SYNTHETIC_MODEL
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -420,10 +420,10 @@ def synthetic_pieces(work_dir: str | Path) -> list[Piece]:
 def model_pieces(name: str, path: Path, dims: Mapping[str, int], work_dir: Path, max_pieces: int) -> list[Piece]:
     """The model cut by the partitioner (partition.api.partition_model, as the planner sees it), or by
     devices.pieces.slice_model when the partitioner refuses the model; ids are `<name>/p<k>`."""
-    from devices.pieces import slice_model
+    from tierplan.devices.pieces import slice_model
 
     try:
-        from partition.api import partition_model
+        from tierplan.partition.api import partition_model
 
         res = partition_model(path, max_pieces, out_dir=work_dir / name, dims=dims or None, model_name=name,
                               use_cache=False)
@@ -449,8 +449,8 @@ def collect_samples(models: Iterable[tuple[str, Path, Mapping[str, int]]], work_
     With passes > 1 every file is measured again after all others were (a second, independent
     median: `Sample.repeat_ms`), which shows how noisy this machine is right now.
     """
-    from devices.pieces import piece_from_onnx
-    from devices.profile import measure_piece
+    from tierplan.devices.pieces import piece_from_onnx
+    from tierplan.devices.profile import measure_piece
 
     work_dir = Path(work_dir)
     pieces: list[Piece] = []
@@ -485,7 +485,7 @@ def run_calibration(out: str | Path | None = None, device_name: str = "local", t
     cache, devices.calibstore.default_path: keyed by this CPU for `local`)."""
     import tempfile
 
-    from devices.catalog import get_device, suggest
+    from tierplan.devices.catalog import get_device, suggest
 
     device = get_device(device_name)
     zoo_dir = Path(work_dir or tempfile.gettempdir()) / "tierplan-zoo"
@@ -503,7 +503,7 @@ def run_calibration(out: str | Path | None = None, device_name: str = "local", t
         samples = collect_samples(available, work_dir or tmp, max_pieces=max_pieces, threads=threads, runs=runs,
                                   progress=progress)
     cal = fit_calibration(samples, device, threads=threads)
-    from devices.calibstore import default_path
+    from tierplan.devices.calibstore import default_path
 
     path = cal.save(Path(out) if out else default_path(device.name))
     return cal, samples, path
@@ -543,8 +543,8 @@ def quick_calibration(pieces: Sequence[Piece] = (), *, device_name: str = "local
     import tempfile
     import time as _time
 
-    from devices.catalog import get_device
-    from devices.profile import measure_piece
+    from tierplan.devices.catalog import get_device
+    from tierplan.devices.profile import measure_piece
 
     device = get_device(device_name)
     t0 = _time.monotonic()
@@ -581,8 +581,8 @@ def quick_calibration(pieces: Sequence[Piece] = (), *, device_name: str = "local
     cal = fit_calibration(samples, device)
     from dataclasses import replace
 
-    from devices.calibstore import file_sha256
-    from devices.profile import measure_in_sequence
+    from tierplan.devices.calibstore import file_sha256
+    from tierplan.devices.profile import measure_in_sequence
     # the figure kept for a piece about to run is its CPU time run one after another with the others, as
     # a site runs them (caches as its predecessors leave them); its time alone is a sample of the fit
     seq = measure_in_sequence([s.piece for s in samples[:n_run]], runs=runs, min_time_s=QUICK_SEQUENCE_S)
@@ -597,8 +597,8 @@ def _with_pieces(cal: Calibration, pieces: Sequence[Piece], progress: bool) -> C
     quick_calibration times them and kept: in the cache file, or in this process for --calibration."""
     from dataclasses import replace
 
-    from devices.calibstore import _OVERRIDES, file_sha256, local_calibration_path
-    from devices.profile import measure_in_sequence
+    from tierplan.devices.calibstore import _OVERRIDES, file_sha256, local_calibration_path
+    from tierplan.devices.profile import measure_in_sequence
 
     missing = {}
     for p in pieces:
@@ -629,8 +629,8 @@ def ensure_local_calibration(pieces: Sequence[Piece] = (), *, progress: bool = T
     """The calibration of `local` that applies here; when there is none (first use on this CPU), make a
     quick one (quick_calibration within `budget_s`), say so on stderr in one line with a progress bar,
     and cache it."""
-    from devices.calibstore import local_calibration_path, lookup
-    from devices.catalog import get_device
+    from tierplan.devices.calibstore import local_calibration_path, lookup
+    from tierplan.devices.catalog import get_device
     device = get_device("local")
     cal = lookup(device)
     if cal is not None:

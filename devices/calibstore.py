@@ -21,10 +21,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devices.host import LOCAL, cache_dir, cpu_identity
+from tierplan.devices.host import LOCAL, cache_dir, cpu_identity
 
 if TYPE_CHECKING:
-    from devices.costmodel import Calibration
+    from tierplan.devices.costmodel import Calibration
     from tierplan.spec import DeviceSpec
 
 __all__ = ["StaleCalibrationWarning", "calibration_dir", "local_calibration_path", "stamp", "fits_this_host",
@@ -51,7 +51,7 @@ def file_sha256(path: str | Path) -> str:
 
 @lru_cache(maxsize=4096)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    from partition.onnx_graph import model_sha256
+    from tierplan.partition.onnx_graph import model_sha256
     return model_sha256(path)
 
 
@@ -92,7 +92,7 @@ def fits_this_host(cal: "Calibration") -> bool:
 def checked(cal: "Calibration", source: str = "calibration") -> "Calibration | None":
     """`cal` when it may be used here, else None with a StaleCalibrationWarning naming its CPU, or saying
     it was fitted with an older format's op keys (devices.costmodel.CALIBRATION_FORMAT)."""
-    from devices.costmodel import CALIBRATION_FORMAT
+    from tierplan.devices.costmodel import CALIBRATION_FORMAT
 
     if cal.format_version < CALIBRATION_FORMAT:
         warnings.warn(f"{source}: calibration of `{cal.device}` in an older format (v{cal.format_version}, now "
@@ -112,7 +112,7 @@ def checked(cal: "Calibration", source: str = "calibration") -> "Calibration | N
 def use_calibration_file(path: str | Path) -> "Calibration | None":
     """Load `path` (`--calibration FILE`) and make it the calibration of the device it names for this
     process's cost models; a `local` calibration from another CPU is refused (warning) and None returned."""
-    from devices.costmodel import Calibration
+    from tierplan.devices.costmodel import Calibration
 
     cal = checked(Calibration.load(path), str(path))
     if cal is not None:
@@ -128,7 +128,7 @@ def clear_overrides() -> None:
 def lookup(device: "DeviceSpec", directory: str | Path | None = None) -> "Calibration | None":
     """The calibration that applies to `device` here: a --calibration override, else its cache file
     (checked against this CPU for `local`), else None."""
-    from devices.costmodel import Calibration
+    from tierplan.devices.costmodel import Calibration
 
     if device.name in _OVERRIDES:
         return _OVERRIDES[device.name]

@@ -39,12 +39,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from devices.constants import (
+from tierplan.devices.constants import (
     BANDWIDTH_EFFICIENCY, BYTES_PER_GB, DEFAULT_EFFICIENCY, DEFAULT_OP_EFFICIENCY, MIN_TRANSFORM_SCALE,
     MS_PER_HOUR, PRECISION_BYTES_SCALE, PRECISION_EFFICIENCY_SCALE, REFERENCE_EDGE_CPU_GFLOPS, SERIALIZE_GBPS,
     blocked_key, op_class, op_keys,
 )
-from partition.types import OpCost, Piece
+from tierplan.partition.types import OpCost, Piece
 from tierplan.errors import InputError
 from tierplan.spec import DeviceSpec, LinkSpec, TransformSpec
 
@@ -158,7 +158,7 @@ class CostModel:
 
     def __init__(self, calibration: Calibration | Mapping[str, Calibration] | bool | None = None,
                  calibration_dir: str | Path | None = None):
-        from devices.calibstore import checked
+        from tierplan.devices.calibstore import checked
 
         self._auto = calibration is None
         self._dir = Path(calibration_dir) if calibration_dir is not None else None
@@ -172,7 +172,7 @@ class CostModel:
     def calibration_for(self, device: DeviceSpec) -> Calibration | None:
         """The calibration used for `device`, or None (datasheet roofline)."""
         if device.name not in self._cal:
-            from devices.calibstore import lookup
+            from tierplan.devices.calibstore import lookup
             self._cal[device.name] = lookup(device, self._dir) if self._auto else None
         return self._cal[device.name]
 
@@ -195,7 +195,7 @@ class CostModel:
         measured = piece.measured_ms.get(device.name) if piece.measured_ms else None
         cal = self.calibration_for(device) if measured is None else None
         if cal is not None and cal.piece_ms and piece.file and precision == cal.precision:
-            from devices.calibstore import file_sha256
+            from tierplan.devices.calibstore import file_sha256
             measured = cal.piece_ms.get(file_sha256(piece.file))   # this very file, measured by the calibration
         if measured is not None:
             if batch == 1:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, Mapping
 
-from devices.catalog import load_catalog, suggest
-from devices.constants import DEFAULT_CLOUD_MAX_INSTANCES
+from tierplan.devices.catalog import load_catalog, suggest
+from tierplan.devices.constants import DEFAULT_CLOUD_MAX_INSTANCES
 from tierplan.errors import InputError, SpecError
 from tierplan.spec import DeviceSpec, FleetSpec, LinkSpec
 

@@ -19,8 +19,8 @@ import onnx
 import onnx.utils
 import numpy as np
 
-from partition.onnx_graph import load_onnx
-from partition.types import OpCost, Piece
+from tierplan.partition.onnx_graph import load_onnx
+from tierplan.partition.types import OpCost, Piece
 from tierplan.errors import InputError
 
 __all__ = ["ops_of", "piece_from_onnx", "pieces_from_dir", "slice_model", "load_target"]
@@ -40,7 +40,7 @@ def piece_from_onnx(path: str | Path, piece_id: str | None = None, model: str | 
     """One ONNX (or .tflite) file as a Piece carrying every operator's cost (dims bind dynamic input dimensions)."""
     path = Path(path)
     if path.suffix == ".tflite":
-        from partition.tflite_graph import tflite_piece
+        from tierplan.partition.tflite_graph import tflite_piece
         return tflite_piece(path, piece_id, model=model, index=index)
     G = load_onnx(path, dims)
     model = model or path.stem
@@ -89,7 +89,7 @@ def slice_model(path: str | Path, out_dir: str | Path, max_pieces: int, dims: Ma
 
     Each piece becomes `<out_dir>/<model>_p<k>.onnx` (standalone; initializers it reads are copied in).
     """
-    from partition.cuts import coarsen, topological_order
+    from tierplan.partition.cuts import coarsen, topological_order
 
     path, out_dir = Path(path), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

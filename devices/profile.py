@@ -16,8 +16,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from partition.feeds import random_feeds
-from partition.types import Piece, TensorInfo
+from tierplan.partition.feeds import random_feeds
+from tierplan.partition.types import Piece, TensorInfo
 from tierplan.errors import InputError
 
 __all__ = ["BACKENDS", "Measurement", "measure", "measure_piece", "time_runs", "ort_session", "ort_node_times"]
@@ -196,7 +196,7 @@ def _tvm_runner(path: Path, threads: int, inputs: Sequence[TensorInfo] | None, s
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    from devices.catalog import get_device
+    from tierplan.devices.catalog import get_device
 
     model = onnx.load(str(path))
     try:

@@ -12,11 +12,11 @@ from typing import Mapping
 import networkx as nx
 import numpy as np
 
-from partition.cuts import Cut, Partition, coarsen
-from partition.extract import VerifyResult, build_pieces, verify_pieces, write_pieces
-from partition.feeds import random_feeds
-from partition.onnx_graph import load_onnx, model_sha256
-from partition.types import ConvShape, OpCost, Piece, TensorInfo
+from tierplan.partition.cuts import Cut, Partition, coarsen
+from tierplan.partition.extract import VerifyResult, build_pieces, verify_pieces, write_pieces
+from tierplan.partition.feeds import random_feeds
+from tierplan.partition.onnx_graph import load_onnx, model_sha256
+from tierplan.partition.types import ConvShape, OpCost, Piece, TensorInfo
 from tierplan.errors import InputError
 
 __all__ = ["PartitionResult", "partition_model", "cache_root", "load_manifest", "piece_to_dict",

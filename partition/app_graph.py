@@ -26,10 +26,10 @@ from typing import Mapping
 import networkx as nx
 import numpy as np
 
-from partition.api import partition_model
-from partition.cuts import coarsen
-from partition.onnx_graph import read_model
-from partition.types import OpCost, Piece, TensorInfo
+from tierplan.partition.api import partition_model
+from tierplan.partition.cuts import coarsen
+from tierplan.partition.onnx_graph import read_model
+from tierplan.partition.types import OpCost, Piece, TensorInfo
 from tierplan.errors import InputError
 from tierplan.spec import AppSpec, ModelSpec, ProfileTable
 
@@ -162,7 +162,7 @@ def source_dims(path: Path, given: Mapping[str, int], fed: Mapping[str, list[int
 
 def _tflite_pieces(name: str, path: Path) -> ModelPieces:
     """A .tflite model as a single piece (LiteRT runs it whole), with every operator's cost (tflite_graph)."""
-    from partition.tflite_graph import tflite_piece
+    from tierplan.partition.tflite_graph import tflite_piece
     try:
         piece = tflite_piece(path.resolve(), f"{name}/p0", model=name)
     except InputError as e:
@@ -188,15 +188,15 @@ def model_pieces(app: AppSpec, name: str, pieces_dir: str | Path | None, max_pie
     dims = source_dims(path, spec.dims, fed or {})
     out_dir = None
     if pieces_dir is not None:
-        from partition.api import _cache_key
-        from partition.onnx_graph import model_sha256
+        from tierplan.partition.api import _cache_key
+        from tierplan.partition.onnx_graph import model_sha256
         out_dir = Path(pieces_dir) / f"{name}-{_cache_key(model_sha256(path), dims, k, name)}"
     try:
         res = partition_model(path, max_pieces=k, out_dir=out_dir, dims=dims, model_name=name)
     except InputError as e:
         raise InputError(f"models.{name}: {e}") from None
     m = res.manifest
-    from partition.api import _tensor
+    from tierplan.partition.api import _tensor
     return ModelPieces(name, res.pieces, [_tensor(t) for t in m["inputs"]], [_tensor(t) for t in m["outputs"]])
 
 

@@ -16,10 +16,10 @@ import networkx as nx
 import numpy as np
 from onnx import ModelProto, helper
 
-from partition.cuts import Partition
-from partition.feeds import random_feeds
-from partition.flops import subgraphs_of
-from partition.types import OpCost, Piece, TensorInfo
+from tierplan.partition.cuts import Partition
+from tierplan.partition.feeds import random_feeds
+from tierplan.partition.flops import subgraphs_of
+from tierplan.partition.types import OpCost, Piece, TensorInfo
 from tierplan.errors import InputError
 
 __all__ = ["build_pieces", "piece_model", "write_pieces", "VerifyResult", "verify_pieces", "run_pieces",

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import numpy as np
 
-from partition.types import TensorInfo
+from tierplan.partition.types import TensorInfo
 
 __all__ = ["random_feeds"]
 

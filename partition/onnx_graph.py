@@ -31,8 +31,8 @@ import numpy as np
 import onnx
 from onnx import ModelProto, helper, shape_inference
 
-from partition.flops import op_flops, subgraphs_of
-from partition.types import ConvShape, TensorInfo
+from tierplan.partition.flops import op_flops, subgraphs_of
+from tierplan.partition.types import ConvShape, TensorInfo
 from tierplan.errors import InputError
 
 __all__ = ["load_onnx", "read_model", "bind_dims", "outer_refs", "dims_hint", "MIN_OPSET",
@@ -282,7 +282,7 @@ def _shapes_by_running(model: ModelProto, tensors: _Tensors, missing: list[str],
     """Fill shapes ONNX inference left unknown by one onnxruntime run on random inputs."""
     import onnxruntime as ort
 
-    from partition.feeds import random_feeds
+    from tierplan.partition.feeds import random_feeds
 
     probe = ModelProto()
     probe.CopyFrom(model)

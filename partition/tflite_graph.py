@@ -27,8 +27,8 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from partition.flops import TFLITE_OP_TYPES, tflite_op_flops
-from partition.types import OpCost, Piece, TensorInfo
+from tierplan.partition.flops import TFLITE_OP_TYPES, tflite_op_flops
+from tierplan.partition.types import OpCost, Piece, TensorInfo
 from tierplan.errors import InputError
 
 __all__ = ["load_tflite", "tflite_piece", "TfliteCostWarning", "TFLITE_IDENTIFIER"]

@@ -21,18 +21,18 @@ from typing import Any, Mapping
 
 import networkx as nx
 
-from planner.baselines import greedy, run_baselines
-from planner.build import BuildInfo, SloTarget, build_problem
-from planner.evaluate import Evaluation, evaluate
-from planner.formulation import SolveResult, solve, solve_coverage
-from planner.progress import ProgressHook, phase, reporting
-from planner.plan import ClassCoverage, ParetoPoint, PieceMove, Plan
-from planner.problem import Problem
-from planner.report import (
+from tierplan.planner.baselines import greedy, run_baselines
+from tierplan.planner.build import BuildInfo, SloTarget, build_problem
+from tierplan.planner.evaluate import Evaluation, evaluate
+from tierplan.planner.formulation import SolveResult, solve, solve_coverage
+from tierplan.planner.progress import ProgressHook, phase, reporting
+from tierplan.planner.plan import ClassCoverage, ParetoPoint, PieceMove, Plan
+from tierplan.planner.problem import Problem
+from tierplan.planner.report import (
     LATENCY_SEMANTICS, baseline_result, class_latency_ms, class_meets, class_mode, cost_per_hour_usd,
     coverage_share, mean_latency_ms, monthly_by_tier, natural_objective, per_class_ids, plan_edges, plan_pieces, sink_views,
 )
-from planner.units import us_to_ms, uusd_to_usd
+from tierplan.planner.units import us_to_ms, uusd_to_usd
 from tierplan.errors import InfeasibleError, InputError
 from tierplan.spec import ObjectiveSpec
 
@@ -534,11 +534,11 @@ def plan_app(app: Any, fleet: Any, objective: Any = None, cost_model: Any = None
 def _plan_app(app: Any, fleet: Any, objective: Any, cost_model: Any, time_limit_s: float,
               from_plan: Plan | str | Path | None, pieces_dir: str | Path | None, pareto: bool,
               app_graph: nx.DiGraph | None, max_coverage: bool) -> Plan:
-    from devices.costmodel import CostModel
-    from devices.fleet import resolve_fleet
+    from tierplan.devices.costmodel import CostModel
+    from tierplan.devices.fleet import resolve_fleet
     resolved = fleet if hasattr(fleet, "edge_classes") else resolve_fleet(fleet)
     if app_graph is None:
-        from partition.app_graph import build_app_graph
+        from tierplan.partition.app_graph import build_app_graph
         phase("partitioning the models")
         app_graph = build_app_graph(app, pieces_dir)
     if isinstance(from_plan, (str, Path)):

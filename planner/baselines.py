@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from planner.evaluate import Evaluation, evaluate
-from planner.problem import COMPUTE_KINDS, ClassData, Problem
+from tierplan.planner.evaluate import Evaluation, evaluate
+from tierplan.planner.problem import COMPUTE_KINDS, ClassData, Problem
 
 __all__ = ["Baseline", "BASELINES", "all_on_device", "all_in_cloud", "neurosurgeon", "greedy",
            "run_baselines"]

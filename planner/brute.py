@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import itertools
 
-from planner.evaluate import Evaluation, evaluate, level_options
-from planner.problem import Problem
+from tierplan.planner.evaluate import Evaluation, evaluate, level_options
+from tierplan.planner.problem import Problem
 
 __all__ = ["brute_force", "count_assignments"]
 

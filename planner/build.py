@@ -20,9 +20,9 @@ from typing import Any, Mapping
 
 import networkx as nx
 
-from planner.problem import ClassData, Hop, ItemData, NodeData, Problem, SiteData
-from planner.queueing import DEFAULT_SERVICE_CV, utilisation_levels
-from planner.units import (
+from tierplan.planner.problem import ClassData, Hop, ItemData, NodeData, Problem, SiteData
+from tierplan.planner.queueing import DEFAULT_SERVICE_CV, utilisation_levels
+from tierplan.planner.units import (
     PPM, bytes_to_kb, frac_to_ppm, j_to_uj, mbps_to_bps, ms_to_us, usd_to_uusd,
 )
 from tierplan.errors import InputError

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 
 from typing import Mapping
 
-from planner.problem import COMPUTE_KINDS, Assignment, ClassData, Problem, SiteData
-from planner.queueing import wait_us
-from planner.units import us_to_ms
+from tierplan.planner.problem import COMPUTE_KINDS, Assignment, ClassData, Problem, SiteData
+from tierplan.planner.queueing import wait_us
+from tierplan.planner.units import us_to_ms
 
 __all__ = ["ClassEval", "Evaluation", "evaluate", "evaluate_class_latency", "ancestors", "sink_items",
            "site_level", "level_options"]

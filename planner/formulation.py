@@ -47,11 +47,11 @@ from fractions import Fraction
 
 from ortools.sat.python import cp_model
 
-from planner.decompose import solve_groups
-from planner.evaluate import ancestors, sink_items
-from planner.problem import COMPUTE_KINDS, Problem
-from planner.progress import solve_cp
-from planner.queueing import FACTOR_SCALE, wait_us
+from tierplan.planner.decompose import solve_groups
+from tierplan.planner.evaluate import ancestors, sink_items
+from tierplan.planner.problem import COMPUTE_KINDS, Problem
+from tierplan.planner.progress import solve_cp
+from tierplan.planner.queueing import FACTOR_SCALE, wait_us
 
 __all__ = ["SolveResult", "solve", "solve_model", "solve_coverage", "tie_break", "STATUS_NAMES"]
 

@@ -18,7 +18,7 @@ import math
 from html import escape
 from pathlib import Path
 
-from planner.plan import Plan, SinkLatency
+from tierplan.planner.plan import Plan, SinkLatency
 
 __all__ = ["render_html", "write_html", "TIER_COLOURS", "TRANSFER_COLOUR", "QUEUE_COLOUR"]
 

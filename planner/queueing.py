@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from planner.units import PPM
+from tierplan.planner.units import PPM
 
 __all__ = ["DEFAULT_SERVICE_CV", "UTILISATION_GRID", "RHO_CEILING", "wait_factor", "utilisation_levels",
            "wait_us"]

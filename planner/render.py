@@ -10,7 +10,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from planner.plan import Plan
+from tierplan.planner.plan import Plan
 from tierplan.console import column, console as make_console, print_table
 
 __all__ = ["render_plan", "TIER_ORDER"]

@@ -6,13 +6,13 @@ from typing import Any, Mapping
 
 import networkx as nx
 
-from planner.build import BuildInfo
-from planner.evaluate import Evaluation
-from planner.plan import (
+from tierplan.planner.build import BuildInfo
+from tierplan.planner.evaluate import Evaluation
+from tierplan.planner.plan import (
     BaselineResult, PlanEdge, PlanPiece, SinkLatency,
 )
-from planner.problem import COMPUTE_KINDS, Problem
-from planner.units import HOURS_PER_MONTH, ms_to_us, uj_to_j, us_to_ms, uusd_to_usd
+from tierplan.planner.problem import COMPUTE_KINDS, Problem
+from tierplan.planner.units import HOURS_PER_MONTH, ms_to_us, uj_to_j, us_to_ms, uusd_to_usd
 
 __all__ = ["LATENCY_SEMANTICS", "sink_views", "class_latency_ms", "coverage_share", "natural_objective",
            "cost_per_hour_usd", "monthly_by_tier", "baseline_result", "plan_pieces", "plan_edges",

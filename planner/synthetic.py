@@ -6,8 +6,8 @@ import random
 
 import networkx as nx
 
-from devices.fleet import resolve_fleet
-from partition.types import OpCost, Piece, TensorInfo
+from tierplan.devices.fleet import resolve_fleet
+from tierplan.partition.types import OpCost, Piece, TensorInfo
 from tierplan.spec import DeviceSpec, FleetSpec, SinkSpec, SourceSpec, TransformSpec
 
 __all__ = ["synthetic_app", "synthetic_fleet", "synthetic_fleet_spec", "UPLINKS_MBPS"]

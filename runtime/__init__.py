@@ -13,7 +13,7 @@ on that site in one process: consecutive nodes hand tensors over in memory (no h
 compute thread runs them one after another (as the planner assumes). Base-station and cloud
 sites are Ray nodes (custom resource `site:<name>`, label `tierplan-site=<name>`); their worker
 is a Ray actor pinned by that resource, supervised and restarted by Ray. Edge sites run
-`python -m runtime.agent --site NAME --listen HOST:PORT`, a plain process without Ray.
+`python -m tierplan.runtime.agent --site NAME --listen HOST:PORT`, a plain process without Ray.
 
 Tensors cross sites on direct gRPC calls between workers (`runtime.proto`, `runtime.wire`): raw
 bytes + dtype + shape, one packed message up to 2 MiB (received arrays are views of it, no copy),

@@ -1,6 +1,6 @@
 """The edge agent: a plain Python process (no Ray) hosting one edge site's stage worker.
 
-    python -m runtime.agent --site phone --listen 127.0.0.1:7001 [--controller HOST:PORT] [--tls-dir DIR]
+    python -m tierplan.runtime.agent --site phone --listen 127.0.0.1:7001 [--controller HOST:PORT] [--tls-dir DIR]
                             [--insecure] [--allow-transforms MODULE,...] [--cache-max-mb N]
 
 It listens for the controller's `Configure` (plan, peers, piece files) and runs the pieces the
@@ -21,8 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-from runtime.graph import DEFAULT_TRANSFORM_MODULES, parse_modules
-from runtime.piececache import DEFAULT_CACHE_LIMIT_BYTES
+from tierplan.runtime.graph import DEFAULT_TRANSFORM_MODULES, parse_modules
+from tierplan.runtime.piececache import DEFAULT_CACHE_LIMIT_BYTES
 from tierplan.errors import InputError, RuntimeFault, TierplanError
 
 __all__ = ["run_agent", "AgentProcess", "main"]
@@ -42,8 +42,8 @@ def run_agent(site: str, listen: str, controller: str | None = None, tls_dir: st
 
     InputError (exit 2 on the command line) for a listen address that is not loopback without TLS
     or `insecure`, or that this host cannot bind."""
-    from runtime.security import TlsConfig, check_listen
-    from runtime.stage import StageWorker
+    from tierplan.runtime.security import TlsConfig, check_listen
+    from tierplan.runtime.stage import StageWorker
     tls = TlsConfig.from_dir(tls_dir, site) if tls_dir else None
     check_listen(listen, tls_dir, insecure)
     worker = StageWorker(site, listen, tls=tls, controller=controller, allow_transforms=allow_transforms,
@@ -83,7 +83,7 @@ class AgentProcess:
 
     def start(self) -> str:
         """Start the process and wait for its READY line; returns its address."""
-        cmd = [sys.executable, "-m", "runtime.agent", "--site", self.site, "--listen", self.listen,
+        cmd = [sys.executable, "-m", "tierplan.runtime.agent", "--site", self.site, "--listen", self.listen,
                "--controller", self.controller]
         if self.tls_dir:
             cmd += ["--tls-dir", self.tls_dir]
@@ -137,7 +137,7 @@ class AgentProcess:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m runtime.agent", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tierplan.runtime.agent", description=__doc__.splitlines()[0])
     ap.add_argument("--site", required=True, help="Site class this agent serves (as in fleet.yaml).")
     ap.add_argument("--listen", default="127.0.0.1:0", help="host:port to listen on.")
     ap.add_argument("--controller", default=None, help="Controller host:port to register with.")

@@ -160,9 +160,9 @@ def _actor_class():
                      allow_transforms: tuple[str, ...] | None = None, metrics_port: int = 0) -> None:
             """`allow_transforms`: the deploying operator's transform modules (never the wire's);
             `metrics_port`: the loopback port of the worker's metrics (0: a free one)."""
-            from runtime.graph import DEFAULT_TRANSFORM_MODULES
-            from runtime.security import TlsConfig
-            from runtime.stage import StageWorker
+            from tierplan.runtime.graph import DEFAULT_TRANSFORM_MODULES
+            from tierplan.runtime.security import TlsConfig
+            from tierplan.runtime.stage import StageWorker
             tls = TlsConfig.from_dir(tls_dir, site) if tls_dir else None
             self.worker = StageWorker(site, "127.0.0.1:0", tls=tls, controller=controller, replica=replica,
                                       allow_transforms=tuple(allow_transforms or DEFAULT_TRANSFORM_MODULES),

@@ -32,10 +32,10 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends import BACKENDS
-from runtime.backends.base import TensorSpec, host_arch, median_ms, random_inputs, target_arch
-from runtime.backends.tvm_tune import TuneSettings
-from runtime.store import MANIFEST_NAME, ArtifactStore, artifact_key, file_sha256
+from tierplan.runtime.backends import BACKENDS
+from tierplan.runtime.backends.base import TensorSpec, host_arch, median_ms, random_inputs, target_arch
+from tierplan.runtime.backends.tvm_tune import TuneSettings
+from tierplan.runtime.store import MANIFEST_NAME, ArtifactStore, artifact_key, file_sha256
 from tierplan.errors import InputError
 from tierplan.spec import DeviceSpec
 
@@ -101,7 +101,7 @@ def compiler_versions() -> dict[str, str]:
     """Versions of every compiler/runtime whose output lands in the store (part of each key)."""
     import importlib.metadata as md
 
-    from runtime.backends import litert_backend
+    from tierplan.runtime.backends import litert_backend
 
     def dist(name: str) -> str:   # metadata, not imports: importing tvm alone takes seconds
         try:
@@ -126,7 +126,7 @@ def piece_io(path: str | Path, declared_inputs: Sequence[Mapping] = (), label: s
     path = Path(path)
     label = label or str(path)
     if path.suffix == ".tflite":
-        from runtime.backends.litert_backend import tflite_io
+        from tierplan.runtime.backends.litert_backend import tflite_io
         try:
             return tflite_io(path)
         except Exception as e:  # LiteRT raises ValueError/RuntimeError for files it cannot read
@@ -168,7 +168,7 @@ def piece_io(path: str | Path, declared_inputs: Sequence[Mapping] = (), label: s
 
 
 def _load_catalog() -> dict[str, DeviceSpec]:
-    from devices.catalog import load_catalog
+    from tierplan.devices.catalog import load_catalog
     return load_catalog()
 
 
@@ -193,12 +193,12 @@ def resolve_site_devices(plan, sites: Iterable[str], fleet=None, catalog: Mappin
         if not fpath.exists() and base_dir is not None:
             fpath = Path(base_dir) / fpath
         if fpath.exists():
-            from devices.fleet import resolve_fleet
+            from tierplan.devices.fleet import resolve_fleet
             from tierplan.loader import load_fleet
             fleet = resolve_fleet(load_fleet(fpath), catalog_())
     classes = getattr(fleet, "classes", None)
     if classes is None and fleet is not None and hasattr(fleet, "sites"):   # a FleetSpec
-        from devices.fleet import resolve_fleet
+        from tierplan.devices.fleet import resolve_fleet
         classes = resolve_fleet(fleet, catalog_()).classes
     named = dict(getattr(plan, "site_devices", None) or {})
     for s in sites:
@@ -273,7 +273,7 @@ class _Reference:
     @property
     def outputs(self) -> dict[str, np.ndarray]:
         if self._outs is None:
-            from runtime.backends.ort_backend import OrtRunner
+            from tierplan.runtime.backends.ort_backend import OrtRunner
             try:
                 ref = OrtRunner(self.path, self.specs, (), options={"graph_optimization_level": "disable",
                                                                       "intra_op_num_threads": 0})
@@ -303,7 +303,7 @@ def _timed(runner, feeds, opts: CompileOptions) -> tuple[float, int]:
 
 
 def _build_ort(tmp: Path, src: Path, specs, ref: _Reference, opts: CompileOptions) -> dict:
-    from runtime.backends.ort_backend import OrtRunner
+    from tierplan.runtime.backends.ort_backend import OrtRunner
     dst = tmp / "piece.onnx"
     shutil.copyfile(src, dst)
     options = {"intra_op_num_threads": opts.threads, "graph_optimization_level": "all"}
@@ -321,7 +321,7 @@ def _build_ort(tmp: Path, src: Path, specs, ref: _Reference, opts: CompileOption
 
 
 def _build_litert(tmp: Path, src: Path, specs, out_specs, opts: CompileOptions) -> dict:
-    from runtime.backends.litert_backend import LiteRtRunner
+    from tierplan.runtime.backends.litert_backend import LiteRtRunner
     dst = tmp / "piece.tflite"
     shutil.copyfile(src, dst)
     options = {"num_threads": opts.threads or None}
@@ -344,7 +344,7 @@ def _build_litert(tmp: Path, src: Path, specs, out_specs, opts: CompileOptions) 
 
 def _host_target() -> dict:
     """This machine's TVM target: the detected `local` device's (devices.host: LLVM's host CPU and triple)."""
-    from devices.host import local_device
+    from tierplan.devices.host import local_device
 
     target = dict(local_device().tvm_target)
     if "mcpu" not in target:   # detected while TVM was not importable
@@ -356,9 +356,9 @@ def _host_target() -> dict:
 def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, opts: CompileOptions,
                progress: Callable[[str], None]) -> dict:
     """Build with TVM Relax; see the module docstring for native / same-arch / cross handling."""
-    from runtime.backends import tvm_backend
-    from runtime.backends.tvm_backend import TvmRunner, import_onnx
-    from runtime.backends.tvm_tune import tune_module, tuning_target
+    from tierplan.runtime.backends import tvm_backend
+    from tierplan.runtime.backends.tvm_backend import TvmRunner, import_onnx
+    from tierplan.runtime.backends.tvm_tune import tune_module, tuning_target
 
     target = dict(target)
     if str(target.get("kind", "llvm")) != "llvm":
@@ -440,7 +440,7 @@ def _predicted_ms(piece, device: DeviceSpec, cost_model) -> float | None:
     """The cost model's latency of the piece on the device, or None when it has no figure."""
     if cost_model is None:
         return None
-    from partition.types import Piece, TensorInfo
+    from tierplan.partition.types import Piece, TensorInfo
 
     def tinfos(ts) -> tuple:
         return tuple(TensorInfo(str(t.get("name")), tuple(int(x) for x in (t.get("shape") or [])),
@@ -648,7 +648,7 @@ def compile_plan(plan, out_dir: str | Path, tune_trials: int = 0, backends: Sequ
                for j in jobs if not j.piece.file]
     jobs = [j for j in jobs if j.piece.file]
     if cost_model is None:
-        from devices.costmodel import CostModel
+        from tierplan.devices.costmodel import CostModel
         cost_model = CostModel()
     store = ArtifactStore(out)
     versions = compiler_versions()

@@ -22,14 +22,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from planner.plan import Plan
-from runtime.agent import AgentProcess
-from runtime.cluster import LocalCluster, SiteNodeDown, ensure_ray_env, start_site_actor
-from runtime.graph import DEFAULT_TRANSFORM_MODULES, ExecGraph, load_transform, with_app_renames
-from runtime.links import route_table
-from runtime.security import CONTROLLER, TlsConfig, check_listen
-from runtime.service import Service, files_for, slot_key
-from runtime.stage import LINKS_DIR_MARKER, StageOptions
+from tierplan.planner.plan import Plan
+from tierplan.runtime.agent import AgentProcess
+from tierplan.runtime.cluster import LocalCluster, SiteNodeDown, ensure_ray_env, start_site_actor
+from tierplan.runtime.graph import DEFAULT_TRANSFORM_MODULES, ExecGraph, load_transform, with_app_renames
+from tierplan.runtime.links import route_table
+from tierplan.runtime.security import CONTROLLER, TlsConfig, check_listen
+from tierplan.runtime.service import Service, files_for, slot_key
+from tierplan.runtime.stage import LINKS_DIR_MARKER, StageOptions
 from tierplan.errors import InputError, RuntimeFault
 from tierplan.spec import AppSpec, FleetSpec
 

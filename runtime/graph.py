@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from planner.plan import Plan, PlanEdge, PlanPiece
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
 from tierplan.errors import InputError
 
 __all__ = ["ExecGraph", "select_tensors", "with_app_renames", "bind_inputs", "branch_weight", "child_branch",

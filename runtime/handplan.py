@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
-from runtime.graph import SINK_PREFIX
-from runtime.links import LinkEmulator, route_table
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
+from tierplan.runtime.graph import SINK_PREFIX
+from tierplan.runtime.links import LinkEmulator, route_table
 from tierplan.errors import InputError
 from tierplan.spec import AppSpec, FleetSpec
 
@@ -106,7 +106,7 @@ def _random_inputs(infos: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
 
 def time_piece_ms(path: str | Path, runs: int = _TIMING_RUNS, threads: int = 0) -> float:
     """Median latency of one piece on this machine with onnxruntime (random inputs)."""
-    from runtime.runners import OrtRunner
+    from tierplan.runtime.runners import OrtRunner
     r = OrtRunner(path, threads=threads)
     x = _random_inputs(tensor_infos(path, "inputs"))
     r.run(x)
@@ -120,7 +120,7 @@ def time_piece_ms(path: str | Path, runs: int = _TIMING_RUNS, threads: int = 0) 
 
 def predict_latency(plan: Plan, fleet: FleetSpec | None) -> dict[str, SinkLatency]:
     """Latency to each sink along the plan's critical path: piece times + transfers over routes."""
-    from runtime.graph import ExecGraph
+    from tierplan.runtime.graph import ExecGraph
     g = ExecGraph.from_plan(plan)
     emu = LinkEmulator(route_table(fleet, list(dict.fromkeys(g.sites.values()))))
     finish: dict[str, float] = {}

@@ -36,9 +36,9 @@ from typing import Callable
 
 import grpc
 
-from runtime.proto import runtime_pb2 as pb
-from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
-from runtime.wire import (MAX_MESSAGE_BYTES, Delivery, WireError, pack_delivery, pack_delivery_into, packed_layout,
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
+from tierplan.runtime.wire import (MAX_MESSAGE_BYTES, Delivery, WireError, pack_delivery, pack_delivery_into, packed_layout,
                           packed_size, unpack_delivery)
 
 __all__ = ["LocalServer", "LocalClient", "LocalCallError", "socket_name", "available"]

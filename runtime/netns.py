@@ -18,8 +18,8 @@ that gives the declared link's payload rate. Delay and jitter would need netem, 
 shaper does not use (this machine's kernel has no sch_netem).
 
 The same module is the probe that measures such a link with tierplan's own transport:
-`python -m runtime.netns serve --listen HOST:0` runs a Stage delivery endpoint (the handlers of
-runtime.stage) and prints its port; `python -m runtime.netns send --to HOST:PORT --bytes N`
+`python -m tierplan.runtime.netns serve --listen HOST:0` runs a Stage delivery endpoint (the handlers of
+runtime.stage) and prints its port; `python -m tierplan.runtime.netns send --to HOST:PORT --bytes N`
 sends one delivery with runtime.stage.Sender after a warm-up and prints `{"bytes", "seconds"}`.
 """
 
@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from runtime.links import PACKET_PAYLOAD_BYTES
+from tierplan.runtime.links import PACKET_PAYLOAD_BYTES
 from tierplan.errors import InputError, RuntimeFault
 
 __all__ = ["VethPair", "NetnsError", "veth_pair", "remove_stale_pairs", "tbf_args", "wire_rate_mbps",
@@ -263,7 +263,7 @@ def veth_pair(rate_mbps: float | None = None, reverse_rate_mbps: float | None = 
 # ---------------------------------------------------------------------- probe
 def probe_argv(*args: str) -> list[str]:
     """The command line of this module's probe (`serve` or `send`) with the running interpreter."""
-    return [sys.executable, "-m", "runtime.netns", *args]
+    return [sys.executable, "-m", "tierplan.runtime.netns", *args]
 
 
 def probe_env() -> dict[str, str]:
@@ -297,9 +297,9 @@ def recording_server(listen: str = "127.0.0.1:0") -> tuple:
 
     import grpc
 
-    from runtime.proto import runtime_pb2 as pb
-    from runtime.stage import delivery_handlers
-    from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD
+    from tierplan.runtime.proto import runtime_pb2 as pb
+    from tierplan.runtime.stage import delivery_handlers
+    from tierplan.runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD
 
     received: dict[str, float] = {}
     lock = threading.Lock()
@@ -329,9 +329,9 @@ def _serve(listen: str) -> None:
 def _send(to: str, nbytes: int, timeout_s: float) -> dict:
     import numpy as np
 
-    from runtime.links import LinkEmulator
-    from runtime.stage import Sender
-    from runtime.wire import Delivery
+    from tierplan.runtime.links import LinkEmulator
+    from tierplan.runtime.stage import Sender
+    from tierplan.runtime.wire import Delivery
 
     sender = Sender("probe", None, lambda: LinkEmulator())
     try:
@@ -350,7 +350,7 @@ def _send(to: str, nbytes: int, timeout_s: float) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """`serve --listen HOST:PORT` or `send --to HOST:PORT --bytes N` (see the module doc)."""
-    ap = argparse.ArgumentParser(prog="python -m runtime.netns", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tierplan.runtime.netns", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="a Stage delivery endpoint that acknowledges every delivery")
     s.add_argument("--listen", required=True)

@@ -69,8 +69,8 @@ def _relu(path: Path) -> str:
 
 def probe_plan(model_file: str, n: int = PROBE_STEPS):
     """The probe's plan: sources x, z, y on site a and their chains (module doc)."""
-    from planner.plan import Plan, PlanEdge, PlanPiece
-    from runtime.graph import SINK_PREFIX
+    from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
+    from tierplan.runtime.graph import SINK_PREFIX
 
     io = [{"name": "x", "shape": [1, 4], "dtype": "float32", "nbytes": 16}]
     out = [{"name": "y", "shape": [1, 4], "dtype": "float32", "nbytes": 16}]
@@ -104,7 +104,7 @@ def _probe_fleet():
 
 def measure(requests: int = PROBE_REQUESTS, n: int = PROBE_STEPS) -> Overheads:
     """Deploy the probe here, send `requests` requests down each chain, return the medians (module doc)."""
-    from runtime.deploy import deploy
+    from tierplan.runtime.deploy import deploy
 
     t0 = time.time()
     gaps: dict[str, list[float]] = {"x": [], "z": [], "y": []}
@@ -134,8 +134,8 @@ def measure(requests: int = PROBE_REQUESTS, n: int = PROBE_STEPS) -> Overheads:
 
 def _measured_alone(model: str) -> float | None:
     """The probe piece's time as calibration measures a piece (CPU-time median), ms; None if it cannot."""
-    from devices.pieces import piece_from_onnx
-    from devices.profile import measure_piece
+    from tierplan.devices.pieces import piece_from_onnx
+    from tierplan.devices.profile import measure_piece
     try:
         return measure_piece(piece_from_onnx(model, piece_id="probe"), runs=7, min_time_s=0.2).cpu_median_ms
     except Exception:
@@ -144,7 +144,7 @@ def _measured_alone(model: str) -> float | None:
 
 def load_or_measure(progress: bool = True) -> Overheads:
     """This host's overheads from the cache, else measured now (saying so on stderr) and cached."""
-    from devices.calibstore import host_figures_path
+    from tierplan.devices.calibstore import host_figures_path
 
     path = host_figures_path("runtime-overhead")
     try:

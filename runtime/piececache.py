@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Mapping
 
-from runtime.wire import MAX_MESSAGE_BYTES
+from tierplan.runtime.wire import MAX_MESSAGE_BYTES
 from tierplan.errors import InputError
 
 __all__ = ["PieceCache", "EXTENSIONS", "ENTRY_FIELDS", "MAX_PIECE_FILE_BYTES", "MAX_CONFIGURE_FILES_BYTES",

@@ -19,9 +19,9 @@ from typing import Callable
 
 import numpy as np
 
-from devices.host import cpu_identity
-from planner.plan import Plan
-from runtime.graph import ExecGraph
+from tierplan.devices.host import cpu_identity
+from tierplan.planner.plan import Plan
+from tierplan.runtime.graph import ExecGraph
 from tierplan.errors import InputError, RuntimeFault
 from tierplan.spec import AppSpec, FleetSpec
 
@@ -108,16 +108,16 @@ def make_plan(app: AppSpec, fleet: FleetSpec, app_path: Path, fleet_path: Path,
     """The planner's plan (planner.api.plan_app), else every model whole on the cloud site; `progress`
     draws the planner's bar on stderr (tierplan.console.solver_progress)."""
     try:
-        from planner.api import plan_app
+        from tierplan.planner.api import plan_app
     except ImportError:
-        from runtime.handplan import app_plan
+        from tierplan.runtime.handplan import app_plan
         plan = app_plan(app, fleet)
         source = "runtime.handplan (planner not installed): all models on one site"
     else:
         from tierplan.console import solver_progress
         with solver_progress(progress, 10.0) as hook:   # plan_app's default time limit
             plan = plan_app(app, fleet, progress=hook)
-        source = "planner.api.plan_app"
+        source = "tierplan.planner.api.plan_app"
     return plan.model_copy(update={"app_path": str(app_path), "fleet_path": str(fleet_path)}), source
 
 
@@ -155,9 +155,9 @@ def local_step_predictor(plan: Plan, app: AppSpec) -> Callable[[str, str], float
     fleet declares them, so the run is compared with the plan's placement re-costed for `local`
     (the fleet devices' figures are shown beside it, but a laptop cannot run at a T4's speed).
     """
-    from devices.catalog import get_device
-    from devices.costmodel import CostModel
-    from devices.pieces import piece_from_onnx
+    from tierplan.devices.catalog import get_device
+    from tierplan.devices.costmodel import CostModel
+    from tierplan.devices.pieces import piece_from_onnx
 
     cm, local = CostModel(), get_device("local")
     pieces = {p.id: p for p in plan.pieces}
@@ -189,7 +189,7 @@ def _replays(graph: ExecGraph, steps: list, compute: dict[str, float], route: Ca
     with their jitter), with the request's own fan-out counts (from its trace `steps`), `compute[node]`
     ms per step and the host's measured runtime `overhead` (runtime.overhead.Overheads or None):
     _DRAWS replays, the draws seeded by `seed`."""
-    from runtime.schedule import fanout_calls, request_ms
+    from tierplan.runtime.schedule import fanout_calls, request_ms
 
     item_nbytes = {(e.src, e.dst): e.nbytes / declared_fanout[e.src]
                    for e in graph.plan.edges if declared_fanout.get(e.src)}
@@ -261,8 +261,8 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     `on_deployed(describe())` is called once every site is up, before the requests start.
     """
     from tierplan.loader import load_app, load_fleet
-    from runtime.deploy import deploy
-    from runtime.links import LinkEmulator, route_table
+    from tierplan.runtime.deploy import deploy
+    from tierplan.runtime.links import LinkEmulator, route_table
 
     ex = find_example(name)
     app, fleet = load_app(ex / "app.yaml"), load_fleet(ex / "fleet.yaml")
@@ -271,17 +271,17 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
         from tierplan.errors import InfeasibleError
         raise InfeasibleError(f"{ex.name}: the plan is infeasible ({plan.reason}); nothing to run")
     if calibration is not None:
-        from devices.calibstore import use_calibration_file
+        from tierplan.devices.calibstore import use_calibration_file
         use_calibration_file(calibration)
     if auto_calibrate:
-        from devices.calibrate import ensure_local_calibration
+        from tierplan.devices.calibrate import ensure_local_calibration
         ensure_local_calibration(_plan_pieces(plan), progress=progress)
     overheads = _overheads(progress)
     make_inputs = example_inputs(ex, app)
     with tempfile.TemporaryDirectory(prefix="tierplan-run-") as tmp:
         manifest, root = None, None
         try:
-            from runtime.compile import compile_plan
+            from tierplan.runtime.compile import compile_plan
         except ImportError:
             compile_plan = None
         if compile_plan is not None:
@@ -358,7 +358,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
 def _overheads(progress: bool):
     """The runtime's own time per step, hop and request on this host (runtime.overhead: cached, else
     measured now with a probe deployment); None, with a warning, when the probe cannot run."""
-    from runtime.overhead import load_or_measure
+    from tierplan.runtime.overhead import load_or_measure
     try:
         return load_or_measure(progress)
     except (RuntimeFault, InputError, OSError) as e:
@@ -369,7 +369,7 @@ def _overheads(progress: bool):
 
 def _plan_pieces(plan: Plan) -> list:
     """The plan's ONNX pieces as cost-model Pieces (what is about to run here)."""
-    from devices.pieces import piece_from_onnx
+    from tierplan.devices.pieces import piece_from_onnx
 
     out = []
     for p in plan.pieces:

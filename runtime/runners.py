@@ -78,7 +78,7 @@ def load_runner(entry: dict, input_names: list[str], threads: int = 0) -> Runner
     if backend in ("onnxruntime", "ort", None) and file and str(file).endswith(".onnx"):
         return OrtRunner(file, threads=threads)
     try:
-        from runtime.backends import load_artifact
+        from tierplan.runtime.backends import load_artifact
     except ImportError as e:
         raise InputError(f"piece {entry.get('piece')}: backend {backend!r} needs runtime.backends ({e})") from e
     return _Adapter(load_artifact(entry), input_names)

@@ -27,7 +27,7 @@ import heapq
 import itertools
 from typing import Callable, Mapping, Sequence
 
-from runtime.graph import ExecGraph
+from tierplan.runtime.graph import ExecGraph
 
 __all__ = ["request_ms", "fanout_calls"]
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import grpc
 
-from runtime.shm import is_loopback_address
+from tierplan.runtime.shm import is_loopback_address
 from tierplan.errors import InputError
 
 __all__ = ["TlsConfig", "make_certs", "server_credentials", "channel", "TokenInterceptor", "peer_name",

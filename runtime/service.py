@@ -32,16 +32,16 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from planner.plan import Plan
-from runtime.graph import SINK_PREFIX, ExecGraph, branch_weight
-from runtime.links import LinkEmulator
-from runtime.localwire import LocalServer
-from runtime.proto import runtime_pb2 as pb
-from runtime.proto import runtime_pb2_grpc as pbg
-from runtime.security import TlsConfig, TokenInterceptor, channel, peer_name, server_credentials
-from runtime.shm import ShmReader, sweep_stale
-from runtime.stage import Sender, StageOptions, delivery_handlers, parsed, pick_address, rotating
-from runtime.wire import (GRPC_OPTIONS, MAX_DEADLINE_AHEAD_MS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery,
+from tierplan.planner.plan import Plan
+from tierplan.runtime.graph import SINK_PREFIX, ExecGraph, branch_weight
+from tierplan.runtime.links import LinkEmulator
+from tierplan.runtime.localwire import LocalServer
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.proto import runtime_pb2_grpc as pbg
+from tierplan.runtime.security import TlsConfig, TokenInterceptor, channel, peer_name, server_credentials
+from tierplan.runtime.shm import ShmReader, sweep_stale
+from tierplan.runtime.stage import Sender, StageOptions, delivery_handlers, parsed, pick_address, rotating
+from tierplan.runtime.wire import (GRPC_OPTIONS, MAX_DEADLINE_AHEAD_MS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery,
                           WireError, frames_to_delivery, pb_to_tensor, tensor_to_pb)
 from tierplan.errors import InputError, RuntimeFault
 
@@ -628,10 +628,10 @@ def files_for(plan: Plan, manifest: Mapping | None = None, base_dir: str | Path 
             continue
         entry = by_piece.get(p.id)
         if entry is not None:
-            from runtime.backends import artifact_path
+            from tierplan.runtime.backends import artifact_path
             path = artifact_path(entry, manifest_root)
             if emulate_cross and entry.get("backend") == "tvm" and entry.get("host_file"):
-                from runtime.backends.tvm_backend import is_native
+                from tierplan.runtime.backends.tvm_backend import is_native
                 if not is_native(entry.get("target") or {"kind": "llvm"}):
                     path = artifact_path({"file": entry["host_file"], "rel_file": entry.get("host_rel_file")},
                                          manifest_root)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.wire import Delivery, unpack_delivery
+from tierplan.runtime.wire import Delivery, unpack_delivery
 
 __all__ = ["SHM_MIN_BYTES", "SHM_PREFIX", "SEG_HEADER_BYTES", "ShmPool", "ShmReader", "is_loopback_address", "encode_ref",
            "decode_ref", "sweep_stale"]

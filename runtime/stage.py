@@ -41,18 +41,18 @@ import grpc
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from planner.plan import Plan
-from runtime.graph import (DEFAULT_TRANSFORM_MODULES, ExecGraph, bind_inputs, child_branch, load_transform,
+from tierplan.planner.plan import Plan
+from tierplan.runtime.graph import (DEFAULT_TRANSFORM_MODULES, ExecGraph, bind_inputs, child_branch, load_transform,
                            select_tensors)
-from runtime.links import LinkEmulator
-from runtime.localwire import LocalCallError, LocalClient, LocalServer
-from runtime.piececache import DEFAULT_CACHE_LIMIT_BYTES, PieceCache, safe_entry
-from runtime.proto import runtime_pb2 as pb
-from runtime.proto import runtime_pb2_grpc as pbg
-from runtime.runners import Runner, load_runner
-from runtime.security import CONTROLLER, TlsConfig, TokenInterceptor, channel, peer_name, server_credentials
-from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
-from runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD,
+from tierplan.runtime.links import LinkEmulator
+from tierplan.runtime.localwire import LocalCallError, LocalClient, LocalServer
+from tierplan.runtime.piececache import DEFAULT_CACHE_LIMIT_BYTES, PieceCache, safe_entry
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.proto import runtime_pb2_grpc as pbg
+from tierplan.runtime.runners import Runner, load_runner
+from tierplan.runtime.security import CONTROLLER, TlsConfig, TokenInterceptor, channel, peer_name, server_credentials
+from tierplan.runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
+from tierplan.runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD,
                           RAW_CONTROL_SHM_METHOD, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, RAW_STAGE_SHM_METHOD,
                           Delivery, WireError, frames_to_delivery, pack_delivery, pack_delivery_into, packed_layout, packed_size,
                           raw_messages, raw_to_delivery, unpack_delivery)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from partition.onnx_graph import model_sha256
+from tierplan.partition.onnx_graph import model_sha256
 
 __all__ = ["ArtifactStore", "artifact_key", "file_sha256", "canonical_json", "MANIFEST_NAME", "META_NAME"]
 

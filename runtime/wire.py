@@ -19,7 +19,7 @@ import numpy as np
 
 from google.protobuf.message import DecodeError
 
-from runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.proto import runtime_pb2 as pb
 
 __all__ = ["CHUNK_BYTES", "MAX_MESSAGE_BYTES", "GRPC_OPTIONS", "Delivery", "delivery_frames",
            "frames_to_delivery", "tensor_to_pb", "pb_to_tensor", "raw_messages", "raw_to_delivery",

@@ -22,18 +22,18 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from planner.plan import Plan
-from simulations.batching import BatchPolicy, batch_stages, check_link_sharing, parse_batching
-from simulations.calibration import ServiceProfile, load_profile
-from simulations.engine_common import EngineResult, sink_done
-from simulations.engine_fast import FastPathUnsupported, run_fast
-from simulations.engine_simpy import run_simpy
-from simulations.fleetview import FleetView, fleet_view
-from simulations.journey import Journey, compile_journeys, resolve_site
-from simulations.report import SimReport, SinkStats, StrategyResult
-from simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, MobilityEvent,
+from tierplan.planner.plan import Plan
+from tierplan.simulations.batching import BatchPolicy, batch_stages, check_link_sharing, parse_batching
+from tierplan.simulations.calibration import ServiceProfile, load_profile
+from tierplan.simulations.engine_common import EngineResult, sink_done
+from tierplan.simulations.engine_fast import FastPathUnsupported, run_fast
+from tierplan.simulations.engine_simpy import run_simpy
+from tierplan.simulations.fleetview import FleetView, fleet_view
+from tierplan.simulations.journey import Journey, compile_journeys, resolve_site
+from tierplan.simulations.report import SimReport, SinkStats, StrategyResult
+from tierplan.simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, MobilityEvent,
                                   parse_arrivals, parse_failure, parse_link, parse_mobility)
-from simulations.world import World, strategy_rng
+from tierplan.simulations.world import World, strategy_rng
 from tierplan.errors import InputError
 
 __all__ = ["simulate", "DEFAULT_STRATEGIES", "BASELINE_ALIASES", "strategy_assignments"]
@@ -165,8 +165,8 @@ def _lookups(plan: Plan, fleet: FleetView, rates: dict[str, float] | None,
 
 def _costmodel_ms(pp, sv) -> float:
     try:
-        from devices.costmodel import CostModel  # type: ignore[import-not-found]
-        from partition.types import Piece
+        from tierplan.devices.costmodel import CostModel  # type: ignore[import-not-found]
+        from tierplan.partition.types import Piece
         piece = Piece(id=pp.id, model=pp.model or pp.id.split("/")[0], index=0, nodes=(), inputs=(),
                       outputs=(), flops=pp.flops, param_bytes=pp.param_bytes)
         return float(CostModel().piece_ms(piece, sv.device))

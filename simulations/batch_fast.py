@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from simulations.batching import SAME_INSTANT_MS, BatchStage, batch_ms, next_batch
+from tierplan.simulations.batching import SAME_INSTANT_MS, BatchStage, batch_ms, next_batch
 
 __all__ = ["batch_departures", "round_robin_queues"]
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from simulations.journey import Journey, Stage
+from tierplan.simulations.journey import Journey, Stage
 from tierplan.errors import InputError
 
 __all__ = ["BatchPolicy", "BatchStage", "parse_batching", "batch_stages", "linear_ratio",
@@ -177,8 +177,8 @@ def _batchable(piece, path: Path | None) -> bool | None:
 def _costmodel_ratio(paths: list[tuple[Path, float]], device, max_batch: int) -> tuple[float, ...] | None:
     """ratio[b] from the cost model over the stage's files (weighted by each node's share), or None."""
     try:
-        from devices.costmodel import CostModel
-        from devices.pieces import piece_from_onnx
+        from tierplan.devices.costmodel import CostModel
+        from tierplan.devices.pieces import piece_from_onnx
         cm = CostModel()
         per = [(cm, piece_from_onnx(p, dims={d: 1 for d in _first_dim_names(p)}), w) for p, w in paths]
         t1 = sum(w * c.piece_ms(pc, device, batch=1) for c, pc, w in per)
@@ -197,8 +197,8 @@ def batch_stages(policy: BatchPolicy | None, journeys_by_strategy: Iterable[list
     out: dict[tuple[str, tuple[str, ...]], BatchStage] = {}
     if policy is None:
         return out
-    from devices.constants import BATCH_FIXED_SHARE
-    from devices.costmodel import device_kind
+    from tierplan.devices.constants import BATCH_FIXED_SHARE
+    from tierplan.devices.costmodel import device_kind
     pieces = {p.id: p for p in plan.pieces}
     base_dirs = [Path(d) for d in (getattr(plan, "app_path", None), getattr(plan, "fleet_path", None)) if d]
     base_dirs = [d.parent for d in base_dirs]

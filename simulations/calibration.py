@@ -14,7 +14,7 @@ pauses, OS scheduling, frequency changes). A `ServiceProfile` replays what was m
   misses how strongly neighbouring stages move together).
 
 Profiles come from traces of the local runtime (`profile_from_traces`, e.g. the per-request steps
-`runtime.service.Service.predict_traced` returns, as `collect_runtime_traces` gathers them) or
+`runtime.service.Service.predict_traced` returns, as benchmarks/runtime_traces.py gathers them) or
 from a dedicated calibration run of the pieces with onnxruntime (`profile_pieces`), and are saved
 to / loaded from JSON (`ServiceProfile.save`, `load_profile`).
 """
@@ -34,7 +34,7 @@ import numpy as np
 from tierplan.errors import InputError
 
 __all__ = ["OVERHEAD_KEY", "ServiceProfile", "RequestTrace", "profile_from_traces", "load_profile", "normal_scores",
-           "copula_correlation", "fit_correlation", "profile_pieces", "collect_runtime_traces"]
+           "copula_correlation", "fit_correlation", "profile_pieces"]
 
 _ND = NormalDist()
 OVERHEAD_KEY = ("<request>", "")   # the overhead's samples among the stages (drawn like a stage)
@@ -266,8 +266,8 @@ def profile_pieces(files: Mapping[tuple[str, str], str | Path], requests: int = 
     """
     import time
 
-    from devices.profile import _session_inputs, ort_session
-    from partition.feeds import random_feeds
+    from tierplan.devices.profile import _session_inputs, ort_session
+    from tierplan.partition.feeds import random_feeds
 
     if not files:
         raise InputError("profile_pieces: no pieces to run")
@@ -288,43 +288,3 @@ def profile_pieces(files: Mapping[tuple[str, str], str | Path], requests: int = 
             steps.append(("compute", name, (time.perf_counter() - t0) * 1e3))
         traces.append(RequestTrace((time.perf_counter() - t_req) * 1e3, tuple(steps)))
     return profile_from_traces(traces, source=f"onnxruntime, {requests} requests", seed=seed)
-
-
-def collect_runtime_traces(example: str, duration_s: float, *, seed: int = 0,
-                           max_requests: int | None = None) -> tuple[list[RequestTrace], object]:
-    """Deploy an example on this machine the way `tierplan run` does and send requests one after
-    another for `duration_s`; returns (per-request traces with their steps, the plan).
-
-    The runtime's own `tierplan run` report keeps only per-stage percentiles; the copula needs each
-    request's steps together, so this replays its request loop through the runtime's public API.
-    """
-    import tempfile
-    import time
-
-    from runtime.deploy import deploy
-    from runtime.runapp import example_inputs, find_example, make_plan
-    from tierplan.loader import load_app, load_fleet
-    from tierplan.errors import RuntimeFault
-
-    ex = find_example(example)
-    app, fleet = load_app(ex / "app.yaml"), load_fleet(ex / "fleet.yaml")
-    plan, _ = make_plan(app, fleet, ex / "app.yaml", ex / "fleet.yaml")
-    make_inputs = example_inputs(ex, app)
-    traces: list[RequestTrace] = []
-    with tempfile.TemporaryDirectory(prefix="tierplan-calib-") as tmp:
-        from runtime.compile import compile_plan
-        res = compile_plan(plan, Path(tmp) / "artifacts", backends=["onnxruntime"], progress=False, fleet=fleet)
-        with deploy(plan, local=True, fleet=fleet, app=app, manifest=res.manifest, manifest_root=res.out_dir) as svc:
-            t0, i = time.time(), 0
-            while time.time() - t0 < duration_s and (max_requests is None or i < max_requests):
-                try:
-                    _, tr = svc.predict_traced(make_inputs(seed + i))
-                except RuntimeFault:
-                    i += 1
-                    continue
-                feed = sum(ms for kind, _, ms in tr.steps if kind == "feed")
-                traces.append(RequestTrace(float(tr.latency_ms) - feed,
-                                           tuple((str(k), str(n), float(ms)) for k, n, ms in tr.steps)))
-                i += 1
-    return traces, plan
-

@@ -20,10 +20,10 @@ import math
 
 import numpy as np
 
-from simulations.batching import BatchStage, batch_ms, next_batch, stage_key
-from simulations.engine_common import Busy, resource_label
-from simulations.journey import Journey
-from simulations.world import ArrivalDraws, StageDraws, World
+from tierplan.simulations.batching import BatchStage, batch_ms, next_batch, stage_key
+from tierplan.simulations.engine_common import Busy, resource_label
+from tierplan.simulations.journey import Journey
+from tierplan.simulations.world import ArrivalDraws, StageDraws, World
 
 __all__ = ["solve_cycle"]
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulations.journey import Journey, Stage
+from tierplan.simulations.journey import Journey, Stage
 
 __all__ = ["Busy", "EngineResult", "resource_label", "sink_done"]
 

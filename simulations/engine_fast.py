@@ -31,12 +31,12 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from simulations.batch_fast import batch_departures, round_robin_queues
-from simulations.batching import BatchStage, stage_key
-from simulations.cycle_fast import solve_cycle
-from simulations.engine_common import Busy, EngineResult, resource_label
-from simulations.journey import Journey
-from simulations.world import ArrivalDraws, StageDraws, World
+from tierplan.simulations.batch_fast import batch_departures, round_robin_queues
+from tierplan.simulations.batching import BatchStage, stage_key
+from tierplan.simulations.cycle_fast import solve_cycle
+from tierplan.simulations.engine_common import Busy, EngineResult, resource_label
+from tierplan.simulations.journey import Journey
+from tierplan.simulations.world import ArrivalDraws, StageDraws, World
 
 __all__ = ["FastPathUnsupported", "fifo_departures", "run_fast"]
 

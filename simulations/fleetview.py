@@ -97,7 +97,7 @@ def _catalog_device(name: str) -> DeviceSpec:
 
 def _from_spec(spec: FleetSpec) -> dict[str, SiteView]:
     try:
-        from devices.fleet import resolve_fleet  # type: ignore[import-not-found]
+        from tierplan.devices.fleet import resolve_fleet  # type: ignore[import-not-found]
     except ImportError:
         resolve_fleet = None
     if resolve_fleet is not None:

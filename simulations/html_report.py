@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from simulations.report import SimReport  # noqa: E402
+from tierplan.simulations.report import SimReport  # noqa: E402
 
 __all__ = ["write_report", "figures"]
 

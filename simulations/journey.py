@@ -23,7 +23,7 @@ from typing import Callable, Literal
 
 import networkx as nx
 
-from simulations.fleetview import FleetView
+from tierplan.simulations.fleetview import FleetView
 from tierplan.errors import InputError
 
 __all__ = ["Work", "Stage", "Journey", "compile_journeys", "resolve_site", "TIER_NAMES", "MAX_LANES"]

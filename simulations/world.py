@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulations.calibration import OVERHEAD_KEY, ServiceProfile
-from simulations.fleetview import FleetView
-from simulations.journey import Journey, Stage
-from simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, MobilityEvent,
+from tierplan.simulations.calibration import OVERHEAD_KEY, ServiceProfile
+from tierplan.simulations.fleetview import FleetView
+from tierplan.simulations.journey import Journey, Stage
+from tierplan.simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, MobilityEvent,
                                   bandwidth_factor_series)
 from tierplan.errors import InputError
 

@@ -22,17 +22,17 @@ __all__ = ["load_app", "load_fleet", "plan", "simulate", "deploy",
 
 def plan(app, fleet, objective=None, **kw):
     """Place the app's pieces on the fleet (planner.api.plan_app)."""
-    from planner.api import plan_app
+    from tierplan.planner.api import plan_app
     return plan_app(app, fleet, objective=objective, **kw)
 
 
 def simulate(plan, fleet, **kw):
     """Replay a plan over the fleet (simulations.api.simulate)."""
-    from simulations.api import simulate as _sim
+    from tierplan.simulations.api import simulate as _sim
     return _sim(plan, fleet, **kw)
 
 
 def deploy(plan, local=True, **kw):
     """Run a plan; returns a context-managed Service with predict / predict_batch."""
-    from runtime.deploy import deploy as _deploy
+    from tierplan.runtime.deploy import deploy as _deploy
     return _deploy(plan, local=local, **kw)

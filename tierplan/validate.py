@@ -379,18 +379,16 @@ def _produced(app: AppSpec, src: str, tensor: str | None, src_io: ModelIO | None
 
 def validate(app: AppSpec, fleet: FleetSpec | None = None, *, app_path: str | Path | None = None,
              fleet_path: str | Path | None = None,
-             catalog: Mapping[str, DeviceSpec] | None = None) -> list[str]:
+             catalog: Mapping[str, DeviceSpec]) -> list[str]:
     """Every problem found in the second pass, app file's first; [] when app (and fleet) are usable.
 
     `app_path` / `fleet_path` name the YAML files in messages (and give line numbers);
-    `catalog` defaults to `devices.catalog.load_catalog()`.
+    `catalog` is the device catalog that device names may refer to (the caller loads it, e.g.
+    `tierplan.devices.catalog.load_catalog()`: validation is the ground floor and imports no layer above).
     """
     app_rep = _Report(Path(app_path) if app_path else None,
                       str(Path(app.base_dir) / "app.yaml") if app.base_dir else "app.yaml")
     fleet_rep = _Report(Path(fleet_path) if fleet_path else None, "fleet.yaml")
-    if catalog is None:
-        from devices.catalog import load_catalog
-        catalog = load_catalog()
     io: dict[str, ModelIO] = {}
     for name, m in app.models.items():
         if m.onnx is not None or m.tflite is not None:

@@ -42,7 +42,7 @@ def load_catalog(directory: str | Path | None = None) -> dict[str, DeviceSpec]:
     catalog also holds `local`, this machine as detected (devices.host.local_device)."""
     out = dict(_load_dir(str(Path(directory or CATALOG_DIR).resolve())))
     if directory is None:
-        from devices.host import LOCAL, local_device
+        from tierplan.devices.host import LOCAL, local_device
         out[LOCAL] = local_device()
     return out
 
@@ -50,7 +50,7 @@ def load_catalog(directory: str | Path | None = None) -> dict[str, DeviceSpec]:
 def get_device(name: str, catalog: Mapping[str, DeviceSpec] | None = None) -> DeviceSpec:
     """One device by name (`local`: this machine, detected); unknown names raise InputError with a did-you-mean."""
     if catalog is None and name == "local":
-        from devices.host import local_device
+        from tierplan.devices.host import local_device
         return local_device()
     cat = load_catalog() if catalog is None else catalog
     if name not in cat:

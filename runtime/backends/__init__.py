@@ -2,7 +2,7 @@
 
 API for runtime/ execution (stable; add, never rename)
 ------------------------------------------------------
-    from runtime.backends import load_artifact
+    from tierplan.runtime.backends import load_artifact
     runner = load_artifact(entry, root=out_dir)     # entry: one item of manifest["artifacts"]
     outputs = runner.run({"x": array, ...})         # dict[str, np.ndarray] -> dict[str, np.ndarray]
     runner.input_names, runner.output_names         # original tensor names, in order
@@ -34,7 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from runtime.backends.base import Runner, TensorSpec, host_arch, target_arch
+from tierplan.runtime.backends.base import Runner, TensorSpec, host_arch, target_arch
 from tierplan.errors import InputError
 
 __all__ = ["BACKENDS", "Runner", "TensorSpec", "load_artifact", "artifact_path"]
@@ -56,7 +56,7 @@ def artifact_path(entry: Mapping, root: str | Path | None = None) -> Path:
 
 def _runs_here(target: Mapping) -> bool:
     """Whether a TVM build for `target` can run on this machine (same architecture and CPU)."""
-    from runtime.backends.tvm_backend import is_native
+    from tierplan.runtime.backends.tvm_backend import is_native
     return is_native(target)
 
 
@@ -83,15 +83,15 @@ def load_artifact(entry: Mapping, root: str | Path | None = None, emulate: bool 
     outputs = [TensorSpec.from_dict(d) for d in entry.get("outputs", [])]
     options = dict(entry.get("options") or {})
     if backend == "onnxruntime":
-        from runtime.backends.ort_backend import OrtRunner
+        from tierplan.runtime.backends.ort_backend import OrtRunner
         return OrtRunner(path, inputs, outputs, options=options, label=label)
     if backend == "litert":
-        from runtime.backends.litert_backend import LiteRtRunner
+        from tierplan.runtime.backends.litert_backend import LiteRtRunner
         return LiteRtRunner(path, inputs, outputs, num_threads=options.get("num_threads"), label=label)
     if backend == "tvm":
         if not inputs or not outputs:
             raise InputError(f"{label}: manifest entry lacks inputs/outputs; recompile with `tierplan compile`")
-        from runtime.backends.tvm_backend import TvmRunner
+        from tierplan.runtime.backends.tvm_backend import TvmRunner
         runner = TvmRunner(path, inputs, outputs, label=label + (" emulated by a host build" if emulated else ""))
         runner.emulated = emulated
         return runner

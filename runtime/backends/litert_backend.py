@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from runtime.backends.base import Runner, TensorSpec
+from tierplan.runtime.backends.base import Runner, TensorSpec
 
 __all__ = ["LiteRtRunner", "interpreter_class", "tflite_io", "version"]
 

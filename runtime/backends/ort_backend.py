@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends.base import Runner, TensorSpec
+from tierplan.runtime.backends.base import Runner, TensorSpec
 
 __all__ = ["OPT_LEVELS", "DEFAULT_OPTIONS", "OrtRunner", "session_options", "version"]
 

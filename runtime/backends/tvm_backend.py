@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from runtime.backends.base import Runner, TensorSpec, host_arch, target_arch
+from tierplan.runtime.backends.base import Runner, TensorSpec, host_arch, target_arch
 
 __all__ = ["TvmRunner", "make_target", "import_onnx", "build", "is_native", "version", "artifact_ext"]
 

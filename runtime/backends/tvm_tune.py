@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from runtime.store import canonical_json
+from tierplan.runtime.store import canonical_json
 
 __all__ = ["TuneSettings", "TuneReport", "tune_module", "database_dir", "tuning_target"]
 
@@ -198,7 +198,7 @@ def tune_module(mod, target: Mapping, settings: TuneSettings):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
-    from runtime.backends.tvm_backend import make_target
+    from tierplan.runtime.backends.tvm_backend import make_target
 
     target = tuning_target(target)
     tgt = make_target(target)

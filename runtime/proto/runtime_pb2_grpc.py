@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from runtime.proto import runtime_pb2 as runtime__pb2
+from tierplan.runtime.proto import runtime_pb2 as runtime__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

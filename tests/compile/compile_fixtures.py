@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from planner.plan import Plan, PlanPiece
+from tierplan.planner.plan import Plan, PlanPiece
 
 
 def package_file(package: str, *parts: str) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from compile_fixtures import FACE_TFLITE, make_plan
 
-from runtime.compile import resolve_site_devices
+from tierplan.runtime.compile import resolve_site_devices
 from tierplan.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def test_unknown_site_is_input_error():
 
 def test_corrupt_tflite_piece_is_input_error(tmp_path):
     """A .tflite piece LiteRT cannot load is refused with the reason, naming the piece."""
-    from runtime.compile import compile_plan
+    from tierplan.runtime.compile import compile_plan
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(b"not a flatbuffer at all" * 10)
     plan = make_plan([("face/p0", bad, "edge")], {"edge": "local"})
@@ -90,7 +90,7 @@ def test_corrupt_tflite_piece_is_input_error(tmp_path):
 
 def test_corrupt_onnx_piece_is_input_error(tmp_path):
     """A piece file that is not ONNX is bad input naming the file, not a traceback."""
-    from runtime.compile import compile_plan
+    from tierplan.runtime.compile import compile_plan
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00\x01garbage")
     plan = make_plan([("m/p0", bad, "edge")], {"edge": "local"})
@@ -100,8 +100,8 @@ def test_corrupt_onnx_piece_is_input_error(tmp_path):
 
 def test_piece_without_file_is_skipped_and_listed(tmp_path):
     """A piece with no file (profile-table model) is skipped and listed under `skipped`, the rest compiled."""
-    from planner.plan import PlanPiece
-    from runtime.compile import compile_plan
+    from tierplan.planner.plan import PlanPiece
+    from tierplan.runtime.compile import compile_plan
     plan = make_plan([("face/p0", FACE_TFLITE, "edge")], {"edge": "local"})
     plan = plan.model_copy(update={"pieces": [*plan.pieces, PlanPiece(id="prof/p0", model="prof")],
                                    "assignment": {**plan.assignment, "prof/p0": "edge"}})

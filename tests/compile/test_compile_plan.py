@@ -13,8 +13,8 @@ import pytest
 from compile_fixtures import FACE_TFLITE, PPOCR_CLS, make_plan
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.backends import load_artifact
-from runtime.compile import CROSS_NOTE, CompileOptions, compile_plan, load_manifest
+from tierplan.runtime.backends import load_artifact
+from tierplan.runtime.compile import CROSS_NOTE, CompileOptions, compile_plan, load_manifest
 from tierplan.errors import InputError
 
 pytestmark = pytest.mark.integration
@@ -191,9 +191,9 @@ def test_gpu_device_is_not_measured_here(squeezenet_pieces, tmp_path):
 
 def _same_arch_other_cpu() -> tuple[str, str]:
     """A catalog CPU device of this machine's architecture whose mcpu is not this machine's (detected)."""
-    from devices.catalog import load_catalog
-    from devices.host import local_device
-    from runtime.backends.base import host_arch, target_arch
+    from tierplan.devices.catalog import load_catalog
+    from tierplan.devices.host import local_device
+    from tierplan.runtime.backends.base import host_arch, target_arch
 
     mine = local_device().tvm_target.get("mcpu")
     for name, d in sorted(load_catalog().items()):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from runtime.backends.base import TensorSpec, median_ms, random_inputs, target_arch
-from runtime.store import ArtifactStore, artifact_key, file_sha256
+from tierplan.runtime.backends.base import TensorSpec, median_ms, random_inputs, target_arch
+from tierplan.runtime.store import ArtifactStore, artifact_key, file_sha256
 
 BASE = dict(piece_sha256="ab" * 32, target={"kind": "llvm"}, backend="tvm",
             versions={"tvm": "0.27.0.post1", "onnxruntime": "1.32.0"}, settings={"tune": {}})

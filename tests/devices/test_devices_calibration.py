@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from devices.calibrate import SYNTHETIC_MODEL, Sample, _lawson_hanson, collect_samples, default_models, fit_calibration, nnls
-from devices.catalog import get_device
-from devices.costmodel import CostModel
+from tierplan.devices.calibrate import SYNTHETIC_MODEL, Sample, _lawson_hanson, collect_samples, default_models, fit_calibration, nnls
+from tierplan.devices.catalog import get_device
+from tierplan.devices.costmodel import CostModel
 
 
 def test_lawson_hanson_matches_scipy_and_kkt():
@@ -75,7 +75,7 @@ def test_calibrated_beats_datasheet_on_held_out_models(measured):
 def test_fit_reports_training_error_and_positive_coefficients(measured):
     """A fit has non-negative coefficients, records its models and this CPU, and fits its own data within 25% at
     the median."""
-    from devices.host import cpu_identity
+    from tierplan.devices.host import cpu_identity
 
     cal = fit_calibration(measured, get_device("local"))
     assert cal.cpu_key == cpu_identity().key and cal.cpu == cpu_identity().label
@@ -93,8 +93,8 @@ def test_fit_needs_measurements():
 
 def test_synthetic_micro_benchmarks_cover_fixed_costs(tmp_path):
     """The micro-benchmark pieces are real ONNX files spanning tensor sizes, I/O counts and op chains."""
-    from devices.calibrate import SYNTHETIC_SIZES, synthetic_pieces
-    from devices.profile import measure_piece
+    from tierplan.devices.calibrate import SYNTHETIC_SIZES, synthetic_pieces
+    from tierplan.devices.profile import measure_piece
 
     pieces = synthetic_pieces(tmp_path)
     assert {p.model for p in pieces} == {SYNTHETIC_MODEL}

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from devices.catalog import CATALOG_DIR, get_device, load_catalog
+from tierplan.devices.catalog import CATALOG_DIR, get_device, load_catalog
 from tierplan.errors import InputError
 from tierplan.spec import TIERS
 

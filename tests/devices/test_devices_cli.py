@@ -69,8 +69,8 @@ def test_profile_bad_backend_and_missing_file_exit_2(squeezenet, tmp_path):
 
 def test_calibrate_writes_a_file_the_cost_model_loads(tmp_path):
     """`tierplan calibrate --out F` measures real models, writes F, and F loads as a Calibration of this CPU."""
-    from devices.costmodel import Calibration
-    from devices.host import cpu_identity
+    from tierplan.devices.costmodel import Calibration
+    from tierplan.devices.host import cpu_identity
 
     out = tmp_path / "mine.json"
     r = tierplan("calibrate", "--out", str(out), "--model", "squeezenet", "--model", "ppocr_cls",
@@ -85,7 +85,7 @@ def test_calibrate_writes_a_file_the_cost_model_loads(tmp_path):
 def test_calibrate_default_goes_to_the_user_cache_not_the_tree(tmp_path):
     """Without --out, `tierplan calibrate` writes $XDG_CACHE_HOME/tierplan/calibration/<cpu key>.json and leaves the
     package and the git tree untouched."""
-    from devices.host import cpu_identity
+    from tierplan.devices.host import cpu_identity
 
     before = subprocess.run(["git", "status", "--porcelain", "--", "devices"], capture_output=True, text=True,
                             cwd=ROOT).stdout

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.catalog import get_device
-from devices.costmodel import Calibration, CostModel
-from partition.types import OpCost, Piece
+from tierplan.devices.catalog import get_device
+from tierplan.devices.costmodel import Calibration, CostModel
+from tierplan.partition.types import OpCost, Piece
 from tierplan.spec import DeviceSpec, LinkSpec, TransformSpec
 
 RPI4 = get_device("rpi4")
@@ -158,7 +158,7 @@ def test_inline_device_works_without_calibration():
 
 def test_fusion_keys_follow_the_head():
     """BN/Relu right after a Conv (through other epilogues) get the fused key; after a Reshape they do not."""
-    from devices.constants import op_class, op_keys
+    from tierplan.devices.constants import op_class, op_keys
     keys = op_keys(["Conv", "BatchNormalization", "Relu", "Reshape", "Relu", "MatMul", "Add"])
     assert keys == ["Conv", "BatchNormalization~fused", "Relu~fused", "view", "Relu", "MatMul", "Add~fused"]
     assert op_class("Relu~fused") == "fused" and op_class("Relu") == "elementwise" and op_class("Conv") == "conv"
@@ -177,7 +177,7 @@ def test_calibrated_fused_epilogue_uses_its_own_coefficients():
 
 def test_conv_shape_keys_tell_depthwise_and_gemv_apart():
     """A 3x3 depthwise conv keys as Conv@dw, a conv on a 1x1 map as Conv@gemv, a 3x3 dense conv as Conv."""
-    from devices.constants import conv_shape, op_class, op_keys
+    from tierplan.devices.constants import conv_shape, op_class, op_keys
     c, hw = 64, 56 * 56
     dense = OpCost("d", "Conv", 2.0 * c * c * 9 * hw, 4 * c * c * 9, 4 * 2 * c * hw)
     depthwise = OpCost("w", "Conv", 2.0 * c * 9 * hw, 4 * c * 9, 4 * 2 * c * hw)
@@ -200,7 +200,7 @@ def test_fused_epilogue_is_free_when_the_calibration_says_so():
 
 def test_matmul_absorbs_a_feeding_transpose_and_a_scalar_scale():
     """Transpose right before a MatMul and a scalar Mul right after it are fused; a tensor Mul is not."""
-    from devices.constants import op_keys
+    from tierplan.devices.constants import op_keys
     t = OpCost("t", "Transpose", 0, 0, 16384)
     mm = OpCost("m", "MatMul", 262144, 0, 32768)
     scale = OpCost("s", "Mul", 4096, 4, 32768)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from devices.calibrate import Sample, fit_calibration
-from devices.catalog import get_device
-from devices.constants import SHARED_KEYS, op_class, op_keys
-from devices.costmodel import CostModel
-from partition.types import OpCost, Piece
+from tierplan.devices.calibrate import Sample, fit_calibration
+from tierplan.devices.catalog import get_device
+from tierplan.devices.constants import SHARED_KEYS, op_class, op_keys
+from tierplan.devices.costmodel import CostModel
+from tierplan.partition.types import OpCost, Piece
 
 CPU = get_device("mec-xeon")
 # The "true" machine the synthetic measurements come from: per-op costs by class, ms.
@@ -74,8 +74,8 @@ def test_a_copy_op_the_calibration_never_saw_costs_the_fitted_copy_rate(calibrat
 
 def test_shufflenet_v2_channel_split_as_split_or_slices_costs_alike(calibration, tmp_path):
     """ShuffleNetV2 with its channel split as one Split or as two Slices moves the same bytes: same price (3%)."""
-    from devices.pieces import piece_from_onnx
-    from partition import zoo
+    from tierplan.devices.pieces import piece_from_onnx
+    from tierplan.partition import zoo
 
     cm = CostModel(calibration)
     ms = [cm.piece_ms(piece_from_onnx(zoo.save(zoo.shufflenet_v2(channel_split=s), tmp_path / f"{s}.onnx")), CPU)
@@ -86,7 +86,7 @@ def test_shufflenet_v2_channel_split_as_split_or_slices_costs_alike(calibration,
 # ----------------------------------------------------------------------------- convs onnxruntime cannot block
 def _dw(channels: int, hw: int = 28) -> OpCost:
     """A 3x3 depthwise conv on `channels` channels at hw x hw, stride 1."""
-    from partition.types import ConvShape
+    from tierplan.partition.types import ConvShape
 
     return OpCost(f"dw{channels}", "Conv", 2.0 * 9 * channels * hw * hw, channels * 9 * 4, 2 * channels * hw * hw * 4,
                   conv=ConvShape(channels, channels, channels, (3, 3), (1, 1)))
@@ -94,7 +94,7 @@ def _dw(channels: int, hw: int = 28) -> OpCost:
 
 def _dense(cin: int, cout: int, hw: int = 28, k: int = 3) -> OpCost:
     """A plain k x k conv from `cin` to `cout` channels at hw x hw."""
-    from partition.types import ConvShape
+    from tierplan.partition.types import ConvShape
 
     return OpCost(f"conv{cin}_{cout}", "Conv", 2.0 * cin * cout * k * k * hw * hw, cin * cout * k * k * 4,
                   (cin + cout) * hw * hw * 4, conv=ConvShape(cin, cout, 1, (k, k), (1, 1)))
@@ -118,8 +118,8 @@ def test_no_unblocked_keys_without_an_nchwc_layout():
 
 def test_grouped_convs_need_whole_blocks_per_group():
     """A grouped (not depthwise) conv is blocked only when its channels per group are whole blocks."""
-    from devices.constants import nchwc_runs
-    from partition.types import ConvShape
+    from tierplan.devices.constants import nchwc_runs
+    from tierplan.partition.types import ConvShape
 
     assert nchwc_runs(ConvShape(96, 96, 3, (1, 1), (1, 1)), 16)          # 32 per group
     assert not nchwc_runs(ConvShape(240, 60, 3, (1, 1), (1, 1)), 16)     # 20 out per group
@@ -128,7 +128,7 @@ def test_grouped_convs_need_whole_blocks_per_group():
 
 def test_host_block_follows_the_isa():
     """The host's NCHWc block is 16 with AVX-512F, 8 on other x86-64 and 1 on aarch64, as MLAS sets it."""
-    from devices.host import CpuIdentity, nchwc_block
+    from tierplan.devices.host import CpuIdentity, nchwc_block
 
     def cpu(arch, flags):
         return CpuIdentity(arch, "v", "m", None, None, None, tuple(flags), 2)
@@ -142,10 +142,10 @@ def test_conv_shapes_are_carried_from_onnx_op_records_and_manifests(tmp_path):
     partition manifest, and pick ShuffleNetV2's 58-channel depthwise convs out as unblocked on a 16-block host."""
     import json
 
-    from devices.pieces import piece_from_onnx
-    from partition import zoo
-    from partition.api import load_manifest, piece_to_dict
-    from partition.types import ConvShape
+    from tierplan.devices.pieces import piece_from_onnx
+    from tierplan.partition import zoo
+    from tierplan.partition.api import load_manifest, piece_to_dict
+    from tierplan.partition.types import ConvShape
 
     piece = piece_from_onnx(zoo.save(zoo.shufflenet_v2(), tmp_path / "sv2.onnx"))
     convs = [o for o in piece.ops if o.op_type == "Conv"]
@@ -176,8 +176,8 @@ def test_a_calibration_in_an_older_format_is_stale(tmp_path):
     import json
     import warnings
 
-    from devices.calibstore import StaleCalibrationWarning, checked, lookup
-    from devices.costmodel import CALIBRATION_FORMAT, Calibration
+    from tierplan.devices.calibstore import StaleCalibrationWarning, checked, lookup
+    from tierplan.devices.costmodel import CALIBRATION_FORMAT, Calibration
 
     d = Calibration(device="mec-xeon", ms_per_gflop={"Conv": 10.0}, ms_per_mb={}, op_overhead_us=1.0,
                     run_overhead_us=1.0).to_dict()

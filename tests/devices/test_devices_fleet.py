@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devices.fleet import resolve_fleet
+from tierplan.devices.fleet import resolve_fleet
 from tierplan.errors import InputError, SpecError
 from tierplan.spec import FleetSpec
 

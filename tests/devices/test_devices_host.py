@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from devices import calibstore, host
-from devices.catalog import CATALOG_DIR, get_device, load_catalog
-from devices.costmodel import Calibration, CostModel
-from devices.host import CpuIdentity, parse_cpu_identity, peak_gflops
+from tierplan.devices import calibstore, host
+from tierplan.devices.catalog import CATALOG_DIR, get_device, load_catalog
+from tierplan.devices.costmodel import Calibration, CostModel
+from tierplan.devices.host import CpuIdentity, parse_cpu_identity, peak_gflops
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,8 +146,8 @@ def test_calibration_of_this_cpu_is_used(fresh_cache, tmp_path):
 def test_first_use_calibrates_once_and_caches(fresh_cache, squeezenet):
     """With no calibration for this CPU, ensure_local_calibration measures (the pieces about to run among the
     samples, their own times kept), stamps the result with this CPU, caches it, and the next call reuses it."""
-    from devices.calibrate import ensure_local_calibration
-    from devices.pieces import piece_from_onnx
+    from tierplan.devices.calibrate import ensure_local_calibration
+    from tierplan.devices.pieces import piece_from_onnx
 
     piece = piece_from_onnx(squeezenet, "about-to-run/p0", model="about-to-run")
     cal = ensure_local_calibration([piece], progress=False, budget_s=0.0)
@@ -192,8 +192,8 @@ def test_every_costing_verb_takes_a_calibration_file():
 def test_cached_calibration_times_the_new_pieces_about_to_run(fresh_cache, squeezenet, tmp_path):
     """A calibration of this CPU made for other pieces is kept, and the pieces about to run that it has not
     timed are measured once and added to it: in the cache file, or only in this process for --calibration."""
-    from devices.calibrate import ensure_local_calibration
-    from devices.pieces import piece_from_onnx
+    from tierplan.devices.calibrate import ensure_local_calibration
+    from tierplan.devices.pieces import piece_from_onnx
 
     piece = piece_from_onnx(squeezenet, "new/p0", model="new")
     sha = calibstore.file_sha256(squeezenet)
@@ -220,8 +220,8 @@ def test_pieces_about_to_run_are_timed_one_after_another(squeezenet, tmp_path):
     out the ones it cannot load."""
     from dataclasses import replace
 
-    from devices.pieces import piece_from_onnx
-    from devices.profile import measure_in_sequence
+    from tierplan.devices.pieces import piece_from_onnx
+    from tierplan.devices.profile import measure_in_sequence
 
     a = piece_from_onnx(squeezenet, "m/p0", model="m")
     b = replace(a, id="m/p1")

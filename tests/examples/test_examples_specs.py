@@ -14,17 +14,19 @@ EXAMPLE_NAMES = ("read-text", "smart-city")
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_example_validates_against_catalog(name):
     """Each example's app.yaml and fleet.yaml pass the second validation pass with no problem."""
+    from tierplan.devices.catalog import load_catalog
     from tierplan.validate import validate
     app_path, fleet_path = EXAMPLES / name / "app.yaml", EXAMPLES / name / "fleet.yaml"
-    problems = validate(load_app(app_path), load_fleet(fleet_path), app_path=app_path, fleet_path=fleet_path)
+    problems = validate(load_app(app_path), load_fleet(fleet_path), app_path=app_path, fleet_path=fleet_path,
+                        catalog=load_catalog())
     assert problems == []
 
 
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_fleet_devices_are_catalog_devices(name):
     """Every site class names a catalog device or declares one inline, and the fleet resolves to all three tiers."""
-    from devices.catalog import load_catalog
-    from devices.fleet import resolve_fleet
+    from tierplan.devices.catalog import load_catalog
+    from tierplan.devices.fleet import resolve_fleet
     from tierplan.spec import DeviceSpec
     fleet = load_fleet(EXAMPLES / name / "fleet.yaml")
     catalog = load_catalog()
@@ -62,7 +64,7 @@ def test_fleet_scale_matches_the_brief():
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_every_model_runs_at_its_bound_dims(name):
     """Each model file loads in onnxruntime and runs on zeros shaped by its `dims` binding."""
-    from partition.onnx_graph import load_onnx
+    from tierplan.partition.onnx_graph import load_onnx
     app = load_app(EXAMPLES / name / "app.yaml")
     for model_name, m in app.models.items():
         path = app.resolve_path(m.onnx)
@@ -89,7 +91,7 @@ def test_vad_model_has_no_control_flow(read_text_app):
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_transform_output_shapes_match_consumers(name):
     """A transform's declared output_shape equals the input shape of the model it feeds."""
-    from partition.onnx_graph import load_onnx
+    from tierplan.partition.onnx_graph import load_onnx
     app = load_app(EXAMPLES / name / "app.yaml")
     inputs = {n: {t.name: t.shape for t in load_onnx(app.resolve_path(m.onnx), m.dims).graph["inputs"]}
               for n, m in app.models.items()}
@@ -106,7 +108,7 @@ def test_transform_output_shapes_match_consumers(name):
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_example_joins_into_an_app_graph(name, tmp_path):
     """partition.build_app_graph accepts each example: every edge resolves and every model input is fed."""
-    from partition.app_graph import build_app_graph
+    from tierplan.partition.app_graph import build_app_graph
     app = load_app(EXAMPLES / name / "app.yaml")
     g = build_app_graph(app, tmp_path, max_pieces=1)
     kinds = {d["kind"] for _, d in g.nodes(data=True)}
@@ -120,7 +122,7 @@ def test_example_joins_into_an_app_graph(name, tmp_path):
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_example_has_a_plan_meeting_its_slo_everywhere(name, tmp_path):
     """Each bundled example is plannable: CP-SAT finds a placement meeting every SLO on every edge class."""
-    from planner.api import plan_app
+    from tierplan.planner.api import plan_app
     app = load_app(EXAMPLES / name / "app.yaml")
     plan = plan_app(app, load_fleet(EXAMPLES / name / "fleet.yaml"), pieces_dir=tmp_path, time_limit_s=20)
     assert plan.status in ("optimal", "feasible"), plan.reason

@@ -40,7 +40,7 @@ def vad_models() -> Path:
 @pytest.fixture(scope="session")
 def zoo_dir(tmp_path_factory) -> Path:
     """The partition.zoo architectures written once per session."""
-    from partition import zoo
+    from tierplan.partition import zoo
     d = tmp_path_factory.mktemp("zoo")
     zoo.save(zoo.mobilenet_v2(), d / "mobilenet_v2.onnx")
     zoo.save(zoo.transformer_encoder(), d / "transformer_encoder.onnx")

@@ -9,7 +9,7 @@ import networkx as nx
 import pytest
 import yaml
 
-from partition.app_graph import build_app_graph, profile_pieces
+from tierplan.partition.app_graph import build_app_graph, profile_pieces
 from tierplan.errors import InputError
 from tierplan.loader import load_app
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import networkx as nx
 from hypothesis import given, settings, strategies as st
 
-from partition.cuts import coarsen, find_cuts, quotient_graph, topological_order
-from partition.extract import build_pieces
-from partition.onnx_graph import load_onnx
-from partition.types import TensorInfo
+from tierplan.partition.cuts import coarsen, find_cuts, quotient_graph, topological_order
+from tierplan.partition.extract import build_pieces
+from tierplan.partition.onnx_graph import load_onnx
+from tierplan.partition.types import TensorInfo
 
 
 @st.composite

@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from partition.api import partition_model
-from partition.onnx_graph import load_onnx
+from tierplan.partition.api import partition_model
+from tierplan.partition.onnx_graph import load_onnx
 from tierplan.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from partition.api import load_manifest, partition_model
-from partition.feeds import random_feeds
-from partition.flops import subgraphs_of
-from partition.onnx_graph import outer_refs
+from tierplan.partition.api import load_manifest, partition_model
+from tierplan.partition.feeds import random_feeds
+from tierplan.partition.flops import subgraphs_of
+from tierplan.partition.onnx_graph import outer_refs
 
 REL_TOL = 1e-5
 REPO = Path(__file__).resolve().parents[2]
@@ -127,7 +127,7 @@ def test_cached_result_is_reused(light, tmp_path, monkeypatch):
 
 def test_random_feeds_are_deterministic(light):
     """The verification inputs are the same for the same seed."""
-    from partition.onnx_graph import load_onnx
+    from tierplan.partition.onnx_graph import load_onnx
     G = load_onnx(light / "light_squeezenet.onnx")
     a, b = random_feeds(G.graph["inputs"], 3), random_feeds(G.graph["inputs"], 3)
     assert all(np.array_equal(a[k], b[k]) for k in a)

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from partition.onnx_graph import load_onnx
+from tierplan.partition.onnx_graph import load_onnx
 
 
 def _total_macs(G) -> float:

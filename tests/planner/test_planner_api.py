@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from devices.costmodel import CostModel
-from planner.api import plan_graph
-from planner.build import SloTarget
-from planner.plan import Plan
+from tierplan.devices.costmodel import CostModel
+from tierplan.planner.api import plan_graph
+from tierplan.planner.build import SloTarget
+from tierplan.planner.plan import Plan
 from planner_fixtures import chain_graph, cost_model, three_tier_fleet
 from tierplan.errors import InfeasibleError, InputError
 
@@ -46,8 +46,8 @@ def test_plan_is_no_worse_than_any_feasible_baseline() -> None:
 
 def _read_text_at(uplink_mbps: float):
     """The read-text example (two sinks, two phone classes) with every edge link's uplink set."""
-    from devices.fleet import resolve_fleet
-    from partition.app_graph import build_app_graph
+    from tierplan.devices.fleet import resolve_fleet
+    from tierplan.partition.app_graph import build_app_graph
     from tierplan.loader import load_app, load_fleet
 
     root = Path(__file__).resolve().parents[2] / "examples" / "read-text"

@@ -82,8 +82,8 @@ def test_replan_from_old_plan_and_pareto(tmp_path: Path) -> None:
 
 def test_plan_names_each_sites_device_so_compile_needs_no_fleet_file(tmp_path: Path) -> None:
     """plan.json maps every site class to its device name; compile resolves them without the fleet file."""
-    from planner.plan import Plan
-    from runtime.compile import resolve_site_devices
+    from tierplan.planner.plan import Plan
+    from tierplan.runtime.compile import resolve_site_devices
     out = tmp_path / "plan.json"
     r = _run(str(_app(tmp_path)), "--fleet", str(DATA / "planner_fleet.yaml"), "--out", str(out))
     assert r.returncode == 0, r.stderr

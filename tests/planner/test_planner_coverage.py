@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 
-from planner.api import plan_graph
-from planner.brute import brute_force
-from planner.build import SloTarget, build_problem
-from planner.evaluate import evaluate
-from planner.formulation import solve, solve_coverage
+from tierplan.planner.api import plan_graph
+from tierplan.planner.brute import brute_force
+from tierplan.planner.build import SloTarget, build_problem
+from tierplan.planner.evaluate import evaluate
+from tierplan.planner.formulation import solve, solve_coverage
 from planner_fixtures import chain_graph, cost_model, three_tier_fleet
 from tierplan.errors import InfeasibleError
 from tierplan.spec import ObjectiveSpec

@@ -7,13 +7,13 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices.fleet import resolve_fleet
-from planner.brute import brute_force, count_assignments
-from planner.build import SloTarget, build_problem
-from planner.decompose import components, split_sites
-from planner.evaluate import evaluate
-from planner.formulation import solve
-from planner.synthetic import synthetic_fleet, synthetic_app
+from tierplan.devices.fleet import resolve_fleet
+from tierplan.planner.brute import brute_force, count_assignments
+from tierplan.planner.build import SloTarget, build_problem
+from tierplan.planner.decompose import components, split_sites
+from tierplan.planner.evaluate import evaluate
+from tierplan.planner.formulation import solve
+from tierplan.planner.synthetic import synthetic_fleet, synthetic_app
 from planner_fixtures import assert_matches_brute_force, cost_model, device, random_graph
 from tierplan.spec import FleetSpec, ObjectiveSpec
 

@@ -7,11 +7,11 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices.fleet import resolve_fleet
-from planner.brute import brute_force, count_assignments
-from planner.build import SloTarget, build_problem
-from planner.evaluate import evaluate
-from planner.formulation import solve
+from tierplan.devices.fleet import resolve_fleet
+from tierplan.planner.brute import brute_force, count_assignments
+from tierplan.planner.build import SloTarget, build_problem
+from tierplan.planner.evaluate import evaluate
+from tierplan.planner.formulation import solve
 from planner_fixtures import assert_matches_brute_force, cost_model, device, fleet_spec, random_graph
 from tierplan.spec import ObjectiveSpec
 
@@ -89,7 +89,7 @@ def test_epsilon_constraint_matches_brute_force(seed: int) -> None:
 @given(seed=st.integers(0, 10**9), which=st.integers(0, len(OBJECTIVES) - 1))
 def test_plan_graph_reaches_the_brute_force_optimum(seed: int, which: int) -> None:
     """The full planner (per-class decomposition, sequential pass, joint solve) reports the brute-force optimum."""
-    from planner.api import plan_graph
+    from tierplan.planner.api import plan_graph
     from tierplan.errors import InfeasibleError
     rnd, fleet, graph, slo, budget = _random_case(seed)
     problem, _ = build_problem(graph, fleet, cost_model(), slo=slo, weights=OBJECTIVES[which],

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from planner.api import plan_graph
-from planner.build import SloTarget
-from planner.html import QUEUE_COLOUR, TIER_COLOURS, TRANSFER_COLOUR, render_html, write_html
-from planner.plan import Plan
+from tierplan.planner.api import plan_graph
+from tierplan.planner.build import SloTarget
+from tierplan.planner.html import QUEUE_COLOUR, TIER_COLOURS, TRANSFER_COLOUR, render_html, write_html
+from tierplan.planner.plan import Plan
 from planner_fixtures import chain_graph, cost_model, three_tier_fleet
 
 WINDOW_PX = 1400
@@ -154,7 +154,7 @@ def test_plan_html_renders_in_headless_chromium(plan: Plan, tmp_path: Path) -> N
 
 def test_plan_html_renders_bare_plans() -> None:
     """An infeasible plan, a plan without classes, baselines or frontier, still renders a page."""
-    from planner.plan import SinkLatency
+    from tierplan.planner.plan import SinkLatency
     bare = Plan(status="feasible", sinks={"out": SinkLatency(latency_ms=12.0, breakdown={"compute.edge": 10.0,
                                                                                       "queue.edge": 2.0})})
     for p in (Plan(status="infeasible", reason="nothing fits"), bare):

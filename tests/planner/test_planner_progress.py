@@ -24,8 +24,8 @@ def _tierplan(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess
 
 def test_plan_hook_reports_phases_incumbents_and_bounds():
     """plan_app(progress=hook) reports each phase and the running CP-SAT model's incumbent and proven bound."""
-    from planner.api import plan_app
-    from planner.progress import SolveEvent
+    from tierplan.planner.api import plan_app
+    from tierplan.planner.progress import SolveEvent
     from tierplan.loader import load_app, load_fleet
 
     events: list[SolveEvent] = []
@@ -40,7 +40,7 @@ def test_plan_hook_reports_phases_incumbents_and_bounds():
 
 def test_plan_without_hook_is_the_same_plan():
     """Reporting progress does not change the plan (same placement and objective with and without a hook)."""
-    from planner.api import plan_app
+    from tierplan.planner.api import plan_app
     from tierplan.loader import load_app, load_fleet
 
     app, fleet = load_app(EXAMPLE / "app.yaml"), load_fleet(EXAMPLE / "fleet.yaml")

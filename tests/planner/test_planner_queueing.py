@@ -6,12 +6,12 @@ import math
 
 import pytest
 
-from planner.api import plan_graph
-from planner.brute import brute_force
-from planner.build import SloTarget, build_problem
-from planner.evaluate import evaluate
-from planner.formulation import solve
-from planner.queueing import utilisation_levels, wait_factor, wait_us
+from tierplan.planner.api import plan_graph
+from tierplan.planner.brute import brute_force
+from tierplan.planner.build import SloTarget, build_problem
+from tierplan.planner.evaluate import evaluate
+from tierplan.planner.formulation import solve
+from tierplan.planner.queueing import utilisation_levels, wait_factor, wait_us
 from planner_fixtures import chain_graph, cost_model, three_tier_fleet
 from tierplan.spec import ObjectiveSpec
 

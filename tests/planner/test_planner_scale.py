@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from devices.costmodel import CostModel
-from planner.api import plan_graph
-from planner.build import SloTarget
-from planner.synthetic import synthetic_app, synthetic_fleet
+from tierplan.devices.costmodel import CostModel
+from tierplan.planner.api import plan_graph
+from tierplan.planner.build import SloTarget
+from tierplan.planner.synthetic import synthetic_app, synthetic_fleet
 
 SLO = {"out0": SloTarget(300.0), "out1": SloTarget(600.0), "out2": SloTarget(600.0)}
 

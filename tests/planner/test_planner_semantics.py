@@ -6,10 +6,10 @@ import itertools
 
 import networkx as nx
 
-from planner.build import SloTarget, build_problem
-from planner.evaluate import evaluate
-from planner.formulation import solve
-from planner.units import ms_to_us, us_to_ms
+from tierplan.planner.build import SloTarget, build_problem
+from tierplan.planner.evaluate import evaluate
+from tierplan.planner.formulation import solve
+from tierplan.planner.units import ms_to_us, us_to_ms
 from planner_fixtures import _add_sink, _add_source, _piece, chain_graph, cost_model, three_tier_fleet
 from tierplan.spec import ObjectiveSpec
 

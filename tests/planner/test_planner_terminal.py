@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from planner.api import plan_graph
-from planner.build import SloTarget
-from planner.render import render_plan
+from tierplan.planner.api import plan_graph
+from tierplan.planner.build import SloTarget
+from tierplan.planner.render import render_plan
 from planner_fixtures import chain_graph, cost_model, three_tier_fleet
 from tierplan.console import PIPE_WIDTH, console
 
@@ -81,7 +81,7 @@ def test_run_report_keeps_stage_names_whole(capsys, monkeypatch) -> None:
     """`tierplan run`'s per-stage table prints stage names like detector/p0@midrange_phones on one line."""
     from tierplan.commands.run import print_report
     monkeypatch.delenv("TIERPLAN_WIDTH", raising=False)
-    from runtime.runapp import RunReport, StageRow
+    from tierplan.runtime.runapp import RunReport, StageRow
     names = ["detector/p0@midrange_phones", "orientation/p7@cells", "midrange_phones->cells"]
     stages = [StageRow(kind="compute", name=n, measured_p50_ms=1.0, measured_p95_ms=2.0, predicted_ms=1.2, count=100,
                        predicted_local_ms=1.5) for n in names]

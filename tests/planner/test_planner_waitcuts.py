@@ -7,10 +7,10 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from planner.brute import brute_force
-from planner.build import SloTarget, build_problem
-from planner.evaluate import evaluate
-from planner.formulation import solve
+from tierplan.planner.brute import brute_force
+from tierplan.planner.build import SloTarget, build_problem
+from tierplan.planner.evaluate import evaluate
+from tierplan.planner.formulation import solve
 from planner_fixtures import cost_model, random_graph, three_tier_fleet
 from tierplan.spec import ObjectiveSpec
 

@@ -13,14 +13,14 @@ from rt_helpers import CUTS, SQUEEZENET
 @pytest.fixture(scope="session")
 def sq_model(tmp_path_factory) -> Path:
     """SqueezeNet 1.1 (onnx light graph) with random weights, so outputs depend on the input."""
-    from runtime.handplan import with_random_weights
+    from tierplan.runtime.handplan import with_random_weights
     return with_random_weights(SQUEEZENET, tmp_path_factory.mktemp("sqw") / "squeezenet.onnx")
 
 
 @pytest.fixture(scope="session")
 def sq_files(sq_model, tmp_path_factory) -> list[Path]:
     """SqueezeNet 1.1 (onnx light) cut into 3 standalone ONNX pieces."""
-    from runtime.handplan import split_chain
+    from tierplan.runtime.handplan import split_chain
     return split_chain(sq_model, CUTS, tmp_path_factory.mktemp("sq"), "sq")
 
 
@@ -40,7 +40,7 @@ def sq_reference(sq_model, sq_input) -> np.ndarray:
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One real local Ray cluster for the whole session: a head plus nodes for sites bs and cloud."""
-    from runtime.cluster import LocalCluster
+    from tierplan.runtime.cluster import LocalCluster
     cluster = LocalCluster(["bs", "cloud"])
     yield cluster
     cluster.shutdown()

@@ -9,10 +9,10 @@ import time
 import grpc
 import numpy as np
 
-from runtime.localwire import LocalClient, LocalServer
-from runtime.proto import runtime_pb2 as pb
-from runtime.shm import ShmReader
-from runtime.wire import Delivery
+from tierplan.runtime.localwire import LocalClient, LocalServer
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.shm import ShmReader
+from tierplan.runtime.wire import Delivery
 
 
 def _free_port() -> int:

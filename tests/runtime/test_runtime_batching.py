@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from planner.plan import Plan, PlanEdge, PlanPiece
-from runtime.deploy import deploy
-from runtime.stage import StageOptions
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
+from tierplan.runtime.deploy import deploy
+from tierplan.runtime.stage import StageOptions
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from runtime.handplan import chain_plan
-from runtime.runners import OrtRunner
-from runtime.stage import LINKS_DIR_MARKER, StageOptions, StageWorker
+from tierplan.runtime.handplan import chain_plan
+from tierplan.runtime.runners import OrtRunner
+from tierplan.runtime.stage import LINKS_DIR_MARKER, StageOptions, StageWorker
 from tierplan.spec import FleetSpec
 
 
@@ -69,7 +69,7 @@ def _two_edge_fleet() -> FleetSpec:
 def test_concurrent_requests_on_compute_threads_share_emulated_links(sq_files, sq_input, sq_reference, tmp_path):
     """Requests run side by side on several compute threads per site, each gets its own correct result,
     and the agents pace the emulated links through the deployment's shared directory."""
-    from runtime.deploy import deploy
+    from tierplan.runtime.deploy import deploy
     fleet = _two_edge_fleet()
     plan = chain_plan(sq_files, ["phone", "hub", "hub"], "phone", fleet=fleet)
     shared = tmp_path / "links"

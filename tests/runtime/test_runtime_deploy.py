@@ -10,11 +10,11 @@ import grpc
 import numpy as np
 import pytest
 
-from runtime.deploy import deploy
-from runtime.handplan import chain_plan
-from runtime.proto import runtime_pb2 as pb
-from runtime.proto import runtime_pb2_grpc as pbg
-from runtime.wire import GRPC_OPTIONS, pb_to_tensor, tensor_to_pb
+from tierplan.runtime.deploy import deploy
+from tierplan.runtime.handplan import chain_plan
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.proto import runtime_pb2_grpc as pbg
+from tierplan.runtime.wire import GRPC_OPTIONS, pb_to_tensor, tensor_to_pb
 from tierplan.errors import RuntimeFault
 
 from rt_helpers import three_tier_fleet

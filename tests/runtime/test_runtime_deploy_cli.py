@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 def test_deploy_verb_serves_a_plan_file_then_leaves_no_processes(tmp_path, sq_files):
     """`tierplan deploy plan.json --duration 2 --json` prints every site up with its metrics endpoint and exits clean."""
-    from runtime.handplan import chain_plan
+    from tierplan.runtime.handplan import chain_plan
     plan = chain_plan(sq_files, ["phone", "bs", "bs"], "phone", fleet=three_tier_fleet())
     plan.save(tmp_path / "plan.json")
     marker = uuid.uuid4().hex

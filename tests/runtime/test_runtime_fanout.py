@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from planner.plan import Plan, PlanEdge, PlanPiece
-from runtime.deploy import deploy
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
+from tierplan.runtime.deploy import deploy
 
 pytestmark = pytest.mark.integration
 

@@ -35,11 +35,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from runtime.proto import runtime_pb2 as pb
-from runtime.proto import runtime_pb2_grpc as pbg
-from runtime.security import TlsConfig, channel, make_certs
-from runtime.shm import encode_ref
-from runtime.wire import (GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, RAW_CONTROL_SHM_METHOD,
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.proto import runtime_pb2_grpc as pbg
+from tierplan.runtime.security import TlsConfig, channel, make_certs
+from tierplan.runtime.shm import encode_ref
+from tierplan.runtime.wire import (GRPC_OPTIONS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, RAW_CONTROL_SHM_METHOD,
                           RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, RAW_STAGE_SHM_METHOD, Delivery, pack_delivery,
                           raw_messages, tensor_to_pb)
 
@@ -78,7 +78,7 @@ BIG_DIMS = [-1, -2, 0, 2**31, 2**32 + 1, 2**62, 2**63 - 1, -2**63]
 # ----------------------------------------------------------------------------------- the deployment
 def _tiny_chain(out: Path) -> list[Path]:
     """x[1,8] -> Relu -> r -> Mul(2) -> y, cut at r: two standalone ONNX pieces."""
-    from runtime.handplan import split_chain
+    from tierplan.runtime.handplan import split_chain
     two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "two"], ["y"])], "tiny",
@@ -210,9 +210,9 @@ def _start_agent(root: Path, tls_dir: Path | None) -> tuple[subprocess.Popen, st
 @pytest.fixture(scope="module", params=["plain", "tls"])
 def live(request, tmp_path_factory):
     """A deployment of the tiny chain: phone (agent process) -> cloud (worker here), controller, front door."""
-    from runtime.deploy import deploy
-    from runtime.handplan import chain_plan
-    from runtime.stage import StageWorker
+    from tierplan.runtime.deploy import deploy
+    from tierplan.runtime.handplan import chain_plan
+    from tierplan.runtime.stage import StageWorker
     mode = request.param
     root = tmp_path_factory.mktemp(f"fuzz-{mode}")
     files = _tiny_chain(root / "model")
@@ -647,7 +647,7 @@ def test_raw_deliver_shm_survives_hostile_handles(live, target, name, nbytes, co
 def test_same_host_socket_survives_hostile_frames(live, target, kind, length, body, valid, close_early):
     """The same-host Unix socket (runtime.localwire) answers hostile frames with an error or closes the
     connection; it never allocates what a peer's length prefix claims beyond the message limit."""
-    from runtime.localwire import socket_name
+    from tierplan.runtime.localwire import socket_name
     name = socket_name(live.address[target])
     if live.tls is not None or name is None:
         return   # with TLS there is no same-host socket
@@ -715,7 +715,7 @@ def test_control_register_survives_hostile_workers(live, site, address, pid, rep
 def test_control_register_accepts_a_restarted_worker(live):
     """A worker of a site that starts at a new address registers itself (it answers Health there as that
     site, with its own certificate under TLS), is configured and serves; the old one registers back."""
-    from runtime.stage import StageWorker
+    from tierplan.runtime.stage import StageWorker
 
     def wait_for(address: str) -> None:
         deadline = time.time() + 30

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from runtime.links import PACKET_PAYLOAD_BYTES, Hop, LinkEmulator, route_table
+from tierplan.runtime.links import PACKET_PAYLOAD_BYTES, Hop, LinkEmulator, route_table
 from tierplan.spec import FleetSpec
 
 N_DRAWS = 4000
@@ -143,7 +143,7 @@ def test_multi_hop_jitter_adds_in_variance():
 
 _RESERVE = """
 import json, sys
-from runtime.links import LinkEmulator
+from tierplan.runtime.links import LinkEmulator
 routes = {"a|b": [{"link_id": "a->b", "bandwidth_mbps": 8.0, "delay_ms": 0.0}]}
 emu = LinkEmulator(routes, shared_dir=sys.argv[1])
 t0, n = float(sys.argv[2]), int(sys.argv[3])

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.deploy import deploy
-from runtime.handplan import chain_plan
+from tierplan.runtime.deploy import deploy
+from tierplan.runtime.handplan import chain_plan
 from tierplan.spec import FleetSpec
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from runtime.links import LinkEmulator
-from runtime.netns import recording_server
-from runtime.stage import Sender
-from runtime.wire import Delivery
+from tierplan.runtime.links import LinkEmulator
+from tierplan.runtime.netns import recording_server
+from tierplan.runtime.stage import Sender
+from tierplan.runtime.wire import Delivery
 
 pytestmark = pytest.mark.integration
 

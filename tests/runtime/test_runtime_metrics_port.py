@@ -67,7 +67,7 @@ def _no_strays(marker: str) -> None:
 
 def test_deploy_serves_metrics_on_consecutive_ports(tmp_path, sq_files):
     """`deploy --metrics-port B --json`: controller on B, the sites on B+1, B+2; each answers with tierplan_ metrics."""
-    from runtime.handplan import chain_plan
+    from tierplan.runtime.handplan import chain_plan
     chain_plan(sq_files, ["phone", "bs", "bs"], "phone", fleet=three_tier_fleet()).save(tmp_path / "plan.json")
     base = free_base(3)
     marker = uuid.uuid4().hex
@@ -98,7 +98,7 @@ def test_deploy_serves_metrics_on_consecutive_ports(tmp_path, sq_files):
 
 def test_deploy_refuses_a_taken_metrics_port(tmp_path, sq_files):
     """A port of the range already taken on loopback: exit 2 before anything starts, naming the port and the flag."""
-    from runtime.handplan import chain_plan
+    from tierplan.runtime.handplan import chain_plan
     chain_plan(sq_files, ["phone", "bs", "bs"], "phone", fleet=three_tier_fleet()).save(tmp_path / "plan.json")
     base = free_base(3)
     with socket.socket() as s:

@@ -11,11 +11,11 @@ import grpc
 import numpy as np
 import pytest
 
-from runtime.links import LinkEmulator
-from runtime.netns import NetnsError, probe_argv, probe_env, read_port, remove_stale_pairs, veth_pair, wire_rate_mbps
-from runtime.proto import runtime_pb2 as pb
-from runtime.stage import Sender, delivery_handlers
-from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery
+from tierplan.runtime.links import LinkEmulator
+from tierplan.runtime.netns import NetnsError, probe_argv, probe_env, read_port, remove_stale_pairs, veth_pair, wire_rate_mbps
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.stage import Sender, delivery_handlers
+from tierplan.runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery
 
 pytestmark = pytest.mark.integration
 

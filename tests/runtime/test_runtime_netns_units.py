@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from runtime.links import PACKET_PAYLOAD_BYTES
-from runtime.netns import FRAME_HEADER_BYTES, TBF_MIN_BURST_BYTES, probe_argv, tbf_args, wire_rate_mbps
+from tierplan.runtime.links import PACKET_PAYLOAD_BYTES
+from tierplan.runtime.netns import FRAME_HEADER_BYTES, TBF_MIN_BURST_BYTES, probe_argv, tbf_args, wire_rate_mbps
 from tierplan.errors import InputError
 
 
@@ -33,6 +33,6 @@ def test_wire_rate_adds_the_frame_headers_tbf_counts():
 
 
 def test_probe_runs_this_module_with_the_running_interpreter():
-    """The probe command line is `python -m runtime.netns ...` with sys.executable."""
-    assert probe_argv("serve", "--listen", "10.0.0.2:0") == [sys.executable, "-m", "runtime.netns", "serve",
+    """The probe command line is `python -m tierplan.runtime.netns ...` with sys.executable."""
+    assert probe_argv("serve", "--listen", "10.0.0.2:0") == [sys.executable, "-m", "tierplan.runtime.netns", "serve",
                                                              "--listen", "10.0.0.2:0"]

@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import tierplan
     from rt_helpers import CUTS, SQUEEZENET, three_tier_fleet
-    from runtime.handplan import chain_plan, split_chain
+    from tierplan.runtime.handplan import chain_plan, split_chain
     files = split_chain(SQUEEZENET, CUTS, Path(tempfile.mkdtemp()), "sq")
     fleet = three_tier_fleet()
     plan = chain_plan(files, ["phone", "phone", "bs"], "phone", fleet=fleet)

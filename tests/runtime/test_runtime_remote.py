@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.proto import runtime_pb2 as pb
-from runtime.proto import runtime_pb2_grpc as pbg
-from runtime.security import TlsConfig, channel
-from runtime.wire import GRPC_OPTIONS, tensor_to_pb
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.proto import runtime_pb2_grpc as pbg
+from tierplan.runtime.security import TlsConfig, channel
+from tierplan.runtime.wire import GRPC_OPTIONS, tensor_to_pb
 
 from rt_helpers import processes_with_env
 
@@ -57,8 +57,8 @@ def test_remote_deploy_over_ray_start_and_a_tls_agent(tmp_path, sq_files):
     """A head from `ray start --resources --labels`, an agent from `tierplan agent --tls-dir` and `tierplan deploy
     --remote --tls-dir` (started at once: it waits for the head) answer a front-door request over mutual TLS, each
     with its own certificate bundle; stopping them exits 0 and leaves no process behind."""
-    from runtime.handplan import chain_plan
-    from runtime.security import make_certs
+    from tierplan.runtime.handplan import chain_plan
+    from tierplan.runtime.security import make_certs
     make_certs(tmp_path / "certs", ["phone", "cloud"])
     chain_plan(sq_files, ["phone", "cloud", "cloud"], "phone").save(tmp_path / "plan.json")
     marker = uuid.uuid4().hex

@@ -11,9 +11,9 @@ import urllib.request
 import numpy as np
 import pytest
 
-from runtime.deploy import deploy
-from runtime.handplan import chain_plan
-from runtime.stage import pick_address, rotating
+from tierplan.runtime.deploy import deploy
+from tierplan.runtime.handplan import chain_plan
+from tierplan.runtime.stage import pick_address, rotating
 from tierplan.errors import InputError, RuntimeFault
 
 from rt_helpers import three_tier_fleet

@@ -13,12 +13,12 @@ import grpc
 import numpy as np
 import pytest
 
-from runtime.links import LinkEmulator
-from runtime.localwire import LocalServer, socket_name
-from runtime.proto import runtime_pb2 as pb
-from runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address, sweep_stale
-from runtime.stage import Sender, delivery_handlers
-from runtime.wire import (GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, pack_delivery,
+from tierplan.runtime.links import LinkEmulator
+from tierplan.runtime.localwire import LocalServer, socket_name
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address, sweep_stale
+from tierplan.runtime.stage import Sender, delivery_handlers
+from tierplan.runtime.wire import (GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, pack_delivery,
                           pack_delivery_into, packed_size, unpack_delivery)
 
 SHM_DIR = Path("/dev/shm")
@@ -209,7 +209,7 @@ def test_a_peer_without_shared_memory_support_gets_the_bytes():
 
 def test_a_handle_to_a_foreign_segment_is_refused_with_failed_precondition():
     """DeliverShm maps only tierplan segments that exist: anything else is FAILED_PRECONDITION, nothing delivered."""
-    from runtime.wire import RAW_STAGE_SHM_METHOD
+    from tierplan.runtime.wire import RAW_STAGE_SHM_METHOD
     ep = _Endpoint(local=False)
     ch = grpc.insecure_channel(ep.address)
     call = ch.unary_unary(RAW_STAGE_SHM_METHOD, request_serializer=None, response_deserializer=pb.Ack.FromString)

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from planner.plan import Plan, PlanEdge, PlanPiece
-from runtime.graph import SINK_PREFIX, ExecGraph
-from runtime.links import Hop
-from runtime.schedule import fanout_calls, request_ms
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
+from tierplan.runtime.graph import SINK_PREFIX, ExecGraph
+from tierplan.runtime.links import Hop
+from tierplan.runtime.schedule import fanout_calls, request_ms
 
 # phone -> cloud: 8 Mbit/s = 1e6 B/s, 25 ms one way; cloud -> phone: 80 Mbit/s = 1e7 B/s, 5 ms one way
 _ROUTES = {("phone", "cloud"): [Hop("phone->cloud", 8.0, 25.0)], ("cloud", "phone"): [Hop("cloud->phone", 80.0, 5.0)]}
@@ -111,7 +111,7 @@ def test_fanout_calls_count_items_from_the_trace():
 
 def test_overhead_probe_plan_has_the_chains_its_differences_need():
     """x: 2 steps on a; z: 2 + n on a; y: 2 on a then n alternating b, a (n hops)."""
-    from runtime.overhead import probe_plan
+    from tierplan.runtime.overhead import probe_plan
     plan = probe_plan("relu.onnx", n=8)
     g = ExecGraph.from_plan(plan)
     for src, steps, hops in (("x", 2, 0), ("z", 10, 0), ("y", 10, 8)):
@@ -124,9 +124,9 @@ def test_overhead_probe_plan_has_the_chains_its_differences_need():
 
 def test_overheads_come_from_the_host_cache_without_measuring(tmp_path, monkeypatch):
     """A cached figure of this CPU is used as it is; a missing one is measured and cached."""
-    from devices import host
-    from devices.calibstore import host_figures_path
-    from runtime import overhead
+    from tierplan.devices import host
+    from tierplan.devices.calibstore import host_figures_path
+    from tierplan.runtime import overhead
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.delenv("TIERPLAN_CACHE", raising=False)

@@ -13,11 +13,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from runtime.proto import runtime_pb2 as pb
-from runtime.proto import runtime_pb2_grpc as pbg
-from runtime.security import CA_DIR, CONTROLLER, TARGET_NAME, TlsConfig, channel, make_certs
-from runtime.stage import StageWorker
-from runtime.wire import GRPC_OPTIONS
+from tierplan.runtime.proto import runtime_pb2 as pb
+from tierplan.runtime.proto import runtime_pb2_grpc as pbg
+from tierplan.runtime.security import CA_DIR, CONTROLLER, TARGET_NAME, TlsConfig, channel, make_certs
+from tierplan.runtime.stage import StageWorker
+from tierplan.runtime.wire import GRPC_OPTIONS
 from tierplan.errors import InputError
 
 pytestmark = pytest.mark.integration
@@ -129,8 +129,8 @@ def test_deployment_with_mutual_tls_serves_end_to_end(ray_cluster, sq_files, sq_
     import numpy as np
 
     from rt_helpers import three_tier_fleet
-    from runtime.deploy import deploy
-    from runtime.handplan import chain_plan
+    from tierplan.runtime.deploy import deploy
+    from tierplan.runtime.handplan import chain_plan
     fleet = three_tier_fleet()
     plan = chain_plan(sq_files, ["phone", "phone", "cloud"], "phone", fleet=fleet)
     with deploy(plan, fleet=fleet, cluster=ray_cluster, tls_dir=certs[0], request_timeout_s=10) as svc:
@@ -152,7 +152,7 @@ def _relu_onnx() -> bytes:
 
 def _plan_json(transform: str | None = None) -> str:
     """x (phone) -> relu (phone) [-> t (phone), a transform] -> sink on phone."""
-    from planner.plan import Plan, PlanEdge, PlanPiece
+    from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
     row = [{"name": "x", "shape": [1, 4], "dtype": "float32", "nbytes": 16}]
     pieces = [PlanPiece(id="x", kind="source"), PlanPiece(id="relu", kind="piece", file="relu.onnx", inputs=row)]
     edges = [PlanEdge(src="x", dst="relu", nbytes=16, tensors=["x"])]
@@ -259,7 +259,7 @@ def test_oversize_piece_files_and_a_full_cache_are_refused(plain_worker):
 
 def test_a_message_over_grpcs_limit_is_refused_by_status(plain_worker, monkeypatch):
     """A Configure bigger than the receive limit ends in RESOURCE_EXHAUSTED, not in a write."""
-    from runtime.wire import MAX_MESSAGE_BYTES
+    from tierplan.runtime.wire import MAX_MESSAGE_BYTES
     w, tmp = plain_worker
     ch = grpc.insecure_channel(w.address, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES + (2 << 20))])
     try:
@@ -329,8 +329,8 @@ def test_only_the_controller_certificate_may_configure_a_site(certs):
 
 def test_a_site_registers_only_with_its_own_certificate(certs):
     """With TLS the controller takes a site's Register only from that site's certificate."""
-    from planner.plan import Plan
-    from runtime.service import Service
+    from tierplan.planner.plan import Plan
+    from tierplan.runtime.service import Service
     phone = StageWorker("phone", "127.0.0.1:0", tls=TlsConfig.from_dir(certs[0], "phone"))
     phone.start()
     svc = Service(Plan.model_validate_json(_plan_json()), tls=TlsConfig.from_dir(certs[0], CONTROLLER))
@@ -396,14 +396,14 @@ def test_agent_on_an_address_it_cannot_bind_exits_2(where):
 
 def test_deploy_front_door_beyond_loopback_without_tls_exits_2(tmp_path):
     """`tierplan deploy --listen 0.0.0.0:PORT` without --tls-dir or --insecure exits 2 before starting anything."""
-    from planner.plan import Plan
+    from tierplan.planner.plan import Plan
     Plan.model_validate_json(_plan_json()).save(tmp_path / "plan.json")
     _one_error_line(_tierplan("deploy", str(tmp_path / "plan.json"), "--listen", "0.0.0.0:0"), "--listen")
 
 
 def test_deploy_refuses_a_plan_transform_it_does_not_allow(tmp_path):
     """`tierplan deploy` names a transform from a module not allowed before any site starts (exit 2)."""
-    from planner.plan import Plan
+    from tierplan.planner.plan import Plan
     Plan.model_validate_json(_plan_json("os:system")).save(tmp_path / "plan.json")
     _one_error_line(_tierplan("deploy", str(tmp_path / "plan.json")), "transform t", "os:system")
 

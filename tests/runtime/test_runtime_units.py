@@ -8,10 +8,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from planner.plan import PlanEdge
-from runtime.graph import branch_weight, child_branch, select_tensors
-from runtime.links import LinkEmulator, route_table
-from runtime.wire import CHUNK_BYTES, Delivery, delivery_frames, frames_to_delivery
+from tierplan.planner.plan import PlanEdge
+from tierplan.runtime.graph import branch_weight, child_branch, select_tensors
+from tierplan.runtime.links import LinkEmulator, route_table
+from tierplan.runtime.wire import CHUNK_BYTES, Delivery, delivery_frames, frames_to_delivery
 
 from rt_helpers import three_tier_fleet
 
@@ -86,8 +86,8 @@ def test_fan_out_branch_weights_sum_to_one():
 
 def test_request_deadline_follows_the_slo():
     """The default deadline is a multiple of the plan's largest SLO, with a floor, and 30 s without SLO."""
-    from planner.plan import Plan, SinkLatency
-    from runtime.deploy import MIN_DEADLINE_S, NO_SLO_DEADLINE_S, SLO_DEADLINE_FACTOR, request_deadline_s
+    from tierplan.planner.plan import Plan, SinkLatency
+    from tierplan.runtime.deploy import MIN_DEADLINE_S, NO_SLO_DEADLINE_S, SLO_DEADLINE_FACTOR, request_deadline_s
     plan = Plan(status="optimal", sinks={"a": SinkLatency(latency_ms=3, slo_ms=600),
                                          "b": SinkLatency(latency_ms=1, slo_ms=100)})
     assert request_deadline_s(plan) == pytest.approx(0.6 * SLO_DEADLINE_FACTOR)
@@ -98,8 +98,8 @@ def test_request_deadline_follows_the_slo():
 
 def test_sink_outputs_list_fan_out_items_in_branch_order():
     """A sink fed by a fan-out returns its items ordered by branch index; empty branches add nothing."""
-    from runtime.service import _Pending
-    from runtime.wire import Delivery
+    from tierplan.runtime.service import _Pending
+    from tierplan.runtime.wire import Delivery
     p = _Pending("r", ["sink:text"], deadline_s=time.time() + 5)
     for i in (2, 0, 1):
         p.add(Delivery("r", "ctc", "sink:text", {"ids": np.array([i])}, branch=f"{i}/4"))
@@ -111,7 +111,7 @@ def test_sink_outputs_list_fan_out_items_in_branch_order():
 
 def test_raw_stream_messages_round_trip_several_tensors():
     """The raw-bytes form (header Bundle, then 1 MiB payload chunks) rebuilds every tensor, empty ones included."""
-    from runtime.wire import raw_messages, raw_to_delivery
+    from tierplan.runtime.wire import raw_messages, raw_to_delivery
     a = np.random.default_rng(2).random((3, 200_000)).astype(np.float32)   # 2.4 MB: 3 chunks
     b = np.zeros((0, 4), dtype=np.int32)
     d = Delivery("r9", "p", "q", {"a": a, "b": b}, branch="0/2", deadline_unix_ms=9.0, trace=[["transfer", "x->y", 2.0]])
@@ -128,9 +128,9 @@ def _delivery_server(got: list):
 
     import grpc
 
-    from runtime.proto import runtime_pb2 as pb
-    from runtime.stage import delivery_handlers
-    from runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD
+    from tierplan.runtime.proto import runtime_pb2 as pb
+    from tierplan.runtime.stage import delivery_handlers
+    from tierplan.runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD
 
     def receive(d, ctx):
         got.append(d)
@@ -145,7 +145,7 @@ def _delivery_server(got: list):
 
 def test_emulated_link_paces_a_real_grpc_transfer():
     """A 2 MB delivery over an emulated 80 Mbit/s link with 20 ms RTT takes at least 200 + 10 ms end to end."""
-    from runtime.stage import Sender
+    from tierplan.runtime.stage import Sender
     got: list = []
     srv, addr = _delivery_server(got)
     emu = LinkEmulator({"a|b": [{"link_id": "a->b", "bandwidth_mbps": 80.0, "delay_ms": 10.0}]})
@@ -164,7 +164,7 @@ def test_emulated_link_paces_a_real_grpc_transfer():
 
 def test_packed_delivery_round_trips_as_aligned_views():
     """A packed delivery rebuilds every tensor (empty and mixed dtypes too) as views of the message at 64-byte offsets."""
-    from runtime.wire import pack_delivery, unpack_delivery
+    from tierplan.runtime.wire import pack_delivery, unpack_delivery
     a = np.random.default_rng(3).random((3, 5)).astype(np.float32)
     b = np.zeros((0, 4), dtype=np.int64)
     c = np.arange(7, dtype=np.uint8)
@@ -187,7 +187,7 @@ def test_packed_delivery_round_trips_as_aligned_views():
 
 def test_sender_uses_one_message_for_small_and_a_stream_for_large_deliveries():
     """Deliveries up to UNARY_MAX_BYTES and above both arrive intact over real gRPC, whichever form carries them."""
-    from runtime.stage import UNARY_MAX_BYTES, Sender
+    from tierplan.runtime.stage import UNARY_MAX_BYTES, Sender
     got: list = []
     srv, addr = _delivery_server(got)
     sender = Sender("a", None, lambda: LinkEmulator())
@@ -208,7 +208,7 @@ def test_local_threads_share_the_cores_out():
     """Local site workers get at least one onnxruntime thread each and together no more threads than cores (or sites)."""
     import os
 
-    from runtime.deploy import local_threads
+    from tierplan.runtime.deploy import local_threads
     cores = os.cpu_count() or 1
     for n in range(1, 9):
         t = local_threads(n)
@@ -218,8 +218,8 @@ def test_local_threads_share_the_cores_out():
 
 def test_sink_delivers_where_the_app_pins_it():
     """A sink the plan pins (deliver_to: cloud) is delivered there, not back to its source's site."""
-    from planner.plan import Plan, PlanEdge, PlanPiece
-    from runtime.graph import ExecGraph
+    from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
+    from tierplan.runtime.graph import ExecGraph
 
     pieces = [PlanPiece(id="cam", kind="source"), PlanPiece(id="det", model="det"),
               PlanPiece(id="sink:boxes", kind="sink")]
@@ -239,8 +239,8 @@ def test_wire_readers_refuse_what_breaks_the_format():
     dims, bytes that do not match the shape, malformed traces and branches, non-finite deadlines."""
     import math
 
-    from runtime.proto import runtime_pb2 as pb
-    from runtime.wire import WireError, pack_delivery, pb_to_tensor, raw_messages, raw_to_delivery, unpack_delivery
+    from tierplan.runtime.proto import runtime_pb2 as pb
+    from tierplan.runtime.wire import WireError, pack_delivery, pb_to_tensor, raw_messages, raw_to_delivery, unpack_delivery
     soon = (time.time() + 5) * 1e3
     x = np.zeros((1, 8), np.float32)
     good = dict(request_id="r", src="a", dst="b", deadline_unix_ms=soon, name="t", dtype="float32", shape=[1, 8],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from planner.plan import BaselineResult, Plan, PlanEdge, PlanPiece, SinkLatency
+from tierplan.planner.plan import BaselineResult, Plan, PlanEdge, PlanPiece, SinkLatency
 from tierplan.spec import DeviceSpec, FleetSpec, LinkSpec, SiteClassSpec
 
 

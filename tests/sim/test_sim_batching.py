@@ -17,13 +17,13 @@ from hypothesis import strategies as hs
 from onnx import TensorProto, helper, numpy_helper
 from sim_builders import make_fleet, make_plan
 
-from devices.constants import BATCH_FIXED_SHARE
-from planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
-from simulations.api import simulate
-from simulations.batching import (RUNTIME_MAX_BATCH, RUNTIME_MAX_WAIT_MS, BatchPolicy, linear_ratio,
+from tierplan.devices.constants import BATCH_FIXED_SHARE
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
+from tierplan.simulations.api import simulate
+from tierplan.simulations.batching import (RUNTIME_MAX_BATCH, RUNTIME_MAX_WAIT_MS, BatchPolicy, linear_ratio,
                                   parse_batching)
-from simulations.engine_simpy import _SharedLink
-from simulations.scenario import ArrivalSpec
+from tierplan.simulations.engine_simpy import _SharedLink
+from tierplan.simulations.scenario import ArrivalSpec
 from tierplan.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +207,7 @@ def test_auto_batching_follows_the_plan_files_like_the_runtime(tmp_path):
 
 def test_simulator_defaults_match_the_runtime_deployment():
     """auto batching uses runtime.stage.StageOptions' max_batch and max_wait_ms (they must not drift)."""
-    from runtime.stage import StageOptions
+    from tierplan.runtime.stage import StageOptions
     assert (RUNTIME_MAX_BATCH, RUNTIME_MAX_WAIT_MS) == (StageOptions().max_batch, StageOptions().max_wait_ms)
     assert parse_batching("auto") == BatchPolicy(StageOptions().max_batch, StageOptions().max_wait_ms)
     assert parse_batching("off") is None and parse_batching("1") is None
@@ -304,7 +304,7 @@ def test_cli_batch_and_link_sharing_options(tmp_path):
 
 def _simpy_batches(arrivals, services, groups, specs):
     """Departures of one batch server fed at `arrivals` (SimPy's _BatchQueue, the reference)."""
-    from simulations.engine_simpy import _BatchQueue
+    from tierplan.simulations.engine_simpy import _BatchQueue
     env = simpy.Environment()
     q = _BatchQueue(env, 1, None)
     out = [None] * len(arrivals)
@@ -327,8 +327,8 @@ def _simpy_batches(arrivals, services, groups, specs):
 def test_fast_batch_queue_matches_simpy_batch_queue(n, seed, cap, wait, mixed):
     """The fast path's batch scan (one group: a step per batch; mixed groups: arrival by arrival) gives
     every job the departure SimPy's _BatchQueue gives it, on random arrivals, sizes, waits and groups."""
-    from simulations.batch_fast import batch_departures
-    from simulations.batching import BatchStage
+    from tierplan.simulations.batch_fast import batch_departures
+    from tierplan.simulations.batching import BatchStage
     rng = np.random.default_rng(seed)
     arrivals = np.sort(rng.exponential(1.0, n).cumsum() * rng.uniform(0.2, 3.0))
     services = rng.uniform(0.5, 3.0, n)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sim_builders import make_fleet, make_plan
 
-from planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
-from simulations.api import simulate
-from simulations.calibration import (RequestTrace, ServiceProfile, fit_correlation, load_profile,
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
+from tierplan.simulations.api import simulate
+from tierplan.simulations.calibration import (RequestTrace, ServiceProfile, fit_correlation, load_profile,
                                      profile_from_traces)
 from tierplan.errors import InputError
 
@@ -145,8 +145,8 @@ def test_shared_host_cores_serialise_sites():
 
 def test_shared_host_never_runs_more_jobs_than_cores(monkeypatch):
     """Compute busy intervals across every site never exceed the host's cores at any instant."""
-    from simulations import api as sim_api
-    from simulations.engine_simpy import run_simpy
+    from tierplan.simulations import api as sim_api
+    from tierplan.simulations.engine_simpy import run_simpy
 
     captured = {}
 
@@ -212,7 +212,7 @@ def test_profile_pieces_measures_real_onnx_runs():
     """A calibration run with onnxruntime gives each piece's measured times, in order, with a fitted rho."""
     import onnx
 
-    from simulations.calibration import profile_pieces
+    from tierplan.simulations.calibration import profile_pieces
 
     light = __import__("pathlib").Path(onnx.__file__).parent / "backend/test/data/light"
     files = {("squeeze", "cams"): light / "light_squeezenet.onnx", ("shuffle", "bs"): light / "light_shufflenet.onnx"}

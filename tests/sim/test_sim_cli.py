@@ -85,7 +85,7 @@ def test_simulate_plans_an_example_app_first():
 def test_simulate_profile_replays_measured_step_times(tmp_path):
     """--profile FILE replays its measured node@site times: a profile saying det/p0 takes 300 ms on cams moves p50."""
     import numpy as np
-    from simulations.calibration import ServiceProfile
+    from tierplan.simulations.calibration import ServiceProfile
 
     plan, fleet = _files(tmp_path)
     prof = tmp_path / "profile.json"

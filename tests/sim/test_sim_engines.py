@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sim_builders import make_fleet, make_plan
 
-from planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
-from simulations.api import simulate
-from simulations.engine_fast import fifo_departures
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
+from tierplan.simulations.api import simulate
+from tierplan.simulations.engine_fast import fifo_departures
 
 
 def _naive_fifo(a, s, q, servers):

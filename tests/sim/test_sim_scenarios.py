@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sim_builders import make_fleet, make_plan
 
-from simulations.api import simulate
-from simulations.scenario import (LINK_PRESETS_MBPS, parse_arrivals, parse_failure, parse_link,
+from tierplan.simulations.api import simulate
+from tierplan.simulations.scenario import (LINK_PRESETS_MBPS, parse_arrivals, parse_failure, parse_link,
                                   parse_mobility)
 from tierplan.errors import InputError
 

@@ -83,7 +83,7 @@ def test_profile_latency_inf_means_cannot_run_there(tmp_path):
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 1e300])
 def test_units_refuse_what_cp_sat_cannot_hold(value):
     """Every integer-unit conversion raises InputError (exit 2, with a fix) on a non-finite or absurd value."""
-    from planner import units
+    from tierplan.planner import units
     from tierplan.errors import InputError
     for convert in (units.ms_to_us, units.usd_to_uusd, units.j_to_uj, units.frac_to_ppm, units.bytes_to_kb,
                     units.mbps_to_bps):

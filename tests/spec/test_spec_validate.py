@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 from conftest import DATA, REPO
 from tierplan.errors import SpecError
+from tierplan.devices.catalog import load_catalog
 from tierplan.loader import load_app, load_fleet
 from tierplan.validate import check, read_model_io, validate
 
@@ -34,7 +35,7 @@ def _write_app(tmp: Path, **over) -> Path:
 
 def _problems(app_path: Path, fleet_path: Path | None = DATA / "fleet.yaml") -> list[str]:
     fleet = load_fleet(fleet_path) if fleet_path else None
-    return validate(load_app(app_path), fleet, app_path=app_path, fleet_path=fleet_path)
+    return validate(load_app(app_path), fleet, app_path=app_path, fleet_path=fleet_path, catalog=load_catalog())
 
 
 def test_good_app_and_fleet_have_no_problems():
@@ -98,7 +99,7 @@ def test_check_raises_spec_error(tmp_path):
     """check() raises SpecError carrying every problem."""
     path = _write_app(tmp_path, models={"det": {"onnx": "gone.onnx"}, "cls": {"onnx": "gone2.onnx"}})
     with pytest.raises(SpecError) as e:
-        check(load_app(path), load_fleet(DATA / "fleet.yaml"), app_path=path)
+        check(load_app(path), load_fleet(DATA / "fleet.yaml"), app_path=path, catalog=load_catalog())
     assert len(e.value.problems) == 2
 
 

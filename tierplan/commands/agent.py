@@ -28,8 +28,8 @@ def register(app: typer.Typer) -> None:
                                               "only; 0: a free port). Printed at start."),
     ) -> None:
         """Serve one edge site's pieces; prints `READY host:port metrics=127.0.0.1:PORT`, stops on Ctrl-C / SIGTERM."""
-        from runtime.agent import run_agent
-        from runtime.graph import parse_modules
+        from tierplan.runtime.agent import run_agent
+        from tierplan.runtime.graph import parse_modules
         run_agent(site, listen, controller, tls_dir, insecure=insecure,
                   allow_transforms=parse_modules(allow_transforms), cache_limit_bytes=int(cache_max_mb * 2**20),
                   metrics_port=metrics_port)

@@ -31,8 +31,8 @@ def register(app: typer.Typer) -> None:
 
         from tierplan.console import console, progress, progress_wanted
 
-        from devices.calibrate import run_calibration
-        from devices.catalog import get_device
+        from tierplan.devices.calibrate import run_calibration
+        from tierplan.devices.catalog import get_device
 
         with progress(progress_wanted(show_progress, as_json), TextColumn("[bold]calibrate[/]"), BarColumn(),
                       TextColumn("{task.completed} pieces measured"), TimeElapsedColumn(),

@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         names = [s.strip() for s in sites.split(",") if s.strip()]
         if not names:
             raise InputError("--sites: give at least one site class. To fix: e.g. --sites phone,bs,cloud")
-        from runtime.security import CA_DIR, CONTROLLER, make_certs
+        from tierplan.runtime.security import CA_DIR, CONTROLLER, make_certs
         files = make_certs(out, names, [h for h in hosts.split(",") if h])
         bundles = {n: str(out / n) for n in dict.fromkeys([*names, CONTROLLER])}
         if as_json:

@@ -82,14 +82,14 @@ def register(app: typer.Typer) -> None:
         show_progress: bool = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
         """Build every piece of a plan for its site's device (TVM, onnxruntime, LiteRT), check it, store it."""
-        from planner.plan import Plan
-        from runtime.compile import CompileOptions, compile_plan
+        from tierplan.planner.plan import Plan
+        from tierplan.runtime.compile import CompileOptions, compile_plan
         from tierplan.console import progress_wanted
 
         plan = Plan.load(plan_path)
         fleet_obj = None
         if fleet is not None:
-            from devices.fleet import resolve_fleet
+            from tierplan.devices.fleet import resolve_fleet
             from tierplan.loader import load_fleet
             fleet_obj = resolve_fleet(load_fleet(fleet))
         res = compile_plan(plan, out, tune_trials=tune_trials, backends=backend or None,

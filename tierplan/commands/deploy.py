@@ -50,14 +50,14 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
     ) -> None:
         """Deploy PLAN and serve it: prints the front door, the sites and their metrics endpoints."""
-        from planner.plan import Plan
-        from runtime.deploy import deploy
-        from runtime.graph import parse_modules
+        from tierplan.planner.plan import Plan
+        from tierplan.runtime.deploy import deploy
+        from tierplan.runtime.graph import parse_modules
         allowed = parse_modules(allow_transforms)
         p = Plan.load(plan)
         manifest = None
         if artifacts is not None:
-            from runtime.compile import load_manifest
+            from tierplan.runtime.compile import load_manifest
             manifest = load_manifest(artifacts)
         stop = threading.Event()
         with deploy(plan, local=local, manifest=manifest, manifest_root=artifacts, ray_address=ray_address,

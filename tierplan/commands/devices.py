@@ -49,8 +49,8 @@ def _print_one(dev, cal) -> None:
             continue
         t.add_row(k, json.dumps(v) if isinstance(v, (dict, list)) else str(v))
     if dev.name == "local":
-        from devices.calibstore import local_calibration_path
-        from devices.host import detect_host
+        from tierplan.devices.calibstore import local_calibration_path
+        from tierplan.devices.host import detect_host
 
         h = detect_host()
         t.add_row("detected CPU", h.cpu.label)
@@ -79,8 +79,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """List the device catalog (peak FLOP/s, memory, power, price, backends), or one device."""
-        from devices.catalog import get_device, load_catalog
-        from devices.costmodel import CostModel
+        from tierplan.devices.catalog import get_device, load_catalog
+        from tierplan.devices.costmodel import CostModel
 
         cm = CostModel()
         if name:
@@ -91,8 +91,8 @@ def register(app: typer.Typer) -> None:
                 if cal is not None:
                     out["calibration"] = cal.to_dict()
                 if dev.name == "local":
-                    from devices.calibstore import local_calibration_path
-                    from devices.host import detect_host
+                    from tierplan.devices.calibstore import local_calibration_path
+                    from tierplan.devices.host import detect_host
                     out["detected"] = detect_host().to_dict()
                     out["calibration_file"] = str(local_calibration_path())
                 print(json.dumps(out, indent=2))

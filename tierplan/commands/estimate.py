@@ -19,17 +19,17 @@ def estimate(target: Path, device_name: str, batch: int = 1, precision: str = "f
     with a warning). For `local` with no calibration fitting this CPU, `auto_calibrate` makes a quick
     one first (the pieces being estimated among its samples) and caches it.
     """
-    from devices.catalog import get_device
-    from devices.costmodel import CostModel
-    from devices.pieces import load_target
+    from tierplan.devices.catalog import get_device
+    from tierplan.devices.costmodel import CostModel
+    from tierplan.devices.pieces import load_target
 
     device = get_device(device_name)
     pieces = load_target(target, dims or None)
     if calibration is not None:
-        from devices.calibstore import use_calibration_file
+        from tierplan.devices.calibstore import use_calibration_file
         use_calibration_file(calibration)
     if device.name == "local" and auto_calibrate:
-        from devices.calibrate import ensure_local_calibration
+        from tierplan.devices.calibrate import ensure_local_calibration
         ensure_local_calibration([p for p in pieces if p.file and str(p.file).endswith(".onnx")], progress=progress)
     cm = CostModel()
     rows = []

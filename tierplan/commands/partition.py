@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print manifest.json to stdout."),
     ) -> None:
         """Cut an ONNX model into at most K verified standalone pieces at its cheapest cut points."""
-        from partition.api import partition_model
+        from tierplan.partition.api import partition_model
 
         created = not out.exists()
         prepare_out_dir(out)

@@ -18,10 +18,10 @@ def prepare_calibration(fleet, calibration: Path | None, progress: bool = True) 
     """`--calibration FILE` for this process's cost models; and when the fleet uses `local`, a quick
     calibration of this machine first if none fits its CPU (devices.calibrate.ensure_local_calibration)."""
     if calibration is not None:
-        from devices.calibstore import use_calibration_file
+        from tierplan.devices.calibstore import use_calibration_file
         use_calibration_file(calibration)
     if any(_device_name(s) == "local" for s in fleet.sites.values()):
-        from devices.calibrate import ensure_local_calibration
+        from tierplan.devices.calibrate import ensure_local_calibration
         ensure_local_calibration(progress=progress)
 
 
@@ -49,19 +49,20 @@ def register(app: typer.Typer) -> None:
         show_progress: bool = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
         """Decide where each piece runs (device, base station, cloud); show latency, cost and coverage."""
-        from planner.api import plan_app
-        from planner.html import write_html
-        from planner.plan import Plan
+        from tierplan.planner.api import plan_app
+        from tierplan.planner.html import write_html
+        from tierplan.planner.plan import Plan
         from tierplan.console import progress_wanted
         from tierplan.errors import InfeasibleError, InputError
         from tierplan.loader import load_app, load_fleet
+        from tierplan.devices.catalog import load_catalog
         from tierplan.validate import check
 
         if objective is not None and objective not in ("cost", "latency", "energy"):
             raise InputError(f"--objective: {objective!r} is not one of cost, latency, energy")
         spec = load_app(app_path)
         fleet = load_fleet(fleet_path)
-        check(spec, fleet, app_path=app_path, fleet_path=fleet_path)
+        check(spec, fleet, app_path=app_path, fleet_path=fleet_path, catalog=load_catalog())
         shown = progress_wanted(show_progress, as_json)
         prepare_calibration(fleet, calibration, progress=shown)
         old = Plan.load(from_plan) if from_plan is not None else None
@@ -86,7 +87,7 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(json.loads(plan.model_dump_json()), indent=2))
             return
-        from planner.render import render_plan
+        from tierplan.planner.render import render_plan
         from tierplan.console import console
         con = console()
         render_plan(plan, con)

@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Measure latency on this machine: warm-up, then the median of N runs with fixed threads."""
-        from devices.pieces import load_target
-        from devices.profile import BACKENDS, measure, measure_piece
+        from tierplan.devices.pieces import load_target
+        from tierplan.devices.profile import BACKENDS, measure, measure_piece
         from tierplan.commands.partition import parse_dims
         from tierplan.errors import InputError
 
@@ -70,8 +70,8 @@ def _measure_bound(path: Path, piece, dims: dict, kw: dict):
 
     import onnx
 
-    from devices.profile import measure
-    from partition.onnx_graph import bind_dims, read_model
+    from tierplan.devices.profile import measure
+    from tierplan.partition.onnx_graph import bind_dims, read_model
 
     with tempfile.TemporaryDirectory() as tmp:
         bound = Path(tmp) / path.name

@@ -100,8 +100,8 @@ def register(app: typer.Typer) -> None:
         """Plan, compile and deploy EXAMPLE on this machine, send requests, compare with the plan, tear down."""
         import sys
 
-        from runtime.graph import parse_modules
-        from runtime.runapp import run_example
+        from tierplan.runtime.graph import parse_modules
+        from tierplan.runtime.runapp import run_example
         from tierplan.console import progress_wanted
 
         def deployed(info: dict) -> None:   # on stderr: stdout is the report (or its JSON)

@@ -18,7 +18,7 @@ __all__ = ["register"]
 def _load_plan(target: Path, fleet_spec, fleet_path: Path, objective: str | None, shown: bool = False):
     """(plan, app spec or None): a plan.json as is, or an app.yaml planned on the fleet first (with the
     planner's progress bar when `shown`)."""
-    from planner.plan import Plan
+    from tierplan.planner.plan import Plan
     if target.is_dir():
         target = target / "app.yaml"
     if target.suffix == ".json":
@@ -28,7 +28,7 @@ def _load_plan(target: Path, fleet_spec, fleet_path: Path, objective: str | None
     from tierplan.loader import load_app
     app = load_app(target)
     try:
-        from planner.api import plan_app
+        from tierplan.planner.api import plan_app
     except ImportError as e:
         raise InputError(f"{target}: the planner is not available ({e}). To fix: pass a plan.json "
                          f"written by `tierplan plan`") from None
@@ -110,8 +110,8 @@ def register(app: typer.Typer) -> None:
         show_progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
         """Replay each strategy's placement over the fleet: latency per sink, SLO attainment, cost, load."""
-        from simulations.api import simulate
-        from simulations.batching import check_link_sharing, parse_batching
+        from tierplan.simulations.api import simulate
+        from tierplan.simulations.batching import check_link_sharing, parse_batching
         from tierplan.loader import load_fleet
         parse_batching(batch)
         check_link_sharing(link_sharing)
@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
                            app=app_spec, profile=profile, service_correlation=correlation,
                            batching=batch, link_sharing=link_sharing, progress=step)
         if report is not None:
-            from simulations.html_report import write_report
+            from tierplan.simulations.html_report import write_report
             path = write_report(rep, report)
             if not as_json:
                 typer.echo(f"report: {path}")

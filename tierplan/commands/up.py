@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
             names += [n for n, s in load_fleet(fleet).sites.items() if s.tier != "edge" and n not in names]
         if not names:
             raise InputError("tierplan up: no sites. To fix: pass --sites bs,cloud or --fleet fleet.yaml")
-        from runtime.cluster import SITE_LABEL, LocalCluster, site_resource
+        from tierplan.runtime.cluster import SITE_LABEL, LocalCluster, site_resource
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())

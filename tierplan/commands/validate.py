@@ -31,7 +31,8 @@ def run_validate(app_path: Path, fleet_path: Path | None = None) -> tuple[AppSpe
             problems += e.problems
     if problems:
         raise SpecError(problems)
-    problems = validate(app, fleet, app_path=app_path, fleet_path=fleet_path)
+    from tierplan.devices.catalog import load_catalog
+    problems = validate(app, fleet, app_path=app_path, fleet_path=fleet_path, catalog=load_catalog())
     if problems:
         raise SpecError(problems)
     return app, fleet
