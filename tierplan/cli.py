@@ -47,7 +47,15 @@ def _root(
         raise typer.Exit(0)
 
 
+_registered = False
+
+
 def _register_all() -> None:
+    """Add every verb of tierplan/commands once per process (main() may run many times in one: tests)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     import tierplan.commands as pkg
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         if as_json:
             print(json_error(e.exit_code, [e.format_message()]), flush=True)
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, _click.exceptions.Abort):
+    except (KeyboardInterrupt, typer.Abort):
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     code = code if isinstance(code, int) else 0

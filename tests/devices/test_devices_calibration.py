@@ -9,6 +9,8 @@ from tierplan.devices.calibrate import SYNTHETIC_MODEL, Sample, _lawson_hanson, 
 from tierplan.devices.catalog import get_device
 from tierplan.devices.costmodel import CostModel
 
+pytestmark = pytest.mark.slow   # measures models on this CPU
+
 
 def test_lawson_hanson_matches_scipy_and_kkt():
     """The numpy Lawson-Hanson NNLS satisfies the KKT conditions and agrees with scipy on random problems."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +17,8 @@ from tierplan.planner.formulation import solve
 from tierplan.planner.synthetic import synthetic_fleet, synthetic_app
 from planner_fixtures import assert_matches_brute_force, cost_model, device, random_graph
 from tierplan.spec import FleetSpec, ObjectiveSpec
+
+pytestmark = pytest.mark.slow   # hypothesis-driven CP-SAT against brute force
 
 OBJECTIVES = [ObjectiveSpec(cost=1), ObjectiveSpec(latency=1), ObjectiveSpec(cost=1, latency=0.01)]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +15,8 @@ from tierplan.planner.evaluate import evaluate
 from tierplan.planner.formulation import solve
 from planner_fixtures import assert_matches_brute_force, cost_model, device, fleet_spec, random_graph
 from tierplan.spec import ObjectiveSpec
+
+pytestmark = pytest.mark.slow   # hypothesis-driven CP-SAT against brute force
 
 OBJECTIVES = [ObjectiveSpec(cost=1), ObjectiveSpec(latency=1), ObjectiveSpec(energy=1),
               ObjectiveSpec(cost=1, latency=0.01)]

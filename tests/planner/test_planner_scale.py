@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
 from tierplan.devices.costmodel import CostModel
 from tierplan.planner.api import plan_graph
 from tierplan.planner.build import SloTarget
 from tierplan.planner.synthetic import synthetic_app, synthetic_fleet
+
+pytestmark = pytest.mark.slow   # fleet-scale solves, tens of seconds
 
 SLO = {"out0": SloTarget(300.0), "out1": SloTarget(600.0), "out2": SloTarget(600.0)}
 

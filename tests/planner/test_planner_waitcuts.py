@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,8 @@ from tierplan.planner.evaluate import evaluate
 from tierplan.planner.formulation import solve
 from planner_fixtures import cost_model, random_graph, three_tier_fleet
 from tierplan.spec import ObjectiveSpec
+
+pytestmark = pytest.mark.slow   # hypothesis-driven CP-SAT against brute force
 
 OBJECTIVES = [ObjectiveSpec(cost=1), ObjectiveSpec(latency=1), ObjectiveSpec(energy=1)]
 DEVS = ["cam-dev0", "bs-dev", "cloud-dev"]

@@ -14,6 +14,8 @@ import pytest
 
 from rt_helpers import processes_with_env
 
+pytestmark = pytest.mark.integration   # `tierplan run` starts Ray, agents and gRPC
+
 REPO = Path(__file__).resolve().parents[2]
 STRAY_WAIT_S = 15.0
 

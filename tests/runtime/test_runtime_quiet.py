@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration   # starts Ray and an agent
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # SqueezeNet in 3 pieces: two on the phone (an agent, no Ray), one on bs (a Ray node): Ray forks

@@ -12,6 +12,8 @@ from tierplan.planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
 from tierplan.simulations.api import simulate
 from tierplan.simulations.engine_fast import fifo_departures
 
+pytestmark = pytest.mark.slow   # long simulations on both engines
+
 
 def _naive_fifo(a, s, q, servers):
     out = np.empty(len(a))
