@@ -7,7 +7,7 @@
   that CPU, and the cost model falls back to the uncalibrated roofline (or `tierplan run` calibrates).
 - Any other device: `<cache>/calibration/<device>.json` (made on that device and copied here).
 - `--calibration FILE` (use_calibration_file) takes precedence over the cache for the device it names.
-- A calibration in an older format (`format_version` below devices.costmodel.CALIBRATION_FORMAT: fitted with
+- A calibration in an older format (`format_version` below devices.calibration.CALIBRATION_FORMAT: fitted with
   other op keys) is refused the same way, with a one-line warning; `tierplan run` then calibrates again.
 
 Nothing is ever written into the package or the source tree.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from tierplan.devices.host import LOCAL, cache_dir, cpu_identity
 
 if TYPE_CHECKING:
-    from tierplan.devices.costmodel import Calibration
+    from tierplan.devices.calibration import Calibration
     from tierplan.spec import DeviceSpec
 
 __all__ = ["StaleCalibrationWarning", "calibration_dir", "local_calibration_path", "stamp", "fits_this_host",
@@ -91,8 +91,8 @@ def fits_this_host(cal: "Calibration") -> bool:
 
 def checked(cal: "Calibration", source: str = "calibration") -> "Calibration | None":
     """`cal` when it may be used here, else None with a StaleCalibrationWarning naming its CPU, or saying
-    it was fitted with an older format's op keys (devices.costmodel.CALIBRATION_FORMAT)."""
-    from tierplan.devices.costmodel import CALIBRATION_FORMAT
+    it was fitted with an older format's op keys (devices.calibration.CALIBRATION_FORMAT)."""
+    from tierplan.devices.calibration import CALIBRATION_FORMAT
 
     if cal.format_version < CALIBRATION_FORMAT:
         warnings.warn(f"{source}: calibration of `{cal.device}` in an older format (v{cal.format_version}, now "
@@ -112,7 +112,7 @@ def checked(cal: "Calibration", source: str = "calibration") -> "Calibration | N
 def use_calibration_file(path: str | Path) -> "Calibration | None":
     """Load `path` (`--calibration FILE`) and make it the calibration of the device it names for this
     process's cost models; a `local` calibration from another CPU is refused (warning) and None returned."""
-    from tierplan.devices.costmodel import Calibration
+    from tierplan.devices.calibration import Calibration
 
     cal = checked(Calibration.load(path), str(path))
     if cal is not None:
@@ -128,7 +128,7 @@ def clear_overrides() -> None:
 def lookup(device: "DeviceSpec", directory: str | Path | None = None) -> "Calibration | None":
     """The calibration that applies to `device` here: a --calibration override, else its cache file
     (checked against this CPU for `local`), else None."""
-    from tierplan.devices.costmodel import Calibration
+    from tierplan.devices.calibration import Calibration
 
     if device.name in _OVERRIDES:
         return _OVERRIDES[device.name]

@@ -31,6 +31,7 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import Callable
 
+from tierplan.planner.result import SolveResult
 from tierplan.planner.evaluate import evaluate
 from tierplan.planner.problem import Problem
 
@@ -128,7 +129,6 @@ def solve_groups(problem: Problem, solve_model: Callable, tie_break: Callable, t
     and the time left: the proofs come first. `solve_model` and `tie_break` are
     planner.formulation's (one CP-SAT model each).
     """
-    from tierplan.planner.formulation import SolveResult
 
     t0 = time.perf_counter()
     results, subs = _solve_primary(problem, solve_model, time_limit_s, hint=hint, seed=seed)
@@ -186,7 +186,6 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
                  seed: int):
     """One group: split it at its cloud sites (verified relaxation, see the module docstring),
     or solve it as one model when it does not split or the relaxed optimum is not the group's."""
-    from tierplan.planner.formulation import SolveResult
 
     t0 = time.perf_counter()
     parts, user = split_plan(problem, hint)
@@ -240,7 +239,6 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
 def _or_hint(problem: Problem, r, start: dict | None):
     """`r`, or, when CP-SAT found no solution in time, the hint (the relaxation's union or the
     caller's placement) as a feasible result without a bound, if it satisfies every constraint."""
-    from tierplan.planner.formulation import SolveResult
 
     if r.status != "unknown" or not start or any(c.name not in start for c in problem.classes):
         return r

@@ -42,12 +42,12 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from fractions import Fraction
 
 from ortools.sat.python import cp_model
 
 from tierplan.planner.decompose import solve_groups
+from tierplan.planner.result import SolveResult
 from tierplan.planner.evaluate import ancestors, sink_items
 from tierplan.planner.problem import COMPUTE_KINDS, Problem
 from tierplan.planner.progress import solve_cp
@@ -62,30 +62,6 @@ STATUS_NAMES = {
     cp_model.MODEL_INVALID: "invalid",
     cp_model.UNKNOWN: "unknown",
 }
-
-
-@dataclass(frozen=True)
-class SolveResult:
-    """What CP-SAT found: status, assignment (class -> site per node), objective and bound."""
-
-    status: str
-    assignment: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    objective: int | None = None
-    bound: int | None = None
-    solve_s: float = 0.0
-    latency_term: int | None = None
-    levels: dict[str, int] = field(default_factory=dict)   # site -> utilisation level chosen
-    scale: int = 1              # objective and bound in units of 1/scale (fractional relaxations)
-    proof_s: float | None = None  # seconds until the primary result was final (before tie-breaking)
-
-    @property
-    def gap(self) -> float | None:
-        """Relative optimality gap (objective - bound) / |objective|; 0 when proven optimal."""
-        if self.objective is None or self.bound is None:
-            return None
-        if self.status == "optimal":
-            return 0.0
-        return max(0.0, (self.objective - self.bound) / max(abs(self.objective), 1))
 
 
 _DEFAULT_WORKERS = 8  # CP-SAT's full portfolio (LP, core, LNS workers): measured 4x faster proofs than 4

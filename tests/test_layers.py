@@ -89,3 +89,19 @@ def test_no_library_module_imports_a_top_level_layer_name() -> None:
             if target.split(".")[0] in FOLDERS:
                 bare.append(f"{path.relative_to(ROOT)}:{line}: import {target}")
     assert not bare, "bare top-level imports:\n" + "\n".join(bare)
+
+
+def test_no_import_cycles_between_library_modules() -> None:
+    """No two library modules import each other, directly or round a longer loop (lazy imports count)."""
+    import networkx as nx
+
+    modules = {_module_of(p): p for p in _library_files()}
+    graph = nx.DiGraph()
+    for module, path in modules.items():
+        for _, target in _imports(ast.parse(path.read_text()), module, path.name == "__init__.py"):
+            while target and target not in modules:      # `from a.b import name` -> module a.b
+                target = target.rpartition(".")[0]
+            if target and target != module:
+                graph.add_edge(module, target)
+    cycles = [sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    assert not cycles, f"import cycles: {cycles}"
