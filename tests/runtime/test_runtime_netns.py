@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from concurrent import futures
@@ -29,6 +30,17 @@ def _namespaces() -> str:
 
 def _links() -> str:
     return subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _namespaces_allowed():
+    """Skip this module, saying why, on a machine that refuses network namespaces (no CAP_NET_ADMIN)."""
+    name = f"tierplan-probe-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"network namespaces unavailable (`ip netns add` says: {(r.stderr or r.stdout).strip()}); "
+                    "these tests need root or CAP_NET_ADMIN and CAP_SYS_ADMIN")
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 @pytest.fixture(scope="module")
