@@ -26,7 +26,7 @@ __all__ = ["LocalCluster", "SiteActor", "SiteNodeDown", "site_resource", "SITE_L
 log = logging.getLogger(__name__)
 
 SITE_LABEL = "tierplan-site"
-_START_ATTEMPTS = 2
+_START_ATTEMPTS = 3
 _POLL_S = 2.0                                  # how often a starting actor's node is checked
 _NODE_OBJECT_STORE_BYTES = 80 * 1024 * 1024   # small: tensors cross sites over gRPC, not the object store
 
@@ -92,12 +92,20 @@ class LocalCluster:
             if site in self.nodes:
                 return
             for attempt in range(_START_ATTEMPTS):
+                before = set(self.cluster.worker_nodes)
                 try:
                     self.nodes[site] = self.cluster.add_node(
                         wait=wait, num_cpus=1, resources={site_resource(site): 1}, labels={SITE_LABEL: site},
                         node_ip_address="127.0.0.1", object_store_memory=_NODE_OBJECT_STORE_BYTES)
                     return
                 except Exception as e:  # Ray raises a bare Exception when a node misses its 30 s start window
+                    # Ray's Cluster lists the node before waiting for it: a node that never registered would
+                    # stay listed, and every later wait_for_nodes() would time out on it. Remove it first.
+                    for node in set(self.cluster.worker_nodes) - before:
+                        try:
+                            self.cluster.remove_node(node, allow_graceful=False)
+                        except Exception as gone:  # its processes already exited
+                            log.debug("removing unregistered node of %s: %s", site, gone)
                     if attempt + 1 == _START_ATTEMPTS:
                         raise RuntimeFault(f"Ray node for site {site!r} did not start ({e}). To fix: retry when "
                                            "the machine is less loaded") from e
