@@ -94,9 +94,12 @@ class LocalCluster:
             for attempt in range(_START_ATTEMPTS):
                 before = set(self.cluster.worker_nodes)
                 try:
-                    self.nodes[site] = self.cluster.add_node(
+                    node = self.cluster.add_node(
                         wait=wait, num_cpus=1, resources={site_resource(site): 1}, labels={SITE_LABEL: site},
                         node_ip_address="127.0.0.1", object_store_memory=_NODE_OBJECT_STORE_BYTES)
+                    if wait and not _raylet_stays_up(node):
+                        raise RuntimeError("its raylet exited right after registering")
+                    self.nodes[site] = node
                     return
                 except Exception as e:  # Ray raises a bare Exception when a node misses its 30 s start window
                     # Ray's Cluster lists the node before waiting for it: a node that never registered would
@@ -155,6 +158,18 @@ class LocalCluster:
         if self.connected and ray.is_initialized():
             ray.shutdown()
         self.cluster.shutdown()
+
+
+def _raylet_stays_up(node, settle_s: float = 2.0) -> bool:
+    """Whether a just-registered node's raylet is still running after `settle_s` (one was seen to exit
+    at once after a site's node was killed and added again, leaving the site down for good)."""
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        raylets = node.all_processes.get("raylet") or []
+        if any(p.process.poll() is not None for p in raylets):
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _actor_class():
