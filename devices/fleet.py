@@ -9,7 +9,7 @@ from typing import Literal, Mapping
 from tierplan.devices.catalog import load_catalog, suggest
 from tierplan.devices.constants import DEFAULT_CLOUD_MAX_INSTANCES
 from tierplan.errors import InputError, SpecError
-from tierplan.spec import DeviceSpec, FleetSpec, LinkSpec
+from tierplan.spec import TIERS, DeviceSpec, FleetSpec, LinkSpec, SiteClassSpec
 
 __all__ = ["SiteClass", "Fleet", "Hop", "resolve_fleet"]
 
@@ -31,6 +31,7 @@ class SiteClass:
     max_utilization: float
     link_name: str | None = None
     region: str | None = None
+    max_memory_gb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,32 @@ class Fleet:
         down = [(self.classes[y].link, "down") for y in reversed(chain_b[:chain_b.index(common)])]
         return up + down  # type: ignore[return-value]
 
+    def resolve_pin(self, origin: str, pin: str, what: str = "pin") -> str:
+        """The site class that a pin (a class name or a tier) means for requests from edge class
+        `origin`: a named class on origin's chain is itself; a tier is the nearest class of that
+        tier on the chain (origin, then its parents). `what` names the YAML field in errors."""
+        chain = [origin, *self.parents(origin)]
+        if pin in chain:
+            return pin
+        if pin in TIERS:
+            for s in chain:
+                if self.classes[s].tier == pin:
+                    return s
+            raise InputError(f"{what}: pinned to tier {pin!r} but edge class {origin!r} reaches no {pin} "
+                             f"site (its chain is {' -> '.join(chain)}). To fix: attach {origin} up to a {pin} class")
+        raise InputError(f"{what}: pinned to {pin!r}, which edge class {origin!r} cannot reach "
+                         f"(its chain is {' -> '.join(chain)}). To fix: pin it to a tier or a class on that chain")
+
+    def to_spec(self) -> FleetSpec:
+        """This fleet as a FleetSpec with every device inline: what plan.json embeds, so that the
+        runtime and simulator rebuild exactly this fleet without the catalog or fleet.yaml."""
+        sites = {c.name: SiteClassSpec(tier=c.tier, device=c.device, count=c.count, attach=c.attach,  # type: ignore[arg-type]
+                                       link=c.link_name, max_instances=c.max_instances,
+                                       max_utilization=c.max_utilization, max_memory_gb=c.max_memory_gb,
+                                       region=c.region)
+                 for c in self.classes.values()}
+        return FleetSpec(name=self.name, sites=sites, links=dict(self.links))
+
     def _check(self, name: str) -> None:
         if name not in self.classes:
             raise InputError(f"fleet {self.name!r}: unknown site class {name!r}"
@@ -119,7 +146,8 @@ def resolve_fleet(fleet_spec: FleetSpec, catalog: Mapping[str, DeviceSpec] | Non
             max_instances = 1
         classes[name] = SiteClass(name=name, tier=s.tier, device=device, count=s.count, attach=s.attach,
                                   link=link, max_instances=max_instances,
-                                  max_utilization=s.max_utilization, link_name=s.link, region=s.region)
+                                  max_utilization=s.max_utilization, link_name=s.link, region=s.region,
+                                  max_memory_gb=s.max_memory_gb)
     if problems:
         raise SpecError(problems)
     return Fleet(name=fleet_spec.name, classes=MappingProxyType(classes),

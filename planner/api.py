@@ -551,4 +551,4 @@ def _plan_app(app: Any, fleet: Any, objective: Any, cost_model: Any, time_limit_
     shas = {"app": _sha(app)}
     if not hasattr(fleet, "edge_classes"):
         shas["fleet"] = _sha(fleet)
-    return plan.model_copy(update={"inputs_sha256": shas})
+    return plan.model_copy(update={"inputs_sha256": shas}).with_inputs(app, resolved)

@@ -7,10 +7,15 @@ Field names are a public contract (DESIGN.md, machine-readable outputs): add, ne
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from tierplan.devices.fleet import Fleet
+    from tierplan.spec import AppSpec, FleetSpec
 
 __all__ = ["SinkLatency", "BaselineResult", "ClassCoverage", "PlanPiece", "PlanEdge", "ParetoPoint",
            "PieceMove", "Plan"]
@@ -143,13 +148,76 @@ class Plan(_M):
     site_devices: dict[str, str] = Field(default_factory=dict,
                                          description="site class -> catalog device name (runtime compile reads it)")
 
+    # the inputs, embedded so that runtime/ and simulations/ need nothing but this file (issue #15)
+    fleet: dict | None = Field(None, description="the fleet as planned: FleetSpec JSON with every device "
+                                                 "inline (Plan.fleet_model() rebuilds it)")
+    app: dict | None = Field(None, description="the app as planned: AppSpec JSON (Plan.app_spec() rebuilds it)")
+
+    def with_inputs(self, app: "AppSpec", fleet: "Fleet") -> "Plan":
+        """This plan with the app and the resolved fleet embedded (model paths made absolute)."""
+        return self.model_copy(update={"fleet": fleet.to_spec().model_dump(mode="json", by_alias=True,
+                                                                            exclude_none=True),
+                                       "app": _app_json(app)})
+
+    def fleet_spec(self) -> "FleetSpec":
+        """The fleet this plan was made for, with every device inline (no catalog, no fleet.yaml)."""
+        from tierplan.spec import FleetSpec
+        return FleetSpec.model_validate(self._embedded("fleet"))
+
+    def fleet_model(self) -> "Fleet":
+        """The resolved fleet (devices.fleet.Fleet): routes, parents, pins, edge classes."""
+        from tierplan.devices.fleet import resolve_fleet
+        return resolve_fleet(self.fleet_spec(), catalog={})
+
+    def app_spec(self) -> "AppSpec":
+        """The app this plan was made for (model paths absolute, as Plan.load makes them)."""
+        from tierplan.spec import AppSpec
+        return AppSpec.model_validate({**self._embedded("app"), "base_dir": "/"})
+
+    def _embedded(self, what: str) -> dict:
+        got = getattr(self, what)
+        if got is None:
+            from tierplan.errors import InputError
+            raise InputError(f"plan.json has no embedded {what} (a plan written by an older tierplan, or an "
+                             f"infeasible one). To fix: re-run `tierplan plan APP --fleet FLEET --out plan.json`")
+        return got
+
+    def _paths(self, fix: "Callable[[str], str]") -> "Plan":
+        """This plan with every file path passed through `fix` (pieces, inputs, the app's models)."""
+        update: dict = {k: fix(getattr(self, k)) for k in ("app_path", "fleet_path") if getattr(self, k)}
+        update["pieces"] = [p.model_copy(update={"file": fix(p.file)}) if p.file else p for p in self.pieces]
+        if self.app is not None:
+            models = {n: {**m, **{k: fix(m[k]) for k in ("onnx", "tflite") if m.get(k)}}
+                      for n, m in self.app.get("models", {}).items()}
+            update["app"] = {**self.app, "models": models}
+        return self.model_copy(update=update)
+
+    def _with_local_pieces(self, here: Path) -> "Plan":
+        """Piece files outside the plan's folder are copied into `pieces/` beside it, so
+        the folder is a bundle that deploys and simulates the same when moved or copied elsewhere."""
+        import shutil
+        out: list[PlanPiece] = []
+        for p in self.pieces:
+            src = Path(p.file) if p.file else None
+            if src is None or not src.is_file() or here in src.resolve().parents:
+                out.append(p)
+                continue
+            dst = here / "pieces" / src.name
+            dst.parent.mkdir(exist_ok=True)
+            if not (dst.is_file() and dst.read_bytes() == src.read_bytes()):
+                shutil.copyfile(src, dst)
+            out.append(p.model_copy(update={"file": str(dst)}))
+        return self.model_copy(update={"pieces": out})
+
     def save(self, path: str | Path) -> None:
-        """Write plan.json atomically (never half-written)."""
+        """Write plan.json atomically (never half-written), its paths relative to the plan's folder."""
         from tierplan.errors import InputError
         path = Path(path)
+        here = path.resolve().parent
+        on_disk = self._with_local_pieces(here)._paths(lambda p: _relative(p, here))
         tmp = path.with_suffix(path.suffix + ".tmp")
         try:
-            tmp.write_text(self.model_dump_json(indent=2))
+            tmp.write_text(on_disk.model_dump_json(indent=2))
             tmp.replace(path)
         except OSError as e:
             if tmp.is_file():
@@ -159,10 +227,11 @@ class Plan(_M):
 
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
+        """Read plan.json; relative paths in it are relative to its folder (made absolute here)."""
         from tierplan.errors import InputError
         path = Path(path)
         try:
-            return cls.model_validate(json.loads(path.read_text()))
+            plan = cls.model_validate(json.loads(path.read_text()))
         except FileNotFoundError:
             raise InputError(f"{path}: plan file not found. To fix: run `tierplan plan APP --fleet FLEET --out {path}`")
         except (IsADirectoryError, PermissionError) as e:
@@ -170,3 +239,29 @@ class Plan(_M):
                              "file written by `tierplan plan`") from None
         except (json.JSONDecodeError, ValueError) as e:
             raise InputError(f"{path}: not a valid plan.json ({str(e).splitlines()[0]})")
+        here = path.resolve().parent
+        return plan._paths(lambda p: _absolute(p, here))
+
+
+def _relative(p: str, base: Path) -> str:
+    """`p` relative to `base` (the plan's folder); pkg: references stay as they are."""
+    if p.startswith("pkg:") or not Path(p).is_absolute():
+        return p
+    return os.path.relpath(p, base)
+
+
+def _absolute(p: str, base: Path) -> str:
+    """A path read from plan.json made absolute against the plan's folder."""
+    if p.startswith("pkg:") or Path(p).is_absolute():
+        return p
+    return os.path.normpath(base / p)
+
+
+def _app_json(app: "AppSpec") -> dict:
+    """The AppSpec as JSON with its model files as absolute paths (pkg: kept)."""
+    d = app.model_dump(mode="json", by_alias=True)
+    for name, m in d.get("models", {}).items():
+        for k in ("onnx", "tflite"):
+            if m.get(k) and not m[k].startswith("pkg:"):
+                m[k] = str(app.resolve_path(m[k]).resolve())
+    return d

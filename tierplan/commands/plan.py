@@ -72,14 +72,14 @@ def register(app: typer.Typer) -> None:
                                 pieces_dir=pieces_dir, pareto=pareto, max_coverage=max_coverage, progress=hook)
         except InfeasibleError as e:
             failed = Plan(status="infeasible", reason=str(e), objective_kind=objective or "cost",
-                          app_path=str(app_path), fleet_path=str(fleet_path))
+                          app_path=str(app_path.resolve()), fleet_path=str(fleet_path.resolve()))
             if out is not None:
                 failed.save(out)
             if as_json:
                 print(failed.model_dump_json(indent=2))
                 e.result_printed = True   # the CLI adds no {"error": ...} after the plan
             raise
-        plan = plan.model_copy(update={"app_path": str(app_path), "fleet_path": str(fleet_path)})
+        plan = plan.model_copy(update={"app_path": str(app_path.resolve()), "fleet_path": str(fleet_path.resolve())})
         if out is not None:
             plan.save(out)
         if html is not None:
