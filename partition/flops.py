@@ -331,7 +331,7 @@ def tflite_op_flops(op: str, inputs: Shapes, outputs: Shapes, options: Mapping[s
     if op in ("MAX_POOL_2D", "AVERAGE_POOL_2D", "L2_POOL_2D"):
         if y is None:
             return None
-        window = options.get("filter_height", 0) * options.get("filter_width", 0)
+        window: float = options.get("filter_height", 0) * options.get("filter_width", 0)
         if not window:
             x = inputs[0] if inputs else None
             window = prod(x) / max(prod(y), 1) if x is not None else 1

@@ -12,6 +12,7 @@ Nothing is downloaded; each builder returns an onnx.ModelProto; `save(model, pat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -45,11 +46,19 @@ class _Builder:
         std = np.sqrt(2.0 / max(fan_in, 1))
         return self.const((self.rng.standard_normal(shape) * std).astype(np.float32), prefix)
 
-    def op(self, op_type: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
+    def op(self, op_type: str, inputs: list[str], **attrs: Any) -> str:
+        """One node with a single output; returns the output's name."""
         name = self.fresh(op_type.lower())
-        outs = [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
+        out = f"{name}_out"
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=name, **attrs))
+        return out
+
+    def ops(self, op_type: str, inputs: list[str], n_out: int, **attrs: Any) -> list[str]:
+        """One node with `n_out` outputs (Split); returns their names in order."""
+        name = self.fresh(op_type.lower())
+        outs = [f"{name}_out{i}" for i in range(n_out)]
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=name, **attrs))
-        return outs if n_out > 1 else outs[0]
+        return outs
 
     def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1) -> str:
         w = self.weight((cout, cin // group, k, k), fan_in=cin // group * k * k)
@@ -209,7 +218,7 @@ def shufflenet_v2(resolution: int = 224, classes: int = 1000, seed: int = 0, cha
                                                   b.const(np.array([lo + half], np.int64), "end"), axis])
                                    for lo in (0, half))
                 else:
-                    left, right = b.op("Split", [x], n_out=2, axis=1)
+                    left, right = b.ops("Split", [x], n_out=2, axis=1)
                 right = b.op("Relu", [b.conv(right, half, half, 1)])
             right = b.conv(right, half, half, 3, 2 if i == 0 else 1, group=half)
             right = b.op("Relu", [b.conv(right, half, half, 1)])
