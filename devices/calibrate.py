@@ -287,7 +287,7 @@ def _cv_error(rows: np.ndarray, y: np.ndarray, models: np.ndarray, prior: np.nda
     is one model). The score is their mean, each clipped at CV_ERROR_CLIP: unlike the median it sees
     every piece (a setting that ruins a quarter of a model still scores badly), and the clip keeps one
     unpredictable model from deciding alone."""
-    errs = []
+    errs: list[np.ndarray] = []
     names = [m for m in np.unique(models) if m != SYNTHETIC_MODEL]   # micro-benchmarks always train
     for m in names if len(names) > 1 else [None]:
         train = models != m if m is not None else np.ones(len(y), dtype=bool)
@@ -295,8 +295,8 @@ def _cv_error(rows: np.ndarray, y: np.ndarray, models: np.ndarray, prior: np.nda
         p = prior * _prior_scale(rows[train], y[train], prior)
         x = _solve(rows[train], y[train], p, prior_weight)
         errs.append(np.abs(rows[test] @ x / y[test] - 1))
-    errs = np.concatenate(errs)
-    return float(np.mean(np.minimum(errs, CV_ERROR_CLIP))), float(np.median(errs))
+    every = np.concatenate(errs)
+    return float(np.mean(np.minimum(every, CV_ERROR_CLIP))), float(np.median(every))
 
 
 def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: int = DEFAULT_MIN_OPS,
@@ -318,7 +318,7 @@ def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: i
     groups = _groups(samples, min_ops, block)
     y = np.array([s.measured_ms for s in samples])
     models = np.array([s.piece.model for s in samples])
-    best = None
+    best: tuple[float, float, CalibrationModel, float, np.ndarray, np.ndarray] | None = None
     for c in ([cache_mb] if cache_mb is not None else CACHE_MB_GRID):
         cm = CalibrationModel(groups, c, nchwc_block=block)
         prior = cm.prior(device)
@@ -327,6 +327,7 @@ def fit_calibration(samples: Sequence[Sample], device: DeviceSpec, *, min_ops: i
             err, med = _cv_error(rows, y, models, prior, pw)
             if best is None or err < best[0]:
                 best = (err, med, cm, pw, rows, prior)
+    assert best is not None, "CACHE_MB_GRID and PRIOR_WEIGHT_GRID are not empty"
     cv_err, cv_med, cm, pw, rows, prior = best
     scale = _prior_scale(rows, y, prior)
     x = _solve(rows, y, prior * scale, pw)
@@ -405,7 +406,7 @@ def synthetic_pieces(work_dir: str | Path) -> list[Piece]:
 
     out_dir = Path(work_dir) / SYNTHETIC_MODEL
     out_dir.mkdir(parents=True, exist_ok=True)
-    pieces = []
+    pieces: list[Piece] = []
     for size in SYNTHETIC_SIZES:
         for n_in, n_out in SYNTHETIC_IO:
             for chain in SYNTHETIC_CHAINS:
@@ -586,7 +587,7 @@ def quick_calibration(pieces: Sequence[Piece] = (), *, device_name: str = "local
     # the figure kept for a piece about to run is its CPU time run one after another with the others, as
     # a site runs them (caches as its predecessors leave them); its time alone is a sample of the fit
     seq = measure_in_sequence([s.piece for s in samples[:n_run]], runs=runs, min_time_s=QUICK_SEQUENCE_S)
-    measured = {file_sha256(s.piece.file): seq.get(s.piece.id, s.measured_ms) for s in samples[:n_run]}
+    measured = {file_sha256(s.piece.file) if s.piece.file else "": seq.get(s.piece.id, s.measured_ms) for s in samples[:n_run]}
     return replace(cal, fit={**cal.fit, "quick": True, "wall_s": round(_time.monotonic() - t0, 1)},
                    piece_ms={k: v for k, v in measured.items() if k}), samples
 
@@ -600,7 +601,7 @@ def _with_pieces(cal: Calibration, pieces: Sequence[Piece], progress: bool) -> C
     from tierplan.devices.calibstore import _OVERRIDES, file_sha256, local_calibration_path
     from tierplan.devices.profile import measure_in_sequence
 
-    missing = {}
+    missing: dict[str, Piece] = {}
     for p in pieces:
         sha = file_sha256(p.file) if p.file else ""
         if sha and sha not in cal.piece_ms:

@@ -172,7 +172,8 @@ def isa_names(flags) -> list[str]:
 
 
 def _cpuinfo_blocks(text: str) -> list[dict[str, str]]:
-    blocks, cur = [], {}
+    blocks: list[dict[str, str]] = []
+    cur: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
             if cur:

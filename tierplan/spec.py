@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Literal, Union
+from typing import Annotated, Any, Callable, Iterable, Literal, Union, get_args
 
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag,
                       field_validator, model_validator)
@@ -29,14 +29,20 @@ __all__ = [
 Tier = Literal["edge", "base_station", "cloud"]
 TIERS: tuple[str, ...] = ("edge", "base_station", "cloud")
 DType = Literal["float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool"]
-DTYPES: tuple[str, ...] = DType.__args__
+DTYPES: tuple[str, ...] = get_args(DType)
 Precision = Literal["fp32", "fp16", "int8"]
 ObjectiveName = Literal["cost", "latency", "energy"]
-OBJECTIVES: tuple[str, ...] = ObjectiveName.__args__
+Backend = Literal["tvm", "onnxruntime", "litert"]
+OBJECTIVES: tuple[str, ...] = get_args(ObjectiveName)
 Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", max_length=64)]
 Problem = tuple[str, str]  # (YAML path relative to the spec that raises it, message)
 
 _FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def _default_backends() -> list[Backend]:
+    """A device's backends when its YAML names none."""
+    return ["onnxruntime", "tvm"]
 
 
 def did_you_mean(word: str, options: Iterable[str], list_max: int = 8) -> str:
@@ -88,22 +94,22 @@ class DeviceSpec(Spec):
 
     name: Name = Field(description="Catalog name, e.g. rpi5.")
     tier: Tier = Field(description="Where this device normally sits: edge, base_station or cloud.")
-    description: str = Field("", description="Human-readable model name.")
+    description: str = Field(default="", description="Human-readable model name.")
     peak_gflops: dict[Precision, float] = Field(
         description="Peak throughput per precision (fp32, fp16, int8) in GFLOP/s (a multiply-add counts 2).")
     memory_gb: float = Field(gt=0, description="Memory usable for model weights and activations, GB.")
     memory_bandwidth_gbps: float = Field(gt=0, description="Memory bandwidth, GB/s.")
     power_idle_w: float = Field(ge=0, description="Idle power draw, watts.")
     power_active_w: float = Field(gt=0, description="Power draw while running inference, watts.")
-    cost_per_hour_usd: float = Field(0.0, ge=0, description="Rental price per instance-hour, USD; 0 if owned.")
+    cost_per_hour_usd: float = Field(default=0.0, ge=0, description="Rental price per instance-hour, USD; 0 if owned.")
     dispatch_overhead_us: float = Field(
-        20.0, ge=0, description="Fixed cost per operator launch (kernel dispatch), microseconds.")
+        default=20.0, ge=0, description="Fixed cost per operator launch (kernel dispatch), microseconds.")
     tvm_target: dict = Field(default_factory=lambda: {"kind": "llvm"},
                              description="TVM target in dict form, e.g. {kind: llvm, mtriple: aarch64-linux-gnu}.")
-    backends: list[Literal["tvm", "onnxruntime", "litert"]] = Field(
-        default_factory=lambda: ["onnxruntime", "tvm"], min_length=1, description="Backends usable on this device.")
-    battery: bool = Field(False, description="Runs on battery: energy per request matters.")
-    radio_nj_per_byte: float = Field(0.0, ge=0, description="Radio energy to send one byte, nanojoules.")
+    backends: list[Backend] = Field(
+        default_factory=_default_backends, min_length=1, description="Backends usable on this device.")
+    battery: bool = Field(default=False, description="Runs on battery: energy per request matters.")
+    radio_nj_per_byte: float = Field(default=0.0, ge=0, description="Radio energy to send one byte, nanojoules.")
     sources: list[str] = Field(default_factory=list, description="Where the figures come from (URLs, datasheets).")
 
     @field_validator("peak_gflops")
@@ -145,11 +151,11 @@ class LinkSpec(Spec):
     uplink_mbps: float = Field(gt=0, description="Bandwidth towards the parent site, Mbit/s.")
     downlink_mbps: float = Field(gt=0, description="Bandwidth from the parent site, Mbit/s.")
     rtt_ms: float = Field(ge=0, description="Round-trip time, milliseconds.")
-    jitter_ms: float = Field(0.0, ge=0, description="Standard deviation of one-way delay, milliseconds.")
-    egress_usd_per_gb: float = Field(0.0, ge=0, description="Price of data leaving the upper site, USD per GB.")
+    jitter_ms: float = Field(default=0.0, ge=0, description="Standard deviation of one-way delay, milliseconds.")
+    egress_usd_per_gb: float = Field(default=0.0, ge=0, description="Price of data leaving the upper site, USD per GB.")
     capacity_mbps: float | None = Field(
-        None, gt=0, description="Shared capacity of the parent's side of this link class (all devices together), Mbit/s.")
-    loss_rate: float = Field(0.0, ge=0, lt=1, description="Fraction of packets lost (retransmitted), 0..1.")
+        default=None, gt=0, description="Shared capacity of the parent's side of this link class (all devices together), Mbit/s.")
+    loss_rate: float = Field(default=0.0, ge=0, lt=1, description="Fraction of packets lost (retransmitted), 0..1.")
 
 
 class SiteClassSpec(Spec):
@@ -157,15 +163,15 @@ class SiteClassSpec(Spec):
 
     tier: Tier = Field(description="edge, base_station or cloud.")
     device: DeviceRef = Field(description="Catalog device name (see `tierplan devices`), or an inline device.")
-    count: int = Field(1, ge=1, description="How many sites of this class.")
-    attach: Name | None = Field(None, description="Site class this one connects up to (edge -> base_station -> cloud).")
-    link: Name | None = Field(None, description="Link class (in `links`) used to reach `attach`.")
+    count: int = Field(default=1, ge=1, description="How many sites of this class.")
+    attach: Name | None = Field(default=None, description="Site class this one connects up to (edge -> base_station -> cloud).")
+    link: Name | None = Field(default=None, description="Link class (in `links`) used to reach `attach`.")
     max_instances: int | None = Field(
-        None, ge=1, description="Rentable instances per site (base stations, clouds); default 1 for owned sites.")
-    max_utilization: float = Field(0.8, gt=0, le=1, description="Cap on compute utilisation at the offered load, 0..1.")
+        default=None, ge=1, description="Rentable instances per site (base stations, clouds); default 1 for owned sites.")
+    max_utilization: float = Field(default=0.8, gt=0, le=1, description="Cap on compute utilisation at the offered load, 0..1.")
     max_memory_gb: float | None = Field(
-        None, gt=0, description="Memory the app may use per site, GB; default: the device's memory.")
-    region: str | None = Field(None, description="Free-form location label.")
+        default=None, gt=0, description="Memory the app may use per site, GB; default: the device's memory.")
+    region: str | None = Field(default=None, description="Free-form location label.")
 
     @model_validator(mode="after")
     def _cross(self) -> "SiteClassSpec":
@@ -193,7 +199,7 @@ class SiteClassSpec(Spec):
 class FleetSpec(Spec):
     """The fleet: site classes in three tiers and the link classes between them."""
 
-    name: str = Field("fleet", description="Fleet name.")
+    name: str = Field(default="fleet", description="Fleet name.")
     sites: dict[Name, SiteClassSpec] = Field(min_length=1, description="Site classes by name.")
     links: dict[Name, LinkSpec] = Field(default_factory=dict, description="Link classes by name.")
 
@@ -228,7 +234,7 @@ class FleetSpec(Spec):
     def _check_connected(self) -> list[Problem]:
         """Every non-cloud class attaches upward when a higher tier exists, so data can reach it."""
         order = {t: i for i, t in enumerate(TIERS)}
-        present = sorted(self.tiers(), key=order.get)
+        present = sorted(self.tiers(), key=order.__getitem__)
         out: list[Problem] = []
         for name, s in self.sites.items():
             higher = [t for t in present if order[t] > order[s.tier]]
@@ -248,12 +254,12 @@ class ProfileLayer(Spec):
 
     name: Name = Field(description="Layer name, unique within the table.")
     output_bytes: int = Field(ge=0, description="Bytes of the layer's output tensor(s).")
-    flops: float = Field(0.0, ge=0, description="FLOPs (multiply-add = 2), used for devices without a measurement.")
-    param_bytes: int = Field(0, ge=0, description="Weight bytes.")
+    flops: float = Field(default=0.0, ge=0, description="FLOPs (multiply-add = 2), used for devices without a measurement.")
+    param_bytes: int = Field(default=0, ge=0, description="Weight bytes.")
     latency_ms: dict[Name, Annotated[float, Field(gt=0, allow_inf_nan=True)]] = Field(
         default_factory=dict, description="Measured latency per device type (catalog name), milliseconds; "
         ".inf means the layer cannot run on that device.")
-    inputs: list[Name] | None = Field(None, description="Layers feeding this one; default: the previous layer (a chain).")
+    inputs: list[Name] | None = Field(default=None, description="Layers feeding this one; default: the previous layer (a chain).")
 
 
 class ProfileTable(Spec):
@@ -293,14 +299,14 @@ class ProfileTable(Spec):
 class ModelSpec(Spec):
     """A model of the app: an ONNX file (or .tflite), or a profile table."""
 
-    onnx: str | None = Field(None, description="Path to the ONNX file, relative to app.yaml, or pkg:PACKAGE/PATH.")
-    tflite: str | None = Field(None, description="Path to a .tflite file (LiteRT backend), relative to app.yaml or pkg:.")
-    profile: ProfileTable | None = Field(None, description="Profile table instead of a model file.")
+    onnx: str | None = Field(default=None, description="Path to the ONNX file, relative to app.yaml, or pkg:PACKAGE/PATH.")
+    tflite: str | None = Field(default=None, description="Path to a .tflite file (LiteRT backend), relative to app.yaml or pkg:.")
+    profile: ProfileTable | None = Field(default=None, description="Profile table instead of a model file.")
     dims: dict[str, PositiveInt] = Field(default_factory=dict,
                                          description="Values for symbolic dimensions: by dim_param name, or INPUT[AXIS] for an "
                                          "unnamed one, e.g. {height: 640, 'x[0]': 1}.")
-    max_pieces: int = Field(8, ge=1, le=256, description="At most this many pieces for this model.")
-    precision: Precision = Field("fp32", description="Precision the model runs at: fp32, fp16 or int8.")
+    max_pieces: int = Field(default=8, ge=1, le=256, description="At most this many pieces for this model.")
+    precision: Precision = Field(default="fp32", description="Precision the model runs at: fp32, fp16 or int8.")
 
     @model_validator(mode="after")
     def _cross(self) -> "ModelSpec":
@@ -322,8 +328,8 @@ class SourceSpec(Spec):
     at: Name = Field(description="Site class name or tier (edge, base_station, cloud) the data is produced on.")
     rate_hz: float = Field(gt=0, description="Requests per second per producing site, Hz.")
     shape: list[PositiveInt] = Field(min_length=1, description="Tensor shape of one request, e.g. [1, 3, 640, 640].")
-    dtype: DType = Field("float32", description="Element type of the tensor.")
-    private: bool = Field(False, description="Raw data may not leave the producing device.")
+    dtype: DType = Field(default="float32", description="Element type of the tensor.")
+    private: bool = Field(default=False, description="Raw data may not leave the producing device.")
 
     @property
     def nbytes(self) -> int:
@@ -340,11 +346,11 @@ class TransformSpec(Spec):
 
     function: str = Field(json_schema_extra={"pattern": _FUNCTION_RE.pattern},
                           description="Python callable `module:function`, importable from app.yaml's folder.")
-    cost_ms: float = Field(0.0, ge=0, description="Declared cost per call on an edge-class CPU, milliseconds.")
-    fanout: float = Field(1.0, gt=0, description="Expected outputs per input (e.g. boxes per frame); "
+    cost_ms: float = Field(default=0.0, ge=0, description="Declared cost per call on an edge-class CPU, milliseconds.")
+    fanout: float = Field(default=1.0, gt=0, description="Expected outputs per input (e.g. boxes per frame); "
                           "each output is one request downstream.")
-    output_shape: list[PositiveInt] | None = Field(None, description="Shape of one output tensor.")
-    output_dtype: DType = Field("float32", description="Element type of the output tensor.")
+    output_shape: list[PositiveInt] | None = Field(default=None, description="Shape of one output tensor.")
+    output_dtype: DType = Field(default="float32", description="Element type of the output tensor.")
 
     @field_validator("function")
     @classmethod
@@ -368,7 +374,7 @@ class SinkSpec(Spec):
 
     src: Name = Field(alias="from", description="Node (model or transform) whose output is the result.")
     deliver_to: Literal["source", "edge", "base_station", "cloud", "any"] = Field(
-        "source", description="source = back to the producing device; a tier; or any (nowhere in particular).")
+        default="source", description="source = back to the producing device; a tier; or any (nowhere in particular).")
 
 
 class SloSpec(Spec):
@@ -376,15 +382,15 @@ class SloSpec(Spec):
 
     sink: Name = Field(description="Sink name (in `sinks`).")
     latency_ms: float = Field(gt=0, description="End-to-end latency target, milliseconds.")
-    percentile: float = Field(95.0, gt=0, le=100, description="Percentile of requests that must meet it, 0..100.")
+    percentile: float = Field(default=95.0, gt=0, le=100, description="Percentile of requests that must meet it, 0..100.")
 
 
 class ObjectiveSpec(Spec):
     """What to minimise: weights on cost ($/h), latency (ms) and energy (J per request)."""
 
-    cost: float = Field(0.0, ge=0, description="Weight on cost, per USD/hour.")
-    latency: float = Field(0.0, ge=0, description="Weight on mean end-to-end latency, per millisecond.")
-    energy: float = Field(0.0, ge=0, description="Weight on edge-device energy, per joule per request.")
+    cost: float = Field(default=0.0, ge=0, description="Weight on cost, per USD/hour.")
+    latency: float = Field(default=0.0, ge=0, description="Weight on mean end-to-end latency, per millisecond.")
+    energy: float = Field(default=0.0, ge=0, description="Weight on edge-device energy, per joule per request.")
 
     @model_validator(mode="after")
     def _cross(self) -> "ObjectiveSpec":
@@ -411,17 +417,17 @@ ObjectiveRef = Annotated[
 class AppSpec(Spec):
     """The application: models, sources, transforms, the data-flow graph, sinks, SLO and objective."""
 
-    name: str = Field("app", description="App name.")
+    name: str = Field(default="app", description="App name.")
     models: dict[Name, ModelSpec] = Field(min_length=1, description="Models by name.")
     sources: dict[Name, SourceSpec] = Field(min_length=1, description="Data sources by name.")
     transforms: dict[Name, TransformSpec] = Field(default_factory=dict, description="Host-side transforms by name.")
     edges: list[EdgeSpec] = Field(min_length=1, description="Data-flow edges between sources, models and transforms.")
     sinks: dict[Name, SinkSpec] = Field(min_length=1, description="Where results are delivered, by name.")
     slo: list[SloSpec] = Field(default_factory=list, description="Latency targets per sink and percentile.")
-    min_throughput_rps: float | None = Field(None, gt=0, description="Minimum requests/s the deployment must sustain.")
-    objective: ObjectiveRef = Field("cost", description="cost, latency, energy, or weights {cost, latency, energy}.")
-    budget_usd_per_hour: float | None = Field(None, gt=0, description="Most the deployment may cost, USD per hour.")
-    base_dir: SkipJsonSchema[str] = Field("", exclude=True, description="Directory of app.yaml (set by the loader).")
+    min_throughput_rps: float | None = Field(default=None, gt=0, description="Minimum requests/s the deployment must sustain.")
+    objective: ObjectiveRef = Field(default="cost", description="cost, latency, energy, or weights {cost, latency, energy}.")
+    budget_usd_per_hour: float | None = Field(default=None, gt=0, description="Most the deployment may cost, USD per hour.")
+    base_dir: SkipJsonSchema[str] = Field(default="", exclude=True, description="Directory of app.yaml (set by the loader).")
 
     @property
     def weights(self) -> ObjectiveSpec:
