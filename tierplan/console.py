@@ -22,10 +22,10 @@ import os
 import sys
 import threading
 from contextlib import contextmanager
-from typing import IO, Iterator
+from typing import IO, Iterator, Literal, cast
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.measure import Measurement
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
                            TimeElapsedColumn)
@@ -53,7 +53,7 @@ def console(stderr: bool = False, file: IO[str] | None = None, min_width: int | 
     return Console(stderr=stderr, file=file, width=int(width) if width.isdigit() and int(width) > 0 else PIPE_WIDTH)
 
 
-def column(table: Table, header: str, *, ident: bool = False, justify: str | None = None, **kw) -> None:
+def column(table: Table, header: str, *, ident: bool = False, justify: JustifyMethod | None = None, **kw) -> None:
     """Add a column: `ident` columns (names, ids, sites) never wrap; no header word is ever cut to "…"."""
     words = header.split() or [""]
     kw.setdefault("min_width", max(len(w) for w in words))
@@ -87,7 +87,9 @@ def print_table(con: Console, table: Table) -> None:
             c.width = r.minimum + give - table._get_padding_width(i)
         need = sum(r.minimum for r in ranges) + table._extra_width
         if need > con.width:
-            con = Console(file=con.file, width=need, force_terminal=con.is_terminal, color_system=con.color_system,
+            # Console.color_system reads back one of the names its constructor takes
+            colors = cast(Literal["auto", "standard", "256", "truecolor", "windows"] | None, con.color_system)
+            con = Console(file=con.file, width=need, force_terminal=con.is_terminal, color_system=colors,
                           no_color=con.no_color)
     con.print(table)
 

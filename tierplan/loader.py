@@ -11,10 +11,11 @@ import math
 import re
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from tierplan.errors import SpecError
 from tierplan.spec import AppSpec, FleetSpec, did_you_mean
@@ -62,7 +63,13 @@ _SEQ_FRAME = object()  # the pending-key slot of a sequence's frame
 _SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("null", "bool", "int", "float", "binary", "timestamp")}
 
 
-def _walk(text: str, index: bool) -> tuple[Any, "LineIndex | None"]:
+@overload
+def _walk(text: str, index: Literal[True]) -> tuple[Any, LineIndex]: ...
+@overload
+def _walk(text: str, index: Literal[False]) -> tuple[Any, None]: ...
+
+
+def _walk(text: str, index: bool) -> tuple[Any, LineIndex | None]:
     """(data, line index if asked) built straight from libyaml's events, without PyYAML's node tree.
 
     Several times faster than compose + construct on large files. Raises _Unusual on what it does
@@ -71,14 +78,14 @@ def _walk(text: str, index: bool) -> tuple[Any, "LineIndex | None"]:
     loader = _FastLoader(text)
     try:
         get, resolve, build = loader.get_event, loader.resolve, _KEYS.yaml_constructors
-        lines = LineIndex() if index else None
+        lines = LineIndex()  # filled only when `index` (no path is tracked otherwise)
         scalars: dict[tuple, Any] = {}  # scalars repeat: resolve and convert each text once
         # one frame per open mapping or sequence: [container, path, awaiting a key?, pending key]
         stack: list[list] = []
         root: Any = None
         get()  # stream start
         if type(loader.peek_event()) is yaml.StreamEndEvent:
-            return None, lines
+            return None, lines if index else None
         get()  # document start
         while True:
             ev = get()
@@ -135,7 +142,7 @@ def _walk(text: str, index: bool) -> tuple[Any, "LineIndex | None"]:
                     container.append(value)
             else:
                 root = value
-                if lines is not None:
+                if index:
                     path = ()
                     lines[path] = ev.start_mark.line + 1
             if path is not None and len(path) >= _INDEX_DEPTH:
@@ -149,7 +156,7 @@ def _walk(text: str, index: bool) -> tuple[Any, "LineIndex | None"]:
         get()  # document end
         if type(loader.peek_event()) is not yaml.StreamEndEvent:
             raise _Unusual("several documents")  # PyYAML's composer says what is wrong
-        return root, lines
+        return root, lines if index else None
     finally:
         loader.dispose()
 
@@ -364,7 +371,7 @@ def _describe_input(v: Any) -> str:
     return f" (got {text if len(text) <= 40 else text[:37] + '...'})"
 
 
-def _messages(err: dict, data: Any, model: type[BaseModel]) -> list[tuple[Loc, str]]:
+def _messages(err: ErrorDetails, data: Any, model: type[BaseModel]) -> list[tuple[Loc, str]]:
     """One pydantic error as (YAML path, message) pairs."""
     kind = err["type"]
     loc = _yaml_loc(data, tuple(err["loc"]), keep_last=kind in ("missing", "extra_forbidden"))
@@ -491,10 +498,10 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
                 if text_ not in seen:
                     seen.add(text_)
                     problems.append((line, text_))
-        spec = None
-    if problems:
-        raise SpecError([p for _, p in sorted(problems, key=lambda x: x[0])])
-    return spec
+    else:
+        if not problems:
+            return spec
+    raise SpecError([p for _, p in sorted(problems, key=lambda x: x[0])])
 
 
 def dump_spec(spec: BaseModel) -> str:

@@ -139,10 +139,9 @@ def find_text_boxes(prob_map: np.ndarray, out_hw: tuple[int, int]) -> list[np.nd
     (offset = area * ratio / perimeter, as PP-OCR's polygon offset does for a rectangle), and scale
     it to the frame's size.
     """
-    pred = np.asarray(prob_map, dtype=np.float32).reshape(prob_map.shape[-2:])
-    map_h, map_w = pred.shape
-    bitmap = (pred > DB_BINARY_THRESHOLD).astype(np.uint8)
-    bitmap = cv2.dilate(bitmap, np.ones((2, 2), np.uint8))
+    map_h, map_w = prob_map.shape[-2], prob_map.shape[-1]
+    pred = np.asarray(prob_map, dtype=np.float32).reshape(map_h, map_w)
+    bitmap = cv2.dilate((pred > DB_BINARY_THRESHOLD).astype(np.uint8), np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     sx, sy = out_hw[1] / map_w, out_hw[0] / map_h
     boxes = []

@@ -173,8 +173,12 @@ class _Report:
 
 
 def _check_model_file(app: AppSpec, name: str, m: ModelSpec, rep: _Report) -> ModelIO | None:
-    key = "onnx" if m.onnx is not None else "tflite"
-    raw = m.onnx if m.onnx is not None else m.tflite
+    if m.onnx is not None:
+        key, raw = "onnx", m.onnx
+    elif m.tflite is not None:
+        key, raw = "tflite", m.tflite
+    else:
+        return None  # a profile-table model: no file (the caller checks file models only)
     path = app.resolve_path(raw)
     where = f"models.{name}.{key}"
     if raw.startswith("pkg:") and str(path).startswith("<package"):
@@ -288,9 +292,9 @@ def _check_pins(app: AppSpec, fleet: FleetSpec, rep: _Report) -> None:
             rep.add(f"sources.{name}.at", f"unknown site class or tier {s.at!r}"
                     + hint(s.at)
                     + ". To fix: name a site class of the fleet or a tier (edge, base_station, cloud)")
-    for name, s in app.sinks.items():
-        if s.deliver_to in TIERS and s.deliver_to not in tiers:
-            rep.add(f"sinks.{name}.deliver_to", f"the fleet has no {s.deliver_to} site class. To fix: deliver "
+    for name, sink in app.sinks.items():
+        if sink.deliver_to in TIERS and sink.deliver_to not in tiers:
+            rep.add(f"sinks.{name}.deliver_to", f"the fleet has no {sink.deliver_to} site class. To fix: deliver "
                                                 f"to source, any, or a tier the fleet has ({', '.join(t for t in TIERS if t in tiers)})")
 
 
@@ -336,17 +340,18 @@ def _check_edges(app: AppSpec, io: Mapping[str, ModelIO], rep: _Report) -> None:
             continue
         dst_dims = app.models[e.dst].dims
         # what feeds which input: explicit mapping, else the only input of the model
+        pairs: list[tuple[str | None, TensorSig | None]]
         if e.tensors:
             pairs = [(k, dst_io.input(v)) for k, v in e.tensors.items()]
         elif len(dst_io.inputs) == 1 and len(fan_in[e.dst]) == 1:
             pairs = [(None, dst_io.inputs[0])]
         else:
             pairs = []
-        for k, want_sig in pairs:
+        for tensor, want_sig in pairs:
             if want_sig is None:
                 continue
             want = _bound(want_sig.shape, want_sig.name, dst_dims)
-            got, got_dtype, what = _produced(app, e.src, k, src_io, out_names)
+            got, got_dtype, what = _produced(app, e.src, tensor, src_io, out_names)
             if got is None:
                 continue
             if not _fits(got, want):
