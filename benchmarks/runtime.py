@@ -52,7 +52,7 @@ from tierplan.runtime.localwire import LocalServer  # noqa: E402
 from tierplan.runtime.shm import ShmReader  # noqa: E402
 from tierplan.runtime.proto import runtime_pb2 as pb  # noqa: E402
 from tierplan.runtime.proto import runtime_pb2_grpc as pbg  # noqa: E402
-from tierplan.runtime.stage import Sender, delivery_handlers  # noqa: E402
+from tierplan.runtime.transport import Sender, delivery_handlers  # noqa: E402
 from tierplan.runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, frames_to_delivery  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "runtime.json"
@@ -237,7 +237,7 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
     from tierplan.runtime.deploy import deploy, local_threads
     from tierplan.runtime.handplan import chain_plan, split_chain, with_random_weights
     from tierplan.runtime.runners import OrtRunner
-    from tierplan.runtime.stage import StageOptions
+    from tierplan.runtime.options import StageOptions
     from tierplan.spec import FleetSpec
 
     tmp = Path(tempfile.mkdtemp(prefix="tierplan-bench-"))

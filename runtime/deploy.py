@@ -29,7 +29,7 @@ from tierplan.runtime.graph import DEFAULT_TRANSFORM_MODULES, ExecGraph, load_tr
 from tierplan.runtime.links import route_table
 from tierplan.runtime.security import CONTROLLER, TlsConfig, check_listen
 from tierplan.runtime.service import Service, files_for, slot_key
-from tierplan.runtime.stage import LINKS_DIR_MARKER, StageOptions
+from tierplan.runtime.options import LINKS_DIR_MARKER, StageOptions
 from tierplan.errors import InputError, RuntimeFault
 from tierplan.spec import AppSpec, FleetSpec
 

@@ -298,7 +298,7 @@ def recording_server(listen: str = "127.0.0.1:0") -> tuple:
     import grpc
 
     from tierplan.runtime.proto import runtime_pb2 as pb
-    from tierplan.runtime.stage import delivery_handlers
+    from tierplan.runtime.transport import delivery_handlers
     from tierplan.runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD
 
     received: dict[str, float] = {}
@@ -330,7 +330,7 @@ def _send(to: str, nbytes: int, timeout_s: float) -> dict:
     import numpy as np
 
     from tierplan.runtime.links import LinkEmulator
-    from tierplan.runtime.stage import Sender
+    from tierplan.runtime.transport import Sender
     from tierplan.runtime.wire import Delivery
 
     sender = Sender("probe", None, lambda: LinkEmulator())

@@ -40,7 +40,8 @@ from tierplan.runtime.proto import runtime_pb2 as pb
 from tierplan.runtime.proto import runtime_pb2_grpc as pbg
 from tierplan.runtime.security import TlsConfig, TokenInterceptor, channel, peer_name, server_credentials
 from tierplan.runtime.shm import ShmReader, sweep_stale
-from tierplan.runtime.stage import Sender, StageOptions, delivery_handlers, parsed, pick_address, rotating
+from tierplan.runtime.options import StageOptions
+from tierplan.runtime.transport import Sender, delivery_handlers, parsed, pick_address, rotating
 from tierplan.runtime.wire import (GRPC_OPTIONS, MAX_DEADLINE_AHEAD_MS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery,
                           WireError, frames_to_delivery, pb_to_tensor, tensor_to_pb)
 from tierplan.errors import InputError, RuntimeFault

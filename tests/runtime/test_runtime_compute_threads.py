@@ -11,7 +11,8 @@ from onnx import TensorProto, helper
 
 from tierplan.runtime.handplan import chain_plan
 from tierplan.runtime.runners import OrtRunner
-from tierplan.runtime.stage import LINKS_DIR_MARKER, StageOptions, StageWorker
+from tierplan.runtime.options import LINKS_DIR_MARKER, StageOptions
+from tierplan.runtime.stage import StageWorker
 from tierplan.spec import FleetSpec
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tierplan.runtime.links import LinkEmulator
 from tierplan.runtime.netns import recording_server
-from tierplan.runtime.stage import Sender
+from tierplan.runtime.transport import Sender
 from tierplan.runtime.wire import Delivery
 
 pytestmark = pytest.mark.integration

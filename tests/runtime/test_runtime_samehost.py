@@ -17,7 +17,7 @@ from tierplan.runtime.links import LinkEmulator
 from tierplan.runtime.localwire import LocalServer, socket_name
 from tierplan.runtime.proto import runtime_pb2 as pb
 from tierplan.runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address, sweep_stale
-from tierplan.runtime.stage import Sender, delivery_handlers
+from tierplan.runtime.transport import Sender, delivery_handlers
 from tierplan.runtime.wire import (GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, pack_delivery,
                           pack_delivery_into, packed_size, unpack_delivery)
 

@@ -129,7 +129,7 @@ def _delivery_server(got: list):
     import grpc
 
     from tierplan.runtime.proto import runtime_pb2 as pb
-    from tierplan.runtime.stage import delivery_handlers
+    from tierplan.runtime.transport import delivery_handlers
     from tierplan.runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD
 
     def receive(d, ctx):
@@ -145,7 +145,7 @@ def _delivery_server(got: list):
 
 def test_emulated_link_paces_a_real_grpc_transfer():
     """A 2 MB delivery over an emulated 80 Mbit/s link with 20 ms RTT takes at least 200 + 10 ms end to end."""
-    from tierplan.runtime.stage import Sender
+    from tierplan.runtime.transport import Sender
     got: list = []
     srv, addr = _delivery_server(got)
     emu = LinkEmulator({"a|b": [{"link_id": "a->b", "bandwidth_mbps": 80.0, "delay_ms": 10.0}]})
@@ -187,7 +187,7 @@ def test_packed_delivery_round_trips_as_aligned_views():
 
 def test_sender_uses_one_message_for_small_and_a_stream_for_large_deliveries():
     """Deliveries up to UNARY_MAX_BYTES and above both arrive intact over real gRPC, whichever form carries them."""
-    from tierplan.runtime.stage import UNARY_MAX_BYTES, Sender
+    from tierplan.runtime.transport import UNARY_MAX_BYTES, Sender
     got: list = []
     srv, addr = _delivery_server(got)
     sender = Sender("a", None, lambda: LinkEmulator())
