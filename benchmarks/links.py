@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tierplan.devices.fleet import resolve_fleet
 from tierplan.runtime.links import LinkEmulator, route_table  # noqa: E402
 from tierplan.runtime.netns import probe_argv, probe_env, read_port, recording_server, veth_pair, wire_rate_mbps  # noqa: E402
 from tierplan.runtime.stage import Sender  # noqa: E402
@@ -68,7 +69,7 @@ def bench_jitter(n: int) -> list[dict]:
     """Declared against measured one-way delay for the example fleets' links (and read-text's phone -> cloud)."""
     fleet = load_fleet(ROOT / "examples" / "read-text" / "fleet.yaml")
     sites = list(fleet.sites)
-    routes = route_table(fleet, sites)
+    routes = route_table(resolve_fleet(fleet), sites)
     pairs = [(a, fleet.sites[a].attach) for a in sites if fleet.sites[a].attach]
     edge = next(a for a, _ in pairs if fleet.sites[a].tier == "edge")
     top = next(s for s in sites if fleet.sites[s].attach is None)

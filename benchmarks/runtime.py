@@ -274,7 +274,7 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
     for variant, fast in (("same_host", True), ("grpc_only", False)):
         options = StageOptions(batch_sites=("cloud",), threads=local_threads(3), shm=fast)
         acc = {k: {"seq": [], "lat": [], "t": 0.0, "steps": []} for k in [*inproc, "pipeline"]}
-        with deploy(plan, fleet=fleet, emulate_links=False, request_timeout_s=30, options=options) as svc:
+        with deploy(plan, emulate_links=False, request_timeout_s=30, options=options) as svc:
             for _ in range(5):
                 svc.predict(x)
                 for fn in inproc.values():
@@ -311,7 +311,7 @@ def _steps_p50(steps: list) -> dict:
 def bench_examples(names: list[str], seconds: float) -> list[dict]:
     """`tierplan run` on each example: measured p50 against the same "predicted here" figure the CLI
     prints (the plan's placement at this machine's speed), and the fleet devices' prediction."""
-    from tierplan.runtime.runapp import run_example
+    from tierplan.run import run_example
     rows = []
     for name in names:
         try:

@@ -25,7 +25,7 @@ def collect_runtime_traces(example: str, duration_s: float, *, seed: int = 0,
     import time
 
     from tierplan.runtime.deploy import deploy
-    from tierplan.runtime.runapp import example_inputs, find_example, make_plan
+    from tierplan.run import example_inputs, find_example, make_plan
     from tierplan.loader import load_app, load_fleet
     from tierplan.errors import RuntimeFault
 
@@ -36,8 +36,8 @@ def collect_runtime_traces(example: str, duration_s: float, *, seed: int = 0,
     traces: list[RequestTrace] = []
     with tempfile.TemporaryDirectory(prefix="tierplan-calib-") as tmp:
         from tierplan.runtime.compile import compile_plan
-        res = compile_plan(plan, Path(tmp) / "artifacts", backends=["onnxruntime"], progress=False, fleet=fleet)
-        with deploy(plan, local=True, fleet=fleet, app=app, manifest=res.manifest, manifest_root=res.out_dir) as svc:
+        res = compile_plan(plan, Path(tmp) / "artifacts", backends=["onnxruntime"], progress=False)
+        with deploy(plan, local=True, manifest=res.manifest, manifest_root=res.out_dir) as svc:
             t0, i = time.time(), 0
             while time.time() - t0 < duration_s and (max_requests is None or i < max_requests):
                 try:

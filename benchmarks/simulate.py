@@ -214,7 +214,7 @@ def bench_fidelity(duration_s: float) -> dict:
     (plus the fitted within-request correlation and the overhead outside the steps: the goal).
     """
     try:
-        import tierplan.runtime.runapp  # noqa: F401
+        import tierplan.run  # noqa: F401
         import tierplan.runtime.deploy  # noqa: F401
     except Exception as e:  # any import failure means no runtime to compare against
         return {"skipped": f"runtime not importable ({e.__class__.__name__}: {e})"}

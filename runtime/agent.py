@@ -35,10 +35,10 @@ _STOP_GRACE_S = 3.0
 def run_agent(site: str, listen: str, controller: str | None = None, tls_dir: str | None = None,
               ready: threading.Event | None = None, stop: threading.Event | None = None, *,
               insecure: bool = False, allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES,
-              cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES, metrics_port: int = 0) -> None:
+              cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES, metrics_port: int = 0, replica: int = 0) -> None:
     """Serve one site until SIGTERM/SIGINT (or `stop` is set); prints `READY host:port
     metrics=127.0.0.1:PORT` when listening (its Prometheus endpoint stays on loopback: `metrics_port`,
-    0 a free one).
+    0 a free one). `replica`: which device of its class this agent is (0, 1, ...: a request stays on one).
 
     InputError (exit 2 on the command line) for a listen address that is not loopback without TLS
     or `insecure`, or that this host cannot bind."""
@@ -47,7 +47,8 @@ def run_agent(site: str, listen: str, controller: str | None = None, tls_dir: st
     tls = TlsConfig.from_dir(tls_dir, site) if tls_dir else None
     check_listen(listen, tls_dir, insecure)
     worker = StageWorker(site, listen, tls=tls, controller=controller, allow_transforms=allow_transforms,
-                         cache_limit_bytes=cache_limit_bytes, insecure=insecure, metrics_port=metrics_port)
+                         cache_limit_bytes=cache_limit_bytes, insecure=insecure, metrics_port=metrics_port,
+                         replica=replica)
     try:
         address = worker.start()
     except (RuntimeError, OSError) as e:   # lost a race for the port since check_listen
@@ -71,8 +72,10 @@ class AgentProcess:
     """A local edge agent started as a subprocess (the embedded default's stand-in for a device)."""
 
     def __init__(self, site: str, controller: str, tls_dir: str | None = None, listen: str = "127.0.0.1:0",
-                 allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES, metrics_port: int = 0) -> None:
+                 allow_transforms: tuple[str, ...] = DEFAULT_TRANSFORM_MODULES, metrics_port: int = 0,
+                 replica: int = 0) -> None:
         self.site = site
+        self.replica = replica
         self.metrics_port = metrics_port
         self.allow_transforms = tuple(allow_transforms)
         self.controller = controller
@@ -89,6 +92,8 @@ class AgentProcess:
             cmd += ["--tls-dir", self.tls_dir]
         if self.metrics_port:
             cmd += ["--metrics-port", str(self.metrics_port)]
+        if self.replica:
+            cmd += ["--replica", str(self.replica)]
         extra = [m for m in self.allow_transforms if m not in DEFAULT_TRANSFORM_MODULES]
         if extra:
             cmd += ["--allow-transforms", ",".join(extra)]
@@ -97,8 +102,10 @@ class AgentProcess:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
         deadline = time.time() + _START_TIMEOUT_S
         line = ""
+        out = self.proc.stdout
+        assert out is not None   # stdout=PIPE
         while time.time() < deadline:
-            line = self.proc.stdout.readline()
+            line = out.readline()
             if line.startswith("READY "):
                 self.address = line.split()[1]
                 return self.address
@@ -146,13 +153,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--allow-transforms", default="", help="More modules whose functions may run as transforms.")
     ap.add_argument("--metrics-port", type=int, default=0,
                     help="Loopback port of the Prometheus metrics (0: a free one).")
+    ap.add_argument("--replica", type=int, default=0,
+                    help="Which device of its class this agent is (0, 1, ...), when a class runs several.")
     ap.add_argument("--cache-max-mb", type=float, default=DEFAULT_CACHE_LIMIT_BYTES / 2**20,
                     help="Size limit of the piece cache, MiB.")
     a = ap.parse_args(argv)
     try:
         run_agent(a.site, a.listen, a.controller, a.tls_dir, insecure=a.insecure,
                   allow_transforms=parse_modules(a.allow_transforms), cache_limit_bytes=int(a.cache_max_mb * 2**20),
-                  metrics_port=a.metrics_port)
+                  metrics_port=a.metrics_port, replica=a.replica)
     except TierplanError as e:
         print(f"error: {e}", file=sys.stderr)
         print(f"FAILED {e.exit_code} {' '.join(str(e).split())}", flush=True)   # for AgentProcess

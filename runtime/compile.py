@@ -6,8 +6,10 @@ For each (piece, site class) of the plan:
    litert), in the order the site's device lists them, narrowed by `backends=`;
 2. each candidate is built into the content-addressed store (runtime/store.py) unless an
    identical build is already there; a build is checked numerically against onnxruntime on the
-   piece (random inputs of the declared shapes; |a - b| <= atol + rtol |b|) and rejected on a
-   mismatch;
+   piece (random inputs of the declared shapes; |a - b| <= atol max(1, max|b|) + rtol |b| per
+   output: the absolute tolerance scales with the output's magnitude, since float32 rounding does:
+   an SSD's boxes in pixels differ by 7e-4 between onnxruntime's optimised and plain graphs) and
+   rejected on a mismatch;
 3. the choice: on a device that is this machine (`local`) or shares its architecture, every
    candidate is built and timed (median of N runs) and the fastest verified one wins; on other
    devices the device's first listed backend that builds and passes the checks wins (the cost
@@ -167,54 +169,17 @@ def piece_io(path: str | Path, declared_inputs: Sequence[Mapping] = (), label: s
     return inputs, outputs
 
 
-def _load_catalog() -> dict[str, DeviceSpec]:
-    from tierplan.devices.catalog import load_catalog
-    return load_catalog()
-
-
-def resolve_site_devices(plan, sites: Iterable[str], fleet=None, catalog: Mapping[str, DeviceSpec] | None = None,
-                         base_dir: str | Path | None = None) -> dict[str, DeviceSpec]:
-    """The device of every site class: from `fleet`, else `plan.site_devices`, else the plan's
-    fleet file (as given, or relative to `base_dir`), else a site class named like a catalog
-    device. Unknown ones raise InputError."""
-    sites = list(dict.fromkeys(sites))
+def resolve_site_devices(plan, sites: Iterable[str]) -> dict[str, DeviceSpec]:
+    """The device of every site class, from the fleet the plan embeds (Plan.fleet_model(): every
+    device inline, no catalog, no fleet.yaml). A plan without one, or a site class its fleet lacks,
+    is an InputError saying how to fix it."""
+    classes = plan.fleet_model().classes
     out: dict[str, DeviceSpec] = {}
-    cat = dict(catalog) if catalog is not None else None
-
-    def catalog_() -> dict[str, DeviceSpec]:
-        nonlocal cat
-        if cat is None:
-            cat = _load_catalog()
-        return cat
-
-    if fleet is None and getattr(plan, "fleet_path", None) and not all(
-            (getattr(plan, "site_devices", None) or {}).get(s) in catalog_() for s in sites):
-        fpath = Path(plan.fleet_path)
-        if not fpath.exists() and base_dir is not None:
-            fpath = Path(base_dir) / fpath
-        if fpath.exists():
-            from tierplan.devices.fleet import resolve_fleet
-            from tierplan.loader import load_fleet
-            fleet = resolve_fleet(load_fleet(fpath), catalog_())
-    classes = getattr(fleet, "classes", None)
-    if classes is None and fleet is not None and hasattr(fleet, "sites"):   # a FleetSpec
-        from tierplan.devices.fleet import resolve_fleet
-        classes = resolve_fleet(fleet, catalog_()).classes
-    named = dict(getattr(plan, "site_devices", None) or {})
-    for s in sites:
-        if classes is not None and s in classes:
-            out[s] = classes[s].device
-        elif s in named:
-            dev = named[s]
-            if dev not in catalog_():
-                raise InputError(f"plan.site_devices.{s}: unknown device {dev!r}. "
-                                 "To fix: `tierplan devices` lists the catalog")
-            out[s] = catalog_()[dev]
-        elif s in catalog_():
-            out[s] = catalog_()[s]
-        else:
-            raise InputError(f"site class {s!r}: no device known for it (plan has no site_devices entry and no "
-                             "readable fleet_path). To fix: pass the fleet (`--fleet FLEET`) or re-run `tierplan plan`")
+    for s in dict.fromkeys(sites):
+        if s not in classes:
+            raise InputError(f"site class {s!r}: not in the plan's fleet ({', '.join(classes) or 'none'}). "
+                             "To fix: re-run `tierplan plan` with the fleet that has it")
+        out[s] = classes[s].device
     return out
 
 
@@ -245,14 +210,16 @@ def _compare(outs: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], rtol
             continue
         if r.dtype.kind in "fc":
             diff = float(np.max(np.abs(a.astype(np.float64) - r.astype(np.float64))))
-            ok = bool(np.allclose(a, r, rtol=rtol, atol=atol, equal_nan=True))
+            finite = np.abs(r[np.isfinite(r)])
+            scale = max(1.0, float(finite.max())) if finite.size else 1.0
+            ok = bool(np.allclose(a, r, rtol=rtol, atol=atol * scale, equal_nan=True))
         else:
             diff = float(np.max(np.abs(a.astype(np.int64) - r.astype(np.int64))))
             ok = diff == 0
         worst = max(worst, diff)
         if not ok:
             return False, worst, (f"output {name!r} differs from onnxruntime by up to {diff:.3g} "
-                                  f"(rtol {rtol}, atol {atol})")
+                                  f"(rtol {rtol}, atol {atol} x max(1, max|ref|))")
     return True, worst, ""
 
 
@@ -614,9 +581,9 @@ def _plan_sites(plan) -> list[str]:
 
 
 def compile_plan(plan, out_dir: str | Path, tune_trials: int = 0, backends: Sequence[str] | None = None,
-                 progress: bool = True, *, fleet=None, tune_tasks: int | None = None,
+                 progress: bool = True, *, tune_tasks: int | None = None,
                  tune_db: str | Path | None = None, base_dir: str | Path | None = None,
-                 options: CompileOptions | None = None, catalog: Mapping[str, DeviceSpec] | None = None,
+                 options: CompileOptions | None = None,
                  cost_model=None) -> CompileResult:
     """Compile every (piece, site class) of `plan` into `out_dir`; write and return the manifest.
 
@@ -641,7 +608,7 @@ def compile_plan(plan, out_dir: str | Path, tune_trials: int = 0, backends: Sequ
     if plan.status == "infeasible":
         raise InputError(f"plan is infeasible ({plan.reason or 'no reason given'}); nothing to compile. "
                          "To fix: relax the SLO or the constraints and re-run `tierplan plan`")
-    devices = resolve_site_devices(plan, _plan_sites(plan), fleet=fleet, catalog=catalog, base_dir=base_dir)
+    devices = resolve_site_devices(plan, _plan_sites(plan))
     jobs = _jobs(plan, devices)
     # pieces of profile-table models have no file: nothing to build, say so in the manifest
     skipped = [{"piece": j.piece.id, "site": j.site, "reason": "no model file (profile-table model)"}

@@ -25,15 +25,15 @@ from typing import Mapping, Sequence
 from tierplan.planner.plan import Plan
 from tierplan.runtime.agent import AgentProcess
 from tierplan.runtime.cluster import LocalCluster, SiteNodeDown, ensure_ray_env, start_site_actor
+from tierplan.runtime.fleetrun import prepare
 from tierplan.runtime.graph import DEFAULT_TRANSFORM_MODULES, ExecGraph, load_transform, with_app_renames
 from tierplan.runtime.links import route_table
 from tierplan.runtime.security import CONTROLLER, TlsConfig, check_listen
 from tierplan.runtime.service import Service, files_for, slot_key
 from tierplan.runtime.options import LINKS_DIR_MARKER, StageOptions
 from tierplan.errors import InputError, RuntimeFault
-from tierplan.spec import AppSpec, FleetSpec
 
-__all__ = ["deploy", "metrics_ports", "local_threads", "site_tiers", "load_plan_fleet", "load_plan_app", "request_deadline_s",
+__all__ = ["deploy", "metrics_ports", "local_threads", "site_tiers", "request_deadline_s",
            "SLO_DEADLINE_FACTOR"]
 
 # A request's deadline is a multiple of its SLO: late results still count as answers (and as
@@ -48,14 +48,6 @@ _RAY_GCS_WAIT_ENV = "RAY_gcs_server_port_wait_time_s"   # Ray's count of GCS con
 log = logging.getLogger("tierplan.runtime")
 
 
-def load_plan_fleet(plan: Plan) -> FleetSpec | None:
-    """The fleet a plan was made for (its `fleet_path`), if the file is there."""
-    if plan.fleet_path and Path(plan.fleet_path).is_file():
-        from tierplan.loader import load_fleet
-        return load_fleet(plan.fleet_path)
-    return None
-
-
 def request_deadline_s(plan: Plan, slo_factor: float = SLO_DEADLINE_FACTOR) -> float:
     """Default deadline of a request: `slo_factor` x the plan's largest SLO (at least MIN_DEADLINE_S),
     or NO_SLO_DEADLINE_S when the plan has none. Every hop's gRPC timeout is what remains of it."""
@@ -65,23 +57,14 @@ def request_deadline_s(plan: Plan, slo_factor: float = SLO_DEADLINE_FACTOR) -> f
     return max(MIN_DEADLINE_S, max(slos) * slo_factor / 1e3)
 
 
-def load_plan_app(plan: Plan) -> AppSpec | None:
-    """The app a plan was made for (its `app_path`), if the file is there (tensor maps of its edges)."""
-    if plan.app_path and Path(plan.app_path).is_file():
-        from tierplan.loader import load_app
-        return load_app(plan.app_path)
-    return None
-
-
-def site_tiers(graph: ExecGraph, fleet: FleetSpec | None) -> dict[str, str]:
-    """Tier of every site the plan uses (fleet's tier; a site unknown to the fleet counts as cloud)."""
-    out = {}
-    for s in graph.used_sites():
-        if fleet is not None and s in fleet.sites:
-            out[s] = fleet.sites[s].tier
-        else:
-            out[s] = "edge" if s == "edge" else "cloud"
-    return out
+def site_tiers(graph: ExecGraph, known: Mapping[str, str]) -> dict[str, str]:
+    """Tier of every site the plan uses, from `known` (the plan's fleet); a site it does not know is
+    refused: guessing a tier would start the wrong kind of worker."""
+    missing = [s for s in graph.used_sites() if s not in known]
+    if missing:
+        raise InputError(f"plan: site class {missing[0]!r} is not in the plan's fleet. To fix: re-run "
+                         "`tierplan plan` (or, for a hand-made plan, embed a fleet that has it)")
+    return {s: known[s] for s in graph.used_sites()}
 
 
 def local_threads(n_sites: int) -> int:
@@ -115,20 +98,24 @@ def metrics_ports(base: int, names: Sequence[str], check: Sequence[str] = ()) ->
     return ports
 
 
-def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | None = None,
-           app: AppSpec | None = None, manifest_root: str | Path | None = None,
+def deploy(plan: Plan | str | Path, local: bool = True, *, manifest_root: str | Path | None = None,
            manifest: Mapping | None = None, cluster: LocalCluster | None = None,
            tls_dir: str | Path | None = None, agents: Mapping[str, str] | None = None,
            ray_address: str | None = None, options: StageOptions | None = None,
            request_timeout_s: float | None = None, front_door: str | None = None,
            emulate_links: bool = True, ready_timeout_s: float = 180.0,
-           replicas: int | Mapping[str, int] = 1, allow_transforms: Sequence[str] | None = None,
-           insecure: bool = False, metrics_port: int = 0) -> Service:
+           replicas: int | Mapping[str, int] | None = None, allow_transforms: Sequence[str] | None = None,
+           insecure: bool = False, metrics_port: int = 0, classes: Sequence[str] | None = None,
+           devices_per_class: int = 1) -> Service:
     """Start every site's worker for `plan` and return the ready Service (a context manager).
 
     `replicas`: workers per Ray site (base stations, clouds; one number for all, or per site).
     Deliveries spread over a site's replicas by request; when one dies, its in-flight requests
-    start again on the others once, within their deadline. Edge sites keep one agent (a device).
+    start again on the others once, within their deadline. None (default): the plan's instances
+    scaled to the devices that run (runtime.fleetrun.scaled_workers).
+    `classes`: the edge device classes that run (default: every class of the plan, each on its own
+    copy of the graph, the shared sites hosting every class's copies: runtime.fleetrun);
+    `devices_per_class`: agents started per edge class (a request stays on one of them).
     `allow_transforms`: modules whose functions the workers this call starts (agents, Ray actors)
     may run as transforms, `tierplan.transforms` when None; a transform of the plan from another
     module is refused here, before anything starts. Agents started elsewhere keep their own list.
@@ -146,9 +133,12 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     if plan.status == "infeasible":
         raise InputError(f"plan is infeasible ({plan.reason or 'no reason given'}); nothing to deploy. "
                          "To fix: relax the SLO or the constraints and re-run `tierplan plan`")
-    app = app if app is not None else load_plan_app(plan)
-    if app is not None:
-        plan = with_app_renames(plan, app)
+    fleet = plan.fleet_model()            # the plan's own fleet: tiers, routes (no fleet.yaml, no catalog)
+    if plan.app is not None:              # the app's tensor maps on the edges (a hand-made plan may have no app)
+        plan = with_app_renames(plan, plan.app_spec())
+    known = {name: c.tier for name, c in fleet.classes.items()}
+    run = prepare(plan, classes, devices_per_class, known)
+    plan = run.plan
     graph = ExecGraph.from_plan(plan)
     allowed = tuple(dict.fromkeys([*DEFAULT_TRANSFORM_MODULES, *(allow_transforms or ())]))
     for node in graph.nodes:   # the workers refuse them too; say so before starting anything
@@ -156,8 +146,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
             load_transform((graph.nodes[node].model_extra or {}).get("function") or "", allowed, node=node)
     if front_door is not None:
         check_listen(front_door, tls_dir, insecure)
-    fleet = fleet if fleet is not None else load_plan_fleet(plan)
-    tiers = site_tiers(graph, fleet)
+    tiers = site_tiers(graph, known)
     all_sites = list(dict.fromkeys([*graph.used_sites(), *graph.sites.values()]))
     routes = route_table(fleet, [s for s in all_sites if s]) if emulate_links else {}
     options = options or StageOptions(batch_sites=tuple(s for s, t in tiers.items() if t == "cloud"),
@@ -167,7 +156,9 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
         request_timeout_s = request_deadline_s(plan)
     agents = dict(agents or {})
     ray_tiers = [s for s, t in tiers.items() if t != "edge" and s not in agents]
-    counts = {s: (replicas.get(s, 1) if isinstance(replicas, Mapping) else replicas) for s in ray_tiers}
+    counts = {s: run.workers.get(s, 1) if replicas is None else
+              (replicas.get(s, 1) if isinstance(replicas, Mapping) else replicas) for s in ray_tiers}
+    counts.update({s: run.workers.get(s, 1) if local else 1 for s, t in tiers.items() if t == "edge" and s not in agents})
     bad = {s: n for s, n in counts.items() if not isinstance(n, int) or n < 1}
     if bad:
         raise InputError(f"deploy: replicas must be whole numbers >= 1, got {bad}. To fix: pass e.g. replicas=2")
@@ -179,9 +170,9 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     if options.links_shared_dir and Path(options.links_shared_dir).is_dir():   # workers use it only if marked
         (Path(options.links_shared_dir) / LINKS_DIR_MARKER).touch()
     try:
-        files = files_for(plan, manifest, base_dir, manifest_root, emulate_cross=local)
+        files = files_for(plan, manifest, base_dir, manifest_root, emulate_cross=local, classes=run.classes)
         service = Service(plan, routes=routes, files=files, options=options, tls=tls,
-                          request_timeout_s=request_timeout_s, replicas=counts)
+                          request_timeout_s=request_timeout_s, replicas=counts, fleet_run=run)
     except BaseException:
         if shared_links:
             shutil.rmtree(shared_links, ignore_errors=True)
@@ -191,9 +182,10 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
     ray_sites = [s for s, t in tiers.items() if t != "edge" and s not in agents]
     local_agents = [s for s, t in tiers.items() if t == "edge" and s not in agents] if local else []
     slots = [slot_key(s, k) for s in ray_sites for k in range(counts.get(s, 1))]
+    agent_slots = [slot_key(s, k) for s in local_agents for k in range(counts.get(s, 1))]
     try:
-        ports = metrics_ports(metrics_port, ["controller", *slots, *local_agents],
-                              check=["controller", *local_agents, *(slots if local else [])])
+        ports = metrics_ports(metrics_port, ["controller", *slots, *agent_slots],
+                              check=["controller", *agent_slots, *(slots if local else [])])
     except BaseException:
         service.close()
         raise
@@ -209,11 +201,12 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, fleet: FleetSpec | No
                 if not local:
                     raise InputError(f"edge site {site!r} has no agent address. To fix: run "
                                      f"`tierplan agent --site {site} --listen HOST:PORT` there and pass it")
-                agent = AgentProcess(site, service.address, str(tls_dir) if tls_dir else None,
-                                     allow_transforms=allowed, metrics_port=ports[site])
-                service.add_closer(agent.stop)
-                service.agents[site] = agent
-                agent.start()
+                for k in range(counts.get(site, 1)):   # one agent per device of the class
+                    agent = AgentProcess(site, service.address, str(tls_dir) if tls_dir else None,
+                                         allow_transforms=allowed, metrics_port=ports[slot_key(site, k)], replica=k)
+                    service.add_closer(agent.stop)
+                    service.agents[slot_key(site, k)] = agent
+                    agent.start()
         service.wait_ready(ready_timeout_s)
         if front_door is not None:
             service.serve_front_door(front_door)

@@ -1,8 +1,8 @@
 """Plans made by hand: a model cut into a chain of pieces on chosen sites, or a whole app on one site.
 
-Used by tests and benchmarks (real ONNX pieces cut with `onnx.utils.extract_model`), and by
-`tierplan run` when the planner package is not available: then every model is one piece and
-all pieces run on one site. Predicted latencies come from timing each piece here with
+Used by tests and benchmarks (real ONNX pieces cut with `onnx.utils.extract_model`); `app_plan`
+runs every model as one piece on one site. Like the planner's, these plans embed the fleet they
+were made for (and `app_plan` the app), since the runtime reads nothing but the plan. Predicted latencies come from timing each piece here with
 onnxruntime plus the links' transfer times (the cost model's formula: RTT/2 + bytes/bandwidth
 per link).
 """
@@ -21,7 +21,7 @@ from tierplan.runtime.links import LinkEmulator, route_table
 from tierplan.errors import InputError
 from tierplan.spec import AppSpec, FleetSpec
 
-__all__ = ["with_random_weights", "split_chain", "chain_plan", "app_plan", "tensor_infos", "time_piece_ms", "predict_latency"]
+__all__ = ["with_fleet", "with_random_weights", "split_chain", "chain_plan", "app_plan", "tensor_infos", "time_piece_ms", "predict_latency"]
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                 11: "float64"}
@@ -71,6 +71,7 @@ def with_random_weights(model: str | Path, out_path: str | Path, seed: int = 0) 
     graph_inputs = [i for i in m.graph.input if i.name in used or i.name not in inits]
     del m.graph.input[:]
     m.graph.input.extend(graph_inputs)
+    m.ir_version = max(m.ir_version, 4)   # from IR 4 on, initializers need not be graph inputs
     onnx.save(m, str(out_path))
     return Path(out_path)
 
@@ -118,11 +119,21 @@ def time_piece_ms(path: str | Path, runs: int = _TIMING_RUNS, threads: int = 0) 
     return float(np.median(times))
 
 
-def predict_latency(plan: Plan, fleet: FleetSpec | None) -> dict[str, SinkLatency]:
-    """Latency to each sink along the plan's critical path: piece times + transfers over routes."""
+def with_fleet(plan: Plan, fleet: FleetSpec) -> Plan:
+    """`plan` with `fleet` embedded (resolved against the device catalog, every device inline), as
+    the planner embeds it: what the runtime reads for tiers and routes."""
+    from tierplan.devices.fleet import resolve_fleet
+    spec = resolve_fleet(fleet).to_spec()
+    return plan.model_copy(update={"fleet": spec.model_dump(mode="json", by_alias=True, exclude_none=True)})
+
+
+def predict_latency(plan: Plan) -> dict[str, SinkLatency]:
+    """Latency to each sink along the plan's critical path: piece times + transfers over the routes
+    of the plan's fleet (none when it embeds no fleet)."""
     from tierplan.runtime.graph import ExecGraph
     g = ExecGraph.from_plan(plan)
-    emu = LinkEmulator(route_table(fleet, list(dict.fromkeys(g.sites.values()))))
+    sites = [s for s in dict.fromkeys(g.sites.values()) if s]
+    emu = LinkEmulator(route_table(plan.fleet_model(), sites) if plan.fleet is not None else {})
     finish: dict[str, float] = {}
     breakdown: dict[str, dict[str, float]] = {}
     import networkx as nx
@@ -178,7 +189,9 @@ def chain_plan(files: list[str | Path], sites: list[str], source_site: str, *, s
                           tensors=[t["name"] for t in prev_out]))
     plan = Plan(status="feasible", assignment=assignment, pieces=pieces, edges=edges,
                 objective_kind="latency")
-    return plan.model_copy(update={"sinks": predict_latency(plan, fleet)})
+    if fleet is not None:
+        plan = with_fleet(plan, fleet)
+    return plan.model_copy(update={"sinks": predict_latency(plan)})
 
 
 def _pick_site(fleet: FleetSpec, at: str) -> str:
@@ -255,4 +268,6 @@ def app_plan(app: AppSpec, fleet: FleetSpec, site: str | None = None, time_piece
                               tensors=[t["name"] for t in outputs[s.src]]))
     plan = Plan(status="feasible", assignment=assignment, pieces=pieces, edges=edges,
                 objective_kind="latency", reason=None)
-    return plan.model_copy(update={"sinks": predict_latency(plan, fleet)})
+    from tierplan.devices.fleet import resolve_fleet
+    plan = plan.with_inputs(app, resolve_fleet(fleet))
+    return plan.model_copy(update={"sinks": predict_latency(plan)})

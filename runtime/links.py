@@ -1,8 +1,8 @@
 """Network links emulated in user space: routes between site classes, bandwidth, delay, jitter and loss.
 
-A tensor sent from site class a to site class b crosses the links of `FleetSpec` up the attach
-chain from a to the first common ancestor, then down to b (the same route the cost model
-charges). Each hop is store-and-forward, as the cost model counts it: the bytes wait for the
+A tensor sent from site class a to site class b crosses the links of `devices.fleet.Fleet.route`
+(the plan's fleet: up the attach chain from a to the first common ancestor, then down to b; the
+route the planner and the simulator charge). Each hop is store-and-forward, as the cost model counts it: the bytes wait for the
 hop's bandwidth (a token bucket per link and direction, shared by every sender thread of the
 process) and then its one-way delay before the next hop starts. The sender paces itself; the
 receiver acts when the stream ends, so measured latency reflects the declared network.
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from tierplan.errors import InputError
-from tierplan.spec import FleetSpec
+from tierplan.devices.fleet import Fleet
 
 __all__ = ["Hop", "route_table", "LinkEmulator", "PACKET_PAYLOAD_BYTES", "DEFAULT_SEED"]
 
@@ -94,43 +94,33 @@ def _clipped_normal(mu: float, sigma: float) -> tuple[float, float]:
     return mean, math.sqrt(max(second - mean * mean, 0.0))
 
 
-def _chain(fleet: FleetSpec, site: str) -> list[str]:
-    out = [site]
-    while fleet.sites[out[-1]].attach is not None:
-        out.append(fleet.sites[out[-1]].attach)
-    return out
+def _hops(fleet: Fleet, a: str, b: str) -> list[Hop]:
+    """The emulator's hops of `fleet.route(a, b)` (the one fleet model's route), each named by the
+    two site classes it joins (`child->parent` going up, `parent->child` going down), so every
+    class's access link is a link of its own."""
+    hops = fleet.route(a, b)
+    up_chain, down_chain = [a, *fleet.parents(a)], [b, *fleet.parents(b)]
+    n_up = sum(1 for _, d in hops if d == "up")
+    n_down = len(hops) - n_up
+    ids = [f"{up_chain[i]}->{up_chain[i + 1]}" for i in range(n_up)] + \
+          [f"{down_chain[i + 1]}->{down_chain[i]}" for i in reversed(range(n_down))]
+    return [Hop(link_id=link_id, bandwidth_mbps=link.uplink_mbps if d == "up" else link.downlink_mbps,
+                delay_ms=link.rtt_ms / 2.0, jitter_ms=link.jitter_ms, loss_rate=link.loss_rate)
+            for link_id, (link, d) in zip(ids, hops)]
 
 
-def _hop(fleet: FleetSpec, child: str, up: bool) -> Hop:
-    spec = fleet.sites[child]
-    link = fleet.links[spec.link]
-    return Hop(link_id=f"{child}->{spec.attach}" if up else f"{spec.attach}->{child}",
-               bandwidth_mbps=link.uplink_mbps if up else link.downlink_mbps, delay_ms=link.rtt_ms / 2.0,
-               jitter_ms=link.jitter_ms, loss_rate=link.loss_rate)
-
-
-def _route(fleet: FleetSpec, a: str, b: str) -> list[Hop]:
-    if a == b:
-        return []
-    up, down = _chain(fleet, a), _chain(fleet, b)
-    common = next((s for s in up if s in down), None)
-    if common is None:  # two trees: go to both roots and across with no declared link
-        common_up, common_down = up, down
-    else:
-        common_up, common_down = up[:up.index(common) + 1], down[:down.index(common) + 1]
-    return ([_hop(fleet, child, up=True) for child in common_up[:-1]]
-            + [_hop(fleet, child, up=False) for child in reversed(common_down[:-1])])
-
-
-def route_table(fleet: FleetSpec | None, sites: list[str]) -> dict[str, list[dict]]:
-    """Routes between every pair of the given site classes, as JSON-ready dicts keyed "a|b"."""
+def route_table(fleet: Fleet, sites: list[str]) -> dict[str, list[dict]]:
+    """Routes between every pair of the given site classes (devices.fleet.Fleet.route), as JSON-ready
+    dicts keyed "a|b", for the pairs that have a route (classes under different roots never exchange
+    tensors: a plan does not send any between them). A site class the fleet does not have is an
+    InputError (Fleet's own)."""
     out: dict[str, list[dict]] = {}
-    if fleet is None:
-        return out
-    known = [s for s in sites if s in fleet.sites]
-    for a in known:
-        for b in known:
-            out[f"{a}|{b}"] = [asdict(h) for h in _route(fleet, a, b)]
+    for a in sites:
+        for b in sites:
+            if a == b:
+                out[f"{a}|{b}"] = []
+            elif fleet.reachable(a, b):
+                out[f"{a}|{b}"] = [asdict(h) for h in _hops(fleet, a, b)]
     return out
 
 
@@ -198,7 +188,7 @@ class _Bucket:
         """Send `nbytes` from `start_s`: wire time (resends included) then the drawn delay; returns arrival."""
         hop = self.hop
         with self.lock:
-            sent = nbytes
+            sent = float(nbytes)
             if hop.loss_rate > 0 and nbytes > 0:
                 packets = math.ceil(nbytes / PACKET_PAYLOAD_BYTES)
                 resent = int(self.rng.negative_binomial(packets, 1.0 - hop.loss_rate))

@@ -111,9 +111,10 @@ def measure(requests: int = PROBE_REQUESTS, n: int = PROBE_STEPS) -> Overheads:
     runs: list[float] = []
     with tempfile.TemporaryDirectory(prefix="tierplan-overhead-") as tmp:
         model = _relu(Path(tmp) / "relu.onnx")
-        plan = probe_plan(model, n)
+        from tierplan.runtime.handplan import with_fleet
+        plan = with_fleet(probe_plan(model, n), _probe_fleet())
         x = np.ones((1, 4), dtype=np.float32)
-        with deploy(plan, local=True, fleet=_probe_fleet(), request_timeout_s=30) as svc:
+        with deploy(plan, local=True, request_timeout_s=30) as svc:
             for i in range(requests + 2):
                 for src in gaps:
                     _, tr = svc.predict_traced({src: x})

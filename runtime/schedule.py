@@ -34,7 +34,8 @@ __all__ = ["request_ms", "fanout_calls"]
 
 def request_ms(graph: ExecGraph, compute_ms: Mapping[str, float], route: Callable[[str, str], Sequence],
                items: Mapping[str, int] | None = None, item_nbytes: Mapping[tuple[str, str], float] | None = None,
-               step_overhead_ms: float = 0.0, hop_overhead_ms: float = 0.0, rng=None) -> float:
+               step_overhead_ms: float = 0.0, hop_overhead_ms: float = 0.0, rng=None,
+               sources: Sequence[str] | None = None) -> float:
     """Latency (ms) of one request, alone on the deployment, from its sources' data on their sites
     to its last sink delivery.
 
@@ -44,6 +45,7 @@ def request_ms(graph: ExecGraph, compute_ms: Mapping[str, float], route: Callabl
     `item_nbytes[(src, dst)]`: bytes one delivery of an edge carries (missing: the edge's nbytes).
     `rng` (a numpy Generator): draw each hop's delay as the emulator does, max(0, RTT/2 + N(0, jitter)),
     so a join of several items waits for the slowest draw; None: the mean delay, RTT/2.
+    `sources`: the sources the request feeds (default: every source of the graph).
     """
     items = items or {}
     item_nbytes = item_nbytes or {}
@@ -98,7 +100,7 @@ def request_ms(graph: ExecGraph, compute_ms: Mapping[str, float], route: Callabl
             t = emit(node, branch + (i,), False, t)
         return t
 
-    for s in graph.sources():
+    for s in (graph.sources() if sources is None else sources):
         heapq.heappush(heap, (0.0, 0.0, next(seq), s, "", (), False))
     while heap:
         key, arrive, k, node, src, branch, empty = heapq.heappop(heap)

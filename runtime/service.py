@@ -33,6 +33,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from tierplan.planner.plan import Plan
+from tierplan.runtime.fleetrun import ClassRun, split_node
 from tierplan.runtime.graph import SINK_PREFIX, ExecGraph, branch_weight
 from tierplan.runtime.links import LinkEmulator
 from tierplan.runtime.localwire import LocalServer
@@ -63,6 +64,7 @@ class Trace:
     request_id: str
     latency_ms: float
     steps: list = field(default_factory=list)   # [kind, name, ms]
+    device_class: str | None = None             # the edge class whose request it was (fleet deployments)
 
 
 @dataclass
@@ -78,6 +80,12 @@ class SiteState:
     metrics_address: str = ""
     last_seen_s: float = 0.0
     error: str = ""
+    queue_sum: float = 0.0      # the worker's queue depth summed over the health checks since `reset_queues`
+    queue_checks: int = 0
+
+
+def _sink_name(sink: str) -> str:
+    return sink[len(SINK_PREFIX):] if sink.startswith(SINK_PREFIX) else sink
 
 
 def slot_key(site: str, replica: int) -> str:
@@ -93,6 +101,7 @@ class _Pending:
         self.attempt_rid = rid          # the id of its latest attempt (a retry on a replica gets a new one)
         self.attempts = 1
         self.feeds: dict[str, dict[str, np.ndarray]] = {}
+        self.device_class: str | None = None
         self.deadline_s = deadline_s
         self.t0 = time.perf_counter()
         self.items: dict[str, dict[str, dict | None]] = {s: {} for s in sinks}
@@ -167,6 +176,7 @@ class _Control(pbg.ControlServicer):
         if st is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"this deployment has no site {request.site[:64]!r} "
                                                      f"replica {request.replica}")
+            return pb.Ack(ok=False)   # not reached: abort raises
         if request.address != st.address:   # a (re)started worker: it must answer there as that site
             why = _not_the_worker(request.address, st, request.pid, self.s.tls)
             if why:
@@ -233,8 +243,9 @@ class Service:
                  files: Mapping[str, pb.PieceFile] | None = None, options: StageOptions | None = None,
                  tls: TlsConfig | None = None, request_timeout_s: float = 30.0,
                  health_interval_s: float = 0.3, listen_host: str = "127.0.0.1",
-                 replicas: Mapping[str, int] | None = None) -> None:
+                 replicas: Mapping[str, int] | None = None, fleet_run: ClassRun | None = None) -> None:
         self.plan = plan
+        self.fleet_run = fleet_run      # the device classes that run and their nodes (runtime.fleetrun)
         self.graph = ExecGraph.from_plan(plan)
         self.routes = dict(routes or {})
         self.files = dict(files or {})
@@ -310,7 +321,10 @@ class Service:
         except OSError as e:
             raise InputError(f"--metrics-port: cannot serve the controller's metrics on 127.0.0.1:{metrics_port} "
                              f"({e.strerror or e}). To fix: choose a free base port") from None
-        self._closers.append(lambda: (http.shutdown(), http.server_close()))
+        def close_http() -> None:
+            http.shutdown()
+            http.server_close()
+        self._closers.append(close_http)
         self.metrics_address = f"127.0.0.1:{http.server_port}"
         return self.address
 
@@ -448,6 +462,8 @@ class Service:
             h = stub.Health(pb.HealthRequest(), timeout=_HEALTH_TIMEOUT_S)
         st.up = True
         st.error = ""
+        st.queue_sum += h.queue_depth
+        st.queue_checks += 1
         st.configured_generation = h.generation
         st.pid = h.pid
         st.metrics_address = h.metrics_address
@@ -493,6 +509,20 @@ class Service:
             log.info("request %s: %s; retrying on a replica as %s", p.rid, message, p.attempt_rid)
             self._send_feeds(p, p.attempt_rid)
 
+    def reset_queues(self) -> None:
+        """Start the queue-depth averages afresh (`mean_queues`), e.g. when the measured requests start."""
+        for st in self.sites.values():
+            st.queue_sum, st.queue_checks = 0.0, 0
+
+    def mean_queues(self) -> dict[str, float]:
+        """Per site: deliveries waiting for its compute thread, mean over the health checks (every
+        `health_interval_s`) since `reset_queues`, summed over the site's workers."""
+        out: dict[str, float] = {}
+        for st in self.sites.values():
+            if st.queue_checks:
+                out[st.site] = out.get(st.site, 0.0) + st.queue_sum / st.queue_checks
+        return out
+
     def health(self) -> dict[str, dict]:
         """Per site: up, address, worker pid, metrics endpoint, last error."""
         return {s: {"up": st.up, "address": st.address, "pid": st.pid, "metrics": st.metrics_address,
@@ -514,9 +544,31 @@ class Service:
             d.trace.append(["transfer", f"{src_site}->{sink_site}", time.time() * 1e3 - d.sent_unix_ms])
         p.add(d)
 
-    def _source_tensors(self, inputs: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    def _class_of_request(self, device_class: str | None) -> str | None:
+        """The class a request runs as: `device_class`, else the first class that runs (None: one placement)."""
+        run = self.fleet_run
+        if run is None or not run.classes:
+            if device_class is not None:
+                raise InputError(f"predict: device_class={device_class!r}, but this deployment runs one placement "
+                                 "(no device classes). To fix: leave device_class out")
+            return None
+        if device_class is None:
+            return run.classes[0]
+        if device_class not in run.classes:
+            raise InputError(f"predict: device class {device_class!r} does not run here (running: "
+                             f"{', '.join(run.classes)}). To fix: name one of those")
+        return device_class
+
+    def _source_tensors(self, inputs: Mapping[str, np.ndarray],
+                        device_class: str | None = None) -> dict[str, dict[str, np.ndarray]]:
         out: dict[str, dict[str, np.ndarray]] = {}
-        for s in self.graph.sources():
+        sources = self.graph.sources()
+        run = self.fleet_run
+        if run is not None and run.prefixed and device_class is not None:   # the class's own copies
+            names = run.sources.get(device_class, {})
+            inputs = {names.get(k, k): v for k, v in inputs.items()}
+            sources = [s for s in sources if s in names.values()]
+        for s in sources:
             names = self.graph.source_outputs(s)
             if s in inputs:
                 out[s] = {names[0]: np.asarray(inputs[s])}
@@ -527,14 +579,18 @@ class Service:
             raise InputError(f"predict: inputs {sorted(inputs)} name no source of the plan. To fix: pass {want}")
         return out
 
-    def submit(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None) -> _Pending:
-        """Start one request; returns its pending record (wait on `.done`)."""
+    def submit(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None,
+               device_class: str | None = None) -> _Pending:
+        """Start one request (from a device of `device_class` in a fleet deployment: the first class
+        that runs by default); returns its pending record (wait on `.done`)."""
         if self._stop.is_set():
             raise RuntimeFault("the service is shut down")
-        feeds = self._source_tensors(inputs)
+        cls = self._class_of_request(device_class)
+        feeds = self._source_tensors(inputs, cls)
         rid = f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
         deadline_s = time.time() + (timeout_s or self.request_timeout_s)
         p = _Pending(rid, self.graph.sinks_reached(list(feeds)), deadline_s)
+        p.device_class = cls
         needed = self._needed(list(p.items))
         down = sorted(s for s in needed if not any(st.up for st in self.sites.values() if st.site == s))
         if down:
@@ -573,20 +629,28 @@ class Service:
             raise RuntimeFault(p.error)
         self._requests_ok.inc()
         self._latency.observe(p.latency_ms / 1e3)
-        return p.outputs(), Trace(p.rid, p.latency_ms, list(p.steps))
+        outs = p.outputs()
+        if self.fleet_run is not None and self.fleet_run.prefixed and p.device_class is not None:
+            plain = {exe: name for name, exe in self.fleet_run.sinks.get(p.device_class, {}).items()}
+            outs = {_sink_name(plain.get(k, k)): v for k, v in outs.items()}
+        return outs, Trace(p.rid, p.latency_ms, list(p.steps), p.device_class)
 
     def _where(self, p: _Pending) -> str:
         missing = [s for s, w in p.weight.items() if w < 1]
         return f"no result yet for {', '.join(missing)}; sites up: " + \
             ", ".join(f"{s}={'yes' if st.up else 'no'}" for s, st in self.sites.items())
 
-    def predict_traced(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None):
+    def predict_traced(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None,
+                       device_class: str | None = None):
         """One request: (outputs by sink, Trace)."""
-        return self.wait(self.submit(inputs, timeout_s))
+        return self.wait(self.submit(inputs, timeout_s, device_class))
 
-    def predict(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None) -> dict[str, Any]:
-        """One request: sink name -> {tensor: array} (a list of those for sinks fed by a fan-out)."""
-        return self.predict_traced(inputs, timeout_s)[0]
+    def predict(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None,
+                device_class: str | None = None) -> dict[str, Any]:
+        """One request: sink name -> {tensor: array} (a list of those for sinks fed by a fan-out).
+        `device_class`: in a deployment of several device classes, the class the request comes from
+        (its sources, pieces and sinks: the first class that runs by default)."""
+        return self.predict_traced(inputs, timeout_s, device_class)[0]
 
     def predict_batch(self, inputs: Mapping[str, np.ndarray] | list[Mapping[str, np.ndarray]],
                       timeout_s: float | None = None) -> list[dict[str, Any]]:
@@ -599,7 +663,7 @@ class Service:
             n = sizes.pop()
             items = [{k: np.asarray(v)[i:i + 1] for k, v in inputs.items()} for i in range(n)]
         else:
-            items = list(inputs)
+            items = [dict(x) for x in inputs]
         pend = [self.submit(x, timeout_s) for x in items]
         return [self.wait(p)[0] for p in pend]
 
@@ -608,26 +672,30 @@ class Service:
         return {"controller": self.address, "front_door": self.front_door_address,
                 "metrics": {"controller": self.metrics_address,
                             **{s: st.metrics_address for s, st in self.sites.items()}},
-                "sites": self.health()}
+                "sites": self.health(), **({"fleet": self.fleet_run.to_json()} if self.fleet_run else {})}
 
 
 def files_for(plan: Plan, manifest: Mapping | None = None, base_dir: str | Path | None = None,
-              manifest_root: str | Path | None = None, emulate_cross: bool = False) -> dict[str, pb.PieceFile]:
+              manifest_root: str | Path | None = None, emulate_cross: bool = False,
+              classes: tuple[str, ...] = ()) -> dict[str, pb.PieceFile]:
     """The artifact of each piece (its compile manifest entry for the piece's site if given, else the
     plan's ONNX file run with onnxruntime) with the artifact's bytes, to ship to the piece's site.
 
     `emulate_cross` (every site on this machine): a TVM artifact built for another CPU is replaced
-    by its host build (`host_file`), since a worker loads only the bytes it is sent."""
-    by_piece: dict[str, dict] = {}
+    by its host build (`host_file`), since a worker loads only the bytes it is sent. `classes`: the
+    device classes of a fleet deployment, whose nodes are named `CLASS/NODE` (runtime.fleetrun): each
+    takes the artifact compiled for its plan node on its site."""
+    by_key: dict[tuple[str, str | None], dict] = {}
     for entry in (manifest or {}).get("artifacts", []):
         piece = entry.get("piece")
-        if piece and entry.get("file") and (entry.get("site") in (None, plan.assignment.get(piece))):
-            by_piece[piece] = dict(entry)
+        if piece and entry.get("file"):
+            by_key[(piece, entry.get("site"))] = dict(entry)
     out: dict[str, pb.PieceFile] = {}
     for p in plan.pieces:
         if p.kind != "piece":
             continue
-        entry = by_piece.get(p.id)
+        node = split_node(p.id, classes)[1] if len(classes) > 1 else p.id
+        entry = by_key.get((node, plan.assignment.get(p.id))) or by_key.get((node, None))
         if entry is not None:
             from tierplan.runtime.backends import artifact_path
             path = artifact_path(entry, manifest_root)

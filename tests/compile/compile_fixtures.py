@@ -53,7 +53,15 @@ def random_weight_squeezenet(dest: Path, seed: int = 0) -> Path:
 
 
 def make_plan(pieces: list[tuple[str, Path, str]], site_devices: dict[str, str], inputs=None) -> Plan:
-    """A hand-made Plan: (piece id, file, site class) triples and site class -> catalog device."""
-    return Plan(status="optimal", assignment={pid: site for pid, _, site in pieces}, site_devices=site_devices,
+    """A hand-made Plan: (piece id, file, site class) triples and site class -> catalog device, the
+    fleet embedded as the planner embeds it (each site class a root of its own: compile reads only
+    the devices)."""
+    from tierplan.runtime.handplan import with_fleet
+    from tierplan.spec import FleetSpec
+    plan = Plan(status="optimal", assignment={pid: site for pid, _, site in pieces}, site_devices=site_devices,
                 pieces=[PlanPiece(id=pid, model=pid.split("/")[0], file=str(f),
                                   inputs=(inputs or {}).get(pid, [])) for pid, f, _ in pieces])
+    if not site_devices:
+        return plan
+    return with_fleet(plan, FleetSpec.model_validate(
+        {"sites": {s: {"tier": "cloud", "device": d} for s, d in site_devices.items()}}))

@@ -62,18 +62,20 @@ def test_cli_unknown_backend_is_exit_2(tmp_path):
     assert res.returncode == 2 and "unknown backend" in res.stderr
 
 
-def test_site_devices_from_plan_fleet_file():
-    """Without site_devices the plan's fleet file gives each site class its catalog device."""
-    plan = make_plan([("face/p0", FACE_TFLITE, "flagship_phones")], {})
-    plan = plan.model_copy(update={"fleet_path": str(REPO / "examples" / "read-text" / "fleet.yaml")})
-    devices = resolve_site_devices(plan, ["flagship_phones", "cells", "cloud_eu"])
-    assert {s: d.name for s, d in devices.items()} == {
-        "flagship_phones": "pixel-8", "cells": "mec-t4", "cloud_eu": "aws-g5-xlarge"}
+def test_site_devices_come_from_the_plans_embedded_fleet_only(tmp_path):
+    """Each site class's device is the one the plan embeds (inline), whatever fleet_path says; a plan with
+    no embedded fleet is bad input saying to re-plan."""
+    plan = make_plan([("face/p0", FACE_TFLITE, "flagship_phones")], {"flagship_phones": "pixel-8", "cells": "mec-t4"})
+    plan = plan.model_copy(update={"fleet_path": str(tmp_path / "gone" / "fleet.yaml")})
+    devices = resolve_site_devices(plan, ["flagship_phones", "cells"])
+    assert {s: d.name for s, d in devices.items()} == {"flagship_phones": "pixel-8", "cells": "mec-t4"}
+    with pytest.raises(InputError, match="no embedded fleet.*To fix"):
+        resolve_site_devices(make_plan([("face/p0", FACE_TFLITE, "edge")], {}), ["edge"])
 
 
 def test_unknown_site_is_input_error():
-    """A site class with no known device is bad input naming the site and the fix."""
-    plan = make_plan([("face/p0", FACE_TFLITE, "somewhere")], {})
+    """A site class the plan's fleet does not have is bad input naming the site and the fix."""
+    plan = make_plan([("face/p0", FACE_TFLITE, "edge")], {"edge": "local"})
     with pytest.raises(InputError, match="'somewhere'.*To fix"):
         resolve_site_devices(plan, ["somewhere"])
 

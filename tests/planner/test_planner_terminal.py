@@ -81,7 +81,7 @@ def test_run_report_keeps_stage_names_whole(capsys, monkeypatch) -> None:
     """`tierplan run`'s per-stage table prints stage names like detector/p0@midrange_phones on one line."""
     from tierplan.commands.run import print_report
     monkeypatch.delenv("TIERPLAN_WIDTH", raising=False)
-    from tierplan.runtime.runapp import RunReport, StageRow
+    from tierplan.run import RunReport, StageRow
     names = ["detector/p0@midrange_phones", "orientation/p7@cells", "midrange_phones->cells"]
     stages = [StageRow(kind="compute", name=n, measured_p50_ms=1.0, measured_p95_ms=2.0, predicted_ms=1.2, count=100,
                        predicted_local_ms=1.5) for n in names]

@@ -11,7 +11,9 @@ from onnx import TensorProto, helper
 
 from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
 from tierplan.runtime.deploy import deploy
+from tierplan.runtime.handplan import with_fleet
 from tierplan.runtime.stage import StageOptions
+from tierplan.spec import FleetSpec
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +47,7 @@ def test_cloud_stage_batches_concurrent_requests_and_splits_results(ray_cluster,
                        PlanEdge(src="dense/p0", dst="sink:y", nbytes=4 * WIDTH, tensors=["y"])])
     xs = np.random.default_rng(4).standard_normal((32, WIDTH)).astype(np.float32)
     opts = StageOptions(batch_sites=("cloud",), max_batch=8, max_wait_ms=30.0)
+    plan = with_fleet(plan, FleetSpec.model_validate({"sites": {"cloud": {"tier": "cloud", "device": "aws-g5-xlarge"}}}))
     with deploy(plan, cluster=ray_cluster, options=opts, request_timeout_s=20) as svc:
         outs = svc.predict_batch({"x": xs})
         text = urllib.request.urlopen(f"http://{svc.health()['cloud']['metrics']}/metrics", timeout=5).read().decode()

@@ -78,7 +78,7 @@ def test_concurrent_requests_on_compute_threads_share_emulated_links(sq_files, s
     rng = np.random.default_rng(7)
     xs = [sq_input["input"]] + [rng.random((1, 3, 224, 224)).astype(np.float32) for _ in range(7)]
     opts = StageOptions(compute_threads=3, links_shared_dir=str(shared))
-    with deploy(plan, fleet=fleet, options=opts, request_timeout_s=60) as svc:
+    with deploy(plan, options=opts, request_timeout_s=60) as svc:
         outs = svc.predict_batch([{"input": x} for x in xs])
         again = svc.predict({"input": xs[3]})
     got = [next(iter(o["output"].values())) for o in outs]

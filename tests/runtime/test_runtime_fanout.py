@@ -7,8 +7,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from rt_helpers import three_tier_fleet
+
 from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
 from tierplan.runtime.deploy import deploy
+from tierplan.runtime.handplan import with_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +43,7 @@ def fanout_service(ray_cluster, tmp_path_factory):
                PlanEdge(src="split", dst="tag", nbytes=64, tensors=["x"]),
                PlanEdge(src="dense/p0", dst="tag", nbytes=64, tensors=["y"]),
                PlanEdge(src="tag", dst="sink:out", nbytes=64, tensors=["z"])])
+    plan = with_fleet(plan, three_tier_fleet())
     with deploy(plan, cluster=ray_cluster, request_timeout_s=10, allow_transforms=[mod]) as svc:
         yield svc, w
 

@@ -35,6 +35,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
+from rt_helpers import three_tier_fleet
+
 from tierplan.runtime.proto import runtime_pb2 as pb
 from tierplan.runtime.proto import runtime_pb2_grpc as pbg
 from tierplan.runtime.security import TlsConfig, channel, make_certs
@@ -216,7 +218,7 @@ def live(request, tmp_path_factory):
     mode = request.param
     root = tmp_path_factory.mktemp(f"fuzz-{mode}")
     files = _tiny_chain(root / "model")
-    plan = chain_plan(files, ["phone", "cloud"], "phone")
+    plan = chain_plan(files, ["phone", "cloud"], "phone", fleet=three_tier_fleet())
     tls = agent_dir = certs = None
     if mode == "tls":
         certs = root / "certs"

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from tierplan.devices.fleet import resolve_fleet
 from tierplan.runtime.links import PACKET_PAYLOAD_BYTES, Hop, LinkEmulator, route_table
 from tierplan.spec import FleetSpec
 
@@ -112,7 +113,7 @@ def test_lost_packets_occupy_the_link_for_the_next_sender():
 
 def test_route_table_carries_the_links_jitter_and_loss():
     """Each hop of a route carries its link's jitter_ms and loss_rate; RTT/2 stays the delay."""
-    routes = route_table(_fleet(jitter_ms=12, loss_rate=0.02), ["phone", "bs", "cloud"])
+    routes = route_table(resolve_fleet(_fleet(jitter_ms=12, loss_rate=0.02)), ["phone", "bs", "cloud"])
     up = routes["phone|cloud"]
     assert [(h["link_id"], h["jitter_ms"], h["loss_rate"]) for h in up] == [("phone->bs", 12, 0.02), ("bs->cloud", 1, 0.0)]
     assert up[0]["delay_ms"] == 20 and routes["cloud|phone"][1]["bandwidth_mbps"] == 40
@@ -121,16 +122,16 @@ def test_route_table_carries_the_links_jitter_and_loss():
 
 def test_expected_transfer_time_adds_loss_and_clipping_to_the_cost_model_formula():
     """expected_transfer_ms equals transfer_ms without jitter or loss, and exceeds it by the goodput loss with loss."""
-    plain = LinkEmulator(route_table(_fleet(), ["phone", "bs"]))
+    plain = LinkEmulator(route_table(resolve_fleet(_fleet()), ["phone", "bs"]))
     assert plain.expected_transfer_ms("phone", "bs", 10**6) == pytest.approx(plain.transfer_ms("phone", "bs", 10**6))
-    lossy = LinkEmulator(route_table(_fleet(loss_rate=0.5), ["phone", "bs"]))
+    lossy = LinkEmulator(route_table(resolve_fleet(_fleet(loss_rate=0.5)), ["phone", "bs"]))
     assert lossy.transfer_ms("phone", "bs", 10**6) == pytest.approx(20 + 1000)
     assert lossy.expected_transfer_ms("phone", "bs", 10**6) == pytest.approx(20 + 2000)
 
 
 def test_multi_hop_jitter_adds_in_variance():
     """Two hops with independent jitter give a total delay whose variance is the sum of the hops' variances."""
-    routes = route_table(_fleet(jitter_ms=6), ["phone", "cloud"])
+    routes = route_table(resolve_fleet(_fleet(jitter_ms=6)), ["phone", "cloud"])
     emu = LinkEmulator(routes, seed=1)
     d = []
     for i in range(N_DRAWS):

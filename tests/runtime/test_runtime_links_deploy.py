@@ -37,7 +37,7 @@ def test_deployed_radio_link_has_the_declared_delay_and_jitter(ray_cluster, sq_f
     fleet = _jittery_fleet()
     plan = chain_plan(sq_files, ["phone", "bs", "cloud"], "phone", fleet=fleet)
     radio, backhaul = [], []
-    with deploy(plan, fleet=fleet, cluster=ray_cluster, request_timeout_s=10.0) as svc:
+    with deploy(plan, cluster=ray_cluster, request_timeout_s=10.0) as svc:
         svc.predict(sq_input)                           # warm-up: connections, runners
         for _ in range(N_REQUESTS):
             _, trace = svc.predict_traced(sq_input)

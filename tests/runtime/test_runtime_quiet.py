@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     files = split_chain(SQUEEZENET, CUTS, Path(tempfile.mkdtemp()), "sq")
     fleet = three_tier_fleet()
     plan = chain_plan(files, ["phone", "phone", "bs"], "phone", fleet=fleet)
-    with tierplan.deploy(plan, fleet=fleet) as svc:
+    with tierplan.deploy(plan) as svc:
         y = svc.predict({"input": np.zeros((1, 3, 224, 224), np.float32)})
     assert y
 """)

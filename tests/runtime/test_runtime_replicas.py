@@ -38,7 +38,7 @@ def test_replicas_must_be_whole_numbers_of_at_least_one(sq_files):
     fleet = three_tier_fleet()
     plan = chain_plan(sq_files, ["phone", "bs", "cloud"], "phone", fleet=fleet)
     with pytest.raises(InputError, match="replicas"):
-        deploy(plan, fleet=fleet, replicas={"bs": 0})
+        deploy(plan, replicas={"bs": 0})
 
 
 def _runs(metrics_address: str) -> float:
@@ -53,7 +53,7 @@ def test_killing_one_replica_mid_run_completes_every_request(ray_cluster, sq_fil
     correctly within its deadline (lost ones are retried on the other replica), and the replica rejoins."""
     fleet = three_tier_fleet()
     plan = chain_plan(sq_files, ["phone", "bs", "cloud"], "phone", fleet=fleet)
-    with deploy(plan, fleet=fleet, cluster=ray_cluster, request_timeout_s=REQUEST_TIMEOUT_S, replicas=2) as svc:
+    with deploy(plan, cluster=ray_cluster, request_timeout_s=REQUEST_TIMEOUT_S, replicas=2) as svc:
         h = svc.health()
         assert set(h) == {"phone", "bs", "bs#1", "cloud", "cloud#1"} and all(s["up"] for s in h.values())
         assert len({s["pid"] for s in h.values()}) == 5
@@ -114,7 +114,7 @@ def test_deploy_restarts_a_site_node_that_died_before_its_actor_started(ray_clus
     ray_cluster.nodes["bs"].kill_raylet()
     assert not ray_cluster.site_alive("bs")
     t0 = time.time()
-    with deploy(plan, fleet=fleet, cluster=ray_cluster, request_timeout_s=REQUEST_TIMEOUT_S) as svc:
+    with deploy(plan, cluster=ray_cluster, request_timeout_s=REQUEST_TIMEOUT_S) as svc:
         out = svc.predict(sq_input)
         np.testing.assert_allclose(out["output"]["softmaxout_1"], sq_reference, rtol=1e-5, atol=1e-6)
     assert ray_cluster.site_alive("bs")

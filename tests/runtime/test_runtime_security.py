@@ -133,7 +133,7 @@ def test_deployment_with_mutual_tls_serves_end_to_end(ray_cluster, sq_files, sq_
     from tierplan.runtime.handplan import chain_plan
     fleet = three_tier_fleet()
     plan = chain_plan(sq_files, ["phone", "phone", "cloud"], "phone", fleet=fleet)
-    with deploy(plan, fleet=fleet, cluster=ray_cluster, tls_dir=certs[0], request_timeout_s=10) as svc:
+    with deploy(plan, cluster=ray_cluster, tls_dir=certs[0], request_timeout_s=10) as svc:
         out = svc.predict(sq_input)
         address = svc.health()["cloud"]["address"]
     np.testing.assert_allclose(out["output"]["softmaxout_1"], sq_reference, rtol=1e-5, atol=1e-6)

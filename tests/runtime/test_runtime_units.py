@@ -8,6 +8,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from tierplan.devices.fleet import resolve_fleet
 from tierplan.planner.plan import PlanEdge
 from tierplan.runtime.graph import branch_weight, child_branch, select_tensors
 from tierplan.runtime.links import LinkEmulator, route_table
@@ -41,7 +42,7 @@ def test_empty_and_error_deliveries_are_one_frame():
 def test_route_crosses_every_link_between_tiers():
     """phone -> cloud crosses radio up then backhaul up; cloud -> phone comes back down both."""
     fleet = three_tier_fleet(uplink_mbps=8, rtt_ms=40)
-    routes = route_table(fleet, ["phone", "bs", "cloud"])
+    routes = route_table(resolve_fleet(fleet), ["phone", "bs", "cloud"])
     up = routes["phone|cloud"]
     assert [h["link_id"] for h in up] == ["phone->bs", "bs->cloud"]
     assert up[0]["bandwidth_mbps"] == 8 and up[0]["delay_ms"] == 20
@@ -52,7 +53,7 @@ def test_route_crosses_every_link_between_tiers():
 def test_emulated_transfer_time_is_delay_plus_bytes_over_bandwidth():
     """1 MB over 8 Mbit/s with 40 ms RTT takes 1000 + 20 ms; a second transfer queues behind the first."""
     fleet = three_tier_fleet(uplink_mbps=8, rtt_ms=40)
-    emu = LinkEmulator(route_table(fleet, ["phone", "bs"]))
+    emu = LinkEmulator(route_table(resolve_fleet(fleet), ["phone", "bs"]))
     assert emu.transfer_ms("phone", "bs", 1_000_000) == pytest.approx(1020.0)
     t0 = time.monotonic()
     first = emu.arrival_s("phone", "bs", 1_000_000, now_s=t0)

@@ -26,10 +26,13 @@ def register(app: typer.Typer) -> None:
         metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535, metavar="PORT",
                                          help="Serve this site's Prometheus metrics on 127.0.0.1:PORT (loopback "
                                               "only; 0: a free port). Printed at start."),
+        replica: int = typer.Option(0, "--replica", min=0, help="Which device of its class this host is "
+                                    "(0, 1, ...) when the deployment runs several of the class (deploy "
+                                    "--devices-per-class)."),
     ) -> None:
         """Serve one edge site's pieces; prints `READY host:port metrics=127.0.0.1:PORT`, stops on Ctrl-C / SIGTERM."""
         from tierplan.runtime.agent import run_agent
         from tierplan.runtime.graph import parse_modules
         run_agent(site, listen, controller, tls_dir, insecure=insecure,
                   allow_transforms=parse_modules(allow_transforms), cache_limit_bytes=int(cache_max_mb * 2**20),
-                  metrics_port=metrics_port)
+                  metrics_port=metrics_port, replica=replica)

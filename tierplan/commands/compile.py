@@ -75,7 +75,6 @@ def register(app: typer.Typer) -> None:
         tune_tasks: int = typer.Option(None, "--tune-tasks", min=1, help="Tune only the K heaviest tasks per piece."),
         tune_db: Path = typer.Option(None, "--tune-db", help="Tuning database folder (default OUT/tuning)."),
         backend: list[str] = typer.Option(None, "--backend", help="Only these backends (tvm, onnxruntime, litert)."),
-        fleet: Path = typer.Option(None, "--fleet", help="Fleet YAML, when the plan does not name its devices."),
         runs: int = typer.Option(10, "--runs", min=1, help="Timed runs per candidate (median)."),
         threads: int = typer.Option(0, "--threads", min=0, help="onnxruntime/LiteRT threads (0 = every core)."),
         as_json: bool = typer.Option(False, "--json", help="Print manifest.json to stdout."),
@@ -86,15 +85,10 @@ def register(app: typer.Typer) -> None:
         from tierplan.runtime.compile import CompileOptions, compile_plan
         from tierplan.console import progress_wanted
 
-        plan = Plan.load(plan_path)
-        fleet_obj = None
-        if fleet is not None:
-            from tierplan.devices.fleet import resolve_fleet
-            from tierplan.loader import load_fleet
-            fleet_obj = resolve_fleet(load_fleet(fleet))
+        plan = Plan.load(plan_path)   # its embedded fleet gives every site's device
         res = compile_plan(plan, out, tune_trials=tune_trials, backends=backend or None,
                            progress=progress_wanted(show_progress, as_json),
-                           fleet=fleet_obj, tune_tasks=tune_tasks, tune_db=tune_db,
+                           tune_tasks=tune_tasks, tune_db=tune_db,
                            base_dir=plan_path.resolve().parent, options=CompileOptions(measure_runs=runs, threads=threads))
         if as_json:
             print(json.dumps(res.manifest, indent=1, default=str))

@@ -11,7 +11,7 @@ import typer
 
 from tierplan.errors import finite_flag
 
-from tierplan.commands.run import METRICS_PORT_HELP, metrics_line
+from tierplan.commands.run import METRICS_PORT_HELP, class_option, devices_option, metrics_line, replicas_option
 
 __all__ = ["register", "parse_agents"]
 
@@ -45,16 +45,20 @@ def register(app: typer.Typer) -> None:
         allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
                                              "functions the sites started here may run as transforms."),
         duration: float = typer.Option(0.0, "--duration", callback=finite_flag("--duration", "60"), help="Serve this many seconds, then stop (0: until Ctrl-C)."),
-        replicas: int = typer.Option(1, "--replicas", min=1, help="Workers per base-station and cloud site; a request lost with one is retried on another."),
+        replicas: int = replicas_option(),
+        device_class: str = class_option(),
+        devices_per_class: int = devices_option(),
         metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535, metavar="BASE", help=METRICS_PORT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
     ) -> None:
         """Deploy PLAN and serve it: prints the front door, the sites and their metrics endpoints."""
         from tierplan.planner.plan import Plan
         from tierplan.runtime.deploy import deploy
+        from tierplan.runtime.fleetrun import parse_classes
         from tierplan.runtime.graph import parse_modules
         allowed = parse_modules(allow_transforms)
         p = Plan.load(plan)
+        classes = parse_classes(p, device_class)
         manifest = None
         if artifacts is not None:
             from tierplan.runtime.compile import load_manifest
@@ -62,7 +66,8 @@ def register(app: typer.Typer) -> None:
         stop = threading.Event()
         with deploy(plan, local=local, manifest=manifest, manifest_root=artifacts, ray_address=ray_address,
                     agents=parse_agents(agent), tls_dir=tls_dir, front_door=front_door, replicas=replicas,
-                    allow_transforms=allowed, insecure=insecure, metrics_port=metrics_port) as svc:
+                    allow_transforms=allowed, insecure=insecure, metrics_port=metrics_port, classes=classes,
+                    devices_per_class=devices_per_class) as svc:
             for sig in (signal.SIGTERM, signal.SIGINT):   # after Ray's own handlers: stop cleanly, exit 0
                 signal.signal(sig, lambda *_: stop.set())
             info = svc.describe()
@@ -78,5 +83,12 @@ def register(app: typer.Typer) -> None:
                 for s, h in info["sites"].items():
                     t.add_row(s, "yes" if h["up"] else "no", h["address"], str(h["pid"]), h["metrics"])
                 console().print(t)
+                fl = info.get("fleet") or {}
+                if fl.get("classes"):
+                    console().print(f"device classes: {', '.join(fl['classes'])} ({fl['devices_per_class']} device(s) "
+                                    "each; predict(..., device_class=NAME) picks one, the first by default)",
+                                    highlight=False)
+                    for site, why in (fl.get("scaling") or {}).items():
+                        console().print(f"  {site}: {fl['workers'].get(site, 1)} worker(s): {why}", highlight=False)
                 console().print(metrics_line(info), highlight=False)
             stop.wait(duration if duration > 0 else None)

@@ -74,10 +74,68 @@ def print_report(rep) -> None:
         s.add_row(r.kind, r.name, str(r.count), _ms(r.measured_p50_ms), _ms(r.measured_p95_ms),
                   _ms(r.predicted_local_ms), _ms(r.predicted_ms))
     con.print(s)
+    _print_fleet(con, rep)
     for e in rep.errors:
         con.print(f"[red]error:[/red] {e}")
     if (rep.sites or {}).get("metrics"):
         con.print(metrics_line(rep.sites) + " (closed with the run)", highlight=False)
+
+
+def _print_fleet(con, rep) -> None:
+    """Per device class (measured vs predicted here, SLO) and per site (workers, load, queue, batch)."""
+    from rich.table import Table
+
+    rows = getattr(rep, "classes", None) or []
+    if rows:
+        t = Table(title=f"per device class ({rep.load}: "
+                        + ("each class at its sources' rates" + (f" x {rep.rate_scale:g}" if rep.rate_scale != 1 else "")
+                           if rep.load == "rate" else "one request at a time")
+                        + f"; {rep.devices_per_class} device(s) per class)", title_justify="left")
+        for col in ("class", "sinks", "req/s", "ok", "failed", "measured p50", "measured p95", "predicted here p50",
+                    "predicted here p95", "ratio p50", "on device ms", "SLO ms", "SLO met here", "plan meets"):
+            t.add_column(col, justify="left" if col in ("class", "sinks") else "right")
+        for r in rows:
+            ratio = f"{r.measured_p50_ms / r.predicted_local_p50_ms:.2f}" if r.measured_p50_ms and \
+                r.predicted_local_p50_ms else "-"
+            yn = {True: "yes", False: "no", None: "-"}
+            t.add_row(r.device_class or "-", ",".join(r.sinks), f"{r.rate_hz:.2f}", str(r.requests - r.failed),
+                      str(r.failed), _ms(r.measured_p50_ms), _ms(r.measured_p95_ms), _ms(r.predicted_local_p50_ms),
+                      _ms(r.predicted_local_p95_ms), ratio, _ms(r.predicted_ms), _ms(r.slo_ms), yn[r.slo_met],
+                      yn[r.plan_meets_slo])
+        con.print(t)
+    ran = getattr(rep, "classes_run", None)
+    if ran:
+        con.print(f"classes run: {', '.join(ran)}" + (f"; not run: {', '.join(rep.classes_not_run)}"
+                                                     if rep.classes_not_run else ""), highlight=False)
+    sites = getattr(rep, "site_rows", None) or []
+    if sites:
+        t = Table(title="per site", title_justify="left")
+        for col in ("site", "tier", "workers", "classes", "runs", "utilisation", "mean queue", "mean batch", "workers: why"):
+            t.add_column(col, justify="left" if col in ("site", "tier", "classes", "workers: why") else "right")
+        for r in sites:
+            t.add_row(r.site, r.tier, str(r.workers), ",".join(r.classes) or "-", str(r.runs),
+                      "-" if r.utilisation is None else f"{100 * r.utilisation:.0f}%",
+                      "-" if r.mean_queue is None else f"{r.mean_queue:.2f}",
+                      "-" if r.mean_batch is None else f"{r.mean_batch:.2f}", r.scaling)
+        con.print(t)
+
+
+def replicas_option():
+    """--replicas, shared by run and deploy."""
+    return typer.Option(None, "--replicas", min=1, help="Workers per base-station and cloud site (default: the plan's "
+                        "instances scaled to the devices that run); a request lost with one is retried on another.")
+
+
+def class_option():
+    """--class NAME[,NAME], shared by run and deploy."""
+    return typer.Option(None, "--class", metavar="NAME[,NAME]", help="Only these edge device classes of the plan "
+                        "(default: every class, each with the shared sites it uses).")
+
+
+def devices_option():
+    """--devices-per-class N, shared by run and deploy."""
+    return typer.Option(1, "--devices-per-class", min=1, help="Edge agents started per class (local); the shared "
+                        "sites' workers scale with them.")
 
 
 def register(app: typer.Typer) -> None:
@@ -88,7 +146,14 @@ def register(app: typer.Typer) -> None:
         backend: list[str] = typer.Option(None, "--backend", help="Compile backends to try (default: onnxruntime)."),
         timeout: float = typer.Option(None, "--timeout", callback=finite_flag("--timeout", "5", 0.1),
                                       help="Deadline of one request, seconds (default: 10 x the largest SLO)."),
-        replicas: int = typer.Option(1, "--replicas", min=1, help="Workers per base-station and cloud site; a request lost with one is retried on another."),
+        replicas: int = replicas_option(),
+        device_class: str = class_option(),
+        devices_per_class: int = devices_option(),
+        rate_scale: float = typer.Option(1.0, "--rate-scale", callback=finite_flag("--rate-scale", "0.5", 1e-6),
+                                         help="Multiply every source's rate (each class sends at its sources' "
+                                              "rate_hz x devices, Poisson arrivals)."),
+        sequential: bool = typer.Option(False, "--sequential", help="Send one request after another (the classes "
+                                        "in turn) instead of at the sources' rates: latency without queueing."),
         allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
                                              "functions may run as transforms (tierplan.transforms always may)."),
         calibration: Path = typer.Option(None, "--calibration", help="Calibration file of this machine (default: "
@@ -97,11 +162,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         show_progress: bool = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
-        """Plan, compile and deploy EXAMPLE on this machine, send requests, compare with the plan, tear down."""
+        """Plan, compile and deploy EXAMPLE's every device class on this machine, send requests, compare with the plan, tear down."""
         import sys
 
         from tierplan.runtime.graph import parse_modules
-        from tierplan.runtime.runapp import run_example
+        from tierplan.run import run_example
         from tierplan.console import progress_wanted
 
         def deployed(info: dict) -> None:   # on stderr: stdout is the report (or its JSON)
@@ -110,7 +175,9 @@ def register(app: typer.Typer) -> None:
         rep = run_example(example, duration, backends=backend or None,
                           progress=progress_wanted(show_progress, as_json), request_timeout_s=timeout,
                           replicas=replicas, allow_transforms=parse_modules(allow_transforms),
-                          calibration=calibration, metrics_port=metrics_port, on_deployed=deployed)
+                          calibration=calibration, metrics_port=metrics_port, on_deployed=deployed,
+                          classes=device_class, devices_per_class=devices_per_class, rate_scale=rate_scale,
+                          sequential=sequential)
         if as_json:
             print(json.dumps(rep.to_json(), indent=2))
         else:
