@@ -7,12 +7,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import networkx as nx
 import numpy as np
 
-from tierplan.partition.cuts import Cut, Partition, coarsen
+from tierplan.partition.candidates import candidate_cuts, cuts_at
+from tierplan.partition.cuts import Cut, Partition, coarsen, partition_from_cuts, topological_order
 from tierplan.partition.extract import VerifyResult, build_pieces, verify_pieces, write_pieces
 from tierplan.partition.feeds import random_feeds
 from tierplan.partition.onnx_graph import load_onnx, model_sha256
@@ -101,9 +102,13 @@ def load_manifest(path: str | Path) -> tuple[dict, list[Piece]]:
     return manifest, pieces
 
 
-def _cache_key(sha: str, dims: Mapping[str, int] | None, max_pieces: int, model: str) -> str:
-    text = json.dumps({"sha": sha, "dims": dict(sorted((dims or {}).items())), "k": max_pieces, "model": model,
-                       "v": MANIFEST_VERSION}, sort_keys=True)
+def _cache_key(sha: str, dims: Mapping[str, int] | None, max_pieces: int, model: str,
+               cuts: Sequence[int] | str | None = None) -> str:
+    key = {"sha": sha, "dims": dict(sorted((dims or {}).items())), "k": max_pieces, "model": model,
+           "v": MANIFEST_VERSION}
+    if cuts is not None:   # pieces at given positions, or "segments:N" (the candidate cuts)
+        key["cuts"] = cuts if isinstance(cuts, str) else [int(c) for c in cuts]
+    text = json.dumps(key, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -125,8 +130,13 @@ def _cached(out_dir: Path, key: str, verify: bool) -> tuple[dict, list[Piece]] |
 def partition_model(path: str | Path, max_pieces: int = DEFAULT_MAX_PIECES, out_dir: str | Path | None = None,
                     dims: Mapping[str, int] | None = None, verify: bool = False, *,
                     model_name: str | None = None, feeds: Mapping[str, np.ndarray] | None = None,
-                    use_cache: bool = True) -> PartitionResult:
+                    use_cache: bool = True, cuts: Sequence[int] | None = None,
+                    segments: int | None = None) -> PartitionResult:
     """Partition an ONNX model into at most `max_pieces` pieces written under `out_dir`.
+
+    `cuts` (positions of the model's topological order, as manifest.json's `cuts` lists them)
+    cuts exactly there instead (the pieces the planner chose); `segments` cuts at the candidate
+    cut points (partition.candidates: at most that many segments), what the planner chooses from.
 
     `out_dir` defaults to a cache folder keyed by the model's hash, dims and `max_pieces`; when
     its manifest.json matches that key the pieces are read back instead of recomputed.
@@ -140,7 +150,9 @@ def partition_model(path: str | Path, max_pieces: int = DEFAULT_MAX_PIECES, out_
         raise InputError(f"--max-pieces must be >= 1, got {max_pieces}")
     sha = model_sha256(path)
     name = model_name or path.stem
-    key = _cache_key(sha, dims, max_pieces, name)
+    how: Sequence[int] | str | None = (list(cuts) if cuts is not None
+                                       else f"segments:{segments}" if segments is not None else None)
+    key = _cache_key(sha, dims, max_pieces, name, how)
     out = Path(out_dir) if out_dir is not None else cache_root() / f"{name}-{key}"
     if use_cache and feeds is None:
         hit = _cached(out, key, verify)
@@ -153,7 +165,12 @@ def partition_model(path: str | Path, max_pieces: int = DEFAULT_MAX_PIECES, out_
 
     G = load_onnx(path, dims, feeds)
     G.graph["model"] = name
-    part = coarsen(G, max_pieces)
+    if cuts is not None:
+        part = partition_from_cuts(topological_order(G), cuts_at(G, cuts))
+    elif segments is not None:
+        part = partition_from_cuts(topological_order(G), candidate_cuts(G, segments))
+    else:
+        part = coarsen(G, max_pieces)
     pieces = write_pieces(G, build_pieces(G, part, name), out)
     vr = None
     if verify:

@@ -21,13 +21,14 @@ model is one piece.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import networkx as nx
 import numpy as np
 
 from tierplan.partition.api import partition_model
-from tierplan.partition.cuts import coarsen
+from tierplan.partition.candidates import PROFILE_SEGMENTS, candidate_cuts, cuts_at
+from tierplan.partition.cuts import coarsen, partition_from_cuts, topological_order
 from tierplan.partition.onnx_graph import read_model
 from tierplan.partition.types import OpCost, Piece, TensorInfo
 from tierplan.errors import InputError
@@ -41,11 +42,13 @@ PROFILE_INPUT = "input"   # tensor name of a profile-table model's input
 class ModelPieces:
     """A model's pieces plus which piece makes / reads each model-level tensor."""
 
-    def __init__(self, name: str, pieces: list[Piece], inputs: list[TensorInfo], outputs: list[TensorInfo]):
+    def __init__(self, name: str, pieces: list[Piece], inputs: list[TensorInfo], outputs: list[TensorInfo],
+                 cuts: tuple[int, ...] = ()):
         self.name = name
         self.pieces = pieces
         self.inputs = inputs
         self.outputs = outputs
+        self.cuts = cuts    # positions (of the model's op / layer order) between consecutive pieces
 
     def readers(self, tensor: str) -> list[Piece]:
         return [p for p in self.pieces if any(t.name == tensor for t in p.inputs)]
@@ -59,8 +62,10 @@ def _nbytes(shape, dtype: str) -> int:
 
 
 # ----------------------------------------------------------------------------- profile tables
-def profile_pieces(name: str, table: ProfileTable, max_pieces: int | None = None) -> ModelPieces:
-    """Pieces of a profile-table model: one per layer, or layers grouped into at most `max_pieces`.
+def profile_pieces(name: str, table: ProfileTable, max_pieces: int | None = None,
+                   cuts: Sequence[int] | None = None, segments: int | None = None) -> ModelPieces:
+    """Pieces of a profile-table model: one per layer, or layers grouped into at most `max_pieces`
+    (or cut at the layer positions `cuts`, or at the candidate cuts of at most `segments` segments).
 
     A group's `measured_ms` sums its layers' latencies for the devices every layer was measured
     on. Layer tensors are named after the layer and typed as bytes (uint8).
@@ -83,7 +88,13 @@ def profile_pieces(name: str, table: ProfileTable, max_pieces: int | None = None
     if not nx.is_directed_acyclic_graph(G):
         raise InputError(f"models.{name}.profile.layers: the layer inputs form a cycle")
     k = len(layers) if max_pieces is None else max(1, min(max_pieces, len(layers)))
-    part = coarsen(G, k, weight=lambda v: by_name(layers, v).flops or 1.0, min_piece_frac=0.0)
+    flops = {l.name: l.flops or 1.0 for l in layers}
+    if cuts is not None:
+        part = partition_from_cuts(topological_order(G), cuts_at(G, cuts))
+    elif segments is not None:
+        part = partition_from_cuts(topological_order(G), candidate_cuts(G, segments, weight=flops.__getitem__))
+    else:
+        part = coarsen(G, k, weight=flops.__getitem__, min_piece_frac=0.0)
     t_in = TensorInfo(PROFILE_INPUT, (table.input_bytes,), "uint8", table.input_bytes)
     consumed_later = {u for u, _ in G.edges}
     where = part.piece_of()
@@ -119,7 +130,7 @@ def profile_pieces(name: str, table: ProfileTable, max_pieces: int | None = None
             file=None, measured_ms=measured))
     model_outs = [TensorInfo(v, (by_name(layers, v).output_bytes,), "uint8", by_name(layers, v).output_bytes)
                   for v in names if G.out_degree(v) == 0]
-    return ModelPieces(name, pieces, [t_in], model_outs)
+    return ModelPieces(name, pieces, [t_in], model_outs, tuple(c.position for c in part.cuts))
 
 
 def by_name(layers, name: str):
@@ -171,12 +182,16 @@ def _tflite_pieces(name: str, path: Path) -> ModelPieces:
 
 
 def model_pieces(app: AppSpec, name: str, pieces_dir: str | Path | None, max_pieces: int | None = None,
-                 fed: Mapping[str, list[int]] | None = None) -> ModelPieces:
-    """The pieces of one app model (partitioned ONNX, profile table or whole .tflite)."""
+                 fed: Mapping[str, list[int]] | None = None, cuts: Sequence[int] | None = None,
+                 segments: int | None = None) -> ModelPieces:
+    """The pieces of one app model (partitioned ONNX, profile table or whole .tflite); `cuts` /
+    `segments` as in partition_model (the planner's chosen cuts / the candidates it chooses from)."""
     spec: ModelSpec = app.models[name]
     k = max_pieces if max_pieces is not None else spec.max_pieces
     if spec.profile is not None:
-        return profile_pieces(name, spec.profile, k)
+        # a profile's layers are few and measured: every boundary up to PROFILE_SEGMENTS is a candidate
+        return profile_pieces(name, spec.profile, k, cuts=cuts,
+                              segments=None if segments is None else max(segments, PROFILE_SEGMENTS))
     if spec.tflite is not None:
         path = app.resolve_path(spec.tflite)
         if not path.is_file():
@@ -190,14 +205,17 @@ def model_pieces(app: AppSpec, name: str, pieces_dir: str | Path | None, max_pie
     if pieces_dir is not None:
         from tierplan.partition.api import _cache_key
         from tierplan.partition.onnx_graph import model_sha256
-        out_dir = Path(pieces_dir) / f"{name}-{_cache_key(model_sha256(path), dims, k, name)}"
+        how = list(cuts) if cuts is not None else f"segments:{segments}" if segments is not None else None
+        out_dir = Path(pieces_dir) / f"{name}-{_cache_key(model_sha256(path), dims, k, name, how)}"
     try:
-        res = partition_model(path, max_pieces=k, out_dir=out_dir, dims=dims, model_name=name)
+        res = partition_model(path, max_pieces=k, out_dir=out_dir, dims=dims, model_name=name, cuts=cuts,
+                              segments=segments)
     except InputError as e:
         raise InputError(f"models.{name}: {e}") from None
     m = res.manifest
     from tierplan.partition.api import _tensor
-    return ModelPieces(name, res.pieces, [_tensor(t) for t in m["inputs"]], [_tensor(t) for t in m["outputs"]])
+    return ModelPieces(name, res.pieces, [_tensor(t) for t in m["inputs"]], [_tensor(t) for t in m["outputs"]],
+                       tuple(int(c["position"]) for c in m.get("cuts", ())))
 
 
 # ----------------------------------------------------------------------------- the app graph
@@ -247,8 +265,15 @@ def _output_info(app: AppSpec, src: str, out: str, dst: str, dst_in: str,
     return TensorInfo(out, tuple(t.output_shape), t.output_dtype, _nbytes(t.output_shape, t.output_dtype))
 
 
-def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int | None = None) -> nx.DiGraph:
-    """Join the app's sources, model pieces, transforms and sinks into one DAG (module docstring)."""
+def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int | None = None, *,
+                    segments: int | None = None, cuts: Mapping[str, Sequence[int]] | None = None) -> nx.DiGraph:
+    """Join the app's sources, model pieces, transforms and sinks into one DAG (module docstring).
+
+    `segments`: each partitionable model is cut at its candidate cut points (at most that many
+    segments, partition.candidates) for the planner to choose cuts among; the graph then carries
+    `G.graph["segments"][model] = {"cuts": positions, "max_pieces": k}`. `cuts[model]`: that model
+    cut exactly at those positions (the planner's choice).
+    """
     g = nx.DiGraph(app=app.name)
     models: dict[str, ModelPieces] = {}
     for n in app.models:
@@ -265,7 +290,11 @@ def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int
                         fed[i_name] = list(app.sources[e.src].shape)
                     elif app.transforms[e.src].output_shape is not None:
                         fed[i_name] = list(app.transforms[e.src].output_shape)
-        models[n] = model_pieces(app, n, pieces_dir, max_pieces, fed)
+        models[n] = model_pieces(app, n, pieces_dir, max_pieces, fed,
+                                 cuts=(cuts or {}).get(n), segments=segments if not (cuts and n in cuts) else None)
+    if segments is not None:
+        g.graph["segments"] = {n: {"cuts": mp.cuts, "max_pieces": int(app.models[n].max_pieces)}
+                               for n, mp in models.items() if len(mp.pieces) > 1}
 
     # nodes
     for s, spec in app.sources.items():

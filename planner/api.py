@@ -3,28 +3,36 @@
     plan = plan_app(app, fleet_spec, objective="cost")           # specs in, Plan out
     plan = plan_graph(app_graph, fleet, cost_model, slo=...)     # the pure, lower-level form
 
-Steps: build the integer problem (planner.build) -> baselines, greedy as the hint (or the old
-plan's placement with `from_plan`) -> per class, can its SLO be met at all? (classes that
-cannot are reported as not-met, with the best they could get and what they would need) ->
-CP-SAT on the whole fleet -> diagnose infeasibility by relaxing one family of constraints at a
-time -> the Plan (planner.report).
+plan_graph runs named phases, each a function below:
+  _setup          build the integer problem (planner.build), greedy or the old plan as the hint
+  _alone          per class alone: can it meet its SLO at all (a relaxation), its own optimum
+  _joint          the whole fleet together (decomposed where classes share nothing); when shared
+                  capacity cannot serve every class within its SLO, the most devices within it
+  _best_for_missed  classes still missing their SLO get the best latency they can reach under the
+                  capacity the others leave, then the objective is optimised with that latency kept
+  _bound_pieces   max_pieces per model over the chosen cuts (only when the relaxation exceeds it)
+  _regroup        the chosen segments become the plan's pieces (partition extracts them)
+  _report         the Plan: figures, coverage, not-met classes and what would fix them, baselines
+Why something is infeasible comes from the solver (planner.diagnose).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import networkx as nx
 
+from tierplan.devices.costmodel import CostModel
+from tierplan.devices.fleet import Fleet
 from tierplan.planner.baselines import greedy, run_baselines
 from tierplan.planner.build import BuildInfo, SloTarget, build_problem
+from tierplan.planner.diagnose import describe_assignment, diagnose, slo_message, uplink_needed
 from tierplan.planner.evaluate import Evaluation, evaluate
-from tierplan.planner.formulation import SolveResult, solve, solve_coverage
+from tierplan.planner.formulation import SolveResult, solve, solve_coverage, solve_model
 from tierplan.planner.progress import ProgressHook, phase, reporting
 from tierplan.planner.plan import ClassCoverage, ParetoPoint, PieceMove, Plan
 from tierplan.planner.problem import Problem
@@ -32,23 +40,25 @@ from tierplan.planner.report import (
     LATENCY_SEMANTICS, baseline_result, class_latency_ms, class_meets, class_mode, cost_per_hour_usd,
     coverage_share, mean_latency_ms, monthly_by_tier, natural_objective, per_class_ids, plan_edges, plan_pieces, sink_views,
 )
-from tierplan.planner.units import us_to_ms, uusd_to_usd
+from tierplan.planner.units import us_to_ms
 from tierplan.errors import InfeasibleError, InputError
-from tierplan.spec import ObjectiveSpec
+from tierplan.partition.candidates import DEFAULT_SEGMENTS
+from tierplan.spec import AppSpec, FleetSpec, ObjectiveSpec
 
-__all__ = ["plan_app", "plan_graph", "describe_assignment", "site_devices"]
+__all__ = ["plan_app", "plan_graph", "describe_assignment", "site_devices", "Regroup"]
 
 _SECONDARY = {"cost": "latency", "latency": "cost", "energy": "latency"}
-_RELAX = 1000          # factor by which a relaxed capacity is widened when diagnosing
-_SCALE_MAX = 1000.0    # largest bandwidth multiplier tried for "what uplink would it need"
-_BISECT_STEPS = 7
 _TIE_SHARE = 0.25      # of a solve's limit at most for breaking ties, after the proof
 _ASSEMBLY_SHARE = 0.05  # of the time limit, kept for evaluating and assembling the plan
 _EXPLAIN_S = 0.15       # kept per SLO sink of a not-covered class for its best-latency solve ...
 _EXPLAIN_MAX_SHARE = 0.1  # ... at most this share of the time limit in all
 
+# model -> positions to cut it at (the planner's choice among the candidates) -> the app graph cut there
+Regroup = Callable[[Mapping[str, tuple[int, ...]]], nx.DiGraph]
+Objective = str | ObjectiveSpec | Mapping[str, float] | None
 
-def _weights(objective: Any) -> ObjectiveSpec:
+
+def _weights(objective: Objective) -> ObjectiveSpec:
     if objective is None:
         return ObjectiveSpec(cost=1.0)
     if isinstance(objective, ObjectiveSpec):
@@ -58,16 +68,6 @@ def _weights(objective: Any) -> ObjectiveSpec:
     if objective in ("cost", "latency", "energy"):
         return ObjectiveSpec(**{objective: 1.0})
     raise InputError(f"objective must be cost, latency or energy (or weights), got {objective!r}")
-
-
-def describe_assignment(problem: Problem, sites: tuple[str, ...]) -> str:
-    """'all pieces in eu-1' or '3 pieces on cam, 2 on cloud' for one class's placement."""
-    used: dict[str, int] = {}
-    for v in problem.compute_nodes:
-        used[sites[v]] = used.get(sites[v], 0) + 1
-    if len(used) == 1:
-        return f"all pieces in {next(iter(used))}"
-    return ", ".join(f"{n} piece{'s' if n > 1 else ''} on {s}" for s, n in used.items())
 
 
 def _hint(problem: Problem, info: BuildInfo, from_plan: Plan | None) -> dict[str, tuple[str, ...]]:
@@ -86,123 +86,89 @@ def _hint(problem: Problem, info: BuildInfo, from_plan: Plan | None) -> dict[str
     return out
 
 
-def _best_latency(problem: Problem, sink: int, time_limit_s: float) -> tuple[int, tuple[str, ...]] | None:
-    """Least latency of one sink for a one-class problem without its SLO."""
-    c = problem.classes[0]
-    sub = problem.without_slo().with_objective("latency", 0, 1, 0).with_latency_sinks((sink,))
-    sub = replace(sub, budget_uusd_h=None)
-    r = solve(sub, time_limit_s)
-    if r.status not in ("optimal", "feasible"):
-        return None
-    return evaluate(sub, r.assignment, r.levels).classes[c.name].sink_us[sink], r.assignment[c.name]
-
-
-def _slo_message(problem: Problem, info: BuildInfo, cname: str, time_limit_s: float) -> tuple[str, dict]:
-    """'SLO 50 ms cannot be met: the best possible p95 is 73 ms (all pieces in eu-1)' for a class."""
-    sub = problem.only_class(cname)
-    c = sub.classes[0]
-    parts, best, notes = [], {}, []
-    for v, lim in c.slo_us.items():
-        got = _best_latency(sub, v, time_limit_s)
-        name = info.sink_names[problem.nodes[v].id]
-        if got is None:
-            continue
-        us, sites = got
-        best[name] = us_to_ms(us)
-        if us > lim:
-            parts.append(f"SLO {us_to_ms(lim):g} ms for sink {name!r} cannot be met on {cname}: the best "
-                         f"possible p{info.percentile:g} is {us_to_ms(us):.1f} ms ({describe_assignment(sub, sites)})")
-            notes.append(f"{name}: best p{info.percentile:g} {us_to_ms(us):.1f} ms > SLO {us_to_ms(lim):g} ms "
-                         f"({describe_assignment(sub, sites)})")
-    if not parts:
-        parts.append(f"the SLOs of {cname} cannot all be met at once")
-        notes.append("its SLOs cannot all be met at once")
-    return "; ".join(parts), "; ".join(notes)
-
-
-def site_devices(fleet: Any) -> dict[str, str]:
+def site_devices(fleet: Fleet) -> dict[str, str]:
     """Site class -> device name (catalog name, or an inline device's own name): lets
     `tierplan compile PLAN` find each site's device without the fleet file."""
     return {name: sc.device.name for name, sc in fleet.classes.items()}
 
 
-def _relaxations(problem: Problem) -> list[tuple[str, Problem]]:
-    sites_inst = {s: (replace(sd, max_instances=sd.max_instances * _RELAX + 1) if not sd.fixed_instances
-                      else replace(sd, util_cap_ppm=sd.util_cap_ppm * _RELAX,
-                                   levels_ppm=tuple(r * _RELAX for r in sd.levels_ppm)))
-                  for s, sd in problem.sites.items()}
-    sites_mem = {s: replace(sd, memory_kb=sd.memory_kb * _RELAX) for s, sd in problem.sites.items()}
-    links = {k: v * _RELAX for k, v in problem.link_cap_bps.items()}
-    out = []
-    if problem.budget_uusd_h is not None:
-        out.append(("budget", replace(problem, budget_uusd_h=None)))
-    out += [("compute capacity", replace(problem, sites=sites_inst)),
-            ("memory", replace(problem, sites=sites_mem)),
-            ("link capacity", replace(problem, link_cap_bps=links)),
-            ("capacity", replace(problem, sites={s: replace(sites_inst[s], memory_kb=sites_mem[s].memory_kb)
-                                                  for s in problem.sites}, link_cap_bps=links, budget_uusd_h=None))]
-    return out
+@dataclass
+class _Run:
+    """What the phases of one plan_graph call share: inputs, the problem, the clock, the findings."""
+
+    graph: nx.DiGraph
+    fleet: Fleet
+    cost_model: CostModel
+    slo: dict[str, SloTarget]
+    weights: ObjectiveSpec
+    budget: float | None
+    time_limit_s: float
+    queueing: bool
+    problem: Problem
+    info: BuildInfo
+    hint: dict[str, tuple[str, ...]]
+    t0: float = field(default_factory=time.perf_counter)
+    uncovered: dict[str, str] = field(default_factory=dict)   # class -> message (cannot meet its SLO alone)
+    notes: dict[str, str] = field(default_factory=dict)       # class -> note shown in the coverage table
+    best_ms: dict[str, dict[str, float]] = field(default_factory=dict)   # class -> sink -> best alone
+    shared_out: set[str] = field(default_factory=set)         # left out by coverage maximisation
+    binding: str = ""                                          # the diagnosis when coverage was needed
+    reason: str | None = None
+
+    @property
+    def separable(self) -> bool:
+        return self.problem.coef_cost == 0          # latency / energy: a sum over classes
+
+    @property
+    def secondary(self) -> str | None:
+        return _SECONDARY.get(self.problem.objective_kind)
+
+    def left(self) -> float:
+        return max(0.5, self.time_limit_s - (time.perf_counter() - self.t0))
+
+    def sink_name(self, v: int) -> str:
+        return self.info.sink_names[self.problem.nodes[v].id]
 
 
-def diagnose(problem: Problem, time_limit_s: float) -> str:
-    """Which constraint family binds: relax one at a time, say what the relaxed optimum needs."""
-    each = max(0.5, time_limit_s / 5)
-    for name, relaxed in _relaxations(problem):
-        r = solve(relaxed.with_objective("cost", 1, 0, 0), each)
-        if r.status not in ("optimal", "feasible"):
-            continue
-        ev = evaluate(problem, r.assignment, r.levels)
-        need = "; ".join(ev.violations[:3])
-        if name == "budget":
-            return (f"budget ${uusd_to_usd(problem.budget_uusd_h):g}/h is too small: the cheapest plan meeting "
-                    f"the SLOs costs ${uusd_to_usd(ev.cost_uusd_h):.2f}/h. To fix: raise budget_usd_per_hour")
-        return (f"{name} binds: the SLOs can be met only with more {name} ({need}). "
-                f"To fix: raise max_instances / add sites, or relax the SLO")
-    return ("the SLOs of the classes cannot all be met together with the shared sites and links. "
-            "To fix: relax the SLO or add capacity")
-
-
-def _uplink_needed(graph, fleet, cost_model, slo, weights, budget, cname: str, limit_s: float,
-                   queueing: bool = True) -> str:
-    """What the class would need: the smallest multiple of its own link's bandwidth meeting its SLO."""
-    link = fleet.classes[cname].link
-    if link is None:
-        return "a faster device (it has no link to offload over)"
-
-    def ok(scale: float) -> bool:
-        p, _ = build_problem(graph, fleet, cost_model, slo=slo, weights=weights, link_scale={cname: scale},
-                             queueing=queueing)
-        sub = replace(p.only_class(cname), budget_uusd_h=None)
-        return solve(sub, limit_s).status in ("optimal", "feasible")
-
-    if not ok(_SCALE_MAX):
-        return (f"a faster device or a site closer than {link.rtt_ms:g} ms RTT (no uplink bandwidth is enough)")
-    lo, hi = 1.0, _SCALE_MAX
-    for _ in range(_BISECT_STEPS):
-        mid = math.sqrt(lo * hi)
-        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-    return f"uplink >= {link.uplink_mbps * hi:.3g} Mbit/s (now {link.uplink_mbps:g})"
-
-
-def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
-               slo: Mapping[str, SloTarget] | None = None, objective: Any = None,
+def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
+               slo: Mapping[str, SloTarget] | None = None, objective: Objective = None,
                budget_usd_per_hour: float | None = None, time_limit_s: float = 10.0,
                from_plan: Plan | None = None, pareto: bool = False, pareto_points: int = 5,
                with_baselines: bool = True, analyse_uncovered: bool = True, queueing: bool = True,
-               max_coverage: bool = False) -> Plan:
-    """Place the app graph on the fleet; returns a Plan or raises InfeasibleError (why, what is achievable).
+               max_coverage: bool = True, regroup: Regroup | None = None) -> Plan:
+    """Place the app graph on the fleet; returns a Plan, or raises InfeasibleError when no
+    placement exists even without the SLOs (why, from the solver, and what would fix it).
 
-    `queueing` (default) adds each site's p-quantile queueing wait at its planned utilisation
-    (planner.queueing); False plans on service times alone. `max_coverage`: when every class
-    meets its SLO alone but the shared sites and links cannot serve them all together, plan the
-    most devices within their SLOs, then the best objective (the others are served without
-    their SLO and named not-met) instead of raising InfeasibleError.
+    When some classes cannot meet their SLO (alone, or together for shared capacity) the plan
+    still serves every class: the most devices within their SLOs, and each class that misses at
+    the best latency it can reach under the capacity left; `plan.not_met` lists them, with their
+    planned and best achievable latency and what would fix it (the CLI exits 1 unless
+    --allow-partial). `max_coverage=False` raises InfeasibleError instead when shared capacity is
+    what prevents it. `queueing` (default) adds each site's p-quantile queueing wait
+    (planner.queueing). A graph carrying `segments` (partition.candidates) has its cuts chosen
+    with the placement; `regroup` then turns the chosen cuts into the plan's pieces.
 
     Example:
         >>> plan = plan_graph(g, resolve_fleet(fleet_spec), CostModel(), slo={"out": SloTarget(100)})
         >>> plan.status, plan.per_class["cameras"]["detector/p0"]
         ('optimal', 'cameras')
     """
+    run = _setup(graph, fleet, cost_model, slo, objective, budget_usd_per_hour, time_limit_s, from_plan,
+                 queueing)
+    alone = _alone(run)
+    r, main = _joint(run, alone, max_coverage)
+    r, main = _best_for_missed(run, r, main)
+    r, main = _bound_pieces(run, r, main)
+    g_out, main, info, r = _regroup(run, r, main, regroup)
+    return _report(run, g_out, main, info, r, from_plan=from_plan, pareto=pareto, pareto_points=pareto_points,
+                   with_baselines=with_baselines, analyse=analyse_uncovered)
+
+
+# ----------------------------------------------------------------------------- phases
+def _setup(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, slo: Mapping[str, SloTarget] | None,
+           objective: Objective, budget: float | None, time_limit_s: float, from_plan: Plan | None,
+           queueing: bool) -> _Run:
+    """Check the SLO's sinks, build the integer problem and the hint."""
     t0 = time.perf_counter()
     weights = _weights(objective)
     slo = dict(slo or {})
@@ -210,68 +176,60 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
         if f"sink:{name}" not in graph.nodes and name not in graph.nodes:
             raise InputError(f"slo: unknown sink {name!r}")
     problem, info = build_problem(graph, fleet, cost_model, slo=slo, weights=weights,
-                                  budget_usd_per_hour=budget_usd_per_hour, queueing=queueing)
+                                  budget_usd_per_hour=budget, queueing=queueing)
+    # the piece bound is checked after the solve (_bound_pieces): without it, classes decompose
     hint = _hint(problem, info, from_plan)
+    return _Run(graph, fleet, cost_model, slo, weights, budget, time_limit_s, queueing, problem, info, hint, t0=t0)
 
-    def left() -> float:
-        return max(0.5, time_limit_s - (time.perf_counter() - t0))
 
-    # ---- per class alone (a relaxation: the others' load is left out): can it meet its SLO at
-    # all, and its best placement (the joint solve's hint, or the answer when classes decouple)
-    uncovered: dict[str, str] = {}
-    notes: dict[str, str] = {}
-    separable = problem.coef_cost == 0          # latency / energy: a sum over classes
-    secondary = _SECONDARY.get(problem.objective_kind)
-    # separable: the classes' own optima are usually the answer, so they get most of the time
-    share = 0.8 if separable else 0.5
-    per_class = max(0.5, min(10.0, share * time_limit_s / max(1, len(problem.classes))))
+def _alone(run: _Run) -> dict[str, SolveResult]:
+    """Per class alone (a relaxation: the others' load is left out): can it meet its SLO at all,
+    and its best placement (the joint solve's hint, or the answer when classes decouple)."""
+    problem = replace(run.problem, segments=())
+    share = 0.8 if run.separable else 0.5
+    per_class = max(0.5, min(10.0, share * run.time_limit_s / max(1, len(problem.classes))))
+    sec = run.secondary if run.separable else None
     alone: dict[str, SolveResult] = {}
     for i, c in enumerate(problem.classes):
         phase(f"edge class {c.name} alone ({i + 1}/{len(problem.classes)})")
         sub = replace(problem.only_class(c.name), budget_uusd_h=None)
         # the class's share of the time left (what earlier classes did not use goes to later ones)
-        each = max(0.5, min(10.0, share * left() / (len(problem.classes) - i)))
-        r = solve(sub, each, hint={c.name: hint[c.name]}, secondary=secondary if separable else None,
-                  secondary_share=_TIE_SHARE)
+        each = max(0.5, min(10.0, share * run.left() / (len(problem.classes) - i)))
+        r = solve(sub, each, hint={c.name: run.hint[c.name]}, secondary=sec, secondary_share=_TIE_SHARE)
         if r.status == "infeasible" and c.slo_us:
-            r2 = solve(sub.without_slo(), per_class, hint={c.name: hint[c.name]},
-                       secondary=secondary if separable else None, secondary_share=_TIE_SHARE)
+            r2 = solve(sub.without_slo(), per_class, hint={c.name: run.hint[c.name]}, secondary=sec,
+                       secondary_share=_TIE_SHARE)
             if r2.status == "infeasible":
                 raise InfeasibleError(f"edge class {c.name}: no placement fits even without the SLO: "
-                                      f"{diagnose(sub.without_slo(), per_class)}")
+                                      f"{diagnose(sub.without_slo(), per_class, run.sink_name)}")
             # why (its best latency per sink) is worked out after the plan is proven: it is only reported
-            uncovered[c.name], notes[c.name] = "", ""
+            run.uncovered[c.name], run.notes[c.name] = "", ""
             r = r2
         elif r.status == "infeasible":
-            raise InfeasibleError(f"edge class {c.name}: no placement fits: {diagnose(sub, per_class)}")
+            raise InfeasibleError(f"edge class {c.name}: no placement fits: {diagnose(sub, per_class, run.sink_name)}")
         alone[c.name] = r
+    return alone
 
-    shared_out: set[str] = set()    # classes left out by coverage maximisation (explained there)
 
-    # time kept for working out, after the proof, why the not-covered classes miss their SLO
-    n_explain = sum(len(c.slo_us) for c in problem.classes if c.name in uncovered)
-    reserve = min(_EXPLAIN_MAX_SHARE * time_limit_s, _EXPLAIN_S * n_explain)
+def _explain_reserve(run: _Run) -> float:
+    n_explain = sum(len(c.slo_us) for c in run.problem.classes if c.name in run.uncovered)
+    return min(_EXPLAIN_MAX_SHARE * run.time_limit_s, _EXPLAIN_S * n_explain)
 
-    def solve_left() -> float:
-        """Time for the optimisation: the limit less what assembling and explaining the plan need."""
-        return max(0.5, left() - _ASSEMBLY_SHARE * time_limit_s - reserve)
 
-    def explain() -> None:
-        each = max(_EXPLAIN_S, min(per_class, (left() - _ASSEMBLY_SHARE * time_limit_s) / max(1, n_explain)))
-        for name in uncovered:
-            if name not in shared_out:
-                uncovered[name], notes[name] = _slo_message(problem, info, name, each)
+def _solve_left(run: _Run) -> float:
+    """Time for the optimisation: the limit less what assembling and explaining the plan need."""
+    return max(0.5, run.left() - _ASSEMBLY_SHARE * run.time_limit_s - _explain_reserve(run))
 
-    if uncovered and len(uncovered) == len(problem.classes):
-        explain()
-        first = max(problem.classes, key=lambda c: c.count).name
-        raise InfeasibleError(uncovered[first] + (f" (and {len(uncovered) - 1} more edge classes)"
-                                                  if len(uncovered) > 1 else "")
-                              + ". To fix: relax the SLO, use faster sites, or a better link")
-    main = problem.without_slo(set(uncovered)) if uncovered else problem
-    if separable:
+
+def _joint(run: _Run, alone: dict[str, SolveResult], max_coverage: bool) -> tuple[SolveResult, Problem]:
+    """Every class together, the SLOs of those that can meet them alone enforced; when shared
+    capacity cannot serve them all, the most devices within their SLOs (solve_coverage)."""
+    t0 = run.t0
+    main = replace(run.problem.without_slo(set(run.uncovered)) if run.uncovered else run.problem, segments=())
+    hint = run.hint
+    if run.separable:
         phase("proving each class's optimum")
-        alone = _prove_alone(main, alone, hint, secondary, solve_left)
+        alone = _prove_alone(main, alone, hint, run.secondary, lambda: _solve_left(run))
     combined = {n: (r.assignment[n] if r.assignment else hint[n]) for n, r in alone.items()}
     cev = evaluate(main, combined)
     if not cev.feasible:
@@ -282,83 +240,213 @@ def plan_graph(graph: nx.DiGraph, fleet: Any, cost_model: Any, *,
                 merged[s_] = min(j, merged.get(s_, j))
         if merged and evaluate(main, combined, merged).feasible:
             cev = evaluate(main, combined, merged)
-    reason = None
     alone_sum = sum(r.objective or 0 for r in alone.values())
-    if (separable and cev.feasible and all(r.status in ("optimal", "feasible") for r in alone.values())
+    if (run.separable and cev.feasible and all(r.status in ("optimal", "feasible") for r in alone.values())
             and cev.objective == alone_sum):
         # the classes' own optima respect every shared constraint and queue no longer together
         # than alone: their sum is the joint optimum (each alone-problem relaxes the joint one),
         # proven when each class was proven
         bound = sum(r.bound or 0 for r in alone.values())
         proven = all(r.status == "optimal" for r in alone.values())
-        r = SolveResult("optimal" if proven else "feasible", combined, cev.objective,
-                        cev.objective if proven else min(bound, cev.objective),
-                        time.perf_counter() - t0, cev.latency_term, dict(cev.levels),
-                        proof_s=time.perf_counter() - t0)
-    else:
-        if not cev.feasible:
-            # classes compete for shared capacity: plan them one after another (most requests
-            # first) on what the previous ones left, a feasible start for the joint solve
-            seq = _sequential(main, combined, per_class, secondary if separable else None)
-            if evaluate(main, seq).feasible:
-                combined, cev = seq, evaluate(main, seq)
-        # the joint solve ends a little before the limit: the plan is assembled after it
-        started = time.perf_counter() - t0
-        # ... and before the reasons of the classes that cannot meet their SLO are worked out
-        phase(f"all {len(main.classes)} edge classes together")
-        r = solve(main, solve_left(),
-                  hint=combined if cev.feasible else hint, secondary=secondary,
-                  secondary_share=_TIE_SHARE)
-        r = replace(r, proof_s=started + (r.proof_s if r.proof_s is not None else r.solve_s))
-        if separable and r.status in ("feasible", "unknown"):
-            # each class alone relaxes the joint problem: the sum of their bounds bounds it
-            lower = sum(x.bound or 0 for x in alone.values())
-            if r.status == "unknown" and cev.feasible:
-                r = SolveResult("feasible", combined, cev.objective, lower, r.solve_s, cev.latency_term,
-                                dict(cev.levels))
-            elif r.objective is not None and (r.bound is None or lower > r.bound):
-                r = replace(r, bound=min(lower, r.objective))
-        if r.status == "infeasible" and max_coverage:
-            r, main = _most_covered(main, info, combined, left(), uncovered, notes, shared_out)
-            r = replace(r, proof_s=time.perf_counter() - t0)
+        return SolveResult("optimal" if proven else "feasible", combined, cev.objective,
+                           cev.objective if proven else min(bound, cev.objective),
+                           time.perf_counter() - t0, cev.latency_term, dict(cev.levels),
+                           proof_s=time.perf_counter() - t0), main
+    per_class = max(0.5, min(10.0, 0.5 * run.time_limit_s / max(1, len(main.classes))))
+    if not cev.feasible:
+        # classes compete for shared capacity: plan them one after another (most requests
+        # first) on what the previous ones left, a feasible start for the joint solve
+        seq = _sequential(main, combined, per_class, run.secondary if run.separable else None)
+        if evaluate(main, seq).feasible:
+            combined, cev = seq, evaluate(main, seq)
+    started = time.perf_counter() - t0
+    phase(f"all {len(main.classes)} edge classes together")
+    r = solve(main, _solve_left(run), hint=combined if cev.feasible else hint, secondary=run.secondary,
+              secondary_share=_TIE_SHARE)
+    r = replace(r, proof_s=started + (r.proof_s if r.proof_s is not None else r.solve_s))
+    if run.separable and r.status in ("feasible", "unknown"):
+        # each class alone relaxes the joint problem: the sum of their bounds bounds it
+        lower = sum(x.bound or 0 for x in alone.values())
+        if r.status == "unknown" and cev.feasible:
+            r = SolveResult("feasible", combined, cev.objective, lower, r.solve_s, cev.latency_term,
+                            dict(cev.levels))
+        elif r.objective is not None and (r.bound is None or lower > r.bound):
+            r = replace(r, bound=min(lower, r.objective))
+    if r.status == "infeasible":
+        # why: the binding constraints, from the solver (assumption literals)
+        run.binding = diagnose(main, min(run.left(), max(1.0, run.time_limit_s / 4)), run.sink_name)
+        if not max_coverage:
+            raise InfeasibleError(run.binding)
+        r, main = _most_covered(main, combined, run.left(), run)
+        r = replace(r, proof_s=time.perf_counter() - t0)
         if r.status == "infeasible":
-            raise InfeasibleError(diagnose(main, min(left(), time_limit_s)))
-        if r.status not in ("optimal", "feasible"):
-            fallback = combined if cev.feasible else hint
-            hev = cev if cev.feasible else evaluate(main, fallback)
-            if not hev.feasible:
-                raise InfeasibleError(f"CP-SAT found no plan within {time_limit_s:g} s (status {r.status}) and "
-                                      f"the greedy placement violates: {'; '.join(hev.violations[:2])}. "
-                                      f"To fix: --time-limit {int(time_limit_s * 4)}")
-            reason = f"CP-SAT status {r.status} after {r.solve_s:.1f} s: the best per-class placement is shown"
-            r = SolveResult("feasible", dict(fallback), hev.objective, None, r.solve_s, hev.latency_term,
-                            dict(hev.levels))
-    explain()
+            raise InfeasibleError(run.binding)
+    if r.status not in ("optimal", "feasible"):
+        fallback = combined if cev.feasible else hint
+        hev = cev if cev.feasible else evaluate(main, fallback)
+        if not hev.feasible:
+            raise InfeasibleError(f"CP-SAT found no plan within {run.time_limit_s:g} s (status {r.status}) and "
+                                  f"the greedy placement violates: {'; '.join(hev.violations[:2])}. "
+                                  f"To fix: --time-limit {int(run.time_limit_s * 4)}")
+        run.reason = f"CP-SAT status {r.status} after {r.solve_s:.1f} s: the best per-class placement is shown"
+        r = SolveResult("feasible", dict(fallback), hev.objective, None, r.solve_s, hev.latency_term,
+                        dict(hev.levels))
+    return r, main
+
+
+def _missed(run: _Run, main: Problem, r: SolveResult) -> list[str]:
+    """Classes whose planned latency misses an SLO the user gave."""
     ev = evaluate(main, r.assignment, r.levels)
-    plan = _assemble(graph, main, info, r, ev, t0, reason)
-    plan = plan.model_copy(update={"coverage": _coverage(graph, fleet, cost_model, slo, weights,
-                                                          budget_usd_per_hour, main, info, ev, r,
-                                                          notes, analyse_uncovered)})
+    return [c.name for c in run.problem.classes if c.slo_us and not class_meets(main, run.info, ev, c.name)]
+
+
+def _best_for_missed(run: _Run, r: SolveResult, main: Problem) -> tuple[SolveResult, Problem]:
+    """Classes that miss their SLO get the best latency they can reach under the capacity the
+    others leave (the others keep their placement), not the cheapest placement at any latency;
+    then the objective is optimised over everything with those latencies kept as their SLOs."""
+    missed = _missed(run, main, r)
+    if not missed:
+        return r, main
+    phase(f"best latency for the {len(missed)} class(es) missing their SLO")
+    pinned = main.with_classes(tuple(
+        c if c.name in missed else replace(c, allowed=tuple((s,) for s in r.assignment[c.name]))
+        for c in main.classes))
+    lat = replace(pinned.without_slo(set(missed)).with_objective("latency", 0, 1, 0), budget_uusd_h=None)
+    lat = lat.with_latency_sinks(None)
+    r_lat = solve(lat, max(0.5, 0.3 * _solve_left(run)), hint=r.assignment)
+    if r_lat.status not in ("optimal", "feasible"):
+        return r, main
+    ev = evaluate(lat, r_lat.assignment, r_lat.levels)
+    kept = main.with_classes(tuple(
+        replace(c, slo_us={v: ev.classes[c.name].sink_us[v] for v in main.sink_nodes
+                           if v in run.problem.only_class(c.name).classes[0].slo_us})
+        if c.name in missed else c for c in main.classes))
+    r2 = solve(kept, max(0.5, 0.5 * _solve_left(run)), hint=r_lat.assignment, secondary=run.secondary,
+               secondary_share=_TIE_SHARE)
+    if r2.status not in ("optimal", "feasible"):
+        # the latency solve's placement meets every kept bound: plan it
+        kev = evaluate(kept, r_lat.assignment, r_lat.levels)
+        r2 = SolveResult("feasible", dict(r_lat.assignment), kev.objective, None, r_lat.solve_s,
+                         kev.latency_term, dict(kev.levels))
+    status = r2.status if r.status == "optimal" else "feasible"
+    return replace(r2, status=status, proof_s=time.perf_counter() - run.t0), kept
+
+
+def _bound_pieces(run: _Run, r: SolveResult, main: Problem) -> tuple[SolveResult, Problem]:
+    """max_pieces per model over the cuts every class's placement needs: the phases above solve
+    without it (a relaxation that lets classes decompose); when their plan needs more pieces, the
+    whole problem is solved once more with the bound (one model, hinted)."""
+    full = replace(main, segments=run.problem.segments)
+    if not full.segments or evaluate(full, r.assignment, r.levels).feasible:
+        return r, full
+    phase("max_pieces over the chosen cuts")
+    r2 = solve_model(full, _solve_left(run), hint=r.assignment, secondary=run.secondary,
+                     secondary_share=_TIE_SHARE)
+    if r2.status not in ("optimal", "feasible"):
+        raise InfeasibleError(f"no plan within max_pieces per model was found in {run.time_limit_s:g} s "
+                              f"(CP-SAT {r2.status}). To fix: raise models.<name>.max_pieces or --time-limit")
+    return replace(r2, status=r2.status if r.status == "optimal" else "feasible",
+                   proof_s=time.perf_counter() - run.t0), full
+
+
+def _regroup(run: _Run, r: SolveResult, main: Problem,
+             regroup: Regroup | None) -> tuple[nx.DiGraph, Problem, BuildInfo, SolveResult]:
+    """The chosen segments become the plan's pieces: consecutive segments of a model that every
+    class runs on one site are merged (regroup extracts them, e.g. partition's cached extraction),
+    the problem is rebuilt on those pieces and the placement carried over, node by node."""
+    if regroup is None or not main.segments:
+        return run.graph, main, run.info, r
+    phase("extracting the chosen pieces")
+    meta = run.graph.graph["segments"]
+    cuts = {m: tuple(meta[m]["cuts"][j] for j in used) for m, used in main.cuts_used(r.assignment).items()}
+    graph = regroup(cuts)
+    problem, info = build_problem(graph, run.fleet, run.cost_model, slo=run.slo, weights=run.weights,
+                                  budget_usd_per_hour=run.budget, queueing=run.queueing)
+    # a merged piece runs where its first segment ran (all its segments ran there)
+    segment_of = {op: n for n in run.info.order if run.graph.nodes[n].get("kind") == "piece"
+                  for op in run.graph.nodes[n]["piece"].nodes}
+    old_index = {n: i for i, n in enumerate(run.info.order)}
+
+    def old(n: str) -> int:
+        a = graph.nodes[n]
+        return old_index[segment_of[a["piece"].nodes[0]]] if a.get("kind") == "piece" else old_index[n]
+
+    assignment = {c: tuple(sites[old(n)] for n in info.order) for c, sites in r.assignment.items()}
+    # the SLOs as the phases left them (dropped or kept at a missing class's best), by sink id
+    slo_by_id = {c.name: {main.nodes[v].id: us for v, us in c.slo_us.items()} for c in main.classes}
+    index = {n: i for i, n in enumerate(info.order)}
+    problem = problem.with_classes(tuple(replace(c, slo_us={index[n]: us for n, us in slo_by_id[c.name].items()})
+                                         for c in problem.classes))
+    return graph, problem, info, replace(r, assignment=assignment)
+
+
+def _report(run: _Run, graph: nx.DiGraph, main: Problem, info: BuildInfo, r: SolveResult, *,
+            from_plan: Plan | None, pareto: bool, pareto_points: int, with_baselines: bool, analyse: bool) -> Plan:
+    """The Plan: figures, per-class coverage with what the not-met classes could reach, baselines."""
+    _explain(run, main, info)
+    ev = evaluate(main, r.assignment, r.levels)
+    plan = _assemble(graph, main, info, r, ev, run.t0, run.reason)
+    coverage = _coverage(run, graph, main, info, ev, r, analyse)
+    plan = plan.model_copy(update={"coverage": coverage})
+    not_met = _not_met(run, main, info, ev, coverage)
     plan = plan.model_copy(update={"coverage_summary": _coverage_summary(plan, info),
-                                   "site_devices": site_devices(fleet)})
+                                   "site_devices": site_devices(run.fleet), "not_met": not_met,
+                                   "slo_met": None if not info.slo_ms else not not_met})
     if with_baselines:
         phase("baselines")
-        base = run_baselines(main)
+        base = run_baselines(replace(main, segments=()))
         plan = plan.model_copy(update={"baselines": {n: baseline_result(main, info, a, bev)
                                                      for n, (a, bev) in base.items()}})
     if from_plan is not None:
         plan = plan.model_copy(update={"moves": _moves(from_plan, plan)})
     if pareto:
         phase("cost-latency frontier")
-        plan = plan.model_copy(update={"pareto": _pareto(main, info, r, pareto_points, max(time_limit_s, 2.0))})
-    return plan.model_copy(update={"solve_s": round(time.perf_counter() - t0, 4)})
+        plan = plan.model_copy(update={"pareto": _pareto(main, info, r, pareto_points, max(run.time_limit_s, 2.0))})
+    return plan.model_copy(update={"solve_s": round(time.perf_counter() - run.t0, 4)})
 
 
-def _most_covered(main: Problem, info: BuildInfo, start: dict[str, tuple[str, ...]], limit_s: float,
-                  uncovered: dict[str, str], notes: dict[str, str],
-                  shared_out: set[str]) -> tuple[SolveResult, Problem]:
+def _explain(run: _Run, main: Problem, info: BuildInfo) -> None:
+    """Why each class that cannot meet its SLO alone misses it: its best latency per sink."""
+    n_explain = sum(len(c.slo_us) for c in run.problem.classes if c.name in run.uncovered)
+    per_class = max(0.5, min(10.0, 0.5 * run.time_limit_s / max(1, len(run.problem.classes))))
+    each = max(_EXPLAIN_S, min(per_class, (run.left() - _ASSEMBLY_SHARE * run.time_limit_s) / max(1, n_explain)))
+    base = replace(run.problem, segments=())
+    for name in run.uncovered:
+        if name not in run.shared_out:
+            run.uncovered[name], run.notes[name], run.best_ms[name] = slo_message(
+                base, name, each, run.sink_name, info.percentile)
+
+
+def _not_met(run: _Run, main: Problem, info: BuildInfo, ev: Evaluation,
+             coverage: Mapping[str, ClassCoverage]) -> list[dict[str, str | float | int]]:
+    """Each (class, sink) that misses its SLO: planned and best achievable latency, and what would fix it."""
+    out: list[dict[str, str | float | int]] = []
+    for c in main.classes:
+        cov = coverage[c.name]
+        if cov.meets_slo:
+            continue
+        for v in main.sink_nodes:
+            name = info.sink_names[main.nodes[v].id]
+            slo_ms = info.slo_ms.get(name)
+            planned = us_to_ms(ev.classes[c.name].sink_us[v])
+            if slo_ms is None or planned <= slo_ms:
+                continue
+            best = run.best_ms.get(c.name, {}).get(name)
+            out.append({"edge_class": c.name, "devices": c.count, "sink": name, "slo_ms": slo_ms,
+                        "planned_ms": round(planned, 4),
+                        "best_alone_ms": round(best, 4) if best is not None else round(planned, 4),
+                        "why": ("shared capacity: " + run.binding) if c.name in run.shared_out
+                        else (run.uncovered.get(c.name) or "cannot meet its SLO"),
+                        "fix": cov.note.partition("would need ")[2] or ("relax the SLO or add capacity ("
+                                                                         + run.binding + ")" if run.binding
+                                                                         else "relax the SLO")})
+    return out
+
+
+def _most_covered(main: Problem, start: dict[str, tuple[str, ...]], limit_s: float,
+                  run: _Run) -> tuple[SolveResult, Problem]:
     """Coverage mode: the most devices within their SLOs, then the least objective
-    (planner.formulation.solve_coverage); the classes left out are recorded (in place) with why."""
+    (planner.formulation.solve_coverage); the classes left out are recorded with why."""
     r, covered = solve_coverage(main, limit_s, hint=start)
     if r.status not in ("optimal", "feasible"):
         return r, main
@@ -366,11 +454,11 @@ def _most_covered(main: Problem, info: BuildInfo, start: dict[str, tuple[str, ..
     total = sum(c.count for c in main.classes) or 1
     share = sum(c.count for c in main.classes if c.name in covered) / total
     for c in out:
-        uncovered[c.name] = (f"{c.name} meets its SLO alone, but the shared sites and links cannot serve it "
-                             f"together with the classes covering more devices ({100 * share:.0f}% of "
-                             f"devices covered at most)")
-        notes[c.name] = "not served within its SLO: shared capacity goes to classes covering more devices"
-        shared_out.add(c.name)
+        run.uncovered[c.name] = (f"{c.name} meets its SLO alone, but the shared sites and links cannot serve it "
+                                 f"together with the classes covering more devices ({100 * share:.0f}% of "
+                                 f"devices covered at most); {run.binding}")
+        run.notes[c.name] = f"not served within its SLO: shared capacity goes to classes covering more devices ({run.binding})"
+        run.shared_out.add(c.name)
     return r, main.without_slo({c.name for c in out})
 
 
@@ -442,21 +530,36 @@ def _assemble(graph, problem: Problem, info: BuildInfo, r: SolveResult, ev: Eval
                         "cp_sat_s": round(r.solve_s, 4)})
 
 
-def _coverage(graph, fleet, cost_model, slo, weights, budget, problem: Problem, info: BuildInfo,
-              ev: Evaluation, r: SolveResult, uncovered: dict[str, str], analyse: bool) -> dict[str, ClassCoverage]:
+def _coverage(run: _Run, graph: nx.DiGraph, problem: Problem, info: BuildInfo, ev: Evaluation, r: SolveResult,
+              analyse: bool) -> dict[str, ClassCoverage]:
+    """Per class: devices, mode, planned latency, whether it meets its SLO, and for a class that
+    misses it why and what it would need (the smallest uplink, by bisection on what-if problems)."""
     out = {}
     for c in problem.classes:
         mode = class_mode(problem, info, ev, c.name, r.assignment)
-        note = ""
-        if c.name in uncovered:
-            note = uncovered[c.name]
-            if analyse:
-                note += "; would need " + _uplink_needed(graph, fleet, cost_model, slo, weights, budget,
-                                                         c.name, 1.0, bool(problem.sites and any(
-                                                             sd.levels_ppm for sd in problem.sites.values())))
+        meets = class_meets(problem, info, ev, c.name)
+        note = run.notes.get(c.name, "") if not meets else ""
+        if not meets and not note:
+            note = f"planned at the best latency the capacity left allows ({run.binding or 'shared capacity'})"
+        if not meets and analyse and c.name not in run.shared_out:
+            note += "; would need " + _uplink_needed(run, graph, c.name)
         out[c.name] = ClassCoverage(devices=c.count, mode=mode, latency_ms=round(class_latency_ms(ev, c.name), 4),
-                                    meets_slo=class_meets(problem, info, ev, c.name), note=note)
+                                    meets_slo=meets, note=note)
     return out
+
+
+def _uplink_needed(run: _Run, graph: nx.DiGraph, cname: str) -> str:
+    """The smallest multiple of the class's own uplink at which it meets its SLO alone (on the
+    plan's pieces; each what-if solve is short, a few per class)."""
+    link = run.fleet.classes[cname].link
+
+    def ok(scale: float) -> bool:
+        p, _ = build_problem(graph, run.fleet, run.cost_model, slo=run.slo, weights=run.weights,
+                             link_scale={cname: scale}, queueing=run.queueing)
+        sub = replace(p.only_class(cname), budget_uusd_h=None, segments=())
+        return solve(sub, 0.5).status in ("optimal", "feasible")
+
+    return uplink_needed(ok, link.uplink_mbps if link is not None else None, link.rtt_ms if link is not None else 0.0)
 
 
 def _coverage_summary(plan: Plan, info: BuildInfo) -> str:
@@ -518,37 +621,45 @@ def _sha(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def plan_app(app: Any, fleet: Any, objective: Any = None, cost_model: Any = None, time_limit_s: float = 10.0,
-             from_plan: Plan | str | Path | None = None, pieces_dir: str | Path | None = None,
-             pareto: bool = False, app_graph: nx.DiGraph | None = None, max_coverage: bool = False,
-             progress: ProgressHook | None = None) -> Plan:
-    """Plan `app` (AppSpec) on `fleet` (FleetSpec or resolved Fleet); see plan_graph.
+def plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective = None, cost_model: CostModel | None = None,
+             time_limit_s: float = 10.0, from_plan: Plan | str | Path | None = None,
+             pieces_dir: str | Path | None = None, pareto: bool = False, app_graph: nx.DiGraph | None = None,
+             max_coverage: bool = True, progress: ProgressHook | None = None,
+             segments: int | None = DEFAULT_SEGMENTS) -> Plan:
+    """Plan `app` on `fleet` (FleetSpec or resolved Fleet); see plan_graph.
 
+    Each partitionable model is handed to the planner cut at its candidate cut points (at most
+    `segments` segments, partition.candidates); the planner chooses where to cut with where each
+    segment runs, and the chosen pieces are extracted (cached) for the plan. `segments=None`: the
+    models are cut beforehand into `max_pieces` pieces by the cheapest cuts (the older behaviour).
     `progress`: called with a planner.progress.SolveEvent as phases start and CP-SAT improves its
     incumbent or bound (from CP-SAT's threads; see planner.progress)."""
     with reporting(progress):
         return _plan_app(app, fleet, objective, cost_model, time_limit_s, from_plan, pieces_dir, pareto, app_graph,
-                         max_coverage)
+                         max_coverage, segments)
 
 
-def _plan_app(app: Any, fleet: Any, objective: Any, cost_model: Any, time_limit_s: float,
-              from_plan: Plan | str | Path | None, pieces_dir: str | Path | None, pareto: bool,
-              app_graph: nx.DiGraph | None, max_coverage: bool) -> Plan:
-    from tierplan.devices.costmodel import CostModel
+def _plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective, cost_model: CostModel | None,
+              time_limit_s: float, from_plan: Plan | str | Path | None, pieces_dir: str | Path | None, pareto: bool,
+              app_graph: nx.DiGraph | None, max_coverage: bool, segments: int | None) -> Plan:
     from tierplan.devices.fleet import resolve_fleet
-    resolved = fleet if hasattr(fleet, "edge_classes") else resolve_fleet(fleet)
+    resolved = fleet if isinstance(fleet, Fleet) else resolve_fleet(fleet)
+    regroup: Regroup | None = None
     if app_graph is None:
         from tierplan.partition.app_graph import build_app_graph
         phase("partitioning the models")
-        app_graph = build_app_graph(app, pieces_dir)
+        app_graph = build_app_graph(app, pieces_dir, segments=segments)
+        if segments is not None:
+            def regroup(cuts: Mapping[str, tuple[int, ...]]) -> nx.DiGraph:
+                return build_app_graph(app, pieces_dir, cuts=cuts)
     if isinstance(from_plan, (str, Path)):
         from_plan = Plan.load(from_plan)
     slo = {s.sink: SloTarget(s.latency_ms, s.percentile) for s in app.slo}
     plan = plan_graph(app_graph, resolved, cost_model or CostModel(), slo=slo,
                       objective=objective if objective is not None else app.weights,
                       budget_usd_per_hour=app.budget_usd_per_hour, time_limit_s=time_limit_s,
-                      from_plan=from_plan, pareto=pareto, max_coverage=max_coverage)
+                      from_plan=from_plan, pareto=pareto, max_coverage=max_coverage, regroup=regroup)
     shas = {"app": _sha(app)}
-    if not hasattr(fleet, "edge_classes"):
+    if not isinstance(fleet, Fleet):
         shas["fleet"] = _sha(fleet)
     return plan.model_copy(update={"inputs_sha256": shas}).with_inputs(app, resolved)

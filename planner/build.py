@@ -16,17 +16,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from statistics import NormalDist
-from typing import Any, Mapping
+from typing import Mapping
 
 import networkx as nx
 
-from tierplan.planner.problem import ClassData, Hop, ItemData, NodeData, Problem, SiteData
+from tierplan.planner.problem import ClassData, Hop, ItemData, NodeData, Problem, Segments, SiteData
 from tierplan.planner.queueing import DEFAULT_SERVICE_CV, utilisation_levels
 from tierplan.planner.units import (
     PPM, bytes_to_kb, frac_to_ppm, j_to_uj, mbps_to_bps, ms_to_us, usd_to_uusd,
 )
 from tierplan.errors import InputError
-from tierplan.spec import ObjectiveSpec, TIERS
+from tierplan.devices.costmodel import CostModel
+from tierplan.devices.fleet import Fleet
+from tierplan.spec import LinkSpec, ObjectiveSpec
 
 __all__ = ["SloTarget", "BuildInfo", "build_problem", "objective_coefficients", "topo_order"]
 
@@ -82,32 +84,22 @@ def objective_coefficients(weights: ObjectiveSpec, n_classes_weight: int, n_sink
     return "weighted", cc, cl, ce
 
 
-def _chain(fleet: Any, e: str) -> tuple[str, ...]:
+def _chain(fleet: Fleet, e: str) -> tuple[str, ...]:
     return (e, *fleet.parents(e))
 
 
-def _hops(fleet: Any, chain: tuple[str, ...], a: str, b: str) -> list[tuple[str, str]]:
-    """(child class, direction) of each link crossed from a to b along the chain."""
-    ia, ib = chain.index(a), chain.index(b)
-    if ia < ib:
-        return [(chain[j], "up") for j in range(ia, ib)]
-    return [(chain[j], "down") for j in range(ia - 1, ib - 1, -1)]
+def _hops(fleet: Fleet, a: str, b: str) -> list[tuple[str, str, LinkSpec]]:
+    """(child class, direction, link) of each link crossed from a to b: Fleet.route's links, each
+    named by the class it attaches (the capacity keys count per attaching class)."""
+    links = fleet.route(a, b)
+    up = [a, *fleet.parents(a)]
+    down = [b, *fleet.parents(b)]
+    children = [x for x in up if x not in down] + [y for y in reversed(down) if y not in up]
+    assert len(children) == len(links), (a, b)
+    return [(child, d, link) for child, (link, d) in zip(children, links)]
 
 
-def _resolve_pin(fleet: Any, chain: tuple[str, ...], pin: str, what: str) -> str:
-    if pin in chain:
-        return pin
-    if pin in TIERS:
-        for s in chain:
-            if fleet.classes[s].tier == pin:
-                return s
-        raise InputError(f"{what}: pinned to tier {pin!r} but edge class {chain[0]!r} reaches no {pin} "
-                         f"site (its chain is {' -> '.join(chain)}). To fix: attach {chain[0]} up to a {pin} class")
-    raise InputError(f"{what}: pinned to {pin!r}, which edge class {chain[0]!r} cannot reach "
-                     f"(its chain is {' -> '.join(chain)}). To fix: pin it to a tier or a class on that chain")
-
-
-def build_problem(graph: nx.DiGraph, fleet: Any, cost_model: Any,
+def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
                   slo: Mapping[str, SloTarget] | None = None,
                   weights: ObjectiveSpec | None = None,
                   budget_usd_per_hour: float | None = None,
@@ -253,20 +245,24 @@ def build_problem(graph: nx.DiGraph, fleet: Any, cost_model: Any,
         allowed: list[tuple[str, ...]] = []
         for v, (n, a) in enumerate(zip(order, attrs)):
             if a["kind"] == "source":
-                allowed.append((_resolve_pin(fleet, chain, a["pin"], f"sources.{n}"),))
+                allowed.append((fleet.resolve_pin(e, a["pin"], f"sources.{n}"),))
             elif a["kind"] == "sink":
                 spec = a["spec"]
                 where = spec.deliver_to
                 if where == "source":
                     src = a.get("source") or next(iter(sources))
-                    allowed.append((_resolve_pin(fleet, chain, sources[src]["pin"], f"sinks.{n}"),))
+                    allowed.append((fleet.resolve_pin(e, sources[src]["pin"], f"sinks.{n}"),))
                 elif where == "any":
                     allowed.append(chain)
                 else:
-                    allowed.append((_resolve_pin(fleet, chain, where, f"sinks.{n}.deliver_to"),))
+                    allowed.append((fleet.resolve_pin(e, where, f"sinks.{n}.deliver_to"),))
             else:
                 ok = tuple(s for s in chain if nodes[v].mem_kb <= sites[s].memory_kb
                            and math.isfinite(ms[n][s]))
+                if not any(math.isfinite(ms[n][s]) for s in chain):
+                    raise InputError(f"{n}: cannot run on any site of edge class {e!r} (its latency is .inf on "
+                                     f"every device of {' -> '.join(chain)}). To fix: give a finite latency_ms "
+                                     f"for one of those devices")
                 if not ok:
                     raise InputError(f"{n}: fits on no site of edge class {e!r} (needs {nodes[v].mem_kb} KB; "
                                      f"largest memory on its chain is {max(sites[s].memory_kb for s in chain)} KB). "
@@ -275,23 +271,21 @@ def build_problem(graph: nx.DiGraph, fleet: Any, cost_model: Any,
         compute_us, load_ppm, energy_uj = [], [], []
         for n, a in zip(order, attrs):
             rf = float(a.get("rate_factor", 1.0))
-            compute_us.append({s: ms_to_us(rf * ms[n][s]) for s in chain})
-            load_ppm.append({s: int(math.ceil(count * rate_hz[n] * ms[n][s] / 1000.0 * PPM)) for s in chain})
+            # a site where the node cannot run (.inf in a profile) has no figures: it is not allowed there
+            runs = [s for s in chain if math.isfinite(ms[n][s])]
+            compute_us.append({s: ms_to_us(rf * ms[n][s]) for s in runs})
+            load_ppm.append({s: int(math.ceil(count * rate_hz[n] * ms[n][s] / 1000.0 * PPM)) for s in runs})
             per_request = src_rate(n) / total_rate  # this node's source's share of the requests
             energy_uj.append({s: j_to_uj(per_request * cost_model.compute_energy_j(
                 rf * ms[n][s], fleet.classes[s].device)) if a["kind"] in ("piece", "transform") else 0
-                for s in chain})
+                for s in runs})
         hops: dict[tuple[str, str], tuple[Hop, ...]] = {}
         for a_ in chain:
             for b_ in chain:
                 if a_ == b_:
                     continue
-                hs = []
-                for child, d in _hops(fleet, chain, a_, b_):
-                    sc = fleet.classes[child]
-                    scale = scale_e if child == e else 1.0
-                    hs.append((child, d, sc.link, scale))
-                hops[(a_, b_)] = tuple(hs)
+                hops[(a_, b_)] = tuple((child, d, link, scale_e if child == e else 1.0)
+                                       for child, d, link in _hops(fleet, a_, b_))
         item_hops: dict[tuple[str, str], tuple[Hop, ...]] = {}
         egress: dict[tuple[int, str, str], int] = {}
         radio: dict[tuple[int, str, str], int] = {}
@@ -336,7 +330,14 @@ def build_problem(graph: nx.DiGraph, fleet: Any, cost_model: Any,
     W = sum(c.weight for c in class_data)
     n_sinks = sum(1 for a in attrs if a["kind"] == "sink")
     kind, cc, cl, ce = objective_coefficients(weights, W, n_sinks)
+    segs = []
+    for model, meta in sorted((graph.graph.get("segments") or {}).items()):
+        members = sorted((graph.nodes[n]["piece"].index, index[n]) for n in order
+                         if graph.nodes[n].get("kind") == "piece" and graph.nodes[n].get("model") == model)
+        if len(members) > 1:
+            segs.append(Segments(model, tuple(v for _, v in members), int(meta["max_pieces"])))
     problem = Problem(sites=sites, nodes=tuple(nodes), items=tuple(items), classes=tuple(class_data),
+                      segments=tuple(segs),
                       link_cap_bps=caps, objective_kind=kind, coef_cost=cc, coef_latency=cl,
                       coef_energy=ce, fixed_cost_uusd_h=fixed_cost,
                       budget_uusd_h=usd_to_uusd(budget_usd_per_hour) if budget_usd_per_hour else None,

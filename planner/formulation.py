@@ -79,9 +79,13 @@ class _Model:
     """Builds the CP-SAT model of `problem` (data, variables, constraints, objective)."""
 
     def __init__(self, problem: Problem, fractional: frozenset[str] = frozenset(), soft_slo: bool = False,
-                 free: frozenset[str] = frozenset()):
+                 free: frozenset[str] = frozenset(), assume: bool = False):
         self.p = problem
         self.m = cp_model.CpModel()
+        # assume: every capacity, budget and SLO constraint holds only under its own assumption
+        # literal (planner.diagnose asks CP-SAT which of them make the model infeasible)
+        self.assume = assume
+        self.assumptions: dict[str, cp_model.IntVar] = {}
         # soft_slo: a class's SLOs hold only where its `covered` literal is true (coverage mode)
         self.covered: dict[str, cp_model.IntVar] = (
             {c.name: self.m.NewBoolVar(f"covered[{c.name}]") for c in problem.classes if c.slo_us}
@@ -107,6 +111,14 @@ class _Model:
         self.energy_terms: list = []
         self.latency_expr = 0
         self._build()
+
+    def _guard(self, key: str, ct) -> None:
+        """Make constraint `ct` hold under assumption `key` (diagnosis mode); else it always holds."""
+        if not self.assume:
+            return
+        if key not in self.assumptions:
+            self.assumptions[key] = self.m.NewBoolVar(f"assume[{key}]")
+        ct.OnlyEnforceIf(self.assumptions[key])
 
     # ------------------------------------------------------------------ per class
     def _build_class(self, c) -> None:
@@ -212,14 +224,15 @@ class _Model:
             if sd.fixed_instances:
                 if terms and queues:
                     # utilisation of owned devices under the chosen level (each serves its own requests)
-                    m.Add(sum(terms) + sd.base_load_ppm
-                          <= sum(r * sd.max_instances * lit for (r, _), lit in zip(levels, u)))
+                    self._guard(f"compute:{s}", m.Add(sum(terms) + sd.base_load_ppm
+                                <= sum(r * sd.max_instances * lit for (r, _), lit in zip(levels, u))))
                     for (r_below, _), lit in zip(levels, u[1:]):
                         # the level is the lowest the load fits under (a higher one only waits longer)
                         m.Add(sum(terms) + sd.base_load_ppm >= r_below * sd.max_instances + 1).OnlyEnforceIf(lit)
                 elif terms:
                     # utilisation of owned devices: each device serves its own requests
-                    m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
+                    self._guard(f"compute:{s}",
+                                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances))
                 continue
             if not terms and not sd.base_load_ppm:
                 continue
@@ -233,10 +246,17 @@ class _Model:
                 per_ppm = sd.price_uusd_per_h * (self.scale // sd.util_cap_ppm)
                 self.frac_terms += [per_ppm * t for t in terms] + [per_ppm * sd.base_load_ppm]
                 continue
-            inst = m.NewIntVar(0, sd.max_instances, f"inst[{s}]")
+            most = sd.max_instances
+            if self.assume:
+                # diagnosis: instances beyond max_instances exist, allowed only without the assumption
+                full = sum(c.load_ppm[v][s] for c in p.classes for v in p.compute_nodes if (c.name, v, s) in self.x)
+                most = max(most, -(-(full + sd.base_load_ppm) // max(1, min(r for r, _ in levels))))
+            inst = m.NewIntVar(0, most, f"inst[{s}]")
             self.inst[s] = inst
+            if most > sd.max_instances:
+                self._guard(f"compute:{s}", m.Add(inst <= sd.max_instances))
             if queues:
-                per = [m.NewIntVar(0, sd.max_instances, f"inst[{s},{j}]") for j in range(len(levels))]
+                per = [m.NewIntVar(0, most, f"inst[{s},{j}]") for j in range(len(levels))]
                 for lit, n_j in zip(u, per):
                     # instances are counted under the chosen level only
                     m.Add(n_j == 0).OnlyEnforceIf(lit.Not())
@@ -266,7 +286,7 @@ class _Model:
                         m.AddImplication(lit, mv)
                 mem_terms.append(p.nodes[v].mem_kb * mv)
             # memory of one instance holds the weights of every node any class runs there
-            m.Add(sum(mem_terms) <= sd.memory_kb)
+            self._guard(f"memory:{s}", m.Add(sum(mem_terms) <= sd.memory_kb))
         link_terms: dict[str, list] = {}
         for c in p.classes:
             for (n, k, a, b), za in self.z.items():
@@ -280,7 +300,8 @@ class _Model:
             if sum(bits for bits, _ in terms) <= cap:
                 continue
             # link bandwidth: all traffic of all classes crossing this link class
-            m.Add(sum(bits * za for bits, za in terms) <= cap)
+            self._guard(f"link:{key}", m.Add(sum(bits * za for bits, za in terms) <= cap))
+        self._pieces()
         self._waits()
         for c in p.classes:
             for v in p.sink_nodes:
@@ -292,13 +313,13 @@ class _Model:
                     m.Add(lat <= c.slo_us[v]).OnlyEnforceIf(self.covered[c.name])
                 elif v in c.slo_us:
                     # SLO of the sink (classes that cannot meet it were dropped before the solve)
-                    m.Add(lat <= c.slo_us[v])
+                    self._guard(f"slo:{c.name}:{v}", m.Add(lat <= c.slo_us[v]))
                 if v in p.latency_nodes and terms:
                     self.sink_terms.append(c.weight * lat)
         self.cost_expr = sum(self.cost_terms)
         if p.budget_uusd_h is not None:
             # budget: rented instances + egress within the app's $/h budget
-            m.Add(self.cost_expr <= p.budget_uusd_h)
+            self._guard("budget", m.Add(self.cost_expr <= p.budget_uusd_h))
         self.latency_expr = sum(self.sink_terms)
         self.energy_expr = sum(self.energy_terms)
         self.objective = (p.coef_cost * self.cost_expr + p.coef_latency * self.latency_expr
@@ -307,6 +328,24 @@ class _Model:
             # every term in units of 1/scale; fractional sites add price x busy instances
             self.cost_expr = self.scale * self.cost_expr + sum(self.frac_terms)
             self.objective = self.scale * self.objective + p.coef_cost * sum(self.frac_terms)
+
+    def _pieces(self) -> None:
+        """Cuts chosen with the placement: a model given as segments is cut between segments j and
+        j+1 when any class runs them on different sites, at most max_pieces - 1 times."""
+        p, m = self.p, self.m
+        for g in p.segments:
+            if not g.binds:
+                continue
+            used = []
+            for j, (a, b) in enumerate(zip(g.nodes, g.nodes[1:])):
+                cut = m.NewBoolVar(f"cut[{g.model},{j}]")
+                used.append(cut)
+                for c in p.classes:
+                    for s in c.allowed[a]:
+                        # a on s and b elsewhere: the model is cut there
+                        m.Add(cut >= self.x[(c.name, a, s)] - self.x.get((c.name, b, s), 0))
+            # at most max_pieces pieces per model, over every class's placement
+            m.Add(sum(used) <= g.max_pieces - 1)
 
     def _waits(self) -> None:
         """Queueing wait per (class, sink, site visited): w_p(level of s) x J[e,s], where J[e,s]
@@ -379,7 +418,7 @@ class _Model:
             m.Add(FACTOR_SCALE * wk >= levels[0][1] * jk)
             return
         fits = [jk_max] * len(levels)
-        if sd.fixed_instances:
+        if sd.fixed_instances and not self.assume:   # (diagnosis: capacity is an assumption, not implied here)
             ratio = self._min_load_ratio(c, s, deps)
             room = [r * sd.max_instances - sd.base_load_ppm for r, _ in levels]
             # a copy holds at most the work whose load fits under its level (LP bound of that knapsack)
@@ -421,7 +460,8 @@ def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None
     Edge classes that share nothing (planner.decompose) are solved group by group, exactly
     (`decompose=False`: one model of everything, the reference the tests compare with).
     """
-    if decompose and latency_max is None and objective_max is None and problem.budget_uusd_h is None:
+    if (decompose and latency_max is None and objective_max is None and problem.budget_uusd_h is None
+            and not problem.pieces_bound):
         return solve_groups(problem, solve_model, tie_break, time_limit_s, hint=hint, secondary=secondary, seed=seed,
                             secondary_share=secondary_share)
     return solve_model(problem, time_limit_s, hint, latency_max, objective_max, secondary, seed,

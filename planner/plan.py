@@ -152,6 +152,11 @@ class Plan(_M):
     fleet: dict | None = Field(None, description="the fleet as planned: FleetSpec JSON with every device "
                                                  "inline (Plan.fleet_model() rebuilds it)")
     app: dict | None = Field(None, description="the app as planned: AppSpec JSON (Plan.app_spec() rebuilds it)")
+    # issue #16: whether every device meets its SLO, and each (class, sink) that does not
+    slo_met: bool | None = Field(None, description="every device within its SLOs (None: no SLO given)")
+    not_met: list[dict[str, str | float | int]] = Field(
+        default_factory=list, description="per class and sink missing its SLO: edge_class, devices, sink, slo_ms, "
+        "planned_ms, best_alone_ms (the best it could reach with the fleet to itself), why, fix")
 
     def with_inputs(self, app: "AppSpec", fleet: "Fleet") -> "Plan":
         """This plan with the app and the resolved fleet embedded (model paths made absolute)."""

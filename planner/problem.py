@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-__all__ = ["SiteData", "NodeData", "ItemData", "Hop", "ClassData", "Problem", "Assignment",
+__all__ = ["SiteData", "NodeData", "ItemData", "Hop", "ClassData", "Segments", "Problem", "Assignment",
            "COMPUTE_KINDS"]
 
 COMPUTE_KINDS = ("piece", "transform")
@@ -114,6 +114,23 @@ class ClassData:
 
 
 @dataclass(frozen=True)
+class Segments:
+    """A model handed over cut at every candidate point: its segments (node indices, in the
+    model's order) become pieces by merging consecutive segments placed on one site. The plan
+    cuts between segments j and j+1 where any class places them on different sites, and at most
+    `max_pieces - 1` times (partition.candidates, planner.formulation)."""
+
+    model: str
+    nodes: tuple[int, ...]
+    max_pieces: int
+
+    @property
+    def binds(self) -> bool:
+        """Whether the bound can bind at all (more segments than pieces allowed)."""
+        return len(self.nodes) > self.max_pieces
+
+
+@dataclass(frozen=True)
 class Problem:
     """Everything the planner optimises over, in integers. Nodes are in topological order."""
 
@@ -130,6 +147,19 @@ class Problem:
     budget_uusd_h: int | None = None            # cost (rented instances + egress) cap, if any
     labels: Mapping[str, str] = field(default_factory=dict)  # site class -> tier, for reports
     latency_sinks: tuple[int, ...] | None = None  # sinks counted in the latency term (None: all)
+    segments: tuple[Segments, ...] = ()         # models whose cuts are chosen with the placement
+
+    def cuts_used(self, assignment: Assignment) -> dict[str, tuple[int, ...]]:
+        """model -> boundaries j (between its segments j and j+1) some class places apart."""
+        return {g.model: tuple(j for j in range(len(g.nodes) - 1)
+                               if any(assignment[c.name][g.nodes[j]] != assignment[c.name][g.nodes[j + 1]]
+                                      for c in self.classes if c.name in assignment))
+                for g in self.segments}
+
+    @property
+    def pieces_bound(self) -> bool:
+        """Whether some model's piece bound couples the classes (then no class-by-class decomposition)."""
+        return any(g.binds for g in self.segments)
 
     @property
     def compute_nodes(self) -> tuple[int, ...]:

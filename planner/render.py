@@ -96,6 +96,19 @@ def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 1
                       c.note)
         print_table(con, t)
         con.print(plan.coverage_summary)
+    if plan.not_met:
+        t = Table(title="SLO not met: planned, best achievable, what would fix it", title_justify="left")
+        column(t, "edge class", ident=True)
+        column(t, "devices")
+        column(t, "sink", ident=True)
+        column(t, "SLO ms")
+        column(t, "planned ms")
+        column(t, "best alone ms")
+        column(t, "fix", justify="left")
+        for x in plan.not_met:
+            t.add_row(str(x["edge_class"]), f"{int(x['devices']):,}", str(x["sink"]), _fmt(float(x["slo_ms"])),
+                      _fmt(float(x["planned_ms"])), _fmt(float(x["best_alone_ms"])), str(x["fix"]))
+        print_table(con, t)
     if plan.monthly_cost_usd_by_tier:
         t = Table(title="monthly cost (730 h)", title_justify="left")
         column(t, "tier", ident=True)

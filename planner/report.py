@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import networkx as nx
@@ -170,7 +171,8 @@ def plan_pieces(graph: nx.DiGraph, info: BuildInfo) -> list[PlanPiece]:
         a = graph.nodes[n]
         kind = a["kind"]
         pp = dict(id=n, kind=kind, rate_factor=float(a.get("rate_factor", 1.0)),
-                  latency_ms={k: round(x, 6) for k, x in info.ms[n].items()} if kind in COMPUTE_KINDS else {})
+                  latency_ms={k: round(x, 6) for k, x in info.ms[n].items() if math.isfinite(x)}
+                  if kind in COMPUTE_KINDS else {})   # .inf (cannot run there) is left out
         if kind == "piece":
             pc = a["piece"]
             pp.update(model=pc.model, file=pc.file, inputs=[_tinfo(t) for t in pc.inputs],

@@ -25,6 +25,19 @@ def prepare_calibration(fleet, calibration: Path | None, progress: bool = True) 
         ensure_local_calibration(progress=progress)
 
 
+def _not_met_message(plan) -> str:
+    """One line per (class, sink) missing its SLO: planned, best achievable and the fix."""
+    total = sum(c.devices for c in plan.coverage.values()) or 1
+    missing = sum(c.devices for c in plan.coverage.values() if not c.meets_slo)
+    lines = [f"the SLO is not met on {missing:,} of {total:,} devices ({100 * missing / total:.0f}%); "
+             f"the plan serves them at the best latency the capacity left allows (--allow-partial: exit 0)"]
+    for x in plan.not_met:
+        lines.append(f"{x['edge_class']} ({int(x['devices']):,} devices), sink {x['sink']!r}: planned "
+                     f"{float(x['planned_ms']):.1f} ms > SLO {float(x['slo_ms']):g} ms, best achievable alone "
+                     f"{float(x['best_alone_ms']):.1f} ms ({x['why']}). To fix: {x['fix']}")
+    return "\n".join(lines)
+
+
 def _device_name(site) -> str | None:
     dev = getattr(site, "device", None)
     return dev if isinstance(dev, str) else getattr(dev, "name", None)
@@ -40,7 +53,8 @@ def register(app: typer.Typer) -> None:
         html: Path = typer.Option(None, "--html", help="Write a self-contained plan.html here."),
         pareto: bool = typer.Option(False, "--pareto", help="Also trace the cost-latency frontier."),
         from_plan: Path = typer.Option(None, "--from", help="Old plan.json: warm start, list the pieces that move."),
-        max_coverage: bool = typer.Option(False, "--max-coverage", help="When shared capacity cannot serve every class within its SLO: cover the most devices, then the objective (instead of exit 1)."),
+        max_coverage: bool = typer.Option(True, "--max-coverage/--no-max-coverage", help="When shared capacity cannot serve every class within its SLO: cover the most devices, then the objective (default); --no-max-coverage: exit 1 naming the binding constraint instead."),
+        allow_partial: bool = typer.Option(False, "--allow-partial", help="Exit 0 even when some devices miss their SLO (the plan lists them in not_met); default: exit 1."),
         time_limit: float = typer.Option(10.0, "--time-limit", callback=finite_flag("--time-limit", "10", 0.1), help="Solver time limit, seconds."),
         pieces_dir: Path = typer.Option(None, "--pieces-dir", help="Where partitioned pieces are cached."),
         calibration: Path = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
@@ -86,11 +100,15 @@ def register(app: typer.Typer) -> None:
             write_html(plan, html, title=f"tierplan: {spec.name} on {fleet.name}")
         if as_json:
             print(json.dumps(json.loads(plan.model_dump_json()), indent=2))
-            return
-        from tierplan.planner.render import render_plan
-        from tierplan.console import console
-        con = console()
-        render_plan(plan, con)
-        for what, path in (("plan.json", out), ("plan.html", html)):
-            if path is not None:
-                con.print(f"wrote {what}: {path}")
+        else:
+            from tierplan.planner.render import render_plan
+            from tierplan.console import console
+            con = console()
+            render_plan(plan, con)
+            for what, path in (("plan.json", out), ("plan.html", html)):
+                if path is not None:
+                    con.print(f"wrote {what}: {path}")
+        if plan.not_met and not allow_partial:
+            err = InfeasibleError(_not_met_message(plan))
+            err.result_printed = True   # the plan was printed: no {"error": ...} after it
+            raise err
