@@ -7,6 +7,11 @@ arrived by then (at most max_batch), for `ratio[b] x` the members' mean time. Wi
 per queue (the common case) that is one step per batch, a jump to the batch's last member;
 queues that mix groups are scanned arrival by arrival. The rule is the SimPy `_BatchQueue`'s,
 so both engines agree request for request on the same draws (tests/sim/test_sim_engines.py).
+
+Windows: a batch that starts before the horizon H (by more than the same-instant tolerance) took
+only jobs that arrived before H, and whether it was due depended only on them, so it is final;
+the jobs of later batches are handed back (+inf) to be queued again with the next window's
+arrivals, and each server's next-free time carries over.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from tierplan.simulations.batching import SAME_INSTANT_MS, BatchStage, batch_ms,
 __all__ = ["batch_departures", "round_robin_queues"]
 
 
-def round_robin_queues(arrival_ms: np.ndarray, queue: np.ndarray, servers: int) -> np.ndarray:
+def round_robin_queues(arrival_ms: np.ndarray, queue: np.ndarray, servers: int,
+                       rr: np.ndarray | None = None) -> np.ndarray:
     """Replica queue id (instance * servers + r) of each job when every instance sends its k-th
-    arrival to replica k mod servers, as both engines dispatch."""
+    arrival to replica k mod servers, as both engines dispatch; `rr[instance]` counts the jobs
+    dispatched in earlier windows (updated in place)."""
     queue = np.asarray(queue, dtype=np.int64)
     if servers <= 1 or len(queue) == 0:
         return queue * max(servers, 1)
@@ -31,17 +38,23 @@ def round_robin_queues(arrival_ms: np.ndarray, queue: np.ndarray, servers: int) 
     q = queue[order]
     starts = np.flatnonzero(np.r_[True, q[1:] != q[:-1]])
     rank = np.arange(len(q)) - np.repeat(starts, np.diff(np.r_[starts, len(q)]))
+    if rr is not None:
+        rank += rr[q]
+        rr += np.bincount(q, minlength=len(rr))[: len(rr)]
     out = np.empty(len(q), dtype=np.int64)
     out[order] = q * servers + rank % servers
     return out
 
 
 def batch_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.ndarray,
-                     group: np.ndarray, specs: list[BatchStage]):
+                     group: np.ndarray, specs: list[BatchStage], free: np.ndarray | None = None,
+                     horizon_ms: float = math.inf):
     """Departure time of every job at batch servers (one per `queue` id), and the batches run.
 
     `group[k]` indexes `specs`: jobs batch only with jobs of the same group. Returns
     (departure_ms, batches) with batches = (queue, start_ms, batch_ms, size) arrays, one entry per batch.
+    `free[queue]`: when each server is next free (from an earlier window; updated in place). Jobs
+    whose batch would start at `horizon_ms` or later get +inf (they queue again next window).
 
     >>> spec = BatchStage(group=("n",), max_batch=2, max_wait_ms=1.0, ratio=(0.0, 1.0, 1.5), source="linear")
     >>> d, b = batch_departures(np.array([0.0, 0.5, 5.0]), np.array([2.0, 2.0, 2.0]), np.zeros(3, int),
@@ -67,11 +80,14 @@ def batch_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.n
     bsize: list[int] = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         gs = g_sorted[lo:hi]
-        if bool(np.all(gs == gs[0])):
-            runs = _one_group(a_all, s_all, lo, hi, specs[int(gs[0])], out)
-        else:
-            runs = _mixed_groups(a_all, s_all, gs.tolist(), lo, specs, out)
         qid = int(q_sorted[lo])
+        f0 = -math.inf if free is None else float(free[qid])
+        if bool(np.all(gs == gs[0])):
+            runs, f1 = _one_group(a_all, s_all, lo, hi, specs[int(gs[0])], out, f0, horizon_ms)
+        else:
+            runs, f1 = _mixed_groups(a_all, s_all, gs.tolist(), lo, specs, out, f0, horizon_ms)
+        if free is not None:
+            free[qid] = f1
         for start, svc, size in runs:
             bq.append(qid)
             bstart.append(start)
@@ -81,10 +97,10 @@ def batch_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.n
     return dep, (np.asarray(bq, dtype=np.int64), np.asarray(bstart), np.asarray(bsvc), np.asarray(bsize, dtype=np.int64))
 
 
-def _one_group(a: list[float], s: list[float], lo: int, hi: int, spec: BatchStage, out: list[float]):
-    """One queue whose jobs all batch together: a step per batch."""
+def _one_group(a: list[float], s: list[float], lo: int, hi: int, spec: BatchStage, out: list[float],
+               free: float = -math.inf, horizon: float = math.inf):
+    """One queue whose jobs all batch together: a step per batch. Returns (batches, next-free time)."""
     cap, wait = spec.max_batch, spec.max_wait_ms
-    free = -math.inf
     i = lo
     runs = []
     while i < hi:
@@ -94,6 +110,10 @@ def _one_group(a: list[float], s: list[float], lo: int, hi: int, spec: BatchStag
         due = a[i] + wait
         go = min(due, full)
         start = t if t >= go - SAME_INSTANT_MS else go
+        if start + SAME_INSTANT_MS >= horizon:   # later arrivals may join it: not final in this window
+            for k in range(i, hi):
+                out[k] = math.inf
+            break
         j = min(i + cap, bisect.bisect_right(a, start + SAME_INSTANT_MS, i, hi))
         b = j - i
         svc = batch_ms(spec, s[i:j])
@@ -102,19 +122,22 @@ def _one_group(a: list[float], s: list[float], lo: int, hi: int, spec: BatchStag
             out[k] = free
         runs.append((start, svc, b))
         i = j
-    return runs
+    return runs, free
 
 
-def _mixed_groups(a: list[float], s: list[float], g: list[int], lo: int, specs: list[BatchStage], out: list[float]):
-    """One queue whose jobs belong to several groups: the oldest waiting job's group goes next."""
+def _mixed_groups(a: list[float], s: list[float], g: list[int], lo: int, specs: list[BatchStage], out: list[float],
+                  free: float = -math.inf, horizon: float = math.inf):
+    """One queue whose jobs belong to several groups: the oldest waiting job's group goes next.
+    Returns (batches, next-free time)."""
     n = len(g)
     waiting: list[tuple[BatchStage, float, float, int]] = []   # arrived and waiting, oldest first
     nxt = 0
-    free = -math.inf
     runs = []
     while nxt < n or waiting:
         t = max(free, waiting[0][2] if waiting else a[lo + nxt])
         while True:
+            if t + SAME_INSTANT_MS >= horizon:
+                break
             while nxt < n and a[lo + nxt] <= t + SAME_INSTANT_MS:
                 waiting.append((specs[g[nxt]], s[lo + nxt], a[lo + nxt], lo + nxt))
                 nxt += 1
@@ -122,6 +145,12 @@ def _mixed_groups(a: list[float], s: list[float], g: list[int], lo: int, specs: 
             if same is not None:
                 break
             t = min(due, a[lo + nxt]) if nxt < n else due
+        if t + SAME_INSTANT_MS >= horizon:   # not final: every job not yet in a batch queues again
+            for w in waiting:
+                out[w[3]] = math.inf
+            for k in range(nxt, n):
+                out[lo + k] = math.inf
+            break
         taken = set(same)
         members = [waiting[k] for k in same]
         waiting = [w for k, w in enumerate(waiting) if k not in taken]
@@ -130,4 +159,4 @@ def _mixed_groups(a: list[float], s: list[float], g: list[int], lo: int, specs: 
         for m in members:
             out[m[3]] = free
         runs.append((t, svc, len(members)))
-    return runs
+    return runs, free

@@ -11,72 +11,111 @@ them. Instances and transfer times are looked up per visit only where they chang
 stages join a batch queue per server, run by the rule of SimPy's `_BatchQueue`: a free server
 takes the oldest waiting visit's group once max_batch of it wait or its wait has run out, else a
 timer event looks again then; a batch's end frees the server (another event).
+
+Windows: the scan stops at the horizon H (events at H or later wait for the next window, their
+completion +inf); the queues' next-free times, round-robin counts and batch queues (waiting
+visits, busy-until) carry over in a `CycleState`, so the scan goes on exactly where it stopped.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from tierplan.simulations.batching import BatchStage, batch_ms, next_batch, stage_key
-from tierplan.simulations.engine_common import Busy, resource_label
-from tierplan.simulations.journey import Journey
-from tierplan.simulations.world import ArrivalDraws, StageDraws, World
+from tierplan.simulations.engine_common import Busy, Requests, resource_label
+from tierplan.simulations.journey import Journey, Stage
+from tierplan.simulations.world import World
 
-__all__ = ["solve_cycle"]
+__all__ = ["solve_cycle", "CycleState"]
 
 _TIMER, _FREE = -1, -2  # heap entries that are batch-queue events, not visits (in the journey slot)
 
 
 class _BatchQueue:
-    """One batch server's waiting visits (oldest first), whether it is free, and its armed timers."""
+    """One batch server's waiting visits (oldest first), whether it is free (else until when), its
+    armed timers, and where its batches are recorded."""
 
-    __slots__ = ("waiting", "free", "armed")
+    __slots__ = ("waiting", "free", "free_at", "armed", "inst", "label", "site", "instances", "servers")
 
-    def __init__(self) -> None:
+    def __init__(self, inst: int, label: str, site: str, instances: int, servers: int) -> None:
         self.waiting: list[tuple[BatchStage, float, float, int, int, int]] = []
         self.free = True
+        self.free_at = -math.inf
         self.armed: set[float] = set()
+        self.inst, self.label, self.site, self.instances, self.servers = inst, label, site, instances, servers
 
 
-def _times_vary(world: World, journey: Journey, st) -> bool:
+@dataclass
+class CycleState:
+    """Cycle scans' queues between windows: FIFO next-free times, round-robin counts, batch queues."""
+
+    free: dict[tuple, float] = field(default_factory=dict)
+    rr: dict[tuple, int] = field(default_factory=dict)
+    bqs: dict[tuple, _BatchQueue] = field(default_factory=dict)
+    heap: list[tuple[float, int, int, object, int]] = field(default_factory=list)   # events at or after the horizon
+    horizon_ms: float = -math.inf   # where the last window stopped
+
+    def remap(self, ji: int, keep: np.ndarray) -> None:
+        """Journey ji's requests were cut to `keep` (the unfinished ones, in order): renumber the visits kept."""
+        new = np.cumsum(keep) - 1
+        for bq in self.bqs.values():
+            bq.waiting = [(sp, sv, t, j, si, int(new[i]) if j == ji else i) for sp, sv, t, j, si, i in bq.waiting]
+        self.heap = [(t, q, j, x, int(new[i]) if j == ji else i) for t, q, j, x, i in self.heap]
+
+
+def _times_vary(world: World, journey: Journey, st: Stage) -> bool:
     """Whether the stage's instance can change over a run (a device moving, a hand-over)."""
     return bool(world.mobility.get(journey.origin)) or world.hands_over(st, journey.origin)
 
 
-def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws], draws: list[StageDraws],
-                done: list[list[np.ndarray]], stages: list[tuple[int, int]], busy: dict[str, Busy],
+def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], stages: list[tuple[int, int]],
+                busy: dict[str, Busy], state: CycleState | None = None, horizon_ms: float = math.inf,
                 batching: dict[tuple, BatchStage] | None = None, sizes: dict[str, list[int]] | None = None) -> None:
-    """Complete every visit of `stages` (a strongly connected group of resource classes without
-    outages) into `done`, recording busy intervals and batch sizes; predecessors outside the
-    group must be done already. Stages in `batching` queue at batch servers."""
+    """Complete the visits of `stages` (a strongly connected group of resource classes without
+    outages) that happen before `horizon_ms` into `reqs[..].done`, recording busy intervals and
+    batch sizes; predecessors outside the group are solved already (up to the same horizon).
+    Stages in `batching` queue at batch servers."""
     batching = batching or {}
     sizes = sizes if sizes is not None else {}
+    state = state if state is not None else CycleState()
+    H = horizon_ms
     group = set(stages)
     heap: list[tuple[float, int, int, int, int]] = []
-    first: list[tuple[np.ndarray, int, int]] = []
+    first: list[tuple[np.ndarray, np.ndarray, int, int]] = []
     info: dict[tuple[int, int], tuple] = {}
     pending: dict[tuple[int, int], list[int]] = {}
     arrive: dict[tuple[int, int], list[float]] = {}
     succ: dict[tuple[int, int], list[int]] = {}
     labels: dict[str, tuple[list, list, list, int, int]] = {}
+    waiting_now = {(ji, si, i) for bq in state.bqs.values() for _, _, _, ji, si, i in bq.waiting}
+    waiting_now |= {(ji, x, i) for _, _, ji, x, i in state.heap if ji >= 0}   # released, in the carried heap
     seq = 0
     for ji, si in sorted(stages):
-        j, st, dr, arr = journeys[ji], journeys[ji].stages[si], draws[ji], arrivals[ji]
+        j, st, R = journeys[ji], journeys[ji].stages[si], reqs[ji]
+        dr, arr = R.draws, R.arr
         n = len(arr.t_ms)
+        todo = np.isposinf(R.done[si])
         inside = [p for p in st.preds if (ji, p) in group]
         outside = [p for p in st.preds if (ji, p) not in group]
         if outside:
-            a_out = done[ji][outside[0]] if len(outside) == 1 else np.max(np.stack([done[ji][p] for p in outside]), axis=0)
+            a_out = R.done[outside[0]] if len(outside) == 1 else np.max(np.stack([R.done[p] for p in outside]), axis=0)
         elif st.preds:
             a_out = np.full(n, -math.inf)
         else:
             a_out = arr.t_ms
+        left = np.zeros(n, dtype=np.int64)
+        for p in inside:   # predecessors in the group settled in an earlier window count as outside ones
+            dp = R.done[p]
+            open_p = np.isposinf(dp)
+            left += open_p
+            a_out = np.maximum(a_out, np.where(open_p, -math.inf, dp))
         if inside:   # read and raised as its predecessors in the group finish
             arrive[(ji, si)] = a_out.astype(np.float64).tolist()
-            pending[(ji, si)] = [len(inside)] * n
+            pending[(ji, si)] = left.tolist()
         for p in inside:
             succ.setdefault((ji, p), []).append(si)
         varies = _times_vary(world, j, st)
@@ -88,31 +127,41 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
         label = resource_label(st)
         if label not in labels:
             labels[label] = ([], [], [], world.instance_count(st), world.servers(st))
+        spec = batching.get(stage_key(st)) if st.kind == "compute" else None
         info[(ji, si)] = (st, j.origin, arr.device.tolist() if varies else None, inst, svc,
                           work.tolist() if svc is None else None,
                           None if dr.runs[si] is None else dr.runs[si].tolist(),
                           None if dr.delay_ms[si] is None else dr.delay_ms[si].tolist(),
-                          st.resource, world.servers(st), labels[label],
-                          batching.get(stage_key(st)) if st.kind == "compute" else None)
-        if not inside:
-            first.append((np.asarray(a_out, dtype=np.float64), ji, si))
+                          st.resource, world.servers(st), labels[label], spec)
+        ready_now = todo & (left == 0) & ~np.isposinf(a_out)
+        if waiting_now:
+            for i in [i for (wj, ws, i) in waiting_now if wj == ji and ws == si]:
+                ready_now[i] = False   # already waiting in a batch queue
+        sel = np.flatnonzero(ready_now)
+        if len(sel):
+            first.append((np.asarray(a_out, dtype=np.float64)[sel], sel, ji, si))
     # visits whose arrival is known up front, sorted once; the heap holds only the ones released later
     t0 = np.concatenate([f[0] for f in first]) if first else np.zeros(0)
     order = np.argsort(t0, kind="stable")
     t0_sorted = t0[order].tolist()
     who = np.concatenate([np.full(len(f[0]), k) for k, f in enumerate(first)])[order].tolist() if first else []
-    idx = np.concatenate([np.arange(len(f[0])) for f in first])[order].tolist() if first else []
-    stage_of = [(f[1], f[2]) for f in first]
+    idx = np.concatenate([f[1] for f in first])[order].tolist() if first else []
+    stage_of = [(f[2], f[3]) for f in first]
     nan_first = [k for k, t in enumerate(t0_sorted) if t != t]   # NaN sorts last: failed upstream
     n_first = len(t0_sorted) - len(nan_first)
     pos = 0
-    free: dict[tuple, float] = {}
-    rr: dict[tuple, int] = {}
+    free = state.free
+    rr = state.rr
     bqs: list[_BatchQueue] = []
+    bq_keys: list[tuple] = []
     bq_of: dict[tuple, int] = {}
-    bq_meta: list[tuple[int, list, str]] = []   # per batch queue: instance, its busy record, its site
-    out = {k: done[k[0]][k[1]] for k in stages}
+    out = {k: reqs[k[0]].done[k[1]] for k in stages}
     ready: list[tuple[float, int, int, int]] = []    # NaN arrivals (a failed predecessor): no queueing
+
+    def record(bq: _BatchQueue) -> tuple[list, list, list, int, int]:
+        if bq.label not in labels:
+            labels[bq.label] = ([], [], [], bq.instances, bq.servers)
+        return labels[bq.label]
 
     def finish(ji: int, si: int, i: int, d: float) -> None:
         nonlocal seq
@@ -151,16 +200,25 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
             bq.free = False
             svc = batch_ms(head, (m[1] for m in members))
             end = now + svc
-            q, rec, site = bq_meta[b]
-            rec[0].append(q)
+            bq.free_at = end
+            rec = record(bq)
+            rec[0].append(bq.inst)
             rec[1].append(now)
             rec[2].append(svc)
-            sizes.setdefault(site, []).append(len(members))
+            sizes.setdefault(bq.site, []).append(len(members))
             for _, _, _, ji, si, i in members:
                 delay = info[(ji, si)][7]
                 finish(ji, si, i, end if delay is None else end + delay[i])
             heapq.heappush(heap, (end, seq, _FREE, b, 0))
             seq += 1
+
+    for key, bq in state.bqs.items():   # batch queues carried from the last window go on where they were
+        bq_of[key] = len(bqs)
+        bqs.append(bq)
+        bq_keys.append(key)
+    for t, _, ji, x, i in sorted(state.heap, key=lambda e: e[1]):   # and so do the events left at the horizon
+        heapq.heappush(heap, (t, seq, ji, bq_of[x] if ji < 0 else x, i))  # type: ignore[index]
+        seq += 1
 
     for k in nan_first:
         ji, si = stage_of[who[k]]
@@ -170,10 +228,14 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
             t, ji, si, i = ready.pop()
         elif pos < n_first and (not heap or t0_sorted[pos] <= heap[0][0]):
             t = t0_sorted[pos]
+            if t >= H:
+                break
             ji, si = stage_of[who[pos]]
             i = idx[pos]
             pos += 1
         else:
+            if heap[0][0] >= H:
+                break
             t, _, ji, si, i = heapq.heappop(heap)
             if ji < 0:   # a batch queue's timer ran out or its server came free
                 if ji == _TIMER:
@@ -197,8 +259,10 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
             b = bq_of.get(k)
             if b is None:
                 b = bq_of[k] = len(bqs)
-                bqs.append(_BatchQueue())
-                bq_meta.append((q, rec, st.site))
+                bq = _BatchQueue(q, resource_label(st), st.site, world.instance_count(st), servers)
+                bqs.append(bq)
+                bq_keys.append(k)
+                state.bqs[k] = bq
             bqs[b].waiting.append((spec, s, t, ji, si, i))
             poke(b, t)
             continue
@@ -211,6 +275,8 @@ def solve_cycle(world: World, journeys: list[Journey], arrivals: list[ArrivalDra
         rec[1].append(start)
         rec[2].append(s)
         finish(ji, si, i, end if delay is None else end + delay[i])
+    state.horizon_ms = H
+    state.heap = [(t, q, ji, bq_keys[x] if ji < 0 else x, i) for t, q, ji, x, i in heap] if math.isfinite(H) else []
     for label, (qs, starts, svcs, count, servers) in labels.items():
         busy.setdefault(label, Busy(count, servers)).add(np.asarray(qs, dtype=np.int64), np.asarray(starts),
                                                           np.asarray(svcs))

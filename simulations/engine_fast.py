@@ -21,32 +21,68 @@ path itself; outages on such a cycle raise `FastPathUnsupported` and the SimPy p
 instead. Time-varying bandwidth uses the rate in force when a transfer reaches its link (the
 SimPy path does the same, so both agree).
 Work per simulated request is a few sorts and scans over the requests: it does not grow with the
-number of devices or sites. Stages that batch (dynamic batching at cloud sites) queue at batch
+number of devices or sites.
+
+Windows (bounded memory): `run_fast` solves the requests of one window up to a time horizon H.
+Every request of a later window arrives at H or after, so a visit that reaches its queue before
+H is final in FIFO order: it is solved, and each queue keeps its server's next-free time and its
+round-robin count for the next window. Visits that reach a queue at H or later wait (their
+completion stays +inf) and their requests move on to the next window. A fair (processor-sharing)
+link's busy period still open at H, and a batch that would start at H or later, are solved again
+with the next window's arrivals (their fate depends on them). The result is the one-window
+solution exactly, whatever the window size.
+
+Fair link sharing (processor sharing, one transfer rate shared equally by the transfers in flight)
+runs here too: busy periods are those of the FIFO recursion (any work-conserving discipline has
+the same), a transfer alone in its busy period leaves at its FIFO time, and the busy periods that
+hold several are replayed by a virtual-time scan (simulations.engine_fast.ps_departures). Stages that batch (dynamic batching at cloud sites) queue at batch
 servers solved by a scan per queue with a step per batch (simulations/batch_fast.py), the same
 rule as the SimPy path's.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
+from dataclasses import dataclass, field
+
 import networkx as nx
 import numpy as np
 
 from tierplan.simulations.batch_fast import batch_departures, round_robin_queues
 from tierplan.simulations.batching import BatchStage, stage_key
-from tierplan.simulations.cycle_fast import solve_cycle
-from tierplan.simulations.engine_common import Busy, EngineResult, resource_label
-from tierplan.simulations.journey import Journey
-from tierplan.simulations.world import ArrivalDraws, StageDraws, World
+from tierplan.simulations.cycle_fast import CycleState, solve_cycle
+from tierplan.simulations.engine_common import Busy, Requests, WindowResult, resource_label
+from tierplan.simulations.journey import Journey, Stage
+from tierplan.simulations.world import World
 
-__all__ = ["FastPathUnsupported", "fifo_departures", "run_fast"]
+__all__ = ["FastPathUnsupported", "FastState", "fifo_departures", "ps_departures", "run_fast"]
 
 _INT64_SAFE = 2 ** 62
 _ALL = slice(None)          # "every request" as an index (a view, not a gather)
 _LIFT_LIMIT_MS = 2.0 ** 40
+_PS_EPS_MS = 1e-9           # finish tags this close are one instant (SimPy's _SharedLink uses the same)
 
 
 class FastPathUnsupported(Exception):
     """The scenario is not a feed-forward queueing network (or needs a shared-queue dispatch)."""
+
+
+@dataclass
+class FastState:
+    """Queue state carried from one window to the next (one strategy): servers' next-free times and
+    round-robin counts per resource class, and the cycle scans' state."""
+
+    free: dict[tuple, np.ndarray] = field(default_factory=dict)
+    rr: dict[tuple, np.ndarray] = field(default_factory=dict)
+    cycle: CycleState = field(default_factory=CycleState)
+    horizon_ms: float = -math.inf    # where the last window ended
+
+    def arrays(self, res: tuple, instances: int, servers: int) -> tuple[np.ndarray, np.ndarray]:
+        if res not in self.free:
+            self.free[res] = np.full(instances * servers, -np.inf)
+            self.rr[res] = np.zeros(instances, dtype=np.int64)
+        return self.free[res], self.rr[res]
 
 
 def _stable_int_argsort(key: np.ndarray) -> np.ndarray:
@@ -72,14 +108,17 @@ def _queue_time_order(queue: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.ndarray,
                     servers: int = 1, with_queue: bool = True,
-                    order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                    order: np.ndarray | None = None, free: np.ndarray | None = None,
+                    rr: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Departure times and the served queue id of FIFO jobs at many queues at once.
 
     `queue` is each job's instance id; with `servers` > 1 each instance dispatches round-robin over
     its replicas in arrival order. Returns (departure_ms, replica queue id = instance*servers+r, or
     None when `with_queue` is False). `order`, when given, is a permutation already sorting the jobs by
     (queue, arrival) (a single-server tandem successor keeps its predecessor's order); with_queue
-    False then returns that permutation in place of the queue ids.
+    False then returns that permutation in place of the queue ids. `free[replica queue]` (the
+    servers' next-free times) and `rr[instance]` (jobs dispatched so far), when given, are where an
+    earlier window left the queues; both are updated in place.
 
     >>> d, _ = fifo_departures(np.array([0.0, 1.0, 1.5]), np.array([2.0, 2.0, 2.0]), np.array([0, 0, 1]))
     >>> d.tolist()
@@ -97,6 +136,9 @@ def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.nd
         new_seg = np.r_[True, q[1:] != q[:-1]]
         starts = np.flatnonzero(new_seg)
         rank = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+        if rr is not None:
+            rank += rr[q]
+            rr += np.bincount(q, minlength=len(rr))[: len(rr)]
         rq = q * servers + rank % servers
         sub = _stable_int_argsort(rq)
         order, q = order[sub], rq[sub]
@@ -121,8 +163,13 @@ def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.nd
         bounds = np.r_[np.flatnonzero(new_seg), n]
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             np.maximum.accumulate(x[lo:hi], out=x[lo:hi])
+    if free is not None:                          # the server is busy until free[q] from earlier windows
+        np.maximum(x, free[q], out=x)
     x += c_prev
-    x += s                                        # D_n = C_n + max_{k<=n}(A_k - C_{k-1})
+    x += s                                        # D_n = C_n + max(F, max_{k<=n}(A_k - C_{k-1}))
+    if free is not None:
+        last = np.r_[np.flatnonzero(new_seg[1:]), n - 1]
+        free[q[last]] = x[last]
     out = np.empty(n)
     out[order] = x
     if not with_queue:
@@ -130,6 +177,74 @@ def fifo_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.nd
     qid = np.empty(n, dtype=np.int64)
     qid[order] = q
     return out, qid
+
+
+def _ps_busy_period(a: list[float], s: list[float], horizon: float = math.inf) -> tuple[list[float], list[float]]:
+    """Departures of one busy period of a processor-sharing server (each of n jobs served at 1/n):
+    a virtual-time scan, a job leaves when the virtual time reaches its arrival's plus its work.
+    Jobs still in flight at `horizon` get +inf and the work they have left then (else NaN)."""
+    m = len(a)
+    out = [0.0] * m
+    left = [math.nan] * m
+    heap: list[tuple[float, int]] = []
+    v, t, i = 0.0, a[0], 0
+    push, pop = heapq.heappush, heapq.heappop
+    while i < m or heap:
+        n = len(heap)
+        tf = t + (heap[0][0] - v) * n if n else math.inf
+        if i < m and a[i] < tf:          # the next arrival comes first
+            if n:
+                v += (a[i] - t) / n
+            t = a[i]
+            push(heap, (v + s[i], i))
+            i += 1
+        elif tf > horizon:               # the rest is still in flight at the horizon
+            vh = v + (horizon - t) / n
+            for tag, k in heap:
+                out[k], left[k] = math.inf, max(0.0, tag - vh)
+            break
+        else:
+            t, v = tf, heap[0][0]
+            while heap and heap[0][0] <= v + _PS_EPS_MS:
+                out[pop(heap)[1]] = t
+    return out, left
+
+
+def ps_departures(arrival_ms: np.ndarray, service_ms: np.ndarray, queue: np.ndarray,
+                  horizon_ms: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+    """Departures of jobs at many processor-sharing queues (one rate shared equally by the jobs in
+    flight). With a finite horizon (every later job arrives after it), a job still in flight then
+    gets +inf and the work it has left at the horizon (else NaN): the second array; it goes on in
+    the next window as a job arriving at the horizon with that much work.
+
+    >>> ps_departures(np.array([0.0, 0.0, 10.0]), np.array([4.0, 4.0, 1.0]), np.zeros(3, int))[0].tolist()
+    [8.0, 8.0, 11.0]
+    """
+    n = len(arrival_ms)
+    if n == 0:
+        return np.zeros(0), np.zeros(0)
+    a_all = np.asarray(arrival_ms, dtype=np.float64)
+    order = _queue_time_order(np.asarray(queue, dtype=np.int64), a_all)
+    fifo, _ = fifo_departures(a_all, service_ms, queue, 1, with_queue=False, order=order)
+    a, q, d = a_all[order], np.asarray(queue)[order], fifo[order]
+    new_bp = np.r_[True, (q[1:] != q[:-1]) | (a[1:] >= d[:-1])]
+    starts = np.flatnonzero(new_bp)
+    size = np.diff(np.r_[starts, n])
+    out = d.copy()                               # a job alone in its busy period: PS = FIFO
+    left = np.full(n, np.nan)
+    alone = np.repeat(size == 1, size)
+    late = alone & (d > horizon_ms)
+    left[late] = d[late] - horizon_ms
+    out[late] = np.inf
+    s = np.asarray(service_ms, dtype=np.float64)[order]
+    for lo, m in zip(starts[size > 1].tolist(), size[size > 1].tolist()):
+        o, r = _ps_busy_period(a[lo: lo + m].tolist(), s[lo: lo + m].tolist(), horizon_ms)
+        out[lo: lo + m] = o
+        left[lo: lo + m] = r
+    res, res_left = np.empty(n), np.empty(n)
+    res[order] = out
+    res_left[order] = left
+    return res, res_left
 
 
 def _resource_groups(journeys: list[Journey]) -> list[tuple[list[tuple], bool]]:
@@ -154,7 +269,7 @@ def _resource_groups(journeys: list[Journey]) -> list[tuple[list[tuple], bool]]:
     return out
 
 
-def _tandem_order(world: World, journeys: list[Journey], draws: list[StageDraws], parts: list,
+def _tandem_order(world: World, journeys: list[Journey], reqs: list[Requests], parts: list,
                   servers: int, last: dict) -> np.ndarray | None:
     """The predecessor's queue order when this visit is its single-server FIFO successor on the same
     instances with no delay in between (departures leave in arrival order, so no sort is needed)."""
@@ -167,104 +282,153 @@ def _tandem_order(world: World, journeys: list[Journey], draws: list[StageDraws]
     pred = journeys[ji].stages[st.preds[0]]
     same_queue = (pred.shared == st.shared and pred.site == st.site and not st.shared) or (
         pred.kind == "compute" and st.kind == "link" and not st.shared and pred.site == st.site)
-    if not same_queue or draws[ji].delay_ms[pred.index] is not None:
+    if not same_queue or reqs[ji].draws.delay_ms[pred.index] is not None:
         return None
     return last[(ji, st.preds[0])]
 
 
-def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws],
-             draws: list[StageDraws], batching: dict[tuple, BatchStage] | None = None) -> EngineResult:
-    """Simulate every journey's requests to completion with the vectorised recursion; stages in
-    `batching` (simulations.batching.batch_stages) queue at batch servers (simulations.batch_fast)."""
-    batching = batching or {}
-    sizes: dict[str, list[int]] = {}
+def check_fast(world: World, journeys: list[Journey], link_sharing: str) -> None:
+    """Raise FastPathUnsupported where the fast path cannot run these journeys."""
     if world.host_binds(journeys):
         raise FastPathUnsupported(f"the shared host's {world.host_cores} cores are fewer than the site servers "
                                   f"that compute on it (a job needs both; the SimPy path models that)")
+    for members, cyclic in _resource_groups(journeys):
+        if not cyclic:
+            continue
+        stages = [st for j in journeys for st in j.stages if st.resource in members]
+        if any(world.windows_for(st) for st in stages):
+            raise FastPathUnsupported("outages on resources that requests come back to")
+        if link_sharing == "fair" and any(st.kind == "link" for st in stages):
+            raise FastPathUnsupported("fair link sharing on links that requests come back over")
+
+
+def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state: FastState | None = None,
+             horizon_ms: float = math.inf, batching: dict[tuple, BatchStage] | None = None,
+             link_sharing: str = "fifo") -> WindowResult:
+    """Solve every visit of `reqs` that reaches its queue before `horizon_ms` (all of them by default)
+    with the vectorised recursion, writing completion times into `reqs[..].done`; stages in
+    `batching` (simulations.batching.batch_stages) queue at batch servers (simulations.batch_fast),
+    links are FIFO or shared fairly (`link_sharing`). `state` carries the queues between windows."""
+    batching = batching or {}
+    state = state if state is not None else FastState()
+    sizes: dict[str, list[int]] = {}
+    check_fast(world, journeys, link_sharing)
     groups = _resource_groups(journeys)
-    n_req = [len(a.t_ms) for a in arrivals]
-    done = [[np.full(n, np.nan) for _ in j.stages] for j, n in zip(journeys, n_req)]
-    failed = [np.zeros(n, dtype=bool) for n in n_req]
-    rerouted = [np.zeros(n, dtype=bool) for n in n_req]
-    delayed = [np.zeros(n, dtype=bool) for n in n_req]
     busy: dict[str, Busy] = {}
     visits_of: dict[tuple, list[tuple[int, int]]] = {}
     for ji, j in enumerate(journeys):
         for st in j.stages:
             visits_of.setdefault(st.resource, []).append((ji, st.index))
     last: dict[tuple[int, int], np.ndarray] = {}  # (journey, stage) -> its queue order, when reusable
+    H = horizon_ms
 
-    def arrival(ji: int, st) -> np.ndarray:
+    def arrival(ji: int, st: Stage) -> np.ndarray:
+        done = reqs[ji].done
         if len(st.preds) == 1:
-            return done[ji][st.preds[0]]
+            return done[st.preds[0]]
         if st.preds:
-            return np.max(np.stack([done[ji][p] for p in st.preds]), axis=0)
-        return arrivals[ji].t_ms
+            return np.max(np.stack([done[p] for p in st.preds]), axis=0)
+        return reqs[ji].arr.t_ms
 
     def solve(res: tuple) -> None:
-        """Queue every visit of one resource class (its predecessors are done)."""
+        """Queue every visit of one resource class that reaches it before the horizon."""
         parts = []  # (ji, stage, request idx, arrival, instance, service)
         for ji, si in visits_of[res]:
-            j, st, arr, dr = journeys[ji], journeys[ji].stages[si], arrivals[ji], draws[ji]
+            j, st, R = journeys[ji], journeys[ji].stages[si], reqs[ji]
+            done_i = R.done[si]
             a = arrival(ji, st)
-            live = ~np.isnan(a)  # a failed predecessor fails the stage (failure follows the data)
-            runs = live if dr.runs[si] is None else live & dr.runs[si]
+            pending = np.isposinf(done_i)
+            dead = pending & np.isnan(a)      # a failed predecessor fails the stage (failure follows the data)
+            done_i[dead] = np.nan
+            go = pending & (a < H)            # reaches the queue before the horizon: final in FIFO order
+            runs = go if R.draws.runs[si] is None else go & R.draws.runs[si]
             if runs.all():  # the common case: every request runs this stage, no gathers needed
-                idx, ai, device = _ALL, a, arr.device
+                idx, ai, device = _ALL, a, R.arr.device
             else:
-                skip = live & ~runs
-                done[ji][si][skip] = a[skip]
+                skip = go & ~runs
+                done_i[skip] = a[skip]
                 idx = np.flatnonzero(runs)
-                ai, device = a[idx], arr.device[idx]
+                ai, device = a[idx], R.arr.device[idx]
             inst = world.stage_instance(st, j.origin, device, ai)
             if world.hands_over(st, j.origin):
                 moved = inst != world.stage_instance(st, j.origin, device, ai, handover=False)
-                rerouted[ji][np.arange(len(a))[idx][moved] if idx is not _ALL else moved] = True
+                R.rerouted[np.arange(len(a))[idx][moved] if idx is not _ALL else moved] = True
             windows = world.windows_for(st)
             if windows:
                 if idx is _ALL:
                     idx = np.arange(len(a))
                 fo = world.apply_failures(st, windows, inst, ai)
-                failed[ji][idx[fo.failed]] = True
-                done[ji][si][idx[fo.failed]] = np.nan
-                rerouted[ji][idx[fo.rerouted]] = True
-                delayed[ji][idx[fo.delayed]] = True
-                keep = ~fo.failed
+                R.failed[idx[fo.failed]] = True
+                done_i[idx[fo.failed]] = np.nan
+                R.rerouted[idx[fo.rerouted]] = True
+                R.delayed[idx[fo.delayed]] = True
+                keep = ~fo.failed & (fo.t_ms < H)   # held past the horizon: queues next window
                 idx, ai, inst = idx[keep], fo.t_ms[keep], fo.inst[keep]
-            work = dr.work[si][idx]
+            work = R.draws.work[si][idx]
             svc = work if st.kind == "compute" else world.transfer_ms(st, work, ai)
             parts.append((ji, si, idx, ai, inst, svc))
         if not parts:
-            return 0.0
+            return
         st0 = journeys[parts[0][0]].stages[parts[0][1]]
         servers = world.servers(st0)
         a_all = np.concatenate([p[3] for p in parts])
         s_all = np.concatenate([p[5] for p in parts])
-        q_all = np.concatenate([p[4] for p in parts])
+        q_all = np.concatenate([p[4] for p in parts]).astype(np.int64)
+        if not len(a_all):
+            return
         specs = [batching.get(stage_key(journeys[ji].stages[si])) if journeys[ji].stages[si].kind == "compute"
                  else None for ji, si, *_ in parts]
+        b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
         if any(specs):
-            dep = _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0)
+            dep = _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, b)
+        elif st0.kind == "link" and link_sharing == "fair":
+            dep = _solve_fair(parts, a_all, s_all, q_all, b)
         else:
-            hint = _tandem_order(world, journeys, draws, parts, servers, last)
-            dep, perm = fifo_departures(a_all, s_all, q_all, servers, with_queue=False, order=hint)
+            free, rr = state.arrays(res, world.instance_count(st0), servers)
+            hint = _tandem_order(world, journeys, reqs, parts, servers, last)
+            dep, perm = fifo_departures(a_all, s_all, q_all, servers, with_queue=False, order=hint, free=free, rr=rr)
             if len(parts) == 1 and servers == 1 and parts[0][2] is _ALL:
                 last[(parts[0][0], parts[0][1])] = perm
-            b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
             b.add(q_all, dep - s_all, s_all)
         off = 0
         for ji, si, idx, ai, inst, svc in parts:
             d = dep[off: off + len(ai)]
             off += len(ai)
-            dl = draws[ji].delay_ms[si]
-            done[ji][si][idx] = d if dl is None else d + dl[idx]
+            dl = reqs[ji].draws.delay_ms[si]
+            reqs[ji].done[si][idx] = d if dl is None else d + dl[idx]
 
-    def _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0) -> np.ndarray:
+    def _solve_fair(parts, a_all, s_all, q_all, b: Busy) -> np.ndarray:
+        """Processor-sharing link queues. A transfer still in flight at an earlier window's horizon
+        goes on from that horizon with the work it had left (Requests.ps_left)."""
+        carried = np.concatenate([reqs[p[0]].ps_left_of(p[1])[p[2]] for p in parts])
+        cont = ~np.isnan(carried)
+        a_ps = np.where(cont, state.horizon_ms, a_all)
+        s_ps = np.where(cont, carried, s_all)
+        dep, left = ps_departures(a_ps, s_ps, q_all, H)
+        off = 0
+        for ji, si, idx, ai, *_ in parts:
+            reqs[ji].ps_left_of(si)[idx] = left[off: off + len(ai)]
+            off += len(ai)
+        ok = np.isfinite(dep)
+        b.add(q_all[ok], a_all[ok], s_all[ok])
+        return dep
+
+    def _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, b: Busy) -> np.ndarray:
         """A resource class some of whose stages batch: replicas by round-robin over all its
-        arrivals (as SimPy's shared counter), then batch servers for the batching stages and
-        FIFO servers (of their own, as on the SimPy path) for the rest."""
-        rq = round_robin_queues(a_all, q_all, servers)
-        gid = {}
+        arrivals (as SimPy's shared counter; a visit carried from an earlier window keeps its
+        replica), then batch servers for the batching stages and FIFO servers (of their own, as on
+        the SimPy path) for the rest."""
+        free, rr = state.arrays(st0.resource, world.instance_count(st0), servers)
+        kept = np.concatenate([reqs[p[0]].replicas_of(p[1])[p[2]] for p in parts])
+        rq = kept.copy()
+        new = kept < 0
+        if new.any():
+            rq[new] = round_robin_queues(a_all[new], q_all[new], servers, rr)
+        off = 0
+        for ji, si, idx, ai, *_ in parts:
+            reqs[ji].replicas_of(si)[idx] = rq[off: off + len(ai)]
+            off += len(ai)
+        gid: dict = {}
         group = np.concatenate([np.full(len(p[3]), gid.setdefault(sp.group, len(gid)) if sp else -1)
                                 for p, sp in zip(parts, specs)])
         spec_of = [None] * len(gid)
@@ -273,13 +437,14 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
                 spec_of[gid[sp.group]] = sp
         dep = np.empty(len(a_all))
         inb = group >= 0
-        d_b, (bq, bstart, bsvc, bsize) = batch_departures(a_all[inb], s_all[inb], rq[inb], group[inb], spec_of)
+        d_b, (bq, bstart, bsvc, bsize) = batch_departures(a_all[inb], s_all[inb], rq[inb], group[inb], spec_of,
+                                                          free=free, horizon_ms=H)
         dep[inb] = d_b
-        if (~inb).any():
-            dep[~inb] = fifo_departures(a_all[~inb], s_all[~inb], rq[~inb], 1, with_queue=False)[0]
-        b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
         b.add(bq // max(servers, 1), bstart, bsvc)
         if (~inb).any():
+            key = st0.resource + ("unbatched",)
+            free_u, _ = state.arrays(key, world.instance_count(st0), servers)
+            dep[~inb] = fifo_departures(a_all[~inb], s_all[~inb], rq[~inb], 1, with_queue=False, free=free_u)[0]
             b.add(q_all[~inb], dep[~inb] - s_all[~inb], s_all[~inb])
         sizes.setdefault(st0.site, []).extend(bsize.tolist())
         return dep
@@ -289,11 +454,10 @@ def run_fast(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws]
             solve(members[0])
             continue
         stages = [(ji, si) for r in members for ji, si in visits_of[r]]
-        if any(world.windows_for(journeys[ji].stages[si]) for ji, si in stages):
-            raise FastPathUnsupported("outages on resources that requests come back to")
-        solve_cycle(world, journeys, arrivals, draws, done, stages, busy, batching, sizes)
-    for ji in range(len(journeys)):
-        for si in range(len(journeys[ji].stages)):
-            done[ji][si][failed[ji]] = np.nan
-    return EngineResult("fast", done, failed, rerouted, delayed, busy, events=sum(n_req), batch_sizes=sizes)
-
+        solve_cycle(world, journeys, reqs, stages, busy, state.cycle, H, batching, sizes)
+    state.horizon_ms = H
+    if not math.isfinite(H):
+        for R in reqs:
+            for d in R.done:
+                d[R.failed] = np.nan
+    return WindowResult("fast", busy, batch_sizes=sizes)

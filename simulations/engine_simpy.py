@@ -26,15 +26,14 @@ equally (processor sharing) instead of going one at a time.
 from __future__ import annotations
 
 import heapq
-import math
 
 import numpy as np
 import simpy
 
 from tierplan.simulations.batching import BatchStage, batch_ms, next_batch, stage_key
-from tierplan.simulations.engine_common import Busy, EngineResult, resource_label
+from tierplan.simulations.engine_common import Busy, Requests, WindowResult, resource_label
 from tierplan.simulations.journey import Journey
-from tierplan.simulations.world import ArrivalDraws, StageDraws, World
+from tierplan.simulations.world import World
 
 __all__ = ["run_simpy"]
 
@@ -146,19 +145,21 @@ class _SharedLink:
         self._schedule()
 
 
-def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws],
-              draws: list[StageDraws], dispatch: str = "round_robin",
-              batching: dict[tuple, BatchStage] | None = None, link_sharing: str = "fifo") -> EngineResult:
-    """Simulate every journey's requests to completion as SimPy processes.
+def run_simpy(world: World, journeys: list[Journey], reqs: list[Requests], dispatch: str = "round_robin",
+              batching: dict[tuple, BatchStage] | None = None, link_sharing: str = "fifo") -> WindowResult:
+    """Simulate every journey's requests to completion as SimPy processes (completion times go into
+    `reqs[..].done`, outcomes into their flags).
 
     batching: simulations.batching.batch_stages' result (stages not in it run one at a time);
     link_sharing: "fifo" (one transfer at a time per link direction) or "fair" (rate shared)."""
     env = simpy.Environment()
+    arrivals = [r.arr for r in reqs]
+    draws = [r.draws for r in reqs]
     n_req = [len(a.t_ms) for a in arrivals]
-    done = [[np.full(n, np.nan) for _ in j.stages] for j, n in zip(journeys, n_req)]
-    failed = [np.zeros(n, dtype=bool) for n in n_req]
-    rerouted = [np.zeros(n, dtype=bool) for n in n_req]
-    delayed = [np.zeros(n, dtype=bool) for n in n_req]
+    done = [r.done for r in reqs]
+    failed = [r.failed for r in reqs]
+    rerouted = [r.rerouted for r in reqs]
+    delayed = [r.delayed for r in reqs]
     # every site on one host: its cores, and each site server as a SimPy resource (a job holds both)
     host = simpy.Resource(env, capacity=world.host_cores) if world.host_cores is not None else None
     held: dict = {}
@@ -313,5 +314,4 @@ def run_simpy(world: World, journeys: list[Journey], arrivals: list[ArrivalDraws
     for ji in range(len(journeys)):
         for si in range(len(journeys[ji].stages)):
             done[ji][si][failed[ji]] = np.nan
-    return EngineResult("simpy", done, failed, rerouted, delayed, busy, events=int(math.fsum(n_req)),
-                        batch_sizes=sizes)
+    return WindowResult("simpy", busy, batch_sizes=sizes)

@@ -23,10 +23,12 @@ from typing import Callable, Literal
 
 import networkx as nx
 
-from tierplan.simulations.fleetview import FleetView
+from tierplan.devices.fleet import Fleet
 from tierplan.errors import InputError
+from tierplan.planner.plan import Plan, PlanPiece
 
-__all__ = ["Work", "Stage", "Journey", "compile_journeys", "resolve_site", "TIER_NAMES", "MAX_LANES"]
+__all__ = ["Work", "Stage", "Journey", "compile_journeys", "resolve_site", "chain", "link_hops", "TIER_NAMES",
+           "MAX_LANES"]
 
 TIER_NAMES = ("edge", "base_station", "cloud")
 # Fan-outs up to this many items per request travel as separate items (lanes); larger ones are one
@@ -87,16 +89,31 @@ class Journey:
         return all(s.preds == ((s.index - 1,) if s.index else ()) for s in self.stages)
 
 
-def resolve_site(value: str, origin: str, fleet: FleetView) -> str:
+def chain(fleet: Fleet, name: str) -> list[str]:
+    """`name` and every class above it, lowest first."""
+    return [name, *fleet.parents(name)]
+
+
+def link_hops(fleet: Fleet, a: str, b: str) -> list[tuple[str, str]]:
+    """The links a tensor crosses from class a to class b as (site class whose uplink it is, "up"|"down"),
+    in order: `Fleet.route`'s hops (up a's attach chain to the common ancestor, then down to b),
+    each named by the class it belongs to."""
+    hops = fleet.route(a, b)
+    n_up = sum(1 for _, d in hops if d == "up")
+    down = list(reversed(chain(fleet, b)[: len(hops) - n_up]))
+    return [(x, "up") for x in chain(fleet, a)[:n_up]] + [(x, "down") for x in down]
+
+
+def resolve_site(value: str, origin: str, fleet: Fleet) -> str:
     """A placement target as a site class: an edge class means the requesting device itself,
     a tier name means the first class of that tier up the origin's attach chain."""
-    chain = fleet.chain(origin)
+    up = chain(fleet, origin)
     if value in fleet.classes:
         if fleet.classes[value].tier == "edge" and fleet.classes[origin].tier == "edge":
             return origin
         return value
     if value in TIER_NAMES:
-        for c in chain:
+        for c in up:
             if fleet.classes[c].tier == value:
                 return c
         raise InputError(f"plan: no {value} site above site class {origin!r} in the fleet. "
@@ -132,7 +149,7 @@ def _compute_work(ms: float | tuple[float, float], rate_factor: float, node: str
     return Work(float(ms), rate_factor, None, node)
 
 
-def compile_journeys(plan, fleet: FleetView, assignment_for: Callable[[str], dict[str, str]],
+def compile_journeys(plan: Plan, fleet: Fleet, assignment_for: Callable[[str], dict[str, str]],
                      origins_for: Callable[[str], list[str]], rate_for: Callable[[str], float],
                      service_ms: Callable[[object, str], float],
                      deliver_for: Callable[[str], str | None] = lambda sink: None) -> list[Journey]:
@@ -194,16 +211,16 @@ def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_m
         return 1.0 if nodes[n].kind == "source" else float(nodes[n].rate_factor)
 
     def transfer(from_site: str, to_site: str, pred: tuple[int, ...], work: tuple[Work, ...], tag: str) -> tuple[int, ...]:
-        for hop in fleet.route(from_site, to_site):
-            sv = fleet.classes[hop.site]
+        for hop_site, direction in link_hops(fleet, from_site, to_site):
+            sv = fleet.classes[hop_site]
             if sv.link is None:
-                raise InputError(f"fleet: site class {hop.site!r} attaches to {sv.attach!r} without a link")
+                raise InputError(f"fleet: site class {hop_site!r} attaches to {sv.attach!r} without a link")
             parts = [False, True] if sv.link.capacity_mbps else [False]
-            if hop.direction == "down":
+            if direction == "down":
                 parts.reverse()
             for shared in parts:
-                stages.append(Stage(len(stages), "link", hop.site, hop.direction, shared, pred, work,
-                                    f"{tag} {hop.site}{'(shared)' if shared else ''} {hop.direction}"))
+                stages.append(Stage(len(stages), "link", hop_site, direction, shared, pred, work,
+                                    f"{tag} {hop_site}{'(shared)' if shared else ''} {direction}"))
                 pred = (len(stages) - 1,)
         return pred
 

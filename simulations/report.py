@@ -32,6 +32,7 @@ class SinkStats(_M):
     ok: int = 0
     failed: int = 0
     classes: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per producing class (when several): p50_ms, p95_ms, requests, slo_attainment.")
+    exact_quantiles: bool = Field(True, description="Quantiles from every latency (True) or from the streaming sketch, within 0.05% (simulations.stats).")
     cdf_ms: list[float] = Field(default_factory=list, exclude=True, description="Latency quantiles 0..1 for figures.")
 
 

@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tierplan.devices.fleet import Fleet
 from tierplan.simulations.calibration import OVERHEAD_KEY, ServiceProfile
-from tierplan.simulations.fleetview import FleetView
-from tierplan.simulations.journey import Journey, Stage
+from tierplan.simulations.journey import Journey, Stage, chain
 from tierplan.simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, MobilityEvent,
                                   bandwidth_factor_series)
 from tierplan.errors import InputError
 
-__all__ = ["World", "ArrivalDraws", "StageDraws", "FailureOutcome", "strategy_rng"]
+__all__ = ["World", "ArrivalDraws", "StageDraws", "FailureOutcome", "strategy_rng", "block_rng"]
 
 _MS = 1000.0          # ms per second
 _BITS = 8.0           # bits per byte
@@ -67,16 +67,22 @@ class FailureOutcome:
     delayed: np.ndarray
 
 
-def strategy_rng(seed: int, name: str) -> np.random.Generator:
-    """The child random stream of one strategy (stable across runs and Python versions)."""
-    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode())]))
+def strategy_rng(seed: int, name: str, block: int = 0) -> np.random.Generator:
+    """The child random stream of one strategy in one time block (stable across runs and Python versions)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode()), block]))
 
 
-def _sorted_uniform(rng: np.random.Generator, n: int, T: float) -> np.ndarray:
-    """n sorted uniforms on [0, T) in linear time (normalised partial sums of exponentials)."""
-    e = rng.exponential(1.0, n + 1)
-    c = np.cumsum(e)
-    return c[:-1] * (T / c[-1])
+_ARRIVALS_TAG = 0x41525256   # "ARRV": arrival streams are keyed apart from strategy streams
+_SETUP_TAG = 0x53455455      # "SETU": per-class set-up draws (periodic phases, burst schedules)
+
+
+def block_rng(seed: int, block: int) -> np.random.Generator:
+    """The arrival stream of one time block: a run drawn in blocks is the same whatever the window size."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _ARRIVALS_TAG, block]))
+
+
+def _key_rng(seed: int, key: tuple[str, str]) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, _SETUP_TAG, zlib.crc32("/".join(key).encode())]))
 
 
 @dataclass
@@ -90,8 +96,8 @@ class _Mobility:
 class World:
     """Fleet, replicas, outages, mobility and link variation, resolved against one seed."""
 
-    def __init__(self, fleet: FleetView, replicas: dict[str, int], duration_s: float,
-                 rng: np.random.Generator, failures: list[FailureWindow] = (),
+    def __init__(self, fleet: Fleet, replicas: dict[str, int], duration_s: float,
+                 seed: int, failures: list[FailureWindow] = (),
                  mobility: list[MobilityEvent] = (), links: dict[str, LinkVariation] | None = None,
                  service_dist: str = "lognormal", service_cv: float = 0.1, *,
                  service_correlation: float = 0.0, profile: ServiceProfile | None = None,
@@ -99,7 +105,9 @@ class World:
         self.fleet = fleet
         self.replicas = dict(replicas)
         self.duration_s = float(duration_s)
-        self.rng = rng
+        self.seed = int(seed)
+        self.rng = rng = np.random.default_rng(seed)   # set-up draws: outage shares, mobility, bandwidth
+        self._setup: dict[tuple[str, str], tuple] = {}
         self.service_dist = service_dist
         self.service_cv = float(service_cv)
         if not 0.0 <= service_correlation <= 1.0:
@@ -172,6 +180,9 @@ class World:
         self.mobility.setdefault(ev.edge_class, []).append(_Mobility(ev.start_s * _MS, end, moved, target))
 
     # ------------------------------------------------------------------ instances
+    def _chain(self, origin: str) -> list[str]:
+        return chain(self.fleet, origin)
+
     def parent(self, site: str) -> str:
         return self.fleet.classes[site].attach  # type: ignore[return-value]
 
@@ -181,7 +192,7 @@ class World:
         requests leave instances of the chain that a reroute outage has taken down."""
         if site == origin:
             return device
-        chain = self.fleet.chain(origin)
+        chain = self._chain(origin)
         if site not in chain:
             return device % self.fleet.classes[site].count
         idx = device
@@ -228,7 +239,7 @@ class World:
             return device
         chain = self._chains.get(origin)
         if chain is None:
-            chain = self._chains[origin] = self.fleet.chain(origin)
+            chain = self._chains[origin] = self._chain(origin)
         if site not in chain:
             return device % self.fleet.classes[site].count
         idx = device
@@ -256,7 +267,7 @@ class World:
     def hands_over(self, stage: Stage, origin: str) -> bool:
         """Whether a reroute outage can move this stage's instance (some class up to it has one)."""
         site = self.parent(stage.site) if stage.shared else stage.site
-        chain = self.fleet.chain(origin)
+        chain = self._chain(origin)
         if site not in chain:
             return False
         return any(c in self._handover for c in chain[1: chain.index(site) + 1])
@@ -378,47 +389,73 @@ class World:
         return FailureOutcome(t, inst, failed, rerouted, delayed)
 
     # ------------------------------------------------------------------ draws
-    def draw_arrivals(self, origin: str, rate_hz: float, spec: ArrivalSpec, rate_factors: set[float],
-                      rng: np.random.Generator) -> ArrivalDraws:
-        """Arrivals of one (origin class, source) over [0, duration): the superposition of its devices."""
+    def draw_arrivals(self, key: tuple[str, str], rate_hz: float, spec: ArrivalSpec, rate_factors: set[float],
+                      t0_s: float, t1_s: float, rng: np.random.Generator) -> ArrivalDraws:
+        """Arrivals in [t0_s, t1_s) of one (origin class, source): the superposition of its devices.
+
+        Drawn block by block (`rng` is the block's stream, simulations.world.block_rng); what spans
+        blocks (periodic phases, burst on/off schedules) is drawn once per class from the seed."""
+        origin = key[0]
         n_dev = self.fleet.classes[origin].count
-        T = self.duration_s
+        T = t1_s - t0_s
         lam = n_dev * rate_hz  # class-wide rate, requests/s
         if spec.kind == "poisson":
-            t = _sorted_uniform(rng, rng.poisson(lam * T), T)
+            t = t0_s + np.sort(rng.uniform(0.0, T, rng.poisson(lam * T)))
         elif spec.kind == "periodic":
             period = 1.0 / rate_hz
-            phase = rng.uniform(0.0, period, n_dev)
-            per_dev = int(math.ceil(T * rate_hz))
-            t = (phase[:, None] + period * np.arange(per_dev)[None, :]).ravel()
-            dev = np.repeat(np.arange(n_dev, dtype=np.int64), per_dev)
-            if spec.jitter_ms > 0:
-                t = np.maximum(0.0, t + rng.normal(0.0, spec.jitter_ms / _MS, len(t)))
-            keep = t < T
+            phase = self._setup_draw(key, "phase", lambda r: r.uniform(0.0, period, n_dev))
+            first = np.ceil((t0_s - phase) / period).astype(np.int64)      # first k with phase + k P >= t0
+            first = np.maximum(first, 0)
+            count = np.maximum(np.ceil((t1_s - phase) / period).astype(np.int64) - first, 0)
+            dev = np.repeat(np.arange(n_dev, dtype=np.int64), count)
+            k = np.repeat(first, count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
+            t = phase[dev] + period * k
+            if spec.jitter_ms > 0:   # kept inside the block, so blocks stay in time order
+                t = np.clip(t + rng.normal(0.0, spec.jitter_ms / _MS, len(t)), t0_s, np.nextafter(t1_s, t0_s))
+            keep = t < self.duration_s
             t, dev = t[keep], dev[keep]
             order = np.argsort(t, kind="stable")
             return self._with_fanout(t[order] * _MS, dev[order], rate_factors, rng)
         elif spec.kind == "diurnal":
             top = lam * (1 + spec.amplitude)
-            cand = np.sort(rng.uniform(0.0, T, rng.poisson(top * T)))
+            cand = t0_s + np.sort(rng.uniform(0.0, T, rng.poisson(top * T)))
             keep = rng.uniform(0.0, 1.0, len(cand)) * (1 + spec.amplitude) < 1 + spec.amplitude * np.sin(2 * np.pi * cand / spec.period_s)
             t = cand[keep]
         elif spec.kind == "burst":
+            starts, ons = self._setup_draw(key, "burst", lambda r: self._burst_schedule(spec, r))
             p_on = spec.burst_on_s / (spec.burst_on_s + spec.burst_off_s)
             lo = lam / (p_on * spec.burst_factor + (1 - p_on))
-            chunks, now, on = [], 0.0, bool(rng.uniform() < p_on)
-            while now < T:
-                dur = rng.exponential(spec.burst_on_s if on else spec.burst_off_s)
-                end = min(T, now + dur)
-                r = lo * (spec.burst_factor if on else 1.0)
-                chunks.append(rng.uniform(now, end, rng.poisson(r * (end - now))))
-                now, on = end, not on
+            ends = np.r_[starts[1:], np.inf]
+            chunks = []
+            for a, b, on in zip(starts, ends, ons):
+                a, b = max(a, t0_s), min(b, t1_s)
+                if b > a:
+                    r = lo * (spec.burst_factor if on else 1.0)
+                    chunks.append(rng.uniform(a, b, rng.poisson(r * (b - a))))
             t = np.sort(np.concatenate(chunks)) if chunks else np.zeros(0)
         else:  # trace
-            ts = [x for x, c in spec.trace if (c is None or c == origin) and x < T]
+            ts = [x for x, c in spec.trace if (c is None or c == origin) and t0_s <= x < t1_s]
             t = np.array(ts, dtype=np.float64)
         device = rng.integers(0, n_dev, size=len(t)).astype(np.int64)
         return self._with_fanout(t * _MS, device, rate_factors, rng)
+
+    def _setup_draw(self, key: tuple[str, str], what: str, draw):
+        """A per-class draw shared by every block (cached)."""
+        k = (key[0], key[1], what)
+        if k not in self._setup:
+            self._setup[k] = draw(_key_rng(self.seed, (key[0], f"{key[1]}/{what}")))
+        return self._setup[k]
+
+    def _burst_schedule(self, spec: ArrivalSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Start times (s) and on/off states of the class's 2-state Markov modulation over the run."""
+        p_on = spec.burst_on_s / (spec.burst_on_s + spec.burst_off_s)
+        starts, ons, now, on = [], [], 0.0, bool(rng.uniform() < p_on)
+        while now < self.duration_s:
+            starts.append(now)
+            ons.append(on)
+            now += rng.exponential(spec.burst_on_s if on else spec.burst_off_s)
+            on = not on
+        return np.array(starts), np.array(ons, dtype=bool)
 
     @staticmethod
     def _with_fanout(t_ms: np.ndarray, device: np.ndarray, rate_factors: set[float],

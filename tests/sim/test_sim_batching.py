@@ -122,9 +122,10 @@ def test_same_seed_same_result_with_batching_and_fair_links():
 
 
 def test_fast_path_refuses_fair_links_in_one_line():
-    """fast=True with fair links raises a one-line InputError naming the reason (batching runs fast)."""
+    """fast=True with fair links on links requests come back over raises a one-line InputError naming the reason."""
     with pytest.raises(InputError) as e:
-        simulate(make_plan(), make_fleet(), strategies=["all-cloud"], duration_s=1, fast=True, link_sharing="fair")
+        simulate(make_plan(assign={"det/p0": "cams", "det/p1": "bs", "cls/p0": "cams"}), make_fleet(),
+                 strategies=["optimal"], duration_s=1, fast=True, link_sharing="fair")
     assert "fair link" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -283,7 +284,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_cli_batch_and_link_sharing_options(tmp_path):
-    """--batch 4:3 --link-sharing fair runs on SimPy and reports batch_mean; bad values exit 2 in one line."""
+    """--batch 4:3 --link-sharing fair runs (SimPy for a short run) and reports batch_mean; bad values exit 2 in one line."""
     plan, fleet = tmp_path / "plan.json", tmp_path / "fleet.yaml"
     make_plan().save(plan)
     fleet.write_text(yaml.safe_dump(make_fleet(cams=30).model_dump(mode="json", by_alias=True, exclude_none=True)))
@@ -295,7 +296,7 @@ def test_cli_batch_and_link_sharing_options(tmp_path):
     assert s["engine"] == "simpy" and 1.0 <= s["batch_mean"]["cloud"] <= 4.0
     assert doc["scenario"]["link_sharing"] == "fair" and doc["scenario"]["batching"] == "batch 4:3ms"
     for args, word in ((("--batch", "lots"), "--batch"), (("--link-sharing", "tcp"), "--link-sharing"),
-                       (("--link-sharing", "fair", "--engine", "fast"), "fast path")):
+                       (("--engine", "warp"), "--engine")):
         bad = _cli(str(plan), "--fleet", str(fleet), "--strategies", "all-cloud", "--duration", "1", *args)
         assert bad.returncode == 2, bad.stderr
         lines = [x for x in bad.stderr.strip().splitlines() if x.strip()]

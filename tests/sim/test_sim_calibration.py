@@ -145,7 +145,7 @@ def test_shared_host_cores_serialise_sites():
 
 def test_shared_host_never_runs_more_jobs_than_cores(monkeypatch):
     """Compute busy intervals across every site never exceed the host's cores at any instant."""
-    from tierplan.simulations import api as sim_api
+    from tierplan.simulations import stream as sim_api   # stream.replay runs the engines
     from tierplan.simulations.engine_simpy import run_simpy
 
     captured = {}

@@ -9,53 +9,44 @@ from typing import Optional
 
 import typer
 
+from typing import TYPE_CHECKING
+
 from tierplan.console import PROGRESS_HELP
 from tierplan.errors import InputError
+
+if TYPE_CHECKING:
+    from tierplan.planner.plan import Plan
+    from tierplan.simulations.report import SimReport
 
 __all__ = ["register"]
 
 
-def _load_plan(target: Path, fleet_spec, fleet_path: Path, objective: str | None, shown: bool = False):
-    """(plan, app spec or None): a plan.json as is, or an app.yaml planned on the fleet first (with the
-    planner's progress bar when `shown`)."""
+def _load_plan(target: Path, fleet_path: Path | None, objective: str | None, calibration: Path | None,
+               shown: bool = False) -> Plan:
+    """A plan.json as is, or an app.yaml (or an example folder's) planned on the fleet first (with the
+    planner's progress bar when `shown`). The plan carries the fleet and app it was made for."""
+    from tierplan.commands.plan import prepare_calibration
+    from tierplan.console import solver_progress
+    from tierplan.loader import load_app, load_fleet
+    from tierplan.planner.api import plan_app
     from tierplan.planner.plan import Plan
     if target.is_dir():
         target = target / "app.yaml"
     if target.suffix == ".json":
-        return Plan.load(target), None
+        return Plan.load(target)
     if target.suffix not in (".yaml", ".yml"):
         raise InputError(f"{target}: expected an app.yaml or a plan.json")
-    from tierplan.loader import load_app
+    fleet_path = fleet_path or (target.parent / "fleet.yaml" if (target.parent / "fleet.yaml").exists() else None)
+    if fleet_path is None:
+        raise InputError(f"{target}: no fleet given. To fix: add --fleet fleet.yaml")
     app = load_app(target)
-    try:
-        from tierplan.planner.api import plan_app
-    except ImportError as e:
-        raise InputError(f"{target}: the planner is not available ({e}). To fix: pass a plan.json "
-                         f"written by `tierplan plan`") from None
-    from tierplan.console import solver_progress
+    fleet_spec = load_fleet(fleet_path)
+    prepare_calibration(fleet_spec, calibration, progress=shown)
     with solver_progress(shown, 10.0) as hook:   # plan_app's default time limit
-        plan = plan_app(app, fleet_spec, objective=objective, progress=hook)
-    return plan.model_copy(update={"app_path": str(target.resolve()), "fleet_path": str(fleet_path.resolve())}), app
+        return plan_app(app, fleet_spec, objective=objective, progress=hook)
 
 
-def _fleet_path(target: Path, fleet: Path | None) -> Path:
-    if fleet is not None:
-        return fleet
-    if target.is_dir() and (target / "fleet.yaml").exists():
-        return target / "fleet.yaml"
-    if target.suffix == ".json" and target.exists():
-        try:
-            p = json.loads(target.read_text()).get("fleet_path")
-        except (OSError, json.JSONDecodeError):
-            p = None
-        if p and Path(p).exists():
-            return Path(p)
-    if (target.parent / "fleet.yaml").exists() and target.suffix in (".yaml", ".yml"):
-        return target.parent / "fleet.yaml"
-    raise InputError(f"{target}: no fleet given. To fix: add --fleet fleet.yaml")
-
-
-def _print_table(rep) -> None:
+def _print_table(rep: SimReport) -> None:
     from tierplan.console import console
     from rich.table import Table
     t = Table(title=f"Simulated {rep.duration_s:g} s, arrivals {rep.arrivals}, seed {rep.seed}")
@@ -89,7 +80,7 @@ def register(app: typer.Typer) -> None:
     @app.command("simulate")
     def simulate_cmd(
         target: Path = typer.Argument(..., metavar="APP|PLAN", help="app.yaml (planned first), plan.json, or an example folder."),
-        fleet: Optional[Path] = typer.Option(None, "--fleet", help="fleet.yaml (default: the plan's or the folder's)."),
+        fleet: Optional[Path] = typer.Option(None, "--fleet", help="fleet.yaml to plan an app on (default: the folder's); beside a plan.json, a what-if fleet (default: the plan's own)."),
         strategies: Optional[str] = typer.Option(None, "--strategies", help="Comma list: optimal,all-device,all-cloud,best-split,greedy."),
         duration: float = typer.Option(60.0, "--duration", help="Simulated seconds of arrivals."),
         seed: int = typer.Option(0, "--seed", help="Seed of every random draw (same seed, same result)."),
@@ -111,12 +102,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Replay each strategy's placement over the fleet: latency per sink, SLO attainment, cost, load."""
         from tierplan.simulations.api import simulate
-        from tierplan.simulations.batching import check_link_sharing, parse_batching
-        from tierplan.loader import load_fleet
-        parse_batching(batch)
-        check_link_sharing(link_sharing)
-        if engine not in ("auto", "fast", "simpy"):
-            raise InputError(f"--engine {engine!r}: expected auto, fast or simpy")
+        from tierplan.simulations.config import Scenario
         if not target.exists():
             raise InputError(f"{target}: file not found. To fix: check the path")
         if not (math.isfinite(duration) and duration > 0):
@@ -127,13 +113,21 @@ def register(app: typer.Typer) -> None:
                              "To fix: pass e.g. --service-correlation 0.3")
         if profile is not None and not profile.exists():
             raise InputError(f"--profile {profile}: file not found. To fix: pass a file written by simulations.calibration (ServiceProfile.save)")
-        fleet_path = _fleet_path(target, fleet)
-        fleet_spec = load_fleet(fleet_path)
+        if fleet is not None and not fleet.exists():
+            raise InputError(f"--fleet {fleet}: file not found. To fix: check the path")
+        scenario = Scenario.of(strategies=strategies, duration_s=duration, seed=seed, arrivals=arrivals,
+                               failures=fail or None, mobility=mobility or None, links=link or None,
+                               engine=engine, profile=profile, service_correlation=correlation,
+                               batching=batch, link_sharing=link_sharing)
         from tierplan.commands.plan import prepare_calibration
         from tierplan.console import progress, progress_wanted
+        from tierplan.loader import load_fleet
         shown = progress_wanted(show_progress, as_json)
-        prepare_calibration(fleet_spec, calibration, progress=shown)
-        plan, app_spec = _load_plan(target, fleet_spec, fleet_path, objective, shown)
+        plan = _load_plan(target, fleet, objective, calibration, shown)
+        # a plan.json simulates on the fleet it carries; --fleet beside it is a what-if fleet
+        what_if = load_fleet(fleet) if fleet is not None and target.suffix == ".json" else None
+        if what_if is not None:
+            prepare_calibration(what_if, calibration, progress=shown)
         if report is not None:
             from tierplan.commands.partition import prepare_out_dir
             prepare_out_dir(report, "--report")
@@ -143,11 +137,7 @@ def register(app: typer.Typer) -> None:
             def step(done: int, total: int, name: str) -> None:
                 bar.update(task, completed=done, total=total,
                            description=f"simulate {duration:g} s: {name}" if done < total else "simulated")
-            rep = simulate(plan, fleet_spec, strategies=strategies, duration_s=duration, seed=seed,
-                           arrivals=arrivals, failures=fail or None, mobility=mobility or None,
-                           fast={"auto": None, "fast": True, "simpy": False}[engine], links=link or None,
-                           app=app_spec, profile=profile, service_correlation=correlation,
-                           batching=batch, link_sharing=link_sharing, progress=step)
+            rep = simulate(plan, what_if, scenario, progress=step)
         if report is not None:
             from tierplan.simulations.html_report import write_report
             path = write_report(rep, report)
