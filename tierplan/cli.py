@@ -14,11 +14,15 @@ import importlib
 import json
 import pkgutil
 import sys
+from typing import TYPE_CHECKING
 
 import typer
 
 from tierplan.errors import SpecError, TierplanError
 from tierplan.logs import quiet_by_default
+
+if TYPE_CHECKING:
+    from typer._click import ClickException   # what typer.rich_utils formats (typer >= 0.20)
 
 # the click typer runs on (typer >= 0.20 vendors its own as typer._click): its usage errors and Abort
 _click = getattr(typer.core, "_click", None) or importlib.import_module("click")
@@ -78,7 +82,7 @@ def _warnings_as_lines() -> None:
             print(f"warning: {message}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
-    show.tierplan_lines = True
+    setattr(show, "tierplan_lines", True)   # marks the hook as ours (see the check above)
     warnings.showwarning = show
 
 
@@ -103,7 +107,7 @@ def _problems(e: TierplanError) -> tuple[list[str], int]:
     return lines, len(lines)
 
 
-def _usage_error(e: Exception) -> None:
+def _usage_error(e: ClickException) -> None:
     """Show a usage error as typer does in standalone mode (rich panel on stderr)."""
     try:
         from typer import rich_utils

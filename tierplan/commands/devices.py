@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
+
+    from tierplan.devices.calibration import Calibration
+    from tierplan.spec import DeviceSpec
 
 __all__ = ["register", "device_dict"]
 
 
-def device_dict(dev, calibrated: bool = False) -> dict:
+def device_dict(dev: DeviceSpec, calibrated: bool = False) -> dict:
     """A device as the JSON object `tierplan devices --json` prints."""
     d = dev.model_dump()
     d["calibrated"] = calibrated
     return d
 
 
-def _print_table(devs: list, cal: dict) -> None:
+def _print_table(devs: list[DeviceSpec], cal: dict[str, bool]) -> None:
     from tierplan.console import console
     from rich.table import Table
 
     t = Table(title=f"device catalog: {len(devs)} devices", title_justify="left")
-    for col, just in (("name", "left"), ("tier", "left"), ("fp32 GF/s", "right"), ("fp16", "right"),
-                      ("int8", "right"), ("GB", "right"), ("GB/s", "right"), ("W", "right"),
-                      ("$/h", "right"), ("cal", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("name", "left"), ("tier", "left"), ("fp32 GF/s", "right"), ("fp16", "right"), ("int8", "right"),
+        ("GB", "right"), ("GB/s", "right"), ("W", "right"), ("$/h", "right"), ("cal", "left"))
+    for col, just in columns:
         t.add_column(col, justify=just, no_wrap=True)
     order = {"edge": 0, "base_station": 1, "cloud": 2}
     for d in sorted(devs, key=lambda d: (order[d.tier], d.name)):
@@ -37,7 +45,7 @@ def _print_table(devs: list, cal: dict) -> None:
     con.print("`tierplan devices NAME` shows one device with its backends, TVM target and sources.")
 
 
-def _print_one(dev, cal) -> None:
+def _print_one(dev: DeviceSpec, cal: Calibration | None) -> None:
     from tierplan.console import console
     from rich.table import Table
 
@@ -100,8 +108,8 @@ def register(app: typer.Typer) -> None:
                 _print_one(dev, cal)
             return
         devs = list(load_catalog().values())
-        cal = {d.name: cm.calibration_for(d) is not None for d in devs}
+        calibrated = {d.name: cm.calibration_for(d) is not None for d in devs}
         if as_json:
-            print(json.dumps({"devices": [device_dict(d, cal[d.name]) for d in devs]}, indent=2))
+            print(json.dumps({"devices": [device_dict(d, calibrated[d.name]) for d in devs]}, indent=2))
         else:
-            _print_table(devs, cal)
+            _print_table(devs, calibrated)

@@ -6,10 +6,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from tierplan.errors import InfeasibleError, InputError
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 __all__ = ["register", "parse_dims", "prepare_out_dir", "VERIFY_REL_TOLERANCE"]
 
@@ -67,8 +71,10 @@ def _print(manifest: dict, out_dir: Path, cached: bool) -> None:
     con = console()
     t = Table(title=f"{manifest['model']}: {len(manifest['pieces'])} piece(s) from {manifest['ops']} operators"
                     + (" (cached)" if cached else ""), title_justify="left")
-    for col, just in (("piece", "left"), ("ops", "right"), ("GFLOPs", "right"), ("params", "right"),
-                      ("in", "right"), ("out", "right"), ("file", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("piece", "left"), ("ops", "right"), ("GFLOPs", "right"), ("params", "right"), ("in", "right"),
+        ("out", "right"), ("file", "left"))
+    for col, just in columns:
         t.add_column(col, justify=just)
     for p in manifest["pieces"]:
         t.add_row(f"p{p['index']}", str(len(p["nodes"])), f"{p['flops'] / 1e9:.3f}", _fmt_bytes(p["param_bytes"]),

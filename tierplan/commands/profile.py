@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import typer
 
+if TYPE_CHECKING:
+    from tierplan.devices.profile import Measurement
+    from tierplan.partition.types import Piece
+
 __all__ = ["register"]
+
+
+class _RunOptions(TypedDict):
+    """How each file is timed (keyword arguments of devices.profile.measure)."""
+
+    backend: str
+    threads: int
+    runs: int
+    warmup: int
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +44,7 @@ def register(app: typer.Typer) -> None:
 
         if backend not in BACKENDS:
             raise InputError(f"--backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        kw = dict(backend=backend, threads=threads, runs=runs, warmup=warmup)
+        kw: _RunOptions = {"backend": backend, "threads": threads, "runs": runs, "warmup": warmup}
         if target.is_file() and target.suffix == ".tflite":
             results = [measure(target, **kw)]
         else:
@@ -39,11 +53,11 @@ def register(app: typer.Typer) -> None:
                 results = [_measure_bound(target, pieces[0], parse_dims(dims), kw)]
             else:
                 results = [measure_piece(p, **kw) for p in pieces]
+        rows: list[dict[str, Any]] = [{"id": m.id, "latency_ms": m.median_ms, "p10_ms": m.p10_ms,
+                                       "p90_ms": m.p90_ms, "min_ms": m.min_ms, "cpu_ms": m.cpu_median_ms,
+                                       "runs": m.runs, "file": m.file} for m in results]
         out = {"target": str(target), "backend": backend, "threads": threads,
-               "latency_ms": sum(m.median_ms for m in results),
-               "pieces": [{"id": m.id, "latency_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms,
-                           "min_ms": m.min_ms, "cpu_ms": m.cpu_median_ms, "runs": m.runs,
-                           "file": m.file} for m in results]}
+               "latency_ms": sum(m.median_ms for m in results), "pieces": rows}
         if as_json:
             print(json.dumps(out, indent=2))
             return
@@ -55,16 +69,16 @@ def register(app: typer.Typer) -> None:
                   title_justify="left")
         for col in ("piece", "median ms", "p10 ms", "p90 ms", "CPU ms", "runs"):
             t.add_column(col, justify="left" if col == "piece" else "right")
-        for p in out["pieces"]:
+        for p in rows:
             t.add_row(p["id"], f"{p['latency_ms']:.3f}", f"{p['p10_ms']:.3f}", f"{p['p90_ms']:.3f}",
                       f"{p['cpu_ms']:.3f}", str(p["runs"]))
         if len(results) > 1:
             t.add_row("[bold]total[/]", f"[bold]{out['latency_ms']:.3f}[/]", "", "",
-                      f"{sum(p['cpu_ms'] for p in out['pieces']):.3f}", "")
+                      f"{sum(p['cpu_ms'] for p in rows):.3f}", "")
         console().print(t)
 
 
-def _measure_bound(path: Path, piece, dims: dict, kw: dict):
+def _measure_bound(path: Path, piece: Piece, dims: dict[str, int], kw: _RunOptions) -> Measurement:
     """Measure a model with dynamic input dims: write a copy with the dims bound, time it."""
     import tempfile
 

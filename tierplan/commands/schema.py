@@ -20,9 +20,10 @@ class SchemaKind(str, Enum):
 
 def json_schema(kind: str) -> dict:
     """The JSON Schema (draft 2020-12) of app.yaml, fleet.yaml or a catalog device file."""
-    from tierplan.spec import AppSpec, DeviceSpec, FleetSpec
+    from tierplan.spec import AppSpec, DeviceSpec, FleetSpec, Spec
 
-    model = {"app": AppSpec, "fleet": FleetSpec, "device": DeviceSpec}[kind]
+    models: dict[str, type[Spec]] = {"app": AppSpec, "fleet": FleetSpec, "device": DeviceSpec}
+    model = models[kind]
     schema = model.model_json_schema(by_alias=True, mode="validation")
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://tierplan.dev/schema/{kind}.json", **schema}

@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
             signal.signal(sig, lambda *_: stop.set())
         cluster = LocalCluster(names, connect=False)
         try:
-            info = {"ray_address": cluster.address,
-                    "sites": {n: {"resource": site_resource(n), "label": f"{SITE_LABEL}={n}"} for n in names}}
+            per_site = {n: {"resource": site_resource(n), "label": f"{SITE_LABEL}={n}"} for n in names}
+            info = {"ray_address": cluster.address, "sites": per_site}
             if as_json:
                 print(json.dumps(info, indent=2), flush=True)
             else:
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
                 t = Table(title=f"Ray cluster at {cluster.address} (Ctrl-C to stop)", title_justify="left")
                 for col in ("site", "resource", "label"):
                     t.add_column(col)
-                for n, d in info["sites"].items():
+                for n, d in per_site.items():
                     t.add_row(n, d["resource"], d["label"])
                 console().print(t)
             stop.wait(duration if duration > 0 else None)

@@ -19,7 +19,8 @@ def run_validate(app_path: Path, fleet_path: Path | None = None) -> tuple[AppSpe
     from tierplan.validate import validate
 
     problems: list[str] = []
-    app = fleet = None
+    app: AppSpec | None = None
+    fleet: FleetSpec | None = None
     try:
         app = load_app(app_path)
     except SpecError as e:
@@ -29,7 +30,7 @@ def run_validate(app_path: Path, fleet_path: Path | None = None) -> tuple[AppSpe
             fleet = load_fleet(fleet_path)
         except SpecError as e:
             problems += e.problems
-    if problems:
+    if problems or app is None:  # app is None only when loading it added problems
         raise SpecError(problems)
     from tierplan.devices.catalog import load_catalog
     problems = validate(app, fleet, app_path=app_path, fleet_path=fleet_path, catalog=load_catalog())
