@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from compile_fixtures import SPLIT_TENSOR, random_weight_squeezenet
+from compile_fixtures import SPLIT_TENSOR
 from onnx.utils import extract_model
 
 
 @pytest.fixture(scope="session")
-def squeezenet_pieces(tmp_path_factory) -> tuple[Path, Path, Path]:
+def squeezenet_pieces(squeezenet_random: Path, tmp_path_factory) -> tuple[Path, Path, Path]:
     """(whole model, piece 0 = input -> fire2, piece 1 = fire2 -> softmax), random weights."""
-    d = tmp_path_factory.mktemp("squeezenet")
-    whole = random_weight_squeezenet(d / "squeezenet.onnx")
+    d = tmp_path_factory.mktemp("squeezenet_pieces")
+    whole = squeezenet_random
     p0, p1 = d / "p0.onnx", d / "p1.onnx"
     extract_model(str(whole), str(p0), ["data_0"], [SPLIT_TENSOR])
     extract_model(str(whole), str(p1), [SPLIT_TENSOR], ["softmaxout_1"])

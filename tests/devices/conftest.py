@@ -1,4 +1,4 @@
-"""Shared fixtures of the devices tests: real model files from installed wheels."""
+"""Shared fixtures of the devices tests: real model files from installed wheels (squeezenet: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ import onnx
 import pytest
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-
-
-@pytest.fixture(scope="session")
-def squeezenet() -> Path:
-    return LIGHT / "light_squeezenet.onnx"
 
 
 @pytest.fixture(scope="session")

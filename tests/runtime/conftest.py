@@ -7,14 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_helpers import CUTS, SQUEEZENET
+from rt_helpers import CUTS
 
 
 @pytest.fixture(scope="session")
-def sq_model(tmp_path_factory) -> Path:
+def sq_model(squeezenet_random: Path) -> Path:
     """SqueezeNet 1.1 (onnx light graph) with random weights, so outputs depend on the input."""
-    from tierplan.runtime.handplan import with_random_weights
-    return with_random_weights(SQUEEZENET, tmp_path_factory.mktemp("sqw") / "squeezenet.onnx")
+    return squeezenet_random
 
 
 @pytest.fixture(scope="session")
