@@ -202,12 +202,15 @@ class Plan(_M):
         the folder is a bundle that deploys and simulates the same when moved or copied elsewhere."""
         import shutil
         out: list[PlanPiece] = []
+        taken: dict[str, Path] = {}                  # file name in pieces/ -> the file copied there
         for p in self.pieces:
             src = Path(p.file) if p.file else None
             if src is None or not src.is_file() or here in src.resolve().parents:
                 out.append(p)
                 continue
-            dst = here / "pieces" / src.name
+            name = src.name if taken.get(src.name, src) == src else f"{len(taken)}-{src.name}"
+            taken[name] = src
+            dst = here / "pieces" / name
             dst.parent.mkdir(exist_ok=True)
             if not (dst.is_file() and dst.read_bytes() == src.read_bytes()):
                 shutil.copyfile(src, dst)
@@ -219,9 +222,10 @@ class Plan(_M):
         from tierplan.errors import InputError
         path = Path(path)
         here = path.resolve().parent
-        on_disk = self._with_local_pieces(here)._paths(lambda p: _relative(p, here))
         tmp = path.with_suffix(path.suffix + ".tmp")
         try:
+            here.mkdir(parents=True, exist_ok=True)
+            on_disk = self._with_local_pieces(here)._paths(lambda p: _relative(p, here))
             tmp.write_text(on_disk.model_dump_json(indent=2))
             tmp.replace(path)
         except OSError as e:
