@@ -10,17 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, AbstractSet, Hashable, Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
-from onnx import ModelProto, helper
+from onnx import ModelProto, ValueInfoProto, helper
 
 from tierplan.partition.cuts import Partition
 from tierplan.partition.feeds import random_feeds
 from tierplan.partition.flops import subgraphs_of
 from tierplan.partition.types import OpCost, Piece, TensorInfo
 from tierplan.errors import InputError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 __all__ = ["build_pieces", "piece_model", "write_pieces", "VerifyResult", "verify_pieces", "run_pieces",
            "run_model", "session"]
@@ -30,7 +33,7 @@ __all__ = ["build_pieces", "piece_model", "write_pieces", "VerifyResult", "verif
 _IR_INITIALIZERS_NOT_INPUTS = 4
 
 
-def _vi(t: TensorInfo, static: bool = True):
+def _vi(t: TensorInfo, static: bool = True) -> ValueInfoProto:
     shape = list(t.shape) if static else [None] * len(t.shape)   # rank only: sizes left free
     return helper.make_tensor_value_info(t.name, helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype)), shape)
 
@@ -69,7 +72,8 @@ def build_pieces(G: nx.DiGraph, part: Partition, model: str | None = None) -> li
     return pieces
 
 
-def _param_bytes(G: nx.DiGraph, nodes, tensors, const) -> int:
+def _param_bytes(G: nx.DiGraph, nodes: Iterable[Hashable], tensors: Mapping[str, TensorInfo],
+                 const: AbstractSet[str]) -> int:
     """Bytes of the distinct constant tensors the piece reads (a weight shared by two ops counts once)."""
     seen = {t for v in nodes for t in G.nodes[v]["inputs"] if t in const}
     return sum(tensors[t].nbytes for t in seen if t in tensors)
@@ -142,7 +146,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def session(model: ModelProto | bytes | str | Path, threads: int = 1):
+def session(model: ModelProto | bytes | str | Path, threads: int = 1) -> ort.InferenceSession:
     """An onnxruntime CPU session with basic (numerically exact) graph optimisations."""
     import onnxruntime as ort
     opts = ort.SessionOptions()

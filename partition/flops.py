@@ -14,9 +14,9 @@ builtin is costed as, so the cost model's op classes and calibration apply to bo
 from __future__ import annotations
 
 from math import prod
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from onnx import NodeProto, helper
+from onnx import GraphProto, NodeProto, helper
 
 __all__ = ["op_flops", "ELEMENTWISE_FLOPS", "ZERO_FLOP_OPS", "subgraphs_of", "tflite_op_flops", "TFLITE_OP_TYPES"]
 
@@ -60,9 +60,9 @@ _REDUCE_FLOPS = 1.0        # per input element
 _RESIZE_FLOPS = {"nearest": 1.0, "linear": 4.0, "cubic": 16.0}  # per output element per spatial axis pair
 
 
-def subgraphs_of(node: NodeProto) -> list:
+def subgraphs_of(node: NodeProto) -> list[GraphProto]:
     """The GraphProto attributes of a control-flow node (If branches, Loop/Scan bodies)."""
-    out = []
+    out: list[GraphProto] = []
     for a in node.attribute:
         if a.type == a.GRAPH:
             out.append(a.g)
@@ -71,7 +71,8 @@ def subgraphs_of(node: NodeProto) -> list:
     return out
 
 
-def _attr(node: NodeProto, name: str, default=None):
+def _attr(node: NodeProto, name: str, default: Any = None) -> Any:
+    """The value of attribute `name` of `node` (int, float, bytes, list, tensor... as onnx decodes it), else `default`."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
@@ -207,7 +208,7 @@ def _reduce_in(node: NodeProto, shape_of: ShapeOf, per_element: float) -> float 
 
 
 def op_flops(node: NodeProto, shape_of: ShapeOf,
-             subgraph_flops: Callable[[object], "tuple[float, Sequence[str]]"] | None = None,
+             subgraph_flops: Callable[[GraphProto], "tuple[float, Sequence[str]]"] | None = None,
              ) -> float | None:
     """FLOPs of `node` given `shape_of(tensor) -> shape | None`; None when it cannot be counted.
 

@@ -24,14 +24,14 @@ import difflib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 import networkx as nx
 import numpy as np
 import onnx
-from onnx import ModelProto, helper, shape_inference
+from onnx import GraphProto, ModelProto, NodeProto, OperatorSetIdProto, ValueInfoProto, helper, shape_inference
 
-from tierplan.partition.flops import op_flops, subgraphs_of
+from tierplan.partition.flops import ShapeOf, op_flops, subgraphs_of
 from tierplan.partition.types import ConvShape, TensorInfo
 from tierplan.errors import InputError
 
@@ -113,7 +113,7 @@ def _check_ops(model: ModelProto, path: Path) -> None:
                          f"onnx.version_converter.convert_version(model, {MIN_OPSET}) or re-export")
     unknown: set[str] = set()
 
-    def visit(graph) -> None:
+    def visit(graph: GraphProto) -> None:
         for n in graph.node:
             dom = n.domain or ""
             if dom in ("", "ai.onnx"):
@@ -130,7 +130,7 @@ def _check_ops(model: ModelProto, path: Path) -> None:
                          "onnxruntime contrib ops); re-export the model with standard operators")
 
 
-def _initializer_names(graph) -> set[str]:
+def _initializer_names(graph: GraphProto) -> set[str]:
     return {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
 
 
@@ -197,7 +197,7 @@ def _dynamic_dim_names(model: ModelProto) -> list[str]:
     return names
 
 
-def outer_refs(graph) -> set[str]:
+def outer_refs(graph: GraphProto) -> set[str]:
     """Tensor names a (sub)graph reads from its enclosing scope, recursively."""
     defined = {i.name for i in graph.input} | _initializer_names(graph)
     for n in graph.node:
@@ -210,7 +210,7 @@ def outer_refs(graph) -> set[str]:
     return used - defined
 
 
-def _static(vi) -> tuple[tuple[int, ...] | None, int]:
+def _static(vi: ValueInfoProto) -> tuple[tuple[int, ...] | None, int]:
     """(shape or None, elem_type) of a ValueInfoProto."""
     if not vi.type.HasField("tensor_type"):
         return None, 0
@@ -324,7 +324,8 @@ def _const_nodes(model: ModelProto) -> tuple[set[int], set[str]]:
     return idx, const
 
 
-def _branch_shapes(graph, shapes: Mapping[str, tuple[int, ...]], elems: Mapping[str, int], opsets) -> dict:
+def _branch_shapes(graph: GraphProto, shapes: Mapping[str, tuple[int, ...]], elems: Mapping[str, int],
+                   opsets: Iterable[OperatorSetIdProto]) -> dict[str, tuple[int, ...]]:
     """Static shapes inside an If branch, inferred with the outer-scope tensors' shapes as inputs.
 
     ONNX inference of the whole model leaves branch tensors symbolic when the branch reads outer
@@ -353,9 +354,10 @@ def _branch_shapes(graph, shapes: Mapping[str, tuple[int, ...]], elems: Mapping[
 
 
 def _subgraph_flops_fn(outer_shapes: Mapping[str, tuple[int, ...]], elems: Mapping[str, int] | None = None,
-                       opsets=()):
+                       opsets: Iterable[OperatorSetIdProto] = (),
+                       ) -> Callable[[GraphProto], tuple[float, list[str]]]:
     """A function graph -> (flops, uncounted op types) for control-flow bodies."""
-    def count(graph) -> tuple[float, list[str]]:
+    def count(graph: GraphProto) -> tuple[float, list[str]]:
         local = dict(outer_shapes)
         local_elems = dict(elems or {})
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -382,7 +384,8 @@ def _subgraph_flops_fn(outer_shapes: Mapping[str, tuple[int, ...]], elems: Mappi
     return count
 
 
-def _uncounted_inside(node, outer_shapes, elems, opsets) -> list[str]:
+def _uncounted_inside(node: NodeProto, outer_shapes: Mapping[str, tuple[int, ...]], elems: Mapping[str, int] | None,
+                      opsets: Iterable[OperatorSetIdProto]) -> list[str]:
     bad: list[str] = []
     fn = _subgraph_flops_fn(outer_shapes, elems, opsets)
     for g in subgraphs_of(node):
@@ -479,7 +482,7 @@ def load_onnx(path: str | Path, dims: Mapping[str, int] | None = None,
     return G
 
 
-def conv_shape_of(node, shape_of) -> ConvShape | None:
+def conv_shape_of(node: NodeProto, shape_of: ShapeOf) -> ConvShape | None:
     """A Conv node's channels, groups, kernel and strides from its weight's static shape (O, I/group, k...)
     and attributes; None for other operators or an unknown weight shape."""
     if node.op_type != "Conv" or len(node.input) < 2:
@@ -495,7 +498,7 @@ def conv_shape_of(node, shape_of) -> ConvShape | None:
                      strides=strides)
 
 
-def outer_refs_of_node(node) -> set[str]:
+def outer_refs_of_node(node: NodeProto) -> set[str]:
     """Outer-scope tensors read by a control-flow node's subgraphs (its implicit inputs)."""
     refs: set[str] = set()
     for sg in subgraphs_of(node):

@@ -23,6 +23,8 @@ from __future__ import annotations
 import warnings
 from math import prod
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -47,7 +49,8 @@ class TfliteCostWarning(UserWarning):
     """A .tflite operator whose FLOPs are not known here: costed by the catch-all rule."""
 
 
-def _schema():
+def _schema() -> ModuleType:
+    """LiteRT's generated flatbuffer schema module (untyped: its tables read as Any)."""
     try:
         from ai_edge_litert import schema_py_generated as schema
     except ImportError as e:
@@ -56,11 +59,11 @@ def _schema():
     return schema
 
 
-def _names(enum_cls) -> dict[int, str]:
+def _names(enum_cls: type) -> dict[int, str]:
     return {v: k for k, v in vars(enum_cls).items() if not k.startswith("_") and isinstance(v, int)}
 
 
-def _read(path: Path):
+def _read(path: Path) -> tuple[ModuleType, Any]:
     """(schema module, Model table) of a .tflite file; InputError for anything that is not one."""
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
@@ -79,7 +82,7 @@ def _read(path: Path):
     return schema, model
 
 
-def _pool_options(schema, op) -> dict[str, int]:
+def _pool_options(schema: ModuleType, op: Any) -> dict[str, int]:
     table = op.BuiltinOptions()
     if table is None or op.BuiltinOptionsType() != schema.BuiltinOptions.Pool2DOptions:
         return {}

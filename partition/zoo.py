@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import ModelProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto, helper, numpy_helper
 
 __all__ = ["mobilenet_v2", "transformer_encoder", "tiny_detector", "shufflenet_v2", "residual_chain", "save",
            "OPSET"]
@@ -29,8 +29,8 @@ class _Builder:
 
     def __init__(self, seed: int = 0):
         self.rng = np.random.default_rng(seed)
-        self.nodes: list = []
-        self.inits: list = []
+        self.nodes: list[NodeProto] = []
+        self.inits: list[TensorProto] = []
         self.count = 0
 
     def fresh(self, prefix: str) -> str:
@@ -42,7 +42,7 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.asarray(arr), name))
         return name
 
-    def weight(self, shape, fan_in: int, prefix: str = "w") -> str:
+    def weight(self, shape: tuple[int, ...], fan_in: int, prefix: str = "w") -> str:
         std = np.sqrt(2.0 / max(fan_in, 1))
         return self.const((self.rng.standard_normal(shape) * std).astype(np.float32), prefix)
 
@@ -66,7 +66,7 @@ class _Builder:
         return self.op("Conv", [x, w, b], kernel_shape=[k, k], strides=[stride, stride],
                        pads=[k // 2] * 4, group=group)
 
-    def model(self, inputs, outputs, name: str) -> ModelProto:
+    def model(self, inputs: list[ValueInfoProto], outputs: list[ValueInfoProto], name: str) -> ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, outputs, initializer=self.inits)
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tierplan.zoo")
         m.ir_version = 8
