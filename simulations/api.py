@@ -95,17 +95,13 @@ def plan_fleet(plan: Plan, fleet: Fleet | FleetSpec | None = None) -> Fleet:
         return fleet
     if isinstance(fleet, FleetSpec):
         return resolve_fleet(fleet)
-    model = getattr(plan, "fleet_model", None)
-    if model is None:
-        raise InputError("plan.json has no embedded fleet. To fix: re-run `tierplan plan`")
-    return model()
+    return plan.fleet_model()
 
 
 def _plan_app(plan: Plan) -> AppSpec | None:
-    """The app the plan was made for (source rates, sink destinations), when the plan embeds it."""
-    if getattr(plan, "app", None) is None:
-        return None
-    return plan.app_spec()
+    """The app the plan was made for (source rates, sink destinations); None for a hand-made plan
+    that embeds none (its pieces then carry the rates)."""
+    return plan.app_spec() if plan.app is not None else None
 
 
 def _lookups(plan: Plan, fleet: Fleet, rates: dict[str, float], latency_ms: dict, app: AppSpec | None):

@@ -18,8 +18,10 @@ a = devices.constants.BATCH_FIXED_SHARE[device kind].
 
 Batching policies: "auto" (the default) is what the runtime would deploy: the cloud tier's sites,
 max_batch and max_wait_ms as runtime.stage.StageOptions, nodes batchable only where the plan says
-their first input dimension is free (a piece without a file or shapes cannot be deployed, so
-it does not batch). An explicit "MAX[:WAIT_MS]" batches every node not known to be fixed-size.
+their first input dimension is free, or where the piece's model (the plan's embedded app) has a
+free first dimension on every input: partitioning binds it to 1 and the runtime frees it again
+on batching sites (runtime.batchdim). A piece without a file or shapes cannot be deployed, so
+it does not batch. An explicit "MAX[:WAIT_MS]" batches every node not known to be fixed-size.
 "off" (or max_batch 1) never batches.
 
 Link sharing: "fifo" (the default) sends one transfer at a time per link direction at the full
@@ -159,10 +161,23 @@ def _first_dim_names(path: Path) -> set[str]:
             if i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].dim_param}
 
 
-def _batchable(piece, path: Path | None) -> bool | None:
-    """True/False when the plan tells (ONNX file, else input shapes), None when it cannot."""
+def _batch_free_models(plan) -> set[str]:
+    """The app's models whose ONNX inputs all have a free first dimension (the plan's embedded app):
+    the runtime serves their pieces on batching sites with that dimension freed again (partitioning
+    binds it to 1; runtime.batchdim), so they batch."""
+    if getattr(plan, "app", None) is None:
+        return set()
+    app = plan.app_spec()
+    return {name for name, m in app.models.items() if m.onnx and _onnx_batchable(app.resolve_path(m.onnx))}
+
+
+def _batchable(piece, path: Path | None, free_models: frozenset[str] | set[str] = frozenset()) -> bool | None:
+    """True/False when the plan tells (a piece of a model with a free batch dimension, the ONNX file,
+    else input shapes), None when it cannot."""
     if piece.kind == "transform":
         return False   # Python transforms have no runner: the runtime runs them one at a time
+    if piece.kind == "piece" and getattr(piece, "model", None) in free_models:
+        return True
     if path is not None:
         ok = _onnx_batchable(path)
         if ok is not None:
@@ -203,6 +218,7 @@ def batch_stages(policy: BatchPolicy | None, journeys_by_strategy: Iterable[list
     base_dirs = [Path(d) for d in (getattr(plan, "app_path", None), getattr(plan, "fleet_path", None)) if d]
     base_dirs = [d.parent for d in base_dirs]
     verdict: dict[str, tuple[bool | None, Path | None]] = {}
+    free_models = _batch_free_models(plan)
     for journeys in journeys_by_strategy:
         for j in journeys:
             for st in j.stages:
@@ -221,14 +237,14 @@ def batch_stages(policy: BatchPolicy | None, journeys_by_strategy: Iterable[list
                     if n not in verdict:
                         p = pieces.get(n)
                         path = _piece_file(p, base_dirs) if p is not None else None
-                        verdict[n] = (_batchable(p, path) if p is not None else None, path)
+                        verdict[n] = (_batchable(p, path, free_models) if p is not None else None, path)
                     v = verdict[n][0]
                     ok &= bool(v) if not policy.forced else v is not False
                 if not ok:
                     continue
-                files = [(verdict[w.node][1], w.amount * w.rate_factor) for w in st.work]
+                files = [(f, w.amount * w.rate_factor) for w in st.work for f in [verdict[w.node][1]] if f is not None]
                 ratio, source = None, "linear"
-                if sv.device is not None and all(f is not None for f, _ in files):
+                if sv.device is not None and len(files) == len(st.work):
                     ratio = _costmodel_ratio(files, sv.device, policy.max_batch)
                     source = "costmodel" if ratio is not None else source
                 if ratio is None:

@@ -15,7 +15,8 @@ pauses, OS scheduling, frequency changes). A `ServiceProfile` replays what was m
 
 Profiles come from traces of the local runtime (`profile_from_traces`, e.g. the per-request steps
 `runtime.service.Service.predict_traced` returns, as benchmarks/runtime_traces.py gathers them) or
-from a dedicated calibration run of the pieces with onnxruntime (`profile_pieces`), and are saved
+from a `tierplan run --json` report (`profile_from_run`: `tierplan simulate PLAN --profile RUN.json`),
+or from a dedicated calibration run of the pieces with onnxruntime (`profile_pieces`), and are saved
 to / loaded from JSON (`ServiceProfile.save`, `load_profile`).
 """
 
@@ -33,7 +34,7 @@ import numpy as np
 
 from tierplan.errors import InputError
 
-__all__ = ["OVERHEAD_KEY", "ServiceProfile", "RequestTrace", "profile_from_traces", "load_profile", "normal_scores",
+__all__ = ["OVERHEAD_KEY", "ServiceProfile", "RequestTrace", "profile_from_traces", "profile_from_run", "as_run", "load_profile", "normal_scores",
            "copula_correlation", "fit_correlation", "profile_pieces"]
 
 _ND = NormalDist()
@@ -111,14 +112,77 @@ class ServiceProfile:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))
 
 
+def profile_from_run(doc: Mapping, source: str = "", warmup: int = 0) -> ServiceProfile:
+    """A profile from a `tierplan run --json` report: its `traces` (each request's class, latency and
+    steps). A run of several device classes names each class's copy of a node `CLASS/NODE`
+    (runtime.fleetrun): the class is dropped, so a stage is the plan's `node@site`, as the simulator
+    names it (a piece two classes run on one site is one stage, as it is one server there)."""
+    classes = [str(c) for c in doc.get("classes_run") or []]
+    raw = doc.get("traces")
+    if not isinstance(raw, list) or not raw:
+        raise InputError(f"{source or 'run report'}: no request traces in it. To fix: pass the --json report of "
+                         "`tierplan run` (a run where requests succeeded)")
+
+    def plain(name: str) -> str:
+        head, sep, rest = name.partition("/")
+        return rest if sep and len(classes) > 1 and head in classes else name
+    traces = [RequestTrace(float(t["latency_ms"]), tuple((str(k), plain(str(n)), float(ms)) for k, n, ms in t["steps"]))
+              for t in raw]
+    return profile_from_traces(traces, source=source or "tierplan run", warmup=warmup)
+
+
+def as_run(plan, path: str | Path | None):
+    """`plan` scaled to what a `tierplan run --json` report at `path` ran, so the simulator replays that run:
+    its classes only, `devices_per_class` devices each, one instance of every shared site with the
+    run's workers, its sources' rates x its `rate_scale`. A path that is not a run report (a saved
+    ServiceProfile) leaves the plan as it is."""
+    if path is None:
+        return plan
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return plan     # load_profile says what is wrong with it
+    if not (isinstance(doc, dict) and "traces" in doc and "requests_ok" in doc) or plan.fleet is None:
+        return plan
+    ran = [str(c) for c in doc.get("classes_run") or []] or list(plan.per_class)
+    per_device = max(1, int(doc.get("devices_per_class") or 1))
+    workers = {str(r["site"]): int(r["workers"]) for r in doc.get("site_rows") or [] if "site" in r and "workers" in r}
+    fleet = json.loads(json.dumps(plan.fleet))
+    sites = fleet.get("sites", {})
+    for name in [n for n, s in sites.items() if s.get("tier") == "edge" and n in plan.per_class and n not in ran]:
+        del sites[name]                       # a class that did not run
+    for name, s in sites.items():
+        s["count"] = per_device if s.get("tier") == "edge" else 1
+    instances = {s: workers.get(s, 1) for s, n in plan.instances.items() if s in sites}
+    update: dict = {"fleet": fleet, "instances": instances,
+                    "per_class": {c: v for c, v in plan.per_class.items() if c in ran},
+                    "pins": {c: v for c, v in plan.pins.items() if c in ran},
+                    "coverage": {c: v for c, v in plan.coverage.items() if c in ran}}
+    scale = float(doc.get("rate_scale") or 1.0)
+    if plan.app is not None and scale != 1.0:
+        app = json.loads(json.dumps(plan.app))
+        for src in (app.get("sources") or {}).values():
+            if src.get("rate_hz"):
+                src["rate_hz"] = src["rate_hz"] * scale
+        update["app"] = app
+    return plan.model_copy(update=update)
+
+
 def load_profile(path: str | Path) -> ServiceProfile:
-    """A profile saved by `ServiceProfile.save` (or written by hand in that shape)."""
+    """A profile saved by `ServiceProfile.save` (or written by hand in that shape), or built from a
+    `tierplan run --json` report (`profile_from_run`)."""
     p = Path(path)
     try:
         doc = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{p}: cannot read the service profile ({e.__class__.__name__}). "
-                         f"To fix: pass a file written by ServiceProfile.save") from None
+                         f"To fix: pass a file written by ServiceProfile.save or `tierplan run --json`") from None
+    if isinstance(doc, dict) and "traces" in doc and "requests_ok" in doc:
+        try:
+            return profile_from_run(doc, source=f"tierplan run ({p.name})")
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{p}: a run report whose traces cannot be read ({e.__class__.__name__}: {e}). "
+                             "To fix: pass the --json report of `tierplan run` as written") from None
     try:
         stages = {_split(k): np.asarray(v, dtype=np.float64) for k, v in doc["stages"].items()}
         over = doc.get("overhead_ms")
@@ -197,7 +261,8 @@ def fit_correlation(profile: ServiceProfile, requests: Sequence[Sequence[tuple[s
         for i, (ks, e) in enumerate(zip(step_key, own)):
             z = math.sqrt(rho) * z_req[:, i:i + 1] + math.sqrt(1.0 - rho) * e
             for j, ki in enumerate(ks):
-                tot[:, i] += profile.from_normal(*keys[ki], z[:, j])
+                node, site = keys[ki]
+                tot[:, i] += profile.from_normal(node, site, z[:, j])
         got = np.log(np.maximum(np.quantile(tot.ravel(), q), 1e-9))
         return float(np.sum((got - target) ** 2))
 

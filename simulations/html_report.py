@@ -19,8 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from tierplan.simulations.report import SimReport  # noqa: E402
+from tierplan.simulations.sweep import SweepReport  # noqa: E402
 
-__all__ = ["write_report", "figures"]
+__all__ = ["write_report", "figures", "write_sweep_report", "sweep_figures"]
 
 _DPI = 110
 
@@ -32,7 +33,7 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _colors(names: list[str]) -> dict[str, str]:
+def _colors(names: list[str]) -> dict[str, str | tuple]:
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     return {n: cycle[i % len(cycle)] for i, n in enumerate(names)}
 
@@ -165,4 +166,81 @@ scenario {html.escape(json.dumps(rep.scenario))}</p>
     tmp = out / "index.html.tmp"
     tmp.write_text(page)
     tmp.replace(out / "index.html")
+    return out / "index.html"
+
+
+# ---------------------------------------------------------------------------- sweeps
+_SWEEP_METRICS = (("p95_ms", "p95 latency (ms)"), ("slo_attainment", "SLO attainment (%)"))
+
+
+def _combo(row: dict, names: list[str]) -> str:
+    return ", ".join(f"{n} {row[n]:g}" if isinstance(row[n], float) else f"{n} {row[n]}" for n in names) or "-"
+
+
+def sweep_figures(rep: SweepReport) -> dict[str, bytes]:
+    """Per sink and metric: the mean over seeds of every (parameter values) cell, one bar per strategy,
+    with its 95% confidence interval as an error bar."""
+    rows = rep.summary()
+    names = [n for n in rep.grid if n != "seed"]
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    col = _colors(strategies)
+    out = {}
+    for sink in dict.fromkeys(r["sink"] for r in rows):
+        mine = [r for r in rows if r["sink"] == sink]
+        combos = list(dict.fromkeys(_combo(r, names) for r in mine))
+        fig, axes = plt.subplots(1, len(_SWEEP_METRICS), figsize=(max(6.4, 0.9 * len(combos) * len(strategies) + 2) * 2,
+                                                                  4.4), squeeze=False)
+        width = 0.8 / max(1, len(strategies))
+        for ax, (metric, label) in zip(axes[0], _SWEEP_METRICS):
+            scale = 100.0 if metric == "slo_attainment" else 1.0
+            for k, strategy in enumerate(strategies):
+                by = {_combo(r, names): r for r in mine if r["strategy"] == strategy}
+                xs = [i + (k - (len(strategies) - 1) / 2) * width for i in range(len(combos))]
+                ys = [(by[c][metric] or 0.0) * scale if c in by else 0.0 for c in combos]
+                err = [(by[c][f"{metric}_ci"] or 0.0) * scale if c in by else 0.0 for c in combos]
+                ax.bar(xs, ys, width, yerr=err, capsize=3, color=col[strategy], label=strategy)
+            ax.set_xticks(range(len(combos)))
+            ax.set_xticklabels(combos, rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel(label)
+            ax.set_title(f"sink {sink}: {label}, mean over {mine[0]['seeds']} seeds, 95% CI")
+            ax.grid(True, axis="y", alpha=0.3)
+            ax.legend(fontsize=8)
+        out[f"sweep_{sink}.png"] = _png(fig)
+    return out
+
+
+def _sweep_table(rep: SweepReport) -> str:
+    names = [n for n in rep.grid if n != "seed"]
+    heads = ["strategy", *names, "sink", "seeds", "p50 ms", "p95 ms", "p99 ms", "SLO attained", "cost $/h"]
+
+    def ci(r: dict, m: str, pct: bool = False) -> str:
+        v, h = r[m], r[f"{m}_ci"]
+        if v is None:
+            return "-"
+        k = 100.0 if pct else 1.0
+        return f"{k * v:.1f}" + (f" ± {k * h:.1f}" if h is not None else "") + ("%" if pct else "")
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in [
+        r["strategy"], *[r[n] for n in names], r["sink"], r["seeds"], ci(r, "p50_ms"), ci(r, "p95_ms"),
+        ci(r, "p99_ms"), ci(r, "slo_attainment", True), ci(r, "cost_per_hour_usd")]) + "</tr>" for r in rep.summary())
+    return "<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + f"</tr>{body}</table>"
+
+
+def write_sweep_report(rep: SweepReport, out_dir: str | Path) -> Path:
+    """Write a sweep's index.html (table with 95% CIs, figures embedded), its PNGs and sweep.json."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = sweep_figures(rep)
+    for fname, data in figs.items():
+        (out / fname).write_bytes(data)
+    imgs = "".join(f'<figure><img alt="{n}" src="data:image/png;base64,{base64.b64encode(d).decode()}"/>'
+                   f"<figcaption>{n}</figcaption></figure>" for n, d in figs.items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tierplan sweep</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}th{{background:#eee}}img{{max-width:100%}}</style>
+</head><body><h1>tierplan simulation sweep</h1>
+<p>{len(rep.cells)} cells on {html.escape(rep.runner)} in {rep.wall_s:.1f} s; grid
+{html.escape(json.dumps(rep.grid))}. Each row: mean over seeds ± the 95% confidence interval (Student's t).</p>
+{_sweep_table(rep)}{imgs}</body></html>"""
+    (out / "sweep.json").write_text(json.dumps(rep.to_json(), indent=2))
+    (out / "index.html").write_text(page)
     return out / "index.html"

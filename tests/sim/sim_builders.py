@@ -52,3 +52,8 @@ def make_plan(assign: dict[str, str] | None = None, rate_hz: float = 5.0, slo_ms
     }
     return Plan(status="optimal", assignment=assign, sinks={"labels": SinkLatency(latency_ms=50, slo_ms=slo_ms)},
                 cost_per_hour_usd=1.0, baselines=baselines, pieces=pieces, edges=edges)
+
+
+def embedded(plan: Plan, fleet: FleetSpec) -> Plan:
+    """`plan` carrying `fleet` as the planner embeds it (what simulate reads when no fleet is passed)."""
+    return plan.model_copy(update={"fleet": fleet.model_dump(mode="json", by_alias=True, exclude_none=True)})

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from sim_builders import make_fleet, make_plan
+from sim_builders import embedded, make_fleet, make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,3 +100,52 @@ def test_simulate_profile_replays_measured_step_times(tmp_path):
     assert r.returncode == 2 and "--profile" in r.stderr and "Traceback" not in r.stderr
     r = _run(*args, "--service-correlation", "1.5")
     assert r.returncode == 2 and "--service-correlation" in r.stderr
+
+
+def test_a_moved_plan_simulates_from_another_directory_without_a_fleet(tmp_path):
+    """plan.json carries its fleet: moved to another folder and run from a third, it needs no --fleet and
+    gives the same report as where it was written."""
+    here = tmp_path / "made"
+    here.mkdir()
+    embedded(make_plan(), make_fleet(cams=30, bs=3)).save(here / "plan.json")
+    args = ("--strategies", "optimal,all-cloud", "--duration", "5", "--seed", "2", "--json", "--no-progress")
+    before = subprocess.run([sys.executable, "-m", "tierplan", "simulate", "plan.json", *args], capture_output=True,
+                            text=True, cwd=here, timeout=300)
+    assert before.returncode == 0, before.stderr
+    moved = tmp_path / "elsewhere" / "bundle"
+    moved.parent.mkdir()
+    here.rename(moved)
+    other = tmp_path / "cwd"
+    other.mkdir()
+    after = subprocess.run([sys.executable, "-m", "tierplan", "simulate", str(moved / "plan.json"), *args],
+                           capture_output=True, text=True, cwd=other, timeout=300)
+    assert after.returncode == 0, after.stderr
+
+    def same(doc: dict) -> dict:
+        for s in doc["strategies"].values():
+            s.pop("wall_s"), s.pop("sim_requests_per_s")
+        return doc
+    assert same(json.loads(after.stdout)) == same(json.loads(before.stdout))
+    bare = tmp_path / "bare.json"
+    make_plan().save(bare)
+    r = _run(str(bare), "--duration", "1")
+    assert r.returncode == 2 and "no embedded fleet" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sweep_runs_every_cell_and_reports_confidence_intervals(tmp_path):
+    """--sweep seed=0..2 --sweep slo=60,120 --serial: 2 strategies x 2 SLOs x 3 seeds cells, a summary
+    row per (strategy, SLO) with a CI over the seeds, and an HTML report with the figure."""
+    plan = tmp_path / "plan.json"
+    embedded(make_plan(), make_fleet(cams=20, bs=2)).save(plan)
+    r = _run(str(plan), "--strategies", "optimal,all-cloud", "--duration", "3", "--sweep", "seed=0..2",
+             "--sweep", "slo=60,120", "--serial", "--json", "--report", str(tmp_path / "rep"))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert len(doc["cells"]) == 12 and doc["runner"] == "serial"
+    rows = doc["summary"]
+    assert {(x["strategy"], x["slo"]) for x in rows} == {(s, v) for s in ("optimal", "all-cloud") for v in (60.0, 120.0)}
+    assert all(x["seeds"] == 3 and x["p95_ms_ci"] is not None for x in rows)
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert "95% confidence interval" in page and "data:image/png;base64," in page
+    bad = _run(str(plan), "--sweep", "colour=red")
+    assert bad.returncode == 2 and "--sweep" in bad.stderr and "Traceback" not in bad.stderr

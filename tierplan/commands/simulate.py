@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -16,7 +16,9 @@ from tierplan.errors import InputError
 
 if TYPE_CHECKING:
     from tierplan.planner.plan import Plan
+    from tierplan.simulations.config import Scenario
     from tierplan.simulations.report import SimReport
+    from tierplan.spec import FleetSpec
 
 __all__ = ["register"]
 
@@ -76,6 +78,54 @@ def _print_table(rep: SimReport) -> None:
             con.print(f"[yellow]note[/yellow] {name}: {n}")
 
 
+def _emit(report: Path | None, write: Callable[[Path], Path], doc: Callable[[], dict], as_json: bool) -> bool:
+    """Write the HTML report when asked and print the JSON document when asked; True when printed."""
+    if report is not None:
+        path = write(report)
+        if not as_json:
+            typer.echo(f"report: {path}")
+    if as_json:
+        typer.echo(json.dumps(doc(), indent=2))
+    return as_json
+
+
+def _sweep(plan: Plan, scenario: Scenario, items: list[str], fleet: FleetSpec | None, ray_address: str | None,
+           serial: bool, report: Path | None, as_json: bool, shown: bool) -> None:
+    """`--sweep`: every (strategy, seed, parameter values) cell as a Ray task, one table and report."""
+    from tierplan.console import progress
+    from tierplan.simulations.api import strategy_assignments
+    from tierplan.simulations.sweep import LOCAL, parse_sweep, run_sweep
+    grid = parse_sweep(items)
+    chosen, skipped = strategy_assignments(plan, scenario.strategies)
+    with progress(shown) as bar:
+        task = bar.add_task("sweep", total=None)
+        rep = run_sweep(plan, scenario, list(chosen), grid, fleet, None if serial else (ray_address or LOCAL),
+                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    from tierplan.simulations.html_report import write_sweep_report
+    if _emit(report, lambda out: write_sweep_report(rep, out), rep.to_json, as_json):
+        return
+    from rich.table import Table
+
+    from tierplan.console import console
+    names = [n for n in grid if n != "seed"]
+    t = Table(title=f"Sweep: {len(rep.cells)} cells on {rep.runner} in {rep.wall_s:.1f} s "
+                    f"(mean over seeds ± 95% CI)")
+    for h in ("strategy", *names, "sink", "seeds", "p50 ms", "p95 ms", "SLO met", "cost $/h"):
+        t.add_column(h, justify="left" if h in ("strategy", "sink") else "right")
+
+    def ci(r: dict, m: str, k: float = 1.0) -> str:
+        v, h = r[m], r[f"{m}_ci"]
+        return "-" if v is None else f"{k * v:.1f}" + (f" ± {k * h:.1f}" if h is not None else "")
+    for r in rep.summary():
+        t.add_row(r["strategy"], *[f"{r[n]:g}" if isinstance(r[n], float) else str(r[n]) for n in names], r["sink"],
+                  str(r["seeds"]), ci(r, "p50_ms"), ci(r, "p95_ms"), ci(r, "slo_attainment", 100.0),
+                  ci(r, "cost_per_hour_usd"))
+    con = console()
+    con.print(t)
+    for name, why in skipped.items():
+        con.print(f"[yellow]not simulated[/yellow] {name}: {why}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("simulate")
     def simulate_cmd(
@@ -90,13 +140,16 @@ def register(app: typer.Typer) -> None:
         link: Optional[list[str]] = typer.Option(None, "--link", help="SITE=2g|3g|4g|wifi|MBPS|trace:FILE[~CV], repeatable."),
         engine: str = typer.Option("auto", "--engine", help="auto | fast | simpy."),
         objective: Optional[str] = typer.Option(None, "--objective", help="When given an app: cost, latency or energy."),
-        profile: Optional[Path] = typer.Option(None, "--profile", help="Service profile JSON (simulations.calibration.ServiceProfile.save): replay measured node@site step times."),
+        profile: Optional[Path] = typer.Option(None, "--profile", help="Service profile JSON (simulations.calibration.ServiceProfile.save), or a `tierplan run --json` report: replay measured node@site step times (a run report: on the fleet as that run ran it)."),
         correlation: float = typer.Option(0.0, "--service-correlation", help="Share 0..1 of service-time variance common to all stages of a request."),
         batch: str = typer.Option("auto", "--batch", help="Dynamic batching at cloud sites: auto (as the runtime deploys: 8 requests, 2 ms), MAX[:WAIT_MS], or off."),
         link_sharing: str = typer.Option("fifo", "--link-sharing", help="fifo (one transfer at a time per link direction, as the runtime's emulator) or fair (transfers share the rate)."),
         report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with figures into this folder."),
         calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
                                                    "for `local`, keyed by this CPU and made on first use)."),
+        sweep: Optional[list[str]] = typer.Option(None, "--sweep", help="NAME=VALUES, repeatable: seed=0..4, slo=MS,..., rate=HZ,..., link=SITE=PRESET,..., scale=F,... Each (strategy, seed, values) cell is a Ray task; the report gives means and 95% CIs over seeds."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster for --sweep (default: an embedded local cluster on this machine)."),
+        serial: bool = typer.Option(False, "--serial", help="Run --sweep's cells one after another in this process (no Ray)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         show_progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
@@ -124,6 +177,9 @@ def register(app: typer.Typer) -> None:
         from tierplan.loader import load_fleet
         shown = progress_wanted(show_progress, as_json)
         plan = _load_plan(target, fleet, objective, calibration, shown)
+        if profile is not None:   # a `tierplan run --json` report: replay the fleet as that run ran it
+            from tierplan.simulations.calibration import as_run
+            plan = as_run(plan, profile)
         # a plan.json simulates on the fleet it carries; --fleet beside it is a what-if fleet
         what_if = load_fleet(fleet) if fleet is not None and target.suffix == ".json" else None
         if what_if is not None:
@@ -131,6 +187,11 @@ def register(app: typer.Typer) -> None:
         if report is not None:
             from tierplan.commands.partition import prepare_out_dir
             prepare_out_dir(report, "--report")
+        if sweep:
+            _sweep(plan, scenario, sweep, what_if, ray_address, serial, report, as_json, shown)
+            return
+        if ray_address is not None or serial:
+            raise InputError("--ray-address and --serial go with --sweep. To fix: add --sweep NAME=VALUES")
         with progress(shown) as bar:
             task = bar.add_task("simulate", total=None)
 
@@ -138,12 +199,6 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, completed=done, total=total,
                            description=f"simulate {duration:g} s: {name}" if done < total else "simulated")
             rep = simulate(plan, what_if, scenario, progress=step)
-        if report is not None:
-            from tierplan.simulations.html_report import write_report
-            path = write_report(rep, report)
-            if not as_json:
-                typer.echo(f"report: {path}")
-        if as_json:
-            typer.echo(json.dumps(rep.to_json(), indent=2))
-        else:
+        from tierplan.simulations.html_report import write_report
+        if not _emit(report, lambda out: write_report(rep, out), rep.to_json, as_json):
             _print_table(rep)
