@@ -3,9 +3,10 @@
 `binding_constraints` builds the CP-SAT model with every capacity, memory, link, budget and SLO
 constraint guarded by its own assumption literal and asks CP-SAT for a set of assumptions
 sufficient for infeasibility; deletion then shrinks it to constraints that each matter (drop one
-and the rest is feasible). `diagnose` names them and says what the cheapest plan without them
-would need, in the fleet's real figures (no widened capacities, so nothing is clipped).
-`best_latency`, `slo_message` and `uplink_needed` say what one class could reach on its own.
+and the rest is feasible). `diagnose` names them, says how far over them the least overshooting
+plan goes and, for one class, how many of its devices the fleet can serve, all in the fleet's own
+figures (no widened capacities, so nothing is clipped). `best_latency`, `slo_message` and
+`uplink_needed` say what one class could reach on its own.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ortools.sat.python import cp_model
 
 from tierplan.planner.evaluate import evaluate
 from tierplan.planner.formulation import _Model, solve
-from tierplan.planner.problem import Problem
+from tierplan.planner.problem import ClassData, Problem
 from tierplan.planner.units import us_to_ms, uusd_to_usd
 
 __all__ = ["binding_constraints", "describe_constraint", "diagnose", "describe_assignment", "best_latency",
@@ -60,7 +61,7 @@ def binding_constraints(problem: Problem, time_limit_s: float = 5.0) -> list[str
         if left <= 0.05 or len(core) == 1:
             break
         rest = [x for x in core if x != k]
-        code, _ = _solve_under(mdl, rest, min(left, time_limit_s / 4))
+        code, _ = _solve_under(mdl, rest, min(left, max(0.5, time_limit_s / (len(core) + 1))), workers=8)
         if code == cp_model.INFEASIBLE:
             core = rest
     return sorted(core, key=lambda k: (not k.startswith("slo:"), k))
@@ -87,13 +88,49 @@ def describe_constraint(problem: Problem, key: str, sink_name: Callable[[int], s
     return f"the SLO of {cname} for sink {sink_name(int(v))!r} ({us_to_ms(c.slo_us[int(v)]):g} ms)"
 
 
+def _scaled(c: ClassData, f: float) -> ClassData:
+    """Class `c` with its device count (and so its loads, traffic and egress) times f."""
+    return replace(c, count=max(1, int(c.count * f)),
+                   load_ppm=tuple({s: math.ceil(x * f) for s, x in per.items()} for per in c.load_ppm),
+                   bits_per_s=tuple(math.ceil(b * f) for b in c.bits_per_s),
+                   egress_uusd_h={k: math.ceil(x * f) for k, x in c.egress_uusd_h.items()},
+                   requests_per_s=c.requests_per_s * f)
+
+
+def most_devices(problem: Problem, cname: str, time_limit_s: float) -> tuple[int, int] | None:
+    """(lo, hi): the fleet serves lo devices of class `cname` within every constraint and not hi
+    (hi - lo within 1% when the time allowed it; the other classes as they are; bisection on the
+    class's device count, feasibility only). None when not even one device fits."""
+    c0 = next(c for c in problem.classes if c.name == cname)
+    deadline = time.perf_counter() + time_limit_s
+
+    def fits(n: int) -> bool:
+        f = n / c0.count
+        sub = problem.with_classes(tuple(_scaled(c, f) if c.name == cname else c for c in problem.classes))
+        mdl = _Model(replace(sub, segments=()))
+        solver = cp_model.CpSolver()
+        solver.parameters.max_time_in_seconds = max(0.1, min(1.0, deadline - time.perf_counter()))
+        solver.parameters.num_workers = 8
+        return solver.Solve(mdl.m) in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+
+    if not fits(1):
+        return None
+    if fits(c0.count):
+        return c0.count, c0.count
+    lo, hi = 1, c0.count
+    while hi - lo > max(1, lo // 100) and time.perf_counter() < deadline:
+        mid = (lo + hi) // 2 if hi < 4 * lo else int(math.sqrt(lo * hi))   # far apart: bisect the exponent
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo, hi
+
+
 def diagnose(problem: Problem, time_limit_s: float, sink_name: Callable[[int], str] = str) -> str:
-    """One message: the binding constraints (from the solver) and what the cheapest plan without
-    them would need, e.g. "binding together: the SLO of legacy_cams ... and compute capacity at
-    stations_north (at most 80 instances); without them the cheapest plan needs: compute at
-    stations_north: needs 93 instances, at most 80"."""
+    """One message: the binding constraints (from the solver) and what it would take, e.g.
+    "bind together: compute capacity at stations_north (at most 80 instances); ...; the fleet serves
+    at most 2,140 of the 3,000 legacy_cams devices; the least it would take: compute at
+    stations_north: needs 93 instances, at most 80. To fix: ..."."""
     t0 = time.perf_counter()
-    core = binding_constraints(problem, time_limit_s * 0.6)
+    core = binding_constraints(problem, max(3.0, time_limit_s * 0.6))
     if core is None:
         return (f"the solver could not decide within {time_limit_s:.1g} s which constraints bind. "
                 "To fix: --time-limit longer, relax the SLO or add capacity")
@@ -102,17 +139,39 @@ def diagnose(problem: Problem, time_limit_s: float, sink_name: Callable[[int], s
                 "To fix: check `at:` pins, `private:` sources and `deliver_to`")
     names = [describe_constraint(problem, k, sink_name) for k in core]
     head = ("binds: " if len(core) == 1 else "bind together: ") + "; ".join(names)
-    need = _needs(problem, core, max(0.2, time_limit_s - (time.perf_counter() - t0)))
+    need = _needs(problem, core, max(0.5, time_limit_s - (time.perf_counter() - t0)))
     fix = _fix(core)
-    return f"{head}{'; without ' + ('it' if len(core) == 1 else 'them') + ' the cheapest plan needs: ' + need if need else ''}. To fix: {fix}"
+    served = ""
+    if len(problem.classes) == 1 and not any(k.startswith("slo:") for k in core):
+        c = problem.classes[0]
+        got = most_devices(problem.without_slo(), c.name, max(2.0, time_limit_s / 2))
+        if got is None:
+            served = f"; not even one {c.name} device can be served"
+        elif got[1] - got[0] <= max(1, got[0] // 100):
+            served = f"; the fleet serves at most {got[0]:,} of the {c.count:,} {c.name} devices"
+        else:
+            served = f"; the fleet serves {got[0]:,} but not {got[1]:,} of the {c.count:,} {c.name} devices"
+    return (f"{head}{served}{'; the least it would take: ' + need if need else ''}"
+            f". To fix: {fix}")
 
 
 def _needs(problem: Problem, core: list[str], time_limit_s: float) -> str:
-    """What the cheapest plan without the binding constraints exceeds, in the fleet's figures."""
-    mdl = _Model(problem.with_objective("cost", 1, 0, 0), assume=True)
-    keep = [k for k in mdl.assumptions if k not in core]
-    mdl.m.AddAssumptions([mdl.assumptions[k] for k in keep])
-    mdl.m.Minimize(mdl.objective)
+    """How far over its limit each binding capacity must go when the largest overshoot (relative to
+    its own limit) is as small as it can be, every capacity free to overshoot, in the fleet's figures ("compute at stations_north: needs 93 instances,
+    at most 80"); the SLOs stay enforced."""
+    mdl = _Model(problem, assume=True)
+    # every capacity may overshoot (the core is one infeasible set; others may bind as well), SLOs hold
+    soft = [k for k in mdl.assumptions if k in mdl.limits]
+    mdl.m.AddAssumptions([lit for k, lit in mdl.assumptions.items() if k not in soft])
+    worst = mdl.m.NewIntVar(0, 10**12, "worst_overshoot_permille")
+    for k in soft:
+        expr, limit = mdl.limits[k]
+        unit = max(1, limit // 10**6)        # overshoot counted in units of ~1e-6 of the limit (no overflow)
+        slack = mdl.m.NewIntVar(0, min(2**40, 2**62 // unit), f"over[{k}]")
+        mdl.m.Add(slack * unit >= expr - limit)
+        # the overshoot of every binding constraint, in thousandths of its own limit, is at most `worst`
+        mdl.m.Add(worst * max(1, limit // unit) >= 1000 * slack)
+    mdl.m.Minimize(worst)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.1, time_limit_s)
     solver.parameters.num_workers = 8
@@ -122,7 +181,7 @@ def _needs(problem: Problem, core: list[str], time_limit_s: float) -> str:
                          for v in range(len(problem.nodes))) for c in problem.classes}
     ev = evaluate(problem, asg)
     prefix = {"compute": "compute at {}:", "memory": "memory at {}:", "link": "link {}:", "budget": "budget:"}
-    wanted = tuple(prefix[k.partition(":")[0]].format(k.partition(":")[2]) for k in core if not k.startswith("slo:"))
+    wanted = tuple(prefix[k.partition(":")[0]].format(k.partition(":")[2]) for k in soft)
     return "; ".join([x for x in ev.violations if x.startswith(wanted)][:4]) if wanted else ""
 
 

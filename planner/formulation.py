@@ -86,6 +86,7 @@ class _Model:
         # literal (planner.diagnose asks CP-SAT which of them make the model infeasible)
         self.assume = assume
         self.assumptions: dict[str, cp_model.IntVar] = {}
+        self.limits: dict[str, tuple] = {}   # assumption key -> (expression, its limit): how far over it is
         # soft_slo: a class's SLOs hold only where its `covered` literal is true (coverage mode)
         self.covered: dict[str, cp_model.IntVar] = (
             {c.name: self.m.NewBoolVar(f"covered[{c.name}]") for c in problem.classes if c.slo_us}
@@ -112,10 +113,12 @@ class _Model:
         self.latency_expr = 0
         self._build()
 
-    def _guard(self, key: str, ct) -> None:
-        """Make constraint `ct` hold under assumption `key` (diagnosis mode); else it always holds."""
+    def _guard(self, key: str, ct, expr=None, limit: int | None = None) -> None:
+        """Make constraint `ct` (expr <= limit) hold under assumption `key` (diagnosis mode); else it always holds."""
         if not self.assume:
             return
+        if expr is not None and limit is not None:
+            self.limits[key] = (expr, limit)
         if key not in self.assumptions:
             self.assumptions[key] = self.m.NewBoolVar(f"assume[{key}]")
         ct.OnlyEnforceIf(self.assumptions[key])
@@ -225,14 +228,16 @@ class _Model:
                 if terms and queues:
                     # utilisation of owned devices under the chosen level (each serves its own requests)
                     self._guard(f"compute:{s}", m.Add(sum(terms) + sd.base_load_ppm
-                                <= sum(r * sd.max_instances * lit for (r, _), lit in zip(levels, u))))
+                                <= sum(r * sd.max_instances * lit for (r, _), lit in zip(levels, u))),
+                                sum(terms) + sd.base_load_ppm, sd.util_cap_ppm * sd.max_instances)
                     for (r_below, _), lit in zip(levels, u[1:]):
                         # the level is the lowest the load fits under (a higher one only waits longer)
                         m.Add(sum(terms) + sd.base_load_ppm >= r_below * sd.max_instances + 1).OnlyEnforceIf(lit)
                 elif terms:
                     # utilisation of owned devices: each device serves its own requests
                     self._guard(f"compute:{s}",
-                                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances))
+                                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances),
+                                sum(terms) + sd.base_load_ppm, sd.util_cap_ppm * sd.max_instances)
                 continue
             if not terms and not sd.base_load_ppm:
                 continue
@@ -254,7 +259,7 @@ class _Model:
             inst = m.NewIntVar(0, most, f"inst[{s}]")
             self.inst[s] = inst
             if most > sd.max_instances:
-                self._guard(f"compute:{s}", m.Add(inst <= sd.max_instances))
+                self._guard(f"compute:{s}", m.Add(inst <= sd.max_instances), inst, sd.max_instances)
             if queues:
                 per = [m.NewIntVar(0, most, f"inst[{s},{j}]") for j in range(len(levels))]
                 for lit, n_j in zip(u, per):
@@ -286,7 +291,7 @@ class _Model:
                         m.AddImplication(lit, mv)
                 mem_terms.append(p.nodes[v].mem_kb * mv)
             # memory of one instance holds the weights of every node any class runs there
-            self._guard(f"memory:{s}", m.Add(sum(mem_terms) <= sd.memory_kb))
+            self._guard(f"memory:{s}", m.Add(sum(mem_terms) <= sd.memory_kb), sum(mem_terms), sd.memory_kb)
         link_terms: dict[str, list] = {}
         for c in p.classes:
             for (n, k, a, b), za in self.z.items():
@@ -300,7 +305,8 @@ class _Model:
             if sum(bits for bits, _ in terms) <= cap:
                 continue
             # link bandwidth: all traffic of all classes crossing this link class
-            self._guard(f"link:{key}", m.Add(sum(bits * za for bits, za in terms) <= cap))
+            self._guard(f"link:{key}", m.Add(sum(bits * za for bits, za in terms) <= cap),
+                        sum(bits * za for bits, za in terms), cap)
         self._pieces()
         self._waits()
         for c in p.classes:
