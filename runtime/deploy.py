@@ -12,6 +12,8 @@ each edge site's `tierplan agent`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -28,6 +30,7 @@ from tierplan.runtime.cluster import LocalCluster, SiteNodeDown, ensure_ray_env,
 from tierplan.runtime.fleetrun import prepare
 from tierplan.runtime.graph import DEFAULT_TRANSFORM_MODULES, ExecGraph, load_transform, with_app_renames
 from tierplan.runtime.links import route_table
+from tierplan.runtime.proto import runtime_pb2 as pb
 from tierplan.runtime.security import CONTROLLER, TlsConfig, check_listen
 from tierplan.runtime.service import Service, files_for, slot_key
 from tierplan.runtime.options import LINKS_DIR_MARKER, StageOptions
@@ -65,6 +68,31 @@ def site_tiers(graph: ExecGraph, known: Mapping[str, str]) -> dict[str, str]:
         raise InputError(f"plan: site class {missing[0]!r} is not in the plan's fleet. To fix: re-run "
                          "`tierplan plan` (or, for a hand-made plan, embed a fleet that has it)")
     return {s: known[s] for s in graph.used_sites()}
+
+
+def with_free_batch(plan: Plan, files: Mapping[str, pb.PieceFile], batch_sites: Sequence[str]) -> dict[str, pb.PieceFile]:
+    """`files` with each onnxruntime piece on a batching site served with its batch dimension free again
+    when its model's inputs had one (runtime.batchdim: partitioning bound it to 1), so the site can
+    batch its requests; a piece that fails the check, or whose model is fixed-size, is left as it is."""
+    if plan.app is None or not batch_sites:
+        return dict(files)
+    from tierplan.runtime.batchdim import free_batch, model_batch_free
+    app = plan.app_spec()
+    free_models = {name for name, m in app.models.items() if m.onnx and model_batch_free(app.resolve_path(m.onnx))}
+    pieces = {p.id: p for p in plan.pieces}
+    out = dict(files)
+    for node, f in files.items():
+        p = pieces.get(node)
+        entry = json.loads(f.manifest_entry_json or "{}")
+        if p is None or p.model not in free_models or plan.assignment.get(node) not in batch_sites or \
+                entry.get("backend", "onnxruntime") != "onnxruntime":
+            continue
+        freed = free_batch(f.data)
+        if freed is not None:
+            entry.update(sha256=hashlib.sha256(freed).hexdigest(), batch_dim="freed (runtime.batchdim)")
+            out[node] = pb.PieceFile(node=f.node, manifest_entry_json=json.dumps(entry), data=freed,
+                                     filename=f.filename)
+    return out
 
 
 def local_threads(n_sites: int) -> int:
@@ -171,6 +199,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, manifest_root: str | 
         (Path(options.links_shared_dir) / LINKS_DIR_MARKER).touch()
     try:
         files = files_for(plan, manifest, base_dir, manifest_root, emulate_cross=local, classes=run.classes)
+        files = with_free_batch(plan, files, options.batch_sites)
         service = Service(plan, routes=routes, files=files, options=options, tls=tls,
                           request_timeout_s=request_timeout_s, replicas=counts, fleet_run=run)
     except BaseException:

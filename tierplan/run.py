@@ -126,6 +126,10 @@ class RunReport:
     devices_per_class: int = 1
     load: str = "rate"                     # "rate": each class at its sources' rates; "sequential": one at a time
     rate_scale: float = 1.0
+    # every request that ended with a result: its class, latency (less the client's feed) and steps, so that
+    # `tierplan simulate PLAN --profile RUN.json` calibrates the simulator from this run (simulations.calibration)
+    traces: list[dict] = field(default_factory=list)
+    plan_path: str | None = None           # where the plan that ran was saved (--plan-out)
 
     def to_json(self) -> dict:
         return {"example": self.example, "requests_ok": self.requests_ok, "requests_failed": self.requests_failed,
@@ -142,7 +146,8 @@ class RunReport:
                 "overhead": self.overhead, "classes": [c.__dict__ for c in self.classes],
                 "site_rows": [r.__dict__ for r in self.site_rows], "classes_run": self.classes_run,
                 "classes_not_run": self.classes_not_run, "devices_per_class": self.devices_per_class,
-                "load": self.load, "rate_scale": self.rate_scale}
+                "load": self.load, "rate_scale": self.rate_scale, "plan_path": self.plan_path,
+                "traces": self.traces}
 
 
 def find_example(name: str) -> Path:
@@ -457,7 +462,8 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                 allow_transforms: tuple[str, ...] | None = None, calibration: str | Path | None = None,
                 auto_calibrate: bool = True, metrics_port: int = 0,
                 on_deployed: Callable[[dict], None] | None = None, classes: str | None = None,
-                devices_per_class: int = 1, rate_scale: float = 1.0, sequential: bool = False) -> RunReport:
+                devices_per_class: int = 1, rate_scale: float = 1.0, sequential: bool = False,
+                plan_out: str | Path | None = None) -> RunReport:
     """Plan, compile, deploy every device class locally, send requests for `duration_s`, tear down; the report.
 
     `classes`: "NAME[,NAME]" runs only those edge classes (default: all of the plan's);
@@ -472,6 +478,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     devices.calibrate.ensure_local_calibration) and the result cached. `metrics_port`: base of the
     consecutive loopback ports of the Prometheus metrics (runtime.deploy; 0: free ports);
     `on_deployed(describe())` is called once every site is up, before the requests start.
+    `plan_out`: save the plan that runs there (a plan folder: `tierplan simulate PLAN --profile RUN.json`).
     """
     from tierplan.loader import load_app, load_fleet
     from tierplan.runtime.compile import compile_plan
@@ -488,6 +495,9 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
         from tierplan.errors import InfeasibleError
         raise InfeasibleError(f"{ex.name}: the plan is infeasible ({plan.reason}); nothing to run")
     chosen = parse_classes(plan, classes)
+    if plan_out is not None:
+        Path(plan_out).parent.mkdir(parents=True, exist_ok=True)
+        plan.save(plan_out)
     if calibration is not None:
         from tierplan.devices.calibstore import use_calibration_file
         use_calibration_file(calibration)
@@ -577,7 +587,10 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                      overhead=overheads.to_dict() if overheads else {}, classes=class_rows, site_rows=site_rows,
                      classes_run=list(chosen), classes_not_run=[c for c in plan_classes(plan) if c not in chosen],
                      devices_per_class=devices_per_class, load="sequential" if sequential else "rate",
-                     rate_scale=rate_scale)
+                     rate_scale=rate_scale, plan_path=str(Path(plan_out).resolve()) if plan_out else None,
+                     traces=[{"device_class": d.trace.device_class,
+                              "latency_ms": d.trace.latency_ms - sum(x for k, _, x in d.trace.steps if k == "feed"),
+                              "steps": [list(s) for s in d.trace.steps]} for d in done if d.trace is not None])
 
 
 def _class_rows(plan: Plan, streams: list[Stream], done: list[_Done], per: dict[int, dict[str, list[float]]],

@@ -152,6 +152,8 @@ def register(app: typer.Typer) -> None:
         rate_scale: float = typer.Option(1.0, "--rate-scale", callback=finite_flag("--rate-scale", "0.5", 1e-6),
                                          help="Multiply every source's rate (each class sends at its sources' "
                                               "rate_hz x devices, Poisson arrivals)."),
+        plan_out: Path = typer.Option(None, "--plan-out", help="Save the plan that runs (a plan folder), for "
+                                      "`tierplan simulate PLAN --profile RUN.json` with this run's --json report."),
         sequential: bool = typer.Option(False, "--sequential", help="Send one request after another (the classes "
                                         "in turn) instead of at the sources' rates: latency without queueing."),
         allow_transforms: str = typer.Option("", "--allow-transforms", help="MODULE[,MODULE]: more modules whose "
@@ -177,7 +179,7 @@ def register(app: typer.Typer) -> None:
                           replicas=replicas, allow_transforms=parse_modules(allow_transforms),
                           calibration=calibration, metrics_port=metrics_port, on_deployed=deployed,
                           classes=device_class, devices_per_class=devices_per_class, rate_scale=rate_scale,
-                          sequential=sequential)
+                          sequential=sequential, plan_out=plan_out)
         if as_json:
             print(json.dumps(rep.to_json(), indent=2))
         else:

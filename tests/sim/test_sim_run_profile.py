@@ -1,0 +1,67 @@
+"""`tierplan simulate PLAN --profile RUN.json`: a `tierplan run --json` report calibrates the simulator and sets its scale."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tierplan.errors import InputError
+from tierplan.planner.plan import ClassCoverage, Plan, PlanPiece
+from tierplan.runtime.handplan import with_fleet
+from tierplan.simulations.calibration import as_run, load_profile, profile_from_run
+from tierplan.spec import FleetSpec
+
+FLEET = FleetSpec.model_validate({
+    "sites": {"phone": {"tier": "edge", "device": "pixel-8", "count": 300, "attach": "bs", "link": "radio"},
+              "tablet": {"tier": "edge", "device": "pixel-8", "count": 100, "attach": "bs", "link": "radio"},
+              "bs": {"tier": "base_station", "device": "mec-t4", "count": 20, "attach": "cloud", "link": "radio"},
+              "cloud": {"tier": "cloud", "device": "aws-g5-xlarge"}},
+    "links": {"radio": {"uplink_mbps": 800, "downlink_mbps": 800, "rtt_ms": 2}}})
+
+
+def _report(classes=("phone", "tablet"), n: int = 12) -> dict:
+    """A run report of two classes: phones run m/p0 themselves, tablets on the bs; both send m/p1 to the cloud."""
+    traces = []
+    for i in range(n):
+        for cls, site in (("phone", "phone"), ("tablet", "bs")):
+            if cls not in classes:
+                continue
+            traces.append({"device_class": cls, "latency_ms": 20.0 + i,
+                           "steps": [["compute", f"{cls}/m/p0@{site}", 10.0 + i], ["transfer", f"{site}->cloud", 2.0],
+                                     ["compute", f"{cls}/m/p1@cloud", 5.0 + i / 2]]})
+    return {"requests_ok": len(traces), "classes_run": list(classes), "devices_per_class": 2, "rate_scale": 0.5,
+            "site_rows": [{"site": "bs", "workers": 1}, {"site": "cloud", "workers": 3}], "traces": traces}
+
+
+def _plan() -> Plan:
+    per = {"phone": {"m/p0": "phone", "m/p1": "cloud"}, "tablet": {"m/p0": "bs", "m/p1": "cloud"}}
+    cov = {c: ClassCoverage(devices=n, mode="offload", latency_ms=30, meets_slo=True) for c, n in (("phone", 300),
+                                                                                                   ("tablet", 100))}
+    plan = Plan(status="feasible", assignment=per["phone"], per_class=per, coverage=cov,
+                instances={"bs": 20, "cloud": 8}, pieces=[PlanPiece(id="m/p0"), PlanPiece(id="m/p1")])
+    return with_fleet(plan, FLEET).model_copy(update={"app": {"sources": {"x": {"rate_hz": 4.0}}}})
+
+
+def test_a_run_reports_steps_become_the_plans_node_at_site_stages(tmp_path):
+    """Class prefixes (CLASS/NODE) are dropped: a stage is node@site as the simulator names it; the file loads as a profile."""
+    prof = profile_from_run(_report())
+    assert set(prof.samples_ms) == {("m/p0", "phone"), ("m/p0", "bs"), ("m/p1", "cloud")}
+    assert len(prof.samples_ms[("m/p1", "cloud")]) == 24          # both classes' runs of the shared piece
+    (tmp_path / "run.json").write_text(json.dumps(_report()))
+    assert set(load_profile(tmp_path / "run.json").samples_ms) == set(prof.samples_ms)
+    with pytest.raises(InputError, match="no request traces.*To fix"):
+        profile_from_run({**_report(), "traces": []})
+
+
+def test_the_simulated_fleet_is_the_one_the_run_ran(tmp_path):
+    """Only the classes that ran, with the run's devices each, one instance of every shared site with the run's
+    workers, and the sources' rates scaled as the run scaled them."""
+    (tmp_path / "run.json").write_text(json.dumps(_report(classes=("tablet",))))
+    plan = as_run(_plan(), tmp_path / "run.json")
+    sites = plan.fleet_spec().sites
+    assert "phone" not in sites and sites["tablet"].count == 2
+    assert sites["bs"].count == 1 and plan.instances == {"bs": 1, "cloud": 3}
+    assert list(plan.per_class) == ["tablet"] and plan.app["sources"]["x"]["rate_hz"] == pytest.approx(2.0)
+    (tmp_path / "profile.json").write_text(json.dumps({"correlation": 0.1, "stages": {"m/p0@bs": [1.0]}}))
+    assert as_run(_plan(), tmp_path / "profile.json") == _plan()   # a saved ServiceProfile changes nothing
