@@ -102,6 +102,7 @@ class _Pending:
         self.attempts = 1
         self.feeds: dict[str, dict[str, np.ndarray]] = {}
         self.device_class: str | None = None
+        self.prefix = ""                # the generation's node prefix it runs on (runtime.livemove)
         self.deadline_s = deadline_s
         self.t0 = time.perf_counter()
         self.items: dict[str, dict[str, dict | None]] = {s: {} for s in sinks}
@@ -260,6 +261,9 @@ class Service:
         self.sites: dict[str, SiteState] = {slot_key(s, k): SiteState(s, replica=k)
                                             for s in self.graph.used_sites() for k in range(self.replicas[s])}
         self.generation = 1
+        self.node_prefix = ""           # new requests run on the nodes with this prefix (runtime.livemove)
+        self.switches: list[dict] = []  # live moves to a new plan, as runtime.livemove reports them
+        self.observers: list[Callable[[Trace], None]] = []   # called with every successful request's trace
         self.address = ""               # controller (results, registrations)
         self.front_door_address = ""
         self.metrics_address = ""
@@ -559,15 +563,18 @@ class Service:
                              f"{', '.join(run.classes)}). To fix: name one of those")
         return device_class
 
-    def _source_tensors(self, inputs: Mapping[str, np.ndarray],
-                        device_class: str | None = None) -> dict[str, dict[str, np.ndarray]]:
+    def _source_tensors(self, inputs: Mapping[str, np.ndarray], device_class: str | None = None,
+                        prefix: str = "") -> dict[str, dict[str, np.ndarray]]:
         out: dict[str, dict[str, np.ndarray]] = {}
         sources = self.graph.sources()
         run = self.fleet_run
         if run is not None and run.prefixed and device_class is not None:   # the class's own copies
-            names = run.sources.get(device_class, {})
+            names = {k: prefix + v for k, v in run.sources.get(device_class, {}).items()}
             inputs = {names.get(k, k): v for k, v in inputs.items()}
             sources = [s for s in sources if s in names.values()]
+        elif prefix:   # a later generation's copies (runtime.livemove)
+            inputs = {(prefix + k if self.graph.kinds.get(prefix + k) == "source" else k): v for k, v in inputs.items()}
+            sources = [s for s in sources if s.startswith(prefix)]
         for s in sources:
             names = self.graph.source_outputs(s)
             if s in inputs:
@@ -586,11 +593,13 @@ class Service:
         if self._stop.is_set():
             raise RuntimeFault("the service is shut down")
         cls = self._class_of_request(device_class)
-        feeds = self._source_tensors(inputs, cls)
+        prefix = self.node_prefix
+        feeds = self._source_tensors(inputs, cls, prefix)
         rid = f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
         deadline_s = time.time() + (timeout_s or self.request_timeout_s)
         p = _Pending(rid, self.graph.sinks_reached(list(feeds)), deadline_s)
         p.device_class = cls
+        p.prefix = prefix
         needed = self._needed(list(p.items))
         down = sorted(s for s in needed if not any(st.up for st in self.sites.values() if st.site == s))
         if down:
@@ -630,10 +639,15 @@ class Service:
         self._requests_ok.inc()
         self._latency.observe(p.latency_ms / 1e3)
         outs = p.outputs()
+        if p.prefix:   # a later generation's sinks (runtime.livemove): named as the plan names them
+            outs = {_sink_name(k[len(p.prefix):] if k.startswith(p.prefix) else k): v for k, v in outs.items()}
         if self.fleet_run is not None and self.fleet_run.prefixed and p.device_class is not None:
             plain = {exe: name for name, exe in self.fleet_run.sinks.get(p.device_class, {}).items()}
             outs = {_sink_name(plain.get(k, k)): v for k, v in outs.items()}
-        return outs, Trace(p.rid, p.latency_ms, list(p.steps), p.device_class)
+        trace = Trace(p.rid, p.latency_ms, list(p.steps), p.device_class)
+        for fn in list(self.observers):
+            fn(trace)
+        return outs, trace
 
     def _where(self, p: _Pending) -> str:
         missing = [s for s, w in p.weight.items() if w < 1]
@@ -672,7 +686,8 @@ class Service:
         return {"controller": self.address, "front_door": self.front_door_address,
                 "metrics": {"controller": self.metrics_address,
                             **{s: st.metrics_address for s, st in self.sites.items()}},
-                "sites": self.health(), **({"fleet": self.fleet_run.to_json()} if self.fleet_run else {})}
+                "sites": self.health(), **({"fleet": self.fleet_run.to_json()} if self.fleet_run else {}),
+                **({"switches": list(self.switches)} if self.switches else {})}
 
 
 def files_for(plan: Plan, manifest: Mapping | None = None, base_dir: str | Path | None = None,

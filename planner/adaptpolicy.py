@@ -1,0 +1,369 @@
+"""The adaptation policy the runtime and the simulator share: when a figure has drifted, the fleet
+as observed, the old plan re-costed on it, a warm-started re-plan, and whether to adopt it.
+
+Pure decisions over numbers and plans (no clock, no I/O, no threads): `runtime.observe` feeds it
+figures measured on a running deployment, `simulations.adapt` feeds it the figures of a simulated
+scenario, and both then act on the same `Decision` (issue #19).
+
+Figures are keyed `link:SITE:up_mbps`, `link:SITE:down_mbps`, `link:SITE:rtt_ms` (SITE: the site
+class whose attach link it is) and `compute:NODE@SITE`. A figure drifts when it is off its planned
+value by more than `threshold` (relative) for `sustain_s` without a break.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from tierplan.devices.fleet import Fleet
+from tierplan.errors import InputError
+from tierplan.planner.plan import Plan
+from tierplan.spec import FleetSpec
+
+__all__ = ["AdaptPolicy", "Figure", "DriftDetector", "Decision", "decide", "route_links", "link_figures",
+           "observed_fleet", "recost", "predicted", "slo_of", "score", "moves_of", "class_weights", "Replanner"]
+
+
+@dataclass(frozen=True)
+class AdaptPolicy:
+    """The thresholds of `--adapt` (each one a flag of `tierplan run` / `deploy`)."""
+
+    threshold: float = 0.3          # |observed / planned - 1| beyond which a figure is off
+    sustain_s: float = 1.0          # ... for this long without a break before it is flagged
+    window_s: float = 2.0           # rolling window of the estimates
+    margin: float = 0.1             # a new plan must be predicted this share better (summed sink latency) ...
+    move_cost_ms: float = 10.0      # ... after charging this many ms per piece moved
+    replan_time_limit_s: float = 3.0
+    cooldown_s: float = 5.0         # no new decision this long after one
+    tick_s: float = 0.25            # how often the controller looks at its estimates
+
+    def __post_init__(self) -> None:
+        checks = {"--adapt-threshold": (self.threshold, 0.0), "--adapt-sustain": (self.sustain_s, -1e-12),
+                  "--adapt-window": (self.window_s, 0.0), "--adapt-margin": (self.margin, -1e-12),
+                  "--adapt-move-cost": (self.move_cost_ms, -1e-12),
+                  "--adapt-replan-limit": (self.replan_time_limit_s, 0.0),
+                  "--adapt-cooldown": (self.cooldown_s, -1e-12), "tick_s": (self.tick_s, 0.0)}
+        for flag, (value, above) in checks.items():
+            if not (math.isfinite(value) and value > above):
+                raise InputError(f"{flag} {value}: must be a finite number {'above 0' if above == 0 else '>= 0'}. "
+                                 f"To fix: e.g. {flag} {AdaptPolicy.__dataclass_fields__[_FIELD[flag]].default}")
+        if self.margin >= 1:
+            raise InputError(f"--adapt-margin {self.margin}: a share below 1. To fix: e.g. --adapt-margin 0.1")
+
+    def to_json(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+_FIELD = {"--adapt-threshold": "threshold", "--adapt-sustain": "sustain_s", "--adapt-window": "window_s",
+          "--adapt-margin": "margin", "--adapt-move-cost": "move_cost_ms", "--adapt-replan-limit": "replan_time_limit_s",
+          "--adapt-cooldown": "cooldown_s", "tick_s": "tick_s"}
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One estimated figure against the plan's (or a reference's) value for it."""
+
+    key: str
+    planned: float
+    observed: float
+    samples: int = 0
+
+    @property
+    def ratio(self) -> float:
+        return self.observed / self.planned if self.planned > 0 else math.inf
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "planned": round(self.planned, 4), "observed": round(self.observed, 4),
+                "samples": self.samples}
+
+
+class DriftDetector:
+    """Flags the figures that have been off their planned value by more than the threshold for
+    `sustain_s` without a break (a figure back within it starts over)."""
+
+    def __init__(self, policy: AdaptPolicy) -> None:
+        self.policy = policy
+        self._since: dict[str, float] = {}
+
+    def off(self, f: Figure) -> bool:
+        if f.planned <= 0 or f.observed <= 0 or not math.isfinite(f.observed):
+            return False
+        return abs(math.log(f.observed / f.planned)) > math.log1p(self.policy.threshold)
+
+    def update(self, now_s: float, figures: Iterable[Figure]) -> list[Figure]:
+        """The figures flagged at `now_s` (those off since at least `sustain_s` ago)."""
+        flagged = []
+        seen = set()
+        for f in figures:
+            seen.add(f.key)
+            if not self.off(f):
+                self._since.pop(f.key, None)
+                continue
+            since = self._since.setdefault(f.key, now_s)
+            if now_s - since >= self.policy.sustain_s - 1e-9:
+                flagged.append(f)
+        for k in [k for k in self._since if k not in seen]:   # no estimate any more: start over
+            del self._since[k]
+        return flagged
+
+    def reset(self) -> None:
+        self._since.clear()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to adopt a re-plan, why, and the figures the choice rests on."""
+
+    adopt: bool
+    reason: str
+    predicted_old_ms: dict[str, float]      # "class:sink" -> the old plan re-costed on the observed figures
+    predicted_new_ms: dict[str, float]      # "class:sink" -> the re-plan's prediction
+    slo_ms: dict[str, float]
+    moves: int
+
+    def to_json(self) -> dict:
+        r = lambda d: {k: round(v, 3) for k, v in d.items()}   # noqa: E731
+        return {"adopt": self.adopt, "reason": self.reason, "predicted_old_ms": r(self.predicted_old_ms),
+                "predicted_new_ms": r(self.predicted_new_ms), "slo_ms": dict(self.slo_ms), "moves": self.moves}
+
+
+def _misses(pred: Mapping[str, float], slo: Mapping[str, float], measured: Mapping[str, float] | None = None) -> list[str]:
+    out = [k for k, v in pred.items() if k in slo and v > slo[k]]
+    out += [k for k, v in (measured or {}).items() if k in slo and v > slo[k] and k not in out]
+    return out
+
+
+def score(pred: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
+    """The planner's latency figure: per class its slowest sink, weighted by the class's devices
+    (`weights`, class -> devices; 1 each by default), averaged."""
+    worst: dict[str, float] = {}
+    for k, v in pred.items():
+        cls = k.rpartition(":")[0]
+        worst[cls] = max(worst.get(cls, 0.0), v)
+    w = {c: float((weights or {}).get(c, 1.0)) for c in worst}
+    total = sum(w.values()) or 1.0
+    return sum(worst[c] * w[c] for c in worst) / total
+
+
+def decide(policy: AdaptPolicy, old_ms: Mapping[str, float], new_ms: Mapping[str, float], slo_ms: Mapping[str, float],
+           moves: int, measured_ms: Mapping[str, float] | None = None,
+           weights: Mapping[str, float] | None = None) -> Decision:
+    """Adopt the re-plan when it moves something and either
+    - the old plan misses an SLO ("class:sink", predicted on the observed figures or measured) and the
+      re-plan misses fewer, or as many with a better `score` after `move_cost_ms` per move (the best
+      achievable when not every SLO can be met); or
+    - its `score` plus `move_cost_ms` per move is below the old plan's by `margin`."""
+    keys = [k for k in old_ms if k in new_ms]
+    old = {k: old_ms[k] for k in keys}
+    new = {k: new_ms[k] for k in keys}
+    slo = {k: v for k, v in slo_ms.items() if k in keys}
+
+    def d(adopt: bool, why: str) -> Decision:
+        return Decision(adopt, why, old, new, slo, moves)
+    if not keys:
+        return d(False, "no sink is predicted by both plans")
+    if moves == 0:
+        return d(False, "the re-plan keeps every piece where it runs")
+    s_old, s_new = score(old, weights), score(new, weights)
+    charged = s_new + policy.move_cost_ms * moves
+    missed, left = _misses(old, slo, measured_ms), _misses(new, slo)
+    if missed:
+        if len(left) < len(missed) or (len(left) == len(missed) and charged < s_old):
+            return d(True, f"the old plan misses the SLO of {', '.join(missed)}; the re-plan "
+                           + ("meets every SLO" if not left else
+                              f"is the best achievable (misses {', '.join(left)}; latency {s_old:.0f} -> {s_new:.0f} ms)"))
+        return d(False, f"the old plan misses the SLO of {', '.join(missed)}, but the re-plan is predicted no better "
+                        f"(misses {', '.join(left) or 'none'}; latency {s_old:.0f} -> {s_new:.0f} ms)")
+    if charged <= s_old * (1 - policy.margin):
+        return d(True, f"predicted better: {s_old:.0f} -> {s_new:.0f} ms, {moves} move(s) at {policy.move_cost_ms:g} ms "
+                       f"each (margin {100 * policy.margin:.0f}%)")
+    return d(False, f"predicted {s_old:.0f} -> {s_new:.0f} ms (+{policy.move_cost_ms * moves:.0f} ms for {moves} move(s)): "
+                    f"not better by the margin of {100 * policy.margin:.0f}%")
+
+
+# ----------------------------------------------------------------------------- fleets and figures
+def route_links(fleet: Fleet, a: str, b: str) -> list[tuple[str, str]]:
+    """The links of `fleet.route(a, b)` as (site class whose attach link it is, "up" | "down")."""
+    if a == b:
+        return []
+    chain_a, chain_b = [a, *fleet.parents(a)], [b, *fleet.parents(b)]
+    common = next((x for x in chain_a if x in chain_b), None)
+    if common is None:
+        return []
+    return [(x, "up") for x in chain_a[:chain_a.index(common)]] + \
+        [(y, "down") for y in reversed(chain_b[:chain_b.index(common)])]
+
+
+def link_figures(fleet: Fleet, site: str) -> dict[str, float]:
+    """The planned figures of `site`'s attach link: up_mbps, down_mbps (goodput: bandwidth x (1 - loss)), rtt_ms."""
+    link = fleet.classes[site].link
+    if link is None:
+        return {}
+    keep = 1.0 - (link.loss_rate or 0.0)
+    return {"up_mbps": link.uplink_mbps * keep, "down_mbps": link.downlink_mbps * keep, "rtt_ms": link.rtt_ms}
+
+
+def observed_fleet(plan: Plan, observed: Mapping[str, float]) -> FleetSpec:
+    """The plan's fleet with the observed link figures (`link:SITE:up_mbps|down_mbps|rtt_ms`) in place
+    of the planned ones; a site whose link class other sites share gets its own copy `LINK~SITE`."""
+    spec = plan.fleet_spec()
+    fleet = plan.fleet_model()
+    sites = dict(spec.sites)
+    links = dict(spec.links)
+    per_site: dict[str, dict[str, float]] = {}
+    for key, value in observed.items():
+        kind, _, rest = key.partition(":")
+        site, _, what = rest.rpartition(":")
+        if kind == "link" and site in sites and what in ("up_mbps", "down_mbps", "rtt_ms") and value > 0:
+            per_site.setdefault(site, {})[what] = float(value)
+    for site, figs in per_site.items():
+        name = sites[site].link
+        if not name or name not in links:
+            continue
+        link = links[name]
+        keep = 1.0 - (link.loss_rate or 0.0)
+        update: dict[str, float] = {}
+        if "up_mbps" in figs:
+            update["uplink_mbps"] = figs["up_mbps"] / keep
+        if "down_mbps" in figs:
+            update["downlink_mbps"] = figs["down_mbps"] / keep
+        if "rtt_ms" in figs:
+            update["rtt_ms"] = figs["rtt_ms"]
+        shared = [s for s, c in fleet.classes.items() if c.link_name == name and s != site]
+        new_name = f"{name}~{site}" if shared else name
+        links[new_name] = link.model_copy(update=update)
+        sites[site] = sites[site].model_copy(update={"link": new_name})
+    return spec.model_copy(update={"sites": sites, "links": links})
+
+
+def _sink_key(cls: str, sink: str) -> str:
+    return f"{cls}:{sink[5:] if sink.startswith('sink:') else sink}"
+
+
+def predicted(plan: Plan, classes: Iterable[str] | None = None) -> dict[str, float]:
+    """"class:sink" -> the plan's predicted latency for the classes given (default: all of them)."""
+    out = {}
+    for cls, sinks in plan.class_sinks.items():
+        if classes is None or cls in classes:
+            for sink, lat in sinks.items():
+                out[_sink_key(cls, sink)] = lat.latency_ms
+    return out
+
+
+def slo_of(plan: Plan, classes: Iterable[str] | None = None) -> dict[str, float]:
+    """"class:sink" -> its SLO in ms (sinks without one left out)."""
+    out = {}
+    for cls, sinks in plan.class_sinks.items():
+        if classes is None or cls in classes:
+            for sink, lat in sinks.items():
+                if lat.slo_ms:
+                    out[_sink_key(cls, sink)] = lat.slo_ms
+    return out
+
+
+def _hop_ms(fleet: Fleet, site: str, way: str, nbytes: float) -> float:
+    link = fleet.classes[site].link
+    if link is None:
+        return 0.0
+    keep = 1.0 - (link.loss_rate or 0.0)
+    mbps = (link.uplink_mbps if way == "up" else link.downlink_mbps) * keep
+    return link.rtt_ms / 2.0 + nbytes * 8.0 / (mbps * 1e3)
+
+
+def recost(plan: Plan, observed: Fleet, classes: Iterable[str] | None = None) -> dict[str, float]:
+    """"class:sink" -> the plan's latency re-costed on the `observed` fleet: its prediction plus, for
+    every tensor its requests send upstream of the sink, the change of each hop's RTT/2 + bytes /
+    goodput (times the invocations per request). A first-order figure: queueing is left as planned."""
+    planned = plan.fleet_model()
+    rate = {p.id: p.rate_factor for p in plan.pieces}
+    out: dict[str, float] = {}
+    for cls, sinks in plan.class_sinks.items():
+        if classes is not None and cls not in classes:
+            continue
+        view = {**plan.assignment, **plan.per_class.get(cls, {}), **{k: v for k, v in plan.pins.get(cls, {}).items() if v}}
+        ins: dict[str, list] = {}
+        for e in plan.edges:
+            ins.setdefault(e.dst, []).append(e)
+        for sink, lat in sinks.items():
+            node = sink if sink.startswith("sink:") else f"sink:{sink}"
+            seen, stack, extra = set(), [node], 0.0
+            while stack:
+                n = stack.pop()
+                for e in ins.get(n, []):
+                    a, b = view.get(e.src), view.get(e.dst) or view.get(e.src)
+                    if a and b and a != b:
+                        times = rate.get(e.dst, rate.get(e.src, 1.0)) or 1.0
+                        for site, way in route_links(planned, a, b):
+                            extra += times * (_hop_ms(observed, site, way, e.nbytes) - _hop_ms(planned, site, way, e.nbytes))
+                    if e.src not in seen:
+                        seen.add(e.src)
+                        stack.append(e.src)
+            out[_sink_key(cls, sink)] = lat.latency_ms + extra
+    return out
+
+
+def moves_of(old: Plan, new: Plan, classes: Iterable[str] | None = None) -> list[dict[str, str | None]]:
+    """Per class, each piece `new` runs on another site class than `old` did, or that `new` cuts
+    differently (a piece of `old` that `new` does not have: `to_site` None)."""
+    out: list[dict[str, str | None]] = []
+    for cls, sites in new.per_class.items():
+        if classes is not None and cls not in classes:
+            continue
+        before = old.per_class.get(cls, {})
+        for piece, site in sites.items():
+            if before.get(piece) != site:
+                out.append({"edge_class": cls, "piece": piece, "from_site": before.get(piece), "to_site": site})
+        for piece, site in before.items():
+            if piece not in sites:
+                out.append({"edge_class": cls, "piece": piece, "from_site": site, "to_site": None})
+    return out
+
+
+def class_weights(plan: Plan) -> dict[str, float]:
+    """Class -> its devices (the planner's weights), from the plan's coverage."""
+    return {c: float(v.devices) for c, v in plan.coverage.items()}
+
+
+@dataclass
+class Replanner:
+    """Warm-started, time-limited re-plans of one plan's app on observed fleets. The app graph (the
+    models cut at their candidate points) is built once (`prepare`), so a re-plan costs the solve."""
+
+    plan: Plan
+    pieces_dir: Path
+    graph: object = None
+    regroup: Callable | None = None
+    solves: list[float] = field(default_factory=list)
+
+    def prepare(self) -> "Replanner":
+        if self.graph is None:
+            from tierplan.partition.app_graph import build_app_graph
+            from tierplan.partition.candidates import DEFAULT_SEGMENTS
+            app = self.plan.app_spec()
+            self.graph = build_app_graph(app, self.pieces_dir, segments=DEFAULT_SEGMENTS)
+
+            def regroup(cuts):
+                return build_app_graph(app, self.pieces_dir, cuts=cuts)
+            self.regroup = regroup
+        return self
+
+    def __call__(self, fleet: FleetSpec, time_limit_s: float, current: Plan | None = None) -> Plan:
+        """A plan of the app on `fleet`, warm-started from `current` (default: the plan given)."""
+        from tierplan.devices.costmodel import CostModel
+        from tierplan.devices.fleet import resolve_fleet
+        from tierplan.planner.api import plan_graph
+        from tierplan.planner.build import SloTarget
+        self.prepare()
+        app = self.plan.app_spec()
+        resolved = resolve_fleet(fleet, catalog={})
+        t0 = time.perf_counter()
+        new = plan_graph(self.graph, resolved, CostModel(), slo={s.sink: SloTarget(s.latency_ms, s.percentile)
+                                                                for s in app.slo},
+                         objective=app.weights, budget_usd_per_hour=app.budget_usd_per_hour,
+                         time_limit_s=time_limit_s, from_plan=current or self.plan, regroup=self.regroup,
+                         with_baselines=False, analyse_uncovered=False)
+        self.solves.append(time.perf_counter() - t0)
+        return new.with_inputs(app, resolved)

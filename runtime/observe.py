@@ -1,0 +1,216 @@
+"""Rolling estimates of a running deployment's links and pieces, from the traces its requests return.
+
+Every finished request's trace (runtime.service.Trace) carries its `transfer` steps (`a->b`, ms
+from send to arrival over the emulated or real route) and its `compute` steps (`node@site`, ms).
+`Observer` keeps those of the last `window_s` seconds and estimates:
+
+- per link (the attach link of a site class: up and down goodput, RTT): each transfer crosses the
+  links of its route (devices.fleet.Fleet.route), one RTT/2 + bytes / goodput each. The least
+  queued transfers tell the link's own figures, so per (route, size) the window's `quantile`
+  (default the 10th percentile) is one sample, and the links' (RTT/2, 1/goodput up, 1/goodput
+  down) are the least-squares fit of those samples, pulled towards the planned figures where the
+  samples cannot tell them apart (ridge); a link's RTT is shared by both directions;
+- per piece and site: the median compute time of the window, against a reference (the first full
+  window after start, since the plan's times are for the fleet's devices, not this host).
+
+The figures go to the shared policy (planner.adaptpolicy.DriftDetector).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from tierplan.devices.fleet import Fleet
+from tierplan.planner.adaptpolicy import Figure, link_figures, route_links
+from tierplan.planner.plan import Plan
+
+__all__ = ["Observer", "transfer_sizes"]
+
+_RIDGE_DELAY = 0.05    # weight of the planned RTT/2 against one route's samples
+_RIDGE_RATE = 0.002    # ... and of the planned goodput (weak: bandwidth is what drifts)
+_MIN_LINK_SAMPLES = 3  # transfers of a (route, size) in the window before it counts
+
+
+def _strip(node: str) -> str:
+    """The plan node of an executable id (`gN~`, `CLASS/` prefixes dropped)."""
+    head, sep, rest = node.partition("~")
+    if sep and head.startswith("g") and head[1:].isdigit():
+        node = rest
+    return node
+
+
+def transfer_sizes(exe: Plan) -> dict[str, list[int]]:
+    """"a->b" (site classes) -> the sizes of the tensors the executable plan sends from a to b."""
+    sites = dict(exe.assignment)
+    out: dict[str, set[int]] = {}
+    for e in exe.edges:
+        a, b = sites.get(e.src), sites.get(e.dst)
+        if a and b and a != b:
+            out.setdefault(f"{a}->{b}", set()).add(int(e.nbytes))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+@dataclass
+class _Sample:
+    t: float
+    kind: str       # "transfer" | "compute"
+    name: str
+    ms: float
+
+
+class Observer:
+    """Collects finished requests' steps and estimates the figures (thread-safe)."""
+
+    def __init__(self, plan: Plan, exe: Plan, window_s: float = 2.0, quantile: float = 10.0) -> None:
+        """`plan`: the plan as planned (its fleet gives the planned link figures); `exe`: what runs
+        (runtime.fleetrun; its edges give the sizes sent between sites)."""
+        self.fleet: Fleet = plan.fleet_model()
+        self.window_s = window_s
+        self.quantile = quantile
+        self.sizes = transfer_sizes(exe)
+        self._samples: deque[_Sample] = deque()
+        self._lat: deque[tuple[float, str, float]] = deque()    # (t, class, ms) per request
+        self._lock = threading.Lock()
+        self._reference: dict[str, float] = {}
+        self.started_s = time.monotonic()
+
+    def set_exe(self, exe: Plan) -> None:
+        """What runs changed (a live move): sizes between sites follow it; compute references start over."""
+        with self._lock:
+            self.sizes = {k: sorted(set(self.sizes.get(k, [])) | set(v)) for k, v in transfer_sizes(exe).items()}
+            self._reference.clear()
+
+    # ------------------------------------------------------------------ input
+    def add(self, steps: Iterable, latency_ms: float | None = None, device_class: str | None = None,
+            now_s: float | None = None) -> None:
+        """One finished request's steps ([kind, name, ms]); `latency_ms`: its end-to-end latency."""
+        t = time.monotonic() if now_s is None else now_s
+        with self._lock:
+            for kind, name, ms in steps:
+                if kind in ("transfer", "compute"):
+                    self._samples.append(_Sample(t, kind, str(name), float(ms)))
+            if latency_ms is not None:
+                self._lat.append((t, device_class or "", float(latency_ms)))
+            self._trim(t)
+
+    def _trim(self, now_s: float) -> None:
+        while self._samples and self._samples[0].t < now_s - self.window_s:
+            self._samples.popleft()
+        while self._lat and self._lat[0][0] < now_s - max(self.window_s, 10.0):
+            self._lat.popleft()
+
+    # ------------------------------------------------------------------ estimates
+    def latency_p95(self, now_s: float | None = None, span_s: float | None = None) -> dict[str, float]:
+        """Class -> p95 of its requests' latency over the last `span_s` (default the window)."""
+        t = time.monotonic() if now_s is None else now_s
+        span = self.window_s if span_s is None else span_s
+        with self._lock:
+            per: dict[str, list[float]] = {}
+            for at, cls, ms in self._lat:
+                if at >= t - span:
+                    per.setdefault(cls, []).append(ms)
+        return {c: float(np.percentile(v, 95)) for c, v in per.items() if v}
+
+    def link_estimates(self, now_s: float | None = None) -> dict[str, Figure]:
+        """`link:SITE:up_mbps|down_mbps|rtt_ms` -> Figure, for the links the window's transfers tell."""
+        t = time.monotonic() if now_s is None else now_s
+        with self._lock:
+            self._trim(t)
+            by_route: dict[str, list[float]] = {}
+            for s in self._samples:
+                if s.kind == "transfer":
+                    by_route.setdefault(s.name, []).append(s.ms)
+            sizes = dict(self.sizes)
+        rows: list[tuple[list[tuple[str, str]], float, float, int]] = []   # (links, bytes, ms, n)
+        for route, times in by_route.items():
+            a, _, b = route.partition("->")
+            if a not in self.fleet.classes or b not in self.fleet.classes or len(times) < _MIN_LINK_SAMPLES:
+                continue
+            size = sizes.get(route)
+            if not size:
+                continue
+            # one size: the sample is that size's; several: the smallest (the least queued transfers
+            # are most likely the small ones), an approximation the docs state
+            rows.append((route_links(self.fleet, a, b), float(size[0]), float(np.percentile(times, self.quantile)), len(times)))
+        if not rows:
+            return {}
+        links = sorted({site for r in rows for site, _ in r[0]})
+        # unknowns per link: half RTT (ms), ms per byte up, ms per byte down
+        idx = {(site, k): 3 * i + j for i, site in enumerate(links) for j, k in enumerate(("d", "up", "down"))}
+        prior = np.zeros(3 * len(links))
+        scale = np.zeros(3 * len(links))
+        for site in links:
+            f = link_figures(self.fleet, site)
+            prior[idx[(site, "d")]] = f["rtt_ms"] / 2.0
+            prior[idx[(site, "up")]] = 8.0 / (f["up_mbps"] * 1e3)
+            prior[idx[(site, "down")]] = 8.0 / (f["down_mbps"] * 1e3)
+            scale[idx[(site, "d")]] = max(f["rtt_ms"] / 2.0, 1.0)
+            scale[idx[(site, "up")]] = prior[idx[(site, "up")]]
+            scale[idx[(site, "down")]] = prior[idx[(site, "down")]]
+        a_rows, b_rows, used = [], [], set()
+        for hops, nbytes, ms, n in rows:
+            row = np.zeros(len(prior))
+            for site, way in hops:
+                row[idx[(site, "d")]] += 1.0
+                row[idx[(site, way)]] += nbytes
+                used.add((site, way))
+                used.add((site, "d"))
+            norm = max(ms, 1.0) / np.sqrt(n)   # relative errors (a slow route does not outweigh a fast one), by samples
+            a_rows.append(row / norm)
+            b_rows.append(ms / norm)
+        for k in range(len(prior)):
+            row = np.zeros(len(prior))
+            w = np.sqrt(_RIDGE_DELAY if k % 3 == 0 else _RIDGE_RATE)
+            row[k] = w / scale[k]
+            a_rows.append(row)
+            b_rows.append(w * prior[k] / scale[k])
+        x, *_ = np.linalg.lstsq(np.array(a_rows), np.array(b_rows), rcond=None)
+        n_of = {site: sum(r[3] for r in rows if any(s == site for s, _ in r[0])) for site in links}
+        out: dict[str, Figure] = {}
+        for site in links:
+            f = link_figures(self.fleet, site)
+            n = n_of[site]
+            if (site, "d") in used:
+                out[f"link:{site}:rtt_ms"] = Figure(f"link:{site}:rtt_ms", f["rtt_ms"], max(2 * x[idx[(site, 'd')]], 0.0), n)
+            for way, key in (("up", "up_mbps"), ("down", "down_mbps")):
+                if (site, way) in used:
+                    spb = x[idx[(site, way)]]
+                    mbps = 8.0 / (spb * 1e3) if spb > 0 else float("inf")
+                    out[f"link:{site}:{key}"] = Figure(f"link:{site}:{key}", f[key], mbps, n)
+        return out
+
+    def compute_estimates(self, now_s: float | None = None) -> dict[str, Figure]:
+        """`compute:NODE@SITE` -> Figure: the window's median against the reference median (the first
+        full window's, or the last one a live move left)."""
+        t = time.monotonic() if now_s is None else now_s
+        with self._lock:
+            self._trim(t)
+            per: dict[str, list[float]] = {}
+            for s in self._samples:
+                if s.kind == "compute":
+                    node, _, site = s.name.rpartition("@")
+                    per.setdefault(f"compute:{_strip(node)}@{site}", []).append(s.ms)
+            full = t - self.started_s >= self.window_s
+            out = {}
+            for key, ms in per.items():
+                med = float(np.median(ms))
+                if key not in self._reference:
+                    if full and len(ms) >= 3:
+                        self._reference[key] = med
+                    continue
+                out[key] = Figure(key, self._reference[key], med, len(ms))
+        return out
+
+    def figures(self, now_s: float | None = None) -> list[Figure]:
+        t = time.monotonic() if now_s is None else now_s
+        return [*self.link_estimates(t).values(), *self.compute_estimates(t).values()]
+
+    def observed_links(self, flagged: Iterable[Figure], all_figures: Mapping[str, Figure] | None = None) -> dict[str, float]:
+        """The link figures to re-plan with: every flagged link figure's observed value."""
+        return {f.key: f.observed for f in flagged if f.key.startswith("link:")}

@@ -1,0 +1,92 @@
+"""The shared policy (planner.adaptpolicy) and the runtime's estimates (runtime.observe) on known figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapt_helpers import phone_gw_fleet
+from tierplan.errors import InputError
+from tierplan.planner.adaptpolicy import AdaptPolicy, DriftDetector, Figure, decide, observed_fleet, route_links
+from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
+from tierplan.runtime.handplan import with_fleet
+from tierplan.runtime.observe import Observer
+
+
+def _plan(uplink_mbps: float = 12.0, rtt_ms: float = 50.0) -> Plan:
+    """source on the phone -> piece on the gateway (100 kB up) -> sink back on the phone (8 bytes down)."""
+    pieces = [PlanPiece(id="cam", kind="source"), PlanPiece(id="m/p0", kind="piece"),
+              PlanPiece(id="sink:out", kind="sink")]
+    edges = [PlanEdge(src="cam", dst="m/p0", nbytes=100_000), PlanEdge(src="m/p0", dst="sink:out", nbytes=8)]
+    plan = Plan(status="feasible", assignment={"cam": "phone", "m/p0": "gw", "sink:out": "phone"},
+                pieces=pieces, edges=edges)
+    return with_fleet(plan, phone_gw_fleet(uplink_mbps, rtt_ms))
+
+
+def _feed(obs: Observer, t0: float, up_mbps: float, rtt_ms: float, n: int, rng) -> float:
+    """n requests, one every 0.1 s, whose transfers took what the link takes (some queued longer)."""
+    t = t0
+    for _ in range(n):
+        up = rtt_ms / 2 + 100_000 * 8 / (up_mbps * 1e3) + float(rng.exponential(30.0))
+        down = rtt_ms / 2 + 8 * 8 / (12.0 * 1e3) + float(rng.exponential(2.0))
+        obs.add([["transfer", "phone->gw", up], ["compute", "m/p0@gw", 5.0], ["transfer", "gw->phone", down]],
+                latency_ms=up + down + 5, device_class="phone", now_s=t)
+        t += 0.1
+    return t
+
+
+def test_observer_recovers_goodput_and_rtt_of_a_stepped_link():
+    plan = _plan()
+    obs = Observer(plan, plan, window_s=2.0)
+    rng = np.random.default_rng(0)
+    t = _feed(obs, 0.0, 12.0, 50.0, 30, rng)
+    before = obs.link_estimates(t)
+    assert before["link:phone:up_mbps"].observed == pytest.approx(12.0, rel=0.25)
+    assert before["link:phone:rtt_ms"].observed == pytest.approx(50.0, rel=0.25)
+    t = _feed(obs, t, 2.0, 50.0, 30, rng)                 # the uplink drops to 2 Mbit/s
+    after = obs.link_estimates(t)
+    assert after["link:phone:up_mbps"].observed == pytest.approx(2.0, rel=0.25)
+    assert after["link:phone:rtt_ms"].observed == pytest.approx(50.0, rel=0.35)
+
+
+def test_drift_is_flagged_only_when_sustained():
+    det = DriftDetector(AdaptPolicy(threshold=0.3, sustain_s=1.0))
+    off = Figure("link:phone:up_mbps", 12.0, 2.0)
+    near = Figure("link:phone:up_mbps", 12.0, 11.0)
+    assert det.update(0.0, [off]) == []
+    assert det.update(0.5, [off]) == []
+    assert det.update(0.7, [near]) == []                   # back within: starts over
+    assert det.update(1.0, [off]) == []
+    assert det.update(2.0, [off]) == [off]
+
+
+def test_decide_adopts_on_a_missed_slo_or_by_the_margin_only():
+    p = AdaptPolicy(margin=0.1, move_cost_ms=10.0)
+    slo = {"c:text": 1000.0, "c:speech": 400.0}
+    # the old plan misses text; the new one misses speech but its slowest sink is lower: best achievable
+    d = decide(p, {"c:text": 1137.0, "c:speech": 385.0}, {"c:text": 862.0, "c:speech": 550.0}, slo, moves=1)
+    assert d.adopt and "best achievable" in d.reason
+    # no SLO missed: 5% better is within the margin
+    d = decide(p, {"c:text": 800.0, "c:speech": 300.0}, {"c:text": 760.0, "c:speech": 300.0}, slo, moves=1)
+    assert not d.adopt
+    d = decide(p, {"c:text": 800.0, "c:speech": 300.0}, {"c:text": 600.0, "c:speech": 300.0}, slo, moves=2)
+    assert d.adopt
+    # the move cost counts: 25 moves at 10 ms eat a 200 ms gain
+    assert not decide(p, {"c:text": 800.0}, {"c:text": 600.0}, slo, moves=25).adopt
+    assert not decide(p, {"c:text": 1200.0}, {"c:text": 900.0}, slo, moves=0).adopt
+
+
+def test_policy_flags_are_checked():
+    with pytest.raises(InputError, match="--adapt-threshold"):
+        AdaptPolicy(threshold=0)
+    with pytest.raises(InputError, match="--adapt-margin"):
+        AdaptPolicy(margin=1.5)
+
+
+def test_observed_fleet_replaces_one_sites_link():
+    plan = _plan(12.0)
+    spec = observed_fleet(plan, {"link:phone:up_mbps": 2.0, "link:phone:rtt_ms": 80.0})
+    link = spec.links[spec.sites["phone"].link]
+    assert (link.uplink_mbps, link.downlink_mbps, link.rtt_ms) == (2.0, 12.0, 80.0)
+    assert route_links(plan.fleet_model(), "phone", "gw") == [("phone", "up")]
+    assert route_links(plan.fleet_model(), "gw", "phone") == [("phone", "down")]
