@@ -70,6 +70,7 @@ import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 from tierplan.spec import DeviceSpec
 
@@ -162,7 +163,7 @@ def nchwc_block(cpu: "CpuIdentity | None" = None) -> int:
     return 16 if "avx512f" in cpu.flags else 8
 
 
-def isa_names(flags) -> list[str]:
+def isa_names(flags: Iterable[str]) -> list[str]:
     """The headline vector ISAs among `flags`, for people."""
     f = set(flags)
     names = [("AVX2", "avx2"), ("AVX-512", "avx512f"), ("VNNI", "avx512_vnni"), ("AVX-VNNI", "avx_vnni"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Mapping
+from typing import Hashable, Iterable, Mapping
 
 import networkx as nx
 import onnx
@@ -26,7 +26,7 @@ from tierplan.errors import InputError
 __all__ = ["ops_of", "piece_from_onnx", "pieces_from_dir", "slice_model", "load_target"]
 
 
-def ops_of(G: nx.DiGraph, nodes=None) -> tuple[OpCost, ...]:
+def ops_of(G: nx.DiGraph, nodes: Iterable[Hashable] | None = None) -> tuple[OpCost, ...]:
     """OpCost of each operator of G (or of `nodes`), in graph order."""
     names = list(G.nodes) if nodes is None else list(nodes)
     return tuple(OpCost(name=str(v), op_type=G.nodes[v]["op_type"], flops=float(G.nodes[v]["flops"]),

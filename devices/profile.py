@@ -12,13 +12,16 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypedDict, Unpack
 
 import numpy as np
 
 from tierplan.partition.feeds import random_feeds
 from tierplan.partition.types import Piece, TensorInfo
 from tierplan.errors import InputError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 __all__ = ["BACKENDS", "Measurement", "measure", "measure_piece", "time_runs", "ort_session", "ort_node_times"]
 
@@ -66,7 +69,8 @@ def time_runs(run: Callable[[], object], warmup: int = 3, runs: int = 20, min_ti
     return wall, cpu
 
 
-def ort_session(path: str | Path, threads: int = DEFAULT_THREADS, profile_dir: str | None = None):
+def ort_session(path: str | Path, threads: int = DEFAULT_THREADS, profile_dir: str | None = None,
+                ) -> ort.InferenceSession:
     """An onnxruntime CPU session with `threads` intra-op threads and sequential execution."""
     import onnxruntime as ort
 
@@ -88,7 +92,8 @@ def _feeds_for(inputs: Sequence[TensorInfo], seed: int) -> dict[str, np.ndarray]
     return random_feeds(inputs, seed=seed)
 
 
-def _session_inputs(sess) -> list[TensorInfo]:
+def _session_inputs(sess: ort.InferenceSession) -> list[TensorInfo]:
+    """A session's inputs as TensorInfo, dynamic dimensions taken as 1 and unknown types as float32."""
     out = []
     for i in sess.get_inputs():
         shape = tuple(int(d) if isinstance(d, int) and d > 0 else 1 for d in i.shape)
@@ -124,7 +129,17 @@ def measure(path: str | Path, backend: str = "ort", threads: int = DEFAULT_THREA
                        min_ms=float(min(times)), cpu_median_ms=float(statistics.median(cpu)))
 
 
-def measure_piece(piece: Piece, backend: str = "ort", **kw) -> Measurement:
+class MeasureOptions(TypedDict, total=False):
+    """The keyword arguments of `measure` that `measure_piece` passes on."""
+
+    threads: int
+    runs: int
+    warmup: int
+    min_time_s: float
+    seed: int
+
+
+def measure_piece(piece: Piece, backend: str = "ort", **kw: Unpack[MeasureOptions]) -> Measurement:
     """Measure a piece's standalone file with inputs of the shapes it declares (a .tflite piece runs on
     LiteRT, the one backend that runs it, unless another is asked for by name)."""
     if not piece.file:

@@ -14,7 +14,7 @@ import importlib
 import json
 import pkgutil
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import typer
 
@@ -76,7 +76,8 @@ def _warnings_as_lines() -> None:
     if getattr(default, "tierplan_lines", False):   # main() called again in one process
         return
 
-    def show(message, category, filename, lineno, file=None, line=None):
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
         if category.__module__.split(".")[0] in ("devices", "tierplan", "planner", "runtime", "partition",
                                                  "simulations"):
             print(f"warning: {message}", file=sys.stderr)

@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 from contextlib import contextmanager
-from typing import IO, Iterator, Literal, cast
+from typing import IO, Any, Callable, Iterator, Literal, Protocol, cast
 
 from rich import box
 from rich.console import Console, JustifyMethod
@@ -53,7 +53,8 @@ def console(stderr: bool = False, file: IO[str] | None = None, min_width: int | 
     return Console(stderr=stderr, file=file, width=int(width) if width.isdigit() and int(width) > 0 else PIPE_WIDTH)
 
 
-def column(table: Table, header: str, *, ident: bool = False, justify: JustifyMethod | None = None, **kw) -> None:
+def column(table: Table, header: str, *, ident: bool = False, justify: JustifyMethod | None = None,
+           **kw: Any) -> None:
     """Add a column: `ident` columns (names, ids, sites) never wrap; no header word is ever cut to "…"."""
     words = header.split() or [""]
     kw.setdefault("min_width", max(len(w) for w in words))
@@ -160,7 +161,20 @@ def progress(enabled: bool, *columns: str | ProgressColumn) -> Iterator[Progress
             thread.join()
 
 
-def _figures(ev) -> str:
+class SolveFigures(Protocol):
+    """What the solver bar reads of a planner.progress.SolveEvent (the planner sits above this module)."""
+
+    @property
+    def phase(self) -> str: ...
+    @property
+    def incumbent(self) -> float | None: ...
+    @property
+    def bound(self) -> float | None: ...
+    @property
+    def gap(self) -> float | None: ...
+
+
+def _figures(ev: SolveFigures) -> str:
     """'best 1.2e+06, bound 1.1e+06, gap 8.3%' of a planner.progress.SolveEvent (what it has)."""
     parts = []
     if ev.incumbent is not None:
@@ -173,7 +187,8 @@ def _figures(ev) -> str:
 
 
 @contextmanager
-def solver_progress(enabled: bool, time_limit_s: float, what: str = "plan") -> Iterator:
+def solver_progress(enabled: bool, time_limit_s: float, what: str = "plan",
+                    ) -> Iterator[Callable[[SolveFigures], None] | None]:
     """A progress bar of the planner on stderr: its phase, the time used of the solver's limit, and the
     running CP-SAT model's incumbent, bound and gap. Yields the hook for `plan_app(progress=...)`
     (None when not `enabled`: CP-SAT then runs without callbacks)."""
@@ -184,7 +199,7 @@ def solver_progress(enabled: bool, time_limit_s: float, what: str = "plan") -> I
                   TextColumn("{task.fields[figures]}")) as bar:
         task = bar.add_task("starting", total=time_limit_s, figures="")
 
-        def hook(ev) -> None:
+        def hook(ev: SolveFigures) -> None:
             bar.update(task, description=ev.phase, figures=_figures(ev))
         yield hook
         bar.update(task, description="done", completed=time_limit_s)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import annotated_types as at
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from tierplan import spec as S
@@ -83,7 +84,7 @@ def _type_name(tp: typing.Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _bounds(field) -> str:
+def _bounds(field: FieldInfo) -> str:
     parts = []
     for meta in field.metadata:
         for attr, sym in (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤")):
@@ -96,15 +97,12 @@ def _bounds(field) -> str:
     return ", ".join(parts)
 
 
-def _default(field) -> str:
+def _default(field: FieldInfo) -> str:
     if field.is_required():
         return "**required**"
-    if field.default_factory is not None:
-        value = field.default_factory()
-    elif field.default is PydanticUndefined:
+    if field.default_factory is None and field.default is PydanticUndefined:
         return ""
-    else:
-        value = field.default
+    value = field.get_default(call_default_factory=True)   # the spec's factories take no arguments
     if value is None:
         return "none"
     if value == {} or value == []:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 __all__ = ["TierplanError", "SpecError", "InputError", "InfeasibleError", "RuntimeFault"]
 
 
@@ -57,7 +59,7 @@ class RuntimeFault(TierplanError):
     exit_code = 1
 
 
-def finite_flag(flag: str, example: str, minimum: float = 0.0):
+def finite_flag(flag: str, example: str, minimum: float = 0.0) -> Callable[[float | None], float | None]:
     """A typer callback refusing nan, inf and values below `minimum` for a float flag, naming it (exit 2)."""
     import math
 

@@ -42,7 +42,7 @@ class _FastLoader(_Base):  # type: ignore[valid-type,misc]
 
     merged_or_duplicate = False
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         mapping = super().construct_mapping(node, deep=deep)
         if len(mapping) != len(node.value):  # a duplicate key (or a `<<` merge): the slow path finds out which
             self.merged_or_duplicate = True

@@ -21,13 +21,16 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import yaml
 
 from tierplan.errors import SpecError
 from tierplan.loader import best_line, format_path, index_yaml, parse_path, relocate
 from tierplan.spec import TIERS, AppSpec, DeviceSpec, FleetSpec, ModelSpec, did_you_mean, hinter
+
+if TYPE_CHECKING:
+    from onnx import ValueInfoProto
 
 __all__ = ["validate", "check", "TensorSig", "ModelIO", "read_model_io"]
 
@@ -62,7 +65,7 @@ class _ModelFileError(Exception):
     """A model file that cannot be used; str() is the message."""
 
 
-def _sig(vi) -> TensorSig:
+def _sig(vi: ValueInfoProto) -> TensorSig:
     import onnx
     tt = vi.type.tensor_type
     dims: list[Dim] = []
@@ -412,8 +415,9 @@ def validate(app: AppSpec, fleet: FleetSpec | None = None, *, app_path: str | Pa
     return app_rep.sorted() + fleet_rep.sorted()
 
 
-def check(app: AppSpec, fleet: FleetSpec | None = None, **kw) -> None:
+def check(app: AppSpec, fleet: FleetSpec | None = None, *, app_path: str | Path | None = None,
+          fleet_path: str | Path | None = None, catalog: Mapping[str, DeviceSpec]) -> None:
     """`validate`, raising SpecError with every problem when there is any."""
-    problems = validate(app, fleet, **kw)
+    problems = validate(app, fleet, app_path=app_path, fleet_path=fleet_path, catalog=catalog)
     if problems:
         raise SpecError(problems)

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
 import typer
 
 from tierplan.errors import SpecError
-from tierplan.spec import AppSpec, DeviceSpec, FleetSpec
+from tierplan.spec import AppSpec, DeviceSpec, FleetSpec, ModelSpec
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+_T = TypeVar("_T")
 
 __all__ = ["register", "run_validate", "summary"]
 
@@ -39,7 +45,7 @@ def run_validate(app_path: Path, fleet_path: Path | None = None) -> tuple[AppSpe
     return app, fleet
 
 
-def _model_kind(m) -> str:
+def _model_kind(m: ModelSpec) -> str:
     return "onnx" if m.onnx is not None else ("tflite" if m.tflite is not None else "profile")
 
 
@@ -74,7 +80,7 @@ def summary(app: AppSpec, fleet: FleetSpec | None) -> dict:
 ROWS_SHOWN = 50  # rows per summary table; --json lists everything
 
 
-def _rows(t, items: list, row) -> None:
+def _rows(t: Table, items: Sequence[_T], row: Callable[[_T], Sequence[str]]) -> None:
     """Add row(item) for the first ROWS_SHOWN items, then one '... and N more' row."""
     for item in items[:ROWS_SHOWN]:
         t.add_row(*row(item))
