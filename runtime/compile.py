@@ -10,10 +10,15 @@ For each (piece, site class) of the plan:
    output: the absolute tolerance scales with the output's magnitude, since float32 rounding does:
    an SSD's boxes in pixels differ by 7e-4 between onnxruntime's optimised and plain graphs) and
    rejected on a mismatch;
-3. the choice: on a device that is this machine (`local`) or shares its architecture, every
-   candidate is built and timed (median of N runs) and the fastest verified one wins; on other
-   devices the device's first listed backend that builds and passes the checks wins (the cost
-   model predicts one latency per device, not per backend, so it cannot rank them);
+3. the choice: every candidate is built. On a device that is this machine (`local`) or shares its
+   architecture, each is timed (median of N runs) and the fastest verified one wins. On other
+   devices (a Jetson, a Raspberry Pi 5, an IP camera) the one the cost model predicts fastest
+   wins: the cost model's latency of the piece on the device times each backend's time on this
+   machine over onnxruntime's (a cross-compiled TVM build is timed through its host build), each
+   alternative's `predicted_ms` and the entry's `choice` saying so. Backends the backends/ package
+   provides each build a file kind (runtime/backends/*_backend.py: `build_piece(BuildJob)`); a
+   backend the device lists that cannot run the file (LiteRT for an ONNX piece) is recorded among
+   the alternatives with what it would need;
 4. a candidate that fails (TVM frontend or codegen error, mismatch) is recorded with its reason
    and the next one is used: `fallback_reason` says why.
 
@@ -30,15 +35,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tierplan.runtime.backends import BACKENDS
-from tierplan.runtime.backends.base import TensorSpec, host_arch, median_ms, random_inputs, target_arch
+from tierplan.runtime.backends import BACKENDS, applicable, backend_module
+from tierplan.runtime.backends.base import BuildJob, TensorSpec, first_line, host_arch, random_inputs, target_arch
+from tierplan.runtime.backends.litert_backend import ONNX_NOTE
+from tierplan.runtime.backends.tvm_backend import CROSS_NOTE
 from tierplan.runtime.backends.tvm_tune import TuneSettings
 from tierplan.runtime.store import MANIFEST_NAME, ArtifactStore, artifact_key, file_sha256
 from tierplan.errors import InputError
+from tierplan.planner.plan import PlanPiece
 from tierplan.spec import DeviceSpec
 
 __all__ = ["CompileOptions", "CompileResult", "compile_plan", "compile_piece", "load_manifest",
@@ -46,13 +54,8 @@ __all__ = ["CompileOptions", "CompileResult", "compile_plan", "compile_piece", "
 
 #: bump when the build or check logic changes so old store entries stop matching
 STORE_SCHEMA = 1
-CROSS_NOTE = "cross-compiled, not runnable here"
-HOST_BUILD_NAME = "piece.host.so"   # the same Relax module built for this machine (checks, local emulation)
-LITERT_NOTE = "no ONNX reference for a .tflite piece; ran on random inputs, outputs finite and of declared shapes"
 
 # piece file kind -> backends that can run it
-_APPLICABLE: dict[str, tuple[str, ...]] = {"onnx": ("tvm", "onnxruntime"), "tflite": ("litert",)}
-_EXT = {"onnxruntime": "onnx", "litert": "tflite"}
 
 
 @dataclass(frozen=True)
@@ -100,18 +103,19 @@ class CompileResult:
 
 # ----------------------------------------------------------------------------- inputs
 def compiler_versions() -> dict[str, str]:
-    """Versions of every compiler/runtime whose output lands in the store (part of each key)."""
+    """Versions of every compiler/runtime whose output lands in the store (part of each key): each
+    backend's (its module's `version()`, which reads package metadata, not the package) and onnx's."""
     import importlib.metadata as md
 
-    from tierplan.runtime.backends import litert_backend
+    from tierplan.runtime.backends import BACKENDS, backend_module
 
     def dist(name: str) -> str:   # metadata, not imports: importing tvm alone takes seconds
         try:
             return md.version(name)
         except md.PackageNotFoundError:
             return "absent"
-    return {"tvm": dist("apache-tvm"), "tvm_ffi": dist("apache-tvm-ffi"), "onnxruntime": dist("onnxruntime"),
-            "litert": litert_backend.version(), "onnx": dist("onnx"), "store_schema": str(STORE_SCHEMA)}
+    return {**{b: backend_module(b).version() for b in BACKENDS}, "tvm_ffi": dist("apache-tvm-ffi"),
+            "onnx": dist("onnx"), "store_schema": str(STORE_SCHEMA)}
 
 
 def _declared_shapes(declared: Iterable[Mapping]) -> dict[str, list]:
@@ -132,7 +136,7 @@ def piece_io(path: str | Path, declared_inputs: Sequence[Mapping] = (), label: s
         try:
             return tflite_io(path)
         except Exception as e:  # LiteRT raises ValueError/RuntimeError for files it cannot read
-            raise InputError(f"{label}: {path.name} is not a loadable .tflite file ({_first_line(e)})") from e
+            raise InputError(f"{label}: {path.name} is not a loadable .tflite file ({first_line(e)})") from e
     import onnx
     from onnx import helper
 
@@ -196,33 +200,6 @@ def load_manifest(out_dir: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- checks
-def _compare(outs: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], rtol: float, atol: float
-             ) -> tuple[bool, float, str]:
-    """(all close, max |a - b|, note) over the reference's outputs."""
-    worst = 0.0
-    for name, r in ref.items():
-        if name not in outs:
-            return False, float("inf"), f"output {name!r} missing"
-        a = np.asarray(outs[name])
-        if a.shape != r.shape:
-            return False, float("inf"), f"output {name!r} has shape {a.shape}, reference {r.shape}"
-        if r.size == 0:
-            continue
-        if r.dtype.kind in "fc":
-            diff = float(np.max(np.abs(a.astype(np.float64) - r.astype(np.float64))))
-            finite = np.abs(r[np.isfinite(r)])
-            scale = max(1.0, float(finite.max())) if finite.size else 1.0
-            ok = bool(np.allclose(a, r, rtol=rtol, atol=atol * scale, equal_nan=True))
-        else:
-            diff = float(np.max(np.abs(a.astype(np.int64) - r.astype(np.int64))))
-            ok = diff == 0
-        worst = max(worst, diff)
-        if not ok:
-            return False, worst, (f"output {name!r} differs from onnxruntime by up to {diff:.3g} "
-                                  f"(rtol {rtol}, atol {atol} x max(1, max|ref|))")
-    return True, worst, ""
-
-
 class _Reference:
     """Lazy onnxruntime reference outputs of one ONNX piece (graph optimisations off)."""
 
@@ -248,7 +225,7 @@ class _Reference:
             except InputError:
                 raise
             except Exception as e:  # onnxruntime raises its own exception types for invalid graphs
-                raise InputError(f"{self.path}: onnxruntime cannot run the piece ({_first_line(e)}), so it cannot be "
+                raise InputError(f"{self.path}: onnxruntime cannot run the piece ({first_line(e)}), so it cannot be "
                                  "checked. To fix: re-run `tierplan partition` on the model") from e
             ref.close()
         return self._outs
@@ -257,153 +234,14 @@ class _Reference:
         return [TensorSpec(n, tuple(a.shape), a.dtype.name) for n, a in self.outputs.items()]
 
 
-def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
-    # TVM errors with a C++ traceback put the useful line last; python errors first
-    msg = lines[-1] if "Traceback" in str(e) else lines[0]
-    return f"{type(e).__name__}: {msg}"[:300]
-
-
-# ----------------------------------------------------------------------------- builds
-def _timed(runner, feeds, opts: CompileOptions) -> tuple[float, int]:
-    return median_ms(lambda: runner.run(feeds), opts.measure_runs, opts.measure_budget_s, warmup=0)
-
-
-def _build_ort(tmp: Path, src: Path, specs, ref: _Reference, opts: CompileOptions) -> dict:
-    from tierplan.runtime.backends.ort_backend import OrtRunner
-    dst = tmp / "piece.onnx"
-    shutil.copyfile(src, dst)
-    options = {"intra_op_num_threads": opts.threads, "graph_optimization_level": "all"}
-    t0 = time.perf_counter()
-    runner = OrtRunner(dst, specs, ref.output_specs(), options=options)
-    build_s = time.perf_counter() - t0
-    outs = runner.run(ref.feeds)
-    ok, diff, note = _compare(outs, ref.outputs, opts.rtol, opts.atol)
-    meta = {"ok": ok, "file_name": dst.name, "verified": ok, "max_abs_diff": diff, "options": options,
-            "build_s": build_s, "reason": note or None, "latency_source": "measured"}
-    if ok:
-        meta["latency_ms"], meta["runs"] = _timed(runner, ref.feeds, opts)
-    runner.close()
-    return meta
-
-
-def _build_litert(tmp: Path, src: Path, specs, out_specs, opts: CompileOptions) -> dict:
-    from tierplan.runtime.backends.litert_backend import LiteRtRunner
-    dst = tmp / "piece.tflite"
-    shutil.copyfile(src, dst)
-    options = {"num_threads": opts.threads or None}
-    feeds = random_inputs(specs, opts.seed)
-    try:
-        runner = LiteRtRunner(dst, specs, out_specs, num_threads=options["num_threads"])
-        outs = runner.run(feeds)
-    except Exception as e:  # LiteRT raises RuntimeError/ValueError for models it cannot prepare
-        return {"ok": False, "reason": f"LiteRT could not run the piece ({_first_line(e)})"}
-    bad = [n for s in out_specs for n in [s.name]
-           if tuple(outs[n].shape) != tuple(s.shape) or (outs[n].dtype.kind == "f" and not np.isfinite(outs[n]).all())]
-    meta = {"ok": not bad, "file_name": dst.name, "verified": False, "max_abs_diff": None, "options": options,
-            "build_s": 0.0, "verify_note": LITERT_NOTE, "latency_source": "measured",
-            "reason": f"outputs not finite or of the wrong shape: {bad}" if bad else None}
-    if not bad:
-        meta["latency_ms"], meta["runs"] = _timed(runner, feeds, opts)
-    runner.close()
-    return meta
-
-
-def _host_target() -> dict:
-    """This machine's TVM target: the detected `local` device's (devices.host: LLVM's host CPU and triple)."""
-    from tierplan.devices.host import local_device
-
-    target = dict(local_device().tvm_target)
-    if "mcpu" not in target:   # detected while TVM was not importable
-        from tvm.target import codegen
-        target["mcpu"] = str(codegen.llvm_get_system_cpu())
-    return target
-
-
-def _build_tvm(tmp: Path, src: Path, specs, ref: _Reference, target: Mapping, opts: CompileOptions,
-               progress: Callable[[str], None]) -> dict:
-    """Build with TVM Relax; see the module docstring for native / same-arch / cross handling."""
-    from tierplan.runtime.backends import tvm_backend
-    from tierplan.runtime.backends.tvm_backend import TvmRunner, import_onnx
-    from tierplan.runtime.backends.tvm_tune import tune_module, tuning_target
-
-    target = dict(target)
-    if str(target.get("kind", "llvm")) != "llvm":
-        return {"ok": False,
-                "reason": f"TVM target kind {target.get('kind')!r} is not built here (llvm CPU targets only)"}
-    native = tvm_backend.is_native(target)
-    same_arch = target_arch(target) == host_arch()
-    ext = "so" if same_arch else "tar"
-    dst = tmp / f"piece.{ext}"
-    meta: dict = {"file_name": dst.name, "options": {}, "latency_source": "measured"}
-    t0 = time.perf_counter()
-    try:
-        with contextlib.redirect_stdout(sys.stderr):   # the frontend prints failing ops; keep --json stdout clean
-            mod = import_onnx(src, specs)
-    except Exception as e:  # the Relax ONNX frontend raises TypeError/ValueError/TVMError/... per op
-        return {"ok": False, "reason": f"TVM frontend rejected the piece ({_first_line(e)})"}
-    try:
-        database = None
-        if opts.tune.enabled and native:
-            from tvm import relax
-            progress("tuning")
-            mod = relax.get_pipeline("zero")(mod)
-            database, report = tune_module(mod, target, opts.tune)
-            meta["tune"] = report.to_dict()
-        elif opts.tune.enabled:
-            meta["tune"] = {"skipped": "tuning needs the target device; not runnable here"}
-        progress("compiling")
-        build_target = tuning_target(target) if database is not None else target
-        tvm_backend.build(mod, build_target, dst, database=database)
-        check_path = dst
-        if not native:
-            check_path = tmp / HOST_BUILD_NAME   # kept: local emulation of the device runs it
-            tvm_backend.build(mod, _host_target(), check_path)
-            meta["host_file_name"] = check_path.name
-            meta["host_target"] = _host_target()
-    except Exception as e:  # codegen / lowering failures surface as TVMError, ValueError, RuntimeError
-        return {"ok": False, "reason": f"TVM build failed ({_first_line(e)})"}
-    meta["build_s"] = time.perf_counter() - t0
-    if not dst.is_file() or dst.stat().st_size == 0:
-        return {"ok": False, "reason": f"TVM export wrote no {dst.name}"}
-    progress("checking")
-    runner = TvmRunner(check_path, specs, ref.output_specs())
-    try:
-        outs = runner.run(ref.feeds)
-    except Exception as e:  # a VM run failure is a rejection, not a crash of the whole compile
-        runner.close()
-        return {"ok": False, "reason": f"TVM artifact failed to run ({_first_line(e)})"}
-    ok, diff, note = _compare(outs, ref.outputs, opts.rtol, opts.atol)
-    meta.update(ok=ok, max_abs_diff=diff, reason=(f"TVM output mismatch: {note}" if not ok else None))
-    if ok:
-        meta["latency_ms"], meta["runs"] = _timed(runner, ref.feeds, opts)
-    runner.close()
-    if native:
-        meta["verified"] = ok
-    elif same_arch:
-        meta["verified"] = ok
-        meta["verify_note"] = (f"checked and timed on a build for this machine's CPU ({_host_target()['mcpu']}); "
-                               f"the artifact targets mcpu={target.get('mcpu')}")
-        meta["latency_source"] = "measured (host build)"
-    else:
-        meta["verified"] = False
-        meta["verify_note"] = CROSS_NOTE
-        meta["host_check_max_abs_diff"] = diff
-        meta["latency_source"] = "predicted"
-        meta.pop("latency_ms", None)
-        meta.pop("runs", None)
-    return meta
-
-
-# ----------------------------------------------------------------------------- one piece
 @dataclass(frozen=True)
 class _Job:
-    piece: object   # planner.plan.PlanPiece
+    piece: PlanPiece
     site: str
     device: DeviceSpec
 
 
-def _predicted_ms(piece, device: DeviceSpec, cost_model) -> float | None:
+def _predicted_ms(piece: PlanPiece, device: DeviceSpec, cost_model) -> float | None:
     """The cost model's latency of the piece on the device, or None when it has no figure."""
     if cost_model is None:
         return None
@@ -419,6 +257,29 @@ def _predicted_ms(piece, device: DeviceSpec, cost_model) -> float | None:
         return float(cost_model.piece_ms(p, device))
     except InputError:
         return None
+
+
+def _predicted_fastest(usable: list[dict], device_ms: float | None, device: str) -> tuple[dict, str]:
+    """The alternative the cost model predicts fastest on a device that cannot run here, and why.
+
+    The cost model gives one latency per device (`device_ms`, from the calibration of onnxruntime runs);
+    each backend's share of it is its build's time on this machine over onnxruntime's (a cross build is
+    timed through its host build): predicted(b) = device_ms x host_ms(b) / host_ms(onnxruntime). Each
+    alternative records its `predicted_ms`. Without a figure to compare, the device's first listed
+    backend that builds and checks wins, and the reason says so."""
+    host = {a["backend"]: a["latency_ms"] if a["latency_ms"] is not None else a.get("host_latency_ms") for a in usable}
+    base = host.get("onnxruntime")
+    timed = [a for a in usable if host.get(a["backend"])]
+    if device_ms is None or not timed or (base is None and len(timed) > 1):
+        return usable[0], (f"first listed backend of {device} that builds and checks (device not runnable here; "
+                           + ("no cost-model figure for it)" if device_ms is None else "no host timing to rank them)"))
+    for a in timed:
+        a["predicted_ms"] = device_ms * (host[a["backend"]] / base if base else 1.0)
+    chosen = min(timed, key=lambda a: a["predicted_ms"])
+    return chosen, (f"predicted fastest on {device} (not runnable here): cost model {device_ms:.2f} ms x each "
+                    "backend's time here over onnxruntime's: " +
+                    ", ".join(f"{a['backend']} {a['predicted_ms']:.2f} ms ({host[a['backend']]:.2f} ms here)"
+                              for a in sorted(timed, key=lambda a: a["predicted_ms"])))
 
 
 def _resolve_file(piece, base_dir: Path | None) -> Path:
@@ -440,14 +301,23 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
     label = f"{piece.id}@{site}"
     src = _resolve_file(piece, base_dir)
     kind = "tflite" if src.suffix == ".tflite" else "onnx"
-    applicable = _APPLICABLE[kind]
-    order = [b for b in device.backends if b in applicable]
+    runs_it = applicable(kind)
+    order: list[str] = [b for b in device.backends if b in runs_it]
+    # the device's backends that cannot run this file: said in the manifest (LiteRT for an ONNX piece: what it needs)
+    not_here = [b for b in device.backends if b in BACKENDS and b not in runs_it]
     if opts.backends is not None:
-        order = [b for b in order if b in opts.backends] or [b for b in opts.backends if b in applicable]
+        asked = [b for b in opts.backends if b in runs_it]
+        if not asked:
+            why = ONNX_NOTE if kind == "onnx" and "litert" in opts.backends else \
+                f"{', '.join(opts.backends)} cannot run a .{kind} file (these can: {', '.join(runs_it)})"
+            raise InputError(f"{label}: --backend {','.join(opts.backends)}: {why}. To fix: choose --backend "
+                             f"{' or '.join(runs_it)} for this piece")
+        order = [b for b in order if b in opts.backends] or asked
+        not_here = [b for b in not_here if b in opts.backends]
     if not order:
         raise InputError(f"{label}: device {device.name} lists backends {list(device.backends)}, none of which runs a "
-                         f".{kind} piece ({', '.join(applicable)}). To fix: place the piece on another site or add "
-                         f"one of {list(applicable)} to devices/catalog/{device.name}.yaml")
+                         f".{kind} piece ({', '.join(runs_it)}). To fix: place the piece on another site or add "
+                         f"one of {list(runs_it)} to devices/catalog/{device.name}.yaml")
     target = dict(device.tvm_target)
     # measurable here: this machine, or a CPU (llvm) target of this machine's architecture
     measured_here = device.name == "local" or (str(target.get("kind", "llvm")) == "llvm"
@@ -481,22 +351,22 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
 
             def build(tmp: Path) -> dict:
                 specs, out_decl, ref = io()
-                if backend == "onnxruntime":
-                    return _build_ort(tmp, src, specs, ref, opts)
-                if backend == "litert":
-                    return _build_litert(tmp, src, specs, out_decl, opts)
-                return _build_tvm(tmp, src, specs, ref, target, opts, lambda s: progress(f"tvm: {s}"))
+                return backend_module(backend).build_piece(BuildJob(
+                    tmp=tmp, src=src, inputs=specs, outputs=out_decl, reference=ref, target=target,
+                    threads=opts.threads, seed=opts.seed, rtol=opts.rtol, atol=opts.atol,
+                    measure_runs=opts.measure_runs, measure_budget_s=opts.measure_budget_s, tune=opts.tune,
+                    progress=lambda s: progress(f"{backend}: {s}")))
             meta = store.put(key, lambda tmp: _with_io(build(tmp), *io()))
         alt = {"backend": backend, "ok": bool(meta.get("ok")), "verified": bool(meta.get("verified")),
-               "latency_ms": meta.get("latency_ms"), "max_abs_diff": meta.get("max_abs_diff"),
+               "latency_ms": meta.get("latency_ms"), "host_latency_ms": meta.get("host_latency_ms"),
+               "max_abs_diff": meta.get("max_abs_diff"),
                "reason": meta.get("reason"), "cached": cached, "key": key,
                "file": str(store.file(key, meta)) if meta.get("ok") else None, "_meta": meta}
         alternatives.append(alt)
         return alt
 
-    for backend in order:
-        if attempt(backend)["ok"] and not measured_here:
-            break   # not measurable here: the device's first backend that builds and checks wins
+    for backend in order:   # every candidate: the device's TVM, onnxruntime and LiteRT builds are all compared
+        attempt(backend)
     if kind == "onnx" and "onnxruntime" not in order and not any(a["ok"] for a in alternatives):
         attempt("onnxruntime")   # the reference runtime is the last resort for any ONNX piece
 
@@ -509,11 +379,13 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
         choice = "fastest measured on this machine: " + ", ".join(
             f"{a['backend']} {a['latency_ms']:.2f} ms" for a in usable if a["latency_ms"] is not None)
     else:
-        chosen = usable[0]
-        choice = (f"first listed backend of {device.name} that builds and checks "
-                  f"(device not runnable here; cost model has no per-backend figure)")
+        chosen, choice = _predicted_fastest(usable, predicted, device.name)
     failed = [a for a in alternatives if not a["ok"]]
     fallback = "; ".join(f"{a['backend']}: {a['reason']}" for a in failed) or None
+    for b in not_here:   # listed by the device, but not for this file: what it would need
+        alternatives.append({"backend": b, "ok": False, "verified": False, "latency_ms": None, "host_latency_ms": None,
+                             "max_abs_diff": None, "cached": True, "key": None, "file": None, "_meta": {},
+                             "reason": ONNX_NOTE if b == "litert" else f"{b} does not run a .{kind} file"})
     meta = chosen["_meta"]
     key = chosen["key"]
     path = store.file(key, meta)
@@ -523,10 +395,10 @@ def compile_piece(job: _Job, store: ArtifactStore, opts: CompileOptions, version
         "key": key, "piece_sha256": piece_sha, "source": str(src),
         "target": target if chosen["backend"] == "tvm" else {"backend": chosen["backend"]},
         "versions": dict(versions),
-        "latency_ms": meta.get("latency_ms") if measured_here else predicted,
+        "latency_ms": meta.get("latency_ms") if measured_here else chosen.get("predicted_ms", predicted),
         "latency_source": meta.get("latency_source") if measured_here else "predicted (cost model)",
         "predicted_ms": predicted,
-        "host_latency_ms": meta.get("latency_ms"),
+        "host_latency_ms": meta.get("latency_ms") if meta.get("latency_ms") is not None else meta.get("host_latency_ms"),
         "verified": bool(meta.get("verified")), "max_abs_diff": meta.get("max_abs_diff"),
         "verify_note": meta.get("verify_note"), "fallback_reason": fallback, "choice": choice,
         "cached": all(a["cached"] for a in alternatives),
@@ -625,8 +497,9 @@ def compile_plan(plan, out_dir: str | Path, tune_trials: int = 0, backends: Sequ
         for i, job in enumerate(jobs):
             label = f"{job.piece.id}@{job.site}"
             step(i, label, "")
-            entries.append(compile_piece(job, store, opts, versions, base, cost_model,
-                                         progress=lambda s, i=i, label=label: step(i, label, s)))
+            def on_step(s: str, i: int = i, label: str = label) -> None:
+                step(i, label, s)
+            entries.append(compile_piece(job, store, opts, versions, base, cost_model, progress=on_step))
             step(i + 1, label, "done")
     compile_s = time.perf_counter() - t0
     manifest = {
@@ -650,7 +523,7 @@ class _progress_bar:
 
     def __init__(self, enabled: bool, total: int):
         self.enabled, self.total = enabled, total
-        self._p = None
+        self._p: Any = None
 
     def __enter__(self):
         if not self.enabled:

@@ -31,16 +31,43 @@ API for runtime/ execution (stable; add, never rename)
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
+from types import ModuleType
 from typing import Mapping
 
 from tierplan.runtime.backends.base import Runner, TensorSpec, host_arch, target_arch
 from tierplan.errors import InputError
 
-__all__ = ["BACKENDS", "Runner", "TensorSpec", "load_artifact", "artifact_path"]
+__all__ = ["BACKENDS", "Runner", "TensorSpec", "load_artifact", "artifact_path", "backend_module", "applicable"]
 
+
+def _discover() -> dict[str, ModuleType]:
+    """Every `*_backend` module of this package by its NAME, in RANK order: a backend is one file
+    (NAME, FILE_KINDS, RANK, DIST, version(), build_piece(BuildJob) -> meta, load(...) -> Runner)."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.endswith("_backend"):
+            found.append(importlib.import_module(f"{__name__}.{info.name}"))
+    return {m.NAME: m for m in sorted(found, key=lambda m: m.RANK)}
+
+
+_MODULES = _discover()
 #: every backend name a manifest entry may carry
-BACKENDS: tuple[str, ...] = ("tvm", "onnxruntime", "litert")
+BACKENDS: tuple[str, ...] = tuple(_MODULES)
+
+
+def backend_module(name: str) -> ModuleType:
+    """The module of backend `name` (InputError naming the choices for another name)."""
+    if name not in _MODULES:
+        raise InputError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return _MODULES[name]
+
+
+def applicable(kind: str) -> tuple[str, ...]:
+    """The backends that run a piece file of `kind` ("onnx", "tflite"), in RANK order."""
+    return tuple(n for n, m in _MODULES.items() if kind in m.FILE_KINDS)
 
 
 def artifact_path(entry: Mapping, root: str | Path | None = None) -> Path:
@@ -82,17 +109,9 @@ def load_artifact(entry: Mapping, root: str | Path | None = None, emulate: bool 
     inputs = [TensorSpec.from_dict(d) for d in entry.get("inputs", [])]
     outputs = [TensorSpec.from_dict(d) for d in entry.get("outputs", [])]
     options = dict(entry.get("options") or {})
-    if backend == "onnxruntime":
-        from tierplan.runtime.backends.ort_backend import OrtRunner
-        return OrtRunner(path, inputs, outputs, options=options, label=label)
-    if backend == "litert":
-        from tierplan.runtime.backends.litert_backend import LiteRtRunner
-        return LiteRtRunner(path, inputs, outputs, num_threads=options.get("num_threads"), label=label)
-    if backend == "tvm":
-        if not inputs or not outputs:
-            raise InputError(f"{label}: manifest entry lacks inputs/outputs; recompile with `tierplan compile`")
-        from tierplan.runtime.backends.tvm_backend import TvmRunner
-        runner = TvmRunner(path, inputs, outputs, label=label + (" emulated by a host build" if emulated else ""))
-        runner.emulated = emulated
-        return runner
-    raise InputError(f"{label}: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend not in _MODULES:
+        raise InputError(f"{label}: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    runner = _MODULES[backend].load(path, inputs, outputs, options,
+                                    label + (" emulated by a host build" if emulated else ""))
+    runner.emulated = emulated
+    return runner

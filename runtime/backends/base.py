@@ -1,4 +1,5 @@
-"""Shared pieces of every backend: tensor specs, the Runner base class, timing and random inputs."""
+"""Shared pieces of every backend: tensor specs, the Runner base class, timing, random inputs, and the one
+build signature (`BuildJob` -> a backend module's `build_piece`) with the numerical check against onnxruntime."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from tierplan.errors import InputError
 
-__all__ = ["TensorSpec", "Runner", "median_ms", "random_inputs", "host_arch", "target_arch"]
+__all__ = ["TensorSpec", "Runner", "median_ms", "random_inputs", "host_arch", "target_arch", "Reference", "BuildJob",
+           "compare", "first_line"]
 
 
 @dataclass(frozen=True)
@@ -134,3 +137,81 @@ def target_arch(target: Mapping) -> str:
         return host_arch()
     arch = triple.split("-")[0].lower()
     return _ARCH_ALIASES.get(arch, arch)
+
+
+# ----------------------------------------------------------------------------- builds
+class Reference(Protocol):
+    """An ONNX piece's reference run (onnxruntime, no graph optimisation): the feeds every build is
+    checked with and the outputs it must match."""
+
+    @property
+    def feeds(self) -> dict[str, np.ndarray]: ...
+
+    @property
+    def outputs(self) -> dict[str, np.ndarray]: ...
+
+    def output_specs(self) -> list[TensorSpec]: ...
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Everything one backend's `build_piece` gets: the one signature every backend implements.
+
+    The build writes its artifact into `tmp` (the store keeps the folder) and returns its meta:
+    `ok`, `reason` when not, `file_name`, `verified`, `max_abs_diff`, `verify_note`, `options`,
+    `build_s`, `latency_ms` (measured here) or `host_latency_ms` (a host stand-in's, for an artifact
+    that cannot run here), `latency_source`."""
+
+    tmp: Path
+    src: Path                             # the piece file (.onnx or .tflite)
+    inputs: Sequence[TensorSpec]
+    outputs: Sequence[TensorSpec]         # declared outputs (a .tflite piece's; ONNX ones come from the reference)
+    reference: Reference | None           # ONNX pieces: what the build must match
+    target: Mapping                       # the device's TVM target (TVM only)
+    threads: int = 0
+    seed: int = 0
+    rtol: float = 1e-4
+    atol: float = 1e-4
+    measure_runs: int = 10
+    measure_budget_s: float = 3.0
+    tune: Any = None                      # runtime.backends.tvm_tune.TuneSettings (TVM only)
+    progress: Callable[[str], None] = lambda s: None
+
+    def timed(self, runner: "Runner", feeds: Mapping[str, np.ndarray]) -> tuple[float, int]:
+        """Median ms of `runner.run(feeds)` and the number of runs (the job's runs and time budget)."""
+        return median_ms(lambda: runner.run(feeds), self.measure_runs, self.measure_budget_s, warmup=0)
+
+
+def compare(outs: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], rtol: float, atol: float
+            ) -> tuple[bool, float, str]:
+    """(all close, max |a - b|, note) over the reference's outputs; the absolute tolerance scales with each
+    output's magnitude, as float32 rounding does: |a - b| <= atol max(1, max|b|) + rtol |b|."""
+    worst = 0.0
+    for name, r in ref.items():
+        if name not in outs:
+            return False, float("inf"), f"output {name!r} missing"
+        a = np.asarray(outs[name])
+        if a.shape != r.shape:
+            return False, float("inf"), f"output {name!r} has shape {a.shape}, reference {r.shape}"
+        if r.size == 0:
+            continue
+        if r.dtype.kind in "fc":
+            diff = float(np.max(np.abs(a.astype(np.float64) - r.astype(np.float64))))
+            finite = np.abs(r[np.isfinite(r)])
+            scale = max(1.0, float(finite.max())) if finite.size else 1.0
+            ok = bool(np.allclose(a, r, rtol=rtol, atol=atol * scale, equal_nan=True))
+        else:
+            diff = float(np.max(np.abs(a.astype(np.int64) - r.astype(np.int64))))
+            ok = diff == 0
+        worst = max(worst, diff)
+        if not ok:
+            return False, worst, (f"output {name!r} differs from onnxruntime by up to {diff:.3g} "
+                                  f"(rtol {rtol}, atol {atol} x max(1, max|ref|))")
+    return True, worst, ""
+
+
+def first_line(e: BaseException) -> str:
+    """One line of an exception for a manifest's reason (TVM's C++ tracebacks put the useful line last)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
+    msg = lines[-1] if "Traceback" in str(e) else lines[0]
+    return f"{type(e).__name__}: {msg}"[:300]

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from tierplan.runtime.backends.base import Runner, TensorSpec
+from tierplan.runtime.backends.base import BuildJob, Runner, TensorSpec, first_line, random_inputs
 
-__all__ = ["LiteRtRunner", "interpreter_class", "tflite_io", "version"]
+NAME = "litert"
+FILE_KINDS = ("tflite",)    # piece files it runs
+RANK = 2                    # order among the backends (listing, messages)
+LITERT_NOTE = "no ONNX reference for a .tflite piece; ran on random inputs, outputs finite and of declared shapes"
+#: what an ONNX piece needs to run on LiteRT (compile says so when it is a candidate or asked for)
+ONNX_NOTE = ("LiteRT runs .tflite files and this piece is ONNX: converting it needs onnx2tf and TensorFlow "
+             "(pip install onnx2tf tensorflow; not tierplan dependencies), or give the model as `tflite:` in app.yaml")
+
+__all__ = ["NAME", "FILE_KINDS", "RANK", "LiteRtRunner", "interpreter_class", "tflite_io", "version", "build_piece",
+           "load", "ONNX_NOTE", "LITERT_NOTE"]
 
 
 def interpreter_class():
@@ -69,3 +79,32 @@ class LiteRtRunner(Runner):
 
     def close(self) -> None:
         self._it = None
+
+
+def build_piece(job: BuildJob) -> dict:
+    """The .tflite file as it is: run on random inputs of the declared shapes (outputs finite and of the
+    declared shapes; no ONNX reference to compare with) and timed here."""
+    dst = job.tmp / "piece.tflite"
+    shutil.copyfile(job.src, dst)
+    options = {"num_threads": job.threads or None}
+    feeds = random_inputs(job.inputs, job.seed)
+    try:
+        runner = LiteRtRunner(dst, job.inputs, job.outputs, num_threads=options["num_threads"])
+        outs = runner.run(feeds)
+    except Exception as e:  # LiteRT raises RuntimeError/ValueError for models it cannot prepare
+        return {"ok": False, "reason": f"LiteRT could not run the piece ({first_line(e)})"}
+    bad = [n for s in job.outputs for n in [s.name]
+           if tuple(outs[n].shape) != tuple(s.shape) or (outs[n].dtype.kind == "f" and not np.isfinite(outs[n]).all())]
+    meta = {"ok": not bad, "file_name": dst.name, "verified": False, "max_abs_diff": None, "options": options,
+            "build_s": 0.0, "verify_note": LITERT_NOTE, "latency_source": "measured",
+            "reason": f"outputs not finite or of the wrong shape: {bad}" if bad else None}
+    if not bad:
+        meta["latency_ms"], meta["runs"] = job.timed(runner, feeds)
+    runner.close()
+    return meta
+
+
+def load(path: str | Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], options: Mapping,
+         label: str) -> Runner:
+    """The runner of a built artifact (runtime.backends.load_artifact)."""
+    return LiteRtRunner(path, inputs, outputs, num_threads=options.get("num_threads"), label=label)

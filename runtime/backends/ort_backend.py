@@ -7,9 +7,18 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tierplan.runtime.backends.base import Runner, TensorSpec
+import shutil
+import time
 
-__all__ = ["OPT_LEVELS", "DEFAULT_OPTIONS", "OrtRunner", "session_options", "version"]
+from tierplan.runtime.backends.base import BuildJob, Runner, TensorSpec, compare
+
+__all__ = ["NAME", "FILE_KINDS", "RANK", "OPT_LEVELS", "DEFAULT_OPTIONS", "OrtRunner", "session_options", "version",
+           "build_piece", "load"]
+
+NAME = "onnxruntime"
+FILE_KINDS = ("onnx",)      # piece files it runs
+RANK = 1                    # order among the backends (listing, messages)
+DIST = "onnxruntime"        # the distribution whose version keys the artifact store
 
 #: graph optimisation levels by the name recorded in the manifest
 OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -19,8 +28,12 @@ DEFAULT_OPTIONS: dict = {"intra_op_num_threads": 0, "graph_optimization_level": 
 
 
 def version() -> str:
-    import onnxruntime as ort
-    return ort.__version__
+    """The installed onnxruntime's version, from package metadata."""
+    import importlib.metadata as md
+    try:
+        return md.version(DIST)
+    except md.PackageNotFoundError:
+        return "absent"
 
 
 def session_options(options: Mapping | None = None):
@@ -82,3 +95,29 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 
 def _ort_dtype(t: str) -> str:
     return _ORT_TYPES.get(t, "float32")
+
+
+def build_piece(job: BuildJob) -> dict:
+    """The piece's ONNX file as it is, with onnxruntime's full graph optimisation: checked against the
+    reference and timed here."""
+    assert job.reference is not None, "an ONNX piece has a reference"
+    dst = job.tmp / "piece.onnx"
+    shutil.copyfile(job.src, dst)
+    options = {"intra_op_num_threads": job.threads, "graph_optimization_level": "all"}
+    t0 = time.perf_counter()
+    runner = OrtRunner(dst, job.inputs, job.reference.output_specs(), options=options)
+    build_s = time.perf_counter() - t0
+    outs = runner.run(job.reference.feeds)
+    ok, diff, note = compare(outs, job.reference.outputs, job.rtol, job.atol)
+    meta = {"ok": ok, "file_name": dst.name, "verified": ok, "max_abs_diff": diff, "options": options,
+            "build_s": build_s, "reason": note or None, "latency_source": "measured"}
+    if ok:
+        meta["latency_ms"], meta["runs"] = job.timed(runner, job.reference.feeds)
+    runner.close()
+    return meta
+
+
+def load(path: str | Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], options: Mapping,
+         label: str) -> Runner:
+    """The runner of a built artifact (runtime.backends.load_artifact)."""
+    return OrtRunner(path, inputs, outputs, options=options, label=label)

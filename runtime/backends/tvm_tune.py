@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Mapping
 
 from tierplan.runtime.store import canonical_json
@@ -74,7 +75,7 @@ def database_dir(db_root: str | Path, target: Mapping) -> Path:
 
 def _light_stack(context: int = 1) -> list:
     """inspect.stack() without the per-frame module lookup (frames, file, line, source line only)."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     infos = []
     while frame is not None:
         fn, ln = frame.f_code.co_filename, frame.f_lineno
@@ -198,10 +199,10 @@ def tune_module(mod, target: Mapping, settings: TuneSettings):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extract_tasks, extracted_tasks_to_tune_contexts
 
-    from tierplan.runtime.backends.tvm_backend import make_target
+    import tvm
 
     target = tuning_target(target)
-    tgt = make_target(target)
+    tgt = tvm.target.Target(dict(target))   # as tvm_backend.make_target (which imports this module)
     db_dir = database_dir(settings.db_root or ".tierplan-tuning", target)
     db_dir.mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(work_dir=str(db_dir))

@@ -25,16 +25,19 @@ def render(manifest: dict, out_dir: Path) -> None:
     arts = manifest["artifacts"]
     t = Table(title=f"compiled {len(arts)} artifact(s) into {out_dir}/ in {manifest['compile_s']:.1f} s "
                     f"({manifest['cached']} cached, {manifest['built']} built)", title_justify="left")
-    for col, just in (("piece", "left"), ("site", "left"), ("CHOSEN", "left"), ("ms", "right"),
-                      ("verified", "left"), ("max |diff|", "right"), ("alternatives", "left")):
-        t.add_column(col, justify=just)
+    for col in ("piece", "site", "CHOSEN", "ms", "verified", "max |diff|", "alternatives"):
+        t.add_column(col, justify="right" if col in ("ms", "max |diff|") else "left")
     notes: list[str] = []
     for a in arts:
         alts = []
         for alt in a["alternatives"]:
             if alt["chosen"]:
                 continue
-            alts.append(f"{alt['backend']} {_ms(alt['latency_ms'])}" if alt["ok"] else f"{alt['backend']} failed")
+            if alt.get("predicted_ms") is not None:
+                alts.append(f"{alt['backend']} ~{_ms(alt['predicted_ms'])}")
+            else:
+                alts.append(f"{alt['backend']} {_ms(alt['latency_ms'])}" if alt["ok"] else f"{alt['backend']} "
+                            + ("n/a" if alt.get("key") is None else "failed"))
         if a["verified"]:
             ver = "[green]yes[/]"
         else:
@@ -55,6 +58,8 @@ def render(manifest: dict, out_dir: Path) -> None:
     for sk in manifest.get("skipped", []):
         con.print(f"[yellow]skipped[/] {sk['piece']}@{sk['site']}: {sk['reason']}")
     for a in arts:
+        if a.get("choice", "").startswith("predicted fastest"):
+            con.print(f"[dim]{a['piece']}@{a['site']}: {a['choice']}[/dim]", highlight=False)
         if a.get("fallback_reason"):
             con.print(f"[yellow]fallback[/] {a['piece']}@{a['site']}: {a['fallback_reason']}")
         tune = a.get("tune") or {}
