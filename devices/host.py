@@ -70,9 +70,9 @@ import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
-from tierplan.spec import DeviceSpec
+from tierplan.spec import DeviceSpec, Precision
 
 __all__ = ["CpuIdentity", "HostInfo", "cache_dir", "cpu_identity", "parse_cpu_identity", "detect_host", "local_device", "clear_cache",
            "peak_gflops", "measure_bandwidth_gbps", "nchwc_block", "LOCAL"]
@@ -273,7 +273,7 @@ def fp32_flop_per_cycle(cpu: CpuIdentity) -> tuple[float, str]:
     return 4.0, f"unknown architecture {cpu.arch} (scalar FMA assumed)"
 
 
-def peak_gflops(cpu: CpuIdentity, ghz: float) -> tuple[dict[str, float], str]:
+def peak_gflops(cpu: CpuIdentity, ghz: float) -> tuple[dict[Precision, float], str]:
     """{fp32, fp16, int8} peak GFLOP/s (int8: GOP/s) of `cpu` at `ghz`, and how they were derived."""
     per_cycle, row = fp32_flop_per_cycle(cpu)
     f = set(cpu.flags)
@@ -361,7 +361,7 @@ class HostInfo:
     cpu: CpuIdentity
     ghz: float
     ghz_source: str
-    peak_gflops: dict
+    peak_gflops: dict[Precision, float]
     peak_note: str
     memory_gb: float
     memory_bandwidth_gbps: float
@@ -373,7 +373,7 @@ class HostInfo:
     def triple(self) -> str:
         return f"{self.cpu.arch}-linux-gnu"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["cpu"]["key"] = self.cpu.key
         d["cpu"]["label"] = self.cpu.label

@@ -20,7 +20,7 @@ import onnx.utils
 import numpy as np
 
 from tierplan.partition.onnx_graph import load_onnx
-from tierplan.partition.types import OpCost, Piece
+from tierplan.partition.types import OpCost, Piece, TensorInfo
 from tierplan.errors import InputError
 
 __all__ = ["ops_of", "piece_from_onnx", "pieces_from_dir", "slice_model", "load_target"]
@@ -122,7 +122,7 @@ def slice_model(path: str | Path, out_dir: str | Path, max_pieces: int, dims: Ma
     return pieces
 
 
-def _fix_shapes(model: onnx.ModelProto, tensors: Mapping) -> None:
+def _fix_shapes(model: onnx.ModelProto, tensors: Mapping[str, TensorInfo]) -> None:
     """Give the extracted piece's inputs and outputs the static shapes the whole model inferred."""
     for vi in list(model.graph.input) + list(model.graph.output):
         info = tensors.get(vi.name)
@@ -134,7 +134,7 @@ def _fix_shapes(model: onnx.ModelProto, tensors: Mapping) -> None:
             shape.dim.add().dim_value = int(d)
 
 
-def _with_value_info(model: onnx.ModelProto, tensors: Mapping) -> onnx.ModelProto:
+def _with_value_info(model: onnx.ModelProto, tensors: Mapping[str, TensorInfo]) -> onnx.ModelProto:
     """A copy of `model` declaring every tensor's static shape (the extractor needs value_info for cuts)."""
     out = onnx.ModelProto()
     out.CopyFrom(model)

@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypedDict, Unpack
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class Measurement:
     min_ms: float
     cpu_median_ms: float = 0.0   # CPU time of the calling thread (see time_runs)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, AbstractSet, Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, AbstractSet, Any, Hashable, Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -194,7 +194,7 @@ class VerifyResult:
     max_rel_diff: float          # max |a - b| / max |b|, per output, worst output
     outputs: tuple[str, ...]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff, "outputs": list(self.outputs)}
 
 

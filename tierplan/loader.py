@@ -79,9 +79,9 @@ def _walk(text: str, index: bool) -> tuple[Any, LineIndex | None]:
     try:
         get, resolve, build = loader.get_event, loader.resolve, _KEYS.yaml_constructors
         lines = LineIndex()  # filled only when `index` (no path is tracked otherwise)
-        scalars: dict[tuple, Any] = {}  # scalars repeat: resolve and convert each text once
+        scalars: dict[tuple[Any, ...], Any] = {}  # scalars repeat: resolve and convert each text once
         # one frame per open mapping or sequence: [container, path, awaiting a key?, pending key]
-        stack: list[list] = []
+        stack: list[list[Any]] = []
         root: Any = None
         get()  # stream start
         if type(loader.peek_event()) is yaml.StreamEndEvent:
@@ -179,7 +179,7 @@ def _too_deep(text: str) -> int | None:
     return None
 
 
-def parse_yaml(text: str) -> tuple[Any, "tuple[LineIndex, list] | None", bool]:
+def parse_yaml(text: str) -> tuple[Any, tuple[LineIndex, list[tuple[Loc, int, int]]] | None, bool]:
     """(data, (line index, duplicate keys) or None, whether a mapping lost a key) of one YAML document.
 
     One pass over libyaml's events builds the data and the line index together (the index costs
@@ -199,7 +199,7 @@ def parse_yaml(text: str) -> tuple[Any, "tuple[LineIndex, list] | None", bool]:
         loader.dispose()
 
 
-def index_yaml(text: str) -> tuple["LineIndex", list[tuple[tuple, int, int]]]:
+def index_yaml(text: str) -> tuple[LineIndex, list[tuple[Loc, int, int]]]:
     """(YAML path -> line, duplicate keys as (path, line, first line)) of one YAML document; raises yaml.YAMLError."""
     try:
         return _walk(text, index=True)[1], []
@@ -212,7 +212,7 @@ def index_yaml(text: str) -> tuple["LineIndex", list[tuple[tuple, int, int]]]:
         loader.dispose()
 
 
-Loc = tuple  # YAML path: str keys and int list indices
+Loc = tuple[Any, ...]  # YAML path: str keys and int list indices (a YAML key may be any scalar)
 
 
 def format_path(loc: Loc) -> str:
@@ -223,7 +223,7 @@ def format_path(loc: Loc) -> str:
     return s or "<top>"
 
 
-class LineIndex(dict):
+class LineIndex(dict[Loc, int]):
     """YAML path -> 1-based line, with a lookup by the path's text (for names that contain dots)."""
 
     _by_text: dict[str, Loc] | None = None
@@ -296,7 +296,7 @@ def best_line(lines: dict[Loc, int], loc: Loc) -> int:
 
 def _yaml_loc(data: Any, loc: Loc, keep_last: bool) -> Loc:
     """Drop pydantic's union tags from an error location, keeping the path as written in the YAML."""
-    out: list = []
+    out: list[Any] = []
     cur = data
     for i, p in enumerate(loc):
         last = i == len(loc) - 1
@@ -410,7 +410,7 @@ def _not_finite(value: Any, allow_inf: bool = False) -> str:
 
 def parse_path(rel: str) -> Loc:
     """'sites.phone.attach' / 'edges[2].from' -> tuple path (names may not contain '[')."""
-    out: list = []
+    out: list[str | int] = []
     for part in rel.replace("[", ".[").split("."):
         if not part:
             continue
@@ -460,9 +460,9 @@ def load_yaml_spec(path: str | Path, model: type[M], **extra: Any) -> M:
     if data and not set(map(str, data)) & (set(fields) - {"name"}):
         raise SpecError([f"{path}:1: <top>: none of the keys ({', '.join(map(str, data))}) belongs here; expected "
                          f"{', '.join(fields)}. To fix: check that this is the right file (app.yaml vs fleet.yaml)"])
-    index: list = [indexed] if indexed else []  # [(lines, dups)] once known
+    index: list[tuple[LineIndex, list[tuple[Loc, int, int]]]] = [indexed] if indexed else []  # once known
 
-    def lines_and_dups() -> tuple[LineIndex, list]:
+    def lines_and_dups() -> tuple[LineIndex, list[tuple[Loc, int, int]]]:
         if not index:
             index.append(index_yaml(text))
         return index[0]

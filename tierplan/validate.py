@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Mapping
 import yaml
 
 from tierplan.errors import SpecError
-from tierplan.loader import best_line, format_path, index_yaml, parse_path, relocate
+from tierplan.loader import Loc, best_line, format_path, index_yaml, parse_path, relocate
 from tierplan.spec import TIERS, AppSpec, DeviceSpec, FleetSpec, ModelSpec, did_you_mean, hinter
 
 if TYPE_CHECKING:
@@ -149,11 +149,11 @@ class _Report:
     def __init__(self, file: Path | None, label: str):
         self.file = file
         self.label = str(file) if file is not None else label
-        self._lines: dict | None = None
+        self._lines: dict[Loc, int] | None = None
         self.problems: list[tuple[int, str]] = []
 
     @property
-    def lines(self) -> dict:
+    def lines(self) -> dict[Loc, int]:
         """The file's line index, read at the first problem (a valid file is not parsed again)."""
         if self._lines is None:
             self._lines = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["register", "device_dict"]
 
 
-def device_dict(dev: DeviceSpec, calibrated: bool = False) -> dict:
+def device_dict(dev: DeviceSpec, calibrated: bool = False) -> dict[str, Any]:
     """A device as the JSON object `tierplan devices --json` prints."""
     d = dev.model_dump()
     d["calibrated"] = calibrated

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,8 +12,8 @@ __all__ = ["register", "estimate"]
 
 
 def estimate(target: Path, device_name: str, batch: int = 1, precision: str = "fp32",
-             dims: dict | None = None, calibration: Path | None = None, auto_calibrate: bool = True,
-             progress: bool = False) -> dict:
+             dims: dict[str, int] | None = None, calibration: Path | None = None, auto_calibrate: bool = True,
+             progress: bool = False) -> dict[str, Any]:
     """The JSON object `tierplan estimate --json` prints (DESIGN.md field names, plus detail).
 
     `calibration`: a calibration file (`--calibration`; one of `local` made on another CPU is refused

@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -64,7 +64,7 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
-def _print(manifest: dict, out_dir: Path, cached: bool) -> None:
+def _print(manifest: dict[str, Any], out_dir: Path, cached: bool) -> None:
     from tierplan.console import console
     from rich.table import Table
 

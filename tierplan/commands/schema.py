@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
+from typing import Any
 
 import typer
 
@@ -18,7 +19,7 @@ class SchemaKind(str, Enum):
     device = "device"
 
 
-def json_schema(kind: str) -> dict:
+def json_schema(kind: str) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of app.yaml, fleet.yaml or a catalog device file."""
     from tierplan.spec import AppSpec, DeviceSpec, FleetSpec, Spec
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import typer
 
@@ -49,9 +49,9 @@ def _model_kind(m: ModelSpec) -> str:
     return "onnx" if m.onnx is not None else ("tflite" if m.tflite is not None else "profile")
 
 
-def summary(app: AppSpec, fleet: FleetSpec | None) -> dict:
+def summary(app: AppSpec, fleet: FleetSpec | None) -> dict[str, Any]:
     """The machine-readable summary printed by `--json` (numbers stay numbers)."""
-    out: dict = {
+    out: dict[str, Any] = {
         "valid": True,
         "app": app.name,
         "models": [{"name": n, "kind": _model_kind(m), "file": m.onnx or m.tflite, "max_pieces": m.max_pieces}
@@ -88,7 +88,7 @@ def _rows(t: Table, items: Sequence[_T], row: Callable[[_T], Sequence[str]]) -> 
         t.add_row(f"... and {len(items) - ROWS_SHOWN:,} more (--json lists all)")
 
 
-def _print_summary(info: dict) -> None:
+def _print_summary(info: dict[str, Any]) -> None:
     from tierplan.console import console
     from rich.table import Table
 
