@@ -22,11 +22,12 @@ processes may connect: the server checks the peer's uid).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
 import os
-import selectors
+import select
 import socket
 import struct
 import sys
@@ -49,6 +50,9 @@ _HEAD = struct.Struct("<IB")
 _KIND_SHM, _KIND_BYTES, _KIND_OK, _KIND_REFUSED, _KIND_ERROR = 1, 2, 3, 4, 5
 _IDLE_PER_PEER = 16          # idle connections kept per peer (one per concurrent sender thread)
 _PEERCRED = struct.Struct("3i")
+_RECV_BYTES = 16 << 10       # one receive call takes any message up to this (handles, acks, small deliveries)
+_REPLY_BYTES = 4096          # a reply (ok, refusal or error message) read in one receive call
+_IDLE_TICK_S = 0.1           # an idle reply thread looks for new deadlines this often (no wake-up per call)
 
 
 def available() -> bool:
@@ -56,6 +60,7 @@ def available() -> bool:
     return sys.platform.startswith("linux")
 
 
+@functools.lru_cache(maxsize=1024)
 def socket_name(address: str) -> str | None:
     """The abstract socket of the process whose gRPC server is at loopback `address`, else None."""
     if not available() or not is_loopback_address(address) or address.startswith("unix:"):
@@ -98,8 +103,44 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray | None:
     return buf
 
 
+def _recv_message(sock: socket.socket, buf: bytearray) -> tuple[int, bytes | None] | None:
+    """One length-prefixed message: (kind, body), (kind, None) when its length is beyond
+    MAX_MESSAGE_BYTES, None when the peer closed. A message that fits `buf` (handles, acks, small
+    deliveries) takes one receive call; calls are one at a time per connection, so a receive never
+    holds bytes of the next message (a peer that sends them breaks the protocol: OSError)."""
+    view = memoryview(buf)
+    got = sock.recv_into(view)
+    if got == 0:
+        return None
+    while got < _HEAD.size:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
+    n, kind = _HEAD.unpack_from(buf, 0)
+    if n > MAX_MESSAGE_BYTES:
+        return kind, None
+    total = _HEAD.size + n
+    if got > total:
+        raise OSError(f"peer sent {got - total} bytes beyond its message")
+    if total <= len(buf):
+        while got < total:
+            k = sock.recv_into(view[got:total])
+            if k == 0:
+                return None
+            got += k
+        return kind, bytes(view[_HEAD.size:total])
+    rest = _recv_exact(sock, total - got)
+    if rest is None:
+        return None
+    return kind, bytes(view[_HEAD.size:got]) + bytes(rest)
+
+
 def _frame(kind: int, body: bytes) -> bytes:
     return _HEAD.pack(len(body), kind) + body
+
+
+_OK_FRAME = _frame(_KIND_OK, b"")
 
 
 def _ack(kind: int, body: bytes | bytearray) -> pb.Ack:
@@ -115,9 +156,14 @@ def _ack(kind: int, body: bytes | bytearray) -> pb.Ack:
 class LocalServer:
     """Accepts same-host deliveries for the process whose gRPC server is at `address`."""
 
-    def __init__(self, address: str, on_delivery: Callable[[Delivery, object], pb.Ack], reader: ShmReader) -> None:
+    def __init__(self, address: str, on_delivery: Callable[[Delivery, object], pb.Ack], reader: ShmReader,
+                 on_accepted: Callable[[Delivery], None] | None = None) -> None:
+        """`on_delivery(d, context)` checks a delivery and answers its ack. `on_accepted(d)`, if given,
+        runs on the connection's thread after an ok ack went out: a stage worker runs the delivery's
+        node there when its compute thread is free (no handoff to another thread per hop)."""
         self.name = socket_name(address)
         self._on_delivery = on_delivery
+        self._on_accepted = on_accepted
         self._reader = reader
         self._sock: socket.socket | None = None
         self._conns: set[socket.socket] = set()
@@ -177,20 +223,24 @@ class LocalServer:
 
     def _serve(self, conn: socket.socket) -> None:
         ctx = _Context()
+        buf = bytearray(_RECV_BYTES)
         try:
             while not self._stop.is_set():
-                head = _recv_exact(conn, _HEAD.size)
-                if head is None:
+                msg = _recv_message(conn, buf)
+                if msg is None:
                     return
-                n, kind = _HEAD.unpack(head)
-                if n > MAX_MESSAGE_BYTES:   # never allocate what a peer claims beyond the gRPC limit
-                    conn.sendall(_frame(_KIND_ERROR, f"INVALID_ARGUMENT\nmessage of {n} bytes (at most "
-                                                     f"{MAX_MESSAGE_BYTES})".encode()))
+                kind, body = msg
+                if body is None:   # never allocate what a peer claims beyond the gRPC limit
+                    conn.sendall(_frame(_KIND_ERROR, f"INVALID_ARGUMENT\nmessage beyond {MAX_MESSAGE_BYTES} "
+                                                     "bytes".encode()))
                     return
-                body = _recv_exact(conn, n)
-                if body is None:
-                    return
-                conn.sendall(self._handle(kind, body, ctx))
+                reply, accepted = self._handle(kind, body, ctx)
+                conn.sendall(reply)
+                if accepted is not None and self._on_accepted is not None:
+                    try:
+                        self._on_accepted(accepted)
+                    except Exception:  # the delivery was acknowledged: its fate is the receiver's to report
+                        log.exception("same-host delivery %s->%s failed after its ack", accepted.src, accepted.dst)
         except OSError:
             return
         finally:
@@ -198,29 +248,30 @@ class LocalServer:
                 self._conns.discard(conn)
             conn.close()
 
-    def _handle(self, kind: int, body: bytearray, ctx: _Context) -> bytes:
+    def _handle(self, kind: int, body: bytes, ctx: _Context) -> tuple[bytes, Delivery | None]:
+        """The reply frame to one request, and the delivery when it was acknowledged ok."""
         try:
             if kind == _KIND_SHM:
                 try:
-                    d = self._reader.read(bytes(body))
+                    d = self._reader.read(body)
                 except WireError:    # mapped, but what the segment holds is not a delivery
                     raise
                 except (OSError, ValueError) as e:
                     raise LocalCallError(grpc.StatusCode.FAILED_PRECONDITION, f"cannot map shared memory: {e}")
             elif kind == _KIND_BYTES:
-                d = unpack_delivery(bytes(body))
+                d = unpack_delivery(body)
             else:
                 raise LocalCallError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown message kind {kind}")
             ack = self._on_delivery(d, ctx)
         except LocalCallError as e:
-            return _frame(_KIND_ERROR, f"{e.code().name}\n{e.details()}".encode())
+            return _frame(_KIND_ERROR, f"{e.code().name}\n{e.details()}".encode()), None
         except WireError as e:      # not a delivery (runtime.wire checks every field): not worth a retry
-            return _frame(_KIND_ERROR, f"INVALID_ARGUMENT\n{e}".encode())
+            return _frame(_KIND_ERROR, f"INVALID_ARGUMENT\n{e}".encode()), None
         except Exception as e:  # a bad delivery must not kill the connection; the sender gets the reason
-            return _frame(_KIND_ERROR, f"INTERNAL\n{type(e).__name__}: {e}".encode())
+            return _frame(_KIND_ERROR, f"INTERNAL\n{type(e).__name__}: {e}".encode()), None
         if ack.ok:
-            return _frame(_KIND_OK, b"")
-        return _frame(_KIND_REFUSED, ack.error.encode())
+            return _OK_FRAME, d
+        return _frame(_KIND_REFUSED, ack.error.encode()), None
 
 
 class LocalClient:
@@ -238,12 +289,14 @@ class LocalClient:
         self._lock = threading.Lock()
         self._pool: ShmPool | None = None
         self._closed = False
-        self._selector: selectors.BaseSelector | None = None
+        self._epoll: select.epoll | None = None       # the reply thread's: connections awaiting a reply
+        self._by_fd: dict[int, socket.socket] = {}
         self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
         self._waiting: dict[socket.socket, tuple] = {}
         self._deadlines: list[tuple[float, int, socket.socket]] = []
         self._seq = itertools.count()
+        self._reply_buf = bytearray(_REPLY_BYTES)    # the reply thread's receive buffer
 
     def _connect(self, name: str) -> socket.socket | None:
         with self._lock:
@@ -283,15 +336,14 @@ class LocalClient:
             wait_s = deadline_s - time.time()
             sock.settimeout(max(min(wait_s, timeout_s) if timeout_s is not None else wait_s, 1e-3))
             sock.sendall(msg)
-            head = _recv_exact(sock, _HEAD.size)
-            body = _recv_exact(sock, _HEAD.unpack(head)[0]) if head is not None else None
+            reply = _recv_message(sock, bytearray(_REPLY_BYTES))
         except OSError as e:      # peer gone or the deadline passed mid-call: the connection is spent
             sock.close()
             if seg is not None:
                 pool.discard(seg)   # the receiver may still read it: never reuse
             code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(e, TimeoutError) else grpc.StatusCode.UNAVAILABLE
             raise LocalCallError(code, f"same-host call to {address} failed: {e}") from e
-        if body is None:
+        if reply is None or reply[1] is None:
             sock.close()
             if seg is not None:
                 pool.discard(seg)
@@ -299,7 +351,7 @@ class LocalClient:
         if seg is not None:
             pool.release(seg)
         self._give_back(name, sock)
-        return _ack(_HEAD.unpack(head)[1], body)
+        return _ack(reply[0], reply[1])
 
     def _message(self, name: str, sock: socket.socket, d: Delivery) -> tuple[bytes, object, ShmPool | None]:
         """The request frame of `d` (its tensors packed into a pooled segment from SHM_MIN_BYTES on),
@@ -350,46 +402,49 @@ class LocalClient:
                 sock.close()
                 raise LocalCallError(grpc.StatusCode.CANCELLED, "same-host client closed")
             self._ensure_reply_thread()
-            idle = not self._waiting
             self._waiting[sock] = (name, seg, pool, address, on_reply)
             heapq.heappush(self._deadlines, (limit_s, next(self._seq), sock))
-            self._selector.register(sock, selectors.EVENT_READ)
-        if idle:      # the reply thread may be blocked without a timeout: let it see the new deadline
-            self._wake_w.send(b"x")
+            self._by_fd[sock.fileno()] = sock
+            self._epoll.register(sock.fileno(), select.EPOLLIN)
+        # no wake-up for the reply thread: the reply wakes it, and an idle one looks for new deadlines
+        # every _IDLE_TICK_S (a call without an answer fails at most that much after its timeout)
         return True
 
     def _ensure_reply_thread(self) -> None:
         """Start the reply thread on first use (caller holds the lock)."""
-        if self._selector is not None:
+        if self._epoll is not None:
             return
-        self._selector = selectors.DefaultSelector()
+        self._epoll = select.epoll()    # epoll itself: the selectors module costs microseconds per call
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
         threading.Thread(target=self._reply_loop, name="local-replies", daemon=True).start()
 
     def _reply_loop(self) -> None:
-        sel = self._selector
+        ep, wake = self._epoll, self._wake_r
+        wake_fd = wake.fileno()
         while True:
             with self._lock:
                 if self._closed:
-                    sel.close()
-                    self._wake_r.close()
+                    ep.close()
+                    wake.close()
                     self._wake_w.close()
                     return
-                timeout = max(self._deadlines[0][0] - time.monotonic(), 0.0) if self._deadlines else None
+                timeout = max(self._deadlines[0][0] - time.monotonic(), 0.0) if self._deadlines else _IDLE_TICK_S
             try:
-                events = sel.select(timeout)
+                events = ep.poll(timeout)
             except (OSError, ValueError):   # closed meanwhile
                 return
-            for key, _ in events:
-                if key.fileobj is self._wake_r:
+            for fd, _ in events:
+                if fd == wake_fd:
                     try:
-                        self._wake_r.recv(4096)
+                        wake.recv(4096)
                     except OSError:
                         pass
                     continue
-                self._finish(key.fileobj, None)
+                sock = self._by_fd.get(fd)
+                if sock is not None:
+                    self._finish(sock, None)
             now = time.monotonic()
             while True:
                 with self._lock:
@@ -408,20 +463,20 @@ class LocalClient:
             if entry is None:
                 return
             try:
-                self._selector.unregister(sock)
-            except (KeyError, ValueError):
+                self._epoll.unregister(sock.fileno())
+            except (OSError, ValueError):
                 pass
+            self._by_fd.pop(sock.fileno(), None)
         name, seg, pool, address, on_reply = entry
         ack = None
         if error is None:
             try:
                 sock.settimeout(None)
-                head = _recv_exact(sock, _HEAD.size)
-                body = _recv_exact(sock, _HEAD.unpack(head)[0]) if head is not None else None
-                if body is None:
+                reply = _recv_message(sock, self._reply_buf)
+                if reply is None or reply[1] is None:
                     error = LocalCallError(grpc.StatusCode.UNAVAILABLE, f"same-host peer {address} closed the connection")
                 else:
-                    ack = _ack(_HEAD.unpack(head)[1], body)
+                    ack = _ack(reply[0], reply[1])
             except OSError as e:
                 error = LocalCallError(grpc.StatusCode.UNAVAILABLE, f"same-host call to {address} failed: {e}")
             except LocalCallError as e:      # the peer answered with an error status

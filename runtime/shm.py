@@ -203,6 +203,7 @@ class ShmReader:
         self._lock = threading.Lock()
         self._capacity = capacity
         self.in_place = in_place
+        self._watch: dict[int, weakref.ref] = {}   # weak references to in-place arrays' bases (see `read`)
 
     def read(self, handle: bytes) -> Delivery:
         """The delivery a handle (`encode_ref`) names; OSError/ValueError if it cannot be mapped."""
@@ -217,8 +218,15 @@ class ShmReader:
             seg.buf[0] = 0
             return d
         d = unpack_delivery(base)
-        weakref.finalize(base, _clear, seg)    # every array of d is a view of base
+        # every array of d is a view of base: when the last one goes, the sender may reuse the segment
+        # (a weak reference with a callback, kept alive here: cheaper than weakref.finalize per delivery)
+        ref = weakref.ref(base, functools.partial(self._let_go, seg))
+        self._watch[id(ref)] = ref     # one dict operation: atomic, no lock (the callback may run in any thread)
         return d
+
+    def _let_go(self, seg: shared_memory.SharedMemory, ref: weakref.ref) -> None:
+        self._watch.pop(id(ref), None)
+        _clear(seg)
 
     def _segment(self, name: str) -> shared_memory.SharedMemory:
         """The mapping of segment `name` (OSError if it cannot be mapped)."""

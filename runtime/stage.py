@@ -7,7 +7,10 @@ The same class runs inside a Ray actor (base stations, clouds) and inside `tierp
   controller's address and the emulated links; it loads runners for its pieces (once).
 - `Deliver` streams in the outputs of an upstream node. Compute threads (`compute_threads`, one by
   default) join the inputs of each node per (request, branch) and run nodes: consecutive nodes
-  on the same site hand tensors over in memory (no hop). Outputs for a same-host peer without
+  on the same site hand tensors over in memory (no hop). A delivery on the same-host socket runs
+  on the connection's own thread, after its ack, when a compute slot is free and nothing is queued
+  (no handoff to a compute thread: one thread wake less per hop); a node runs only while holding
+  one of the `compute_threads` slots, wherever it runs. Outputs for a same-host peer without
   link emulation go out from the compute thread on the Unix socket without waiting for the
   reply (runtime.localwire `start_call`); any other send goes to a sender pool (the compute
   thread never waits for an ack) over a direct gRPC call, paced by the link emulator; sink
@@ -67,6 +70,7 @@ log = logging.getLogger("tierplan.runtime")
 
 _ERROR_REPORT_TIMEOUT_S = 2.0
 _NO_LOCK = contextlib.nullcontext()
+_ACK_OK = pb.Ack(ok=True)    # shared: nobody changes an ack after it is made
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -129,6 +133,12 @@ class _Config:
     nodes: list[str]
     runners: dict[str, Runner] = field(default_factory=dict)
     transforms: dict[str, Callable] = field(default_factory=dict)
+    in_srcs: dict[str, frozenset[str]] = field(default_factory=dict)   # node -> the nodes feeding it
+    fills: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)   # node -> `StageWorker._unfed`
+
+    def __post_init__(self) -> None:
+        # worked out once per plan: every delivery asks
+        self.in_srcs = {n: frozenset(e.src for e in es) for n, es in self.graph.in_edges.items() if es}
 
 
 @dataclass
@@ -165,7 +175,12 @@ class StageWorker(pbg.StageServicer):
         self.address = ""
         self._cfg: _Config | None = None
         self._cfg_lock = threading.Lock()
-        self._inbox: queue.Queue[Delivery | None] = queue.Queue()
+        self._inbox: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
+        # compute slots, one per compute thread: a node runs while holding one, on a compute thread or
+        # on the same-host connection's thread that received its input (`_take`: no handoff)
+        self._slots = threading.Semaphore(0)
+        self._queued = 0                            # deliveries in the inbox not yet started
+        self._queued_lock = threading.Lock()
         self._joins: dict[tuple[str, str, str], dict[str, Delivery]] = {}
         self._ready: deque[_Ready] = deque()      # nodes waiting for the batching thread
         self._join_lock = threading.RLock()         # joins, the batch queue, counters
@@ -205,7 +220,8 @@ class StageWorker(pbg.StageServicer):
             raise OSError(f"site {self.site}: cannot listen on {self.listen}")
         self._server.start()
         self.address = f"{host}:{port}"
-        self._local_server = LocalServer(self.address, self._accept_delivery, self._shm_reader)
+        self._local_server = LocalServer(self.address, self._check_delivery, self._shm_reader,
+                                         on_accepted=self._take)
         if self.tls is None:   # with mutual TLS every delivery stays on the authenticated channel
             self._local_server.start()
         self._metrics.serve("127.0.0.1", self.metrics_port)   # metrics stay on loopback: no TLS on that port (SECURITY.md)
@@ -242,6 +258,7 @@ class StageWorker(pbg.StageServicer):
                 threading.Thread(target=self._compute_loop, name=f"compute-{self.site}-{self._compute_threads}",
                                  daemon=True).start()
                 self._compute_threads += 1
+                self._slots.release()
 
     def wait(self) -> None:
         if self._server is not None:
@@ -341,6 +358,13 @@ class StageWorker(pbg.StageServicer):
         return self._accept_delivery(parsed(frames_to_delivery, request_iterator, context), context)
 
     def _accept_delivery(self, d: Delivery, context) -> pb.Ack:
+        """A delivery by gRPC: checked, then queued for a compute thread."""
+        ack = self._check_delivery(d, context)
+        self._enqueue(d)
+        return ack
+
+    def _check_delivery(self, d: Delivery, context) -> pb.Ack:
+        """Refuse (context.abort) what the plan does not send here; note its transfer time."""
         cfg = self._cfg
         if cfg is None:  # just (re)started: UNAVAILABLE makes the sender retry until configured
             context.abort(grpc.StatusCode.UNAVAILABLE, f"site {self.site} is not configured yet")
@@ -349,17 +373,34 @@ class StageWorker(pbg.StageServicer):
         if d.dst not in cfg.nodes:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"node {d.dst[:64]!r} does not run on site {self.site!r} in generation {cfg.generation}")
-        wanted = cfg.graph.in_edges.get(d.dst, ())
-        if (d.src not in {e.src for e in wanted}) if wanted else d.src not in ("", d.dst):
+        srcs = cfg.in_srcs.get(d.dst)
+        if (d.src not in srcs) if srcs else d.src not in ("", d.dst):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"node {d.dst!r} takes no input from {d.src[:64]!r}")
         src_site = cfg.graph.sites.get(d.src, "")
         if d.sent_unix_ms and not d.src:  # a source's data from the client (on a device: local)
             d.trace.append(["feed", f"client->{self.site}", time.time() * 1e3 - d.sent_unix_ms])
         elif d.sent_unix_ms and src_site and src_site != self.site:
             d.trace.append(["transfer", f"{src_site}->{self.site}", time.time() * 1e3 - d.sent_unix_ms])
+        return _ACK_OK
+
+    def _enqueue(self, d: Delivery) -> None:
+        with self._queued_lock:
+            self._queued += 1
         self._inbox.put(d)
         self._metrics.of("queue_depth", self.site).set(self._inbox.qsize() + len(self._ready))
-        return pb.Ack(ok=True)
+
+    def _take(self, d: Delivery) -> None:
+        """A delivery the same-host socket acknowledged: run it on this thread (the connection's) when
+        a compute slot is free and nothing queued came before it, else queue it. Saves waking a
+        compute thread per hop; the connection's next call waits meanwhile, as it would for the slot."""
+        cfg = self._cfg
+        if cfg is None or self._queued or not self._slots.acquire(blocking=False):
+            self._enqueue(d)
+            return
+        try:
+            self._process(cfg, d)
+        finally:
+            self._slots.release()
 
     # ------------------------------------------------------------------ compute
     def _accept(self, cfg: _Config, d: Delivery) -> None:
@@ -368,18 +409,21 @@ class StageWorker(pbg.StageServicer):
         if d.error:
             self._report(cfg, d)
             return
-        wanted = cfg.graph.in_edges.get(d.dst, ())
-        if not wanted:  # a source: fed by the controller
+        srcs = cfg.in_srcs.get(d.dst)
+        if not srcs:  # a source: fed by the controller
             self._dispatch(cfg, _Ready(d.dst, d.request_id, d.branch, d.tensors, d.deadline_unix_ms,
                                        d.trace, time.monotonic()))
             return
-        key = (d.request_id, d.branch, d.dst)
-        with self._join_lock:
-            got = self._joins.setdefault(key, {})
-            got[d.src] = d
-            if len({e.src for e in wanted}) > len(got):
-                return
-            del self._joins[key]
+        if len(srcs) == 1:    # one input: no join to wait for
+            got = {d.src: d}
+        else:
+            key = (d.request_id, d.branch, d.dst)
+            with self._join_lock:
+                got = self._joins.setdefault(key, {})
+                got[d.src] = d
+                if len(srcs) > len(got):
+                    return
+                del self._joins[key]
         trace = [step for part in got.values() for step in part.trace]
         if any(p.empty for p in got.values()):
             self._emit_empty(cfg, d.dst, d.request_id, d.branch, d.deadline_unix_ms, trace)
@@ -405,16 +449,24 @@ class StageWorker(pbg.StageServicer):
         run requests side by side, so one slow request does not hold the others up)."""
         while not self._stop.is_set():
             item = self._inbox.get()
-            cfg = self._cfg
-            if item is None or cfg is None:
+            if item is None:
                 continue
-            try:
-                self._accept(cfg, item)
-            except Exception as e:  # keep the thread alive: the request ends with the reason
-                log.exception("site %s: delivery %s->%s failed", self.site, item.src, item.dst)
-                self._report(cfg, Delivery(item.request_id, item.dst, "", branch=item.branch,
-                                           error=f"request {item.request_id}: {item.dst} failed on site "
-                                                 f"{self.site!r}: {type(e).__name__}: {e}"))
+            with self._slots:
+                with self._queued_lock:
+                    self._queued -= 1
+                cfg = self._cfg
+                if cfg is not None:
+                    self._process(cfg, item)
+
+    def _process(self, cfg: _Config, item: Delivery) -> None:
+        """Accept one delivery (join, run, pass on); an exception ends its request with the reason."""
+        try:
+            self._accept(cfg, item)
+        except Exception as e:  # keep the thread alive: the request ends with the reason
+            log.exception("site %s: delivery %s->%s failed", self.site, item.src, item.dst)
+            self._report(cfg, Delivery(item.request_id, item.dst, "", branch=item.branch,
+                                       error=f"request {item.request_id}: {item.dst} failed on site "
+                                             f"{self.site!r}: {type(e).__name__}: {e}"))
 
     def _batch_loop(self) -> None:
         """The batching thread: runs queued nodes of batching sites, up to max_batch requests at a
@@ -539,14 +591,21 @@ class StageWorker(pbg.StageServicer):
             return self._runner_locks.setdefault(id(runner), threading.Lock())
 
     def _unfed(self, cfg: _Config, node: str) -> dict[str, np.ndarray]:
-        """Zeros for piece inputs no edge feeds (recurrent state and the like): the runtime supplies them."""
+        """Zeros for piece inputs no edge feeds (recurrent state and the like): the runtime supplies
+        them (made once per plan and node; pieces only read them)."""
+        fill = cfg.fills.get(node)
+        if fill is not None:
+            return fill
         piece = cfg.graph.nodes.get(node)
         fed = {n for e in cfg.graph.in_edges.get(node, ()) for n in
                [*e.tensors, *((e.model_extra or {}).get("rename") or {}).values()]}
         out = {}
         for t in (piece.inputs if piece is not None else []):
             if t.get("name") and t["name"] not in fed and t.get("shape") is not None:
-                out[t["name"]] = np.zeros(t["shape"], dtype=t.get("dtype", "float32"))
+                arr = np.zeros(t["shape"], dtype=t.get("dtype", "float32"))
+                arr.flags.writeable = False
+                out[t["name"]] = arr
+        cfg.fills[node] = out
         return out
 
     # ------------------------------------------------------------------ routing

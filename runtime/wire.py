@@ -64,6 +64,7 @@ MAX_TRACE_STEPS = 4096                   # [kind, name, ms] steps a delivery's t
 MAX_DEADLINE_AHEAD_MS = 24 * 3600e3      # a deadline further ahead than this is refused (a sender would retry for days)
 _MAX_DIMS = 32                           # numpy's own limit on array dimensions
 _MAX_ID_CHARS = 4096                     # request id, node names, branch and tensor names
+_dumps = json.JSONEncoder(separators=(",", ":")).encode   # a trace as compact JSON
 _BRANCH = re.compile(r"\d{1,9}/\d{1,9}(\.\d{1,9}/\d{1,9})*")
 
 
@@ -217,7 +218,7 @@ def _trace_of(text: str) -> list:
 def _header(d: Delivery, arrays: dict[str, np.ndarray]) -> bytes:
     head = dict(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
                 deadline_unix_ms=d.deadline_unix_ms, sent_unix_ms=d.sent_unix_ms,
-                trace=json.dumps(d.trace) if d.trace else "", error=d.error, empty=d.empty)
+                trace=_dumps(d.trace) if d.trace else "", error=d.error, empty=d.empty)
     frames = [pb.Frame(**head)] if not arrays else \
         [pb.Frame(**head, name=k, dtype=dtype_name(a.dtype), shape=a.shape) for k, a in arrays.items()]
     return pb.Bundle(frames=frames).SerializeToString()
@@ -227,18 +228,20 @@ def _delivery_of(f0: pb.Frame) -> Delivery:
     """The delivery a first frame describes, its fields checked: ids within length, a branch of the
     form `i/n[.i/n...]` (i < n), finite times, a deadline at most MAX_DEADLINE_AHEAD_MS ahead, a
     well-formed trace. WireError otherwise."""
-    for value, what in ((f0.request_id, "request id"), (f0.src, "src"), (f0.dst, "dst"), (f0.branch, "branch")):
-        _check_name(value, what)
-    if f0.branch and (not _BRANCH.fullmatch(f0.branch) or
-                      any(int(i) >= int(n) for i, _, n in (p.partition("/") for p in f0.branch.split(".")))):
-        raise WireError(f"branch {f0.branch[:64]!r} is not index/count[.index/count...] with index < count")
-    if not (math.isfinite(f0.deadline_unix_ms) and math.isfinite(f0.sent_unix_ms)):
+    # each field read once: a protobuf attribute read costs about as much as the check on it
+    rid, src, dst, branch = f0.request_id, f0.src, f0.dst, f0.branch
+    for value, what in ((rid, "request id"), (src, "src"), (dst, "dst"), (branch, "branch")):
+        if len(value) > _MAX_ID_CHARS:
+            _check_name(value, what)
+    if branch and (not _BRANCH.fullmatch(branch) or
+                   any(int(i) >= int(n) for i, _, n in (p.partition("/") for p in branch.split(".")))):
+        raise WireError(f"branch {branch[:64]!r} is not index/count[.index/count...] with index < count")
+    deadline, sent = f0.deadline_unix_ms, f0.sent_unix_ms
+    if not (math.isfinite(deadline) and math.isfinite(sent)):
         raise WireError("deadline_unix_ms and sent_unix_ms must be finite")
-    if f0.deadline_unix_ms > time.time() * 1e3 + MAX_DEADLINE_AHEAD_MS:
+    if deadline > time.time() * 1e3 + MAX_DEADLINE_AHEAD_MS:
         raise WireError(f"deadline more than {MAX_DEADLINE_AHEAD_MS / 3600e3:.0f} h ahead")
-    return Delivery(request_id=f0.request_id, src=f0.src, dst=f0.dst, branch=f0.branch,
-                    deadline_unix_ms=f0.deadline_unix_ms, error=f0.error, empty=f0.empty,
-                    sent_unix_ms=f0.sent_unix_ms, trace=_trace_of(f0.trace))
+    return Delivery(rid, src, dst, {}, branch, deadline, f0.error, f0.empty, sent, _trace_of(f0.trace))
 
 
 def _header_frames(buf: bytes) -> list:
