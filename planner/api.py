@@ -37,7 +37,7 @@ from tierplan.planner.progress import ProgressHook, phase, reporting
 from tierplan.planner.plan import ClassCoverage, ParetoPoint, PieceMove, Plan
 from tierplan.planner.problem import Problem
 from tierplan.planner.report import (
-    LATENCY_SEMANTICS, baseline_result, class_latency_ms, class_meets, class_mode, cost_per_hour_usd,
+    baseline_result, latency_semantics, class_latency_ms, class_meets, class_mode, cost_per_hour_usd,
     coverage_share, mean_latency_ms, monthly_by_tier, natural_objective, per_class_ids, plan_edges, plan_pieces, sink_views,
 )
 from tierplan.planner.units import us_to_ms
@@ -302,32 +302,38 @@ def _missed(run: _Run, main: Problem, r: SolveResult) -> list[str]:
 
 def _best_for_missed(run: _Run, r: SolveResult, main: Problem) -> tuple[SolveResult, Problem]:
     """Classes that miss their SLO get the best latency they can reach under the capacity the
-    others leave (the others keep their placement), not the cheapest placement at any latency;
-    then the objective is optimised over everything with those latencies kept as their SLOs."""
+    others leave, not the cheapest placement at any latency: one class at a time (most devices
+    first), the other classes kept where they are, its latency minimised; then the objective is
+    optimised over everything with those latencies kept as the missing classes' SLOs."""
     missed = _missed(run, main, r)
     if not missed:
         return r, main
     phase(f"best latency for the {len(missed)} class(es) missing their SLO")
-    pinned = main.with_classes(tuple(
-        c if c.name in missed else replace(c, allowed=tuple((s,) for s in r.assignment[c.name]))
-        for c in main.classes))
-    lat = replace(pinned.without_slo(set(missed)).with_objective("latency", 0, 1, 0), budget_uusd_h=None)
-    lat = lat.with_latency_sinks(None)
-    r_lat = solve(lat, max(0.5, 0.3 * _solve_left(run)), hint=r.assignment)
-    if r_lat.status not in ("optimal", "feasible"):
-        return r, main
-    ev = evaluate(lat, r_lat.assignment, r_lat.levels)
-    kept = main.with_classes(tuple(
-        replace(c, slo_us={v: ev.classes[c.name].sink_us[v] for v in main.sink_nodes
-                           if v in run.problem.only_class(c.name).classes[0].slo_us})
-        if c.name in missed else c for c in main.classes))
-    r2 = solve(kept, max(0.5, 0.5 * _solve_left(run)), hint=r_lat.assignment, secondary=run.secondary,
+    current = dict(r.assignment)
+    reached: dict[str, dict[int, int]] = {}
+    order = sorted(missed, key=lambda n: -next(c.count for c in main.classes if c.name == n))
+    for i, name in enumerate(order):
+        pinned = main.with_classes(tuple(
+            c if c.name == name else replace(c, allowed=tuple((s,) for s in current[c.name]))
+            for c in main.classes))
+        # only this class's sinks count; the others' SLOs (met or kept) still hold
+        lat = pinned.without_slo({name}).with_objective("latency", 0, 1, 0)
+        lat = replace(lat, budget_uusd_h=None, segments=())
+        each = max(0.5, 0.5 * _solve_left(run) / (len(order) - i))
+        r_lat = solve(lat, each, hint=current)
+        if r_lat.status in ("optimal", "feasible"):
+            current = dict(r_lat.assignment)
+        ev = evaluate(lat, current, r_lat.levels if r_lat.status in ("optimal", "feasible") else None)
+        reached[name] = {v: ev.classes[name].sink_us[v] for v in main.sink_nodes
+                         if v in run.problem.only_class(name).classes[0].slo_us}
+    kept = main.with_classes(tuple(replace(c, slo_us=reached[c.name]) if c.name in reached else c
+                                   for c in main.classes))
+    r2 = solve(kept, max(0.5, 0.5 * _solve_left(run)), hint=current, secondary=run.secondary,
                secondary_share=_TIE_SHARE)
     if r2.status not in ("optimal", "feasible"):
-        # the latency solve's placement meets every kept bound: plan it
-        kev = evaluate(kept, r_lat.assignment, r_lat.levels)
-        r2 = SolveResult("feasible", dict(r_lat.assignment), kev.objective, None, r_lat.solve_s,
-                         kev.latency_term, dict(kev.levels))
+        # the latency solves' placement meets every kept bound: plan it
+        kev = evaluate(kept, current)
+        r2 = SolveResult("feasible", current, kev.objective, None, r2.solve_s, kev.latency_term, dict(kev.levels))
     status = r2.status if r.status == "optimal" else "feasible"
     return replace(r2, status=status, proof_s=time.perf_counter() - run.t0), kept
 
@@ -523,7 +529,7 @@ def _assemble(graph, problem: Problem, info: BuildInfo, r: SolveResult, ev: Eval
                           if n.kind in ("source", "sink")} for c, sites in r.assignment.items()},
                 coverage_share=round(coverage_share(problem, info, ev), 6),
                 monthly_cost_usd_by_tier=monthly_by_tier(problem, ev), requests_per_hour=req_h,
-                order=list(info.order), latency_semantics=LATENCY_SEMANTICS, percentile=info.percentile,
+                order=list(info.order), latency_semantics=latency_semantics(problem), percentile=info.percentile,
                 solver={"engine": "cp-sat", "status": r.status, "objective_int": r.objective or 0,
                         "bound_int": r.bound if r.bound is not None else "none",
                         "proof_s": round(r.proof_s, 4) if r.proof_s is not None else "none",

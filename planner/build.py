@@ -30,7 +30,7 @@ from tierplan.devices.costmodel import CostModel
 from tierplan.devices.fleet import Fleet
 from tierplan.spec import LinkSpec, ObjectiveSpec
 
-__all__ = ["SloTarget", "BuildInfo", "build_problem", "objective_coefficients", "topo_order"]
+__all__ = ["SloTarget", "BuildInfo", "build_problem", "objective_coefficients", "topo_order", "latency_model_of"]
 
 # latency coefficient relative to the others when objectives are mixed: keep integers large
 _MIX_SCALE = 1000
@@ -57,6 +57,12 @@ class BuildInfo:
     sink_names: Mapping[str, str]                  # sink node id -> sink name
     slo_ms: Mapping[str, float]                    # sink name -> SLO (ms), as given
     weights: ObjectiveSpec                         # the objective's weights, as given
+
+
+def latency_model_of(graph: nx.DiGraph) -> str:
+    """"sum" when the app is chains (no node joins or forks data), else "overlap"."""
+    chain = all(graph.in_degree(n) <= 1 and graph.out_degree(n) <= 1 for n in graph.nodes)
+    return "sum" if chain else "overlap"
 
 
 def topo_order(graph: nx.DiGraph) -> list[str]:
@@ -105,7 +111,8 @@ def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
                   budget_usd_per_hour: float | None = None,
                   link_scale: Mapping[str, float] | None = None,
                   service_cv: float = DEFAULT_SERVICE_CV,
-                  queueing: bool = True, rent_for_queueing: bool = False) -> tuple[Problem, BuildInfo]:
+                  queueing: bool = True, rent_for_queueing: bool = False,
+                  latency_model: str | None = None) -> tuple[Problem, BuildInfo]:
     """Derive the integer Problem of placing `graph` on `fleet`; pure (inputs untouched).
 
     `queueing` adds the waiting time at each site's planned utilisation level (planner.queueing,
@@ -116,6 +123,10 @@ def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
 
     `link_scale[edge_class]` multiplies the bandwidth of that class's own link (what-if analysis
     of "what uplink would it need").
+
+    `latency_model`: "sum" (everything a sink depends on adds up: exact for chains) or "overlap"
+    (start times: branches on different sites overlap, one site runs a request's nodes one at a
+    time; exact for DAGs, planner.evaluate.schedule); None: "sum" for chains, else "overlap".
     """
     slo = dict(slo or {})
     weights = weights or ObjectiveSpec(cost=1.0)
@@ -337,7 +348,7 @@ def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
         if len(members) > 1:
             segs.append(Segments(model, tuple(v for _, v in members), int(meta["max_pieces"])))
     problem = Problem(sites=sites, nodes=tuple(nodes), items=tuple(items), classes=tuple(class_data),
-                      segments=tuple(segs),
+                      segments=tuple(segs), latency_model=latency_model or latency_model_of(graph),
                       link_cap_bps=caps, objective_kind=kind, coef_cost=cc, coef_latency=cl,
                       coef_energy=ce, fixed_cost_uusd_h=fixed_cost,
                       budget_uusd_h=usd_to_uusd(budget_usd_per_hour) if budget_usd_per_hour else None,

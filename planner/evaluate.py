@@ -33,7 +33,7 @@ from tierplan.planner.queueing import wait_us
 from tierplan.planner.units import us_to_ms
 
 __all__ = ["ClassEval", "Evaluation", "evaluate", "evaluate_class_latency", "ancestors", "sink_items",
-           "site_level", "level_options"]
+           "site_level", "level_options", "parallel_pairs", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,64 @@ def ancestors(problem: Problem) -> dict[int, frozenset[int]]:
     return out
 
 
+def parallel_pairs(problem: Problem, anc: dict[int, frozenset[int]] | None = None) -> list[tuple[int, int]]:
+    """(u, v), u before v in the plan's order: compute nodes of one request (one connected
+    component) neither of which depends on the other; on one site they run one after another."""
+    anc = anc if anc is not None else ancestors(problem)
+    comp = problem.compute_nodes
+    return [(u, v) for i, u in enumerate(comp) for v in comp[i + 1:]
+            if problem.nodes[u].group == problem.nodes[v].group and u not in anc[v] and v not in anc[u]]
+
+
+def schedule(problem: Problem, c: ClassData, sites: tuple[str, ...],
+             pairs: list[tuple[int, int]] | None = None) -> tuple[dict[int, int], dict[int, dict[str, int]]]:
+    """The overlap semantics of one request (DAG apps): earliest start of every node, and per sink
+    the breakdown of its critical path (compute per site, transfers), which adds up to its start.
+
+    A node starts when every input has arrived (its producer finished, plus the transfer when they
+    run on different sites) and every earlier node of the same request on its site has finished
+    (one site runs them one at a time in the plan's order); branches on different sites overlap.
+    """
+    pairs = pairs if pairs is not None else parallel_pairs(problem)
+    before: dict[int, list[int]] = {}
+    for u, v in pairs:
+        if sites[u] == sites[v]:
+            before.setdefault(v, []).append(u)
+    inputs: dict[int, list[tuple[int, int]]] = {}
+    for k, it in enumerate(problem.items):
+        for w in it.consumers:
+            inputs.setdefault(w, []).append((k, it.producer))
+    start: dict[int, int] = {}
+    why: dict[int, tuple[int, int | None] | None] = {}   # node -> (predecessor, item) that set its start
+    dur = [c.compute_us[v].get(sites[v], 0) if problem.nodes[v].kind in COMPUTE_KINDS else 0
+           for v in range(len(problem.nodes))]
+    for v in range(len(problem.nodes)):     # nodes are in topological order
+        best, arg = 0, None
+        for k, u in inputs.get(v, ()):
+            t = start[u] + dur[u] + c.xfer_us(k, sites[u], sites[v])
+            if t > best or arg is None:
+                best, arg = t, (u, k)
+        for u in before.get(v, ()):
+            t = start[u] + dur[u]
+            if t > best:
+                best, arg = t, (u, None)
+        start[v], why[v] = best, arg
+    breakdown: dict[int, dict[str, int]] = {}
+    for k in problem.sink_nodes:
+        bd: dict[str, int] = {}
+        v = k
+        while why.get(v) is not None:
+            u, item = why[v]  # type: ignore[misc]
+            if dur[u]:
+                bd[f"compute.{sites[u]}"] = bd.get(f"compute.{sites[u]}", 0) + dur[u]
+            if item is not None and sites[u] != sites[v]:
+                key = f"transfer.{sites[u]}->{sites[v]}"
+                bd[key] = bd.get(key, 0) + c.xfer_us(item, sites[u], sites[v])
+            v = u
+        breakdown[k] = bd
+    return start, breakdown
+
+
 def sink_items(problem: Problem, anc: frozenset[int], sink: int) -> list[tuple[int, tuple[int, ...]]]:
     """Items a sink depends on, each with its consumers among the sink's dependencies."""
     into = anc | {sink}
@@ -120,13 +178,16 @@ def evaluate_class_latency(problem: Problem, c: ClassData, sites: tuple[str, ...
     for per in work.values():
         for s, w in per.items():
             job[s] = max(job.get(s, 0), w)
+    overlap = schedule(problem, c, sites)[1] if problem.latency_model == "overlap" else None
     for k in problem.sink_nodes:
         bd: dict[str, int] = {}
-        for v in anc[k]:
+        if overlap is not None:
+            bd = dict(overlap[k])      # the critical path: it adds up to the sink's start
+        for v in (anc[k] if overlap is None else ()):
             if problem.nodes[v].kind in COMPUTE_KINDS:
                 key = f"compute.{sites[v]}"
                 bd[key] = bd.get(key, 0) + c.compute_us[v][sites[v]]
-        for i, cons in sink_items(problem, anc[k], k):
+        for i, cons in (sink_items(problem, anc[k], k) if overlap is None else ()):
             a = sites[problem.items[i].producer]
             for b in sorted({sites[w] for w in cons} - {a}, key=c.chain.index):
                 key = f"transfer.{a}->{b}"

@@ -48,7 +48,7 @@ from ortools.sat.python import cp_model
 
 from tierplan.planner.decompose import solve_groups
 from tierplan.planner.result import SolveResult
-from tierplan.planner.evaluate import ancestors, sink_items
+from tierplan.planner.evaluate import ancestors, parallel_pairs, sink_items
 from tierplan.planner.problem import COMPUTE_KINDS, Problem
 from tierplan.planner.progress import solve_cp
 from tierplan.planner.queueing import FACTOR_SCALE, wait_us
@@ -178,8 +178,10 @@ class _Model:
                     radio = c.radio_uj.get((k, a, b), 0)
                     if radio:
                         self.energy_terms.append(c.weight * radio * za)
+        if p.latency_model == "overlap":
+            self._schedule(c, pairs)
         # latency of each sink: everything it depends on, one after another
-        for v in p.sink_nodes:
+        for v in (p.sink_nodes if p.latency_model == "sum" else ()):
             anc = self.ancestors[v]
             terms = [c.compute_us[w][s] * self.x[(n, w, s)] for w in sorted(anc)
                      if p.nodes[w].kind in COMPUTE_KINDS for s in c.allowed[w] if c.compute_us[w][s]]
@@ -205,10 +207,45 @@ class _Model:
                 if c.energy_uj[v][s]:
                     self.energy_terms.append(c.weight * c.energy_uj[v][s] * self.x[(n, v, s)])
 
+    def _schedule(self, c, pairs: dict) -> None:
+        """Latency with overlap (DAG apps, planner.evaluate.schedule): per request, start times S[v];
+        a node starts after each input has arrived (its producer's finish plus the transfer when
+        they run apart, through the pair variables) and after every earlier node of the same
+        request that runs on the same site (in the plan's order; only nodes neither depends on the
+        other need it, dependencies already order the rest); a sink's latency is its S."""
+        p, m, n = self.p, self.m, c.name
+        dur = {v: sum(c.compute_us[v][s] * self.x[(n, v, s)] for s in c.allowed[v] if c.compute_us[v].get(s))
+               for v in range(len(p.nodes))}
+        horizon = (sum(max((c.compute_us[v].get(s, 0) for s in c.allowed[v]), default=0) for v in range(len(p.nodes)))
+                   + sum(max((c.xfer_us(k, a, b) for a in c.allowed[it.producer] for w in it.consumers
+                              for b in c.allowed[w]), default=0) for k, it in enumerate(p.items)))
+        start = {v: m.NewIntVar(0, horizon, f"S[{n},{p.nodes[v].id}]") for v in range(len(p.nodes))}
+        for v, node in enumerate(p.nodes):
+            if node.kind == "source":
+                # a request starts when its source produces it
+                m.Add(start[v] == 0)
+        for k, it in enumerate(p.items):
+            u = it.producer
+            for w in it.consumers:
+                delay = [c.xfer_us(k, a, b) * pairs[(k, w, a, b)] for a in c.allowed[u] for b in c.allowed[w]
+                         if a != b and c.xfer_us(k, a, b)]
+                # w starts after u has finished and its input has crossed to w's site
+                m.Add(start[w] >= start[u] + dur[u] + sum(delay))
+        for u, v in self.parallel:
+            for s in set(c.allowed[u]) & set(c.allowed[v]):
+                if c.compute_us[u].get(s):
+                    # one site runs a request's nodes one at a time, in the plan's order
+                    m.Add(start[v] >= start[u] + c.compute_us[u][s]).OnlyEnforceIf(
+                        [self.x[(n, u, s)], self.x[(n, v, s)]])
+        for v in p.sink_nodes:
+            self.sink_lat[(n, v)] = [start[v]]
+
     # ------------------------------------------------------------------ shared
     def _build(self) -> None:
         p, m = self.p, self.m
         self.ancestors = ancestors(p)
+        # pairs of one request's compute nodes neither of which depends on the other (plan order)
+        self.parallel = parallel_pairs(p, self.ancestors) if p.latency_model == "overlap" else []
         for c in p.classes:
             self._build_class(c)
         for s, sd in p.sites.items():

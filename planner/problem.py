@@ -148,6 +148,7 @@ class Problem:
     labels: Mapping[str, str] = field(default_factory=dict)  # site class -> tier, for reports
     latency_sinks: tuple[int, ...] | None = None  # sinks counted in the latency term (None: all)
     segments: tuple[Segments, ...] = ()         # models whose cuts are chosen with the placement
+    latency_model: str = "sum"                  # "sum" (chains: exact) or "overlap" (DAGs, planner.evaluate)
 
     def cuts_used(self, assignment: Assignment) -> dict[str, tuple[int, ...]]:
         """model -> boundaries j (between its segments j and j+1) some class places apart."""

@@ -15,18 +15,30 @@ from tierplan.planner.plan import (
 from tierplan.planner.problem import COMPUTE_KINDS, Problem
 from tierplan.planner.units import HOURS_PER_MONTH, ms_to_us, uj_to_j, us_to_ms, uusd_to_usd
 
-__all__ = ["LATENCY_SEMANTICS", "sink_views", "class_latency_ms", "coverage_share", "natural_objective",
+__all__ = ["LATENCY_SEMANTICS", "OVERLAP_SEMANTICS", "latency_semantics", "sink_views", "class_latency_ms", "coverage_share", "natural_objective",
            "cost_per_hour_usd", "monthly_by_tier", "baseline_result", "plan_pieces", "plan_edges",
            "per_class_ids", "class_mode", "mean_latency_ms", "class_meets"]
 
 LATENCY_SEMANTICS = (
-    "per request and sink: the sum of the compute of every piece the sink depends on (on the site "
-    "running it) and of every transfer feeding them (once per consuming site; RTT/2 + bytes/bandwidth "
+    "sum (chains): per request and sink, the sum of the compute of every piece the sink depends on (on the "
+    "site running it) and of every transfer feeding them (once per consuming site; RTT/2 + bytes/bandwidth "
     "+ serialisation + z_p * jitter per link crossed), plus the p-quantile queueing wait at every site "
     "visited (M/G/1 at the site's planned utilisation level, the job the size of the request's own work there); "
-    "one site runs a request's pieces one after "
-    "another and transfers on a link share it, so times add up; exact for chains, an upper bound where "
-    "parallel branches on different sites could overlap; pieces a sink does not depend on never add")
+    "one site runs a request's pieces one after another; exact for chains; pieces a sink does not depend on never add")
+
+OVERLAP_SEMANTICS = (
+    "overlap (DAGs): per request, every node starts when each of its inputs has arrived (its producer "
+    "finished, plus the transfer when they run on different sites: RTT/2 + bytes/bandwidth + serialisation "
+    "+ z_p * jitter per link crossed) and every earlier node of the same request on its site has finished "
+    "(one site runs a request's nodes one at a time, in the plan's order); branches on different sites "
+    "overlap; a sink's latency is its start (the longest path), plus the p-quantile queueing wait at every "
+    "site visited (M/G/1 at the site's planned utilisation level); transfers are delays (they do not share "
+    "a link's bandwidth with each other); its breakdown is the critical path")
+
+
+def latency_semantics(problem: Problem) -> str:
+    """The plan's `latency_semantics`: which latency model the problem was planned with."""
+    return OVERLAP_SEMANTICS if problem.latency_model == "overlap" else LATENCY_SEMANTICS
 
 
 def _tier_key(problem: Problem, key: str) -> str:

@@ -38,9 +38,10 @@ def _diamond(split_tensors: bool = True) -> nx.DiGraph:
 
 
 def _problem(g, **kw):
-    """Service-time semantics only (queueing waits are checked in test_planner_queueing.py)."""
+    """Service-time semantics only (queueing waits are checked in test_planner_queueing.py), the
+    sum model (everything a sink depends on adds up; the overlap model: test_planner_overlap.py)."""
     return build_problem(g, three_tier_fleet(**kw), cost_model(), weights=ObjectiveSpec(latency=1),
-                         queueing=False)[0]
+                         queueing=False, latency_model="sum")[0]
 
 
 def _asg(problem, sites_by_id: dict[str, str], cls: str = "cam0"):
