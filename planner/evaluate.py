@@ -118,7 +118,8 @@ def schedule(problem: Problem, c: ClassData, sites: tuple[str, ...],
     dur = [c.compute_us[v].get(sites[v], 0) if problem.nodes[v].kind in COMPUTE_KINDS else 0
            for v in range(len(problem.nodes))]
     for v in range(len(problem.nodes)):     # nodes are in topological order
-        best, arg = 0, None
+        best = 0
+        arg: tuple[int, int | None] | None = None
         for k, u in inputs.get(v, ()):
             t = start[u] + dur[u] + c.xfer_us(k, sites[u], sites[v])
             if t > best or arg is None:
