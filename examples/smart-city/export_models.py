@@ -10,7 +10,10 @@
   post-processing (score threshold, per-class NMS, top-k) has data-dependent shapes, so it is left
   out of the graph and done on the host by `tierplan.transforms:crop_detections`.
 - classifier.onnx: MobileNetV3-Small with 8 classes (`CLASSES`). Input ``crop``: batchx3x224x224
-  float32, ImageNet-normalised; output ``class_probs``: batchx8 softmax.
+  float32, ImageNet-normalised; output ``class_probs``: batchx8 softmax. The batch dimension is
+  dynamic (``batch``): app.yaml binds it to 1 for planning and partitioning, and a batching site
+  (the cloud tier) runs the classifier's pieces with it freed again (runtime/batchdim.py), so a
+  frame's crops are classified in batches there.
 
 Weights are random (seeded), so outputs are meaningless but shapes, operators, FLOPs and run
 times are those of the real networks, which is what planning and execution need. Batch-norm
