@@ -197,11 +197,12 @@ class Plan(_M):
             update["app"] = {**self.app, "models": models}
         return self.model_copy(update=update)
 
-    def _with_local_pieces(self, here: Path) -> "Plan":
-        """Piece files outside the plan's folder are copied into `pieces/` beside it, so
-        the folder is a bundle that deploys and simulates the same when moved or copied elsewhere."""
-        import shutil
+    def _local_pieces(self, here: Path) -> tuple["Plan", list[tuple[Path, Path]]]:
+        """Piece files outside the plan's folder go into `pieces/` beside it, so the folder is a
+        bundle that deploys and simulates the same when moved or copied elsewhere: this plan with
+        those paths, and the (source, destination) copies to make."""
         out: list[PlanPiece] = []
+        copies: list[tuple[Path, Path]] = []
         taken: dict[str, Path] = {}                  # file name in pieces/ -> the file copied there
         for p in self.pieces:
             src = Path(p.file) if p.file else None
@@ -211,26 +212,38 @@ class Plan(_M):
             name = src.name if taken.get(src.name, src) == src else f"{len(taken)}-{src.name}"
             taken[name] = src
             dst = here / "pieces" / name
-            dst.parent.mkdir(exist_ok=True)
-            if not (dst.is_file() and dst.read_bytes() == src.read_bytes()):
-                shutil.copyfile(src, dst)
+            copies.append((src, dst))
             out.append(p.model_copy(update={"file": str(dst)}))
-        return self.model_copy(update={"pieces": out})
+        return self.model_copy(update={"pieces": out}), copies
 
     def save(self, path: str | Path) -> None:
-        """Write plan.json atomically (never half-written), its paths relative to the plan's folder."""
+        """Write plan.json atomically (never half-written), its paths relative to the plan's folder,
+        and the piece files it runs into pieces/ beside it (only once plan.json could be written)."""
+        import shutil
         from tierplan.errors import InputError
         path = Path(path)
         here = path.resolve().parent
         tmp = path.with_suffix(path.suffix + ".tmp")
+        made: list[Path] = []                         # files this call created (removed on failure)
         try:
+            if path.is_dir():
+                raise IsADirectoryError(21, "Is a directory")
             here.mkdir(parents=True, exist_ok=True)
-            on_disk = self._with_local_pieces(here)._paths(lambda p: _relative(p, here))
-            tmp.write_text(on_disk.model_dump_json(indent=2))
+            local, copies = self._local_pieces(here)
+            tmp.write_text(local._paths(lambda p: _relative(p, here)).model_dump_json(indent=2))
+            for src, dst in copies:
+                if not dst.parent.is_dir():
+                    dst.parent.mkdir()
+                    made.append(dst.parent)
+                if not (dst.is_file() and dst.read_bytes() == src.read_bytes()):
+                    made.insert(0, dst)
+                    shutil.copyfile(src, dst)
             tmp.replace(path)
         except OSError as e:
             if tmp.is_file():
                 tmp.unlink()
+            for f in made:
+                f.rmdir() if f.is_dir() else f.unlink(missing_ok=True)
             raise InputError(f"{path}: cannot write the plan ({e.strerror or e.__class__.__name__}). To fix: pass "
                              "a file path in a folder you can write to") from None
 

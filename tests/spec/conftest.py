@@ -7,14 +7,10 @@ import os
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE / "data"
-BAD = HERE / "bad"
-REPO = HERE.parent.parent
+from spec_paths import REPO
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BAD, DATA
+from spec_paths import BAD, DATA
 
 BAD_FILES = sorted(BAD.glob("*.yaml"))
 

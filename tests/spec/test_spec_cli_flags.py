@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import DATA
+from spec_paths import DATA
 
 
 def _one_error_line(res, flag: str) -> str:

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import BAD, DATA
+from spec_paths import BAD, DATA
 from tierplan.docs import README_PATH, REFERENCE_PATH, END, START, readme_with_reference, render, unit_of
 from tierplan.spec import AppSpec, FleetSpec
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import yaml
 
-from conftest import DATA
+from spec_paths import DATA
 from tierplan.errors import SpecError
 from tierplan.loader import format_path, load_app, load_fleet
 

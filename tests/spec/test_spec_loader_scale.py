@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BAD, DATA, REPO
+from spec_paths import BAD, DATA, REPO
 from tierplan import spec as spec_module
 from tierplan.errors import SpecError
 from tierplan.loader import _FastLoader, _walk, index_yaml, line_index, load_fleet, parse_yaml

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from conftest import DATA, REPO
+from spec_paths import DATA, REPO
 from tierplan.loader import dump_spec, load_app, load_fleet
 from tierplan.spec import AppSpec, FleetSpec, LinkSpec, SiteClassSpec, SourceSpec
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from onnx import TensorProto, helper
 
-from conftest import DATA, REPO
+from spec_paths import DATA, REPO
 from tierplan.errors import SpecError
 from tierplan.devices.catalog import load_catalog
 from tierplan.loader import load_app, load_fleet
