@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from typing import Callable, Iterable, Unpack
+from typing import Callable, Iterable
 
 import numpy as np
+from typing_extensions import Unpack
 
 from tierplan.devices.fleet import Fleet, SiteClass, resolve_fleet
 from tierplan.errors import InputError
@@ -56,25 +57,35 @@ _Z95 = 1.6448536269514722  # standard normal 95th percentile
 
 
 # ---------------------------------------------------------------------------- strategies
-def strategy_assignments(plan: Plan, names: Iterable[str] | None) -> tuple[dict[str, Callable[[str], dict]], dict[str, str]]:
+Assignment = Callable[[str], dict[str, str]]   # origin class -> node -> site class (or tier)
+
+
+def _per_origin(assignment: dict[str, str], per_class: dict[str, dict[str, str]]) -> Assignment:
+    """An assignment with per-origin-class overrides."""
+    def of(origin: str) -> dict[str, str]:
+        return {**assignment, **per_class.get(origin, {})}
+    return of
+
+
+def strategy_assignments(plan: Plan, names: Iterable[str] | None) -> tuple[dict[str, Assignment], dict[str, str]]:
     """name -> (origin class -> node -> site), and name -> reason for strategies that cannot run."""
     work_ids = [p.id for p in plan.pieces if p.kind in ("piece", "transform")]
-    available: dict[str, Callable[[str], dict]] = {}
+    available: dict[str, Assignment] = {}
     skipped: dict[str, str] = {}
     if plan.assignment or plan.per_class:
-        available["optimal"] = lambda o, p=plan: {**p.assignment, **p.per_class.get(o, {})}
+        available["optimal"] = _per_origin(dict(plan.assignment), dict(plan.per_class))
     else:
         skipped["optimal"] = f"the plan has no assignment (status {plan.status}: {plan.reason or 'no reason given'})"
     for raw, b in plan.baselines.items():
         name = BASELINE_ALIASES.get(raw, raw)
         per_class = getattr(b, "per_class", None) or {}
         if b.assignment or per_class:
-            available[name] = lambda o, a=dict(b.assignment), pc=dict(per_class): {**a, **pc.get(o, {})}
+            available[name] = _per_origin(dict(b.assignment), dict(per_class))
         else:
             skipped[name] = b.reason or "the baseline has no assignment"
     for name, tier in (("all-device", "edge"), ("all-cloud", "cloud")):
         if name not in available and name not in skipped:
-            available[name] = lambda o, t=tier: {pid: t for pid in work_ids}
+            available[name] = _per_origin({pid: tier for pid in work_ids}, {})
     if names is None:
         wanted = [n for n in DEFAULT_STRATEGIES if n in available or n in skipped]
         wanted += [n for n in available if n not in wanted]
@@ -226,6 +237,10 @@ def _sink_stats(agg: StrategyAgg) -> dict[str, SinkStats]:
     out = {}
     for name, a in agg.sinks.items():
         s = agg.slo.get(name)
+        p50: float | None
+        p95: float | None
+        p99: float | None
+        mean: float | None
         if a.ok:
             p50, p95, p99 = (float(v) for v in a.sketch.quantiles(np.array([0.5, 0.95, 0.99])))
             cdf = a.sketch.quantiles(np.linspace(0, 1, _CDF_POINTS)).tolist()

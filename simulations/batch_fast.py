@@ -151,6 +151,7 @@ def _mixed_groups(a: list[float], s: list[float], g: list[int], lo: int, specs: 
             for k in range(nxt, n):
                 out[lo + k] = math.inf
             break
+        assert same is not None   # the loop above left only when a batch was due
         taken = set(same)
         members = [waiting[k] for k in same]
         waiting = [w for k, w in enumerate(waiting) if k not in taken]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, TypedDict
+from typing import Callable, Iterable, Literal, Mapping, TypedDict, cast
 
 from tierplan.errors import InputError
 from tierplan.simulations.batching import BatchPolicy, check_link_sharing, parse_batching
@@ -129,12 +129,11 @@ class ScenarioArgs(TypedDict, total=False):
     block_requests: int
 
 
-def _items(x: object, parse, kinds: tuple[type, ...]) -> tuple:
+def _items(x: object, parse: Callable[[str], object], kinds: tuple[type, ...]) -> tuple:
     if x is None:
         return ()
-    if isinstance(x, (str, *kinds)):
-        x = [x]
-    return tuple(parse(v) if isinstance(v, str) else v for v in x)  # type: ignore[union-attr]
+    seq = [x] if isinstance(x, (str, *kinds)) else list(cast(Iterable[object], x))
+    return tuple(parse(v) if isinstance(v, str) else v for v in seq)
 
 
 def _parsed(kw: dict[str, object]) -> dict[str, object]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], sta
     state = state if state is not None else CycleState()
     H = horizon_ms
     group = set(stages)
-    heap: list[tuple[float, int, int, int, int]] = []
+    heap: list[tuple[float, int, int, Any, int]] = []
     first: list[tuple[np.ndarray, np.ndarray, int, int]] = []
     info: dict[tuple[int, int], tuple] = {}
     pending: dict[tuple[int, int], list[int]] = {}
@@ -92,7 +93,7 @@ def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], sta
     succ: dict[tuple[int, int], list[int]] = {}
     labels: dict[str, tuple[list, list, list, int, int]] = {}
     waiting_now = {(ji, si, i) for bq in state.bqs.values() for _, _, _, ji, si, i in bq.waiting}
-    waiting_now |= {(ji, x, i) for _, _, ji, x, i in state.heap if ji >= 0}   # released, in the carried heap
+    waiting_now |= {(ji, int(x), i) for _, _, ji, x, i in state.heap if ji >= 0}  # type: ignore[call-overload]
     seq = 0
     for ji, si in sorted(stages):
         j, st, R = journeys[ji], journeys[ji].stages[si], reqs[ji]
@@ -122,16 +123,17 @@ def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], sta
         inst = None if varies else world.stage_instance(st, j.origin, arr.device, arr.t_ms).tolist()
         work = dr.work[si]
         bw_varies = st.kind == "link" and world.bandwidth.get(st.site) is not None
-        svc = None if (st.kind == "link" and bw_varies) else (
-            work if st.kind == "compute" else world.transfer_ms(st, work, arr.t_ms)).astype(np.float64).tolist()
+        svc = None if (st.kind == "link" and bw_varies) else np.asarray(
+            work if st.kind == "compute" else world.transfer_ms(st, work, arr.t_ms), dtype=np.float64).tolist()
         label = resource_label(st)
         if label not in labels:
             labels[label] = ([], [], [], world.instance_count(st), world.servers(st))
         spec = batching.get(stage_key(st)) if st.kind == "compute" else None
+        runs_si, delay_si = dr.runs[si], dr.delay_ms[si]
         info[(ji, si)] = (st, j.origin, arr.device.tolist() if varies else None, inst, svc,
                           work.tolist() if svc is None else None,
-                          None if dr.runs[si] is None else dr.runs[si].tolist(),
-                          None if dr.delay_ms[si] is None else dr.delay_ms[si].tolist(),
+                          None if runs_si is None else runs_si.tolist(),
+                          None if delay_si is None else delay_si.tolist(),
                           st.resource, world.servers(st), labels[label], spec)
         ready_now = todo & (left == 0) & ~np.isposinf(a_out)
         if waiting_now:
@@ -250,27 +252,27 @@ def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], sta
             continue
         q = inst[i] if inst is not None else world.stage_instance1(st, origin, device[i], t)
         s = svc[i] if svc is not None else float(world.transfer_ms(st, work[i], t))
-        k = (res, q)
+        qk: tuple = (res, q)
         if servers > 1:
-            c = rr.get(k, 0)
-            rr[k] = c + 1
-            k = (res, q, c % servers)
+            c = rr.get(qk, 0)
+            rr[qk] = c + 1
+            qk = (res, q, c % servers)
         if spec is not None:
-            b = bq_of.get(k)
+            b = bq_of.get(qk)
             if b is None:
-                b = bq_of[k] = len(bqs)
+                b = bq_of[qk] = len(bqs)
                 bq = _BatchQueue(q, resource_label(st), st.site, world.instance_count(st), servers)
                 bqs.append(bq)
-                bq_keys.append(k)
-                state.bqs[k] = bq
+                bq_keys.append(qk)
+                state.bqs[qk] = bq
             bqs[b].waiting.append((spec, s, t, ji, si, i))
             poke(b, t)
             continue
-        start = free.get(k, -math.inf)
+        start = free.get(qk, -math.inf)
         if start < t:
             start = t
         end = start + s
-        free[k] = end
+        free[qk] = end
         rec[0].append(q)
         rec[1].append(start)
         rec[2].append(s)

@@ -341,7 +341,9 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
             dead = pending & np.isnan(a)      # a failed predecessor fails the stage (failure follows the data)
             done_i[dead] = np.nan
             go = pending & (a < H)            # reaches the queue before the horizon: final in FIFO order
-            runs = go if R.draws.runs[si] is None else go & R.draws.runs[si]
+            only = R.draws.runs[si]
+            runs = go if only is None else go & only
+            idx: slice | np.ndarray
             if runs.all():  # the common case: every request runs this stage, no gathers needed
                 idx, ai, device = _ALL, a, R.arr.device
             else:
@@ -355,15 +357,14 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
                 R.rerouted[np.arange(len(a))[idx][moved] if idx is not _ALL else moved] = True
             windows = world.windows_for(st)
             if windows:
-                if idx is _ALL:
-                    idx = np.arange(len(a))
+                sel = np.arange(len(a)) if isinstance(idx, slice) else idx
                 fo = world.apply_failures(st, windows, inst, ai)
-                R.failed[idx[fo.failed]] = True
-                done_i[idx[fo.failed]] = np.nan
-                R.rerouted[idx[fo.rerouted]] = True
-                R.delayed[idx[fo.delayed]] = True
+                R.failed[sel[fo.failed]] = True
+                done_i[sel[fo.failed]] = np.nan
+                R.rerouted[sel[fo.rerouted]] = True
+                R.delayed[sel[fo.delayed]] = True
                 keep = ~fo.failed & (fo.t_ms < H)   # held past the horizon: queues next window
-                idx, ai, inst = idx[keep], fo.t_ms[keep], fo.inst[keep]
+                idx, ai, inst = sel[keep], fo.t_ms[keep], fo.inst[keep]
             work = R.draws.work[si][idx]
             svc = work if st.kind == "compute" else world.transfer_ms(st, work, ai)
             parts.append((ji, si, idx, ai, inst, svc))
@@ -387,7 +388,7 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
             free, rr = state.arrays(res, world.instance_count(st0), servers)
             hint = _tandem_order(world, journeys, reqs, parts, servers, last)
             dep, perm = fifo_departures(a_all, s_all, q_all, servers, with_queue=False, order=hint, free=free, rr=rr)
-            if len(parts) == 1 and servers == 1 and parts[0][2] is _ALL:
+            if len(parts) == 1 and servers == 1 and parts[0][2] is _ALL and perm is not None:
                 last[(parts[0][0], parts[0][1])] = perm
             b.add(q_all, dep - s_all, s_all)
         off = 0
@@ -431,10 +432,7 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
         gid: dict = {}
         group = np.concatenate([np.full(len(p[3]), gid.setdefault(sp.group, len(gid)) if sp else -1)
                                 for p, sp in zip(parts, specs)])
-        spec_of = [None] * len(gid)
-        for sp in specs:
-            if sp is not None:
-                spec_of[gid[sp.group]] = sp
+        spec_of: list[BatchStage] = [sp for sp in dict((sp.group, sp) for sp in specs if sp is not None).values()]
         dep = np.empty(len(a_all))
         inb = group >= 0
         d_b, (bq, bstart, bsvc, bsize) = batch_departures(a_all[inb], s_all[inb], rq[inb], group[inb], spec_of,

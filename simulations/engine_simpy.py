@@ -26,6 +26,7 @@ equally (processor sharing) instead of going one at a time.
 from __future__ import annotations
 
 import heapq
+from typing import Callable
 
 import numpy as np
 import simpy
@@ -74,13 +75,20 @@ class _BatchQueue:
             if same is None:
                 if due not in self.armed:
                     self.armed.add(due)
-                    env.timeout(due - env.now).callbacks.append(lambda e, d=due: (self.armed.discard(d), self._poke()))
+                    env.timeout(due - env.now).callbacks.append(self._timer(due))
                 return
             members = [self.waiting[k] for k in same]
             taken = set(same)
             self.waiting = [w for k, w in enumerate(self.waiting) if k not in taken]
             self.free -= 1
             env.process(self._serve(members, batch_ms(head, (m[1] for m in members))))
+
+    def _timer(self, due: float) -> Callable[[simpy.Event], None]:
+        """The callback of the timer armed for `due`: disarm it and look at the queue again."""
+        def fire(_ev: simpy.Event) -> None:
+            self.armed.discard(due)
+            self._poke()
+        return fire
 
     def _serve(self, members, svc: float):
         if self.host is not None:  # every site on one host: the batch also needs one of its cores
@@ -133,7 +141,8 @@ class _SharedLink:
             return
         left = min(job[0] for job in self.jobs.values())
         wait = max(0.0, left / self._share())
-        self.env.timeout(wait).callbacks.append(lambda e, v=self.version: self._fire(v))
+        version = self.version
+        self.env.timeout(wait).callbacks.append(lambda _ev: self._fire(version))
 
     def _fire(self, version: int) -> None:
         if version != self.version:

@@ -33,8 +33,8 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _colors(names: list[str]) -> dict[str, str | tuple]:
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+def _colors(names: list[str]) -> dict[str, str]:
+    cycle = [matplotlib.colors.to_hex(c) for c in plt.rcParams["axes.prop_cycle"].by_key()["color"]]
     return {n: cycle[i % len(cycle)] for i, n in enumerate(names)}
 
 
@@ -70,8 +70,7 @@ def _cost_figure(rep: SimReport, col: dict[str, str]) -> bytes:
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     use_slo = any(s.slo_attainment is not None for r in rep.strategies.values() for s in r.sinks.values())
     for name, r in rep.strategies.items():
-        vals = [s.slo_attainment if use_slo else s.p95_ms for s in r.sinks.values()]
-        vals = [v for v in vals if v is not None]
+        vals = [v for v in (s.slo_attainment if use_slo else s.p95_ms for s in r.sinks.values()) if v is not None]
         if not vals:
             continue
         y = min(vals) * (100 if use_slo else 1)

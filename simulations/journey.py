@@ -227,17 +227,18 @@ def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_m
     group_stage: dict[int, int] = {}
     for gi, (gsite, members) in enumerate(groups):
         preds: list[int] = []
-        incoming: dict[object, list[tuple[str, str]]] = {}
+        incoming: dict[int, list[tuple[str, str]]] = {}   # predecessor group (-1: the source) -> edges
         for v in members:
             for u in g.predecessors(v):
                 if u == src:
-                    incoming.setdefault("src", []).append((u, v))
+                    incoming.setdefault(-1, []).append((u, v))
                 elif u in group_of and group_of[u] != gi:
                     incoming.setdefault(group_of[u], []).append((u, v))
-        for key in sorted(incoming, key=lambda k: -1 if k == "src" else k):
+        for key in sorted(incoming):
             edges = incoming[key]
             work = tuple(Work(g.edges[u, v]["nbytes"], rf(u)) for u, v in edges)
-            if key == "src":
+            pred: tuple[int, ...]
+            if key < 0:
                 from_site, pred = origin, ()
             else:
                 from_site, pred = groups[key][0], (group_stage[key],)
@@ -257,10 +258,10 @@ def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_m
             if u == src or u not in group_of:
                 continue
             gi = group_of[u]
-            pred: tuple[int, ...] = (group_stage[gi],)
+            last: tuple[int, ...] = (group_stage[gi],)
             if groups[gi][0] != site[n]:
-                pred = transfer(groups[gi][0], site[n], pred, (Work(g.edges[u, n]["nbytes"], rf(u)),), f"->{name}")
-            done.extend(pred)
+                last = transfer(groups[gi][0], site[n], last, (Work(g.edges[u, n]["nbytes"], rf(u)),), f"->{name}")
+            done.extend(last)
         sinks[name] = tuple(done)
     stages, sinks = _lanes(stages, sinks)
     return Journey(origin, src, rate, tuple(stages), sinks)

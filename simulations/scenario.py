@@ -133,15 +133,18 @@ def parse_arrivals(text: str) -> ArrivalSpec:
         return ArrivalSpec("periodic", jitter_ms=j)
     if kind == "burst":
         vals = [_float(a, "--arrivals burst") for a in args]
-        names = ["burst_factor", "burst_on_s", "burst_off_s"]
         if len(vals) > 3 or any(v <= 0 for v in vals):
             raise InputError("--arrivals burst[:FACTOR[:ON_S[:OFF_S]]]: up to three positive numbers")
-        return ArrivalSpec("burst", **dict(zip(names, vals)))
+        d = ArrivalSpec()
+        f, on, off = vals + [d.burst_factor, d.burst_on_s, d.burst_off_s][len(vals):]
+        return ArrivalSpec("burst", burst_factor=f, burst_on_s=on, burst_off_s=off)
     if kind == "diurnal":
         vals = [_float(a, "--arrivals diurnal") for a in args]
         if len(vals) > 2 or (vals and not 0 <= vals[0] <= 1) or (len(vals) == 2 and vals[1] <= 0):
             raise InputError("--arrivals diurnal[:AMPLITUDE[:PERIOD_S]]: amplitude in [0, 1], period > 0")
-        return ArrivalSpec("diurnal", **dict(zip(["amplitude", "period_s"], vals)))
+        d = ArrivalSpec()
+        amplitude, period = vals + [d.amplitude, d.period_s][len(vals):]
+        return ArrivalSpec("diurnal", amplitude=amplitude, period_s=period)
     if kind == "trace" and rest:
         return ArrivalSpec("trace", trace=_read_trace(Path(rest)), trace_path=rest)
     raise InputError(f"--arrivals {text!r}: expected poisson, periodic[:JITTER_MS], burst[:F[:ON[:OFF]]], "

@@ -17,6 +17,7 @@ seeds with means and 95% confidence intervals (Student's t).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import time
@@ -218,7 +219,7 @@ def start_local_ray(cpus: int | None = None) -> str:
     import ray
     if not ray.is_initialized():
         ray.init(num_cpus=cpus or os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False, logging_level="WARNING")
+                 log_to_driver=False, logging_level=logging.WARNING)
     return f"local Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
 
 
@@ -245,7 +246,7 @@ def run_sweep(plan: Plan, base: Scenario, strategies: Sequence[str], grid: dict[
             runner = start_local_ray()
         else:
             try:
-                ray.init(address=ray_address, log_to_driver=False, logging_level="WARNING")
+                ray.init(address=ray_address, log_to_driver=False, logging_level=logging.WARNING)
             except Exception as e:  # Ray raises ConnectionError, RuntimeError or bare Exception here
                 raise InputError(f"--ray-address {ray_address}: cannot join the Ray cluster "
                                  f"({e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
@@ -253,7 +254,7 @@ def run_sweep(plan: Plan, base: Scenario, strategies: Sequence[str], grid: dict[
             runner = f"Ray at {ray_address} ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
         task = ray.remote(num_cpus=1, max_retries=2)(run_cell)
         plan_ref, base_ref, fleet_ref = ray.put(plan), ray.put(base), ray.put(fleet)
-        refs = [task.remote(plan_ref, base_ref, c, fleet_ref) for c in cells]
+        refs = [task.remote(plan_ref, base_ref, c, fleet_ref) for c in cells]  # type: ignore[call-arg]  # Ray's stubs miss defaults
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import Any, Callable, Sequence
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from tierplan.simulations.journey import Journey, Stage, chain
 from tierplan.simulations.scenario import (ArrivalSpec, FailureWindow, LinkVariation, MobilityEvent,
                                   bandwidth_factor_series)
 from tierplan.errors import InputError
+from tierplan.spec import LinkSpec
 
 __all__ = ["World", "ArrivalDraws", "StageDraws", "FailureOutcome", "strategy_rng", "block_rng"]
 
@@ -97,8 +99,8 @@ class World:
     """Fleet, replicas, outages, mobility and link variation, resolved against one seed."""
 
     def __init__(self, fleet: Fleet, replicas: dict[str, int], duration_s: float,
-                 seed: int, failures: list[FailureWindow] = (),
-                 mobility: list[MobilityEvent] = (), links: dict[str, LinkVariation] | None = None,
+                 seed: int, failures: Sequence[FailureWindow] = (),
+                 mobility: Sequence[MobilityEvent] = (), links: dict[str, LinkVariation] | None = None,
                  service_dist: str = "lognormal", service_cv: float = 0.1, *,
                  service_correlation: float = 0.0, profile: ServiceProfile | None = None,
                  host_cores: int | None = None):
@@ -107,7 +109,7 @@ class World:
         self.duration_s = float(duration_s)
         self.seed = int(seed)
         self.rng = rng = np.random.default_rng(seed)   # set-up draws: outage shares, mobility, bandwidth
-        self._setup: dict[tuple[str, str], tuple] = {}
+        self._setup: dict[tuple[str, str, str], Any] = {}
         self.service_dist = service_dist
         self.service_cv = float(service_cv)
         if not 0.0 <= service_correlation <= 1.0:
@@ -135,7 +137,7 @@ class World:
             if site not in fleet.classes or fleet.classes[site].link is None:
                 raise InputError(f"--link {site}: not a site class with a link in the fleet "
                                  f"(classes with links: {', '.join(n for n, c in fleet.classes.items() if c.link)})")
-            link = fleet.classes[site].link
+            link = self._link(site)
             times_s, factor = bandwidth_factor_series(var, link.uplink_mbps, self.duration_s * 4 + 60.0, rng)
             self.bandwidth[site] = (list(times_s * _MS), list(factor), times_s * _MS, factor)
 
@@ -295,9 +297,16 @@ class World:
     def link_rate_mbps(self, stage: Stage) -> float:
         """Payload rate of a link stage: the declared rate less lost-and-resent packets (x (1 - loss_rate)),
         as the cost model and the runtime's link emulator count it."""
-        link = self.fleet.classes[stage.site].link
+        link = self._link(stage.site)
         rate = link.capacity_mbps if stage.shared else (link.uplink_mbps if stage.direction == "up" else link.downlink_mbps)
-        return float(rate) * (1.0 - float(getattr(link, "loss_rate", 0.0) or 0.0))
+        return float(rate or 0.0) * (1.0 - float(link.loss_rate or 0.0))
+
+    def _link(self, site: str) -> LinkSpec:
+        """The uplink of a site class (journeys only cross classes that have one)."""
+        link = self.fleet.classes[site].link
+        if link is None:
+            raise InputError(f"fleet: site class {site!r} has no link to its parent")
+        return link
 
     def bandwidth_factor(self, site: str, t_ms: np.ndarray) -> np.ndarray | float:
         """Multiplier of the nominal rate at t_ms (1 where the link does not vary)."""
@@ -318,6 +327,7 @@ class World:
     def transfer_ms(self, stage: Stage, nbytes: np.ndarray | float, t_ms) -> np.ndarray | float:
         """Time the link is busy sending nbytes at the bandwidth in force at t_ms."""
         rate = self.link_rate_mbps(stage)
+        f: np.ndarray | float
         if isinstance(t_ms, float):
             f = self.bandwidth_factor_at(stage.site, t_ms)
         else:
@@ -439,7 +449,7 @@ class World:
         device = rng.integers(0, n_dev, size=len(t)).astype(np.int64)
         return self._with_fanout(t * _MS, device, rate_factors, rng)
 
-    def _setup_draw(self, key: tuple[str, str], what: str, draw):
+    def _setup_draw(self, key: tuple[str, str], what: str, draw: Callable[[np.random.Generator], Any]) -> Any:
         """A per-class draw shared by every block (cached)."""
         k = (key[0], key[1], what)
         if k not in self._setup:
@@ -477,7 +487,9 @@ class World:
         n = len(arr.t_ms)
         correlated = self.profile is not None or self.service_correlation > 0
         z_req = rng.standard_normal(n) if correlated else None
-        work, runs, delay = [], [], []
+        work: list[np.ndarray] = []
+        runs: list[np.ndarray | None] = []
+        delay: list[np.ndarray | None] = []
         for st in journey.stages:
             all_one = all(w.rate_factor == 1.0 for w in st.work)
             if all_one:  # one invocation of everything: constant work, every request runs it
@@ -501,22 +513,23 @@ class World:
             elif st.shared:
                 delay.append(None)
             else:
-                link = self.fleet.classes[st.site].link
+                link = self._link(st.site)
                 d = np.full(n, link.rtt_ms / 2.0)
                 if link.jitter_ms > 0:
                     d = np.maximum(0.0, d + rng.normal(0.0, link.jitter_ms, n))
                 delay.append(d)
             work.append(total)
             if st.lane >= 0:  # one item of a fan-out: runs when the request has more than `lane` items
-                runs.append(arr.invocations(st.lane_rate_factor) > st.lane)
+                k_lane = arr.invocations(st.lane_rate_factor)
+                runs.append(np.ones(n, dtype=bool) if k_lane is None else k_lane > st.lane)
             else:
                 runs.append(None if all_one and st.work else (inv > 0 if inv is not None else np.zeros(n, dtype=bool)))
         if self.profile is not None and self.profile.overhead_ms is not None:  # drawn last: stage draws stay put
             overhead = self.profile.from_normal(*OVERHEAD_KEY, self._mix(z_req, self.profile.correlation, n, rng))
             for st in journey.stages:
                 if not st.preds:  # a root of the request: its dispatch overhead before it moves on
-                    d = delay[st.index]
-                    delay[st.index] = overhead if d is None else d + overhead
+                    prev = delay[st.index]
+                    delay[st.index] = overhead if prev is None else prev + overhead
         return StageDraws(work, runs, delay)
 
     @staticmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
@@ -16,7 +16,9 @@ from tierplan.errors import InputError
 
 if TYPE_CHECKING:
     from tierplan.planner.plan import Plan
+    from tierplan.simulations.config import Scenario
     from tierplan.simulations.report import SimReport
+    from tierplan.spec import FleetSpec
 
 __all__ = ["register"]
 
@@ -56,7 +58,7 @@ def _print_table(rep: SimReport) -> None:
     f = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     for name, r in rep.strategies.items():
         sites = {k: v for k, v in r.utilisation_max.items() if not k.startswith("link:")}
-        busiest = max(sites, key=sites.get) if sites else None
+        busiest = max(sites, key=lambda k: sites[k]) if sites else None
         for i, (sink, s) in enumerate(r.sinks.items()):
             t.add_row(name if i == 0 else "", sink, f(s.p50_ms), f(s.p95_ms), f(s.p99_ms),
                       "-" if s.slo_attainment is None else f"{100 * s.slo_attainment:.1f}%",
@@ -74,6 +76,54 @@ def _print_table(rep: SimReport) -> None:
     for name, r in rep.strategies.items():
         for n in r.notes:
             con.print(f"[yellow]note[/yellow] {name}: {n}")
+
+
+def _emit(report: Path | None, write: Callable[[Path], Path], doc: Callable[[], dict], as_json: bool) -> bool:
+    """Write the HTML report when asked and print the JSON document when asked; True when printed."""
+    if report is not None:
+        path = write(report)
+        if not as_json:
+            typer.echo(f"report: {path}")
+    if as_json:
+        typer.echo(json.dumps(doc(), indent=2))
+    return as_json
+
+
+def _sweep(plan: Plan, scenario: Scenario, items: list[str], fleet: FleetSpec | None, ray_address: str | None,
+           serial: bool, report: Path | None, as_json: bool, shown: bool) -> None:
+    """`--sweep`: every (strategy, seed, parameter values) cell as a Ray task, one table and report."""
+    from tierplan.console import progress
+    from tierplan.simulations.api import strategy_assignments
+    from tierplan.simulations.sweep import LOCAL, parse_sweep, run_sweep
+    grid = parse_sweep(items)
+    chosen, skipped = strategy_assignments(plan, scenario.strategies)
+    with progress(shown) as bar:
+        task = bar.add_task("sweep", total=None)
+        rep = run_sweep(plan, scenario, list(chosen), grid, fleet, None if serial else (ray_address or LOCAL),
+                        progress=lambda done, total: bar.update(task, completed=done, total=total))
+    from tierplan.simulations.html_report import write_sweep_report
+    if _emit(report, lambda out: write_sweep_report(rep, out), rep.to_json, as_json):
+        return
+    from rich.table import Table
+
+    from tierplan.console import console
+    names = [n for n in grid if n != "seed"]
+    t = Table(title=f"Sweep: {len(rep.cells)} cells on {rep.runner} in {rep.wall_s:.1f} s "
+                    f"(mean over seeds ± 95% CI)")
+    for h in ("strategy", *names, "sink", "seeds", "p50 ms", "p95 ms", "SLO met", "cost $/h"):
+        t.add_column(h, justify="left" if h in ("strategy", "sink") else "right")
+
+    def ci(r: dict, m: str, k: float = 1.0) -> str:
+        v, h = r[m], r[f"{m}_ci"]
+        return "-" if v is None else f"{k * v:.1f}" + (f" ± {k * h:.1f}" if h is not None else "")
+    for r in rep.summary():
+        t.add_row(r["strategy"], *[f"{r[n]:g}" if isinstance(r[n], float) else str(r[n]) for n in names], r["sink"],
+                  str(r["seeds"]), ci(r, "p50_ms"), ci(r, "p95_ms"), ci(r, "slo_attainment", 100.0),
+                  ci(r, "cost_per_hour_usd"))
+    con = console()
+    con.print(t)
+    for name, why in skipped.items():
+        con.print(f"[yellow]not simulated[/yellow] {name}: {why}")
 
 
 def register(app: typer.Typer) -> None:
@@ -97,6 +147,9 @@ def register(app: typer.Typer) -> None:
         report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with figures into this folder."),
         calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
                                                    "for `local`, keyed by this CPU and made on first use)."),
+        sweep: Optional[list[str]] = typer.Option(None, "--sweep", help="NAME=VALUES, repeatable: seed=0..4, slo=MS,..., rate=HZ,..., link=SITE=PRESET,..., scale=F,... Each (strategy, seed, values) cell is a Ray task; the report gives means and 95% CIs over seeds."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster for --sweep (default: an embedded local cluster on this machine)."),
+        serial: bool = typer.Option(False, "--serial", help="Run --sweep's cells one after another in this process (no Ray)."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         show_progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
     ) -> None:
@@ -134,6 +187,11 @@ def register(app: typer.Typer) -> None:
         if report is not None:
             from tierplan.commands.partition import prepare_out_dir
             prepare_out_dir(report, "--report")
+        if sweep:
+            _sweep(plan, scenario, sweep, what_if, ray_address, serial, report, as_json, shown)
+            return
+        if ray_address is not None or serial:
+            raise InputError("--ray-address and --serial go with --sweep. To fix: add --sweep NAME=VALUES")
         with progress(shown) as bar:
             task = bar.add_task("simulate", total=None)
 
@@ -141,12 +199,6 @@ def register(app: typer.Typer) -> None:
                 bar.update(task, completed=done, total=total,
                            description=f"simulate {duration:g} s: {name}" if done < total else "simulated")
             rep = simulate(plan, what_if, scenario, progress=step)
-        if report is not None:
-            from tierplan.simulations.html_report import write_report
-            path = write_report(rep, report)
-            if not as_json:
-                typer.echo(f"report: {path}")
-        if as_json:
-            typer.echo(json.dumps(rep.to_json(), indent=2))
-        else:
+        from tierplan.simulations.html_report import write_report
+        if not _emit(report, lambda out: write_report(rep, out), rep.to_json, as_json):
             _print_table(rep)
