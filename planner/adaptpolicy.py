@@ -31,7 +31,8 @@ __all__ = ["AdaptPolicy", "Figure", "DriftDetector", "Decision", "decide", "rout
 class AdaptPolicy:
     """The thresholds of `--adapt` (each one a flag of `tierplan run` / `deploy`)."""
 
-    threshold: float = 0.3          # |observed / planned - 1| beyond which a figure is off
+    threshold: float = 0.3          # |observed / planned - 1| beyond which a figure is off ...
+    min_effect_ms: float = 5.0      # ... when it changes a request's time by at least this much
     sustain_s: float = 1.0          # ... for this long without a break before it is flagged
     window_s: float = 2.0           # rolling window of the estimates
     margin: float = 0.1             # a new plan must be predicted this share better (summed sink latency) ...
@@ -41,7 +42,7 @@ class AdaptPolicy:
     tick_s: float = 0.25            # how often the controller looks at its estimates
 
     def __post_init__(self) -> None:
-        checks = {"--adapt-threshold": (self.threshold, 0.0), "--adapt-sustain": (self.sustain_s, -1e-12),
+        checks = {"--adapt-threshold": (self.threshold, 0.0), "--adapt-min-effect": (self.min_effect_ms, -1e-12), "--adapt-sustain": (self.sustain_s, -1e-12),
                   "--adapt-window": (self.window_s, 0.0), "--adapt-margin": (self.margin, -1e-12),
                   "--adapt-move-cost": (self.move_cost_ms, -1e-12),
                   "--adapt-replan-limit": (self.replan_time_limit_s, 0.0),
@@ -57,7 +58,7 @@ class AdaptPolicy:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-_FIELD = {"--adapt-threshold": "threshold", "--adapt-sustain": "sustain_s", "--adapt-window": "window_s",
+_FIELD = {"--adapt-threshold": "threshold", "--adapt-min-effect": "min_effect_ms", "--adapt-sustain": "sustain_s", "--adapt-window": "window_s",
           "--adapt-margin": "margin", "--adapt-move-cost": "move_cost_ms", "--adapt-replan-limit": "replan_time_limit_s",
           "--adapt-cooldown": "cooldown_s", "tick_s": "tick_s"}
 
@@ -70,6 +71,7 @@ class Figure:
     planned: float
     observed: float
     samples: int = 0
+    effect_ms: float = math.inf     # what the difference changes in one request's time (transfers, compute)
 
     @property
     def ratio(self) -> float:
@@ -77,12 +79,13 @@ class Figure:
 
     def to_json(self) -> dict:
         return {"key": self.key, "planned": round(self.planned, 4), "observed": round(self.observed, 4),
-                "samples": self.samples}
+                "samples": self.samples, "effect_ms": round(self.effect_ms, 3) if math.isfinite(self.effect_ms) else None}
 
 
 class DriftDetector:
-    """Flags the figures that have been off their planned value by more than the threshold for
-    `sustain_s` without a break (a figure back within it starts over)."""
+    """Flags the figures that have been off their planned value by more than the threshold, with an
+    effect of at least `min_effect_ms`, for `sustain_s` without a break (a figure back within it
+    starts over)."""
 
     def __init__(self, policy: AdaptPolicy) -> None:
         self.policy = policy
@@ -90,6 +93,8 @@ class DriftDetector:
 
     def off(self, f: Figure) -> bool:
         if f.planned <= 0 or f.observed <= 0 or not math.isfinite(f.observed):
+            return False
+        if abs(f.effect_ms) < self.policy.min_effect_ms:
             return False
         return abs(math.log(f.observed / f.planned)) > math.log1p(self.policy.threshold)
 
@@ -108,6 +113,10 @@ class DriftDetector:
         for k in [k for k in self._since if k not in seen]:   # no estimate any more: start over
             del self._since[k]
         return flagged
+
+    def since(self, key: str) -> float | None:
+        """When `key` went off (None: it is within the threshold)."""
+        return self._since.get(key)
 
     def reset(self) -> None:
         self._since.clear()

@@ -33,7 +33,7 @@ from tierplan.planner.plan import Plan
 __all__ = ["Observer", "transfer_sizes"]
 
 _RIDGE_DELAY = 0.05    # weight of the planned RTT/2 against one route's samples
-_RIDGE_RATE = 0.002    # ... and of the planned goodput (weak: bandwidth is what drifts)
+_RIDGE_RATE = 1e-6     # ... and of the planned goodput (only where no sample tells it: bandwidth is what drifts)
 _MIN_LINK_SAMPLES = 3  # transfers of a (route, size) in the window before it counts
 
 
@@ -117,14 +117,15 @@ class Observer:
                     per.setdefault(cls, []).append(ms)
         return {c: float(np.percentile(v, 95)) for c, v in per.items() if v}
 
-    def link_estimates(self, now_s: float | None = None) -> dict[str, Figure]:
-        """`link:SITE:up_mbps|down_mbps|rtt_ms` -> Figure, for the links the window's transfers tell."""
+    def link_estimates(self, now_s: float | None = None, since_s: float | None = None) -> dict[str, Figure]:
+        """`link:SITE:up_mbps|down_mbps|rtt_ms` -> Figure, for the links the window's transfers tell
+        (only those that ended at `since_s` or later when given: the figures since a drift began)."""
         t = time.monotonic() if now_s is None else now_s
         with self._lock:
             self._trim(t)
             by_route: dict[str, list[float]] = {}
             for s in self._samples:
-                if s.kind == "transfer":
+                if s.kind == "transfer" and (since_s is None or s.t >= since_s):
                     by_route.setdefault(s.name, []).append(s.ms)
             sizes = dict(self.sizes)
         rows: list[tuple[list[tuple[str, str]], float, float, int]] = []   # (links, bytes, ms, n)
@@ -172,17 +173,20 @@ class Observer:
             b_rows.append(w * prior[k] / scale[k])
         x, *_ = np.linalg.lstsq(np.array(a_rows), np.array(b_rows), rcond=None)
         n_of = {site: sum(r[3] for r in rows if any(s == site for s, _ in r[0])) for site in links}
+        biggest = {(site, way): max(r[1] for r in rows if (site, way) in r[0]) for site, way in used if way != "d"}
         out: dict[str, Figure] = {}
         for site in links:
             f = link_figures(self.fleet, site)
             n = n_of[site]
             if (site, "d") in used:
-                out[f"link:{site}:rtt_ms"] = Figure(f"link:{site}:rtt_ms", f["rtt_ms"], max(2 * x[idx[(site, 'd')]], 0.0), n)
+                rtt = max(2 * x[idx[(site, "d")]], 0.0)
+                out[f"link:{site}:rtt_ms"] = Figure(f"link:{site}:rtt_ms", f["rtt_ms"], rtt, n, abs(rtt - f["rtt_ms"]) / 2)
             for way, key in (("up", "up_mbps"), ("down", "down_mbps")):
                 if (site, way) in used:
                     spb = x[idx[(site, way)]]
                     mbps = 8.0 / (spb * 1e3) if spb > 0 else float("inf")
-                    out[f"link:{site}:{key}"] = Figure(f"link:{site}:{key}", f[key], mbps, n)
+                    effect = biggest[(site, way)] * abs(spb - 8.0 / (f[key] * 1e3))   # on its biggest transfer
+                    out[f"link:{site}:{key}"] = Figure(f"link:{site}:{key}", f[key], mbps, n, effect)
         return out
 
     def compute_estimates(self, now_s: float | None = None) -> dict[str, Figure]:
@@ -204,7 +208,7 @@ class Observer:
                     if full and len(ms) >= 3:
                         self._reference[key] = med
                     continue
-                out[key] = Figure(key, self._reference[key], med, len(ms))
+                out[key] = Figure(key, self._reference[key], med, len(ms), abs(med - self._reference[key]))
         return out
 
     def figures(self, now_s: float | None = None) -> list[Figure]:

@@ -88,6 +88,12 @@ def _sink_name(sink: str) -> str:
     return sink[len(SINK_PREFIX):] if sink.startswith(SINK_PREFIX) else sink
 
 
+def _generation(node: str) -> str:
+    """The generation prefix of an executable node id (`g2~`; "" for the deployment's first plan)."""
+    head, sep, _ = node.partition("~")
+    return head + sep if sep and head[:1] == "g" and head[1:].isdigit() else ""
+
+
 def slot_key(site: str, replica: int) -> str:
     """The controller's key of one worker: the site's name for replica 0, `site#k` for the others."""
     return site if replica == 0 else f"{site}#{replica}"
@@ -572,9 +578,10 @@ class Service:
             names = {k: prefix + v for k, v in run.sources.get(device_class, {}).items()}
             inputs = {names.get(k, k): v for k, v in inputs.items()}
             sources = [s for s in sources if s in names.values()]
-        elif prefix:   # a later generation's copies (runtime.livemove)
-            inputs = {(prefix + k if self.graph.kinds.get(prefix + k) == "source" else k): v for k, v in inputs.items()}
-            sources = [s for s in sources if s.startswith(prefix)]
+        else:   # the current generation's copies only (runtime.livemove: gK~NODE beside the old ones)
+            if prefix:
+                inputs = {(prefix + k if self.graph.kinds.get(prefix + k) == "source" else k): v for k, v in inputs.items()}
+            sources = [s for s in sources if _generation(s) == prefix]
         for s in sources:
             names = self.graph.source_outputs(s)
             if s in inputs:

@@ -1,0 +1,333 @@
+"""`--adapt`: the control loop that measures a running deployment, re-plans on drift and moves it live.
+
+`Adapter(svc, plan, policy).start()` watches every finished request (runtime.observe.Observer on
+the service's trace observers), asks the shared policy (planner.adaptpolicy) every `tick_s`
+whether a figure has drifted past the threshold for the sustain time, and then:
+
+1. re-plans from the current plan with the observed link figures (warm-started from it, within
+   `replan_time_limit_s`; the app graph is built once, when the loop starts);
+2. re-costs the current plan on the same figures and decides (`adaptpolicy.decide`: the old plan
+   misses an SLO and the new one does better, or the new one is better by the margin after a cost
+   per moved piece);
+3. moves the deployment live when adopted (runtime.livemove.move: pieces loaded before the switch,
+   no request lost), and some seconds later records the latency measured after.
+
+Every decision goes to `Adapter.log` (and `on_event`): what drifted, what the re-plan predicted
+for both plans, the moves, the switch and the p95 measured before and after. Compute-time drift is
+flagged and logged, and its reference moves to the new level; the re-plan takes link figures only.
+
+`run_adaptive` drives a deployment with Poisson requests per device class, optional live link
+steps and an optional Adapter, and returns every request's timeline (benchmarks/adapt.py, tests).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from tierplan.devices.fleet import resolve_fleet
+from tierplan.errors import InputError, RuntimeFault
+from tierplan.planner.adaptpolicy import (AdaptPolicy, DriftDetector, Figure, Replanner, class_weights, decide, moves_of,
+                                          observed_fleet, predicted, recost, slo_of)
+from tierplan.planner.plan import Plan
+from tierplan.runtime.livemove import move, set_link
+from tierplan.runtime.observe import Observer
+from tierplan.runtime.service import Service, Trace
+
+__all__ = ["Adapter", "LinkStep", "RequestRecord", "run_adaptive", "parse_link_step"]
+
+
+class Adapter:
+    """The `--adapt` control loop over one running Service (see the module doc)."""
+
+    def __init__(self, svc: Service, plan: Plan, policy: AdaptPolicy | None = None, *,
+                 pieces_dir: str | Path | None = None, replanner: Replanner | None = None,
+                 on_event: Callable[[dict], None] | None = None) -> None:
+        """`plan`: the planner's plan the service runs (with its app and fleet embedded)."""
+        if plan.fleet is None or plan.app is None:
+            raise InputError("--adapt needs a plan with its app and fleet embedded. To fix: re-run `tierplan plan`")
+        self.svc = svc
+        self.plan = plan
+        self.policy = policy or AdaptPolicy()
+        run = svc.fleet_run
+        self.classes: list[str] | None = list(run.classes) if run is not None and run.classes else None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if replanner is None:
+            if pieces_dir is None:
+                self._tmp = tempfile.TemporaryDirectory(prefix="tierplan-adapt-")
+                pieces_dir = self._tmp.name
+            replanner = Replanner(plan, Path(pieces_dir))
+        self.replanner = replanner
+        self.observer = Observer(plan, svc.plan, self.policy.window_s)
+        self.detector = DriftDetector(self.policy)
+        self.on_event = on_event
+        self.log: list[dict] = []
+        self.t0 = time.monotonic()
+        self.t0_unix = time.time()
+        self._accepted: dict[str, float] = {}   # link figures taken as the current truth (kept plan)
+        self._quiet_until = 0.0
+        self._after: list[tuple[float, dict]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._prepared = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "Adapter":
+        self.svc.observers.append(self._on_trace)
+        threading.Thread(target=self._prepare, name="adapt-prepare", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="adapt", daemon=True)
+        self._thread.start()
+        return self
+
+    def _prepare(self) -> None:
+        try:
+            self.replanner.prepare()
+        finally:
+            self._prepared.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._on_trace in self.svc.observers:
+            self.svc.observers.remove(self._on_trace)
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self._flush_after(float("inf"))
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "Adapter":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ loop
+    def _on_trace(self, tr: Trace) -> None:
+        feed = sum(ms for kind, _, ms in tr.steps if kind == "feed")
+        self.observer.add(tr.steps, tr.latency_ms - feed, tr.device_class)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.policy.tick_s):
+            now = time.monotonic()
+            try:
+                self._flush_after(now)
+                flagged = self.detector.update(now, self.observer.figures(now))
+                if flagged and now >= self._quiet_until:
+                    self._act(now, flagged)
+            except Exception as e:  # the service goes on; the log says what failed
+                self._emit({"t_s": round(now - self.t0, 3), "error": f"{type(e).__name__}: {e}"})
+                self._quiet_until = time.monotonic() + self.policy.cooldown_s
+
+    def _emit(self, entry: dict) -> None:
+        self.log.append(entry)
+        if self.on_event is not None:
+            self.on_event(entry)
+
+    def _flush_after(self, now: float) -> None:
+        due = [(t, e) for t, e in self._after if t <= now]
+        self._after = [(t, e) for t, e in self._after if t > now]
+        for _, entry in due:
+            entry["measured_after_p95_ms"] = {k: round(v, 2) for k, v in
+                                              self.observer.latency_p95(span_s=self.policy.window_s * 2).items()}
+
+    def _act(self, now: float, flagged: list[Figure]) -> None:
+        pol = self.policy
+        entry: dict = {"t_s": round(now - self.t0, 3), "drifted": [f.to_json() for f in flagged],
+                       "measured_before_p95_ms": {k: round(v, 2) for k, v in self.observer.latency_p95(now).items()}}
+        self._quiet_until = now + pol.cooldown_s
+        # the link figures again from the transfers since the drift began (the window before it mixes
+        # in the old figures), where enough of them tell
+        began = [b for f in flagged if f.key.startswith("link:") for b in [self.detector.since(f.key)] if b is not None]
+        fresh = self.observer.link_estimates(now, since_s=min(began)) if began else {}
+        flagged = [fresh.get(f.key, f) if f.key.startswith("link:") else f for f in flagged]
+        entry["drifted"] = [f.to_json() for f in flagged]
+        self.detector.reset()
+        links = {f.key: f.observed for f in flagged if f.key.startswith("link:")}
+        if not links:
+            self.observer.set_exe(self.svc.plan)      # compute times: their new level is the reference
+            entry["action"] = "logged: only compute times drifted (the re-plan takes link figures)"
+            self._emit(entry)
+            return
+        self._accepted.update(links)
+        spec = observed_fleet(self.plan, self._accepted)
+        self._prepared.wait()
+        t = time.perf_counter()
+        new = self.replanner(spec, pol.replan_time_limit_s, current=self.plan)
+        entry["replan_s"] = round(time.perf_counter() - t, 3)
+        entry["replan_status"] = new.status
+        observed = resolve_fleet(spec, catalog={})
+        moves = moves_of(self.plan, new, self.classes)
+        dec = decide(pol, recost(self.plan, observed, self.classes), predicted(new, self.classes),
+                     slo_of(self.plan, self.classes), len(moves), weights=class_weights(self.plan))
+        entry["decision"] = dec.to_json()
+        entry["moves"] = moves
+        if dec.adopt:
+            rep = move(self.svc, new, note=dec.reason)
+            entry["switch"] = rep
+            if rep.get("switched"):
+                entry["switch_t_s"] = round(rep["switched_at_unix"] - self.t0_unix, 3)
+                self.plan = new
+                self._accepted = {}
+                self.observer.fleet = new.fleet_model()
+                self.observer.set_exe(self.svc.plan)
+                self._after.append((time.monotonic() + 2 * pol.window_s, entry))
+        else:   # the plan stays; the observed figures are its new assumptions
+            self.observer.fleet = observed
+            self._after.append((time.monotonic() + 2 * pol.window_s, entry))
+        self._quiet_until = time.monotonic() + pol.cooldown_s
+        self._emit(entry)
+
+    def report(self) -> dict:
+        """The policy and every decision (JSON-ready)."""
+        return {"policy": self.policy.to_json(), "decisions": list(self.log),
+                "switches": list(self.svc.switches), "replan_s": [round(x, 3) for x in self.replanner.solves]}
+
+
+# ----------------------------------------------------------------------------- driving a run
+@dataclass(frozen=True)
+class LinkStep:
+    """At `at_s` into the run, set the emulated attach link of `site` (up and/or down Mbit/s)."""
+
+    site: str
+    at_s: float
+    up_mbps: float | None = None
+    down_mbps: float | None = None
+
+
+def parse_link_step(text: str) -> LinkStep:
+    """`SITE@SECONDS:up=MBPS[,down=MBPS]`, e.g. `midrange_phones@20:up=2`."""
+    head, _, figs = text.partition(":")
+    site, _, at = head.partition("@")
+    try:
+        kv = dict(p.split("=", 1) for p in figs.split(",") if p)
+        step = LinkStep(site, float(at), float(kv["up"]) if "up" in kv else None,
+                        float(kv["down"]) if "down" in kv else None)
+    except (ValueError, KeyError):
+        step = None
+    if step is None or not site or (step.up_mbps is None and step.down_mbps is None) or step.at_s < 0:
+        raise InputError(f"--link-step {text!r}: expected SITE@SECONDS:up=MBPS[,down=MBPS]. "
+                         "To fix: e.g. --link-step midrange_phones@20:up=2")
+    return step
+
+
+@dataclass
+class RequestRecord:
+    """One request as the client saw it: when it was sent (s from the start), how long it took, how it ended."""
+
+    sent_s: float
+    stream: int
+    device_class: str | None
+    sources: tuple[str, ...]
+    latency_ms: float | None = None
+    error: str = ""
+    prefix: str = ""
+    request_id: str = ""
+
+    def to_json(self) -> dict:
+        return {"sent_s": round(self.sent_s, 4), "stream": self.stream, "device_class": self.device_class,
+                "sources": list(self.sources), "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+                "error": self.error, "generation": self.prefix or "g1", "request_id": self.request_id}
+
+
+@dataclass
+class AdaptiveRun:
+    records: list[RequestRecord] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    adapt: dict | None = None
+
+
+def run_adaptive(svc: Service, plan: Plan, streams: Sequence, make_inputs: Callable[[int], Mapping[str, np.ndarray]],
+                 duration_s: float, *, seed: int = 0, policy: AdaptPolicy | None = None,
+                 link_steps: Sequence[LinkStep] = (), on_event: Callable[[dict], None] | None = None,
+                 pieces_dir: str | Path | None = None, replanner: Replanner | None = None) -> AdaptiveRun:
+    """Send each stream's requests (objects with `device_class`, `sources`, `rate_hz`: tierplan.run's
+    Stream) as Poisson arrivals for `duration_s`, apply `link_steps` at their times, run an Adapter
+    when `policy` is given; every request's record, the steps applied and the adapter's report."""
+    out = AdaptiveRun()
+    adapter = Adapter(svc, plan, policy, pieces_dir=pieces_dir, replanner=replanner, on_event=on_event) \
+        if policy is not None else None
+    arrivals: list[tuple[float, int]] = []
+    for k, st in enumerate(streams):
+        rng = np.random.default_rng([seed, k])
+        t = float(rng.exponential(1.0 / st.rate_hz)) if st.rate_hz > 0 else duration_s
+        while t < duration_s:
+            arrivals.append((t, k))
+            t += float(rng.exponential(1.0 / st.rate_hz))
+    arrivals.sort()
+    pending_steps = sorted(link_steps, key=lambda s: s.at_s)
+    lock = threading.Lock()
+    if adapter is not None:
+        adapter.start()
+    t0 = time.monotonic()
+
+    def finish(rec: RequestRecord, p) -> None:
+        try:
+            _, tr = svc.wait(p)
+            rec.latency_ms = tr.latency_ms - sum(ms for kind, _, ms in tr.steps if kind == "feed")
+        except RuntimeFault as e:
+            rec.error = str(e)
+
+    def apply(step: LinkStep) -> None:
+        took = set_link(svc, step.site, up_mbps=step.up_mbps, down_mbps=step.down_mbps)
+        with lock:
+            out.steps.append({"site": step.site, "at_s": round(time.monotonic() - t0, 3), "planned_at_s": step.at_s,
+                              "up_mbps": step.up_mbps, "down_mbps": step.down_mbps, "took_s": round(took, 3)})
+    try:
+        with futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="adapt-wait") as pool:
+            waits = []
+            for i, (at, k) in enumerate(arrivals):
+                while pending_steps and pending_steps[0].at_s <= at:
+                    step = pending_steps.pop(0)
+                    delay = step.at_s - (time.monotonic() - t0)
+                    if delay > 0:
+                        time.sleep(delay)
+                    waits.append(pool.submit(apply, step))
+                delay = at - (time.monotonic() - t0)
+                if delay > 0:
+                    time.sleep(delay)
+                st = streams[k]
+                inputs = {s: v for s, v in make_inputs(seed + i).items() if s in st.sources}
+                rec = RequestRecord(time.monotonic() - t0, k, st.device_class, tuple(st.sources))
+                out.records.append(rec)
+                try:
+                    p = svc.submit(inputs, device_class=st.device_class)
+                except (RuntimeFault, InputError) as e:
+                    rec.error = str(e)
+                    continue
+                rec.prefix, rec.request_id = p.prefix, p.rid
+                waits.append(pool.submit(finish, rec, p))
+            futures.wait(waits)
+    finally:
+        if adapter is not None:
+            adapter.stop()
+            out.adapt = adapter.report()
+    return out
+
+
+def p95_series(records: Sequence[RequestRecord], bin_s: float, duration_s: float,
+               key: Callable[[RequestRecord], str] | None = None) -> dict[str, list[float | None]]:
+    """Per key (default: the device class and sources), the p95 latency of the requests sent in each
+    `bin_s` bin (None where none finished)."""
+    n = int(np.ceil(duration_s / bin_s))
+    per: dict[str, list[list[float]]] = {}
+    for r in records:
+        if r.latency_ms is None:
+            continue
+        k = key(r) if key is not None else f"{r.device_class or ''}:{'+'.join(r.sources)}"
+        bins = per.setdefault(k, [[] for _ in range(n)])
+        b = min(int(r.sent_s / bin_s), n - 1)
+        bins[b].append(r.latency_ms)
+    return {k: [float(np.percentile(b, 95)) if b else None for b in bins] for k, bins in per.items()}
+
+
+def dumps(run: AdaptiveRun) -> str:
+    return json.dumps({"records": [r.to_json() for r in run.records], "steps": run.steps, "adapt": run.adapt})
