@@ -23,7 +23,7 @@ from tierplan.errors import InputError
 from tierplan.planner.plan import Plan
 from tierplan.spec import FleetSpec
 
-__all__ = ["AdaptPolicy", "Figure", "DriftDetector", "Decision", "decide", "route_links", "link_figures",
+__all__ = ["AdaptPolicy", "POLICY_KEYS", "Figure", "DriftDetector", "Decision", "decide", "route_links", "link_figures",
            "observed_fleet", "recost", "predicted", "slo_of", "score", "moves_of", "class_weights", "Replanner"]
 
 
@@ -42,25 +42,42 @@ class AdaptPolicy:
     tick_s: float = 0.25            # how often the controller looks at its estimates
 
     def __post_init__(self) -> None:
-        checks = {"--adapt-threshold": (self.threshold, 0.0), "--adapt-min-effect": (self.min_effect_ms, -1e-12), "--adapt-sustain": (self.sustain_s, -1e-12),
-                  "--adapt-window": (self.window_s, 0.0), "--adapt-margin": (self.margin, -1e-12),
-                  "--adapt-move-cost": (self.move_cost_ms, -1e-12),
-                  "--adapt-replan-limit": (self.replan_time_limit_s, 0.0),
-                  "--adapt-cooldown": (self.cooldown_s, -1e-12), "tick_s": (self.tick_s, 0.0)}
-        for flag, (value, above) in checks.items():
-            if not (math.isfinite(value) and value > above):
-                raise InputError(f"{flag} {value}: must be a finite number {'above 0' if above == 0 else '>= 0'}. "
-                                 f"To fix: e.g. {flag} {AdaptPolicy.__dataclass_fields__[_FIELD[flag]].default}")
+        for key, name in POLICY_KEYS.items():
+            value, low = getattr(self, name), (0.0 if name in _POSITIVE else -1e-12)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
+                raise InputError(f"--adapt-policy {key}={value}: must be a finite number {'above 0' if low == 0 else '>= 0'}. "
+                                 f"To fix: e.g. --adapt-policy {key}={AdaptPolicy.__dataclass_fields__[name].default}")
         if self.margin >= 1:
-            raise InputError(f"--adapt-margin {self.margin}: a share below 1. To fix: e.g. --adapt-margin 0.1")
+            raise InputError(f"--adapt-policy margin={self.margin}: a share below 1. To fix: e.g. --adapt-policy margin=0.1")
+
+    @classmethod
+    def parse(cls, text: str | None) -> "AdaptPolicy":
+        """`KEY=VALUE[,KEY=VALUE]` (`--adapt-policy`; keys: POLICY_KEYS), the defaults for the rest."""
+        kw: dict[str, float] = {}
+        for part in (text or "").split(","):
+            if not part.strip():
+                continue
+            key, eq, value = part.partition("=")
+            key = key.strip()
+            if not eq or key not in POLICY_KEYS:
+                raise InputError(f"--adapt-policy {part.strip()!r}: expected KEY=VALUE with KEY one of "
+                                 f"{', '.join(POLICY_KEYS)}. To fix: e.g. --adapt-policy threshold=0.3,window=2")
+            try:
+                kw[POLICY_KEYS[key]] = float(value)
+            except ValueError:
+                raise InputError(f"--adapt-policy {key}={value!r}: not a number. To fix: e.g. --adapt-policy "
+                                 f"{key}={AdaptPolicy.__dataclass_fields__[POLICY_KEYS[key]].default}") from None
+        return cls(**kw)
 
     def to_json(self) -> dict[str, float]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-_FIELD = {"--adapt-threshold": "threshold", "--adapt-min-effect": "min_effect_ms", "--adapt-sustain": "sustain_s", "--adapt-window": "window_s",
-          "--adapt-margin": "margin", "--adapt-move-cost": "move_cost_ms", "--adapt-replan-limit": "replan_time_limit_s",
-          "--adapt-cooldown": "cooldown_s", "tick_s": "tick_s"}
+# `--adapt-policy` keys -> AdaptPolicy fields
+POLICY_KEYS = {"threshold": "threshold", "min-effect": "min_effect_ms", "sustain": "sustain_s", "window": "window_s",
+               "margin": "margin", "move-cost": "move_cost_ms", "replan-limit": "replan_time_limit_s",
+               "cooldown": "cooldown_s", "tick": "tick_s"}
+_POSITIVE = {"threshold", "window_s", "replan_time_limit_s", "tick_s"}
 
 
 @dataclass(frozen=True)

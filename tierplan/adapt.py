@@ -231,6 +231,7 @@ class RequestRecord:
     error: str = ""
     prefix: str = ""
     request_id: str = ""
+    steps: list = field(default_factory=list)     # its trace's [kind, name, ms] steps
 
     def to_json(self) -> dict:
         return {"sent_s": round(self.sent_s, 4), "stream": self.stream, "device_class": self.device_class,
@@ -243,6 +244,7 @@ class AdaptiveRun:
     records: list[RequestRecord] = field(default_factory=list)
     steps: list[dict] = field(default_factory=list)
     adapt: dict | None = None
+    final_plan: Plan | None = None          # the plan running at the end (the adapter's, after a move)
 
 
 def run_adaptive(svc: Service, plan: Plan, streams: Sequence, make_inputs: Callable[[int], Mapping[str, np.ndarray]],
@@ -273,6 +275,7 @@ def run_adaptive(svc: Service, plan: Plan, streams: Sequence, make_inputs: Calla
         try:
             _, tr = svc.wait(p)
             rec.latency_ms = tr.latency_ms - sum(ms for kind, _, ms in tr.steps if kind == "feed")
+            rec.steps = [list(x) for x in tr.steps]
         except RuntimeFault as e:
             rec.error = str(e)
 
@@ -310,6 +313,7 @@ def run_adaptive(svc: Service, plan: Plan, streams: Sequence, make_inputs: Calla
         if adapter is not None:
             adapter.stop()
             out.adapt = adapter.report()
+        out.final_plan = adapter.plan if adapter is not None else plan
     return out
 
 

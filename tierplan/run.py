@@ -21,7 +21,7 @@ import urllib.request
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -31,6 +31,10 @@ from tierplan.runtime.graph import ExecGraph
 from tierplan.runtime.service import Trace
 from tierplan.errors import InputError, RuntimeFault
 from tierplan.spec import AppSpec, FleetSpec
+
+if TYPE_CHECKING:
+    from tierplan.adapt import Adapter, LinkStep
+    from tierplan.planner.adaptpolicy import AdaptPolicy
 
 __all__ = ["RunReport", "StageRow", "ClassRow", "SiteRow", "find_example", "make_plan", "example_inputs",
            "run_example", "request_streams"]
@@ -130,6 +134,7 @@ class RunReport:
     # `tierplan simulate PLAN --profile RUN.json` calibrates the simulator from this run (simulations.calibration)
     traces: list[dict] = field(default_factory=list)
     plan_path: str | None = None           # where the plan that ran was saved (--plan-out)
+    adapt: dict | None = None              # --adapt: the policy, every decision and switch (tierplan.adapt)
 
     def to_json(self) -> dict:
         return {"example": self.example, "requests_ok": self.requests_ok, "requests_failed": self.requests_failed,
@@ -147,7 +152,7 @@ class RunReport:
                 "site_rows": [r.__dict__ for r in self.site_rows], "classes_run": self.classes_run,
                 "classes_not_run": self.classes_not_run, "devices_per_class": self.devices_per_class,
                 "load": self.load, "rate_scale": self.rate_scale, "plan_path": self.plan_path,
-                "traces": self.traces}
+                "traces": self.traces, **({"adapt": self.adapt} if self.adapt is not None else {})}
 
 
 def find_example(name: str) -> Path:
@@ -463,7 +468,8 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                 auto_calibrate: bool = True, metrics_port: int = 0,
                 on_deployed: Callable[[dict], None] | None = None, classes: str | None = None,
                 devices_per_class: int = 1, rate_scale: float = 1.0, sequential: bool = False,
-                plan_out: str | Path | None = None) -> RunReport:
+                plan_out: str | Path | None = None, adapt: "AdaptPolicy | None" = None,
+                link_steps: Sequence["LinkStep"] = ()) -> RunReport:
     """Plan, compile, deploy every device class locally, send requests for `duration_s`, tear down; the report.
 
     `classes`: "NAME[,NAME]" runs only those edge classes (default: all of the plan's);
@@ -479,6 +485,9 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     consecutive loopback ports of the Prometheus metrics (runtime.deploy; 0: free ports);
     `on_deployed(describe())` is called once every site is up, before the requests start.
     `plan_out`: save the plan that runs there (a plan folder: `tierplan simulate PLAN --profile RUN.json`).
+    `adapt`: a planner.adaptpolicy.AdaptPolicy: re-plan on drift and move live while the requests run
+    (tierplan.adapt.Adapter; the report's `adapt` logs it); `link_steps`: tierplan.adapt.LinkStep
+    changes of the emulated links at their times into the run (`--link-step`).
     """
     from tierplan.loader import load_app, load_fleet
     from tierplan.runtime.compile import compile_plan
@@ -521,11 +530,15 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                 task = bar.add_task(f"{ex.name}: requests", total=duration_s)
                 t0 = time.time()
                 svc.reset_queues()
+                adapter, timers = _start_adapt(svc, plan, adapt, link_steps)
 
                 def tick(ok: int, failed: int) -> None:
                     bar.update(task, completed=min(time.time() - t0, duration_s),
                                description=f"{ex.name}: {ok} ok, {failed} failed")
-                done = _send(svc, streams, arrivals, make_inputs, seed, duration_s, max_requests, sequential, tick)
+                try:
+                    done = _send(svc, streams, arrivals, make_inputs, seed, duration_s, max_requests, sequential, tick)
+                finally:
+                    adapt_report = _stop_adapt(adapter, timers)
                 sent_s = max(time.time() - t0, 1e-9)
             queues = svc.mean_queues()
             site_rows = _site_rows(svc, sent_s, queues)
@@ -588,9 +601,34 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                      classes_run=list(chosen), classes_not_run=[c for c in plan_classes(plan) if c not in chosen],
                      devices_per_class=devices_per_class, load="sequential" if sequential else "rate",
                      rate_scale=rate_scale, plan_path=str(Path(plan_out).resolve()) if plan_out else None,
+                     adapt=adapt_report,
                      traces=[{"device_class": d.trace.device_class,
                               "latency_ms": d.trace.latency_ms - sum(x for k, _, x in d.trace.steps if k == "feed"),
                               "steps": [list(s) for s in d.trace.steps]} for d in done if d.trace is not None])
+
+
+def _start_adapt(svc, plan: Plan, policy: "AdaptPolicy | None",
+                 link_steps: Sequence["LinkStep"]) -> tuple["Adapter | None", list[threading.Timer]]:
+    """`--adapt`'s controller and the `--link-step` timers, started with the requests."""
+    from tierplan.adapt import Adapter
+    from tierplan.runtime.livemove import set_link
+    adapter = Adapter(svc, plan, policy).start() if policy is not None else None
+    timers = [threading.Timer(st.at_s, set_link, args=(svc, st.site), kwargs={"up_mbps": st.up_mbps,
+                                                                            "down_mbps": st.down_mbps})
+              for st in link_steps]
+    for t in timers:
+        t.daemon = True
+        t.start()
+    return adapter, timers
+
+
+def _stop_adapt(adapter: "Adapter | None", timers: list[threading.Timer]) -> dict | None:
+    for t in timers:
+        t.cancel()
+    if adapter is None:
+        return None
+    adapter.stop()
+    return adapter.report()
 
 
 def _class_rows(plan: Plan, streams: list[Stream], done: list[_Done], per: dict[int, dict[str, list[float]]],

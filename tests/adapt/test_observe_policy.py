@@ -77,10 +77,15 @@ def test_decide_adopts_on_a_missed_slo_or_by_the_margin_only():
 
 
 def test_policy_flags_are_checked():
-    with pytest.raises(InputError, match="--adapt-threshold"):
+    with pytest.raises(InputError, match="threshold=0"):
         AdaptPolicy(threshold=0)
-    with pytest.raises(InputError, match="--adapt-margin"):
+    with pytest.raises(InputError, match="margin=1.5"):
         AdaptPolicy(margin=1.5)
+    assert AdaptPolicy.parse("threshold=0.5, window=3") == AdaptPolicy(threshold=0.5, window_s=3.0)
+    assert AdaptPolicy.parse("") == AdaptPolicy()
+    for bad in ("speed=2", "window", "window=fast", "sustain=-1"):
+        with pytest.raises(InputError, match="--adapt-policy"):
+            AdaptPolicy.parse(bad)
 
 
 def test_observed_fleet_replaces_one_sites_link():

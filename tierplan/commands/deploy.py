@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from tierplan.commands._adapt import adapt_option, adapt_policy_option, event_line, policy_from
+
 from tierplan.errors import finite_flag
 
 from tierplan.commands.run import METRICS_PORT_HELP, class_option, devices_option, metrics_line, replicas_option
@@ -26,6 +28,18 @@ def parse_agents(items: list[str] | None) -> dict[str, str]:
             raise InputError(f"--agent {item!r}: expected SITE=HOST:PORT (e.g. --agent phone=10.0.0.5:7001)")
         out[site] = addr
     return out
+
+
+def _adapter(svc, plan, policy, as_json: bool):
+    """--adapt: the controller's loop, each decision printed on stderr (one JSON line with --json)."""
+    if policy is None:
+        return None
+    import sys
+    from tierplan.adapt import Adapter
+
+    def show(e: dict) -> None:
+        print(json.dumps({"adapt": e}) if as_json else event_line(e), file=sys.stderr, flush=True)
+    return Adapter(svc, plan, policy, on_event=show).start()
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +64,8 @@ def register(app: typer.Typer) -> None:
         devices_per_class: int = devices_option(),
         metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535, metavar="BASE", help=METRICS_PORT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the addresses as JSON."),
+        adapt: bool = adapt_option(),
+        adapt_policy: str = adapt_policy_option(),
     ) -> None:
         """Deploy PLAN and serve it: prints the front door, the sites and their metrics endpoints."""
         from tierplan.planner.plan import Plan
@@ -59,6 +75,7 @@ def register(app: typer.Typer) -> None:
         allowed = parse_modules(allow_transforms)
         p = Plan.load(plan)
         classes = parse_classes(p, device_class)
+        policy = policy_from(adapt, adapt_policy)
         manifest = None
         if artifacts is not None:
             from tierplan.runtime.compile import load_manifest
@@ -91,4 +108,9 @@ def register(app: typer.Typer) -> None:
                     for site, why in (fl.get("scaling") or {}).items():
                         console().print(f"  {site}: {fl['workers'].get(site, 1)} worker(s): {why}", highlight=False)
                 console().print(metrics_line(info), highlight=False)
-            stop.wait(duration if duration > 0 else None)
+            adapter = _adapter(svc, p, policy, as_json)
+            try:
+                stop.wait(duration if duration > 0 else None)
+            finally:
+                if adapter is not None:
+                    adapter.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from tierplan.errors import finite_flag
+from tierplan.commands._adapt import adapt_option, adapt_policy_option, link_step_option, policy_from, print_adapt
 
 from tierplan.console import PROGRESS_HELP
 
@@ -163,6 +164,9 @@ def register(app: typer.Typer) -> None:
         metrics_port: int = typer.Option(0, "--metrics-port", min=0, max=65535, metavar="BASE", help=METRICS_PORT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         show_progress: bool = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
+        adapt: bool = adapt_option(),
+        adapt_policy: str = adapt_policy_option(),
+        link_step: list[str] = link_step_option(),
     ) -> None:
         """Plan, compile and deploy EXAMPLE's every device class on this machine, send requests, compare with the plan, tear down."""
         import sys
@@ -170,6 +174,9 @@ def register(app: typer.Typer) -> None:
         from tierplan.runtime.graph import parse_modules
         from tierplan.run import run_example
         from tierplan.console import progress_wanted
+        from tierplan.adapt import parse_link_step
+        policy = policy_from(adapt, adapt_policy)
+        steps = [parse_link_step(x) for x in link_step or []]
 
         def deployed(info: dict) -> None:   # on stderr: stdout is the report (or its JSON)
             if metrics_port or not as_json:
@@ -179,11 +186,12 @@ def register(app: typer.Typer) -> None:
                           replicas=replicas, allow_transforms=parse_modules(allow_transforms),
                           calibration=calibration, metrics_port=metrics_port, on_deployed=deployed,
                           classes=device_class, devices_per_class=devices_per_class, rate_scale=rate_scale,
-                          sequential=sequential, plan_out=plan_out)
+                          sequential=sequential, plan_out=plan_out, adapt=policy, link_steps=steps)
         if as_json:
             print(json.dumps(rep.to_json(), indent=2))
         else:
             print_report(rep)
+            print_adapt(rep.adapt)
         if rep.requests_ok == 0:
             from tierplan.errors import RuntimeFault
             e = RuntimeFault(f"{example}: no request succeeded" + (f" ({rep.errors[0]})" if rep.errors else ""))
