@@ -183,13 +183,13 @@ def select_tensors(outputs: Mapping[str, np.ndarray], edge: PlanEdge, src_kind: 
     """
     rename = (edge.model_extra or {}).get("rename") or {}
     if rename:
-        out = {rename[o]: outputs[o] for o in rename if o in outputs}
+        out: dict[str, np.ndarray] = {rename[o]: outputs[o] for o in rename if o in outputs}
         if out:
             return out
     names = list(edge.tensors)
     if not names or (src_kind == "transform" and dst_kind == "sink"):
         return dict(outputs)
-    out: dict[str, np.ndarray] = {}
+    out = {}
     unused = [k for k in outputs if k not in names]
     for name in names:
         if name in outputs:

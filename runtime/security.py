@@ -138,7 +138,8 @@ def _make_with_cryptography(out: Path, sites: list[str], extra_hosts: list[str])
     """CA into `out/ca/`, each site's key pair into `out/<site>/` (the folders exist, 0700)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+    from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
     from cryptography.x509.oid import NameOID
 
     ca_dir = out / CA_DIR
@@ -150,7 +151,12 @@ def _make_with_cryptography(out: Path, sites: list[str], extra_hosts: list[str])
                                serialization.NoEncryption())
 
     if (ca_dir / "ca.key").is_file():     # the operator's CA already exists: sign more sites with it
-        ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
+        loaded = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
+        if not isinstance(loaded, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, dsa.DSAPrivateKey,
+                                   ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):   # e.g. X25519 cannot sign
+            raise InputError(f"{ca_dir / 'ca.key'}: a {type(loaded).__name__} cannot sign certificates. "
+                             "To fix: use an EC, RSA, DSA or Ed25519/Ed448 CA key, or remove the ca folder")
+        ca_key: CertificateIssuerPrivateKeyTypes = loaded
         ca_name = x509.load_pem_x509_certificate((ca_dir / "ca.pem").read_bytes()).subject
     else:
         ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -164,7 +170,7 @@ def _make_with_cryptography(out: Path, sites: list[str], extra_hosts: list[str])
         _write_private(ca_dir / "ca.key", pem_key(ca_key))
     for site in sites:
         key = ec.generate_private_key(ec.SECP256R1())
-        names = []
+        names: list[x509.GeneralName] = []
         for h in _hosts(site, extra_hosts):
             try:
                 names.append(x509.IPAddress(ipaddress.ip_address(h)))
