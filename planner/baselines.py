@@ -51,12 +51,12 @@ def _fix_free_sinks(problem: Problem, c: ClassData, sites: tuple[str, ...]) -> t
 
 def all_on_device(problem: Problem) -> dict[str, tuple[str, ...]]:
     """Every compute node on the edge device of its class."""
-    return {c.name: _fill(problem, c, lambda v, c=c: c.chain[0]) for c in problem.classes}
+    return {c.name: _fill(problem, c, lambda v: c.chain[0]) for c in problem.classes}
 
 
 def all_in_cloud(problem: Problem) -> dict[str, tuple[str, ...]]:
     """Every compute node on the highest site of its class's chain (the cloud)."""
-    return {c.name: _fill(problem, c, lambda v, c=c: c.chain[-1]) for c in problem.classes}
+    return {c.name: _fill(problem, c, lambda v: c.chain[-1]) for c in problem.classes}
 
 
 def _score(problem: Problem, ev: Evaluation) -> tuple:
@@ -78,10 +78,11 @@ def neurosurgeon(problem: Problem) -> dict[str, tuple[str, ...]]:
         best = None
         for k in range(len(compute) + 1):
             head = set(compute[:k])
-            sites = _fill(problem, c, lambda v, head=head, c=c: c.chain[0] if v in head else c.chain[-1])
+            sites = _fill(problem, c, lambda v: c.chain[0] if v in head else c.chain[-1])  # called within _fill
             key = _score(sub, evaluate(sub, {c.name: sites}))
             if best is None or key < best[0]:
                 best = (key, sites)
+        assert best is not None   # range(len(compute) + 1) is never empty
         out[c.name] = best[1]
     return out
 

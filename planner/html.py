@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from html import escape
 from pathlib import Path
+from typing import TypeGuard
 
 from tierplan.planner.plan import Plan, SinkLatency
 
@@ -66,7 +67,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
-def _finite(x: float | None) -> bool:
+def _finite(x: float | None) -> TypeGuard[float]:
     return x is not None and math.isfinite(x)
 
 
