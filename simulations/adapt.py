@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from tierplan.devices.fleet import Fleet
+from tierplan.errors import InputError
 from tierplan.planner.adaptpolicy import (AdaptPolicy, DriftDetector, Figure, class_weights, decide, link_figures,
                                           moves_of, observed_fleet, predicted, recost, route_links, slo_of)
 from tierplan.planner.plan import Plan
@@ -95,10 +96,11 @@ def biggest_transfer(plan: Plan, site: str, way: str = "up") -> int:
 def flag_time(plan: Plan, step: Step, policy: AdaptPolicy, quantile: float = 10.0, horizon_s: float = 600.0) -> float | None:
     """When the shared detector flags the stepped link, fed what the runtime's observer would estimate
     (None: never, e.g. the plan sends nothing over that link, or the step is within the threshold)."""
-    planned = link_figures(plan.fleet_model(), step.site)["up_mbps"]
-    nbytes = biggest_transfer(plan, step.site)
+    figs = link_figures(plan.fleet_model(), step.site)
+    nbytes = biggest_transfer(plan, step.site) if figs else 0
     if nbytes == 0:
         return None
+    planned = figs["up_mbps"]
     turn = step.at_s + policy.window_s * (1.0 - quantile / 100.0)
     det = DriftDetector(policy)
     key = f"link:{step.site}:up_mbps"
@@ -148,7 +150,11 @@ def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, 
     elif run_report is not None:
         report_path = Path(run_report)
     try:
-        planned = link_figures(plan.fleet_model(), step.site)["up_mbps"]
+        figs = link_figures(plan.fleet_model(), step.site)
+        if not figs:
+            raise InputError(f"rehearse: site class {step.site!r} has no attach link to step. To fix: name an "
+                             "edge or base-station class of the plan's fleet")
+        planned = figs["up_mbps"]
         switch_s = math.inf
         chosen = None
         if adapt:

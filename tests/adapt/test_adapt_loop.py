@@ -43,7 +43,7 @@ def test_a_stepped_uplink_is_noticed_replanned_and_moved_live(squeezenet_random,
     rng = np.random.default_rng(0)
     frames = [rng.random((1, 3, 224, 224)).astype(np.float32) for _ in range(4)]
     policy = AdaptPolicy(threshold=0.3, sustain_s=0.5, window_s=1.0, cooldown_s=2.0, replan_time_limit_s=2.0,
-                         tick_s=0.2)
+                         move_cost_ms=2.0, tick_s=0.2)
     try:
         with deploy(plan, local=True, agents={"gw": gw.address}) as svc:
             run = run_adaptive(svc, plan, [Stream("phone", ("camera",), 6.0)],
