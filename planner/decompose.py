@@ -29,7 +29,7 @@ import math
 import time
 from dataclasses import replace
 from fractions import Fraction
-from typing import Callable
+from typing import Callable, Iterable
 
 from tierplan.planner.result import SolveResult
 from tierplan.planner.evaluate import evaluate
@@ -62,7 +62,7 @@ def components(problem: Problem, relaxed: frozenset[str] = frozenset()) -> list[
 
     owner: dict[str, str] = {}
     for c in problem.classes:
-        shared = set()
+        shared: set[str] = set()
         for allowed in c.allowed:
             shared.update(f"site:{s}" for s in allowed if s not in relaxed)
         for hops in c.hops.values():
@@ -108,7 +108,7 @@ def split_plan(problem: Problem, hint: dict | None) -> tuple[list[tuple[str, ...
         relaxed = relaxed - shared
 
 
-def _restrict(problem: Problem, names: tuple[str, ...], extra_sites: set[str] = frozenset()) -> Problem:
+def _restrict(problem: Problem, names: tuple[str, ...], extra_sites: Iterable[str] = frozenset()) -> Problem:
     """The sub-problem of the named classes, with the sites they may use (and `extra_sites`)."""
     by_name = {c.name: c for c in problem.classes}
     keep = {s for n in names for a in by_name[n].allowed for s in a} | set(extra_sites)
@@ -194,7 +194,8 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
         return _or_hint(problem, solve_model(problem, time_limit_s, **kw), hint)
     sizes = {g: sum(class_size(problem, n) for n in g) for g in parts}
     order = sorted(range(len(parts)), key=lambda i: sizes[parts[i]])
-    results = []
+    results: list[SolveResult] = []
+    bounds: list[Fraction] = []   # each part's bound in group units
     for k, i in enumerate(order):
         left = time_limit_s - (time.perf_counter() - t0)
         share = sizes[parts[i]] / sum(sizes[parts[j]] for j in order[k:])
@@ -207,11 +208,13 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
         if r.status not in ("optimal", "feasible"):
             results = []
             break
+        assert r.bound is not None    # CP-SAT reports a bound with every solution
         results.append(r)
+        bounds.append(Fraction(r.bound, r.scale))
     start, best, lower = hint, None, None
     if results:
         # every sub-group's bound bounds its relaxation: their sum bounds the group (group units)
-        lower = sum((Fraction(r.bound, r.scale) for r in results), Fraction(0))
+        lower = sum(bounds, Fraction(0))
         levels = {k: v for r in results for k, v in r.levels.items()}
         union = {n: s for r in results for n, s in r.assignment.items()}
         ev = evaluate(problem, union, levels)
@@ -230,7 +233,7 @@ def _solve_split(problem: Problem, solve_model: Callable, time_limit_s: float, *
     r = _or_hint(problem, solve_model(problem, max(0.05, left), **{**kw, "hint": start}), start)
     if best is not None and (r.status not in ("optimal", "feasible") or
                              (r.status == "feasible" and r.objective > best.objective)):
-        r = replace(best, bound=max(best.bound, r.bound if r.bound is not None else best.bound))
+        r = replace(best, bound=best.bound if r.bound is None or best.bound is None else max(best.bound, r.bound))
     if lower is not None and r.status == "feasible" and (r.bound is None or math.ceil(lower) > r.bound):
         r = replace(r, bound=min(math.ceil(lower), r.objective))
     return r
