@@ -135,7 +135,8 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
                budget_usd_per_hour: float | None = None, time_limit_s: float = 10.0,
                from_plan: Plan | None = None, pareto: bool = False, pareto_points: int = 5,
                with_baselines: bool = True, analyse_uncovered: bool = True, queueing: bool = True,
-               max_coverage: bool = True, regroup: Regroup | None = None) -> Plan:
+               max_coverage: bool = True, regroup: Regroup | None = None,
+               latency_model: str | None = None) -> Plan:
     """Place the app graph on the fleet; returns a Plan, or raises InfeasibleError when no
     placement exists even without the SLOs (why, from the solver, and what would fix it).
 
@@ -147,6 +148,8 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
     what prevents it. `queueing` (default) adds each site's p-quantile queueing wait
     (planner.queueing). A graph carrying `segments` (partition.candidates) has its cuts chosen
     with the placement; `regroup` then turns the chosen cuts into the plan's pieces.
+    `latency_model`: "sum" or "overlap" (planner.build.build_problem); None: sum for chains,
+    overlap for DAGs (plan.latency_semantics says which).
 
     Example:
         >>> plan = plan_graph(g, resolve_fleet(fleet_spec), CostModel(), slo={"out": SloTarget(100)})
@@ -154,7 +157,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
         ('optimal', 'cameras')
     """
     run = _setup(graph, fleet, cost_model, slo, objective, budget_usd_per_hour, time_limit_s, from_plan,
-                 queueing)
+                 queueing, latency_model)
     alone = _alone(run)
     r, main = _joint(run, alone, max_coverage)
     r, main = _best_for_missed(run, r, main)
@@ -167,7 +170,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
 # ----------------------------------------------------------------------------- phases
 def _setup(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, slo: Mapping[str, SloTarget] | None,
            objective: Objective, budget: float | None, time_limit_s: float, from_plan: Plan | None,
-           queueing: bool) -> _Run:
+           queueing: bool, latency_model: str | None = None) -> _Run:
     """Check the SLO's sinks, build the integer problem and the hint."""
     t0 = time.perf_counter()
     weights = _weights(objective)
@@ -176,10 +179,17 @@ def _setup(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, slo: Mapping[
         if f"sink:{name}" not in graph.nodes and name not in graph.nodes:
             raise InputError(f"slo: unknown sink {name!r}")
     problem, info = build_problem(graph, fleet, cost_model, slo=slo, weights=weights,
-                                  budget_usd_per_hour=budget, queueing=queueing)
+                                  budget_usd_per_hour=budget, queueing=queueing, latency_model=latency_model)
     # the piece bound is checked after the solve (_bound_pieces): without it, classes decompose
     hint = _hint(problem, info, from_plan)
     return _Run(graph, fleet, cost_model, slo, weights, budget, time_limit_s, queueing, problem, info, hint, t0=t0)
+
+
+def _rebuild(run: _Run, graph: nx.DiGraph, **kw) -> tuple[Problem, BuildInfo]:
+    """build_problem for another graph (the chosen pieces) or a what-if, with this run's settings."""
+    return build_problem(graph, run.fleet, run.cost_model, slo=run.slo, weights=run.weights,
+                         budget_usd_per_hour=run.budget, queueing=run.queueing,
+                         latency_model=run.problem.latency_model, **kw)
 
 
 def _alone(run: _Run) -> dict[str, SolveResult]:
@@ -366,8 +376,7 @@ def _regroup(run: _Run, r: SolveResult, main: Problem,
     meta = run.graph.graph["segments"]
     cuts = {m: tuple(meta[m]["cuts"][j] for j in used) for m, used in main.cuts_used(r.assignment).items()}
     graph = regroup(cuts)
-    problem, info = build_problem(graph, run.fleet, run.cost_model, slo=run.slo, weights=run.weights,
-                                  budget_usd_per_hour=run.budget, queueing=run.queueing)
+    problem, info = _rebuild(run, graph)
     # a merged piece runs where its first segment ran (all its segments ran there)
     segment_of = {op: n for n in run.info.order if run.graph.nodes[n].get("kind") == "piece"
                   for op in run.graph.nodes[n]["piece"].nodes}
@@ -560,8 +569,7 @@ def _uplink_needed(run: _Run, graph: nx.DiGraph, cname: str) -> str:
     link = run.fleet.classes[cname].link
 
     def ok(scale: float) -> bool:
-        p, _ = build_problem(graph, run.fleet, run.cost_model, slo=run.slo, weights=run.weights,
-                             link_scale={cname: scale}, queueing=run.queueing)
+        p, _ = _rebuild(run, graph, link_scale={cname: scale})
         sub = replace(p.only_class(cname), budget_uusd_h=None, segments=())
         return solve(sub, 0.5).status in ("optimal", "feasible")
 

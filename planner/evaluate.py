@@ -11,7 +11,11 @@ and every report use. Latency semantics, per edge class, per request and per sin
           W_s = w_p(level of s) * J_s  (planner.queueing: the M/G/1 p-quantile wait at the
           utilisation level s is planned at; J_s the largest work any sink of the class has on s)
 
-i.e. everything a result depends on happens one after another: one site runs a request's
+This is the "sum" model (Problem.latency_model), used for chains. DAG apps use the "overlap"
+model (`schedule`): start times, branches on different sites overlapping, one site running a
+request's nodes one at a time in the plan's order, a sink's latency its start plus the waits.
+
+Under the sum model, everything a result depends on happens one after another: one site runs a request's
 pieces one after another, tensors crossing one link share its bandwidth (their times add up),
 and nothing the result depends on overlaps. This is exact for chains of pieces (each model cut
 into a chain, ensembles that are trees of chains) and an upper bound where a result depends on
@@ -33,7 +37,7 @@ from tierplan.planner.queueing import wait_us
 from tierplan.planner.units import us_to_ms
 
 __all__ = ["ClassEval", "Evaluation", "evaluate", "evaluate_class_latency", "ancestors", "sink_items",
-           "site_level", "level_options", "parallel_pairs", "schedule"]
+           "site_level", "level_options", "schedule"]
 
 
 @dataclass(frozen=True)
@@ -86,17 +90,7 @@ def ancestors(problem: Problem) -> dict[int, frozenset[int]]:
     return out
 
 
-def parallel_pairs(problem: Problem, anc: dict[int, frozenset[int]] | None = None) -> list[tuple[int, int]]:
-    """(u, v), u before v in the plan's order: compute nodes of one request (one connected
-    component) neither of which depends on the other; on one site they run one after another."""
-    anc = anc if anc is not None else ancestors(problem)
-    comp = problem.compute_nodes
-    return [(u, v) for i, u in enumerate(comp) for v in comp[i + 1:]
-            if problem.nodes[u].group == problem.nodes[v].group and u not in anc[v] and v not in anc[u]]
-
-
-def schedule(problem: Problem, c: ClassData, sites: tuple[str, ...],
-             pairs: list[tuple[int, int]] | None = None) -> tuple[dict[int, int], dict[int, dict[str, int]]]:
+def schedule(problem: Problem, c: ClassData, sites: tuple[str, ...]) -> tuple[dict[int, int], dict[int, dict[str, int]]]:
     """The overlap semantics of one request (DAG apps): earliest start of every node, and per sink
     the breakdown of its critical path (compute per site, transfers), which adds up to its start.
 
@@ -104,16 +98,12 @@ def schedule(problem: Problem, c: ClassData, sites: tuple[str, ...],
     run on different sites) and every earlier node of the same request on its site has finished
     (one site runs them one at a time in the plan's order); branches on different sites overlap.
     """
-    pairs = pairs if pairs is not None else parallel_pairs(problem)
-    before: dict[int, list[int]] = {}
-    for u, v in pairs:
-        if sites[u] == sites[v]:
-            before.setdefault(v, []).append(u)
     inputs: dict[int, list[tuple[int, int]]] = {}
     for k, it in enumerate(problem.items):
         for w in it.consumers:
             inputs.setdefault(w, []).append((k, it.producer))
     start: dict[int, int] = {}
+    last: dict[tuple[int, str], int] = {}     # (request, site) -> node finishing last there so far
     why: dict[int, tuple[int, int | None] | None] = {}   # node -> (predecessor, item) that set its start
     dur = [c.compute_us[v].get(sites[v], 0) if problem.nodes[v].kind in COMPUTE_KINDS else 0
            for v in range(len(problem.nodes))]
@@ -124,11 +114,15 @@ def schedule(problem: Problem, c: ClassData, sites: tuple[str, ...],
             t = start[u] + dur[u] + c.xfer_us(k, sites[u], sites[v])
             if t > best or arg is None:
                 best, arg = t, (u, k)
-        for u in before.get(v, ()):
-            t = start[u] + dur[u]
-            if t > best:
-                best, arg = t, (u, None)
+        key = (problem.nodes[v].group, sites[v])
+        if problem.nodes[v].kind in COMPUTE_KINDS and key in last:
+            u = last[key]               # the latest finish of the earlier nodes on this site
+            if start[u] + dur[u] > best:
+                best, arg = start[u] + dur[u], (u, None)
         start[v], why[v] = best, arg
+        if problem.nodes[v].kind in COMPUTE_KINDS and (key not in last or
+                                                       start[v] + dur[v] >= start[last[key]] + dur[last[key]]):
+            last[key] = v
     breakdown: dict[int, dict[str, int]] = {}
     for k in problem.sink_nodes:
         bd: dict[str, int] = {}
@@ -138,8 +132,8 @@ def schedule(problem: Problem, c: ClassData, sites: tuple[str, ...],
             if dur[u]:
                 bd[f"compute.{sites[u]}"] = bd.get(f"compute.{sites[u]}", 0) + dur[u]
             if item is not None and sites[u] != sites[v]:
-                key = f"transfer.{sites[u]}->{sites[v]}"
-                bd[key] = bd.get(key, 0) + c.xfer_us(item, sites[u], sites[v])
+                hop = f"transfer.{sites[u]}->{sites[v]}"
+                bd[hop] = bd.get(hop, 0) + c.xfer_us(item, sites[u], sites[v])
             v = u
         breakdown[k] = bd
     return start, breakdown

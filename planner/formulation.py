@@ -48,7 +48,7 @@ from ortools.sat.python import cp_model
 
 from tierplan.planner.decompose import solve_groups
 from tierplan.planner.result import SolveResult
-from tierplan.planner.evaluate import ancestors, parallel_pairs, sink_items
+from tierplan.planner.evaluate import ancestors, sink_items
 from tierplan.planner.problem import COMPUTE_KINDS, Problem
 from tierplan.planner.progress import solve_cp
 from tierplan.planner.queueing import FACTOR_SCALE, wait_us
@@ -211,8 +211,7 @@ class _Model:
         """Latency with overlap (DAG apps, planner.evaluate.schedule): per request, start times S[v];
         a node starts after each input has arrived (its producer's finish plus the transfer when
         they run apart, through the pair variables) and after every earlier node of the same
-        request that runs on the same site (in the plan's order; only nodes neither depends on the
-        other need it, dependencies already order the rest); a sink's latency is its S."""
+        request that runs on the same site (in the plan's order); a sink's latency is its S."""
         p, m, n = self.p, self.m, c.name
         dur = {v: sum(c.compute_us[v][s] * self.x[(n, v, s)] for s in c.allowed[v] if c.compute_us[v].get(s))
                for v in range(len(p.nodes))}
@@ -231,12 +230,25 @@ class _Model:
                          if a != b and c.xfer_us(k, a, b)]
                 # w starts after u has finished and its input has crossed to w's site
                 m.Add(start[w] >= start[u] + dur[u] + sum(delay))
-        for u, v in self.parallel:
-            for s in set(c.allowed[u]) & set(c.allowed[v]):
-                if c.compute_us[u].get(s):
-                    # one site runs a request's nodes one at a time, in the plan's order
-                    m.Add(start[v] >= start[u] + c.compute_us[u][s]).OnlyEnforceIf(
-                        [self.x[(n, u, s)], self.x[(n, v, s)]])
+        # one site runs a request's nodes one at a time, in the plan's order: a clock per (request,
+        # site) holds the latest finish of the nodes so far that run there (O(nodes x sites), the
+        # same as every earlier pair: an earlier node v depends on has finished before v anyway)
+        for g in sorted({p.nodes[v].group for v in p.compute_nodes}):
+            for s in c.chain:
+                clock = None
+                for v in p.compute_nodes:
+                    if p.nodes[v].group != g or s not in c.allowed[v]:
+                        continue
+                    on = self.x[(n, v, s)]
+                    if clock is not None:
+                        # v starts after every earlier node on s has finished
+                        m.Add(start[v] >= clock).OnlyEnforceIf(on)
+                    nxt = m.NewIntVar(0, horizon, f"C[{n},{s},{p.nodes[v].id}]")
+                    if clock is not None:
+                        m.Add(nxt >= clock)
+                    # the clock moves to v's finish when v runs on s
+                    m.Add(nxt >= start[v] + c.compute_us[v].get(s, 0)).OnlyEnforceIf(on)
+                    clock = nxt
         for v in p.sink_nodes:
             self.sink_lat[(n, v)] = [start[v]]
 
@@ -244,8 +256,6 @@ class _Model:
     def _build(self) -> None:
         p, m = self.p, self.m
         self.ancestors = ancestors(p)
-        # pairs of one request's compute nodes neither of which depends on the other (plan order)
-        self.parallel = parallel_pairs(p, self.ancestors) if p.latency_model == "overlap" else []
         for c in p.classes:
             self._build_class(c)
         for s, sd in p.sites.items():

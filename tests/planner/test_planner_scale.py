@@ -20,11 +20,13 @@ def test_fifty_pieces_on_twenty_site_classes_proven_optimal(objective: str) -> N
     The 10 s goal is measured in benchmarks/planner.py; here the limit is generous because the
     CPU is shared, and the assertion is the proof of optimality itself. Service-time semantics
     (queueing=False): with queueing waits these SLOs bind much harder (see planner/README.md).
+    The sum latency model: this ensemble is a DAG, whose default overlap model is not proven at
+    this scale within a minute (planner/README.md, benchmarks/planner.py part 4).
     """
     app = synthetic_app(50, n_models=3)
     fleet = synthetic_fleet(12, 5, 3, 10_000)
     plan = plan_graph(app, fleet, CostModel(calibration=False), slo=SLO, objective=objective, time_limit_s=60,
-                      with_baselines=False, analyse_uncovered=False, queueing=False)
+                      with_baselines=False, analyse_uncovered=False, queueing=False, latency_model="sum")
     assert plan.status == "optimal" and plan.gap == 0.0
     assert len(plan.per_class) == 12
     assert 0 < plan.coverage_share <= 1
@@ -41,7 +43,7 @@ def test_fifty_pieces_on_twenty_site_classes_proven_optimal_with_queueing(object
     app = synthetic_app(50, n_models=3)
     fleet = synthetic_fleet(12, 5, 3, 10_000)
     plan = plan_graph(app, fleet, CostModel(calibration=False), slo=SLO, objective=objective, time_limit_s=60,
-                      with_baselines=False, analyse_uncovered=False)
+                      with_baselines=False, analyse_uncovered=False, latency_model="sum")
     assert plan.status == "optimal" and plan.gap == 0.0
     assert plan.solver["objective_int"] == plan.solver["bound_int"]
     assert len(plan.per_class) == 12
