@@ -17,8 +17,12 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from tierplan.errors import RuntimeFault
+
+if TYPE_CHECKING:
+    from ray._private.node import Node
 
 __all__ = ["LocalCluster", "SiteActor", "SiteNodeDown", "site_resource", "SITE_LABEL", "ensure_ray_env",
            "start_site_actor"]
@@ -52,27 +56,26 @@ def ensure_ray_env() -> None:
 class LocalCluster:
     """A real Ray cluster on this machine: a head (no CPUs, the driver) plus one node per site."""
 
-    def __init__(self, sites: list[str] = (), connect: bool = True) -> None:
+    def __init__(self, sites: Sequence[str] = (), connect: bool = True) -> None:
         ensure_ray_env()
         import ray
         from ray.cluster_utils import Cluster
 
         from tierplan.logs import log_level
         self._lock = threading.Lock()
-        head = dict(num_cpus=0, include_dashboard=False, node_ip_address="127.0.0.1",
-                    object_store_memory=_NODE_OBJECT_STORE_BYTES, labels={SITE_LABEL: "head"})
         for attempt in range(_START_ATTEMPTS):
             # Ray gives a node 30 s to register; on a saturated machine that can fail: try again
             self.cluster = Cluster(initialize_head=False)
             try:
-                self.cluster.add_node(**head)
+                self.cluster.add_node(num_cpus=0, include_dashboard=False, node_ip_address="127.0.0.1",
+                                      object_store_memory=_NODE_OBJECT_STORE_BYTES, labels={SITE_LABEL: "head"})
                 break
             except Exception as e:  # Ray raises a bare Exception on a startup timeout
                 self.cluster.shutdown()
                 if attempt + 1 == _START_ATTEMPTS:
                     raise RuntimeFault(f"local Ray cluster did not start ({e}). To fix: retry when the "
                                        "machine is less loaded") from e
-        self.nodes: dict[str, object] = {}
+        self.nodes: dict[str, Node] = {}
         for s in sites:
             self.add_site(s, wait=False)
         self.cluster.wait_for_nodes()
@@ -125,7 +128,9 @@ class LocalCluster:
         still counts it alive (the GCS marks a raylet dead after missed health checks)."""
         import ray
         node = self.nodes.get(site)
-        raylets = node.all_processes.get("raylet") if node is not None else None
+        if node is None:
+            return False
+        raylets = node.all_processes.get("raylet")
         if not raylets or any(p.process.poll() is not None for p in raylets):
             return False
         try:
