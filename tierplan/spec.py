@@ -374,7 +374,10 @@ class SinkSpec(Spec):
 
     src: Name = Field(alias="from", description="Node (model or transform) whose output is the result.")
     deliver_to: Literal["source", "edge", "base_station", "cloud", "any"] = Field(
-        default="source", description="source = back to the producing device; a tier; or any (nowhere in particular).")
+        default="source", description="source = back to the requesting device; a tier = the nearest site of that "
+        "tier on the device's chain; any = no fixed place: the planner picks a site of the chain and counts the "
+        "transfer there, which is where the last piece producing it runs (no transfer) unless another site is "
+        "cheaper for the objective; a result made on several sites is gathered at one of them.")
 
 
 class SloSpec(Spec):
