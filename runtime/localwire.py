@@ -36,13 +36,14 @@ import time
 from typing import Callable
 
 import grpc
+import numpy as np
 
 from tierplan.runtime.proto import runtime_pb2 as pb
-from tierplan.runtime.shm import SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
-from tierplan.runtime.wire import (MAX_MESSAGE_BYTES, Delivery, WireError, pack_delivery, pack_delivery_into, packed_layout,
-                          packed_size, unpack_delivery)
+from tierplan.runtime.shm import SEG_HEADER_BYTES, SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
+from tierplan.runtime.wire import (MAX_MESSAGE_BYTES, Delivery, WireError, pack_delivery, pack_delivery_into,
+                                   pack_header_into, packed_layout, packed_size, unpack_delivery)
 
-__all__ = ["LocalServer", "LocalClient", "LocalCallError", "socket_name", "available"]
+__all__ = ["LocalServer", "LocalClient", "LocalCallError", "Placed", "placement", "socket_name", "available"]
 
 log = logging.getLogger("tierplan.runtime")
 
@@ -274,6 +275,53 @@ class LocalServer:
         return _frame(_KIND_REFUSED, ack.error.encode()), None
 
 
+def placement(specs: dict[str, tuple[np.dtype, tuple[int, ...]]], header_room: int) -> tuple | None:
+    """Where `LocalClient.place` puts arrays of these dtypes and shapes: as a packed delivery
+    (runtime.wire) with a header of at most `header_room` bytes holds them. ((name, dtype, count,
+    offset, shape), ...) and the bytes needed; None below SHM_MIN_BYTES or for an empty array."""
+    counts = {k: int(np.prod(shape, dtype=np.int64)) for k, (_, shape) in specs.items()}
+    sizes = {k: counts[k] * dt.itemsize for k, (dt, _) in specs.items()}
+    if not sizes or min(sizes.values()) <= 0 or sum(sizes.values()) < SHM_MIN_BYTES:
+        return None
+    off = -(-header_room // 64) * 64
+    entries = []
+    for k, (dt, shape) in specs.items():
+        off += -off % 64
+        entries.append((k, dt, counts[k], off, tuple(shape)))
+        off += sizes[k]
+    return tuple(entries), off
+
+
+class Placed:
+    """Arrays in a pooled shared-memory segment, laid out as a packed delivery's tensors after
+    `header_room` bytes: a piece writes its outputs into `arrays` and the delivery carrying exactly
+    these arrays goes out with only its header written (`LocalClient.place`; no copy of the tensors)."""
+
+    def __init__(self, seg, pool: ShmPool, arrays: dict[str, np.ndarray]) -> None:
+        self.seg = seg
+        self.pool = pool
+        self.arrays = arrays
+        self.used = False       # a send took the segment (it then releases or discards it), or none will
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        """Claim the segment (once: True for the first caller)."""
+        with self._lock:
+            if self.used:
+                return False
+            self.used = True
+            return True
+
+    def carries(self, d: Delivery) -> bool:
+        """True when `d`'s tensors are exactly these arrays."""
+        return len(d.tensors) == len(self.arrays) and all(d.tensors.get(k) is a for k, a in self.arrays.items())
+
+    def give_up(self) -> None:
+        """No send took the segment: it leaves the pool (the arrays stay valid while referenced)."""
+        if self.take():
+            self.pool.discard(self.seg)
+
+
 class LocalClient:
     """The sender's side: idle connections per peer, a call per delivery, the reply as a pb.Ack.
 
@@ -353,11 +401,37 @@ class LocalClient:
         self._give_back(name, sock)
         return _ack(reply[0], reply[1])
 
-    def _message(self, name: str, sock: socket.socket, d: Delivery) -> tuple[bytes, object, ShmPool | None]:
-        """The request frame of `d` (its tensors packed into a pooled segment from SHM_MIN_BYTES on),
-        the segment (or None) and its pool; on failure the connection goes back idle."""
+    def place(self, layout: tuple) -> Placed | None:
+        """Arrays in one pooled segment as `placement` laid them out (None once closed)."""
+        entries, total = layout
+        with self._lock:
+            if self._closed:
+                return None
+            if self._pool is None:
+                self._pool = ShmPool()
+            pool = self._pool
+        seg = pool.acquire(total)
+        buf = seg.buf
+        return Placed(seg, pool, {k: np.frombuffer(buf, dt, count, SEG_HEADER_BYTES + off).reshape(shape)
+                                  for k, dt, count, off, shape in entries})
+
+    def _message(self, name: str, sock: socket.socket, d: Delivery,
+                 placed_ok: bool = False) -> tuple[bytes, object, ShmPool | None]:
+        """The request frame of `d` (its tensors packed into a pooled segment from SHM_MIN_BYTES on,
+        or only its header when they already lie in one: `place`), the segment (or None) and its
+        pool; on failure the connection goes back idle."""
         seg = pool = None
         try:
+            placed = d.placed
+            if placed_ok and isinstance(placed, Placed) and placed.pool is self._pool and placed.carries(d) and \
+                    placed.take():
+                payload = placed.pool.payload(placed.seg)
+                n = pack_header_into(d, payload, np.frombuffer(payload, np.uint8, 1).ctypes.data)
+                del payload
+                if n is not None:
+                    seg, pool = placed.seg, placed.pool
+                    return _frame(_KIND_SHM, encode_ref(seg.name, n)), seg, pool
+                placed.pool.discard(placed.seg)    # the header did not fit: pack as usual (the arrays stay valid)
             if d.nbytes >= SHM_MIN_BYTES:
                 with self._lock:
                     if self._pool is None:
@@ -386,7 +460,7 @@ class LocalClient:
         sock = self._connect(name) if name else None
         if sock is None:
             return False
-        msg, seg, pool = self._message(name, sock, d)
+        msg, seg, pool = self._message(name, sock, d, placed_ok=True)
         limit_s = time.monotonic() + max(min(deadline_s - time.time(), timeout_s), 1e-3)
         try:
             sock.settimeout(max(limit_s - time.monotonic(), 1e-3))

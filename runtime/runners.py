@@ -53,6 +53,17 @@ class OrtRunner:
         outs = self._sess.run(self.output_names, {k: inputs[k] for k in self.input_names})
         return dict(zip(self.output_names, outs))
 
+    def run_into(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """`run`, each output written into the given C-contiguous array of its dtype and shape (no
+        copy of the results: runtime.stage places them in shared memory); onnxruntime raises when
+        a shape differs."""
+        io = self._sess.io_binding()
+        for k in self.input_names:
+            io.bind_cpu_input(k, inputs[k])
+        for k, a in outputs.items():
+            io.bind_output(k, "cpu", 0, a.dtype, list(a.shape), a.ctypes.data)
+        self._sess.run_with_iobinding(io)
+
 
 class _Adapter:
     """Gives a compile-engineer Runner the attributes the stage worker reads."""

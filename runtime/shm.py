@@ -270,11 +270,22 @@ def _clear(seg: shared_memory.SharedMemory) -> None:
         pass
 
 
+_UNCLOSED: list[shared_memory.SharedMemory] = []   # closed once their arrays are gone (see `_close`)
+_UNCLOSED_LOCK = threading.Lock()
+
+
 def _close(seg: shared_memory.SharedMemory, unlink: bool) -> None:
-    try:
-        seg.close()
-    except BufferError:   # a view is still alive somewhere: the mapping goes when it does
-        pass
+    with _UNCLOSED_LOCK:
+        for old in list(_UNCLOSED):
+            try:
+                old.close()
+                _UNCLOSED.remove(old)
+            except BufferError:
+                pass
+        try:
+            seg.close()
+        except BufferError:   # an array still uses the mapping: kept here until it goes (SharedMemory's
+            _UNCLOSED.append(seg)   # own __del__ would otherwise print the BufferError when collected)
     if unlink:
         try:
             seg.unlink()

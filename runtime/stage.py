@@ -50,7 +50,7 @@ from tierplan.planner.plan import Plan
 from tierplan.runtime.graph import (DEFAULT_TRANSFORM_MODULES, ExecGraph, bind_inputs, child_branch, load_transform,
                                     select_tensors)
 from tierplan.runtime.links import LinkEmulator
-from tierplan.runtime.localwire import LocalServer
+from tierplan.runtime.localwire import LocalServer, Placed, placement
 from tierplan.runtime.options import LINKS_DIR_MARKER, StageOptions, shared_links_dir  # noqa: F401 (LINKS_DIR_MARKER: re-exported)
 from tierplan.runtime.piececache import DEFAULT_CACHE_LIMIT_BYTES, PieceCache, safe_entry
 from tierplan.runtime.proto import runtime_pb2 as pb
@@ -135,6 +135,7 @@ class _Config:
     transforms: dict[str, Callable] = field(default_factory=dict)
     in_srcs: dict[str, frozenset[str]] = field(default_factory=dict)   # node -> the nodes feeding it
     fills: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)   # node -> `StageWorker._unfed`
+    direct: dict[str, tuple | None] = field(default_factory=dict)   # node -> `StageWorker._learn`'s finding
 
     def __post_init__(self) -> None:
         # worked out once per plan: every delivery asks
@@ -532,6 +533,7 @@ class StageWorker(pbg.StageServicer):
         # thread), else the whole process's (other threads' work counts as the step's: never too little)
         clock = time.thread_time if cfg.options.threads == 1 else time.process_time
         t0, c0 = time.perf_counter(), clock()
+        placed: Placed | None = None
         try:
             if kind == "piece":
                 runner = cfg.runners[node]
@@ -539,8 +541,13 @@ class StageWorker(pbg.StageServicer):
                 lock = self._run_lock(runner)
                 if len(batch) == 1:
                     feed = {**fill, **bind_inputs(batch[0].inputs, runner.input_names)}
+                    placed = self._place(cfg, node, runner, feed, batch[0])
                     with lock:
-                        results = [runner.run(feed)]
+                        if placed is not None:
+                            placed = self._run_into(cfg, node, runner, feed, placed)
+                        results = [dict(placed.arrays) if placed is not None else runner.run(feed)]
+                    if placed is None:
+                        self._learn(cfg, node, runner, feed, results[0], batch[0])
                 else:
                     bound = [{**fill, **bind_inputs(r.inputs, runner.input_names)} for r in batch]
                     feed = {k: np.concatenate([b[k] for b in bound]) for k in bound[0]}
@@ -554,6 +561,8 @@ class StageWorker(pbg.StageServicer):
             else:  # source: passes its data on
                 results = [dict(r.inputs) for r in batch]
         except Exception as e:  # a piece or transform failed: the request ends with this error
+            if placed is not None:
+                placed.give_up()
             self._metrics.of("requests", self.site, node, "error").inc(len(batch))
             for r in batch:
                 self._report(cfg, Delivery(r.request_id, node, "", branch=r.branch,
@@ -580,7 +589,62 @@ class StageWorker(pbg.StageServicer):
                     self._emit(cfg, node, r.request_id, child_branch(r.branch, i, len(items)), item,
                                r.deadline_unix_ms, trace)
             else:
-                self._emit(cfg, node, r.request_id, r.branch, out, r.deadline_unix_ms, trace)
+                self._emit(cfg, node, r.request_id, r.branch, out, r.deadline_unix_ms, trace, placed)
+        if placed is not None:
+            placed.give_up()    # no same-host send took it (another route): its arrays were copied
+
+    # ------------------------------------------------------------------ outputs in shared memory
+    def _place(self, cfg: _Config, node: str, runner: Runner, feed: dict[str, np.ndarray],
+               r: _Ready) -> Placed | None:
+        """Room in shared memory for the piece's outputs when they all go on, unchanged, to one node
+        on a same-host site and the last run with inputs of these shapes told their shapes
+        (`_learn`): the piece then writes them there and the send copies no tensor bytes."""
+        known = cfg.direct.get(node)
+        if not known or not hasattr(runner, "run_into"):
+            return None
+        signature, layout, to = known
+        if signature != tuple((k, v.shape, v.dtype) for k, v in feed.items()):
+            return None
+        to_site = cfg.graph.sites.get(to, "")
+        return self._sender.place(pick_address(cfg.peers.get(to_site), r.request_id), to_site, layout)
+
+    def _run_into(self, cfg: _Config, node: str, runner: Runner, feed: dict[str, np.ndarray],
+                  placed: Placed) -> Placed | None:
+        """Run the piece with its outputs written into `placed`; None after giving it up when the
+        runner refuses (an output of another shape: the caller runs it the usual way)."""
+        try:
+            runner.run_into(feed, placed.arrays)  # type: ignore[attr-defined]
+            return placed
+        except Exception as e:  # onnxruntime raises its own types: this node's outputs vary in shape
+            log.info("site %s: %s writes its outputs itself from now on (%s)", self.site, node, e)
+            placed.give_up()
+            cfg.direct[node] = None
+            return None
+
+    def _learn(self, cfg: _Config, node: str, runner: Runner, feed: dict[str, np.ndarray],
+               outputs: dict[str, np.ndarray], r: _Ready) -> None:
+        """After a usual run: remember the outputs' shapes for `_place` when the node's only edge
+        carries all of them unchanged to a piece on another site (a sink's results stay small)."""
+        known = cfg.direct.get(node, ())
+        signature = tuple((k, v.shape, v.dtype) for k, v in feed.items())
+        if known is None or (known and known[0] == signature) or not hasattr(runner, "run_into"):
+            return     # learnt already (that it cannot, or these shapes: the peer was not same-host this time)
+        edges = cfg.graph.out_edges.get(node, ())
+        e = edges[0] if len(edges) == 1 else None
+        ok = e is not None and cfg.graph.kinds.get(e.dst) == "piece" and cfg.graph.sites.get(e.dst) != self.site
+        if ok and e is not None:
+            sel = select_tensors(outputs, e, "piece", "piece")
+            ok = sel.keys() == outputs.keys() and all(sel[k] is a and a.flags.c_contiguous and a.nbytes
+                                                      for k, a in outputs.items())
+        layout = None
+        if ok and e is not None:
+            # room for the header (ids, the trace so far and this step's two steps, per tensor),
+            # twice what this request needs: a header that does not fit is packed with a copy
+            trace_chars = sum(len(k) + len(n) + 40 for k, n, _ in r.trace) + 2 * (len(node) + len(self.site) + 60)
+            room = 1024 + 2 * len(outputs) * (256 + len(r.request_id) + len(node) + len(e.dst) + len(r.branch)
+                                              + trace_chars)
+            layout = placement({k: (a.dtype, a.shape) for k, a in outputs.items()}, room)
+        cfg.direct[node] = (signature, layout, e.dst) if layout is not None and e is not None else None
 
     def _run_lock(self, runner: Runner):
         """A no-op for runners safe to call from several threads at once (onnxruntime), else one lock
@@ -610,11 +674,11 @@ class StageWorker(pbg.StageServicer):
 
     # ------------------------------------------------------------------ routing
     def _emit(self, cfg: _Config, node: str, rid: str, branch: str, outputs: dict, deadline: float,
-              trace: list) -> None:
+              trace: list, placed: Placed | None = None) -> None:
         for e in cfg.graph.out_edges.get(node, ()):
             tensors = select_tensors(outputs, e, cfg.graph.kinds.get(node, "piece"), cfg.graph.kinds.get(e.dst, "piece"))
             d = Delivery(rid, node, e.dst, tensors, branch=branch,
-                         deadline_unix_ms=deadline, trace=list(trace))
+                         deadline_unix_ms=deadline, trace=list(trace), placed=placed)
             self._route(cfg, d)
 
     def _emit_empty(self, cfg: _Config, node: str, rid: str, branch: str, deadline: float, trace: list) -> None:

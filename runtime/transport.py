@@ -24,7 +24,7 @@ from typing import Callable, Protocol
 import grpc
 
 from tierplan.runtime.links import LinkEmulator
-from tierplan.runtime.localwire import LocalCallError, LocalClient
+from tierplan.runtime.localwire import LocalCallError, LocalClient, Placed, socket_name
 from tierplan.runtime.proto import runtime_pb2 as pb
 from tierplan.runtime.proto import runtime_pb2_grpc as pbg
 from tierplan.runtime.security import TlsConfig, channel
@@ -238,6 +238,15 @@ class Sender:
             return self._local.start_call(address, d, d.deadline_unix_ms / 1e3, INLINE_TIMEOUT_S, on_reply)
         except grpc.RpcError:
             return False
+
+    def place(self, address: str | None, to_site: str, layout: tuple) -> Placed | None:
+        """Room in shared memory for a delivery's tensors (`layout`: runtime.localwire.placement) when
+        it will go to `address` on the same-host path, as `try_start` sends (None otherwise): a piece
+        writes its outputs there and the send writes only the header (runtime.localwire.Placed)."""
+        if not address or not self.shm or self.tls is not None or address in self._no_shm or \
+                socket_name(address) is None or (to_site and self._emulator().route(self.site, to_site)):
+            return None
+        return self._local.place(layout)
 
     def _send_local(self, address: str, d: Delivery, arrival_s: float, deadline_s: float,
                     timeout_s: float | None = None) -> pb.Ack | None:

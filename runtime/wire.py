@@ -26,7 +26,7 @@ __all__ = ["CHUNK_BYTES", "MAX_MESSAGE_BYTES", "GRPC_OPTIONS", "Delivery", "deli
            "pack_delivery", "unpack_delivery", "packed_layout", "dtype_name", "dtype_of", "RAW_STAGE_METHOD", "RAW_CONTROL_METHOD",
            "RAW_STAGE_ONE_METHOD", "RAW_CONTROL_ONE_METHOD", "RAW_STAGE_SHM_METHOD", "RAW_CONTROL_SHM_METHOD",
            "packed_size", "pack_delivery_into", "WireError", "WIRE_DTYPES", "MAX_DELIVERY_BYTES", "MAX_TRACE_STEPS",
-           "MAX_DEADLINE_AHEAD_MS", "check_tensor_bytes"]
+           "MAX_DEADLINE_AHEAD_MS", "check_tensor_bytes", "pack_header_into"]
 
 CHUNK_BYTES = 1 << 20          # 1 MiB stream chunks (measured fastest in Python here)
 MAX_MESSAGE_BYTES = 256 << 20  # raised on both ends: the front door sends whole tensors
@@ -87,6 +87,9 @@ class Delivery:
     empty: bool = False
     sent_unix_ms: float = 0.0
     trace: list = field(default_factory=list)   # [kind, name, ms] steps: compute and transfer
+    # not on the wire: the shared-memory segment its tensors already lie in, when a piece wrote its
+    # outputs there (runtime.localwire.Placed); a same-host send then writes only the header
+    placed: object | None = field(default=None, repr=False, compare=False)
 
     @property
     def nbytes(self) -> int:
@@ -310,6 +313,48 @@ def pack_delivery_into(d: Delivery, buf: memoryview, layout: tuple | None = None
         dst[:] = a.reshape(-1).view(np.uint8)
         del dst   # no export of `buf` may outlive the call (the segment must stay closable)
     return total
+
+
+def pack_header_into(d: Delivery, buf: memoryview, base: int) -> int | None:
+    """Write the packed header of `d` into `buf` when its tensors already lie in `buf` where
+    `pack_delivery_into` would put them; returns the packed length, or None when they do not (then
+    pack it the usual way). `base`: the address of buf[0]. The header is padded to end where the
+    first tensor starts: frame 0's trace gets trailing spaces (still the same JSON to a reader)."""
+    arrays = d.tensors
+    if not arrays or any(not a.flags.c_contiguous or not a.nbytes for a in arrays.values()):
+        return None
+    first = next(iter(arrays.values()))
+    first_at = first.ctypes.data - base
+    text = _dumps(d.trace) if d.trace else "[]"
+    head = pb.Bundle(frames=[pb.Frame(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
+                                      deadline_unix_ms=d.deadline_unix_ms, sent_unix_ms=d.sent_unix_ms,
+                                      trace=text, error=d.error, empty=d.empty,
+                                      name=k, dtype=dtype_name(a.dtype), shape=a.shape)
+                             for k, a in arrays.items()])
+    header = b""
+    pad = first_at - _PACK_PREFIX.size - head.ByteSize()
+    for _ in range(3):    # the frame's length prefix may grow a byte or two with the padding
+        if pad < 0:
+            return None
+        head.frames[0].trace = text + " " * pad
+        header = head.SerializeToString()
+        over = _PACK_PREFIX.size + len(header) - first_at
+        if over == 0:
+            break
+        pad -= over
+    else:
+        return None
+    off = _PACK_PREFIX.size + len(header)
+    for a in arrays.values():     # each tensor where `_layout` puts it
+        off += -off % _PACK_ALIGN
+        if a.ctypes.data - base != off:
+            return None
+        off += a.nbytes
+    if off > len(buf):
+        return None
+    _PACK_PREFIX.pack_into(buf, 0, len(header))
+    buf[_PACK_PREFIX.size:first_at] = header
+    return off
 
 
 def unpack_delivery(buf: bytes | memoryview | np.ndarray, copy: bool = False) -> Delivery:
