@@ -117,3 +117,16 @@ def test_evaluate_counts_pieces_over_the_bound() -> None:
     sites = list(problem.classes[0].allowed)
     asg = {"cam0": tuple(s[0] if i != 2 else s[-1] for i, s in enumerate(sites))}
     assert any("pieces of m" in v for v in evaluate(problem, asg).violations)
+
+
+@pytest.mark.parametrize("value", [".nan", "-.inf", "-1"])
+def test_other_non_finite_latencies_are_refused_at_load(tmp_path: Path, value: str) -> None:
+    """Only .inf means 'cannot run there': .nan, -.inf (and non-positive figures) are refused when
+    app.yaml is loaded, naming the YAML path."""
+    from tierplan.errors import InputError
+    text = (DATA / "alexnet24_app.yaml").read_text()
+    app_path = tmp_path / "app.yaml"
+    app_path.write_text(text.replace("      - name: fc6\n", f"      - name: fc6\n        latency_ms: {{rpi4: {value}}}\n"))
+    with pytest.raises(InputError) as err:
+        load_app(app_path)
+    assert "latency_ms" in str(err.value) and "rpi4" in str(err.value)
