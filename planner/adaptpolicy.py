@@ -37,7 +37,7 @@ class AdaptPolicy:
     window_s: float = 2.0           # rolling window of the estimates
     margin: float = 0.1             # a new plan must be predicted this share better (summed sink latency) ...
     move_cost_ms: float = 10.0      # ... after charging this many ms per piece moved
-    replan_time_limit_s: float = 3.0
+    replan_time_limit_s: float = 1.5
     cooldown_s: float = 5.0         # no new decision this long after one
     tick_s: float = 0.25            # how often the controller looks at its estimates
 

@@ -23,6 +23,7 @@ steps and an optional Adapter, and returns every request's timeline (benchmarks/
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import threading
 import time
@@ -73,7 +74,8 @@ class Adapter:
         self.t0 = time.monotonic()
         self.t0_unix = time.time()
         self._accepted: dict[str, float] = {}   # link figures taken as the current truth (kept plan)
-        self._quiet_until = 0.0
+        # no decision in the first two windows: the estimates start from cold pieces and caches
+        self._quiet_until = self.t0 + 2 * self.policy.window_s
         self._after: list[tuple[float, dict]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,6 +118,10 @@ class Adapter:
         self.observer.add(tr.steps, tr.latency_ms - feed, tr.device_class)
 
     def _loop(self) -> None:
+        try:   # Linux: this thread (and the solver threads it starts) yields the CPU to serving
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         while not self._stop.wait(self.policy.tick_s):
             now = time.monotonic()
             try:
