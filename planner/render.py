@@ -91,9 +91,9 @@ def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 1
         column(t, "latency ms")
         column(t, "meets", justify="left")
         column(t, "note", justify="left")
-        for name, c in list(plan.coverage.items())[:max(max_classes, 20)]:
-            t.add_row(name, f"{c.devices:,}", c.mode, _fmt(c.latency_ms), "yes" if c.meets_slo else "[red]no[/]",
-                      c.note)
+        for name, cov in list(plan.coverage.items())[:max(max_classes, 20)]:
+            t.add_row(name, f"{cov.devices:,}", cov.mode, _fmt(cov.latency_ms), "yes" if cov.meets_slo else "[red]no[/]",
+                      cov.note)
         print_table(con, t)
         con.print(plan.coverage_summary)
     if plan.not_met:

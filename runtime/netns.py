@@ -275,6 +275,7 @@ def probe_env() -> dict[str, str]:
 
 def read_port(proc: subprocess.Popen, timeout_s: float = _PROBE_START_TIMEOUT_S) -> int:
     """The port a `serve` probe prints on its first line (raises NetnsError if it dies or stays silent)."""
+    assert proc.stdout is not None, "read_port needs a probe started with stdout=subprocess.PIPE"
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
     if not sel.select(timeout_s):
