@@ -51,3 +51,20 @@ def test_a_decision_prints_as_one_line():
     assert "\n" not in line
     assert "link:midrange_phones:up_mbps 12 -> 2.04" in line and "1 move(s): adopted" in line
     assert "switched at t=18.9s" in line
+
+
+def test_deploy_adapt_serves_with_the_controller_loop(squeezenet_random, tmp_path):
+    """`tierplan deploy PLAN --adapt` serves with the adaptation loop running, and stops cleanly."""
+    from test_adapt_loop import _app, _fleet
+    from tierplan.planner.api import plan_app
+    from tierplan.runtime.stage import StageWorker
+    plan = plan_app(_app(squeezenet_random), _fleet(1000.0), time_limit_s=2, pieces_dir=tmp_path / "pieces")
+    plan.save(tmp_path / "plan" / "plan.json")
+    gw = StageWorker("gw")
+    gw.start()
+    try:
+        code, err = _cli("deploy", str(tmp_path / "plan" / "plan.json"), "--agent", f"gw={gw.address}", "--adapt",
+                         "--adapt-policy", "window=1,sustain=0.5", "--duration", "2", "--json")
+    finally:
+        gw.stop()
+    assert code == 0 and "Traceback" not in err, err
