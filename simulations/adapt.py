@@ -119,13 +119,15 @@ def _with_uplink(plan: Plan, site: str, up_mbps: float) -> Plan:
     return plan.model_copy(update={"fleet": spec.model_dump(mode="json", by_alias=True, exclude_none=True)})
 
 
-def _simulate(plan: Plan, run_report: Path | None, duration_s: float, seed: int) -> dict[str, dict[str, float | None]]:
+def _simulate(plan: Plan, run_report: Path | None, duration_s: float, seed: int,
+              colocate: int | None) -> dict[str, dict[str, float | None]]:
     from tierplan.simulations.api import simulate
     from tierplan.simulations.calibration import as_run, load_profile
     from tierplan.simulations.config import Scenario
     profile = load_profile(run_report) if run_report is not None else None
     ran = as_run(plan, run_report)
-    rep = simulate(ran, scenario=Scenario(strategies=("optimal",), duration_s=duration_s, seed=seed, profile=profile))
+    rep = simulate(ran, scenario=Scenario(strategies=("optimal",), duration_s=duration_s, seed=seed, profile=profile,
+                                          colocate=colocate))
     res = rep.strategies["optimal"]
     return {name: {"p50_ms": s.p50_ms, "p95_ms": s.p95_ms} for name, s in res.sinks.items()}
 
@@ -133,13 +135,15 @@ def _simulate(plan: Plan, run_report: Path | None, duration_s: float, seed: int)
 def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, adapt: bool = True,
              new_plan: Plan | None = None, replan: Callable[[FleetSpec, float], Plan] | None = None,
              replan_s: float | None = None, load_s: float = 0.5, classes: list[str] | None = None,
-             run_report: str | Path | dict | None = None, segment_s: float = 60.0, seed: int = 0) -> Rehearsal:
+             run_report: str | Path | dict | None = None, segment_s: float = 60.0, seed: int = 0,
+             colocate: int | None = None) -> Rehearsal:
     """The run of `plan` with `step` applied, with (`adapt`) or without the policy (see the module doc).
 
     `new_plan`: the plan a live run adopted (else `replan(observed fleet, time limit)` makes one);
     `replan_s`, `load_s`: how long the re-plan and the load before the switch took (the live run's);
     `run_report`: a `tierplan run --json`-shaped report (a path or the dict) of the live run, whose
-    traces give the measured compute times and whose classes, devices and workers the replay uses."""
+    traces give the measured compute times and whose classes, devices and workers the replay uses;
+    `colocate`: every site on one host with that many cores (a run on one machine)."""
     out = Rehearsal(adapt, step)
     report_path: Path | None = None
     tmp: tempfile.TemporaryDirectory | None = None
@@ -186,7 +190,7 @@ def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, 
             p = plan if which == "old" else chosen
             assert p is not None
             seg = Segment(start, end, which, mbps)
-            seg.sinks = _simulate(_with_uplink(p, step.site, mbps), report_path, segment_s, seed)
+            seg.sinks = _simulate(_with_uplink(p, step.site, mbps), report_path, segment_s, seed, colocate)
             out.segments.append(seg)
         out.notes.append("each segment is replayed from empty queues for its steady state "
                          f"({segment_s:g} simulated s); a backlog carried over a boundary is not simulated")
