@@ -59,6 +59,7 @@ PEER_RADIO = LinkSpec(uplink_mbps=20, downlink_mbps=60, rtt_ms=30, jitter_ms=4) 
 PEER_BACKHAUL = LinkSpec(uplink_mbps=1000, downlink_mbps=1000, rtt_ms=10, egress_usd_per_gb=0.09)  # bs <-> cloud
 PEER_BS_SERVERS = 4                # classifier servers per base station at most (3 needed at 5 req/s x 100 x 4 ms)
 PEER_CLOUD_SITES = 2
+CONTENDED_RADIO_MBPS = 2.0         # the fair-sharing rows' radio: uploads overlap, so sharing changes latency
 PEERS_REQ_PER_S = {"YAFS": 1_200, "EdgeSimPy": 3_000}   # DESIGN.md, 10,000 devices, another session's CPU
 
 GOAL_REQUESTS = 100_000_000
@@ -79,15 +80,19 @@ def _device(name: str, tier: str, usd: float) -> DeviceSpec:
                       power_idle_w=2, power_active_w=8, cost_per_hour_usd=usd)
 
 
-def fleet(n_devices: int, n_bs: int | None = None, bs_servers: int = PEER_BS_SERVERS) -> FleetSpec:
-    """n_devices cameras, 100 per base station (each up to bs_servers classifier servers), 2 cloud regions."""
+def fleet(n_devices: int, n_bs: int | None = None, bs_servers: int = PEER_BS_SERVERS,
+          radio_mbps: float | None = None) -> FleetSpec:
+    """n_devices cameras, 100 per base station (each up to bs_servers classifier servers), 2 cloud regions;
+    `radio_mbps` replaces the radio's rates (a contended radio for the fair-sharing rows)."""
     n_bs = n_bs if n_bs is not None else max(1, n_devices // PEER_DEVICES_PER_BS)
+    radio = PEER_RADIO if radio_mbps is None else PEER_RADIO.model_copy(
+        update={"uplink_mbps": radio_mbps, "downlink_mbps": 3 * radio_mbps})
     return FleetSpec(name=f"bench-{n_devices}", sites={
         "cams": SiteClassSpec(tier="edge", device=_device("cam", "edge", 0.0), count=n_devices, attach="bs", link="radio"),
         "bs": SiteClassSpec(tier="base_station", device=_device("mec", "base_station", 0.4), count=n_bs,
                             attach="cloud", link="backhaul", max_instances=bs_servers),
         "cloud": SiteClassSpec(tier="cloud", device=_device("vm", "cloud", 1.5), count=PEER_CLOUD_SITES),
-    }, links={"radio": PEER_RADIO, "backhaul": PEER_BACKHAUL})
+    }, links={"radio": radio, "backhaul": PEER_BACKHAUL})
 
 
 def plan(rate_hz: float = PEER_RATE_HZ, fleet_spec: FleetSpec | None = None) -> Plan:
@@ -116,13 +121,16 @@ def _peak_rss_mb() -> float:
 
 def run_one(engine: str, devices: int, duration_s: float, extra: dict | None = None) -> dict:
     """One run of the peers' scenario in this process: wall time, requests, p95, peak RSS."""
-    kw = dict(fast=engine != "simpy", link_sharing="fifo" if engine == "fast" else "fair", **(extra or {}))
+    extra = dict(extra or {})
+    radio = extra.pop("radio_mbps", None)
+    kw = dict(fast=engine != "simpy", link_sharing="fifo" if engine == "fast" else "fair", **extra)
     t0, c0 = time.perf_counter(), time.process_time()
-    rep = simulate(plan(), fleet(devices), strategies=["optimal"], duration_s=duration_s, seed=2, **kw)
+    rep = simulate(plan(), fleet(devices, radio_mbps=radio), strategies=["optimal"], duration_s=duration_s, seed=2, **kw)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     r = rep.strategies["optimal"]
     s = r.sinks["out"]
-    return {"engine": {"fast": "fast (FIFO links)", "fair": "fast (fair links)", "simpy": "SimPy (fair links)"}[engine],
+    label = {"fast": "fast (FIFO links)", "fair": "fast (fair links)", "simpy": "SimPy (fair links)"}[engine]
+    return {"engine": label + (f", radio {radio:g} Mbit/s" if radio is not None else ""),
             "devices": devices, "sim_s": duration_s, "requests": r.requests, "wall_s": wall, "cpu_s": cpu,
             "requests_per_s": r.requests / wall, "requests_per_cpu_s": r.requests / cpu, "p50_ms": s.p50_ms, "p95_ms": s.p95_ms, "p99_ms": s.p99_ms,
             "exact_quantiles": s.exact_quantiles, "peak_rss_mb": _peak_rss_mb(), "ran_on": r.engine}
@@ -146,6 +154,11 @@ def bench_speed(quick: bool) -> list[dict]:
             rows.append(_in_child(engine, n, min(60.0, target / rate)))
         if n <= 10_000:
             rows.append(_in_child("simpy", n, (20_000 if quick else 60_000) / rate))
+    # fair sharing where it matters: a 2 Mbit/s radio (80 ms per upload at 5 req/s: transfers overlap)
+    for n in sizes[:2]:
+        rate = n * PEER_RATE_HZ
+        rows.append(_in_child("fair", n, (300_000 if quick else 1_000_000) / rate, {"radio_mbps": CONTENDED_RADIO_MBPS}))
+        rows.append(_in_child("simpy", n, (20_000 if quick else 40_000) / rate, {"radio_mbps": CONTENDED_RADIO_MBPS}))
     return rows
 
 
@@ -304,7 +317,7 @@ def bench_fidelity(duration_s: float) -> dict:
         return {"skipped": "no examples/<name>/ with app.yaml and fleet.yaml"}
     from tierplan.simulations.calibration import OVERHEAD_KEY, ServiceProfile, profile_from_traces
     from runtime_traces import collect_runtime_traces   # benchmarks/runtime_traces.py (it deploys: not in simulations/)
-    from tierplan.loader import load_app, load_fleet
+    from tierplan.loader import load_fleet
     rows = []
     for ex in examples:
         load = os.getloadavg()[0]
@@ -324,7 +337,6 @@ def bench_fidelity(duration_s: float) -> dict:
         fleet_spec = load_fleet(ex / "fleet.yaml")
         edge = next(iter(p.per_class), None) or next(n for n, s in fleet_spec.sites.items() if s.tier == "edge")
         local = _local_fleet(fleet_spec, edge)
-        app = load_app(ex / "app.yaml")  # the runtime delivers each sink where the app says, as the simulator does
         row = {"example": ex.name, "requests_calibration": len(calib), "requests_measured": len(valid),
                "load_1min": load, "measured_p50_ms": m50, "measured_p95_ms": m95,
                "correlation_fitted": prof.correlation,
@@ -333,7 +345,7 @@ def bench_fidelity(duration_s: float) -> dict:
         variants = (("plan", {}), ("independent", {"latency_ms": _stage_latencies(calib)}),
                     ("empirical", {"profile": steps_only}), ("profile", {"profile": prof}))
         for tag, kw in variants:
-            s50, s95 = _sim_e2e(p, local, app=app, **kw)
+            s50, s95 = _sim_e2e(p, local, **kw)   # the plan carries the app: sinks delivered where it says
             row[f"sim_{tag}_p50_ms"], row[f"sim_{tag}_p95_ms"] = s50, s95
             row[f"{tag}_p50_ratio"], row[f"{tag}_p95_ratio"] = s50 / m50, s95 / m95
             row[f"{tag}_met"] = abs(s50 / m50 - 1) <= FIDELITY_TOLERANCE and abs(s95 / m95 - 1) <= FIDELITY_TOLERANCE
@@ -400,7 +412,7 @@ def _speed(args, results: dict) -> None:
     growth = {}
     for engine in dict.fromkeys(r["engine"] for r in rows):
         per = [r["requests_per_cpu_s"] for r in rows if r["engine"] == engine]
-        growth[engine] = per[0] / per[-1]
+        growth[engine] = per[0] / per[-1] if len(per) > 1 else 1.0
     results["per_request_cost_growth"] = growth
     con.print("CPU time per request, largest fleet / smallest: " + ", ".join(f"{k} x{v:.2f}" for k, v in growth.items())
               + " (CPU time: the machine is shared, wall time is noisy)")
@@ -462,8 +474,7 @@ def bench_example_engines(name: str, duration_s: float) -> dict:
     out = {"example": name, "duration_s": duration_s}
     for engine, fast in (("simpy", False), ("fast", True)):
         t0 = time.perf_counter()
-        r = simulate(p, fleet_spec, strategies=["optimal"], duration_s=duration_s, seed=1, fast=fast,
-                     app=app).strategies["optimal"]
+        r = simulate(p, strategies=["optimal"], duration_s=duration_s, seed=1, fast=fast).strategies["optimal"]
         wall = time.perf_counter() - t0
         sink = max(r.sinks.values(), key=lambda x: x.p95_ms or 0.0)
         out[engine] = {"requests": r.requests, "wall_s": wall, "requests_per_s": r.requests / wall,
