@@ -275,8 +275,9 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
     """A profile from per-request traces (objects with `steps` = [(kind, name, ms), ...]).
 
     Compute steps are named `node@site`; every invocation is a sample of its stage's marginal.
-    When every request ran on one site without transfers (its steps one after another), the time
-    each spent outside its steps (dispatch, the glue between pieces) is kept as `overhead_ms`.
+    The time a request spent outside its steps (dispatch, the glue between pieces) is measured on
+    the requests that ran on one site without transfers (their steps one after another) and, when
+    there are enough of them, kept as `overhead_ms` and drawn for every request.
     The correlation is fitted to the measured spread of each request's total compute time
     (`fit_correlation`; `fit=False`: the mean pairwise correlation of stage normal scores, which
     misses how strongly neighbouring stages move together). The first `warmup` requests (cold
@@ -287,6 +288,7 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
     steps_of: list[list[tuple[str, str]]] = []
     totals: list[float] = []
     overhead: list[float] = []
+    own_overhead: list[float | None] = []
     n = 0
     for i, tr in enumerate(traces):
         if i < warmup:
@@ -306,15 +308,19 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
         sequential = len({site for _, site in keys}) == 1 and not any(k == "transfer" for k, _, _ in tr.steps)
         if sequential and hasattr(tr, "latency_ms"):  # one site, no transfers: the steps run one after another
             overhead.append(float(tr.latency_ms) - totals[-1])
+            own_overhead.append(overhead[-1])
+        else:
+            own_overhead.append(None)
     if not samples:
         raise InputError(f"{source or 'traces'}: no compute steps (node@site) to calibrate from")
     rho_pairs, pairs = copula_correlation(per_request)
     prof = ServiceProfile({k: np.array(v) for k, v in samples.items()}, rho_pairs, n, source, pairs,
-                          np.array(overhead) if len(overhead) >= _MIN_PAIRS and len(overhead) == n else None)
+                          np.array(overhead) if len(overhead) >= _MIN_PAIRS else None)
     if fit and n >= _MIN_PAIRS:
         if prof.overhead_ms is not None:  # the overhead is one more draw of the request: fit the whole latency
+            typical = float(np.median(overhead))   # for a request whose own overhead is not known
             steps_of = [k + [OVERHEAD_KEY] for k in steps_of]
-            totals = [t + o for t, o in zip(totals, overhead)]
+            totals = [t + (typical if o is None else o) for t, o in zip(totals, own_overhead)]
         prof.correlation = fit_correlation(prof, steps_of, np.array(totals), seed)
     return prof
 

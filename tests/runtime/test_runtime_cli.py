@@ -26,7 +26,7 @@ models:
     onnx: {model}
 sources:
   camera:
-    at: phone
+    at: edge
     rate_hz: 2
     shape: [1, 3, 224, 224]
 sinks:
@@ -43,6 +43,7 @@ FLEET_YAML = """\
 name: tiny-fleet
 sites:
   phone: {tier: edge, device: pixel-8, count: 10, attach: bs, link: radio}
+  tablet: {tier: edge, device: galaxy-a54, count: 5, attach: bs, link: radio}
   bs: {tier: base_station, device: mec-t4, count: 1, attach: cloud, link: backhaul}
   cloud: {tier: cloud, device: aws-g5-xlarge, count: 1, max_instances: 2}
 links:
@@ -89,10 +90,28 @@ def test_run_serves_requests_reports_json_and_leaves_no_processes(tiny_example):
                for s in out["stages"] if s["kind"] == "compute")
     assert not any(s["kind"] == "cpu" for s in out["stages"])
     assert {"step_ms", "hop_ms", "request_ms", "run_ms"} <= set(out["overhead"])
+    # every device class ran at its source's rate, each measured against its own prediction; every site reported
+    assert out["classes_run"] == ["phone", "tablet"] and out["classes_not_run"] == []
+    rows = {c["device_class"]: c for c in out["classes"]}
+    assert set(rows) == {"phone", "tablet"} and all(r["requests"] > 0 and r["rate_hz"] == 2 for r in rows.values())
+    assert all(r["measured_p50_ms"] > 0 and r["predicted_local_p50_ms"] > 0 and r["slo_ms"] == 2000
+               for r in rows.values())
+    sites = {s["site"]: s for s in out["site_rows"]}
+    assert {"phone", "tablet"} <= set(sites) and all(s["workers"] >= 1 and s["scaling"] for s in sites.values())
+    assert any(s["utilisation"] for s in sites.values())
+    assert len(out["traces"]) == out["requests_ok"]
+    assert {t["device_class"] for t in out["traces"]} == {"phone", "tablet"}
     deadline = time.time() + STRAY_WAIT_S
     while processes_with_env(marker) and time.time() < deadline:
         time.sleep(0.5)
     assert processes_with_env(marker) == [], "stray processes after `tierplan run`"
+
+
+def test_run_unknown_class_is_bad_input(tiny_example):
+    """--class naming no class of the plan exits 2 with one line naming the plan's classes, before deploying."""
+    r = _cli(["run", str(tiny_example), "--duration", "1", "--class", "phone,laptop"], timeout_s=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'laptop' is not a device class" in r.stderr and "phone, tablet" in r.stderr and "To fix" in r.stderr
 
 
 def test_run_unknown_example_is_bad_input():
