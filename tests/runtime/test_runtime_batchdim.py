@@ -53,3 +53,28 @@ def test_a_piece_that_reshapes_to_a_fixed_batch_keeps_batch_one():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])], [shape])
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     assert free_batch(model.SerializeToString()) is None
+
+
+def test_deploy_frees_the_batch_of_pieces_on_batching_sites_whose_model_takes_any_batch(tmp_path):
+    """The pieces deploy ships: the classifier's (its model takes any batch) on a batching site comes with `batch`
+    free; the same piece on a site that does not batch, and a fixed-size model's piece, ship as they are."""
+    from tierplan.devices.fleet import resolve_fleet
+    from tierplan.loader import load_app, load_fleet
+    from tierplan.planner.plan import Plan, PlanPiece
+    from tierplan.runtime.deploy import with_free_batch
+    from tierplan.runtime.service import files_for
+
+    piece = tmp_path / "classifier_p0.onnx"
+    piece.write_bytes(_bound_to_one(EXAMPLE / "classifier.onnx"))
+    det = tmp_path / "detector_p0.onnx"
+    det.write_bytes((EXAMPLE / "detector.onnx").read_bytes())
+    plan = Plan(status="feasible", assignment={"classifier/p0": "region_east", "detector/p0": "region_east"},
+                pieces=[PlanPiece(id="classifier/p0", model="classifier", file=str(piece)),
+                        PlanPiece(id="detector/p0", model="detector", file=str(det))])
+    plan = plan.with_inputs(load_app(EXAMPLE / "app.yaml"), resolve_fleet(load_fleet(EXAMPLE / "fleet.yaml")))
+    files = files_for(plan)
+    served = with_free_batch(plan, files, ("region_east",))
+    first_dim = onnx.load_from_string(served["classifier/p0"].data).graph.input[0].type.tensor_type.shape.dim[0]
+    assert first_dim.dim_param == BATCH_DIM
+    assert served["detector/p0"].data == files["detector/p0"].data                      # its model is fixed-size
+    assert with_free_batch(plan, files, ("stations_north",))["classifier/p0"].data == files["classifier/p0"].data
