@@ -21,7 +21,7 @@ model is one piece.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Hashable, Mapping, Sequence, cast
 
 import networkx as nx
 import numpy as np
@@ -88,7 +88,7 @@ def profile_pieces(name: str, table: ProfileTable, max_pieces: int | None = None
     if not nx.is_directed_acyclic_graph(G):
         raise InputError(f"models.{name}.profile.layers: the layer inputs form a cycle")
     k = len(layers) if max_pieces is None else max(1, min(max_pieces, len(layers)))
-    flops = {l.name: l.flops or 1.0 for l in layers}
+    flops: dict[Hashable, float] = {l.name: l.flops or 1.0 for l in layers}   # a cut's weight per graph node
     if cuts is not None:
         part = partition_from_cuts(topological_order(G), cuts_at(G, cuts))
     elif segments is not None:
@@ -99,7 +99,8 @@ def profile_pieces(name: str, table: ProfileTable, max_pieces: int | None = None
     consumed_later = {u for u, _ in G.edges}
     where = part.piece_of()
     pieces = []
-    for idx, group in enumerate(part.pieces):
+    for idx, nodes in enumerate(part.pieces):
+        group = cast(tuple[str, ...], nodes)   # the graph's nodes are the layer names
         members = [by_name(layers, v) for v in group]
         gset = set(group)
         ins: list[TensorInfo] = []
@@ -197,6 +198,7 @@ def model_pieces(app: AppSpec, name: str, pieces_dir: str | Path | None, max_pie
         if not path.is_file():
             raise InputError(f"models.{name}.tflite: file not found {str(path)!r}")
         return _tflite_pieces(name, path)
+    assert spec.onnx is not None   # ModelSpec holds exactly one of profile, tflite and onnx
     path = app.resolve_path(spec.onnx)
     if not path.is_file():
         raise InputError(f"models.{name}.onnx: file not found {str(path)!r}")
@@ -288,8 +290,8 @@ def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int
                 for _, i_name in _edge_pairs(app, i, {n: declared}):
                     if e.src in app.sources:
                         fed[i_name] = list(app.sources[e.src].shape)
-                    elif app.transforms[e.src].output_shape is not None:
-                        fed[i_name] = list(app.transforms[e.src].output_shape)
+                    elif (shape := app.transforms[e.src].output_shape) is not None:
+                        fed[i_name] = list(shape)
         models[n] = model_pieces(app, n, pieces_dir, max_pieces, fed,
                                  cuts=(cuts or {}).get(n), segments=segments if not (cuts and n in cuts) else None)
     if segments is not None:
@@ -297,8 +299,8 @@ def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int
                                for n, mp in models.items() if len(mp.pieces) > 1}
 
     # nodes
-    for s, spec in app.sources.items():
-        g.add_node(s, kind="source", spec=spec, pin=spec.at, nbytes=_nbytes(spec.shape, spec.dtype))
+    for s, src_spec in app.sources.items():
+        g.add_node(s, kind="source", spec=src_spec, pin=src_spec.at, nbytes=_nbytes(src_spec.shape, src_spec.dtype))
     for m, mp in models.items():
         for p in mp.pieces:
             g.add_node(p.id, kind="piece", piece=p, model=m)
@@ -307,10 +309,10 @@ def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int
                 src = mp.producer(t.name)
                 if src is not None and src.id != p.id:
                     _add_edge(g, src.id, p.id, t)
-    for t, spec in app.transforms.items():
-        g.add_node(t, kind="transform", spec=spec)
-    for name, spec in app.sinks.items():
-        g.add_node(f"sink:{name}", kind="sink", spec=spec)
+    for tname, tf_spec in app.transforms.items():
+        g.add_node(tname, kind="transform", spec=tf_spec)
+    for name, sink_spec in app.sinks.items():
+        g.add_node(f"sink:{name}", kind="sink", spec=sink_spec)
 
     # data-flow edges
     fed_inputs: set[tuple[str, str]] = set()
@@ -330,16 +332,17 @@ def build_app_graph(app: AppSpec, pieces_dir: str | Path | None, max_pieces: int
                 consumers = [e.dst]
             for v in consumers:
                 _add_edge(g, u, v, t)
-    for name, spec in app.sinks.items():
-        if spec.src in models:
-            for t in models[spec.src].outputs:
-                p = models[spec.src].producer(t.name)
-                if p is not None:
-                    _add_edge(g, p.id, f"sink:{name}", t)
+    for name, sink_spec in app.sinks.items():
+        if sink_spec.src in models:
+            for t in models[sink_spec.src].outputs:
+                prod = models[sink_spec.src].producer(t.name)
+                if prod is not None:
+                    _add_edge(g, prod.id, f"sink:{name}", t)
         else:
-            outs = list(transform_outs[spec.src].values()) or [_output_info(app, spec.src, spec.src, "", "", models)]
+            outs = (list(transform_outs[sink_spec.src].values())
+                    or [_output_info(app, sink_spec.src, sink_spec.src, "", "", models)])
             for t in outs:
-                _add_edge(g, spec.src, f"sink:{name}", t)
+                _add_edge(g, sink_spec.src, f"sink:{name}", t)
 
     if not nx.is_directed_acyclic_graph(g):
         raise InputError("edges: the joined app graph has a cycle")
