@@ -12,6 +12,7 @@ each edge site's `tierplan agent`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -265,7 +266,7 @@ def _start_ray_sites(service: Service, sites: list[str], local: bool, cluster: L
             handle = _start_actor(cluster, site, service.address, tls_dir, k, n, allowed,
                                   (ports or {}).get(slot_key(site, k), 0))
             service.actors[slot_key(site, k)] = handle
-            service.add_closer(lambda h=handle: _stop_actor(h))
+            service.add_closer(functools.partial(_stop_actor, handle))
 
 
 def _connect_ray(address: str, timeout_s: float) -> None:

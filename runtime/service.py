@@ -26,7 +26,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import grpc
 import numpy as np
@@ -46,6 +46,9 @@ from tierplan.runtime.transport import Sender, delivery_handlers, parsed, pick_a
 from tierplan.runtime.wire import (GRPC_OPTIONS, MAX_DEADLINE_AHEAD_MS, RAW_CONTROL_METHOD, RAW_CONTROL_ONE_METHOD, Delivery,
                           WireError, frames_to_delivery, pb_to_tensor, tensor_to_pb)
 from tierplan.errors import InputError, RuntimeFault
+
+if TYPE_CHECKING:
+    from tierplan.runtime.cluster import LocalCluster   # for the type only: a service runs without one too
 
 __all__ = ["Service", "Trace", "SiteState", "slot_key", "MAX_REPLICA_RETRIES"]
 
@@ -294,7 +297,7 @@ class Service:
         self._configure_lock = threading.Lock()
         self.agents: dict[str, Any] = {}      # edge site -> AgentProcess (local deployments)
         self.actors: dict[str, Any] = {}      # Ray site -> actor handle
-        self.cluster = None                   # LocalCluster when the deployment uses one
+        self.cluster: LocalCluster | None = None   # when the deployment uses one
         self._needed_sites: dict[tuple[str, ...], set[str]] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -583,11 +586,11 @@ class Service:
                 inputs = {(prefix + k if self.graph.kinds.get(prefix + k) == "source" else k): v for k, v in inputs.items()}
             sources = [s for s in sources if _generation(s) == prefix]
         for s in sources:
-            names = self.graph.source_outputs(s)
+            out_names = self.graph.source_outputs(s)
             if s in inputs:
-                out[s] = {names[0]: np.asarray(inputs[s])}
-            elif all(n in inputs for n in names):
-                out[s] = {n: np.asarray(inputs[n]) for n in names}
+                out[s] = {out_names[0]: np.asarray(inputs[s])}
+            elif all(n in inputs for n in out_names):
+                out[s] = {n: np.asarray(inputs[n]) for n in out_names}
         if not out:
             want = ", ".join(self.graph.sources())
             raise InputError(f"predict: inputs {sorted(inputs)} name no source of the plan. To fix: pass {want}")
