@@ -1,6 +1,6 @@
 """Runtime benchmarks: per-hop overhead, emulated-link throughput, the SqueezeNet pipeline, plan vs measured.
 
-    python benchmarks/runtime.py [--quick] [--examples read-text,smart-city] [--seconds S]
+    python benchmarks/runtime.py [--quick] [--examples read-text,smart-city] [--seconds S] [--repeat N]
 
 1. One hop on loopback for 1 KiB .. 16 MiB, both ways a delivery can go: the same-host fast path
    (runtime.localwire: a Unix socket, tensor bytes in shared memory from 64 KiB on) and gRPC on
@@ -40,6 +40,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -273,7 +274,7 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
                  "loopback_gb_per_s": loopback_bytes_per_s / 1e9, "bytes_over_bandwidth_ms": bytes_ms}
     for variant, fast in (("same_host", True), ("grpc_only", False)):
         options = StageOptions(batch_sites=("cloud",), threads=local_threads(3), shm=fast)
-        acc = {k: {"seq": [], "lat": [], "t": 0.0, "steps": []} for k in [*inproc, "pipeline"]}
+        acc: dict[str, dict[str, Any]] = {k: {"seq": [], "lat": [], "t": 0.0, "steps": []} for k in [*inproc, "pipeline"]}
         with deploy(plan, emulate_links=False, request_timeout_s=30, options=options) as svc:
             for _ in range(5):
                 svc.predict(x)
@@ -312,7 +313,7 @@ def bench_examples(names: list[str], seconds: float) -> list[dict]:
     """`tierplan run` on each example: measured p50 against the same "predicted here" figure the CLI
     prints (the plan's placement at this machine's speed), and the fleet devices' prediction."""
     from tierplan.run import run_example
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in names:
         try:
             rep = run_example(name, seconds, progress=False)
@@ -328,6 +329,20 @@ def bench_examples(names: list[str], seconds: float) -> list[dict]:
                      if rep.measured_p50_ms and rep.predicted_p50_ms else None,
                      "plan": rep.plan_source})
     return rows
+
+
+def _spread(runs: list[dict]) -> dict:
+    """Per variant, each ratio of the pipeline over the runs: [min, median, max] (the machine is shared:
+    one run's ratio is not the figure)."""
+    out: dict = {"runs": len(runs)}
+    for variant in ("same_host", "grpc_only"):
+        out[variant] = {}
+        for key in ("rps_ratio", "cpu_ratio", "cpu_ms_per_req"):
+            vals = sorted(r[variant]["pipeline"][key] for r in runs)
+            out[variant][key] = [vals[0], statistics.median(vals), vals[-1]]
+        best_cpu = sorted(min(o["cpu_ms_per_req"] for o in r[variant]["one_process"].values()) for r in runs)
+        out[variant]["one_process_cpu_ms_per_req"] = [best_cpu[0], statistics.median(best_cpu), best_cpu[-1]]
+    return out
 
 
 def _f(v, fmt: str = ".1f") -> str:
@@ -377,6 +392,15 @@ def _print(res: dict) -> None:
                       _f(p.get("cpu_ratio"), ".2f"))
         t.add_row("peer: Ray Serve, 3 deployments (DESIGN.md)", "35-40", "", "7-8", "32-43", "", "", "", "")
         con.print(t)
+        sp = res.get("squeezenet_spread")
+        if sp and sp["runs"] > 1:
+            for variant in ("grpc_only", "same_host"):
+                v = sp[variant]
+                con.print(f"   {variant} over {sp['runs']} runs (min / median / max): req/s ratio "
+                          + " / ".join(f"{x:.2f}" for x in v["rps_ratio"]) + ", CPU ratio "
+                          + " / ".join(f"{x:.2f}" for x in v["cpu_ratio"]) + ", pipeline CPU ms/req "
+                          + " / ".join(f"{x:.2f}" for x in v["cpu_ms_per_req"]) + ", one process CPU ms/req "
+                          + " / ".join(f"{x:.2f}" for x in v["one_process_cpu_ms_per_req"]))
     if res.get("examples"):
         t = Table(title="4. tierplan run: measured vs the plan predicted here (goal within 15%)", title_justify="left")
         for c in ("example", "ok", "failed", "measured p50 ms", "predicted here ms", "measured / predicted here",
@@ -397,6 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=None, help="Seconds per closed-loop / example run.")
     ap.add_argument("--examples", default="read-text,smart-city", help="Comma-separated examples ('' for none).")
     ap.add_argument("--skip-squeezenet", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="Run section 3 this many times (fresh deployments) and print the spread of its ratios.")
     a = ap.parse_args(argv)
     seconds = a.seconds or (3.0 if a.quick else 8.0)
     repeats = 10 if a.quick else 40
@@ -406,7 +432,9 @@ def main(argv: list[str] | None = None) -> None:
     # and more (one size's median swings with the machine's load)
     loopback = max(r["grpc_gb_per_s"] for r in res["hops"] if r["bytes"] >= (1 << 20)) * 1e9
     if not a.skip_squeezenet:
-        res["squeezenet"] = bench_squeezenet(seconds, repeats, loopback)
+        runs = [bench_squeezenet(seconds, repeats, loopback) for _ in range(max(a.repeat, 1))]
+        res["squeezenet"] = runs[0]
+        res["squeezenet_spread"] = _spread(runs)
     res["examples"] = bench_examples([e for e in a.examples.split(",") if e], seconds)
     res["load_end"] = list(os.getloadavg())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -33,13 +33,15 @@ import struct
 import sys
 import threading
 import time
+from multiprocessing.shared_memory import SharedMemory
 from typing import Callable
 
 import grpc
 import numpy as np
 
 from tierplan.runtime.proto import runtime_pb2 as pb
-from tierplan.runtime.shm import SEG_HEADER_BYTES, SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address
+from tierplan.runtime.shm import (SEG_HEADER_BYTES, SHM_MIN_BYTES, ShmPool, ShmReader, encode_ref, is_loopback_address,
+                                  seg_buf)
 from tierplan.runtime.wire import (MAX_MESSAGE_BYTES, Delivery, WireError, pack_delivery, pack_delivery_into,
                                    pack_header_into, packed_layout, packed_size, unpack_delivery)
 
@@ -137,6 +139,21 @@ def _recv_message(sock: socket.socket, buf: bytearray) -> tuple[int, bytes | Non
     return kind, bytes(view[_HEAD.size:got]) + bytes(rest)
 
 
+_Lease = tuple[SharedMemory, ShmPool]   # a pooled segment a call holds until its reply
+
+
+def _drop(lease: _Lease | None) -> None:
+    """A call that failed: its segment leaves the pool (the receiver may still read it)."""
+    if lease is not None:
+        lease[1].discard(lease[0])
+
+
+def _keep(lease: _Lease | None) -> None:
+    """A call that got its reply: the segment goes back to the pool."""
+    if lease is not None:
+        lease[1].release(lease[0])
+
+
 def _frame(kind: int, body: bytes) -> bytes:
     return _HEAD.pack(len(body), kind) + body
 
@@ -206,9 +223,10 @@ class LocalServer:
             c.close()
 
     def _accept_loop(self) -> None:
-        while not self._stop.is_set():
+        listener = self._sock
+        while listener is not None and not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = listener.accept()
             except OSError:
                 return
             uid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))[1]
@@ -297,7 +315,7 @@ class Placed:
     `header_room` bytes: a piece writes its outputs into `arrays` and the delivery carrying exactly
     these arrays goes out with only its header written (`LocalClient.place`; no copy of the tensors)."""
 
-    def __init__(self, seg, pool: ShmPool, arrays: dict[str, np.ndarray]) -> None:
+    def __init__(self, seg: SharedMemory, pool: ShmPool, arrays: dict[str, np.ndarray]) -> None:
         self.seg = seg
         self.pool = pool
         self.arrays = arrays
@@ -339,9 +357,8 @@ class LocalClient:
         self._closed = False
         self._epoll: select.epoll | None = None       # the reply thread's: connections awaiting a reply
         self._by_fd: dict[int, socket.socket] = {}
-        self._wake_r: socket.socket | None = None
         self._wake_w: socket.socket | None = None
-        self._waiting: dict[socket.socket, tuple] = {}
+        self._waiting: dict[socket.socket, tuple[str, _Lease | None, str, Callable]] = {}
         self._deadlines: list[tuple[float, int, socket.socket]] = []
         self._seq = itertools.count()
         self._reply_buf = bytearray(_REPLY_BYTES)    # the reply thread's receive buffer
@@ -374,9 +391,9 @@ class LocalClient:
         Raises LocalCallError like a failed gRPC call otherwise."""
         name = socket_name(address)
         sock = self._connect(name) if name else None
-        if sock is None:
+        if name is None or sock is None:
             return None
-        msg, seg, pool = self._message(name, sock, d)
+        msg, lease = self._message(name, sock, d)
         try:
             wait = arrival_s - time.monotonic()
             if wait > 0:          # the emulated link's time runs before the delivery arrives
@@ -387,17 +404,14 @@ class LocalClient:
             reply = _recv_message(sock, bytearray(_REPLY_BYTES))
         except OSError as e:      # peer gone or the deadline passed mid-call: the connection is spent
             sock.close()
-            if seg is not None:
-                pool.discard(seg)   # the receiver may still read it: never reuse
+            _drop(lease)   # the receiver may still read it: never reuse
             code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(e, TimeoutError) else grpc.StatusCode.UNAVAILABLE
             raise LocalCallError(code, f"same-host call to {address} failed: {e}") from e
         if reply is None or reply[1] is None:
             sock.close()
-            if seg is not None:
-                pool.discard(seg)
+            _drop(lease)
             raise LocalCallError(grpc.StatusCode.UNAVAILABLE, f"same-host peer {address} closed the connection")
-        if seg is not None:
-            pool.release(seg)
+        _keep(lease)
         self._give_back(name, sock)
         return _ack(reply[0], reply[1])
 
@@ -411,26 +425,29 @@ class LocalClient:
                 self._pool = ShmPool()
             pool = self._pool
         seg = pool.acquire(total)
-        buf = seg.buf
+        buf = seg_buf(seg)
         return Placed(seg, pool, {k: np.frombuffer(buf, dt, count, SEG_HEADER_BYTES + off).reshape(shape)
                                   for k, dt, count, off, shape in entries})
 
+    def _owns(self, placed: Placed) -> bool:
+        """True when `placed` lies in this client's pool."""
+        return placed.pool is self._pool
+
     def _message(self, name: str, sock: socket.socket, d: Delivery,
-                 placed_ok: bool = False) -> tuple[bytes, object, ShmPool | None]:
+                 placed_ok: bool = False) -> tuple[bytes, _Lease | None]:
         """The request frame of `d` (its tensors packed into a pooled segment from SHM_MIN_BYTES on,
-        or only its header when they already lie in one: `place`), the segment (or None) and its
-        pool; on failure the connection goes back idle."""
-        seg = pool = None
+        or only its header when they already lie in one: `place`) and the segment with its pool
+        (None for inline bytes); on failure the connection goes back idle."""
+        lease: _Lease | None = None
         try:
             placed = d.placed
-            if placed_ok and isinstance(placed, Placed) and placed.pool is self._pool and placed.carries(d) and \
+            if placed_ok and isinstance(placed, Placed) and placed.carries(d) and self._owns(placed) and \
                     placed.take():
                 payload = placed.pool.payload(placed.seg)
                 n = pack_header_into(d, payload, np.frombuffer(payload, np.uint8, 1).ctypes.data)
                 del payload
                 if n is not None:
-                    seg, pool = placed.seg, placed.pool
-                    return _frame(_KIND_SHM, encode_ref(seg.name, n)), seg, pool
+                    return _frame(_KIND_SHM, encode_ref(placed.seg.name, n)), (placed.seg, placed.pool)
                 placed.pool.discard(placed.seg)    # the header did not fit: pack as usual (the arrays stay valid)
             if d.nbytes >= SHM_MIN_BYTES:
                 with self._lock:
@@ -439,15 +456,15 @@ class LocalClient:
                     pool = self._pool
                 layout = packed_layout(d)
                 seg = pool.acquire(packed_size(d, layout))
+                lease = (seg, pool)
                 msg = _frame(_KIND_SHM, encode_ref(seg.name, pack_delivery_into(d, pool.payload(seg), layout)))
             else:
                 msg = _frame(_KIND_BYTES, pack_delivery(d))
         except BaseException:
             self._give_back(name, sock)
-            if seg is not None:
-                pool.discard(seg)
+            _drop(lease)
             raise
-        return msg, seg, pool
+        return msg, lease
 
     def start_call(self, address: str, d: Delivery, deadline_s: float, timeout_s: float,
                    on_reply: Callable[[pb.Ack | None, LocalCallError | None], None]) -> bool:
@@ -458,51 +475,51 @@ class LocalClient:
         `on_reply(None, error)`; the segment is reused only after a reply, as with `call`."""
         name = socket_name(address)
         sock = self._connect(name) if name else None
-        if sock is None:
+        if name is None or sock is None:
             return False
-        msg, seg, pool = self._message(name, sock, d, placed_ok=True)
+        msg, lease = self._message(name, sock, d, placed_ok=True)
         limit_s = time.monotonic() + max(min(deadline_s - time.time(), timeout_s), 1e-3)
         try:
             sock.settimeout(max(limit_s - time.monotonic(), 1e-3))
             sock.sendall(msg)
         except OSError as e:
             sock.close()
-            if seg is not None:
-                pool.discard(seg)
+            _drop(lease)
             code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(e, TimeoutError) else grpc.StatusCode.UNAVAILABLE
             raise LocalCallError(code, f"same-host call to {address} failed: {e}") from e
         with self._lock:
             if self._closed:
                 sock.close()
                 raise LocalCallError(grpc.StatusCode.CANCELLED, "same-host client closed")
-            self._ensure_reply_thread()
-            self._waiting[sock] = (name, seg, pool, address, on_reply)
+            ep = self._ensure_reply_thread()
+            self._waiting[sock] = (name, lease, address, on_reply)
             heapq.heappush(self._deadlines, (limit_s, next(self._seq), sock))
             self._by_fd[sock.fileno()] = sock
-            self._epoll.register(sock.fileno(), select.EPOLLIN)
+            ep.register(sock.fileno(), select.EPOLLIN)
         # no wake-up for the reply thread: the reply wakes it, and an idle one looks for new deadlines
         # every _IDLE_TICK_S (a call without an answer fails at most that much after its timeout)
         return True
 
-    def _ensure_reply_thread(self) -> None:
-        """Start the reply thread on first use (caller holds the lock)."""
+    def _ensure_reply_thread(self) -> select.epoll:
+        """The reply thread's epoll, the thread started on first use (caller holds the lock)."""
         if self._epoll is not None:
-            return
-        self._epoll = select.epoll()    # epoll itself: the selectors module costs microseconds per call
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
-        threading.Thread(target=self._reply_loop, name="local-replies", daemon=True).start()
+            return self._epoll
+        ep = self._epoll = select.epoll()    # epoll itself: the selectors module costs microseconds per call
+        wake, self._wake_w = socket.socketpair()
+        wake.setblocking(False)
+        ep.register(wake.fileno(), select.EPOLLIN)
+        threading.Thread(target=self._reply_loop, args=(ep, wake, self._wake_w), name="local-replies",
+                         daemon=True).start()
+        return ep
 
-    def _reply_loop(self) -> None:
-        ep, wake = self._epoll, self._wake_r
+    def _reply_loop(self, ep: select.epoll, wake: socket.socket, wake_w: socket.socket) -> None:
         wake_fd = wake.fileno()
         while True:
             with self._lock:
                 if self._closed:
                     ep.close()
                     wake.close()
-                    self._wake_w.close()
+                    wake_w.close()
                     return
                 timeout = max(self._deadlines[0][0] - time.monotonic(), 0.0) if self._deadlines else _IDLE_TICK_S
             try:
@@ -536,13 +553,15 @@ class LocalClient:
             entry = self._waiting.pop(sock, None)
             if entry is None:
                 return
-            try:
-                self._epoll.unregister(sock.fileno())
-            except (OSError, ValueError):
-                pass
+            if self._epoll is not None:
+                try:
+                    self._epoll.unregister(sock.fileno())
+                except (OSError, ValueError):
+                    pass
             self._by_fd.pop(sock.fileno(), None)
-        name, seg, pool, address, on_reply = entry
+        name, lease, address, on_reply = entry
         ack = None
+        spent = True     # the connection cannot carry another call
         if error is None:
             try:
                 sock.settimeout(None)
@@ -553,20 +572,14 @@ class LocalClient:
                     ack = _ack(reply[0], reply[1])
             except OSError as e:
                 error = LocalCallError(grpc.StatusCode.UNAVAILABLE, f"same-host call to {address} failed: {e}")
-            except LocalCallError as e:      # the peer answered with an error status
+            except LocalCallError as e:      # the peer answered with an error status: the call is over
                 error = e
-                if seg is not None:
-                    pool.release(seg)
-                    seg = None
-                self._give_back(name, sock)
-                sock = None
-        if error is not None and sock is not None:
+                spent = False
+        if error is not None and spent:
             sock.close()
-            if seg is not None:
-                pool.discard(seg)     # the receiver may still read it: never reuse
-        elif sock is not None:
-            if seg is not None:
-                pool.release(seg)
+            _drop(lease)     # the receiver may still read it: never reuse
+        else:
+            _keep(lease)
             self._give_back(name, sock)
         try:
             on_reply(ack, error)
@@ -589,7 +602,7 @@ class LocalClient:
                 pass
         for s in socks:
             s.close()
-        for sock, (_, _, _, address, on_reply) in waiting:
+        for sock, (_, _, address, on_reply) in waiting:
             sock.close()
             try:
                 on_reply(None, LocalCallError(grpc.StatusCode.CANCELLED, f"same-host call to {address} cancelled"))

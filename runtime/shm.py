@@ -37,7 +37,7 @@ import numpy as np
 from tierplan.runtime.wire import Delivery, unpack_delivery
 
 __all__ = ["SHM_MIN_BYTES", "SHM_PREFIX", "SEG_HEADER_BYTES", "ShmPool", "ShmReader", "is_loopback_address", "encode_ref",
-           "decode_ref", "sweep_stale"]
+           "decode_ref", "sweep_stale", "seg_buf"]
 
 SHM_MIN_BYTES = 64 << 10       # smaller deliveries go inline: one copy of a few KB costs less than a handle
 SHM_PREFIX = "tierplan-"        # every segment name starts so; a receiver maps no other name
@@ -139,7 +139,7 @@ class ShmPool:
             seg = free.pop() if free else None
             if seg is None:
                 for i, lent in enumerate(self._lent):
-                    if lent.size == size and lent.buf[0] == 0:   # its receiver let go of it
+                    if lent.size == size and seg_buf(lent)[0] == 0:   # its receiver let go of it
                         seg = self._lent.pop(i)
                         break
             if seg is None:
@@ -149,20 +149,20 @@ class ShmPool:
             seg = shared_memory.SharedMemory(name=name, create=True, size=size)
             with self._lock:
                 self._all[seg.name] = seg
-        seg.buf[0] = 1
+        seg_buf(seg)[0] = 1
         return seg
 
     @staticmethod
     def payload(seg: shared_memory.SharedMemory) -> memoryview:
         """Where the packed delivery goes (after the header)."""
-        return seg.buf[SEG_HEADER_BYTES:]
+        return seg_buf(seg)[SEG_HEADER_BYTES:]
 
     def release(self, seg: shared_memory.SharedMemory) -> None:
         """The receiver acknowledged: reuse the segment once its in-use byte is clear (at once for a
         receiver that copied, when its arrays are gone for one that uses them in place)."""
         with self._lock:
             if not self._closed:
-                if seg.buf[0] == 0:
+                if seg_buf(seg)[0] == 0:
                     free = self._free.setdefault(seg.size, [])
                     if len(free) < _FREE_PER_SIZE:
                         free.append(seg)
@@ -211,11 +211,12 @@ class ShmReader:
         seg = self._segment(name)
         if nbytes + SEG_HEADER_BYTES > seg.size:
             raise ValueError(f"handle for {nbytes} bytes, segment {name} holds {seg.size - SEG_HEADER_BYTES}")
-        base = np.frombuffer(seg.buf, dtype=np.uint8, count=nbytes, offset=SEG_HEADER_BYTES)
+        buf = seg_buf(seg)
+        base = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=SEG_HEADER_BYTES)
         if not self.in_place:
             d = unpack_delivery(base, copy=True)
             del base
-            seg.buf[0] = 0
+            buf[0] = 0
             return d
         d = unpack_delivery(base)
         # every array of d is a view of base: when the last one goes, the sender may reuse the segment
@@ -239,7 +240,7 @@ class ShmReader:
             if not name.startswith(f"{SHM_PREFIX}{os.getpid()}-"):
                 # the sender owns the segment: without this, this process's tracker would unlink it
                 # at exit (a segment of this very process keeps its creator's registration)
-                resource_tracker.unregister(seg._name, "shared_memory")  # noqa: SLF001 (stdlib's own name)
+                resource_tracker.unregister(getattr(seg, "_name"), "shared_memory")  # the stdlib's own (private) name
             with self._lock:
                 self._maps[name] = seg
                 old = [self._maps.popitem(last=False)[1] for _ in range(max(len(self._maps) - self._capacity, 0))]
@@ -262,11 +263,22 @@ class ShmReader:
             _close(seg, unlink=False)
 
 
+def seg_buf(seg: shared_memory.SharedMemory) -> memoryview:
+    """`seg.buf` (None only once the segment is closed: ValueError then)."""
+    buf = seg.buf
+    if buf is None:
+        raise ValueError(f"shared-memory segment {seg.name} is closed")
+    return buf
+
+
 def _clear(seg: shared_memory.SharedMemory) -> None:
     """The receiver no longer uses the segment's arrays: its sender may reuse it."""
+    buf = seg.buf
+    if buf is None:   # unmapped meanwhile (the reader closed): nothing to tell
+        return
     try:
-        seg.buf[0] = 0
-    except (TypeError, ValueError):   # unmapped meanwhile (the reader closed): nothing to tell
+        buf[0] = 0
+    except (TypeError, ValueError):   # released meanwhile
         pass
 
 

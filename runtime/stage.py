@@ -369,6 +369,7 @@ class StageWorker(pbg.StageServicer):
         cfg = self._cfg
         if cfg is None:  # just (re)started: UNAVAILABLE makes the sender retry until configured
             context.abort(grpc.StatusCode.UNAVAILABLE, f"site {self.site} is not configured yet")
+            raise RuntimeError("context.abort returned")    # it raises: this line is never reached
         # the plan decides what may arrive here: a node of this site, from one of its inputs (a
         # source from the client: no src); anything else is refused before it reaches a join
         if d.dst not in cfg.nodes:

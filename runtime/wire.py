@@ -106,7 +106,7 @@ def delivery_frames(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.
         return
     for name, arr in d.tensors.items():
         arr = np.ascontiguousarray(arr)
-        buf = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+        buf = arr.reshape(-1).view(np.uint8).data if arr.size else memoryview(b"")
         n = len(buf)
         first = True
         off = 0
@@ -283,7 +283,7 @@ def pack_delivery(d: Delivery) -> bytes:
     off = _PACK_PREFIX.size + len(header)
     for at, a in placed:
         parts.append(bytes(at - off))
-        parts.append(memoryview(a.reshape(-1).view(np.uint8)))
+        parts.append(a.reshape(-1).view(np.uint8).data)
         off = at + a.nbytes
     parts.append(bytes(total - off))
     return b"".join(parts)
@@ -360,14 +360,15 @@ def pack_header_into(d: Delivery, buf: memoryview, base: int) -> int | None:
 def unpack_delivery(buf: bytes | memoryview | np.ndarray, copy: bool = False) -> Delivery:
     """The inverse of `pack_delivery`; the arrays are read-only views of `buf`, or with `copy` arrays
     of their own (for a shared-memory segment the sender will reuse)."""
+    mv = buf.data if isinstance(buf, np.ndarray) else memoryview(buf)
     size = len(buf)
     if size < _PACK_PREFIX.size:
         raise WireError(f"packed delivery of {size} bytes has no header")
-    (n,) = _PACK_PREFIX.unpack_from(buf, 0)
+    (n,) = _PACK_PREFIX.unpack_from(mv, 0)
     off = _PACK_PREFIX.size
     if n > size - off:
         raise WireError(f"packed delivery of {size} bytes claims a {n}-byte header")
-    frames = _header_frames(bytes(memoryview(buf)[off:off + n]))
+    frames = _header_frames(bytes(mv[off:off + n]))
     off += n
     d = _delivery_of(frames[0])
     for f in frames:
@@ -396,7 +397,7 @@ def raw_messages(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
     arrays = {k: np.ascontiguousarray(v) for k, v in d.tensors.items()}
     out = [_header(d, arrays)]
     for a in arrays.values():
-        buf = memoryview(a.reshape(-1).view(np.uint8)) if a.size else memoryview(b"")
+        buf = a.reshape(-1).view(np.uint8).data if a.size else memoryview(b"")
         out.extend(bytes(buf[i:i + chunk_bytes]) for i in range(0, len(buf), chunk_bytes))
     return out
 
