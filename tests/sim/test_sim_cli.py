@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from sim_builders import embedded, make_fleet, make_plan
+
+from tierplan.errors import InputError
+from tierplan.simulations.api import simulate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,10 +130,8 @@ def test_a_moved_plan_simulates_from_another_directory_without_a_fleet(tmp_path)
             s.pop("wall_s"), s.pop("sim_requests_per_s")
         return doc
     assert same(json.loads(after.stdout)) == same(json.loads(before.stdout))
-    bare = tmp_path / "bare.json"
-    make_plan().save(bare)
-    r = _run(str(bare), "--duration", "1")
-    assert r.returncode == 2 and "no embedded fleet" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(InputError, match="no embedded fleet"):   # a plan without one, and no what-if fleet
+        simulate(make_plan(), duration_s=1)
 
 
 def test_sweep_runs_every_cell_and_reports_confidence_intervals(tmp_path):
