@@ -230,8 +230,8 @@ def local_step_predictor(plan: Plan, app: AppSpec,
             try:
                 if p is not None and p.kind == "piece" and p.file and Path(p.file).is_file():
                     ms = cm.piece_ms(piece_from_onnx(p.file, piece_id=p.id), local)
-                elif split_node(node, classes)[1] in app.transforms:
-                    ms = cm.transform_ms(app.transforms[split_node(node, classes)[1]], local)
+                elif split_node(_plain(node), classes)[1] in app.transforms:
+                    ms = cm.transform_ms(app.transforms[split_node(_plain(node), classes)[1]], local)
             except Exception:  # a piece the cost model cannot read: no local prediction for it
                 ms = None
             cache[node] = ms
@@ -543,6 +543,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
             queues = svc.mean_queues()
             site_rows = _site_rows(svc, sent_s, queues)
             exe_plan, graph, run = svc.plan, svc.graph, svc.fleet_run
+            svc_prefix = svc.node_prefix
             emu = LinkEmulator(route_table(exe_plan.fleet_model(), [x for x in dict.fromkeys(graph.sites.values()) if x]))
             load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     exe_classes = run.classes if run is not None and run.prefixed else ()
@@ -556,7 +557,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     # `local`; links as the fleet declares them), scheduled as the runtime runs a request, plus the
     # runtime's own time per step and hop measured on this host; replayed: the same schedule with each
     # step's measured p50 (the latency semantics checked apart from the cost model and the load)
-    fan = {n: app.transforms[base].fanout for n in graph.nodes for base in [split_node(n, exe_classes)[1]]
+    fan = {n: app.transforms[base].fanout for n in graph.nodes for base in [split_node(_plain(n), exe_classes)[1]]
            if base in app.transforms and app.transforms[base].fanout != 1.0}
     run_ms = overheads.run_ms if overheads else 0.0   # the runner's call around a piece, beyond its own run
     local = {n: (r.predicted_local_ms or 0.0) + (run_ms if graph.kinds.get(n) == "piece" else 0.0)
@@ -571,6 +572,8 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
         ms = own_latency(t)
         acc["lat"].append(ms)
         acc["client"].append(t.latency_ms)
+        if not _of_generation(t.steps, svc_prefix):   # --adapt: a request of an earlier plan, not in the final graph
+            continue
         srcs = list(d.sources)
         acc["local"] += _replays(graph, t.steps, local, emu.route, fan, overheads, (seed, i), srcs)
         acc["replay"] += _replays(graph, t.steps, measured, emu.route, fan, overheads, (seed, i), srcs)
@@ -606,6 +609,18 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                      traces=[{"device_class": d.trace.device_class,
                               "latency_ms": own_latency(d.trace),
                               "steps": [list(s) for s in d.trace.steps]} for d in done if d.trace is not None])
+
+
+def _plain(node: str) -> str:
+    """A node id without the generation prefix a live move gives it (`g2~`: runtime.livemove)."""
+    head, sep, rest = node.partition("~")
+    return rest if sep and head[:1] == "g" and head[1:].isdigit() else node
+
+
+def _of_generation(steps: list, prefix: str) -> bool:
+    """True when the request's compute steps ran on the nodes of generation `prefix`."""
+    return all((name != _plain(name)) == bool(prefix) and name.startswith(prefix)
+               for kind, name, _ in steps if kind == "compute")
 
 
 def _start_adapt(svc, plan: Plan, policy: "AdaptPolicy | None",
