@@ -32,8 +32,8 @@ _BISECT_STEPS = 7
 
 def _solve_under(mdl: _Model, keys: list[str], time_limit_s: float, workers: int = 1) -> tuple[int, cp_model.CpSolver]:
     """Solve `mdl` (feasibility) with the assumptions `keys` held; (status, solver)."""
-    mdl.m.ClearAssumptions()
-    mdl.m.AddAssumptions([mdl.assumptions[k] for k in keys])
+    mdl.m.clear_assumptions()
+    mdl.m.add_assumptions([mdl.assumptions[k] for k in keys])
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.05, float(time_limit_s))
     solver.parameters.num_workers = workers
@@ -162,16 +162,16 @@ def _needs(problem: Problem, core: list[str], time_limit_s: float) -> str:
     mdl = _Model(problem, assume=True)
     # every capacity may overshoot (the core is one infeasible set; others may bind as well), SLOs hold
     soft = [k for k in mdl.assumptions if k in mdl.limits]
-    mdl.m.AddAssumptions([lit for k, lit in mdl.assumptions.items() if k not in soft])
-    worst = mdl.m.NewIntVar(0, 10**12, "worst_overshoot_permille")
+    mdl.m.add_assumptions([lit for k, lit in mdl.assumptions.items() if k not in soft])
+    worst = mdl.m.new_int_var(0, 10**12, "worst_overshoot_permille")
     for k in soft:
         expr, limit = mdl.limits[k]
         unit = max(1, limit // 10**6)        # overshoot counted in units of ~1e-6 of the limit (no overflow)
-        slack = mdl.m.NewIntVar(0, min(2**40, 2**62 // unit), f"over[{k}]")
-        mdl.m.Add(slack * unit >= expr - limit)
+        slack = mdl.m.new_int_var(0, min(2**40, 2**62 // unit), f"over[{k}]")
+        mdl.m.add(slack * unit >= expr - limit)
         # the overshoot of every binding constraint, in thousandths of its own limit, is at most `worst`
-        mdl.m.Add(worst * max(1, limit // unit) >= 1000 * slack)
-    mdl.m.Minimize(worst)
+        mdl.m.add(worst * max(1, limit // unit) >= 1000 * slack)
+    mdl.m.minimize(worst)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.1, time_limit_s)
     solver.parameters.num_workers = 8
