@@ -233,6 +233,7 @@ def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
     def cap_keys(child: str, direction: str, scale: float) -> tuple[str, ...]:
         sc = fleet.classes[child]
         link = sc.link
+        assert link is not None and sc.attach is not None   # a hop's child class attaches over its link
         bw = link.uplink_mbps if direction == "up" else link.downlink_mbps
         k1 = f"{child}:{direction}"
         caps[k1] = mbps_to_bps(bw * scale * sc.count)
@@ -290,7 +291,8 @@ def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
             energy_uj.append({s: j_to_uj(per_request * cost_model.compute_energy_j(
                 rf * ms[n][s], fleet.classes[s].device)) if a["kind"] in ("piece", "transform") else 0
                 for s in runs})
-        hops: dict[tuple[str, str], tuple[Hop, ...]] = {}
+        # (child class, direction, link, bandwidth scale) of each link crossed from a_ to b_
+        hops: dict[tuple[str, str], tuple[tuple[str, str, LinkSpec, float], ...]] = {}
         for a_ in chain:
             for b_ in chain:
                 if a_ == b_:
