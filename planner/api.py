@@ -488,8 +488,9 @@ def _prove_alone(problem: Problem, alone: dict[str, SolveResult], hint: dict[str
         sub = replace(problem.only_class(n), budget_uusd_h=None)
         start = alone[n].assignment or {n: hint[n]}
         r = solve(sub, 0.8 * left() / (len(todo) - i), hint=start, secondary=secondary, secondary_share=_TIE_SHARE)
-        if r.status in ("optimal", "feasible") and (alone[n].objective is None or r.status == "optimal"
-                                                     or r.objective <= alone[n].objective):
+        prev = alone[n].objective
+        if r.status in ("optimal", "feasible") and (prev is None or r.status == "optimal"
+                                                     or (r.objective is not None and r.objective <= prev)):
             out[n] = r
     return out
 

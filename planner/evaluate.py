@@ -306,10 +306,10 @@ def evaluate(problem: Problem, assignment: Assignment, levels: Mapping[str, int]
     for key, used in link.items():
         if used > problem.link_cap_bps[key]:
             violations.append(f"link {key}: {used / 1e6:.2f} Mbit/s > {problem.link_cap_bps[key] / 1e6:.2f} Mbit/s")
-    for model, used in problem.cuts_used(assignment).items():
+    for model, cuts in problem.cuts_used(assignment).items():
         g = next(x for x in problem.segments if x.model == model)
-        if len(used) + 1 > g.max_pieces:
-            violations.append(f"pieces of {model}: {len(used) + 1} > max_pieces {g.max_pieces}")
+        if len(cuts) + 1 > g.max_pieces:
+            violations.append(f"pieces of {model}: {len(cuts) + 1} > max_pieces {g.max_pieces}")
     cost += sum(ce.egress_uusd_h for ce in classes.values())
     if problem.budget_uusd_h is not None and cost > problem.budget_uusd_h:
         violations.append(f"budget: {cost / 1e6:.2f} $/h > {problem.budget_uusd_h / 1e6:.2f} $/h")
