@@ -2,7 +2,8 @@
 
 Part 1: synthetic 3-model ensembles of 10-50 pieces on fleets of 5-20 site classes (10,000
 devices), cost and latency objectives, 10 s limit; goal: 50 pieces x 20 site classes proven
-optimal (gap 0) within 10 s. The time is the whole `plan_graph` optimisation (per-class solves,
+optimal (gap 0) within 10 s, with the sum latency model (these ensembles are DAGs: their
+default overlap model is not proven at that scale, see part 4 for its proof times). The time is the whole `plan_graph` optimisation (per-class solves,
 the joint CP-SAT solve when classes couple, tie-breaking), without baselines and without the
 what-would-it-need analysis of uncovered classes; `proof s` is when the optimum was proven
 (before tie-breaking among equally good plans). Queueing waits are on (the default). The
@@ -13,9 +14,19 @@ partitioning literature), latency objective, no SLO: the optimum's objective (th
 request-weighted mean sink latency, what CP-SAT minimises) and its gain over all-on-device,
 all-in-cloud, the best single split (Neurosurgeon) and greedy, each baseline's objective
 evaluated by the same function (planner.evaluate, same queueing levels logic). The JSON also
-keeps each one's mean of the slowest sink per class (`latency_ms`), which is not the objective. Prints rich tables, writes benchmarks/results/planner.json.
+keeps each one's mean of the slowest sink per class (`latency_ms`), which is not the objective.
+Part 3 (issue #16, cuts chosen with the placement): the default plan (candidate segments, cuts
+chosen by CP-SAT, max_pieces after the choice) against the plan over the reference cuts: one
+piece per layer for the 24-layer AlexNet profile (tests/planner/data/alexnet24_app.yaml, phone ->
+cloud at the five uplinks) and every candidate cut (<= 4 tensors) for the bundled ONNX examples;
+the older default (cut beforehand at the cheapest cuts into max_pieces) beside them. Goal: gap 0
+for the chain, <= 1% for the ONNX examples, the examples planned in <= 10 s.
+Part 4 (overlap): DAG apps (synthetic 3-model ensembles whose crop feeds two branches, 17 random
+8-piece DAGs with fan-out and joins, the examples) planned for latency under the sum model and under the overlap model, both plans
+evaluated under overlap (what the runtime executes): the overlap plan's gain, and proof times.
+Prints rich tables, writes benchmarks/results/planner.json.
 
-    python benchmarks/planner.py [--pieces 10,25,50] [--classes 5,10,20] [--skip-examples]
+    python benchmarks/planner.py [--pieces 10,25,50] [--classes 5,10,20] [--skip-examples] [--parts 1,2,3,4]
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,15 +50,19 @@ from tierplan.devices.fleet import resolve_fleet  # noqa: E402
 from tierplan.planner.api import plan_graph  # noqa: E402
 from tierplan.planner.build import SloTarget  # noqa: E402
 from tierplan.errors import InfeasibleError  # noqa: E402
-from tierplan.planner.synthetic import UPLINKS_MBPS, synthetic_app, synthetic_fleet, synthetic_fleet_spec  # noqa: E402
+from tierplan.planner.synthetic import (  # noqa: E402
+    UPLINKS_MBPS, synthetic_app, synthetic_dag, synthetic_fleet, synthetic_fleet_spec,
+)
 
 SHAPES = {5: (3, 1, 1), 10: (6, 2, 2), 20: (12, 5, 3)}   # site classes -> (edge, base station, cloud)
 SLO = {"out0": SloTarget(300.0), "out1": SloTarget(600.0), "out2": SloTarget(600.0)}
 GOAL_PIECES, GOAL_CLASSES, GOAL_S = 50, 20, 10.0
 EXAMPLES = ("read-text", "smart-city")
+REF_SEGMENTS = 48    # candidate segments per model of the reference plan (the default is 16)
+DAG_SEEDS = 17       # random DAGs in the overlap part (the issue's count)
 
 
-def scaling(pieces: list[int], classes: list[int], cm) -> list[dict]:
+def scaling(pieces: list[int], classes: list[int], cm, latency_model: str = "sum") -> list[dict]:
     rows = []
     for n in pieces:
         app = synthetic_app(n, n_models=3)
@@ -55,7 +71,7 @@ def scaling(pieces: list[int], classes: list[int], cm) -> list[dict]:
             for objective in ("cost", "latency"):
                 t0 = time.perf_counter()
                 plan = plan_graph(app, fleet, cm, slo=SLO, objective=objective, time_limit_s=GOAL_S,
-                                  with_baselines=False, analyse_uncovered=False)
+                                  with_baselines=False, analyse_uncovered=False, latency_model=latency_model)
                 wall = time.perf_counter() - t0
                 goal = None
                 proof = plan.solver.get("proof_s")
@@ -66,7 +82,7 @@ def scaling(pieces: list[int], classes: list[int], cm) -> list[dict]:
                              "site_classes": k, "edge_classes": SHAPES[k][0], "objective": objective,
                              "status": plan.status, "gap": plan.gap, "solve_s": round(wall, 3),
                              "proof_s": proof if plan.status == "optimal" and proof != "none" else None,
-                             "coverage_share": plan.coverage_share, "goal_met": goal,
+                             "coverage_share": plan.coverage_share, "goal_met": goal, "latency_model": latency_model,
                              "load_avg_1min": round(os.getloadavg()[0], 2)})
     return rows
 
@@ -114,16 +130,152 @@ def gains(cm) -> list[dict]:
     return rows
 
 
+def _solver_s(plan) -> tuple[float | None, str]:
+    proof = plan.solver.get("proof_s")
+    return (proof if plan.status == "optimal" and proof not in (None, "none") else None), plan.status
+
+
+def cuts(cm) -> list[dict]:
+    """Default plan vs the reference cuts (per layer / every candidate), and the older default."""
+    from tierplan.loader import load_app, load_fleet
+    from tierplan.partition.app_graph import build_app_graph
+    from tierplan.spec import FleetSpec
+
+    rows: list[dict] = []
+    alex = load_app(REPO / "tests" / "planner" / "data" / "alexnet24_app.yaml")
+    for mbps in UPLINKS_MBPS + (1000.0,):
+        fleet = FleetSpec.model_validate({
+            "name": "client-server",
+            "sites": {"phones": {"tier": "edge", "device": "rpi4", "count": 10, "attach": "server", "link": "wifi"},
+                      "server": {"tier": "cloud", "device": "aws-g5-xlarge", "max_instances": 4}},
+            "links": {"wifi": {"uplink_mbps": mbps, "downlink_mbps": max(mbps, 1.0), "rtt_ms": 10}}})
+        rows.append(_cut_row(f"alexnet24 @ {mbps:g} Mbit/s", alex, fleet, "latency", cm,
+                             lambda app: build_app_graph(app, None, max_pieces=24), "per layer"))
+    for name in EXAMPLES:
+        app = load_app(REPO / "examples" / name / "app.yaml")
+        fleet = load_fleet(REPO / "examples" / name / "fleet.yaml")
+        for objective in ("cost", "latency"):
+            # every candidate cut (161-358 segments per model) is not solved within minutes: 48 per model
+            rows.append(_cut_row(f"{name} ({objective})", app, fleet, objective, cm,
+                                 lambda a: build_app_graph(a, None, segments=REF_SEGMENTS),
+                                 f"{REF_SEGMENTS} candidates"))
+    return rows
+
+
+def _cut_row(name: str, app, fleet, objective: str, cm, reference, ref_name: str) -> dict:
+    from tierplan.devices.fleet import resolve_fleet as _resolve
+    from tierplan.planner.api import plan_app
+
+    t0 = time.perf_counter()
+    default = plan_app(app, fleet, objective=objective, cost_model=cm, time_limit_s=GOAL_S)
+    wall = time.perf_counter() - t0
+    before = plan_app(app, fleet, objective=objective, cost_model=cm, time_limit_s=GOAL_S, segments=None)
+    t1 = time.perf_counter()
+    ref = plan_graph(reference(app), _resolve(fleet), cm, objective=objective, time_limit_s=6 * GOAL_S,
+                     slo={s.sink: SloTarget(s.latency_ms, s.percentile) for s in app.slo},
+                     with_baselines=False, analyse_uncovered=False)
+    ref_wall = time.perf_counter() - t1
+    gap = (default.objective - ref.objective) / ref.objective if ref.objective else 0.0
+    old_gap = (before.objective - ref.objective) / ref.objective if ref.objective else 0.0
+    return {"case": name, "objective": objective, "reference": ref_name,
+            "default": default.objective, "default_status": default.status, "default_s": round(wall, 2),
+            "default_proof_s": _solver_s(default)[0], "default_pieces": sum(p.kind == "piece" for p in default.pieces),
+            "reference_value": ref.objective, "reference_status": ref.status, "reference_s": round(ref_wall, 2),
+            "reference_pieces": sum(p.kind == "piece" for p in ref.pieces),
+            "gap": round(gap, 5), "before": before.objective, "before_gap": round(old_gap, 5),
+            "load_avg_1min": round(os.getloadavg()[0], 2)}
+
+
+def overlap(cm, seeds: int = 6) -> list[dict]:
+    """Latency optimum under the sum model vs the overlap model, both evaluated under overlap."""
+    from tierplan.loader import load_app, load_fleet
+    from tierplan.partition.app_graph import build_app_graph
+    from tierplan.planner.build import build_problem
+    from tierplan.planner.evaluate import evaluate
+    from tierplan.planner.formulation import solve
+    from tierplan.spec import ObjectiveSpec
+
+    cases = [(f"ensemble-9 seed {s}", synthetic_app(9, n_models=3, seed=s),
+              resolve_fleet(_with_uplink(synthetic_fleet_spec(2, 1, 1, 100), [1.1, 5.85, 18.88][s % 3])))
+             for s in range(seeds)]
+    cases += [(f"random DAG-8 seed {s}", synthetic_dag(8, seed=s),
+               resolve_fleet(_with_uplink(synthetic_fleet_spec(1, 1, 1, 100), [5.85, 18.88, 100.0][s % 3])))
+              for s in range(DAG_SEEDS)]
+    for name in EXAMPLES:
+        app = load_app(REPO / "examples" / name / "app.yaml")
+        cases.append((name, build_app_graph(app, None, segments=16), resolve_fleet(load_fleet(REPO / "examples" / name / "fleet.yaml"))))
+    rows = []
+    for name, graph, fleet in cases:
+        w = ObjectiveSpec(latency=1.0)
+        over, _ = build_problem(graph, fleet, cm, weights=w, latency_model="overlap")
+        summed, _ = build_problem(graph, fleet, cm, weights=w, latency_model="sum")
+        over, summed = replace(over, segments=()), replace(summed, segments=())
+        t0 = time.perf_counter()
+        r_over = solve(over, 6 * GOAL_S)
+        t_over = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        r_sum = solve(summed, 6 * GOAL_S)
+        t_sum = time.perf_counter() - t0
+        if not (r_over.assignment and r_sum.assignment):
+            rows.append({"case": name, "status": f"{r_over.status}/{r_sum.status}"})
+            continue
+        l_over = evaluate(over, r_over.assignment, r_over.levels).latency_term
+        l_sum = evaluate(over, r_sum.assignment, r_sum.levels).latency_term
+        rows.append({"case": name, "nodes": len(over.nodes), "classes": len(over.classes),
+                     "overlap_status": r_over.status, "sum_status": r_sum.status,
+                     "overlap_plan": l_over, "sum_plan_under_overlap": l_sum,
+                     "sum_plan_as_planned": evaluate(summed, r_sum.assignment, r_sum.levels).latency_term,
+                     "gain": round((l_sum - l_over) / l_sum, 5) if l_sum else 0.0,
+                     "overlap_proof_s": round(r_over.proof_s or r_over.solve_s, 2),
+                     "sum_proof_s": round(r_sum.proof_s or r_sum.solve_s, 2),
+                     "overlap_s": round(t_over, 2), "sum_s": round(t_sum, 2)})
+    return rows
+
+
+def _print_cuts(con, rows: list[dict]) -> None:
+    t = Table(title="cuts chosen with the placement: default plan vs the reference cuts (gap = default / reference - 1; "
+                    "before = cut beforehand into max_pieces)", title_justify="left")
+    for col in ("case", "reference", "reference", "ref pieces", "ref status", "default", "pieces", "status", "gap",
+                "before", "before gap", "default s", "proof s", "load"):
+        t.add_column(col, justify="left" if col in ("case", "reference", "status", "ref status") else "right")
+    for r in rows:
+        t.add_row(r["case"], r["reference"], f"{r['reference_value']:.4g}", str(r["reference_pieces"]),
+                  r["reference_status"], f"{r['default']:.4g}", str(r["default_pieces"]), r["default_status"],
+                  f"{100 * r['gap']:+.2f}%", f"{r['before']:.4g}", f"{100 * r['before_gap']:+.2f}%",
+                  f"{r['default_s']:.2f}", "-" if r["default_proof_s"] is None else f"{r['default_proof_s']:.2f}",
+                  f"{r['load_avg_1min']:.1f}")
+    con.print(t)
+
+
+def _print_overlap(con, rows: list[dict]) -> None:
+    t = Table(title="overlap on DAG apps (latency objective, summed over classes and sinks, us): the sum model's "
+                    "optimum and the overlap model's, both evaluated under overlap", title_justify="left")
+    for col in ("case", "nodes", "classes", "sum plan (as planned)", "sum plan (overlap)", "overlap plan", "gain",
+                "status sum/overlap", "proof s sum", "proof s overlap"):
+        t.add_column(col, justify="left" if col in ("case", "status sum/overlap") else "right")
+    for r in rows:
+        if "gain" not in r:
+            t.add_row(r["case"], *[""] * 6, r["status"], "", "")
+            continue
+        t.add_row(r["case"], str(r["nodes"]), str(r["classes"]), f"{r['sum_plan_as_planned']:,}",
+                  f"{r['sum_plan_under_overlap']:,}", f"{r['overlap_plan']:,}", f"{100 * r['gain']:.1f}%",
+                  f"{r['sum_status']}/{r['overlap_status']}", f"{r['sum_proof_s']:.2f}", f"{r['overlap_proof_s']:.2f}")
+    con.print(t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pieces", default="10,25,50")
     ap.add_argument("--classes", default="5,10,20")
     ap.add_argument("--skip-examples", action="store_true")
+    ap.add_argument("--parts", default="1,2,3,4", help="which parts to run (1 scaling, 2 gains, 3 cuts, 4 overlap)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "planner.json"))
     args = ap.parse_args()
     cm = CostModel(calibration=False)
     con = Console(width=200)
-    rows = scaling([int(x) for x in args.pieces.split(",")], [int(x) for x in args.classes.split(",")], cm)
+    parts = {int(x) for x in args.parts.split(",")}
+    rows = scaling([int(x) for x in args.pieces.split(",")], [int(x) for x in args.classes.split(",")], cm) \
+        if 1 in parts else []
     t = Table(title=f"solve time and gap (10,000 devices, 3-model ensemble, queueing on, {GOAL_S:g} s limit, "
                     f"{os.cpu_count()} CPUs; load = 1-min load average)", title_justify="left")
     for col in ("pieces", "site classes", "edge classes", "objective", "status", "gap", "solve s", "proof s",
@@ -135,8 +287,9 @@ def main() -> None:
                   "-" if r["gap"] is None else f"{100 * r['gap']:.2f}%", f"{r['solve_s']:.2f}",
                   "-" if r["proof_s"] is None else f"{r['proof_s']:.2f}",
                   f"{100 * (r['coverage_share'] or 0):.0f}%", f"{r['load_avg_1min']:.1f}", goal)
-    con.print(t)
-    gain_rows = [] if args.skip_examples else gains(cm)
+    if rows:
+        con.print(t)
+    gain_rows = [] if args.skip_examples or 2 not in parts else gains(cm)
     if gain_rows:
         names = list(next(r for r in gain_rows if r["baselines"])["baselines"])
         t = Table(title="latency objective (request-weighted mean sink latency): each baseline's objective and the "
@@ -156,9 +309,16 @@ def main() -> None:
                       f"{r['solve_s']:.2f}")
         con.print(t)
         con.print("* the baseline breaks a constraint (capacity, memory or privacy) of the fleet")
+    cut_rows = cuts(cm) if 3 in parts else []
+    if cut_rows:
+        _print_cuts(con, cut_rows)
+    overlap_rows = overlap(cm) if 4 in parts else []
+    if overlap_rows:
+        _print_overlap(con, overlap_rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": "planner", "scaling": rows, "gains": gain_rows}, indent=2))
+    out.write_text(json.dumps({"benchmark": "planner", "scaling": rows, "gains": gain_rows, "cuts": cut_rows,
+                               "overlap": overlap_rows}, indent=2))
     con.print(f"wrote {out}")
 
 

@@ -10,7 +10,7 @@ from tierplan.devices.fleet import resolve_fleet
 from tierplan.partition.types import OpCost, Piece, TensorInfo
 from tierplan.spec import DeviceSpec, FleetSpec, SinkSpec, SourceSpec, TransformSpec
 
-__all__ = ["synthetic_app", "synthetic_fleet", "synthetic_fleet_spec", "UPLINKS_MBPS"]
+__all__ = ["synthetic_app", "synthetic_dag", "synthetic_fleet", "synthetic_fleet_spec", "UPLINKS_MBPS"]
 
 # uplink presets of the partitioning literature (Neurosurgeon, JALAD): 2G-ish, 3G, 4G, Wi-Fi, LAN
 UPLINKS_MBPS = (0.13, 1.1, 5.85, 18.88, 100.0)
@@ -101,4 +101,35 @@ def synthetic_app(n_pieces: int, n_models: int = 1, seed: int = 0, fleet=None) -
         g.add_node(sid, kind="sink", spec=SinkSpec(**{"from": f"model{m}", "deliver_to": "source"}), rate_factor=1.0,
                    source="camera")
         g.add_edge(h, sid, nbytes=4_000, tensors=[f"{h}:result"], private=False)
+    return g
+
+
+def synthetic_dag(n_pieces: int, seed: int = 0) -> nx.DiGraph:
+    """A random DAG of one request: each piece reads one or two earlier nodes (fan-out and joins),
+    FLOPs and tensor sizes drawn at random; one sink reads the last piece, one the piece with most
+    readers. For the overlap benchmark: where branches on different sites can run at once."""
+    rnd = random.Random(seed)
+    g = nx.DiGraph(app=f"dag-{n_pieces}-{seed}")
+    frame = 3 * 224 * 224
+    g.add_node("camera", kind="source", spec=SourceSpec(at="edge", rate_hz=1.0, shape=[1, 3, 224, 224], dtype="uint8"),
+               pin="edge", nbytes=frame, rate_factor=1.0, source="camera")
+    nodes, sizes = ["camera"], {"camera": frame}
+    for i in range(n_pieces):
+        out_bytes = rnd.choice((4_000, 40_000, 200_000))
+        flops = rnd.uniform(0.2e9, 3e9)
+        t = TensorInfo(f"dag/t{i}", (out_bytes // 4,), "float32", out_bytes)
+        op = OpCost(f"dag/n{i}", "Conv", flops, int(flops / 100), out_bytes)
+        p = Piece(id=f"dag/p{i}", model="dag", index=i, nodes=(op.name,), inputs=(), outputs=(t,), flops=flops,
+                  param_bytes=op.param_bytes, ops=(op,))
+        g.add_node(p.id, kind="piece", piece=p, model="dag", rate_factor=1.0, source="camera")
+        for u in rnd.sample(nodes, k=min(len(nodes), rnd.choice((1, 1, 2)))):
+            g.add_edge(u, p.id, nbytes=sizes[u], tensors=[f"{u}:out"], private=False)
+        nodes.append(p.id)
+        sizes[p.id] = out_bytes
+    busiest = max(nodes[1:], key=lambda n: (g.out_degree(n), n))
+    for name, src in (("out", nodes[-1]), ("aux", busiest)):
+        sid = f"sink:{name}"
+        g.add_node(sid, kind="sink", spec=SinkSpec(**{"from": "dag", "deliver_to": "source"}), rate_factor=1.0,
+                   source="camera")
+        g.add_edge(src, sid, nbytes=4_000, tensors=[f"{src}:result"], private=False)
     return g
