@@ -430,6 +430,8 @@ def _explain(run: _Run, main: Problem, info: BuildInfo) -> None:
         if name not in run.shared_out:
             run.uncovered[name], run.notes[name], run.best_ms[name] = slo_message(
                 base, name, each, run.sink_name, info.percentile)
+        else:   # it meets its SLO alone: its best alone still says what the shared capacity costs it
+            run.best_ms[name] = slo_message(base, name, each, run.sink_name, info.percentile)[2]
 
 
 def _not_met(run: _Run, main: Problem, info: BuildInfo, ev: Evaluation,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -78,3 +79,32 @@ def test_plan_serves_the_most_devices_when_shared_capacity_binds() -> None:
     assert plan.coverage[met[0]].devices == best_devices
     assert "shared capacity" in plan.coverage[missed[0]].note
     assert plan.coverage_share == pytest.approx(best_devices / 300)
+
+
+def test_the_class_left_out_gets_its_best_latency_under_the_capacity_left() -> None:
+    """The class that misses its SLO is planned at the least latency any of its placements reaches
+    with the covered class kept where the plan put it (brute force over its placements), not at the
+    cheapest placement; plan.not_met names it with that latency and its best alone (within SLO)."""
+    graph, fleet, slo = _case(250.0)
+    plan = plan_graph(graph, fleet, cost_model(), slo=slo, with_baselines=False, analyse_uncovered=False)
+    problem, info = build_problem(graph, fleet, cost_model(), slo=slo)
+    missed = [n for n, c in plan.coverage.items() if not c.meets_slo]
+    assert len(missed) == 1
+    out = missed[0]
+    covered = next(c for c in problem.classes if c.name != out)
+    keep = tuple(plan.per_class[covered.name].get(n, plan.pins[covered.name].get(n)) for n in info.order)
+    free = problem.without_slo({out})
+    pinned = free.with_classes(tuple(
+        c if c.name == out else replace(c, allowed=tuple((s,) for s in keep)) for c in free.classes))
+    best = None
+    o = next(c for c in problem.classes if c.name == out)
+    for combo in itertools.product(*o.allowed):
+        ev = evaluate(pinned, {covered.name: keep, out: combo})
+        if ev.feasible:
+            lat = ev.classes[out].sink_us[problem.sink_nodes[0]]
+            best = lat if best is None else min(best, lat)
+    assert best is not None
+    assert plan.coverage[out].latency_ms == pytest.approx(best / 1000.0, abs=1e-3)
+    row = next(x for x in plan.not_met if x["edge_class"] == out)
+    assert row["planned_ms"] == pytest.approx(best / 1000.0, abs=1e-3) and row["best_alone_ms"] <= 250.0
+    assert "shared capacity" in str(row["why"])
