@@ -112,7 +112,7 @@ def test_smart_city_at_slo_120_serves_legacy_cams_at_its_best(tmp_path: Path) ->
     (tmp_path / "app.yaml").write_text(yaml.safe_dump(app))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "tierplan", "plan", str(tmp_path / "app.yaml"), "--fleet", str(src / "fleet.yaml"),
-           "--json", "--no-progress"]
+           "--json", "--no-progress", "--time-limit", "40"]   # generous: the CPU may be shared
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 1, r.stderr
     plan = json.loads(r.stdout)
