@@ -123,7 +123,6 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
     from rich.console import Console
-    from rich.table import Table
 
     from tierplan.adapt import LinkStep, p95_series, run_adaptive
     from tierplan.loader import load_app, load_fleet

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import numpy as np
 
@@ -214,7 +214,3 @@ class Observer:
     def figures(self, now_s: float | None = None) -> list[Figure]:
         t = time.monotonic() if now_s is None else now_s
         return [*self.link_estimates(t).values(), *self.compute_estimates(t).values()]
-
-    def observed_links(self, flagged: Iterable[Figure], all_figures: Mapping[str, Figure] | None = None) -> dict[str, float]:
-        """The link figures to re-plan with: every flagged link figure's observed value."""
-        return {f.key: f.observed for f in flagged if f.key.startswith("link:")}
