@@ -55,7 +55,7 @@ from tierplan.planner.queueing import FACTOR_SCALE, wait_us
 
 __all__ = ["SolveResult", "solve", "solve_model", "solve_coverage", "tie_break", "STATUS_NAMES"]
 
-STATUS_NAMES = {
+STATUS_NAMES: dict[cp_model.CpSolverStatus, str] = {   # what CpSolver.Solve returns -> its name
     cp_model.OPTIMAL: "optimal",
     cp_model.FEASIBLE: "feasible",
     cp_model.INFEASIBLE: "infeasible",
@@ -89,7 +89,7 @@ class _Model:
         self.limits: dict[str, tuple] = {}   # assumption key -> (expression, its limit): how far over it is
         # soft_slo: a class's SLOs hold only where its `covered` literal is true (coverage mode)
         self.covered: dict[str, cp_model.IntVar] = (
-            {c.name: self.m.NewBoolVar(f"covered[{c.name}]") for c in problem.classes if c.slo_us}
+            {c.name: self.m.new_bool_var(f"covered[{c.name}]") for c in problem.classes if c.slo_us}
             if soft_slo else {})
         # rented sites priced per busy fraction of an instance (a relaxation, planner.decompose):
         # the objective is then in units of 1/scale
@@ -106,7 +106,7 @@ class _Model:
         self.z: dict[tuple[str, int, str, str], cp_model.IntVar] = {}
         self.inst: dict[str, cp_model.IntVar] = {}
         self.level: dict[str, list[cp_model.IntVar]] = {}
-        self.sink_lat: dict[tuple[str, int], object] = {}
+        self.sink_lat: dict[tuple[str, int], list[cp_model.LinearExprT]] = {}   # a sink's latency terms
         self.sink_terms: list = []
         self.cost_terms: list = []
         self.energy_terms: list = []
@@ -120,7 +120,7 @@ class _Model:
         if expr is not None and limit is not None:
             self.limits[key] = (expr, limit)
         if key not in self.assumptions:
-            self.assumptions[key] = self.m.NewBoolVar(f"assume[{key}]")
+            self.assumptions[key] = self.m.new_bool_var(f"assume[{key}]")
         ct.OnlyEnforceIf(self.assumptions[key])
 
     # ------------------------------------------------------------------ per class
@@ -131,47 +131,47 @@ class _Model:
         for v, node in enumerate(p.nodes):
             lits = []
             for s in c.allowed[v]:
-                lit = m.NewBoolVar(f"x[{n},{node.id},{s}]")
+                lit = m.new_bool_var(f"x[{n},{node.id},{s}]")
                 self.x[(n, v, s)] = lit
                 lits.append(lit)
             # each node runs on exactly one site (pinned nodes have one allowed site)
-            m.AddExactlyOne(lits)
+            m.add_exactly_one(lits)
         pairs: dict[tuple[int, int, str, str], cp_model.IntVar] = {}
         for k, it in enumerate(p.items):
             u = it.producer
             for w in it.consumers:
                 for a in c.allowed[u]:
                     for b in c.allowed[w]:
-                        lit = m.NewBoolVar(f"p[{n},{k},{p.nodes[w].id},{a},{b}]")
+                        lit = m.new_bool_var(f"p[{n},{k},{p.nodes[w].id},{a},{b}]")
                         pairs[(k, w, a, b)] = lit
                         if it.private and a != b:
                             # private data never crosses a link: consumer on the producer's site
-                            m.Add(lit == 0)
+                            m.add(lit == 0)
                 for a in c.allowed[u]:
                     # pairs of (producer site a, any consumer site) add up to x[producer, a]
-                    m.Add(sum(pairs[(k, w, a, b)] for b in c.allowed[w]) == self.x[(n, u, a)])
+                    m.add(sum(pairs[(k, w, a, b)] for b in c.allowed[w]) == self.x[(n, u, a)])
                 for b in c.allowed[w]:
                     # pairs of (any producer site, consumer site b) add up to x[consumer, b]
-                    m.Add(sum(pairs[(k, w, a, b)] for a in c.allowed[u]) == self.x[(n, w, b)])
+                    m.add(sum(pairs[(k, w, a, b)] for a in c.allowed[u]) == self.x[(n, w, b)])
             for b in c.chain:
                 cons = [w for w in it.consumers if b in c.allowed[w]]
                 srcs = [a for a in c.allowed[u] if a != b]
                 if not cons or not srcs:
                     continue
-                yb = m.NewBoolVar(f"y[{n},{k},{b}]")
+                yb = m.new_bool_var(f"y[{n},{k},{b}]")
                 self.y[(n, k, b)] = yb
                 # y = OR of the consumers on b
                 for w in cons:
-                    m.AddImplication(self.x[(n, w, b)], yb)
-                m.AddBoolOr([self.x[(n, w, b)] for w in cons]).OnlyEnforceIf(yb)
+                    m.add_implication(self.x[(n, w, b)], yb)
+                m.add_bool_or([self.x[(n, w, b)] for w in cons]).OnlyEnforceIf(yb)
                 for a in srcs:
-                    za = m.NewBoolVar(f"z[{n},{k},{a},{b}]")
+                    za = m.new_bool_var(f"z[{n},{k},{a},{b}]")
                     self.z[(n, k, a, b)] = za
                     # z = x[producer on a] AND y[b]; every pair (a, b) implies it
-                    m.AddImplication(za, self.x[(n, u, a)])
-                    m.AddImplication(za, yb)
+                    m.add_implication(za, self.x[(n, u, a)])
+                    m.add_implication(za, yb)
                     for w in cons:
-                        m.AddImplication(pairs[(k, w, a, b)], za)
+                        m.add_implication(pairs[(k, w, a, b)], za)
                     egress = c.egress_uusd_h.get((k, a, b), 0)
                     if egress:
                         self.cost_terms.append(egress * za)
@@ -185,21 +185,21 @@ class _Model:
             anc = self.ancestors[v]
             terms = [c.compute_us[w][s] * self.x[(n, w, s)] for w in sorted(anc)
                      if p.nodes[w].kind in COMPUTE_KINDS for s in c.allowed[w] if c.compute_us[w][s]]
-            for k, cons in sink_items(p, anc, v):
+            for k, readers in sink_items(p, anc, v):
                 it = p.items[k]
                 for a in c.allowed[it.producer]:
                     for b in c.chain:
-                        lits = [pairs[(k, w, a, b)] for w in cons if (k, w, a, b) in pairs]
+                        lits = [pairs[(k, w, a, b)] for w in readers if (k, w, a, b) in pairs]
                         t_us = c.xfer_us(k, a, b)
                         if a == b or not lits or not t_us:
                             continue
                         if len(lits) == 1:
                             q = lits[0]
                         else:
-                            q = m.NewBoolVar(f"q[{n},{p.nodes[v].id},{k},{a},{b}]")
+                            q = m.new_bool_var(f"q[{n},{p.nodes[v].id},{k},{a},{b}]")
                             # the item is sent a -> b (once) when any dependency on b reads it
                             for lit in lits:
-                                m.AddImplication(lit, q)
+                                m.add_implication(lit, q)
                         terms.append(t_us * q)
             self.sink_lat[(n, v)] = terms
         for v in p.compute_nodes:
@@ -218,18 +218,18 @@ class _Model:
         horizon = (sum(max((c.compute_us[v].get(s, 0) for s in c.allowed[v]), default=0) for v in range(len(p.nodes)))
                    + sum(max((c.xfer_us(k, a, b) for a in c.allowed[it.producer] for w in it.consumers
                               for b in c.allowed[w]), default=0) for k, it in enumerate(p.items)))
-        start = {v: m.NewIntVar(0, horizon, f"S[{n},{p.nodes[v].id}]") for v in range(len(p.nodes))}
+        start = {v: m.new_int_var(0, horizon, f"S[{n},{p.nodes[v].id}]") for v in range(len(p.nodes))}
         for v, node in enumerate(p.nodes):
             if node.kind == "source":
                 # a request starts when its source produces it
-                m.Add(start[v] == 0)
+                m.add(start[v] == 0)
         for k, it in enumerate(p.items):
             u = it.producer
             for w in it.consumers:
                 delay = [c.xfer_us(k, a, b) * pairs[(k, w, a, b)] for a in c.allowed[u] for b in c.allowed[w]
                          if a != b and c.xfer_us(k, a, b)]
                 # w starts after u has finished and its input has crossed to w's site
-                m.Add(start[w] >= start[u] + dur[u] + sum(delay))
+                m.add(start[w] >= start[u] + dur[u] + sum(delay))
         # one site runs a request's nodes one at a time, in the plan's order: a clock per (request,
         # site) holds the latest finish of the nodes so far that run there (O(nodes x sites), the
         # same as every earlier pair: an earlier node v depends on has finished before v anyway)
@@ -242,12 +242,12 @@ class _Model:
                     on = self.x[(n, v, s)]
                     if clock is not None:
                         # v starts after every earlier node on s has finished
-                        m.Add(start[v] >= clock).OnlyEnforceIf(on)
-                    nxt = m.NewIntVar(0, horizon, f"C[{n},{s},{p.nodes[v].id}]")
+                        m.add(start[v] >= clock).OnlyEnforceIf(on)
+                    nxt = m.new_int_var(0, horizon, f"C[{n},{s},{p.nodes[v].id}]")
                     if clock is not None:
-                        m.Add(nxt >= clock)
+                        m.add(nxt >= clock)
                     # the clock moves to v's finish when v runs on s
-                    m.Add(nxt >= start[v] + c.compute_us[v].get(s, 0)).OnlyEnforceIf(on)
+                    m.add(nxt >= start[v] + c.compute_us[v].get(s, 0)).OnlyEnforceIf(on)
                     clock = nxt
         for v in p.sink_nodes:
             self.sink_lat[(n, v)] = [start[v]]
@@ -267,34 +267,34 @@ class _Model:
             if sd.queues and terms and len(levels) == 1:
                 self.level[s] = []      # one level: a constant wait factor, nothing to choose
             if queues:
-                u = [m.NewBoolVar(f"u[{s},{j}]") for j in range(len(levels))]
+                u = [m.new_bool_var(f"u[{s},{j}]") for j in range(len(levels))]
                 # one utilisation level per site (planner.queueing): its wait applies to visits
-                m.AddExactlyOne(u)
+                m.add_exactly_one(u)
                 self.level[s] = u
             if sd.fixed_instances:
                 if terms and queues:
                     # utilisation of owned devices under the chosen level (each serves its own requests)
-                    self._guard(f"compute:{s}", m.Add(sum(terms) + sd.base_load_ppm
+                    self._guard(f"compute:{s}", m.add(sum(terms) + sd.base_load_ppm
                                 <= sum(r * sd.max_instances * lit for (r, _), lit in zip(levels, u))),
                                 sum(terms) + sd.base_load_ppm, sd.util_cap_ppm * sd.max_instances)
                     for (r_below, _), lit in zip(levels, u[1:]):
                         # the level is the lowest the load fits under (a higher one only waits longer)
-                        m.Add(sum(terms) + sd.base_load_ppm >= r_below * sd.max_instances + 1).OnlyEnforceIf(lit)
+                        m.add(sum(terms) + sd.base_load_ppm >= r_below * sd.max_instances + 1).OnlyEnforceIf(lit)
                 elif terms:
                     # utilisation of owned devices: each device serves its own requests
                     self._guard(f"compute:{s}",
-                                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances),
+                                m.add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances),
                                 sum(terms) + sd.base_load_ppm, sd.util_cap_ppm * sd.max_instances)
                 continue
             if not terms and not sd.base_load_ppm:
                 continue
             if s in self.free:
                 # relaxation: instances paid elsewhere, within the instances there are
-                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
+                m.add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
                 continue
             if s in self.fractional:
                 # relaxation: the busy fraction of instances is paid, within the instances there are
-                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
+                m.add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * sd.max_instances)
                 per_ppm = sd.price_uusd_per_h * (self.scale // sd.util_cap_ppm)
                 self.frac_terms += [per_ppm * t for t in terms] + [per_ppm * sd.base_load_ppm]
                 continue
@@ -303,25 +303,25 @@ class _Model:
                 # diagnosis: instances beyond max_instances exist, allowed only without the assumption
                 full = sum(c.load_ppm[v][s] for c in p.classes for v in p.compute_nodes if (c.name, v, s) in self.x)
                 most = max(most, -(-(full + sd.base_load_ppm) // max(1, min(r for r, _ in levels))))
-            inst = m.NewIntVar(0, most, f"inst[{s}]")
+            inst = m.new_int_var(0, most, f"inst[{s}]")
             self.inst[s] = inst
             if most > sd.max_instances:
-                self._guard(f"compute:{s}", m.Add(inst <= sd.max_instances), inst, sd.max_instances)
+                self._guard(f"compute:{s}", m.add(inst <= sd.max_instances), inst, sd.max_instances)
             if queues:
-                per = [m.NewIntVar(0, most, f"inst[{s},{j}]") for j in range(len(levels))]
+                per = [m.new_int_var(0, most, f"inst[{s},{j}]") for j in range(len(levels))]
                 for lit, n_j in zip(u, per):
                     # instances are counted under the chosen level only
-                    m.Add(n_j == 0).OnlyEnforceIf(lit.Not())
-                m.Add(inst == sum(per))
+                    m.add(n_j == 0).OnlyEnforceIf(lit.Not())
+                m.add(inst == sum(per))
                 # utilisation of a shared site <= chosen level * rented instances
-                m.Add(sum(terms) + sd.base_load_ppm <= sum(r * n_j for (r, _), n_j in zip(levels, per)))
+                m.add(sum(terms) + sd.base_load_ppm <= sum(r * n_j for (r, _), n_j in zip(levels, per)))
             else:
                 # utilisation of a shared site at the offered load <= cap * rented instances
-                m.Add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * inst)
+                m.add(sum(terms) + sd.base_load_ppm <= sd.util_cap_ppm * inst)
             if sd.price_uusd_per_h:
                 self.cost_terms.append(sd.price_uusd_per_h * inst)
         for s, sd in p.sites.items():
-            users = {}
+            users: dict[int, list[cp_model.IntVar]] = {}   # node -> its placement literals on s
             for c in p.classes:
                 for v in p.compute_nodes:
                     if (c.name, v, s) in self.x and p.nodes[v].mem_kb:
@@ -333,13 +333,13 @@ class _Model:
                 if len(lits) == 1:
                     mv = lits[0]
                 else:
-                    mv = m.NewBoolVar(f"m[{p.nodes[v].id},{s}]")
+                    mv = m.new_bool_var(f"m[{p.nodes[v].id},{s}]")
                     for lit in lits:
-                        m.AddImplication(lit, mv)
+                        m.add_implication(lit, mv)
                 mem_terms.append(p.nodes[v].mem_kb * mv)
             # memory of one instance holds the weights of every node any class runs there
-            self._guard(f"memory:{s}", m.Add(sum(mem_terms) <= sd.memory_kb), sum(mem_terms), sd.memory_kb)
-        link_terms: dict[str, list] = {}
+            self._guard(f"memory:{s}", m.add(sum(mem_terms) <= sd.memory_kb), sum(mem_terms), sd.memory_kb)
+        link_terms: dict[str, list[tuple[int, cp_model.IntVar]]] = {}   # (bits/s, item sent) per link
         for c in p.classes:
             for (n, k, a, b), za in self.z.items():
                 if n != c.name:
@@ -347,32 +347,31 @@ class _Model:
                 for h in c.hops[(a, b)]:
                     for key in h.cap_keys:
                         link_terms.setdefault(key, []).append((c.bits_per_s[k], za))
-        for key, terms in link_terms.items():
+        for key, flows in link_terms.items():
             cap = p.link_cap_bps[key]
-            if sum(bits for bits, _ in terms) <= cap:
+            if sum(bits for bits, _ in flows) <= cap:
                 continue
             # link bandwidth: all traffic of all classes crossing this link class
-            self._guard(f"link:{key}", m.Add(sum(bits * za for bits, za in terms) <= cap),
-                        sum(bits * za for bits, za in terms), cap)
+            self._guard(f"link:{key}", m.add(sum(bits * za for bits, za in flows) <= cap),
+                        sum(bits * za for bits, za in flows), cap)
         self._pieces()
         self._waits()
         for c in p.classes:
             for v in p.sink_nodes:
-                terms = self.sink_lat[(c.name, v)]
-                lat = sum(terms) if terms else 0
-                self.sink_lat[(c.name, v)] = lat
+                lat_terms = self.sink_lat[(c.name, v)]
+                lat = sum(lat_terms) if lat_terms else 0
                 if v in c.slo_us and c.name in self.covered:
                     # SLO of the sink, for a class counted as covered (coverage mode)
-                    m.Add(lat <= c.slo_us[v]).OnlyEnforceIf(self.covered[c.name])
+                    m.add(lat <= c.slo_us[v]).OnlyEnforceIf(self.covered[c.name])
                 elif v in c.slo_us:
                     # SLO of the sink (classes that cannot meet it were dropped before the solve)
-                    self._guard(f"slo:{c.name}:{v}", m.Add(lat <= c.slo_us[v]))
-                if v in p.latency_nodes and terms:
+                    self._guard(f"slo:{c.name}:{v}", m.add(lat <= c.slo_us[v]))
+                if v in p.latency_nodes and lat_terms:
                     self.sink_terms.append(c.weight * lat)
         self.cost_expr = sum(self.cost_terms)
         if p.budget_uusd_h is not None:
             # budget: rented instances + egress within the app's $/h budget
-            self._guard("budget", m.Add(self.cost_expr <= p.budget_uusd_h))
+            self._guard("budget", m.add(self.cost_expr <= p.budget_uusd_h))
         self.latency_expr = sum(self.sink_terms)
         self.energy_expr = sum(self.energy_terms)
         self.objective = (p.coef_cost * self.cost_expr + p.coef_latency * self.latency_expr
@@ -391,14 +390,14 @@ class _Model:
                 continue
             used = []
             for j, (a, b) in enumerate(zip(g.nodes, g.nodes[1:])):
-                cut = m.NewBoolVar(f"cut[{g.model},{j}]")
+                cut = m.new_bool_var(f"cut[{g.model},{j}]")
                 used.append(cut)
                 for c in p.classes:
                     for s in c.allowed[a]:
                         # a on s and b elsewhere: the model is cut there
-                        m.Add(cut >= self.x[(c.name, a, s)] - self.x.get((c.name, b, s), 0))
+                        m.add(cut >= self.x[(c.name, a, s)] - self.x.get((c.name, b, s), 0))
             # at most max_pieces pieces per model, over every class's placement
-            m.Add(sum(used) <= g.max_pieces - 1)
+            m.add(sum(used) <= g.max_pieces - 1)
 
     def _waits(self) -> None:
         """Queueing wait per (class, sink, site visited): w_p(level of s) x J[e,s], where J[e,s]
@@ -427,30 +426,31 @@ class _Model:
                 if len(per_sink) == 1:
                     job = sum(t * lit for t, lit in next(iter(per_sink.values())))
                 else:
-                    job = m.NewIntVar(0, j_max, f"J[{c.name},{s}]")
+                    job = m.new_int_var(0, j_max, f"J[{c.name},{s}]")
                     for deps in per_sink.values():
                         # the largest job of this class on s: a request may queue behind it
-                        m.Add(job >= sum(t * lit for t, lit in deps))
+                        m.add(job >= sum(t * lit for t, lit in deps))
                 w_max = wait_us(f_max, j_max)
                 for v, deps in per_sink.items():
-                    wk = m.NewIntVar(0, w_max, f"W[{c.name},{p.nodes[v].id},{s}]")
+                    wk = m.new_int_var(0, w_max, f"W[{c.name},{p.nodes[v].id},{s}]")
                     self.sink_lat[(c.name, v)].append(wk)
                     if len(per_sink) == 1 and not u:
                         # one sink, one level: it waits w_p(cap) x its work there
-                        m.Add(FACTOR_SCALE * wk >= levels[0][1] * job)
+                        m.add(FACTOR_SCALE * wk >= levels[0][1] * job)
                         continue
                     self._wait_cuts(c, s, wk, deps, levels, u)
                     if len(deps) == 1:
                         vis = deps[0][1]
                     else:
-                        vis = m.NewBoolVar(f"vis[{c.name},{p.nodes[v].id},{s}]")
+                        vis = m.new_bool_var(f"vis[{c.name},{p.nodes[v].id},{s}]")
                         for _, lit in deps:
                             # the sink's request visits s when a piece it depends on runs there
-                            m.AddImplication(lit, vis)
-                    for (_, f), lit in zip(levels, u or [None]):
+                            m.add_implication(lit, vis)
+                    level_lits: list[cp_model.IntVar | None] = [*u] if u else [None]   # one level: none
+                    for (_, f), ulit in zip(levels, level_lits):
                         if f:
                             # it waits w_p(level) x J there (ceil, as planner.queueing.wait_us)
-                            m.Add(FACTOR_SCALE * wk >= f * job).OnlyEnforceIf([vis] + ([lit] if lit is not None else []))
+                            m.add(FACTOR_SCALE * wk >= f * job).OnlyEnforceIf([vis] + ([ulit] if ulit is not None else []))
 
     def _wait_cuts(self, c, s: str, wk, deps: list, levels: tuple, u: list) -> None:
         """Redundant linear bounds on one sink's wait at s that tighten the LP relaxation.
@@ -468,7 +468,7 @@ class _Model:
         jk_max = sum(t for t, _ in deps)
         if not u:
             # one level: the sink's own work there waits at least w_p(cap) x that work
-            m.Add(FACTOR_SCALE * wk >= levels[0][1] * jk)
+            m.add(FACTOR_SCALE * wk >= levels[0][1] * jk)
             return
         fits = [jk_max] * len(levels)
         if sd.fixed_instances and not self.assume:   # (diagnosis: capacity is an assumption, not implied here)
@@ -478,14 +478,14 @@ class _Model:
             fits = [max(0, min(jk_max, int(Fraction(max(rm, 0)) / ratio) if ratio else jk_max)) for rm in room]
         parts = []
         for j, ((_, f), lit, cap) in enumerate(zip(levels, u, fits)):
-            part = m.NewIntVar(0, max(cap, 0), f"jl[{c.name},{s},{j},{id(wk)}]")
+            part = m.new_int_var(0, max(cap, 0), f"jl[{c.name},{s},{j},{id(wk)}]")
             # the copy of j_k under level j: 0 unless j is the chosen level
-            m.Add(part <= max(cap, 0) * lit)
+            m.add(part <= max(cap, 0) * lit)
             parts.append((f, part))
         # the copies add up to j_k (exactly one is non-zero in an integer solution)
-        m.Add(sum(part for _, part in parts) == jk)
+        m.add(sum(part for _, part in parts) == jk)
         # wait >= w_p(level) x j_k, linear in the copies
-        m.Add(FACTOR_SCALE * wk >= sum(f * part for f, part in parts if f))
+        m.add(FACTOR_SCALE * wk >= sum(f * part for f, part in parts if f))
 
     def _min_load_ratio(self, c, s: str, deps: list) -> Fraction:
         """Least load (ppm) per us of work among a sink's pieces on s; 0 when one loads nothing."""
@@ -498,7 +498,7 @@ class _Model:
         """Hand a known assignment (greedy, an old plan) to CP-SAT as a starting point."""
         for (n, v, s), lit in self.x.items():
             if n in assignment and v < len(assignment[n]):
-                self.m.AddHint(lit, int(assignment[n][v] == s))
+                self.m.add_hint(lit, int(assignment[n][v] == s))
 
 
 def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None,
@@ -533,10 +533,10 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
     mdl = _Model(problem, fractional, free=free)
     m = mdl.m
     if latency_max is not None:
-        m.Add(mdl.latency_expr <= latency_max)
+        m.add(mdl.latency_expr <= latency_max)
     if objective_max is not None:
-        m.Add(mdl.objective <= objective_max)
-    m.Minimize(mdl.objective)
+        m.add(mdl.objective <= objective_max)
+    m.minimize(mdl.objective)
     if hint:
         mdl.hint(hint)
     solver = cp_model.CpSolver()
@@ -556,11 +556,11 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
     if secondary and status == "optimal" and left > 0.2:
         expr = {"latency": mdl.latency_expr, "cost": mdl.cost_expr, "energy": mdl.energy_expr}[secondary]
         if not isinstance(expr, int):
-            m.Add(mdl.objective <= obj)
-            m.Minimize(expr)
-            m.ClearHints()
+            m.add(mdl.objective <= obj)
+            m.minimize(expr)
+            m.clear_hints()
             for (n, v, s), lit in mdl.x.items():
-                m.AddHint(lit, int(assignment[n][v] == s))
+                m.add_hint(lit, int(assignment[n][v] == s))
             solver2 = cp_model.CpSolver()
             solver2.parameters.max_time_in_seconds = left
             solver2.parameters.num_workers = _workers()
@@ -586,7 +586,7 @@ def solve_coverage(problem: Problem, time_limit_s: float, hint: dict | None = No
     m = mdl.m
     counts = {c.name: c.count for c in problem.classes}
     devices = sum(counts[n] * lit for n, lit in mdl.covered.items())
-    m.Maximize(devices)
+    m.maximize(devices)
     if hint:
         mdl.hint(hint)
     solver = _solver(time_limit_s / 2, seed)
@@ -597,9 +597,9 @@ def solve_coverage(problem: Problem, time_limit_s: float, hint: dict | None = No
     best = int(round(solver.ObjectiveValue()))
     start, _ = _read(problem, mdl, solver)
     # phase 2: at least that many devices covered, least objective
-    m.Add(devices >= best)
-    m.Minimize(mdl.objective)
-    m.ClearHints()
+    m.add(devices >= best)
+    m.minimize(mdl.objective)
+    m.clear_hints()
     mdl.hint(start)
     solver2 = _solver(max(0.2, time_limit_s - (time.perf_counter() - t0)), seed)
     code2 = solve_cp(solver2, m)
@@ -638,8 +638,8 @@ def tie_break(problem: Problem, result: SolveResult, secondary: str, time_limit_
         return result
     m = mdl.m
     # the primary objective stays at its optimum (or the incumbent's value)
-    m.Add(mdl.objective <= result.objective)
-    m.Minimize(expr)
+    m.add(mdl.objective <= result.objective)
+    m.minimize(expr)
     mdl.hint(result.assignment)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(time_limit_s)

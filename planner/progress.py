@@ -100,7 +100,7 @@ class _Callback(cp_model.CpSolverSolutionCallback):
         self._rep.emit(incumbent=self.ObjectiveValue(), bound=self.BestObjectiveBound())
 
 
-def solve_cp(solver: cp_model.CpSolver, model: cp_model.CpModel) -> int:
+def solve_cp(solver: cp_model.CpSolver, model: cp_model.CpModel) -> cp_model.CpSolverStatus:
     """`solver.Solve(model)`, reporting incumbents and bounds to the hook in force (if any)."""
     rep = _REPORTER.get()
     if rep is None:
