@@ -13,7 +13,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TypedDict
 
 import numpy as np
 
@@ -96,9 +96,28 @@ class Delivery:
         return sum(int(a.nbytes) for a in self.tensors.values())
 
 
+class _FrameHead(TypedDict):
+    """The pb.Frame fields every header frame of a delivery repeats (keywords of pb.Frame)."""
+
+    request_id: str
+    src: str
+    dst: str
+    branch: str
+    deadline_unix_ms: float
+    sent_unix_ms: float
+    trace: str
+
+
+class _BundleHead(_FrameHead):
+    """A same-host bundle's header fields: the delivery's outcome rides on every frame."""
+
+    error: str
+    empty: bool
+
+
 def delivery_frames(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.Frame]:
     """The frames of one delivery: per tensor a header with the first chunk, then the rest."""
-    head = dict(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
+    head: _FrameHead = dict(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
                 deadline_unix_ms=d.deadline_unix_ms, sent_unix_ms=d.sent_unix_ms,
                 trace=json.dumps(d.trace) if d.trace else "")
     if d.error or d.empty or not d.tensors:
@@ -219,7 +238,7 @@ def _trace_of(text: str) -> list:
 
 
 def _header(d: Delivery, arrays: dict[str, np.ndarray]) -> bytes:
-    head = dict(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
+    head: _BundleHead = dict(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
                 deadline_unix_ms=d.deadline_unix_ms, sent_unix_ms=d.sent_unix_ms,
                 trace=_dumps(d.trace) if d.trace else "", error=d.error, empty=d.empty)
     frames = [pb.Frame(**head)] if not arrays else \
