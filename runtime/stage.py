@@ -267,6 +267,7 @@ class StageWorker(pbg.StageServicer):
 
     def _register(self) -> None:
         """Tell the controller where this worker listens (retried while the controller starts)."""
+        assert self.controller is not None   # start() runs this only for a worker that has one
         deadline = time.time() + 60
         while not self._stop.is_set() and time.time() < deadline:
             try:

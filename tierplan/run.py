@@ -675,7 +675,7 @@ def _class_rows(plan: Plan, streams: list[Stream], done: list[_Done], per: dict[
         names = [n.removeprefix("sink:") for n in sinks]
         fleet_sinks = plan.class_sinks.get(cls) or plan.sinks
         lat = [fleet_sinks[n].latency_ms for n in names if n in fleet_sinks]
-        slos = [fleet_sinks[n].slo_ms for n in names if n in fleet_sinks and fleet_sinks[n].slo_ms]
+        slos = [slo_ms for n in names if n in fleet_sinks and (slo_ms := fleet_sinks[n].slo_ms)]
         slo = min(slos) if slos else None
         p95 = _pct(acc["lat"], 95)
         cov = plan.coverage.get(cls)
