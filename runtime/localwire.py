@@ -18,6 +18,11 @@ part: the sender reuses the segment after it and keeps its retry and deadline lo
 back as `LocalCallError`, a grpc.RpcError with a status code). Only deployments without TLS use
 it: with mutual TLS every delivery stays on the authenticated gRPC channel (and only same-user
 processes may connect: the server checks the peer's uid).
+
+Less work per hop: a stage worker runs an acknowledged delivery on the connection's own thread
+when it has a free compute slot (`LocalServer(on_accepted=...)`), a piece may write its outputs
+straight into a pooled segment (`placement`, `LocalClient.place`, `Placed`: the send then writes
+only the header, no tensor copy), and the reply thread is woken by replies only.
 """
 
 from __future__ import annotations
