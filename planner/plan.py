@@ -152,6 +152,9 @@ class Plan(_M):
     fleet: dict | None = Field(None, description="the fleet as planned: FleetSpec JSON with every device "
                                                  "inline (Plan.fleet_model() rebuilds it)")
     app: dict | None = Field(None, description="the app as planned: AppSpec JSON (Plan.app_spec() rebuilds it)")
+    batch_free_models: list[str] = Field(default_factory=list,
+                                         description="models whose ONNX inputs all have a free first dimension: "
+                                                     "their pieces may batch (runtime and simulator read this)")
     # issue #16: whether every device meets its SLO, and each (class, sink) that does not
     slo_met: bool | None = Field(None, description="every device within its SLOs (None: no SLO given)")
     not_met: list[dict[str, str | float | int]] = Field(
@@ -162,7 +165,7 @@ class Plan(_M):
         """This plan with the app and the resolved fleet embedded (model paths made absolute)."""
         return self.model_copy(update={"fleet": fleet.to_spec().model_dump(mode="json", by_alias=True,
                                                                             exclude_none=True),
-                                       "app": _app_json(app)})
+                                       "app": _app_json(app), "batch_free_models": batch_free_models(app)})
 
     def fleet_spec(self) -> "FleetSpec":
         """The fleet this plan was made for, with every device inline (no catalog, no fleet.yaml)."""
@@ -277,6 +280,27 @@ def _absolute(p: str, base: Path) -> str:
     if p.startswith("pkg:") or Path(p).is_absolute():
         return p
     return os.path.normpath(base / p)
+
+
+def batch_free_models(app: "AppSpec") -> list[str]:
+    """The app's ONNX models whose graph inputs all have a free (symbolic or unknown) first dimension:
+    partitioning binds it to 1, and a batching site frees it again (runtime.batchdim). Decided here,
+    from the model files, so that downstream needs only the plan."""
+    import onnx
+    out = []
+    for name, m in app.models.items():
+        if not m.onnx:
+            continue
+        try:
+            model = onnx.load(str(app.resolve_path(m.onnx)), load_external_data=False)
+        except Exception:   # unreadable here: not known to batch  # noqa: BLE001
+            continue
+        inits = {i.name for i in model.graph.initializer}
+        ins = [i for i in model.graph.input if i.name not in inits]
+        if ins and all(i.type.tensor_type.shape.dim and not i.type.tensor_type.shape.dim[0].HasField("dim_value")
+                       for i in ins):
+            out.append(name)
+    return out
 
 
 def _app_json(app: "AppSpec") -> dict:

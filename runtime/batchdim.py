@@ -6,17 +6,17 @@ cost and cut them, and every piece is then written with batch 1. A site that bat
 first dimension, so a piece of a model whose inputs had a free first dimension is served with
 that dimension freed again (`free_batch`), after checking with onnxruntime that a batch of two
 gives the two single results (a piece that reshapes to a fixed batch fails the check and keeps
-batch 1). `model_batch_free` says whether a model file's inputs have a free first dimension:
-the rule the simulator uses too (simulations.batching), so both batch the same pieces.
+batch 1). Which models have a free first dimension is decided at plan time
+(`Plan.batch_free_models`, planner.plan.batch_free_models), and the simulator reads the same list
+(simulations.batching), so both batch the same pieces.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["model_batch_free", "free_batch", "BATCH_DIM"]
+__all__ = ["free_batch", "BATCH_DIM"]
 
 BATCH_DIM = "batch"
 _CHECK_RTOL = 1e-4
@@ -26,18 +26,6 @@ _CHECK_ATOL = 1e-5
 def _graph_inputs(model):
     inits = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
-
-
-def model_batch_free(path: str | Path) -> bool:
-    """True when every input of the ONNX file at `path` has a free (symbolic or unknown) first dimension."""
-    import onnx
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:   # unreadable: not known to batch
-        return False
-    ins = _graph_inputs(model)
-    return bool(ins) and all(i.type.tensor_type.shape.dim and not i.type.tensor_type.shape.dim[0].HasField("dim_value")
-                             for i in ins)
 
 
 def _rand(info, batch: int, rng) -> np.ndarray:

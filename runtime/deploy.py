@@ -75,11 +75,10 @@ def with_free_batch(plan: Plan, files: Mapping[str, pb.PieceFile], batch_sites: 
     """`files` with each onnxruntime piece on a batching site served with its batch dimension free again
     when its model's inputs had one (runtime.batchdim: partitioning bound it to 1), so the site can
     batch its requests; a piece that fails the check, or whose model is fixed-size, is left as it is."""
-    if plan.app is None or not batch_sites:
+    if not plan.batch_free_models or not batch_sites:
         return dict(files)
-    from tierplan.runtime.batchdim import free_batch, model_batch_free
-    app = plan.app_spec()
-    free_models = {name for name, m in app.models.items() if m.onnx and model_batch_free(app.resolve_path(m.onnx))}
+    from tierplan.runtime.batchdim import free_batch
+    free_models = set(plan.batch_free_models)
     pieces = {p.id: p for p in plan.pieces}
     out = dict(files)
     for node, f in files.items():

@@ -162,13 +162,10 @@ def _first_dim_names(path: Path) -> set[str]:
 
 
 def _batch_free_models(plan) -> set[str]:
-    """The app's models whose ONNX inputs all have a free first dimension (the plan's embedded app):
-    the runtime serves their pieces on batching sites with that dimension freed again (partitioning
-    binds it to 1; runtime.batchdim), so they batch."""
-    if getattr(plan, "app", None) is None:
-        return set()
-    app = plan.app_spec()
-    return {name for name, m in app.models.items() if m.onnx and _onnx_batchable(app.resolve_path(m.onnx))}
+    """The app's models whose ONNX inputs all have a free first dimension (`plan.batch_free_models`,
+    decided at plan time): the runtime serves their pieces on batching sites with that dimension
+    freed again (partitioning binds it to 1; runtime.batchdim), so they batch."""
+    return set(getattr(plan, "batch_free_models", None) or ())
 
 
 def _batchable(piece, path: Path | None, free_models: frozenset[str] | set[str] = frozenset()) -> bool | None:

@@ -9,7 +9,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from tierplan.runtime.batchdim import BATCH_DIM, free_batch, model_batch_free
+from tierplan.loader import load_app
+from tierplan.planner.plan import batch_free_models
+from tierplan.runtime.batchdim import BATCH_DIM, free_batch
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "smart-city"
 
@@ -26,8 +28,7 @@ def _bound_to_one(path: Path) -> bytes:
 
 def test_the_smart_city_classifier_batches_and_the_detector_does_not():
     """classifier.onnx takes any batch of crops (its first dimension is `batch`); the detector takes one frame."""
-    assert model_batch_free(EXAMPLE / "classifier.onnx")
-    assert not model_batch_free(EXAMPLE / "detector.onnx")
+    assert batch_free_models(load_app(EXAMPLE / "app.yaml")) == ["classifier"]
 
 
 def test_a_batch_one_classifier_is_freed_and_a_batch_of_four_gives_the_four_single_results():
