@@ -151,10 +151,13 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
     `latency_model`: "sum" or "overlap" (planner.build.build_problem); None: sum for chains,
     overlap for DAGs (plan.latency_semantics says which).
 
-    Example:
-        >>> plan = plan_graph(g, resolve_fleet(fleet_spec), CostModel(), slo={"out": SloTarget(100)})
-        >>> plan.status, plan.per_class["cameras"]["detector/p0"]
-        ('optimal', 'cameras')
+    Example (a seeded 4-piece chain on a one-class-per-tier fleet of 100 devices):
+        >>> from tierplan.devices.costmodel import CostModel
+        >>> from tierplan.planner.synthetic import synthetic_app, synthetic_fleet
+        >>> fleet = synthetic_fleet(1, 1, 1, 100)
+        >>> plan = plan_graph(synthetic_app(4, fleet=fleet), fleet, CostModel())
+        >>> plan.status, plan.latency_semantics.split(":")[0], sorted(plan.per_class)
+        ('optimal', 'sum (chains)', ['pi40'])
     """
     run = _setup(graph, fleet, cost_model, slo, objective, budget_usd_per_hour, time_limit_s, from_plan,
                  queueing, latency_model)

@@ -41,7 +41,7 @@ class LatencySketch:
 
     >>> s = LatencySketch(exact_limit=0)
     >>> s.add(np.array([10.0, 20.0, 30.0, 40.0]))
-    >>> abs(s.quantiles(np.array([1.0]))[0] - 40.0) <= 40.0 * REL_ERROR
+    >>> bool(abs(s.quantiles(np.array([1.0]))[0] - 40.0) <= 40.0 * REL_ERROR)
     True
     """
 
