@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal, Mapping, NamedTuple
 
 from tierplan.devices.catalog import load_catalog, suggest
 from tierplan.devices.constants import DEFAULT_CLOUD_MAX_INSTANCES
 from tierplan.errors import InputError, SpecError
 from tierplan.spec import TIERS, DeviceSpec, FleetSpec, LinkSpec, SiteClassSpec
 
-__all__ = ["SiteClass", "Fleet", "Hop", "resolve_fleet"]
+__all__ = ["SiteClass", "Fleet", "Hop", "LinkHop", "resolve_fleet"]
 
 Direction = Literal["up", "down"]
 Hop = tuple[LinkSpec, Direction]   # a link crossed, and which way ("up" = towards the cloud)
+
+
+class LinkHop(NamedTuple):
+    """One link crossed on a route, named by the classes it joins: `child` attaches to `parent` over
+    `link`; `direction` "up" goes child -> parent. Capacity keys and emulated links are per child."""
+
+    child: str
+    parent: str
+    link: LinkSpec
+    direction: Direction
 
 
 @dataclass(frozen=True)
@@ -74,15 +84,25 @@ class Fleet:
     def route(self, a: str, b: str) -> list[Hop]:
         """Links a tensor crosses from class a to class b: up a's attach chain to the lowest common
         ancestor, then down to b. Same class: [] (the tensor stays on the device or site)."""
+        return [(h.link, h.direction) for h in self.hops(a, b)]
+
+    def hops(self, a: str, b: str) -> list[LinkHop]:
+        """`route(a, b)` with each link named by the classes it joins (see LinkHop)."""
         chain_a = [a, *self.parents(a)]
         chain_b = [b, *self.parents(b)]
         common = next((x for x in chain_a if x in chain_b), None)
         if common is None:
             raise InputError(f"fleet {self.name!r}: no route from {a!r} to {b!r}: they share no site "
                              f"they attach to. To fix: attach both (or their parents) to one site class")
-        up = [(self.classes[x].link, "up") for x in chain_a[:chain_a.index(common)]]
-        down = [(self.classes[y].link, "down") for y in reversed(chain_b[:chain_b.index(common)])]
-        return up + down  # type: ignore[return-value]
+        up = chain_a[:chain_a.index(common) + 1]
+        down = chain_b[:chain_b.index(common) + 1]
+        return ([LinkHop(x, p, self._link(x), "up") for x, p in zip(up, up[1:])]
+                + [LinkHop(y, p, self._link(y), "down") for y, p in reversed(list(zip(down, down[1:])))])
+
+    def _link(self, name: str) -> LinkSpec:
+        link = self.classes[name].link
+        assert link is not None, f"site class {name!r} attaches without a link (FleetSpec refuses that)"
+        return link
 
     def resolve_pin(self, origin: str, pin: str, what: str = "pin") -> str:
         """The site class that a pin (a class name or a tier) means for requests from edge class

@@ -94,17 +94,6 @@ def _chain(fleet: Fleet, e: str) -> tuple[str, ...]:
     return (e, *fleet.parents(e))
 
 
-def _hops(fleet: Fleet, a: str, b: str) -> list[tuple[str, str, LinkSpec]]:
-    """(child class, direction, link) of each link crossed from a to b: Fleet.route's links, each
-    named by the class it attaches (the capacity keys count per attaching class)."""
-    links = fleet.route(a, b)
-    up = [a, *fleet.parents(a)]
-    down = [b, *fleet.parents(b)]
-    children = [x for x in up if x not in down] + [y for y in reversed(down) if y not in up]
-    assert len(children) == len(links), (a, b)
-    return [(child, d, link) for child, (link, d) in zip(children, links)]
-
-
 def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
                   slo: Mapping[str, SloTarget] | None = None,
                   weights: ObjectiveSpec | None = None,
@@ -298,7 +287,7 @@ def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
                 if a_ == b_:
                     continue
                 hops[(a_, b_)] = tuple((child, d, link, scale_e if child == e else 1.0)
-                                       for child, d, link in _hops(fleet, a_, b_))
+                                       for child, _, link, d in fleet.hops(a_, b_))
         item_hops: dict[tuple[str, str], tuple[Hop, ...]] = {}
         egress: dict[tuple[int, str, str], int] = {}
         radio: dict[tuple[int, str, str], int] = {}

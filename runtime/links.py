@@ -95,18 +95,13 @@ def _clipped_normal(mu: float, sigma: float) -> tuple[float, float]:
 
 
 def _hops(fleet: Fleet, a: str, b: str) -> list[Hop]:
-    """The emulator's hops of `fleet.route(a, b)` (the one fleet model's route), each named by the
+    """The emulator's hops of `fleet.hops(a, b)` (the one fleet model's route), each named by the
     two site classes it joins (`child->parent` going up, `parent->child` going down), so every
     class's access link is a link of its own."""
-    hops = fleet.route(a, b)
-    up_chain, down_chain = [a, *fleet.parents(a)], [b, *fleet.parents(b)]
-    n_up = sum(1 for _, d in hops if d == "up")
-    n_down = len(hops) - n_up
-    ids = [f"{up_chain[i]}->{up_chain[i + 1]}" for i in range(n_up)] + \
-          [f"{down_chain[i + 1]}->{down_chain[i]}" for i in reversed(range(n_down))]
-    return [Hop(link_id=link_id, bandwidth_mbps=link.uplink_mbps if d == "up" else link.downlink_mbps,
-                delay_ms=link.rtt_ms / 2.0, jitter_ms=link.jitter_ms, loss_rate=link.loss_rate)
-            for link_id, (link, d) in zip(ids, hops)]
+    return [Hop(link_id=f"{h.child}->{h.parent}" if h.direction == "up" else f"{h.parent}->{h.child}",
+                bandwidth_mbps=h.link.uplink_mbps if h.direction == "up" else h.link.downlink_mbps,
+                delay_ms=h.link.rtt_ms / 2.0, jitter_ms=h.link.jitter_ms, loss_rate=h.link.loss_rate)
+            for h in fleet.hops(a, b)]
 
 
 def route_table(fleet: Fleet, sites: list[str]) -> dict[str, list[dict]]:

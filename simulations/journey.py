@@ -96,28 +96,19 @@ def chain(fleet: Fleet, name: str) -> list[str]:
 
 def link_hops(fleet: Fleet, a: str, b: str) -> list[tuple[str, str]]:
     """The links a tensor crosses from class a to class b as (site class whose uplink it is, "up"|"down"),
-    in order: `Fleet.route`'s hops (up a's attach chain to the common ancestor, then down to b),
-    each named by the class it belongs to."""
-    hops = fleet.route(a, b)
-    n_up = sum(1 for _, d in hops if d == "up")
-    down = list(reversed(chain(fleet, b)[: len(hops) - n_up]))
-    return [(x, "up") for x in chain(fleet, a)[:n_up]] + [(x, "down") for x in down]
+    in order: `Fleet.hops` (up a's attach chain to the common ancestor, then down to b)."""
+    return [(h.child, h.direction) for h in fleet.hops(a, b)]
 
 
 def resolve_site(value: str, origin: str, fleet: Fleet) -> str:
     """A placement target as a site class: an edge class means the requesting device itself,
-    a tier name means the first class of that tier up the origin's attach chain."""
-    up = chain(fleet, origin)
+    a tier name means the first class of that tier up the origin's attach chain (Fleet.resolve_pin)."""
     if value in fleet.classes:
         if fleet.classes[value].tier == "edge" and fleet.classes[origin].tier == "edge":
             return origin
         return value
     if value in TIER_NAMES:
-        for c in up:
-            if fleet.classes[c].tier == value:
-                return c
-        raise InputError(f"plan: no {value} site above site class {origin!r} in the fleet. "
-                         f"To fix: attach {origin!r} to a {value} class or re-plan for this fleet")
+        return fleet.resolve_pin(origin, value, what="plan")
     raise InputError(f"plan: unknown site class {value!r} (fleet has {', '.join(fleet.classes)}). "
                      f"To fix: plan and simulate with the same fleet.yaml")
 
