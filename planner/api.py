@@ -114,6 +114,7 @@ class _Run:
     shared_out: set[str] = field(default_factory=set)         # left out by coverage maximisation
     binding: str = ""                                          # the diagnosis when coverage was needed
     reason: str | None = None
+    joint_status: str = ""                                     # the joint phase's status (before not-met classes)
 
     @property
     def separable(self) -> bool:
@@ -316,39 +317,47 @@ def _missed(run: _Run, main: Problem, r: SolveResult) -> list[str]:
 def _best_for_missed(run: _Run, r: SolveResult, main: Problem) -> tuple[SolveResult, Problem]:
     """Classes that miss their SLO get the best latency they can reach under the capacity the
     others leave, not the cheapest placement at any latency: one class at a time (most devices
-    first), the other classes kept where they are, its latency minimised; then the objective is
-    optimised over everything with those latencies kept as the missing classes' SLOs."""
+    first), every other class kept where it is, its latency minimised, then its objective with
+    that latency kept as its SLO. The covered classes keep the joint optimum; the plan is then
+    `optimal` only when this costs nothing, else `feasible` with the joint optimum as its bound
+    (the joint problem leaves the missing classes free, so it bounds any such plan)."""
     missed = _missed(run, main, r)
+    run.joint_status = r.status
     if not missed:
         return r, main
     phase(f"best latency for the {len(missed)} class(es) missing their SLO")
     current = dict(r.assignment)
+    levels = dict(r.levels)
     reached: dict[str, dict[int, int]] = {}
     order = sorted(missed, key=lambda n: -next(c.count for c in main.classes if c.name == n))
     for i, name in enumerate(order):
         pinned = main.with_classes(tuple(
             c if c.name == name else replace(c, allowed=tuple((s,) for s in current[c.name]))
             for c in main.classes))
-        # only this class's sinks count; the others' SLOs (met or kept) still hold
-        lat = pinned.without_slo({name}).with_objective("latency", 0, 1, 0)
-        lat = replace(lat, budget_uusd_h=None, segments=())
+        pinned = replace(pinned, budget_uusd_h=None, segments=())
         each = max(0.5, 0.5 * _solve_left(run) / (len(order) - i))
-        r_lat = solve(lat, each, hint=current)
-        if r_lat.status in ("optimal", "feasible"):
-            current = dict(r_lat.assignment)
-        ev = evaluate(lat, current, r_lat.levels if r_lat.status in ("optimal", "feasible") else None)
+        # its least latency (only this class's sinks count; the others' SLOs still hold)
+        r_lat = solve(pinned.without_slo({name}).with_objective("latency", 0, 1, 0), each, hint=current)
+        if r_lat.status not in ("optimal", "feasible"):
+            continue
+        ev = evaluate(pinned.without_slo({name}), r_lat.assignment, r_lat.levels)
         reached[name] = {v: ev.classes[name].sink_us[v] for v in main.sink_nodes
                          if v in run.problem.only_class(name).classes[0].slo_us}
+        # then its objective, at that latency
+        keep = pinned.with_classes(tuple(replace(c, slo_us=reached[name]) if c.name == name else c
+                                         for c in pinned.classes))
+        r_obj = solve(keep, each, hint=r_lat.assignment)
+        best = r_obj if r_obj.status in ("optimal", "feasible") else r_lat
+        current, levels = dict(best.assignment), dict(best.levels)
     kept = main.with_classes(tuple(replace(c, slo_us=reached[c.name]) if c.name in reached else c
                                    for c in main.classes))
-    r2 = solve(kept, max(0.5, 0.5 * _solve_left(run)), hint=current, secondary=run.secondary,
-               secondary_share=_TIE_SHARE)
-    if r2.status not in ("optimal", "feasible"):
-        # the latency solves' placement meets every kept bound: plan it
-        kev = evaluate(kept, current)
-        r2 = SolveResult("feasible", current, kev.objective, None, r2.solve_s, kev.latency_term, dict(kev.levels))
-    status = r2.status if r.status == "optimal" else "feasible"
-    return replace(r2, status=status, proof_s=time.perf_counter() - run.t0), kept
+    kev = evaluate(kept, current, levels)
+    if not kev.feasible:
+        return r, main
+    proven = r.status == "optimal" and r.objective is not None and kev.objective <= r.objective
+    return SolveResult("optimal" if proven else "feasible", current, kev.objective,
+                       r.bound if r.bound is not None else None, r.solve_s, kev.latency_term, dict(kev.levels),
+                       r.scale, time.perf_counter() - run.t0), kept
 
 
 def _bound_pieces(run: _Run, r: SolveResult, main: Problem) -> tuple[SolveResult, Problem]:
@@ -403,7 +412,7 @@ def _report(run: _Run, graph: nx.DiGraph, main: Problem, info: BuildInfo, r: Sol
     """The Plan: figures, per-class coverage with what the not-met classes could reach, baselines."""
     _explain(run, main, info)
     ev = evaluate(main, r.assignment, r.levels)
-    plan = _assemble(graph, main, info, r, ev, run.t0, run.reason)
+    plan = _assemble(graph, main, info, r, ev, run.t0, run.reason, run.joint_status)
     coverage = _coverage(run, graph, main, info, ev, r, analyse)
     plan = plan.model_copy(update={"coverage": coverage})
     not_met = _not_met(run, main, info, ev, coverage)
@@ -517,8 +526,8 @@ def _sequential(problem: Problem, start: dict[str, tuple[str, ...]], limit_s: fl
     return out
 
 
-def _assemble(graph, problem: Problem, info: BuildInfo, r: SolveResult, ev: Evaluation, t0: float,
-              reason: str | None) -> Plan:
+def _assemble(graph: nx.DiGraph, problem: Problem, info: BuildInfo, r: SolveResult, ev: Evaluation, t0: float,
+              reason: str | None, joint_status: str = "") -> Plan:
     views = sink_views(problem, info, ev)
     per_class = per_class_ids(problem, info, r.assignment)
     first = problem.classes[0].name
@@ -548,6 +557,7 @@ def _assemble(graph, problem: Problem, info: BuildInfo, r: SolveResult, ev: Eval
                 solver={"engine": "cp-sat", "status": r.status, "objective_int": r.objective or 0,
                         "bound_int": r.bound if r.bound is not None else "none",
                         "proof_s": round(r.proof_s, 4) if r.proof_s is not None else "none",
+                        "joint_status": joint_status or r.status,
                         "cp_sat_s": round(r.solve_s, 4)})
 
 

@@ -62,7 +62,10 @@ def test_infeasible_slo_exits_1_with_reason(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
     data = json.loads(r.stdout)
     # the plan still serves every device, at the best latency reachable, and lists what misses
-    assert data["slo_met"] is False and data["status"] == "optimal"
+    # the joint optimum is proven; serving the class at its best latency instead of the cheapest
+    # placement costs more, so the plan is `feasible` with that optimum as its bound
+    assert data["slo_met"] is False and data["solver"]["joint_status"] == "optimal"
+    assert data["status"] in ("optimal", "feasible") and data["objective_bound"] <= data["objective"] + 1e-9
     miss = data["not_met"][0]
     assert miss["edge_class"] == "cams" and miss["planned_ms"] > 5 and "best possible" in miss["why"]
     assert miss["planned_ms"] == pytest.approx(miss["best_alone_ms"], abs=0.01)

@@ -27,7 +27,8 @@ def test_fifty_pieces_on_twenty_site_classes_proven_optimal(objective: str) -> N
     fleet = synthetic_fleet(12, 5, 3, 10_000)
     plan = plan_graph(app, fleet, CostModel(calibration=False), slo=SLO, objective=objective, time_limit_s=60,
                       with_baselines=False, analyse_uncovered=False, queueing=False, latency_model="sum")
-    assert plan.status == "optimal" and plan.gap == 0.0
+    assert plan.solver["joint_status"] == "optimal"
+    assert plan.status == "optimal" or (plan.not_met and plan.objective_bound <= plan.objective + 1e-9)
     assert len(plan.per_class) == 12
     assert 0 < plan.coverage_share <= 1
 
@@ -44,8 +45,10 @@ def test_fifty_pieces_on_twenty_site_classes_proven_optimal_with_queueing(object
     fleet = synthetic_fleet(12, 5, 3, 10_000)
     plan = plan_graph(app, fleet, CostModel(calibration=False), slo=SLO, objective=objective, time_limit_s=60,
                       with_baselines=False, analyse_uncovered=False, latency_model="sum")
-    assert plan.status == "optimal" and plan.gap == 0.0
-    assert plan.solver["objective_int"] == plan.solver["bound_int"]
+    # the joint optimum is proven; the 2 classes that cannot meet their SLO are then moved to their
+    # best latency, which may cost more than the optimum (the plan's bound)
+    assert plan.solver["joint_status"] == "optimal"
+    assert plan.status == "optimal" or (plan.not_met and plan.objective_bound <= plan.objective + 1e-9)
     assert len(plan.per_class) == 12
     assert any(k.startswith("queue.") for views in plan.class_sinks.values() for v in views.values()
                for k in v.breakdown)
