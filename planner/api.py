@@ -9,7 +9,7 @@ plan_graph runs named phases, each a function below:
   _joint          the whole fleet together (decomposed where classes share nothing); when shared
                   capacity cannot serve every class within its SLO, the most devices within it
   _best_for_missed  classes still missing their SLO get the best latency they can reach under the
-                  capacity the others leave, then the objective is optimised with that latency kept
+                  capacity the others leave (one at a time), then their cheapest placement at it
   _bound_pieces   max_pieces per model over the chosen cuts (only when the relaxation exceeds it)
   _regroup        the chosen segments become the plan's pieces (partition extracts them)
   _report         the Plan: figures, coverage, not-met classes and what would fix them, baselines
