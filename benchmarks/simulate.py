@@ -162,6 +162,36 @@ def bench_speed(quick: bool) -> list[dict]:
     return rows
 
 
+def run_plan_window(plan_path: str, duration_s: float, window: int) -> dict:
+    """The optimal strategy of a saved plan on the fast path with `window` requests at a time (its own process)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    r = simulate(Plan.load(plan_path), strategies=["optimal"], duration_s=duration_s, seed=1, fast=True,
+                 window_requests=window).strategies["optimal"]
+    return {"duration_s": duration_s, "window_requests": window, "requests": r.requests,
+            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, "peak_rss_mb": _peak_rss_mb(),
+            "p95_ms": {k: s.p95_ms for k, s in r.sinks.items()}}
+
+
+def bench_memory_example(name: str, quick: bool) -> dict:
+    """smart-city's optimal plan (30 stages, requests come back to the device: the cycle scan) held
+    in windows of 50,000 requests at 1x and 4x the run length, and at once: peak RSS of each."""
+    import tempfile
+
+    from tierplan.loader import load_app, load_fleet
+    from tierplan.planner.api import plan_app
+    ex = ROOT / "examples" / name
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "plan.json")
+        plan_app(load_app(ex / "app.yaml"), load_fleet(ex / "fleet.yaml")).save(path)
+        short = 1.0 if quick else 5.0
+        rows = []
+        for dur, window in ((short, 50_000), (4 * short, 50_000), (4 * short, 10 ** 9)):
+            cmd = [sys.executable, __file__, "--child-plan", json.dumps([path, dur, window])]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return {"example": name, "rows": rows}
+
+
 def bench_goal(quick: bool) -> dict:
     """Part 2: 100 M requests over 100,000 devices through the streaming fast path."""
     n_dev = 10_000 if quick else GOAL_DEVICES
@@ -364,20 +394,28 @@ def main() -> None:
     ap.add_argument("--only-batching", action="store_true", help="only the batching part (keeps the other results)")
     ap.add_argument("--only-examples", action="store_true",
                     help="only the example-on-both-engines part (keeps the other results)")
+    ap.add_argument("--only-memory", action="store_true",
+                    help="only smart-city's peak RSS in windows and at once (keeps the other results)")
     ap.add_argument("--child", help=argparse.SUPPRESS)   # run_one's arguments as JSON, in a fresh process
+    ap.add_argument("--child-plan", help=argparse.SUPPRESS)   # run_plan_window's arguments as JSON
     args = ap.parse_args()
     if args.child:
         engine, devices, duration_s, extra = json.loads(args.child)
         print(json.dumps(run_one(engine, devices, duration_s, extra)))
         return
+    if args.child_plan:
+        print(json.dumps(run_plan_window(*json.loads(args.child_plan))))
+        return
     out = ROOT / "benchmarks" / "results"
-    only = args.only_fidelity or args.only_batching or args.only_examples or args.only_speed
+    only = args.only_fidelity or args.only_batching or args.only_examples or args.only_speed or args.only_memory
     if only and (out / "simulate.json").exists():
         results = json.loads((out / "simulate.json").read_text())
     else:
         results = {"quick": args.quick}
     if args.only_speed or not only:
         _speed(args, results)
+    if args.only_memory or not only:
+        _memory(args, results)
     if args.only_batching or not only:
         _batching(args, results)
     if args.only_examples or not only:
@@ -392,6 +430,8 @@ def main() -> None:
 def _speed(args, results: dict) -> None:
     """Parts 1-5: speed and peak RSS of both engines, 100 M requests, the sketch, the cross-check, the sweep."""
     results["quick"] = args.quick
+    for old in ("paths", "scaling"):   # an earlier version's rows (another scenario)
+        results.pop(old, None)
     results["load_1min_start"] = os.getloadavg()[0]
     rows = results["speed"] = bench_speed(args.quick)
     t = Table(title=f"Peers' scenario: 3-stage app, devices at {PEER_RATE_HZ:g} req/s, {PEER_DEVICES_PER_BS} per base "
@@ -448,6 +488,19 @@ def _speed(args, results: dict) -> None:
     con.print(f"sweep of {w['cells']} cells: serial {w['serial_s']:.1f} s, 3-node local Ray cluster {w['cluster_s']:.1f} s "
               f"(x{w['speedup']:.2f}; {w['nodes_used']} nodes used, {w['cpu_count']} cores on this machine, load average "
               f"{w['load_1min']:.1f}); same results: {w['same_results']}")
+
+
+def _memory(args, results: dict) -> None:
+    """smart-city's peak RSS: windows of 50,000 requests at two run lengths, and the run held at once."""
+    m = results["memory_example"] = bench_memory_example("smart-city", args.quick)
+    t = Table(title="smart-city, optimal plan, fast path (cycle scan): peak RSS by window")
+    for h in ("simulated s", "window (requests)", "requests", "wall s", "CPU s", "peak RSS MB", "p95 ms"):
+        t.add_column(h, justify="right")
+    for r in m["rows"]:
+        t.add_row(f"{r['duration_s']:g}", "all" if r["window_requests"] >= 10 ** 9 else f"{r['window_requests']:,}",
+                  f"{r['requests']:,}", f"{r['wall_s']:.0f}", f"{r['cpu_s']:.0f}", f"{r['peak_rss_mb']:,.0f}",
+                  ", ".join(f"{v:.2f}" for v in r["p95_ms"].values()))
+    con.print(t)
 
 
 def _batching(args, results: dict) -> None:
