@@ -196,3 +196,25 @@ def test_cost_counts_instances_and_egress():
     egress = cloud.requests_ok * 400 / 1e9 * 0.09 * 3600 / 10  # 400-byte results down the backhaul
     assert cloud.cost_per_hour_usd == pytest.approx(n_cloud * 2.0 + egress, rel=1e-6)
     assert np.isfinite(cloud.sinks["labels"].p99_ms)
+
+
+def test_scenario_is_one_frozen_config_built_from_flag_strings():
+    """Scenario.of parses the CLI's strings once; the result is frozen, and simulate() takes it as is."""
+    import dataclasses
+
+    from tierplan.simulations.config import Scenario
+    sc = Scenario.of(strategies="optimal, all-cloud", duration_s=2, arrivals="periodic:5", failures="site:bs#0@1-2:wait",
+                     links={"cams": "4g~0.2"}, batching="4:3", fast=True)
+    assert sc.strategies == ("optimal", "all-cloud") and sc.arrivals.kind == "periodic" and sc.engine == "fast"
+    assert sc.failures[0].policy == "wait" and sc.links[0].site == "cams" and sc.batching.max_batch == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sc.seed = 3  # type: ignore[misc]
+    with pytest.raises(InputError):
+        Scenario.of(duration_s=-1)
+    a = simulate(make_plan(), make_fleet(cams=10), sc).to_json()
+    b = simulate(make_plan(), make_fleet(cams=10), strategies="optimal,all-cloud", duration_s=2, arrivals="periodic:5",
+                 failures=["site:bs#0@1-2:wait"], links={"cams": "4g~0.2"}, batching="4:3", fast=True).to_json()
+    for doc in (a, b):
+        for s in doc["strategies"].values():
+            s.pop("wall_s"), s.pop("sim_requests_per_s")
+    assert a == b and set(a["strategies"]) == {"optimal", "all-cloud"}

@@ -79,3 +79,15 @@ def test_sweep_on_a_three_node_cluster_equals_the_serial_sweep(three_nodes):
     workers = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")}
     used = {c.node for c in spread.cells}
     assert len(workers) == 3 and used <= workers and len(used) >= 2   # the cells really spread over the nodes
+
+
+def test_rate_and_link_parameters_reach_the_cells():
+    """rate=2,8 sets every source's rate (4x the requests), link=cams=3g,cams=wifi the radio (3G slower)."""
+    rep = run_sweep(_plan(), BASE, ["optimal"], {"rate": (2.0, 8.0), "link": ("cams=3g", "cams=wifi")},
+                    ray_address=None)
+    by = {(c.params["rate"], c.params["link"]): c for c in rep.cells}
+    assert len(by) == 4
+    for link in ("cams=3g", "cams=wifi"):
+        assert 3.0 < by[(8.0, link)].requests / by[(2.0, link)].requests < 5.0
+    for rate in (2.0, 8.0):
+        assert by[(rate, "cams=3g")].sinks["labels"]["p50_ms"] > by[(rate, "cams=wifi")].sinks["labels"]["p50_ms"] + 50
