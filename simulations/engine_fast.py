@@ -29,8 +29,11 @@ H is final in FIFO order: it is solved, and each queue keeps its server's next-f
 round-robin count for the next window. Visits that reach a queue at H or later wait (their
 completion stays +inf) and their requests move on to the next window. A fair (processor-sharing)
 link's busy period still open at H, and a batch that would start at H or later, are solved again
-with the next window's arrivals (their fate depends on them). The result is the one-window
-solution exactly, whatever the window size.
+with the next window's arrivals (their fate depends on them). A resource's own horizon can be
+later than H: no open visit of its stages' predecessors can finish before a bound (behind a FIFO
+class, its servers' earliest next-free time), so behind an overloaded class the queued requests
+move on instead of travelling from window to window. The result is the one-window solution
+exactly, whatever the window size.
 
 Fair link sharing (processor sharing, one transfer rate shared equally by the transfers in flight)
 runs here too: busy periods are those of the FIFO recursion (any work-conserving discipline has
@@ -77,6 +80,7 @@ class FastState:
     rr: dict[tuple, np.ndarray] = field(default_factory=dict)
     cycle: CycleState = field(default_factory=CycleState)
     horizon_ms: float = -math.inf    # where the last window ended
+    res_horizon: dict[tuple, float] = field(default_factory=dict)   # each resource's horizon in the last window
 
     def arrays(self, res: tuple, instances: int, servers: int) -> tuple[np.ndarray, np.ndarray]:
         if res not in self.free:
@@ -321,6 +325,15 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
             visits_of.setdefault(st.resource, []).append((ji, st.index))
     last: dict[tuple[int, int], np.ndarray] = {}  # (journey, stage) -> its queue order, when reusable
     H = horizon_ms
+    # (journey, stage) -> a time before which none of its visits still open (this window's or any later
+    # one's) can finish: a resource may take every visit that reaches it before the smallest such
+    # bound of its stages' predecessors (H for a request's first stage). Behind an overloaded FIFO
+    # class that bound is its servers' next-free time, so the requests queued there move on
+    # instead of waiting for the horizon window after window (bounded memory under overload).
+    lb_done: dict[tuple[int, int], float] = {}
+
+    def stage_horizon(ji: int, st: Stage) -> float:
+        return max((lb_done.get((ji, p), H) for p in st.preds), default=H)
 
     def arrival(ji: int, st: Stage) -> np.ndarray:
         done = reqs[ji].done
@@ -331,7 +344,21 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
         return reqs[ji].arr.t_ms
 
     def solve(res: tuple) -> None:
-        """Queue every visit of one resource class that reaches it before the horizon."""
+        """Queue every visit of one resource class that reaches it before its horizon, then bound
+        when its still-open visits can finish."""
+        Hr = min(stage_horizon(ji, journeys[ji].stages[si]) for ji, si in visits_of[res])
+        fifo = solve_at(res, Hr)
+        free = state.free.get(res) if fifo else None
+        lb = max(Hr, float(free.min())) if free is not None and len(free) else Hr
+        for ji, si in visits_of[res]:
+            skips = reqs[ji].draws.runs[si] is not None   # a skipped visit is done when it arrives
+            lb_done[(ji, si)] = min(stage_horizon(ji, journeys[ji].stages[si]), lb) if skips else lb
+
+    def solve_at(res: tuple, Hr: float) -> bool:
+        """Queue every visit of `res` that reaches it before Hr; True when it is a plain FIFO class."""
+        fifo = not any(batching.get(stage_key(journeys[ji].stages[si])) for ji, si in visits_of[res]
+                       if journeys[ji].stages[si].kind == "compute") and not (
+            res[0] == "link" and link_sharing == "fair")
         parts = []  # (ji, stage, request idx, arrival, instance, service)
         for ji, si in visits_of[res]:
             j, st, R = journeys[ji], journeys[ji].stages[si], reqs[ji]
@@ -340,7 +367,7 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
             pending = np.isposinf(done_i)
             dead = pending & np.isnan(a)      # a failed predecessor fails the stage (failure follows the data)
             done_i[dead] = np.nan
-            go = pending & (a < H)            # reaches the queue before the horizon: final in FIFO order
+            go = pending & (a < Hr)           # reaches the queue before the horizon: final in FIFO order
             only = R.draws.runs[si]
             runs = go if only is None else go & only
             idx: slice | np.ndarray
@@ -363,27 +390,27 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
                 done_i[sel[fo.failed]] = np.nan
                 R.rerouted[sel[fo.rerouted]] = True
                 R.delayed[sel[fo.delayed]] = True
-                keep = ~fo.failed & (fo.t_ms < H)   # held past the horizon: queues next window
+                keep = ~fo.failed & (fo.t_ms < Hr)  # held past the horizon: queues next window
                 idx, ai, inst = sel[keep], fo.t_ms[keep], fo.inst[keep]
             work = R.draws.work[si][idx]
             svc = work if st.kind == "compute" else world.transfer_ms(st, work, ai)
             parts.append((ji, si, idx, ai, inst, svc))
         if not parts:
-            return
+            return fifo
         st0 = journeys[parts[0][0]].stages[parts[0][1]]
         servers = world.servers(st0)
         a_all = np.concatenate([p[3] for p in parts])
         s_all = np.concatenate([p[5] for p in parts])
         q_all = np.concatenate([p[4] for p in parts]).astype(np.int64)
         if not len(a_all):
-            return
+            return fifo
         specs = [batching.get(stage_key(journeys[ji].stages[si])) if journeys[ji].stages[si].kind == "compute"
                  else None for ji, si, *_ in parts]
         b = busy.setdefault(resource_label(st0), Busy(world.instance_count(st0), servers))
         if any(specs):
-            dep = _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, b)
+            dep = _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, b, Hr)
         elif st0.kind == "link" and link_sharing == "fair":
-            dep = _solve_fair(parts, a_all, s_all, q_all, b)
+            dep = _solve_fair(res, parts, a_all, s_all, q_all, b, Hr)
         else:
             free, rr = state.arrays(res, world.instance_count(st0), servers)
             hint = _tandem_order(world, journeys, reqs, parts, servers, last)
@@ -397,15 +424,17 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
             off += len(ai)
             dl = reqs[ji].draws.delay_ms[si]
             reqs[ji].done[si][idx] = d if dl is None else d + dl[idx]
+        return fifo
 
-    def _solve_fair(parts, a_all, s_all, q_all, b: Busy) -> np.ndarray:
+    def _solve_fair(res: tuple, parts, a_all, s_all, q_all, b: Busy, Hr: float) -> np.ndarray:
         """Processor-sharing link queues. A transfer still in flight at an earlier window's horizon
         goes on from that horizon with the work it had left (Requests.ps_left)."""
         carried = np.concatenate([reqs[p[0]].ps_left_of(p[1])[p[2]] for p in parts])
         cont = ~np.isnan(carried)
-        a_ps = np.where(cont, state.horizon_ms, a_all)
+        a_ps = np.where(cont, state.res_horizon.get(res, -math.inf), a_all)
         s_ps = np.where(cont, carried, s_all)
-        dep, left = ps_departures(a_ps, s_ps, q_all, H)
+        dep, left = ps_departures(a_ps, s_ps, q_all, Hr)
+        state.res_horizon[res] = Hr
         off = 0
         for ji, si, idx, ai, *_ in parts:
             reqs[ji].ps_left_of(si)[idx] = left[off: off + len(ai)]
@@ -414,7 +443,7 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
         b.add(q_all[ok], a_all[ok], s_all[ok])
         return dep
 
-    def _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, b: Busy) -> np.ndarray:
+    def _solve_batched(parts, specs, a_all, s_all, q_all, servers, st0, b: Busy, Hr: float) -> np.ndarray:
         """A resource class some of whose stages batch: replicas by round-robin over all its
         arrivals (as SimPy's shared counter; a visit carried from an earlier window keeps its
         replica), then batch servers for the batching stages and FIFO servers (of their own, as on
@@ -436,7 +465,7 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
         dep = np.empty(len(a_all))
         inb = group >= 0
         d_b, (bq, bstart, bsvc, bsize) = batch_departures(a_all[inb], s_all[inb], rq[inb], group[inb], spec_of,
-                                                          free=free, horizon_ms=H)
+                                                          free=free, horizon_ms=Hr)
         dep[inb] = d_b
         b.add(bq // max(servers, 1), bstart, bsvc)
         if (~inb).any():
@@ -453,6 +482,7 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
             continue
         stages = [(ji, si) for r in members for ji, si in visits_of[r]]
         solve_cycle(world, journeys, reqs, stages, busy, state.cycle, H, batching, sizes)
+        lb_done.update({k: H for k in stages})   # the scan stops at H
     state.horizon_ms = H
     if not math.isfinite(H):
         for R in reqs:

@@ -177,3 +177,28 @@ def test_memory_stays_bounded_as_requests_grow():
     whole, _ = peak(80.0, 10 ** 9)
     assert n_long > 3.5 * n_short
     assert long < 1.5 * short and long < 0.5 * whole
+
+
+@pytest.mark.parametrize("assign", [{"det/p0": "cloud", "det/p1": "cloud", "cls/p0": "cloud"},
+                                    {"det/p0": "cams", "det/p1": "bs", "cls/p0": "bs"}])
+def test_an_overloaded_class_does_not_make_windows_carry_its_backlog(assign, monkeypatch):
+    """Behind an overloaded FIFO class the next stages take visits up to its servers' next-free time,
+    so the requests carried from window to window do not grow with the run (4x the run, same carry)."""
+    from tierplan.simulations import stream
+    carried: list[int] = []
+    complete = stream.Requests.complete
+
+    def counted(self):
+        done = complete(self)
+        carried.append(int((~done).sum()))
+        return done
+    monkeypatch.setattr(stream.Requests, "complete", counted)
+    peaks = []
+    for duration_s in (20, 80):
+        carried.clear()
+        r = simulate(make_plan(rate_hz=10.0, assign=assign), make_fleet(cams=100, bs=2, uplink_mbps=200),
+                     strategies=["optimal"], duration_s=duration_s, seed=1, fast=True, window_requests=2000,
+                     block_requests=500, replicas={"cloud": 1, "bs": 1}).strategies["optimal"]
+        assert any(n.startswith("overloaded") for n in r.notes) and len(carried) >= 10
+        peaks.append(max(carried))
+    assert peaks[1] <= 1.5 * peaks[0] + 50 and peaks[1] < 1000
