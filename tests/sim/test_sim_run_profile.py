@@ -65,3 +65,13 @@ def test_the_simulated_fleet_is_the_one_the_run_ran(tmp_path):
     assert list(plan.per_class) == ["tablet"] and plan.app["sources"]["x"]["rate_hz"] == pytest.approx(2.0)
     (tmp_path / "profile.json").write_text(json.dumps({"correlation": 0.1, "stages": {"m/p0@bs": [1.0]}}))
     assert as_run(_plan(), tmp_path / "profile.json") == _plan()   # a saved ServiceProfile changes nothing
+
+
+def test_time_waiting_at_a_busy_source_site_is_not_taken_for_overhead():
+    """A request whose input waited 50 ms at its site (its feed step beyond the feed's median) keeps that out of
+    the per-request overhead: the simulator draws queueing itself."""
+    traces = [{"device_class": "phone", "latency_ms": 3.0 + (50.0 if i == 0 else 0.0),
+               "steps": [["feed", "client->phone", 0.4 + (50.0 if i == 0 else 0.0)],
+                         ["compute", "m/p0@phone", 2.0]]} for i in range(10)]
+    prof = profile_from_run({"requests_ok": 10, "classes_run": ["phone"], "traces": traces})
+    assert prof.overhead_ms is not None and max(prof.overhead_ms) == pytest.approx(1.0)
