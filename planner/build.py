@@ -20,7 +20,7 @@ from typing import Mapping
 
 import networkx as nx
 
-from tierplan.planner.problem import ClassData, Hop, ItemData, NodeData, Problem, Segments, SiteData
+from tierplan.planner.problem import ClassData, ItemData, LinkUse, NodeData, Problem, Segments, SiteData
 from tierplan.planner.queueing import DEFAULT_SERVICE_CV, utilisation_levels
 from tierplan.planner.units import (
     PPM, bytes_to_kb, frac_to_ppm, j_to_uj, mbps_to_bps, ms_to_us, usd_to_uusd,
@@ -288,7 +288,7 @@ def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
                     continue
                 hops[(a_, b_)] = tuple((child, d, link, scale_e if child == e else 1.0)
                                        for child, _, link, d in fleet.hops(a_, b_))
-        item_hops: dict[tuple[str, str], tuple[Hop, ...]] = {}
+        item_hops: dict[tuple[str, str], tuple[LinkUse, ...]] = {}
         egress: dict[tuple[int, str, str], int] = {}
         radio: dict[tuple[int, str, str], int] = {}
         xfer_table: dict[tuple[int, str, str], int] = {}
@@ -315,7 +315,7 @@ def build_problem(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel,
                         radio[(k, a_, b_)] = j_to_uj(r)
         for (a_, b_), hs in hops.items():
             item_hops[(a_, b_)] = tuple(
-                Hop(f"{child}:{d}", cap_keys(child, d, scale), d == "down")
+                LinkUse(f"{child}:{d}", cap_keys(child, d, scale), d == "down")
                 for child, d, link, scale in hs)
         slo_us = {}
         for n, a in zip(order, attrs):

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-__all__ = ["SiteData", "NodeData", "ItemData", "Hop", "ClassData", "Segments", "Problem", "Assignment",
+__all__ = ["SiteData", "NodeData", "ItemData", "LinkUse", "ClassData", "Segments", "Problem", "Assignment",
            "COMPUTE_KINDS"]
 
 COMPUTE_KINDS = ("piece", "transform")
@@ -79,7 +79,7 @@ class ItemData:
 
 
 @dataclass(frozen=True)
-class Hop:
+class LinkUse:
     """One link crossed in one direction: its clock key and the capacity keys it counts against."""
 
     key: str                    # e.g. "phones:up": the link of class `phones` towards its parent
@@ -99,7 +99,7 @@ class ClassData:
     compute_us: tuple[Mapping[str, int], ...]   # per node: site -> us per request
     load_ppm: tuple[Mapping[str, int], ...]     # per node: site -> ppm of one instance, whole class
     energy_uj: tuple[Mapping[str, int], ...]    # per node: site -> uJ per request
-    hops: Mapping[tuple[str, str], tuple[Hop, ...]]          # (a, b) -> links crossed
+    hops: Mapping[tuple[str, str], tuple[LinkUse, ...]]          # (a, b) -> links crossed
     xfer: Mapping[tuple[int, str, str], int]                 # (item, a, b) -> transfer time (us)
     bits_per_s: tuple[int, ...]                 # per item: whole-class traffic when it crosses
     egress_uusd_h: Mapping[tuple[int, str, str], int]        # (item, a, b) -> u$/h, whole class

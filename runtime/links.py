@@ -10,12 +10,12 @@ receiver acts when the stream ends, so measured latency reflects the declared ne
 Per delivery and per hop (the link's `LinkSpec` fields, see docs/ARCHITECTURE.md "Link emulation"):
 
 - delay: ``max(0, rtt_ms / 2 + N(0, jitter_ms))``, the simulator's draw (simulations/world.py);
-  its mean is ``rtt_ms / 2`` unless the clipping at 0 bites (`Hop.expected_delay_ms`).
+  its mean is ``rtt_ms / 2`` unless the clipping at 0 bites (`EmulatedHop.expected_delay_ms`).
 - loss: each packet (`PACKET_PAYLOAD_BYTES` of payload) is lost with probability `loss_rate` and
   sent again until it arrives (selective repeat, pipelined: no extra round trip). The number of
   resends of a delivery's n packets is drawn from the negative binomial NB(n, 1 - loss_rate), and
   the link is occupied for the resent bytes too, so goodput is ``bandwidth * (1 - loss_rate)`` on
-  average (`Hop.goodput_bytes_per_s`). Timeouts of TCP's loss recovery are not modelled.
+  average (`EmulatedHop.goodput_bytes_per_s`). Timeouts of TCP's loss recovery are not modelled.
 
 Draws come from one seeded generator per link direction (seed, link id), so a run with the same
 seed and the same sends draws the same delays. By default senders in different processes keep
@@ -43,7 +43,7 @@ import numpy as np
 from tierplan.errors import InputError
 from tierplan.devices.fleet import Fleet
 
-__all__ = ["Hop", "route_table", "LinkEmulator", "PACKET_PAYLOAD_BYTES", "DEFAULT_SEED"]
+__all__ = ["EmulatedHop", "route_table", "LinkEmulator", "PACKET_PAYLOAD_BYTES", "DEFAULT_SEED"]
 
 # Payload of one packet when the emulator counts losses: TCP's MSS on an Ethernet MTU of 1500
 # bytes (1500 - 20 IP - 32 TCP with timestamps), what Linux uses on such links (RFC 6691).
@@ -53,7 +53,7 @@ DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True)
-class Hop:
+class EmulatedHop:
     """One link crossed in one direction."""
 
     link_id: str            # "<child>-><parent>" going up, "<parent>-><child>" going down
@@ -94,11 +94,11 @@ def _clipped_normal(mu: float, sigma: float) -> tuple[float, float]:
     return mean, math.sqrt(max(second - mean * mean, 0.0))
 
 
-def _hops(fleet: Fleet, a: str, b: str) -> list[Hop]:
+def _hops(fleet: Fleet, a: str, b: str) -> list[EmulatedHop]:
     """The emulator's hops of `fleet.hops(a, b)` (the one fleet model's route), each named by the
     two site classes it joins (`child->parent` going up, `parent->child` going down), so every
     class's access link is a link of its own."""
-    return [Hop(link_id=f"{h.child}->{h.parent}" if h.direction == "up" else f"{h.parent}->{h.child}",
+    return [EmulatedHop(link_id=f"{h.child}->{h.parent}" if h.direction == "up" else f"{h.parent}->{h.child}",
                 bandwidth_mbps=h.link.uplink_mbps if h.direction == "up" else h.link.downlink_mbps,
                 delay_ms=h.link.rtt_ms / 2.0, jitter_ms=h.link.jitter_ms, loss_rate=h.link.loss_rate)
             for h in fleet.hops(a, b)]
@@ -159,7 +159,7 @@ def _bucket_file(shared_dir: Path, link_id: str) -> Path:
 class _Bucket:
     """One link direction: bandwidth reservations (when the link is next free) and its random draws."""
 
-    def __init__(self, hop: Hop, seed: int, shared: _SharedClock | None = None) -> None:
+    def __init__(self, hop: EmulatedHop, seed: int, shared: _SharedClock | None = None) -> None:
         self.hop = hop
         self.next_free_s = 0.0
         self.lock = threading.Lock()
@@ -201,7 +201,7 @@ class LinkEmulator:
                  shared_dir: str | os.PathLike | None = None) -> None:
         """`shared_dir`: an existing directory shared by every process of one deployment on this host
         (their buckets are shared through it; the deployment removes it); None keeps them per process."""
-        self.routes = {k: [Hop(**h) for h in v] for k, v in (routes or {}).items()}
+        self.routes = {k: [EmulatedHop(**h) for h in v] for k, v in (routes or {}).items()}
         self.seed = DEFAULT_SEED if seed is None else seed
         self.shared_dir = None if shared_dir is None else Path(shared_dir)
         if self.shared_dir is not None and not self.shared_dir.is_dir():
@@ -210,10 +210,10 @@ class LinkEmulator:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def route(self, a: str, b: str) -> list[Hop]:
+    def route(self, a: str, b: str) -> list[EmulatedHop]:
         return self.routes.get(f"{a}|{b}", [])
 
-    def _bucket(self, hop: Hop) -> _Bucket:
+    def _bucket(self, hop: EmulatedHop) -> _Bucket:
         with self._lock:
             b = self._buckets.get(hop.link_id)
             if b is None:

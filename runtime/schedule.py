@@ -40,7 +40,7 @@ def request_ms(graph: ExecGraph, compute_ms: Mapping[str, float], route: Callabl
     to its last sink delivery.
 
     `compute_ms[node]`: one run of a piece or transform (missing: 0). `route(a, b)`: the hops from
-    site a to site b, objects with `link_id`, `bytes_per_s` and `delay_ms` (runtime.links.Hop).
+    site a to site b, objects with `link_id`, `bytes_per_s` and `delay_ms` (runtime.links.EmulatedHop).
     `items[node]`: outputs per call of a fan-out transform (missing: the node is not a fan-out).
     `item_nbytes[(src, dst)]`: bytes one delivery of an edge carries (missing: the edge's nbytes).
     `rng` (a numpy Generator): draw each hop's delay as the emulator does, max(0, RTT/2 + N(0, jitter)),

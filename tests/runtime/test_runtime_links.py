@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tierplan.devices.fleet import resolve_fleet
-from tierplan.runtime.links import PACKET_PAYLOAD_BYTES, Hop, LinkEmulator, route_table
+from tierplan.runtime.links import PACKET_PAYLOAD_BYTES, EmulatedHop, LinkEmulator, route_table
 from tierplan.spec import FleetSpec
 
 N_DRAWS = 4000
@@ -117,7 +117,7 @@ def test_route_table_carries_the_links_jitter_and_loss():
     up = routes["phone|cloud"]
     assert [(h["link_id"], h["jitter_ms"], h["loss_rate"]) for h in up] == [("phone->bs", 12, 0.02), ("bs->cloud", 1, 0.0)]
     assert up[0]["delay_ms"] == 20 and routes["cloud|phone"][1]["bandwidth_mbps"] == 40
-    assert LinkEmulator(routes).route("phone", "cloud") == [Hop(**h) for h in up]
+    assert LinkEmulator(routes).route("phone", "cloud") == [EmulatedHop(**h) for h in up]
 
 
 def test_expected_transfer_time_adds_loss_and_clipping_to_the_cost_model_formula():

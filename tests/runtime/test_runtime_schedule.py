@@ -10,14 +10,14 @@ import pytest
 
 from tierplan.planner.plan import Plan, PlanEdge, PlanPiece
 from tierplan.runtime.graph import SINK_PREFIX, ExecGraph
-from tierplan.runtime.links import Hop
+from tierplan.runtime.links import EmulatedHop
 from tierplan.runtime.schedule import fanout_calls, request_ms
 
 # phone -> cloud: 8 Mbit/s = 1e6 B/s, 25 ms one way; cloud -> phone: 80 Mbit/s = 1e7 B/s, 5 ms one way
-_ROUTES = {("phone", "cloud"): [Hop("phone->cloud", 8.0, 25.0)], ("cloud", "phone"): [Hop("cloud->phone", 80.0, 5.0)]}
+_ROUTES = {("phone", "cloud"): [EmulatedHop("phone->cloud", 8.0, 25.0)], ("cloud", "phone"): [EmulatedHop("cloud->phone", 80.0, 5.0)]}
 
 
-def _route(a: str, b: str) -> list[Hop]:
+def _route(a: str, b: str) -> list[EmulatedHop]:
     return _ROUTES.get((a, b), [])
 
 
@@ -82,8 +82,8 @@ def test_a_site_runs_one_piece_at_a_time_and_sites_overlap():
 
 def test_jitter_draws_are_seeded_and_never_below_zero_delay():
     """With a generator each hop's delay is max(0, RTT/2 + N(0, jitter)), reproducible by seed."""
-    jittery = {("phone", "cloud"): [Hop("phone->cloud", 8.0, 25.0, jitter_ms=12.0)],
-               ("cloud", "phone"): [Hop("cloud->phone", 80.0, 5.0, jitter_ms=12.0)]}
+    jittery = {("phone", "cloud"): [EmulatedHop("phone->cloud", 8.0, 25.0, jitter_ms=12.0)],
+               ("cloud", "phone"): [EmulatedHop("cloud->phone", 80.0, 5.0, jitter_ms=12.0)]}
     g = _fanout_graph()
 
     def draw(seed):
