@@ -33,7 +33,30 @@ from tierplan.simulations.world import World
 
 __all__ = ["solve_cycle", "CycleState"]
 
-_TIMER, _FREE = -1, -2  # heap entries that are batch-queue events, not visits (in the journey slot)
+_TIMER, _FREE, _PS = -1, -2, -3  # heap entries that are queue events, not visits (in the journey slot)
+_PS_EPS_MS = 1e-9   # finish tags this close are one instant (as SimPy's _SharedLink)
+
+
+class _PsLink:
+    """A fair (processor-sharing) link direction: the transfers in flight share its rate equally.
+    Virtual time v grows at 1/n per ms with n transfers in flight; a transfer is done when v
+    reaches its tag (v at its arrival plus its full-rate time). `version` voids stale events."""
+
+    __slots__ = ("jobs", "v", "last", "version")
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[float, int, int, int, int]] = []   # (tag, order, journey, stage, request)
+        self.v = 0.0
+        self.last = -math.inf
+        self.version = 0
+
+    def advance(self, t: float) -> None:
+        if self.jobs:
+            self.v += (t - self.last) / len(self.jobs)
+        self.last = t
+
+    def next_finish(self) -> float:
+        return self.last + (self.jobs[0][0] - self.v) * len(self.jobs)
 
 
 class _BatchQueue:
@@ -57,6 +80,7 @@ class CycleState:
     free: dict[tuple, float] = field(default_factory=dict)
     rr: dict[tuple, int] = field(default_factory=dict)
     bqs: dict[tuple, _BatchQueue] = field(default_factory=dict)
+    pls: dict[tuple, _PsLink] = field(default_factory=dict)
     heap: list[tuple[float, int, int, object, int]] = field(default_factory=list)   # events at or after the horizon
     horizon_ms: float = -math.inf   # where the last window stopped
 
@@ -66,6 +90,8 @@ class CycleState:
         for bq in self.bqs.values():
             bq.waiting = [(sp, sv, t, j, si, int(new[i]) if j == ji else i) for sp, sv, t, j, si, i in bq.waiting]
         self.heap = [(t, q, j, x, int(new[i]) if j == ji else i) for t, q, j, x, i in self.heap]
+        for pl in self.pls.values():
+            pl.jobs = [(tag, o, j, si, int(new[i]) if j == ji else i) for tag, o, j, si, i in pl.jobs]
 
 
 def _times_vary(world: World, journey: Journey, st: Stage) -> bool:
@@ -75,11 +101,13 @@ def _times_vary(world: World, journey: Journey, st: Stage) -> bool:
 
 def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], stages: list[tuple[int, int]],
                 busy: dict[str, Busy], state: CycleState | None = None, horizon_ms: float = math.inf,
-                batching: dict[tuple, BatchStage] | None = None, sizes: dict[str, list[int]] | None = None) -> None:
+                batching: dict[tuple, BatchStage] | None = None, sizes: dict[str, list[int]] | None = None,
+                fair: bool = False) -> None:
     """Complete the visits of `stages` (a strongly connected group of resource classes without
     outages) that happen before `horizon_ms` into `reqs[..].done`, recording busy intervals and
     batch sizes; predecessors outside the group are solved already (up to the same horizon).
-    Stages in `batching` queue at batch servers."""
+    Stages in `batching` queue at batch servers; with `fair`, link stages share their link's rate
+    (processor sharing, SimPy's _SharedLink) instead of queueing FIFO."""
     batching = batching or {}
     sizes = sizes if sizes is not None else {}
     state = state if state is not None else CycleState()
@@ -94,6 +122,7 @@ def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], sta
     labels: dict[str, tuple[list, list, list, int, int]] = {}
     waiting_now = {(ji, si, i) for bq in state.bqs.values() for _, _, _, ji, si, i in bq.waiting}
     waiting_now |= {(ji, int(x), i) for _, _, ji, x, i in state.heap if ji >= 0}  # type: ignore[call-overload]
+    waiting_now |= {(ji, si, i) for pl in state.pls.values() for _, _, ji, si, i in pl.jobs}   # in flight
     seq = 0
     for ji, si in sorted(stages):
         j, st, R = journeys[ji], journeys[ji].stages[si], reqs[ji]
@@ -214,12 +243,40 @@ def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], sta
             heapq.heappush(heap, (end, seq, _FREE, b, 0))
             seq += 1
 
+    pls: list[_PsLink] = []
+    pl_keys: list[tuple] = []
+    pl_of: dict[tuple, int] = {}
+
+    def reschedule(p: int) -> None:
+        """Arm the event of fair link p's next transfer to finish (voiding the one armed before)."""
+        nonlocal seq
+        pl = pls[p]
+        pl.version += 1
+        if pl.jobs:
+            heapq.heappush(heap, (pl.next_finish(), seq, _PS, p, pl.version))
+            seq += 1
+
+    def ps_done(p: int, now: float) -> None:
+        pl = pls[p]
+        pl.advance(now)
+        pl.v = max(pl.v, pl.jobs[0][0])
+        while pl.jobs and pl.jobs[0][0] <= pl.v + _PS_EPS_MS:
+            _, _, ji, si, i = heapq.heappop(pl.jobs)
+            delay = info[(ji, si)][7]
+            finish(ji, si, i, now if delay is None else now + delay[i])
+        reschedule(p)
+
     for key, bq in state.bqs.items():   # batch queues carried from the last window go on where they were
         bq_of[key] = len(bqs)
         bqs.append(bq)
         bq_keys.append(key)
+    for key, pl in state.pls.items():   # fair links too, with their transfers in flight
+        pl_of[key] = len(pls)
+        pls.append(pl)
+        pl_keys.append(key)
     for t, _, ji, x, i in sorted(state.heap, key=lambda e: e[1]):   # and so do the events left at the horizon
-        heapq.heappush(heap, (t, seq, ji, bq_of[x] if ji < 0 else x, i))  # type: ignore[index]
+        slot = (pl_of[x] if ji == _PS else bq_of[x]) if ji < 0 else x  # type: ignore[index]
+        heapq.heappush(heap, (t, seq, ji, slot, i))
         seq += 1
 
     for k in nan_first:
@@ -239,6 +296,10 @@ def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], sta
             if heap[0][0] >= H:
                 break
             t, _, ji, si, i = heapq.heappop(heap)
+            if ji == _PS:   # a fair link's next transfer may be done (unless the event is stale)
+                if i == pls[si].version:
+                    ps_done(si, t)
+                continue
             if ji < 0:   # a batch queue's timer ran out or its server came free
                 if ji == _TIMER:
                     bqs[si].armed.discard(t)
@@ -257,6 +318,21 @@ def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], sta
             c = rr.get(qk, 0)
             rr[qk] = c + 1
             qk = (res, q, c % servers)
+        if fair and st.kind == "link":
+            p = pl_of.get(qk, -1)
+            if p < 0:
+                p = pl_of[qk] = len(pls)
+                pls.append(state.pls.setdefault(qk, _PsLink()))
+                pl_keys.append(qk)
+            pl = pls[p]
+            pl.advance(t)
+            heapq.heappush(pl.jobs, (pl.v + s, seq, ji, si, i))
+            seq += 1
+            rec[0].append(q)
+            rec[1].append(t)
+            rec[2].append(s)
+            reschedule(p)
+            continue
         if spec is not None:
             b = bq_of.get(qk)
             if b is None:
@@ -278,7 +354,8 @@ def solve_cycle(world: World, journeys: list[Journey], reqs: list[Requests], sta
         rec[2].append(s)
         finish(ji, si, i, end if delay is None else end + delay[i])
     state.horizon_ms = H
-    state.heap = [(t, q, ji, bq_keys[x] if ji < 0 else x, i) for t, q, ji, x, i in heap] if math.isfinite(H) else []
+    state.heap = [(t, q, ji, (pl_keys[x] if ji == _PS else bq_keys[x]) if ji < 0 else x, i)
+                  for t, q, ji, x, i in heap] if math.isfinite(H) else []
     for label, (qs, starts, svcs, count, servers) in labels.items():
         busy.setdefault(label, Busy(count, servers)).add(np.asarray(qs, dtype=np.int64), np.asarray(starts),
                                                           np.asarray(svcs))

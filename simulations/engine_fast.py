@@ -302,8 +302,6 @@ def check_fast(world: World, journeys: list[Journey], link_sharing: str) -> None
         stages = [st for j in journeys for st in j.stages if st.resource in members]
         if any(world.windows_for(st) for st in stages):
             raise FastPathUnsupported("outages on resources that requests come back to")
-        if link_sharing == "fair" and any(st.kind == "link" for st in stages):
-            raise FastPathUnsupported("fair link sharing on links that requests come back over")
 
 
 def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state: FastState | None = None,
@@ -481,7 +479,7 @@ def run_fast(world: World, journeys: list[Journey], reqs: list[Requests], state:
             solve(members[0])
             continue
         stages = [(ji, si) for r in members for ji, si in visits_of[r]]
-        solve_cycle(world, journeys, reqs, stages, busy, state.cycle, H, batching, sizes)
+        solve_cycle(world, journeys, reqs, stages, busy, state.cycle, H, batching, sizes, fair=link_sharing == "fair")
         lb_done.update({k: H for k in stages})   # the scan stops at H
     state.horizon_ms = H
     if not math.isfinite(H):

@@ -122,11 +122,12 @@ def test_same_seed_same_result_with_batching_and_fair_links():
 
 
 def test_fast_path_refuses_fair_links_in_one_line():
-    """fast=True with fair links on links requests come back over raises a one-line InputError naming the reason."""
+    """fast=True where it cannot run (fair links with an outage on links requests come back over) raises a
+    one-line InputError naming the reason."""
     with pytest.raises(InputError) as e:
         simulate(make_plan(assign={"det/p0": "cams", "det/p1": "bs", "cls/p0": "cams"}), make_fleet(),
-                 strategies=["optimal"], duration_s=1, fast=True, link_sharing="fair")
-    assert "fair link" in str(e.value) and "\n" not in str(e.value)
+                 strategies=["optimal"], duration_s=1, fast=True, link_sharing="fair", failures=["link:cams@0-1"])
+    assert "outages" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_auto_engine_keeps_batching_on_the_fast_path():

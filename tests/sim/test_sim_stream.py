@@ -32,6 +32,8 @@ CASES = {
                                         dict(cams=60, bs=3), dict(batching="8:2", strategies=["optimal"])),
     "batching on a cycle": (dict(rate_hz=12.0, assign={"det/p0": "cams", "det/p1": "cloud", "cls/p0": "cams"}),
                             dict(cams=30, bs=2), dict(batching="4:2", strategies=["optimal"])),
+    "fair links on a cycle": (dict(rate_hz=10.0, assign=CYCLE), dict(cams=20, bs=2, uplink_mbps=6.0, jitter_ms=1.0),
+                              dict(link_sharing="fair", strategies=["optimal"])),
 }
 
 
@@ -143,13 +145,15 @@ def test_processor_sharing_queue_matches_a_plain_event_loop(seed, n, load):
     assert np.allclose(got, _ps_reference(a.tolist(), s.tolist()), rtol=1e-9, atol=1e-7)
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=16, deadline=None)
 @given(seed=hs.integers(0, 10_000), cams=hs.integers(5, 40), rate=hs.floats(1.0, 20.0),
        mbps=hs.floats(3.0, 60.0), jitter=hs.floats(0.0, 5.0), capacity=hs.sampled_from([None, 40.0, 200.0]),
-       strategy=hs.sampled_from(["optimal", "all-cloud", "best-split"]))
-def test_fair_links_fast_path_matches_simpy(seed, cams, rate, mbps, jitter, capacity, strategy):
-    """On random fleets, loads and links, fair sharing on the fast path (windowed) gives SimPy's report."""
-    p, f = make_plan(rate_hz=rate), make_fleet(cams=cams, uplink_mbps=mbps, jitter_ms=jitter, capacity_mbps=capacity)
+       strategy=hs.sampled_from(["optimal", "all-cloud", "best-split"]), cycle=hs.booleans())
+def test_fair_links_fast_path_matches_simpy(seed, cams, rate, mbps, jitter, capacity, strategy, cycle):
+    """On random fleets, loads and links, fair sharing on the fast path (windowed; the cycle scan when
+    requests come back to the device) gives SimPy's report."""
+    p = make_plan(rate_hz=rate, assign=CYCLE if cycle else None)
+    f = make_fleet(cams=cams, uplink_mbps=mbps, jitter_ms=jitter, capacity_mbps=capacity)
     kw = dict(strategies=[strategy], duration_s=6, seed=seed, link_sharing="fair", block_requests=200)
     slow = simulate(p, f, fast=False, **kw).strategies[strategy]
     fast = simulate(p, f, fast=True, window_requests=300, **kw).strategies[strategy]
