@@ -32,7 +32,7 @@ class AdaptPolicy:
     """The thresholds of `--adapt` (each one a flag of `tierplan run` / `deploy`)."""
 
     threshold: float = 0.3          # |observed / planned - 1| beyond which a figure is off ...
-    min_effect_ms: float = 5.0      # ... when it changes a request's time by at least this much
+    min_effect_ms: float = 10.0     # ... when it changes a request's time by at least this much
     sustain_s: float = 1.0          # ... for this long without a break before it is flagged
     window_s: float = 2.0           # rolling window of the estimates
     margin: float = 0.1             # a new plan must be predicted this share better (summed sink latency) ...

@@ -6,10 +6,12 @@ from send to arrival over the emulated or real route) and its `compute` steps (`
 
 - per link (the attach link of a site class: up and down goodput, RTT): each transfer crosses the
   links of its route (devices.fleet.Fleet.route), one RTT/2 + bytes / goodput each. The least
-  queued transfers tell the link's own figures, so per (route, size) the window's `quantile`
-  (default the 10th percentile) is one sample, and the links' (RTT/2, 1/goodput up, 1/goodput
-  down) are the least-squares fit of those samples, pulled towards the planned figures where the
-  samples cannot tell them apart (ridge); a link's RTT is shared by both directions;
+  queued transfers tell the link's own figures: a request's fan-out items cross one after another
+  (each waits for the ones before it), so per request and route its fastest transfer counts, and
+  per route the window's `quantile` (default the 25th percentile) of those is one sample; the
+  links' (RTT/2, 1/goodput up, 1/goodput down) are the least-squares fit of those samples, pulled
+  towards the planned figures where the samples cannot tell them apart (ridge); a link's RTT is
+  shared by both directions (a small tensor's route tells it);
 - per piece and site: the median compute time of the window, against a reference (the first full
   window after start, since the plan's times are for the fleet's devices, not this host).
 
@@ -34,7 +36,7 @@ __all__ = ["Observer", "transfer_sizes"]
 
 _RIDGE_DELAY = 0.05    # weight of the planned RTT/2 against one route's samples
 _RIDGE_RATE = 1e-6     # ... and of the planned goodput (only where no sample tells it: bandwidth is what drifts)
-_MIN_LINK_SAMPLES = 3  # transfers of a (route, size) in the window before it counts
+_MIN_LINK_SAMPLES = 3  # requests with a transfer over a route in the window before it counts
 
 
 def _strip(node: str) -> str:
@@ -62,12 +64,13 @@ class _Sample:
     kind: str       # "transfer" | "compute"
     name: str
     ms: float
+    request: int = 0
 
 
 class Observer:
     """Collects finished requests' steps and estimates the figures (thread-safe)."""
 
-    def __init__(self, plan: Plan, exe: Plan, window_s: float = 2.0, quantile: float = 10.0) -> None:
+    def __init__(self, plan: Plan, exe: Plan, window_s: float = 2.0, quantile: float = 25.0) -> None:
         """`plan`: the plan as planned (its fleet gives the planned link figures); `exe`: what runs
         (runtime.fleetrun; its edges give the sizes sent between sites)."""
         self.fleet: Fleet = plan.fleet_model()
@@ -78,6 +81,7 @@ class Observer:
         self._lat: deque[tuple[float, str, float]] = deque()    # (t, class, ms) per request
         self._lock = threading.Lock()
         self._reference: dict[str, float] = {}
+        self._requests = 0
         self.started_s = time.monotonic()
 
     def set_exe(self, exe: Plan) -> None:
@@ -92,9 +96,10 @@ class Observer:
         """One finished request's steps ([kind, name, ms]); `latency_ms`: its end-to-end latency."""
         t = time.monotonic() if now_s is None else now_s
         with self._lock:
+            self._requests += 1
             for kind, name, ms in steps:
                 if kind in ("transfer", "compute"):
-                    self._samples.append(_Sample(t, kind, str(name), float(ms)))
+                    self._samples.append(_Sample(t, kind, str(name), float(ms), self._requests))
             if latency_ms is not None:
                 self._lat.append((t, device_class or "", float(latency_ms)))
             self._trim(t)
@@ -123,11 +128,15 @@ class Observer:
         t = time.monotonic() if now_s is None else now_s
         with self._lock:
             self._trim(t)
-            by_route: dict[str, list[float]] = {}
+            fastest: dict[tuple[str, int], float] = {}    # (route, request) -> its fastest transfer
             for s in self._samples:
                 if s.kind == "transfer" and (since_s is None or s.t >= since_s):
-                    by_route.setdefault(s.name, []).append(s.ms)
+                    key = (s.name, s.request)
+                    fastest[key] = min(fastest.get(key, s.ms), s.ms)
             sizes = dict(self.sizes)
+        by_route: dict[str, list[float]] = {}
+        for (route, _), ms in fastest.items():
+            by_route.setdefault(route, []).append(ms)
         rows: list[tuple[list[tuple[str, str]], float, float, int]] = []   # (links, bytes, ms, n)
         for route, times in by_route.items():
             a, _, b = route.partition("->")

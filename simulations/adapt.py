@@ -3,8 +3,8 @@
 `rehearse(plan, step, policy, ...)` replays the runtime's control loop over a simulated run:
 
 - observe: after the step, the estimate the runtime's observer makes (the window's low quantile of
-  each route's transfers: runtime.observe) turns to the new goodput once fewer than `quantile`% of
-  the window's transfers predate the step, i.e. `window_s x (1 - quantile/100)` after it; the
+  each route's fastest transfer per request: runtime.observe) turns to the new goodput once fewer
+  than `quantile`% of the window's requests predate the step, `window_s x (1 - quantile/100)` after it; the
   shared `DriftDetector` (planner.adaptpolicy) is fed that figure every `tick_s` and flags it
   after `sustain_s`, with the effect it has on the plan's biggest transfer over that link;
 - decide: the same re-plan (a `Replanner`, or the new plan a live run adopted) and the same
@@ -93,7 +93,7 @@ def biggest_transfer(plan: Plan, site: str, way: str = "up") -> int:
     return best
 
 
-def flag_time(plan: Plan, step: Step, policy: AdaptPolicy, quantile: float = 10.0, horizon_s: float = 600.0) -> float | None:
+def flag_time(plan: Plan, step: Step, policy: AdaptPolicy, quantile: float = 25.0, horizon_s: float = 600.0) -> float | None:
     """When the shared detector flags the stepped link, fed what the runtime's observer would estimate
     (None: never, e.g. the plan sends nothing over that link, or the step is within the threshold)."""
     figs = link_figures(plan.fleet_model(), step.site)

@@ -21,7 +21,7 @@ def test_flag_time_follows_the_observer_window_and_the_sustain(offloading_plan):
     pol = AdaptPolicy(window_s=2.0, sustain_s=1.0, tick_s=0.25)
     assert biggest_transfer(offloading_plan, "phone") > 10_000          # the cut tensor goes up the radio
     t = flag_time(offloading_plan, Step("phone", 10.0, 20.0), pol)
-    assert t == pytest.approx(10.0 + 2.0 * 0.9 + 1.0, abs=pol.tick_s + 1e-9)
+    assert t == pytest.approx(10.0 + 2.0 * 0.75 + 1.0, abs=pol.tick_s + 1e-9)
     assert flag_time(offloading_plan, Step("phone", 10.0, 900.0), pol) is None   # within the threshold
     assert flag_time(offloading_plan, Step("gw", 10.0, 1.0), pol) is None        # the root: no attach link
 
