@@ -7,8 +7,9 @@ from send to arrival over the emulated or real route) and its `compute` steps (`
 - per link (the attach link of a site class: up and down goodput, RTT): each transfer crosses the
   links of its route (devices.fleet.Fleet.route), one RTT/2 + bytes / goodput each. The least
   queued transfers tell the link's own figures: a request's fan-out items cross one after another
-  (each waits for the ones before it), so per request and route its fastest transfer counts, and
-  per route the window's `quantile` (default the 25th percentile) of those is one sample; the
+  (each waits for the ones before it), so per request and route its fastest transfer counts (the
+  mean where the tensor is tiny: it does not queue, and the minimum of jittered delays would read
+  a shorter RTT), and per route the window's `quantile` (default the 25th percentile) of those is one sample; the
   links' (RTT/2, 1/goodput up, 1/goodput down) are the least-squares fit of those samples, pulled
   towards the planned figures where the samples cannot tell them apart (ridge); a link's RTT is
   shared by both directions (a small tensor's route tells it);
@@ -128,15 +129,17 @@ class Observer:
         t = time.monotonic() if now_s is None else now_s
         with self._lock:
             self._trim(t)
-            fastest: dict[tuple[str, int], float] = {}    # (route, request) -> its fastest transfer
+            per_request: dict[tuple[str, int], list[float]] = {}    # (route, request) -> its transfers
             for s in self._samples:
                 if s.kind == "transfer" and (since_s is None or s.t >= since_s):
-                    key = (s.name, s.request)
-                    fastest[key] = min(fastest.get(key, s.ms), s.ms)
+                    per_request.setdefault((s.name, s.request), []).append(s.ms)
             sizes = dict(self.sizes)
         by_route: dict[str, list[float]] = {}
-        for (route, _), ms in fastest.items():
-            by_route.setdefault(route, []).append(ms)
+        for (route, _), times in per_request.items():
+            # a request's transfers of a size that takes the link a while queue behind each other: its
+            # fastest is the link's own time; tiny ones (under 1 ms of wire) do not queue: their mean
+            # is the delay, which the minimum of several jittered draws would understate
+            by_route.setdefault(route, []).append(min(times) if self._queues(route, sizes) else float(np.mean(times)))
         rows: list[tuple[list[tuple[str, str]], float, float, int]] = []   # (links, bytes, ms, n)
         for route, times in by_route.items():
             a, _, b = route.partition("->")
@@ -197,6 +200,19 @@ class Observer:
                     effect = biggest[(site, way)] * abs(spb - 8.0 / (f[key] * 1e3))   # on its biggest transfer
                     out[f"link:{site}:{key}"] = Figure(f"link:{site}:{key}", f[key], mbps, n, effect)
         return out
+
+    def _queues(self, route: str, sizes: dict[str, list[int]]) -> bool:
+        """True when the route's (smallest) tensor takes at least 1 ms of planned wire time."""
+        a, _, b = route.partition("->")
+        size = (sizes.get(route) or [0])[0]
+        if a not in self.fleet.classes or b not in self.fleet.classes:
+            return False
+        wire = 0.0
+        for site, way in route_links(self.fleet, a, b):
+            f = link_figures(self.fleet, site)
+            if f:
+                wire += size * 8.0 / (f["up_mbps" if way == "up" else "down_mbps"] * 1e3)
+        return wire >= 1.0
 
     def compute_estimates(self, now_s: float | None = None) -> dict[str, Figure]:
         """`compute:NODE@SITE` -> Figure: the window's median against the reference median (the first

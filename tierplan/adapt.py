@@ -127,7 +127,9 @@ class Adapter:
                 self._flush_after(now)
                 flagged = self.detector.update(now, self.observer.figures(now))
                 if flagged and now >= self._quiet_until:
-                    self._act(now, flagged)
+                    flagged = self._settled(now, flagged)
+                    if flagged:
+                        self._act(now, flagged)
             except Exception as e:  # the service goes on; the log says what failed
                 self._emit({"t_s": round(now - self.t0, 3), "error": f"{type(e).__name__}: {e}"})
                 self._quiet_until = time.monotonic() + self.policy.cooldown_s
@@ -144,16 +146,25 @@ class Adapter:
             entry["measured_after_p95_ms"] = {k: round(v, 2) for k, v in
                                               self.observer.latency_p95(span_s=self.policy.window_s * 2).items()}
 
+    def _settled(self, now: float, flagged: list[Figure]) -> list[Figure]:
+        """The flagged link figures estimated again from the transfers since their drift began only
+        (the window before mixes in the old figures), still off; [] to wait for more of those
+        transfers (a link figure without them is not acted on yet). Compute figures pass as flagged."""
+        links = [f for f in flagged if f.key.startswith("link:")]
+        if not links:
+            return flagged
+        began = [b for f in links for b in [self.detector.since(f.key)] if b is not None]
+        fresh = self.observer.link_estimates(now, since_s=min(began)) if began else {}
+        if any(f.key not in fresh for f in links):
+            return []
+        return [fresh[f.key] if f.key.startswith("link:") else f for f in flagged
+                if not f.key.startswith("link:") or self.detector.off(fresh[f.key])]
+
     def _act(self, now: float, flagged: list[Figure]) -> None:
         pol = self.policy
         entry: dict = {"t_s": round(now - self.t0, 3), "drifted": [f.to_json() for f in flagged],
                        "measured_before_p95_ms": {k: round(v, 2) for k, v in self.observer.latency_p95(now).items()}}
         self._quiet_until = now + pol.cooldown_s
-        # the link figures again from the transfers since the drift began (the window before it mixes
-        # in the old figures), where enough of them tell
-        began = [b for f in flagged if f.key.startswith("link:") for b in [self.detector.since(f.key)] if b is not None]
-        fresh = self.observer.link_estimates(now, since_s=min(began)) if began else {}
-        flagged = [fresh.get(f.key, f) if f.key.startswith("link:") else f for f in flagged]
         entry["drifted"] = [f.to_json() for f in flagged]
         self.detector.reset()
         links = {f.key: f.observed for f in flagged if f.key.startswith("link:")}
