@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping
 
 from tierplan.devices.fleet import Fleet
 from tierplan.errors import InputError
-from tierplan.planner.plan import Plan
+from tierplan.planner.plan import Plan, piece_moves
 from tierplan.spec import FleetSpec
 
 __all__ = ["AdaptPolicy", "POLICY_KEYS", "Figure", "DriftDetector", "Decision", "decide", "route_links", "link_figures",
@@ -332,20 +332,11 @@ def recost(plan: Plan, observed: Fleet, classes: Iterable[str] | None = None) ->
 
 
 def moves_of(old: Plan, new: Plan, classes: Iterable[str] | None = None) -> list[dict[str, str | None]]:
-    """Per class, each piece `new` runs on another site class than `old` did, or that `new` cuts
-    differently (a piece of `old` that `new` does not have: `to_site` None)."""
-    out: list[dict[str, str | None]] = []
-    for cls, sites in new.per_class.items():
-        if classes is not None and cls not in classes:
-            continue
-        before = old.per_class.get(cls, {})
-        for piece, site in sites.items():
-            if before.get(piece) != site:
-                out.append({"edge_class": cls, "piece": piece, "from_site": before.get(piece), "to_site": site})
-        for piece, site in before.items():
-            if piece not in sites:
-                out.append({"edge_class": cls, "piece": piece, "from_site": site, "to_site": None})
-    return out
+    """Per class, each piece `new` runs where `old` did not run all of its segments (what a live move
+    loads on a new site), and each piece of `old` whose segments `new` lacks (`to_site` None);
+    compared segment by segment (planner.plan.piece_moves), whatever pieces each plan cut."""
+    return [{"edge_class": m.edge_class, "piece": m.piece, "from_site": m.from_site, "to_site": m.to_site,
+             "segments": ",".join(m.segments)} for m in piece_moves(old, new, classes)]
 
 
 def class_weights(plan: Plan) -> dict[str, float]:

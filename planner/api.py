@@ -34,7 +34,7 @@ from tierplan.planner.diagnose import describe_assignment, diagnose, slo_message
 from tierplan.planner.evaluate import Evaluation, evaluate
 from tierplan.planner.formulation import SolveResult, solve, solve_coverage, solve_model
 from tierplan.planner.progress import ProgressHook, phase, reporting
-from tierplan.planner.plan import ClassCoverage, ParetoPoint, PieceMove, Plan
+from tierplan.planner.plan import ClassCoverage, ParetoPoint, Plan, piece_moves
 from tierplan.planner.problem import Problem
 from tierplan.planner.report import (
     baseline_result, latency_semantics, class_latency_ms, class_meets, class_mode, cost_per_hour_usd,
@@ -75,8 +75,9 @@ def _hint(problem: Problem, info: BuildInfo, from_plan: Plan | None) -> dict[str
     if from_plan is None:
         return base
     out = {}
+    by_segment = from_plan.segment_sites()    # the old plan's pieces may join several of these segments
     for c in problem.classes:
-        old = from_plan.per_class.get(c.name) or {}
+        old = by_segment.get(c.name) or {}
         sites = list(base[c.name])
         for v in problem.compute_nodes:
             s = old.get(info.order[v])
@@ -393,6 +394,10 @@ def _regroup(run: _Run, r: SolveResult, main: Problem,
     segment_of = {op: n for n in run.info.order if run.graph.nodes[n].get("kind") == "piece"
                   for op in run.graph.nodes[n]["piece"].nodes}
     old_index = {n: i for i, n in enumerate(run.info.order)}
+    for n, a in graph.nodes(data=True):     # recorded in plan.json: replanning compares plans by segment
+        if a.get("kind") == "piece":
+            a["segments"] = sorted({segment_of[op] for op in a["piece"].nodes if op in segment_of},
+                                   key=old_index.__getitem__)
 
     def old(n: str) -> int:
         a = graph.nodes[n]
@@ -425,7 +430,7 @@ def _report(run: _Run, graph: nx.DiGraph, main: Problem, info: BuildInfo, r: Sol
         plan = plan.model_copy(update={"baselines": {n: baseline_result(main, info, a, bev)
                                                      for n, (a, bev) in base.items()}})
     if from_plan is not None:
-        plan = plan.model_copy(update={"moves": _moves(from_plan, plan)})
+        plan = plan.model_copy(update={"moves": piece_moves(from_plan, plan)})
     if pareto:
         phase("cost-latency frontier")
         plan = plan.model_copy(update={"pareto": _pareto(main, info, r, pareto_points, max(run.time_limit_s, 2.0))})
@@ -603,16 +608,6 @@ def _coverage_summary(plan: Plan, info: BuildInfo) -> str:
     if rest:
         s += "; the remaining " + "; ".join(f"{n} ({c.devices:,} devices): {c.note}" for n, c in rest)
     return s
-
-
-def _moves(old: Plan, new: Plan) -> list[PieceMove]:
-    out = []
-    for cname, sites in new.per_class.items():
-        before = old.per_class.get(cname, {})
-        for piece, site in sites.items():
-            if before.get(piece) != site:
-                out.append(PieceMove(edge_class=cname, piece=piece, from_site=before.get(piece), to_site=site))
-    return out
 
 
 def _pareto(problem: Problem, info: BuildInfo, r_main: SolveResult, points: int, budget_s: float) -> list[ParetoPoint]:

@@ -420,7 +420,7 @@ def _tables(plan: Plan) -> list[str]:
     if plan.moves:
         parts.append(f"<h2>replanning: {len(plan.moves)} piece placements move</h2>" + _table(
             ["edge class", "piece", "from", "to"],
-            [[escape(m.edge_class), escape(m.piece), escape(m.from_site or "(new)"), escape(m.to_site)]
+            [[escape(m.edge_class), escape(m.piece), escape(m.from_site or "(new)"), escape(m.to_site or "(cut away)")]
              for m in plan.moves], text_cols=(0, 1, 2, 3)))
     if plan.pareto:
         parts.append("<h2>cost-latency frontier (epsilon-constraint)</h2>" + _table(

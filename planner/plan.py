@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from tierplan.spec import AppSpec, FleetSpec
 
 __all__ = ["SinkLatency", "BaselineResult", "ClassCoverage", "PlanPiece", "PlanEdge", "ParetoPoint",
-           "PieceMove", "Plan"]
+           "PieceMove", "Plan", "piece_moves"]
 
 
 class _M(BaseModel):
@@ -74,6 +74,9 @@ class PlanPiece(_M):
     param_bytes: int = 0
     rate_factor: float = 1.0                            # invocations per source request
     latency_ms: dict[str, float] = Field(default_factory=dict)  # predicted, per site class
+    segments: list[str] = Field(default_factory=list,
+                                description="the planner's candidate segments this piece joins, in order "
+                                            "(empty: the piece is one segment, its id); replanning compares them")
 
 
 class PlanEdge(_M):
@@ -94,12 +97,15 @@ class ParetoPoint(_M):
 
 
 class PieceMove(_M):
-    """A piece that runs on another site class after replanning (`--from old-plan.json`)."""
+    """A piece that runs on another site class after replanning (`--from old-plan.json`): a piece of
+    the new plan some of whose segments the old plan ran elsewhere (or not at all), or (`to_site`
+    None) a piece of the old plan whose segments the new plan does not have."""
 
     edge_class: str
     piece: str
-    from_site: str | None
-    to_site: str
+    from_site: str | None             # the old plan's site; several joined by "+"; None: a new class
+    to_site: str | None
+    segments: list[str] = Field(default_factory=list)   # the piece's segments that change site
 
 
 class Plan(_M):
@@ -160,6 +166,17 @@ class Plan(_M):
     not_met: list[dict[str, str | float | int]] = Field(
         default_factory=list, description="per class and sink missing its SLO: edge_class, devices, sink, slo_ms, "
         "planned_ms, best_alone_ms (the best it could reach with the fleet to itself), why, fix")
+
+    def segments_of(self) -> dict[str, list[str]]:
+        """Piece id -> the candidate segments it joins (itself when it is one, or for a plan that
+        records none): what two plans of one app can be compared by, whatever pieces each cut."""
+        return {p.id: list(p.segments) or [p.id] for p in self.pieces}
+
+    def segment_sites(self) -> dict[str, dict[str, str]]:
+        """Per class, segment (or transform) id -> the site class that runs it."""
+        seg = self.segments_of()
+        return {c: {x: site for piece, site in sites.items() for x in seg.get(piece, [piece])}
+                for c, sites in self.per_class.items()}
 
     def with_inputs(self, app: "AppSpec", fleet: "Fleet") -> "Plan":
         """This plan with the app and the resolved fleet embedded (model paths made absolute)."""
@@ -311,3 +328,30 @@ def _app_json(app: "AppSpec") -> dict:
             if m.get(k) and not m[k].startswith("pkg:"):
                 m[k] = str(app.resolve_path(m[k]).resolve())
     return d
+
+
+def piece_moves(old: Plan, new: Plan, classes: Iterable[str] | None = None) -> list[PieceMove]:
+    """Per class, each piece of `new` some of whose segments `old` ran on another site class (or not
+    at all), and each piece of `old` whose segments `new` lacks. Compared segment by segment, so a
+    plan cut differently but run on the same sites moves nothing."""
+    out: list[PieceMove] = []
+    old_seg, new_seg = old.segment_sites(), new.segment_sites()
+    old_pieces, new_pieces = old.segments_of(), new.segments_of()
+    for cls, sites in new.per_class.items():
+        if classes is not None and cls not in classes:
+            continue
+        before, after = old_seg.get(cls, {}), new_seg[cls]
+        if cls not in old.per_class:
+            out += [PieceMove(edge_class=cls, piece=p, from_site=None, to_site=s) for p, s in sites.items()]
+            continue
+        for piece, site in sites.items():
+            moved = [x for x in new_pieces.get(piece, [piece]) if before.get(x) != site]
+            if moved:
+                was = sorted({before[x] for x in moved if x in before})
+                out.append(PieceMove(edge_class=cls, piece=piece, from_site="+".join(was) or None, to_site=site,
+                                     segments=moved))
+        for piece, site in old.per_class[cls].items():
+            gone = [x for x in old_pieces.get(piece, [piece]) if x not in after]
+            if gone:
+                out.append(PieceMove(edge_class=cls, piece=piece, from_site=site, to_site=None, segments=gone))
+    return out

@@ -124,7 +124,7 @@ def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 1
         for col in ("edge class", "piece", "from", "to"):
             column(t, col, ident=True)
         for m in plan.moves[:50]:
-            t.add_row(m.edge_class, m.piece, m.from_site or "(new class)", m.to_site)
+            t.add_row(m.edge_class, m.piece, m.from_site or "(new)", m.to_site or "(cut away)")
         print_table(con, t)
     if plan.pareto:
         t = Table(title="cost-latency frontier (epsilon-constraint)", title_justify="left")

@@ -189,7 +189,7 @@ def plan_pieces(graph: nx.DiGraph, info: BuildInfo) -> list[PlanPiece]:
             pc = a["piece"]
             pp.update(model=pc.model, file=pc.file, inputs=[_tinfo(t) for t in pc.inputs],
                       outputs=[_tinfo(t) for t in pc.outputs], flops=float(pc.flops),
-                      param_bytes=int(pc.param_bytes))
+                      param_bytes=int(pc.param_bytes), segments=list(a.get("segments") or []))
         elif kind == "source":
             spec = a.get("spec")
             pp.update(outputs=[{"name": n, "shape": list(getattr(spec, "shape", []) or []),
