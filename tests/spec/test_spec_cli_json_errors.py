@@ -94,18 +94,41 @@ def test_json_error_on_stdout_of_the_real_command(args, subprocess_env, python):
     assert json.loads(r.stdout)["error"]["code"] == 2
 
 
-def test_infeasible_plan_with_json_prints_the_plan_only(cli, tmp_path):
-    """A goal not met (exit 1) keeps the plan.json result on stdout and adds no error object after it."""
-    app = tmp_path / "app.yaml"
-    text = APP.read_text()
+def _smart_city_copy(tmp_path: Path, edit) -> Path:
+    """examples/smart-city's app.yaml changed by `edit` (its ONNX models linked beside it)."""
     import yaml
-    doc = yaml.safe_load(text)
-    for s in doc.get("slo", []):
-        s["latency_ms"] = 0.001
+    doc = yaml.safe_load(APP.read_text())
+    edit(doc)
+    app = tmp_path / "app.yaml"
     app.write_text(yaml.safe_dump(doc))
     for name in ("detector.onnx", "classifier.onnx"):
         (tmp_path / name).symlink_to(APP.parent / name)
+    return app
+
+
+def test_slo_not_met_with_json_prints_the_plan_only(cli, tmp_path):
+    """An SLO no class can meet (exit 1): every class is still planned, at its best latency, and
+    stdout holds the plan.json result listing the classes that miss, with no error object after it."""
+    def slo_1us(doc):
+        for s in doc.get("slo", []):
+            s["latency_ms"] = 0.001
+    app = _smart_city_copy(tmp_path, slo_1us)
+    r = cli("plan", str(app), "--fleet", str(FLEET), "--json", "--time-limit", "2")
+    assert r.exit_code == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert out["status"] in ("optimal", "feasible") and "error" not in out
+    assert out["slo_met"] is False
+    assert {m["edge_class"] for m in out["not_met"]} == set(out["per_class"]) and out["per_class"]
+
+
+def test_infeasible_plan_with_json_prints_the_plan_only(cli, tmp_path):
+    """No placement at all (exit 1): raw frames that may not leave the camera, and legacy cameras too
+    weak to run the detector on every frame. stdout holds the infeasible plan.json, saying why."""
+    def private_frames(doc):
+        doc["sources"]["camera"]["private"] = True
+    app = _smart_city_copy(tmp_path, private_frames)
     r = cli("plan", str(app), "--fleet", str(FLEET), "--json", "--time-limit", "2")
     assert r.exit_code == 1, r.stderr
     out = json.loads(r.stdout)
     assert out["status"] == "infeasible" and "error" not in out
+    assert "legacy_cams" in out["reason"]
