@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             reh = rehearse(plan, Step(CLASS, e["step_applied_at_s"], args.after), policy, args.seconds,
                            adapt=(name == "adapt"), new_plan=r["run"].final_plan if name == "adapt" else None,
                            replan_s=e.get("replan_s"), load_s=e.get("load_s") or 0.5, classes=[CLASS],
-                           run_report=doc, segment_s=120.0, seed=args.seed, colocate=os.cpu_count())
+                           run_report=doc, seed=args.seed, colocate=os.cpu_count())
             bounds = [(s.start_s, s.end_s) for s in reh.segments]
             e["sim"] = reh.to_json()
             e["sim"]["wall_s"] = round(time.perf_counter() - t, 2)

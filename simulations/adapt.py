@@ -14,8 +14,8 @@
 Latency over time is simulated per segment (before the step, from the step to the switch, after
 the switch): each segment's plan on the fleet with that segment's link figure, replayed as the run
 ran it (`simulations.calibration.as_run`: its classes, devices and workers, the measured compute
-times of a `profile`), for `segment_s` simulated seconds; a segment's p50/p95 hold for its whole
-span. Queues carried across a boundary (a link's backlog when it is overloaded) are not simulated:
+times of a `profile`) for the segment's own length (or `segment_s` simulated seconds, its steady
+state); a segment's p50/p95 hold for its whole span. Queues carried across a boundary (a link's backlog when it is overloaded) are not simulated:
 each segment starts empty, which the report says.
 """
 
@@ -135,7 +135,7 @@ def _simulate(plan: Plan, run_report: Path | None, duration_s: float, seed: int,
 def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, adapt: bool = True,
              new_plan: Plan | None = None, replan: Callable[[FleetSpec, float], Plan] | None = None,
              replan_s: float | None = None, load_s: float = 0.5, classes: list[str] | None = None,
-             run_report: str | Path | dict | None = None, segment_s: float = 60.0, seed: int = 0,
+             run_report: str | Path | dict | None = None, segment_s: float | None = None, seed: int = 0,
              colocate: int | None = None) -> Rehearsal:
     """The run of `plan` with `step` applied, with (`adapt`) or without the policy (see the module doc).
 
@@ -190,10 +190,11 @@ def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, 
             p = plan if which == "old" else chosen
             assert p is not None
             seg = Segment(start, end, which, mbps)
-            seg.sinks = _simulate(_with_uplink(p, step.site, mbps), report_path, segment_s, seed, colocate)
+            seg.sinks = _simulate(_with_uplink(p, step.site, mbps), report_path, segment_s or (end - start), seed, colocate)
             out.segments.append(seg)
-        out.notes.append("each segment is replayed from empty queues for its steady state "
-                         f"({segment_s:g} simulated s); a backlog carried over a boundary is not simulated")
+        out.notes.append("each segment is replayed from empty queues for "
+                         + (f"{segment_s:g} simulated s (its steady state)" if segment_s else "its own length")
+                         + "; a backlog carried over a boundary is not simulated")
         return out
     finally:
         if tmp is not None:
