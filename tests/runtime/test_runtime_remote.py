@@ -19,7 +19,7 @@ from tierplan.runtime.proto import runtime_pb2_grpc as pbg
 from tierplan.runtime.security import TlsConfig, channel
 from tierplan.runtime.wire import GRPC_OPTIONS, tensor_to_pb
 
-from rt_helpers import processes_with_env
+from rt_helpers import processes_with_env, three_tier_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,7 +60,7 @@ def test_remote_deploy_over_ray_start_and_a_tls_agent(tmp_path, sq_files):
     from tierplan.runtime.handplan import chain_plan
     from tierplan.runtime.security import make_certs
     make_certs(tmp_path / "certs", ["phone", "cloud"])
-    chain_plan(sq_files, ["phone", "cloud", "cloud"], "phone").save(tmp_path / "plan.json")
+    chain_plan(sq_files, ["phone", "cloud", "cloud"], "phone", fleet=three_tier_fleet()).save(tmp_path / "plan.json")
     marker = uuid.uuid4().hex
     env = dict(os.environ, PYTHONPATH=str(REPO), TIERPLAN_TEST_MARK=marker, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
     ray_port, agent_port = _free_port(), _free_port()

@@ -397,14 +397,18 @@ def test_agent_on_an_address_it_cannot_bind_exits_2(where):
 def test_deploy_front_door_beyond_loopback_without_tls_exits_2(tmp_path):
     """`tierplan deploy --listen 0.0.0.0:PORT` without --tls-dir or --insecure exits 2 before starting anything."""
     from tierplan.planner.plan import Plan
-    Plan.model_validate_json(_plan_json()).save(tmp_path / "plan.json")
+    from tierplan.runtime.handplan import with_fleet
+    from rt_helpers import three_tier_fleet
+    with_fleet(Plan.model_validate_json(_plan_json()), three_tier_fleet()).save(tmp_path / "plan.json")
     _one_error_line(_tierplan("deploy", str(tmp_path / "plan.json"), "--listen", "0.0.0.0:0"), "--listen")
 
 
 def test_deploy_refuses_a_plan_transform_it_does_not_allow(tmp_path):
     """`tierplan deploy` names a transform from a module not allowed before any site starts (exit 2)."""
     from tierplan.planner.plan import Plan
-    Plan.model_validate_json(_plan_json("os:system")).save(tmp_path / "plan.json")
+    from tierplan.runtime.handplan import with_fleet
+    from rt_helpers import three_tier_fleet
+    with_fleet(Plan.model_validate_json(_plan_json("os:system")), three_tier_fleet()).save(tmp_path / "plan.json")
     _one_error_line(_tierplan("deploy", str(tmp_path / "plan.json")), "transform t", "os:system")
 
 
