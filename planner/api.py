@@ -391,17 +391,19 @@ def _regroup(run: _Run, r: SolveResult, main: Problem,
     graph = regroup(cuts)
     problem, info = _rebuild(run, graph)
     # a merged piece runs where its first segment ran (all its segments ran there)
-    segment_of = {op: n for n in run.info.order if run.graph.nodes[n].get("kind") == "piece"
-                  for op in run.graph.nodes[n]["piece"].nodes}
+    # (model, operator) -> its segment: operator names repeat across models (two ONNX files' Conv_0)
+    segment_of = {(run.graph.nodes[n]["model"], op): n for n in run.info.order
+                  if run.graph.nodes[n].get("kind") == "piece" for op in run.graph.nodes[n]["piece"].nodes}
     old_index = {n: i for i, n in enumerate(run.info.order)}
     for n, a in graph.nodes(data=True):     # recorded in plan.json: replanning compares plans by segment
         if a.get("kind") == "piece":
-            a["segments"] = sorted({segment_of[op] for op in a["piece"].nodes if op in segment_of},
-                                   key=old_index.__getitem__)
+            a["segments"] = sorted({segment_of[(a["model"], op)] for op in a["piece"].nodes
+                                    if (a["model"], op) in segment_of}, key=old_index.__getitem__)
+            assert a["segments"], f"piece {n}: none of its operators is in a candidate segment"
 
     def old(n: str) -> int:
         a = graph.nodes[n]
-        return old_index[segment_of[a["piece"].nodes[0]]] if a.get("kind") == "piece" else old_index[n]
+        return old_index[a["segments"][0]] if a.get("kind") == "piece" else old_index[n]
 
     assignment = {c: tuple(sites[old(n)] for n in info.order) for c, sites in r.assignment.items()}
     # the SLOs as the phases left them (dropped or kept at a missing class's best), by sink id

@@ -77,3 +77,39 @@ def test_warm_start_hint_places_each_segment_where_the_old_plan_ran_it() -> None
     was = old.segment_sites()["phones"]
     for v in problem.compute_nodes:
         assert hint[v] == was[info.order[v]]
+
+
+TWIN_APP = """\
+name: twins
+models:
+  a: {{onnx: {model}, dims: {{batch: 1}}}}
+  b: {{onnx: {model}, dims: {{batch: 1}}}}
+sources:
+  camera: {{at: edge, rate_hz: 2, shape: [1, 3, 224, 224]}}
+edges:
+  - {{from: camera, to: a, tensors: {{camera: crop}}}}
+  - {{from: camera, to: b, tensors: {{camera: crop}}}}
+sinks:
+  sa: {{from: a}}
+  sb: {{from: b}}
+objective: latency
+"""
+
+
+def test_two_models_with_the_same_operator_names_keep_their_own_segments(tmp_path: Path) -> None:
+    """Two copies of one ONNX model (every operator name shared): each plan piece joins segments of
+    its own model only, each model's segments are all covered once, and a piece runs where the
+    segment plan ran each of its segments (per class)."""
+    model = Path(__file__).resolve().parents[2] / "examples" / "smart-city" / "classifier.onnx"
+    (tmp_path / "app.yaml").write_text(TWIN_APP.format(model=model))
+    app = load_app(tmp_path / "app.yaml")
+    plan = plan_app(app, _phone_cloud(5.85), objective="latency", cost_model=cost_model(), time_limit_s=10)
+    segments = build_app_graph(app, None, segments=DEFAULT_SEGMENTS)
+    for m in ("a", "b"):
+        own = [x for p in plan.pieces if p.model == m for x in p.segments]
+        assert all(x.startswith(f"{m}/") for x in own)
+        assert sorted(own) == sorted(n for n, d in segments.nodes(data=True) if d.get("model") == m)
+    # every segment of a piece ran where the piece runs: re-planning from the plan moves nothing
+    same = plan_app(app, _phone_cloud(5.85), objective="latency", cost_model=cost_model(), time_limit_s=10,
+                    from_plan=plan)
+    assert same.moves == [] and same.segment_sites() == plan.segment_sites()
