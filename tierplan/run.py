@@ -574,7 +574,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
         acc["client"].append(t.latency_ms)
         if not _of_generation(t.steps, svc_prefix):   # --adapt: a request of an earlier plan, not in the final graph
             continue
-        srcs = list(d.sources)
+        srcs = [svc_prefix + x for x in d.sources]   # a live move's generation: its own sources (gK~NODE)
         acc["local"] += _replays(graph, t.steps, local, emu.route, fan, overheads, (seed, i), srcs)
         acc["replay"] += _replays(graph, t.steps, measured, emu.route, fan, overheads, (seed, i), srcs)
         cpu = _own_steps(t.steps, "cpu")
