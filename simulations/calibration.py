@@ -288,8 +288,10 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
 
     Compute steps are named `node@site`; every invocation is a sample of its stage's marginal.
     The time a request spent outside its steps (dispatch, the glue between pieces) is measured on
-    the requests that ran on one site without transfers (their steps one after another) and, when
-    there are enough of them, kept as `overhead_ms` and drawn for every request.
+    the requests that ran on one site without transfers (their steps one after another), those with
+    the fewest steps (the request's own share: a long single-site request, e.g. a phone's whole OCR
+    cascade, adds a share per step and per fan-out item that a 2-step request does not have), and,
+    when there are enough of them, kept as `overhead_ms` and drawn for every request.
     The correlation is fitted to the measured spread of each request's total compute time
     (`fit_correlation`; `fit=False`: the mean pairwise correlation of stage normal scores, which
     misses how strongly neighbouring stages move together). The first `warmup` requests (cold
@@ -301,6 +303,7 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
     totals: list[float] = []
     overhead: list[float] = []
     own_overhead: list[float | None] = []
+    n_steps: list[int | None] = []
     n = 0
     for i, tr in enumerate(traces):
         if i < warmup:
@@ -321,10 +324,17 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
         if sequential and hasattr(tr, "latency_ms"):  # one site, no transfers: the steps run one after another
             overhead.append(float(tr.latency_ms) - totals[-1])
             own_overhead.append(overhead[-1])
+            n_steps.append(len(keys))
         else:
             own_overhead.append(None)
+            n_steps.append(None)
     if not samples:
         raise InputError(f"{source or 'traces'}: no compute steps (node@site) to calibrate from")
+    fewest = min((k for k in n_steps if k is not None), default=None)
+    shortest = [o for o, k in zip(own_overhead, n_steps) if o is not None and k == fewest]
+    if len(shortest) >= _MIN_PAIRS:   # the requests with the fewest steps: the request's own overhead
+        overhead = shortest
+        own_overhead = [o if k == fewest else None for o, k in zip(own_overhead, n_steps)]
     rho_pairs, pairs = copula_correlation(per_request)
     prof = ServiceProfile({k: np.array(v) for k, v in samples.items()}, rho_pairs, n, source, pairs,
                           np.array(overhead) if len(overhead) >= _MIN_PAIRS else None)

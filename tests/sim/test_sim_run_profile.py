@@ -75,3 +75,14 @@ def test_time_waiting_at_a_busy_source_site_is_not_taken_for_overhead():
                          ["compute", "m/p0@phone", 2.0]]} for i in range(10)]
     prof = profile_from_run({"requests_ok": 10, "classes_run": ["phone"], "traces": traces})
     assert prof.overhead_ms is not None and max(prof.overhead_ms) == pytest.approx(1.0)
+
+
+def test_the_overhead_is_the_one_of_the_requests_with_the_fewest_steps():
+    """A phone's 2-step speech request and its 10-step text request both run on one site; the per-request
+    overhead drawn for every request is the short one's (1 ms), not the long one's (5 ms: a share per step)."""
+    def trace(steps: int, extra: float) -> dict:
+        return {"device_class": "phone", "latency_ms": steps * 2.0 + extra,
+                "steps": [["compute", f"m/p{k}@phone", 2.0] for k in range(steps)]}
+    traces = [trace(2, 1.0) for _ in range(10)] + [trace(10, 5.0) for _ in range(10)]
+    prof = profile_from_run({"requests_ok": 20, "classes_run": ["phone"], "traces": traces})
+    assert prof.overhead_ms is not None and max(prof.overhead_ms) == pytest.approx(1.0)
