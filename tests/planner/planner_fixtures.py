@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import networkx as nx
 
@@ -142,3 +143,16 @@ def assert_matches_brute_force(problem, r, best) -> None:
     ev = evaluate(problem, r.assignment, r.levels)
     assert ev.feasible, ev.violations
     assert ev.objective == r.objective
+
+
+def twin_app_yaml(model: Path, tensor: str, shape: list[int], dtype: str = "float32",
+                  dims: dict[str, int] | None = None) -> str:
+    """app.yaml of one source feeding two copies of one ONNX model (`a`, `b`: every operator name
+    shared), each to its own sink: two branches of one request."""
+    import yaml
+    spec = {"onnx": str(model), **({"dims": dims} if dims else {})}
+    return yaml.safe_dump({
+        "name": "twins", "models": {"a": spec, "b": dict(spec)},
+        "sources": {"camera": {"at": "edge", "rate_hz": 2, "shape": shape, "dtype": dtype}},
+        "edges": [{"from": "camera", "to": m, "tensors": {"camera": tensor}} for m in ("a", "b")],
+        "sinks": {"sa": {"from": "a"}, "sb": {"from": "b"}}, "objective": "latency"})

@@ -14,7 +14,7 @@ from tierplan.planner.adaptpolicy import moves_of
 from tierplan.planner.api import _hint, plan_app
 from tierplan.planner.build import build_problem
 from tierplan.planner.plan import Plan
-from planner_fixtures import cost_model
+from planner_fixtures import cost_model, twin_app_yaml
 from test_planner_cuts import DATA, _phone_cloud
 
 
@@ -79,29 +79,12 @@ def test_warm_start_hint_places_each_segment_where_the_old_plan_ran_it() -> None
         assert hint[v] == was[info.order[v]]
 
 
-TWIN_APP = """\
-name: twins
-models:
-  a: {{onnx: {model}, dims: {{batch: 1}}}}
-  b: {{onnx: {model}, dims: {{batch: 1}}}}
-sources:
-  camera: {{at: edge, rate_hz: 2, shape: [1, 3, 224, 224]}}
-edges:
-  - {{from: camera, to: a, tensors: {{camera: crop}}}}
-  - {{from: camera, to: b, tensors: {{camera: crop}}}}
-sinks:
-  sa: {{from: a}}
-  sb: {{from: b}}
-objective: latency
-"""
-
-
 def test_two_models_with_the_same_operator_names_keep_their_own_segments(tmp_path: Path) -> None:
     """Two copies of one ONNX model (every operator name shared): each plan piece joins segments of
     its own model only, each model's segments are all covered once, and a piece runs where the
     segment plan ran each of its segments (per class)."""
     model = Path(__file__).resolve().parents[2] / "examples" / "smart-city" / "classifier.onnx"
-    (tmp_path / "app.yaml").write_text(TWIN_APP.format(model=model))
+    (tmp_path / "app.yaml").write_text(twin_app_yaml(model, "crop", [1, 3, 224, 224], dims={"batch": 1}))
     app = load_app(tmp_path / "app.yaml")
     plan = plan_app(app, _phone_cloud(5.85), objective="latency", cost_model=cost_model(), time_limit_s=10)
     segments = build_app_graph(app, None, segments=DEFAULT_SEGMENTS)
