@@ -38,7 +38,8 @@ class Scenario:
     service_correlation: share of the log-normal service variance common to a request's stages;
     profile: measured node@site times (simulations.calibration); colocate=N: every site on one host
     with N cores; batching: None (off) or a BatchPolicy; link_sharing: fifo or fair.
-    window_requests: requests solved at once by the fast path (memory bound, not results);
+    window_requests: requests solved at once by the fast path (memory bound, not results), counted
+    for a 3-stage journey: a journey of more stages gets proportionally fewer;
     block_requests: expected requests per arrival block (each block draws from its own stream: the
     sample path depends on it, never on window_requests);
     exact_quantiles: latencies per sink kept exactly before quantiles come from the sketch
