@@ -226,8 +226,9 @@ def start_local_ray(cpus: int | None = None) -> str:
 def run_sweep(plan: Plan, base: Scenario, strategies: Sequence[str], grid: dict[str, tuple],
               fleet: FleetSpec | None = None, ray_address: str | None = LOCAL,
               progress: Callable[[int, int], None] | None = None) -> SweepReport:
-    """Run every cell: as Ray tasks on `ray_address` (LOCAL: the embedded cluster; an address: that
-    cluster; a connected session is used as it is) or, with None, one after another here."""
+    """Run every cell: as Ray tasks on `ray_address` (LOCAL: the embedded cluster, or the session
+    this process is already connected to; an address: that cluster, leaving any other session) or,
+    with None, one after another here."""
     cells = sweep_cells(strategies, grid)
     t0 = time.perf_counter()
     results: list[CellResult] = []
@@ -240,6 +241,9 @@ def run_sweep(plan: Plan, base: Scenario, strategies: Sequence[str], grid: dict[
     else:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         import ray
+        if ray.is_initialized() and ray_address != LOCAL and \
+                ray_address != ray.get_runtime_context().gcs_address:
+            ray.shutdown()   # connected to another cluster (an earlier sweep's local one): join the one asked for
         if ray.is_initialized():
             runner = f"Ray ({int(ray.cluster_resources().get('CPU', 0))} CPUs)"
         elif ray_address == LOCAL:
