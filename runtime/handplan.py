@@ -1,8 +1,8 @@
-"""Plans made by hand: a model cut into a chain of pieces on chosen sites, or a whole app on one site.
+"""Plans made by hand: a model cut into a chain of pieces on chosen sites.
 
-Used by tests and benchmarks (real ONNX pieces cut with `onnx.utils.extract_model`); `app_plan`
-runs every model as one piece on one site. Like the planner's, these plans embed the fleet they
-were made for (and `app_plan` the app), since the runtime reads nothing but the plan. Predicted latencies come from timing each piece here with
+Used by tests and benchmarks (real ONNX pieces cut with `onnx.utils.extract_model`). Like the
+planner's, these plans embed the fleet they were made for, since the runtime reads nothing but the
+plan. Predicted latencies come from timing each piece here with
 onnxruntime plus the links' transfer times (the cost model's formula: RTT/2 + bytes/bandwidth
 per link).
 """
@@ -19,9 +19,9 @@ from tierplan.planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
 from tierplan.runtime.graph import SINK_PREFIX
 from tierplan.runtime.links import LinkEmulator, route_table
 from tierplan.errors import InputError
-from tierplan.spec import AppSpec, FleetSpec
+from tierplan.spec import FleetSpec
 
-__all__ = ["with_fleet", "with_random_weights", "split_chain", "chain_plan", "app_plan", "tensor_infos", "time_piece_ms", "predict_latency"]
+__all__ = ["with_fleet", "with_random_weights", "split_chain", "chain_plan", "tensor_infos", "time_piece_ms", "predict_latency"]
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                 11: "float64"}
@@ -194,80 +194,3 @@ def chain_plan(files: list[str | Path], sites: list[str], source_site: str, *, s
     return plan.model_copy(update={"sinks": predict_latency(plan)})
 
 
-def _pick_site(fleet: FleetSpec, at: str) -> str:
-    if at in fleet.sites:
-        return at
-    for name, s in fleet.sites.items():
-        if s.tier == at:
-            return name
-    raise InputError(f"app: source site {at!r} is neither a site class nor a tier of the fleet")
-
-
-def app_plan(app: AppSpec, fleet: FleetSpec, site: str | None = None, time_pieces: bool = True) -> Plan:
-    """The whole app on one site (each model one piece; sources stay where they are produced).
-
-    `site` defaults to the fleet's first cloud site class (else the first site class).
-    """
-    if site is None:
-        site = next((n for n, s in fleet.sites.items() if s.tier == "cloud"), next(iter(fleet.sites)))
-    pieces: list[PlanPiece] = []
-    assignment: dict[str, str] = {}
-    outputs: dict[str, list[dict]] = {}
-    inputs: dict[str, list[dict]] = {}
-    ids: dict[str, str] = {}
-    for name, src in app.sources.items():
-        info = [{"name": name, "shape": list(src.shape), "dtype": src.dtype,
-                 "nbytes": int(np.prod(src.shape) * np.dtype(src.dtype).itemsize)}]
-        pieces.append(PlanPiece(id=name, kind="source", outputs=info))
-        assignment[name] = _pick_site(fleet, src.at)
-        outputs[name] = info
-        ids[name] = name
-    for name, m in app.models.items():
-        if m.onnx is None:
-            raise InputError(f"app.yaml: models.{name}: the runtime needs an ONNX file (got a "
-                             f"{'profile table' if m.profile else 'tflite file'}). To fix: give `onnx:`")
-        path = app.resolve_path(m.onnx)
-        if not path.is_file():
-            raise InputError(f"app.yaml: models.{name}.onnx: file not found {str(path)!r}")
-        pid = f"{name}/p0"
-        ins, outs = tensor_infos(path, "inputs", m.dims), tensor_infos(path, "outputs", m.dims)
-        lat = {site: time_piece_ms(path)} if time_pieces else {}
-        pieces.append(PlanPiece(id=pid, kind="piece", model=name, file=str(path), inputs=ins, outputs=outs,
-                                latency_ms=lat))
-        assignment[pid] = site
-        outputs[name], inputs[name] = outs, ins
-        ids[name] = pid
-    for name, t in app.transforms.items():
-        shape = list(t.output_shape or [1])
-        out = [{"name": f"{name}:0", "shape": shape, "dtype": t.output_dtype,
-                "nbytes": int(np.prod(shape) * np.dtype(t.output_dtype).itemsize)}]
-        pieces.append(PlanPiece(id=name, kind="transform", outputs=out, rate_factor=t.fanout,
-                                latency_ms={site: t.cost_ms}, function=t.function))
-        assignment[name] = site
-        outputs[name] = out
-        ids[name] = name
-    edges: list[PlanEdge] = []
-    for e in app.edges:
-        src_out = outputs[e.src]
-        if e.tensors:
-            names = list(e.tensors.values())
-        elif e.dst in inputs:
-            names = [t["name"] for t in inputs[e.dst][:max(len(src_out), 1)]]
-        else:
-            names = [t["name"] for t in src_out]
-        nbytes = sum(t["nbytes"] for t in src_out if not e.tensors or t["name"] in e.tensors) or \
-            sum(t["nbytes"] for t in src_out)
-        edges.append(PlanEdge(src=ids[e.src], dst=ids[e.dst], nbytes=nbytes, tensors=names))
-    first_source = next(iter(app.sources))
-    for name, s in app.sinks.items():
-        sid = SINK_PREFIX + name
-        pieces.append(PlanPiece(id=sid, kind="sink", inputs=outputs[s.src]))
-        assignment[sid] = assignment[first_source] if s.deliver_to in ("source", "edge", "any") else \
-            _pick_site(fleet, s.deliver_to)
-        edges.append(PlanEdge(src=ids[s.src], dst=sid, nbytes=sum(t["nbytes"] for t in outputs[s.src]),
-                              tensors=[t["name"] for t in outputs[s.src]]))
-    plan = Plan(status="feasible", assignment=assignment, pieces=pieces, edges=edges,
-                objective_kind="latency", reason=None)
-    from tierplan.devices.fleet import resolve_fleet
-    plan = plan.with_inputs(app, resolve_fleet(fleet))
-    return plan.model_copy(update={"sinks": predict_latency(plan)})
