@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -67,6 +69,7 @@ def test_profile_bad_backend_and_missing_file_exit_2(squeezenet, tmp_path):
     assert r.returncode == 2 and "nope.onnx" in r.stderr
 
 
+@pytest.mark.slow   # measures this CPU
 def test_calibrate_writes_a_file_the_cost_model_loads(tmp_path):
     """`tierplan calibrate --out F` measures real models, writes F, and F loads as a Calibration of this CPU."""
     from tierplan.devices.costmodel import Calibration
@@ -82,6 +85,7 @@ def test_calibrate_writes_a_file_the_cost_model_loads(tmp_path):
     assert json.loads(r.stdout)["file"] == str(out)
 
 
+@pytest.mark.slow   # measures this CPU
 def test_calibrate_default_goes_to_the_user_cache_not_the_tree(tmp_path):
     """Without --out, `tierplan calibrate` writes $XDG_CACHE_HOME/tierplan/calibration/<cpu key>.json and leaves the
     package and the git tree untouched."""

@@ -90,6 +90,7 @@ def test_plan_progress_on_stderr_only_when_asked(flag, tmp_path):
         assert BAR not in r.stderr
 
 
+@pytest.mark.slow   # simulates every strategy / measures this CPU
 def test_simulate_progress_counts_strategies():
     """`simulate --progress` into a pipe shows the strategies replayed on stderr; without it, no bar."""
     r = _tierplan("simulate", str(EXAMPLE), "--duration", "2", "--strategies", "optimal,all-cloud", "--json",
@@ -101,6 +102,7 @@ def test_simulate_progress_counts_strategies():
     assert r.returncode == 0 and BAR not in r.stderr
 
 
+@pytest.mark.slow   # simulates every strategy / measures this CPU
 def test_calibrate_progress_counts_measured_pieces(tmp_path):
     """`calibrate --progress` into a pipe shows the pieces measured on stderr; stdout stays the JSON calibration."""
     r = _tierplan("calibrate", "--model", "ppocr_cls", "--max-pieces", "2", "--runs", "3", "--json", "--progress",
