@@ -24,7 +24,8 @@ from tierplan.planner.plan import Plan, piece_moves
 from tierplan.spec import FleetSpec
 
 __all__ = ["AdaptPolicy", "POLICY_KEYS", "Figure", "DriftDetector", "Decision", "decide", "route_links", "link_figures",
-           "observed_fleet", "recost", "predicted", "slo_of", "score", "moves_of", "class_weights", "Replanner"]
+           "observed_fleet", "recost", "predicted", "slo_of", "score", "moves_of", "class_weights", "Replanner",
+           "site_ratios", "scaled_cost_model"]
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,13 @@ class AdaptPolicy:
 
     threshold: float = 0.3          # |observed / planned - 1| beyond which a figure is off ...
     min_effect_ms: float = 10.0     # ... when it changes a request's time by at least this much
-    sustain_s: float = 1.0          # ... for this long without a break before it is flagged
+    sustain_s: float = 0.5          # ... for this long without a break before it is flagged
     window_s: float = 2.0           # rolling window of the estimates
     margin: float = 0.1             # a new plan must be predicted this share better (summed sink latency) ...
     move_cost_ms: float = 10.0      # ... after charging this many ms per piece moved
     replan_time_limit_s: float = 1.5
     cooldown_s: float = 5.0         # no new decision this long after one
-    tick_s: float = 0.25            # how often the controller looks at its estimates
+    tick_s: float = 0.2             # how often the controller looks at its estimates
 
     def __post_init__(self) -> None:
         for key, name in POLICY_KEYS.items():
@@ -89,6 +90,7 @@ class Figure:
     observed: float
     samples: int = 0
     effect_ms: float = math.inf     # what the difference changes in one request's time (transfers, compute)
+    since_s: float | None = None    # when the estimate's evidence began to be off (None: now)
 
     @property
     def ratio(self) -> float:
@@ -102,7 +104,7 @@ class Figure:
 class DriftDetector:
     """Flags the figures that have been off their planned value by more than the threshold, with an
     effect of at least `min_effect_ms`, for `sustain_s` without a break (a figure back within it
-    starts over)."""
+    starts over); the time counts from the figure's `since_s` when it says when its evidence began."""
 
     def __init__(self, policy: AdaptPolicy) -> None:
         self.policy = policy
@@ -124,7 +126,8 @@ class DriftDetector:
             if not self.off(f):
                 self._since.pop(f.key, None)
                 continue
-            since = self._since.setdefault(f.key, now_s)
+            began = f.since_s if f.since_s is not None and f.since_s <= now_s else now_s
+            since = self._since.setdefault(f.key, began)
             if now_s - since >= self.policy.sustain_s - 1e-9:
                 flagged.append(f)
         for k in [k for k in self._since if k not in seen]:   # no estimate any more: start over
@@ -299,12 +302,17 @@ def _hop_ms(fleet: Fleet, site: str, way: str, nbytes: float) -> float:
     return link.rtt_ms / 2.0 + nbytes * 8.0 / (mbps * 1e3)
 
 
-def recost(plan: Plan, observed: Fleet, classes: Iterable[str] | None = None) -> dict[str, float]:
+def recost(plan: Plan, observed: Fleet, classes: Iterable[str] | None = None,
+           compute_scale: Mapping[str, float] | None = None) -> dict[str, float]:
     """"class:sink" -> the plan's latency re-costed on the `observed` fleet: its prediction plus, for
     every tensor its requests send upstream of the sink, the change of each hop's RTT/2 + bytes /
-    goodput (times the invocations per request). A first-order figure: queueing is left as planned."""
+    goodput (times the invocations per request), and for every piece upstream on a site of
+    `compute_scale` (site -> observed / planned compute time) the change of its time. A first-order
+    figure: queueing is left as planned."""
     planned = plan.fleet_model()
     rate = {p.id: p.rate_factor for p in plan.pieces}
+    node_ms = {p.id: p.latency_ms for p in plan.pieces}
+    scale = dict(compute_scale or {})
     out: dict[str, float] = {}
     for cls, sinks in plan.class_sinks.items():
         if classes is not None and cls not in classes:
@@ -327,6 +335,9 @@ def recost(plan: Plan, observed: Fleet, classes: Iterable[str] | None = None) ->
                     if e.src not in seen:
                         seen.add(e.src)
                         stack.append(e.src)
+                        at = view.get(e.src)
+                        if at is not None and at in scale and at in node_ms.get(e.src, {}):
+                            extra += (scale[at] - 1.0) * node_ms[e.src][at] * (rate.get(e.src, 1.0) or 1.0)
             out[_sink_key(cls, sink)] = lat.latency_ms + extra
     return out
 
@@ -342,6 +353,37 @@ def moves_of(old: Plan, new: Plan, classes: Iterable[str] | None = None) -> list
 def class_weights(plan: Plan) -> dict[str, float]:
     """Class -> its devices (the planner's weights), from the plan's coverage."""
     return {c: float(v.devices) for c, v in plan.coverage.items()}
+
+
+def site_ratios(figures: Iterable[Figure]) -> dict[str, float]:
+    """Site -> the median observed / reference ratio of its `compute:NODE@SITE` figures (how much
+    slower, > 1, or faster its pieces run than the plan assumed)."""
+    per: dict[str, list[float]] = {}
+    for f in figures:
+        kind, _, rest = f.key.partition(":")
+        if kind == "compute" and "@" in rest and f.planned > 0 and f.observed > 0:
+            per.setdefault(rest.rpartition("@")[2], []).append(f.observed / f.planned)
+    return {site: float(sorted(v)[len(v) // 2]) if len(v) % 2 else float(sum(sorted(v)[len(v) // 2 - 1:len(v) // 2 + 1]) / 2)
+            for site, v in per.items()}
+
+
+def scaled_cost_model(fleet: Fleet, compute_scale: Mapping[str, float] | None):
+    """A cost model whose compute times on each site in `compute_scale` (site -> ratio) are the
+    planned ones times the ratio (a drifted site's pieces and transforms as observed). Keyed by the
+    site's device: sites of one device model share a scale (the cost model is asked per device)."""
+    from tierplan.devices.costmodel import CostModel
+    by_device = {fleet.classes[s].device.name: float(r) for s, r in (compute_scale or {}).items()
+                 if s in fleet.classes and r > 0 and abs(r - 1.0) > 1e-9}
+    if not by_device:
+        return CostModel()
+
+    class _Scaled(CostModel):
+        def piece_ms(self, piece, device, batch=1, precision="fp32"):   # type: ignore[no-untyped-def]
+            return super().piece_ms(piece, device, batch, precision) * by_device.get(device.name, 1.0)
+
+        def transform_ms(self, spec, device):   # type: ignore[no-untyped-def]
+            return super().transform_ms(spec, device) * by_device.get(device.name, 1.0)
+    return _Scaled()
 
 
 @dataclass
@@ -367,9 +409,12 @@ class Replanner:
             self.regroup = regroup
         return self
 
-    def __call__(self, fleet: FleetSpec, time_limit_s: float, current: Plan | None = None) -> Plan:
-        """A plan of the app on `fleet`, warm-started from `current` (default: the plan given)."""
-        from tierplan.devices.costmodel import CostModel
+    def __call__(self, fleet: FleetSpec, time_limit_s: float, current: Plan | None = None,
+                 compute_scale: Mapping[str, float] | None = None, move_cost_ms: float | None = None) -> Plan:
+        """A plan of the app on `fleet`, warm-started from `current` (default: the plan given), with
+        each site's compute times times `compute_scale[site]` (observed compute drift) and
+        `move_cost_ms` charged in the objective per segment placed off `current`'s site
+        (planner.movecost)."""
         from tierplan.devices.fleet import resolve_fleet
         from tierplan.planner.api import plan_graph
         from tierplan.planner.build import SloTarget
@@ -377,10 +422,10 @@ class Replanner:
         app = self.plan.app_spec()
         resolved = resolve_fleet(fleet, catalog={})
         t0 = time.perf_counter()
-        new = plan_graph(self.graph, resolved, CostModel(), slo={s.sink: SloTarget(s.latency_ms, s.percentile)
+        new = plan_graph(self.graph, resolved, scaled_cost_model(resolved, compute_scale), slo={s.sink: SloTarget(s.latency_ms, s.percentile)
                                                                 for s in app.slo},
                          objective=app.weights, budget_usd_per_hour=app.budget_usd_per_hour,
                          time_limit_s=time_limit_s, from_plan=current or self.plan, regroup=self.regroup,
-                         with_baselines=False, analyse_uncovered=False)
+                         with_baselines=False, analyse_uncovered=False, move_cost_ms=move_cost_ms or 0.0)
         self.solves.append(time.perf_counter() - t0)
         return new.with_inputs(app, resolved)

@@ -33,6 +33,7 @@ from tierplan.planner.build import BuildInfo, SloTarget, build_problem
 from tierplan.planner.diagnose import describe_assignment, diagnose, slo_message, uplink_needed
 from tierplan.planner.evaluate import Evaluation, evaluate
 from tierplan.planner.formulation import SolveResult, solve, solve_coverage, solve_model
+from tierplan.planner.movecost import with_move_cost
 from tierplan.planner.progress import ProgressHook, phase, reporting
 from tierplan.planner.plan import ClassCoverage, ParetoPoint, Plan, piece_moves
 from tierplan.planner.problem import Problem
@@ -116,6 +117,7 @@ class _Run:
     binding: str = ""                                          # the diagnosis when coverage was needed
     reason: str | None = None
     joint_status: str = ""                                     # the joint phase's status (before not-met classes)
+    move_cost_ms: float = 0.0                                  # charged per segment moved (planner.movecost)
 
     @property
     def separable(self) -> bool:
@@ -138,7 +140,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
                from_plan: Plan | None = None, pareto: bool = False, pareto_points: int = 5,
                with_baselines: bool = True, analyse_uncovered: bool = True, queueing: bool = True,
                max_coverage: bool = True, regroup: Regroup | None = None,
-               latency_model: str | None = None) -> Plan:
+               latency_model: str | None = None, move_cost_ms: float = 0.0) -> Plan:
     """Place the app graph on the fleet; returns a Plan, or raises InfeasibleError when no
     placement exists even without the SLOs (why, from the solver, and what would fix it).
 
@@ -151,7 +153,8 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
     (planner.queueing). A graph carrying `segments` (partition.candidates) has its cuts chosen
     with the placement; `regroup` then turns the chosen cuts into the plan's pieces.
     `latency_model`: "sum" or "overlap" (planner.build.build_problem); None: sum for chains,
-    overlap for DAGs (plan.latency_semantics says which).
+    overlap for DAGs (plan.latency_semantics says which). `move_cost_ms` (with `from_plan`): ms
+    of latency charged in the objective per segment placed off the old plan's site (planner.movecost).
 
     Example (a seeded 4-piece chain on a one-class-per-tier fleet of 100 devices):
         >>> from tierplan.devices.costmodel import CostModel
@@ -162,7 +165,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
         ('optimal', 'sum (chains)', ['pi40'])
     """
     run = _setup(graph, fleet, cost_model, slo, objective, budget_usd_per_hour, time_limit_s, from_plan,
-                 queueing, latency_model)
+                 queueing, latency_model, move_cost_ms)
     alone = _alone(run)
     r, main = _joint(run, alone, max_coverage)
     r, main = _best_for_missed(run, r, main)
@@ -175,7 +178,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
 # ----------------------------------------------------------------------------- phases
 def _setup(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, slo: Mapping[str, SloTarget] | None,
            objective: Objective, budget: float | None, time_limit_s: float, from_plan: Plan | None,
-           queueing: bool, latency_model: str | None = None) -> _Run:
+           queueing: bool, latency_model: str | None = None, move_cost_ms: float = 0.0) -> _Run:
     """Check the SLO's sinks, build the integer problem and the hint."""
     t0 = time.perf_counter()
     weights = _weights(objective)
@@ -185,9 +188,11 @@ def _setup(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, slo: Mapping[
             raise InputError(f"slo: unknown sink {name!r}")
     problem, info = build_problem(graph, fleet, cost_model, slo=slo, weights=weights,
                                   budget_usd_per_hour=budget, queueing=queueing, latency_model=latency_model)
+    problem = with_move_cost(problem, info, from_plan, move_cost_ms)
     # the piece bound is checked after the solve (_bound_pieces): without it, classes decompose
     hint = _hint(problem, info, from_plan)
-    return _Run(graph, fleet, cost_model, slo, weights, budget, time_limit_s, queueing, problem, info, hint, t0=t0)
+    return _Run(graph, fleet, cost_model, slo, weights, budget, time_limit_s, queueing, problem, info, hint, t0=t0,
+                move_cost_ms=move_cost_ms)
 
 
 def _rebuild(run: _Run, graph: nx.DiGraph, **kw) -> tuple[Problem, BuildInfo]:
@@ -432,7 +437,8 @@ def _report(run: _Run, graph: nx.DiGraph, main: Problem, info: BuildInfo, r: Sol
         plan = plan.model_copy(update={"baselines": {n: baseline_result(main, info, a, bev)
                                                      for n, (a, bev) in base.items()}})
     if from_plan is not None:
-        plan = plan.model_copy(update={"moves": piece_moves(from_plan, plan)})
+        plan = plan.model_copy(update={"moves": piece_moves(from_plan, plan),
+                                       "move_cost_ms": run.move_cost_ms if run.problem.move_penalty else None})
     if pareto:
         phase("cost-latency frontier")
         plan = plan.model_copy(update={"pareto": _pareto(main, info, r, pareto_points, max(run.time_limit_s, 2.0))})
@@ -652,7 +658,7 @@ def plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective = None
              time_limit_s: float = 10.0, from_plan: Plan | str | Path | None = None,
              pieces_dir: str | Path | None = None, pareto: bool = False, app_graph: nx.DiGraph | None = None,
              max_coverage: bool = True, progress: ProgressHook | None = None,
-             segments: int | None = DEFAULT_SEGMENTS) -> Plan:
+             segments: int | None = DEFAULT_SEGMENTS, move_cost_ms: float = 0.0) -> Plan:
     """Plan `app` on `fleet` (FleetSpec or resolved Fleet); see plan_graph.
 
     Each partitionable model is handed to the planner cut at its candidate cut points (at most
@@ -663,12 +669,13 @@ def plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective = None
     incumbent or bound (from CP-SAT's threads; see planner.progress)."""
     with reporting(progress):
         return _plan_app(app, fleet, objective, cost_model, time_limit_s, from_plan, pieces_dir, pareto, app_graph,
-                         max_coverage, segments)
+                         max_coverage, segments, move_cost_ms)
 
 
 def _plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective, cost_model: CostModel | None,
               time_limit_s: float, from_plan: Plan | str | Path | None, pieces_dir: str | Path | None, pareto: bool,
-              app_graph: nx.DiGraph | None, max_coverage: bool, segments: int | None) -> Plan:
+              app_graph: nx.DiGraph | None, max_coverage: bool, segments: int | None,
+              move_cost_ms: float = 0.0) -> Plan:
     from tierplan.devices.fleet import resolve_fleet
     resolved = fleet if isinstance(fleet, Fleet) else resolve_fleet(fleet)
     regroup: Regroup | None = None
@@ -685,7 +692,8 @@ def _plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective, cost
     plan = plan_graph(app_graph, resolved, cost_model or CostModel(), slo=slo,
                       objective=objective if objective is not None else app.weights,
                       budget_usd_per_hour=app.budget_usd_per_hour, time_limit_s=time_limit_s,
-                      from_plan=from_plan, pareto=pareto, max_coverage=max_coverage, regroup=regroup)
+                      from_plan=from_plan, pareto=pareto, max_coverage=max_coverage, regroup=regroup,
+                      move_cost_ms=move_cost_ms)
     shas = {"app": _sha(app)}
     if not isinstance(fleet, Fleet):
         shas["fleet"] = _sha(fleet)

@@ -376,6 +376,9 @@ class _Model:
         self.energy_expr = sum(self.energy_terms)
         self.objective = (p.coef_cost * self.cost_expr + p.coef_latency * self.latency_expr
                           + p.coef_energy * self.energy_expr)
+        if p.move_penalty:
+            # a warm-started re-plan charges each node placed off the old plan's site (planner.movecost)
+            self.objective += p.coef_latency * sum(w * self.x[k] for k, w in p.move_penalty.items() if k in self.x)
         if self.fractional:
             # every term in units of 1/scale; fractional sites add price x busy instances
             self.cost_expr = self.scale * self.cost_expr + sum(self.frac_terms)

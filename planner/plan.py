@@ -150,6 +150,7 @@ class Plan(_M):
     percentile: float = 95.0
     pareto: list[ParetoPoint] = Field(default_factory=list)
     moves: list[PieceMove] = Field(default_factory=list)
+    move_cost_ms: float | None = None   # --from --move-cost: ms charged per segment moved (planner.movecost)
     solver: dict[str, float | int | str] = Field(default_factory=dict)
     site_devices: dict[str, str] = Field(default_factory=dict,
                                          description="site class -> catalog device name (runtime compile reads it)")

@@ -149,6 +149,7 @@ class Problem:
     latency_sinks: tuple[int, ...] | None = None  # sinks counted in the latency term (None: all)
     segments: tuple[Segments, ...] = ()         # models whose cuts are chosen with the placement
     latency_model: str = "sum"                  # "sum" (chains: exact) or "overlap" (DAGs, planner.evaluate)
+    move_penalty: Mapping[tuple[str, int, str], int] = field(default_factory=dict)  # planner.movecost (re-plans)
 
     def cuts_used(self, assignment: Assignment) -> dict[str, tuple[int, ...]]:
         """model -> boundaries j (between its segments j and j+1) some class places apart."""

@@ -120,7 +120,9 @@ def render_plan(plan: Plan, console: Console | None = None, max_classes: int = 1
         t.add_row("[bold]total[/]", f"[bold]{sum(plan.monthly_cost_usd_by_tier.values()):,.2f}[/]", "")
         print_table(con, t)
     if plan.moves:
-        t = Table(title=f"replanning: {len(plan.moves)} piece placements move", title_justify="left")
+        t = Table(title=f"replanning: {len(plan.moves)} piece placements move"
+                  + (f" ({plan.move_cost_ms:g} ms charged per segment moved)" if plan.move_cost_ms else ""),
+                  title_justify="left")
         for col in ("edge class", "piece", "from", "to"):
             column(t, col, ident=True)
         for m in plan.moves[:50]:

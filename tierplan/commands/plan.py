@@ -53,6 +53,7 @@ def register(app: typer.Typer) -> None:
         html: Path = typer.Option(None, "--html", help="Write a self-contained plan.html here."),
         pareto: bool = typer.Option(False, "--pareto", help="Also trace the cost-latency frontier."),
         from_plan: Path = typer.Option(None, "--from", help="Old plan.json: warm start, list the pieces that move."),
+        move_cost: float = typer.Option(0.0, "--move-cost", help="With --from: ms of latency charged in the objective per segment placed off the old plan's site (prefer few moves; latency objectives)."),
         max_coverage: bool = typer.Option(True, "--max-coverage/--no-max-coverage", help="When shared capacity cannot serve every class within its SLO: cover the most devices, then the objective (default); --no-max-coverage: exit 1 naming the binding constraint instead."),
         allow_partial: bool = typer.Option(False, "--allow-partial", help="Exit 0 even when some devices miss their SLO (the plan lists them in not_met); default: exit 1."),
         time_limit: float = typer.Option(10.0, "--time-limit", callback=finite_flag("--time-limit", "10", 0.1), help="Solver time limit, seconds."),
@@ -80,10 +81,13 @@ def register(app: typer.Typer) -> None:
         shown = progress_wanted(show_progress, as_json)
         prepare_calibration(fleet, calibration, progress=shown)
         old = Plan.load(from_plan) if from_plan is not None else None
+        from tierplan.planner.movecost import check_move_cost
+        move_cost = check_move_cost(move_cost)
         try:
             with solver_progress(shown, time_limit * (2 if pareto else 1)) as hook:
                 plan = plan_app(spec, fleet, objective=objective, time_limit_s=time_limit, from_plan=old,
-                                pieces_dir=pieces_dir, pareto=pareto, max_coverage=max_coverage, progress=hook)
+                                pieces_dir=pieces_dir, pareto=pareto, max_coverage=max_coverage, progress=hook,
+                                move_cost_ms=move_cost)
         except InfeasibleError as e:
             failed = Plan(status="infeasible", reason=str(e), objective_kind=objective or "cost",
                           app_path=str(app_path.resolve()), fleet_path=str(fleet_path.resolve()))

@@ -1,0 +1,59 @@
+"""What a re-plan takes into account: moves cost (planner.movecost, in the CP-SAT objective) and the
+compute drift the controller observed (a slower site's times scaled by the observed ratio)."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_adapt_loop import _app, _fleet
+from tierplan.devices.fleet import resolve_fleet
+from tierplan.errors import InputError
+from tierplan.planner.adaptpolicy import Figure, Replanner, moves_of, observed_fleet, predicted, recost, site_ratios
+from tierplan.planner.api import plan_app
+from tierplan.planner.movecost import charged, check_move_cost
+
+
+@pytest.fixture(scope="module")
+def offloading(squeezenet_random, tmp_path_factory):
+    """SqueezeNet planned at 1 Gbit/s up (the tail runs on the gateway), and its re-planner."""
+    plan = plan_app(_app(squeezenet_random), _fleet(1000.0), time_limit_s=2,
+                    pieces_dir=tmp_path_factory.mktemp("pieces"))
+    assert "gw" in plan.per_class["phone"].values()
+    return plan, Replanner(plan, tmp_path_factory.mktemp("replan")).prepare()
+
+
+def test_moves_cost_in_the_objective_of_a_warm_started_replan(offloading):
+    plan, replan = offloading
+    slow = observed_fleet(plan, {"link:phone:up_mbps": 20.0})   # 43 kB up at 20 Mbit/s: the phone runs it all
+    free = replan(slow, 2.0, move_cost_ms=0.0)
+    assert moves_of(plan, free, ["phone"]) and free.move_cost_ms is None
+    # every segment moved costs more than the whole request takes: nothing moves
+    dear = replan(slow, 2.0, move_cost_ms=1e5)
+    assert moves_of(plan, dear, ["phone"]) == [] and dear.moves == []
+    assert dear.move_cost_ms == 1e5                      # the diff says what moves were charged
+    # a small charge does not stop a move that gains more than it costs
+    cheap = replan(slow, 2.0, move_cost_ms=0.5)
+    assert moves_of(plan, cheap, ["phone"])
+    cost = charged(cheap.moves, 0.5)
+    assert cost["segments_moved"] >= 1 and cost["charged_ms"] == pytest.approx(0.5 * cost["segments_moved"])
+    with pytest.raises(InputError, match="--move-cost"):
+        check_move_cost(-1.0)
+
+
+def test_observed_compute_drift_scales_the_replan(offloading):
+    plan, replan = offloading
+    ratios = site_ratios([Figure("compute:net/p1@gw", 2.0, 80.0), Figure("compute:x@gw", 1.0, 30.0),
+                          Figure("compute:net/p0@phone", 5.0, 5.0)])
+    assert ratios == {"gw": pytest.approx(35.0), "phone": pytest.approx(1.0)}
+    fleet = observed_fleet(plan, {})                      # as planned (every device inline)
+    same = replan(fleet, 2.0, move_cost_ms=0.0)
+    assert moves_of(plan, same, ["phone"]) == []          # nothing drifted: nothing moves
+    # the gateway runs 40x slower than planned: the re-plan takes the work away from it
+    scale = {"gw": 40.0}
+    new = replan(fleet, 2.0, compute_scale=scale, move_cost_ms=0.0)
+    assert "gw" not in [s for n, s in new.per_class["phone"].items() if n.startswith("net/")]
+    assert moves_of(plan, new, ["phone"])
+    # the old plan re-costed on the observed times is slower than planned, and than the re-plan
+    old_now = recost(plan, resolve_fleet(fleet, catalog={}), ["phone"], scale)
+    assert old_now["phone:label"] > predicted(plan, ["phone"])["phone:label"]
+    assert predicted(new, ["phone"])["phone:label"] < old_now["phone:label"]
