@@ -3,6 +3,9 @@
 A move runs the new plan beside the old one for as long as the old one has requests in flight
 (issue #19):
 
+0. compile (`compile_moved`, the caller's step before `move`): the pieces that move are compiled
+   for their new site's device as `tierplan compile` does (backend choice, verification, the
+   content-addressed store); pieces that stay keep the deployment's artifact of the same file.
 1. load: every node of the new plan gets a copy named `gK~NODE` (K: the move's generation tag) and
    each site is configured (`Configure`, a new generation number) with the union of the old and
    the new nodes; a site loads the new pieces' runners before it acknowledges, so every moved piece
@@ -19,7 +22,8 @@ service starts no worker). `Service.switches` and `describe()["switches"]` repor
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from pathlib import Path
+from typing import Mapping, Sequence
 
 from tierplan.errors import RuntimeFault
 from tierplan.planner.plan import Plan, PlanPiece
@@ -29,7 +33,7 @@ from tierplan.runtime.graph import ExecGraph, with_app_renames
 from tierplan.runtime.proto import runtime_pb2 as pb
 from tierplan.runtime.service import Service, files_for
 
-__all__ = ["move", "set_link", "executable", "union_plan", "renamed", "gen_prefix"]
+__all__ = ["move", "set_link", "executable", "union_plan", "renamed", "gen_prefix", "compile_moved"]
 
 
 def gen_prefix(tag: int) -> str:
@@ -103,10 +107,51 @@ def _install(svc: Service, plan: Plan, files: Mapping[str, pb.PieceFile]) -> Non
         svc.generation += 1
 
 
+def compile_moved(new_plan: Plan, moved: Sequence[tuple[str, str]], out_dir: str | Path,
+                  backends: Sequence[str] | None = None, old_manifest: Mapping | None = None) -> dict:
+    """Compile the pieces a move loads on a new site (`moved`: (piece, site) pairs of `new_plan`) the
+    way `tierplan compile` does (runtime.compile.compile_plan: the backends each site's device lists,
+    narrowed by `backends`, verified, in the content-addressed store under `out_dir`, cached), before
+    the switch. Pieces that stay reuse `old_manifest`'s artifact when it was built from the same file
+    (same sha256, same site). Returns {"manifest", "compile_s", "built", "cached", "pieces"}."""
+    from tierplan.runtime.compile import compile_plan
+    from tierplan.runtime.store import file_sha256
+    t0 = time.perf_counter()
+    pairs = set(moved)
+    keep = {pid for pid, _ in pairs}
+    sub = new_plan.model_copy(update={
+        "assignment": {k: v for k, v in new_plan.assignment.items() if (k, v) in pairs},
+        "per_class": {c: {k: v for k, v in per.items() if (k, v) in pairs} for c, per in new_plan.per_class.items()}})
+    entries: list[dict] = []
+    built = cached = 0
+    if keep:
+        res = compile_plan(sub, out_dir, backends=list(backends) if backends else None, progress=False)
+        entries = [dict(a) for a in res.artifacts if a.get("file")]
+        built, cached = res.manifest["built"], res.manifest["cached"]
+    # the pieces that stay: the deployment's artifact of the same file on the same site
+    by_sha = {(a.get("piece_sha256"), a.get("site")): a for a in (old_manifest or {}).get("artifacts", [])
+              if a.get("file") and a.get("piece_sha256")}
+    sites = dict(new_plan.assignment)
+    for per in new_plan.per_class.values():
+        sites.update(per)
+    for p in new_plan.pieces:
+        if p.kind != "piece" or p.id in keep or not p.file or not by_sha or not Path(p.file).is_file():
+            continue
+        old = by_sha.get((file_sha256(p.file), sites.get(p.id)))
+        if old is not None:
+            entries.append({**old, "piece": p.id})
+    return {"manifest": {"artifacts": entries}, "compile_s": round(time.perf_counter() - t0, 3), "built": built,
+            "cached": cached, "pieces": [{"piece": a["piece"], "site": a.get("site"), "backend": a.get("backend"),
+                                          "cached": a.get("cached"), "build_s": a.get("build_s")}
+                                         for a in entries if a["piece"] in keep]}
+
+
 def move(svc: Service, new_plan: Plan, *, load_timeout_s: float = 120.0, drain_timeout_s: float | None = None,
-         note: str = "") -> dict:
+         note: str = "", manifest: Mapping | None = None, manifest_root: str | Path | None = None) -> dict:
     """Move `svc` to `new_plan` (a planner plan of the same app and fleet) as the module doc says;
-    returns what happened (times in seconds; `switched` False with `error` when a site refused)."""
+    returns what happened (times in seconds; `switched` False with `error` when a site refused).
+    `manifest`: compiled artifacts of the new plan's pieces (runtime.compile: `compile_moved`), each
+    shipped instead of the piece's ONNX file; pieces it lacks run their ONNX file with onnxruntime."""
     t0 = time.monotonic()
     tiers = {name: c.tier for name, c in new_plan.fleet_model().classes.items()}
     run = executable(new_plan, svc.fleet_run, tiers)
@@ -118,7 +163,7 @@ def move(svc: Service, new_plan: Plan, *, load_timeout_s: float = 120.0, drain_t
     tag = len(svc.switches) + 2
     prefix = gen_prefix(tag)
     classes = run.classes
-    files = files_for(run.plan, classes=classes)
+    files = files_for(run.plan, manifest, manifest_root=manifest_root, emulate_cross=True, classes=classes)
     files = with_free_batch(run.plan, files, svc.options.batch_sites)
     new_exe = renamed(run.plan, prefix)
     new_files = _renamed_files(files, prefix)

@@ -13,6 +13,12 @@ from send to arrival over the emulated or real route) and its `compute` steps (`
   links' (RTT/2, 1/goodput up, 1/goodput down) are the least-squares fit of those samples, pulled
   towards the planned figures where the samples cannot tell them apart (ridge); a link's RTT is
   shared by both directions (a small tensor's route tells it);
+- a step is caught from the latest transfers, not the window's mean: when a route's last
+  `min_run` (default 2) per-request samples are all off the planned time of that route by more than
+  the threshold, by `min_effect_ms` and by twice the route's jitter (the links' delay deviations
+  added: a run of two such draws by chance is ~1 in 2000), in one direction, only that run of samples estimates the
+  route, and the figures it feeds carry `since_s` (when the run began): the detector's sustain time
+  counts from there. A step is thus flagged a few requests after it, whatever the window's length;
 - per piece and site: the median compute time of the window, against a reference (the first full
   window after start, since the plan's times are for the fleet's devices, not this host).
 
@@ -37,7 +43,7 @@ __all__ = ["Observer", "transfer_sizes"]
 
 _RIDGE_DELAY = 0.05    # weight of the planned RTT/2 against one route's samples
 _RIDGE_RATE = 1e-6     # ... and of the planned goodput (only where no sample tells it: bandwidth is what drifts)
-_MIN_LINK_SAMPLES = 3  # requests with a transfer over a route in the window before it counts
+_MIN_LINK_SAMPLES = 3  # requests with a transfer over a route in the window before it counts (a run off: min_run)
 
 
 def _strip(node: str) -> str:
@@ -71,12 +77,18 @@ class _Sample:
 class Observer:
     """Collects finished requests' steps and estimates the figures (thread-safe)."""
 
-    def __init__(self, plan: Plan, exe: Plan, window_s: float = 2.0, quantile: float = 25.0) -> None:
+    def __init__(self, plan: Plan, exe: Plan, window_s: float = 2.0, quantile: float = 25.0, *,
+                 threshold: float = 0.3, min_effect_ms: float = 10.0, min_run: int = 2) -> None:
         """`plan`: the plan as planned (its fleet gives the planned link figures); `exe`: what runs
-        (runtime.fleetrun; its edges give the sizes sent between sites)."""
+        (runtime.fleetrun; its edges give the sizes sent between sites); `threshold`, `min_effect_ms`:
+        when one transfer is off its planned time (the policy's); `min_run`: that many in a row
+        estimate a route on their own."""
         self.fleet: Fleet = plan.fleet_model()
         self.window_s = window_s
         self.quantile = quantile
+        self.threshold = threshold
+        self.min_effect_ms = min_effect_ms
+        self.min_run = max(1, int(min_run))
         self.sizes = transfer_sizes(exe)
         self._samples: deque[_Sample] = deque()
         self._lat: deque[tuple[float, str, float]] = deque()    # (t, class, ms) per request
@@ -125,32 +137,51 @@ class Observer:
 
     def link_estimates(self, now_s: float | None = None, since_s: float | None = None) -> dict[str, Figure]:
         """`link:SITE:up_mbps|down_mbps|rtt_ms` -> Figure, for the links the window's transfers tell
-        (only those that ended at `since_s` or later when given: the figures since a drift began)."""
+        (only those that ended at `since_s` or later when given: the figures since a drift began);
+        a route whose latest samples are a run off its planned time counts that run only (`since_s`
+        of its figures: when the run began)."""
         t = time.monotonic() if now_s is None else now_s
         with self._lock:
             self._trim(t)
             per_request: dict[tuple[str, int], list[float]] = {}    # (route, request) -> its transfers
+            ended: dict[tuple[str, int], float] = {}
             for s in self._samples:
                 if s.kind == "transfer" and (since_s is None or s.t >= since_s):
                     per_request.setdefault((s.name, s.request), []).append(s.ms)
+                    ended[(s.name, s.request)] = s.t
             sizes = dict(self.sizes)
-        by_route: dict[str, list[float]] = {}
-        for (route, _), times in per_request.items():
+        by_route: dict[str, list[tuple[float, float]]] = {}    # route -> (ended, sample) in arrival order
+        for (route, req), times in per_request.items():
             # a request's transfers of a size that takes the link a while queue behind each other: its
             # fastest is the link's own time; tiny ones (under 1 ms of wire) do not queue: their mean
             # is the delay, which the minimum of several jittered draws would understate
-            by_route.setdefault(route, []).append(min(times) if self._queues(route, sizes) else float(np.mean(times)))
+            by_route.setdefault(route, []).append(
+                (ended[(route, req)], min(times) if self._queues(route, sizes) else float(np.mean(times))))
+        run_since: dict[str, float] = {}
+        for route, samples in by_route.items():
+            samples.sort()
+            begun = self._run_start(route, samples, sizes)
+            if begun is not None:
+                by_route[route] = [x for x in samples if x[0] >= begun]
+                run_since[route] = begun
         rows: list[tuple[list[tuple[str, str]], float, float, int]] = []   # (links, bytes, ms, n)
-        for route, times in by_route.items():
+        began_of: dict[str, float] = {}     # link site -> when the earliest off run over it began
+        for route, timed in by_route.items():
+            times = [ms for _, ms in timed]
             a, _, b = route.partition("->")
-            if a not in self.fleet.classes or b not in self.fleet.classes or len(times) < _MIN_LINK_SAMPLES:
+            least = min(_MIN_LINK_SAMPLES, self.min_run) if route in run_since else _MIN_LINK_SAMPLES
+            if a not in self.fleet.classes or b not in self.fleet.classes or len(times) < least:
                 continue
             size = sizes.get(route)
             if not size:
                 continue
             # one size: the sample is that size's; several: the smallest (the least queued transfers
             # are most likely the small ones), an approximation the docs state
-            rows.append((route_links(self.fleet, a, b), float(size[0]), float(np.percentile(times, self.quantile)), len(times)))
+            hops = route_links(self.fleet, a, b)
+            rows.append((hops, float(size[0]), float(np.percentile(times, self.quantile)), len(times)))
+            if route in run_since:
+                for site, _ in hops:
+                    began_of[site] = min(began_of.get(site, run_since[route]), run_since[route])
         if not rows:
             return {}
         links = sorted({site for r in rows for site, _ in r[0]})
@@ -192,14 +223,52 @@ class Observer:
             n = n_of[site]
             if (site, "d") in used:
                 rtt = max(2 * x[idx[(site, "d")]], 0.0)
-                out[f"link:{site}:rtt_ms"] = Figure(f"link:{site}:rtt_ms", f["rtt_ms"], rtt, n, abs(rtt - f["rtt_ms"]) / 2)
+                out[f"link:{site}:rtt_ms"] = Figure(f"link:{site}:rtt_ms", f["rtt_ms"], rtt, n, abs(rtt - f["rtt_ms"]) / 2,
+                                                    began_of.get(site))
             for way, key in (("up", "up_mbps"), ("down", "down_mbps")):
                 if (site, way) in used:
                     spb = x[idx[(site, way)]]
                     mbps = 8.0 / (spb * 1e3) if spb > 0 else float("inf")
                     effect = biggest[(site, way)] * abs(spb - 8.0 / (f[key] * 1e3))   # on its biggest transfer
-                    out[f"link:{site}:{key}"] = Figure(f"link:{site}:{key}", f[key], mbps, n, effect)
+                    out[f"link:{site}:{key}"] = Figure(f"link:{site}:{key}", f[key], mbps, n, effect, began_of.get(site))
         return out
+
+    def planned_ms(self, route: str, sizes: dict[str, list[int]] | None = None) -> float | None:
+        """The planned time of the route's (smallest) tensor: RTT/2 + bytes / goodput per link."""
+        a, _, b = route.partition("->")
+        listed = (sizes if sizes is not None else self.sizes).get(route)
+        size = listed[0] if listed else None
+        if size is None or a not in self.fleet.classes or b not in self.fleet.classes:
+            return None
+        total = 0.0
+        for site, way in route_links(self.fleet, a, b):
+            f = link_figures(self.fleet, site)
+            if f:
+                total += f["rtt_ms"] / 2.0 + size * 8.0 / (f["up_mbps" if way == "up" else "down_mbps"] * 1e3)
+        return total
+
+    def _run_start(self, route: str, samples: list[tuple[float, float]], sizes: dict[str, list[int]]) -> float | None:
+        """When the run of the route's latest samples that are all off its planned time (one way, past
+        the threshold and the least effect) began; None when the last `min_run` are not all off."""
+        planned = self.planned_ms(route, sizes)
+        if not planned or len(samples) < self.min_run:
+            return None
+        limit = np.log1p(self.threshold)
+        a, _, b = route.partition("->")
+        links = [self.fleet.classes[site].link for site, _ in route_links(self.fleet, a, b)]
+        least = max(self.min_effect_ms, 2.0 * float(np.sqrt(sum((ln.jitter_ms or 0.0) ** 2 for ln in links if ln))))
+
+        def way(ms: float) -> int:
+            if ms <= 0 or abs(ms - planned) < least or abs(np.log(ms / planned)) <= limit:
+                return 0
+            return 1 if ms > planned else -1
+        last = way(samples[-1][1])
+        if last == 0:
+            return None
+        k = len(samples) - 1
+        while k > 0 and way(samples[k - 1][1]) == last:
+            k -= 1
+        return samples[k][0] if len(samples) - k >= self.min_run else None
 
     def _queues(self, route: str, sizes: dict[str, list[int]]) -> bool:
         """True when the route's (smallest) tensor takes at least 1 ms of planned wire time."""

@@ -2,11 +2,11 @@
 
 `rehearse(plan, step, policy, ...)` replays the runtime's control loop over a simulated run:
 
-- observe: after the step, the estimate the runtime's observer makes (the window's low quantile of
-  each route's fastest transfer per request: runtime.observe) turns to the new goodput once fewer
-  than `quantile`% of the window's requests predate the step, `window_s x (1 - quantile/100)` after it; the
-  shared `DriftDetector` (planner.adaptpolicy) is fed that figure every `tick_s` and flags it
-  after `sustain_s`, with the effect it has on the plan's biggest transfer over that link;
+- observe: after the step, the runtime's observer (runtime.observe) reads the new goodput from a
+  run of `min_run` requests whose transfer over the link is off its planned time: at the rate the
+  requests cross the link, `min_run / rate` after the step (`flag_time`); the shared
+  `DriftDetector` (planner.adaptpolicy) is fed that figure every `tick_s` and flags it `sustain_s`
+  after the run's first request, with the effect it has on the plan's biggest transfer over that link;
 - decide: the same re-plan (a `Replanner`, or the new plan a live run adopted) and the same
   `decide` on the old plan re-costed with the observed figure;
 - move: the switch comes `replan_s + load_s` after the flag (the live run's figures when given).
@@ -93,22 +93,34 @@ def biggest_transfer(plan: Plan, site: str, way: str = "up") -> int:
     return best
 
 
-def flag_time(plan: Plan, step: Step, policy: AdaptPolicy, quantile: float = 25.0, horizon_s: float = 600.0) -> float | None:
+def flag_time(plan: Plan, step: Step, policy: AdaptPolicy, rate_hz: float | None = None, min_run: int = 2,
+              horizon_s: float = 600.0) -> float | None:
     """When the shared detector flags the stepped link, fed what the runtime's observer would estimate
-    (None: never, e.g. the plan sends nothing over that link, or the step is within the threshold)."""
+    (None: never, e.g. the plan sends nothing over that link, or the step is within the threshold).
+
+    The observer reads a step from a run of `min_run` requests whose transfer is off (runtime.observe):
+    requests cross the link at `rate_hz` (default: the app's slowest source rate), so the run begins
+    `1 / rate_hz` after the step, plus the transfer's time at the new goodput, and is complete
+    `min_run / rate_hz` after it; the detector counts `sustain_s` from the run's first request."""
     figs = link_figures(plan.fleet_model(), step.site)
     nbytes = biggest_transfer(plan, step.site) if figs else 0
     if nbytes == 0:
         return None
+    if rate_hz is None:
+        app = plan.app_spec() if plan.app is not None else None
+        rates = [s.rate_hz for s in app.sources.values() if s.rate_hz] if app is not None else []
+        rate_hz = min(rates) if rates else 1.0
     planned = figs["up_mbps"]
-    turn = step.at_s + policy.window_s * (1.0 - quantile / 100.0)
+    wire_s = (figs["rtt_ms"] / 2.0 + nbytes * 8.0 / (step.up_mbps * 1e3)) / 1e3
+    began = step.at_s + 1.0 / rate_hz + wire_s
+    seen = step.at_s + max(1, min_run) / rate_hz + wire_s
     det = DriftDetector(policy)
     key = f"link:{step.site}:up_mbps"
     t = 0.0
     while t <= step.at_s + horizon_s:
-        obs = step.up_mbps if t >= turn else planned
+        obs = step.up_mbps if t >= seen else planned
         effect = nbytes * abs(8.0 / (obs * 1e3) - 8.0 / (planned * 1e3))
-        if det.update(t, [Figure(key, planned, obs, 0, effect)]):
+        if det.update(t, [Figure(key, planned, obs, 0, effect, began if t >= seen else None)]):
             return t
         t = round(t + policy.tick_s, 9)
     return None
@@ -136,14 +148,15 @@ def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, 
              new_plan: Plan | None = None, replan: Callable[[FleetSpec, float], Plan] | None = None,
              replan_s: float | None = None, load_s: float = 0.5, classes: list[str] | None = None,
              run_report: str | Path | dict | None = None, segment_s: float | None = None, seed: int = 0,
-             colocate: int | None = None) -> Rehearsal:
+             colocate: int | None = None, rate_hz: float | None = None) -> Rehearsal:
     """The run of `plan` with `step` applied, with (`adapt`) or without the policy (see the module doc).
 
     `new_plan`: the plan a live run adopted (else `replan(observed fleet, time limit)` makes one);
     `replan_s`, `load_s`: how long the re-plan and the load before the switch took (the live run's);
     `run_report`: a `tierplan run --json`-shaped report (a path or the dict) of the live run, whose
     traces give the measured compute times and whose classes, devices and workers the replay uses;
-    `colocate`: every site on one host with that many cores (a run on one machine)."""
+    `colocate`: every site on one host with that many cores (a run on one machine); `rate_hz`: the
+    requests per second that cross the stepped link (flag_time)."""
     out = Rehearsal(adapt, step)
     report_path: Path | None = None
     tmp: tempfile.TemporaryDirectory | None = None
@@ -162,7 +175,7 @@ def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, 
         switch_s = math.inf
         chosen = None
         if adapt:
-            out.flag_s = flag_time(plan, step, policy)
+            out.flag_s = flag_time(plan, step, policy, rate_hz)
             if out.flag_s is not None:
                 links = {f"link:{step.site}:up_mbps": step.up_mbps}
                 spec = observed_fleet(plan, links)

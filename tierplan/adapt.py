@@ -9,12 +9,15 @@ whether a figure has drifted past the threshold for the sustain time, and then:
 2. re-costs the current plan on the same figures and decides (`adaptpolicy.decide`: the old plan
    misses an SLO and the new one does better, or the new one is better by the margin after a cost
    per moved piece);
-3. moves the deployment live when adopted (runtime.livemove.move: pieces loaded before the switch,
+3. moves the deployment live when adopted: the moved pieces compiled as `tierplan compile` does
+   (runtime.livemove.compile_moved), then runtime.livemove.move (pieces loaded before the switch,
    no request lost), and some seconds later records the latency measured after.
 
 Every decision goes to `Adapter.log` (and `on_event`): what drifted, what the re-plan predicted
-for both plans, the moves, the switch and the p95 measured before and after. Compute-time drift is
-flagged and logged, and its reference moves to the new level; the re-plan takes link figures only.
+for both plans, the moves, the compile of the moved pieces, the switch and the p95 measured before
+and after. Compute-time drift scales the re-plan's compute times on that site by the observed ratio
+(adaptpolicy.scaled_cost_model) and its reference moves to the new level. A figure acted on waits
+`cooldown_s` before it is acted on again; after a move, every figure does (the new plan settles).
 
 `run_adaptive` drives a deployment with Poisson requests per device class, optional live link
 steps and an optional Adapter, and returns every request's timeline (benchmarks/adapt.py, tests).
@@ -37,9 +40,10 @@ import numpy as np
 from tierplan.devices.fleet import resolve_fleet
 from tierplan.errors import InputError, RuntimeFault
 from tierplan.planner.adaptpolicy import (AdaptPolicy, DriftDetector, Figure, Replanner, class_weights, decide, moves_of,
-                                          observed_fleet, predicted, recost, slo_of)
+                                          observed_fleet, predicted, recost, site_ratios, slo_of)
+from tierplan.planner.movecost import charged
 from tierplan.planner.plan import Plan
-from tierplan.runtime.livemove import move, set_link
+from tierplan.runtime.livemove import compile_moved, move, set_link
 from tierplan.runtime.observe import Observer
 from tierplan.runtime.service import Service, Trace
 
@@ -51,8 +55,12 @@ class Adapter:
 
     def __init__(self, svc: Service, plan: Plan, policy: AdaptPolicy | None = None, *,
                  pieces_dir: str | Path | None = None, replanner: Replanner | None = None,
-                 on_event: Callable[[dict], None] | None = None) -> None:
-        """`plan`: the planner's plan the service runs (with its app and fleet embedded)."""
+                 on_event: Callable[[dict], None] | None = None, artifacts: str | Path | None = None,
+                 manifest: Mapping | None = None, backends: Sequence[str] | None = None) -> None:
+        """`plan`: the planner's plan the service runs (with its app and fleet embedded); `manifest`:
+        the compile manifest it was deployed with (`tierplan compile`), if any; `artifacts`: where
+        moved pieces are compiled (default: a temporary folder); `backends`: for them (default: the
+        backends `manifest` used, else onnxruntime, as a deployment without a manifest runs)."""
         if plan.fleet is None or plan.app is None:
             raise InputError("--adapt needs a plan with its app and fleet embedded. To fix: re-run `tierplan plan`")
         self.svc = svc
@@ -67,13 +75,20 @@ class Adapter:
                 pieces_dir = self._tmp.name
             replanner = Replanner(plan, Path(pieces_dir))
         self.replanner = replanner
-        self.observer = Observer(plan, svc.plan, self.policy.window_s)
+        self.observer = Observer(plan, svc.plan, self.policy.window_s, threshold=self.policy.threshold,
+                                 min_effect_ms=self.policy.min_effect_ms)
         self.detector = DriftDetector(self.policy)
         self.on_event = on_event
         self.log: list[dict] = []
         self.t0 = time.monotonic()
         self.t0_unix = time.time()
         self._accepted: dict[str, float] = {}   # link figures taken as the current truth (kept plan)
+        self._compute_scale: dict[str, float] = {}   # site -> observed / planned compute time (kept plan)
+        self._cool: dict[str, float] = {}       # figure key -> no decision on it before then
+        self.artifacts = artifacts
+        self.manifest: Mapping | None = manifest
+        used = sorted({str(a.get("backend")) for a in (manifest or {}).get("artifacts", []) if a.get("backend")})
+        self.backends: tuple[str, ...] = tuple(backends) if backends else tuple(used) or ("onnxruntime",)
         # no decision in the first two windows: the estimates start from cold pieces and caches
         self._quiet_until = self.t0 + 2 * self.policy.window_s
         self._after: list[tuple[float, dict]] = []
@@ -125,7 +140,8 @@ class Adapter:
             now = time.monotonic()
             try:
                 self._flush_after(now)
-                flagged = self.detector.update(now, self.observer.figures(now))
+                flagged = [f for f in self.detector.update(now, self.observer.figures(now))
+                           if self._cool.get(f.key, 0.0) <= now]
                 if flagged and now >= self._quiet_until:
                     flagged = self._settled(now, flagged)
                     if flagged:
@@ -164,43 +180,61 @@ class Adapter:
         pol = self.policy
         entry: dict = {"t_s": round(now - self.t0, 3), "drifted": [f.to_json() for f in flagged],
                        "measured_before_p95_ms": {k: round(v, 2) for k, v in self.observer.latency_p95(now).items()}}
-        self._quiet_until = now + pol.cooldown_s
-        entry["drifted"] = [f.to_json() for f in flagged]
+        for f in flagged:      # the figures acted on wait out the cooldown; others may still be acted on
+            self._cool[f.key] = now + pol.cooldown_s
         self.detector.reset()
         links = {f.key: f.observed for f in flagged if f.key.startswith("link:")}
-        if not links:
-            self.observer.set_exe(self.svc.plan)      # compute times: their new level is the reference
-            entry["action"] = "logged: only compute times drifted (the re-plan takes link figures)"
-            self._emit(entry)
-            return
+        ratios = site_ratios(f for f in flagged if f.key.startswith("compute:"))
+        if ratios:      # compute times: the re-plan takes them as observed; their new level is the reference
+            for site, r in ratios.items():
+                self._compute_scale[site] = self._compute_scale.get(site, 1.0) * r
+            self.observer.set_exe(self.svc.plan)
+        entry["compute_scale"] = {k: round(v, 3) for k, v in self._compute_scale.items()}
         self._accepted.update(links)
         spec = observed_fleet(self.plan, self._accepted)
         self._prepared.wait()
         t = time.perf_counter()
-        new = self.replanner(spec, pol.replan_time_limit_s, current=self.plan)
+        new = self.replanner(spec, pol.replan_time_limit_s, current=self.plan, compute_scale=self._compute_scale,
+                             move_cost_ms=pol.move_cost_ms)
         entry["replan_s"] = round(time.perf_counter() - t, 3)
         entry["replan_status"] = new.status
+        if new.move_cost_ms:
+            entry["replan_move_cost"] = charged([m for m in new.moves if self.classes is None or m.edge_class in self.classes],
+                                                new.move_cost_ms)
         observed = resolve_fleet(spec, catalog={})
         moves = moves_of(self.plan, new, self.classes)
-        dec = decide(pol, recost(self.plan, observed, self.classes), predicted(new, self.classes),
+        dec = decide(pol, recost(self.plan, observed, self.classes, self._compute_scale), predicted(new, self.classes),
                      slo_of(self.plan, self.classes), len(moves), weights=class_weights(self.plan))
         entry["decision"] = dec.to_json()
         entry["moves"] = moves
         if dec.adopt:
-            rep = move(self.svc, new, note=dec.reason)
+            moved = [(str(m["piece"]), str(m["to_site"])) for m in moves if m.get("to_site")]
+            comp = compile_moved(new, moved, self._store(), self.backends, self.manifest)
+            entry["compile"] = {k: comp[k] for k in ("compile_s", "built", "cached", "pieces")}
+            rep = move(self.svc, new, note=dec.reason, manifest=comp["manifest"])
             entry["switch"] = rep
             if rep.get("switched"):
                 entry["switch_t_s"] = round(rep["switched_at_unix"] - self.t0_unix, 3)
                 self.plan = new
+                self.manifest = comp["manifest"]
                 self._accepted = {}
+                self._compute_scale = {}
                 self.observer.fleet = new.fleet_model()
                 self.observer.set_exe(self.svc.plan)
                 self._after.append((time.monotonic() + 2 * pol.window_s, entry))
+                self._quiet_until = time.monotonic() + pol.cooldown_s     # the new plan settles
         else:   # the plan stays; the observed figures are its new assumptions
             self.observer.fleet = observed
             self._after.append((time.monotonic() + 2 * pol.window_s, entry))
-        self._quiet_until = time.monotonic() + pol.cooldown_s
         self._emit(entry)
+
+    def _store(self) -> Path:
+        """Where moved pieces are compiled (`artifacts`, or a folder of this controller's)."""
+        if self.artifacts is not None:
+            return Path(self.artifacts)
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="tierplan-adapt-")
+        return Path(self._tmp.name) / "artifacts"
 
     def report(self) -> dict:
         """The policy and every decision (JSON-ready)."""
@@ -266,13 +300,15 @@ class AdaptiveRun:
 def run_adaptive(svc: Service, plan: Plan, streams: Sequence, make_inputs: Callable[[int], Mapping[str, np.ndarray]],
                  duration_s: float, *, seed: int = 0, policy: AdaptPolicy | None = None,
                  link_steps: Sequence[LinkStep] = (), on_event: Callable[[dict], None] | None = None,
-                 pieces_dir: str | Path | None = None, replanner: Replanner | None = None) -> AdaptiveRun:
+                 pieces_dir: str | Path | None = None, replanner: Replanner | None = None,
+                 manifest: Mapping | None = None, artifacts: str | Path | None = None) -> AdaptiveRun:
     """Send each stream's requests (objects with `device_class`, `sources`, `rate_hz`: tierplan.run's
     Stream) as Poisson arrivals for `duration_s`, apply `link_steps` at their times, run an Adapter
-    when `policy` is given; every request's record, the steps applied and the adapter's report."""
+    when `policy` is given (`manifest`, `artifacts`: as Adapter's); every request's record, the steps
+    applied and the adapter's report."""
     out = AdaptiveRun()
-    adapter = Adapter(svc, plan, policy, pieces_dir=pieces_dir, replanner=replanner, on_event=on_event) \
-        if policy is not None else None
+    adapter = Adapter(svc, plan, policy, pieces_dir=pieces_dir, replanner=replanner, on_event=on_event,
+                      manifest=manifest, artifacts=artifacts) if policy is not None else None
     arrivals: list[tuple[float, int]] = []
     for k, st in enumerate(streams):
         rng = np.random.default_rng([seed, k])

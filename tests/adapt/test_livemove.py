@@ -4,6 +4,7 @@ after the switch, the switch reported; an emulated link stepped live."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -37,7 +38,7 @@ def _reference(model: Path, x: np.ndarray) -> np.ndarray:
     return s.run(None, {"data_0": x})[0]
 
 
-def test_move_loses_no_request_and_uses_the_new_placement(sq_pieces, gw_worker, squeezenet_random):
+def test_move_loses_no_request_and_uses_the_new_placement(sq_pieces, gw_worker, squeezenet_random, tmp_path):
     fleet = phone_gw_fleet(uplink_mbps=100.0)
     old = chain_plan(sq_pieces, ["phone", "gw", "gw"], "phone", fleet=fleet)
     new = chain_plan(sq_pieces, ["phone", "phone", "gw"], "phone", fleet=fleet)
@@ -58,13 +59,19 @@ def test_move_loses_no_request_and_uses_the_new_placement(sq_pieces, gw_worker, 
         for t in threads:
             t.start()
         time.sleep(0.8)
-        report = livemove.move(svc, new)
+        # the piece that moves is compiled for the phone's device as `tierplan compile` does, before the switch
+        comp = livemove.compile_moved(new, [("m/p1", "phone")], tmp_path / "store", ["onnxruntime"])
+        report = livemove.move(svc, new, manifest=comp["manifest"])
+        shipped = json.loads(svc.files["g2~m/p1"].manifest_entry_json)
         time.sleep(0.8)
         stop.set()
         for t in threads:
             t.join(timeout=30)
         described = svc.describe()
     assert errors == []
+    assert comp["built"] == 1 and [p["piece"] for p in comp["pieces"]] == ["m/p1"], comp
+    assert shipped["backend"] == "onnxruntime" and shipped["verified"] and shipped["site"] == "phone"
+    assert shipped["file"].startswith(str(tmp_path / "store"))       # the compiled artifact, not the plan's file
     assert report["switched"] and report["prefix"] == "g2~", report
     assert described["switches"][0]["generation"] == report["generation"]
     before = [d for d in done if d[0] < report["switched_at_unix"]]

@@ -95,3 +95,28 @@ def test_observed_fleet_replaces_one_sites_link():
     assert (link.uplink_mbps, link.downlink_mbps, link.rtt_ms) == (2.0, 12.0, 80.0)
     assert route_links(plan.fleet_model(), "phone", "gw") == [("phone", "up")]
     assert route_links(plan.fleet_model(), "gw", "phone") == [("phone", "down")]
+
+
+def _one(obs: Observer, t: float, up_mbps: float, rtt_ms: float = 50.0) -> None:
+    up = rtt_ms / 2 + 100_000 * 8 / (up_mbps * 1e3)
+    obs.add([["transfer", "phone->gw", up], ["transfer", "gw->phone", rtt_ms / 2]], latency_ms=up + rtt_ms / 2,
+            device_class="phone", now_s=t)
+
+
+def test_a_step_is_read_from_the_first_requests_after_it_not_the_window():
+    plan = _plan()
+    obs = Observer(plan, plan, window_s=10.0)         # a long window: its quantile would take seconds to turn
+    for k in range(40):
+        _one(obs, 0.25 * k, 12.0)
+    t = 0.25 * 40
+    _one(obs, t, 12.0 * 0.5)                          # one slow request alone is not a step
+    _one(obs, t + 0.25, 12.0)
+    assert obs.link_estimates(t + 0.25)["link:phone:up_mbps"].since_s is None
+    for k in (2, 3):                                  # the uplink drops to 2 Mbit/s
+        _one(obs, t + 0.25 * k, 2.0)
+    fig = obs.link_estimates(t + 0.75)["link:phone:up_mbps"]
+    assert fig.observed == pytest.approx(2.0, rel=0.1)
+    assert fig.since_s == pytest.approx(t + 0.5)      # the run's first request
+    det = DriftDetector(AdaptPolicy(sustain_s=0.25))
+    assert det.update(t + 0.75, [fig]) == [fig]       # sustained since the run began
+    assert det.since(fig.key) == pytest.approx(t + 0.5)

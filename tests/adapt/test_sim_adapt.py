@@ -17,11 +17,18 @@ def offloading_plan(squeezenet_random, tmp_path_factory):
                     pieces_dir=tmp_path_factory.mktemp("pieces"))
 
 
-def test_flag_time_follows_the_observer_window_and_the_sustain(offloading_plan):
+def test_flag_time_follows_the_observer_run_and_the_sustain(offloading_plan):
     pol = AdaptPolicy(window_s=2.0, sustain_s=1.0, tick_s=0.25)
-    assert biggest_transfer(offloading_plan, "phone") > 10_000          # the cut tensor goes up the radio
-    t = flag_time(offloading_plan, Step("phone", 10.0, 20.0), pol)
-    assert t == pytest.approx(10.0 + 2.0 * 0.75 + 1.0, abs=pol.tick_s + 1e-9)
+    nbytes = biggest_transfer(offloading_plan, "phone")
+    assert nbytes > 10_000                                             # the cut tensor goes up the radio
+    wire_s = nbytes * 8 / 20e6
+    # two requests at 2 Hz read the step (the second 1 s after it); sustained 1 s from the first (0.5 s)
+    t = flag_time(offloading_plan, Step("phone", 10.0, 20.0), pol, rate_hz=2.0)
+    assert t == pytest.approx(10.0 + 0.5 + wire_s + 1.0, abs=pol.tick_s + 0.01)
+    # a short sustain: flagged once the run is complete (the window's length plays no part)
+    quick = AdaptPolicy(window_s=5.0, sustain_s=0.1, tick_s=0.1)
+    assert flag_time(offloading_plan, Step("phone", 10.0, 20.0), quick, rate_hz=4.0) == \
+        pytest.approx(10.0 + 0.5 + wire_s, abs=quick.tick_s + 0.01)
     assert flag_time(offloading_plan, Step("phone", 10.0, 900.0), pol) is None   # within the threshold
     assert flag_time(offloading_plan, Step("gw", 10.0, 1.0), pol) is None        # the root: no attach link
 

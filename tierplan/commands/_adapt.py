@@ -19,7 +19,8 @@ def adapt_option():
 def adapt_policy_option():
     return typer.Option("", "--adapt-policy", metavar="KEY=VALUE[,...]", help=(
         "Thresholds of --adapt: threshold (relative drift), min-effect (ms a drift must change a request by), "
-        "sustain and window (s), margin (share a re-plan must gain), move-cost (ms per moved piece), "
+        "sustain and window (s), margin (share a re-plan must gain), move-cost (ms per moved piece in the adopt rule, "
+        "per moved segment in the re-plan's objective), "
         f"replan-limit (s), cooldown (s), tick (s). Defaults: {_DEFAULTS}."))
 
 
@@ -50,7 +51,10 @@ def event_line(e: dict) -> str:
     d = e["decision"]
     moves = len(e.get("moves") or [])
     sw = e.get("switch") or {}
-    tail = (f"; switched at t={e.get('switch_t_s', 0):.1f}s (loaded in {sw.get('load_s', 0):.2f}s)" if sw.get("switched")
+    comp = e.get("compile") or {}
+    compiled = f"compiled {comp.get('built', 0)} piece(s) in {comp.get('compile_s', 0):.2f}s, " if comp else ""
+    tail = (f"; switched at t={e.get('switch_t_s', 0):.1f}s ({compiled}loaded in {sw.get('load_s', 0):.2f}s)"
+            if sw.get("switched")
             else f"; not switched: {sw.get('error')}" if sw else "")
     after = e.get("measured_after_p95_ms")
     return (f"{head}; re-planned in {e.get('replan_s', 0):.1f}s, {moves} move(s): "

@@ -30,8 +30,9 @@ def parse_agents(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def _adapter(svc, plan, policy, as_json: bool):
-    """--adapt: the controller's loop, each decision printed on stderr (one JSON line with --json)."""
+def _adapter(svc, plan, policy, as_json: bool, manifest=None):
+    """--adapt: the controller's loop, each decision printed on stderr (one JSON line with --json);
+    moved pieces are compiled with the backends of the deployment's manifest (--artifacts)."""
     if policy is None:
         return None
     import sys
@@ -39,7 +40,7 @@ def _adapter(svc, plan, policy, as_json: bool):
 
     def show(e: dict) -> None:
         print(json.dumps({"adapt": e}) if as_json else event_line(e), file=sys.stderr, flush=True)
-    return Adapter(svc, plan, policy, on_event=show).start()
+    return Adapter(svc, plan, policy, on_event=show, manifest=manifest).start()
 
 
 def register(app: typer.Typer) -> None:
@@ -108,7 +109,7 @@ def register(app: typer.Typer) -> None:
                     for site, why in (fl.get("scaling") or {}).items():
                         console().print(f"  {site}: {fl['workers'].get(site, 1)} worker(s): {why}", highlight=False)
                 console().print(metrics_line(info), highlight=False)
-            adapter = _adapter(svc, p, policy, as_json)
+            adapter = _adapter(svc, p, policy, as_json, manifest)
             try:
                 stop.wait(duration if duration > 0 else None)
             finally:
