@@ -87,6 +87,9 @@ class _Metrics:
                                  ["site"], registry=self.registry)
         self.batch_size = Histogram("tierplan_stage_batch_size", "Requests per run of a node", ["site", "node"],
                                     registry=self.registry, buckets=(1, 2, 4, 8, 16, 32))
+        self.batch_wait = Histogram("tierplan_stage_batch_wait_seconds",
+                                    "Time the oldest request of a batch that did not fill waited for it to start",
+                                    ["site", "node"], registry=self.registry, buckets=_LATENCY_BUCKETS_S)
         self.requests = Counter("tierplan_stage_runs_total", "Node runs by outcome", ["site", "node", "status"],
                                 registry=self.registry)
         self.link_bytes = Counter("tierplan_link_bytes_sent_total", "Tensor bytes sent per link",
@@ -465,6 +468,10 @@ class StageWorker(pbg.StageServicer):
 
     def _process(self, cfg: _Config, item: Delivery) -> None:
         """Accept one delivery (join, run, pass on); an exception ends its request with the reason."""
+        if not item.src and item.sent_unix_ms and item.trace and item.trace[-1][0] == "feed":
+            # a source's input: its feed step ends when a compute slot takes it (time queued behind the
+            # site's busy compute thread is waiting, which tierplan run and the simulator tell from overhead)
+            item.trace[-1][2] = time.time() * 1e3 - item.sent_unix_ms
         try:
             self._accept(cfg, item)
         except Exception as e:  # keep the thread alive: the request ends with the reason
@@ -513,6 +520,8 @@ class StageWorker(pbg.StageServicer):
                 else:
                     keep.append(r)
             self._ready = keep
+        if len(batch) < cfg.options.max_batch:   # started by its wait running out: max_wait_ms + the thread's delay
+            self._metrics.of("batch_wait", self.site, first.node).observe(time.monotonic() - first.since_s)
         self._run_live(cfg, batch)
         self._metrics.of("queue_depth", self.site).set(self._inbox.qsize() + len(self._ready))
 

@@ -330,7 +330,8 @@ def simulate(plan: Plan, fleet: Fleet | FleetSpec | None = None, scenario: Scena
     slo.update(sc.slo_ms)
     compiled = {name: compile_journeys(plan, fl, fn, origins_for, rate_for, service_ms, deliver_for)
                 for name, fn in chosen.items()}
-    batched = batch_stages(sc.batching, compiled.values(), plan, fl)
+    batched = batch_stages(sc.batching, compiled.values(), plan, fl,
+                           sc.profile.batch_wait_ms if sc.profile is not None else None)
     world = World(fl, {}, sc.duration_s, sc.seed, list(sc.failures), list(sc.mobility), link_vars, sc.service_dist,
                   sc.service_cv, service_correlation=sc.service_correlation, profile=sc.profile,
                   host_cores=sc.colocate)

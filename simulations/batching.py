@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from tierplan.simulations.journey import Journey, Stage
 from tierplan.errors import InputError
@@ -203,9 +203,13 @@ def _costmodel_ratio(paths: list[tuple[Path, float]], device, max_batch: int) ->
 
 
 def batch_stages(policy: BatchPolicy | None, journeys_by_strategy: Iterable[list[Journey]], plan, fleet,
-                 ) -> dict[tuple[str, tuple[str, ...]], BatchStage]:
+                 measured_wait_ms: Mapping[str, float] | None = None) -> dict[tuple[str, tuple[str, ...]], BatchStage]:
     """{(site class, nodes): BatchStage} for every compute stage of the journeys that batches under
-    `policy` (empty when it is None); `stage_key(stage)` looks a stage up."""
+    `policy` (empty when it is None); `stage_key(stage)` looks a stage up.
+
+    `measured_wait_ms[site]`: how long a run's partial batches waited there (a ServiceProfile from
+    `tierplan run`): the runtime's batching thread starts one after max_wait_ms plus its own delay
+    (a timed wake-up on a busy host), which is added to the policy's wait."""
     out: dict[tuple[str, tuple[str, ...]], BatchStage] = {}
     if policy is None:
         return out
@@ -247,7 +251,8 @@ def batch_stages(policy: BatchPolicy | None, journeys_by_strategy: Iterable[list
                 if ratio is None:
                     kind = device_kind(sv.device) if sv.device is not None else "cpu"
                     ratio = linear_ratio(policy.max_batch, BATCH_FIXED_SHARE[kind])
-                out[key] = BatchStage(nodes, policy.max_batch, policy.max_wait_ms, ratio, source)
+                late = max(0.0, float((measured_wait_ms or {}).get(st.site, RUNTIME_MAX_WAIT_MS)) - RUNTIME_MAX_WAIT_MS)
+                out[key] = BatchStage(nodes, policy.max_batch, policy.max_wait_ms + late, ratio, source)
     return out
 
 

@@ -67,6 +67,9 @@ class ServiceProfile:
     source: str = ""
     pairs: dict[str, float] = field(default_factory=dict)   # "a|b" -> correlation of that stage pair
     overhead_ms: np.ndarray | None = None   # per request: time outside its measured steps (dispatch, glue)
+    # per batching site: how long the oldest request of a batch that did not fill waited for it to start,
+    # as measured (the runtime's max_wait_ms plus its batching thread's delay on a busy host)
+    batch_wait_ms: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.correlation <= 1.0:
@@ -105,6 +108,7 @@ class ServiceProfile:
         return {"correlation": self.correlation, "requests": self.requests, "source": self.source,
                 "pairs": self.pairs,
                 "overhead_ms": None if self.overhead_ms is None else self.overhead_ms.tolist(),
+                **({"batch_wait_ms": self.batch_wait_ms} if self.batch_wait_ms else {}),
                 "stages": {f"{n}@{s}": v.tolist() for (n, s), v in sorted(self.samples_ms.items())
                            if (n, s) != OVERHEAD_KEY}}
 
@@ -140,7 +144,10 @@ def profile_from_run(doc: Mapping, source: str = "", warmup: int = 0) -> Service
         return sum(max(0.0, float(ms) - floor[str(n)]) for k, n, ms in steps if k == "feed")
     traces = [RequestTrace(float(t["latency_ms"]) - waited(t["steps"]),
                            tuple((str(k), plain(str(n)), float(ms)) for k, n, ms in t["steps"])) for t in raw]
-    return profile_from_traces(traces, source=source or "tierplan run", warmup=warmup)
+    prof = profile_from_traces(traces, source=source or "tierplan run", warmup=warmup)
+    prof.batch_wait_ms = {str(r["site"]): float(r["batch_wait_ms"]) for r in doc.get("site_rows") or []
+                          if isinstance(r, dict) and r.get("site") and r.get("batch_wait_ms") is not None}
+    return prof
 
 
 def as_run(plan, path: str | Path | None):
@@ -200,7 +207,8 @@ def load_profile(path: str | Path) -> ServiceProfile:
         over = doc.get("overhead_ms")
         return ServiceProfile(stages, float(doc["correlation"]), int(doc.get("requests", 0)),
                               str(doc.get("source", p.name)), dict(doc.get("pairs", {})),
-                              None if over is None else np.asarray(over, dtype=np.float64))
+                              None if over is None else np.asarray(over, dtype=np.float64),
+                              {str(k): float(v) for k, v in (doc.get("batch_wait_ms") or {}).items()})
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{p}: not a service profile ({e.__class__.__name__}: {e}); expected "
                          f"{{'correlation': RHO, 'stages': {{'node@site': [ms, ...]}}}}") from None

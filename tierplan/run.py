@@ -89,6 +89,9 @@ class SiteRow:
     mean_queue: float | None   # deliveries waiting for its compute thread, mean of the health checks
     mean_batch: float | None   # requests per run of its pieces
     scaling: str = ""          # how its worker count was chosen (runtime.fleetrun)
+    # batches that did not fill: how long their oldest request waited for them to start (max_wait_ms
+    # plus the batching thread's own delay on this host; simulate --profile replays it)
+    batch_wait_ms: float | None = None
 
 
 @dataclass
@@ -386,6 +389,16 @@ def _send(svc, streams: list[Stream], arrivals: list[tuple[float, int]], make_in
             done.append(d)
             on_tick(sum(1 for x in done if x.trace is not None), sum(1 for x in done if x.trace is None))
 
+    def start(k: int, inputs: dict[str, np.ndarray]) -> None:
+        st = streams[k]
+        try:
+            p = svc.submit(inputs, device_class=st.device_class)
+        except (RuntimeFault, InputError) as e:
+            with lock:
+                done.append(_Done(k, exe_sources(st), None, str(e)))
+            return
+        finish(k, p)
+
     t0 = time.time()
     with futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="run-wait") as pool:
         pending = []
@@ -398,16 +411,10 @@ def _send(svc, streams: list[Stream], arrivals: list[tuple[float, int]], make_in
                     time.sleep(delay)
             st = streams[k]
             inputs = {s: v for s, v in make_inputs(seed + i).items() if s in st.sources}
-            try:
-                p = svc.submit(inputs, device_class=st.device_class)
-            except (RuntimeFault, InputError) as e:
-                with lock:
-                    done.append(_Done(k, exe_sources(st), None, str(e)))
-                continue
             if sequential:
-                finish(k, p)
-            else:
-                pending.append(pool.submit(finish, k, p))
+                start(k, inputs)
+            else:   # open loop: a submit that waits for a busy site must not hold back the next arrivals
+                pending.append(pool.submit(start, k, inputs))
         futures.wait(pending)
     return done
 
@@ -433,6 +440,8 @@ def _site_rows(svc, duration_s: float, queues: dict[str, float]) -> list[SiteRow
     runs: dict[str, float] = {}
     batch_sum: dict[str, float] = {}
     batch_n: dict[str, float] = {}
+    wait_sum: dict[str, float] = {}
+    wait_n: dict[str, float] = {}
     for st in svc.sites.values():
         if not st.metrics_address:
             continue
@@ -447,6 +456,9 @@ def _site_rows(svc, duration_s: float, queues: dict[str, float]) -> list[SiteRow
                 acc = batch_sum if name.endswith("_sum") else batch_n if name.endswith("_count") else None
                 if acc is not None:
                     acc[st.site] = acc.get(st.site, 0.0) + v
+            elif name in ("tierplan_stage_batch_wait_seconds_sum", "tierplan_stage_batch_wait_seconds_count"):
+                acc = wait_sum if name.endswith("_sum") else wait_n
+                acc[st.site] = acc.get(st.site, 0.0) + v
     tiers = {name: c.tier for name, c in svc.plan.fleet_model().classes.items()}
     rows = []
     for site in graph.used_sites():
@@ -457,7 +469,8 @@ def _site_rows(svc, duration_s: float, queues: dict[str, float]) -> list[SiteRow
                             utilisation=busy[site] / (duration_s * n) if site in busy and duration_s > 0 else None,
                             mean_queue=queues.get(site),
                             mean_batch=batch_sum[site] / batch_n[site] if batch_n.get(site) else None,
-                            scaling=(run.scaling.get(site, "") if run else "")))
+                            scaling=(run.scaling.get(site, "") if run else ""),
+                            batch_wait_ms=1e3 * wait_sum[site] / wait_n[site] if wait_n.get(site) else None))
     return rows
 
 

@@ -35,9 +35,8 @@ def dense_model(tmp_path_factory):
     return path, w
 
 
-def test_cloud_stage_batches_concurrent_requests_and_splits_results(ray_cluster, dense_model):
-    """Requests arriving together at a cloud stage run as one batch, and each gets its own row back."""
-    path, w = dense_model
+def _cloud_plan(path) -> Plan:
+    """The dense piece alone on a cloud site, fed by a source there."""
     x_info = [{"name": "x", "shape": [1, WIDTH], "dtype": "float32", "nbytes": 4 * WIDTH}]
     plan = Plan(status="feasible", assignment={"x": "cloud", "dense/p0": "cloud", "sink:y": "cloud"},
                 pieces=[PlanPiece(id="x", kind="source", outputs=x_info),
@@ -45,9 +44,15 @@ def test_cloud_stage_batches_concurrent_requests_and_splits_results(ray_cluster,
                         PlanPiece(id="sink:y", kind="sink")],
                 edges=[PlanEdge(src="x", dst="dense/p0", nbytes=4 * WIDTH, tensors=["x"]),
                        PlanEdge(src="dense/p0", dst="sink:y", nbytes=4 * WIDTH, tensors=["y"])])
+    return with_fleet(plan, FleetSpec.model_validate({"sites": {"cloud": {"tier": "cloud", "device": "aws-g5-xlarge"}}}))
+
+
+def test_cloud_stage_batches_concurrent_requests_and_splits_results(ray_cluster, dense_model):
+    """Requests arriving together at a cloud stage run as one batch, and each gets its own row back."""
+    path, w = dense_model
+    plan = _cloud_plan(path)
     xs = np.random.default_rng(4).standard_normal((32, WIDTH)).astype(np.float32)
     opts = StageOptions(batch_sites=("cloud",), max_batch=8, max_wait_ms=30.0)
-    plan = with_fleet(plan, FleetSpec.model_validate({"sites": {"cloud": {"tier": "cloud", "device": "aws-g5-xlarge"}}}))
     with deploy(plan, cluster=ray_cluster, options=opts, request_timeout_s=20) as svc:
         outs = svc.predict_batch({"x": xs})
         text = urllib.request.urlopen(f"http://{svc.health()['cloud']['metrics']}/metrics", timeout=5).read().decode()
@@ -58,3 +63,18 @@ def test_cloud_stage_batches_concurrent_requests_and_splits_results(ray_cluster,
     total = float(next(l for l in text.splitlines()
                        if l.startswith("tierplan_stage_batch_size_sum") and "dense/p0" in l).split()[-1])
     assert total == 32 and runs < 32, f"{runs} runs for 32 requests: no batching"
+
+
+def test_a_partial_batch_reports_how_long_its_oldest_request_waited(ray_cluster, dense_model):
+    """One request alone at a batching site runs once its wait runs out: the site's metrics say how long it
+    waited (at least max_wait_ms; `tierplan run` reports the mean and `simulate --profile` replays it)."""
+    path, _ = dense_model
+    plan = _cloud_plan(path)
+    opts = StageOptions(batch_sites=("cloud",), max_batch=8, max_wait_ms=20.0)
+    with deploy(plan, cluster=ray_cluster, options=opts, request_timeout_s=20) as svc:
+        svc.predict({"x": np.ones((1, WIDTH), np.float32)})
+        text = urllib.request.urlopen(f"http://{svc.health()['cloud']['metrics']}/metrics", timeout=5).read().decode()
+    line = {ln.split()[0].split("{")[0]: float(ln.split()[-1]) for ln in text.splitlines()
+            if ln.startswith("tierplan_stage_batch_wait_seconds_") and "dense/p0" in ln and "_bucket" not in ln}
+    assert line["tierplan_stage_batch_wait_seconds_count"] == 1
+    assert line["tierplan_stage_batch_wait_seconds_sum"] >= 0.020

@@ -341,3 +341,14 @@ def test_fast_batch_queue_matches_simpy_batch_queue(n, seed, cap, wait, mixed):
     ref = _simpy_batches(arrivals.tolist(), services.tolist(), groups.tolist(), specs)
     assert dep.tolist() == pytest.approx(ref, rel=1e-9, abs=1e-9)
     assert int(sizes.sum()) == n
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_runs_measured_batch_wait_lengthens_the_wait(fast):
+    """A profile from a run whose partial batches waited 3.5 ms where the runtime asks for 2 (its batching
+    thread's delay): the simulated batch starts 1.5 ms after the policy's wait, on both engines."""
+    from tierplan.simulations.calibration import ServiceProfile
+    prof = ServiceProfile({}, 0.0, batch_wait_ms={"cloud": RUNTIME_MAX_WAIT_MS + 1.5})
+    r = _cloud_run("8:5", fast=fast, profile=prof)
+    assert _latencies(r) == pytest.approx((6.5 + _t(3),) * 3)
+    assert r.batch_mean == {"cloud": 3.0}

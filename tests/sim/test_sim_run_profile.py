@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tierplan.errors import InputError
@@ -86,3 +87,52 @@ def test_the_overhead_is_the_one_of_the_requests_with_the_fewest_steps():
     traces = [trace(2, 1.0) for _ in range(10)] + [trace(10, 5.0) for _ in range(10)]
     prof = profile_from_run({"requests_ok": 20, "classes_run": ["phone"], "traces": traces})
     assert prof.overhead_ms is not None and max(prof.overhead_ms) == pytest.approx(1.0)
+
+
+def test_a_runs_measured_batch_wait_is_kept_with_the_profile(tmp_path):
+    """A run report's site rows say how long partial batches waited (max_wait plus the batching thread's delay):
+    the profile keeps it per site, and saving and loading the profile keeps it too."""
+    doc = {**_report(), "site_rows": [{"site": "bs", "workers": 1, "batch_wait_ms": None},
+                                      {"site": "cloud", "workers": 3, "batch_wait_ms": 3.25}]}
+    prof = profile_from_run(doc)
+    assert prof.batch_wait_ms == {"cloud": 3.25}
+    prof.save(tmp_path / "profile.json")
+    assert load_profile(tmp_path / "profile.json").batch_wait_ms == {"cloud": 3.25}
+    assert profile_from_run(_report()).batch_wait_ms == {}     # a report without it: the runtime's wait
+
+
+def test_the_load_generator_is_open_loop_a_busy_site_does_not_hold_back_later_arrivals():
+    """`tierplan run` sends each request at its Poisson time even while an earlier submit waits for a busy site
+    (the same-host send waits for the site's connection): otherwise the requests behind it start late and
+    measure less queueing than a device would see (coordinated omission)."""
+    import threading
+    import time
+
+    from tierplan.run import Stream, _send
+
+    started: dict[int, float] = {}
+    release = threading.Event()
+
+    class _Pending:
+        def __init__(self, i: int) -> None:
+            self.i = i
+
+    class _Service:       # the load generator's view of a deployment: submit, then wait for the result
+        fleet_run = None
+
+        def submit(self, inputs, device_class=None):
+            i = int(inputs["x"][0])
+            started[i] = time.monotonic()
+            if i == 0:        # the first request's site is busy: its send waits
+                release.wait(2.0)
+            return _Pending(i)
+
+        def wait(self, p):
+            return {}, None
+
+    streams = [Stream("phone", ("x",), 10.0)]
+    arrivals = [(0.0, 0), (0.05, 0), (0.10, 0)]
+    t0 = time.monotonic()
+    threading.Timer(0.5, release.set).start()
+    _send(_Service(), streams, arrivals, lambda i: {"x": np.array([i])}, 0, 5.0, None, False, lambda ok, failed: None)
+    assert started[1] - t0 < 0.4 and started[2] - t0 < 0.4    # sent on time, not after the first one's 0.5 s

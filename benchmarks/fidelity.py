@@ -1,0 +1,119 @@
+"""Simulator against `tierplan run`, every device class at once, as a user checks it (#17 items 2 and 4).
+
+    python benchmarks/fidelity.py [--examples smart-city,read-text] [--duration 60] [--sim-duration 600]
+
+For each example: `tierplan run EXAMPLE --duration D --json --plan-out DIR/plan.json > DIR/run.json`
+(every class at its sources' rates, Poisson arrivals), then `tierplan simulate DIR/plan.json
+--profile DIR/run.json --strategies optimal --duration S --json` (the simulator calibrated from
+that run, on the fleet as the run ran it), the README's commands. Prints per class and sink the
+run's and the simulator's p50 and p95 and their ratios (goal: 0.85-1.15), and per batching site
+the run's and the simulator's mean batch size (goal: within 15%), with the load average while the
+run ran (the machine is shared). Writes benchmarks/results/fidelity.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "fidelity.json"
+GOAL = 0.15
+
+
+def _tierplan(args: list[str], out: Path, timeout_s: float) -> None:
+    """Run the CLI as a user would, stdout into `out`; a failure stops the benchmark with its stderr."""
+    with out.open("w") as f:
+        proc = subprocess.run([sys.executable, "-m", "tierplan.cli", *args], stdout=f, stderr=subprocess.PIPE,
+                              text=True, timeout=timeout_s, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"tierplan {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+
+
+def compare(run: dict, sim: dict) -> dict:
+    """Per class and sink: run and sim p50/p95 and ratios; per batching site: run and sim mean batch."""
+    s = sim["strategies"]["optimal"]
+    rows = []
+    for c in run["classes"]:
+        for sink in c["sinks"]:
+            x = s["sinks"].get(sink, {}).get("classes", {}).get(c["device_class"])
+            if x is None or not c.get("measured_p50_ms"):
+                continue
+            rows.append({"class": c["device_class"], "sink": sink, "requests": c["requests"],
+                         "run_p50_ms": c["measured_p50_ms"], "sim_p50_ms": x["p50_ms"],
+                         "p50_ratio": x["p50_ms"] / c["measured_p50_ms"],
+                         "run_p95_ms": c["measured_p95_ms"], "sim_p95_ms": x["p95_ms"],
+                         "p95_ratio": x["p95_ms"] / c["measured_p95_ms"]})
+    batches = []
+    for r in run["site_rows"]:
+        if r.get("mean_batch") and r["site"] in s.get("batch_mean", {}):
+            sim_b = s["batch_mean"][r["site"]]
+            batches.append({"site": r["site"], "run_mean_batch": r["mean_batch"], "sim_mean_batch": sim_b,
+                            "ratio": sim_b / r["mean_batch"], "run_batch_wait_ms": r.get("batch_wait_ms")})
+    within = all(abs(r["p50_ratio"] - 1) <= GOAL and abs(r["p95_ratio"] - 1) <= GOAL for r in rows) and \
+        all(abs(b["ratio"] - 1) <= GOAL for b in batches)
+    return {"rows": rows, "batches": batches, "within_goal": within}
+
+
+def bench(example: str, duration_s: float, sim_s: float, workdir: Path) -> dict:
+    d = workdir / example
+    d.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()[0]
+    t0 = time.time()
+    _tierplan(["run", example, "--duration", f"{duration_s:g}", "--json", "--plan-out", str(d / "plan.json")],
+              d / "run.json", timeout_s=duration_s * 10 + 600)
+    run_s = time.time() - t0
+    load1 = os.getloadavg()[0]
+    _tierplan(["simulate", str(d / "plan.json"), "--profile", str(d / "run.json"), "--strategies", "optimal",
+               "--duration", f"{sim_s:g}", "--json", "--no-progress"], d / "sim.json", timeout_s=1200)
+    run = json.loads((d / "run.json").read_text())
+    sim = json.loads((d / "sim.json").read_text())
+    out = compare(run, sim)
+    out.update({"example": example, "duration_s": duration_s, "sim_duration_s": sim_s, "run_wall_s": run_s,
+                "load_average_1m": {"start": load0, "end": load1, "report": run.get("load_average_1m")},
+                "requests_ok": run.get("requests_ok"), "requests_failed": run.get("requests_failed")})
+    return out
+
+
+def _print(res: dict) -> None:
+    for ex in res["examples"]:
+        la = ex["load_average_1m"]
+        print(f"\n{ex['example']}: {ex['requests_ok']} requests ok, {ex['requests_failed']} failed in "
+              f"{ex['duration_s']:g} s; load average (1 min) {la['start']:.2f} at start, {la['end']:.2f} at end "
+              f"on {os.cpu_count()} cores; simulated {ex['sim_duration_s']:g} s")
+        print(f"{'class':16} {'sink':10} {'n':>4} {'run p50':>8} {'sim p50':>8} {'ratio':>6} "
+              f"{'run p95':>8} {'sim p95':>8} {'ratio':>6}")
+        for r in ex["rows"]:
+            print(f"{r['class']:16} {r['sink']:10} {r['requests']:4d} {r['run_p50_ms']:8.1f} {r['sim_p50_ms']:8.1f} "
+                  f"{r['p50_ratio']:6.2f} {r['run_p95_ms']:8.1f} {r['sim_p95_ms']:8.1f} {r['p95_ratio']:6.2f}")
+        for b in ex["batches"]:
+            wait = "-" if b["run_batch_wait_ms"] is None else f"{b['run_batch_wait_ms']:.2f} ms"
+            print(f"mean batch at {b['site']}: run {b['run_mean_batch']:.2f}, sim {b['sim_mean_batch']:.2f} "
+                  f"(ratio {b['ratio']:.2f}); partial batches waited {wait} in the run (max_wait 2 ms)")
+        print(f"within {GOAL:.0%}: {'yes' if ex['within_goal'] else 'NO'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--examples", default="smart-city,read-text")
+    ap.add_argument("--duration", type=float, default=60.0, help="Seconds of `tierplan run` per example.")
+    ap.add_argument("--sim-duration", type=float, default=600.0, help="Simulated seconds per example.")
+    ap.add_argument("--keep", type=Path, default=None, help="Keep each run's plan, run.json and sim.json here.")
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tierplan-fidelity-") as tmp:
+        work = a.keep or Path(tmp)
+        res = {"examples": [bench(e, a.duration, a.sim_duration, work) for e in a.examples.split(",") if e],
+               "cores": os.cpu_count(), "goal": GOAL}
+    _print(res)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {RESULTS} ({RESULTS.write_text(json.dumps(res, indent=2))} bytes)")
+
+
+if __name__ == "__main__":
+    main()
