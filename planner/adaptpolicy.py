@@ -182,8 +182,9 @@ def decide(policy: AdaptPolicy, old_ms: Mapping[str, float], new_ms: Mapping[str
            weights: Mapping[str, float] | None = None) -> Decision:
     """Adopt the re-plan when it moves something and either
     - the old plan misses an SLO ("class:sink", predicted on the observed figures or measured) and the
-      re-plan misses fewer, or as many with a better `score` after `move_cost_ms` per move (the best
-      achievable when not every SLO can be met); or
+      re-plan meets them all, or has a better `score` after `move_cost_ms` per move (the best
+      achievable when not every SLO can be met: the planner's own latency figure, whichever sinks
+      miss); or
     - its `score` plus `move_cost_ms` per move is below the old plan's by `margin`."""
     keys = [k for k in old_ms if k in new_ms]
     old = {k: old_ms[k] for k in keys}
@@ -200,7 +201,7 @@ def decide(policy: AdaptPolicy, old_ms: Mapping[str, float], new_ms: Mapping[str
     charged = s_new + policy.move_cost_ms * moves
     missed, left = _misses(old, slo, measured_ms), _misses(new, slo)
     if missed:
-        if len(left) < len(missed) or (len(left) == len(missed) and charged < s_old):
+        if not left or charged < s_old:
             return d(True, f"the old plan misses the SLO of {', '.join(missed)}; the re-plan "
                            + ("meets every SLO" if not left else
                               f"is the best achievable (misses {', '.join(left)}; latency {s_old:.0f} -> {s_new:.0f} ms)"))

@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from tierplan.devices.fleet import resolve_fleet
-from tierplan.errors import InputError, RuntimeFault
+from tierplan.errors import InfeasibleError, InputError, RuntimeFault
 from tierplan.planner.adaptpolicy import (AdaptPolicy, DriftDetector, Figure, Replanner, class_weights, decide, moves_of,
                                           observed_fleet, predicted, recost, site_ratios, slo_of)
 from tierplan.planner.movecost import charged
@@ -148,7 +148,8 @@ class Adapter:
                         self._act(now, flagged)
             except Exception as e:  # the service goes on; the log says what failed
                 self._emit({"t_s": round(now - self.t0, 3), "error": f"{type(e).__name__}: {e}"})
-                self._quiet_until = time.monotonic() + self.policy.cooldown_s
+                # the figures acted on wait out their cooldown (set in _act); the rest a tick or so
+                self._quiet_until = time.monotonic() + min(self.policy.cooldown_s, 5 * self.policy.tick_s)
 
     def _emit(self, entry: dict) -> None:
         self.log.append(entry)
@@ -194,8 +195,17 @@ class Adapter:
         spec = observed_fleet(self.plan, self._accepted)
         self._prepared.wait()
         t = time.perf_counter()
-        new = self.replanner(spec, pol.replan_time_limit_s, current=self.plan, compute_scale=self._compute_scale,
-                             move_cost_ms=pol.move_cost_ms)
+        try:
+            new = self.replanner(spec, pol.replan_time_limit_s, current=self.plan, compute_scale=self._compute_scale,
+                                 move_cost_ms=pol.move_cost_ms)
+        except InfeasibleError as e:
+            if not self._compute_scale:
+                raise
+            # the fleet cannot carry the load at the observed compute times (e.g. the devices' cores
+            # are busy with other work): the re-plan takes the link figures alone, the log says why
+            entry["compute_scale_dropped"] = str(e).split(". To fix")[0][:300]
+            self._compute_scale = {}
+            new = self.replanner(spec, pol.replan_time_limit_s, current=self.plan, move_cost_ms=pol.move_cost_ms)
         entry["replan_s"] = round(time.perf_counter() - t, 3)
         entry["replan_status"] = new.status
         if new.move_cost_ms:
@@ -203,7 +213,8 @@ class Adapter:
                                                 new.move_cost_ms)
         observed = resolve_fleet(spec, catalog={})
         moves = moves_of(self.plan, new, self.classes)
-        dec = decide(pol, recost(self.plan, observed, self.classes, self._compute_scale), predicted(new, self.classes),
+        dec = decide(pol, recost(self.plan, observed, self.classes, self._compute_scale or None),
+                     predicted(new, self.classes),
                      slo_of(self.plan, self.classes), len(moves), weights=class_weights(self.plan))
         entry["decision"] = dec.to_json()
         entry["moves"] = moves

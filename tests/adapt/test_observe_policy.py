@@ -66,6 +66,11 @@ def test_decide_adopts_on_a_missed_slo_or_by_the_margin_only():
     # the old plan misses text; the new one misses speech but its slowest sink is lower: best achievable
     d = decide(p, {"c:text": 1137.0, "c:speech": 385.0}, {"c:text": 862.0, "c:speech": 550.0}, slo, moves=1)
     assert d.adopt and "best achievable" in d.reason
+    # the re-plan misses more sinks (speech now queues on the phone) but its latency figure is a third
+    d = decide(p, {"c:text": 3078.0, "c:speech": 385.0}, {"c:text": 1051.0, "c:speech": 670.0}, slo, moves=1)
+    assert d.adopt and "best achievable" in d.reason
+    # ... and not when it is slower after the move cost
+    assert not decide(p, {"c:text": 1100.0, "c:speech": 385.0}, {"c:text": 1095.0, "c:speech": 670.0}, slo, moves=1).adopt
     # no SLO missed: 5% better is within the margin
     d = decide(p, {"c:text": 800.0, "c:speech": 300.0}, {"c:text": 760.0, "c:speech": 300.0}, slo, moves=1)
     assert not d.adopt
