@@ -21,8 +21,9 @@
 4. The simulator rehearses both runs (simulations.adapt.rehearse: the same policy, the flag time
    from the observer's window, the live run's re-plan and load times, the adopted plan; compute
    times from the live runs' traces at their CPU time, since other agents share this machine's
-   cores): simulated p95 per segment (before the step, step -> switch, after the switch) against
-   the measured p95 of the requests sent in that segment, and each one's change from the first.
+   cores; each segment's requests at the live run's send times, the camera's for both sources):
+   simulated p95 per segment (before the step, step -> switch, after the switch) against the
+   measured p95 of the requests sent in that segment, and each one's change from the first.
 
 Prints tables, writes benchmarks/results/adapt.json and benchmarks/results/adapt.png (p95 over
 time, step and switch marked, measured and simulated). The machine is shared: compare within one run.
@@ -228,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
                            adapt=(name == "adapt"), new_plan=r["run"].final_plan if name == "adapt" else None,
                            replan_s=e.get("replan_s"), load_s=(e.get("load_s") or 0.5) + (e.get("compile_s") or 0.0),
                            classes=[CLASS],
-                           run_report=doc, seed=args.seed, colocate=os.cpu_count(), rate_hz=camera_hz)
+                           run_report=doc, seed=args.seed, colocate=os.cpu_count(), rate_hz=camera_hz,
+                           arrivals_s=[x.sent_s for x in r["run"].records if x.sources and x.sources[0] == "camera"])
             bounds = [(s.start_s, s.end_s) for s in reh.segments]
             e["sim"] = reh.to_json()
             e["sim"]["wall_s"] = round(time.perf_counter() - t, 2)

@@ -7,7 +7,8 @@ scenario, and both then act on the same `Decision` (issue #19).
 
 Figures are keyed `link:SITE:up_mbps`, `link:SITE:down_mbps`, `link:SITE:rtt_ms` (SITE: the site
 class whose attach link it is) and `compute:NODE@SITE`. A figure drifts when it is off its planned
-value by more than `threshold` (relative) for `sustain_s` without a break.
+value by more than `threshold` (relative; compute: `compute_threshold`) for `sustain_s` (compute:
+`compute_sustain_s`) without a break.
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ __all__ = ["AdaptPolicy", "POLICY_KEYS", "Figure", "DriftDetector", "Decision", 
 class AdaptPolicy:
     """The thresholds of `--adapt` (each one a flag of `tierplan run` / `deploy`)."""
 
-    threshold: float = 0.3          # |observed / planned - 1| beyond which a figure is off ...
-    min_effect_ms: float = 10.0     # ... when it changes a request's time by at least this much
+    threshold: float = 0.3          # |observed / planned - 1| beyond which a link figure is off ...
+    min_effect_ms: float = 20.0     # ... when it changes a request's time by at least this much
     sustain_s: float = 0.5          # ... for this long without a break before it is flagged
-    window_s: float = 2.0           # rolling window of the estimates
+    window_s: float = 2.0           # rolling window of the link estimates
+    compute_threshold: float = 0.5  # a piece's compute time: off beyond this share (with min_effect_ms) ...
+    compute_sustain_s: float = 3.0  # ... for this long (compute times are noisier than links: shared cores)
+    compute_window_s: float = 5.0   # rolling window of the compute estimates (medians)
     margin: float = 0.1             # a new plan must be predicted this share better (summed sink latency) ...
     move_cost_ms: float = 10.0      # ... after charging this many ms per piece moved
     replan_time_limit_s: float = 1.5
@@ -76,9 +80,11 @@ class AdaptPolicy:
 
 # `--adapt-policy` keys -> AdaptPolicy fields
 POLICY_KEYS = {"threshold": "threshold", "min-effect": "min_effect_ms", "sustain": "sustain_s", "window": "window_s",
+               "compute-threshold": "compute_threshold", "compute-sustain": "compute_sustain_s",
+               "compute-window": "compute_window_s",
                "margin": "margin", "move-cost": "move_cost_ms", "replan-limit": "replan_time_limit_s",
                "cooldown": "cooldown_s", "tick": "tick_s"}
-_POSITIVE = {"threshold", "window_s", "replan_time_limit_s", "tick_s"}
+_POSITIVE = {"threshold", "window_s", "compute_threshold", "compute_window_s", "replan_time_limit_s", "tick_s"}
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,9 @@ class Figure:
 
 
 class DriftDetector:
-    """Flags the figures that have been off their planned value by more than the threshold, with an
-    effect of at least `min_effect_ms`, for `sustain_s` without a break (a figure back within it
+    """Flags the figures that have been off their planned value by more than the threshold (links:
+    `threshold`, compute: `compute_threshold`), with an effect of at least `min_effect_ms`, for
+    `sustain_s` (compute: `compute_sustain_s`) without a break (a figure back within it
     starts over); the time counts from the figure's `since_s` when it says when its evidence began."""
 
     def __init__(self, policy: AdaptPolicy) -> None:
@@ -115,7 +122,9 @@ class DriftDetector:
             return False
         if abs(f.effect_ms) < self.policy.min_effect_ms:
             return False
-        return abs(math.log(f.observed / f.planned)) > math.log1p(self.policy.threshold)
+        compute = f.key.startswith("compute:")
+        return abs(math.log(f.observed / f.planned)) > math.log1p(
+            self.policy.compute_threshold if compute else self.policy.threshold)
 
     def update(self, now_s: float, figures: Iterable[Figure]) -> list[Figure]:
         """The figures flagged at `now_s` (those off since at least `sustain_s` ago)."""
@@ -128,7 +137,8 @@ class DriftDetector:
                 continue
             began = f.since_s if f.since_s is not None and f.since_s <= now_s else now_s
             since = self._since.setdefault(f.key, began)
-            if now_s - since >= self.policy.sustain_s - 1e-9:
+            sustain = self.policy.compute_sustain_s if f.key.startswith("compute:") else self.policy.sustain_s
+            if now_s - since >= sustain - 1e-9:
                 flagged.append(f)
         for k in [k for k in self._since if k not in seen]:   # no estimate any more: start over
             del self._since[k]

@@ -19,8 +19,8 @@ from send to arrival over the emulated or real route) and its `compute` steps (`
   added: a run of two such draws by chance is ~1 in 2000), in one direction, only that run of samples estimates the
   route, and the figures it feeds carry `since_s` (when the run began): the detector's sustain time
   counts from there. A step is thus flagged a few requests after it, whatever the window's length;
-- per piece and site: the median compute time of the window, against a reference (the first full
-  window after start, since the plan's times are for the fleet's devices, not this host).
+- per piece and site: the median compute time over `compute_window_s` (at least 5 runs), against a
+  reference (the first full compute window after start, since the plan's times are for the fleet's devices, not this host).
 
 The figures go to the shared policy (planner.adaptpolicy.DriftDetector).
 """
@@ -43,6 +43,7 @@ __all__ = ["Observer", "transfer_sizes"]
 
 _RIDGE_DELAY = 0.05    # weight of the planned RTT/2 against one route's samples
 _RIDGE_RATE = 1e-6     # ... and of the planned goodput (only where no sample tells it: bandwidth is what drifts)
+_MIN_COMPUTE_SAMPLES = 5  # runs of a piece in the compute window before its median counts
 _MIN_LINK_SAMPLES = 3  # requests with a transfer over a route in the window before it counts (a run off: min_run)
 
 
@@ -78,13 +79,15 @@ class Observer:
     """Collects finished requests' steps and estimates the figures (thread-safe)."""
 
     def __init__(self, plan: Plan, exe: Plan, window_s: float = 2.0, quantile: float = 25.0, *,
-                 threshold: float = 0.3, min_effect_ms: float = 10.0, min_run: int = 2) -> None:
+                 threshold: float = 0.3, min_effect_ms: float = 10.0, min_run: int = 2,
+                 compute_window_s: float | None = None) -> None:
         """`plan`: the plan as planned (its fleet gives the planned link figures); `exe`: what runs
         (runtime.fleetrun; its edges give the sizes sent between sites); `threshold`, `min_effect_ms`:
         when one transfer is off its planned time (the policy's); `min_run`: that many in a row
-        estimate a route on their own."""
+        estimate a route on their own; `compute_window_s`: the compute medians' window (default `window_s`)."""
         self.fleet: Fleet = plan.fleet_model()
         self.window_s = window_s
+        self.compute_window_s = window_s if compute_window_s is None else compute_window_s
         self.quantile = quantile
         self.threshold = threshold
         self.min_effect_ms = min_effect_ms
@@ -118,7 +121,7 @@ class Observer:
             self._trim(t)
 
     def _trim(self, now_s: float) -> None:
-        while self._samples and self._samples[0].t < now_s - self.window_s:
+        while self._samples and self._samples[0].t < now_s - max(self.window_s, self.compute_window_s):
             self._samples.popleft()
         while self._lat and self._lat[0][0] < now_s - max(self.window_s, 10.0):
             self._lat.popleft()
@@ -146,7 +149,7 @@ class Observer:
             per_request: dict[tuple[str, int], list[float]] = {}    # (route, request) -> its transfers
             ended: dict[tuple[str, int], float] = {}
             for s in self._samples:
-                if s.kind == "transfer" and (since_s is None or s.t >= since_s):
+                if s.kind == "transfer" and s.t >= t - self.window_s and (since_s is None or s.t >= since_s):
                     per_request.setdefault((s.name, s.request), []).append(s.ms)
                     ended[(s.name, s.request)] = s.t
             sizes = dict(self.sizes)
@@ -291,16 +294,18 @@ class Observer:
             self._trim(t)
             per: dict[str, list[float]] = {}
             for s in self._samples:
-                if s.kind == "compute":
+                if s.kind == "compute" and s.t >= t - self.compute_window_s:
                     node, _, site = s.name.rpartition("@")
                     per.setdefault(f"compute:{_strip(node)}@{site}", []).append(s.ms)
-            full = t - self.started_s >= self.window_s
+            full = t - self.started_s >= self.compute_window_s
             out = {}
             for key, ms in per.items():
                 med = float(np.median(ms))
                 if key not in self._reference:
-                    if full and len(ms) >= 3:
+                    if full and len(ms) >= _MIN_COMPUTE_SAMPLES:
                         self._reference[key] = med
+                    continue
+                if len(ms) < _MIN_COMPUTE_SAMPLES:
                     continue
                 out[key] = Figure(key, self._reference[key], med, len(ms), abs(med - self._reference[key]))
         return out

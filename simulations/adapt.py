@@ -26,7 +26,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from tierplan.devices.fleet import Fleet
 from tierplan.errors import InputError
@@ -132,14 +132,17 @@ def _with_uplink(plan: Plan, site: str, up_mbps: float) -> Plan:
 
 
 def _simulate(plan: Plan, run_report: Path | None, duration_s: float, seed: int,
-              colocate: int | None) -> dict[str, dict[str, float | None]]:
+              colocate: int | None, arrivals_s: Sequence[float] | None = None) -> dict[str, dict[str, float | None]]:
     from tierplan.simulations.api import simulate
     from tierplan.simulations.calibration import as_run, load_profile
     from tierplan.simulations.config import Scenario
+    from tierplan.simulations.scenario import ArrivalSpec
     profile = load_profile(run_report) if run_report is not None else None
     ran = as_run(plan, run_report)
+    arrivals = ArrivalSpec() if arrivals_s is None else \
+        ArrivalSpec(kind="trace", trace=tuple((float(t), None) for t in sorted(arrivals_s)))
     rep = simulate(ran, scenario=Scenario(strategies=("optimal",), duration_s=duration_s, seed=seed, profile=profile,
-                                          colocate=colocate))
+                                          colocate=colocate, arrivals=arrivals))
     res = rep.strategies["optimal"]
     return {name: {"p50_ms": s.p50_ms, "p95_ms": s.p95_ms} for name, s in res.sinks.items()}
 
@@ -148,7 +151,8 @@ def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, 
              new_plan: Plan | None = None, replan: Callable[[FleetSpec, float], Plan] | None = None,
              replan_s: float | None = None, load_s: float = 0.5, classes: list[str] | None = None,
              run_report: str | Path | dict | None = None, segment_s: float | None = None, seed: int = 0,
-             colocate: int | None = None, rate_hz: float | None = None) -> Rehearsal:
+             colocate: int | None = None, rate_hz: float | None = None,
+             arrivals_s: Sequence[float] | None = None) -> Rehearsal:
     """The run of `plan` with `step` applied, with (`adapt`) or without the policy (see the module doc).
 
     `new_plan`: the plan a live run adopted (else `replan(observed fleet, time limit)` makes one);
@@ -156,7 +160,10 @@ def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, 
     `run_report`: a `tierplan run --json`-shaped report (a path or the dict) of the live run, whose
     traces give the measured compute times and whose classes, devices and workers the replay uses;
     `colocate`: every site on one host with that many cores (a run on one machine); `rate_hz`: the
-    requests per second that cross the stepped link (flag_time)."""
+    requests per second that cross the stepped link (flag_time); `arrivals_s`: the live run's send
+    times (s from its start): each segment replays the requests sent in it at those times (the same
+    sample path: with a few dozen requests per segment, two Poisson draws' p95 differ by more than
+    the models do), for every source of the class (`segment_s` replays the rate instead)."""
     out = Rehearsal(adapt, step)
     report_path: Path | None = None
     tmp: tempfile.TemporaryDirectory | None = None
@@ -203,10 +210,13 @@ def rehearse(plan: Plan, step: Step, policy: AdaptPolicy, duration_s: float, *, 
             p = plan if which == "old" else chosen
             assert p is not None
             seg = Segment(start, end, which, mbps)
-            seg.sinks = _simulate(_with_uplink(p, step.site, mbps), report_path, segment_s or (end - start), seed, colocate)
+            sends = None if arrivals_s is None or segment_s else [t - start for t in arrivals_s if start <= t < end]
+            seg.sinks = _simulate(_with_uplink(p, step.site, mbps), report_path, segment_s or (end - start), seed, colocate,
+                                  sends)
             out.segments.append(seg)
         out.notes.append("each segment is replayed from empty queues for "
                          + (f"{segment_s:g} simulated s (its steady state)" if segment_s else "its own length")
+                         + ("" if arrivals_s is None or segment_s else ", its requests at the live run's send times")
                          + "; a backlog carried over a boundary is not simulated")
         return out
     finally:

@@ -76,7 +76,7 @@ class Adapter:
             replanner = Replanner(plan, Path(pieces_dir))
         self.replanner = replanner
         self.observer = Observer(plan, svc.plan, self.policy.window_s, threshold=self.policy.threshold,
-                                 min_effect_ms=self.policy.min_effect_ms)
+                                 min_effect_ms=self.policy.min_effect_ms, compute_window_s=self.policy.compute_window_s)
         self.detector = DriftDetector(self.policy)
         self.on_event = on_event
         self.log: list[dict] = []

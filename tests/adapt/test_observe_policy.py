@@ -125,3 +125,14 @@ def test_a_step_is_read_from_the_first_requests_after_it_not_the_window():
     det = DriftDetector(AdaptPolicy(sustain_s=0.25))
     assert det.update(t + 0.75, [fig]) == [fig]       # sustained since the run began
     assert det.since(fig.key) == pytest.approx(t + 0.5)
+
+
+def test_compute_times_need_a_bigger_and_longer_drift_than_links():
+    det = DriftDetector(AdaptPolicy(threshold=0.3, compute_threshold=0.5, sustain_s=0.5, compute_sustain_s=3.0))
+    link = Figure("link:phone:up_mbps", 12.0, 8.0, effect_ms=50.0)          # 1.5x slower
+    noisy = Figure("compute:m/p0@phone", 40.0, 56.0, effect_ms=16.0)       # 1.4x: within 50%
+    slow = Figure("compute:m/p1@phone", 40.0, 100.0, effect_ms=60.0)       # 2.5x
+    assert det.update(0.0, [link, noisy, slow]) == []
+    assert det.update(1.0, [link, noisy, slow]) == [link]                 # links: 0.5 s
+    assert det.update(3.0, [link, noisy, slow]) == [link, slow]           # compute: 3 s, the 1.4x never
+    assert AdaptPolicy.parse("compute-threshold=1,compute-sustain=5").compute_sustain_s == 5.0

@@ -18,7 +18,7 @@ def offloading_plan(squeezenet_random, tmp_path_factory):
 
 
 def test_flag_time_follows_the_observer_run_and_the_sustain(offloading_plan):
-    pol = AdaptPolicy(window_s=2.0, sustain_s=1.0, tick_s=0.25)
+    pol = AdaptPolicy(window_s=2.0, sustain_s=1.0, tick_s=0.25, min_effect_ms=10.0)
     nbytes = biggest_transfer(offloading_plan, "phone")
     assert nbytes > 10_000                                             # the cut tensor goes up the radio
     wire_s = nbytes * 8 / 20e6
@@ -26,7 +26,7 @@ def test_flag_time_follows_the_observer_run_and_the_sustain(offloading_plan):
     t = flag_time(offloading_plan, Step("phone", 10.0, 20.0), pol, rate_hz=2.0)
     assert t == pytest.approx(10.0 + 0.5 + wire_s + 1.0, abs=pol.tick_s + 0.01)
     # a short sustain: flagged once the run is complete (the window's length plays no part)
-    quick = AdaptPolicy(window_s=5.0, sustain_s=0.1, tick_s=0.1)
+    quick = AdaptPolicy(window_s=5.0, sustain_s=0.1, tick_s=0.1, min_effect_ms=10.0)
     assert flag_time(offloading_plan, Step("phone", 10.0, 20.0), quick, rate_hz=4.0) == \
         pytest.approx(10.0 + 0.5 + wire_s, abs=quick.tick_s + 0.01)
     assert flag_time(offloading_plan, Step("phone", 10.0, 900.0), pol) is None   # within the threshold
