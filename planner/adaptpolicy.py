@@ -42,7 +42,7 @@ class AdaptPolicy:
     compute_window_s: float = 5.0   # rolling window of the compute estimates (medians)
     margin: float = 0.1             # a new plan must be predicted this share better (summed sink latency) ...
     move_cost_ms: float = 10.0      # ... after charging this many ms per piece moved
-    replan_time_limit_s: float = 1.5
+    replan_time_limit_s: float = 1.0
     cooldown_s: float = 5.0         # no new decision this long after one
     tick_s: float = 0.2             # how often the controller looks at its estimates
 

@@ -100,11 +100,15 @@ class Observer:
         self._requests = 0
         self.started_s = time.monotonic()
 
-    def set_exe(self, exe: Plan) -> None:
-        """What runs changed (a live move): sizes between sites follow it; compute references start over."""
+    def set_exe(self, exe: Plan, now_s: float | None = None) -> None:
+        """What runs changed (a live move) or the compute times were acted on: sizes between sites
+        follow it; compute references start over from a full compute window of runs after now (a
+        window spanning the move or the old level would be a wrong reference)."""
         with self._lock:
             self.sizes = {k: sorted(set(self.sizes.get(k, [])) | set(v)) for k, v in transfer_sizes(exe).items()}
             self._reference.clear()
+            self._samples = deque(s for s in self._samples if s.kind != "compute")
+            self.started_s = time.monotonic() if now_s is None else now_s
 
     # ------------------------------------------------------------------ input
     def add(self, steps: Iterable, latency_ms: float | None = None, device_class: str | None = None,
