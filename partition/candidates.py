@@ -6,7 +6,9 @@ model cut at every candidate point (positions of one topological order where at 
 between consecutive candidates; CP-SAT decides which candidates to cut at together with where
 each segment runs, and `max_pieces` bounds the pieces after that choice (planner.formulation).
 Models with more candidates than `DEFAULT_SEGMENTS - 1` keep the smallest ones, spread so that
-no segment is a sliver of the model's compute (partition.cuts.coarsen).
+no segment is a sliver of the model's compute (partition.cuts.coarsen). The planner then refines
+the cuts it chose among every candidate near them (planner.refine): the default candidates only
+need to be close to the best cuts.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import networkx as nx
 
 from tierplan.partition.cuts import Cut, Node, Weight, coarsen, find_cuts
 
-__all__ = ["DEFAULT_SEGMENTS", "PROFILE_SEGMENTS", "MAX_TENSORS", "candidate_cuts", "cuts_at"]
+__all__ = ["DEFAULT_SEGMENTS", "PROFILE_SEGMENTS", "EVERY", "MAX_TENSORS", "candidate_cuts", "cuts_at"]
 
 DEFAULT_SEGMENTS = 16   # segments per ONNX model the planner chooses cuts among (benchmarks/planner.py: gap to all)
 PROFILE_SEGMENTS = 64   # ... per profile-table model: a chain of up to 64 layers keeps every layer boundary
+EVERY = 1_000_000       # `segments=` that keeps every candidate cut (planner.refine's cut space)
 MAX_TENSORS = 4         # a candidate cut is crossed by at most this many tensors ("few")
 
 

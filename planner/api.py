@@ -11,6 +11,7 @@ plan_graph runs named phases, each a function below:
   _best_for_missed  classes still missing their SLO get the best latency they can reach under the
                   capacity the others leave (one at a time), then their cheapest placement at it
   _bound_pieces   max_pieces per model over the chosen cuts (only when the relaxation exceeds it)
+  _refine         finer candidate cuts around the chosen ones, re-solved locally (planner.refine)
   _regroup        the chosen segments become the plan's pieces (partition extracts them)
   _report         the Plan: figures, coverage, not-met classes and what would fix them, baselines
 Why something is infeasible comes from the solver (planner.diagnose).
@@ -37,6 +38,7 @@ from tierplan.planner.movecost import with_move_cost
 from tierplan.planner.progress import ProgressHook, phase, reporting
 from tierplan.planner.plan import ClassCoverage, ParetoPoint, Plan, piece_moves
 from tierplan.planner.problem import Problem
+from tierplan.planner.refine import CutSpace, carry_over, cut_space, refine, segment_of_ops
 from tierplan.planner.report import (
     baseline_result, latency_semantics, class_latency_ms, class_meets, class_mode, cost_per_hour_usd,
     coverage_share, mean_latency_ms, monthly_by_tier, natural_objective, per_class_ids, plan_edges, plan_pieces, sink_views,
@@ -53,6 +55,7 @@ _TIE_SHARE = 0.25      # of a solve's limit at most for breaking ties, after the
 _ASSEMBLY_SHARE = 0.05  # of the time limit, kept for evaluating and assembling the plan
 _EXPLAIN_S = 0.15       # kept per SLO sink of a not-covered class for its best-latency solve ...
 _EXPLAIN_MAX_SHARE = 0.1  # ... at most this share of the time limit in all
+_REFINE_SHARE = 0.3     # of the time limit at most for refining the chosen cuts (planner.refine)
 
 # model -> positions to cut it at (the planner's choice among the candidates) -> the app graph cut there
 Regroup = Callable[[Mapping[str, tuple[int, ...]]], nx.DiGraph]
@@ -118,6 +121,9 @@ class _Run:
     reason: str | None = None
     joint_status: str = ""                                     # the joint phase's status (before not-met classes)
     move_cost_ms: float = 0.0                                  # charged per segment moved (planner.movecost)
+    from_plan: Plan | None = None                              # the old plan of a re-plan (--from)
+    refined: list[dict] = field(default_factory=list)          # the refinement rounds (planner.refine)
+    cuts: dict[str, list[int]] = field(default_factory=dict)   # model -> where the plan cuts it (positions)
 
     @property
     def separable(self) -> bool:
@@ -140,7 +146,7 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
                from_plan: Plan | None = None, pareto: bool = False, pareto_points: int = 5,
                with_baselines: bool = True, analyse_uncovered: bool = True, queueing: bool = True,
                max_coverage: bool = True, regroup: Regroup | None = None,
-               latency_model: str | None = None, move_cost_ms: float = 0.0) -> Plan:
+               latency_model: str | None = None, move_cost_ms: float = 0.0, refine_cuts: CutSpace | None = None) -> Plan:
     """Place the app graph on the fleet; returns a Plan, or raises InfeasibleError when no
     placement exists even without the SLOs (why, from the solver, and what would fix it).
 
@@ -155,6 +161,9 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
     `latency_model`: "sum" or "overlap" (planner.build.build_problem); None: sum for chains,
     overlap for DAGs (plan.latency_semantics says which). `move_cost_ms` (with `from_plan`): ms
     of latency charged in the objective per segment placed off the old plan's site (planner.movecost).
+    `refine_cuts` (planner.refine.cut_space, with `regroup`): after the solve on the graph's
+    candidate cuts, the cuts chosen are refined among every candidate near them while that gains
+    (`plan.solver["refine"]` lists the rounds); status and bound stay the candidate solve's.
 
     Example (a seeded 4-piece chain on a one-class-per-tier fleet of 100 devices):
         >>> from tierplan.devices.costmodel import CostModel
@@ -170,7 +179,9 @@ def plan_graph(graph: nx.DiGraph, fleet: Fleet, cost_model: CostModel, *,
     r, main = _joint(run, alone, max_coverage)
     r, main = _best_for_missed(run, r, main)
     r, main = _bound_pieces(run, r, main)
-    g_out, main, info, r = _regroup(run, r, main, regroup)
+    run.from_plan = from_plan
+    solved, solved_info, r, main = _refine(run, r, main, refine_cuts, regroup)
+    g_out, main, info, r = _regroup(run, r, main, regroup, solved, solved_info)
     return _report(run, g_out, main, info, r, from_plan=from_plan, pareto=pareto, pareto_points=pareto_points,
                    with_baselines=with_baselines, analyse=analyse_uncovered)
 
@@ -383,34 +394,68 @@ def _bound_pieces(run: _Run, r: SolveResult, main: Problem) -> tuple[SolveResult
                    proof_s=time.perf_counter() - run.t0), full
 
 
-def _regroup(run: _Run, r: SolveResult, main: Problem,
-             regroup: Regroup | None) -> tuple[nx.DiGraph, Problem, BuildInfo, SolveResult]:
+def _refine(run: _Run, r: SolveResult, main: Problem, space: CutSpace | None,
+            regroup: Regroup | None) -> tuple[nx.DiGraph, BuildInfo, SolveResult, Problem]:
+    """Finer candidate cuts around the chosen ones, re-solved in their neighbourhood while that
+    lowers the objective of the plan merged into pieces (planner.refine); the SLOs as the phases
+    left them and the re-plan's move cost carry over to the refined problem. Returns the graph
+    and problem of the plan kept."""
+    if (space is None or regroup is None or not main.segments or r.status not in ("optimal", "feasible")
+            or not r.assignment):
+        return run.graph, run.info, r, main
+    phase("refining the chosen cuts")
+    slo_by_id = {c.name: {main.nodes[v].id: us for v, us in c.slo_us.items()} for c in main.classes}
+    default_of = segment_of_ops(run.graph)
+
+    def rebuild(graph: nx.DiGraph) -> tuple[Problem, BuildInfo]:
+        problem, info = _rebuild(run, graph)
+        index = {n: i for i, n in enumerate(info.order)}
+        problem = problem.with_classes(tuple(replace(c, slo_us={index[n]: us for n, us in slo_by_id[c.name].items()})
+                                             for c in problem.classes))
+        # moves are charged per default segment (what plan.json's pieces[].segments name)
+        by_default = replace(info, order=tuple(
+            default_of[(graph.nodes[n]["model"], graph.nodes[n]["piece"].nodes[0])]
+            if graph.nodes[n].get("kind") == "piece" else n for n in info.order))
+        problem = with_move_cost(problem, by_default, run.from_plan, run.move_cost_ms)
+        return replace(problem, budget_uusd_h=main.budget_uusd_h), info
+
+    end = time.perf_counter() + _REFINE_SHARE * run.time_limit_s
+    def judge(graph: nx.DiGraph, info: BuildInfo, problem: Problem, result: SolveResult) -> int | None:
+        _, merged, _, placed = _regroup(run, result, problem, regroup, graph, info)
+        ev = evaluate(merged, placed.assignment, placed.levels)
+        return ev.objective if ev.feasible else None
+
+    graph, info, problem, r2, run.refined = refine(run.graph, run.info, main, r, space, rebuild,
+                                                   lambda: min(_solve_left(run), end - time.perf_counter()), judge)
+    return graph, info, r2, problem
+
+
+def _regroup(run: _Run, r: SolveResult, main: Problem, regroup: Regroup | None, solved: nx.DiGraph,
+             solved_info: BuildInfo) -> tuple[nx.DiGraph, Problem, BuildInfo, SolveResult]:
     """The chosen segments become the plan's pieces: consecutive segments of a model that every
     class runs on one site are merged (regroup extracts them, e.g. partition's cached extraction),
-    the problem is rebuilt on those pieces and the placement carried over, node by node."""
+    the problem is rebuilt on those pieces and the placement carried over, node by node.
+
+    `solved` is the graph the placement is on (the refined one after planner.refine); each piece
+    records in `segments` the default candidate segments (run.graph's) whose first operator it
+    holds, each exactly once: replanning compares plans by those (a refined cut lies inside one)."""
     if regroup is None or not main.segments:
         return run.graph, main, run.info, r
     phase("extracting the chosen pieces")
-    meta = run.graph.graph["segments"]
+    meta = solved.graph["segments"]
     cuts = {m: tuple(meta[m]["cuts"][j] for j in used) for m, used in main.cuts_used(r.assignment).items()}
     graph = regroup(cuts)
+    run.cuts = {m: sorted(int(x) for x in c) for m, c in cuts.items()}
     problem, info = _rebuild(run, graph)
-    # a merged piece runs where its first segment ran (all its segments ran there)
-    # (model, operator) -> its segment: operator names repeat across models (two ONNX files' Conv_0)
-    segment_of = {(run.graph.nodes[n]["model"], op): n for n in run.info.order
-                  if run.graph.nodes[n].get("kind") == "piece" for op in run.graph.nodes[n]["piece"].nodes}
+    firsts = {(run.graph.nodes[n]["model"], run.graph.nodes[n]["piece"].nodes[0]): n for n in run.info.order
+              if run.graph.nodes[n].get("kind") == "piece"}
     old_index = {n: i for i, n in enumerate(run.info.order)}
     for n, a in graph.nodes(data=True):     # recorded in plan.json: replanning compares plans by segment
         if a.get("kind") == "piece":
-            a["segments"] = sorted({segment_of[(a["model"], op)] for op in a["piece"].nodes
-                                    if (a["model"], op) in segment_of}, key=old_index.__getitem__)
-            assert a["segments"], f"piece {n}: none of its operators is in a candidate segment"
-
-    def old(n: str) -> int:
-        a = graph.nodes[n]
-        return old_index[a["segments"][0]] if a.get("kind") == "piece" else old_index[n]
-
-    assignment = {c: tuple(sites[old(n)] for n in info.order) for c, sites in r.assignment.items()}
+            a["segments"] = sorted({firsts[(a["model"], op)] for op in a["piece"].nodes if (a["model"], op) in firsts},
+                                   key=old_index.__getitem__)
+    # a merged piece runs where the solved segment holding its first operator ran (all its segments ran there)
+    assignment = carry_over(solved, solved_info, graph, info, r.assignment)
     # the SLOs as the phases left them (dropped or kept at a missing class's best), by sink id
     slo_by_id = {c.name: {main.nodes[v].id: us for v, us in c.slo_us.items()} for c in main.classes}
     index = {n: i for i, n in enumerate(info.order)}
@@ -426,7 +471,7 @@ def _report(run: _Run, graph: nx.DiGraph, main: Problem, info: BuildInfo, r: Sol
     ev = evaluate(main, r.assignment, r.levels)
     plan = _assemble(graph, main, info, r, ev, run.t0, run.reason, run.joint_status)
     coverage = _coverage(run, graph, main, info, ev, r, analyse)
-    plan = plan.model_copy(update={"coverage": coverage})
+    plan = plan.model_copy(update={"coverage": coverage, "cuts": run.cuts, "refine": run.refined})
     not_met = _not_met(run, main, info, ev, coverage)
     plan = plan.model_copy(update={"coverage_summary": _coverage_summary(plan, info),
                                    "site_devices": site_devices(run.fleet), "not_met": not_met,
@@ -663,7 +708,8 @@ def plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective = None
 
     Each partitionable model is handed to the planner cut at its candidate cut points (at most
     `segments` segments, partition.candidates); the planner chooses where to cut with where each
-    segment runs, and the chosen pieces are extracted (cached) for the plan. `segments=None`: the
+    segment runs, then refines the chosen cuts among every candidate near them (planner.refine),
+    and the chosen pieces are extracted (cached) for the plan. `segments=None`: the
     models are cut beforehand into `max_pieces` pieces by the cheapest cuts (the older behaviour).
     `progress`: called with a planner.progress.SolveEvent as phases start and CP-SAT improves its
     incumbent or bound (from CP-SAT's threads; see planner.progress)."""
@@ -679,6 +725,7 @@ def _plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective, cost
     from tierplan.devices.fleet import resolve_fleet
     resolved = fleet if isinstance(fleet, Fleet) else resolve_fleet(fleet)
     regroup: Regroup | None = None
+    space: CutSpace | None = None
     if app_graph is None:
         from tierplan.partition.app_graph import build_app_graph
         phase("partitioning the models")
@@ -686,6 +733,7 @@ def _plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective, cost
         if segments is not None:
             def regroup(cuts: Mapping[str, tuple[int, ...]]) -> nx.DiGraph:
                 return build_app_graph(app, pieces_dir, cuts=cuts)
+            space = cut_space(app, pieces_dir)
     if isinstance(from_plan, (str, Path)):
         from_plan = Plan.load(from_plan)
     slo = {s.sink: SloTarget(s.latency_ms, s.percentile) for s in app.slo}
@@ -693,7 +741,7 @@ def _plan_app(app: AppSpec, fleet: FleetSpec | Fleet, objective: Objective, cost
                       objective=objective if objective is not None else app.weights,
                       budget_usd_per_hour=app.budget_usd_per_hour, time_limit_s=time_limit_s,
                       from_plan=from_plan, pareto=pareto, max_coverage=max_coverage, regroup=regroup,
-                      move_cost_ms=move_cost_ms)
+                      move_cost_ms=move_cost_ms, refine_cuts=space)
     shas = {"app": _sha(app)}
     if not isinstance(fleet, Fleet):
         shas["fleet"] = _sha(fleet)

@@ -527,11 +527,13 @@ def solve(problem: Problem, time_limit_s: float = 10.0, hint: dict | None = None
 def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None, latency_max: int | None = None,
                 objective_max: int | None = None, secondary: str | None = None, seed: int = 0,
                 secondary_share: float = 1.0, fractional: frozenset[str] = frozenset(),
-                free: frozenset[str] = frozenset()) -> SolveResult:
+                free: frozenset[str] = frozenset(), deterministic_s: float | None = None) -> SolveResult:
     """One CP-SAT model of the whole `problem` (see solve). Sites in `fractional` (rented, one
     level) are priced per busy fraction of an instance, sites in `free` not at all: relaxations
     (objective and bound in units of 1/scale) that planner.decompose uses to split classes
-    sharing such a site."""
+    sharing such a site. `deterministic_s`: one worker and that much of CP-SAT's deterministic time
+    (its work count, not the clock): the same answer on a busy machine as on an idle one, as long
+    as `time_limit_s` is not reached first (planner.refine's local solves)."""
     t0 = time.perf_counter()
     mdl = _Model(problem, fractional, free=free)
     m = mdl.m
@@ -544,7 +546,9 @@ def solve_model(problem: Problem, time_limit_s: float, hint: dict | None = None,
         mdl.hint(hint)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = float(time_limit_s)
-    solver.parameters.num_workers = _workers()
+    solver.parameters.num_workers = _workers() if deterministic_s is None else 1
+    if deterministic_s is not None:
+        solver.parameters.max_deterministic_time = float(deterministic_s)
     solver.parameters.random_seed = seed
     code = solve_cp(solver, m)
     status = STATUS_NAMES.get(code, "unknown")

@@ -152,6 +152,10 @@ class Plan(_M):
     moves: list[PieceMove] = Field(default_factory=list)
     move_cost_ms: float | None = None   # --from --move-cost: ms charged per segment moved (planner.movecost)
     solver: dict[str, float | int | str] = Field(default_factory=dict)
+    cuts: dict[str, list[int]] = Field(default_factory=dict, description="model -> the positions of its "
+                                       "topological order where the plan cuts it (its pieces' boundaries)")
+    refine: list[dict] = Field(default_factory=list, description="the cut refinement rounds (planner.refine): "
+                               "segments per model refined, objective before and after, CP-SAT status, seconds")
     site_devices: dict[str, str] = Field(default_factory=dict,
                                          description="site class -> catalog device name (runtime compile reads it)")
 
@@ -171,7 +175,10 @@ class Plan(_M):
     def segments_of(self) -> dict[str, list[str]]:
         """Piece id -> the candidate segments it joins (itself when it is one, or for a plan that
         records none): what two plans of one app can be compared by, whatever pieces each cut."""
-        return {p.id: list(p.segments) or [p.id] for p in self.pieces}
+        segmented = any(p.segments for p in self.pieces)
+        # in a segmented plan a piece lying inside one segment (a refined cut) names none
+        return {p.id: list(p.segments) if p.segments else [] if segmented and p.kind == "piece" else [p.id]
+                for p in self.pieces}
 
     def segment_sites(self) -> dict[str, dict[str, str]]:
         """Per class, segment (or transform) id -> the site class that runs it."""

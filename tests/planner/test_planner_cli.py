@@ -16,7 +16,7 @@ DATA = Path(__file__).resolve().parent / "data"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return subprocess.run([sys.executable, "-m", "tierplan", "plan", *args], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=300)
 

@@ -110,7 +110,7 @@ def test_smart_city_at_slo_120_serves_legacy_cams_at_its_best(tmp_path: Path) ->
     for m in app["models"].values():
         m["onnx"] = str(src / m["onnx"])
     (tmp_path / "app.yaml").write_text(yaml.safe_dump(app))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, "-m", "tierplan", "plan", str(tmp_path / "app.yaml"), "--fleet", str(src / "fleet.yaml"),
            "--json", "--no-progress", "--time-limit", "40"]   # generous: the CPU may be shared
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -16,7 +16,7 @@ BAR = "━"   # rich's bar character: a drawn bar has it
 
 
 def _tierplan(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     env.pop("FORCE_COLOR", None)
     return subprocess.run([sys.executable, "-m", "tierplan", *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=timeout_s)

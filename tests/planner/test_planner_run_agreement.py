@@ -6,7 +6,9 @@ machine's times, not the fleet's devices): what is checked is the latency semant
 add up, which overlap, what each transfer costs), apart from the cost model. Every class's measured
 p50 must be within 15% of it.
 
-Measured (2 shared vCPUs): the two-detector app 1.11-1.12 (the sum model 2.24) at load averages 2-3.
+Measured (2 shared vCPUs): the two-detector app 1.11-1.12 (the sum model 2.24) at load averages 2-3;
+examples/two-detectors (one detector on the dashcam, the other on the roadside unit) 1.04 at 2.5
+(1.25 before the stage worker sent a branch to its other site before running the local one).
 smart-city's camera classes were 0.92-1.13 at a load of 1.1 but 0.99-1.44 at 4.9 (legacy_cams, whose
 frames queue at the base station it shares: queueing, which this comparison leaves out), so it is
 not asserted here; read-text's text sinks were 1.03-1.10 at 4.3, its 1.5 ms speech requests 4x
@@ -19,18 +21,12 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tierplan.devices.costmodel import CostModel
-from tierplan.partition.app_graph import build_app_graph
-from tierplan.partition.candidates import DEFAULT_SEGMENTS
-from tierplan.planner.build import build_problem
-from tierplan.planner.evaluate import evaluate, schedule
+from tierplan.planner.measured import latency_with_steps
 from tierplan.planner.plan import Plan
-from tierplan.planner.units import ms_to_us, us_to_ms
 from tierplan.runtime.fleetrun import split_node
 from planner_fixtures import twin_app_yaml
 
@@ -39,49 +35,22 @@ REPO = Path(__file__).resolve().parents[2]
 TOLERANCE = 0.15
 
 
-def _plan_pieces_graph(plan: Plan):
-    """The app graph of the plan's own pieces: the candidate cuts between its pieces' segments."""
-    app = plan.app_spec()
-    meta = build_app_graph(app, None, segments=DEFAULT_SEGMENTS).graph.get("segments", {})
-    cuts = {m: tuple(sorted(info["cuts"][int(p.segments[0].rpartition("/p")[2]) - 1] for p in plan.pieces
-                            if p.kind == "piece" and p.model == m and p.segments
-                            and not p.segments[0].endswith("/p0")))
-            for m, info in meta.items()}
-    graph = build_app_graph(app, None, cuts=cuts)
-    assert sorted(graph.nodes) == sorted(p.id for p in plan.pieces)
-    return graph
-
-
-def planned_with_measured_steps(plan: Plan, report: dict, model: str) -> dict[str, dict[str, float]]:
-    """Per class, per sink: the planner's latency under `model` ("overlap" or "sum", without
-    queueing) with every compute step at its measured p50 in the run."""
-    graph = _plan_pieces_graph(plan)
-    problem, info = build_problem(graph, plan.fleet_model(), CostModel(), latency_model=model, queueing=False)
+def _steps(plan: Plan, report: dict) -> dict:
+    """(class or None, node, site) -> the run's p50 of that compute step (ms)."""
     classes = list(plan.per_class)
-    measured: dict[tuple[str | None, str, str], float] = {}
+    measured = {}
     for row in report["stages"]:
         if row["kind"] == "compute":
             node, _, site = row["name"].rpartition("@")
             cls, base = split_node(node, classes)
             measured[(cls, base.rpartition("~")[2], site)] = row["measured_p50_ms"]
-    out = {}
-    for c in problem.classes:
-        sites = tuple(plan.pins.get(c.name, {}).get(n) or plan.per_class[c.name][n] for n in info.order)
-        steps = []
-        for v, n in enumerate(info.order):
-            row = dict(c.compute_us[v])
-            ms = measured.get((c.name, n, sites[v]), measured.get((None, n, sites[v])))
-            if ms is not None:
-                row[sites[v]] = ms_to_us(float(graph.nodes[n].get("rate_factor", 1.0)) * ms)
-            steps.append(row)
-        c2 = replace(c, compute_us=tuple(steps))
-        if model == "overlap":
-            start, _ = schedule(problem, c2, sites)
-            sink_us = {k: start[k] for k in problem.sink_nodes}
-        else:
-            sink_us = dict(evaluate(problem.with_classes((c2,)), {c.name: sites}).classes[c.name].sink_us)
-        out[c.name] = {info.sink_names[problem.nodes[k].id]: us_to_ms(sink_us[k]) for k in problem.sink_nodes}
-    return out
+    return measured
+
+
+def planned_with_measured_steps(plan: Plan, report: dict, model: str) -> dict[str, dict[str, float]]:
+    """Per class, per sink: the planner's latency under `model` ("overlap" or "sum", without
+    queueing) with every compute step at its measured p50 in the run (planner.measured)."""
+    return latency_with_steps(plan, _steps(plan, report), model)
 
 
 # one camera frame to two detectors (planner_fixtures.twin_app_yaml): one site runs a request's
@@ -101,7 +70,8 @@ def _run(example: str, tmp_path: Path) -> tuple[Plan, dict]:
     plan_path = tmp_path / "plan.json"
     r = subprocess.run([sys.executable, "-m", "tierplan", "run", example, "--duration", "15", "--json",
                         "--no-progress", "--plan-out", str(plan_path)],
-                       capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                       capture_output=True, text=True, cwd=REPO,
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))),
                        timeout=540)
     assert r.returncode == 0, r.stderr[-3000:]
     (tmp_path / "run.json").write_text(r.stdout)      # kept with the plan, for a look when it fails
@@ -133,3 +103,15 @@ def test_two_branches_on_one_site_run_one_after_another_as_planned(tmp_path: Pat
     _assert_within(_ratios(plan, report, "overlap"), plan, report)
     assert len(set(plan.per_class["phones"].values())) == 1     # both branches on one site (the uplink is slow)
     assert all(x > 1.5 for x in _ratios(plan, report, "sum").values())
+
+
+def test_two_detectors_example_runs_its_branches_on_two_sites_as_planned(tmp_path: Path) -> None:
+    """examples/two-detectors: the plan puts the two detectors of one frame on the dashcam and on
+    the roadside unit; the run's p50 is within 15% of the overlap model with the measured steps
+    (the frame goes up while the dashcam's detector runs, as examples/two-detectors/README says)."""
+    plan, report = _run(str(REPO / "examples" / "two-detectors"), tmp_path)
+    assert plan.latency_semantics.startswith("overlap")
+    for cls, placed in plan.per_class.items():
+        by_model = {m: {s for n, s in placed.items() if n.startswith(f"{m}/")} for m in ("road", "signs")}
+        assert by_model["road"] and by_model["signs"] and by_model["road"] != by_model["signs"], (cls, placed)
+    _assert_within(_ratios(plan, report, "overlap"), plan, report)

@@ -33,7 +33,7 @@ def _cells(text: str) -> set[str]:
 
 def test_piped_plan_keeps_identifiers_whole_and_headers_uncut(tmp_path: Path) -> None:
     """`tierplan plan | cat` (COLUMNS=80 too): every class, piece and site is one cell on one line; no "…"."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "80"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "COLUMNS": "80"}
     out = tmp_path / "plan.json"
     r = subprocess.run([sys.executable, "-m", "tierplan", "plan", str(EXAMPLE / "app.yaml"), "--fleet",
                         str(EXAMPLE / "fleet.yaml"), "--out", str(out), "--time-limit", "5"],
