@@ -42,7 +42,7 @@ def test_a_stepped_uplink_is_noticed_replanned_and_moved_live(squeezenet_random,
     gw.start()
     rng = np.random.default_rng(0)
     frames = [rng.random((1, 3, 224, 224)).astype(np.float32) for _ in range(4)]
-    policy = AdaptPolicy(threshold=0.3, sustain_s=0.5, window_s=1.0, cooldown_s=2.0, replan_time_limit_s=2.0,
+    policy = AdaptPolicy(threshold=0.3, sustain_s=0.5, window_s=1.0, cooldown_s=2.0, replan_time_limit_s=2.0, min_effect_ms=5.0,
                          move_cost_ms=2.0, tick_s=0.2)
     try:
         with deploy(plan, local=True, agents={"gw": gw.address}) as svc:
@@ -62,6 +62,8 @@ def test_a_stepped_uplink_is_noticed_replanned_and_moved_live(squeezenet_random,
     assert first["t_s"] > run.steps[0]["at_s"]
     assert first["decision"]["adopt"] and first["moves"], first
     assert first["switch"]["switched"], first
+    # the moved pieces were compiled (tierplan compile's path, onnxruntime here) before the switch
+    assert first["compile"]["pieces"] and all(p["backend"] == "onnxruntime" for p in first["compile"]["pieces"])
     # requests sent after the switch ran on the new placement: nothing left on the gateway
     after = [r for r in run.records if r.prefix == "g2~"]
     before = [r for r in run.records if r.prefix == ""]

@@ -35,7 +35,7 @@ def test_flag_time_follows_the_observer_run_and_the_sustain(offloading_plan):
 
 @pytest.mark.slow
 def test_rehearsal_adopts_and_the_switch_brings_p95_back(offloading_plan, tmp_path):
-    pol = AdaptPolicy(window_s=1.0, sustain_s=0.5, replan_time_limit_s=2.0, move_cost_ms=2.0)
+    pol = AdaptPolicy(window_s=1.0, sustain_s=0.5, replan_time_limit_s=2.0, move_cost_ms=2.0, min_effect_ms=5.0)
     rp = Replanner(offloading_plan, tmp_path / "replan")
     step = Step("phone", 5.0, 20.0)
     adapt = rehearse(offloading_plan, step, pol, 30.0, replan=lambda fleet, limit: rp(fleet, limit),
