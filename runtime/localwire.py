@@ -22,14 +22,13 @@ processes may connect: the server checks the peer's uid).
 Less work per hop: a stage worker runs an acknowledged delivery on the connection's own thread
 when it has a free compute slot (`LocalServer(on_accepted=...)`), a piece may write its outputs
 straight into a pooled segment (`placement`, `LocalClient.place`, `Placed`: the send then writes
-only the header, no tensor copy), and the reply thread is woken by replies only.
+only the header, no tensor copy), and no thread is woken by a reply (the
+sender reads acks later, when it next sends or on a sweep: `LocalClient`).
 """
 
 from __future__ import annotations
 
 import functools
-import heapq
-import itertools
 import logging
 import os
 import select
@@ -60,7 +59,8 @@ _IDLE_PER_PEER = 16          # idle connections kept per peer (one per concurren
 _PEERCRED = struct.Struct("3i")
 _RECV_BYTES = 16 << 10       # one receive call takes any message up to this (handles, acks, small deliveries)
 _REPLY_BYTES = 4096          # a reply (ok, refusal or error message) read in one receive call
-_IDLE_TICK_S = 0.1           # an idle reply thread looks for new deadlines this often (no wake-up per call)
+_SWEEP_S = 0.02              # while calls wait, replies nobody reaped are read and timeouts checked this often
+_IDLE_TICK_S = 0.1           # with none waiting, the sweeper looks this often (no wake-up per call)
 
 
 def available() -> bool:
@@ -348,11 +348,15 @@ class Placed:
 class LocalClient:
     """The sender's side: idle connections per peer, a call per delivery, the reply as a pb.Ack.
 
-    `call` waits for the reply; `start_call` only sends, and one reply thread per client (an epoll
-    selector over the connections awaiting replies) hands each reply to the caller's callback, so
-    a stage's compute thread goes on with its next request while the peer, perhaps waiting for a
-    core on a busy host, has yet to answer (measured: 1-5 ms of such waiting per hop with every
-    site on 2 shared cores, during which the compute thread stood idle).
+    `call` waits for the reply; `start_call` only sends. Its reply is read later, without waking
+    a thread for it: each `start_call` first reaps the replies that have arrived for earlier calls
+    (one `epoll_wait(0)` over this client's connections), and a sweeper thread does the same every
+    `_SWEEP_S` while calls wait (every `_IDLE_TICK_S` otherwise) and fails the calls past their
+    timeout. A stage's compute thread thus goes on with its next request at once while the peer,
+    perhaps waiting for a core on a busy host, has yet to answer (measured: 1-5 ms of such waiting
+    per hop with every site on 2 shared cores), and no thread is woken per reply (a wake-up per
+    hop cost more CPU than reading the 5-byte ack). An ok reaches the caller's callback at most
+    `_SWEEP_S` late; nothing on a request's path waits for it.
     """
 
     def __init__(self) -> None:
@@ -360,25 +364,36 @@ class LocalClient:
         self._lock = threading.Lock()
         self._pool: ShmPool | None = None
         self._closed = False
-        self._epoll: select.epoll | None = None       # the reply thread's: connections awaiting a reply
+        # every open connection is in the epoll (level-triggered input) from its connect to its close:
+        # a reply, or an idle connection its peer closed, shows up there
+        self._epoll: select.epoll | None = None
         self._by_fd: dict[int, socket.socket] = {}
-        self._wake_w: socket.socket | None = None
-        self._waiting: dict[socket.socket, tuple[str, _Lease | None, str, Callable]] = {}
-        self._deadlines: list[tuple[float, int, socket.socket]] = []
-        self._seq = itertools.count()
-        self._reply_buf = bytearray(_REPLY_BYTES)    # the reply thread's receive buffer
+        self._idle_socks: set[socket.socket] = set()
+        self._waiting: dict[socket.socket, tuple[str, _Lease | None, str, Callable, float]] = {}
+        self._sweeper: threading.Thread | None = None
+        self._wake = threading.Event()     # set by close(): the sweeper ends
+        self._reply_buf = bytearray(_REPLY_BYTES)    # for replies read under the reap lock
+        self._reap_lock = threading.Lock()
 
     def _connect(self, name: str) -> socket.socket | None:
         with self._lock:
             idle = self._idle.get(name)
             if idle:
-                return idle.pop()
+                sock = idle.pop()
+                self._idle_socks.discard(sock)
+                return sock
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(name)
         except OSError:
             sock.close()
             return None
+        with self._lock:
+            if self._epoll is None and not self._closed:
+                self._epoll = select.epoll()    # epoll itself: the selectors module costs microseconds per call
+            if self._epoll is not None:
+                self._by_fd[sock.fileno()] = sock
+                self._epoll.register(sock.fileno(), select.EPOLLIN)
         return sock
 
     def _give_back(self, name: str, sock: socket.socket) -> None:
@@ -386,7 +401,16 @@ class LocalClient:
             idle = self._idle.setdefault(name, [])
             if not self._closed and len(idle) < _IDLE_PER_PEER:
                 idle.append(sock)
+                self._idle_socks.add(sock)
                 return
+        self._close_sock(sock)
+
+    def _close_sock(self, sock: socket.socket) -> None:
+        """Close a connection (its epoll registration goes with its file descriptor)."""
+        with self._lock:
+            fd = sock.fileno()
+            if fd >= 0 and self._by_fd.get(fd) is sock:
+                del self._by_fd[fd]
         sock.close()
 
     def call(self, address: str, d: Delivery, deadline_s: float, arrival_s: float,
@@ -408,12 +432,12 @@ class LocalClient:
             sock.sendall(msg)
             reply = _recv_message(sock, bytearray(_REPLY_BYTES))
         except OSError as e:      # peer gone or the deadline passed mid-call: the connection is spent
-            sock.close()
+            self._close_sock(sock)
             _drop(lease)   # the receiver may still read it: never reuse
             code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(e, TimeoutError) else grpc.StatusCode.UNAVAILABLE
             raise LocalCallError(code, f"same-host call to {address} failed: {e}") from e
         if reply is None or reply[1] is None:
-            sock.close()
+            self._close_sock(sock)
             _drop(lease)
             raise LocalCallError(grpc.StatusCode.UNAVAILABLE, f"same-host peer {address} closed the connection")
         _keep(lease)
@@ -475,12 +499,16 @@ class LocalClient:
                    on_reply: Callable[[pb.Ack | None, LocalCallError | None], None]) -> bool:
         """Send `d` to the process at loopback `address` without waiting for its reply: False when
         it has no same-host socket (nothing was sent). Raises LocalCallError if the send itself
-        fails. Later, on the reply thread, `on_reply(ack, None)` or, when the peer refuses, breaks
+        fails. Later (see the class doc) `on_reply(ack, None)` or, when the peer refuses, breaks
         the connection or does not answer within `timeout_s` (or by the deadline),
         `on_reply(None, error)`; the segment is reused only after a reply, as with `call`."""
         name = socket_name(address)
-        sock = self._connect(name) if name else None
-        if name is None or sock is None:
+        if name is None:
+            return False
+        if self._waiting:
+            self.reap()      # earlier calls' replies: their connections and segments are free again
+        sock = self._connect(name)
+        if sock is None:
             return False
         msg, lease = self._message(name, sock, d, placed_ok=True)
         limit_s = time.monotonic() + max(min(deadline_s - time.time(), timeout_s), 1e-3)
@@ -488,7 +516,7 @@ class LocalClient:
             sock.settimeout(max(limit_s - time.monotonic(), 1e-3))
             sock.sendall(msg)
         except OSError as e:
-            sock.close()
+            self._close_sock(sock)
             _drop(lease)
             code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(e, TimeoutError) else grpc.StatusCode.UNAVAILABLE
             raise LocalCallError(code, f"same-host call to {address} failed: {e}") from e
@@ -496,81 +524,61 @@ class LocalClient:
             if self._closed:
                 sock.close()
                 raise LocalCallError(grpc.StatusCode.CANCELLED, "same-host client closed")
-            ep = self._ensure_reply_thread()
-            self._waiting[sock] = (name, lease, address, on_reply)
-            heapq.heappush(self._deadlines, (limit_s, next(self._seq), sock))
-            self._by_fd[sock.fileno()] = sock
-            ep.register(sock.fileno(), select.EPOLLIN)
-        # no wake-up for the reply thread: the reply wakes it, and an idle one looks for new deadlines
-        # every _IDLE_TICK_S (a call without an answer fails at most that much after its timeout)
+            self._waiting[sock] = (name, lease, address, on_reply, limit_s)
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep_loop, name="local-replies", daemon=True)
+                self._sweeper.start()
         return True
 
-    def _ensure_reply_thread(self) -> select.epoll:
-        """The reply thread's epoll, the thread started on first use (caller holds the lock)."""
-        if self._epoll is not None:
-            return self._epoll
-        ep = self._epoll = select.epoll()    # epoll itself: the selectors module costs microseconds per call
-        wake, self._wake_w = socket.socketpair()
-        wake.setblocking(False)
-        ep.register(wake.fileno(), select.EPOLLIN)
-        threading.Thread(target=self._reply_loop, args=(ep, wake, self._wake_w), name="local-replies",
-                         daemon=True).start()
-        return ep
-
-    def _reply_loop(self, ep: select.epoll, wake: socket.socket, wake_w: socket.socket) -> None:
-        wake_fd = wake.fileno()
-        while True:
+    def reap(self) -> None:
+        """Finish the calls whose replies have arrived (one epoll_wait that does not wait); idle
+        connections their peer closed are closed. Any thread may call it."""
+        ep = self._epoll
+        if ep is None:
+            return
+        try:
+            events = ep.poll(0)
+        except (OSError, ValueError):   # closed meanwhile
+            return
+        for fd, _ in events:
             with self._lock:
-                if self._closed:
-                    ep.close()
-                    wake.close()
-                    wake_w.close()
-                    return
-                timeout = max(self._deadlines[0][0] - time.monotonic(), 0.0) if self._deadlines else _IDLE_TICK_S
-            try:
-                events = ep.poll(timeout)
-            except (OSError, ValueError):   # closed meanwhile
-                return
-            for fd, _ in events:
-                if fd == wake_fd:
-                    try:
-                        wake.recv(4096)
-                    except OSError:
-                        pass
-                    continue
                 sock = self._by_fd.get(fd)
-                if sock is not None:
-                    self._finish(sock, None)
-            now = time.monotonic()
-            while True:
-                with self._lock:
-                    if not self._deadlines or self._deadlines[0][0] > now:
-                        break
-                    _, _, sock = heapq.heappop(self._deadlines)
-                    late = sock in self._waiting
-                if late:
-                    self._finish(sock, LocalCallError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                                      "same-host peer did not answer in time"))
+                if sock is None:
+                    continue
+                entry = self._waiting.pop(sock, None)
+                stale = entry is None and sock in self._idle_socks
+                if stale:      # an idle connection is readable only once its peer closed it (or broke the protocol)
+                    self._idle_socks.discard(sock)
+                    for idle in self._idle.values():
+                        if sock in idle:
+                            idle.remove(sock)
+            if entry is not None:
+                self._finish(sock, entry, None)
+            elif stale:
+                self._close_sock(sock)
 
-    def _finish(self, sock: socket.socket, error: LocalCallError | None) -> None:
-        """Read the reply of `sock` (or give up with `error`) and tell the caller."""
-        with self._lock:
-            entry = self._waiting.pop(sock, None)
-            if entry is None:
-                return
-            if self._epoll is not None:
-                try:
-                    self._epoll.unregister(sock.fileno())
-                except (OSError, ValueError):
-                    pass
-            self._by_fd.pop(sock.fileno(), None)
-        name, lease, address, on_reply = entry
+    def _sweep_loop(self) -> None:
+        """Reap replies nobody reaped and fail the calls past their timeout, every _SWEEP_S while
+        calls wait (every _IDLE_TICK_S otherwise)."""
+        while not self._wake.wait(_SWEEP_S if self._waiting else _IDLE_TICK_S):
+            self.reap()
+            now = time.monotonic()
+            with self._lock:
+                late = [(sock, self._waiting.pop(sock)) for sock, e in list(self._waiting.items()) if e[4] <= now]
+            for sock, entry in late:
+                self._finish(sock, entry, LocalCallError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                                         "same-host peer did not answer in time"))
+
+    def _finish(self, sock: socket.socket, entry: tuple, error: LocalCallError | None) -> None:
+        """Read the reply of `sock` (or give up with `error`) and tell the caller; `entry` was taken
+        out of the waiting calls by this thread."""
+        name, lease, address, on_reply, _ = entry
         ack = None
         spent = True     # the connection cannot carry another call
         if error is None:
             try:
-                sock.settimeout(None)
-                reply = _recv_message(sock, self._reply_buf)
+                with self._reap_lock:     # one shared buffer
+                    reply = _recv_message(sock, self._reply_buf)
                 if reply is None or reply[1] is None:
                     error = LocalCallError(grpc.StatusCode.UNAVAILABLE, f"same-host peer {address} closed the connection")
                 else:
@@ -581,14 +589,14 @@ class LocalClient:
                 error = e
                 spent = False
         if error is not None and spent:
-            sock.close()
+            self._close_sock(sock)
             _drop(lease)     # the receiver may still read it: never reuse
         else:
             _keep(lease)
             self._give_back(name, sock)
         try:
             on_reply(ack, error)
-        except Exception as e:  # a callback must not stop the reply thread
+        except Exception as e:  # a callback must not stop the reaping thread
             log.warning("same-host reply handler failed: %s", e)
 
     def close(self) -> None:
@@ -596,22 +604,22 @@ class LocalClient:
             self._closed = True
             socks = [s for idle in self._idle.values() for s in idle]
             self._idle.clear()
+            self._idle_socks.clear()
             pool, self._pool = self._pool, None
             waiting = list(self._waiting.items())
             self._waiting.clear()
-            self._deadlines.clear()
-        if self._wake_w is not None:
-            try:
-                self._wake_w.send(b"x")
-            except OSError:
-                pass
+            self._by_fd.clear()
+            ep, self._epoll = self._epoll, None
+        self._wake.set()
         for s in socks:
             s.close()
-        for sock, (_, _, address, on_reply) in waiting:
+        for sock, (_, _, address, on_reply, _) in waiting:
             sock.close()
             try:
                 on_reply(None, LocalCallError(grpc.StatusCode.CANCELLED, f"same-host call to {address} cancelled"))
             except Exception as e:  # keep closing
                 log.warning("same-host reply handler failed: %s", e)
+        if ep is not None:
+            ep.close()
         if pool is not None:
             pool.close()

@@ -626,8 +626,14 @@ class Service:
         for src, tensors in p.feeds.items():
             site = self.graph.sites[src]
             d = Delivery(rid, "", src, tensors, deadline_unix_ms=p.deadline_s * 1e3)
-            if not self._sender.try_now(pick_address(self._live(site), rid), d, ""):   # same host: no handoff
-                self._pool.submit(self._feed, p, d, site)
+
+            def resend(p: _Pending = p, d: Delivery = d, site: str = site) -> None:
+                if not self._stop.is_set():
+                    self._pool.submit(self._feed, p, d, site)
+            # same host: sent from this thread, its ack read later (no wait, no handoff); a refusal or
+            # a silent peer resends it with `_feed`'s retries
+            if not self._sender.try_start(pick_address(self._live(site), rid), d, "", resend):
+                resend()
 
     def _feed(self, p: _Pending, d: Delivery, site: str) -> None:
         err = self._sender.send(rotating(lambda: self._live(site), d.request_id), d, "", what=f"input {d.dst}")

@@ -688,7 +688,12 @@ class StageWorker(pbg.StageServicer):
     # ------------------------------------------------------------------ routing
     def _emit(self, cfg: _Config, node: str, rid: str, branch: str, outputs: dict, deadline: float,
               trace: list, placed: Placed | None = None) -> None:
-        for e in cfg.graph.out_edges.get(node, ()):
+        # sends to other sites start before same-site consumers run here (in memory, on this thread):
+        # branches on different sites then overlap, as the planner's overlap model plans them
+        edges = cfg.graph.out_edges.get(node, ())
+        if len(edges) > 1:
+            edges = tuple(sorted(edges, key=lambda e: cfg.graph.sites.get(e.dst) == self.site))
+        for e in edges:
             tensors = select_tensors(outputs, e, cfg.graph.kinds.get(node, "piece"), cfg.graph.kinds.get(e.dst, "piece"))
             d = Delivery(rid, node, e.dst, tensors, branch=branch,
                          deadline_unix_ms=deadline, trace=list(trace), placed=placed)

@@ -214,30 +214,36 @@ class Sender:
 
     def try_start(self, address: str | None, d: Delivery, to_site: str, on_fail: Callable[[], None]) -> bool:
         """`try_now` without waiting for the peer's reply: True when the delivery went out on the
-        same-host socket; the reply comes on the socket client's reply thread, and if it is not
-        an ok (refused, broken, no answer within INLINE_TIMEOUT_S) `on_fail()` runs there (the caller
-        then sends with `send`, as after a False). The compute thread thus never waits for a peer
-        that is slow to be scheduled."""
+        same-host socket; its reply is read later by whichever thread reaps it (runtime.localwire
+        LocalClient), and if it is not an ok (refused, broken, no answer within INLINE_TIMEOUT_S)
+        `on_fail()` runs there (the caller then sends with `send`, as after a False). The sending
+        thread (a stage's compute thread, a client's) thus never waits for a peer that is slow to
+        be scheduled, and no thread is woken by the ack."""
         if not address or not self.shm or self.tls is not None or address in self._no_shm or \
                 (to_site and self._emulator().route(self.site, to_site)):
             return False
         d.sent_unix_ms = time.time() * 1e3
+        sent_s: list[float] = []     # when the delivery was in the peer's socket
 
         def on_reply(ack: pb.Ack | None, error: LocalCallError | None) -> None:
             if error is None and ack is not None and ack.ok:
                 if self._metrics is not None and to_site and to_site != self.site:
                     link = f"{self.site}->{to_site}"
                     self._metrics.of("link_bytes", link).inc(d.nbytes)
-                    self._metrics.of("link_latency", link).observe(time.time() - d.sent_unix_ms / 1e3)
+                    # the ack is read late (runtime.localwire.LocalClient): the transfer ended at the send
+                    self._metrics.of("link_latency", link).observe(
+                        (sent_s[0] if sent_s else time.time()) - d.sent_unix_ms / 1e3)
                 return
             if error is not None and error.code() in _NO_SHM_CODES:
                 self._no_shm.add(address)
             on_fail()
 
         try:
-            return self._local.start_call(address, d, d.deadline_unix_ms / 1e3, INLINE_TIMEOUT_S, on_reply)
+            started = self._local.start_call(address, d, d.deadline_unix_ms / 1e3, INLINE_TIMEOUT_S, on_reply)
         except grpc.RpcError:
             return False
+        sent_s.append(time.time())
+        return started
 
     def place(self, address: str | None, to_site: str, layout: tuple) -> Placed | None:
         """Room in shared memory for a delivery's tensors (`layout`: runtime.localwire.placement) when
