@@ -22,7 +22,10 @@ their first input dimension is free, or where the piece's model (the plan's embe
 free first dimension on every input: partitioning binds it to 1 and the runtime frees it again
 on batching sites (runtime.batchdim). A piece without a file or shapes cannot be deployed, so
 it does not batch. An explicit "MAX[:WAIT_MS]" batches every node not known to be fixed-size.
-"off" (or max_batch 1) never batches.
+"off" (or max_batch 1) never batches. A profile from `tierplan run` (`simulate --profile RUN.json`)
+says how long the run's partial batches really waited at each site: the batching thread wakes late on
+a busy host (the wait is max_wait_ms plus that delay), and a wait of 3 ms instead of 2 takes smart-city's
+region_east from a mean batch of 1.15 to 1.3, so the measured delay is added to the policy's wait there.
 
 Link sharing: "fifo" (the default) sends one transfer at a time per link direction at the full
 rate, as runtime/links.py's token bucket does (each send reserves the link from its next-free

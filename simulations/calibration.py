@@ -34,8 +34,9 @@ import numpy as np
 
 from tierplan.errors import InputError
 
-__all__ = ["OVERHEAD_KEY", "ServiceProfile", "RequestTrace", "profile_from_traces", "profile_from_run", "as_run", "load_profile", "normal_scores",
-           "copula_correlation", "fit_correlation", "profile_pieces"]
+__all__ = ["OVERHEAD_KEY", "TIME_BIN_S", "ServiceProfile", "RequestTrace", "profile_from_traces", "profile_from_run", "as_run",
+           "load_profile", "normal_scores", "copula_correlation", "fit_correlation", "time_shifts", "step_glue_ms",
+           "profile_pieces"]
 
 _ND = NormalDist()
 OVERHEAD_KEY = ("<request>", "")   # the overhead's samples among the stages (drawn like a stage)
@@ -43,6 +44,7 @@ _MIN_PAIRS = 8          # requests that must share two stages before their corre
 _FIT_REPLAYS = 16       # replays of the measured requests per candidate correlation
 _FIT_GRID = 41          # candidate correlations 0, 0.025, ..., 1
 _FIT_QUANTILES = (0.5, 0.75, 0.9, 0.95)   # where replayed and measured request totals are matched
+TIME_BIN_S = 1.0        # the machine's slowdown is measured per second of the run (a load burst lasts seconds)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class RequestTrace:
 
     latency_ms: float
     steps: tuple[tuple[str, str, float], ...]
+    t_s: float | None = None    # when it was sent (seconds into the run), if known
 
 
 @dataclass
@@ -70,6 +73,13 @@ class ServiceProfile:
     # per batching site: how long the oldest request of a batch that did not fill waited for it to start,
     # as measured (the runtime's max_wait_ms plus its batching thread's delay on a busy host)
     batch_wait_ms: dict[str, float] = field(default_factory=dict)
+    # the machine's slowdown over the run: per `time_bin_s` bin of send times, the mean normal score of the
+    # steps measured then (shrunk for the bin's few samples), replayed at the same time into a run (tiled)
+    time_shift: np.ndarray | None = None
+    time_bin_s: float = TIME_BIN_S
+    # the runtime's own time per step on a site's compute thread (joins, routing, the trace), beyond the
+    # step's measured time, per site ("*": any other site): it holds the site, so requests queued there wait
+    glue_ms: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.correlation <= 1.0:
@@ -78,10 +88,38 @@ class ServiceProfile:
             if len(xs) == 0:
                 raise InputError(f"service profile: stage {key[0]}@{key[1]} has no samples")
         self.samples_ms = {k: np.sort(np.asarray(v, dtype=np.float64)) for k, v in self.samples_ms.items()}
+        if self.time_shift is not None:
+            self.time_shift = np.asarray(self.time_shift, dtype=np.float64)
         if self.overhead_ms is not None:
             self.overhead_ms = np.sort(np.maximum(np.asarray(self.overhead_ms, dtype=np.float64), 0.0))
             self.samples_ms[OVERHEAD_KEY] = self.overhead_ms
         self._grids: dict[tuple[str, str], np.ndarray] = {}
+
+    @property
+    def time_share(self) -> float:
+        """Share of a step's normal-score variance that the time of the run explains (the shifts' mean square)."""
+        return float(np.mean(self.time_shift ** 2)) if self.time_shift is not None and len(self.time_shift) else 0.0
+
+    def shift_at(self, t_ms: np.ndarray) -> np.ndarray:
+        """The measured slowdown (a normal-score shift) at simulated times t_ms, the run's bins tiled."""
+        t_ms = np.asarray(t_ms, dtype=np.float64)
+        if self.time_shift is None or not len(self.time_shift):
+            return np.zeros(t_ms.shape)
+        k = np.floor(t_ms / (1e3 * self.time_bin_s)).astype(np.int64) % len(self.time_shift)
+        return self.time_shift[k]
+
+    def mix(self, z_req: np.ndarray | None, own: np.ndarray, shift: np.ndarray | float = 0.0) -> np.ndarray:
+        """A step's standard normal: the time's shift, the request's shared draw and its own, so that the
+        request's common share stays `correlation` (of which the time takes `time_share`)."""
+        tau = self.time_share
+        common = max(self.correlation, tau)
+        rest = math.sqrt(max(self.correlation - tau, 0.0))
+        z = shift + math.sqrt(1.0 - common) * own
+        return z if z_req is None or rest == 0.0 else z + rest * z_req
+
+    def glue_at(self, site: str) -> float:
+        """The runtime's own time per step on `site` (ms), beyond the step's measured time."""
+        return self.glue_ms.get(site, self.glue_ms.get("*", 0.0))
 
     def has(self, node: str, site: str) -> bool:
         return (node, site) in self.samples_ms
@@ -109,6 +147,9 @@ class ServiceProfile:
                 "pairs": self.pairs,
                 "overhead_ms": None if self.overhead_ms is None else self.overhead_ms.tolist(),
                 **({"batch_wait_ms": self.batch_wait_ms} if self.batch_wait_ms else {}),
+                **({"time_shift": self.time_shift.tolist(), "time_bin_s": self.time_bin_s}
+                   if self.time_shift is not None else {}),
+                **({"glue_ms": self.glue_ms} if self.glue_ms else {}),
                 "stages": {f"{n}@{s}": v.tolist() for (n, s), v in sorted(self.samples_ms.items())
                            if (n, s) != OVERHEAD_KEY}}
 
@@ -143,8 +184,11 @@ def profile_from_run(doc: Mapping, source: str = "", warmup: int = 0) -> Service
     def waited(steps) -> float:
         return sum(max(0.0, float(ms) - floor[str(n)]) for k, n, ms in steps if k == "feed")
     traces = [RequestTrace(float(t["latency_ms"]) - waited(t["steps"]),
-                           tuple((str(k), plain(str(n)), float(ms)) for k, n, ms in t["steps"])) for t in raw]
-    prof = profile_from_traces(traces, source=source or "tierplan run", warmup=warmup)
+                           tuple((str(k), plain(str(n)), float(ms)) for k, n, ms in t["steps"]),
+                           float(t["t_s"]) if t.get("t_s") is not None else None) for t in raw]
+    cost = doc.get("overhead") or {}    # the runtime's own costs on this host, measured apart (runtime.overhead)
+    per_request = float(cost.get("request_ms") or 0.0) + 2.0 * float(cost.get("hop_ms") or 0.0)   # input in, result out
+    prof = profile_from_traces(traces, source=source or "tierplan run", warmup=warmup, request_floor_ms=per_request)
     prof.batch_wait_ms = {str(r["site"]): float(r["batch_wait_ms"]) for r in doc.get("site_rows") or []
                           if isinstance(r, dict) and r.get("site") and r.get("batch_wait_ms") is not None}
     return prof
@@ -208,7 +252,10 @@ def load_profile(path: str | Path) -> ServiceProfile:
         return ServiceProfile(stages, float(doc["correlation"]), int(doc.get("requests", 0)),
                               str(doc.get("source", p.name)), dict(doc.get("pairs", {})),
                               None if over is None else np.asarray(over, dtype=np.float64),
-                              {str(k): float(v) for k, v in (doc.get("batch_wait_ms") or {}).items()})
+                              {str(k): float(v) for k, v in (doc.get("batch_wait_ms") or {}).items()},
+                              None if doc.get("time_shift") is None else np.asarray(doc["time_shift"], dtype=np.float64),
+                              float(doc.get("time_bin_s", TIME_BIN_S)),
+                              {str(k): float(v) for k, v in (doc.get("glue_ms") or {}).items()})
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{p}: not a service profile ({e.__class__.__name__}: {e}); expected "
                          f"{{'correlation': RHO, 'stages': {{'node@site': [ms, ...]}}}}") from None
@@ -291,7 +338,7 @@ def fit_correlation(profile: ServiceProfile, requests: Sequence[Sequence[tuple[s
 
 
 def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit: bool = True,
-                        seed: int = 0) -> ServiceProfile:
+                        seed: int = 0, request_floor_ms: float = 0.0) -> ServiceProfile:
     """A profile from per-request traces (objects with `steps` = [(kind, name, ms), ...]).
 
     Compute steps are named `node@site`; every invocation is a sample of its stage's marginal.
@@ -299,7 +346,11 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
     the requests that ran on one site without transfers (their steps one after another), those with
     the fewest steps (the request's own share: a long single-site request, e.g. a phone's whole OCR
     cascade, adds a share per step and per fan-out item that a 2-step request does not have), and,
-    when there are enough of them, kept as `overhead_ms` and drawn for every request.
+    when there are enough of them, kept as `overhead_ms` and drawn for every request. Beyond
+    `request_floor_ms` (the runtime's own per-request cost: its input's and result's hops), that time
+    is the site's per-step work around its steps (`glue_ms`, per site: joins, routing, the trace),
+    done on the site's compute thread, so the simulator adds it to every step's service time there
+    and keeps only the rest as the request's own delay.
     The correlation is fitted to the measured spread of each request's total compute time
     (`fit_correlation`; `fit=False`: the mean pairwise correlation of stage normal scores, which
     misses how strongly neighbouring stages move together). The first `warmup` requests (cold
@@ -308,10 +359,13 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
     samples: dict[tuple[str, str], list[float]] = {}
     per_request: list[dict[str, float]] = []
     steps_of: list[list[tuple[str, str]]] = []
+    step_ms: list[list[float]] = []     # per request, its compute steps' ms in the order of steps_of
+    sent: list[float | None] = []       # per request, when it was sent (run traces)
     totals: list[float] = []
     overhead: list[float] = []
     own_overhead: list[float | None] = []
     n_steps: list[int | None] = []
+    one_site: list[str | None] = []
     n = 0
     for i, tr in enumerate(traces):
         if i < warmup:
@@ -319,25 +373,35 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
         n += 1
         mine: dict[str, list[float]] = {}
         keys: list[tuple[str, str]] = []
+        own_ms: list[float] = []
         for kind, name, ms in tr.steps:
             if kind != "compute" or "@" not in name:
                 continue
             samples.setdefault(_split(name), []).append(float(ms))
             mine.setdefault(name, []).append(float(ms))
             keys.append(_split(name))
+            own_ms.append(float(ms))
         per_request.append({k: float(np.mean(v)) for k, v in mine.items()})
         steps_of.append(keys)
+        step_ms.append(own_ms)
+        sent.append(getattr(tr, "t_s", None))
         totals.append(sum(sum(v) for v in mine.values()))
         sequential = len({site for _, site in keys}) == 1 and not any(k == "transfer" for k, _, _ in tr.steps)
         if sequential and hasattr(tr, "latency_ms"):  # one site, no transfers: the steps run one after another
             overhead.append(float(tr.latency_ms) - totals[-1])
             own_overhead.append(overhead[-1])
             n_steps.append(len(keys))
+            one_site.append(keys[0][1] if keys else None)
         else:
             own_overhead.append(None)
             n_steps.append(None)
+            one_site.append(None)
     if not samples:
         raise InputError(f"{source or 'traces'}: no compute steps (node@site) to calibrate from")
+    glue = step_glue_ms(own_overhead, n_steps, one_site, request_floor_ms)
+    own_overhead = [None if o is None else max(0.0, o - glue.get(site or "", glue.get("*", 0.0)) * (k or 0))
+                    for o, k, site in zip(own_overhead, n_steps, one_site)]
+    overhead = [o for o in own_overhead if o is not None]
     fewest = min((k for k in n_steps if k is not None), default=None)
     shortest = [o for o, k in zip(own_overhead, n_steps) if o is not None and k == fewest]
     if len(shortest) >= _MIN_PAIRS:   # the requests with the fewest steps: the request's own overhead
@@ -345,7 +409,8 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
         own_overhead = [o if k == fewest else None for o, k in zip(own_overhead, n_steps)]
     rho_pairs, pairs = copula_correlation(per_request)
     prof = ServiceProfile({k: np.array(v) for k, v in samples.items()}, rho_pairs, n, source, pairs,
-                          np.array(overhead) if len(overhead) >= _MIN_PAIRS else None)
+                          np.array(overhead) if len(overhead) >= _MIN_PAIRS else None,
+                          time_shift=time_shifts(sent, steps_of, step_ms, samples), glue_ms=glue)
     if fit and n >= _MIN_PAIRS:
         if prof.overhead_ms is not None:  # the overhead is one more draw of the request: fit the whole latency
             typical = float(np.median(overhead))   # for a request whose own overhead is not known
@@ -353,6 +418,70 @@ def profile_from_traces(traces: Iterable, source: str = "", warmup: int = 0, fit
             totals = [t + (typical if o is None else o) for t, o in zip(totals, own_overhead)]
         prof.correlation = fit_correlation(prof, steps_of, np.array(totals), seed)
     return prof
+
+
+def step_glue_ms(overhead: Sequence[float | None], n_steps: Sequence[int | None], site: Sequence[str | None],
+                 floor_ms: float = 0.0) -> dict[str, float]:
+    """The runtime's time per step on a site beyond the steps themselves, from one-site requests without
+    transfers: per site, the median over its requests of (time outside the steps - `floor_ms`) / steps;
+    "*": the median over every site's requests (for sites no one-site request ran on). smart-city's
+    camera requests spend ~12 ms outside their 34 steps (~0.35 ms a step, measured with other work on
+    the cores), read-text's 2-step speech requests ~0.7 ms. {} when there are too few requests to tell."""
+    per: dict[str, list[float]] = {}
+    for o, k, s in zip(overhead, n_steps, site):
+        if o is not None and k and s is not None:
+            per.setdefault(s, []).append(max(0.0, o - floor_ms) / k)
+    out = {s: float(np.median(v)) for s, v in per.items() if len(v) >= _MIN_PAIRS}
+    every = [g for v in per.values() for g in v]
+    if len(every) >= _MIN_PAIRS:
+        out["*"] = float(np.median(every))
+    return out
+
+
+def time_shifts(sent: Sequence[float | None], steps_of: Sequence[Sequence[tuple[str, str]]],
+                step_ms: Sequence[Sequence[float]], samples: Mapping[tuple[str, str], Sequence[float]],
+                bin_s: float = TIME_BIN_S) -> np.ndarray | None:
+    """The machine's slowdown over a run, per `bin_s` of send times: each step's normal score within its
+    stage's measured times, averaged per request, then per bin; the bins' spread beyond what their few
+    requests explain is the run's time-varying share, and each bin's mean is shrunk towards 0 by it
+    (empirical Bayes). None without send times, or when the time explains nothing.
+
+    Stages run by one request are drawn with its time's shift (simulations.world), so a burst of load that
+    slowed every site for a few seconds of the run slows the simulated requests of those seconds together,
+    and queues build as they did; drawn independently, the same slow steps spread over the run and do not."""
+    if any(t is None for t in sent) or len(sent) < 4 * _MIN_PAIRS:
+        return None
+    grid = {k: np.sort(np.asarray(v, dtype=np.float64)) for k, v in samples.items()}
+    score, when = [], []
+    for t, keys, ms in zip(sent, steps_of, step_ms):
+        if not keys:
+            continue
+        z = []
+        for k, v in zip(keys, ms):
+            a = grid[k]
+            mid = (np.searchsorted(a, v, "left") + np.searchsorted(a, v, "right") - 1) / 2.0
+            z.append(_ND.inv_cdf(min(max((mid + 0.5) / len(a), 1e-6), 1 - 1e-6)))
+        score.append(float(np.mean(z)))
+        when.append(int(float(t) // bin_s))    # type: ignore[arg-type]
+    if not score:
+        return None
+    x, b = np.asarray(score), np.asarray(when, dtype=np.int64)
+    b -= b.min() if b.min() < 0 else 0
+    n = np.bincount(b)
+    m = np.bincount(b, weights=x) / np.maximum(n, 1)
+    dev = x - m[b]
+    dof = int(np.sum(np.maximum(n - 1, 0)))
+    if dof < _MIN_PAIRS:
+        return None
+    within = float(np.sum(dev ** 2)) / dof
+    used = n > 0
+    centre = float(np.average(m[used], weights=n[used]))
+    between = float(np.average((m[used] - centre) ** 2, weights=n[used]))
+    tau = between - within * float(np.average(1.0 / n[used], weights=n[used]))
+    if tau <= 0:
+        return None
+    shift = np.where(used, (m - centre) * tau / (tau + within / np.maximum(n, 1)), 0.0)
+    return shift
 
 
 def profile_pieces(files: Mapping[tuple[str, str], str | Path], requests: int = 50, warmup: int = 3,

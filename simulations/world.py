@@ -525,7 +525,8 @@ class World:
             else:
                 runs.append(None if all_one and st.work else (inv > 0 if inv is not None else np.zeros(n, dtype=bool)))
         if self.profile is not None and self.profile.overhead_ms is not None:  # drawn last: stage draws stay put
-            overhead = self.profile.from_normal(*OVERHEAD_KEY, self._mix(z_req, self.profile.correlation, n, rng))
+            overhead = self.profile.from_normal(*OVERHEAD_KEY, self.profile.mix(z_req, rng.standard_normal(n),
+                                                                                self.profile.shift_at(arr.t_ms)))
             for st in journey.stages:
                 if not st.preds:  # a root of the request: its dispatch overhead before it moves on
                     prev = delay[st.index]
@@ -546,15 +547,17 @@ class World:
         from its measured times (inverse empirical CDF at a normal mixed with the request's shared
         draw, the profile's correlation); a node with its own spread: log-normal, mean preserved, k
         invocations sum to k x mean with the coefficient of variation over sqrt(k); else the run's
-        service distribution."""
+        service distribution. A profile measured over time (`tierplan run`) also shifts every draw by the
+        run's slowdown at the request's time (ServiceProfile.mix), so slow seconds slow requests together."""
         total = np.zeros(n)
         for w in st.work:
             k = arr.invocations(w.rate_factor)
             kf = np.ones(n) if k is None else k.astype(np.float64)
             if self.profile is not None and self.profile.has(w.node, st.site):
-                rho = self.profile.correlation
+                shift = self.profile.shift_at(arr.t_ms)    # the run's slowdown at the request's time
                 for j in range(int(kf.max()) if n else 0):
-                    x = self.profile.from_normal(w.node, st.site, self._mix(z_req, rho, n, rng))
+                    x = self.profile.from_normal(w.node, st.site, self.profile.mix(z_req, rng.standard_normal(n), shift))
+                    x = x + self.profile.glue_at(st.site)   # the runtime's own time around the step, on the site's thread
                     total += x if k is None else np.where(kf > j, x, 0.0)
                 continue
             if w.sigma is None:

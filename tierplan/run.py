@@ -365,6 +365,7 @@ class _Done:
     sources: tuple[str, ...]        # executable source ids the request fed
     trace: Trace | None             # None when it failed
     error: str = ""
+    t_s: float = 0.0                # when it was sent, seconds after the first arrival's time 0
 
 
 def _send(svc, streams: list[Stream], arrivals: list[tuple[float, int]], make_inputs, seed: int, duration_s: float,
@@ -379,25 +380,26 @@ def _send(svc, streams: list[Stream], arrivals: list[tuple[float, int]], make_in
             return tuple(run.sources[st.device_class][s] for s in st.sources)
         return st.sources
 
-    def finish(k: int, p) -> None:
+    def finish(k: int, p, t_s: float) -> None:
         try:
             _, tr = svc.wait(p)
-            d = _Done(k, exe_sources(streams[k]), tr)
+            d = _Done(k, exe_sources(streams[k]), tr, t_s=t_s)
         except RuntimeFault as e:
-            d = _Done(k, exe_sources(streams[k]), None, str(e))
+            d = _Done(k, exe_sources(streams[k]), None, str(e), t_s)
         with lock:
             done.append(d)
             on_tick(sum(1 for x in done if x.trace is not None), sum(1 for x in done if x.trace is None))
 
     def start(k: int, inputs: dict[str, np.ndarray]) -> None:
         st = streams[k]
+        t_s = time.time() - t0
         try:
             p = svc.submit(inputs, device_class=st.device_class)
         except (RuntimeFault, InputError) as e:
             with lock:
-                done.append(_Done(k, exe_sources(st), None, str(e)))
+                done.append(_Done(k, exe_sources(st), None, str(e), t_s))
             return
-        finish(k, p)
+        finish(k, p, t_s)
 
     t0 = time.time()
     with futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="run-wait") as pool:
@@ -619,7 +621,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                      devices_per_class=devices_per_class, load="sequential" if sequential else "rate",
                      rate_scale=rate_scale, plan_path=str(Path(plan_out).resolve()) if plan_out else None,
                      adapt=adapt_report,
-                     traces=[{"device_class": d.trace.device_class,
+                     traces=[{"device_class": d.trace.device_class, "t_s": d.t_s, "stream": d.stream,   # classes[stream]
                               "latency_ms": own_latency(d.trace),
                               "steps": [list(s) for s in d.trace.steps]} for d in done if d.trace is not None])
 

@@ -198,10 +198,12 @@ def test_fit_is_deterministic_and_bounded():
 
 
 def test_overhead_outside_steps_is_replayed():
-    """Time a one-site request spends outside its steps is measured per request and added to it."""
+    """Time a one-site request spends outside its steps is measured and added to it: per step on the site
+    (its 3 steps' share, beyond the runtime's per-request floor) and per request (the rest)."""
     traces = [RequestTrace(t.latency_ms + 5.0, t.steps) for t in _synthetic_traces(0.3, 300, seed=11)]
-    prof = profile_from_traces(traces)
-    assert prof.overhead_ms is not None and np.allclose(prof.overhead_ms, 5.0)
+    prof = profile_from_traces(traces, request_floor_ms=0.5)
+    assert prof.glue_at("cams") == pytest.approx(1.5)
+    assert prof.overhead_ms is not None and np.allclose(prof.overhead_ms, 0.5)
     bare = ServiceProfile({k: v for k, v in prof.samples_ms.items() if k[0] != "<request>"}, prof.correlation)
     with_over, without = _low_load_sim(prof, fast=True), _low_load_sim(bare, fast=True)
     assert with_over.p50_ms - without.p50_ms == pytest.approx(5.0, abs=0.05)

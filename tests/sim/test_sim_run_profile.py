@@ -70,23 +70,29 @@ def test_the_simulated_fleet_is_the_one_the_run_ran(tmp_path):
 
 def test_time_waiting_at_a_busy_source_site_is_not_taken_for_overhead():
     """A request whose input waited 50 ms at its site (its feed step beyond the feed's median) keeps that out of
-    the per-request overhead: the simulator draws queueing itself."""
+    the time outside its steps (per-step work on the site and the request's own overhead, 1 ms in all): the
+    simulator draws queueing itself."""
     traces = [{"device_class": "phone", "latency_ms": 3.0 + (50.0 if i == 0 else 0.0),
                "steps": [["feed", "client->phone", 0.4 + (50.0 if i == 0 else 0.0)],
                          ["compute", "m/p0@phone", 2.0]]} for i in range(10)]
-    prof = profile_from_run({"requests_ok": 10, "classes_run": ["phone"], "traces": traces})
-    assert prof.overhead_ms is not None and max(prof.overhead_ms) == pytest.approx(1.0)
+    prof = profile_from_run({"requests_ok": 10, "classes_run": ["phone"], "traces": traces,
+                             "overhead": {"hop_ms": 0.25, "request_ms": 0.0}})
+    assert prof.overhead_ms is not None and prof.glue_at("phone") + max(prof.overhead_ms) == pytest.approx(1.0)
 
 
-def test_the_overhead_is_the_one_of_the_requests_with_the_fewest_steps():
-    """A phone's 2-step speech request and its 10-step text request both run on one site; the per-request
-    overhead drawn for every request is the short one's (1 ms), not the long one's (5 ms: a share per step)."""
+def test_the_site_holds_its_per_step_work_and_the_request_keeps_the_rest():
+    """A phone's 2-step requests spend 1 ms outside their steps, its 10-step ones 5 ms; beyond the runtime's
+    per-request floor (input and result hops, 2 x 0.25 ms) that is per-step work on the phone's thread
+    (the median share, 0.35 ms a step, also for sites no one-site request ran on); what the 2-step requests
+    have left (1 - 2 x 0.35 ms) is the overhead drawn for every request."""
     def trace(steps: int, extra: float) -> dict:
         return {"device_class": "phone", "latency_ms": steps * 2.0 + extra,
                 "steps": [["compute", f"m/p{k}@phone", 2.0] for k in range(steps)]}
     traces = [trace(2, 1.0) for _ in range(10)] + [trace(10, 5.0) for _ in range(10)]
-    prof = profile_from_run({"requests_ok": 20, "classes_run": ["phone"], "traces": traces})
-    assert prof.overhead_ms is not None and max(prof.overhead_ms) == pytest.approx(1.0)
+    prof = profile_from_run({"requests_ok": 20, "classes_run": ["phone"], "traces": traces,
+                             "overhead": {"hop_ms": 0.25, "request_ms": 0.0}})
+    assert prof.glue_at("phone") == pytest.approx(0.35) and prof.glue_at("cloud") == pytest.approx(0.35)
+    assert prof.overhead_ms is not None and max(prof.overhead_ms) == pytest.approx(0.3)
 
 
 def test_a_runs_measured_batch_wait_is_kept_with_the_profile(tmp_path):
@@ -136,3 +142,49 @@ def test_the_load_generator_is_open_loop_a_busy_site_does_not_hold_back_later_ar
     threading.Timer(0.5, release.set).start()
     _send(_Service(), streams, arrivals, lambda i: {"x": np.array([i])}, 0, 5.0, None, False, lambda ok, failed: None)
     assert started[1] - t0 < 0.4 and started[2] - t0 < 0.4    # sent on time, not after the first one's 0.5 s
+
+
+def _burst_report(burst: bool) -> dict:
+    """A phone's requests at 10 per second for 20 s, each two steps; seconds 5-9 of the run are 3x slower
+    (a burst of load on the machine) when `burst`, else the same slow steps are spread over the run."""
+    rng = np.random.default_rng(1)
+    traces = []
+    for i in range(200):
+        t = i / 10.0
+        slow = (5.0 <= t < 10.0) if burst else (i % 4 == 1)
+        k = 3.0 if slow else 1.0
+        a, b = k * rng.uniform(9, 11), k * rng.uniform(4, 6)
+        traces.append({"device_class": "phone", "t_s": t, "latency_ms": a + b + 1.0,
+                       "steps": [["compute", "m/p0@phone", a], ["compute", "m/p1@phone", b]]})
+    return {"requests_ok": 200, "classes_run": ["phone"], "traces": traces}
+
+
+def test_a_burst_of_load_is_replayed_at_its_time_and_spread_load_is_not(tmp_path):
+    """Send times in the report: the seconds whose steps were all slow get a positive shift (the machine's slowdown
+    then), the others a negative one, and the shift round-trips through a saved profile; the same slow steps spread
+    evenly over the run explain nothing by time (no shift)."""
+    prof = profile_from_run(_burst_report(True))
+    shift = prof.time_shift
+    assert shift is not None and len(shift) == 20
+    assert shift[5:10].min() > 0.5 and np.delete(shift, range(5, 10)).max() < 0
+    assert prof.shift_at(np.array([7_500.0, 27_500.0, 1_000.0])).tolist() == [shift[7], shift[7], shift[1]]
+    prof.save(tmp_path / "p.json")
+    assert np.allclose(load_profile(tmp_path / "p.json").time_shift, shift)
+    assert profile_from_run(_burst_report(False)).time_shift is None
+    assert profile_from_run(_report()).time_shift is None          # no send times: nothing to replay
+
+
+def test_replaying_the_burst_slows_the_requests_of_those_seconds_together():
+    """A step's draw is shifted by the run's slowdown at its request's time: simulated requests in the burst's
+    seconds take longer than the others, while the marginal of every step stays the measured one."""
+    from tierplan.simulations.calibration import ServiceProfile
+    prof = profile_from_run(_burst_report(True))
+    flat = ServiceProfile(dict(prof.samples_ms), prof.correlation)
+    rng = np.random.default_rng(0)
+    t = rng.uniform(0, 20_000, 20_000)
+    z = prof.mix(rng.standard_normal(len(t)), rng.standard_normal(len(t)), prof.shift_at(t))
+    x = prof.from_normal("m/p0", "phone", z)
+    burst = (t >= 5_000) & (t < 10_000)
+    assert x[burst].mean() > 2 * x[~burst].mean()
+    assert abs(np.median(x) - np.median(prof.samples_ms[("m/p0", "phone")])) < 2.0   # the measured marginal
+    assert flat.time_share == 0.0 and prof.time_share > 0.3
