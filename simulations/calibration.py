@@ -442,9 +442,11 @@ def time_shifts(sent: Sequence[float | None], steps_of: Sequence[Sequence[tuple[
                 step_ms: Sequence[Sequence[float]], samples: Mapping[tuple[str, str], Sequence[float]],
                 bin_s: float = TIME_BIN_S) -> np.ndarray | None:
     """The machine's slowdown over a run, per `bin_s` of send times: each step's normal score within its
-    stage's measured times, averaged per request, then per bin; the bins' spread beyond what their few
-    requests explain is the run's time-varying share, and each bin's mean is shrunk towards 0 by it
-    (empirical Bayes). None without send times, or when the time explains nothing.
+    stage's measured times, averaged per request, then per bin, each weighted by its typical time (a
+    60 ms detector tells the machine's state, a 0.05 ms transform mostly noise; an OCR cascade more than a
+    1 ms VAD request); the bins' spread beyond what their few requests explain is the run's time-varying
+    share, and each bin's mean is shrunk towards 0 by it (empirical Bayes). None without send times, or
+    when the time explains nothing.
 
     Stages run by one request are drawn with its time's shift (simulations.world), so a burst of load that
     slowed every site for a few seconds of the run slows the simulated requests of those seconds together,
@@ -452,36 +454,44 @@ def time_shifts(sent: Sequence[float | None], steps_of: Sequence[Sequence[tuple[
     if any(t is None for t in sent) or len(sent) < 4 * _MIN_PAIRS:
         return None
     grid = {k: np.sort(np.asarray(v, dtype=np.float64)) for k, v in samples.items()}
-    score, when = [], []
+    typical = {k: float(np.median(a)) for k, a in grid.items()}
+    score: list[float] = []
+    weight: list[float] = []
+    when: list[int] = []
     for t, keys, ms in zip(sent, steps_of, step_ms):
         if not keys:
             continue
-        z = []
+        z, w = [], []
         for k, v in zip(keys, ms):
             a = grid[k]
             mid = (np.searchsorted(a, v, "left") + np.searchsorted(a, v, "right") - 1) / 2.0
             z.append(_ND.inv_cdf(min(max((mid + 0.5) / len(a), 1e-6), 1 - 1e-6)))
-        score.append(float(np.mean(z)))
+            w.append(typical[k])
+        # weighted by the steps' typical times: a 60 ms detector tells the machine's state, a 0.05 ms
+        # transform's time is mostly noise
+        score.append(float(np.average(z, weights=w)) if sum(w) > 0 else float(np.mean(z)))
+        weight.append(max(sum(w), 1e-3))    # a request tells as much as its work: an OCR cascade, not a 1 ms VAD
         when.append(int(float(t) // bin_s))    # type: ignore[arg-type]
     if not score:
         return None
-    x, b = np.asarray(score), np.asarray(when, dtype=np.int64)
+    x, wr, b = np.asarray(score), np.asarray(weight), np.asarray(when, dtype=np.int64)
     b -= b.min() if b.min() < 0 else 0
-    n = np.bincount(b)
-    m = np.bincount(b, weights=x) / np.maximum(n, 1)
-    dev = x - m[b]
-    dof = int(np.sum(np.maximum(n - 1, 0)))
-    if dof < _MIN_PAIRS:
+    sw, sw2 = np.bincount(b, weights=wr), np.bincount(b, weights=wr ** 2)
+    used = sw > 0
+    m = np.bincount(b, weights=wr * x) / np.where(used, sw, 1.0)
+    neff = np.where(used, sw ** 2 / np.where(used, sw2, 1.0), 0.0)      # requests' effective count per bin
+    ss = np.bincount(b, weights=wr * (x - m[b]) ** 2) / np.where(used, sw, 1.0)
+    many = neff > 1.5
+    if float(np.sum(neff[many] - 1)) < _MIN_PAIRS:
         return None
-    within = float(np.sum(dev ** 2)) / dof
-    used = n > 0
-    centre = float(np.average(m[used], weights=n[used]))
-    between = float(np.average((m[used] - centre) ** 2, weights=n[used]))
-    tau = between - within * float(np.average(1.0 / n[used], weights=n[used]))
+    within = float(np.sum((ss * neff / np.maximum(neff - 1, 1e-9))[many] * (neff[many] - 1)) / np.sum(neff[many] - 1))
+    noise = within / np.maximum(neff, 1e-9)
+    centre = float(np.average(x, weights=wr))
+    between = float(np.average((m[used] - centre) ** 2, weights=sw[used]))
+    tau = between - float(np.average(noise[used], weights=sw[used]))
     if tau <= 0:
         return None
-    shift = np.where(used, (m - centre) * tau / (tau + within / np.maximum(n, 1)), 0.0)
-    return shift
+    return np.where(used, (m - centre) * tau / (tau + noise), 0.0)
 
 
 def profile_pieces(files: Mapping[tuple[str, str], str | Path], requests: int = 50, warmup: int = 3,
