@@ -189,6 +189,10 @@ def profile_from_run(doc: Mapping, source: str = "", warmup: int = 0) -> Service
     cost = doc.get("overhead") or {}    # the runtime's own costs on this host, measured apart (runtime.overhead)
     per_request = float(cost.get("request_ms") or 0.0) + 2.0 * float(cost.get("hop_ms") or 0.0)   # input in, result out
     prof = profile_from_traces(traces, source=source or "tierplan run", warmup=warmup, request_floor_ms=per_request)
+    if "*" not in prof.glue_ms and (cost.get("step_ms") or cost.get("run_ms")):
+        # no one-site request to measure it on (every smart-city request crosses a link): the runtime's
+        # per-step and per-run costs as its probe measured them on this host
+        prof.glue_ms["*"] = float(cost.get("step_ms") or 0.0) + float(cost.get("run_ms") or 0.0)
     prof.batch_wait_ms = {str(r["site"]): float(r["batch_wait_ms"]) for r in doc.get("site_rows") or []
                           if isinstance(r, dict) and r.get("site") and r.get("batch_wait_ms") is not None}
     return prof

@@ -188,3 +188,11 @@ def test_replaying_the_burst_slows_the_requests_of_those_seconds_together():
     assert x[burst].mean() > 2 * x[~burst].mean()
     assert abs(np.median(x) - np.median(prof.samples_ms[("m/p0", "phone")])) < 2.0   # the measured marginal
     assert flat.time_share == 0.0 and prof.time_share > 0.3
+
+
+def test_without_one_site_requests_the_per_step_work_is_the_runtimes_probe():
+    """Every request crosses a link (no one-site request to measure the per-step work on): the run report's
+    own per-step and per-run costs (runtime.overhead's probe on this host) stand for every site."""
+    prof = profile_from_run({**_report(), "overhead": {"step_ms": 0.02, "run_ms": 0.03, "hop_ms": 0.25}})
+    assert prof.glue_at("cloud") == pytest.approx(0.05) and prof.glue_at("bs") == pytest.approx(0.05)
+    assert profile_from_run(_report()).glue_ms == {}
