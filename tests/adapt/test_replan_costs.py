@@ -55,3 +55,39 @@ def test_observed_compute_drift_scales_the_replan(offloading):
     old_now = recost(plan, resolve_fleet(fleet, catalog={}), ["phone"], scale)
     assert old_now["phone:label"] > predicted(plan, ["phone"])["phone:label"]
     assert predicted(new, ["phone"])["phone:label"] < old_now["phone:label"]
+
+
+def test_plan_from_an_old_plan_charges_moves_on_the_command_line(squeezenet_random, tmp_path):
+    """`tierplan plan --from OLD --move-cost MS`: a dear move keeps the old placement (the plan says
+    what was charged); a negative cost exits 2 naming the flag."""
+    import io
+    import json
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from tierplan.cli import main
+    from tierplan.loader import dump_spec
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        return code, out.getvalue(), err.getvalue()
+    (tmp_path / "app.yaml").write_text(dump_spec(_app(squeezenet_random)))
+    (tmp_path / "fast.yaml").write_text(dump_spec(_fleet(1000.0)))
+    (tmp_path / "slow.yaml").write_text(dump_spec(_fleet(20.0)))
+    common = ["--time-limit", "2", "--pieces-dir", str(tmp_path / "pieces"), "--no-progress"]
+    code, _, err = cli("plan", str(tmp_path / "app.yaml"), "--fleet", str(tmp_path / "fast.yaml"),
+                       "--out", str(tmp_path / "old.json"), *common)
+    assert code == 0, err
+    code, out, err = cli("plan", str(tmp_path / "app.yaml"), "--fleet", str(tmp_path / "slow.yaml"), "--from",
+                         str(tmp_path / "old.json"), "--move-cost", "100000", "--json", *common)
+    assert code in (0, 1), err
+    new = json.loads(out)
+    assert new["moves"] == [] and new["move_cost_ms"] == 100000.0
+    code, _, err = cli("plan", str(tmp_path / "app.yaml"), "--fleet", str(tmp_path / "slow.yaml"), "--from",
+                       str(tmp_path / "old.json"), "--move-cost", "-1", *common)
+    assert code == 2 and "--move-cost" in err and "Traceback" not in err, err
