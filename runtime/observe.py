@@ -9,7 +9,10 @@ from send to arrival over the emulated or real route) and its `compute` steps (`
   queued transfers tell the link's own figures: a request's fan-out items cross one after another
   (each waits for the ones before it), so per request and route its fastest transfer counts (the
   mean where the tensor is tiny: it does not queue, and the minimum of jittered delays would read
-  a shorter RTT), and per route the window's `quantile` (default the 25th percentile) of those is one sample; the
+  a shorter RTT), and per route the window's `quantile` (default the 25th percentile) of those is one sample
+  (where a request's transfers over a one-link route queued behind each other and their gaps stand
+  clear of the jitter, the sample is the link's delay plus the median gap: the wire time without the
+  wait before the first, which would read a backlogged link as slower than it is); the
   links' (RTT/2, 1/goodput up, 1/goodput down) are the least-squares fit of those samples, pulled
   towards the planned figures where the samples cannot tell them apart (ridge); a link's RTT is
   shared by both directions (a small tensor's route tells it);
@@ -158,7 +161,11 @@ class Observer:
                     ended[(s.name, s.request)] = s.t
             sizes = dict(self.sizes)
         by_route: dict[str, list[tuple[float, float]]] = {}    # route -> (ended, sample) in arrival order
+        gaps: dict[str, list[tuple[float, float]]] = {}         # route -> (ended, gap between queued transfers)
         for (route, req), times in per_request.items():
+            if len(times) >= 2 and self._queues(route, sizes):
+                ordered = sorted(times)
+                gaps.setdefault(route, []).extend((ended[(route, req)], y - x) for x, y in zip(ordered, ordered[1:]))
             # a request's transfers of a size that takes the link a while queue behind each other: its
             # fastest is the link's own time; tiny ones (under 1 ms of wire) do not queue: their mean
             # is the delay, which the minimum of several jittered draws would understate
@@ -185,7 +192,12 @@ class Observer:
             # one size: the sample is that size's; several: the smallest (the least queued transfers
             # are most likely the small ones), an approximation the docs state
             hops = route_links(self.fleet, a, b)
-            rows.append((hops, float(size[0]), float(np.percentile(times, self.quantile)), len(times)))
+            ms = float(np.percentile(times, self.quantile))
+            wire = self._wire_from_gaps(route, hops, size, [g for at, g in gaps.get(route, [])
+                                                            if route not in run_since or at >= run_since[route]])
+            if wire is not None:     # the link's own time: its planned delay and the wire time the gaps read
+                ms = link_figures(self.fleet, hops[0][0])["rtt_ms"] / 2.0 + wire
+            rows.append((hops, float(size[0]), ms, len(times)))
             if route in run_since:
                 for site, _ in hops:
                     began_of[site] = min(began_of.get(site, run_since[route]), run_since[route])
@@ -239,6 +251,19 @@ class Observer:
                     effect = biggest[(site, way)] * abs(spb - 8.0 / (f[key] * 1e3))   # on its biggest transfer
                     out[f"link:{site}:{key}"] = Figure(f"link:{site}:{key}", f[key], mbps, n, effect, began_of.get(site))
         return out
+
+    def _wire_from_gaps(self, route: str, hops: list[tuple[str, str]], size: list[int],
+                        route_gaps: list[float]) -> float | None:
+        """The wire time of the route's tensor read from the gaps between a request's transfers that
+        queued behind each other (fan-out items sent back to back arrive one wire time apart,
+        whatever waited before them), or None: a route of one link and one size, at least 3 gaps,
+        and a median gap above the noise (3 x the difference of two jittered delays)."""
+        if len(hops) != 1 or len(size) != 1 or len(route_gaps) < 3:
+            return None
+        link = self.fleet.classes[hops[0][0]].link
+        noise = 3.0 * np.sqrt(2.0) * float(link.jitter_ms or 0.0) if link is not None else 0.0
+        wire = float(np.median(route_gaps))
+        return wire if wire > max(noise, 1.0) else None
 
     def planned_ms(self, route: str, sizes: dict[str, list[int]] | None = None) -> float | None:
         """The planned time of the route's (smallest) tensor: RTT/2 + bytes / goodput per link."""

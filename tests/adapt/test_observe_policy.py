@@ -136,3 +136,32 @@ def test_compute_times_need_a_bigger_and_longer_drift_than_links():
     assert det.update(1.0, [link, noisy, slow]) == [link]                 # links: 0.5 s
     assert det.update(3.0, [link, noisy, slow]) == [link, slow]           # compute: 3 s, the 1.4x never
     assert AdaptPolicy.parse("compute-threshold=1,compute-sustain=5").compute_sustain_s == 5.0
+
+
+def test_a_backlogged_link_is_read_from_the_gaps_between_queued_transfers():
+    """Four crops per request cross a 2 Mbit/s uplink back to back behind a backlog (each request
+    waits 0-400 ms before its first crop starts): the fastest crop per request reads the link slower
+    than it is; the gaps between a request's crops are its wire time."""
+    from tierplan.spec import FleetSpec
+    fleet = FleetSpec.model_validate({
+        "sites": {"phone": {"tier": "edge", "device": "pixel-8", "attach": "gw", "link": "lte"},
+                  "gw": {"tier": "base_station", "device": "mec-t4"}},
+        "links": {"lte": {"uplink_mbps": 2.0, "downlink_mbps": 35.0, "rtt_ms": 50.0, "jitter_ms": 12.0}}})
+    pieces = [PlanPiece(id="cam", kind="source"), PlanPiece(id="m/p0", kind="piece"),
+              PlanPiece(id="sink:out", kind="sink")]
+    edges = [PlanEdge(src="cam", dst="m/p0", nbytes=18_432), PlanEdge(src="m/p0", dst="sink:out", nbytes=8)]
+    plan = with_fleet(Plan(status="feasible", assignment={"cam": "phone", "m/p0": "gw", "sink:out": "phone"},
+                           pieces=pieces, edges=edges), fleet)
+    obs = Observer(plan, plan, window_s=10.0)
+    rng = np.random.default_rng(1)
+    wire = 18_432 * 8 / 2e3                            # 73.7 ms at 2 Mbit/s
+    t = 0.0
+    for _ in range(16):
+        backlog = float(rng.uniform(0.0, 400.0))
+        ups = [backlog + 25.0 + k * wire + float(rng.normal(0, 12.0)) for k in (1, 2, 3, 4)]
+        downs = [25.0 + float(rng.normal(0, 12.0)) for _ in range(4)]
+        obs.add([*(["transfer", "phone->gw", u] for u in ups), *(["transfer", "gw->phone", d] for d in downs)],
+                latency_ms=max(ups) + 30, device_class="phone", now_s=t)
+        t += 0.5
+    fig = obs.link_estimates(t)["link:phone:up_mbps"]
+    assert fig.observed == pytest.approx(2.0, rel=0.2)     # the fastest crop alone reads 0.85
