@@ -26,7 +26,7 @@ from tierplan.spec import FleetSpec
 
 __all__ = ["AdaptPolicy", "POLICY_KEYS", "Figure", "DriftDetector", "Decision", "decide", "route_links", "link_figures",
            "observed_fleet", "recost", "predicted", "slo_of", "score", "moves_of", "class_weights", "Replanner",
-           "site_ratios", "scaled_cost_model"]
+           "site_ratios", "scaled_cost_model", "replan_scope"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class AdaptPolicy:
     compute_window_s: float = 5.0   # rolling window of the compute estimates (medians)
     margin: float = 0.1             # a new plan must be predicted this share better (summed sink latency) ...
     move_cost_ms: float = 10.0      # ... after charging this many ms per piece moved
+    segment_move_cost_ms: float = 1.0   # the re-plan's objective: ms per segment placed off its site (movecost)
     replan_time_limit_s: float = 1.0
     cooldown_s: float = 5.0         # no new decision this long after one
     tick_s: float = 0.2             # how often the controller looks at its estimates
@@ -82,7 +83,8 @@ class AdaptPolicy:
 POLICY_KEYS = {"threshold": "threshold", "min-effect": "min_effect_ms", "sustain": "sustain_s", "window": "window_s",
                "compute-threshold": "compute_threshold", "compute-sustain": "compute_sustain_s",
                "compute-window": "compute_window_s",
-               "margin": "margin", "move-cost": "move_cost_ms", "replan-limit": "replan_time_limit_s",
+               "margin": "margin", "move-cost": "move_cost_ms", "segment-move-cost": "segment_move_cost_ms",
+               "replan-limit": "replan_time_limit_s",
                "cooldown": "cooldown_s", "tick": "tick_s"}
 _POSITIVE = {"threshold", "window_s", "compute_threshold", "compute_window_s", "replan_time_limit_s", "tick_s"}
 
@@ -364,6 +366,23 @@ def moves_of(old: Plan, new: Plan, classes: Iterable[str] | None = None) -> list
 def class_weights(plan: Plan) -> dict[str, float]:
     """Class -> its devices (the planner's weights), from the plan's coverage."""
     return {c: float(v.devices) for c, v in plan.coverage.items()}
+
+
+def replan_scope(plan: Plan, spec: FleetSpec, classes: Iterable[str] | None) -> FleetSpec:
+    """`spec` with only the edge classes a re-plan must cover: the classes that run here (`classes`;
+    None: all) and every other one whose current placement uses a site besides its own (it shares
+    capacity with them). A class that runs everything on its own devices shares nothing with the
+    others, so leaving it out changes no one's optimum (planner.decompose solves such classes apart
+    anyway) and saves its solves; it keeps its old placement."""
+    if classes is None:
+        return spec
+    keep = set(classes)
+    fleet = plan.fleet_model()
+    drop = {c for c in fleet.edge_classes() if c not in keep
+            and c in plan.per_class and set({**plan.assignment, **plan.per_class[c]}.values()) <= {c}}
+    if not drop:
+        return spec
+    return spec.model_copy(update={"sites": {k: v for k, v in spec.sites.items() if k not in drop}})
 
 
 def site_ratios(figures: Iterable[Figure]) -> dict[str, float]:

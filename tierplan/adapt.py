@@ -40,7 +40,7 @@ import numpy as np
 from tierplan.devices.fleet import resolve_fleet
 from tierplan.errors import InfeasibleError, InputError, RuntimeFault
 from tierplan.planner.adaptpolicy import (AdaptPolicy, DriftDetector, Figure, Replanner, class_weights, decide, moves_of,
-                                          observed_fleet, predicted, recost, site_ratios, slo_of)
+                                          observed_fleet, predicted, recost, replan_scope, site_ratios, slo_of)
 from tierplan.planner.movecost import charged
 from tierplan.planner.plan import Plan
 from tierplan.runtime.livemove import compile_moved, move, set_link
@@ -192,12 +192,12 @@ class Adapter:
             self.observer.set_exe(self.svc.plan)
         entry["compute_scale"] = {k: round(v, 3) for k, v in self._compute_scale.items()}
         self._accepted.update(links)
-        spec = observed_fleet(self.plan, self._accepted)
+        spec = replan_scope(self.plan, observed_fleet(self.plan, self._accepted), self.classes)
         self._prepared.wait()
         t = time.perf_counter()
         try:
             new = self.replanner(spec, pol.replan_time_limit_s, current=self.plan, compute_scale=self._compute_scale,
-                                 move_cost_ms=pol.move_cost_ms)
+                                 move_cost_ms=pol.segment_move_cost_ms)
         except InfeasibleError as e:
             if not self._compute_scale:
                 raise
@@ -205,7 +205,7 @@ class Adapter:
             # are busy with other work): the re-plan takes the link figures alone, the log says why
             entry["compute_scale_dropped"] = str(e).split(". To fix")[0][:300]
             self._compute_scale = {}
-            new = self.replanner(spec, pol.replan_time_limit_s, current=self.plan, move_cost_ms=pol.move_cost_ms)
+            new = self.replanner(spec, pol.replan_time_limit_s, current=self.plan, move_cost_ms=pol.segment_move_cost_ms)
         entry["replan_s"] = round(time.perf_counter() - t, 3)
         entry["replan_status"] = new.status
         if new.move_cost_ms:

@@ -91,3 +91,26 @@ def test_plan_from_an_old_plan_charges_moves_on_the_command_line(squeezenet_rand
     code, _, err = cli("plan", str(tmp_path / "app.yaml"), "--fleet", str(tmp_path / "slow.yaml"), "--from",
                        str(tmp_path / "old.json"), "--move-cost", "-1", *common)
     assert code == 2 and "--move-cost" in err and "Traceback" not in err, err
+
+
+def test_a_replan_leaves_out_classes_that_run_elsewhere_and_share_nothing(squeezenet_random, tmp_path):
+    from tierplan.planner.adaptpolicy import replan_scope
+    from tierplan.spec import FleetSpec
+    fleet = FleetSpec.model_validate({
+        "sites": {"phone": {"tier": "edge", "device": "galaxy-a54", "count": 1, "attach": "gw", "link": "radio"},
+                  "watch": {"tier": "edge", "device": "pixel-8", "count": 1, "attach": "gw", "link": "thin"},
+                  "gw": {"tier": "base_station", "device": "mec-t4", "count": 1}},
+        "links": {"radio": {"uplink_mbps": 1000, "downlink_mbps": 1000, "rtt_ms": 4},
+                  "thin": {"uplink_mbps": 0.05, "downlink_mbps": 0.05, "rtt_ms": 400}}})
+    plan = plan_app(_app(squeezenet_random), fleet, time_limit_s=2, pieces_dir=tmp_path / "pieces")
+    assert set(plan.per_class["watch"].values()) == {"watch"}           # all on the watch: shares nothing
+    spec = observed_fleet(plan, {"link:phone:up_mbps": 20.0})
+    assert sorted(replan_scope(plan, spec, None).sites) == ["gw", "phone", "watch"]
+    scoped = replan_scope(plan, spec, ["phone"])
+    assert sorted(scoped.sites) == ["gw", "phone"]
+    assert sorted(replan_scope(plan, spec, ["watch"]).sites) == ["gw", "phone", "watch"]   # phone uses gw
+    replan = Replanner(plan, tmp_path / "replan").prepare()
+    small = replan(scoped, 2.0, move_cost_ms=0.0)
+    assert sorted(small.per_class) == ["phone"]
+    assert predicted(small, ["phone"])["phone:label"] == pytest.approx(
+        predicted(replan(spec, 2.0, move_cost_ms=0.0), ["phone"])["phone:label"], rel=0.02)

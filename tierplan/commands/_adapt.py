@@ -19,8 +19,9 @@ def adapt_option():
 def adapt_policy_option():
     return typer.Option("", "--adapt-policy", metavar="KEY=VALUE[,...]", help=(
         "Thresholds of --adapt: threshold (relative drift), min-effect (ms a drift must change a request by), "
-        "sustain and window (s), margin (share a re-plan must gain), move-cost (ms per moved piece in the adopt rule, "
-        "per moved segment in the re-plan's objective), "
+        "sustain and window (s), compute-threshold, compute-sustain and compute-window (the same for compute times), "
+        "margin (share a re-plan must gain), move-cost (ms per moved piece in the adopt rule), segment-move-cost "
+        "(ms per moved segment in the re-plan's objective), "
         f"replan-limit (s), cooldown (s), tick (s). Defaults: {_DEFAULTS}."))
 
 
