@@ -164,12 +164,13 @@ def _frame(kind: int, body: bytes) -> bytes:
 
 
 _OK_FRAME = _frame(_KIND_OK, b"")
+_ACK_OK = pb.Ack(ok=True)    # shared: nobody changes an ack after it is made
 
 
 def _ack(kind: int, body: bytes | bytearray) -> pb.Ack:
     """The pb.Ack a reply frame stands for; LocalCallError for an error reply."""
     if kind == _KIND_OK:
-        return pb.Ack(ok=True)
+        return _ACK_OK
     if kind == _KIND_REFUSED:
         return pb.Ack(ok=False, error=bytes(body).decode())
     code_name, _, details = bytes(body).decode().partition("\n")

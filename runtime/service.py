@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from tierplan.planner.plan import Plan
 from tierplan.runtime.fleetrun import ClassRun, split_node
 from tierplan.runtime.graph import SINK_PREFIX, ExecGraph, branch_weight
 from tierplan.runtime.links import LinkEmulator
+from tierplan.runtime.metrics import Counter, Histogram  # cheap per-request updates, same exposition
 from tierplan.runtime.localwire import LocalServer
 from tierplan.runtime.proto import runtime_pb2 as pb
 from tierplan.runtime.proto import runtime_pb2_grpc as pbg
@@ -115,8 +116,9 @@ class _Pending:
         self.deadline_s = deadline_s
         self.t0 = time.perf_counter()
         self.items: dict[str, dict[str, dict | None]] = {s: {} for s in sinks}
-        self.weight: dict[str, Fraction] = {s: Fraction(0) for s in sinks}
+        self.weight: dict[str, Fraction | int] = {s: 0 for s in sinks}
         self.steps: list = []
+        self._seen: set[tuple] = set()  # steps already in `steps` (fan-out items repeat their common past)
         self.error = ""
         self.latency_ms = 0.0
         self.done = threading.Event()
@@ -127,9 +129,12 @@ class _Pending:
             if self.done.is_set() or d.dst not in self.items or d.branch in self.items[d.dst]:
                 return    # late, unknown, or a branch an earlier attempt already delivered
             self.items[d.dst][d.branch] = None if d.empty else d.tensors
-            self.weight[d.dst] += branch_weight(d.branch)
+            self.weight[d.dst] += branch_weight(d.branch) if d.branch else 1
+            seen = self._seen
             for step in d.trace:
-                if step not in self.steps:
+                key = (step[0], step[1], step[2])
+                if key not in seen:
+                    seen.add(key)
                     self.steps.append(step)
             if all(w >= 1 for w in self.weight.values()):
                 self._finish()
@@ -299,6 +304,8 @@ class Service:
         self.actors: dict[str, Any] = {}      # Ray site -> actor handle
         self.cluster: LocalCluster | None = None   # when the deployment uses one
         self._needed_sites: dict[tuple[str, ...], set[str]] = {}
+        self._sinks_of: dict[tuple[str, ...], list[str]] = {}   # sources fed -> the sinks they reach
+        self._sinks_graph = self.graph                           # the graph `_sinks_of` was worked out on
 
     # ------------------------------------------------------------------ lifecycle
     def _server(self) -> grpc.Server:
@@ -607,11 +614,18 @@ class Service:
         feeds = self._source_tensors(inputs, cls, prefix)
         rid = f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
         deadline_s = time.time() + (timeout_s or self.request_timeout_s)
-        p = _Pending(rid, self.graph.sinks_reached(list(feeds)), deadline_s)
+        key = tuple(feeds)
+        if self._sinks_graph is not self.graph:    # a new plan's graph (runtime.livemove): start afresh
+            self._sinks_of, self._sinks_graph = {}, self.graph
+        sinks = self._sinks_of.get(key)
+        if sinks is None:     # worked out once per set of sources (graph walks cost tens of microseconds)
+            sinks = self._sinks_of[key] = self.graph.sinks_reached(list(feeds))
+        p = _Pending(rid, sinks, deadline_s)
         p.device_class = cls
         p.prefix = prefix
         needed = self._needed(list(p.items))
-        down = sorted(s for s in needed if not any(st.up for st in self.sites.values() if st.site == s))
+        up = {st.site for st in self.sites.values() if st.up}
+        down = sorted(needed - up)
         if down:
             errors = [st.error for st in self.sites.values() if st.site in down and st.error]
             p.fail(f"request {rid}: site(s) {', '.join(down)} down ({'; '.join(errors) or 'not ready'})")

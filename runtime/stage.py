@@ -45,13 +45,14 @@ from typing import Callable
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from tierplan.errors import InputError
 from tierplan.planner.plan import Plan
 from tierplan.runtime.graph import (DEFAULT_TRANSFORM_MODULES, ExecGraph, bind_inputs, child_branch, load_transform,
                                     select_tensors)
 from tierplan.runtime.links import LinkEmulator
+from tierplan.runtime.metrics import Counter, Gauge, Histogram  # cheap per-request updates, same exposition
 from tierplan.runtime.localwire import LocalServer, Placed, placement
 from tierplan.runtime.options import LINKS_DIR_MARKER, StageOptions, shared_links_dir  # noqa: F401 (LINKS_DIR_MARKER: re-exported)
 from tierplan.runtime.piececache import DEFAULT_CACHE_LIMIT_BYTES, PieceCache, safe_entry
