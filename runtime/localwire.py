@@ -59,8 +59,9 @@ _IDLE_PER_PEER = 16          # idle connections kept per peer (one per concurren
 _PEERCRED = struct.Struct("3i")
 _RECV_BYTES = 16 << 10       # one receive call takes any message up to this (handles, acks, small deliveries)
 _REPLY_BYTES = 4096          # a reply (ok, refusal or error message) read in one receive call
-_SWEEP_S = 0.02              # while calls wait, replies nobody reaped are read and timeouts checked this often
-_IDLE_TICK_S = 0.1           # with none waiting, the sweeper looks this often (no wake-up per call)
+_SWEEP_S = 0.1               # replies nobody reaped are read and timeouts checked this often (senders reap
+                             # on every send, so under load the sweeper finds little: a wake-up per tick, not per call)
+_SEND_TIMEOUT_S = 1.0        # longest a start_call's send may block (the socket keeps it: no syscall per call)
 
 
 def available() -> bool:
@@ -352,8 +353,7 @@ class LocalClient:
     `call` waits for the reply; `start_call` only sends. Its reply is read later, without waking
     a thread for it: each `start_call` first reaps the replies that have arrived for earlier calls
     (one `epoll_wait(0)` over this client's connections), and a sweeper thread does the same every
-    `_SWEEP_S` while calls wait (every `_IDLE_TICK_S` otherwise) and fails the calls past their
-    timeout. A stage's compute thread thus goes on with its next request at once while the peer,
+    `_SWEEP_S` and fails the calls past their timeout. A stage's compute thread thus goes on with its next request at once while the peer,
     perhaps waiting for a core on a busy host, has yet to answer (measured: 1-5 ms of such waiting
     per hop with every site on 2 shared cores), and no thread is woken per reply (a wake-up per
     hop cost more CPU than reading the 5-byte ack). An ok reaches the caller's callback at most
@@ -514,7 +514,8 @@ class LocalClient:
         msg, lease = self._message(name, sock, d, placed_ok=True)
         limit_s = time.monotonic() + max(min(deadline_s - time.time(), timeout_s), 1e-3)
         try:
-            sock.settimeout(max(limit_s - time.monotonic(), 1e-3))
+            if sock.gettimeout() != _SEND_TIMEOUT_S:   # the call's own limit is the sweeper's to enforce
+                sock.settimeout(_SEND_TIMEOUT_S)
             sock.sendall(msg)
         except OSError as e:
             self._close_sock(sock)
@@ -559,9 +560,8 @@ class LocalClient:
                 self._close_sock(sock)
 
     def _sweep_loop(self) -> None:
-        """Reap replies nobody reaped and fail the calls past their timeout, every _SWEEP_S while
-        calls wait (every _IDLE_TICK_S otherwise)."""
-        while not self._wake.wait(_SWEEP_S if self._waiting else _IDLE_TICK_S):
+        """Reap replies nobody reaped and fail the calls past their timeout, every _SWEEP_S."""
+        while not self._wake.wait(_SWEEP_S):
             self.reap()
             now = time.monotonic()
             with self._lock:
