@@ -33,7 +33,7 @@ __all__ = ["CutSpace", "cut_space", "refine", "carry_over", "segment_of_ops", "W
 
 WINDOW = 3         # candidate cuts added per chosen cut and round (the nearest to it)
 ROUNDS = 2         # refinement rounds at most (a third never gained on the examples)
-DETERMINISTIC_S = 0.7  # CP-SAT deterministic time per local solve (one worker; about a second of one idle core)
+DETERMINISTIC_S = 0.3  # CP-SAT deterministic time per local solve (one worker; the examples' first rounds prove within it)
 _MIN_ROUND_S = 0.3  # no round starts with less time left than this
 
 # model -> candidate cut positions -> the app graph with those candidates as segments
