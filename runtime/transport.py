@@ -15,6 +15,7 @@ peer sends is checked there (runtime.wire.WireError -> INVALID_ARGUMENT).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -111,10 +112,17 @@ def delivery_handlers(stream_method: str, one_method: str,
 def pick_address(peers: str | None, key: str, turn: int = 0) -> str | None:
     """One address of a site's comma-separated worker list: requests spread over a site's replicas
     by their id (the same request always starts at the same replica); `turn` moves to the next."""
-    addrs = [a for a in (peers or "").split(",") if a]
+    if peers and "," not in peers:    # one worker (every hop without replicas): no split, no hash
+        return peers
+    addrs = _addresses(peers or "")
     if not addrs:
         return None
     return addrs[(zlib.crc32(key.encode()) + turn) % len(addrs)]
+
+
+@functools.lru_cache(maxsize=256)
+def _addresses(peers: str) -> tuple[str, ...]:
+    return tuple(a for a in peers.split(",") if a)
 
 
 def rotating(peers: Callable[[], str | None], key: str) -> Callable[[], str | None]:
