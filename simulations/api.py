@@ -342,7 +342,9 @@ def simulate(plan: Plan, fleet: Fleet | FleetSpec | None = None, scenario: Scena
         for j in js:
             rfs.setdefault((j.origin, j.source), set()).update(w.rate_factor for st in j.stages for w in st.work)
             rfs[(j.origin, j.source)].update(st.lane_rate_factor for st in j.stages)
-            rate_of[(j.origin, j.source)] = j.rate_hz
+            # a run's profile: the requests it sent (its Poisson draw), not the app's nominal rate
+            sent = sc.profile.sent_hz.get(j.origin, {}) if sc.profile is not None else {}
+            rate_of[(j.origin, j.source)] = sent.get(j.source, j.rate_hz)
     keys = sorted(rfs)
     expected = sum(fl.classes[k[0]].count * rate_of[k] * sc.duration_s for k in keys)
     blocks = Blocks.for_run(sc.duration_s, expected, sc.block_requests)

@@ -80,6 +80,9 @@ class ServiceProfile:
     # the runtime's own time per step on a site's compute thread (joins, routing, the trace), beyond the
     # step's measured time, per site ("*": any other site): it holds the site, so requests queued there wait
     glue_ms: dict[str, float] = field(default_factory=dict)
+    # the requests a run sent per device of each class and source, per second (its Poisson draw, not the
+    # app's nominal rate: seed 0 sends flagship_phones 76 text requests in 60 s where 1 Hz means 60)
+    sent_hz: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.correlation <= 1.0:
@@ -150,6 +153,7 @@ class ServiceProfile:
                 **({"time_shift": self.time_shift.tolist(), "time_bin_s": self.time_bin_s}
                    if self.time_shift is not None else {}),
                 **({"glue_ms": self.glue_ms} if self.glue_ms else {}),
+                **({"sent_hz": self.sent_hz} if self.sent_hz else {}),
                 "stages": {f"{n}@{s}": v.tolist() for (n, s), v in sorted(self.samples_ms.items())
                            if (n, s) != OVERHEAD_KEY}}
 
@@ -195,7 +199,25 @@ def profile_from_run(doc: Mapping, source: str = "", warmup: int = 0) -> Service
         prof.glue_ms["*"] = float(cost.get("step_ms") or 0.0) + float(cost.get("run_ms") or 0.0)
     prof.batch_wait_ms = {str(r["site"]): float(r["batch_wait_ms"]) for r in doc.get("site_rows") or []
                           if isinstance(r, dict) and r.get("site") and r.get("batch_wait_ms") is not None}
+    prof.sent_hz = _sent_hz(doc, [t.t_s for t in traces])
     return prof
+
+
+def _sent_hz(doc: Mapping, sent: Sequence[float | None]) -> dict[str, dict[str, float]]:
+    """Requests per second and device that a run sent for each class and source: each report row's
+    requests over the run's sending time (its last send, from the traces' times) and devices."""
+    times = [t for t in sent if t is not None]
+    span = max(times, default=0.0)
+    if len(times) < _MIN_PAIRS or span <= 0:
+        return {}
+    per_device = max(1, int(doc.get("devices_per_class") or 1))
+    out: dict[str, dict[str, float]] = {}
+    for row in doc.get("classes") or []:
+        if isinstance(row, dict) and row.get("sources") and row.get("requests"):
+            for src in row["sources"]:
+                out.setdefault(str(row.get("device_class") or ""), {})[str(src)] = \
+                    float(row["requests"]) / span / per_device
+    return out
 
 
 def as_run(plan, path: str | Path | None):
@@ -259,7 +281,8 @@ def load_profile(path: str | Path) -> ServiceProfile:
                               {str(k): float(v) for k, v in (doc.get("batch_wait_ms") or {}).items()},
                               None if doc.get("time_shift") is None else np.asarray(doc["time_shift"], dtype=np.float64),
                               float(doc.get("time_bin_s", TIME_BIN_S)),
-                              {str(k): float(v) for k, v in (doc.get("glue_ms") or {}).items()})
+                              {str(k): float(v) for k, v in (doc.get("glue_ms") or {}).items()},
+                              {str(c): {str(k): float(v) for k, v in d.items()} for c, d in (doc.get("sent_hz") or {}).items()})
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{p}: not a service profile ({e.__class__.__name__}: {e}); expected "
                          f"{{'correlation': RHO, 'stages': {{'node@site': [ms, ...]}}}}") from None

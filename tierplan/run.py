@@ -74,6 +74,7 @@ class ClassRow:
     slo_ms: float | None
     slo_met: bool | None                     # measured p95 within the SLO (here, on this machine)
     plan_meets_slo: bool | None              # the plan's verdict for the class's devices
+    sources: list[str] = field(default_factory=list)   # the plan's sources these requests fed
 
 
 @dataclass
@@ -694,7 +695,8 @@ def _class_rows(plan: Plan, streams: list[Stream], done: list[_Done], per: dict[
         slo = min(slos) if slos else None
         p95 = _pct(acc["lat"], 95)
         cov = plan.coverage.get(cls)
-        rows.append(ClassRow(device_class=cls, sinks=names, requests=sum(1 for d in done if d.stream == k),
+        rows.append(ClassRow(device_class=cls, sinks=names, sources=list(st.sources),
+                             requests=sum(1 for d in done if d.stream == k),
                              failed=sum(1 for d in done if d.stream == k and d.trace is None), rate_hz=st.rate_hz,
                              measured_p50_ms=_pct(acc["lat"], 50), measured_p95_ms=p95,
                              predicted_local_p50_ms=_pct(acc["local"], 50),

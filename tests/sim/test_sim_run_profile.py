@@ -196,3 +196,22 @@ def test_without_one_site_requests_the_per_step_work_is_the_runtimes_probe():
     prof = profile_from_run({**_report(), "overhead": {"step_ms": 0.02, "run_ms": 0.03, "hop_ms": 0.25}})
     assert prof.glue_at("cloud") == pytest.approx(0.05) and prof.glue_at("bs") == pytest.approx(0.05)
     assert profile_from_run(_report()).glue_ms == {}
+
+
+def test_the_simulated_rates_are_the_requests_the_run_sent():
+    """A run sends its Poisson draw, not the nominal rate: 30 requests of the phones' x in 10 s on 2 devices each
+    is 1.5 per second and device (nominal 4); the profile keeps it and the simulator offers that load."""
+    from tierplan.simulations.api import simulate
+    doc = _report()
+    for i, t in enumerate(doc["traces"]):
+        t["t_s"] = i * 10.0 / (len(doc["traces"]) - 1)
+    doc["classes"] = [{"device_class": "phone", "sources": ["x"], "requests": 30},
+                      {"device_class": "tablet", "sources": ["x"], "requests": 12}]
+    prof = profile_from_run(doc)
+    assert prof.sent_hz == {"phone": {"x": pytest.approx(1.5)}, "tablet": {"x": pytest.approx(0.6)}}
+    from sim_builders import make_fleet, make_plan
+
+    from tierplan.simulations.calibration import ServiceProfile
+    sent = ServiceProfile({}, 0.0, sent_hz={"cams": {"camera": 1.0}})   # make_plan's cameras: nominal 5 Hz
+    rep = simulate(make_plan(), make_fleet(), profile=sent, strategies=["optimal"], duration_s=100)
+    assert rep.strategies["optimal"].requests == pytest.approx(20 * 1.0 * 100, rel=0.1)
