@@ -264,7 +264,7 @@ def _print_cuts(con, rows: list[dict]) -> None:
                     "candidate near its cuts; best = the lower of it and the default; gap = default / best - 1; "
                     "unrefined = the default's optimum on its 16 candidates; before = cut beforehand into max_pieces)",
               title_justify="left")
-    for col in ("case", "reference", "ref (48 proven)", "ref refined", "ref status", "unrefined", "default",
+    for col in ("case", "reference", "ref (48 cand.)", "ref refined", "ref status", "unrefined", "default",
                 "pieces", "status", "gap", "before", "before gap", "default s", "proof s", "load"):
         t.add_column(col, justify="left" if col in ("case", "reference", "status", "ref status") else "right")
     for r in rows:
