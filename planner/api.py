@@ -55,7 +55,8 @@ _TIE_SHARE = 0.25      # of a solve's limit at most for breaking ties, after the
 _ASSEMBLY_SHARE = 0.05  # of the time limit, kept for evaluating and assembling the plan
 _EXPLAIN_S = 0.15       # kept per SLO sink of a not-covered class for its best-latency solve ...
 _EXPLAIN_MAX_SHARE = 0.1  # ... at most this share of the time limit in all
-_REFINE_SHARE = 0.3     # of the time limit at most for refining the chosen cuts (planner.refine)
+_REFINE_SHARE = 0.3     # of the time limit at most for refining the chosen cuts (planner.refine) ...
+_REFINE_FLOOR_S = 1.5   # ... but at least this, even past the limit
 
 # model -> positions to cut it at (the planner's choice among the candidates) -> the app graph cut there
 Regroup = Callable[[Mapping[str, tuple[int, ...]]], nx.DiGraph]
@@ -419,14 +420,17 @@ def _refine(run: _Run, r: SolveResult, main: Problem, space: CutSpace | None,
         problem = with_move_cost(problem, by_default, run.from_plan, run.move_cost_ms)
         return replace(problem, budget_uusd_h=main.budget_uusd_h), info
 
-    end = time.perf_counter() + _REFINE_SHARE * run.time_limit_s
     def judge(graph: nx.DiGraph, info: BuildInfo, problem: Problem, result: SolveResult) -> int | None:
         _, merged, _, placed = _regroup(run, result, problem, regroup, graph, info)
         ev = evaluate(merged, placed.assignment, placed.levels)
         return ev.objective if ev.feasible else None
 
+    # its share of the limit, what the limit leaves, but at least _REFINE_FLOOR_S: on a busy machine
+    # the phases above may spend the whole limit, and the first round (one deterministic local solve)
+    # is what keeps the plan the same there as on an idle machine
+    end = time.perf_counter() + max(_REFINE_FLOOR_S, min(_REFINE_SHARE * run.time_limit_s, _solve_left(run)))
     graph, info, problem, r2, run.refined = refine(run.graph, run.info, main, r, space, rebuild,
-                                                   lambda: min(_solve_left(run), end - time.perf_counter()), judge)
+                                                   lambda: end - time.perf_counter(), judge)
     return graph, info, r2, problem
 
 
