@@ -20,7 +20,7 @@ ONNX model, cuts chosen by CP-SAT, then refined among every candidate near them 
 planner.refine, max_pieces after the choice) against a reference: one piece per layer for the
 24-layer AlexNet profile (tests/planner/data/alexnet24_app.yaml, phone -> cloud at the five
 uplinks); for the bundled ONNX examples the best plan over candidate cuts (<= 4 tensors) this run
-finds: 48 candidates per model proven optimal (60 s), then refined the same way, or the default
+finds: 48 candidates per model proven optimal (120 s limit), then refined the same way, or the default
 plan when that is lower (so gap >= 0 there). Every candidate cut (161-358 segments per model) is
 not a usable reference: CP-SAT returns neither a plan nor a bound in 60 s on it, even hinted with
 the default plan (read-text cost, load 4.5). The older default (cut beforehand at the cheapest
@@ -192,7 +192,8 @@ def _cut_row(name: str, app, fleet, objective: str, cm, reference, ref_name: str
         from tierplan.partition.app_graph import build_app_graph
         kw = {"regroup": lambda cuts: build_app_graph(refine_app, None, cuts=cuts),
               "refine_cuts": cut_space(refine_app, None)}
-    ref = plan_graph(reference(app), _resolve(fleet), cm, objective=objective, time_limit_s=6 * GOAL_S,
+    ref = plan_graph(reference(app), _resolve(fleet), cm, objective=objective,
+                     time_limit_s=(12 if refine_app is not None else 6) * GOAL_S,
                      slo={s.sink: SloTarget(s.latency_ms, s.percentile) for s in app.slo},
                      with_baselines=False, analyse_uncovered=False, **kw)
     ref_wall = time.perf_counter() - t1
