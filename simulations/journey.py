@@ -60,6 +60,7 @@ class Stage:
     label: str = ""
     lane: int = -1                  # >= 0: the fan-out item this copy carries (runs when the request has more)
     lane_rate_factor: float = 1.0   # the fan-out's rate factor (invocations per request) for a lane
+    result: bool = False            # link: the last hop (with a delay) of a result's delivery to its sink
 
     @property
     def expected_runs(self) -> float:
@@ -251,7 +252,11 @@ def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_m
             gi = group_of[u]
             last: tuple[int, ...] = (group_stage[gi],)
             if groups[gi][0] != site[n]:
+                first = len(stages)
                 last = transfer(groups[gi][0], site[n], last, (Work(g.edges[u, n]["nbytes"], rf(u)),), f"->{name}")
+                hop = next((st for st in reversed(stages[first:]) if not st.shared), None)
+                if hop is not None:
+                    stages[hop.index] = replace(hop, result=True)
             done.extend(last)
         sinks[name] = tuple(done)
     stages, sinks = _lanes(stages, sinks)

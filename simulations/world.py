@@ -531,6 +531,11 @@ class World:
                 if not st.preds:  # a root of the request: its dispatch overhead before it moves on
                     prev = delay[st.index]
                     delay[st.index] = overhead if prev is None else prev + overhead
+        if self.profile is not None and self.profile.result_delay_ms is not None:   # drawn last, as the overhead
+            late = np.quantile(self.profile.result_delay_ms, rng.uniform(0.0, 1.0, n))   # one per request
+            for st in journey.stages:
+                if st.result and delay[st.index] is not None:
+                    delay[st.index] = delay[st.index] + late
         return StageDraws(work, runs, delay)
 
     @staticmethod

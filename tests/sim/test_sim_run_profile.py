@@ -215,3 +215,28 @@ def test_the_simulated_rates_are_the_requests_the_run_sent():
     sent = ServiceProfile({}, 0.0, sent_hz={"cams": {"camera": 1.0}})   # make_plan's cameras: nominal 5 Hz
     rep = simulate(make_plan(), make_fleet(), profile=sent, strategies=["optimal"], duration_s=100)
     assert rep.strategies["optimal"].requests == pytest.approx(20 * 1.0 * 100, rel=0.1)
+
+
+def test_late_results_are_measured_on_the_least_jittery_route_and_delay_every_result_of_a_request_alike():
+    """Each request's last transfer is its result: per route, how much later than the route's median it came
+    (late ones only), from the route whose late tail is shortest; the simulator adds one such draw per request to
+    its results' last hop (the request's four crops' results share it), and to nothing else."""
+    from sim_builders import make_fleet, make_plan
+
+    from tierplan.simulations.calibration import ServiceProfile, result_delays
+    calm = [10.0 + (i % 5) * 0.1 for i in range(20)]
+    late = [10.0] * 18 + [40.0, 60.0]
+    noisy = [10.0 + 20.0 * (i % 2) for i in range(20)]
+    x = result_delays({"a->cloud": late, "b->cloud": noisy, "c->cloud": calm[:5]})
+    assert x is not None and sorted(x.tolist())[-2:] == [30.0, 50.0] and np.median(x) == 0.0
+    assert result_delays({}) is None
+    plan, fleet = make_plan(assign={"det/p0": "cams", "det/p1": "cams", "cls/p0": "bs"}), make_fleet()
+    base = simulate_sink(plan, fleet, ServiceProfile({}, 0.0))
+    slow = simulate_sink(plan, fleet, ServiceProfile({}, 0.0, result_delay_ms=np.full(10, 30.0)))
+    assert slow.p50_ms - base.p50_ms == pytest.approx(30.0, abs=0.5)
+
+
+def simulate_sink(plan, fleet, profile):
+    from tierplan.simulations.api import simulate
+    rep = simulate(plan, fleet, profile=profile, strategies=["optimal"], duration_s=20, service_cv=0.0)
+    return next(iter(rep.strategies["optimal"].sinks.values()))
