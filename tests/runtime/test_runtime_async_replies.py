@@ -86,3 +86,42 @@ def test_refusal_and_silence_reach_the_callback_as_failures():
         client.close()
         refuse.stop()
         silent.stop()
+
+
+def test_calls_in_turn_share_one_connection_once_each_ack_is_reaped():
+    """No thread waits for an ack: it is reaped (by the sweeper, or the next start_call), the callback
+    runs, and the connection goes back idle for the next call."""
+    peer = _Peer(lambda d: pb.Ack(ok=True))
+    client = LocalClient()
+    try:
+        for i in range(20):
+            (ack, error), _ = _call(client, peer, np.full(8, i, np.float32))
+            assert error is None and ack.ok
+        assert len(peer.got) == 20 and [int(d.tensors["t"][0]) for d in peer.got] == list(range(20))
+        with peer.server._lock:
+            assert len(peer.server._conns) == 1, "each call after the first reuses the reaped connection"
+    finally:
+        client.close()
+        peer.stop()
+
+
+def test_an_idle_connection_whose_peer_went_away_is_dropped():
+    """A peer that stops closes its connections; the sweeper sees the idle one readable and closes it."""
+    peer = _Peer(lambda d: pb.Ack(ok=True))
+    client = LocalClient()
+    try:
+        (ack, error), _ = _call(client, peer, np.ones(4, np.float32))
+        assert ack.ok
+        deadline = time.monotonic() + 5
+        while not any(client._idle.values()) and time.monotonic() < deadline:   # the ack reaped: idle again
+            time.sleep(0.02)
+        assert any(client._idle.values())
+        peer.stop()
+        while any(client._idle.values()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not any(client._idle.values()), "the dead peer's connection stayed idle"
+        assert not client.start_call(peer.address, Delivery("r2", "a", "b", {"t": np.ones(4, np.float32)},
+                                                            deadline_unix_ms=(time.time() + 5) * 1e3),
+                                     time.time() + 5, 1.0, lambda a, e: None)   # nobody listens: not sent
+    finally:
+        client.close()
