@@ -9,8 +9,9 @@ p50 must be within 15% of it.
 Measured (2 shared vCPUs): the two-detector app 1.11-1.12 (the sum model 2.24) at load averages 2-3;
 examples/two-detectors (one detector on the dashcam, the other on the roadside unit) 1.04, 1.11 and
 1.07 at 2.5, 4.1 and 8.4 (1.25 before the stage worker sent a branch to its other site before running
-the local one). The two-detector app on one phone read 1.20 and 1.43 at loads 6.9-7.2: under that
-load its frames' feed waits for the phone's busy compute thread (queueing, which this leaves out).
+the local one). The two-detector app on one phone read 1.20 and 1.43 at loads 6.9-7.2 at its sources' rate: under
+that load its frames' feed waits for the phone's busy compute thread (queueing, which this leaves
+out), so it runs with --sequential (one request after another, no queueing).
 smart-city's camera classes were 0.92-1.13 at a load of 1.1 but 0.99-1.44 at 4.9 (legacy_cams, whose
 frames queue at the base station it shares: queueing, which this comparison leaves out), so it is
 not asserted here; read-text's text sinks were 1.03-1.10 at 4.3, its 1.5 ms speech requests 4x
@@ -68,10 +69,10 @@ links:
 """
 
 
-def _run(example: str, tmp_path: Path) -> tuple[Plan, dict]:
+def _run(example: str, tmp_path: Path, *extra: str) -> tuple[Plan, dict]:
     plan_path = tmp_path / "plan.json"
     r = subprocess.run([sys.executable, "-m", "tierplan", "run", example, "--duration", "15", "--json",
-                        "--no-progress", "--plan-out", str(plan_path)],
+                        "--no-progress", "--plan-out", str(plan_path), *extra],
                        capture_output=True, text=True, cwd=REPO,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))),
                        timeout=540)
@@ -100,7 +101,9 @@ def test_two_branches_on_one_site_run_one_after_another_as_planned(tmp_path: Pat
     (tmp_path / "twins").mkdir()
     (tmp_path / "twins" / "app.yaml").write_text(twin_app_yaml(model, "frame", [1, 320, 320, 3], "uint8"))
     (tmp_path / "twins" / "fleet.yaml").write_text(TWINS_FLEET)
-    plan, report = _run(str(tmp_path / "twins"), tmp_path)
+    # one request after another: what is checked is that one site runs a request's branches one at a
+    # time; at the sources' rate a loaded machine adds queueing behind the busy phone (1.20-1.43)
+    plan, report = _run(str(tmp_path / "twins"), tmp_path, "--sequential")
     assert plan.latency_semantics.startswith("overlap")
     _assert_within(_ratios(plan, report, "overlap"), plan, report)
     assert len(set(plan.per_class["phones"].values())) == 1     # both branches on one site (the uplink is slow)
