@@ -72,6 +72,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from tierplan.cachedir import user_cache_dir
 from tierplan.spec import DeviceSpec, Precision
 
 __all__ = ["CpuIdentity", "HostInfo", "cache_dir", "cpu_identity", "parse_cpu_identity", "detect_host", "local_device", "clear_cache",
@@ -118,12 +119,9 @@ _ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8"
 
 
 def cache_dir() -> Path:
-    """tierplan's per-user cache: $TIERPLAN_CACHE (as partition.api), else $XDG_CACHE_HOME/tierplan, else
-    ~/.cache/tierplan; never the package or the source tree."""
-    if os.environ.get("TIERPLAN_CACHE"):
-        return Path(os.environ["TIERPLAN_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tierplan"
+    """tierplan's per-user cache (tierplan.cachedir: $TIERPLAN_CACHE, else $XDG_CACHE_HOME/tierplan, else
+    ~/.cache/tierplan); never the package or the source tree."""
+    return user_cache_dir()
 
 
 # ----------------------------------------------------------------------------- identity

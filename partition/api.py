@@ -12,6 +12,8 @@ from typing import Mapping, Sequence
 import networkx as nx
 import numpy as np
 
+from tierplan.cachedir import user_cache_dir
+from tierplan.partition.cachetrim import touch, trim
 from tierplan.partition.candidates import candidate_cuts, cuts_at
 from tierplan.partition.cuts import Cut, Partition, coarsen, partition_from_cuts, topological_order
 from tierplan.partition.extract import VerifyResult, build_pieces, verify_pieces, write_pieces
@@ -42,9 +44,9 @@ class PartitionResult:
 
 
 def cache_root() -> Path:
-    """Where partition results are cached: $TIERPLAN_CACHE/partition (default ~/.cache/tierplan)."""
-    base = os.environ.get("TIERPLAN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tierplan")
-    return Path(base) / "partition"
+    """Where partition results are cached: <user cache>/partition (tierplan.cachedir: $TIERPLAN_CACHE,
+    else $XDG_CACHE_HOME/tierplan, else ~/.cache/tierplan), trimmed by partition.cachetrim."""
+    return user_cache_dir() / "partition"
 
 
 def tensor_to_dict(t: TensorInfo) -> dict:
@@ -158,6 +160,7 @@ def partition_model(path: str | Path, max_pieces: int = DEFAULT_MAX_PIECES, out_
         hit = _cached(out, key, verify)
         if hit is not None:
             manifest, pieces = hit
+            touch(out)
             v = manifest.get("verify") or {}
             vr = (VerifyResult(v["max_abs_diff"], v.get("max_rel_diff", v["max_abs_diff"]), tuple(v.get("outputs", ())))
                   if v.get("max_abs_diff") is not None else None)
@@ -180,6 +183,8 @@ def partition_model(path: str | Path, max_pieces: int = DEFAULT_MAX_PIECES, out_
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
     tmp.replace(out / "manifest.json")
+    if out_dir is None:
+        trim(cache_root(), keep=out)
     return PartitionResult(model=name, pieces=pieces, manifest=manifest, out_dir=out, graph=G, partition=part,
                            verify=vr, cached=False)
 

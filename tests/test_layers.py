@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # folder -> (subpackage under tierplan, layer rank)
 FOLDERS = {"partition": 1, "devices": 2, "planner": 3, "runtime": 4, "simulations": 4}
 TOP = 9                      # tierplan.cli, tierplan.commands, tierplan (the public API)
-GROUND = {"spec", "loader", "validate", "errors", "transforms", "console", "logs", "docs"}
+GROUND = {"spec", "loader", "validate", "errors", "transforms", "console", "logs", "docs", "cachedir"}
 
 
 def _layer(module: str) -> tuple[int, str]:
