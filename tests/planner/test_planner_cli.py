@@ -116,3 +116,17 @@ def test_max_coverage_keeps_a_plan_that_already_covers_everyone(tmp_path: Path) 
     a, b = json.loads(plain.stdout), json.loads(cover.stdout)
     assert b["status"] == "optimal" and b["assignment"] == a["assignment"]
     assert b["objective"] == a["objective"]
+
+
+def test_plan_a_folder_uses_its_fleet_yaml(tmp_path: Path) -> None:
+    """`tierplan plan FOLDER` plans FOLDER/app.yaml on FOLDER/fleet.yaml (as run and simulate take an
+    example folder); a folder without fleet.yaml exits 2 saying to add --fleet."""
+    app = _app(tmp_path)
+    (tmp_path / "fleet.yaml").write_text((DATA / "planner_fleet.yaml").read_text())
+    r = _run(str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["per_class"]
+    (tmp_path / "fleet.yaml").unlink()
+    r = _run(str(app))
+    assert r.returncode == 2
+    assert "no fleet given" in r.stderr and "--fleet" in r.stderr and "Traceback" not in r.stderr

@@ -1,4 +1,4 @@
-"""`tierplan plan APP --fleet FLEET`: place the app's pieces on the fleet (CP-SAT) and show why."""
+"""`tierplan plan APP [--fleet FLEET]`: place the app's pieces on the fleet (CP-SAT) and show why."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def _device_name(site) -> str | None:
 def register(app: typer.Typer) -> None:
     @app.command("plan")
     def plan_cmd(
-        app_path: Path = typer.Argument(..., metavar="APP", help="app.yaml"),
-        fleet_path: Path = typer.Option(..., "--fleet", help="fleet.yaml"),
+        app_path: Path = typer.Argument(..., metavar="APP", help="app.yaml, or a folder holding app.yaml (and fleet.yaml)."),
+        fleet_path: Path = typer.Option(None, "--fleet", help="fleet.yaml (default: the one beside app.yaml)."),
         objective: str = typer.Option(None, "--objective", help="cost, latency or energy (default: app.yaml's)."),
         out: Path = typer.Option(None, "--out", help="Write plan.json here."),
         html: Path = typer.Option(None, "--html", help="Write a self-contained plan.html here."),
@@ -75,7 +75,13 @@ def register(app: typer.Typer) -> None:
 
         if objective is not None and objective not in ("cost", "latency", "energy"):
             raise InputError(f"--objective: {objective!r} is not one of cost, latency, energy")
+        if app_path.is_dir():
+            app_path = app_path / "app.yaml"
         spec = load_app(app_path)
+        if fleet_path is None:
+            if not (app_path.parent / "fleet.yaml").is_file():
+                raise InputError(f"{app_path}: no fleet given and no fleet.yaml beside it. To fix: add --fleet fleet.yaml")
+            fleet_path = app_path.parent / "fleet.yaml"
         fleet = load_fleet(fleet_path)
         check(spec, fleet, app_path=app_path, fleet_path=fleet_path, catalog=load_catalog())
         shown = progress_wanted(show_progress, as_json)
