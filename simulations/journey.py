@@ -3,10 +3,13 @@
 A journey is what one request from one source on one producing site class (an edge device class,
 usually) goes through under one strategy:
 
-- compute stages: a maximal run of the app DAG's nodes placed on one site class, in a topological
-  order that keeps same-site nodes together. One site runs a request's pieces one after another
-  (an inference engine does not run two of them in parallel for free), so a run is one job.
-- link stages: each link a tensor crosses between two compute stages (up the attach chain, then
+- compute stages: a run of the app DAG's nodes placed on one site class, in a topological order
+  that keeps same-site nodes together. One site runs a request's pieces one after another (an
+  inference engine does not run two of them in parallel for free), so a run is one job; a node
+  that waits for a tensor from another site starts a new job (it runs when that tensor is there).
+  The runtime sends each edge's tensors as their own delivery, so a frame sent to two nodes on one
+  site crosses the link twice, back to back, and the first node runs while the second copy travels.
+- link hops: each link a tensor crosses between two compute stages (up the attach chain, then
   down), and, when the link class declares a shared `capacity_mbps`, the parent's shared side.
 - sinks: the stages whose completion delivers each result where it is wanted (back to the
   producing device by default), so a sink's latency includes the downlink delivery.
@@ -191,7 +194,11 @@ def _one(plan, g, nodes, pos, src, reach, origin, fleet, assign, rate, service_m
     group_of: dict[str, int] = {}
     groups: list[tuple[str, list[str]]] = []
     for n in order:
-        if groups and groups[-1][0] == site[n]:
+        # A node joins the site's running job unless it waits for a tensor from another site: the runtime
+        # sends each edge's tensor as its own delivery and runs a node when its inputs are there, so a
+        # detector starts on the frame's first copy while the crops' copy is still on the link.
+        remote_input = any(site[u] != site[n] for u in g.predecessors(n) if u == src or u in site)
+        if groups and groups[-1][0] == site[n] and not remote_input:
             groups[-1][1].append(n)
         else:
             groups.append((site[n], [n]))
