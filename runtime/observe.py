@@ -22,6 +22,13 @@ from send to arrival over the emulated or real route) and its `compute` steps (`
   added: a run of two such draws by chance is ~1 in 2000), in one direction, only that run of samples estimates the
   route, and the figures it feeds carry `since_s` (when the run began): the detector's sustain time
   counts from there. A step is thus flagged a few requests after it, whatever the window's length;
+- a host starved of CPU is not a slower link: each compute step's trace carries its wall and CPU
+  time, and a request whose steps on a transfer's two sites took `starved_ratio` (default 1.25) times
+  their CPU time or more waited that long for a core; its sender and receiver threads woke late
+  too, so its transfer times are discounted by that wait (a transfer off its planned time by no
+  more than the wait is read as on time) and its gaps between queued transfers are not read (a
+  loaded machine's scheduling delays read as an RTT of 104 ms for a planned 50 before). On a quiet
+  host (wall about its CPU time) nothing is discounted;
 - per piece and site: the median compute time over `compute_window_s` (at least 5 runs), against a
   reference (the first full compute window after start, since the plan's times are for the fleet's devices, not this host).
 
@@ -58,6 +65,26 @@ def _strip(node: str) -> str:
     return node
 
 
+def _site_times(steps: list[tuple[str, str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per site, the wall and the CPU time of a request's compute steps that have both (runtime.stage
+    traces a `cpu` step beside each `compute` step: wall - CPU is the time it waited for a core)."""
+    cpu_of: dict[str, float] = {}
+    for kind, name, ms in steps:
+        if kind == "cpu":
+            cpu_of[name] = cpu_of.get(name, 0.0) + ms
+    wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    seen: set[str] = set()
+    for kind, name, ms in steps:
+        if kind == "compute" and name in cpu_of:
+            site = name.rpartition("@")[2]
+            wall[site] = wall.get(site, 0.0) + ms
+            if name not in seen:      # a node's cpu steps were summed once for all its compute steps
+                seen.add(name)
+                cpu[site] = cpu.get(site, 0.0) + cpu_of[name]
+    return wall, cpu
+
+
 def transfer_sizes(exe: Plan) -> dict[str, list[int]]:
     """"a->b" (site classes) -> the sizes of the tensors the executable plan sends from a to b."""
     sites = dict(exe.assignment)
@@ -76,6 +103,7 @@ class _Sample:
     name: str
     ms: float
     request: int = 0
+    stall_ms: float = 0.0   # transfer: its request's wait for a CPU on the two sites (0: not starved)
 
 
 class Observer:
@@ -83,11 +111,13 @@ class Observer:
 
     def __init__(self, plan: Plan, exe: Plan, window_s: float = 2.0, quantile: float = 25.0, *,
                  threshold: float = 0.3, min_effect_ms: float = 10.0, min_run: int = 2,
-                 compute_window_s: float | None = None) -> None:
+                 compute_window_s: float | None = None, starved_ratio: float = 1.25) -> None:
         """`plan`: the plan as planned (its fleet gives the planned link figures); `exe`: what runs
         (runtime.fleetrun; its edges give the sizes sent between sites); `threshold`, `min_effect_ms`:
         when one transfer is off its planned time (the policy's); `min_run`: that many in a row
-        estimate a route on their own; `compute_window_s`: the compute medians' window (default `window_s`)."""
+        estimate a route on their own; `compute_window_s`: the compute medians' window (default `window_s`);
+        `starved_ratio`: wall / CPU time of a request's compute steps on a transfer's sites from which
+        the host counts as starved (its transfers discounted by the wait, see the module doc)."""
         self.fleet: Fleet = plan.fleet_model()
         self.window_s = window_s
         self.compute_window_s = window_s if compute_window_s is None else compute_window_s
@@ -95,6 +125,7 @@ class Observer:
         self.threshold = threshold
         self.min_effect_ms = min_effect_ms
         self.min_run = max(1, int(min_run))
+        self.starved_ratio = starved_ratio
         self.sizes = transfer_sizes(exe)
         self._samples: deque[_Sample] = deque()
         self._lat: deque[tuple[float, str, float]] = deque()    # (t, class, ms) per request
@@ -118,14 +149,25 @@ class Observer:
             now_s: float | None = None) -> None:
         """One finished request's steps ([kind, name, ms]); `latency_ms`: its end-to-end latency."""
         t = time.monotonic() if now_s is None else now_s
+        steps = [(str(kind), str(name), float(ms)) for kind, name, ms in steps]
+        wall, cpu = _site_times(steps)
         with self._lock:
             self._requests += 1
             for kind, name, ms in steps:
                 if kind in ("transfer", "compute"):
-                    self._samples.append(_Sample(t, kind, str(name), float(ms), self._requests))
+                    stall = self._stall(name, wall, cpu) if kind == "transfer" else 0.0
+                    self._samples.append(_Sample(t, kind, name, ms, self._requests, stall))
             if latency_ms is not None:
                 self._lat.append((t, device_class or "", float(latency_ms)))
             self._trim(t)
+
+    def _stall(self, route: str, wall: dict[str, float], cpu: dict[str, float]) -> float:
+        """The request's wait for a CPU (wall - CPU time of its compute steps) on the route's two
+        sites when they took `starved_ratio` times their CPU time or more; else 0."""
+        a, _, b = route.partition("->")
+        w = wall.get(a, 0.0) + (wall.get(b, 0.0) if b != a else 0.0)
+        c = cpu.get(a, 0.0) + (cpu.get(b, 0.0) if b != a else 0.0)
+        return w - c if c > 0 and w >= self.starved_ratio * c else 0.0
 
     def _trim(self, now_s: float) -> None:
         while self._samples and self._samples[0].t < now_s - max(self.window_s, self.compute_window_s):
@@ -155,22 +197,26 @@ class Observer:
             self._trim(t)
             per_request: dict[tuple[str, int], list[float]] = {}    # (route, request) -> its transfers
             ended: dict[tuple[str, int], float] = {}
+            stalled: dict[tuple[str, int], float] = {}              # ... -> its wait for a CPU (starved)
             for s in self._samples:
                 if s.kind == "transfer" and s.t >= t - self.window_s and (since_s is None or s.t >= since_s):
                     per_request.setdefault((s.name, s.request), []).append(s.ms)
                     ended[(s.name, s.request)] = s.t
+                    if s.stall_ms > 0:
+                        stalled[(s.name, s.request)] = s.stall_ms
             sizes = dict(self.sizes)
         by_route: dict[str, list[tuple[float, float]]] = {}    # route -> (ended, sample) in arrival order
         gaps: dict[str, list[tuple[float, float]]] = {}         # route -> (ended, gap between queued transfers)
         for (route, req), times in per_request.items():
-            if len(times) >= 2 and self._queues(route, sizes):
+            stall = stalled.get((route, req), 0.0)
+            if len(times) >= 2 and self._queues(route, sizes) and not stall:   # a starved host's gaps stretch too
                 ordered = sorted(times)
                 gaps.setdefault(route, []).extend((ended[(route, req)], y - x) for x, y in zip(ordered, ordered[1:]))
             # a request's transfers of a size that takes the link a while queue behind each other: its
             # fastest is the link's own time; tiny ones (under 1 ms of wire) do not queue: their mean
             # is the delay, which the minimum of several jittered draws would understate
-            by_route.setdefault(route, []).append(
-                (ended[(route, req)], min(times) if self._queues(route, sizes) else float(np.mean(times))))
+            ms = min(times) if self._queues(route, sizes) else float(np.mean(times))
+            by_route.setdefault(route, []).append((ended[(route, req)], self._discount(route, ms, stall, sizes)))
         run_since: dict[str, float] = {}
         for route, samples in by_route.items():
             samples.sort()
@@ -264,6 +310,14 @@ class Observer:
         noise = 3.0 * np.sqrt(2.0) * float(link.jitter_ms or 0.0) if link is not None else 0.0
         wire = float(np.median(route_gaps))
         return wire if wire > max(noise, 1.0) else None
+
+    def _discount(self, route: str, ms: float, stall_ms: float, sizes: dict[str, list[int]]) -> float:
+        """A transfer time moved towards the route's planned time by its request's wait for a CPU
+        (at most to it): the part of its deviation a starved host's late threads explain."""
+        planned = self.planned_ms(route, sizes) if stall_ms > 0 else None
+        if planned is None:
+            return ms
+        return planned + float(np.sign(ms - planned)) * max(abs(ms - planned) - stall_ms, 0.0)
 
     def planned_ms(self, route: str, sizes: dict[str, list[int]] | None = None) -> float | None:
         """The planned time of the route's (smallest) tensor: RTT/2 + bytes / goodput per link."""

@@ -165,3 +165,66 @@ def test_a_backlogged_link_is_read_from_the_gaps_between_queued_transfers():
         t += 0.5
     fig = obs.link_estimates(t)["link:phone:up_mbps"]
     assert fig.observed == pytest.approx(2.0, rel=0.2)     # the fastest crop alone reads 0.85
+
+
+def _request(obs: Observer, t: float, up_ms: float, down_ms: float, wall_over_cpu: float) -> None:
+    """One request as runtime.stage traces it: a step on the phone, the upload, the piece on the
+    gateway, the result back; each compute step's wall time beside its CPU time (`cpu`)."""
+    pre, piece = 40.0, 5.0                     # CPU ms of the phone's and the gateway's steps
+    obs.add([["compute", "pre@phone", pre * wall_over_cpu], ["cpu", "pre@phone", pre],
+             ["transfer", "phone->gw", up_ms],
+             ["compute", "m/p0@gw", piece * wall_over_cpu], ["cpu", "m/p0@gw", piece],
+             ["transfer", "gw->phone", down_ms]],
+            latency_ms=up_ms + down_ms + (pre + piece) * wall_over_cpu, device_class="phone", now_s=t)
+
+
+def _flags(obs: Observer, det: DriftDetector, t0: float, t1: float) -> list[str]:
+    flagged: list[str] = []
+    t = t0
+    while t <= t1 + 1e-9:
+        flagged += [f.key for f in det.update(t, list(obs.link_estimates(t).values()))]
+        t += 0.2
+    return flagged
+
+
+def test_a_host_starved_of_cpu_is_not_read_as_link_drift_while_a_real_step_is():
+    """Under CPU starvation the sender's and receiver's threads wake late: transfers over a 12 Mbit/s,
+    50 ms link read 60 ms slower (RTT 'doubles'), while the requests' compute steps took 3x their
+    CPU time. Those requests are not link evidence; the same delays with the steps at their CPU time
+    are (drift), and so is a real step to 2 Mbit/s, also on a host that is mildly busy."""
+    planned_up = 25.0 + 100_000 * 8 / 12e3     # 91.7 ms
+    rng = np.random.default_rng(2)
+
+    def run(starved_wall_over_cpu: float, step_wall_over_cpu: float | None) -> tuple[list[str], list[str], Observer]:
+        plan = _plan()
+        obs = Observer(plan, plan, window_s=2.0)
+        det = DriftDetector(AdaptPolicy(sustain_s=0.5))
+        t = 0.0
+        for _ in range(20):                            # quiet: on plan
+            _request(obs, t, planned_up + float(rng.normal(0, 2)), 25.0 + float(rng.normal(0, 2)), 1.02)
+            t += 0.1
+        for _ in range(20):                            # starved for 2 s: every transfer 60 ms late
+            _request(obs, t, planned_up + 60 + float(rng.normal(0, 5)), 25.0 + 60 + float(rng.normal(0, 5)),
+                     starved_wall_over_cpu)
+            t += 0.1
+        starved = _flags(obs, det, 2.0, t)
+        if step_wall_over_cpu is None:
+            return starved, [], obs
+        t0 = t
+        for _ in range(20):                            # the uplink steps down to 2 Mbit/s
+            _request(obs, t, 25.0 + 100_000 * 8 / 2e3 + float(rng.normal(0, 5)), 25.0 + float(rng.normal(0, 2)),
+                     step_wall_over_cpu)
+            t += 0.1
+        return starved, _flags(obs, det, t0, t), obs
+
+    starved, stepped, obs = run(3.0, 1.02)
+    assert starved == []                               # 60 ms late but 90 ms of the steps waited for a core
+    assert "link:phone:up_mbps" in stepped             # the real step is still read
+    assert obs.link_estimates(4.0 + 2.0)["link:phone:up_mbps"].observed == pytest.approx(2.0, rel=0.2)
+    # the same late transfers from a host whose steps ran at their CPU time: that is the link
+    blind, _, _ = run(1.02, None)
+    assert "link:phone:rtt_ms" in blind
+    # a mildly busy host (steps at 1.3x their CPU: 13.5 ms waited) still reads the 2 Mbit/s step
+    _, stepped_busy, obs = run(3.0, 1.3)
+    assert "link:phone:up_mbps" in stepped_busy
+    assert obs.link_estimates(6.0)["link:phone:up_mbps"].observed == pytest.approx(2.0, rel=0.25)
