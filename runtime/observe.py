@@ -24,11 +24,13 @@ from send to arrival over the emulated or real route) and its `compute` steps (`
   counts from there. A step is thus flagged a few requests after it, whatever the window's length;
 - a host starved of CPU is not a slower link: each compute step's trace carries its wall and CPU
   time, and a request whose steps on a transfer's two sites took `starved_ratio` (default 1.25) times
-  their CPU time or more waited that long for a core; its sender and receiver threads woke late
-  too, so its transfer times are discounted by that wait (a transfer off its planned time by no
-  more than the wait is read as on time) and its gaps between queued transfers are not read (a
-  loaded machine's scheduling delays read as an RTT of 104 ms for a planned 50 before). On a quiet
-  host (wall about its CPU time) nothing is discounted;
+  their CPU time or more waited for a core; its sender's and receiver's threads woke late too. Its
+  transfer times are moved towards the plan by the host's delay: how late its tiny transfers came
+  (no wire time, nothing to queue behind: only the links' delay and the hosts' late threads), else
+  its whole wait for a CPU on the two sites. What a link step adds beyond that delay still counts;
+  the gaps between queued transfers keep the wire time (the late threads delay each item alike). On a
+  quiet host (wall about its CPU time) nothing is discounted. Before this, a loaded machine's
+  scheduling delays read as an RTT of 104 ms for a planned 50 and moved a piece for nothing;
 - per piece and site: the median compute time over `compute_window_s` (at least 5 runs), against a
   reference (the first full compute window after start, since the plan's times are for the fleet's devices, not this host).
 
@@ -103,7 +105,7 @@ class _Sample:
     name: str
     ms: float
     request: int = 0
-    stall_ms: float = 0.0   # transfer: its request's wait for a CPU on the two sites (0: not starved)
+    stall_ms: float = 0.0   # transfer: its request's wait for a CPU on the two sites when starved (else 0)
 
 
 class Observer:
@@ -207,9 +209,18 @@ class Observer:
             sizes = dict(self.sizes)
         by_route: dict[str, list[tuple[float, float]]] = {}    # route -> (ended, sample) in arrival order
         gaps: dict[str, list[tuple[float, float]]] = {}         # route -> (ended, gap between queued transfers)
+        # a starved request's host delay: how late its tiny transfers came (no wire time, nothing to
+        # queue behind: only the links' delay and the two hosts' threads waking), else its CPU wait
+        late: dict[int, list[float]] = {}
         for (route, req), times in per_request.items():
-            stall = stalled.get((route, req), 0.0)
-            if len(times) >= 2 and self._queues(route, sizes) and not stall:   # a starved host's gaps stretch too
+            planned = self.planned_ms(route, sizes)
+            if (route, req) in stalled and planned is not None and not self._queues(route, sizes):
+                late.setdefault(req, []).append(max(float(np.mean(times)) - planned, 0.0))
+        for (route, req), times in per_request.items():
+            stall = float(np.mean(late[req])) if req in late and (route, req) in stalled else stalled.get((route, req), 0.0)
+            if len(times) >= 2 and self._queues(route, sizes):
+                # gaps: fan-out items sent back to back arrive one wire time apart (a host's late threads
+                # delay each item alike: its gaps keep the wire time)
                 ordered = sorted(times)
                 gaps.setdefault(route, []).extend((ended[(route, req)], y - x) for x, y in zip(ordered, ordered[1:]))
             # a request's transfers of a size that takes the link a while queue behind each other: its

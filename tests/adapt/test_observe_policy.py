@@ -190,12 +190,14 @@ def _flags(obs: Observer, det: DriftDetector, t0: float, t1: float) -> list[str]
 def test_a_host_starved_of_cpu_is_not_read_as_link_drift_while_a_real_step_is():
     """Under CPU starvation the sender's and receiver's threads wake late: transfers over a 12 Mbit/s,
     50 ms link read 60 ms slower (RTT 'doubles'), while the requests' compute steps took 3x their
-    CPU time. Those requests are not link evidence; the same delays with the steps at their CPU time
-    are (drift), and so is a real step to 2 Mbit/s, also on a host that is mildly busy."""
+    CPU time. Those requests' transfers are discounted by the host's delay (their tiny result's
+    lateness); the same delays with the steps at their CPU time are drift, and so is a real step to
+    2 Mbit/s, on a quiet, a mildly busy and a still starved host."""
     planned_up = 25.0 + 100_000 * 8 / 12e3     # 91.7 ms
     rng = np.random.default_rng(2)
 
-    def run(starved_wall_over_cpu: float, step_wall_over_cpu: float | None) -> tuple[list[str], list[str], Observer]:
+    def run(starved_wall_over_cpu: float, step_wall_over_cpu: float | None,
+            step_late_ms: float = 0.0) -> tuple[list[str], list[str], Observer]:
         plan = _plan()
         obs = Observer(plan, plan, window_s=2.0)
         det = DriftDetector(AdaptPolicy(sustain_s=0.5))
@@ -212,8 +214,8 @@ def test_a_host_starved_of_cpu_is_not_read_as_link_drift_while_a_real_step_is():
             return starved, [], obs
         t0 = t
         for _ in range(20):                            # the uplink steps down to 2 Mbit/s
-            _request(obs, t, 25.0 + 100_000 * 8 / 2e3 + float(rng.normal(0, 5)), 25.0 + float(rng.normal(0, 2)),
-                     step_wall_over_cpu)
+            _request(obs, t, 25.0 + 100_000 * 8 / 2e3 + step_late_ms + float(rng.normal(0, 5)),
+                     25.0 + step_late_ms + float(rng.normal(0, 2)), step_wall_over_cpu)
             t += 0.1
         return starved, _flags(obs, det, t0, t), obs
 
@@ -227,4 +229,9 @@ def test_a_host_starved_of_cpu_is_not_read_as_link_drift_while_a_real_step_is():
     # a mildly busy host (steps at 1.3x their CPU: 13.5 ms waited) still reads the 2 Mbit/s step
     _, stepped_busy, obs = run(3.0, 1.3)
     assert "link:phone:up_mbps" in stepped_busy
+    assert obs.link_estimates(6.0)["link:phone:up_mbps"].observed == pytest.approx(2.0, rel=0.25)
+    # the step while the host stays starved (every transfer 60 ms late): the result's lateness on the
+    # tiny downlink route is the host's, the upload's beyond it the link's
+    _, stepped_starved, obs = run(3.0, 3.0, step_late_ms=60.0)
+    assert set(stepped_starved) == {"link:phone:up_mbps"}     # not the RTT
     assert obs.link_estimates(6.0)["link:phone:up_mbps"].observed == pytest.approx(2.0, rel=0.25)
