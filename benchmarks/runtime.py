@@ -20,7 +20,8 @@
    site, edge -> base station, base station -> cloud, result back). Also the CPU per request of
    each set-up (one process: this process; the pipeline: the controller and the site workers)
    and one process's over the pipeline's: the req/s ratio the pipeline reaches on cores of its
-   own, which the shared machine's req/s ratio only approximates.
+   own, which the shared machine's req/s ratio only approximates; per process of the pipeline, its
+   CPU per request beside its pieces' (the traces' compute-thread CPU): the rest is the runtime's own.
 4. `tierplan run` on the examples: measured p50 against the plan's placement predicted for this
    machine, as `tierplan run` prints it ("predicted here"; goal within 15%), and the fleet's figure.
 
@@ -185,20 +186,20 @@ def _closed_loop(fn, concurrency: int, seconds: float) -> tuple[float, list[floa
     return len(lat) / (time.perf_counter() - t0), lat
 
 
-def _cpu_s(pids: list[int]) -> float:
-    """CPU seconds (user + system) so far of this process (every thread, finished ones included) and
-    of `pids` (from /proc)."""
+def _cpu_by(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process ("controller": every thread, finished ones
+    included) and of each of `pids` (from /proc)."""
     import resource
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    total = ru.ru_utime + ru.ru_stime
+    out = {"controller": ru.ru_utime + ru.ru_stime}
     tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
+    for name, pid in pids.items():
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):   # gone: its time is lost, the figure only shrinks
             continue
-    return total
+    return out
 
 
 def _pipeline_round(svc, inproc: dict, x: dict, seconds: float, repeats: int, acc: dict) -> None:
@@ -214,12 +215,22 @@ def _pipeline_round(svc, inproc: dict, x: dict, seconds: float, repeats: int, ac
         acc["pipeline"]["steps"].append(tr.steps)
     # CPU of the set-up's processes: the pipeline's controller (this process) and site workers
     # (agent and actor pids); Ray's own daemons are left out (idle: < 5% of a core here)
-    site_pids = [h["pid"] for h in svc.health().values() if h.get("pid")]
-    for name, fn in [*inproc.items(), ("pipeline", lambda: svc.predict(x))]:
-        pids = site_pids if name == "pipeline" else []
-        c0, t0 = _cpu_s(pids), time.perf_counter()
+    site_pids = {s: h["pid"] for s, h in svc.health().items() if h.get("pid")}
+    loop_steps: list = acc["pipeline"].setdefault("loop_steps", [])
+
+    def pipeline() -> None:    # predict's own path (predict drops the trace predict_traced returns)
+        loop_steps.append(svc.predict_traced(x)[1].steps)
+    for name, fn in [*inproc.items(), ("pipeline", pipeline)]:
+        pids = site_pids if name == "pipeline" else {}
+        c0, t0 = _cpu_by(pids), time.perf_counter()
         _, part = _closed_loop(fn, CONCURRENCY, seconds)
-        acc[name]["cpu_s"] = acc[name].get("cpu_s", 0.0) + _cpu_s(pids) - c0
+        c1 = _cpu_by(pids)
+        acc[name]["cpu_s"] = acc[name].get("cpu_s", 0.0) + sum(c1[k] - c0[k] for k in c1 if k in c0)
+        if name == "pipeline":   # per process: where the pipeline's CPU beyond one process's goes
+            by = acc[name].setdefault("cpu_s_by", {})
+            for k in c1:
+                if k in c0:
+                    by[k] = by.get(k, 0.0) + c1[k] - c0[k]
         acc[name]["lat"] += part
         acc[name]["t"] += time.perf_counter() - t0
 
@@ -288,6 +299,18 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
         best_cpu = min(o["cpu_ms_per_req"] for o in ones.values())
         pipe = _summary(acc["pipeline"])
         compute = statistics.median(sum(ms for k, _, ms in st if k == "compute") for st in acc["pipeline"]["steps"])
+        # per process at 8 concurrent: its CPU per request, and its pieces' (the compute thread's CPU
+        # over each piece's run, mean over the closed loop's traces): the rest is the runtime's own
+        n_lat = max(len(acc["pipeline"]["lat"]), 1)
+        piece_cpu: dict[str, float] = {}
+        loop = acc["pipeline"]["loop_steps"]
+        for st in loop:
+            for kind, where, ms in st:
+                if kind == "cpu":
+                    site = where.rsplit("@", 1)[-1]
+                    piece_cpu[site] = piece_cpu.get(site, 0.0) + ms / max(len(loop), 1)
+        pipe["cpu_by_process"] = {k: {"cpu_ms_per_req": v / n_lat * 1e3, "pieces_cpu_ms": piece_cpu.get(k, 0.0)}
+                                  for k, v in acc["pipeline"].get("cpu_s_by", {}).items()}
         pipe.update({
             "per_hop_ms": (pipe["p50_ms"] - best_p50 - bytes_ms) / HOPS_PER_REQUEST,
             "per_hop_raw_ms": (pipe["p50_ms"] - best_p50) / HOPS_PER_REQUEST,
@@ -392,6 +415,12 @@ def _print(res: dict) -> None:
                       _f(p.get("cpu_ratio"), ".2f"))
         t.add_row("peer: Ray Serve, 3 deployments (DESIGN.md)", "35-40", "", "7-8", "32-43", "", "", "", "")
         con.print(t)
+        for variant in ("grpc_only", "same_host"):
+            by = s[variant]["pipeline"].get("cpu_by_process")
+            if by:
+                con.print(f"   {variant} pipeline, CPU ms per request at 8 by process (its pieces' CPU, the rest): "
+                          + "; ".join(f"{k} {v['cpu_ms_per_req']:.2f} ({v['pieces_cpu_ms']:.2f}, "
+                                      f"{v['cpu_ms_per_req'] - v['pieces_cpu_ms']:.2f})" for k, v in by.items()))
         sp = res.get("squeezenet_spread")
         if sp and sp["runs"] > 1:
             for variant in ("grpc_only", "same_host"):
