@@ -119,6 +119,7 @@ def test_example_joins_into_an_app_graph(name, tmp_path):
     assert fanned, "the crop transform's fan-out multiplies the rate of what follows it"
 
 
+@pytest.mark.slow   # plans every bundled example (CP-SAT with refinement, 3-7 s each)
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_example_has_a_plan_meeting_its_slo_everywhere(name, tmp_path):
     """Each bundled example is plannable: CP-SAT finds a placement meeting every SLO on every edge class."""

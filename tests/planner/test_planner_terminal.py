@@ -31,6 +31,7 @@ def _cells(text: str) -> set[str]:
     return out
 
 
+@pytest.mark.slow   # plans an example through the CLI (~6 s)
 def test_piped_plan_keeps_identifiers_whole_and_headers_uncut(tmp_path: Path) -> None:
     """`tierplan plan | cat` (COLUMNS=80 too): every class, piece and site is one cell on one line; no "…"."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "COLUMNS": "80"}

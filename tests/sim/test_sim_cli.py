@@ -71,6 +71,7 @@ def test_simulate_bad_input_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2 and "not found" in r.stderr
 
 
+@pytest.mark.slow   # plans smart-city first (CP-SAT, ~9 s): the fast lane stays under 3 minutes
 def test_simulate_plans_an_example_app_first():
     """Given an example folder, simulate plans it (real partitioner and CP-SAT) and replays every class."""
     r = _run(str(ROOT / "examples" / "smart-city"), "--strategies", "optimal", "--duration", "2",
