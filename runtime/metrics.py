@@ -11,6 +11,7 @@ text format (`_bucket{le=...}`, `_sum`, `_count`, `_total`), without the `_creat
 from __future__ import annotations
 
 import bisect
+from abc import ABC, abstractmethod
 import math
 import threading
 from typing import Iterator, Sequence
@@ -64,8 +65,9 @@ class _ValueChild:
         return self._value
 
 
-class _Family:
-    """One metric with labels: `labels(*values)` gives (and keeps) its child for those values."""
+class _Family(ABC):
+    """One metric with labels: `labels(*values)` gives (and keeps) its child for those values.
+    Each kind (Histogram, Counter, Gauge) says how a child is made and how it is exposed."""
 
     kind = ""
 
@@ -81,8 +83,9 @@ class _Family:
         if registry is not None:
             registry.register(_Collector(self))
 
+    @abstractmethod
     def _new_child(self):
-        raise NotImplementedError
+        """A fresh child of this kind (its counts at zero)."""
 
     def labels(self, *values: str):
         if len(values) != len(self.labelnames):
@@ -94,8 +97,9 @@ class _Family:
                 child = self._children.setdefault(key, self._new_child())
         return child
 
+    @abstractmethod
     def families(self) -> Iterator[Metric]:
-        raise NotImplementedError
+        """The prometheus_client metric families to expose at a scrape."""
 
     def _values(self, fam):
         """`fam` (a counter or gauge family) with each child's value."""
