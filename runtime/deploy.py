@@ -134,7 +134,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, manifest_root: str | 
            emulate_links: bool = True, ready_timeout_s: float = 180.0,
            replicas: int | Mapping[str, int] | None = None, allow_transforms: Sequence[str] | None = None,
            insecure: bool = False, metrics_port: int = 0, classes: Sequence[str] | None = None,
-           devices_per_class: int = 1) -> Service:
+           devices_per_class: int = 1, batch: tuple[int, float] | None = None) -> Service:
     """Start every site's worker for `plan` and return the ready Service (a context manager).
 
     `replicas`: workers per Ray site (base stations, clouds; one number for all, or per site).
@@ -151,6 +151,7 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, manifest_root: str | 
     `metrics_port`: the controller serves its Prometheus metrics on this loopback port and each
     worker started here on the next ones (Ray sites and their replicas, then edge agents, in the
     plan's site order: `describe()["metrics"]` lists them); 0 (default): free ports.
+    `batch`: (max_batch, max_wait_ms) of the batching sites instead of StageOptions' (max_batch 1: none).
     """
     if not isinstance(plan, Plan):
         plan_path = Path(plan)
@@ -179,6 +180,8 @@ def deploy(plan: Plan | str | Path, local: bool = True, *, manifest_root: str | 
     routes = route_table(fleet, [s for s in all_sites if s]) if emulate_links else {}
     options = options or StageOptions(batch_sites=tuple(s for s, t in tiers.items() if t == "cloud"),
                                       threads=local_threads(len(tiers)) if local and not agents else 0)
+    if batch is not None:
+        options = replace(options, max_batch=int(batch[0]), max_wait_ms=float(batch[1]))
     tls = TlsConfig.from_dir(tls_dir, CONTROLLER) if tls_dir else None
     if request_timeout_s is None:
         request_timeout_s = request_deadline_s(plan)

@@ -30,7 +30,7 @@ from typing_extensions import Unpack
 from tierplan.devices.fleet import Fleet, SiteClass, resolve_fleet
 from tierplan.errors import InputError
 from tierplan.planner.plan import Plan, PlanPiece
-from tierplan.simulations.batching import batch_stages
+from tierplan.simulations.batching import RUNTIME_MAX_WAIT_MS, BatchPolicy, as_run_policy, batch_stages
 from tierplan.simulations.config import Scenario, ScenarioArgs
 from tierplan.simulations.engine_fast import FastPathUnsupported, check_fast
 from tierplan.simulations.journey import Journey, compile_journeys
@@ -330,8 +330,11 @@ def simulate(plan: Plan, fleet: Fleet | FleetSpec | None = None, scenario: Scena
     slo.update(sc.slo_ms)
     compiled = {name: compile_journeys(plan, fl, fn, origins_for, rate_for, service_ms, deliver_for)
                 for name, fn in chosen.items()}
-    batched = batch_stages(sc.batching, compiled.values(), plan, fl,
-                           sc.profile.batch_wait_ms if sc.profile is not None else None)
+    ran = sc.profile.batch_caps if sc.profile is not None else None
+    policy = as_run_policy(sc.batching, ran)
+    batched = batch_stages(policy, compiled.values(), plan, fl,
+                           sc.profile.batch_wait_ms if sc.profile is not None else None,
+                           ran[1] if ran is not None else RUNTIME_MAX_WAIT_MS)
     world = World(fl, {}, sc.duration_s, sc.seed, list(sc.failures), list(sc.mobility), link_vars, sc.service_dist,
                   sc.service_cv, service_correlation=sc.service_correlation, profile=sc.profile,
                   host_cores=sc.colocate)
@@ -387,11 +390,11 @@ def simulate(plan: Plan, fleet: Fleet | FleetSpec | None = None, scenario: Scena
     if progress is not None:
         progress(len(compiled), len(compiled), "done")
     return SimReport(strategies=results, seed=sc.seed, duration_s=sc.duration_s, arrivals=sc.arrivals.label,
-                     scenario=_scenario_json(sc, batched), skipped=skipped,
+                     scenario=_scenario_json(sc, batched, policy), skipped=skipped,
                      series_step_s=sc.duration_s / _SERIES_BINS)
 
 
-def _scenario_json(sc: Scenario, batched: dict) -> dict:
+def _scenario_json(sc: Scenario, batched: dict, policy: BatchPolicy | None) -> dict:
     p = sc.profile
     return {"failures": [f"{w.kind}:{w.target}@{w.start_s:g}-{w.end_s:g}:{w.policy}" for w in sc.failures],
             "mobility": [f"{m.edge_class}:{m.share:g}@{m.start_s:g}" for m in sc.mobility],
@@ -399,6 +402,6 @@ def _scenario_json(sc: Scenario, batched: dict) -> dict:
             "dispatch": sc.dispatch, "service_correlation": sc.service_correlation,
             "profile": None if p is None else {"source": p.source, "requests": p.requests,
                                                "correlation": p.correlation, "stages": len(p.samples_ms)},
-            "colocate_cores": sc.colocate, "batching": sc.batching.label if sc.batching is not None else "off",
+            "colocate_cores": sc.colocate, "batching": policy.label if policy is not None else "off",
             "batched_stages": sorted(f"{'+'.join(n)}@{site} ({b.source})" for (site, n), b in batched.items()),
             "link_sharing": sc.link_sharing}

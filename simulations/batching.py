@@ -23,9 +23,10 @@ free first dimension on every input: partitioning binds it to 1 and the runtime 
 on batching sites (runtime.batchdim). A piece without a file or shapes cannot be deployed, so
 it does not batch. An explicit "MAX[:WAIT_MS]" batches every node not known to be fixed-size.
 "off" (or max_batch 1) never batches. A profile from `tierplan run` (`simulate --profile RUN.json`)
-says how long the run's partial batches really waited at each site: the batching thread wakes late on
+carries the caps the run deployed (`tierplan run --batch MAX:WAIT_MS`), which "auto" then uses
+(`as_run_policy`), and says how long the run's partial batches really waited at each site: the batching thread wakes late on
 a busy host (the wait is max_wait_ms plus that delay), and a wait of 3 ms instead of 2 takes smart-city's
-region_east from a mean batch of 1.15 to 1.3, so the measured delay is added to the policy's wait there.
+region_east from a mean batch of 1.15 to 1.3, so the measured delay beyond the run's own wait is added to the policy's wait there.
 
 Link sharing: "fifo" (the default) sends one transfer at a time per link direction at the full
 rate, as runtime/links.py's token bucket does (each send reserves the link from its next-free
@@ -36,14 +37,14 @@ sharing, as concurrent TCP flows roughly do).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from tierplan.simulations.journey import Journey, Stage
 from tierplan.errors import InputError
 
-__all__ = ["BatchPolicy", "BatchStage", "parse_batching", "batch_stages", "linear_ratio",
+__all__ = ["BatchPolicy", "BatchStage", "parse_batching", "as_run_policy", "batch_stages", "linear_ratio",
            "RUNTIME_MAX_BATCH", "RUNTIME_MAX_WAIT_MS", "RUNTIME_BATCH_TIER", "LINK_SHARING", "check_link_sharing",
            "stage_key", "next_batch", "batch_ms", "SAME_INSTANT_MS"]
 
@@ -107,6 +108,15 @@ def parse_batching(value: Any) -> BatchPolicy | None:
     if policy.max_batch < 1 or not math.isfinite(policy.max_wait_ms) or policy.max_wait_ms < 0:
         raise InputError(f"--batch {policy.max_batch}:{policy.max_wait_ms:g}: MAX must be >= 1 and WAIT_MS >= 0")
     return policy if policy.max_batch > 1 else None
+
+
+def as_run_policy(policy: BatchPolicy | None, ran: tuple[int, float] | None) -> BatchPolicy | None:
+    """The policy to simulate a run with: "auto" (not forced) takes the caps the run deployed, `ran` =
+    (max_batch, max_wait_ms) from its report (max_batch 1: it did not batch); an explicit policy or none
+    stays as it is."""
+    if policy is None or policy.forced or ran is None:
+        return policy
+    return replace(policy, max_batch=int(ran[0]), max_wait_ms=float(ran[1])) if ran[0] > 1 else None
 
 
 def check_link_sharing(value: str) -> str:
@@ -206,13 +216,15 @@ def _costmodel_ratio(paths: list[tuple[Path, float]], device, max_batch: int) ->
 
 
 def batch_stages(policy: BatchPolicy | None, journeys_by_strategy: Iterable[list[Journey]], plan, fleet,
-                 measured_wait_ms: Mapping[str, float] | None = None) -> dict[tuple[str, tuple[str, ...]], BatchStage]:
+                 measured_wait_ms: Mapping[str, float] | None = None,
+                 ran_wait_ms: float = RUNTIME_MAX_WAIT_MS) -> dict[tuple[str, tuple[str, ...]], BatchStage]:
     """{(site class, nodes): BatchStage} for every compute stage of the journeys that batches under
     `policy` (empty when it is None); `stage_key(stage)` looks a stage up.
 
     `measured_wait_ms[site]`: how long a run's partial batches waited there (a ServiceProfile from
     `tierplan run`): the runtime's batching thread starts one after max_wait_ms plus its own delay
-    (a timed wake-up on a busy host), which is added to the policy's wait."""
+    (a timed wake-up on a busy host): the excess over the run's own wait `ran_wait_ms` is added to the
+    policy's wait."""
     out: dict[tuple[str, tuple[str, ...]], BatchStage] = {}
     if policy is None:
         return out
@@ -254,7 +266,7 @@ def batch_stages(policy: BatchPolicy | None, journeys_by_strategy: Iterable[list
                 if ratio is None:
                     kind = device_kind(sv.device) if sv.device is not None else "cpu"
                     ratio = linear_ratio(policy.max_batch, BATCH_FIXED_SHARE[kind])
-                late = max(0.0, float((measured_wait_ms or {}).get(st.site, RUNTIME_MAX_WAIT_MS)) - RUNTIME_MAX_WAIT_MS)
+                late = max(0.0, float((measured_wait_ms or {}).get(st.site, ran_wait_ms)) - ran_wait_ms)
                 out[key] = BatchStage(nodes, policy.max_batch, policy.max_wait_ms + late, ratio, source)
     return out
 

@@ -86,6 +86,9 @@ class ServiceProfile:
     # how much later than usual a request's results reached the controller over their links (the
     # sender's sleep and the receiver's wake-up on a busy host), sorted samples, one per request
     result_delay_ms: np.ndarray | None = None
+    # the batching caps the run deployed (`tierplan run --batch`: max_batch, max_wait_ms); None: not recorded
+    # (the runtime's defaults). Under simulate's default batching ("auto") the simulator batches with these
+    batch_caps: tuple[int, float] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.correlation <= 1.0:
@@ -155,6 +158,7 @@ class ServiceProfile:
                 "pairs": self.pairs,
                 "overhead_ms": None if self.overhead_ms is None else self.overhead_ms.tolist(),
                 **({"batch_wait_ms": self.batch_wait_ms} if self.batch_wait_ms else {}),
+                **({"batch_caps": list(self.batch_caps)} if self.batch_caps is not None else {}),
                 **({"time_shift": self.time_shift.tolist(), "time_bin_s": self.time_bin_s}
                    if self.time_shift is not None else {}),
                 **({"glue_ms": self.glue_ms} if self.glue_ms else {}),
@@ -206,6 +210,9 @@ def profile_from_run(doc: Mapping, source: str = "", warmup: int = 0) -> Service
     prof.batch_wait_ms = {str(r["site"]): float(r["batch_wait_ms"]) for r in doc.get("site_rows") or []
                           if isinstance(r, dict) and r.get("site") and r.get("batch_wait_ms") is not None}
     prof.sent_hz = _sent_hz(doc, [t.t_s for t in traces])
+    caps = doc.get("batch")
+    if isinstance(caps, dict) and caps.get("max_batch") is not None:
+        prof.batch_caps = (int(caps["max_batch"]), float(caps.get("max_wait_ms", 0.0)))
     return prof
 
 
@@ -289,7 +296,9 @@ def load_profile(path: str | Path) -> ServiceProfile:
                               float(doc.get("time_bin_s", TIME_BIN_S)),
                               {str(k): float(v) for k, v in (doc.get("glue_ms") or {}).items()},
                               {str(c): {str(k): float(v) for k, v in d.items()} for c, d in (doc.get("sent_hz") or {}).items()},
-                              None if doc.get("result_delay_ms") is None else np.asarray(doc["result_delay_ms"]))
+                              None if doc.get("result_delay_ms") is None else np.asarray(doc["result_delay_ms"]),
+                              None if doc.get("batch_caps") is None else
+                              (int(doc["batch_caps"][0]), float(doc["batch_caps"][1])))
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{p}: not a service profile ({e.__class__.__name__}: {e}); expected "
                          f"{{'correlation': RHO, 'stages': {{'node@site': [ms, ...]}}}}") from None

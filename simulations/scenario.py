@@ -44,7 +44,8 @@ class ArrivalSpec:
     sensors), each request shifted by N(0, jitter_ms). burst: a two-state Markov-modulated Poisson process shared by the
     class (rate x `burst_factor` while on; mean on/off sojourns in seconds), normalised so the
     mean rate is the nominal one. diurnal: rate x (1 + amplitude sin(2 pi t / period)).
-    trace: timestamps in seconds, one per line (optionally `t,CLASS`), replayed as they are.
+    trace: timestamps in seconds, one per line (optionally `t,CLASS` or `t,CLASS/SOURCE`: only that
+    source of the class), replayed as they are.
     """
 
     kind: Literal["poisson", "periodic", "burst", "diurnal", "trace"] = "poisson"

@@ -444,7 +444,7 @@ class World:
                     chunks.append(rng.uniform(a, b, rng.poisson(r * (b - a))))
             t = np.sort(np.concatenate(chunks)) if chunks else np.zeros(0)
         else:  # trace
-            ts = [x for x, c in spec.trace if (c is None or c == origin) and t0_s <= x < t1_s]
+            ts = [x for x, c in spec.trace if (c is None or c in (origin, f"{origin}/{key[1]}")) and t0_s <= x < t1_s]
             t = np.array(ts, dtype=np.float64)
         device = rng.integers(0, n_dev, size=len(t)).astype(np.int64)
         return self._with_fanout(t * _MS, device, rate_factors, rng)

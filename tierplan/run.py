@@ -139,6 +139,8 @@ class RunReport:
     traces: list[dict] = field(default_factory=list)
     plan_path: str | None = None           # where the plan that ran was saved (--plan-out)
     adapt: dict | None = None              # --adapt: the policy, every decision and switch (tierplan.adapt)
+    # the batching sites' caps as deployed (--batch; simulate --profile replays them): max_batch, max_wait_ms
+    batch: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"example": self.example, "requests_ok": self.requests_ok, "requests_failed": self.requests_failed,
@@ -156,7 +158,7 @@ class RunReport:
                 "site_rows": [r.__dict__ for r in self.site_rows], "classes_run": self.classes_run,
                 "classes_not_run": self.classes_not_run, "devices_per_class": self.devices_per_class,
                 "load": self.load, "rate_scale": self.rate_scale, "plan_path": self.plan_path,
-                "traces": self.traces, **({"adapt": self.adapt} if self.adapt is not None else {})}
+                "batch": self.batch, "traces": self.traces, **({"adapt": self.adapt} if self.adapt is not None else {})}
 
 
 def find_example(name: str) -> Path:
@@ -485,7 +487,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                 on_deployed: Callable[[dict], None] | None = None, classes: str | None = None,
                 devices_per_class: int = 1, rate_scale: float = 1.0, sequential: bool = False,
                 plan_out: str | Path | None = None, adapt: "AdaptPolicy | None" = None,
-                link_steps: Sequence["LinkStep"] = ()) -> RunReport:
+                link_steps: Sequence["LinkStep"] = (), batch: str | None = None) -> RunReport:
     """Plan, compile, deploy every device class locally, send requests for `duration_s`, tear down; the report.
 
     `classes`: "NAME[,NAME]" runs only those edge classes (default: all of the plan's);
@@ -503,7 +505,8 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
     `plan_out`: save the plan that runs there (a plan folder: `tierplan simulate PLAN --profile RUN.json`).
     `adapt`: a planner.adaptpolicy.AdaptPolicy: re-plan on drift and move live while the requests run
     (tierplan.adapt.Adapter; the report's `adapt` logs it); `link_steps`: tierplan.adapt.LinkStep
-    changes of the emulated links at their times into the run (`--link-step`).
+    changes of the emulated links at their times into the run (`--link-step`). `batch`: "MAX[:WAIT_MS]"
+    or "off", the cloud sites' dynamic batching (default: runtime.options.StageOptions', 8 requests, 2 ms).
     """
     from tierplan.loader import load_app, load_fleet
     from tierplan.runtime.compile import compile_plan
@@ -513,6 +516,7 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
 
     if not (np.isfinite(rate_scale) and rate_scale > 0):
         raise InputError(f"--rate-scale {rate_scale}: must be a number above 0. To fix: e.g. --rate-scale 0.5")
+    caps = parse_batch(batch)
     ex = find_example(name)
     app, fleet = load_app(ex / "app.yaml"), load_fleet(ex / "fleet.yaml")
     plan, plan_source = make_plan(app, fleet, ex / "app.yaml", ex / "fleet.yaml", progress=progress)
@@ -538,7 +542,8 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
         t_start = time.time()
         with deploy(plan, local=True, manifest=res.manifest, manifest_root=res.out_dir,
                     request_timeout_s=request_timeout_s, replicas=replicas, allow_transforms=allow_transforms,
-                    metrics_port=metrics_port, classes=chosen, devices_per_class=devices_per_class) as svc:
+                    metrics_port=metrics_port, classes=chosen, devices_per_class=devices_per_class,
+                    batch=caps) as svc:
             sites = svc.describe()
             if on_deployed is not None:
                 on_deployed(sites)
@@ -621,10 +626,35 @@ def run_example(name: str, duration_s: float = 10.0, *, backends: list[str] | No
                      classes_run=list(chosen), classes_not_run=[c for c in plan_classes(plan) if c not in chosen],
                      devices_per_class=devices_per_class, load="sequential" if sequential else "rate",
                      rate_scale=rate_scale, plan_path=str(Path(plan_out).resolve()) if plan_out else None,
-                     adapt=adapt_report,
+                     adapt=adapt_report, batch=_batch_caps(caps),
                      traces=[{"device_class": d.trace.device_class, "t_s": d.t_s, "stream": d.stream,   # classes[stream]
                               "latency_ms": own_latency(d.trace),
                               "steps": [list(s) for s in d.trace.steps]} for d in done if d.trace is not None])
+
+
+def parse_batch(text: str | None) -> tuple[int, float] | None:
+    """`--batch MAX[:WAIT_MS]` (or "off": max 1) as (max_batch, max_wait_ms); None: the runtime's defaults."""
+    if text is None or text.strip().lower() == "auto":
+        return None
+    from tierplan.runtime.options import StageOptions
+    if text.strip().lower() == "off":
+        return 1, StageOptions.max_wait_ms
+    head, _, wait = text.strip().partition(":")
+    try:
+        caps = int(head), float(wait) if wait else StageOptions.max_wait_ms
+    except ValueError:
+        caps = (0, -1.0)
+    if not (1 <= caps[0] <= 4096 and 0 <= caps[1] <= 60_000):
+        raise InputError(f"--batch {text!r}: expected MAX[:WAIT_MS] with MAX 1-4096 and WAIT_MS 0-60000, "
+                         "auto or off. To fix: e.g. --batch 8:10")
+    return caps
+
+
+def _batch_caps(caps: tuple[int, float] | None) -> dict:
+    """The batching caps that ran, as the report records them."""
+    from tierplan.runtime.options import StageOptions
+    b, w = caps if caps is not None else (StageOptions.max_batch, StageOptions.max_wait_ms)
+    return {"max_batch": b, "max_wait_ms": w}
 
 
 def _plain(node: str) -> str:

@@ -47,13 +47,16 @@ def _cloud_plan(path) -> Plan:
     return with_fleet(plan, FleetSpec.model_validate({"sites": {"cloud": {"tier": "cloud", "device": "aws-g5-xlarge"}}}))
 
 
-def test_cloud_stage_batches_concurrent_requests_and_splits_results(ray_cluster, dense_model):
-    """Requests arriving together at a cloud stage run as one batch, and each gets its own row back."""
+@pytest.mark.parametrize("caps", ["options", "batch"])
+def test_cloud_stage_batches_concurrent_requests_and_splits_results(ray_cluster, dense_model, caps):
+    """Requests arriving together at a cloud stage run as one batch, and each gets its own row back; the caps
+    given as StageOptions or as deploy's `batch` (`tierplan run --batch`, the cloud tier's sites batching)."""
     path, w = dense_model
     plan = _cloud_plan(path)
     xs = np.random.default_rng(4).standard_normal((32, WIDTH)).astype(np.float32)
-    opts = StageOptions(batch_sites=("cloud",), max_batch=8, max_wait_ms=30.0)
-    with deploy(plan, cluster=ray_cluster, options=opts, request_timeout_s=20) as svc:
+    how = {"options": StageOptions(batch_sites=("cloud",), max_batch=8, max_wait_ms=30.0)} if caps == "options" \
+        else {"batch": (8, 30.0)}
+    with deploy(plan, cluster=ray_cluster, request_timeout_s=20, **how) as svc:
         outs = svc.predict_batch({"x": xs})
         text = urllib.request.urlopen(f"http://{svc.health()['cloud']['metrics']}/metrics", timeout=5).read().decode()
     for i, o in enumerate(outs):

@@ -20,8 +20,8 @@ from sim_builders import make_fleet, make_plan
 from tierplan.devices.constants import BATCH_FIXED_SHARE
 from tierplan.planner.plan import Plan, PlanEdge, PlanPiece, SinkLatency
 from tierplan.simulations.api import simulate
-from tierplan.simulations.batching import (RUNTIME_MAX_BATCH, RUNTIME_MAX_WAIT_MS, BatchPolicy, linear_ratio,
-                                  parse_batching)
+from tierplan.simulations.batching import (RUNTIME_MAX_BATCH, RUNTIME_MAX_WAIT_MS, BatchPolicy, as_run_policy,
+                                  linear_ratio, parse_batching)
 from tierplan.simulations.engine_simpy import _SharedLink
 from tierplan.simulations.scenario import ArrivalSpec
 from tierplan.errors import InputError
@@ -173,31 +173,35 @@ def test_simpy_and_fast_path_agree_with_batching(case):
     assert any(max(r.batch_mean.values(), default=0) > 1.2 for r in fast.strategies.values()), "no batching happened"
 
 
+def _gemm(path: Path, batch) -> str:
+    """A MatMul ONNX file whose input's first dimension is `batch` ("N": free)."""
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 64])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
+def _one_piece_in_the_cloud(file, batching, **kw):
+    """4 requests at t=0 to one cloud piece (`file`, 6 ms), one server, deterministic service."""
+    p = Plan(status="optimal", assignment={"camera": "cloud", "det/p0": "cloud"},
+             sinks={"labels": SinkLatency(latency_ms=10, slo_ms=100)},
+             pieces=[PlanPiece(id="camera", kind="source", rate_hz=1.0),
+                     PlanPiece(id="det/p0", model="det", file=file, latency_ms={"cloud": 6.0}),
+                     PlanPiece(id="sink:labels", kind="sink")],
+             edges=[PlanEdge(src="camera", dst="det/p0", nbytes=256),
+                    PlanEdge(src="det/p0", dst="sink:labels", nbytes=256)])
+    arr = ArrivalSpec("trace", trace=((0.0, None),) * 4)
+    return simulate(p, make_fleet(), strategies=["optimal"], duration_s=1, arrivals=arr, service_cv=0.0,
+                    replicas={"cloud": 1}, batching=batching, **kw)
+
+
 def test_auto_batching_follows_the_plan_files_like_the_runtime(tmp_path):
     """auto: a cloud piece whose ONNX input has a free first dim batches, priced by the cost model;
     a fixed first dim never batches, even when forced; a piece with no file does not batch under auto."""
-    def gemm(path: Path, batch):
-        w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
-        g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 64])], [w])
-        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
-        return str(path)
-
-    free, fixed = gemm(tmp_path / "free.onnx", "N"), gemm(tmp_path / "fixed.onnx", 1)
-
-    def run(file, batching):
-        p = Plan(status="optimal", assignment={"camera": "cloud", "det/p0": "cloud"},
-                 sinks={"labels": SinkLatency(latency_ms=10, slo_ms=100)},
-                 pieces=[PlanPiece(id="camera", kind="source", rate_hz=1.0),
-                         PlanPiece(id="det/p0", model="det", file=file, latency_ms={"cloud": 6.0}),
-                         PlanPiece(id="sink:labels", kind="sink")],
-                 edges=[PlanEdge(src="camera", dst="det/p0", nbytes=256),
-                        PlanEdge(src="det/p0", dst="sink:labels", nbytes=256)])
-        arr = ArrivalSpec("trace", trace=((0.0, None),) * 4)
-        return simulate(p, make_fleet(), strategies=["optimal"], duration_s=1, arrivals=arr, service_cv=0.0,
-                        replicas={"cloud": 1}, batching=batching)
-
+    free, fixed = _gemm(tmp_path / "free.onnx", "N"), _gemm(tmp_path / "fixed.onnx", 1)
+    run = _one_piece_in_the_cloud
     rep = run(free, "auto")
     assert rep.strategies["optimal"].batch_mean == {"cloud": 4.0}
     assert rep.scenario["batched_stages"] == ["det/p0@cloud (costmodel)"]
@@ -205,6 +209,26 @@ def test_auto_batching_follows_the_plan_files_like_the_runtime(tmp_path):
     assert not run(fixed, "8:5").strategies["optimal"].batch_mean
     assert not run(None, "auto").strategies["optimal"].batch_mean
     assert run(None, "8:5").strategies["optimal"].batch_mean == {"cloud": 4.0}
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_auto_batching_takes_the_caps_a_run_deployed(tmp_path, fast):
+    """A run report's `batch` caps (`tierplan run --batch`) replace auto's 8:2 (an explicit --batch is kept);
+    the run's measured wait beyond its own cap is added to it; max_batch 1 there means no batching."""
+    from tierplan.simulations.calibration import ServiceProfile
+    free = _gemm(tmp_path / "free.onnx", "N")
+
+    def run(batching, caps, waited=None):
+        prof = ServiceProfile({}, 0.0, batch_caps=caps, batch_wait_ms={"cloud": waited} if waited else {})
+        r = _one_piece_in_the_cloud(free, batching, profile=prof, fast=fast).strategies["optimal"]
+        return r.batch_mean, r.sinks["labels"].cdf_ms[0]
+    assert run("auto", (2, 10.0))[0] == {"cloud": 2.0}             # full batches of 2 start at once
+    assert run("8:5", (2, 10.0))[0] == {"cloud": 4.0}              # the explicit policy wins
+    assert run("auto", (1, 2.0))[0] == {}                          # the run did not batch
+    (b10, first10), (b_late, first_late) = run("auto", (8, 10.0)), run("auto", (8, 10.0), waited=10.75)
+    assert b10 == b_late == {"cloud": 4.0}
+    assert first10 >= 10.0 and first_late - first10 == pytest.approx(0.75)   # 10 ms cap, then 0.75 ms late
+    assert as_run_policy(BatchPolicy(), None) == BatchPolicy() and as_run_policy(None, (8, 10.0)) is None
 
 
 def test_simulator_defaults_match_the_runtime_deployment():

@@ -96,15 +96,18 @@ def test_the_site_holds_its_per_step_work_and_the_request_keeps_the_rest():
 
 
 def test_a_runs_measured_batch_wait_is_kept_with_the_profile(tmp_path):
-    """A run report's site rows say how long partial batches waited (max_wait plus the batching thread's delay):
-    the profile keeps it per site, and saving and loading the profile keeps it too."""
+    """A run report's site rows say how long partial batches waited (max_wait plus the batching thread's delay)
+    and its `batch` the caps it deployed (--batch): the profile keeps both, and saving and loading it too."""
     doc = {**_report(), "site_rows": [{"site": "bs", "workers": 1, "batch_wait_ms": None},
-                                      {"site": "cloud", "workers": 3, "batch_wait_ms": 3.25}]}
+                                      {"site": "cloud", "workers": 3, "batch_wait_ms": 3.25}],
+           "batch": {"max_batch": 8, "max_wait_ms": 10.0}}
     prof = profile_from_run(doc)
-    assert prof.batch_wait_ms == {"cloud": 3.25}
+    assert prof.batch_wait_ms == {"cloud": 3.25} and prof.batch_caps == (8, 10.0)
     prof.save(tmp_path / "profile.json")
-    assert load_profile(tmp_path / "profile.json").batch_wait_ms == {"cloud": 3.25}
-    assert profile_from_run(_report()).batch_wait_ms == {}     # a report without it: the runtime's wait
+    again = load_profile(tmp_path / "profile.json")
+    assert again.batch_wait_ms == {"cloud": 3.25} and again.batch_caps == (8, 10.0)
+    bare = profile_from_run(_report())
+    assert bare.batch_wait_ms == {} and bare.batch_caps is None    # a report without them: the runtime's
 
 
 def test_the_load_generator_is_open_loop_a_busy_site_does_not_hold_back_later_arrivals():
@@ -240,3 +243,23 @@ def simulate_sink(plan, fleet, profile):
     from tierplan.simulations.api import simulate
     rep = simulate(plan, fleet, profile=profile, strategies=["optimal"], duration_s=20, service_cv=0.0)
     return next(iter(rep.strategies["optimal"].sinks.values()))
+
+
+@pytest.mark.parametrize("text,caps", [(None, None), ("auto", None), ("8:10", (8, 10.0)), ("4", (4, 2.0)),
+                                       ("off", (1, 2.0))])
+def test_run_batch_flag_gives_the_caps_the_report_records(text, caps):
+    """`tierplan run --batch MAX[:WAIT_MS]|auto|off` as deploy's caps (None: StageOptions'), which the run report
+    records and `simulate --profile` replays."""
+    from tierplan.run import _batch_caps, parse_batch
+    assert parse_batch(text) == caps
+    assert _batch_caps(caps) == ({"max_batch": 8, "max_wait_ms": 2.0} if caps is None else
+                                 {"max_batch": caps[0], "max_wait_ms": caps[1]})
+
+
+@pytest.mark.parametrize("bad", ["x", "8:-1", "0", "8:2:1", "", "8:nan", "8:inf"])
+def test_run_batch_flag_refuses_bad_caps_in_one_line(bad):
+    """A malformed `tierplan run --batch` is one InputError line naming the flag and a fix."""
+    from tierplan.run import parse_batch
+    with pytest.raises(InputError) as e:
+        parse_batch(bad)
+    assert str(e.value).startswith("--batch ") and "To fix: " in str(e.value) and "\n" not in str(e.value)

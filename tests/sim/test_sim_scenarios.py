@@ -144,6 +144,16 @@ def test_trace_arrivals_replay_timestamps(tmp_path):
     assert rep.strategies["all-device"].requests == 200
 
 
+def test_trace_arrivals_labelled_class_slash_source_replay_that_source_only(tmp_path):
+    """`t,CLASS/SOURCE` rows feed only that source of the class (a run's sends per source: benchmarks/fidelity),
+    `t,CLASS` and bare rows every source of the class."""
+    f = tmp_path / "arrivals.csv"
+    rows = [f"{0.05 * i:.3f},cams/camera" for i in range(100)] + [f"{0.05 * i:.3f},cams/microphone" for i in range(50)]
+    f.write_text("\n".join(rows + [f"{0.07 * i:.3f}" for i in range(20)] + [f"{0.09 * i:.3f},cams" for i in range(7)]))
+    rep = simulate(make_plan(), make_fleet(), strategies=["all-device"], duration_s=10, arrivals=f"trace:{f}")
+    assert rep.strategies["all-device"].requests == 127
+
+
 def test_slower_link_preset_raises_latency():
     """The 3G preset (1.1 Mbit/s) makes offloading slower than Wi-Fi (18.88 Mbit/s)."""
     plan, fleet = make_plan(), make_fleet(cams=10)

@@ -167,6 +167,9 @@ def register(app: typer.Typer) -> None:
         adapt: bool = adapt_option(),
         adapt_policy: str = adapt_policy_option(),
         link_step: list[str] = link_step_option(),
+        batch: str = typer.Option(None, "--batch", metavar="MAX[:WAIT_MS]",
+                                  help="Dynamic batching at the cloud sites: up to MAX requests, waiting at most "
+                                       "WAIT_MS for more (default 8:2, as deployed), or off."),
     ) -> None:
         """Plan, compile and deploy EXAMPLE's every device class on this machine, send requests, compare with the plan, tear down."""
         import sys
@@ -186,7 +189,7 @@ def register(app: typer.Typer) -> None:
                           replicas=replicas, allow_transforms=parse_modules(allow_transforms),
                           calibration=calibration, metrics_port=metrics_port, on_deployed=deployed,
                           classes=device_class, devices_per_class=devices_per_class, rate_scale=rate_scale,
-                          sequential=sequential, plan_out=plan_out, adapt=policy, link_steps=steps)
+                          sequential=sequential, plan_out=plan_out, adapt=policy, link_steps=steps, batch=batch)
         if as_json:
             print(json.dumps(rep.to_json(), indent=2))
         else:

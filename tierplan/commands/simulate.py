@@ -142,7 +142,7 @@ def register(app: typer.Typer) -> None:
         objective: Optional[str] = typer.Option(None, "--objective", help="When given an app: cost, latency or energy."),
         profile: Optional[Path] = typer.Option(None, "--profile", help="Service profile JSON (simulations.calibration.ServiceProfile.save), or a `tierplan run --json` report: replay measured node@site step times (a run report: on the fleet as that run ran it)."),
         correlation: float = typer.Option(0.0, "--service-correlation", help="Share 0..1 of service-time variance common to all stages of a request."),
-        batch: str = typer.Option("auto", "--batch", help="Dynamic batching at cloud sites: auto (as the runtime deploys: 8 requests, 2 ms), MAX[:WAIT_MS], or off."),
+        batch: str = typer.Option("auto", "--batch", help="Dynamic batching at cloud sites: auto (as the runtime deploys: 8 requests, 2 ms; with a run report as --profile, the caps that run had), MAX[:WAIT_MS], or off."),
         link_sharing: str = typer.Option("fifo", "--link-sharing", help="fifo (one transfer at a time per link direction, as the runtime's emulator) or fair (transfers share the rate)."),
         report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with figures into this folder."),
         calibration: Optional[Path] = typer.Option(None, "--calibration", help="Calibration file (default: the user's cache; "
