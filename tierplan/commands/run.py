@@ -167,6 +167,8 @@ def register(app: typer.Typer) -> None:
         adapt: bool = adapt_option(),
         adapt_policy: str = adapt_policy_option(),
         link_step: list[str] = link_step_option(),
+        seed: int = typer.Option(0, "--seed", help="Seed of the requests' Poisson send times (the same seed, "
+                                 "the same sends: another seed draws other arrivals)."),
         batch: str = typer.Option(None, "--batch", metavar="MAX[:WAIT_MS]",
                                   help="Dynamic batching at the cloud sites: up to MAX requests, waiting at most "
                                        "WAIT_MS for more (default 8:2, as deployed), or off."),
@@ -189,7 +191,8 @@ def register(app: typer.Typer) -> None:
                           replicas=replicas, allow_transforms=parse_modules(allow_transforms),
                           calibration=calibration, metrics_port=metrics_port, on_deployed=deployed,
                           classes=device_class, devices_per_class=devices_per_class, rate_scale=rate_scale,
-                          sequential=sequential, plan_out=plan_out, adapt=policy, link_steps=steps, batch=batch)
+                          sequential=sequential, plan_out=plan_out, adapt=policy, link_steps=steps, batch=batch,
+                          seed=seed)
         if as_json:
             print(json.dumps(rep.to_json(), indent=2))
         else:
