@@ -11,7 +11,9 @@ controller: results go to the user) or uses them in place (stage workers: the pi
 inputs straight from the segment). The header's first byte says whether a receiver still uses
 the segment's arrays: set by the sender, cleared by the receiver after its copy or when the last
 array of the segment is garbage (a weakref finalizer); the sender reuses a segment only once it
-is clear. A call that fails or times out discards its segment (the receiver may still read it).
+is clear. The second byte says that the receiver took the delivery (`mark_accepted`): a streamed
+same-host call (runtime.localwire) gets no reply, its sender reads this byte instead. A call
+that fails or times out discards its segment (the receiver may still read it).
 
 Only peers whose address is a loopback address get handles; a receiver that cannot map a
 segment (another host, another /dev/shm) answers FAILED_PRECONDITION and the sender falls back
@@ -37,14 +39,15 @@ import numpy as np
 from tierplan.runtime.wire import Delivery, unpack_delivery
 
 __all__ = ["SHM_MIN_BYTES", "SHM_PREFIX", "SEG_HEADER_BYTES", "ShmPool", "ShmReader", "is_loopback_address", "encode_ref",
-           "decode_ref", "sweep_stale", "seg_buf"]
+           "decode_ref", "sweep_stale", "seg_buf", "mark_accepted", "is_accepted"]
 
 SHM_MIN_BYTES = 64 << 10       # smaller deliveries go inline: one copy of a few KB costs less than a handle
 SHM_PREFIX = "tierplan-"        # every segment name starts so; a receiver maps no other name
 _MIN_SEGMENT_BYTES = 64 << 10
 _FREE_PER_SIZE = 16             # free segments kept per size class (8 concurrent requests need about 8)
 _LENT_MAX = 64                  # segments whose arrays receivers still use; beyond, the oldest is unlinked
-SEG_HEADER_BYTES = 64           # byte 0: 1 while a receiver may still use the segment, 0 when it may be reused
+SEG_HEADER_BYTES = 64           # byte 0: 1 while a receiver may still use the segment, 0 when it may be reused;
+                                # byte 1: 1 once a receiver took the delivery (`mark_accepted`)
 _READER_CACHE = 64              # segments a receiver keeps mapped
 _REF = struct.Struct("<Q")      # a handle: uint64 LE length of the packed delivery, then the name (UTF-8)
 _SHM_DIR = Path("/dev/shm")     # where POSIX shared memory appears on Linux
@@ -149,7 +152,9 @@ class ShmPool:
             seg = shared_memory.SharedMemory(name=name, create=True, size=size)
             with self._lock:
                 self._all[seg.name] = seg
-        seg_buf(seg)[0] = 1
+        buf = seg_buf(seg)
+        buf[0] = 1
+        buf[1] = 0
         return seg
 
     @staticmethod
@@ -207,6 +212,10 @@ class ShmReader:
 
     def read(self, handle: bytes) -> Delivery:
         """The delivery a handle (`encode_ref`) names; OSError/ValueError if it cannot be mapped."""
+        return self.read_segment(handle)[0]
+
+    def read_segment(self, handle: bytes) -> tuple[Delivery, shared_memory.SharedMemory]:
+        """`read`, and the segment it lies in (for `mark_accepted`)."""
         name, nbytes = decode_ref(handle)
         seg = self._segment(name)
         if nbytes + SEG_HEADER_BYTES > seg.size:
@@ -217,13 +226,13 @@ class ShmReader:
             d = unpack_delivery(base, copy=True)
             del base
             buf[0] = 0
-            return d
+            return d, seg
         d = unpack_delivery(base)
         # every array of d is a view of base: when the last one goes, the sender may reuse the segment
         # (a weak reference with a callback, kept alive here: cheaper than weakref.finalize per delivery)
         ref = weakref.ref(base, functools.partial(self._let_go, seg))
         self._watch[id(ref)] = ref     # one dict operation: atomic, no lock (the callback may run in any thread)
-        return d
+        return d, seg
 
     def _let_go(self, seg: shared_memory.SharedMemory, ref: weakref.ref) -> None:
         self._watch.pop(id(ref), None)
@@ -271,15 +280,31 @@ def seg_buf(seg: shared_memory.SharedMemory) -> memoryview:
     return buf
 
 
-def _clear(seg: shared_memory.SharedMemory) -> None:
-    """The receiver no longer uses the segment's arrays: its sender may reuse it."""
+def mark_accepted(seg: shared_memory.SharedMemory) -> None:
+    """The receiver took the delivery in `seg` (its sender reads this instead of a reply)."""
+    _set(seg, 1, 1)
+
+
+def is_accepted(seg: shared_memory.SharedMemory) -> bool:
+    """True once the receiver marked the delivery in `seg` taken (False for a closed segment)."""
     buf = seg.buf
-    if buf is None:   # unmapped meanwhile (the reader closed): nothing to tell
+    return buf is not None and buf[1] == 1
+
+
+def _set(seg: shared_memory.SharedMemory, at: int, value: int) -> None:
+    """Header byte `at` := value, unless the mapping went meanwhile (nothing to tell then)."""
+    buf = seg.buf
+    if buf is None:
         return
     try:
-        buf[0] = 0
+        buf[at] = value
     except (TypeError, ValueError):   # released meanwhile
         pass
+
+
+def _clear(seg: shared_memory.SharedMemory) -> None:
+    """The receiver no longer uses the segment's arrays: its sender may reuse it."""
+    _set(seg, 0, 0)
 
 
 _UNCLOSED: list[shared_memory.SharedMemory] = []   # closed once their arrays are gone (see `_close`)

@@ -105,23 +105,80 @@ def test_calls_in_turn_share_one_connection_once_each_ack_is_reaped():
         peer.stop()
 
 
-def test_an_idle_connection_whose_peer_went_away_is_dropped():
-    """A peer that stops closes its connections; the sweeper sees the idle one readable and closes it."""
+def test_a_stream_whose_peer_went_away_is_replaced_or_reported():
+    """A peer that stops closes its connections: the next start_call finds the stream broken, tries
+    a fresh connection, and with nobody listening sends nothing (False: the caller uses gRPC)."""
     peer = _Peer(lambda d: pb.Ack(ok=True))
     client = LocalClient()
     try:
         (ack, error), _ = _call(client, peer, np.ones(4, np.float32))
-        assert ack.ok
-        deadline = time.monotonic() + 5
-        while not any(client._idle.values()) and time.monotonic() < deadline:   # the ack reaped: idle again
-            time.sleep(0.02)
-        assert any(client._idle.values())
+        assert ack.ok and len(client._streams) == 1
         peer.stop()
-        while any(client._idle.values()) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not any(client._idle.values()), "the dead peer's connection stayed idle"
+        time.sleep(0.1)
         assert not client.start_call(peer.address, Delivery("r2", "a", "b", {"t": np.ones(4, np.float32)},
                                                             deadline_unix_ms=(time.time() + 5) * 1e3),
                                      time.time() + 5, 1.0, lambda a, e: None)   # nobody listens: not sent
+        assert not client._streams
     finally:
         client.close()
+
+
+def test_streamed_calls_go_out_back_to_back_and_each_gets_its_own_answer():
+    """Many calls sent without waiting share one connection; the peer takes them in order, and a
+    refusal in the middle reaches only its own call (matched by sequence number), the others end ok."""
+    peer = _Peer(lambda d: pb.Ack(ok=False, error=f"no {d.request_id}") if d.request_id.endswith("3")
+                 else pb.Ack(ok=True))
+    client = LocalClient()
+    out: dict[str, tuple] = {}
+    done = threading.Event()
+
+    def on_reply_of(rid):
+        def on_reply(ack, error):
+            out[rid] = (ack, error)
+            if len(out) == 30:
+                done.set()
+        return on_reply
+    try:
+        for i in range(30):
+            d = Delivery(f"r{i}", "a", "b", {"t": np.full(1000, i, np.float32)}, deadline_unix_ms=(time.time() + 20) * 1e3)
+            assert client.start_call(peer.address, d, d.deadline_unix_ms / 1e3, 5.0, on_reply_of(d.request_id))
+        assert done.wait(10), f"{30 - len(out)} calls never ended"
+        assert [d.request_id for d in peer.got] == [f"r{i}" for i in range(30)]
+        for i in range(30):
+            ack, error = out[f"r{i}"]
+            assert error is None
+            assert ack.ok == (not str(i).endswith("3")), (i, ack)
+            if not ack.ok:
+                assert ack.error == f"no r{i}"
+        with peer.server._lock:
+            assert len(peer.server._conns) == 1
+    finally:
+        client.close()
+        peer.stop()
+
+
+def test_open_calls_fail_when_the_peer_dies_with_them():
+    """A peer that closes while it still holds calls it never took: those calls fail (UNAVAILABLE,
+    so the sender resends them) instead of waiting forever."""
+    gate = threading.Event()
+    peer = _Peer(lambda d: (gate.wait(10), pb.Ack(ok=True))[1])
+    client = LocalClient()
+    errors: list = []
+    ended = threading.Event()
+
+    def on_reply(ack, error):
+        errors.append(error)
+        if len(errors) == 3:
+            ended.set()
+    try:
+        for i in range(3):
+            d = Delivery(f"r{i}", "a", "b", {"t": np.ones(8, np.float32)}, deadline_unix_ms=(time.time() + 20) * 1e3)
+            assert client.start_call(peer.address, d, d.deadline_unix_ms / 1e3, 8.0, on_reply)
+        time.sleep(0.2)
+        peer.server.stop()      # its connection closes with the calls untaken
+        assert ended.wait(5), "open calls were not failed"
+        assert all(e is not None and e.code() == grpc.StatusCode.UNAVAILABLE for e in errors), errors
+    finally:
+        gate.set()
+        client.close()
+        peer.reader.close()
