@@ -55,3 +55,28 @@ def processes_with_env(marker: str) -> list[int]:
             except OSError:
                 continue
     return out
+
+
+def packed_header(frames: list, codes: dict[str, int] | None = None, magic: bytes = b"TPD1", flags: int | None = None,
+                  lengths: dict[int, int] | None = None) -> bytes:
+    """A packed delivery's header (runtime.wire, `_PACKED_HEAD`) written independently of runtime.wire,
+    from pb.Frame-like objects: the first gives the delivery's fields, each named one a tensor entry.
+    Lets tests send what a well-behaved sender never writes: unknown dtype codes (`codes`, default
+    runtime.wire's), another magic, any flags, text lengths that lie (`lengths`: index -> length)."""
+    import struct
+
+    from tierplan.runtime.wire import WIRE_DTYPES
+    codes = codes if codes is not None else {n: i + 1 for i, n in enumerate(sorted(WIRE_DTYPES))}
+    f0 = frames[0]
+    texts = [str(getattr(f0, k)).encode("utf-8", "surrogatepass") for k in
+             ("request_id", "src", "dst", "branch", "error", "trace")]
+    lens = [(lengths or {}).get(i, len(t)) % 2 ** (16 if i < 4 else 32) for i, t in enumerate(texts)]
+    named = [f for f in frames if getattr(f, "name", "")]
+    out = [struct.pack("<4sddBHHHHHII", magic, f0.deadline_unix_ms, f0.sent_unix_ms,
+                       (1 if f0.empty else 0) if flags is None else flags % 256, len(named) % 65536, *lens), *texts]
+    for f in named:
+        name = f.name.encode("utf-8", "surrogatepass")
+        shape = [int(d) for d in f.shape][:255]
+        out += [struct.pack("<HBB", len(name) % 65536, codes.get(f.dtype, 0) % 256, len(shape)),
+                struct.pack(f"<{len(shape)}q", *[max(min(d, 2**63 - 1), -2**63) for d in shape]), name]
+    return b"".join(out)

@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from rt_helpers import three_tier_fleet
+from rt_helpers import packed_header, three_tier_fleet
 
 from tierplan.runtime.proto import runtime_pb2 as pb
 from tierplan.runtime.proto import runtime_pb2_grpc as pbg
@@ -361,6 +361,8 @@ def _valid_delivery(dst: str = "m/p1", src: str = "m/p0") -> Delivery:
 
 
 STAGES = st.sampled_from(["worker", "agent"])
+# dtype name -> code in a hostile packed header: runtime.wire's own codes (None) or any byte
+DTYPE_CODES = st.one_of(st.none(), st.dictionaries(st.sampled_from(sorted(GOOD_DTYPES)), st.integers(0, 255), max_size=3))
 CUTS = st.sampled_from(["whole", "whole", "raise", "cancel"])
 
 
@@ -580,12 +582,12 @@ def _raw_method(target: str, stage_method: str, control_method: str) -> str:
 @FUZZ
 @given(target=RAW_TARGETS, frames=frame_lists(), mutation=st.sampled_from(["none", "truncate", "flip", "prefix",
                                                                            "garbage", "hostile"]),
-       garbage=st.binary(max_size=200), where=st.integers(0, 10**6))
-def test_raw_deliver_one_survives_hostile_bytes(live, target, frames, mutation, garbage, where):
+       garbage=st.binary(max_size=200), where=st.integers(0, 10**6), codes=DTYPE_CODES)
+def test_raw_deliver_one_survives_hostile_bytes(live, target, frames, mutation, garbage, where, codes):
     """RawStage/RawControl DeliverOne (one packed message): truncated, flipped, mis-prefixed or hostile
     bytes end in a status; the site and the controller stay up."""
     packed = pack_delivery(_valid_delivery("sink:output" if target == "control" else "m/p1"))
-    header = pb.Bundle(frames=frames or [pb.Frame()]).SerializeToString()
+    header = packed_header(frames or [pb.Frame()], codes=codes)
     msg = {"none": packed, "truncate": packed[:where % len(packed)], "garbage": garbage,
            "prefix": struct.pack("<I", (where * 7919) % 2**32) + packed[4:],
            "hostile": struct.pack("<I", len(header)) + header + bytes(-(4 + len(header)) % 64) + garbage}.get(mutation)
@@ -620,8 +622,8 @@ def test_raw_deliver_stream_survives_hostile_bytes(live, target, frames, mutatio
                                                          "/dev/shm/tierplan-x", "tierplan-" + "a" * 300, "REAL"]),
                                           st.text(max_size=20)),
        nbytes=st.one_of(st.integers(0, 5000), st.sampled_from([2**64 - 1, 2**63, 4096])),
-       contents=st.binary(max_size=300), frames=frame_lists(), raw=st.binary(max_size=20))
-def test_raw_deliver_shm_survives_hostile_handles(live, target, name, nbytes, contents, frames, raw):
+       contents=st.binary(max_size=300), frames=frame_lists(), raw=st.binary(max_size=20), codes=DTYPE_CODES)
+def test_raw_deliver_shm_survives_hostile_handles(live, target, name, nbytes, contents, frames, raw, codes):
     """DeliverShm (a shared-memory handle): names of no segment or outside /dev/shm, lengths beyond the
     segment and segments holding hostile bytes end in a status; the site and the controller stay up."""
     method = live.raw(target, _raw_method(target, RAW_STAGE_SHM_METHOD, RAW_CONTROL_SHM_METHOD), "unary")
@@ -632,7 +634,7 @@ def test_raw_deliver_shm_survives_hostile_handles(live, target, name, nbytes, co
         seg = shared_memory.SharedMemory(name=f"tierplan-{os.getpid()}-fuzz{time.monotonic_ns()}", create=True,
                                          size=4096)
         try:
-            header = pb.Bundle(frames=frames).SerializeToString()
+            header = packed_header(frames or [pb.Frame()], codes=codes)
             payload = (struct.pack("<I", len(header)) + header + contents)[:4096 - 64]
             seg.buf[64:64 + len(payload)] = payload
             call("Raw.DeliverShm", method, encode_ref(seg.name, nbytes % 2**64), garbage=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 import time
+import types
 from fractions import Fraction
 
 import numpy as np
@@ -261,6 +263,25 @@ def test_wire_readers_refuse_what_breaks_the_format():
     for msg in (packed[:3], packed[:-4], b"\xff\xff\xff\x7f" + packed[4:], packed + b"x"):
         with pytest.raises(WireError):
             unpack_delivery(msg)
+    # the packed form's own header (no protobuf): the same bad fields, and its own ways to lie
+    from rt_helpers import packed_header
+
+    def packed_with(header: bytes, data: bytes = x.tobytes()) -> bytes:
+        pre = struct.pack("<I", len(header)) + header
+        return pre + bytes(-len(pre) % 64) + data
+    assert unpack_delivery(packed_with(packed_header([pb.Frame(**good)]))).tensors["t"].shape == (1, 8)
+    for change in bad:
+        with pytest.raises(WireError):
+            unpack_delivery(packed_with(packed_header([pb.Frame(**{**good, **change})])))
+    for kwargs in (dict(magic=b"XXXX"), dict(flags=2), dict(codes={}), dict(codes={"float32": 99}),
+                   dict(lengths={0: 60000}), dict(lengths={5: 2**31}), dict(lengths={2: 0})):
+        with pytest.raises(WireError):
+            unpack_delivery(packed_with(packed_header([pb.Frame(**good)], **kwargs)))
+    with pytest.raises(WireError):    # text that is not UTF-8
+        fields = {**{k: getattr(pb.Frame(**good), k) for k in ("request_id", "dst", "branch", "error", "trace",
+                                                                "deadline_unix_ms", "sent_unix_ms", "empty", "name",
+                                                                "dtype", "shape")}, "src": "\ud800"}
+        unpack_delivery(packed_with(packed_header([types.SimpleNamespace(**fields)])))
     msgs = raw_messages(d)
     for stream in ([], [msgs[0]], [msgs[0], msgs[1][:5]], [*msgs, b"more"], [b"\xff garbage"]):
         with pytest.raises(WireError):
