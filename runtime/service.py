@@ -19,9 +19,10 @@ import itertools
 import json
 import logging
 import math
+import os
+import random
 import threading
 import time
-import uuid
 from concurrent import futures
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -130,12 +131,17 @@ class _Pending:
                 return    # late, unknown, or a branch an earlier attempt already delivered
             self.items[d.dst][d.branch] = None if d.empty else d.tensors
             self.weight[d.dst] += branch_weight(d.branch) if d.branch else 1
-            seen = self._seen
-            for step in d.trace:
-                key = (step[0], step[1], step[2])
-                if key not in seen:
-                    seen.add(key)
-                    self.steps.append(step)
+            if not self.steps:       # the first result: nothing to repeat (most requests have only one)
+                self.steps = d.trace
+            else:
+                seen = self._seen
+                if not seen:
+                    seen.update((step[0], step[1], step[2]) for step in self.steps)
+                for step in d.trace:
+                    key = (step[0], step[1], step[2])
+                    if key not in seen:
+                        seen.add(key)
+                        self.steps.append(step)
             if all(w >= 1 for w in self.weight.values()):
                 self._finish()
 
@@ -290,6 +296,8 @@ class Service:
         self._servers: list[grpc.Server] = []
         self._closers: list[Callable[[], None]] = []
         self._ids = itertools.count()
+        # request ids: a random part (not guessable from the counter) without a getrandom call per request
+        self._id_bits = random.Random(os.urandom(16)).getrandbits
         self._emulator = LinkEmulator(self.routes, shared_dir=self.options.links_shared_dir or None)
         self._registry = CollectorRegistry()
         self._latency = Histogram("tierplan_request_latency_seconds", "End-to-end latency per request",
@@ -612,7 +620,7 @@ class Service:
         cls = self._class_of_request(device_class)
         prefix = self.node_prefix
         feeds = self._source_tensors(inputs, cls, prefix)
-        rid = f"{uuid.uuid4().hex[:12]}-{next(self._ids)}"
+        rid = f"{self._id_bits(48):012x}-{next(self._ids)}"
         deadline_s = time.time() + (timeout_s or self.request_timeout_s)
         key = tuple(feeds)
         if self._sinks_graph is not self.graph:    # a new plan's graph (runtime.livemove): start afresh

@@ -203,7 +203,8 @@ class ShmReader:
     all gone); otherwise they are copied out and the segment is free at once.
     """
 
-    def __init__(self, capacity: int = _READER_CACHE, in_place: bool = False) -> None:
+    def __init__(self, capacity: int = _READER_CACHE, in_place: bool = False, raw_trace: bool = False) -> None:
+        self.raw_trace = raw_trace     # traces passed on unread (runtime.wire.RawSteps): a stage worker's reader
         self._maps: OrderedDict[str, shared_memory.SharedMemory] = OrderedDict()
         self._lock = threading.Lock()
         self._capacity = capacity
@@ -223,11 +224,11 @@ class ShmReader:
         buf = seg_buf(seg)
         base = np.frombuffer(buf, dtype=np.uint8, count=nbytes, offset=SEG_HEADER_BYTES)
         if not self.in_place:
-            d = unpack_delivery(base, copy=True)
+            d = unpack_delivery(base, copy=True, raw_trace=self.raw_trace)
             del base
             buf[0] = 0
             return d, seg
-        d = unpack_delivery(base)
+        d = unpack_delivery(base, raw_trace=self.raw_trace)
         # every array of d is a view of base: when the last one goes, the sender may reuse the segment
         # (a weak reference with a callback, kept alive here: cheaper than weakref.finalize per delivery)
         ref = weakref.ref(base, functools.partial(self._let_go, seg))

@@ -63,7 +63,8 @@ from tierplan.runtime.security import CONTROLLER, TlsConfig, TokenInterceptor, p
 from tierplan.runtime.shm import ShmReader, is_loopback_address
 from tierplan.runtime.transport import (RETRY_CODES, UNARY_MAX_BYTES, UNARY_MAX_PACED_BYTES,  # noqa: F401 (re-exported)
                                         Sender, delivery_handlers, parsed, pick_address, raw_handler, rotating)
-from tierplan.runtime.wire import CHUNK_BYTES, GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, frames_to_delivery
+from tierplan.runtime.wire import (CHUNK_BYTES, GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, RawSteps,
+                                   frames_to_delivery)
 
 __all__ = ["StageWorker"]
 # The transport (Sender, delivery_handlers, parsed, pick_address, rotating, RETRY_CODES, ...) lives in
@@ -199,7 +200,9 @@ class StageWorker(pbg.StageServicer):
         self._metrics = _Metrics()
         self._sender = Sender(site, tls, lambda: self._cfg.emulator if self._cfg else LinkEmulator(),
                               self._metrics)
-        self._shm_reader = ShmReader(in_place=True)   # pieces read their inputs from the segment
+        # pieces read their inputs from the segment; earlier trace steps are passed on unread (the
+        # controller checks them: runtime.wire.RawSteps)
+        self._shm_reader = ShmReader(in_place=True, raw_trace=True)
         self._pool = futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"send-{site}")
         self._stop = threading.Event()
         self._server: grpc.Server | None = None
@@ -654,7 +657,8 @@ class StageWorker(pbg.StageServicer):
         if ok and e is not None:
             # room for the header (ids, the trace so far and this step's two steps, per tensor),
             # twice what this request needs: a header that does not fit is packed with a copy
-            trace_chars = sum(len(k) + len(n) + 40 for k, n, _ in r.trace) + 2 * (len(node) + len(self.site) + 60)
+            trace_chars = sum(len(s) if type(s) is RawSteps else len(s[0]) + len(s[1]) + 40 for s in r.trace) + \
+                2 * (len(node) + len(self.site) + 60)
             room = 1024 + 2 * len(outputs) * (256 + len(r.request_id) + len(node) + len(e.dst) + len(r.branch)
                                               + trace_chars)
             layout = placement({k: (a.dtype, a.shape) for k, a in outputs.items()}, room)

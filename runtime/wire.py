@@ -26,7 +26,7 @@ __all__ = ["CHUNK_BYTES", "MAX_MESSAGE_BYTES", "GRPC_OPTIONS", "Delivery", "deli
            "pack_delivery", "unpack_delivery", "packed_layout", "dtype_name", "dtype_of", "RAW_STAGE_METHOD", "RAW_CONTROL_METHOD",
            "RAW_STAGE_ONE_METHOD", "RAW_CONTROL_ONE_METHOD", "RAW_STAGE_SHM_METHOD", "RAW_CONTROL_SHM_METHOD",
            "packed_size", "pack_delivery_into", "WireError", "WIRE_DTYPES", "MAX_DELIVERY_BYTES", "MAX_TRACE_STEPS",
-           "MAX_DEADLINE_AHEAD_MS", "check_tensor_bytes", "pack_header_into"]
+           "MAX_DEADLINE_AHEAD_MS", "check_tensor_bytes", "pack_header_into", "RawSteps", "trace_json", "MAX_TRACE_CHARS"]
 
 CHUNK_BYTES = 1 << 20          # 1 MiB stream chunks (measured fastest in Python here)
 MAX_MESSAGE_BYTES = 256 << 20  # raised on both ends: the front door sends whole tensors
@@ -61,6 +61,7 @@ WIRE_DTYPES = frozenset({"bool", "int8", "int16", "int32", "int64", "uint8", "ui
                          "float16", "float32", "float64", "complex64", "complex128"})
 MAX_DELIVERY_BYTES = MAX_MESSAGE_BYTES   # tensor bytes of one delivery, whichever form carries it
 MAX_TRACE_STEPS = 4096                   # [kind, name, ms] steps a delivery's trace may carry
+MAX_TRACE_CHARS = 4 << 20                # and characters of its JSON
 MAX_DEADLINE_AHEAD_MS = 24 * 3600e3      # a deadline further ahead than this is refused (a sender would retry for days)
 _MAX_DIMS = 32                           # numpy's own limit on array dimensions
 _MAX_ID_CHARS = 4096                     # request id, node names, branch and tensor names
@@ -85,6 +86,35 @@ class WireError(ValueError):
     with the message."""
 
 
+class RawSteps(str):
+    """Trace steps a stage worker passes on unread: the JSON of `[kind, name, ms]` steps without the
+    outer brackets, as an earlier site wrote them (`unpack_delivery(raw_trace=True)`). A site only
+    appends its own steps, so parsing, checking and re-writing the steps before them on every hop
+    is wasted; the controller, which reads them, parses and checks the whole trace."""
+
+
+def trace_json(trace: list) -> str:
+    """A trace as the wire carries it: compact JSON ("" for none), RawSteps elements spliced in as they came."""
+    if not trace:
+        return ""
+    if not any(type(s) is RawSteps for s in trace):
+        return _dumps(trace)
+    parts: list[str] = []
+    run: list = []
+    for step in trace:
+        if type(step) is RawSteps:
+            if run:
+                parts.append(_dumps(run)[1:-1])
+                run = []
+            if step:
+                parts.append(step)
+        else:
+            run.append(step)
+    if run:
+        parts.append(_dumps(run)[1:-1])
+    return "[" + ",".join(parts) + "]"
+
+
 @dataclass
 class Delivery:
     """The outputs of one node for one request (and fan-out branch), addressed to one node."""
@@ -98,7 +128,7 @@ class Delivery:
     error: str = ""
     empty: bool = False
     sent_unix_ms: float = 0.0
-    trace: list = field(default_factory=list)   # [kind, name, ms] steps: compute and transfer
+    trace: list = field(default_factory=list)   # [kind, name, ms] steps: compute and transfer (or RawSteps)
     # not on the wire: the shared-memory segment its tensors already lie in, when a piece wrote its
     # outputs there (runtime.localwire.Placed); a same-host send then writes only the header
     placed: object | None = field(default=None, repr=False, compare=False)
@@ -131,7 +161,7 @@ def delivery_frames(d: Delivery, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.
     """The frames of one delivery: per tensor a header with the first chunk, then the rest."""
     head: _FrameHead = dict(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
                 deadline_unix_ms=d.deadline_unix_ms, sent_unix_ms=d.sent_unix_ms,
-                trace=json.dumps(d.trace) if d.trace else "")
+                trace=trace_json(d.trace))
     if d.error or d.empty or not d.tensors:
         yield pb.Frame(**head, error=d.error, empty=d.empty)
         return
@@ -232,10 +262,18 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
-def _trace_of(text: str) -> list:
-    """A delivery's trace: a JSON list of at most MAX_TRACE_STEPS [kind, name, ms] steps; WireError otherwise."""
+def _trace_of(text: str, raw: bool = False) -> list:
+    """A delivery's trace: a JSON list of at most MAX_TRACE_STEPS [kind, name, ms] steps; WireError
+    otherwise. `raw`: not parsed, only bounded and bracketed, as one RawSteps element (a stage
+    worker passes it on; the controller checks it)."""
     if not text:
         return []
+    if len(text) > MAX_TRACE_CHARS:
+        raise WireError(f"trace of {len(text)} characters (at most {MAX_TRACE_CHARS})")
+    if raw:
+        if text[0] != "[" or text[-1] != "]":
+            raise WireError("trace is not a JSON list")
+        return [RawSteps(text[1:-1])] if len(text) > 2 else []
     try:
         steps = json.loads(text)
     except (ValueError, RecursionError) as e:
@@ -243,8 +281,8 @@ def _trace_of(text: str) -> list:
     if not isinstance(steps, list) or len(steps) > MAX_TRACE_STEPS:
         raise WireError(f"trace must be a list of at most {MAX_TRACE_STEPS} [kind, name, ms] steps")
     for s in steps:
-        if not (isinstance(s, list) and len(s) == 3 and isinstance(s[0], str) and isinstance(s[1], str)
-                and isinstance(s[2], (int, float)) and not isinstance(s[2], bool) and math.isfinite(s[2])):
+        if not (type(s) is list and len(s) == 3 and type(s[0]) is str and type(s[1]) is str
+                and type(s[2]) in (int, float) and math.isfinite(s[2])):
             raise WireError(f"trace step {str(s)[:80]} is not [kind, name, ms]")
     return steps
 
@@ -252,7 +290,7 @@ def _trace_of(text: str) -> list:
 def _header(d: Delivery, arrays: dict[str, np.ndarray]) -> bytes:
     head: _BundleHead = dict(request_id=d.request_id, src=d.src, dst=d.dst, branch=d.branch,
                 deadline_unix_ms=d.deadline_unix_ms, sent_unix_ms=d.sent_unix_ms,
-                trace=_dumps(d.trace) if d.trace else "", error=d.error, empty=d.empty)
+                trace=trace_json(d.trace), error=d.error, empty=d.empty)
     frames = [pb.Frame(**head)] if not arrays else \
         [pb.Frame(**head, name=k, dtype=dtype_name(a.dtype), shape=a.shape) for k, a in arrays.items()]
     return pb.Bundle(frames=frames).SerializeToString()
@@ -266,7 +304,7 @@ def _delivery_of(f0: pb.Frame) -> Delivery:
 
 
 def _checked_delivery(rid: str, src: str, dst: str, branch: str, deadline: float, sent: float, error: str,
-                      empty: bool, trace: str) -> Delivery:
+                      empty: bool, trace: str, raw_trace: bool = False) -> Delivery:
     """A delivery of these received fields, checked: ids within length, a branch of the form
     `i/n[.i/n...]` (i < n), finite times, a deadline at most MAX_DEADLINE_AHEAD_MS ahead, a
     well-formed trace. WireError otherwise."""
@@ -280,7 +318,7 @@ def _checked_delivery(rid: str, src: str, dst: str, branch: str, deadline: float
         raise WireError("deadline_unix_ms and sent_unix_ms must be finite")
     if deadline > time.time() * 1e3 + MAX_DEADLINE_AHEAD_MS:
         raise WireError(f"deadline more than {MAX_DEADLINE_AHEAD_MS / 3600e3:.0f} h ahead")
-    return Delivery(rid, src, dst, {}, branch, deadline, error, empty, sent, _trace_of(trace))
+    return Delivery(rid, src, dst, {}, branch, deadline, error, empty, sent, _trace_of(trace, raw_trace))
 
 
 def _header_frames(buf: bytes) -> list:
@@ -298,7 +336,7 @@ def _packed_header(d: Delivery, arrays: dict[str, np.ndarray], trace: str | None
     """The packed form's header of `d` with these arrays (see _PACKED_HEAD); `trace`: its JSON, when
     already made. WireError for an id or name too long for its length field."""
     if trace is None:
-        trace = _dumps(d.trace) if d.trace else ""
+        trace = trace_json(d.trace)
     texts = [d.request_id.encode(), d.src.encode(), d.dst.encode(), d.branch.encode(), d.error.encode(),
              trace.encode()]
     try:
@@ -314,7 +352,8 @@ def _packed_header(d: Delivery, arrays: dict[str, np.ndarray], trace: str | None
     return b"".join(parts)
 
 
-def _read_packed_header(mv: memoryview, off: int, n: int) -> tuple[Delivery, list[tuple[str, np.dtype, tuple]]]:
+def _read_packed_header(mv: memoryview, off: int, n: int,
+                        raw_trace: bool = False) -> tuple[Delivery, list[tuple[str, np.dtype, tuple]]]:
     """The delivery (no tensors yet) and its tensors' (name, dtype, shape) from the packed header of
     `n` bytes at `off`; every field checked, WireError otherwise."""
     if n < _PACKED_HEAD.size:
@@ -356,7 +395,7 @@ def _read_packed_header(mv: memoryview, off: int, n: int) -> tuple[Delivery, lis
     except UnicodeDecodeError:
         raise WireError("packed delivery header holds text that is not UTF-8") from None
     rid, src, dst, branch, error, trace = texts
-    return _checked_delivery(rid, src, dst, branch, deadline, sent, error, bool(flags), trace), specs
+    return _checked_delivery(rid, src, dst, branch, deadline, sent, error, bool(flags), trace, raw_trace), specs
 
 
 def _layout(d: Delivery) -> tuple[bytes, list[tuple[int, np.ndarray]], int]:
@@ -442,9 +481,10 @@ def pack_header_into(d: Delivery, buf: memoryview, base: int) -> int | None:
     return off
 
 
-def unpack_delivery(buf: bytes | memoryview | np.ndarray, copy: bool = False) -> Delivery:
+def unpack_delivery(buf: bytes | memoryview | np.ndarray, copy: bool = False, raw_trace: bool = False) -> Delivery:
     """The inverse of `pack_delivery`; the arrays are read-only views of `buf`, or with `copy` arrays
-    of their own (for a shared-memory segment the sender will reuse)."""
+    of their own (for a shared-memory segment the sender will reuse). `raw_trace`: the trace as one
+    RawSteps element, not parsed (see RawSteps)."""
     mv = buf.data if isinstance(buf, np.ndarray) else memoryview(buf)
     size = len(buf)
     if size < _PACK_PREFIX.size:
@@ -453,7 +493,7 @@ def unpack_delivery(buf: bytes | memoryview | np.ndarray, copy: bool = False) ->
     off = _PACK_PREFIX.size
     if n > size - off:
         raise WireError(f"packed delivery of {size} bytes claims a {n}-byte header")
-    d, specs = _read_packed_header(mv, off, n)
+    d, specs = _read_packed_header(mv, off, n, raw_trace)
     off += n
     for name, dtype, shape in specs:
         need = _nbytes(name, dtype, shape)

@@ -291,3 +291,33 @@ def test_wire_readers_refuse_what_breaks_the_format():
     with pytest.raises(WireError):
         pb_to_tensor(pb.Tensor(name="t", dtype="O", shape=[1], data=b"\0" * 8))
     assert np.array_equal(pb_to_tensor(pb.Tensor(name="t", dtype="float32", shape=[1, 8], data=x.tobytes())), x)
+
+
+def test_trace_steps_pass_through_a_site_unread_and_the_controller_checks_them():
+    """A stage worker reads a packed delivery's trace as one RawSteps element (not parsed), appends its
+    own steps and packs it on: the next reader that parses (the controller) gets every step in order.
+    What a site passes on unread is still checked there: a bad step is refused at the end."""
+    from tierplan.runtime.wire import RawSteps, WireError, pack_delivery, trace_json, unpack_delivery
+    soon = (time.time() + 5) * 1e3
+    first = Delivery("r", "a", "b", {"t": np.ones(4, np.float32)}, deadline_unix_ms=soon,
+                     trace=[["feed", "client->p", 0.5], ["compute", "a@p", 1.25]])
+    at_site = unpack_delivery(pack_delivery(first), raw_trace=True)
+    assert [type(s) for s in at_site.trace] == [RawSteps]
+    at_site.trace.append(["transfer", "p->q", 2.0])
+    joined = Delivery("r", "b", "c", {}, deadline_unix_ms=soon,     # a join of two such inputs, then own steps
+                      trace=[*at_site.trace, RawSteps('["compute","x@q",1]'), ["compute", "b@q", 3.5]])
+    end = unpack_delivery(pack_delivery(joined))
+    assert end.trace == [["feed", "client->p", 0.5], ["compute", "a@p", 1.25], ["transfer", "p->q", 2.0],
+                         ["compute", "x@q", 1], ["compute", "b@q", 3.5]]
+    assert trace_json([RawSteps(""), ["k", "n", 1.0]]) == '[["k","n",1.0]]' and trace_json([RawSteps("")]) == "[]"
+    hostile = Delivery("r", "a", "b", {}, deadline_unix_ms=soon, trace=[RawSteps('["compute","x",NaN]')])
+    passed_on = unpack_delivery(pack_delivery(hostile), raw_trace=True)    # a site does not read it...
+    with pytest.raises(WireError):
+        unpack_delivery(pack_delivery(passed_on))                          # ...the controller refuses it
+    from rt_helpers import packed_header
+
+    from tierplan.runtime.proto import runtime_pb2 as pb
+    for text in ('{"a": 1}', "[" * 10, "x" * (5 << 20)):   # not a list, or beyond MAX_TRACE_CHARS: refused unread too
+        header = packed_header([pb.Frame(request_id="r", src="a", dst="b", deadline_unix_ms=soon, trace=text)])
+        with pytest.raises(WireError):
+            unpack_delivery(struct.pack("<I", len(header)) + header, raw_trace=True)
