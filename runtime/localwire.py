@@ -415,10 +415,12 @@ class Placed:
     `header_room` bytes: a piece writes its outputs into `arrays` and the delivery carrying exactly
     these arrays goes out with only its header written (`LocalClient.place`; no copy of the tensors)."""
 
-    def __init__(self, seg: SharedMemory, pool: ShmPool, arrays: dict[str, np.ndarray]) -> None:
+    def __init__(self, seg: SharedMemory, pool: ShmPool, arrays: dict[str, np.ndarray],
+                 offsets: list[int] | None = None) -> None:
         self.seg = seg
         self.pool = pool
         self.arrays = arrays
+        self.offsets = offsets    # where each array starts in the segment's payload (after its header)
         self.used = False       # a send took the segment (it then releases or discards it), or none will
         self._lock = threading.Lock()
 
@@ -576,7 +578,7 @@ class LocalClient:
         seg = pool.acquire(total)
         buf = seg_buf(seg)
         return Placed(seg, pool, {k: np.frombuffer(buf, dt, count, SEG_HEADER_BYTES + off).reshape(shape)
-                                  for k, dt, count, off, shape in entries})
+                                  for k, dt, count, off, shape in entries}, [e[3] for e in entries])
 
     def _owns(self, placed: Placed) -> bool:
         """True when `placed` lies in this client's pool."""
@@ -589,7 +591,8 @@ class LocalClient:
         placed = d.placed
         if placed_ok and isinstance(placed, Placed) and placed.carries(d) and self._owns(placed) and placed.take():
             payload = placed.pool.payload(placed.seg)
-            n = pack_header_into(d, payload, np.frombuffer(payload, np.uint8, 1).ctypes.data)
+            n = pack_header_into(d, payload, 0, placed.offsets) if placed.offsets is not None else \
+                pack_header_into(d, payload, np.frombuffer(payload, np.uint8, 1).ctypes.data)
             del payload
             if n is not None:
                 return _KIND_SHM, encode_ref(placed.seg.name, n), (placed.seg, placed.pool)
@@ -617,7 +620,11 @@ class LocalClient:
         sock = _dial(name)
         if sock is None:
             return None
-        sock.settimeout(_SEND_TIMEOUT_S)    # the longest a send may block; the calls' own limits are the sweeper's
+        # the longest a send (or a reply's read) may block, kept by the kernel: a blocking socket makes
+        # one system call per send where a Python timeout adds a poll; the calls' own limits are the sweeper's
+        limit = struct.pack("ll", int(_SEND_TIMEOUT_S), int(_SEND_TIMEOUT_S % 1 * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
         st = _Stream(sock, name)
         with self._lock:
             cur = self._streams.get(name)
@@ -663,9 +670,10 @@ class LocalClient:
             if failed is None:    # ended by another thread meanwhile
                 continue
             # a send cut short leaves the stream unframed: it ends, its open calls fail
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(failed, TimeoutError) else grpc.StatusCode.UNAVAILABLE
+            late = isinstance(failed, (TimeoutError, BlockingIOError))    # the kernel's send limit ran out
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.UNAVAILABLE
             self._break(st, code, f"same-host call to {{address}} failed: {failed}")
-            if fresh or isinstance(failed, TimeoutError):
+            if fresh or late:
                 _drop(lease)
                 raise LocalCallError(code, f"same-host call to {address} failed: {failed}") from failed
         else:     # every stream ended under us (the client closing): nothing was sent

@@ -455,23 +455,26 @@ def pack_delivery_into(d: Delivery, buf: memoryview, layout: tuple | None = None
     return total
 
 
-def pack_header_into(d: Delivery, buf: memoryview, base: int) -> int | None:
+def pack_header_into(d: Delivery, buf: memoryview, base: int, offsets: list[int] | None = None) -> int | None:
     """Write the packed header of `d` into `buf` when its tensors already lie in `buf` where
     `pack_delivery_into` would put them; returns the packed length, or None when they do not (then
-    pack it the usual way). `base`: the address of buf[0]. The header's length reaches to where the
-    first tensor starts (the bytes after its fields are padding)."""
+    pack it the usual way). `base`: the address of buf[0]; `offsets`: where each tensor lies in
+    `buf`, when the caller laid them out itself (runtime.localwire.Placed: no address lookups). The
+    header's length reaches to where the first tensor starts (the bytes after its fields are padding)."""
     arrays = d.tensors
     if not arrays or any(not a.flags.c_contiguous or not a.nbytes for a in arrays.values()):
         return None
-    first = next(iter(arrays.values()))
-    first_at = first.ctypes.data - base
+    at = offsets if offsets is not None else [a.ctypes.data - base for a in arrays.values()]
+    if len(at) != len(arrays):
+        return None
+    first_at = at[0]
     header = _packed_header(d, arrays)
     if _PACK_PREFIX.size + len(header) > first_at:
         return None
     off = first_at
-    for a in arrays.values():     # each tensor where `_layout` puts it
+    for a, a_at in zip(arrays.values(), at):     # each tensor where `_layout` puts it
         off += -off % _PACK_ALIGN
-        if a.ctypes.data - base != off:
+        if a_at != off:
             return None
         off += a.nbytes
     if off > len(buf):

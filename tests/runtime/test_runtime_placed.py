@@ -32,6 +32,10 @@ def test_placed_outputs_read_back_as_the_packed_delivery():
         payload, base = _payload_base(placed)
         n = pack_header_into(d, payload, base)
         assert n is not None
+        written = bytes(payload[:n])
+        assert placed.offsets is not None and pack_header_into(d, payload, 0, placed.offsets) == n   # the sender's
+        assert bytes(payload[:n]) == written     # way (offsets as placed, no address lookups) writes the same
+        assert pack_header_into(d, payload, 0, [placed.offsets[0], placed.offsets[1] + 64]) is None   # not the layout
         got = unpack_delivery(np.frombuffer(payload, np.uint8, n), copy=True)
         del payload
         want = unpack_delivery(pack_delivery(d))
