@@ -70,9 +70,9 @@ _IDLE_PER_PEER = 16          # idle connections kept per peer (one per concurren
 _PEERCRED = struct.Struct("3i")
 _RECV_BYTES = 16 << 10       # one receive call takes any message up to this (handles, acks, small deliveries)
 _REPLY_BYTES = 4096          # a reply (ok, refusal or error message) read in one receive call
-_SWEEP_S = 0.1               # replies nobody reaped are read and timeouts checked this often (senders reap
-                             # on every send, so under load the sweeper finds little: a wake-up per tick, not per call)
-_SEND_TIMEOUT_S = 1.0        # longest a start_call's send may block (the socket keeps it: no syscall per call)
+_SWEEP_S = 0.1               # while streamed calls are open: taken ones confirmed, refusals read and timeouts
+                             # checked this often (senders confirm on every send: a wake-up per tick, not per call)
+_SEND_TIMEOUT_S = 1.0        # longest a streamed send may block (the kernel keeps it: SO_SNDTIMEO)
 
 
 def available() -> bool:

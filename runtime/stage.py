@@ -8,15 +8,15 @@ The same class runs inside a Ray actor (base stations, clouds) and inside `tierp
 - `Deliver` streams in the outputs of an upstream node. Compute threads (`compute_threads`, one by
   default) join the inputs of each node per (request, branch) and run nodes: consecutive nodes
   on the same site hand tensors over in memory (no hop). A delivery on the same-host socket runs
-  on the connection's own thread, after its ack, when a compute slot is free and nothing is queued
+  on the connection's own thread, once taken, when a compute slot is free and nothing is queued
   (no handoff to a compute thread: one thread wake less per hop); a node runs only while holding
   one of the `compute_threads` slots, wherever it runs. A piece whose outputs all go unchanged to
   one piece on a same-host site writes them straight into shared memory (`_place`, onnxruntime
   IOBinding): the send copies no tensor bytes. Outputs for a same-host peer without
   link emulation go out from the compute thread on the Unix socket without waiting for the
-  reply (runtime.localwire `start_call`); any other send goes to a sender pool (the compute
-  thread never waits for an ack) over a direct gRPC call, paced by the link emulator; sink
-  outputs go to the controller.
+  peer to take them (runtime.localwire `start_call`: streamed, no reply); any other send goes
+  to a sender pool (the compute thread never waits for an ack) over a direct gRPC call, paced
+  by the link emulator; sink outputs go to the controller.
 - Cloud-tier sites batch requests at a node (max batch, max wait) on a batching thread when the
   runner accepts a free first dimension; otherwise queued requests still run back to back.
 

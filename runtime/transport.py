@@ -221,12 +221,12 @@ class Sender:
         return True
 
     def try_start(self, address: str | None, d: Delivery, to_site: str, on_fail: Callable[[], None]) -> bool:
-        """`try_now` without waiting for the peer's reply: True when the delivery went out on the
-        same-host socket; its reply is read later by whichever thread reaps it (runtime.localwire
-        LocalClient), and if it is not an ok (refused, broken, no answer within INLINE_TIMEOUT_S)
-        `on_fail()` runs there (the caller then sends with `send`, as after a False). The sending
-        thread (a stage's compute thread, a client's) thus never waits for a peer that is slow to
-        be scheduled, and no thread is woken by the ack."""
+        """`try_now` without waiting for the peer: True when the delivery went out on the same-host
+        socket (streamed: runtime.localwire LocalClient learns later, from the segment, that the
+        peer took it); if the peer refuses it, breaks the connection or does not take it within
+        INLINE_TIMEOUT_S, `on_fail()` runs on the thread that finds out (the caller then sends with
+        `send`, as after a False). The sending thread (a stage's compute thread, a client's) thus
+        never waits for a peer that is slow to be scheduled, and no thread is woken per delivery."""
         if not address or not self.shm or self.tls is not None or address in self._no_shm or \
                 (to_site and self._emulator().route(self.site, to_site)):
             return False
