@@ -75,6 +75,7 @@ log = logging.getLogger("tierplan.runtime")
 _ERROR_REPORT_TIMEOUT_S = 2.0
 _NO_LOCK = contextlib.nullcontext()
 _ACK_OK = pb.Ack(ok=True)    # shared: nobody changes an ack after it is made
+_INLINE_MAX_MS = 50.0   # longest a node may run on a same-host connection's thread (see `_inline_ok`)
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -208,6 +209,7 @@ class StageWorker(pbg.StageServicer):
         self._server: grpc.Server | None = None
         self._local_server: LocalServer | None = None
         self._done = 0
+        self._run_ms: dict[str, float] = {}         # node -> ms its last delivery took here (`_inline_ok`)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> str:
@@ -402,17 +404,32 @@ class StageWorker(pbg.StageServicer):
         self._metrics.of("queue_depth", self.site).set(self._inbox.qsize() + len(self._ready))
 
     def _take(self, d: Delivery) -> None:
-        """A delivery the same-host socket acknowledged: run it on this thread (the connection's) when
-        a compute slot is free and nothing queued came before it, else queue it. Saves waking a
-        compute thread per hop; the connection's next call waits meanwhile, as it would for the slot."""
+        """A delivery the same-host socket took: run it on this thread (the connection's) when a
+        compute slot is free, nothing queued came before it and its node is known to be quick
+        (`_inline_ok`), else queue it. Saves waking a compute thread per hop."""
         cfg = self._cfg
-        if cfg is None or self._queued or not self._slots.acquire(blocking=False):
+        if cfg is None or self._queued or not self._inline_ok(d.dst) or not self._slots.acquire(blocking=False):
             self._enqueue(d)
             return
         try:
-            self._process(cfg, d)
+            self._timed(cfg, d)
         finally:
             self._slots.release()
+
+    def _inline_ok(self, node: str) -> bool:
+        """True when deliveries to `node` may run on the connection's thread: its last run (with the
+        same-site nodes it feeds) took at most _INLINE_MAX_MS. The sender's next deliveries on that
+        connection wait to be taken meanwhile, and a sender gives one up after INLINE_TIMEOUT_S
+        (1 s): a node not yet timed, or a slow one, goes to a compute thread, whose handoff costs
+        little beside its run."""
+        last = self._run_ms.get(node)
+        return last is not None and last <= _INLINE_MAX_MS
+
+    def _timed(self, cfg: _Config, d: Delivery) -> None:
+        """`_process`, noting how long the delivery's node took (for `_inline_ok`)."""
+        t0 = time.perf_counter()
+        self._process(cfg, d)
+        self._run_ms[d.dst] = (time.perf_counter() - t0) * 1e3
 
     # ------------------------------------------------------------------ compute
     def _accept(self, cfg: _Config, d: Delivery) -> None:
@@ -468,7 +485,7 @@ class StageWorker(pbg.StageServicer):
                     self._queued -= 1
                 cfg = self._cfg
                 if cfg is not None:
-                    self._process(cfg, item)
+                    self._timed(cfg, item)
 
     def _process(self, cfg: _Config, item: Delivery) -> None:
         """Accept one delivery (join, run, pass on); an exception ends its request with the reason."""

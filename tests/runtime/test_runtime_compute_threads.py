@@ -88,3 +88,19 @@ def test_concurrent_requests_on_compute_threads_share_emulated_links(sq_files, s
     np.testing.assert_allclose(next(iter(again["output"].values())), got[3], rtol=1e-5, atol=1e-6)
     buckets = [p for p in shared.iterdir() if p.name != LINKS_DIR_MARKER]
     assert buckets and all(p.suffix == ".bucket" for p in buckets), f"no shared link buckets in {shared}: {buckets}"
+
+
+def test_only_nodes_known_to_be_quick_run_on_the_connection_thread(tmp_path):
+    """A same-host delivery runs on its connection's thread only when its node's last run took at most
+    _INLINE_MAX_MS: a node not yet timed, or a slow one, goes to a compute thread, so the sender's next
+    deliveries on that connection are taken at once (a sender gives one up after 1 s)."""
+    from tierplan.runtime.stage import _INLINE_MAX_MS
+    w = StageWorker("s", cache_dir=str(tmp_path / "cache"))
+    try:
+        assert not w._inline_ok("m/p0")                       # never timed here
+        w._run_ms["m/p0"] = _INLINE_MAX_MS / 10
+        assert w._inline_ok("m/p0")
+        w._run_ms["m/p0"] = _INLINE_MAX_MS * 4                # grew slow: back to the compute threads
+        assert not w._inline_ok("m/p0") and not w._inline_ok("m/p1")
+    finally:
+        w.stop()
