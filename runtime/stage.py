@@ -144,10 +144,12 @@ class _Config:
     in_srcs: dict[str, frozenset[str]] = field(default_factory=dict)   # node -> the nodes feeding it
     fills: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)   # node -> `StageWorker._unfed`
     direct: dict[str, tuple | None] = field(default_factory=dict)   # node -> `StageWorker._learn`'s finding
+    node_set: frozenset[str] = frozenset()     # `nodes`, for the check on every delivery
 
     def __post_init__(self) -> None:
         # worked out once per plan: every delivery asks
         self.in_srcs = {n: frozenset(e.src for e in es) for n, es in self.graph.in_edges.items() if es}
+        self.node_set = frozenset(self.nodes)
 
 
 @dataclass
@@ -384,7 +386,7 @@ class StageWorker(pbg.StageServicer):
             raise RuntimeError("context.abort returned")    # it raises: this line is never reached
         # the plan decides what may arrive here: a node of this site, from one of its inputs (a
         # source from the client: no src); anything else is refused before it reaches a join
-        if d.dst not in cfg.nodes:
+        if d.dst not in cfg.node_set:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"node {d.dst[:64]!r} does not run on site {self.site!r} in generation {cfg.generation}")
         srcs = cfg.in_srcs.get(d.dst)
