@@ -182,3 +182,37 @@ def test_open_calls_fail_when_the_peer_dies_with_them():
         gate.set()
         client.close()
         peer.reader.close()
+
+
+def test_hostile_streamed_frames_get_an_error_naming_their_sequence_number_or_end_the_connection():
+    """A streamed frame (kind 6) without a sequence number ends its connection; one whose handle is not
+    a tierplan segment, or names no segment, gets an error reply naming its sequence number (the sender
+    matches it to the call); the server keeps serving other connections."""
+    import struct
+
+    from tierplan.runtime.localwire import socket_name
+    peer = _Peer(lambda d: pb.Ack(ok=True))
+    client = LocalClient()
+    try:
+        def send(body: bytes) -> bytes:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(socket_name(peer.address))
+            s.sendall(struct.pack("<IB", len(body), 6) + body)
+            try:
+                return s.recv(4096)
+            finally:
+                s.close()
+        assert send(b"\x01\x02") == b""                        # no sequence number: connection closed
+        for seq, handle in ((7, b"garbage"), (2**63, struct.pack("<Q", 64) + b"tierplan-0-nosuch"),
+                            (9, struct.pack("<Q", 64) + b"../etc/passwd")):
+            reply = send(struct.pack("<Q", seq) + handle)
+            n, kind = struct.unpack_from("<IB", reply)
+            assert kind == 8 and len(reply) == 5 + n, reply    # a streamed error, whole
+            assert struct.unpack_from("<Q", reply, 5)[0] == seq
+            assert reply[13:].split(b"\n")[0] in (b"FAILED_PRECONDITION", b"INVALID_ARGUMENT")
+        (ack, error), _ = _call(client, peer, np.ones(4, np.float32))    # still serving
+        assert error is None and ack.ok
+    finally:
+        client.close()
+        peer.stop()
