@@ -69,6 +69,7 @@ _KIND_STREAM, _KIND_STREAM_REFUSED, _KIND_STREAM_ERROR = 6, 7, 8
 _IDLE_PER_PEER = 16          # idle connections kept per peer (one per concurrent sender thread)
 _PEERCRED = struct.Struct("3i")
 _RECV_BYTES = 16 << 10       # one receive call takes any message up to this (handles, acks, small deliveries)
+_REPLY_BYTES = 4096          # a reply (ok, refusal or error message) read in one receive call
 _SWEEP_S = 0.1               # while streamed calls are open: taken ones confirmed, refusals read and timeouts
                              # checked this often (senders confirm on every send: a wake-up per tick, not per call)
 _SEND_TIMEOUT_S = 1.0        # longest a streamed send may block (the kernel keeps it: SO_SNDTIMEO)
@@ -120,6 +121,39 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray | None:
             return None
         got += k
     return buf
+
+
+def _recv_message(sock: socket.socket, buf: bytearray) -> tuple[int, bytes | None] | None:
+    """One length-prefixed message: (kind, body), (kind, None) when its length is beyond
+    MAX_MESSAGE_BYTES, None when the peer closed. A message that fits `buf` (handles, acks, small
+    deliveries) takes one receive call; calls are one at a time per connection, so a receive never
+    holds bytes of the next message (a peer that sends them breaks the protocol: OSError)."""
+    view = memoryview(buf)
+    got = sock.recv_into(view)
+    if got == 0:
+        return None
+    while got < _HEAD.size:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
+    n, kind = _HEAD.unpack_from(buf, 0)
+    if n > MAX_MESSAGE_BYTES:
+        return kind, None
+    total = _HEAD.size + n
+    if got > total:
+        raise OSError(f"peer sent {got - total} bytes beyond its message")
+    if total <= len(buf):
+        while got < total:
+            k = sock.recv_into(view[got:total])
+            if k == 0:
+                return None
+            got += k
+        return kind, bytes(view[_HEAD.size:total])
+    rest = _recv_exact(sock, total - got)
+    if rest is None:
+        return None
+    return kind, bytes(view[_HEAD.size:got]) + bytes(rest)
 
 
 class _Frames:
@@ -521,7 +555,7 @@ class LocalClient:
             wait_s = deadline_s - time.time()
             sock.settimeout(max(min(wait_s, timeout_s) if timeout_s is not None else wait_s, 1e-3))
             sock.sendall(_frame(kind, body))
-            reply = _Frames(sock).next()    # one reply: nothing follows it on a waiting call
+            reply = _recv_message(sock, bytearray(_REPLY_BYTES))
         except OSError as e:      # peer gone or the deadline passed mid-call: the connection is spent
             self._close_sock(sock)
             _drop(lease)   # the receiver may still read it: never reuse
