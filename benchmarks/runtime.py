@@ -13,7 +13,8 @@
    sites (edge agent process, two Ray nodes), links not emulated: p50 and req/s at 8 concurrent
    clients, against the same 3 pieces in one process, with onnxruntime's default threads and
    with one thread (what each site worker gets here); the pipeline with the same-host fast path
-   and with gRPC only (as before it). DESIGN.md peer table: Ray Serve 35-40 ms, 7-8 ms per hop.
+   (one compute thread per site, the default, and two: a backlog from one peer then runs on two
+   cores) and with gRPC only (as before it). DESIGN.md peer table: Ray Serve 35-40 ms, 7-8 ms per hop.
    Goals: per hop <= 1 ms beyond bytes/bandwidth, where per hop = (pipeline p50 - best
    one-process p50 - sum over hops of bytes / measured loopback gRPC bandwidth) / hops; req/s at
    8 concurrent >= 0.85 of the best one-process figure. Hops per request: 4 (input to the edge
@@ -58,6 +59,10 @@ from tierplan.runtime.transport import Sender, delivery_handlers  # noqa: E402
 from tierplan.runtime.wire import GRPC_OPTIONS, RAW_STAGE_METHOD, RAW_STAGE_ONE_METHOD, Delivery, frames_to_delivery  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "runtime.json"
+# section 3's pipelines: (name, same-host fast path, compute threads per site worker)
+VARIANTS = (("same_host", True, 1), ("same_host_2_compute", True, 2), ("grpc_only", False, 1))
+TITLES = {"grpc_only": "gRPC only (before)", "same_host": "same-host fast path",
+          "same_host_2_compute": "same-host fast path, 2 compute threads per site"}
 HOP_SIZES = [1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 LINK_MBPS = [100.0, 400.0, 1000.0]
 LINK_BYTES = 16 << 20
@@ -283,8 +288,8 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
     bytes_ms = sum(b / loopback_bytes_per_s * 1e3 for b in hop_bytes)
     out: dict = {"hops_per_request": HOPS_PER_REQUEST, "hop_bytes": hop_bytes,
                  "loopback_gb_per_s": loopback_bytes_per_s / 1e9, "bytes_over_bandwidth_ms": bytes_ms}
-    for variant, fast in (("same_host", True), ("grpc_only", False)):
-        options = StageOptions(batch_sites=("cloud",), threads=local_threads(3), shm=fast)
+    for variant, fast, compute in VARIANTS:
+        options = StageOptions(batch_sites=("cloud",), threads=local_threads(3), shm=fast, compute_threads=compute)
         acc: dict[str, dict[str, Any]] = {k: {"seq": [], "lat": [], "t": 0.0, "steps": []} for k in [*inproc, "pipeline"]}
         with deploy(plan, emulate_links=False, request_timeout_s=30, options=options) as svc:
             for _ in range(5):
@@ -358,7 +363,7 @@ def _spread(runs: list[dict]) -> dict:
     """Per variant, each ratio of the pipeline over the runs: [min, median, max] (the machine is shared:
     one run's ratio is not the figure)."""
     out: dict = {"runs": len(runs)}
-    for variant in ("same_host", "grpc_only"):
+    for variant, _, _ in VARIANTS:
         out[variant] = {}
         for key in ("rps_ratio", "cpu_ratio", "cpu_ms_per_req"):
             vals = sorted(r[variant]["pipeline"][key] for r in runs)
@@ -403,7 +408,7 @@ def _print(res: dict) -> None:
             t.add_column(c, justify="right" if c != "set-up" else "left")
         labels = {"one_process": "3 pieces in one process, onnxruntime default threads",
                   "one_process_1_thread": "3 pieces in one process, 1 thread"}
-        for variant, title in (("grpc_only", "gRPC only (before)"), ("same_host", "same-host fast path")):
+        for variant, title in TITLES.items():
             v = s[variant]
             for k, o in v["one_process"].items():
                 t.add_row(f"{labels[k]} [{variant} run]", f"{o['p50_ms']:.1f}", "-", "-", f"{o['rps_8']:.0f}", "-",
@@ -415,7 +420,7 @@ def _print(res: dict) -> None:
                       _f(p.get("cpu_ratio"), ".2f"))
         t.add_row("peer: Ray Serve, 3 deployments (DESIGN.md)", "35-40", "", "7-8", "32-43", "", "", "", "")
         con.print(t)
-        for variant in ("grpc_only", "same_host"):
+        for variant in TITLES:
             by = s[variant]["pipeline"].get("cpu_by_process")
             if by:
                 con.print(f"   {variant} pipeline, CPU ms per request at 8 by process (its pieces' CPU, the rest): "
@@ -423,7 +428,7 @@ def _print(res: dict) -> None:
                                       f"{v['cpu_ms_per_req'] - v['pieces_cpu_ms']:.2f})" for k, v in by.items()))
         sp = res.get("squeezenet_spread")
         if sp and sp["runs"] > 1:
-            for variant in ("grpc_only", "same_host"):
+            for variant in TITLES:
                 v = sp[variant]
                 con.print(f"   {variant} over {sp['runs']} runs (min / median / max): req/s ratio "
                           + " / ".join(f"{x:.2f}" for x in v["rps_ratio"]) + ", CPU ratio "

@@ -246,10 +246,12 @@ class LocalServer:
     """Accepts same-host deliveries for the process whose gRPC server is at `address`."""
 
     def __init__(self, address: str, on_delivery: Callable[[Delivery, object], pb.Ack], reader: ShmReader,
-                 on_accepted: Callable[[Delivery], None] | None = None) -> None:
-        """`on_delivery(d, context)` checks a delivery and answers its ack. `on_accepted(d)`, if given,
-        runs on the connection's thread after an ok ack went out: a stage worker runs the delivery's
-        node there when its compute thread is free (no handoff to another thread per hop)."""
+                 on_accepted: Callable[[Delivery, bool], None] | None = None) -> None:
+        """`on_delivery(d, context)` checks a delivery and answers its ack. `on_accepted(d, more)`, if
+        given, runs on the connection's thread after an ok ack went out: a stage worker runs the
+        delivery's node there when its compute thread is free (no handoff to another thread per hop).
+        `more`: the next message from that peer already arrived (a backlog the worker may share out
+        to its other compute threads rather than run this one while the next waits)."""
         self.name = socket_name(address)
         self._on_delivery = on_delivery
         self._on_accepted = on_accepted
@@ -334,7 +336,7 @@ class LocalServer:
                     conn.sendall(reply)
                 if accepted is not None and self._on_accepted is not None:
                     try:
-                        self._on_accepted(accepted)
+                        self._on_accepted(accepted, frames.buffered())
                     except Exception:  # the delivery was acknowledged: its fate is the receiver's to report
                         log.exception("same-host delivery %s->%s failed after its ack", accepted.src, accepted.dst)
         except OSError:

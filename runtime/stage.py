@@ -405,12 +405,16 @@ class StageWorker(pbg.StageServicer):
         self._inbox.put(d)
         self._metrics.of("queue_depth", self.site).set(self._inbox.qsize() + len(self._ready))
 
-    def _take(self, d: Delivery) -> None:
+    def _take(self, d: Delivery, more: bool = False) -> None:
         """A delivery the same-host socket took: run it on this thread (the connection's) when a
         compute slot is free, nothing queued came before it and its node is known to be quick
-        (`_inline_ok`), else queue it. Saves waking a compute thread per hop."""
+        (`_inline_ok`), else queue it. Saves waking a compute thread per hop. With `more` (the
+        peer's next delivery is already here) and several compute threads it is queued too: a
+        compute thread runs it while this thread takes the next, so a backlog from one peer runs
+        on `compute_threads` cores, not one after another on this thread."""
         cfg = self._cfg
-        if cfg is None or self._queued or not self._inline_ok(d.dst) or not self._slots.acquire(blocking=False):
+        if cfg is None or self._queued or (more and self._compute_threads > 1) or not self._inline_ok(d.dst) \
+                or not self._slots.acquire(blocking=False):
             self._enqueue(d)
             return
         try:

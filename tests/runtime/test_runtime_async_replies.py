@@ -216,3 +216,42 @@ def test_hostile_streamed_frames_get_an_error_naming_their_sequence_number_or_en
     finally:
         client.close()
         peer.stop()
+
+
+def test_the_receiver_is_told_when_the_next_streamed_delivery_already_waits():
+    """`on_accepted(d, more)`: deliveries sent back to back while the receiver is busy arrive together;
+    each but the last is taken with more=True (a stage worker shares such a backlog out to its compute
+    threads), the last with more=False."""
+    address = f"127.0.0.1:{_free_port()}"
+    reader = ShmReader()
+    seen: list[tuple[str, bool]] = []
+    busy = threading.Event()
+    release = threading.Event()
+
+    def on_accepted(d: Delivery, more: bool) -> None:
+        seen.append((d.request_id, more))
+        if d.request_id == "r0":
+            busy.set()
+            release.wait(5)     # the others arrive meanwhile
+    server = LocalServer(address, lambda d, ctx: pb.Ack(ok=True), reader, on_accepted=on_accepted)
+    assert server.start()
+    client = LocalClient()
+    try:
+        def send(i: int) -> None:
+            d = Delivery(f"r{i}", "a", "b", {"t": np.full(64, i, np.float32)}, deadline_unix_ms=(time.time() + 20) * 1e3)
+            assert client.start_call(address, d, d.deadline_unix_ms / 1e3, 5.0, lambda ack, error: None)
+        send(0)
+        assert busy.wait(5)
+        for i in range(1, 6):
+            send(i)
+        time.sleep(0.2)
+        release.set()
+        deadline = time.monotonic() + 5
+        while len(seen) < 6 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [rid for rid, _ in seen] == [f"r{i}" for i in range(6)]
+        assert [more for _, more in seen[1:]] == [True] * 4 + [False]
+    finally:
+        client.close()
+        server.stop()
+        reader.close()

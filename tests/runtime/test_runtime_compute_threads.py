@@ -104,3 +104,45 @@ def test_only_nodes_known_to_be_quick_run_on_the_connection_thread(tmp_path):
         assert not w._inline_ok("m/p0") and not w._inline_ok("m/p1")
     finally:
         w.stop()
+
+
+def test_a_backlog_from_one_peer_runs_on_every_compute_thread(tmp_path):
+    """With several compute threads, a same-host delivery whose peer's next delivery already arrived
+    (`more`) goes to a compute thread while the connection's thread takes the next one; a delivery
+    with none behind it runs on the connection's own thread (no handoff), as it always does with
+    one compute thread."""
+    import json
+    import time
+
+    from test_runtime_security import _configure, _piece
+    from tierplan.runtime.wire import Delivery
+
+    def delivery(i: int) -> Delivery:
+        return Delivery(f"r{i}", "x", "relu", {"x": np.ones((1, 4), np.float32)},
+                        deadline_unix_ms=(time.time() + 30) * 1e3)
+
+    def ran_on(w: StageWorker, i: int, more: bool) -> str:
+        names: list[str] = []
+        done = threading.Event()
+        timed = StageWorker._timed
+
+        def note(cfg, d) -> None:
+            names.append(threading.current_thread().name)
+            timed(w, cfg, d)
+            done.set()
+        w._timed = note    # type: ignore[method-assign]   # observes where the real run happens
+        w._take(delivery(i), more)
+        assert done.wait(10), "the delivery never ran"
+        return names[0]
+
+    for threads in (2, 1):
+        w = StageWorker("phone", "127.0.0.1:0", cache_dir=str(tmp_path / f"cache{threads}"))
+        w.start()
+        try:
+            assert _configure(w.address, [_piece()], options=json.dumps({"compute_threads": threads})).ok
+            assert ran_on(w, 0, False).startswith("compute-phone")     # not yet timed: a compute thread
+            here = threading.current_thread().name
+            assert ran_on(w, 1, False) == here
+            assert ran_on(w, 2, True).startswith("compute-phone") if threads > 1 else ran_on(w, 2, True) == here
+        finally:
+            w.stop()
