@@ -119,7 +119,7 @@ class _Pending:
         self.items: dict[str, dict[str, dict | None]] = {s: {} for s in sinks}
         self.weight: dict[str, Fraction | int] = {s: 0 for s in sinks}
         self.steps: list = []
-        self._seen: set[tuple] = set()  # steps already in `steps` (fan-out items repeat their common past)
+        self._seen: set[tuple] = set()  # steps already in `steps` (joins and fan-out items repeat their past)
         self.error = ""
         self.latency_ms = 0.0
         self.done = threading.Event()
@@ -131,17 +131,15 @@ class _Pending:
                 return    # late, unknown, or a branch an earlier attempt already delivered
             self.items[d.dst][d.branch] = None if d.empty else d.tensors
             self.weight[d.dst] += branch_weight(d.branch) if d.branch else 1
-            if not self.steps:       # the first result: nothing to repeat (most requests have only one)
-                self.steps = d.trace
-            else:
-                seen = self._seen
-                if not seen:
-                    seen.update((step[0], step[1], step[2]) for step in self.steps)
-                for step in d.trace:
-                    key = (step[0], step[1], step[2])
-                    if key not in seen:
-                        seen.add(key)
-                        self.steps.append(step)
+            # each step once: a join's trace holds its inputs' traces one after another, so their common
+            # past comes twice even in the first result, and a fan-out's results repeat theirs (the run
+            # report and the simulator's calibration count every step: a repeat would count as work)
+            seen, steps = self._seen, self.steps
+            for step in d.trace:
+                key = (step[0], step[1], step[2])
+                if key not in seen:
+                    seen.add(key)
+                    steps.append(step)
             if all(w >= 1 for w in self.weight.values()):
                 self._finish()
 

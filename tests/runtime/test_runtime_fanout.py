@@ -65,3 +65,14 @@ def test_empty_fan_out_completes_with_no_items(fanout_service):
     out, trace = svc.predict_traced({"rows": np.zeros((0, WIDTH), np.float32)})
     assert out["out"] == []
     assert trace.latency_ms < 5000
+
+
+def test_a_joined_request_traces_each_step_once(fanout_service):
+    """The join at `tag` meets each row's own input and its model output, whose traces share their past
+    (the row's feed and the split): the request's trace has each step once, and every node that ran."""
+    svc, _ = fanout_service
+    _, trace = svc.predict_traced({"rows": np.ones((2, WIDTH), np.float32)})
+    keys = [(k, n, ms) for k, n, ms in trace.steps]
+    assert len(keys) == len(set(keys)), f"repeated steps in {trace.steps}"
+    ran = [n for k, n, _ in trace.steps if k == "compute"]
+    assert ran.count("split@phone") == 1 and ran.count("dense/p0@cloud") == 2 and ran.count("tag@cloud") == 2, ran

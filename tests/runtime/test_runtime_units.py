@@ -112,6 +112,22 @@ def test_sink_outputs_list_fan_out_items_in_branch_order():
     assert [int(x["ids"][0]) for x in p.outputs()["text"]] == [0, 1, 2]
 
 
+def test_a_request_keeps_each_trace_step_once():
+    """A join's trace holds its inputs' traces one after another (their common past twice) and each
+    fan-out item repeats its past: the request's steps keep each step once, in first-seen order."""
+    from tierplan.runtime.service import _Pending
+    from tierplan.runtime.wire import Delivery
+    past = [["feed", "client->phone", 0.5], ["compute", "split@phone", 1.25]]
+    p = _Pending("r", ["sink:out"], deadline_s=time.time() + 5)
+    first = [*past, *past, ["transfer", "phone->cloud", 3.0], ["compute", "tag@cloud", 0.75]]
+    p.add(Delivery("r", "tag", "sink:out", {"z": np.zeros(1)}, branch="0/2", trace=first))
+    p.add(Delivery("r", "tag", "sink:out", {"z": np.zeros(1)}, branch="1/2",
+                   trace=[*past, ["transfer", "phone->cloud", 3.5], ["compute", "tag@cloud", 0.5]]))
+    assert p.done.is_set()
+    assert p.steps == [*past, ["transfer", "phone->cloud", 3.0], ["compute", "tag@cloud", 0.75],
+                       ["transfer", "phone->cloud", 3.5], ["compute", "tag@cloud", 0.5]]
+
+
 def test_raw_stream_messages_round_trip_several_tensors():
     """The raw-bytes form (header Bundle, then 1 MiB payload chunks) rebuilds every tensor, empty ones included."""
     from tierplan.runtime.wire import raw_messages, raw_to_delivery
