@@ -1,7 +1,7 @@
 """Simulator against `tierplan run`, every device class at once, as a user checks it (#17 items 2 and 4).
 
-    python benchmarks/fidelity.py [--examples smart-city,read-text] [--batched 8:10] [--duration 60]
-                                  [--sim-duration 600] [--keep DIR [--reuse]]
+    python benchmarks/fidelity.py [--examples smart-city,read-text] [--batched 8:10] [--duration 180]
+                                  [--sim-duration 3600] [--keep DIR [--reuse]]
 
 For each example: `tierplan run EXAMPLE --duration D --json --plan-out DIR/plan.json > DIR/run.json`
 (every class at its sources' rates, Poisson arrivals), then `tierplan simulate DIR/plan.json
@@ -216,8 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--examples", default="smart-city,read-text")
     ap.add_argument("--batched", default="8:10", help="Run smart-city once more with `tierplan run --batch` "
                     "this (MAX:WAIT_MS; '' for none): dynamic batching that engages.")
-    ap.add_argument("--duration", type=float, default=60.0, help="Seconds of `tierplan run` per example.")
-    ap.add_argument("--sim-duration", type=float, default=600.0, help="Simulated seconds per example.")
+    # 180 s: a p95 of a few hundred requests per class (60 s runs' p95s move by up to 0.3-1.3x with the
+    # arrival draw); 3600 s simulated: the simulator's own p95 settles (600 s ones moved by 10%), ~3 s each
+    ap.add_argument("--duration", type=float, default=180.0, help="Seconds of `tierplan run` per example.")
+    ap.add_argument("--sim-duration", type=float, default=3600.0, help="Simulated seconds per example.")
     ap.add_argument("--keep", type=Path, default=None, help="Keep each run's plan, run.json and sim.json here.")
     ap.add_argument("--reuse", action="store_true", help="With --keep: take the run.json and sim.json found "
                     "there instead of running again (the tables from kept runs).")
