@@ -23,8 +23,9 @@
    and one process's over the pipeline's: the req/s ratio the pipeline reaches on cores of its
    own, which the shared machine's req/s ratio only approximates; per process of the pipeline, its
    CPU per request beside its pieces' (the traces' compute-thread CPU): the rest is the runtime's own.
-4. `tierplan run` on the examples: measured p50 against the plan's placement predicted for this
-   machine, as `tierplan run` prints it ("predicted here"; goal within 15%), and the fleet's figure.
+4. `tierplan run` on the examples, every device class at its rates: per class and group of sinks,
+   measured p50 against the plan's placement predicted for this machine, as `tierplan run` prints
+   it ("predicted here"; goal within 15%), and the fleet devices' figure.
 
 Prints rich tables and writes benchmarks/results/runtime.json. The machine is shared: compare
 ratios within one run.
@@ -348,14 +349,18 @@ def bench_examples(names: list[str], seconds: float) -> list[dict]:
         except Exception as e:  # an example that cannot run here is reported, not fatal
             rows.append({"example": name, "error": f"{type(e).__name__}: {e}"})
             continue
-        here = rep.predicted_local_p50_ms
-        rows.append({"example": name, "requests_ok": rep.requests_ok, "requests_failed": rep.requests_failed,
-                     "measured_p50_ms": rep.measured_p50_ms, "measured_p95_ms": rep.measured_p95_ms,
-                     "predicted_here_p50_ms": here, "predicted_fleet_p50_ms": rep.predicted_p50_ms,
-                     "ratio": rep.measured_p50_ms / here if rep.measured_p50_ms and here else None,
-                     "ratio_fleet": (rep.measured_p50_ms / rep.predicted_p50_ms)
-                     if rep.measured_p50_ms and rep.predicted_p50_ms else None,
-                     "plan": rep.plan_source})
+        # per device class and group of sinks: a fleet run's pooled p50 mixes them (read-text's 2 ms
+        # speech requests with its 200 ms text ones), so only these rows compare like with like
+        for c in rep.classes:
+            here = c.predicted_local_p50_ms
+            rows.append({"example": name, "device_class": c.device_class, "sinks": list(c.sinks),
+                         "requests_ok": c.requests - c.failed, "requests_failed": c.failed,
+                         "measured_p50_ms": c.measured_p50_ms, "measured_p95_ms": c.measured_p95_ms,
+                         "predicted_here_p50_ms": here, "predicted_fleet_p50_ms": c.predicted_ms,
+                         "ratio": c.measured_p50_ms / here if c.measured_p50_ms and here else None,
+                         "ratio_fleet": (c.measured_p50_ms / c.predicted_ms)
+                         if c.measured_p50_ms and c.predicted_ms else None,
+                         "plan": rep.plan_source})
     return rows
 
 
@@ -437,14 +442,15 @@ def _print(res: dict) -> None:
                           + " / ".join(f"{x:.2f}" for x in v["one_process_cpu_ms_per_req"]))
     if res.get("examples"):
         t = Table(title="4. tierplan run: measured vs the plan predicted here (goal within 15%)", title_justify="left")
-        for c in ("example", "ok", "failed", "measured p50 ms", "predicted here ms", "measured / predicted here",
-                  "fleet devices' prediction ms"):
-            t.add_column(c, justify="right" if c != "example" else "left")
+        for c in ("example", "class", "sinks", "ok", "failed", "measured p50 ms", "predicted here ms",
+                  "measured / predicted here", "fleet devices' prediction ms"):
+            t.add_column(c, justify="right" if c not in ("example", "class", "sinks") else "left")
         for r in res["examples"]:
             if "error" in r:
-                t.add_row(r["example"], "-", "-", "-", "-", r["error"][:60], "-")
+                t.add_row(r["example"], "-", "-", "-", "-", "-", "-", r["error"][:60], "-")
             else:
-                t.add_row(r["example"], str(r["requests_ok"]), str(r["requests_failed"]), _f(r["measured_p50_ms"]),
+                t.add_row(r["example"], r.get("device_class") or "-", ",".join(r.get("sinks") or []),
+                          str(r["requests_ok"]), str(r["requests_failed"]), _f(r["measured_p50_ms"]),
                           _f(r["predicted_here_p50_ms"]), _f(r["ratio"], ".2f"), _f(r["predicted_fleet_p50_ms"]))
         con.print(t)
 
