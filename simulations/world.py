@@ -531,12 +531,27 @@ class World:
                 if not st.preds:  # a root of the request: its dispatch overhead before it moves on
                     prev = delay[st.index]
                     delay[st.index] = overhead if prev is None else prev + overhead
-        if self.profile is not None and self.profile.result_delay_ms is not None:   # drawn last, as the overhead
-            late = np.quantile(self.profile.result_delay_ms, rng.uniform(0.0, 1.0, n))   # one per request
+        if self.profile is not None and self.profile.result_host_ms is not None:   # drawn last, as the overhead
+            host = np.quantile(self.profile.result_host_ms, rng.uniform(0.0, 1.0, n))   # one per request
             for st in journey.stages:
-                if st.result and delay[st.index] is not None:
-                    delay[st.index] = delay[st.index] + late
+                if st.result and delay[st.index] is not None:   # arrives at the later of its route and the host
+                    route = self._route_delay(journey, st, delay)
+                    delay[st.index] = delay[st.index] + np.maximum(0.0, host - route)
         return StageDraws(work, runs, delay)
+
+    @staticmethod
+    def _route_delay(journey: Journey, st: Stage, delay: list[np.ndarray | None]) -> np.ndarray:
+        """The drawn delays of a result's route: its last hop and the link hops before it back to the compute
+        stage that sent it (shared-capacity stages carry none)."""
+        total = np.array(delay[st.index], dtype=np.float64)
+        preds = st.preds
+        while len(preds) == 1 and journey.stages[preds[0]].kind == "link":
+            prev = journey.stages[preds[0]]
+            d = delay[prev.index]
+            if d is not None:
+                total = total + d
+            preds = prev.preds
+        return total
 
     @staticmethod
     def _mix(z_req: np.ndarray | None, rho: float, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -220,23 +220,34 @@ def test_the_simulated_rates_are_the_requests_the_run_sent():
     assert rep.strategies["optimal"].requests == pytest.approx(20 * 1.0 * 100, rel=0.1)
 
 
-def test_late_results_are_measured_on_the_least_jittery_route_and_delay_every_result_of_a_request_alike():
-    """Each request's last transfer is its result: per route, how much later than the route's median it came
-    (late ones only), from the route whose late tail is shortest; the simulator adds one such draw per request to
-    its results' last hop (the request's four crops' results share it), and to nothing else."""
+def test_a_busy_host_floors_result_delivery_measured_on_the_shortest_route(tmp_path):
+    """Each request's last transfer is its result. On the route the run measured shortest (median), the late
+    half gives the host's floor under delivery (time since send), the early half 0. The simulator delivers a
+    result at the later of its route's draw and one floor draw per request: a floor above the route's delay
+    shows whole, one below it nothing, and only results wait for it."""
     from sim_builders import make_fleet, make_plan
 
-    from tierplan.simulations.calibration import ServiceProfile, result_delays
-    calm = [10.0 + (i % 5) * 0.1 for i in range(20)]
-    late = [10.0] * 18 + [40.0, 60.0]
-    noisy = [10.0 + 20.0 * (i % 2) for i in range(20)]
-    x = result_delays({"a->cloud": late, "b->cloud": noisy, "c->cloud": calm[:5]})
-    assert x is not None and sorted(x.tolist())[-2:] == [30.0, 50.0] and np.median(x) == 0.0
-    assert result_delays({}) is None
+    from tierplan.simulations.calibration import ServiceProfile, result_host_delays
+    short = [10.0] * 18 + [40.0, 60.0]
+    long = [30.0 + (i % 5) for i in range(20)]
+    x = result_host_delays({"a->cloud": short, "b->cloud": long, "c->cloud": [1.0] * 5})
+    assert x is not None and sorted(x.tolist())[-2:] == [40.0, 60.0] and np.count_nonzero(x) == 2
+    assert result_host_delays({}) is None
     plan, fleet = make_plan(assign={"det/p0": "cams", "det/p1": "cams", "cls/p0": "bs"}), make_fleet()
     base = simulate_sink(plan, fleet, ServiceProfile({}, 0.0))
-    slow = simulate_sink(plan, fleet, ServiceProfile({}, 0.0, result_delay_ms=np.full(10, 30.0)))
-    assert slow.p50_ms - base.p50_ms == pytest.approx(30.0, abs=0.5)
+    high = simulate_sink(plan, fleet, ServiceProfile({}, 0.0, result_host_ms=np.full(10, 200.0)))
+    higher = simulate_sink(plan, fleet, ServiceProfile({}, 0.0, result_host_ms=np.full(10, 230.0)))
+    below = simulate_sink(plan, fleet, ServiceProfile({}, 0.0, result_host_ms=np.full(10, 0.5)))
+    assert higher.p50_ms - high.p50_ms == pytest.approx(30.0, abs=0.5)   # above the route: the floor decides
+    assert high.p50_ms > base.p50_ms + 100.0
+    assert below.p50_ms == pytest.approx(base.p50_ms, abs=0.01)          # below the route's delay: nothing
+    ServiceProfile({("n", "bs"): np.ones(3)}, 0.0, result_host_ms=x).save(tmp_path / "p.json")
+    assert np.array_equal(load_profile(tmp_path / "p.json").result_host_ms, np.sort(x))
+    old = json.loads((tmp_path / "p.json").read_text())
+    old["result_delay_ms"] = old.pop("result_host_ms")   # an older tierplan's profile: lateness, not a floor
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(InputError, match="older tierplan.*To fix"):
+        load_profile(tmp_path / "old.json")
 
 
 def simulate_sink(plan, fleet, profile):
