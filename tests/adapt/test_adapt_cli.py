@@ -53,6 +53,7 @@ def test_a_decision_prints_as_one_line():
     assert "switched at t=18.9s" in line
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_deploy_adapt_serves_with_the_controller_loop(squeezenet_random, tmp_path):
     """`tierplan deploy PLAN --adapt` serves with the adaptation loop running, and stops cleanly."""
     from test_adapt_loop import _app, _fleet

@@ -38,6 +38,7 @@ def _reference(model: Path, x: np.ndarray) -> np.ndarray:
     return s.run(None, {"data_0": x})[0]
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_move_loses_no_request_and_uses_the_new_placement(sq_pieces, gw_worker, squeezenet_random, tmp_path):
     fleet = phone_gw_fleet(uplink_mbps=100.0)
     old = chain_plan(sq_pieces, ["phone", "gw", "gw"], "phone", fleet=fleet)
@@ -90,6 +91,7 @@ def test_move_loses_no_request_and_uses_the_new_placement(sq_pieces, gw_worker, 
         assert "g2~m/p1@phone" in names and "g2~m/p2@gw" in names, names
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_set_link_slows_the_emulated_transfer(sq_pieces, gw_worker):
     fleet = phone_gw_fleet(uplink_mbps=400.0, rtt_ms=2.0)
     plan = chain_plan(sq_pieces, ["phone", "gw", "gw"], "phone", fleet=fleet)

@@ -143,6 +143,7 @@ def test_calibration_of_this_cpu_is_used(fresh_cache, tmp_path):
     assert CostModel().calibration_for(get_device("local")) == other      # --calibration wins over the cache
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_first_use_calibrates_once_and_caches(fresh_cache, squeezenet):
     """With no calibration for this CPU, ensure_local_calibration measures (the pieces about to run among the
     samples, their own times kept), stamps the result with this CPU, caches it, and the next call reuses it."""
@@ -161,6 +162,7 @@ def test_first_use_calibrates_once_and_caches(fresh_cache, squeezenet):
     assert CostModel(False).piece_ms(piece, get_device("local")) != measured
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_cli_refuses_stale_calibration_with_one_warning_line(tmp_path, squeezenet):
     """`tierplan estimate --device local --calibration F` with F from another CPU prints one `warning:` line naming
     that CPU and uses this CPU's own calibration from the cache instead; `tierplan calibrate` writes to the cache."""

@@ -31,6 +31,7 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Plan]:
     return root, plan
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_paths_on_disk_are_relative_to_the_plan(planned: tuple[Path, Plan]) -> None:
     """No absolute path is written: inputs, models and piece files are relative to plan.json's folder."""
     root, _ = planned
@@ -41,6 +42,7 @@ def test_paths_on_disk_are_relative_to_the_plan(planned: tuple[Path, Plan]) -> N
     assert files and all(f.startswith("pieces/") for f in files)
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_a_moved_plan_folder_reads_back_identically(planned: tuple[Path, Plan], tmp_path: Path) -> None:
     """Moving the whole folder to another depth: same fleet, same app, same piece bytes, every path found."""
     root, plan = planned
@@ -61,6 +63,7 @@ def test_a_moved_plan_folder_reads_back_identically(planned: tuple[Path, Plan], 
             assert p.file.startswith(str(moved)) and Path(p.file).read_bytes() == Path(q.file).read_bytes()
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_the_fleet_model_needs_no_catalog(planned: tuple[Path, Plan]) -> None:
     """The embedded fleet rebuilds with an empty catalog: every device is inline, routes as planned."""
     root, _ = planned

@@ -42,6 +42,7 @@ def test_the_two_detectors_run_on_two_sites_at_the_same_time() -> None:
     assert overlap[there] > remote.latency_ms["roadside"]
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_plan_and_check_script_from_the_command_line(tmp_path: Path) -> None:
     """`tierplan plan` on the example writes a plan; check_overlap.py reads a run report of it and
     exits 0 when the measured p50 is the overlap model's figure (a report made from the model)."""

@@ -81,6 +81,7 @@ def test_bad_objective_exits_2(tmp_path: Path) -> None:
     assert "--objective" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_replan_from_old_plan_and_pareto(tmp_path: Path) -> None:
     """--from an identical plan moves nothing; --pareto adds a frontier to the JSON."""
     old = tmp_path / "old.json"
@@ -107,6 +108,7 @@ def test_plan_names_each_sites_device_so_compile_needs_no_fleet_file(tmp_path: P
     assert {s: d.name for s, d in devices.items()} == plan.site_devices
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_max_coverage_keeps_a_plan_that_already_covers_everyone(tmp_path: Path) -> None:
     """--max-coverage changes nothing when every class meets its SLO: same assignment and objective."""
     app = str(_app(tmp_path))

@@ -77,6 +77,7 @@ def test_progress_into_a_pipe_prints_plain_lines(capfd, monkeypatch):
     assert "\x1b[" not in err
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 @pytest.mark.parametrize("flag", ["--progress", None], ids=["progress", "default"])
 def test_plan_progress_on_stderr_only_when_asked(flag, tmp_path):
     """`plan --json` into pipes: with --progress stderr shows the solver's bar; without it stderr has no bar; stdout stays JSON."""

@@ -308,6 +308,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_cli_batch_and_link_sharing_options(tmp_path):
     """--batch 4:3 --link-sharing fair runs (SimPy for a short run) and reports batch_mean; bad values exit 2 in one line."""
     plan, fleet = tmp_path / "plan.json", tmp_path / "fleet.yaml"

@@ -87,6 +87,7 @@ def test_simulate_plans_an_example_app_first():
     assert abs(opt["cost_per_hour_usd"] - opt["predicted_cost_per_hour_usd"]) <= 0.05 * opt["predicted_cost_per_hour_usd"]
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_simulate_profile_replays_measured_step_times(tmp_path):
     """--profile FILE replays its measured node@site times: a profile saying det/p0 takes 300 ms on cams moves p50."""
     import numpy as np
@@ -107,6 +108,7 @@ def test_simulate_profile_replays_measured_step_times(tmp_path):
     assert r.returncode == 2 and "--service-correlation" in r.stderr
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_a_moved_plan_simulates_from_another_directory_without_a_fleet(tmp_path):
     """plan.json carries its fleet: moved to another folder and run from a third, it needs no --fleet and
     gives the same report as where it was written."""
@@ -135,6 +137,7 @@ def test_a_moved_plan_simulates_from_another_directory_without_a_fleet(tmp_path)
         simulate(make_plan(), duration_s=1)
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_sweep_runs_every_cell_and_reports_confidence_intervals(tmp_path):
     """--sweep seed=0..2 --sweep slo=60,120 --serial: 2 strategies x 2 SLOs x 3 seeds cells, a summary
     row per (strategy, SLO) with a CI over the seeds, and an HTML report with the figure."""

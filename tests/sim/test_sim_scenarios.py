@@ -12,6 +12,7 @@ from tierplan.simulations.scenario import (LINK_PRESETS_MBPS, parse_arrivals, pa
 from tierplan.errors import InputError
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 @pytest.mark.parametrize("fast", [False, True])
 def test_same_seed_same_result(fast):
     """Same seed, same report (every number); another seed gives different latencies."""

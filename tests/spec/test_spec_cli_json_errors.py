@@ -106,6 +106,7 @@ def _smart_city_copy(tmp_path: Path, edit) -> Path:
     return app
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane (under 3 min); the full suite runs it
 def test_slo_not_met_with_json_prints_the_plan_only(cli, tmp_path):
     """An SLO no class can meet (exit 1): every class is still planned, at its best latency, and
     stdout holds the plan.json result listing the classes that miss, with no error object after it."""
