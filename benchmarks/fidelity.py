@@ -21,8 +21,11 @@ run this long can pin its p95 at all:
   of `t,CLASS/SOURCE` rows; median of 5 service draws): the same arrivals, so what is left between it
   and the run is the model and service noise, not the arrival draw. `tierplan run` draws its
   arrivals from seed 0, so every run of an example repeats one draw.
-A p95 row is `yes` within 15%, `spread` when it is not but the run's p95 lies inside the simulator's
-own spread for runs this long, `NO` otherwise. Writes benchmarks/results/fidelity.json.
+A p95 row is `yes` within 15%; `spread` when it is not but the run's p95 lies inside the simulator's
+own spread for runs this long; `sends` when it is in neither but the simulator on the run's own send
+times is within 15% (the model holds on the same arrivals: this run's arrival draw is an unusual
+one; every run of an example repeats it until `--seed`); `NO` otherwise. The goal line counts `yes`
+only. Writes benchmarks/results/fidelity.json.
 """
 
 from __future__ import annotations
@@ -132,7 +135,8 @@ def compare(run: dict, sim: dict, spread: dict | None = None, replay: dict | Non
                    "run_p95_ms": run95, "sim_p95_ms": x["p95_ms"], "p95_ratio": x["p95_ms"] / run95,
                    "p50_ok": abs(x["p50_ms"] / c["measured_p50_ms"] - 1) <= GOAL, "p95_ok": p95_ok,
                    "p95_verdict": "yes" if p95_ok else
-                   "spread" if lo_hi is not None and lo_hi[0] <= run95 <= lo_hi[1] else "NO",
+                   "spread" if lo_hi is not None and lo_hi[0] <= run95 <= lo_hi[1] else
+                   "sends" if rp is not None and abs(rp[1] / run95 - 1) <= GOAL else "NO",
                    "sim_p95_spread_ms": lo_hi,
                    "sim_p95_spread_relative": None if lo_hi is None else (lo_hi[0] / x["p95_ms"], lo_hi[1] / x["p95_ms"]),
                    "replay_p50_ms": None if rp is None else rp[0], "replay_p95_ms": None if rp is None else rp[1],
@@ -148,7 +152,7 @@ def compare(run: dict, sim: dict, spread: dict | None = None, replay: dict | Non
     batches_ok = all(abs(b["ratio"] - 1) <= GOAL for b in batches)
     strict = all(r["p50_ok"] and r["p95_ok"] for r in rows) and batches_ok
     explained = all(r["p50_ok"] and r["p95_verdict"] != "NO" for r in rows) and batches_ok
-    return {"rows": rows, "batches": batches, "strict_within_goal": strict, "within_goal_or_spread": explained,
+    return {"rows": rows, "batches": batches, "strict_within_goal": strict, "within_goal_or_explained": explained,
             "batch": run.get("batch")}
 
 
@@ -207,8 +211,9 @@ def _print(res: dict) -> None:
                   f"(ratio {b['ratio']:.2f}, {'yes' if abs(b['ratio'] - 1) <= GOAL else 'NO'}); partial batches waited "
                   f"{wait} in the run (max_wait {caps.get('max_wait_ms', 2.0):g} ms)")
         print(f"goal, every p50, p95 and mean batch within {GOAL:.0%}: {'yes' if ex['strict_within_goal'] else 'no'}; "
-              f"where a p95 is not, the run's p95 is inside the simulator's own spread for runs this long: "
-              f"{'yes' if ex['within_goal_or_spread'] else 'NO'}")
+              f"where a p95 is not, the run's p95 is inside the simulator's own spread for runs this long, or "
+              f"the simulator on the run's own sends is within {GOAL:.0%}: "
+              f"{'yes' if ex['within_goal_or_explained'] else 'NO'}")
 
 
 def main(argv: list[str] | None = None) -> None:
