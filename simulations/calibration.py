@@ -502,16 +502,12 @@ def result_host_delays(results: Mapping[str, Sequence[float]]) -> np.ndarray | N
     fibre route's p95 is 27 ms where its declared jitter gives 10. Added to each route's draw, one route's
     lateness overshoots the long routes (street_cams p95 1.11x) and misses the short one (traffic_cams
     0.85x); the later of the two fits both. None without 8 results on one route."""
-    best: np.ndarray | None = None
-    for v in results.values():
-        if len(v) < _MIN_PAIRS:
-            continue
-        x = np.asarray(v, dtype=np.float64)
-        if best is None or np.median(x) < np.median(best):
-            best = x
-    if best is None:
+    routes = [np.asarray(v, dtype=np.float64) for v in results.values() if len(v) >= _MIN_PAIRS]
+    if not routes:
         return None
+    best = min(routes, key=lambda x: float(np.median(x)))
     return np.where(best > np.median(best), best, 0.0)
+
 
 def time_shifts(sent: Sequence[float | None], steps_of: Sequence[Sequence[tuple[str, str]]],
                 step_ms: Sequence[Sequence[float]], samples: Mapping[tuple[str, str], Sequence[float]],
