@@ -14,7 +14,10 @@
    clients, against the same 3 pieces in one process, with onnxruntime's default threads and
    with one thread (what each site worker gets here); the pipeline with the same-host fast path
    (one compute thread per site, the default, and two: a backlog from one peer then runs on two
-   cores) and with gRPC only (as before it). DESIGN.md peer table: Ray Serve 35-40 ms, 7-8 ms per hop.
+   cores) and with gRPC only (as before it). Each pipeline is driven two ways: 8 client threads
+   each blocking in `predict`, and 8 requests kept in flight from one thread with `predict_async`
+   (each result's callback sends the next: no thread wakes per request, as a serving client would
+   drive it). DESIGN.md peer table: Ray Serve 35-40 ms, 7-8 ms per hop.
    Goals: per hop <= 1 ms beyond bytes/bandwidth, where per hop = (pipeline p50 - best
    one-process p50 - sum over hops of bytes / measured loopback gRPC bandwidth) / hops; req/s at
    8 concurrent >= 0.85 of the best one-process figure. Hops per request: 4 (input to the edge
@@ -64,6 +67,8 @@ RESULTS = ROOT / "benchmarks" / "results" / "runtime.json"
 VARIANTS = (("same_host", True, 1), ("same_host_2_compute", True, 2), ("grpc_only", False, 1))
 TITLES = {"grpc_only": "gRPC only (before)", "same_host": "same-host fast path",
           "same_host_2_compute": "same-host fast path, 2 compute threads per site"}
+# section 3's two ways to keep 8 requests in flight against a pipeline
+PIPELINE_CLIENTS = {"pipeline": "8 client threads", "pipeline_async": "8 in flight from one thread (predict_async)"}
 HOP_SIZES = [1 << 10, 16 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20]
 LINK_MBPS = [100.0, 400.0, 1000.0]
 LINK_BYTES = 16 << 20
@@ -192,6 +197,33 @@ def _closed_loop(fn, concurrency: int, seconds: float) -> tuple[float, list[floa
     return len(lat) / (time.perf_counter() - t0), lat
 
 
+def _closed_loop_async(svc, x: dict, concurrency: int, seconds: float, steps: list) -> tuple[float, list[float]]:
+    """req/s and latencies (ms) with `concurrency` requests kept in flight from one thread
+    (Service.predict_async: each result's callback starts the next request), no thread per request."""
+    lat: list[float] = []
+    stop = time.perf_counter() + seconds
+    ended = threading.Semaphore(0)
+
+    def start() -> None:
+        t0 = time.perf_counter()
+        svc.predict_async(x, traced=True).add_done_callback(lambda f: finish(f, t0))
+
+    def finish(f, t0: float) -> None:
+        lat.append((time.perf_counter() - t0) * 1e3)    # one thread delivers the results: no lock
+        steps.append(f.result()[1].steps)
+        if time.perf_counter() < stop:
+            start()
+        else:
+            ended.release()
+
+    t0 = time.perf_counter()
+    for _ in range(concurrency):
+        start()
+    for _ in range(concurrency):
+        ended.acquire()
+    return len(lat) / (time.perf_counter() - t0), lat
+
+
 def _cpu_by(pids: dict[str, int]) -> dict[str, float]:
     """CPU seconds (user + system) so far of this process ("controller": every thread, finished ones
     included) and of each of `pids` (from /proc)."""
@@ -223,16 +255,20 @@ def _pipeline_round(svc, inproc: dict, x: dict, seconds: float, repeats: int, ac
     # (agent and actor pids); Ray's own daemons are left out (idle: < 5% of a core here)
     site_pids = {s: h["pid"] for s, h in svc.health().items() if h.get("pid")}
     loop_steps: list = acc["pipeline"].setdefault("loop_steps", [])
+    async_steps: list = acc["pipeline_async"].setdefault("loop_steps", [])
 
     def pipeline() -> None:    # predict's own path (predict drops the trace predict_traced returns)
         loop_steps.append(svc.predict_traced(x)[1].steps)
-    for name, fn in [*inproc.items(), ("pipeline", pipeline)]:
-        pids = site_pids if name == "pipeline" else {}
+    for name, fn in [*inproc.items(), ("pipeline", pipeline), ("pipeline_async", None)]:
+        pids = site_pids if name.startswith("pipeline") else {}
         c0, t0 = _cpu_by(pids), time.perf_counter()
-        _, part = _closed_loop(fn, CONCURRENCY, seconds)
+        if fn is None:
+            _, part = _closed_loop_async(svc, x, CONCURRENCY, seconds, async_steps)
+        else:
+            _, part = _closed_loop(fn, CONCURRENCY, seconds)
         c1 = _cpu_by(pids)
         acc[name]["cpu_s"] = acc[name].get("cpu_s", 0.0) + sum(c1[k] - c0[k] for k in c1 if k in c0)
-        if name == "pipeline":   # per process: where the pipeline's CPU beyond one process's goes
+        if name.startswith("pipeline"):   # per process: where the pipeline's CPU beyond one process's goes
             by = acc[name].setdefault("cpu_s_by", {})
             for k in c1:
                 if k in c0:
@@ -291,7 +327,8 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
                  "loopback_gb_per_s": loopback_bytes_per_s / 1e9, "bytes_over_bandwidth_ms": bytes_ms}
     for variant, fast, compute in VARIANTS:
         options = StageOptions(batch_sites=("cloud",), threads=local_threads(3), shm=fast, compute_threads=compute)
-        acc: dict[str, dict[str, Any]] = {k: {"seq": [], "lat": [], "t": 0.0, "steps": []} for k in [*inproc, "pipeline"]}
+        acc: dict[str, dict[str, Any]] = {k: {"seq": [], "lat": [], "t": 0.0, "steps": []}
+                                     for k in [*inproc, "pipeline", "pipeline_async"]}
         with deploy(plan, emulate_links=False, request_timeout_s=30, options=options) as svc:
             for _ in range(5):
                 svc.predict(x)
@@ -303,31 +340,39 @@ def bench_squeezenet(seconds: float, repeats: int, loopback_bytes_per_s: float) 
         best_p50 = min(o["p50_ms"] for o in ones.values())
         best_rps = max(o["rps_8"] for o in ones.values())
         best_cpu = min(o["cpu_ms_per_req"] for o in ones.values())
-        pipe = _summary(acc["pipeline"])
-        compute = statistics.median(sum(ms for k, _, ms in st if k == "compute") for st in acc["pipeline"]["steps"])
-        # per process at 8 concurrent: its CPU per request, and its pieces' (the compute thread's CPU
-        # over each piece's run, mean over the closed loop's traces): the rest is the runtime's own
-        n_lat = max(len(acc["pipeline"]["lat"]), 1)
-        piece_cpu: dict[str, float] = {}
-        loop = acc["pipeline"]["loop_steps"]
-        for st in loop:
-            for kind, where, ms in st:
-                if kind == "cpu":
-                    site = where.rsplit("@", 1)[-1]
-                    piece_cpu[site] = piece_cpu.get(site, 0.0) + ms / max(len(loop), 1)
-        pipe["cpu_by_process"] = {k: {"cpu_ms_per_req": v / n_lat * 1e3, "pieces_cpu_ms": piece_cpu.get(k, 0.0)}
-                                  for k, v in acc["pipeline"].get("cpu_s_by", {}).items()}
-        pipe.update({
-            "per_hop_ms": (pipe["p50_ms"] - best_p50 - bytes_ms) / HOPS_PER_REQUEST,
-            "per_hop_raw_ms": (pipe["p50_ms"] - best_p50) / HOPS_PER_REQUEST,
-            "per_hop_vs_own_compute_ms": (pipe["p50_ms"] - compute) / HOPS_PER_REQUEST,
-            "rps_ratio": pipe["rps_8"] / best_rps,
-            # the req/s ratio on cores of its own (CPU-bound both ways): one-process CPU per request
-            # over the pipeline's; load-independent, unlike rps_ratio on a shared machine
-            "cpu_ratio": best_cpu / pipe["cpu_ms_per_req"],
-            "steps_p50_ms": _steps_p50(acc["pipeline"]["steps"])})
-        out[variant] = {"one_process": ones, "pipeline": pipe}
+        acc["pipeline_async"]["seq"], acc["pipeline_async"]["steps"] = acc["pipeline"]["seq"], acc["pipeline"]["steps"]
+        pipes = {k: _pipeline_summary(acc[k], best_p50, best_rps, best_cpu, bytes_ms)
+                 for k in ("pipeline", "pipeline_async")}
+        out[variant] = {"one_process": ones, **pipes}
     return out
+
+
+def _pipeline_summary(a: dict, best_p50: float, best_rps: float, best_cpu: float, bytes_ms: float) -> dict:
+    """One pipeline closed loop's figures beside the best one-process ones."""
+    pipe = _summary(a)
+    compute = statistics.median(sum(ms for k, _, ms in st if k == "compute") for st in a["steps"])
+    # per process at 8 concurrent: its CPU per request, and its pieces' (the compute thread's CPU
+    # over each piece's run, mean over the closed loop's traces): the rest is the runtime's own
+    n_lat = max(len(a["lat"]), 1)
+    piece_cpu: dict[str, float] = {}
+    loop = a["loop_steps"]
+    for st in loop:
+        for kind, where, ms in st:
+            if kind == "cpu":
+                site = where.rsplit("@", 1)[-1]
+                piece_cpu[site] = piece_cpu.get(site, 0.0) + ms / max(len(loop), 1)
+    pipe["cpu_by_process"] = {k: {"cpu_ms_per_req": v / n_lat * 1e3, "pieces_cpu_ms": piece_cpu.get(k, 0.0)}
+                              for k, v in a.get("cpu_s_by", {}).items()}
+    pipe.update({
+        "per_hop_ms": (pipe["p50_ms"] - best_p50 - bytes_ms) / HOPS_PER_REQUEST,
+        "per_hop_raw_ms": (pipe["p50_ms"] - best_p50) / HOPS_PER_REQUEST,
+        "per_hop_vs_own_compute_ms": (pipe["p50_ms"] - compute) / HOPS_PER_REQUEST,
+        "rps_ratio": pipe["rps_8"] / best_rps,
+        # the req/s ratio on cores of its own (CPU-bound both ways): one-process CPU per request
+        # over the pipeline's; load-independent, unlike rps_ratio on a shared machine
+        "cpu_ratio": best_cpu / pipe["cpu_ms_per_req"],
+        "steps_p50_ms": _steps_p50(a["steps"])})
+    return pipe
 
 
 def _steps_p50(steps: list) -> dict:
@@ -373,6 +418,9 @@ def _spread(runs: list[dict]) -> dict:
         for key in ("rps_ratio", "cpu_ratio", "cpu_ms_per_req"):
             vals = sorted(r[variant]["pipeline"][key] for r in runs)
             out[variant][key] = [vals[0], statistics.median(vals), vals[-1]]
+            if all("pipeline_async" in r[variant] for r in runs):
+                vals = sorted(r[variant]["pipeline_async"][key] for r in runs)
+                out[variant].setdefault("pipeline_async", {})[key] = [vals[0], statistics.median(vals), vals[-1]]
         best_cpu = sorted(min(o["cpu_ms_per_req"] for o in r[variant]["one_process"].values()) for r in runs)
         out[variant]["one_process_cpu_ms_per_req"] = [best_cpu[0], statistics.median(best_cpu), best_cpu[-1]]
     return out
@@ -418,28 +466,36 @@ def _print(res: dict) -> None:
             for k, o in v["one_process"].items():
                 t.add_row(f"{labels[k]} [{variant} run]", f"{o['p50_ms']:.1f}", "-", "-", f"{o['rps_8']:.0f}", "-",
                           f"{o['p50_ms_8']:.1f} / {o['p95_ms_8']:.1f}", _f(o.get("cpu_ms_per_req"), ".2f"), "-")
-            p = v["pipeline"]
-            t.add_row(f"tierplan: edge agent + 2 Ray nodes, {title}", f"{p['p50_ms']:.1f}", f"{p['per_hop_ms']:.2f}",
-                      f"{p['per_hop_raw_ms']:.2f}", f"{p['rps_8']:.0f}", f"{p['rps_ratio']:.2f}",
-                      f"{p['p50_ms_8']:.1f} / {p['p95_ms_8']:.1f}", _f(p.get("cpu_ms_per_req"), ".2f"),
-                      _f(p.get("cpu_ratio"), ".2f"))
+            for key, client in PIPELINE_CLIENTS.items():
+                p = v.get(key)
+                if p is None:
+                    continue
+                t.add_row(f"tierplan: edge agent + 2 Ray nodes, {title}, {client}", f"{p['p50_ms']:.1f}",
+                          f"{p['per_hop_ms']:.2f}", f"{p['per_hop_raw_ms']:.2f}", f"{p['rps_8']:.0f}",
+                          f"{p['rps_ratio']:.2f}", f"{p['p50_ms_8']:.1f} / {p['p95_ms_8']:.1f}",
+                          _f(p.get("cpu_ms_per_req"), ".2f"), _f(p.get("cpu_ratio"), ".2f"))
         t.add_row("peer: Ray Serve, 3 deployments (DESIGN.md)", "35-40", "", "7-8", "32-43", "", "", "", "")
         con.print(t)
         for variant in TITLES:
-            by = s[variant]["pipeline"].get("cpu_by_process")
-            if by:
-                con.print(f"   {variant} pipeline, CPU ms per request at 8 by process (its pieces' CPU, the rest): "
-                          + "; ".join(f"{k} {v['cpu_ms_per_req']:.2f} ({v['pieces_cpu_ms']:.2f}, "
-                                      f"{v['cpu_ms_per_req'] - v['pieces_cpu_ms']:.2f})" for k, v in by.items()))
+            for key in PIPELINE_CLIENTS:
+                by = s[variant].get(key, {}).get("cpu_by_process")
+                if by:
+                    con.print(f"   {variant} {key}, CPU ms per request at 8 by process (its pieces' CPU, the rest): "
+                              + "; ".join(f"{k} {v['cpu_ms_per_req']:.2f} ({v['pieces_cpu_ms']:.2f}, "
+                                          f"{v['cpu_ms_per_req'] - v['pieces_cpu_ms']:.2f})" for k, v in by.items()))
         sp = res.get("squeezenet_spread")
         if sp and sp["runs"] > 1:
             for variant in TITLES:
                 v = sp[variant]
-                con.print(f"   {variant} over {sp['runs']} runs (min / median / max): req/s ratio "
-                          + " / ".join(f"{x:.2f}" for x in v["rps_ratio"]) + ", CPU ratio "
-                          + " / ".join(f"{x:.2f}" for x in v["cpu_ratio"]) + ", pipeline CPU ms/req "
-                          + " / ".join(f"{x:.2f}" for x in v["cpu_ms_per_req"]) + ", one process CPU ms/req "
-                          + " / ".join(f"{x:.2f}" for x in v["one_process_cpu_ms_per_req"]))
+                for key in PIPELINE_CLIENTS:
+                    k = v if key == "pipeline" else v.get(key)
+                    if not k:
+                        continue
+                    con.print(f"   {variant} {key} over {sp['runs']} runs (min / median / max): req/s ratio "
+                              + " / ".join(f"{x:.2f}" for x in k["rps_ratio"]) + ", CPU ratio "
+                              + " / ".join(f"{x:.2f}" for x in k["cpu_ratio"]) + ", pipeline CPU ms/req "
+                              + " / ".join(f"{x:.2f}" for x in k["cpu_ms_per_req"]) + ", one process CPU ms/req "
+                              + " / ".join(f"{x:.2f}" for x in v["one_process_cpu_ms_per_req"]))
     if res.get("examples"):
         t = Table(title="4. tierplan run: measured vs the plan predicted here (goal within 15%)", title_justify="left")
         for c in ("example", "class", "sinks", "ok", "failed", "measured p50 ms", "predicted here ms",

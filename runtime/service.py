@@ -124,6 +124,24 @@ class _Pending:
         self.latency_ms = 0.0
         self.done = threading.Event()
         self.lock = threading.Lock()
+        self._callbacks: list[Callable[["_Pending"], None]] = []
+
+    def on_done(self, fn: Callable[["_Pending"], None]) -> None:
+        """Call fn(self) once the request ends (at once when it has): on the thread that ends it, so fn
+        must be quick and must not block (Service.predict_async resolves a Future with it)."""
+        with self.lock:
+            if not self.done.is_set():
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    def _fire(self) -> None:
+        for fn in self._callbacks:
+            try:
+                fn(self)
+            except Exception:   # a caller's callback must not break the thread that delivers results
+                log.exception("request %s: a done-callback failed", self.rid)
+        self._callbacks = []
 
     def add(self, d: Delivery) -> None:
         with self.lock:
@@ -140,14 +158,20 @@ class _Pending:
                 if key not in seen:
                     seen.add(key)
                     steps.append(step)
-            if all(w >= 1 for w in self.weight.values()):
-                self._finish()
+            if not all(w >= 1 for w in self.weight.values()):
+                return
+            self._finish()
+        if self._callbacks:
+            self._fire()
 
     def fail(self, message: str) -> None:
         with self.lock:
-            if not self.done.is_set():
-                self.error = message
-                self._finish()
+            if self.done.is_set():
+                return
+            self.error = message
+            self._finish()
+        if self._callbacks:
+            self._fire()
 
     def _finish(self) -> None:
         self.latency_ms = (time.perf_counter() - self.t0) * 1e3
@@ -499,8 +523,18 @@ class Service:
         while not self._stop.wait(self.health_interval_s):
             try:
                 self._check_all()
+                self._expire()
             except Exception as e:  # keep checking: one bad round must not stop health checks
                 log.warning("health check failed: %s", e)
+
+    def _expire(self) -> None:
+        """End the requests whose deadline has passed (a blocking `wait` ends its own; a request of
+        `predict_async` has nobody waiting, so this check ends it, within one health interval)."""
+        now = time.time()
+        with self._lock:
+            late = [p for p in self._pending.values() if p.deadline_s < now and not p.done.is_set()]
+        for p in late:
+            p.fail(f"request {p.rid}: deadline exceeded ({self._where(p)})")
 
     def _needed(self, sinks: list[str]) -> set[str]:
         key = tuple(sorted(sinks))
@@ -701,6 +735,24 @@ class Service:
         `device_class`: in a deployment of several device classes, the class the request comes from
         (its sources, pieces and sinks: the first class that runs by default)."""
         return self.predict_traced(inputs, timeout_s, device_class)[0]
+
+    def predict_async(self, inputs: Mapping[str, np.ndarray], timeout_s: float | None = None,
+                      device_class: str | None = None, traced: bool = False) -> futures.Future:
+        """One request without a waiting thread: a Future of what `predict` returns (of `predict_traced`'s
+        (outputs, Trace) with `traced`), or of its RuntimeFault. A client keeps many requests in flight
+        from one thread this way (`fut.add_done_callback` starts the next); bad inputs raise here."""
+        fut: futures.Future = futures.Future()
+        fut.set_running_or_notify_cancel()
+
+        def done(p: _Pending) -> None:
+            try:
+                outs, trace = self.wait(p)
+            except RuntimeFault as e:
+                fut.set_exception(e)
+                return
+            fut.set_result((outs, trace) if traced else outs)
+        self.submit(inputs, timeout_s, device_class).on_done(done)
+        return fut
 
     def predict_batch(self, inputs: Mapping[str, np.ndarray] | list[Mapping[str, np.ndarray]],
                       timeout_s: float | None = None) -> list[dict[str, Any]]:

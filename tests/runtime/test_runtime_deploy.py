@@ -78,6 +78,24 @@ def test_predict_batch_returns_one_result_per_item(service, sq_input, sq_referen
     assert not np.allclose(outs[1]["output"]["softmaxout_1"], sq_reference)
 
 
+def test_predict_async_keeps_requests_in_flight_from_one_thread(service, sq_input, sq_reference):
+    """predict_async returns at once with a Future; eight in flight from one thread all resolve to the
+    whole model's output (traced: with their trace); an impossible deadline resolves to a RuntimeFault
+    within the health interval, not a hang."""
+    x = sq_input["input"]
+    flipped = {"input": x[:, :, ::-1].copy()}
+    futs = [service.predict_async(sq_input if i % 2 == 0 else flipped, traced=i == 0) for i in range(8)]
+    outs = [f.result(timeout=60) for f in futs]
+    first, trace = outs[0]
+    np.testing.assert_allclose(first["output"]["softmaxout_1"], sq_reference, rtol=1e-5, atol=1e-6)
+    assert "m/p2@cloud" in [name for _, name, _ in trace.steps]
+    np.testing.assert_allclose(outs[2]["output"]["softmaxout_1"], sq_reference, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(outs[1]["output"]["softmaxout_1"], sq_reference)
+    late = service.predict_async(sq_input, timeout_s=1e-6)
+    with pytest.raises(RuntimeFault, match="deadline"):
+        late.result(timeout=10)
+
+
 def test_front_door_serves_grpc_clients(service, sq_input, sq_reference):
     """The FrontDoor gRPC service (runtime.proto) answers Predict with the sink's tensors."""
     ch = grpc.insecure_channel(service.front_door_address, options=GRPC_OPTIONS)

@@ -128,6 +128,28 @@ def test_a_request_keeps_each_trace_step_once():
                        ["transfer", "phone->cloud", 3.5], ["compute", "tag@cloud", 0.5]]
 
 
+def test_done_callbacks_run_once_when_a_request_ends_or_at_once_when_it_has():
+    """on_done: a callback registered in flight runs once, on the thread that ends the request (a result
+    or a failure); one registered after the end runs at once; a callback that raises stops no other."""
+    from tierplan.runtime.service import _Pending
+    from tierplan.runtime.wire import Delivery
+    seen: list[tuple[str, str]] = []
+    p = _Pending("r", ["sink:out"], deadline_s=time.time() + 5)
+    p.on_done(lambda q: (_ for _ in ()).throw(ValueError("a broken callback")))
+    p.on_done(lambda q: seen.append(("first", q.error)))
+    assert seen == []
+    p.add(Delivery("r", "m", "sink:out", {"y": np.ones(1)}))
+    p.add(Delivery("r", "m", "sink:out", {"y": np.ones(1)}))   # late repeat: no second call
+    p.fail("too late")
+    assert seen == [("first", "")]
+    p.on_done(lambda q: seen.append(("after", q.error)))
+    assert seen == [("first", ""), ("after", "")]
+    f = _Pending("f", ["sink:out"], deadline_s=time.time() + 5)
+    f.on_done(lambda q: seen.append(("failed", q.error)))
+    f.fail("site down")
+    assert seen[-1] == ("failed", "site down")
+
+
 def test_raw_stream_messages_round_trip_several_tensors():
     """The raw-bytes form (header Bundle, then 1 MiB payload chunks) rebuilds every tensor, empty ones included."""
     from tierplan.runtime.wire import raw_messages, raw_to_delivery
