@@ -7,6 +7,7 @@ a header frame plus chunks, and both ends raise their limits anyway for the fron
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -97,22 +98,30 @@ def trace_json(trace: list) -> str:
     """A trace as the wire carries it: compact JSON ("" for none), RawSteps elements spliced in as they came."""
     if not trace:
         return ""
-    if not any(type(s) is RawSteps for s in trace):
-        return _dumps(trace)
     parts: list[str] = []
-    run: list = []
     for step in trace:
         if type(step) is RawSteps:
-            if run:
-                parts.append(_dumps(run)[1:-1])
-                run = []
             if step:
                 parts.append(step)
         else:
-            run.append(step)
-    if run:
-        parts.append(_dumps(run)[1:-1])
+            parts.append(_step_json(step))
     return "[" + ",".join(parts) + "]"
+
+
+@functools.lru_cache(maxsize=4096)
+def _json_text(text: str) -> str:
+    """A step's kind or name as JSON (the same few per deployment: worked out once each)."""
+    return json.dumps(text)
+
+
+def _step_json(step: list) -> str:
+    """One [kind, name, ms] step as compact JSON, what `_dumps(step)` gives, without the encoder's
+    per-call set-up (a hot spot per hop)."""
+    if len(step) == 3:
+        kind, name, ms = step
+        if type(kind) is str and type(name) is str and type(ms) is float and math.isfinite(ms):
+            return f"[{_json_text(kind)},{_json_text(name)},{ms!r}]"
+    return _dumps(step)
 
 
 @dataclass
@@ -340,16 +349,33 @@ def _packed_header(d: Delivery, arrays: dict[str, np.ndarray], trace: str | None
     texts = [d.request_id.encode(), d.src.encode(), d.dst.encode(), d.branch.encode(), d.error.encode(),
              trace.encode()]
     try:
-        parts = [_PACKED_HEAD.pack(_PACKED_MAGIC, d.deadline_unix_ms, d.sent_unix_ms, 1 if d.empty else 0, len(arrays),
-                                   *(len(t) for t in texts)), *texts]
-        for k, a in arrays.items():
-            name = k.encode()
-            shape = a.shape
-            parts += (_PACKED_TENSOR.pack(len(name), _WIRE_CODES[dtype_name(a.dtype)], len(shape)),
-                      _DIMS[len(shape)].pack(*shape), name)
+        head = _PACKED_HEAD.pack(_PACKED_MAGIC, d.deadline_unix_ms, d.sent_unix_ms, 1 if d.empty else 0, len(arrays),
+                                 *(len(t) for t in texts))
+        return b"".join((head, *texts, _tensor_entries(arrays)))
     except (struct.error, KeyError, IndexError) as e:
         raise WireError(f"delivery {d.request_id[:64]!r} does not fit the packed header: {e}") from None
-    return b"".join(parts)
+
+
+_ENTRIES: dict[tuple, bytes] = {}   # (name, dtype, shape) of each tensor -> their packed header entries
+_ENTRIES_MAX = 1024
+
+
+def _tensor_entries(arrays: dict[str, np.ndarray]) -> bytes:
+    """The packed header's entries for these tensors (name, dtype code, shape), kept by what they
+    describe: a node sends tensors of the same names, dtypes and shapes request after request."""
+    key = tuple((k, a.dtype, a.shape) for k, a in arrays.items())
+    entries = _ENTRIES.get(key)
+    if entries is None:
+        parts: list[bytes] = []
+        for k, dt, shape in key:
+            name = k.encode()
+            parts += (_PACKED_TENSOR.pack(len(name), _WIRE_CODES[dtype_name(dt)], len(shape)),
+                      _DIMS[len(shape)].pack(*shape), name)
+        entries = b"".join(parts)
+        if len(_ENTRIES) >= _ENTRIES_MAX:
+            _ENTRIES.clear()
+        _ENTRIES[key] = entries
+    return entries
 
 
 def _read_packed_header(mv: memoryview, off: int, n: int,

@@ -9,6 +9,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tierplan.devices.fleet import resolve_fleet
 from tierplan.planner.plan import PlanEdge
@@ -329,6 +331,43 @@ def test_wire_readers_refuse_what_breaks_the_format():
     with pytest.raises(WireError):
         pb_to_tensor(pb.Tensor(name="t", dtype="O", shape=[1], data=b"\0" * 8))
     assert np.array_equal(pb_to_tensor(pb.Tensor(name="t", dtype="float32", shape=[1, 8], data=x.tobytes())), x)
+
+
+_STEP_TEXT = st.text(max_size=12)
+_STEP = st.one_of(st.tuples(_STEP_TEXT, _STEP_TEXT, st.floats(allow_nan=True, allow_infinity=True)),
+                  st.tuples(_STEP_TEXT, _STEP_TEXT, st.integers(-10**6, 10**6)),
+                  st.tuples(_STEP_TEXT, _STEP_TEXT))
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(_STEP.map(list), max_size=6))
+def test_a_trace_is_written_as_the_json_encoder_writes_it(steps):
+    """trace_json writes each step itself (no encoder set-up per hop): for any steps (any text, an
+    integer or non-finite time, a step of another length) it gives what the compact JSON encoder
+    gives, with passed-on RawSteps spliced in as they came."""
+    import json
+
+    from tierplan.runtime.wire import RawSteps, trace_json
+    compact = json.JSONEncoder(separators=(",", ":")).encode
+    assert trace_json(steps) == (compact(steps) if steps else "")
+    raw = RawSteps('["feed","client->p",0.5]')
+    assert trace_json([raw, *steps]) == "[" + ",".join([raw, *(compact(s) for s in steps)]) + "]"
+
+
+def test_a_packed_header_is_the_same_when_its_tensor_entries_come_from_the_cache():
+    """A node's tensor entries are packed once and reused: the second header is byte for byte the
+    first, another shape gets its own entries, and a tensor name too long for its field is still
+    refused with WireError."""
+    from tierplan.runtime.wire import WireError, _packed_header, pack_delivery, unpack_delivery
+    soon = (time.time() + 5) * 1e3
+    d = Delivery("r", "a", "b", {"x": np.ones((2, 3), np.float32), "i": np.zeros(4, np.int64)}, deadline_unix_ms=soon)
+    assert _packed_header(d, d.tensors) == _packed_header(d, d.tensors)
+    other = Delivery("r", "a", "b", {"x": np.ones((3, 2), np.float32), "i": np.zeros(4, np.int64)}, deadline_unix_ms=soon)
+    back = unpack_delivery(pack_delivery(other))
+    assert back.tensors["x"].shape == (3, 2) and back.tensors["i"].dtype == np.int64
+    assert unpack_delivery(pack_delivery(d)).tensors["x"].shape == (2, 3)
+    with pytest.raises(WireError, match="does not fit"):
+        _packed_header(d, {"n" * 70_000: np.ones(1, np.float32)})
 
 
 def test_trace_steps_pass_through_a_site_unread_and_the_controller_checks_them():
