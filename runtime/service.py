@@ -747,7 +747,7 @@ class Service:
         def done(p: _Pending) -> None:
             try:
                 outs, trace = self.wait(p)
-            except RuntimeFault as e:
+            except Exception as e:   # RuntimeFault, or an observer's own error: the Future carries it either way
                 fut.set_exception(e)
                 return
             fut.set_result((outs, trace) if traced else outs)

@@ -81,7 +81,7 @@ def test_predict_batch_returns_one_result_per_item(service, sq_input, sq_referen
 def test_predict_async_keeps_requests_in_flight_from_one_thread(service, sq_input, sq_reference):
     """predict_async returns at once with a Future; eight in flight from one thread all resolve to the
     whole model's output (traced: with their trace); an impossible deadline resolves to a RuntimeFault
-    within the health interval, not a hang."""
+    within the health interval, and an observer's error to that error, not a hang."""
     x = sq_input["input"]
     flipped = {"input": x[:, :, ::-1].copy()}
     futs = [service.predict_async(sq_input if i % 2 == 0 else flipped, traced=i == 0) for i in range(8)]
@@ -94,6 +94,15 @@ def test_predict_async_keeps_requests_in_flight_from_one_thread(service, sq_inpu
     late = service.predict_async(sq_input, timeout_s=1e-6)
     with pytest.raises(RuntimeFault, match="deadline"):
         late.result(timeout=10)
+
+    def broken(trace) -> None:
+        raise ValueError("an observer broke")
+    service.observers.append(broken)     # an error on the thread that resolves it still reaches the Future
+    try:
+        with pytest.raises(ValueError, match="observer broke"):
+            service.predict_async(sq_input).result(timeout=60)
+    finally:
+        service.observers.remove(broken)
 
 
 def test_front_door_serves_grpc_clients(service, sq_input, sq_reference):
