@@ -40,6 +40,7 @@ def test_unknown_device_exits_2_with_suggestion():
     assert "did you mean 'jetson-nano'" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_estimate_json_fields(squeezenet):
     """`tierplan estimate MODEL --device D --json` has device, latency_ms and pieces[{id, latency_ms}]."""
     r = tierplan("estimate", str(squeezenet), "--device", "rpi4", "--json")
@@ -61,6 +62,7 @@ def test_profile_json_measures_the_model(squeezenet):
     assert out["pieces"][0]["runs"] >= 3 and 0 < out["pieces"][0]["p10_ms"] <= out["pieces"][0]["p90_ms"]
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_profile_bad_backend_and_missing_file_exit_2(squeezenet, tmp_path):
     """Unknown backend and missing file are bad input: exit 2, one line naming the culprit."""
     r = tierplan("profile", str(squeezenet), "--backend", "cuda")

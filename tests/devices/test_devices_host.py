@@ -191,6 +191,7 @@ def test_every_costing_verb_takes_a_calibration_file():
         assert r.returncode == 0 and "--calibration" in r.stdout, verb
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_cached_calibration_times_the_new_pieces_about_to_run(fresh_cache, squeezenet, tmp_path):
     """A calibration of this CPU made for other pieces is kept, and the pieces about to run that it has not
     timed are measured once and added to it: in the cache file, or only in this process for --calibration."""

@@ -150,6 +150,7 @@ def test_piece_carries_the_operator_costs():
     assert [t.name for t in p.inputs] == [t.name for t in G.graph["inputs"]]
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_estimate_costs_a_tflite_model_slower_on_rpi5(tmp_path):
     """`tierplan estimate X.tflite --device D` predicts > 0 ms, and more on an rpi5 than on a server CPU."""
     out = {}

@@ -29,6 +29,7 @@ def _app(tmp_path: Path, slo_ms: float = 450.0) -> Path:
     return path
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_plan_json_out_and_html(tmp_path: Path) -> None:
     """A feasible plan exits 0, prints DESIGN.md's JSON fields and writes plan.json and plan.html."""
     out, html = tmp_path / "plan.json", tmp_path / "plan.html"
@@ -54,6 +55,7 @@ def test_plan_table_shows_baselines_and_coverage(tmp_path: Path) -> None:
         assert text in r.stdout
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_infeasible_slo_exits_1_with_reason(tmp_path: Path) -> None:
     """An SLO nothing can meet exits 1, says the best achievable p95, and --json carries the reason."""
     r = _run(str(_app(tmp_path, slo_ms=5)), "--fleet", str(DATA / "planner_fleet.yaml"), "--json")
@@ -94,6 +96,7 @@ def test_replan_from_old_plan_and_pareto(tmp_path: Path) -> None:
     assert data["pareto"] and all("cost_per_hour_usd" in p for p in data["pareto"])
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_plan_names_each_sites_device_so_compile_needs_no_fleet_file(tmp_path: Path) -> None:
     """plan.json maps every site class to its device name; compile resolves them without the fleet file."""
     from tierplan.planner.plan import Plan
@@ -120,6 +123,7 @@ def test_max_coverage_keeps_a_plan_that_already_covers_everyone(tmp_path: Path) 
     assert b["objective"] == a["objective"]
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_plan_a_folder_uses_its_fleet_yaml(tmp_path: Path) -> None:
     """`tierplan plan FOLDER` plans FOLDER/app.yaml on FOLDER/fleet.yaml (as run and simulate take an
     example folder); a folder without fleet.yaml exits 2 saying to add --fleet."""

@@ -8,6 +8,7 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 
 from tierplan.runtime.localwire import LocalClient, LocalServer
 from tierplan.runtime.proto import runtime_pb2 as pb
@@ -88,6 +89,7 @@ def test_refusal_and_silence_reach_the_callback_as_failures():
         silent.stop()
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_calls_in_turn_share_one_connection_once_each_ack_is_reaped():
     """No thread waits for an ack: it is reaped (by the sweeper, or the next start_call), the callback
     runs, and the connection goes back idle for the next call."""

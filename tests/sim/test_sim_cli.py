@@ -30,6 +30,7 @@ def _files(tmp_path: Path) -> tuple[Path, Path]:
     return plan, fleet
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_simulate_json_has_the_documented_fields(tmp_path):
     """--json prints DESIGN.md's fields for every requested strategy, with the seed; failures are counted."""
     plan, fleet = _files(tmp_path)
@@ -45,6 +46,7 @@ def test_simulate_json_has_the_documented_fields(tmp_path):
     assert doc["strategies"]["optimal"]["requests_failed"] > 0
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_simulate_report_writes_html_with_embedded_figures(tmp_path):
     """--report DIR writes index.html embedding three PNG figures, the PNGs and report.json."""
     plan, fleet = _files(tmp_path)

@@ -63,6 +63,7 @@ def test_reroute_and_wait_policies():
 
 
 @pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_reroute_hands_devices_over_to_a_live_base_station(fast):
     """With shared cell capacity, a rerouted base-station outage moves links and compute: none fail."""
     plan, fleet = make_plan(), make_fleet(cams=40, bs=4, bs_max=2, capacity_mbps=400.0)

@@ -122,6 +122,7 @@ def test_slo_not_met_with_json_prints_the_plan_only(cli, tmp_path):
     assert {m["edge_class"] for m in out["not_met"]} == set(out["per_class"]) and out["per_class"]
 
 
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_infeasible_plan_with_json_prints_the_plan_only(cli, tmp_path):
     """No placement at all (exit 1): raw frames that may not leave the camera, and legacy cameras too
     weak to run the detector on every frame. stdout holds the infeasible plan.json, saying why."""

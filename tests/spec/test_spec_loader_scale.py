@@ -102,6 +102,7 @@ def _load_quietly(path):
 
 
 @pytest.mark.parametrize("attach", ["region", "regoin"], ids=["valid", "every-site-misspelt"])
+@pytest.mark.slow   # takes seconds: kept out of the fast lane
 def test_loader_cost_is_linear(tmp_path, attach):
     """Loading 8x the site classes costs well under 8x^2 (no quadratic step), valid or with a problem per site."""
     small, large = tmp_path / "small.yaml", tmp_path / "large.yaml"
